@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# pip cannot express two things, so they live here: torchrec is installed with --no-deps
+# (its metadata names the CUDA fbgemm-gpu), and the fbgemm flavour depends on the device.
+VENV    ?= .venv
+PYTHON  ?= python3
+DEVICE  ?= cpu            # cpu -> fbgemm-gpu-cpu, cuda -> fbgemm-gpu (see README)
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-$(strip $(DEVICE))
+# The torchrec pin is read from pyproject.toml so that it has a single home.
+TORCHREC_PIN = $(shell $(PYTHON) -c "import tomllib;print(tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['torchrec'][0])")
+NPROC   ?= 2
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e ".[$(strip $(DEVICE)),dev]"
+	$(PY) -m pip install --quiet --no-deps "$(TORCHREC_PIN)"
+	$(PY) -c "import torchrec, fbgemm_gpu, torch; print('stack ok: torch', torch.__version__)"
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m dlrm_dist.train $(ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,24 @@
+"""Configuration: typed sections, TOML/CLI loading and pre-launch validation."""
+
+from dlrm_dist.config.schema import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    ShardingConfig,
+    TrainConfig,
+)
+from dlrm_dist.config.loader import ConfigError, load_config
+from dlrm_dist.config.validate import validate_for_launch
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "ShardingConfig",
+    "TrainConfig",
+    "load_config",
+    "validate_for_launch",
+]

@@ -1,0 +1,183 @@
+"""The configuration schema: one dataclass per section, a help text under every field.
+
+Precedence when loading (see loader.py): command line > TOML file > these defaults.
+The defaults are the demo: a 2-rank CPU run on synthetic Criteo-shaped data.
+Checks that need only the config itself run in ``__post_init__``; checks that need the
+job (world size, device) live in validate.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from dlrm_dist.config.errors import ConfigError
+
+INTERACTIONS = ("dot", "cat", "dcn")
+LOSSES = ("bce", "mse")
+EMBEDDING_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
+DENSE_OPTIMIZERS = ("sgd", "adagrad", "adam")
+# Sharding types TorchRec can run on CPU ranks over gloo (grid_shard too, but it is not
+# offered here until the planner issue makes it plannable).
+SHARDING_TYPES = (
+    "data_parallel",
+    "table_wise",
+    "column_wise",
+    "row_wise",
+    "table_row_wise",
+    "table_column_wise",
+)
+
+# 26 Criteo-shaped categorical features with a spread of cardinalities, small enough
+# that the demo learns most of the teacher's signal in a minute on two CPU cores.
+DEMO_TABLE_SIZES = [
+    1000, 500, 20000, 8000, 300, 24, 4000, 600, 3, 10000,
+    5000, 15000, 3000, 27, 6000, 12000, 10, 3000, 2000, 4, 14000, 18, 15, 9000, 100, 7000,
+]
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field whose help text becomes ``--help`` output."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+def _choice(section: str, name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(
+            f"{section}.{name}={value!r} is not valid; choose one of: {', '.join(allowed)}"
+        )
+
+
+@dataclass
+class ModelConfig:
+    """The DLRM architecture."""
+
+    bottom_mlp: str = _f(
+        "13-512-256-64-16",
+        "Bottom MLP as DLRM writes it: input width (= dense features) then layer widths.",
+    )
+    top_mlp: str = _f(
+        "512-256-1", "Top MLP layer widths; its input width is computed; must end in 1."
+    )
+    embedding_dim: int = _f(16, "Embedding dimension of every table.")
+    table_sizes: list[int] = _f(DEMO_TABLE_SIZES, "Rows of each table, one per sparse feature.")
+    interaction: str = _f("dot", "Feature interaction: dot, cat or dcn (DCNv2 low-rank cross).")
+    dot_self_interaction: bool = _f(False, "dot: also keep each feature's dot with itself.")
+    dcn_num_layers: int = _f(3, "dcn: number of low-rank cross layers.")
+    dcn_low_rank_dim: int = _f(512, "dcn: rank of each cross layer's weight factorisation.")
+    loss: str = _f("bce", "bce (binary cross-entropy on logits) or mse (on the sigmoid).")
+
+    def __post_init__(self) -> None:
+        _choice("model", "interaction", self.interaction, INTERACTIONS)
+        _choice("model", "loss", self.loss, LOSSES)
+        if self.embedding_dim <= 0:
+            raise ConfigError(f"model.embedding_dim={self.embedding_dim} must be positive")
+        if not self.table_sizes:
+            raise ConfigError("model.table_sizes is empty: a DLRM needs at least one table")
+        bad = [n for n in self.table_sizes if n <= 0]
+        if bad:
+            raise ConfigError(f"model.table_sizes has non-positive sizes {bad}")
+
+
+@dataclass
+class DataConfig:
+    """Where batches come from."""
+
+    source: str = _f("synthetic", "Data source: synthetic (built-in generator).")
+    seed: int = _f(1234, "Seed of the data generator and of its hidden teacher model.")
+    zipf_alpha: float = _f(1.1, "Power-law exponent of id popularity (0 = uniform).")
+    pooling_factor: int = _f(1, "Mean ids per sample per table (multi-hot when > 1).")
+    variable_pooling: bool = _f(
+        False, "Draw each bag's length uniformly in [1, 2*pooling_factor-1] instead of fixed."
+    )
+    teacher_scale: float = _f(1.5, "Strength of the teacher's logit: higher = more signal.")
+    eval_batches: int = _f(16, "Global batches in the held-out evaluation split.")
+
+    def __post_init__(self) -> None:
+        _choice("data", "source", self.source, ("synthetic",))
+        if self.pooling_factor < 1:
+            raise ConfigError(f"data.pooling_factor={self.pooling_factor} must be >= 1")
+        if self.zipf_alpha < 0:
+            raise ConfigError(f"data.zipf_alpha={self.zipf_alpha} must be >= 0")
+        if self.eval_batches < 1:
+            raise ConfigError(f"data.eval_batches={self.eval_batches} must be >= 1")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizers and the learning-rate schedule (MLPerf DLRM style)."""
+
+    embedding_optimizer: str = _f(
+        "adagrad", "Embedding optimizer (fused into backward): sgd, adagrad, rowwise_adagrad, adam."
+    )
+    embedding_lr: float = _f(0.05, "Peak learning rate of the embedding tables.")
+    dense_optimizer: str = _f("adagrad", "Dense (MLP) optimizer: sgd, adagrad, adam.")
+    dense_lr: float = _f(0.005, "Peak learning rate of the MLPs.")
+    eps: float = _f(1e-8, "Epsilon of adagrad/adam.")
+    warmup_steps: int = _f(0, "Linear warmup from 0 to the peak rate over this many steps.")
+    decay_start_step: int = _f(0, "Step at which polynomial decay starts (0 = no decay).")
+    decay_steps: int = _f(0, "Length of the polynomial decay.")
+    decay_power: float = _f(2.0, "Power of the polynomial decay.")
+    end_lr_factor: float = _f(0.0, "Final rate as a fraction of the peak, after decay.")
+
+    def __post_init__(self) -> None:
+        _choice("optim", "embedding_optimizer", self.embedding_optimizer, EMBEDDING_OPTIMIZERS)
+        _choice("optim", "dense_optimizer", self.dense_optimizer, DENSE_OPTIMIZERS)
+        for name in ("embedding_lr", "dense_lr"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"optim.{name}={getattr(self, name)} must be >= 0")
+        if min(self.warmup_steps, self.decay_start_step, self.decay_steps) < 0:
+            raise ConfigError("optim.warmup_steps, decay_start_step, decay_steps must be >= 0")
+        if self.decay_start_step and self.decay_start_step < self.warmup_steps:
+            raise ConfigError(
+                f"optim.decay_start_step={self.decay_start_step} is inside the warmup "
+                f"(warmup_steps={self.warmup_steps})"
+            )
+
+
+@dataclass
+class ShardingConfig:
+    """Where the embedding tables live."""
+
+    sharding_type: Optional[str] = _f(
+        None,
+        "Force one sharding type for every table (data_parallel, table_wise, column_wise, "
+        "row_wise, table_row_wise, table_column_wise); unset = TorchRec's planner decides.",
+    )
+
+    def __post_init__(self) -> None:
+        if self.sharding_type is not None:
+            _choice("sharding", "sharding_type", self.sharding_type, SHARDING_TYPES)
+
+
+@dataclass
+class TrainConfig:
+    """The training run."""
+
+    global_batch_size: int = _f(2048, "Samples per step over all ranks (split evenly).")
+    steps: int = _f(800, "Training steps.")
+    eval_interval: int = _f(200, "Evaluate every N steps (0 = only at the end).")
+    log_interval: int = _f(50, "Write a metrics line every N steps.")
+    seed: int = _f(0, "Seed of the model's initial weights.")
+    run_dir: str = _f("runs/latest", "Directory for metrics.jsonl and the run's summary.")
+    progress: bool = _f(True, "Show a progress bar (rank 0).")
+
+    def __post_init__(self) -> None:
+        for name in ("global_batch_size", "steps", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
+        if self.eval_interval < 0:
+            raise ConfigError(f"train.eval_interval={self.eval_interval} must be >= 0")
+
+
+@dataclass
+class Config:
+    """The whole job."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,0 +1,168 @@
+"""Synthetic Criteo-shaped data with a hidden "teacher", so that there is signal to learn.
+
+Sample ``i`` of a split is a pure function of ``(seed, split, i)``: every random stream is
+a counter-based Philox generator advanced straight to the sample. A rank generates only
+its own slice of each global batch, and the global batches are the same whatever the world
+size — which is what lets an N-rank run be compared with a single-process reference.
+
+- ids: a bounded power law (Zipf-like) over each table's rows, scrambled by a fixed
+  bijection so that popular ids are spread over the table (as Criteo's hashing does);
+- bags: a fixed number of ids per sample, or a length uniform in [1, 2p-1] (mean p);
+- dense: 13 non-negative, log-transformed features, as Criteo's after preprocessing;
+- labels: Bernoulli(sigmoid(teacher logit)); the teacher mixes a linear term on the dense
+  features, a hashed weight per id of every table and pairwise products of some tables'
+  weights (which a dot interaction can represent). The teacher's own AUC on the eval split
+  is the best any model can reach on it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import binary_auroc
+from torchrec.datasets.utils import Batch
+
+from dlrm_dist.data.batches import SampleBlock, to_batch
+
+NUM_DENSE = 13
+SPLITS = {"train": 0, "eval": 1}
+_U64 = np.uint64
+_BIAS = -1.0  # teacher logit offset: a click rate around a quarter
+_SCRAMBLE_PRIME = 1_000_003
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """A bijective 64-bit mix (wrapping arithmetic): a hash for the teacher's id weights."""
+    with np.errstate(over="ignore"):
+        z = x.astype(_U64) + _U64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
+        return z ^ (z >> _U64(31))
+
+
+def _hash_uniform(seed: int, table: int, ids: np.ndarray) -> np.ndarray:
+    """A fixed weight in [-sqrt3, sqrt3] (unit variance) for each id of ``table``."""
+    salt = _splitmix64(np.array([(seed << 20) ^ (table + 1)], dtype=_U64))[0]
+    with np.errstate(over="ignore"):
+        z = _splitmix64(ids.astype(_U64) ^ salt)
+    u = (z >> _U64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    return (2.0 * u - 1.0) * math.sqrt(3.0)
+
+
+def _power_law(u: np.ndarray, rows: int, alpha: float) -> np.ndarray:
+    """Inverse CDF of a power law over ``[0, rows)``: id k has weight ~ (k + 1) ** -alpha."""
+    if alpha == 0:
+        x = u * rows + 1.0
+    elif abs(alpha - 1.0) < 1e-9:
+        x = np.exp(u * math.log(rows + 1.0))
+    else:
+        a = 1.0 - alpha
+        x = (1.0 + u * ((rows + 1.0) ** a - 1.0)) ** (1.0 / a)
+    return np.minimum(x.astype(np.int64) - 1, rows - 1)
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """What the generator makes; see DataConfig for the meaning of each field."""
+
+    table_sizes: tuple[int, ...]
+    seed: int = 1234
+    zipf_alpha: float = 1.1
+    pooling_factor: int = 1
+    variable_pooling: bool = False
+    teacher_scale: float = 1.5
+
+
+class SyntheticCriteo:
+    """Deterministic, sliceable synthetic Criteo-shaped data with a known best AUC."""
+
+    def __init__(self, spec: SyntheticSpec, feature_names: list[str]) -> None:
+        if len(feature_names) != len(spec.table_sizes):
+            raise ValueError(
+                f"{len(feature_names)} feature names for {len(spec.table_sizes)} tables"
+            )
+        self.spec = spec
+        self.feature_names = feature_names
+        self.max_bag = 2 * spec.pooling_factor - 1 if spec.variable_pooling else spec.pooling_factor
+        # Dense feature j is log1p of an exponential with mean 10**(j/4): a spread of scales.
+        self._dense_means = 10.0 ** (np.arange(NUM_DENSE) / 4.0)
+        rng = np.random.default_rng(spec.seed)
+        self._dense_w = rng.uniform(-1.0, 1.0, NUM_DENSE)
+        self._dense_center = np.log1p(self._dense_means)
+        n_pairs = min(len(spec.table_sizes) // 2, 4)
+        self._pairs = [(2 * k, 2 * k + 1) for k in range(n_pairs)]
+
+    # -- random streams ---------------------------------------------------------------
+    def _uniforms(self, split: str, stream: int, start: int, count: int, width: int) -> np.ndarray:
+        width4 = (width + 3) // 4 * 4  # whole Philox blocks per sample: exact jumps
+        key = (self.spec.seed << 40) | (SPLITS[split] << 32) | stream
+        bit_gen = np.random.Philox(key=key)
+        bit_gen.advance(start * width4 // 4)
+        return np.random.Generator(bit_gen).random((count, width4))[:, :width]
+
+    def _bags(self, split: str, table: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids as an n x max_bag matrix, lengths)."""
+        rows = self.spec.table_sizes[table]
+        u = self._uniforms(split, 2 + table, start, count, 1 + self.max_bag)
+        if self.spec.variable_pooling:
+            lengths = 1 + (u[:, 0] * self.max_bag).astype(np.int64)
+        else:
+            lengths = np.full(count, self.max_bag, dtype=np.int64)
+        ids = _power_law(u[:, 1:], rows, self.spec.zipf_alpha)
+        prime = _SCRAMBLE_PRIME if math.gcd(_SCRAMBLE_PRIME, rows) == 1 else 1
+        ids = (ids * prime + 7919 * (table + 1)) % rows
+        return ids, lengths
+
+    # -- samples ------------------------------------------------------------------------
+    def samples(self, split: str, start: int, count: int) -> tuple[SampleBlock, np.ndarray]:
+        """Samples ``[start, start + count)`` of ``split`` and the teacher's probabilities."""
+        u = self._uniforms(split, 0, start, count, NUM_DENSE)
+        dense = np.log1p(-self._dense_means * np.log1p(-u))
+        logit = (dense - self._dense_center) @ self._dense_w / math.sqrt(NUM_DENSE)
+        values, lengths, table_w = [], [], []
+        for t in range(len(self.spec.table_sizes)):
+            ids, lens = self._bags(split, t, start, count)
+            mask = np.arange(self.max_bag)[None, :] < lens[:, None]
+            w = np.where(mask, _hash_uniform(self.spec.seed, t, ids), 0.0).sum(1) / lens
+            values.append(ids[mask])
+            lengths.append(lens)
+            table_w.append(w)
+        logit += np.sum(table_w, axis=0) / math.sqrt(len(table_w))
+        for a, b in self._pairs:
+            logit += table_w[a] * table_w[b] / math.sqrt(len(self._pairs))
+        prob = 1.0 / (1.0 + np.exp(-(self.spec.teacher_scale * logit + _BIAS)))
+        labels = (self._uniforms(split, 1, start, count, 1)[:, 0] < prob).astype(np.float32)
+        block = SampleBlock(dense.astype(np.float32), values, lengths, labels)
+        return block, prob
+
+    def batches(
+        self,
+        split: str,
+        global_batch_size: int,
+        rank: int,
+        world_size: int,
+        num_batches: Optional[int] = None,
+        start_batch: int = 0,
+    ) -> Iterator[Batch]:
+        """This rank's slice of global batches ``start_batch, start_batch + 1, ...``."""
+        local = global_batch_size // world_size
+        b = start_batch
+        while num_batches is None or b < start_batch + num_batches:
+            block, _ = self.samples(split, b * global_batch_size + rank * local, local)
+            yield to_batch(block, self.feature_names)
+            b += 1
+
+    def teacher_auc(self, split: str, num_samples: int) -> float:
+        """AUC of the teacher's own probabilities: the best reachable on these samples."""
+        return _teacher_auc(self, split, num_samples)
+
+
+@lru_cache(maxsize=8)
+def _teacher_auc(data: SyntheticCriteo, split: str, num_samples: int) -> float:
+    block, prob = data.samples(split, 0, num_samples)
+    return float(binary_auroc(torch.from_numpy(prob), torch.from_numpy(block.labels).long()))

@@ -1,0 +1,30 @@
+"""AUC and log-loss over a whole evaluation split, computed across all ranks.
+
+torchmetrics keeps each rank's predictions and gathers them on ``compute()`` (a
+collective: every rank must call it), so the AUC is that of the global split, not an
+average of per-rank AUCs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAUROC
+
+
+class EvalMetrics:
+    """Accumulates logits and labels; ``compute()`` gives global auc and logloss."""
+
+    def __init__(self) -> None:
+        self.auc = BinaryAUROC()
+        self.logloss = MeanMetric()
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        logits, labels = logits.detach().float().cpu(), labels.detach().cpu()
+        self.auc.update(torch.sigmoid(logits), labels.long())
+        per_sample = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none")
+        self.logloss.update(per_sample)
+
+    def compute(self) -> dict[str, float]:
+        return {"auc": float(self.auc.compute()), "logloss": float(self.logloss.compute())}

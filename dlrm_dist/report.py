@@ -1,0 +1,41 @@
+"""The end-of-run summary: a JSON record and the lines printed for a person."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dlrm_dist.config.schema import Config
+from dlrm_dist.distributed.env import DistEnv
+from dlrm_dist.training.trainer import TrainResult
+
+
+def summary_record(cfg: Config, env: DistEnv, result: TrainResult) -> dict[str, Any]:
+    """Machine-readable summary (written to run_dir/summary.json)."""
+    final = result.final_eval
+    return {
+        "world_size": env.world_size,
+        "backend": env.backend,
+        "steps": len(result.losses),
+        "global_batch_size": cfg.train.global_batch_size,
+        "first_loss": result.losses[0] if result.losses else None,
+        "final_loss": result.losses[-1] if result.losses else None,
+        "eval_auc": final.get("auc"),
+        "eval_logloss": final.get("logloss"),
+        "teacher_auc": result.teacher_auc,
+        "samples_per_s": result.samples_per_s,
+        "rank_step_ms": result.rank_step_ms,
+        "evals": result.evals,
+    }
+
+
+def final_report(record: dict[str, Any]) -> str:
+    """A few lines for the console."""
+    gap = record["teacher_auc"] - (record["eval_auc"] or 0.0)
+    return "\n".join([
+        f"done: {record['steps']} steps x {record['global_batch_size']} samples on {record['world_size']} rank(s)",
+        f"  loss       {record['first_loss']:.4f} -> {record['final_loss']:.4f}",
+        f"  eval AUC   {record['eval_auc']:.4f}  (teacher's AUC {record['teacher_auc']:.4f}, gap {gap:.4f})",
+        f"  log-loss   {record['eval_logloss']:.4f}",
+        f"  throughput {record['samples_per_s']:,.0f} samples/s  "
+        f"(per-rank step ms: {', '.join(f'{t:.1f}' for t in record['rank_step_ms'])})",
+    ])

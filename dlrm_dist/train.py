@@ -1,0 +1,61 @@
+"""Entry point: ``torchrun --nproc_per_node=N -m dlrm_dist.train [--config F] [--s.k=v ...]``.
+
+Parse the config, prepare (validate + plan, before any communication), create the process
+group, build the trainer, train, report; always tear down.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from dlrm_dist.config import ConfigError, load_config
+from dlrm_dist.config.loader import help_text, to_dict
+from dlrm_dist.distributed.env import DistEnv, init_distributed, teardown
+from dlrm_dist.logs import quiet_libraries
+from dlrm_dist.planning import format_plan
+from dlrm_dist.report import final_report, summary_record
+from dlrm_dist.training.build import build_trainer, prepare
+
+
+def run(args: Sequence[str], env: Optional[DistEnv] = None) -> dict:
+    """Runs one training job in this process (one rank); returns the summary record."""
+    cfg = load_config(args)
+    env = env or DistEnv.from_environ()
+    prepared = prepare(cfg, env)
+    say = print if env.is_main else (lambda _msg: None)
+    say(f"dlrm_dist: {env.world_size} rank(s), backend {env.backend}, device {env.device.type}")
+    say(format_plan(prepared.plan))
+    init_distributed(env)
+    try:
+        trainer = build_trainer(cfg, env, prepared, say=say)
+        result = trainer.train()
+        record = summary_record(cfg, env, result)
+        if env.is_main:
+            run_dir = Path(cfg.train.run_dir)
+            (run_dir / "summary.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+            (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True))
+            say(final_report(record))
+        return record
+    finally:
+        teardown()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args:
+        print(help_text())
+        return 0
+    quiet_libraries()
+    try:
+        run(args)
+    except ConfigError as e:
+        print(f"dlrm-train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

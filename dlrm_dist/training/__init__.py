@@ -1,0 +1,1 @@
+"""Training: optimizers and schedule, the training loop, evaluation."""

@@ -1,0 +1,111 @@
+"""Optimizers and the learning-rate schedule.
+
+- Sharded embedding tables use fbgemm's fused optimizer, which updates rows inside the
+  backward pass. It is requested the way TorchRec recommends: the embedding parameters are
+  marked with ``apply_optimizer_in_backward`` before planning (the marking also selects
+  the fused kernel and lets the planner count optimizer state).
+- Data-parallel tables have no fused kernel: their replicated weights get an ordinary
+  optimizer of the same kind, so the embedding optimizer does not depend on the plan.
+- MLPs: an ordinary optimizer over DDP-averaged gradients.
+- Schedule: linear warmup, then polynomial decay (MLPerf DLRM), one factor for all groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torchrec.optim import RowWiseAdagrad
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
+from torchrec import EmbeddingBagCollection
+
+from dlrm_dist.config.schema import OptimConfig
+
+_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adagrad": torch.optim.Adagrad,
+    "rowwise_adagrad": RowWiseAdagrad,
+    "adam": torch.optim.Adam,
+}
+
+
+def optimizer_spec(name: str, lr: float, eps: float) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """The optimizer class and its arguments for a config name."""
+    if name not in _CLASSES:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(_CLASSES)}")
+    kwargs: dict[str, Any] = {"lr": lr}
+    if name != "sgd":
+        kwargs["eps"] = eps
+    return _CLASSES[name], kwargs
+
+
+def mark_embedding_optimizer(model: nn.Module, cfg: OptimConfig) -> None:
+    """Attaches the fused embedding optimizer to every EmbeddingBagCollection's weights."""
+    cls, kwargs = optimizer_spec(cfg.embedding_optimizer, cfg.embedding_lr, cfg.eps)
+    for module in model.modules():
+        if isinstance(module, EmbeddingBagCollection):
+            apply_optimizer_in_backward(cls, module.parameters(), kwargs)
+
+
+def _is_embedding(name: str) -> bool:
+    return "embedding_bags." in name
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> KeyedOptimizer:
+    """Fused (sharded tables) + replicated tables + dense, as one keyed optimizer."""
+    fused = getattr(model, "fused_optimizer")
+    unfused = [(n, p) for n, p in model.named_parameters() if not hasattr(p, "_in_backward_optimizers")]
+    parts: list[tuple[str, KeyedOptimizer]] = [("fused", fused)]
+    dp_tables = {n: p for n, p in unfused if _is_embedding(n)}
+    dense = {n: p for n, p in unfused if not _is_embedding(n)}
+    if dp_tables:
+        cls, kw = optimizer_spec(cfg.embedding_optimizer, cfg.embedding_lr, cfg.eps)
+        parts.append(("replicated_tables", KeyedOptimizerWrapper(dp_tables, lambda ps: cls(ps, **kw))))
+    cls_d, kw_d = optimizer_spec(cfg.dense_optimizer, cfg.dense_lr, cfg.eps)
+    parts.append(("dense", KeyedOptimizerWrapper(dense, lambda ps: cls_d(ps, **kw_d))))
+    return CombinedOptimizer(parts)
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """Warmup then polynomial decay; ``factor(step)`` scales every group's peak rate."""
+
+    warmup_steps: int = 0
+    decay_start_step: int = 0
+    decay_steps: int = 0
+    decay_power: float = 2.0
+    end_lr_factor: float = 0.0
+
+    @staticmethod
+    def from_config(cfg: OptimConfig) -> "LRSchedule":
+        return LRSchedule(cfg.warmup_steps, cfg.decay_start_step, cfg.decay_steps, cfg.decay_power, cfg.end_lr_factor)
+
+    def factor(self, step: int) -> float:
+        """Multiplier of the peak rate at 0-based ``step``."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.decay_start_step and self.decay_steps and step >= self.decay_start_step:
+            remaining = max(0.0, 1.0 - (step - self.decay_start_step) / self.decay_steps)
+            return self.end_lr_factor + (1.0 - self.end_lr_factor) * remaining**self.decay_power
+        return 1.0
+
+
+class ScheduledLR:
+    """Applies an LRSchedule to an optimizer's groups, remembering each group's peak rate.
+
+    Call ``apply(step)`` before the step runs: the fused optimizer pushes its rate to the
+    kernel on ``zero_grad``, i.e. before the backward pass that applies the update.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: LRSchedule) -> None:
+        self.schedule = schedule
+        self.groups = [(g, float(g["lr"])) for g in optimizer.param_groups]
+
+    def apply(self, step: int) -> float:
+        f = self.schedule.factor(step)
+        for group, peak in self.groups:
+            group["lr"] = peak * f
+        return f

@@ -1,0 +1,153 @@
+"""The training loop: a table of contents of named steps; everything else is delegated.
+
+Training runs in segments between evaluations. Each segment is drained through TorchRec's
+``TrainPipelineSparseDist`` (which starts the next batch's input all-to-all while the
+current one computes), so an evaluation never meets batches in flight.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from tqdm import tqdm
+
+from dlrm_dist.config.schema import Config
+from dlrm_dist.data.synthetic import SyntheticCriteo
+from dlrm_dist.distributed.env import DistEnv
+from dlrm_dist.metrics.eval import EvalMetrics
+from dlrm_dist.metrics.log import MetricsLog
+from dlrm_dist.training.optim import ScheduledLR
+
+
+@dataclass
+class TrainResult:
+    """What a run produced (identical on every rank)."""
+
+    losses: list[float] = field(default_factory=list)  # global mean loss of each step
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    samples_per_s: float = 0.0
+    rank_step_ms: list[float] = field(default_factory=list)  # mean step time of each rank
+    teacher_auc: float = float("nan")
+
+    @property
+    def final_eval(self) -> dict[str, Any]:
+        return self.evals[-1] if self.evals else {}
+
+
+class Trainer:
+    """Runs ``cfg.train.steps`` steps of a sharded model, evaluating as configured."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        env: DistEnv,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lr: ScheduledLR,
+        data: SyntheticCriteo,
+        log: MetricsLog,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.cfg, self.env, self.model, self.optimizer = cfg, env, model, optimizer
+        self.lr, self.data, self.log, self.say = lr, data, log, say
+        self.pipeline = TrainPipelineSparseDist(model, optimizer, env.device, execute_all_batches=True)
+        self.step = 0
+        self.train_seconds = 0.0
+
+    # -- the loop -----------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        result = TrainResult(teacher_auc=self.teacher_auc())
+        total = self.cfg.train.steps
+        bar = tqdm(total=total, desc="train", unit="step", disable=not (self.env.is_main and self.cfg.train.progress))
+        for end in self.segment_ends():
+            self.train_segment(end, result, bar)
+            result.evals.append(self.evaluate())
+        bar.close()
+        result.samples_per_s = self.step * self.cfg.train.global_batch_size / max(self.train_seconds, 1e-9)
+        result.rank_step_ms = self.rank_step_ms()
+        return result
+
+    def segment_ends(self) -> list[int]:
+        total, every = self.cfg.train.steps, self.cfg.train.eval_interval
+        ends = list(range(every, total, every)) if every else []
+        return ends + [total]
+
+    def train_segment(self, end: int, result: TrainResult, bar: tqdm) -> None:
+        self.model.train()
+        batches = self.train_batches(end - self.step)
+        while self.step < end:
+            self.lr.apply(self.step)
+            t0 = time.perf_counter()
+            loss = self.train_step(batches)
+            self.train_seconds += time.perf_counter() - t0
+            result.losses.append(loss)
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if self.step % self.cfg.train.log_interval == 0 or self.step == end:
+                self.log_train(loss)
+        self.drain(batches)
+
+    def train_step(self, batches: Iterator[Any]) -> float:
+        """One pipelined step; returns the loss averaged over all ranks."""
+        loss, _, _ = self.pipeline.progress(batches)
+        return self.global_mean(loss)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """AUC and log-loss over the whole eval split (all ranks)."""
+        self.model.eval()
+        metrics = EvalMetrics()
+        batches = self.data.batches(
+            "eval", self.cfg.train.global_batch_size, self.env.rank, self.env.world_size, self.cfg.data.eval_batches
+        )
+        while True:
+            try:
+                _, logits, labels = self.pipeline.progress(batches)
+            except StopIteration:
+                break
+            metrics.update(logits, labels)
+        self.model.train()
+        values = {"step": self.step, **metrics.compute()}
+        self.log.write("eval", self.step, auc=values["auc"], logloss=values["logloss"])
+        self.say(f"eval @ step {self.step}: auc {values['auc']:.4f}  logloss {values['logloss']:.4f}")
+        return values
+
+    # -- helpers ------------------------------------------------------------------------
+    def train_batches(self, count: int) -> Iterator[Any]:
+        gbs, env = self.cfg.train.global_batch_size, self.env
+        return self.data.batches("train", gbs, env.rank, env.world_size, count, start_batch=self.step)
+
+    def drain(self, batches: Iterator[Any]) -> None:
+        # The segment's iterator is exactly as long as the segment, so the pipeline is
+        # now empty; progress() confirms it (and resets its state for the next phase).
+        try:
+            self.pipeline.progress(batches)
+        except StopIteration:
+            return
+        raise RuntimeError("training pipeline held more batches than the segment had")
+
+    def global_mean(self, value: torch.Tensor) -> float:
+        t = value.detach().float().reshape(1).to(self.env.device)
+        dist.all_reduce(t)
+        return float(t) / self.env.world_size
+
+    def log_train(self, loss: float) -> None:
+        sps = self.step * self.cfg.train.global_batch_size / max(self.train_seconds, 1e-9)
+        self.log.write("train", self.step, loss=loss, lr_factor=self.lr.schedule.factor(self.step - 1), samples_per_s=sps)
+
+    def rank_step_ms(self) -> list[float]:
+        mine = 1000.0 * self.train_seconds / max(self.step, 1)
+        out: list[Any] = [None] * self.env.world_size
+        dist.all_gather_object(out, mine)
+        return [float(x) for x in out]
+
+    def teacher_auc(self) -> float:
+        n = self.cfg.data.eval_batches * self.cfg.train.global_batch_size
+        return self.data.teacher_auc("eval", n)
