@@ -1,0 +1,64 @@
+"""The trainer through its real command line, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dlrm_dist.metrics.log import read_metrics
+
+pytestmark = pytest.mark.multiprocess
+ROOT = Path(__file__).resolve().parents[2]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+SMALL = ["--model.table_sizes=100,200,50", "--model.bottom_mlp=13-16-8", "--model.embedding_dim=8",
+         "--model.top_mlp=16-1", "--train.global_batch_size=64", "--train.progress=false"]
+
+
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_demo_reaches_teacher_auc(tmp_path: Path) -> None:
+    """`make demo`'s job: 2 ranks, built-in data; AUC within 0.02 of the teacher's."""
+    run_dir = tmp_path / "demo"
+    proc = _run(TORCHRUN + ["--nproc_per_node=2", "-m", "dlrm_dist.train", f"--run-dir={run_dir}",
+                            "--train.progress=false"], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "by sharding type:" in out and "t_cat_25" in out  # the plan summary
+    assert "eval AUC" in out and "samples/s" in out and "log-loss" in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 800
+    assert summary["teacher_auc"] - summary["eval_auc"] <= 0.02, summary
+    assert summary["final_loss"] < summary["first_loss"] - 0.1
+    records = read_metrics(run_dir / "metrics.jsonl")
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [200, 400, 600, 800]
+    assert all({"loss", "samples_per_s"} <= set(r) for r in train) and train[-1]["step"] == 800
+    assert all(0.5 < r["auc"] <= 1 and r["logloss"] > 0 for r in evals)
+
+
+def test_single_process_without_launcher(tmp_path: Path) -> None:
+    proc = _run([sys.executable, "-m", "dlrm_dist.train", *SMALL, "--train.steps=5", f"--run-dir={tmp_path}"], 300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["steps"] == 5
+
+
+def test_bad_input_fails_fast_on_every_rank(tmp_path: Path) -> None:
+    start = time.monotonic()
+    proc = _run(TORCHRUN + ["--nproc_per_node=2", "-m", "dlrm_dist.train", *SMALL,
+                            "--train.global_batch_size=63", f"--run-dir={tmp_path}"], timeout=300)
+    assert proc.returncode != 0
+    assert proc.stderr.count("train.global_batch_size=63 is not divisible by the world size 2") == 2
+    assert time.monotonic() - start < 120  # no collective was ever entered, so no hang
+    assert not (tmp_path / "metrics.jsonl").exists()

@@ -1,0 +1,85 @@
+"""Config loading and every kind of bad input, all without a process group."""
+
+from __future__ import annotations
+
+import pytest
+
+from dlrm_dist.config import ConfigError, load_config, validate_for_launch
+from dlrm_dist.config.loader import help_text
+from dlrm_dist.train import main
+
+
+def test_defaults_are_the_demo() -> None:
+    cfg = load_config([])
+    assert cfg.model.bottom_mlp == "13-512-256-64-16"
+    assert cfg.model.top_mlp == "512-256-1"
+    assert len(cfg.model.table_sizes) == 26
+    validate_for_launch(cfg, world_size=2)
+
+
+def test_toml_then_cli_precedence(tmp_path) -> None:
+    f = tmp_path / "job.toml"
+    f.write_text('[model]\nembedding_dim = 8\nbottom_mlp = "13-32-8"\n[train]\nsteps = 7\nglobal_batch_size = 64\n')
+    cfg = load_config(["--config", str(f), "--train.steps=9", "--sharding-type", "row_wise"])
+    assert cfg.model.embedding_dim == 8 and cfg.model.bottom_mlp == "13-32-8"
+    assert cfg.train.steps == 9 and cfg.train.global_batch_size == 64
+    assert cfg.sharding.sharding_type == "row_wise"
+
+
+def test_list_and_bool_values() -> None:
+    cfg = load_config(["--model.table_sizes=10,20,30", "--model.dot_self_interaction=true"])
+    assert cfg.model.table_sizes == [10, 20, 30]
+    assert cfg.model.dot_self_interaction is True
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--model.bottom_mlp=13-abc-16"], ["model.bottom_mlp", "13-abc-16", "'-'"]),
+        (["--model.bottom_mlp=13-64-32"], ["ends in 32", "embedding_dim=16"]),
+        (["--model.bottom_mlp=12-64-16"], ["starts with 12", "13 dense features"]),
+        (["--model.top_mlp=512-2"], ["must end in 1"]),
+        (["--train.global_batch_size=1001"], ["1001", "not divisible by the world size 2", "1000", "1002"]),
+        (["--sharding-type=diagonal"], ["sharding.sharding_type='diagonal'", "row_wise", "table_wise"]),
+        (["--optim.embedding_optimizer=lamb"], ["lamb", "rowwise_adagrad"]),
+        (["--optim.dense_optimizer=rowwise_adagrad"], ["dense_optimizer", "sgd, adagrad, adam"]),
+        (["--model.embedding_dim=10", "--model.bottom_mlp=13-64-10"], ["embedding_dim=10", "multiple of 4", "8 or 12"]),
+        (["--model.interaction=attention"], ["attention", "dot, cat, dcn"]),
+        (["--model.nope=1"], ["unknown key", "nope", "bottom_mlp"]),
+        (["--train.steps=ten"], ["train.steps='ten'", "int"]),
+        (["--config", "/no/such/file.toml"], ["/no/such/file.toml", "does not exist"]),
+    ],
+)
+def test_bad_input_is_named(args: list[str], words: list[str]) -> None:
+    with pytest.raises(ConfigError) as e:
+        validate_for_launch(load_config(args), world_size=2)
+    for w in words:
+        assert w in str(e.value), f"{w!r} not in: {e.value}"
+
+
+def test_dp_allows_any_dim() -> None:
+    cfg = load_config(["--model.embedding_dim=10", "--model.bottom_mlp=13-64-10", "--sharding-type=data_parallel"])
+    validate_for_launch(cfg, world_size=2)
+
+
+def test_bad_toml_names_file(tmp_path) -> None:
+    f = tmp_path / "bad.toml"
+    f.write_text("[model\n")
+    with pytest.raises(ConfigError, match="bad.toml"):
+        load_config(["--config", str(f)])
+    f.write_text("[modle]\nx = 1\n")
+    with pytest.raises(ConfigError, match="modle"):
+        load_config(["--config", str(f)])
+
+
+def test_cli_error_exit_code_and_message(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["--train.global_batch_size=999"]) == 2
+    assert "not divisible by the world size 2" in capsys.readouterr().err
+
+
+def test_help_lists_every_option(capsys) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--model.bottom_mlp" in out and "--optim.decay_power" in out and "--sharding-type" in out
+    assert help_text() in out

@@ -1,0 +1,78 @@
+"""Model pieces on one process: shapes, interactions, init, schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dlrm_dist.config import load_config
+from dlrm_dist.data import SyntheticCriteo, SyntheticSpec, to_batch
+from dlrm_dist.model import build_model, feature_names
+from dlrm_dist.model.init import embedding_rows, fill_rows
+from dlrm_dist.model.interaction import CatInteraction, DCNInteraction, DotInteraction
+from dlrm_dist.training.optim import LRSchedule
+
+
+@pytest.mark.parametrize("interaction, bottom", [("dot", "13-32-8"), ("cat", "13-32-5"), ("dcn", "13-32-8")])
+def test_forward_backward_on_cpu(interaction: str, bottom: str) -> None:
+    cfg = load_config([
+        f"--model.interaction={interaction}", f"--model.bottom_mlp={bottom}", "--model.embedding_dim=8",
+        "--model.top_mlp=16-1", "--model.table_sizes=20,30,40", "--model.dcn_low_rank_dim=4",
+    ])
+    model = build_model(cfg.model, seed=0, device=torch.device("cpu"))
+    data = SyntheticCriteo(SyntheticSpec(table_sizes=(20, 30, 40), pooling_factor=2), feature_names(3))
+    batch = next(data.batches("train", 16, 0, 1, 1))
+    loss, (_, logits, labels) = model(batch)
+    assert logits.shape == (16,) and labels.shape == (16,)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_dot_interaction_widths_and_values() -> None:
+    dense, sparse = torch.randn(4, 3), torch.randn(4, 2, 3)
+    out = DotInteraction(2, 3)(dense, sparse)
+    assert out.shape == (4, 3 + 3)
+    x = torch.cat([dense.unsqueeze(1), sparse], 1)
+    assert torch.allclose(out[:, 3], (x[:, 0] * x[:, 1]).sum(1))  # pair (0, 1) first
+    with_self = DotInteraction(2, 3, self_interaction=True)
+    assert with_self(dense, sparse).shape == (4, 3 + 6)
+    assert CatInteraction(2, 3, 3)(dense, sparse).shape == (4, 9)
+    assert DCNInteraction(2, 3, 3, num_layers=2, low_rank=2)(dense, sparse).shape == (4, 9)
+
+
+def test_mlp_weights_depend_only_on_seed() -> None:
+    cfg = load_config([])
+    a = build_model(cfg.model, seed=3).model.dense_arch[0].weight
+    b = build_model(cfg.model, seed=3).model.dense_arch[0].weight
+    c = build_model(cfg.model, seed=4).model.dense_arch[0].weight
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_embedding_init_is_shard_independent() -> None:
+    full = embedding_rows(seed=5, table_index=2, num_rows=100, dim=10, start=0, stop=100)
+    assert full.abs().max() <= math.sqrt(1 / 100)
+    shard = torch.empty(30, 4)
+    fill_rows(shard, seed=5, table_index=2, num_rows=100, dim=10, row_offset=40, col_offset=6)
+    assert torch.equal(shard, full[40:70, 6:10])
+    other = embedding_rows(seed=5, table_index=3, num_rows=100, dim=10, start=0, stop=100)
+    assert not torch.equal(full, other)
+
+
+def test_lr_schedule_warmup_and_decay() -> None:
+    s = LRSchedule(warmup_steps=4, decay_start_step=10, decay_steps=10, decay_power=2.0, end_lr_factor=0.1)
+    assert [s.factor(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert s.factor(9) == 1.0
+    assert s.factor(10) == pytest.approx(1.0)
+    assert s.factor(15) == pytest.approx(0.1 + 0.9 * 0.25)
+    assert s.factor(20) == pytest.approx(0.1) and s.factor(500) == pytest.approx(0.1)
+    assert LRSchedule().factor(123) == 1.0
+
+
+def test_to_batch_is_key_major() -> None:
+    data = SyntheticCriteo(SyntheticSpec(table_sizes=(5, 6), pooling_factor=2), feature_names(2))
+    block, _ = data.samples("train", 0, 3)
+    kjt = to_batch(block, data.feature_names).sparse_features
+    assert kjt.keys() == ["cat_0", "cat_1"]
+    assert kjt["cat_1"].values().tolist() == block.values[1].tolist()
