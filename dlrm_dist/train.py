@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from tqdm import tqdm
+
 from dlrm_dist.config import ConfigError, load_config
 from dlrm_dist.config.loader import help_text, to_dict
 from dlrm_dist.distributed.env import DistEnv, init_distributed, teardown
@@ -25,7 +27,8 @@ def run(args: Sequence[str], env: Optional[DistEnv] = None) -> dict:
     cfg = load_config(args)
     env = env or DistEnv.from_environ()
     prepared = prepare(cfg, env)
-    say = print if env.is_main else (lambda _msg: None)
+    # tqdm.write keeps messages from tearing the progress bar; only rank 0 speaks.
+    say = tqdm.write if env.is_main else (lambda _msg: None)
     say(f"dlrm_dist: {env.world_size} rank(s), backend {env.backend}, device {env.device.type}")
     say(format_plan(prepared.plan))
     init_distributed(env)

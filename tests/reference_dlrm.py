@@ -69,8 +69,9 @@ class ReferenceOptimizer:
         self.state: dict[int, torch.Tensor] = {}
 
     @torch.no_grad()
-    def step(self) -> None:
-        for kind, lr, params, is_emb in self.groups:
+    def step(self, lr_factor: float = 1.0) -> None:
+        for kind, peak_lr, params, is_emb in self.groups:
+            lr = peak_lr * lr_factor
             for p in params:
                 g = p.grad
                 if kind == "sgd":
@@ -92,14 +93,14 @@ class ReferenceOptimizer:
                 p.grad = None
 
 
-def train_reference(model: ReferenceDLRM, opt: ReferenceOptimizer, blocks: list) -> list[float]:
-    """One step per SampleBlock (a whole global batch); returns the losses."""
+def train_reference(model: ReferenceDLRM, opt: ReferenceOptimizer, blocks: list, lr_factors: list[float]) -> list[float]:
+    """One step per SampleBlock (a whole global batch) at the given rate factors; returns the losses."""
     losses = []
-    for block in blocks:
+    for block, factor in zip(blocks, lr_factors):
         opt.zero_grad()
         logits = model(torch.from_numpy(block.dense), bags_from_block(block))
         loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(block.labels))
         loss.backward()
-        opt.step()
+        opt.step(factor)
         losses.append(loss.item())
     return losses

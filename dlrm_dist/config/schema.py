@@ -110,7 +110,7 @@ class OptimConfig:
     """Optimizers and the learning-rate schedule (MLPerf DLRM style)."""
 
     embedding_optimizer: str = _f(
-        "adagrad", "Embedding optimizer (fused into backward): sgd, adagrad, rowwise_adagrad, adam."
+        "adagrad", "Embedding optimizer (fused into backward): sgd, adagrad, rowwise_adagrad, adam (CUDA, or data_parallel tables on CPU)."
     )
     embedding_lr: float = _f(0.05, "Peak learning rate of the embedding tables.")
     dense_optimizer: str = _f("adagrad", "Dense (MLP) optimizer: sgd, adagrad, adam.")

@@ -12,6 +12,8 @@ from dlrm_dist.config.schema import Config
 
 NUM_DENSE_FEATURES = 13  # Criteo's integer features, also what the synthetic data makes
 FUSED_DIM_MULTIPLE = 4  # fbgemm's fused embedding kernels need dim % 4 == 0
+# fbgemm's CPU kernel implements only these fused optimizers (Adam, LAMB, ... are CUDA-only).
+CPU_FUSED_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
 
 
 def validate_model(config: Config) -> None:
@@ -37,7 +39,7 @@ def validate_model(config: Config) -> None:
         raise ConfigError(f"model.top_mlp={m.top_mlp!r} must end in 1 (one logit), not {top[-1]}")
 
 
-def validate_for_launch(config: Config, world_size: int) -> None:
+def validate_for_launch(config: Config, world_size: int, device_type: str = "cpu") -> None:
     """Everything that can be checked before ``init_process_group``."""
     validate_model(config)
     if world_size < 1:
@@ -57,4 +59,11 @@ def validate_for_launch(config: Config, world_size: int) -> None:
             f"(sharding type {st or 'chosen by the planner'}): it needs a multiple of "
             f"{FUSED_DIM_MULTIPLE}, e.g. {d - d % 4 or 4} or {d + 4 - d % 4}; "
             "or use --sharding-type data_parallel"
+        )
+    opt = config.optim.embedding_optimizer
+    if device_type == "cpu" and st != "data_parallel" and opt not in CPU_FUSED_OPTIMIZERS:
+        raise ConfigError(
+            f"optim.embedding_optimizer={opt!r} has no fused CPU kernel in fbgemm (CPU supports "
+            f"{', '.join(CPU_FUSED_OPTIMIZERS)}); use one of those, run on CUDA, or replicate "
+            "the tables with --sharding-type data_parallel (then torch's optimizer is used)"
         )

@@ -37,7 +37,7 @@ class Prepared:
 
 def prepare(cfg: Config, env: DistEnv) -> Prepared:
     """Validates ``cfg`` for ``env`` and plans, without a process group."""
-    validate_for_launch(cfg, env.world_size)
+    validate_for_launch(cfg, env.world_size, env.device.type)
     model = build_model(cfg.model, seed=cfg.train.seed)
     mark_embedding_optimizer(model, cfg.optim)
     plan = make_plan(

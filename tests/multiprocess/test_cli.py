@@ -54,6 +54,26 @@ def test_single_process_without_launcher(tmp_path: Path) -> None:
     assert summary["world_size"] == 1 and summary["steps"] == 5
 
 
+def test_dcn_adam_mse_schedule_multihot_trains(tmp_path: Path) -> None:
+    """The other model and optimizer options run through the real trainer on 2 ranks.
+
+    (Adam for embeddings runs on CPU only for replicated tables: fbgemm has no fused CPU Adam.)
+    """
+    args = ["--model.interaction=dcn", "--model.dcn_num_layers=2", "--model.dcn_low_rank_dim=8",
+            "--model.loss=mse", "--optim.embedding_optimizer=adam", "--optim.dense_optimizer=adam",
+            "--optim.embedding_lr=0.01", "--optim.dense_lr=0.001", "--sharding-type=data_parallel", "--optim.warmup_steps=5",
+            "--optim.decay_start_step=20", "--optim.decay_steps=20", "--data.pooling_factor=3",
+            "--data.variable_pooling=true", "--train.steps=40", "--train.eval_interval=20", "--train.log_interval=10"]
+    proc = _run(TORCHRUN + ["--nproc_per_node=2", "-m", "dlrm_dist.train", *SMALL, *args, f"--run-dir={tmp_path}"], 300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["final_loss"] < summary["first_loss"]
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    factors = {r["step"]: r["lr_factor"] for r in records if r["kind"] == "train"}
+    assert factors[10] == 1.0 and factors[30] < 0.5 and factors[40] < 0.01  # warmup done, then decayed
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [20, 40]
+
+
 def test_bad_input_fails_fast_on_every_rank(tmp_path: Path) -> None:
     start = time.monotonic()
     proc = _run(TORCHRUN + ["--nproc_per_node=2", "-m", "dlrm_dist.train", *SMALL,

@@ -3,7 +3,8 @@ plain-PyTorch DLRM on the same global batches and initial weights, step by step.
 
 Every loss within 1e-5 over 6 steps and every embedding row and MLP weight within 1e-5
 at the end, for each sharding type that runs on CPU, with SGD, Adagrad and (where the
-fused and reference rules are alike) row-wise Adagrad; 2 ranks, and 4 ranks for three types.
+fused and reference rules are alike) row-wise Adagrad, and with a warmup + decay learning-rate
+schedule; 2 ranks, and 4 ranks for three types.
 
 Row-wise Adagrad is not compared under column-wise sharding: there each column shard
 keeps its own per-row accumulator over only its columns, which by design is not the
@@ -21,6 +22,7 @@ from dlrm_dist.config import load_config
 from dlrm_dist.config.arch import parse_mlp
 from dlrm_dist.model.tables import make_tables
 from dlrm_dist.training.build import build_data
+from dlrm_dist.training.optim import LRSchedule
 from tests.dist_helper import run_ranks
 from tests.multiprocess.equivalence_worker import case_args, run_cases
 from tests.reference_dlrm import ReferenceDLRM, ReferenceOptimizer, train_reference
@@ -31,6 +33,10 @@ TOL = 1e-5
 SHARDING_TYPES = ["data_parallel", "table_wise", "column_wise", "row_wise", "table_row_wise", "table_column_wise"]
 CASES_2 = {f"{st}-{opt}": case_args(st, opt, opt) for st in SHARDING_TYPES for opt in ("sgd", "adagrad")}
 CASES_2.update({f"{st}-rowwise_adagrad": case_args(st, "rowwise_adagrad", "adagrad") for st in ("data_parallel", "table_wise", "row_wise", "table_row_wise")})
+# The MLPerf schedule (warmup, then polynomial decay to 20%) must reach the fused kernel too.
+SCHEDULE = ["--optim.warmup_steps=2", "--optim.decay_start_step=3", "--optim.decay_steps=3", "--optim.end_lr_factor=0.2"]
+CASES_2.update({f"{st}-{opt}-schedule": case_args(st, opt, opt) + SCHEDULE
+                for st, opt in (("table_wise", "sgd"), ("row_wise", "adagrad"), ("data_parallel", "sgd"))})
 CASES_4 = {f"4ranks-{st}-sgd": case_args(st, "sgd", "sgd") for st in ("row_wise", "table_wise", "column_wise")}
 
 
@@ -62,7 +68,9 @@ def _reference(saved: dict) -> tuple[list[float], dict[str, torch.Tensor]]:
     data = build_data(cfg)
     gbs = cfg.train.global_batch_size
     blocks = [data.samples("train", s * gbs, gbs)[0] for s in range(cfg.train.steps)]
-    losses = train_reference(model, opt, blocks)
+    # The schedule's formula is unit-tested; here it must reach every optimizer, fused included.
+    factors = [LRSchedule.from_config(o).factor(s) for s in range(cfg.train.steps)]
+    losses = train_reference(model, opt, blocks, factors)
     weights = {f"model.sparse_arch.embedding_bags.{n}.weight": t.weight for n, t in zip(names, model.tables)}
     for prefix, seq in (("model.dense_arch", model.bottom), ("model.over_arch", model.top)):
         for idx, layer in enumerate(seq):

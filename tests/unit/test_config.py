@@ -44,6 +44,7 @@ def test_list_and_bool_values() -> None:
         (["--optim.embedding_optimizer=lamb"], ["lamb", "rowwise_adagrad"]),
         (["--optim.dense_optimizer=rowwise_adagrad"], ["dense_optimizer", "sgd, adagrad, adam"]),
         (["--model.embedding_dim=10", "--model.bottom_mlp=13-64-10"], ["embedding_dim=10", "multiple of 4", "8 or 12"]),
+        (["--optim.embedding_optimizer=adam"], ["'adam' has no fused CPU kernel", "rowwise_adagrad", "data_parallel"]),
         (["--model.interaction=attention"], ["attention", "dot, cat, dcn"]),
         (["--model.nope=1"], ["unknown key", "nope", "bottom_mlp"]),
         (["--train.steps=ten"], ["train.steps='ten'", "int"]),
@@ -57,9 +58,14 @@ def test_bad_input_is_named(args: list[str], words: list[str]) -> None:
         assert w in str(e.value), f"{w!r} not in: {e.value}"
 
 
-def test_dp_allows_any_dim() -> None:
-    cfg = load_config(["--model.embedding_dim=10", "--model.bottom_mlp=13-64-10", "--sharding-type=data_parallel"])
+def test_dp_allows_any_dim_and_adam() -> None:
+    cfg = load_config(["--model.embedding_dim=10", "--model.bottom_mlp=13-64-10", "--sharding-type=data_parallel",
+                       "--optim.embedding_optimizer=adam"])
     validate_for_launch(cfg, world_size=2)
+
+
+def test_adam_is_allowed_on_cuda() -> None:
+    validate_for_launch(load_config(["--optim.embedding_optimizer=adam"]), world_size=2, device_type="cuda")
 
 
 def test_bad_toml_names_file(tmp_path) -> None:
