@@ -13,34 +13,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 import torch
 from torch import nn
-from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 from torchrec import EmbeddingBagCollection
 
 from dlrm_dist.config.schema import OptimConfig
-
-_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD,
-    "adagrad": torch.optim.Adagrad,
-    "rowwise_adagrad": RowWiseAdagrad,
-    "adam": torch.optim.Adam,
-}
-
-
-def optimizer_spec(name: str, lr: float, eps: float) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
-    """The optimizer class and its arguments for a config name."""
-    if name not in _CLASSES:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(_CLASSES)}")
-    kwargs: dict[str, Any] = {"lr": lr}
-    if name != "sgd":
-        kwargs["eps"] = eps
-    return _CLASSES[name], kwargs
-
+from dlrm_dist.optimizers import optimizer_spec
 
 def mark_embedding_optimizer(model: nn.Module, cfg: OptimConfig) -> None:
     """Attaches the fused embedding optimizer to every EmbeddingBagCollection's weights."""

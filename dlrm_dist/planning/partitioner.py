@@ -1,0 +1,217 @@
+"""Our proposer + partitioner: choose an option per table and a rank per shard.
+
+1. Memory: if the tables cannot all sit in HBM, the tables whose UVM-cached variant costs
+   least per byte of HBM saved are moved to a cached (then plain UVM) kernel until the
+   total fits. If nothing fits, NoFitError says what would.
+2. Cost: for a series of targets T, each table takes its cheapest option (total cost over
+   shards) whose largest shard costs at most T — so big tables get split only as far as
+   balance needs — and shards are placed largest first on the least loaded rank with room
+   (LPT). The best placement over all targets is kept.
+3. Refinement: shards are moved off the bottleneck rank while that lowers it.
+
+Everything is numpy over TorchRec's per-shard estimates (options.py).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from dlrm_dist.planning.errors import NoFitError, fit_report
+from dlrm_dist.planning.inputs import PlannerInputs
+from dlrm_dist.planning.options import UVM_KERNELS, Option
+from dlrm_dist.planning.placement import Capacity, TablePlacement, bottleneck
+
+NUM_TARGETS = 24
+REFINE_MOVES = 2000
+
+
+def _in_hbm(o: Option) -> bool:
+    return o.kernel not in UVM_KERNELS
+
+
+def _memory_tiers(options: list[list[Option]], inputs: PlannerInputs, cap: Capacity) -> list[list[Option]]:
+    """Per table, the options allowed once enough tables are offloaded to fit memory."""
+    n = inputs.topology.world_size
+    hbm_need = np.array([min((o.hbm.sum() for o in opts if _in_hbm(o)), default=np.inf) for opts in options])
+    if inputs.topology.device != "cuda":
+        return options  # CPU: every kernel is host memory; the partitioner checks DDR
+    budget = cap.hbm * n
+    allowed = [[o for o in opts if _in_hbm(o)] or opts for opts in options]
+    if np.nansum(np.where(np.isfinite(hbm_need), hbm_need, 0)) <= 0.97 * budget and np.isfinite(hbm_need).all():
+        return allowed
+    # Offload by least extra cost per HBM byte saved.
+    ranked = []
+    for t, opts in enumerate(options):
+        cached = [o for o in opts if not _in_hbm(o)]
+        if not cached:
+            continue
+        best_hbm = min((o.total_cost for o in opts if _in_hbm(o)), default=np.inf)
+        best_cached = min(cached, key=lambda o: o.total_cost)
+        saved = (hbm_need[t] if np.isfinite(hbm_need[t]) else 0) - min(o.hbm.sum() for o in cached)
+        penalty = best_cached.total_cost - (best_hbm if np.isfinite(best_hbm) else best_cached.total_cost)
+        ranked.append((penalty / max(saved, 1.0), t))
+    demand = float(np.where(np.isfinite(hbm_need), hbm_need, 0).sum())
+    for _, t in sorted(ranked):
+        if demand <= 0.97 * budget and all(np.isfinite(hbm_need[i]) or i == t for i in range(len(options))):
+            break
+        cached = [o for o in options[t] if not _in_hbm(o)]
+        allowed[t] = cached
+        demand -= (hbm_need[t] if np.isfinite(hbm_need[t]) else 0) - min(o.hbm.sum() for o in cached)
+    return allowed
+
+
+class _Placer:
+    """LPT placement of one choice of options, honouring per-rank memory."""
+
+    def __init__(self, inputs: PlannerInputs, cap: Capacity) -> None:
+        self.n = inputs.topology.world_size
+        self.local = inputs.topology.ranks_per_host
+        self.cap = cap
+
+    def place(self, choice: list[Option]) -> tuple[Optional[list[TablePlacement]], list[int]]:
+        load, hbm, ddr = np.zeros(self.n), np.zeros(self.n), np.zeros(self.n)
+        placed: list[Optional[TablePlacement]] = [None] * len(choice)
+        failed: list[int] = []
+        for t, o in enumerate(choice):  # fixed placements first
+            if o.placement == "uniform":
+                ranks = np.arange(len(o.sizes)) % self.n
+                placed[t] = TablePlacement(o, ranks)
+                np.add.at(load, ranks, o.shard_cost)
+                np.add.at(hbm, ranks, o.hbm)
+                np.add.at(ddr, ranks, o.ddr)
+        movable = [t for t, o in enumerate(choice) if o.placement != "uniform"]
+        movable.sort(key=lambda t: -choice[t].max_cost)
+        for t in movable:
+            o = choice[t]
+            ranks = self._place_host(o, load, hbm, ddr) if o.placement == "host" else self._place_device(o, load, hbm, ddr)
+            if ranks is None:
+                failed.append(t)
+                continue
+            placed[t] = TablePlacement(o, ranks)
+        if failed:
+            return None, failed
+        return placed, []  # type: ignore[return-value]
+
+    def _fits(self, hbm: np.ndarray, ddr: np.ndarray, dh: float, dd: float) -> np.ndarray:
+        return (hbm + dh <= self.cap.hbm + 1e-6) & (ddr + dd <= self.cap.ddr + 1e-6)
+
+    def _place_device(self, o: Option, load, hbm, ddr) -> Optional[np.ndarray]:
+        ranks = np.empty(len(o.sizes), dtype=np.int64)
+        cost = o.shard_cost
+        for s in np.argsort(-cost, kind="stable"):
+            ok = self._fits(hbm, ddr, o.hbm[s], o.ddr[s])
+            if not ok.any():
+                return None
+            r = int(np.argmin(np.where(ok, load, np.inf)))
+            ranks[s] = r
+            load[r] += cost[s]
+            hbm[r] += o.hbm[s]
+            ddr[r] += o.ddr[s]
+        return ranks
+
+    def _place_host(self, o: Option, load, hbm, ddr) -> Optional[np.ndarray]:
+        """Shard j on local rank j % L of the host where the resulting peak load is lowest."""
+        local = np.arange(len(o.sizes)) % self.local
+        dl, dh, dd = (np.bincount(local, w, minlength=self.local) for w in (o.shard_cost, o.hbm, o.ddr))
+        shape = (self.n // self.local, self.local)
+        fits = ((hbm.reshape(shape) + dh <= self.cap.hbm + 1e-6) & (ddr.reshape(shape) + dd <= self.cap.ddr + 1e-6)).all(1)
+        if not fits.any():
+            return None
+        peak = np.where(fits, (load.reshape(shape) + dl).max(1), np.inf)
+        ranks = int(np.argmin(peak)) * self.local + local
+        np.add.at(load, ranks, o.shard_cost)
+        np.add.at(hbm, ranks, o.hbm)
+        np.add.at(ddr, ranks, o.ddr)
+        return ranks
+
+
+def _choose(allowed: list[list[Option]], target: float) -> list[Option]:
+    choice = []
+    for opts in allowed:
+        under = [o for o in opts if o.max_cost <= target]
+        choice.append(min(under, key=lambda o: o.total_cost) if under else min(opts, key=lambda o: o.max_cost))
+    return choice
+
+
+def _targets(allowed: list[list[Option]], n: int) -> np.ndarray:
+    cheapest = [min(opts, key=lambda o: o.total_cost) for opts in allowed]
+    lower = max(sum(o.total_cost for o in cheapest) / n, max(min(o.max_cost for o in opts) for opts in allowed))
+    upper = max(o.max_cost for o in cheapest)
+    if upper <= lower:
+        return np.array([upper])
+    return np.unique(np.concatenate([np.geomspace(lower, upper, NUM_TARGETS), [upper]]))
+
+
+def _repair(allowed: list[list[Option]], choice: list[Option], failed: list[int]) -> bool:
+    """For tables that did not fit, take the option with the smallest per-shard memory."""
+    changed = False
+    for t in failed:
+        smaller = [o for o in allowed[t] if (o.hbm.max(), o.ddr.max()) < (choice[t].hbm.max(), choice[t].ddr.max())]
+        if smaller:
+            choice[t] = min(smaller, key=lambda o: (o.hbm.max() + o.ddr.max(), o.total_cost))
+            changed = True
+    return changed
+
+
+def _refine(placed: list[TablePlacement], n: int, cap: Capacity) -> None:
+    """Moves single device-placed shards off the bottleneck rank while it helps."""
+    load, hbm, ddr = np.zeros(n), np.zeros(n), np.zeros(n)
+    for tp in placed:
+        np.add.at(load, tp.ranks, tp.option.shard_cost)
+        np.add.at(hbm, tp.ranks, tp.option.hbm)
+        np.add.at(ddr, tp.ranks, tp.option.ddr)
+    for _ in range(REFINE_MOVES):
+        top = int(np.argmax(load))
+        best = None
+        for tp in placed:
+            if tp.option.placement != "device":
+                continue
+            for s in np.flatnonzero(tp.ranks == top):
+                c, dh, dd = tp.option.shard_cost[s], tp.option.hbm[s], tp.option.ddr[s]
+                ok = (hbm + dh <= cap.hbm + 1e-6) & (ddr + dd <= cap.ddr + 1e-6)
+                ok[top] = False
+                if not ok.any():
+                    continue
+                r = int(np.argmin(np.where(ok, load, np.inf)))
+                gain = load[top] - max(load[top] - c, load[r] + c)
+                if gain > 1e-12 and (best is None or gain > best[0]):
+                    best = (gain, tp, s, r)
+        if best is None:
+            return
+        _, tp, s, r = best
+        for arr, v in ((load, tp.option.shard_cost[s]), (hbm, tp.option.hbm[s]), (ddr, tp.option.ddr[s])):
+            arr[top] -= v
+            arr[r] += v
+        tp.ranks[s] = r
+
+
+def partition(options: list[list[Option]], inputs: PlannerInputs) -> list[TablePlacement]:
+    """The best placement found; raises NoFitError when the tables cannot fit at all."""
+    cap = Capacity.of(inputs)
+    n = inputs.topology.world_size
+    empty = [inputs.tables[t].name for t, opts in enumerate(options) if not opts]
+    if empty:
+        raise NoFitError(f"no sharding option is allowed for table(s) {empty} on {inputs.topology.device}")
+    allowed = _memory_tiers(options, inputs, cap)
+    placer = _Placer(inputs, cap)
+    best: Optional[list[TablePlacement]] = None
+    best_cost = np.inf
+    last_failed: list[int] = []
+    for target in _targets(allowed, n):
+        choice = _choose(allowed, float(target))
+        for _ in range(len(choice) + 1):
+            placed, failed = placer.place(choice)
+            if placed is not None or not _repair(allowed, choice, failed):
+                break
+        if placed is None:
+            last_failed = failed
+            continue
+        cost = bottleneck(placed, n)
+        if cost < best_cost - 1e-12:
+            best, best_cost = placed, cost
+    if best is None:
+        raise NoFitError(fit_report(options, inputs, cap, last_failed))
+    _refine(best, n, cap)
+    return best

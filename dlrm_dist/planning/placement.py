@@ -1,0 +1,48 @@
+"""A placement: which option each table uses and which rank holds each shard.
+
+Also the per-rank arithmetic every stage shares: loads (estimated ms), HBM and DDR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dlrm_dist.planning.inputs import GB, PlannerInputs
+from dlrm_dist.planning.options import Option
+
+
+@dataclass
+class TablePlacement:
+    option: Option
+    ranks: np.ndarray  # (S,) rank of each shard
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Per-rank memory the embeddings may use (budgets applied)."""
+
+    hbm: float
+    ddr: float
+
+    @staticmethod
+    def of(inputs: PlannerInputs) -> "Capacity":
+        t, b = inputs.topology, inputs.budgets
+        hbm = t.hbm_gb * GB * b.hbm_share if t.device == "cuda" else 0.0
+        return Capacity(hbm=hbm, ddr=t.ddr_gb * GB / t.ranks_per_host * b.ddr_share)
+
+
+def rank_totals(tables: list[TablePlacement], world_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(load ms, hbm bytes, ddr bytes) per rank."""
+    load, hbm, ddr = np.zeros(world_size), np.zeros(world_size), np.zeros(world_size)
+    for tp in tables:
+        np.add.at(load, tp.ranks, tp.option.shard_cost)
+        np.add.at(hbm, tp.ranks, tp.option.hbm)
+        np.add.at(ddr, tp.ranks, tp.option.ddr)
+    return load, hbm, ddr
+
+
+def bottleneck(tables: list[TablePlacement], world_size: int) -> float:
+    """TorchRec's rating of a plan: the slowest rank's summed shard cost (ms)."""
+    return float(rank_totals(tables, world_size)[0].max())
