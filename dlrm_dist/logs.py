@@ -7,12 +7,13 @@ import warnings
 
 
 def quiet_libraries(level: int = logging.ERROR) -> None:
-    """Library loggers only at ``level`` and above; the root at WARNING.
+    """Library loggers only at ``level`` and above; the root at ERROR.
 
     fbgemm_gpu installs a root handler at import time (force=True replaces it) and its
-    kernels log every construction through the root logger at INFO.
+    kernels log every construction through the root logger at INFO; TorchRec's planner warns
+    there about every data-parallel table.
     """
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)
+    logging.basicConfig(level=logging.ERROR, format="%(message)s", force=True)
     for name in ("torchrec", "fbgemm_gpu", "torch.distributed", "torch.fx", "iopath"):
         logging.getLogger(name).setLevel(level)
     warnings.filterwarnings("ignore", category=UserWarning)

@@ -19,6 +19,7 @@ from dlrm_dist.config.schema import Config
 # Familiar flag spellings mapped to their section.key.
 ALIASES = {
     "sharding-type": "sharding.sharding_type",
+    "plan": "sharding.plan",
     "batch-size": "train.global_batch_size",
     "steps": "train.steps",
     "run-dir": "train.run_dir",

@@ -147,9 +147,18 @@ class ShardingConfig:
         "row_wise, table_row_wise, table_column_wise); unset = TorchRec's planner decides.",
     )
 
+    plan: Optional[str] = _f(None, "A plan file (from dlrm-plan make) to train with; checked against the model and job.")
+    planner: str = _f("dlrm_dist", "Planner when neither a plan nor a sharding type is given: dlrm_dist or torchrec.")
+
     def __post_init__(self) -> None:
         if self.sharding_type is not None:
             _choice("sharding", "sharding_type", self.sharding_type, SHARDING_TYPES)
+        _choice("sharding", "planner", self.planner, ("dlrm_dist", "torchrec"))
+        if self.plan and self.sharding_type:
+            raise ConfigError(
+                f"sharding.plan={self.plan!r} and sharding.sharding_type={self.sharding_type!r} "
+                "both say where tables go: give one of them"
+            )
 
 
 @dataclass

@@ -1,6 +1,12 @@
-"""Planning: where every embedding table (or shard) lives. Needs no process group."""
+"""Planning: where every embedding table (or shard) lives. Needs no process group.
 
-from dlrm_dist.planning.plan import PlanError, make_plan
-from dlrm_dist.planning.summary import plan_rows, format_plan
+inputs.py (what a plan is made from) -> options.py (enumeration + TorchRec's estimates)
+-> partitioner.py (our proposer/partitioner) -> estimates.py -> planfile.py (the file
+format); planner.py composes them. plan.py decides a training job's plan; check.py
+checks a plan against a model and job; summary.py prints one.
+"""
 
-__all__ = ["PlanError", "format_plan", "make_plan", "plan_rows"]
+from dlrm_dist.planning.errors import NoFitError, PlanError
+from dlrm_dist.planning.summary import format_plan, plan_rows
+
+__all__ = ["NoFitError", "PlanError", "format_plan", "plan_rows"]

@@ -100,6 +100,9 @@ class PlannerInputs:
             raise PlanInputError(f"{origin}: missing section {e}") from None
         except TypeError as e:
             raise PlanInputError(f"{origin}: {e}") from None
+        unknown = sorted(set(d) - {"tables", "topology", "budgets", "batch_size_per_rank", "optimizer", "about"})
+        if unknown:
+            raise PlanInputError(f"{origin}: unknown field(s) {unknown}")
         rest = {k: d[k] for k in ("batch_size_per_rank", "optimizer") if k in d}
         return PlannerInputs(tables=tables, topology=topology, budgets=budgets, **rest)
 

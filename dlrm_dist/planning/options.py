@@ -31,6 +31,9 @@ from dlrm_dist.planning.inputs import PlannerInputs, TableSpec
 from dlrm_dist.planning.torchrec_bridge import cache_load_factor, constraints, meta_module, torchrec_topology
 
 PERF_FIELDS = ("fwd_compute", "fwd_comms", "bwd_compute", "bwd_comms", "input_dist_comms", "prefetch_compute")
+# A shard's cost is TorchRec's Perf.total: every component but input_dist_comms (which
+# TorchRec reports but does not count, as it overlaps with the previous batch).
+COST_WEIGHTS = np.array([1.0, 1.0, 1.0, 1.0, 0.0, 1.0])
 # Kernels this planner considers (key-value and virtual tables need SSD/KV backends).
 PLANNED_KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching")
 UVM_KERNELS = ("fused_uvm", "fused_uvm_caching")
@@ -53,7 +56,7 @@ class Option:
     def __post_init__(self) -> None:
         # Derived once: the partitioner reads these many thousands of times.
         self.placement: str = get_partition_by_type(self.sharding_type)  # device | host | uniform
-        self.shard_cost: np.ndarray = self.perf.sum(axis=1)  # (S,) ms per shard
+        self.shard_cost: np.ndarray = self.perf @ COST_WEIGHTS  # (S,) ms per shard, as Perf.total
         self.total_cost: float = float(self.shard_cost.sum())
         self.max_cost: float = float(self.shard_cost.max())
 
@@ -100,8 +103,11 @@ class Enumerator:
         return [self.options(i) for i in range(len(self.inputs.tables))]
 
     # -- internals ------------------------------------------------------------------------
-    def _sharding_option(self, table: TableSpec, st: str, kernel: str, sizes: list, offsets: list) -> ShardingOption:
-        clf = cache_load_factor(self.inputs, table) if kernel == "fused_uvm_caching" else None
+    def _sharding_option(self, table: TableSpec, st: str, kernel: str, sizes: list, offsets: list,
+                         load_factor: Optional[float] = None) -> ShardingOption:
+        clf = None
+        if kernel == "fused_uvm_caching":
+            clf = load_factor if load_factor is not None else cache_load_factor(self.inputs, table)
         return ShardingOption(
             name=table.name,
             tensor=self.params[table.name],
@@ -136,7 +142,21 @@ class Enumerator:
 
     def _option(self, index: int, table: TableSpec, st: str, kernel: str) -> Option:
         sizes, offsets, sizes_a, offsets_a, distinct, rep, inverse = self._layout(table, st)
-        so = self._sharding_option(table, st, kernel, [sizes[i] for i in rep], [offsets[i] for i in rep])
+        return self._estimate(index, table, st, kernel, sizes, offsets, sizes_a, offsets_a, distinct, rep, inverse, None)
+
+    def option_for(self, index: int, st: str, kernel: str, sizes: list, offsets: list,
+                   load_factor: Optional[float]) -> Option:
+        """The option of an explicit shard layout (e.g. another planner's), estimated alike."""
+        sizes_a, offsets_a = np.asarray(sizes, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
+        packed = sizes_a[:, 0] * (1 << 24) + sizes_a[:, 1]
+        _, rep, inverse = np.unique(packed, return_index=True, return_inverse=True)
+        table = self.inputs.tables[index]
+        return self._estimate(index, table, st, kernel, sizes, offsets, sizes_a, offsets_a, sizes_a[rep], rep,
+                              inverse.reshape(-1), load_factor)
+
+    def _estimate(self, index, table, st, kernel, sizes, offsets, sizes_a, offsets_a, distinct, rep, inverse,
+                  load_factor: Optional[float]) -> Option:
+        so = self._sharding_option(table, st, kernel, [sizes[i] for i in rep], [offsets[i] for i in rep], load_factor)
         self.storage_estimator.estimate([so], self.sharder_data)
         hbm = np.array([s.storage.hbm for s in so.shards], dtype=np.int64)[inverse]
         ddr = np.array([s.storage.ddr for s in so.shards], dtype=np.int64)[inverse]

@@ -21,9 +21,10 @@ import numpy as np
 from dlrm_dist.planning.errors import NoFitError, fit_report
 from dlrm_dist.planning.inputs import PlannerInputs
 from dlrm_dist.planning.options import UVM_KERNELS, Option
-from dlrm_dist.planning.placement import Capacity, TablePlacement, bottleneck
+from dlrm_dist.planning.placement import Capacity, TablePlacement, bottleneck, rank_totals
 
 NUM_TARGETS = 24
+NUM_BREAKS = 16
 REFINE_MOVES = 2000
 
 
@@ -78,9 +79,8 @@ class _Placer:
             if o.placement == "uniform":
                 ranks = np.arange(len(o.sizes)) % self.n
                 placed[t] = TablePlacement(o, ranks)
-                np.add.at(load, ranks, o.shard_cost)
-                np.add.at(hbm, ranks, o.hbm)
-                np.add.at(ddr, ranks, o.ddr)
+                for acc, w in ((load, o.shard_cost), (hbm, o.hbm), (ddr, o.ddr)):
+                    acc += np.bincount(ranks, w, minlength=self.n)
         movable = [t for t, o in enumerate(choice) if o.placement != "uniform"]
         movable.sort(key=lambda t: -choice[t].max_cost)
         for t in movable:
@@ -120,11 +120,12 @@ class _Placer:
         if not fits.any():
             return None
         peak = np.where(fits, (load.reshape(shape) + dl).max(1), np.inf)
-        ranks = int(np.argmin(peak)) * self.local + local
-        np.add.at(load, ranks, o.shard_cost)
-        np.add.at(hbm, ranks, o.hbm)
-        np.add.at(ddr, ranks, o.ddr)
-        return ranks
+        host = int(np.argmin(peak))
+        sl = slice(host * self.local, (host + 1) * self.local)
+        load[sl] += dl
+        hbm[sl] += dh
+        ddr[sl] += dd
+        return host * self.local + local
 
 
 def _choose(allowed: list[list[Option]], target: float) -> list[Option]:
@@ -136,12 +137,20 @@ def _choose(allowed: list[list[Option]], target: float) -> list[Option]:
 
 
 def _targets(allowed: list[list[Option]], n: int) -> np.ndarray:
+    """Per-shard cost caps to try, from the floor (no table can be split finer) upwards.
+
+    Caps below the mean load matter: splitting a big table that would fit whole often
+    packs the rest better.
+    """
     cheapest = [min(opts, key=lambda o: o.total_cost) for opts in allowed]
-    lower = max(sum(o.total_cost for o in cheapest) / n, max(min(o.max_cost for o in opts) for opts in allowed))
+    floor = max(min(o.max_cost for o in opts) for opts in allowed)
     upper = max(o.max_cost for o in cheapest)
-    if upper <= lower:
+    if upper <= floor:
         return np.array([upper])
-    return np.unique(np.concatenate([np.geomspace(lower, upper, NUM_TARGETS), [upper]]))
+    steps = np.geomspace(floor, upper, NUM_TARGETS)
+    # Also exactly at (just under) the heaviest tables' whole-table costs: where choices change.
+    breaks = np.sort([o.max_cost for o in cheapest if floor <= o.max_cost <= upper])[-NUM_BREAKS:]
+    return np.unique(np.concatenate([steps, breaks, breaks * (1 - 1e-9), [upper]]))
 
 
 def _repair(allowed: list[list[Option]], choice: list[Option], failed: list[int]) -> bool:
@@ -157,11 +166,7 @@ def _repair(allowed: list[list[Option]], choice: list[Option], failed: list[int]
 
 def _refine(placed: list[TablePlacement], n: int, cap: Capacity) -> None:
     """Moves single device-placed shards off the bottleneck rank while it helps."""
-    load, hbm, ddr = np.zeros(n), np.zeros(n), np.zeros(n)
-    for tp in placed:
-        np.add.at(load, tp.ranks, tp.option.shard_cost)
-        np.add.at(hbm, tp.ranks, tp.option.hbm)
-        np.add.at(ddr, tp.ranks, tp.option.ddr)
+    load, hbm, ddr = rank_totals(placed, n)
     for _ in range(REFINE_MOVES):
         top = int(np.argmax(load))
         best = None

@@ -37,9 +37,8 @@ def rank_totals(tables: list[TablePlacement], world_size: int) -> tuple[np.ndarr
     """(load ms, hbm bytes, ddr bytes) per rank."""
     load, hbm, ddr = np.zeros(world_size), np.zeros(world_size), np.zeros(world_size)
     for tp in tables:
-        np.add.at(load, tp.ranks, tp.option.shard_cost)
-        np.add.at(hbm, tp.ranks, tp.option.hbm)
-        np.add.at(ddr, tp.ranks, tp.option.ddr)
+        for acc, w in ((load, tp.option.shard_cost), (hbm, tp.option.hbm), (ddr, tp.option.ddr)):
+            acc += np.bincount(tp.ranks, w, minlength=world_size)
     return load, hbm, ddr
 
 

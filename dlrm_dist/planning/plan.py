@@ -1,10 +1,9 @@
-"""Builds the TorchRec ``ShardingPlan`` for a job, before any process group exists.
+"""The sharding plan of a training job, decided before any process group exists.
 
-Two ways:
-- one sharding type forced for every table (``--sharding-type``), built with TorchRec's
-  own per-parameter generators (``table_wise``, ``row_wise``, ...), so shard boundaries
-  are exactly those TorchRec routes ids by;
-- otherwise TorchRec's ``EmbeddingShardingPlanner`` on a Topology of the actual job.
+Three sources, in order: a plan file (``--plan``, checked against the model and the job),
+one sharding type forced for every table (``--sharding-type``, built with TorchRec's own
+per-parameter generators so shard boundaries are exactly those TorchRec routes ids by),
+or a planner on the job's own topology (dlrm_dist's by default, or TorchRec's).
 
 Planning is deterministic, so every rank computes the same plan locally. The embedding
 parameters must already carry their in-backward optimizer (``apply_optimizer_in_backward``):
@@ -14,6 +13,9 @@ that selects the fused kernel and lets the planner count optimizer state.
 from __future__ import annotations
 
 import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -28,22 +30,38 @@ from torchrec.distributed.sharding_plan import (
     table_row_wise,
     table_wise,
 )
-from torchrec.distributed.types import ParameterSharding, ShardingPlan
+from torchrec.distributed.types import EmbeddingModuleShardingPlan, ShardingPlan
 
-from dlrm_dist.config.errors import ConfigError
+from dlrm_dist.planning import planfile
+from dlrm_dist.planning.check import ExpectedTable, check_plan
+from dlrm_dist.planning.errors import PlanError
+from dlrm_dist.planning.inputs import GB, Budgets, PlannerInputs, TableSpec, TopologySpec
+from dlrm_dist.planning.planner import make_plan_file
 
 FUSED_DIM_MULTIPLE = 4
 
 
-class PlanError(ConfigError):
-    """The requested placement cannot be built; the message says why and what would work."""
+@dataclass(frozen=True)
+class JobSpec:
+    """What the plan must fit: the job's ranks, device, batch and embedding optimizer."""
+
+    world_size: int
+    local_size: int
+    device: torch.device
+    batch_size_per_rank: int
+    optimizer: str = "adagrad"
+    pooling_factor: float = 1.0
 
 
-def _find_ebc(model: nn.Module) -> tuple[str, EmbeddingBagCollection]:
+def find_ebc(model: nn.Module) -> tuple[str, EmbeddingBagCollection]:
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, EmbeddingBagCollection)]
     if len(found) != 1:
         raise PlanError(f"expected one EmbeddingBagCollection in the model, found {len(found)}")
     return found[0]
+
+
+def expected_tables(ebc: EmbeddingBagCollection) -> list[ExpectedTable]:
+    return [ExpectedTable(c.name, c.num_embeddings, c.embedding_dim) for c in ebc.embedding_bag_configs()]
 
 
 def _table_wise_ranks(ebc: EmbeddingBagCollection, world_size: int) -> dict[str, int]:
@@ -95,13 +113,10 @@ def _forced_generators(ebc: EmbeddingBagCollection, sharding_type: str, world_si
 
 def forced_plan(model: nn.Module, sharding_type: str, world_size: int, local_size: int, device_type: str) -> ShardingPlan:
     """Every table sharded with ``sharding_type``."""
-    path, ebc = _find_ebc(model)
+    path, ebc = find_ebc(model)
     module_plan = construct_module_sharding_plan(
-        ebc,
-        _forced_generators(ebc, sharding_type, world_size, local_size),
-        local_size=local_size,
-        world_size=world_size,
-        device_type=device_type,
+        ebc, _forced_generators(ebc, sharding_type, world_size, local_size),
+        local_size=local_size, world_size=world_size, device_type=device_type,
     )
     if sharding_type == "table_column_wise":
         # TorchRec has no generator for TWCW; its shards are column_wise's, kept on one host.
@@ -110,27 +125,54 @@ def forced_plan(model: nn.Module, sharding_type: str, world_size: int, local_siz
     return ShardingPlan({path: module_plan})
 
 
-def planner_plan(model: nn.Module, world_size: int, local_size: int, device_type: str, batch_size: int) -> ShardingPlan:
-    """TorchRec's EmbeddingShardingPlanner on the job's own topology."""
-    topology = Topology(world_size=world_size, local_world_size=local_size, compute_device=device_type)
-    planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size)
-    return planner.plan(model, [EmbeddingBagCollectionSharder()])
+def _memory_gb(device: torch.device, local_size: int) -> tuple[float, float]:
+    """(device memory per rank, host memory) of this machine, in GB."""
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory / GB, host
+    return 0.0, host
+
+
+def job_inputs(ebc: EmbeddingBagCollection, job: JobSpec) -> PlannerInputs:
+    """Planner inputs describing this job's tables and this machine's topology."""
+    hbm, ddr = _memory_gb(job.device, job.local_size)
+    tables = tuple(
+        TableSpec(name=c.name, rows=c.num_embeddings, dim=c.embedding_dim, pooling_factor=job.pooling_factor,
+                  feature_names=tuple(c.feature_names))
+        for c in ebc.embedding_bag_configs()
+    )
+    topology = TopologySpec(world_size=job.world_size, ranks_per_host=job.local_size, device=job.device.type,
+                            hbm_gb=hbm, ddr_gb=ddr)
+    return PlannerInputs(tables=tables, topology=topology, budgets=Budgets(),
+                         batch_size_per_rank=job.batch_size_per_rank, optimizer=job.optimizer)
+
+
+def from_plan_file(model: nn.Module, path: str, job: JobSpec) -> ShardingPlan:
+    """A plan file's plan, checked against the model and job, keyed to the model's module path."""
+    module_path, ebc = find_ebc(model)
+    pf = planfile.read(path)
+    check_plan(pf.plan, expected_tables(ebc), job.world_size, job.device.type, origin=f"plan file {path}")
+    module_plan = {}
+    for mp in pf.plan.plan.values():
+        module_plan.update(mp)
+    return ShardingPlan({module_path: EmbeddingModuleShardingPlan(module_plan)})
 
 
 def make_plan(
     model: nn.Module,
-    world_size: int,
-    local_size: int,
-    device: torch.device,
-    batch_size_per_rank: int,
-    sharding_type: str | None = None,
+    job: JobSpec,
+    sharding_type: Optional[str] = None,
+    plan_file: Optional[str] = None,
+    planner: str = "dlrm_dist",
 ) -> ShardingPlan:
-    """The plan for this job (forced type or planner), without a process group."""
+    """The plan for this job, without a process group."""
+    if plan_file:
+        return from_plan_file(model, plan_file, job)
     if sharding_type:
-        return forced_plan(model, sharding_type, world_size, local_size, device.type)
-    return planner_plan(model, world_size, local_size, device.type, batch_size_per_rank)
-
-
-def module_plans(plan: ShardingPlan) -> dict[str, dict[str, ParameterSharding]]:
-    """``{module path: {table: ParameterSharding}}`` as plain dicts."""
-    return {path: dict(mp.items()) for path, mp in plan.plan.items()}
+        return forced_plan(model, sharding_type, job.world_size, job.local_size, job.device.type)
+    path, ebc = find_ebc(model)
+    if planner == "torchrec":
+        topology = Topology(world_size=job.world_size, local_world_size=job.local_size, compute_device=job.device.type)
+        return EmbeddingShardingPlanner(topology=topology, batch_size=job.batch_size_per_rank).plan(
+            model, [EmbeddingBagCollectionSharder()])
+    return make_plan_file(job_inputs(ebc, job), module_path=path).plan

@@ -22,7 +22,7 @@ from dlrm_dist.distributed.weights import init_embedding_weights
 from dlrm_dist.metrics.log import MetricsLog
 from dlrm_dist.model import build_model, feature_names
 from dlrm_dist.model.tables import make_tables
-from dlrm_dist.planning import make_plan
+from dlrm_dist.planning.plan import JobSpec, make_plan
 from dlrm_dist.training.optim import LRSchedule, ScheduledLR, build_optimizer, mark_embedding_optimizer
 from dlrm_dist.training.trainer import Trainer
 
@@ -40,14 +40,15 @@ def prepare(cfg: Config, env: DistEnv) -> Prepared:
     validate_for_launch(cfg, env.world_size, env.device.type)
     model = build_model(cfg.model, seed=cfg.train.seed)
     mark_embedding_optimizer(model, cfg.optim)
-    plan = make_plan(
-        model,
+    job = JobSpec(
         world_size=env.world_size,
         local_size=env.local_world_size,
         device=env.device,
         batch_size_per_rank=cfg.train.global_batch_size // env.world_size,
-        sharding_type=cfg.sharding.sharding_type,
+        optimizer=cfg.optim.embedding_optimizer,
+        pooling_factor=float(cfg.data.pooling_factor),
     )
+    plan = make_plan(model, job, cfg.sharding.sharding_type, cfg.sharding.plan, cfg.sharding.planner)
     return Prepared(model, plan)
 
 

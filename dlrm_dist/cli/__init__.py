@@ -1,0 +1,1 @@
+"""Command-line tools. ``dlrm-plan`` (plan_main.py) needs no process group."""

@@ -1,0 +1,62 @@
+"""Inspect a plan file: per-rank costs and memory, a summary, optionally measured times."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Optional
+
+from dlrm_dist.cli.plan_html import write_html
+from dlrm_dist.cli.render import rank_table, summary_text
+from dlrm_dist.planning import planfile
+from dlrm_dist.planning.errors import PlanError
+
+HELP = "show a plan per rank and in summary (--json, --html, --measured)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("plan", help="a plan file")
+    p.add_argument("--json", action="store_true", help="print everything as JSON")
+    p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page with per-rank bars")
+    p.add_argument("--measured", metavar="RUN_DIR", help="a training run's directory: show measured step times")
+
+
+def measured_step_ms(run_dir: str, world_size: int) -> list[float]:
+    """Per-rank mean step times recorded by dlrm-train in RUN_DIR/summary.json."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        raise PlanError(f"{path}: no such file (is {run_dir} a dlrm-train run directory?)")
+    times = json.loads(path.read_text()).get("rank_step_ms") or []
+    if len(times) != world_size:
+        raise PlanError(f"{path} has step times of {len(times)} rank(s); the plan is for {world_size}")
+    return [float(t) for t in times]
+
+
+def run(args: argparse.Namespace) -> int:
+    pf = planfile.read(args.plan)
+    est = pf.estimates
+    measured: Optional[list[float]] = None
+    if args.measured:
+        measured = measured_step_ms(args.measured, pf.inputs.topology.world_size)
+    if args.html:
+        write_html(pf, args.html, measured)
+    if args.json:
+        out = {"plan": args.plan, "planner": pf.planner, "inputs": pf.inputs.to_dict(), **est}
+        if measured:
+            out["measured_step_ms"] = measured
+        print(json.dumps(out, indent=1, sort_keys=True))
+        return 0
+    t = pf.inputs.topology
+    print(f"{args.plan}: {len(pf.inputs.tables)} tables on {t.world_size} x {t.device} "
+          f"({t.ranks_per_host} per host), planner {pf.planner.get('name', '?')}")
+    for note in pf.planner.get("notes", []):
+        print(f"note: {note}")
+    print(rank_table(est["per_rank"], est["summary"], measured))
+    print(summary_text(est["summary"]))
+    if measured:
+        print("measured: mean training step per rank (dense + embeddings + data) against the embedding "
+              "estimate; the ratio's spread across ranks shows imbalance the model did not predict")
+    if args.html:
+        print(f"wrote {args.html}")
+    return 0

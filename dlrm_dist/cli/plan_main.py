@@ -1,0 +1,47 @@
+"""``dlrm-plan``: make, inspect, diff, validate and compare sharding plans.
+
+Each subcommand lives in its own module; this file only wires argparse. Nothing here
+creates a process group or imports the trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from dlrm_dist.cli import plan_compare, plan_diff, plan_inspect, plan_make, plan_validate
+from dlrm_dist.config.errors import ConfigError
+from dlrm_dist.logs import quiet_libraries
+
+COMMANDS = {
+    "make": plan_make,
+    "inspect": plan_inspect,
+    "diff": plan_diff,
+    "validate": plan_validate,
+    "compare": plan_compare,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dlrm-plan", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in COMMANDS.items():
+        p = sub.add_parser(name, help=module.HELP, description=module.__doc__)
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_libraries()
+    try:
+        return int(args.run(args) or 0)
+    except ConfigError as e:  # PlanError and PlanInputError included
+        print(f"dlrm-plan {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

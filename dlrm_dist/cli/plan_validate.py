@@ -1,0 +1,31 @@
+"""Validate a plan file against a model's tables and a job's world size and device."""
+
+from __future__ import annotations
+
+import argparse
+
+from dlrm_dist.planning import planfile
+from dlrm_dist.planning.check import ExpectedTable, PlanMismatchError, check_plan
+from dlrm_dist.planning.inputs import load_tables
+
+HELP = "check a plan against tables and a world size (exit 1 listing every mismatch)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("plan", help="a plan file")
+    p.add_argument("--tables", required=True, help="the model's tables file (name, rows, dim)")
+    p.add_argument("--world-size", type=int, required=True)
+    p.add_argument("--device", choices=("cuda", "cpu"), help="the job's device (default: the plan's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    pf = planfile.read(args.plan)
+    tables = [ExpectedTable(t.name, t.rows, t.dim) for t in load_tables(args.tables)]
+    device = args.device or pf.inputs.topology.device
+    try:
+        check_plan(pf.plan, tables, args.world_size, device, origin=args.plan)
+    except PlanMismatchError as e:
+        print(str(e))
+        return 1
+    print(f"{args.plan}: OK for {len(tables)} tables on {args.world_size} x {device}")
+    return 0

@@ -1,0 +1,74 @@
+"""Checks a plan against the model it will shard and the job it will run in.
+
+Every mismatch is collected (missing or extra table, rows or dim, a shard outside the
+table, shards that do not tile it, a rank beyond the world size, the device kind), so a
+user sees them all at once rather than one per attempt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torchrec.distributed.types import ShardingPlan
+
+from dlrm_dist.planning.convert import table_shardings
+from dlrm_dist.planning.errors import PlanError
+
+
+@dataclass(frozen=True)
+class ExpectedTable:
+    name: str
+    rows: int
+    dim: int
+
+
+class PlanMismatchError(PlanError):
+    """The plan does not fit the model or the job; ``problems`` lists every mismatch."""
+
+    def __init__(self, origin: str, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(f"{origin} does not match this job:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _device_of(placement: str) -> str:
+    # "rank:3/cuda:3" -> "cuda"; "rank:1/cpu" -> "cpu"
+    return placement.split("/", 1)[1].split(":", 1)[0]
+
+
+def _table_problems(name: str, ps, exp: ExpectedTable, world_size: int, device: str) -> list[str]:
+    problems = []
+    if ps.ranks and max(ps.ranks) >= world_size:
+        problems.append(f"table {name}: placed on rank {max(ps.ranks)}, but the world size is {world_size}")
+    if ps.sharding_spec is None:
+        return problems
+    area = 0
+    for s in ps.sharding_spec.shards:
+        (r0, c0), (nr, nc) = s.shard_offsets, s.shard_sizes
+        if r0 + nr > exp.rows or c0 + nc > exp.dim:
+            problems.append(
+                f"table {name}: shard at rows {r0}+{nr}, cols {c0}+{nc} lies outside the model's "
+                f"{exp.rows} x {exp.dim} table (different rows or dim)"
+            )
+        area += nr * nc
+        if s.placement.rank() >= world_size:
+            problems.append(f"table {name}: shard on rank {s.placement.rank()}, but the world size is {world_size}")
+        if _device_of(str(s.placement)) != device:
+            problems.append(f"table {name}: shard placed on {_device_of(str(s.placement))}, but this job runs on {device}")
+    if area != exp.rows * exp.dim and not any("outside" in p for p in problems):
+        problems.append(f"table {name}: shards cover {area} of the model's {exp.rows * exp.dim} weights "
+                        f"({exp.rows} x {exp.dim}): different rows or dim")
+    return problems
+
+
+def check_plan(plan: ShardingPlan, tables: list[ExpectedTable], world_size: int, device: str,
+               origin: str = "the plan") -> None:
+    """Raises PlanMismatchError listing every way ``plan`` does not fit."""
+    shardings = table_shardings(plan)
+    expected = {t.name: t for t in tables}
+    problems = [f"table {n} is in the model but missing from the plan" for n in expected if n not in shardings]
+    problems += [f"table {n} is in the plan but not in the model" for n in shardings if n not in expected]
+    for name, ps in shardings.items():
+        if name in expected:
+            problems += _table_problems(name, ps, expected[name], world_size, device)
+    if problems:
+        raise PlanMismatchError(origin, problems)

@@ -1,0 +1,100 @@
+"""What a placement is expected to cost, per rank and in summary.
+
+Per rank: the estimated fwd/bwd compute and communication time (TorchRec's perf model,
+ms per iteration), HBM and DDR used against budget, input and output bytes per iteration
+(TorchRec's IO-size model), and the tables/shards by sharding type. Summary: the
+bottleneck rank and the tables driving it, imbalance (max/mean - 1) of cost and memory,
+memory headroom, all-to-all bytes per sample, estimated iteration time and samples/s
+(of the embedding part, which is what the model estimates).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+from torchrec.distributed.planner.shard_estimators import _calculate_shard_io_sizes
+
+from dlrm_dist.planning.inputs import PlannerInputs
+from dlrm_dist.planning.options import COST_WEIGHTS, PERF_FIELDS
+from dlrm_dist.planning.placement import Capacity, TablePlacement
+
+ID_BYTES, EMB_BYTES = 8, 4  # int64 ids in, fp32 pooled embeddings out
+
+
+def _io_bytes(tp: TablePlacement, inputs: PlannerInputs) -> tuple[np.ndarray, np.ndarray]:
+    """Per shard: input (ids) and output (embeddings) bytes per iteration, TorchRec's model."""
+    t = inputs.topology
+    table = inputs.tables[tp.option.table]
+    ins, outs = _calculate_shard_io_sizes(
+        sharding_type=tp.option.sharding_type, batch_sizes=[inputs.batch_size_per_rank],
+        world_size=t.world_size, local_world_size=t.ranks_per_host, input_lengths=[table.pooling_factor],
+        emb_dim=table.dim, shard_sizes=[list(s) for s in tp.option.sizes], input_data_type_size=ID_BYTES,
+        output_data_type_size=EMB_BYTES, num_poolings=[1.0], is_pooled=True,
+    )
+    return np.asarray(ins, dtype=np.float64), np.asarray(outs, dtype=np.float64)
+
+
+def _imbalance(x: np.ndarray) -> float:
+    mean = float(x.mean())
+    return float(x.max()) / mean - 1.0 if mean > 0 else 0.0
+
+
+def estimate(tables: list[TablePlacement], inputs: PlannerInputs) -> dict[str, Any]:
+    """The estimates stored in a plan file and shown by ``dlrm-plan inspect``."""
+    n = inputs.topology.world_size
+    cap = Capacity.of(inputs)
+    perf = np.zeros((n, len(PERF_FIELDS)))
+    hbm, ddr, in_b, out_b = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
+    shards_by_type: list[dict[str, int]] = [defaultdict(int) for _ in range(n)]
+    table_cost: list[dict[str, float]] = [defaultdict(float) for _ in range(n)]
+    mem_by_type: list[dict[str, dict[str, int]]] = [{"hbm": defaultdict(int), "ddr": defaultdict(int)} for _ in range(n)]
+    a2a_bytes = 0.0
+    for tp in tables:
+        o, name = tp.option, inputs.tables[tp.option.table].name
+        ins, outs = _io_bytes(tp, inputs)
+        np.add.at(perf, tp.ranks, o.perf)
+        for arr, v in ((hbm, o.hbm), (ddr, o.ddr), (in_b, ins), (out_b, outs)):
+            np.add.at(arr, tp.ranks, v)
+        for r, c, h, d in zip(tp.ranks, o.shard_cost, o.hbm, o.ddr):
+            shards_by_type[r][o.sharding_type] += 1
+            table_cost[r][name] += float(c)
+            mem_by_type[r]["hbm"][o.sharding_type] += int(h)
+            mem_by_type[r]["ddr"][o.sharding_type] += int(d)
+        if o.sharding_type != "data_parallel":
+            a2a_bytes += float(ins.sum() + outs.sum())
+    cost = perf @ COST_WEIGHTS
+    top = int(np.argmax(cost))
+    drivers = sorted(table_cost[top].items(), key=lambda kv: -kv[1])[:5]
+    global_batch = inputs.batch_size_per_rank * n
+    ranks = [
+        {
+            "rank": r,
+            "cost_ms": float(cost[r]),
+            **{f: float(perf[r, i]) for i, f in enumerate(PERF_FIELDS)},
+            "hbm_bytes": int(hbm[r]), "ddr_bytes": int(ddr[r]),
+            "input_bytes": int(in_b[r]), "output_bytes": int(out_b[r]),
+            "shards_by_type": dict(sorted(shards_by_type[r].items())),
+            "hbm_by_type": dict(sorted(mem_by_type[r]["hbm"].items())),
+            "ddr_by_type": dict(sorted(mem_by_type[r]["ddr"].items())),
+            "num_tables": len(table_cost[r]),
+        }
+        for r in range(n)
+    ]
+    iteration_ms = float(cost.max())
+    summary = {
+        "bottleneck_rank": top,
+        "bottleneck_ms": iteration_ms,
+        "bottleneck_tables": [{"table": k, "cost_ms": v} for k, v in drivers],
+        "cost_imbalance": _imbalance(cost),
+        "hbm_imbalance": _imbalance(hbm),
+        "ddr_imbalance": _imbalance(ddr),
+        "hbm_budget_bytes": int(cap.hbm), "ddr_budget_bytes": int(cap.ddr),
+        "hbm_headroom_bytes": int(cap.hbm - hbm.max()), "ddr_headroom_bytes": int(cap.ddr - ddr.max()),
+        "all_to_all_bytes_per_sample": a2a_bytes / global_batch,
+        "estimated_iteration_ms": iteration_ms,
+        "estimated_samples_per_s": global_batch / (iteration_ms / 1000.0) if iteration_ms > 0 else None,
+        "global_batch_size": global_batch,
+    }
+    return {"per_rank": ranks, "summary": summary}

@@ -1,0 +1,59 @@
+"""The planner's front door: inputs in, a PlanFile out; and estimates for any plan.
+
+Composition (TorchRec's stage names): enumeration + estimation (options.py, TorchRec's
+estimators), proposal + partitioning (partitioner.py), storage budgets (placement.py's
+Capacity, from the inputs' shares), and the estimates/stats (estimates.py).
+"""
+
+from __future__ import annotations
+
+from torchrec.distributed.types import ShardingPlan
+
+from dlrm_dist.planning.baselines import baseline
+from dlrm_dist.planning.convert import DEFAULT_MODULE_PATH, from_sharding_plan, to_sharding_plan
+from dlrm_dist.planning.estimates import estimate
+from dlrm_dist.planning.inputs import PlannerInputs
+from dlrm_dist.planning.options import Enumerator
+from dlrm_dist.planning.partitioner import partition
+from dlrm_dist.planning.planfile import PlanFile
+from dlrm_dist.planning.placement import TablePlacement
+
+
+def notes_for(inputs: PlannerInputs) -> list[str]:
+    """What a user should know about how these inputs were interpreted."""
+    notes = []
+    if inputs.topology.device == "cpu":
+        asked = [t.name for t in inputs.tables if t.compute_kernels and set(t.compute_kernels) - {"fused", "dense"}]
+        notes.append(
+            "cpu topology: fbgemm has no UVM or UVM-caching kernels on CPU (its CPU build turns them into "
+            "plain host-memory tables), so every table is planned in host memory (DDR) with the fused or "
+            "dense kernel and no cache budget is used"
+            + (f"; UVM kernels requested for {asked} were not offered" if asked else "")
+        )
+    return notes
+
+
+def _package(inputs: PlannerInputs, placed: list[TablePlacement], name: str, module_path: str) -> PlanFile:
+    names = [t.name for t in inputs.tables]
+    t = inputs.topology
+    plan = to_sharding_plan(placed, names, t.device, t.ranks_per_host, module_path)
+    return PlanFile(inputs, plan, estimate(placed, inputs), {"name": name, "notes": notes_for(inputs)})
+
+
+def make_plan_file(inputs: PlannerInputs, module_path: str = DEFAULT_MODULE_PATH) -> PlanFile:
+    """Plans ``inputs`` with dlrm_dist's planner."""
+    enumerator = Enumerator(inputs)
+    placed = partition(enumerator.all_options(), inputs)
+    return _package(inputs, placed, "dlrm_dist", module_path)
+
+
+def baseline_plan_file(name: str, inputs: PlannerInputs, module_path: str = DEFAULT_MODULE_PATH) -> PlanFile:
+    """A simple baseline (baselines.py) on the same inputs, estimated alike."""
+    return _package(inputs, baseline(name, Enumerator(inputs)), name, module_path)
+
+
+def plan_file_for(plan: ShardingPlan, inputs: PlannerInputs, name: str,
+                  module_path: str = DEFAULT_MODULE_PATH) -> PlanFile:
+    """Any planner's ShardingPlan, estimated with the same models as ours."""
+    placed = from_sharding_plan(plan, Enumerator(inputs))
+    return _package(inputs, placed, name, module_path)
