@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed-$(strip $(DEVICE))
 TORCHREC_PIN = $(shell $(PYTHON) -c "import tomllib;print(tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['torchrec'][0])")
 NPROC   ?= 2
 
-.PHONY: install demo test clean
+.PHONY: install demo test plans clean
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# Regenerate every committed plan in sharding_plans/ from its inputs (a test checks they match).
+plans: $(STAMP)
+	for f in sharding_plans/inputs/*.json; do \
+	  $(VENV)/bin/dlrm-plan make --inputs $$f -o sharding_plans/$$(basename $$f) || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -78,9 +78,14 @@ class _Placer:
         for t, o in enumerate(choice):  # fixed placements first
             if o.placement == "uniform":
                 ranks = np.arange(len(o.sizes)) % self.n
+                dl, dh, dd = (np.bincount(ranks, w, minlength=self.n) for w in (o.shard_cost, o.hbm, o.ddr))
+                if not self._fits(hbm, ddr, dh, dd).all():
+                    failed.append(t)
+                    continue
                 placed[t] = TablePlacement(o, ranks)
-                for acc, w in ((load, o.shard_cost), (hbm, o.hbm), (ddr, o.ddr)):
-                    acc += np.bincount(ranks, w, minlength=self.n)
+                load += dl
+                hbm += dh
+                ddr += dd
         movable = [t for t, o in enumerate(choice) if o.placement != "uniform"]
         movable.sort(key=lambda t: -choice[t].max_cost)
         for t in movable:

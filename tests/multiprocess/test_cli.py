@@ -82,3 +82,26 @@ def test_bad_input_fails_fast_on_every_rank(tmp_path: Path) -> None:
     assert proc.stderr.count("train.global_batch_size=63 is not divisible by the world size 2") == 2
     assert time.monotonic() - start < 120  # no collective was ever entered, so no hang
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_train_with_plan_file_then_inspect_measured(tmp_path: Path) -> None:
+    plan = ROOT / "sharding_plans" / "demo_cpu2.json"
+    proc = _run(TORCHRUN + ["--nproc_per_node=2", "-m", "dlrm_dist.train", f"--plan={plan}", "--train.steps=6",
+                            "--train.global_batch_size=256", "--data.eval_batches=1", "--train.progress=false",
+                            f"--run-dir={tmp_path}"], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 6 and len(summary["rank_step_ms"]) == 2
+    inspect = _run([sys.executable, "-m", "dlrm_dist.cli.plan_main", "inspect", str(plan), "--measured", str(tmp_path), "--json"], 120)
+    assert inspect.returncode == 0, inspect.stderr
+    assert json.loads(inspect.stdout)["measured_step_ms"] == summary["rank_step_ms"]
+
+
+def test_mismatched_plan_file_is_refused_before_training(tmp_path: Path) -> None:
+    plan = ROOT / "sharding_plans" / "criteo_kaggle_gpu2.json"  # other tables, and for GPUs
+    proc = _run(TORCHRUN + ["--nproc_per_node=2", "-m", "dlrm_dist.train", f"--plan={plan}", f"--run-dir={tmp_path}"], 300)
+    assert proc.returncode != 0
+    err = proc.stderr
+    assert "does not match this job" in err and "different rows or dim" in err
+    assert "placed on cuda, but this job runs on cpu" in err
+    assert not (tmp_path / "metrics.jsonl").exists()

@@ -1,0 +1,151 @@
+"""`dlrm-plan` end to end (in process): make, inspect (--json, --html, --measured), diff,
+validate, compare — and its errors."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from dlrm_dist.cli.plan_main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+KAGGLE = ROOT / "sharding_plans" / "criteo_kaggle_gpu8.json"
+
+
+def _tables(tmp_path: Path) -> Path:
+    f = tmp_path / "tables.json"
+    f.write_text(json.dumps({"tables": [{"name": f"t{i}", "rows": 10_000 * (i + 1), "dim": 64, "pooling_factor": 2}
+                                        for i in range(10)]}))
+    return f
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_make_then_inspect_json(tmp_path, capsys) -> None:
+    plan = tmp_path / "p.json"
+    code, out, _ = _run(capsys, "make", "--tables", str(_tables(tmp_path)), "--world-size", "4", "--ranks-per-host", "2",
+                        "--hbm-gb", "16", "-o", str(plan))
+    assert code == 0 and "wrote" in out and "bottleneck: rank" in out and plan.is_file()
+    code, out, _ = _run(capsys, "inspect", str(plan), "--json")
+    data = json.loads(out)
+    assert code == 0 and len(data["per_rank"]) == 4
+    s = data["summary"]
+    for key in ("bottleneck_rank", "bottleneck_tables", "cost_imbalance", "hbm_headroom_bytes",
+                "all_to_all_bytes_per_sample", "estimated_iteration_ms", "estimated_samples_per_s"):
+        assert key in s
+    r = data["per_rank"][0]
+    for key in ("fwd_compute", "bwd_compute", "fwd_comms", "bwd_comms", "hbm_bytes", "ddr_bytes",
+                "input_bytes", "output_bytes", "shards_by_type"):
+        assert key in r
+    assert s["cost_imbalance"] == pytest.approx(max(x["cost_ms"] for x in data["per_rank"]) /
+                                                (sum(x["cost_ms"] for x in data["per_rank"]) / 4) - 1)
+
+
+def test_inspect_text_shows_ranks_and_summary(capsys) -> None:
+    code, out, _ = _run(capsys, "inspect", str(KAGGLE))
+    assert code == 0
+    lines = out.splitlines()
+    assert sum(1 for line in lines if line.strip()[:1].isdigit() and "G/" in line) == 8  # one line per rank
+    for words in ("bottleneck: rank", "imbalance", "headroom", "all-to-all bytes per sample", "samples/s"):
+        assert words in out
+
+
+class _Bars(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rects: list[dict[str, str]] = []
+        self.charts: list[str] = []
+        self.data = ""
+        self._in_data = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "rect":
+            self.rects.append(a)
+        if tag == "svg":
+            self.charts.append(a.get("data-chart", ""))
+        self._in_data = tag == "script" and a.get("id") == "plan-data"
+
+    def handle_data(self, data):
+        if self._in_data:
+            self.data += data
+
+
+def test_html_bars_match_the_estimates(tmp_path, capsys) -> None:
+    page = tmp_path / "plan.html"
+    code, _, _ = _run(capsys, "inspect", str(KAGGLE), "--html", str(page))
+    assert code == 0
+    parser = _Bars()
+    parser.feed(page.read_text())
+    assert parser.charts == ["Estimated cost per rank", "HBM per rank", "DDR per rank"]
+    est = json.loads(parser.data)["estimates"]
+    cost_rects = [r for r in parser.rects if r["data-part"] in ("fwd_compute", "fwd_comms", "bwd_compute", "bwd_comms", "prefetch_compute")]
+    for rank in range(8):
+        drawn = sum(float(r["data-value"]) for r in cost_rects if r["data-rank"] == str(rank))
+        assert drawn == pytest.approx(est["per_rank"][rank]["cost_ms"])
+    heights = {int(r["data-rank"]): float(r["height"]) for r in parser.rects if r["data-part"] == "fwd_compute"}
+    assert len(heights) == 8 and max(heights.values()) > 0
+    assert "<script src" not in page.read_text() and "http" not in page.read_text().split("<svg")[0]
+
+
+def test_measured(tmp_path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps({"rank_step_ms": [70.0 + r for r in range(8)]}))
+    code, out, _ = _run(capsys, "inspect", str(KAGGLE), "--measured", str(run_dir), "--json")
+    assert code == 0 and json.loads(out)["measured_step_ms"][7] == 77.0
+    code, out, _ = _run(capsys, "inspect", str(KAGGLE), "--measured", str(run_dir))
+    assert "meas ms" in out and "77.00" in out
+    (run_dir / "summary.json").write_text(json.dumps({"rank_step_ms": [1.0, 2.0]}))
+    code, _, err = _run(capsys, "inspect", str(KAGGLE), "--measured", str(run_dir))
+    assert code == 2 and "step times of 2 rank(s); the plan is for 8" in err
+
+
+def test_diff(capsys) -> None:
+    a = ROOT / "sharding_plans" / "mlperf_dcnv2_criteo1tb_gpu8x80gb.json"
+    b = ROOT / "sharding_plans" / "mlperf_dcnv2_criteo1tb_gpu8x16gb_uvm.json"
+    code, out, _ = _run(capsys, "diff", str(a), str(b), "--json")
+    data = json.loads(out)
+    assert code == 0 and data["tables"]
+    assert any("resharded" in c["change"] or "cache" in c["change"] for c in data["tables"])
+    assert data["summary"]["bottleneck_ms"]["a"] < data["summary"]["bottleneck_ms"]["b"]
+    code, out, _ = _run(capsys, "diff", str(a), str(a))
+    assert "0 table(s) differ" in out
+
+
+def test_validate(tmp_path, capsys) -> None:
+    tables = tmp_path / "t.json"
+    inputs = json.loads((ROOT / "sharding_plans" / "inputs" / "criteo_kaggle_gpu8.json").read_text())
+    tables.write_text(json.dumps({"tables": inputs["tables"]}))
+    code, out, _ = _run(capsys, "validate", str(KAGGLE), "--tables", str(tables), "--world-size", "8")
+    assert code == 0 and "OK" in out
+    inputs["tables"][3]["rows"] += 1
+    inputs["tables"].append({"name": "extra", "rows": 5, "dim": 16})
+    tables.write_text(json.dumps({"tables": inputs["tables"]}))
+    code, out, _ = _run(capsys, "validate", str(KAGGLE), "--tables", str(tables), "--world-size", "4")
+    assert code == 1
+    assert "table extra is in the model but missing" in out and "t_cat_3" in out and "world size is 4" in out
+
+
+def test_compare_with_baselines(capsys) -> None:
+    code, out, _ = _run(capsys, "compare", str(KAGGLE), "--json")
+    rows = {r["planner"]: r for r in json.loads(out)}
+    assert code == 0 and set(rows) == {"dlrm_dist", "round_robin", "greedy_by_size"}
+    assert rows["dlrm_dist"]["bottleneck_ms"] <= min(r["bottleneck_ms"] for r in rows.values() if r["fits"])
+
+
+def test_errors_are_clear(tmp_path, capsys) -> None:
+    code, _, err = _run(capsys, "inspect", str(tmp_path / "missing.json"))
+    assert code == 2 and "no such plan file" in err
+    code, _, err = _run(capsys, "make", "--tables", str(_tables(tmp_path)), "-o", str(tmp_path / "x.json"))
+    assert code == 2 and "--world-size" in err
+    code, _, err = _run(capsys, "make", "--tables", str(_tables(tmp_path)), "--world-size", "6", "--ranks-per-host", "4",
+                        "-o", str(tmp_path / "x.json"))
+    assert code == 2 and "world_size=6 must be a positive multiple" in err
