@@ -8,12 +8,11 @@ Every unknown section, key or badly typed value is an error naming it.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import typing
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from dlrm_dist.config.errors import ConfigError
+from dlrm_dist.config.files import read_data
 from dlrm_dist.config.schema import Config
 
 # Familiar flag spellings mapped to their section.key.
@@ -120,13 +119,7 @@ def _parse_overrides(args: Sequence[str]) -> tuple[Optional[str], dict[str, dict
 
 def read_toml(path: str) -> dict[str, dict[str, Any]]:
     """Reads a config file; every error names the file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {path!r} does not exist")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path!r} is not valid TOML: {e}") from None
+    data = read_data(path, "config file")
     unknown = sorted(set(data) - set(_sections()))
     if unknown:
         raise ConfigError(f"unknown section(s) {unknown} in {path!r}; sections: {', '.join(_sections())}")

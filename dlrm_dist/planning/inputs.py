@@ -7,13 +7,11 @@ file, the table and the field.
 
 from __future__ import annotations
 
-import json
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Optional
 
 from dlrm_dist.config.errors import ConfigError
+from dlrm_dist.config.files import read_data
 
 SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise")
 KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching")
@@ -177,15 +175,7 @@ def _validate_table(t: TableSpec) -> None:
 
 
 def _read(path: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise PlanInputError(f"{path}: no such file")
-    try:
-        if p.suffix == ".toml":
-            return tomllib.loads(p.read_text())
-        return json.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise PlanInputError(f"{path}: not valid {p.suffix.lstrip('.') or 'json'}: {e}") from None
+    return read_data(path, "planner inputs file", PlanInputError)
 
 
 def load_tables(path: str) -> tuple[TableSpec, ...]:

@@ -24,6 +24,7 @@ from typing import Any
 from torch.distributed._shard.sharding_spec import EnumerableShardingSpec, ShardMetadata
 from torchrec.distributed.types import EmbeddingModuleShardingPlan, ParameterSharding, ShardingPlan
 
+from dlrm_dist.config.files import read_data
 from dlrm_dist.planning.codec import decode, encode
 from dlrm_dist.planning.errors import PlanError
 from dlrm_dist.planning.inputs import PlannerInputs
@@ -113,11 +114,4 @@ def write(pf: PlanFile, path: str | Path) -> None:
 
 
 def read(path: str | Path) -> PlanFile:
-    p = Path(path)
-    if not p.is_file():
-        raise PlanError(f"{path}: no such plan file")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise PlanError(f"{path}: not valid JSON: {e}") from None
-    return from_data(data, origin=str(path))
+    return from_data(read_data(path, "plan file", PlanError), origin=str(path))

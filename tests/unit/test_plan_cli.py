@@ -143,7 +143,7 @@ def test_compare_with_baselines(capsys) -> None:
 
 def test_errors_are_clear(tmp_path, capsys) -> None:
     code, _, err = _run(capsys, "inspect", str(tmp_path / "missing.json"))
-    assert code == 2 and "no such plan file" in err
+    assert code == 2 and "does not exist" in err
     code, _, err = _run(capsys, "make", "--tables", str(_tables(tmp_path)), "-o", str(tmp_path / "x.json"))
     assert code == 2 and "--world-size" in err
     code, _, err = _run(capsys, "make", "--tables", str(_tables(tmp_path)), "--world-size", "6", "--ranks-per-host", "4",

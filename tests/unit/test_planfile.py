@@ -64,5 +64,5 @@ def test_bad_files_name_the_problem(tmp_path) -> None:
     (tmp_path / "p.json").write_text(json.dumps(good))
     with pytest.raises(PlanError, match=r"missing section\(s\) \['plan'\]"):
         planfile.read(tmp_path / "p.json")
-    with pytest.raises(PlanError, match="no such plan file"):
+    with pytest.raises(PlanError, match="plan file .* does not exist"):
         planfile.read(tmp_path / "none.json")

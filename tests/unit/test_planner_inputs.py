@@ -49,10 +49,10 @@ def test_bad_inputs_are_named(changes: dict, words: list[str]) -> None:
 
 
 def test_missing_and_malformed_files(tmp_path) -> None:
-    with pytest.raises(PlanInputError, match="no such file"):
+    with pytest.raises(PlanInputError, match="does not exist"):
         load_inputs(str(tmp_path / "nope.json"))
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(PlanInputError, match="bad.json: not valid json"):
+    with pytest.raises(PlanInputError, match="bad.json' is not valid JSON"):
         load_inputs(str(tmp_path / "bad.json"))
     (tmp_path / "t.json").write_text("{}")
     with pytest.raises(PlanInputError, match="top-level 'tables'"):
