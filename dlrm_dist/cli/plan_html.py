@@ -14,7 +14,9 @@ from typing import Any, Optional
 
 from dlrm_dist.planning.planfile import PlanFile
 
-COST_PARTS = ("fwd_compute", "fwd_comms", "bwd_compute", "bwd_comms", "input_dist_comms", "prefetch_compute")
+# The parts of TorchRec's Perf.total: input_dist_comms is reported in the tables but not
+# counted in the cost (it overlaps with the previous batch), so it is not drawn here.
+COST_PARTS = ("fwd_compute", "fwd_comms", "bwd_compute", "bwd_comms", "prefetch_compute")
 COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7"]
 WIDTH, HEIGHT, PAD = 900, 220, 40
 
@@ -55,7 +57,9 @@ def render(pf: PlanFile, measured: Optional[list[float]] = None) -> str:
     parts = [
         f"<h1>Sharding plan: {len(pf.inputs.tables)} tables on {t.world_size} x {t.device}</h1>",
         f"<p>bottleneck rank {s['bottleneck_rank']} at {s['bottleneck_ms']:.4f} ms; cost imbalance "
-        f"{s['cost_imbalance']:.3f}; estimated {s['estimated_samples_per_s'] or 0:,.0f} samples/s</p>",
+        f"{s['cost_imbalance']:.3f}; estimated {s['estimated_samples_per_s'] or 0:,.0f} samples/s. "
+        "Cost bars stack the parts of TorchRec's per-shard cost (input-dist comms, which overlap "
+        "with the previous batch, are not counted); dashed lines are memory budgets.</p>",
         _bars("Estimated cost per rank", "ms", cost, list(COST_PARTS), None),
         _bars("HBM per rank", "GiB", hbm, types, s["hbm_budget_bytes"] / gib or None),
         _bars("DDR per rank", "GiB", ddr, types, s["ddr_budget_bytes"] / gib or None),
