@@ -1,0 +1,149 @@
+"""Parsing raw Criteo TSV bytes in one compiled pass (numba), with every bad line reported.
+
+Row layout: label, I1..I13 (integers, empty = missing, may be negative), C1..C26 (8 hex
+digits, empty = missing). A line with the wrong number of fields, a label other than 0/1,
+a non-integer count or a category that is not 8 hex digits is skipped and reported with
+its line number and reason — never dropped silently.
+
+Why compiled: this is a byte-level state machine over ~250 bytes per row. Vectorised numpy
+(field boundaries from separator positions, 8-byte SWAR decoding) reached ~0.8M rows/s per
+core here; a single pass in numba is several times faster, which the 1M rows/s target on
+two cores needs once reading, transforming and writing share the CPUs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit
+
+NUM_DENSE, NUM_SPARSE = 13, 26
+NUM_FIELDS = 1 + NUM_DENSE + NUM_SPARSE
+MAX_REPORTED = 1000
+# Reason codes written by the kernel.
+BAD_FIELD_COUNT, BAD_LABEL, BAD_INT, BAD_HEX = 1, 2, 3, 4
+
+
+@dataclass
+class ParsedChunk:
+    """The valid rows of a chunk, and what was wrong with the others."""
+
+    dense: np.ndarray  # (n, 13) int64, missing = 0
+    sparse: np.ndarray  # (n, 26) int64 raw 32-bit values, missing = 0
+    labels: np.ndarray  # (n,) int32
+    num_lines: int
+    bad: list[tuple[int, str]] = field(default_factory=list)  # (0-based line in chunk, reason)
+    num_bad: int = 0
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # line of each valid row
+
+
+@njit(cache=True, nogil=True)
+def _hex_digit(c: int) -> int:
+    if 48 <= c <= 57:
+        return c - 48
+    if 97 <= c <= 102:
+        return c - 87
+    if 65 <= c <= 70:
+        return c - 55
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _scan(buf, dense, sparse, labels, rows, bad_line, bad_code, bad_arg):  # pragma: no cover - compiled
+    """One pass over whole lines; returns (lines, valid rows, bad lines)."""
+    n = len(buf)
+    i = 0
+    line = 0
+    out = 0
+    nbad = 0
+    while i < n:
+        f = 0
+        code = 0
+        arg = 0
+        while True:  # one field per iteration
+            s = i
+            while i < n and buf[i] != 9 and buf[i] != 10:
+                i += 1
+            e = i
+            if e > s and buf[e - 1] == 13 and (i >= n or buf[i] == 10):
+                e -= 1  # CRLF line end
+            if code == 0 and f < NUM_FIELDS:
+                if f <= NUM_DENSE:  # label or integer count
+                    neg = e > s and buf[s] == 45
+                    p = s + 1 if neg else s
+                    v = 0
+                    ok = (e - p) <= 18 and not (neg and p == e)
+                    while ok and p < e:
+                        c = buf[p]
+                        if c < 48 or c > 57:
+                            ok = False
+                        v = v * 10 + (c - 48)
+                        p += 1
+                    if f == 0:
+                        if not ok or e == s or neg or v > 1:
+                            code = BAD_LABEL
+                        else:
+                            labels[out] = v
+                    elif not ok:
+                        code = BAD_INT
+                        arg = f
+                    else:
+                        dense[out, f - 1] = -v if neg else v
+                else:  # category: 8 hex digits or empty
+                    v = 0
+                    if e - s == 8:
+                        for p in range(s, e):
+                            d = _hex_digit(buf[p])
+                            if d < 0:
+                                code = BAD_HEX
+                                arg = f - NUM_DENSE
+                                break
+                            v = v * 16 + d
+                    elif e != s:
+                        code = BAD_HEX
+                        arg = f - NUM_DENSE
+                    sparse[out, f - 1 - NUM_DENSE] = v
+            f += 1
+            if i >= n or buf[i] == 10:
+                i += 1
+                break
+            i += 1  # past the tab
+        if f != NUM_FIELDS:
+            code = BAD_FIELD_COUNT
+            arg = f
+        if code == 0:
+            rows[out] = line
+            out += 1
+        else:
+            if nbad < len(bad_line):
+                bad_line[nbad] = line
+                bad_code[nbad] = code
+                bad_arg[nbad] = arg
+            nbad += 1
+        line += 1
+    return line, out, nbad
+
+
+def _reason(code: int, arg: int) -> str:
+    if code == BAD_FIELD_COUNT:
+        return f"{arg} fields instead of {NUM_FIELDS}"
+    if code == BAD_LABEL:
+        return "label is not 0 or 1"
+    if code == BAD_INT:
+        return f"I{arg} is not an integer"
+    return f"C{arg} is not 8 hex digits"
+
+
+def parse_chunk(data: bytes) -> ParsedChunk:
+    """Parses whole lines of raw Criteo TSV."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    cap = data.count(b"\n") + 1
+    dense = np.zeros((cap, NUM_DENSE), np.int64)
+    sparse = np.zeros((cap, NUM_SPARSE), np.int64)
+    labels = np.zeros(cap, np.int32)
+    rows = np.zeros(cap, np.int64)
+    bad_line, bad_code, bad_arg = (np.zeros(MAX_REPORTED, np.int64) for _ in range(3))
+    lines, out, nbad = _scan(buf, dense, sparse, labels, rows, bad_line, bad_code, bad_arg)
+    bad = [(int(bad_line[k]), _reason(int(bad_code[k]), int(bad_arg[k]))) for k in range(min(nbad, MAX_REPORTED))]
+    return ParsedChunk(dense[:out], sparse[:out], labels[:out], int(lines), bad, int(nbad), rows[:out])

@@ -1,0 +1,276 @@
+"""Raw Criteo TSV -> per-day binary arrays, in parallel, streamed, resumable.
+
+Kaggle ``train.txt`` is cut into ``kaggle_days`` (7) pseudo-days of equal line counts;
+Terabyte ``day_0 .. day_23`` (plain or gzip) map to days 0..23. In both, the LAST day is
+split in halves at load time: the FIRST half is validation, the SECOND is test (as
+TorchRec and the DLRM reference do).
+
+Worker processes parse chunks of whole lines (parse.py) and transform them (transform.py);
+the main process writes them in order to the current day (layout.DayWriter), publishing a
+day only when complete. A rerun skips complete days and redoes a half-written one.
+Malformed lines are counted and the first few reported with file and line number;
+``strict`` makes the first one an error.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from dlrm_dist.config.errors import ConfigError
+from dlrm_dist.data.criteo import layout
+from dlrm_dist.data.criteo.handoff import Unpacked, pack
+from dlrm_dist.data.criteo.parse import parse_chunk
+from dlrm_dist.data.criteo.sources import Chunk, chunks, count_lines, is_gzip
+from dlrm_dist.data.criteo.transform import IdMapper, VocabCounter, dense_transform
+
+REPORTED = 10
+
+
+class PreprocessError(ConfigError):
+    """Bad input or arguments for preprocessing; the message names the file and line."""
+
+
+@dataclass
+class Options:
+    dataset: str  # "kaggle" or "terabyte"
+    inputs: list[Path]  # kaggle: [train.txt]; terabyte: day files in day order
+    out_dir: Path
+    id_mode: str = "hash"
+    max_ind_range: int = 0
+    frequency_threshold: int = 1
+    kaggle_days: int = 7
+    workers: int = max(1, os.cpu_count() or 1)
+    strict: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Report:
+    lines: int = 0
+    written: int = 0
+    skipped: int = 0
+    examples: list[str] = field(default_factory=list)
+    days: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add_bad(self, path: str, first_line: int, bad: list[tuple[int, str]], num_bad: int, strict: bool) -> None:
+        self.skipped += num_bad
+        for line, why in bad:
+            where = f"{path}:{first_line + line + 1}"
+            if strict:
+                raise PreprocessError(f"{where}: {why} (--strict stops at the first bad line)")
+            if len(self.examples) < REPORTED:
+                self.examples.append(f"{where}: {why}")
+
+
+# -- worker side ------------------------------------------------------------------------------
+_MAPPER: Optional[IdMapper] = None
+
+
+def _init_worker(mapper: Optional[IdMapper]) -> None:
+    global _MAPPER
+    _MAPPER = mapper
+
+
+def _count(chunk: Chunk) -> tuple[int, bool]:
+    data = chunk.read()
+    return data.count(b"\n"), data.endswith(b"\n")
+
+
+def _work(chunk: Chunk) -> tuple:
+    """Parses and transforms a chunk; the arrays travel in shared memory (handoff.py)."""
+    parsed = parse_chunk(chunk.read())
+    if _MAPPER is None:  # vocabulary counting pass: raw ids
+        arrays = [parsed.sparse, parsed.rows]
+    else:
+        arrays = [dense_transform(parsed.dense), _MAPPER(parsed.sparse), parsed.labels, parsed.rows]
+    return Chunk(chunk.path, chunk.start, chunk.end), pack(arrays), parsed.num_lines, parsed.bad, parsed.num_bad
+
+
+# -- planning the days ------------------------------------------------------------------------
+@dataclass
+class DaySource:
+    """Lines [first_line, end_line) of ``path`` make output day ``day``."""
+
+    day: int
+    path: Path
+    first_line: int
+    end_line: int
+
+
+def _count_lines(pool, path: Path) -> int:
+    """Lines of a file, counted by the workers (a last line without newline counts)."""
+    if is_gzip(path):
+        return count_lines(path)
+    total, ends_with_newline = 0, True
+    for n, ends_with_newline in pool.imap(_count, chunks(path)):
+        total += n
+    return total + (not ends_with_newline)
+
+
+def _day_sources(pool, opts: Options) -> list[DaySource]:
+    if opts.dataset == "terabyte":
+        return [DaySource(d, p, 0, -1) for d, p in enumerate(opts.inputs)]
+    path = opts.inputs[0]
+    state = opts.out_dir / "kaggle_lines.json"
+    if state.is_file() and json.loads(state.read_text()).get("size") == path.stat().st_size:
+        total = json.loads(state.read_text())["lines"]
+    else:
+        total = _count_lines(pool, path)
+        state.write_text(json.dumps({"size": path.stat().st_size, "lines": total}))
+    n = opts.kaggle_days
+    bounds = [total * d // n for d in range(n + 1)]
+    return [DaySource(d, path, bounds[d], bounds[d + 1]) for d in range(n)]
+
+
+# -- the main loop ----------------------------------------------------------------------------
+def _results(pool, path: Path, start_byte: int, bar) -> Iterator[tuple]:
+    """(chunk, arrays..., lines, bad, num_bad) in file order; arrays valid until the next item."""
+    for chunk, packed, num_lines, bad, num_bad in pool.imap(_work, chunks(path, start_byte)):
+        bar.update(chunk.end - chunk.start)
+        unpacked = Unpacked(packed)
+        try:
+            yield (chunk, *unpacked.arrays, num_lines, bad, num_bad)
+        finally:
+            unpacked.release()
+
+
+_INF = np.iinfo(np.int64).max
+
+
+def _resume_point(opts: Options, first: DaySource) -> tuple[int, int]:
+    """(byte, line) to start reading at: where the previous complete day said to resume."""
+    if opts.dataset != "kaggle" or first.day == 0:
+        return 0, 0
+    prev = layout.completed_day(opts.out_dir, first.day - 1)
+    return (prev["resume_byte"], prev["resume_line"]) if prev else (0, 0)
+
+
+def _finish(writer: layout.DayWriter, src: DaySource, lines_end: int, resume: tuple[int, int], report: Report) -> None:
+    writer.skipped = (lines_end - src.first_line) - writer.rows
+    report.days.append(writer.finish({"source": str(src.path), "resume_byte": resume[0], "resume_line": resume[1]}))
+    report.written += writer.rows
+
+
+def _write_file(pool, opts: Options, sources: list[DaySource], mapper: IdMapper, report: Report, bar) -> None:
+    """Writes every incomplete day whose lines come from ``sources[0].path``."""
+    path = sources[0].path
+    pending = iter([s for s in sources if layout.completed_day(opts.out_dir, s.day) is None])
+    current = next(pending, None)
+    if current is None:
+        return
+    start_byte, line = _resume_point(opts, current)
+    bar.update(start_byte)
+    writer = layout.DayWriter(opts.out_dir, current.day, mapper.dtype)
+    for chunk, dense, sparse, labels, rows, num_lines, bad, num_bad in _results(pool, path, start_byte, bar):
+        report.lines += num_lines
+        report.add_bad(str(path), line, bad, num_bad, opts.strict)
+        lines_end = line + num_lines
+        global_rows = rows + line
+        while current is not None:
+            end = current.end_line if current.end_line >= 0 else _INF
+            take = (global_rows >= current.first_line) & (global_rows < end)
+            writer.append(dense[take], sparse[take], labels[take])
+            if lines_end < end:
+                break  # the day goes on in the next chunk
+            # The day ended in this chunk: the next one starts in it (or right after it).
+            resume = (chunk.end, lines_end) if lines_end == end else (chunk.start, line)
+            _finish(writer, current, end, resume, report)
+            current = next(pending, None)
+            if current is not None:
+                writer = layout.DayWriter(opts.out_dir, current.day, mapper.dtype)
+        line = lines_end
+        if current is None:
+            break
+    if current is not None:  # a day that runs to the end of its file (terabyte)
+        _finish(writer, current, line, (-1, line), report)
+
+
+def _count_vocab(pool, opts: Options, sources: list[DaySource], bar) -> VocabCounter:
+    counter = VocabCounter()
+    train = sources[:-1]  # the last day is validation/test: never seen by the vocabulary
+    for path in dict.fromkeys(s.path for s in train):
+        spans = [(s.first_line, s.end_line if s.end_line >= 0 else np.iinfo(np.int64).max) for s in train if s.path == path]
+        line = 0
+        for chunk, raw, rows, num_lines, _, _ in _results(pool, path, 0, bar):
+            g = rows + line
+            keep = np.zeros(len(g), bool)
+            for a, b in spans:
+                keep |= (g >= a) & (g < b)
+            counter.add(raw[keep])
+            line += num_lines
+    return counter
+
+
+def preprocess(opts: Options) -> Report:
+    """Runs the whole conversion; returns what was read, written and skipped."""
+    _check(opts)
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    report = Report()
+    start = time.perf_counter()
+    ctx = mp.get_context("fork")
+    with ctx.Pool(opts.workers) as pool:
+        sources = _day_sources(pool, opts)
+    total = sum(p.stat().st_size for p in dict.fromkeys(s.path for s in sources))
+    mapper = IdMapper(opts.id_mode, opts.max_ind_range)
+    if opts.id_mode == "vocab":
+        vocab_dir = opts.out_dir / "vocab"
+        if (vocab_dir / "done").is_file():
+            mapper.vocab = [np.load(vocab_dir / f"feature_{j}.npy") for j in range(26)]
+        else:
+            with ctx.Pool(opts.workers, _init_worker, (None,)) as pool, \
+                    tqdm(total=total, unit="B", unit_scale=True, desc="vocabulary", disable=not opts.progress) as bar:
+                mapper.vocab = _count_vocab(pool, opts, sources, bar).vocab(opts.frequency_threshold)
+            vocab_dir.mkdir(exist_ok=True)
+            for j, v in enumerate(mapper.vocab):
+                np.save(vocab_dir / f"feature_{j}.npy", v)
+            (vocab_dir / "done").write_text("ok")
+    with ctx.Pool(opts.workers, _init_worker, (mapper,)) as pool, \
+            tqdm(total=total, unit="B", unit_scale=True, desc="preprocess", disable=not opts.progress) as bar:
+        for path in dict.fromkeys(s.path for s in sources):
+            _write_file(pool, opts, [s for s in sources if s.path == path], mapper, report, bar)
+    report.seconds = time.perf_counter() - start
+    _write_meta(opts, sources, mapper)
+    return report
+
+
+def _check(opts: Options) -> None:
+    if opts.dataset not in ("kaggle", "terabyte"):
+        raise PreprocessError(f"dataset {opts.dataset!r}: choose kaggle or terabyte")
+    if opts.id_mode not in ("hash", "vocab"):
+        raise PreprocessError(f"id mode {opts.id_mode!r}: choose hash or vocab")
+    missing = [str(p) for p in opts.inputs if not p.is_file()]
+    if missing or not opts.inputs:
+        raise PreprocessError(f"input file(s) not found: {missing or 'none given'}")
+    if opts.dataset == "kaggle" and len(opts.inputs) != 1:
+        raise PreprocessError(f"kaggle takes one input (train.txt), got {len(opts.inputs)}")
+    if opts.dataset == "terabyte" and len(opts.inputs) < 2:
+        raise PreprocessError("terabyte needs at least two day files (the last is validation/test)")
+    if opts.kaggle_days < 2:
+        raise PreprocessError(f"kaggle_days={opts.kaggle_days} must be >= 2 (the last is validation/test)")
+    if opts.id_mode == "hash" and opts.max_ind_range < 0:
+        raise PreprocessError(f"max_ind_range={opts.max_ind_range} must be >= 0 (0 = keep raw ids)")
+
+
+def _write_meta(opts: Options, sources: list[DaySource], mapper: IdMapper) -> None:
+    days = [layout.completed_day(opts.out_dir, s.day) for s in sources]
+    layout.write_meta(opts.out_dir, {
+        "format": "dlrm_dist.criteo", "version": 1, "dataset": opts.dataset,
+        "id_mode": opts.id_mode, "max_ind_range": opts.max_ind_range,
+        "frequency_threshold": opts.frequency_threshold if opts.id_mode == "vocab" else None,
+        "table_sizes": mapper.table_sizes(),
+        "dense_transform": "log(1 + max(x, 0))",
+        "days": [{"day": d["day"], "rows": d["rows"], "skipped": d["skipped"]} for d in days if d],
+        "train_days": [s.day for s in sources[:-1]],
+        "val_test_day": sources[-1].day,
+        "val_test_split": "validation = first half of the last day, test = second half",
+    })
