@@ -33,7 +33,8 @@ def run(args: Sequence[str], env: Optional[DistEnv] = None) -> dict:
     say(format_plan(prepared.plan))
     init_distributed(env)
     try:
-        trainer = build_trainer(cfg, env, prepared, say=say)
+        cfg = prepared.cfg
+        trainer = build_trainer(env, prepared, say=say)
         result = trainer.train()
         record = summary_record(cfg, env, result)
         if env.is_main:

@@ -19,6 +19,8 @@ from dlrm_dist.config.schema import Config
 ALIASES = {
     "sharding-type": "sharding.sharding_type",
     "plan": "sharding.plan",
+    "data": "data.source",
+    "data-dir": "data.data_dir",
     "batch-size": "train.global_batch_size",
     "steps": "train.steps",
     "run-dir": "train.run_dir",

@@ -62,7 +62,9 @@ class ModelConfig:
         "512-256-1", "Top MLP layer widths; its input width is computed; must end in 1."
     )
     embedding_dim: int = _f(16, "Embedding dimension of every table.")
-    table_sizes: list[int] = _f(DEMO_TABLE_SIZES, "Rows of each table, one per sparse feature.")
+    table_sizes: Optional[list[int]] = _f(
+        None, "Rows of each table, one per sparse feature (unset: the demo's 26 tables, or the data's)."
+    )
     interaction: str = _f("dot", "Feature interaction: dot, cat or dcn (DCNv2 low-rank cross).")
     dot_self_interaction: bool = _f(False, "dot: also keep each feature's dot with itself.")
     dcn_num_layers: int = _f(3, "dcn: number of low-rank cross layers.")
@@ -74,9 +76,9 @@ class ModelConfig:
         _choice("model", "loss", self.loss, LOSSES)
         if self.embedding_dim <= 0:
             raise ConfigError(f"model.embedding_dim={self.embedding_dim} must be positive")
-        if not self.table_sizes:
+        if self.table_sizes is not None and not self.table_sizes:
             raise ConfigError("model.table_sizes is empty: a DLRM needs at least one table")
-        bad = [n for n in self.table_sizes if n <= 0]
+        bad = [n for n in self.table_sizes or [] if n <= 0]
         if bad:
             raise ConfigError(f"model.table_sizes has non-positive sizes {bad}")
 
@@ -85,7 +87,14 @@ class ModelConfig:
 class DataConfig:
     """Where batches come from."""
 
-    source: str = _f("synthetic", "Data source: synthetic (built-in generator).")
+    source: str = _f("synthetic", "Data source: synthetic (built-in generator) or criteo (dlrm-data preprocess output).")
+    data_dir: Optional[str] = _f(None, "criteo: the preprocessed directory (day_<i>_*.npy, meta.json).")
+    eval_split: str = _f("val", "criteo: evaluate on val (first half of the last day) or test (second half).")
+    max_ind_range: int = _f(0, "criteo: hash raw ids modulo this at load (directories without meta.json).")
+    multi_hot_sizes: Optional[list[int]] = _f(
+        None, "criteo: synthetic multi-hot bag size per feature (one value, or 26), as MLPerf DLRM-DCNv2."
+    )
+    shuffle: bool = _f(True, "criteo: visit training batches in a seeded permutation each epoch.")
     seed: int = _f(1234, "Seed of the data generator and of its hidden teacher model.")
     zipf_alpha: float = _f(1.1, "Power-law exponent of id popularity (0 = uniform).")
     pooling_factor: int = _f(1, "Mean ids per sample per table (multi-hot when > 1).")
@@ -96,7 +105,10 @@ class DataConfig:
     eval_batches: int = _f(16, "Global batches in the held-out evaluation split.")
 
     def __post_init__(self) -> None:
-        _choice("data", "source", self.source, ("synthetic",))
+        _choice("data", "source", self.source, ("synthetic", "criteo"))
+        _choice("data", "eval_split", self.eval_split, ("val", "test"))
+        if self.source == "criteo" and not self.data_dir:
+            raise ConfigError("data.source=criteo needs data.data_dir (the output of `dlrm-data preprocess`)")
         if self.pooling_factor < 1:
             raise ConfigError(f"data.pooling_factor={self.pooling_factor} must be >= 1")
         if self.zipf_alpha < 0:

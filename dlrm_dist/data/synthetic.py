@@ -81,13 +81,14 @@ class SyntheticSpec:
 class SyntheticCriteo:
     """Deterministic, sliceable synthetic Criteo-shaped data with a known best AUC."""
 
-    def __init__(self, spec: SyntheticSpec, feature_names: list[str]) -> None:
+    def __init__(self, spec: SyntheticSpec, feature_names: list[str], eval_batches: int = 16) -> None:
         if len(feature_names) != len(spec.table_sizes):
             raise ValueError(
                 f"{len(feature_names)} feature names for {len(spec.table_sizes)} tables"
             )
         self.spec = spec
         self.feature_names = feature_names
+        self.eval_batches = eval_batches
         self.max_bag = 2 * spec.pooling_factor - 1 if spec.variable_pooling else spec.pooling_factor
         # Dense feature j is log1p of an exponential with mean 10**(j/4): a spread of scales.
         self._dense_means = 10.0 ** (np.arange(NUM_DENSE) / 4.0)
@@ -157,9 +158,12 @@ class SyntheticCriteo:
             yield to_batch(block, self.feature_names)
             b += 1
 
-    def teacher_auc(self, split: str, num_samples: int) -> float:
-        """AUC of the teacher's own probabilities: the best reachable on these samples."""
-        return _teacher_auc(self, split, num_samples)
+    def eval_batch_count(self, global_batch_size: int) -> int:
+        return self.eval_batches
+
+    def teacher_auc(self, global_batch_size: int) -> float:
+        """AUC of the teacher's own probabilities on the eval split: the best reachable there."""
+        return _teacher_auc(self, "eval", self.eval_batches * global_batch_size)
 
 
 @lru_cache(maxsize=8)

@@ -21,7 +21,10 @@ class EvalMetrics:
         self.logloss = MeanMetric()
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Adds a batch; rows labelled -1 (padding of a last partial batch) are ignored."""
         logits, labels = logits.detach().float().cpu(), labels.detach().cpu()
+        keep = labels >= 0
+        logits, labels = logits[keep], labels[keep]
         self.auc.update(torch.sigmoid(logits), labels.long())
         per_sample = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none")
         self.logloss.update(per_sample)

@@ -50,7 +50,7 @@ class JobSpec:
     device: torch.device
     batch_size_per_rank: int
     optimizer: str = "adagrad"
-    pooling_factor: float = 1.0
+    pooling_factors: tuple[float, ...] = ()  # per table (default 1.0)
 
 
 def find_ebc(model: nn.Module) -> tuple[str, EmbeddingBagCollection]:
@@ -136,10 +136,12 @@ def _memory_gb(device: torch.device, local_size: int) -> tuple[float, float]:
 def job_inputs(ebc: EmbeddingBagCollection, job: JobSpec) -> PlannerInputs:
     """Planner inputs describing this job's tables and this machine's topology."""
     hbm, ddr = _memory_gb(job.device, job.local_size)
+    configs = ebc.embedding_bag_configs()
+    pooling = job.pooling_factors or (1.0,) * len(configs)
     tables = tuple(
-        TableSpec(name=c.name, rows=c.num_embeddings, dim=c.embedding_dim, pooling_factor=job.pooling_factor,
+        TableSpec(name=c.name, rows=c.num_embeddings, dim=c.embedding_dim, pooling_factor=pf,
                   feature_names=tuple(c.feature_names))
-        for c in ebc.embedding_bag_configs()
+        for c, pf in zip(configs, pooling)
     )
     topology = TopologySpec(world_size=job.world_size, ranks_per_host=job.local_size, device=job.device.type,
                             hbm_gb=hbm, ddr_gb=ddr)

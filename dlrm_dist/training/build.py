@@ -1,12 +1,14 @@
 """Turns a Config into the pieces of a job, in two phases around the process group.
 
-``prepare`` runs before ``init_process_group``: it validates everything and makes the
-sharding plan, so bad input fails on every rank alike and nothing can hang.
-``build_trainer`` runs after it: shards the model, initialises weights, builds optimizers.
+``prepare`` runs before ``init_process_group``: it resolves what the data decides (table
+sizes), validates everything and makes the sharding plan, so bad input fails on every rank
+alike and nothing can hang. ``build_trainer`` runs after it: shards the model, initialises
+weights, builds optimizers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,7 +16,10 @@ from typing import Callable
 from torch import nn
 from torchrec.distributed.types import ShardingPlan
 
-from dlrm_dist.config import Config, validate_for_launch
+from dlrm_dist.config import Config, ConfigError, validate_for_launch
+from dlrm_dist.config.schema import DEMO_TABLE_SIZES
+from dlrm_dist.data import Dataset
+from dlrm_dist.data.criteo.dataset import CriteoDataset
 from dlrm_dist.data.synthetic import SyntheticCriteo, SyntheticSpec
 from dlrm_dist.distributed.env import DistEnv
 from dlrm_dist.distributed.parallel import shard_model
@@ -29,14 +34,51 @@ from dlrm_dist.training.trainer import Trainer
 
 @dataclass
 class Prepared:
-    """The unsharded (meta) model and its plan: everything decided before communication."""
+    """The resolved config, the unsharded (meta) model and its plan."""
 
+    cfg: Config
     model: nn.Module
     plan: ShardingPlan
 
 
+def build_data(cfg: Config) -> Dataset:
+    """The configured data source (needs resolved table sizes for synthetic data)."""
+    d = cfg.data
+    if d.source == "criteo":
+        return CriteoDataset(d.data_dir, feature_names(26), eval_split=d.eval_split, seed=d.seed,
+                             max_ind_range=d.max_ind_range, multi_hot=d.multi_hot_sizes, shuffle=d.shuffle)
+    sizes = cfg.model.table_sizes or DEMO_TABLE_SIZES
+    spec = SyntheticSpec(table_sizes=tuple(sizes), seed=d.seed, zipf_alpha=d.zipf_alpha,
+                         pooling_factor=d.pooling_factor, variable_pooling=d.variable_pooling,
+                         teacher_scale=d.teacher_scale)
+    return SyntheticCriteo(spec, feature_names(len(sizes)), eval_batches=d.eval_batches)
+
+
+def resolve(cfg: Config) -> Config:
+    """Fills what the data decides: the table sizes (the demo's, or the Criteo directory's)."""
+    if cfg.data.source == "synthetic":
+        sizes = cfg.model.table_sizes or list(DEMO_TABLE_SIZES)
+    else:
+        data_sizes = build_data(cfg).table_sizes
+        sizes = cfg.model.table_sizes or data_sizes
+        small = [f"cat_{i}: {s} < {d}" for i, (s, d) in enumerate(zip(sizes, data_sizes)) if s < d]
+        if len(sizes) != len(data_sizes) or small:
+            raise ConfigError(f"model.table_sizes do not fit the data in {cfg.data.data_dir} "
+                              f"({len(sizes)} tables for {len(data_sizes)} features; too small: {small})")
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, table_sizes=list(sizes)))
+
+
+def _pooling_factors(cfg: Config) -> tuple[float, ...]:
+    n = len(cfg.model.table_sizes)
+    if cfg.data.source == "criteo":
+        hot = cfg.data.multi_hot_sizes or [1]
+        return tuple(float(h) for h in (hot * n if len(hot) == 1 else hot))
+    return (float(cfg.data.pooling_factor),) * n
+
+
 def prepare(cfg: Config, env: DistEnv) -> Prepared:
-    """Validates ``cfg`` for ``env`` and plans, without a process group."""
+    """Resolves and validates ``cfg`` for ``env`` and plans, without a process group."""
+    cfg = resolve(cfg)
     validate_for_launch(cfg, env.world_size, env.device.type)
     model = build_model(cfg.model, seed=cfg.train.seed)
     mark_embedding_optimizer(model, cfg.optim)
@@ -46,31 +88,19 @@ def prepare(cfg: Config, env: DistEnv) -> Prepared:
         device=env.device,
         batch_size_per_rank=cfg.train.global_batch_size // env.world_size,
         optimizer=cfg.optim.embedding_optimizer,
-        pooling_factor=float(cfg.data.pooling_factor),
+        pooling_factors=_pooling_factors(cfg),
     )
     plan = make_plan(model, job, cfg.sharding.sharding_type, cfg.sharding.plan, cfg.sharding.planner)
-    return Prepared(model, plan)
-
-
-def build_data(cfg: Config) -> SyntheticCriteo:
-    """The configured data source."""
-    spec = SyntheticSpec(
-        table_sizes=tuple(cfg.model.table_sizes),
-        seed=cfg.data.seed,
-        zipf_alpha=cfg.data.zipf_alpha,
-        pooling_factor=cfg.data.pooling_factor,
-        variable_pooling=cfg.data.variable_pooling,
-        teacher_scale=cfg.data.teacher_scale,
-    )
-    return SyntheticCriteo(spec, feature_names(len(cfg.model.table_sizes)))
+    return Prepared(cfg, model, plan)
 
 
 def table_sizes(cfg: Config) -> dict[str, int]:
     return {t.name: t.num_embeddings for t in make_tables(cfg.model.table_sizes, cfg.model.embedding_dim)}
 
 
-def build_trainer(cfg: Config, env: DistEnv, prepared: Prepared, say: Callable[[str], None] = print) -> Trainer:
+def build_trainer(env: DistEnv, prepared: Prepared, say: Callable[[str], None] = print) -> Trainer:
     """Shards the model and assembles the trainer (needs the process group)."""
+    cfg = prepared.cfg
     model = shard_model(prepared.model, prepared.plan, env)
     init_embedding_weights(model, table_sizes(cfg), cfg.train.seed)
     optimizer = build_optimizer(model, cfg.optim)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -18,7 +18,7 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
 from dlrm_dist.config.schema import Config
-from dlrm_dist.data.synthetic import SyntheticCriteo
+from dlrm_dist.data import Dataset
 from dlrm_dist.distributed.env import DistEnv
 from dlrm_dist.metrics.eval import EvalMetrics
 from dlrm_dist.metrics.log import MetricsLog
@@ -33,7 +33,7 @@ class TrainResult:
     evals: list[dict[str, Any]] = field(default_factory=list)
     samples_per_s: float = 0.0
     rank_step_ms: list[float] = field(default_factory=list)  # mean step time of each rank
-    teacher_auc: float = float("nan")
+    teacher_auc: Optional[float] = None  # synthetic data only: the best reachable AUC
 
     @property
     def final_eval(self) -> dict[str, Any]:
@@ -50,7 +50,7 @@ class Trainer:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         lr: ScheduledLR,
-        data: SyntheticCriteo,
+        data: Dataset,
         log: MetricsLog,
         say: Callable[[str], None] = print,
     ) -> None:
@@ -104,9 +104,8 @@ class Trainer:
         """AUC and log-loss over the whole eval split (all ranks)."""
         self.model.eval()
         metrics = EvalMetrics()
-        batches = self.data.batches(
-            "eval", self.cfg.train.global_batch_size, self.env.rank, self.env.world_size, self.cfg.data.eval_batches
-        )
+        gbs = self.cfg.train.global_batch_size
+        batches = self.data.batches("eval", gbs, self.env.rank, self.env.world_size, self.data.eval_batch_count(gbs))
         while True:
             try:
                 _, logits, labels = self.pipeline.progress(batches)
@@ -148,6 +147,5 @@ class Trainer:
         dist.all_gather_object(out, mine)
         return [float(x) for x in out]
 
-    def teacher_auc(self) -> float:
-        n = self.cfg.data.eval_batches * self.cfg.train.global_batch_size
-        return self.data.teacher_auc("eval", n)
+    def teacher_auc(self) -> Optional[float]:
+        return self.data.teacher_auc(self.cfg.train.global_batch_size)

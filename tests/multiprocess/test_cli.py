@@ -105,3 +105,23 @@ def test_mismatched_plan_file_is_refused_before_training(tmp_path: Path) -> None
     assert "does not match this job" in err and "different rows or dim" in err
     assert "placed on cuda, but this job runs on cpu" in err
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("nproc, split", [(1, "val"), (2, "test")])
+def test_train_on_real_criteo_sample(tmp_path: Path, nproc: int, split: str) -> None:
+    from dlrm_dist.cli.data_main import main as data_main
+
+    sample = ROOT.parent / "shared" / "data" / "criteo_sample_200.tsv"
+    assert sample.is_file(), f"the real Criteo sample is missing at {sample}"
+    data = tmp_path / "criteo"
+    assert data_main(["preprocess", "--dataset", "kaggle", "--input", str(sample), "--out", str(data),
+                      "--max-ind-range", "1000", "--no-progress"]) == 0
+    proc = _run(TORCHRUN + [f"--nproc_per_node={nproc}", "-m", "dlrm_dist.train", "--data", "criteo", "--data-dir", str(data),
+                            f"--data.eval_split={split}", "--model.bottom_mlp=13-32-16", "--model.top_mlp=32-1",
+                            "--train.global_batch_size=16", "--train.steps=12", "--train.eval_interval=6",
+                            "--train.progress=false", f"--run-dir={tmp_path / 'run'}"], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 12 and summary["teacher_auc"] is None
+    assert 0.0 <= summary["eval_auc"] <= 1.0 and summary["eval_logloss"] > 0
+    assert len(summary["evals"]) == 2

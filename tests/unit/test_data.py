@@ -66,11 +66,11 @@ def test_power_law_popularity() -> None:
 
 
 def test_teacher_has_signal_and_dense_is_log_scaled() -> None:
-    d = _data()
+    d = SyntheticCriteo(SyntheticSpec(table_sizes=(50, 1000, 7)), feature_names(3), eval_batches=10)
     block, prob = d.samples("eval", 0, 20000)
     assert 0.15 < block.labels.mean() < 0.6
     assert abs(block.labels.mean() - prob.mean()) < 0.02
-    assert d.teacher_auc("eval", 20000) > 0.7
+    assert d.teacher_auc(global_batch_size=2000) > 0.7 and d.eval_batch_count(2000) == 10
     assert (block.dense >= 0).all() and block.dense.max() < 20
 
 

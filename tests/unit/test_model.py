@@ -12,6 +12,7 @@ from dlrm_dist.data import SyntheticCriteo, SyntheticSpec, to_batch
 from dlrm_dist.model import build_model, feature_names
 from dlrm_dist.model.init import embedding_rows, fill_rows
 from dlrm_dist.model.interaction import CatInteraction, DCNInteraction, DotInteraction
+from dlrm_dist.training.build import resolve
 from dlrm_dist.training.optim import LRSchedule
 
 
@@ -44,6 +45,7 @@ def test_dot_interaction_widths_and_values() -> None:
 
 def test_mlp_weights_depend_only_on_seed() -> None:
     cfg = load_config([])
+    cfg = resolve(cfg)
     a = build_model(cfg.model, seed=3).model.dense_arch[0].weight
     b = build_model(cfg.model, seed=3).model.dense_arch[0].weight
     c = build_model(cfg.model, seed=4).model.dense_arch[0].weight

@@ -1,0 +1,93 @@
+"""``dlrm-data``: preprocess raw Criteo logs, and describe a preprocessed directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from dlrm_dist.config.errors import ConfigError
+
+
+def _preprocess_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", choices=("kaggle", "terabyte"), required=True)
+    p.add_argument("--input", nargs="+", required=True, type=Path,
+                   help="kaggle: train.txt; terabyte: day_0 .. day_N files in day order (plain or .gz)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--max-ind-range", type=int, default=0, help="hash ids modulo this (e.g. 40000000); 0 = raw")
+    p.add_argument("--vocab", action="store_true", help="contiguous ids from a vocabulary of the training days")
+    p.add_argument("--frequency-threshold", type=int, default=1, help="--vocab: values seen fewer times share id 0")
+    p.add_argument("--kaggle-days", type=int, default=7, help="pseudo-days to cut train.txt into")
+    p.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
+    p.add_argument("--strict", action="store_true", help="stop at the first malformed line")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _stats_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("directory")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--max-ind-range", type=int, default=0, help="for raw-id directories (TorchRec's preprocessing)")
+    p.add_argument("--multi-hot", type=int, nargs="+", help="multi-hot sizes (one, or one per feature)")
+    p.add_argument("--tables-out", help="also write a planner tables file (dlrm-plan make --tables)")
+    p.add_argument("--dim", type=int, default=128, help="--tables-out: embedding dimension")
+
+
+def run_preprocess(args: argparse.Namespace) -> int:
+    from dlrm_dist.data.criteo.preprocess import Options, preprocess
+
+    opts = Options(dataset=args.dataset, inputs=list(args.input), out_dir=args.out,
+                   id_mode="vocab" if args.vocab else "hash", max_ind_range=args.max_ind_range,
+                   frequency_threshold=args.frequency_threshold, kaggle_days=args.kaggle_days,
+                   workers=args.workers, strict=args.strict, progress=not args.no_progress)
+    r = preprocess(opts)
+    rate = r.lines / r.seconds if r.seconds else 0
+    print(f"rows read {r.lines:,}  written {r.written:,}  skipped {r.skipped:,}  "
+          f"in {r.seconds:.1f} s ({rate:,.0f} rows/s) -> {args.out}")
+    for d in r.days:
+        print(f"  day {d['day']}: {d['rows']:,} rows ({d['skipped']} skipped)")
+    if r.skipped:
+        print(f"malformed lines (first {len(r.examples)} of {r.skipped}):")
+        for e in r.examples:
+            print(f"  {e}")
+    return 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from dlrm_dist.data.criteo.stats import compute_stats, tables_file
+
+    s = compute_stats(args.directory, args.max_ind_range, args.multi_hot)
+    if args.tables_out:
+        Path(args.tables_out).write_text(json.dumps(tables_file(s, args.dim), indent=1) + "\n")
+    if args.json:
+        print(json.dumps(s, indent=1))
+        return 0
+    print(f"{s['directory']}: train {s['train_rows']:,} rows, val {s['val_rows']:,}, test {s['test_rows']:,} "
+          "(val = first half of the last day, test = second half)")
+    for d in s["days"]:
+        print(f"  day {d['day']:>2}: {d['rows']:>12,} rows  label rate {d['label_rate']:.4f}")
+    print(f"{'feature':<8} {'table size':>12} {'cardinality':>12} {'pooling':>8}")
+    for f in s["features"]:
+        print(f"{f['feature']:<8} {f['table_size']:>12,} {f['cardinality']:>12,} {f['pooling_factor']:>8.2f}")
+    if args.tables_out:
+        print(f"wrote planner tables file {args.tables_out}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="dlrm-data", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _preprocess_args(sub.add_parser("preprocess", help="raw Criteo TSV -> per-day binary arrays"))
+    _stats_args(sub.add_parser("stats", help="rows, label rate, cardinality, pooling factor"))
+    args = parser.parse_args(argv)
+    try:
+        return run_preprocess(args) if args.command == "preprocess" else run_stats(args)
+    except ConfigError as e:
+        print(f"dlrm-data {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Streaming batches from preprocessed Criteo days (memory-mapped, no Python loop over rows).
+
+Splits: every day but the last is training; the last day's FIRST half (rows [0, ceil(N/2)))
+is validation and its SECOND half is test — TorchRec's convention.
+
+- Each rank reads only its slice of each global batch (contiguous rows of the day files).
+- Shuffling is by blocks of one global batch: each epoch visits the batches in a permutation
+  drawn from (seed, epoch), the same for any world size.
+- Last partial batch: training drops it; evaluation keeps every row by padding the last
+  batch with label -1 rows, which the metrics ignore.
+- Multi-hot (MLPerf DLRM-DCNv2): feature f's id x becomes the bag
+  {(x + o_fk) mod rows_f : k < h_f}, with fixed offsets o_f0 = 0, o_fk drawn from the seed.
+- Ids are reduced modulo the table size at load time when the files hold raw ids (TorchRec's
+  own preprocessing), so such directories load as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+from torchrec.datasets.utils import Batch
+
+from dlrm_dist.config.errors import ConfigError
+from dlrm_dist.data.batches import SampleBlock, to_batch
+from dlrm_dist.data.criteo import layout
+
+
+class DataError(ConfigError):
+    """The data directory is missing, incomplete or inconsistent; the message says what."""
+
+
+@dataclass
+class _Part:
+    dense: np.ndarray
+    sparse: np.ndarray
+    labels: np.ndarray
+    start: int
+    stop: int
+
+
+class _Split:
+    """A concatenation of row ranges of day files, read by global row index."""
+
+    def __init__(self, parts: list[_Part]) -> None:
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [p.stop - p.start for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def read(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        dense, sparse, labels = [], [], []
+        first = int(np.searchsorted(self.offsets, lo, side="right")) - 1
+        for k in range(max(first, 0), len(self.parts)):
+            a = max(lo, int(self.offsets[k]))
+            b = min(hi, int(self.offsets[k + 1]))
+            if a >= b:
+                if a >= hi:
+                    break
+                continue
+            p = self.parts[k]
+            s = p.start + a - int(self.offsets[k])
+            dense.append(p.dense[s : s + b - a])
+            sparse.append(p.sparse[s : s + b - a])
+            labels.append(p.labels[s : s + b - a])
+        return np.concatenate(dense), np.concatenate(sparse), np.concatenate(labels).reshape(-1)
+
+
+def _discover_days(directory: Path) -> list[int]:
+    meta = layout.read_meta(directory)
+    if meta is not None:
+        return [d["day"] for d in meta["days"]]
+    days = sorted(int(p.name.split("_")[1]) for p in directory.glob("day_*_labels.npy"))
+    if not days:
+        raise DataError(f"{directory}: no day_<i>_labels.npy files (run `dlrm-data preprocess` first)")
+    return days
+
+
+class CriteoDataset:
+    """Preprocessed Criteo days as TorchRec batches for one rank."""
+
+    def __init__(self, directory: str | Path, feature_names: Sequence[str], eval_split: str = "val",
+                 seed: int = 0, max_ind_range: int = 0, multi_hot: Optional[Sequence[int]] = None,
+                 shuffle: bool = True) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise DataError(f"data directory {str(directory)!r} does not exist")
+        if eval_split not in ("val", "test"):
+            raise DataError(f"eval split {eval_split!r}: choose val or test")
+        self.feature_names, self.eval_split, self.seed, self.shuffle = list(feature_names), eval_split, seed, shuffle
+        days = _discover_days(self.directory)
+        if len(days) < 2:
+            raise DataError(f"{directory}: {len(days)} day(s); need training days and a last (val/test) day")
+        arrays = [self._open(d) for d in days]
+        last = arrays[-1]
+        half = math.ceil(len(last[2]) / 2)
+        self.splits = {
+            "train": _Split([_Part(*a, 0, len(a[2])) for a in arrays[:-1]]),
+            "val": _Split([_Part(*last, 0, half)]),
+            "test": _Split([_Part(*last, half, len(last[2]))]),
+        }
+        self.table_sizes = self._table_sizes(max_ind_range)
+        self.multi_hot = list(multi_hot) if multi_hot else None
+        if self.multi_hot and len(self.multi_hot) not in (1, len(self.table_sizes)):
+            raise DataError(f"multi_hot_sizes has {len(self.multi_hot)} entries; give 1 or {len(self.table_sizes)}")
+        self._offsets = self._multi_hot_offsets()
+
+    def _open(self, day: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        try:
+            return tuple(np.load(layout.day_file(self.directory, day, k), mmap_mode="r") for k in layout.KINDS)
+        except FileNotFoundError as e:
+            raise DataError(f"{self.directory}: day {day} is incomplete ({e.filename} missing)") from None
+
+    def _table_sizes(self, max_ind_range: int) -> list[int]:
+        meta = layout.read_meta(self.directory)
+        self._modulo = None
+        if meta and meta.get("table_sizes"):
+            return list(meta["table_sizes"])
+        if max_ind_range > 0:  # raw ids (TorchRec's preprocessing): hash at load time
+            self._modulo = np.int64(max_ind_range)
+            return [max_ind_range] * len(self.feature_names)
+        raise DataError(f"{self.directory} holds raw ids and no meta.json: give data.max_ind_range to hash them")
+
+    def _multi_hot_offsets(self) -> Optional[list[np.ndarray]]:
+        if not self.multi_hot:
+            return None
+        sizes = self.multi_hot * len(self.table_sizes) if len(self.multi_hot) == 1 else self.multi_hot
+        rng = np.random.default_rng([self.seed, 7])
+        return [np.concatenate([[0], rng.integers(1, max(rows, 2), h - 1)]).astype(np.int64)
+                for h, rows in zip(sizes, self.table_sizes)]
+
+    # -- the dataset interface the trainer uses ------------------------------------------------------
+    def split_len(self, split: str) -> int:
+        return len(self.splits[self.eval_split if split == "eval" else split])
+
+    def eval_batch_count(self, global_batch_size: int) -> int:
+        return math.ceil(self.split_len("eval") / global_batch_size)
+
+    def teacher_auc(self, global_batch_size: int) -> Optional[float]:
+        return None  # real data has no known best AUC
+
+    def batches(self, split: str, global_batch_size: int, rank: int, world_size: int,
+                num_batches: Optional[int] = None, start_batch: int = 0) -> Iterator[Batch]:
+        """This rank's slice of global batches ``start_batch, ...`` of ``split``."""
+        if split == "train":
+            per_epoch = self.split_len("train") // global_batch_size
+            if per_epoch == 0:
+                raise DataError(f"the training split has {self.split_len('train')} rows: fewer than one "
+                                f"global batch of {global_batch_size}")
+            data, count = self.splits["train"], num_batches
+        else:
+            data = self.splits[self.eval_split if split == "eval" else split]
+            per_epoch = self.eval_batch_count(global_batch_size)
+            count = per_epoch if num_batches is None else min(num_batches, per_epoch)
+        local = global_batch_size // world_size
+        b = start_batch
+        while count is None or b < start_batch + count:
+            yield self._batch(data, split, self._position(split, b, per_epoch), global_batch_size, rank, local)
+            b += 1
+
+    # -- internals ------------------------------------------------------------------------------------
+    def _position(self, split: str, b: int, per_epoch: int) -> int:
+        if split != "train" or not self.shuffle:
+            return b % per_epoch
+        epoch, i = divmod(b, per_epoch)
+        return int(np.random.default_rng([self.seed, epoch]).permutation(per_epoch)[i])
+
+    def _batch(self, data: _Split, split: str, position: int, gbs: int, rank: int, local: int) -> Batch:
+        lo = position * gbs + rank * local
+        hi = min(lo + local, len(data))
+        dense, sparse, labels = data.read(lo, hi) if hi > lo else data.read(0, 1)
+        valid = max(hi - lo, 0)
+        if valid < local:  # the last evaluation batch: pad with ignored rows
+            pad = local - valid
+            dense = np.concatenate([dense[:valid], np.repeat(dense[:1], pad, 0)])
+            sparse = np.concatenate([sparse[:valid], np.repeat(sparse[:1], pad, 0)])
+            labels = np.concatenate([labels[:valid], np.full(pad, -1, labels.dtype)])
+        sparse = sparse.astype(np.int64)
+        if self._modulo is not None:
+            sparse %= self._modulo
+        return to_batch(self._block(dense, sparse, labels), self.feature_names)
+
+    def _block(self, dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray) -> SampleBlock:
+        n = len(labels)
+        if self._offsets is None:
+            values = [sparse[:, f] for f in range(sparse.shape[1])]
+            lengths = [np.ones(n, np.int64)] * sparse.shape[1]
+        else:
+            values = [((sparse[:, f, None] + off[None, :]) % rows).reshape(-1)
+                      for f, (off, rows) in enumerate(zip(self._offsets, self.table_sizes))]
+            lengths = [np.full(n, len(off), np.int64) for off in self._offsets]
+        return SampleBlock(np.ascontiguousarray(dense, np.float32), values, lengths, labels.astype(np.float32))

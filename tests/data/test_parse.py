@@ -1,0 +1,66 @@
+"""The TSV parser against an independent line-by-line reference, and every kind of bad line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dlrm_dist.data.criteo.parse import parse_chunk
+
+
+def _reference(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows = [line.split("\t") for line in text.splitlines()]
+    dense = np.array([[int(x or 0) for x in r[1:14]] for r in rows])
+    sparse = np.array([[int(x or "0", 16) for x in r[14:]] for r in rows])
+    return np.array([int(r[0]) for r in rows]), dense, sparse
+
+
+def test_real_sample_matches_reference(criteo_sample) -> None:
+    raw = criteo_sample.read_bytes()
+    labels, dense, sparse = _reference(raw.decode())
+    c = parse_chunk(raw)
+    assert c.num_lines == 200 and c.num_bad == 0 and c.labels.sum() == 49
+    np.testing.assert_array_equal(c.labels, labels)
+    np.testing.assert_array_equal(c.dense, dense)
+    np.testing.assert_array_equal(c.sparse, sparse)
+    assert (c.dense < 0).any()  # the sample has negative counts
+    np.testing.assert_array_equal(c.rows, np.arange(200))
+
+
+def test_crlf_and_missing_final_newline(criteo_sample) -> None:
+    raw = criteo_sample.read_bytes()
+    assert len(parse_chunk(raw.replace(b"\n", b"\r\n")).labels) == 200
+    assert len(parse_chunk(raw.rstrip(b"\n")).labels) == 200
+
+
+def _corrupt(raw: bytes, line: int, field: int, value: bytes) -> bytes:
+    lines = raw.split(b"\n")
+    fields = lines[line].split(b"\t")
+    fields[field] = value
+    lines[line] = b"\t".join(fields)
+    return b"\n".join(lines)
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    (0, b"2", "label is not 0 or 1"),
+    (0, b"", "label is not 0 or 1"),
+    (3, b"12x", "I3 is not an integer"),
+    (5, b"-", "I5 is not an integer"),
+    (5, b"1.5", "I5 is not an integer"),
+    (14, b"05dbg164", "C1 is not 8 hex digits"),
+    (20, b"abc", "C7 is not 8 hex digits"),
+    (39, b"0123456789", "C26 is not 8 hex digits"),
+])
+def test_bad_values_are_reported_and_skipped(criteo_sample, field: int, value: bytes, reason: str) -> None:
+    c = parse_chunk(_corrupt(criteo_sample.read_bytes(), 17, field, value))
+    assert c.bad == [(17, reason)] and c.num_bad == 1
+    assert len(c.labels) == 199 and 17 not in c.rows
+
+
+def test_wrong_field_counts(criteo_sample) -> None:
+    lines = criteo_sample.read_bytes().split(b"\n")
+    lines[3] = b"1\t2\t3"
+    lines[8] = lines[8] + b"\textra"
+    c = parse_chunk(b"\n".join(lines))
+    assert c.bad == [(3, "3 fields instead of 40"), (8, "41 fields instead of 40")]
+    assert c.num_lines == 200 and len(c.labels) == 198
