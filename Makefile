@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet -e ".[$(strip $(DEVICE)),dev]"
+	$(PY) -m pip install --quiet -e ".[$(strip $(DEVICE)),dev,cluster]"
 	$(PY) -m pip install --quiet --no-deps "$(TORCHREC_PIN)"
 	$(PY) -c "import torchrec, fbgemm_gpu, torch; print('stack ok: torch', torch.__version__)"
 	touch $@

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from torch.distributed.elastic.multiprocessing.errors import record
 from tqdm import tqdm
 
 from dlrm_dist.config import ConfigError, load_config
@@ -47,6 +48,7 @@ def run(args: Sequence[str], env: Optional[DistEnv] = None) -> dict:
         teardown()
 
 
+@record  # a failing rank's traceback goes to torchrun's error file and its "Root Cause" report
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if "-h" in args or "--help" in args:
