@@ -33,11 +33,11 @@ def final_report(record: dict[str, Any]) -> str:
     auc = f"  eval AUC   {record['eval_auc']:.4f}"
     if record["teacher_auc"] is not None:
         auc += f"  (teacher's AUC {record['teacher_auc']:.4f}, gap {record['teacher_auc'] - record['eval_auc']:.4f})"
-    return "\n".join([
-        f"done: {record['steps']} steps x {record['global_batch_size']} samples on {record['world_size']} rank(s)",
-        f"  loss       {record['first_loss']:.4f} -> {record['final_loss']:.4f}",
-        auc,
-        f"  log-loss   {record['eval_logloss']:.4f}",
-        f"  throughput {record['samples_per_s']:,.0f} samples/s  "
-        f"(per-rank step ms: {', '.join(f'{t:.1f}' for t in record['rank_step_ms'])})",
-    ])
+    lines = [f"done: {record['steps']} steps x {record['global_batch_size']} samples on {record['world_size']} rank(s)"]
+    if record["steps"]:
+        lines.append(f"  loss       {record['first_loss']:.4f} -> {record['final_loss']:.4f}")
+    lines += [auc, f"  log-loss   {record['eval_logloss']:.4f}"]
+    if record["steps"]:
+        lines.append(f"  throughput {record['samples_per_s']:,.0f} samples/s  "
+                     f"(per-rank step ms: {', '.join(f'{t:.1f}' for t in record['rank_step_ms'])})")
+    return "\n".join(lines)

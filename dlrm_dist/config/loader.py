@@ -20,6 +20,9 @@ ALIASES = {
     "sharding-type": "sharding.sharding_type",
     "plan": "sharding.plan",
     "data": "data.source",
+    "checkpoint": "train.checkpoint",
+    "checkpoint-dir": "train.checkpoint_dir",
+    "inference-only": "train.inference_only",
     "data-dir": "data.data_dir",
     "batch-size": "train.global_batch_size",
     "steps": "train.steps",
@@ -89,6 +92,12 @@ def _apply(raw: dict[str, dict[str, Any]], origin: str) -> Config:
     return Config(**built)
 
 
+def _is_bool(key: str) -> bool:
+    section, _, name = key.partition(".")
+    cls = _sections().get(section)
+    return cls is not None and _field_types(cls).get(name.replace("-", "_")) is bool
+
+
 def _parse_overrides(args: Sequence[str]) -> tuple[Optional[str], dict[str, dict[str, str]]]:
     config_file: Optional[str] = None
     raw: dict[str, dict[str, str]] = {}
@@ -99,9 +108,12 @@ def _parse_overrides(args: Sequence[str]) -> tuple[Optional[str], dict[str, dict
             raise ConfigError(f"unexpected argument {arg!r}; overrides look like --section.key=value")
         key, eq, value = arg[2:].partition("=")
         if not eq:
-            if i + 1 >= len(args):
+            if _is_bool(ALIASES.get(key, key)) and (i + 1 >= len(args) or args[i + 1].startswith("--")):
+                value = "true"  # a bare boolean flag, e.g. --inference-only
+            elif i + 1 >= len(args):
                 raise ConfigError(f"--{key} needs a value")
-            value, i = args[i + 1], i + 1
+            else:
+                value, i = args[i + 1], i + 1
         i += 1
         if key == "config":
             config_file = value

@@ -184,6 +184,12 @@ class TrainConfig:
     seed: int = _f(0, "Seed of the model's initial weights.")
     run_dir: str = _f("runs/latest", "Directory for metrics.jsonl and the run's summary.")
     progress: bool = _f(True, "Show a progress bar (rank 0).")
+    checkpoint_dir: Optional[str] = _f(None, "Write sharded checkpoints here (and resume from the newest).")
+    checkpoint_interval: int = _f(0, "Checkpoint every N steps (0 = only at the end); needs checkpoint_dir.")
+    keep_last: int = _f(3, "Checkpoints to keep (0 = all).")
+    resume: bool = _f(True, "Resume from the newest complete checkpoint in checkpoint_dir, if any.")
+    checkpoint: Optional[str] = _f(None, "Start from this checkpoint (a step directory or a checkpoint_dir).")
+    inference_only: bool = _f(False, "Only evaluate the weights of train.checkpoint; no training.")
 
     def __post_init__(self) -> None:
         for name in ("global_batch_size", "steps", "log_interval"):
@@ -191,6 +197,12 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
         if self.eval_interval < 0:
             raise ConfigError(f"train.eval_interval={self.eval_interval} must be >= 0")
+        if self.checkpoint_interval < 0 or self.keep_last < 0:
+            raise ConfigError("train.checkpoint_interval and train.keep_last must be >= 0")
+        if self.checkpoint_interval and not self.checkpoint_dir:
+            raise ConfigError(f"train.checkpoint_interval={self.checkpoint_interval} needs train.checkpoint_dir")
+        if self.inference_only and not self.checkpoint:
+            raise ConfigError("train.inference_only needs train.checkpoint (--checkpoint DIR)")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from torch import nn
 from torchrec.distributed.types import ShardingPlan
 
 from dlrm_dist.config import Config, ConfigError, validate_for_launch
+from dlrm_dist.config.loader import to_dict
 from dlrm_dist.config.schema import DEMO_TABLE_SIZES
 from dlrm_dist.data import Dataset
 from dlrm_dist.data.criteo.dataset import CriteoDataset
@@ -27,6 +28,7 @@ from dlrm_dist.distributed.weights import init_embedding_weights
 from dlrm_dist.metrics.log import MetricsLog
 from dlrm_dist.model import build_model, feature_names
 from dlrm_dist.model.tables import make_tables
+from dlrm_dist.planning import plan_rows
 from dlrm_dist.planning.plan import JobSpec, make_plan
 from dlrm_dist.training.optim import LRSchedule, ScheduledLR, build_optimizer, mark_embedding_optimizer
 from dlrm_dist.training.trainer import Trainer
@@ -106,4 +108,6 @@ def build_trainer(env: DistEnv, prepared: Prepared, say: Callable[[str], None] =
     optimizer = build_optimizer(model, cfg.optim)
     lr = ScheduledLR(optimizer, LRSchedule.from_config(cfg.optim))
     log = MetricsLog(Path(cfg.train.run_dir), enabled=env.is_main)
-    return Trainer(cfg, env, model, optimizer, lr, build_data(cfg), log, say=say)
+    info = {"embedding_optimizer": cfg.optim.embedding_optimizer, "dense_optimizer": cfg.optim.dense_optimizer,
+            "plan": plan_rows(prepared.plan), "config": to_dict(cfg)}
+    return Trainer(cfg, env, model, optimizer, lr, build_data(cfg), log, say=say, checkpoint_info=info)

@@ -17,6 +17,7 @@ from torch import nn
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
+from dlrm_dist.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from dlrm_dist.config.schema import Config
 from dlrm_dist.data import Dataset
 from dlrm_dist.distributed.env import DistEnv
@@ -53,30 +54,69 @@ class Trainer:
         data: Dataset,
         log: MetricsLog,
         say: Callable[[str], None] = print,
+        checkpoint_info: Optional[dict[str, Any]] = None,
     ) -> None:
         self.cfg, self.env, self.model, self.optimizer = cfg, env, model, optimizer
+        self.checkpoint_info = checkpoint_info or {}
         self.lr, self.data, self.log, self.say = lr, data, log, say
         self.pipeline = TrainPipelineSparseDist(model, optimizer, env.device, execute_all_batches=True)
-        self.step = 0
+        self.step = 0  # global step (restored on resume); also the data position
+        self.steps_run = 0  # steps run by this process
         self.train_seconds = 0.0
 
     # -- the loop -----------------------------------------------------------------------
     def train(self) -> TrainResult:
         result = TrainResult(teacher_auc=self.teacher_auc())
-        total = self.cfg.train.steps
-        bar = tqdm(total=total, desc="train", unit="step", disable=not (self.env.is_main and self.cfg.train.progress))
-        for end in self.segment_ends():
-            self.train_segment(end, result, bar)
+        if self.cfg.train.inference_only:
+            self.restore(weights_only=True)
             result.evals.append(self.evaluate())
+            return result
+        self.restore()
+        bar = tqdm(total=self.cfg.train.steps, initial=self.step, desc="train", unit="step",
+                   disable=not (self.env.is_main and self.cfg.train.progress))
+        for end, actions in self.schedule():
+            self.train_segment(end, result, bar)
+            if "checkpoint" in actions:
+                self.save()
+            if "eval" in actions:
+                result.evals.append(self.evaluate())
         bar.close()
-        result.samples_per_s = self.step * self.cfg.train.global_batch_size / max(self.train_seconds, 1e-9)
+        if not result.evals:  # resumed at the last step: still report the model
+            result.evals.append(self.evaluate())
+        result.samples_per_s = len(result.losses) * self.cfg.train.global_batch_size / max(self.train_seconds, 1e-9)
         result.rank_step_ms = self.rank_step_ms()
         return result
 
-    def segment_ends(self) -> list[int]:
-        total, every = self.cfg.train.steps, self.cfg.train.eval_interval
-        ends = list(range(every, total, every)) if every else []
-        return ends + [total]
+    def schedule(self) -> list[tuple[int, set[str]]]:
+        """(step, {"eval", "checkpoint"}) at every boundary still ahead; segments end there."""
+        t = self.cfg.train
+        boundaries: dict[int, set[str]] = {}
+        intervals = ((t.eval_interval, "eval"), (t.checkpoint_interval if t.checkpoint_dir else 0, "checkpoint"))
+        for every, action in intervals:
+            for s in range(every, t.steps, every) if every else ():
+                boundaries.setdefault(s, set()).add(action)
+        boundaries.setdefault(t.steps, set()).update({"eval"} | ({"checkpoint"} if t.checkpoint_dir else set()))
+        return [(s, a) for s, a in sorted(boundaries.items()) if s > self.step]
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def restore(self, weights_only: bool = False) -> None:
+        """Loads train.checkpoint, or resumes from the newest checkpoint in checkpoint_dir."""
+        t = self.cfg.train
+        source = t.checkpoint or (t.checkpoint_dir if t.resume else None)
+        path = latest_checkpoint(source) if source else None
+        if t.checkpoint and path is None:
+            raise CheckpointError(f"no complete checkpoint at {t.checkpoint}")
+        if path is None:
+            return
+        step = load_checkpoint(path, self.model, None if weights_only else self.optimizer, self.checkpoint_info)
+        if not weights_only:
+            self.step = step
+        self.say(f"loaded {path} (step {step}{', weights only' if weights_only else ''})")
+
+    def save(self) -> None:
+        path = save_checkpoint(self.cfg.train.checkpoint_dir, self.step, self.model, self.optimizer,
+                               self.checkpoint_info, keep_last=self.cfg.train.keep_last)
+        self.say(f"checkpoint @ step {self.step}: {path}")
 
     def train_segment(self, end: int, result: TrainResult, bar: tqdm) -> None:
         self.model.train()
@@ -88,6 +128,7 @@ class Trainer:
             self.train_seconds += time.perf_counter() - t0
             result.losses.append(loss)
             self.step += 1
+            self.steps_run += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
             if self.step % self.cfg.train.log_interval == 0 or self.step == end:
@@ -138,11 +179,11 @@ class Trainer:
         return float(t) / self.env.world_size
 
     def log_train(self, loss: float) -> None:
-        sps = self.step * self.cfg.train.global_batch_size / max(self.train_seconds, 1e-9)
+        sps = self.steps_run * self.cfg.train.global_batch_size / max(self.train_seconds, 1e-9)
         self.log.write("train", self.step, loss=loss, lr_factor=self.lr.schedule.factor(self.step - 1), samples_per_s=sps)
 
     def rank_step_ms(self) -> list[float]:
-        mine = 1000.0 * self.train_seconds / max(self.step, 1)
+        mine = 1000.0 * self.train_seconds / max(self.steps_run, 1)
         out: list[Any] = [None] * self.env.world_size
         dist.all_gather_object(out, mine)
         return [float(x) for x in out]

@@ -1,0 +1,113 @@
+"""Saving and loading a sharded training state with torch.distributed.checkpoint (DCP).
+
+A checkpoint holds the model's state dict (sharded embedding tables as ShardedTensors,
+dense weights), the optimizer's (the fused embedding optimizer's sharded state and the
+dense optimizer's), the step — which is also the data position, since both data sources
+are addressed by global batch index — the torch RNG state, and a manifest with the tables,
+optimizers, plan and config the run used. DCP reshards tensors whose global shape is
+unchanged, so weights load at another world size or plan.
+
+DCP reports failures as CheckpointException, which derives from BaseException: it is
+caught here on purpose and turned into a CheckpointError that names what is missing.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
+
+from dlrm_dist.checkpoint import store
+from dlrm_dist.config.errors import ConfigError
+
+FORMAT = "dlrm_dist.checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint is missing, incomplete, corrupted or from a different model."""
+
+
+def _tables(model: nn.Module) -> dict[str, list[int]]:
+    out = {}
+    for key, value in model.state_dict().items():
+        if "embedding_bags." in key and key.endswith(".weight"):
+            out[key.split("embedding_bags.", 1)[1][: -len(".weight")]] = list(value.shape)
+    return out
+
+
+def _state(model: nn.Module, optimizer: Optional[torch.optim.Optimizer], step: int) -> dict[str, Any]:
+    state: dict[str, Any] = {"model": model.state_dict(), "train": {"step": torch.tensor(step),
+                                                                     "torch_rng": torch.get_rng_state()}}
+    if optimizer is not None:
+        state["optim"] = optimizer.state_dict()
+    return state
+
+
+def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    info: dict[str, Any], keep_last: int = 3) -> Path:
+    """Writes and publishes checkpoint ``step`` (a collective: every rank calls it)."""
+    root = Path(root)
+    tmp = store.tmp_dir(root, step)
+    dcp.save(_state(model, optimizer, step), checkpoint_id=str(tmp))
+    dist.barrier()
+    final = store.step_dir(root, step)
+    if dist.get_rank() == 0:
+        manifest = {"format": FORMAT, "version": VERSION, "step": step, "world_size": dist.get_world_size(),
+                    "tables": _tables(model), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+        store.publish(root, step, manifest, keep_last)
+    dist.barrier()
+    return final
+
+
+def _check_manifest(path: Path, model: nn.Module, info: dict[str, Any]) -> dict[str, Any]:
+    try:
+        manifest = store.read_manifest(path)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: no readable manifest ({e}); not a complete dlrm_dist checkpoint") from None
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise CheckpointError(f"{path}: format {manifest.get('format')!r} v{manifest.get('version')} is not "
+                              f"{FORMAT} v{VERSION}")
+    ours, theirs = _tables(model), manifest.get("tables", {})
+    problems = [f"table {t} is in the model but not in the checkpoint" for t in ours if t not in theirs]
+    problems += [f"table {t} is in the checkpoint but not in the model" for t in theirs if t not in ours]
+    problems += [f"table {t}: checkpoint {theirs[t][0]} x {theirs[t][1]}, model {ours[t][0]} x {ours[t][1]}"
+                 for t in ours if t in theirs and list(theirs[t]) != list(ours[t])]
+    for key in ("embedding_optimizer", "dense_optimizer"):
+        if key in info and key in manifest and info[key] != manifest[key]:
+            problems.append(f"{key}: checkpoint {manifest[key]!r}, this run {info[key]!r}")
+    if problems:
+        raise CheckpointError(f"{path} is from a different model:\n" + "\n".join(f"  - {p}" for p in problems))
+    return manifest
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Optional[torch.optim.Optimizer],
+                    info: dict[str, Any]) -> int:
+    """Loads a checkpoint (in place) and returns its step; ``optimizer=None`` loads weights only."""
+    path = Path(path)
+    manifest = _check_manifest(path, model, info)
+    state = _state(model, optimizer, 0)
+    try:
+        dcp.load(state, checkpoint_id=str(path))
+    except CheckpointException as e:  # a BaseException: caught deliberately
+        raise CheckpointError(f"{path}: the checkpoint could not be read completely: {_failures(e)}") from None
+    model.load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optim"])
+    torch.set_rng_state(state["train"]["torch_rng"])
+    step = int(state["train"]["step"])
+    if step != manifest["step"]:
+        raise CheckpointError(f"{path}: manifest says step {manifest['step']}, data says {step}")
+    return step
+
+
+def _failures(e: CheckpointException) -> str:
+    failures = getattr(e, "failures", {}) or {}
+    parts = [f"rank {rank}: {type(err).__name__}: {err}" for rank, err in sorted(failures.items())]
+    return "; ".join(parts)[:2000] or str(e)[:2000]

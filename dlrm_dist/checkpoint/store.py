@@ -1,0 +1,63 @@
+"""Where checkpoints live and how they are published: complete or absent.
+
+    DIR/step_00000400/        a published checkpoint: DCP files + manifest.json
+    DIR/step_00000800.tmp/    being written (or abandoned by a killed job): never read
+
+A checkpoint is written under a ``.tmp`` name and renamed once every rank has finished and
+the manifest (written last) is in place, so a reader sees a whole checkpoint or none.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+MANIFEST = "manifest.json"
+PREFIX = "step_"
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return Path(root) / f"{PREFIX}{step:08d}"
+
+
+def tmp_dir(root: Path, step: int) -> Path:
+    return step_dir(root, step).with_suffix(".tmp")
+
+
+def published(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and p.suffix != ".tmp" and (p / MANIFEST).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_checkpoint(path: str | Path) -> Optional[Path]:
+    """``path`` itself if it is a checkpoint, else the newest complete one inside it."""
+    p = Path(path)
+    if (p / MANIFEST).is_file():
+        return p
+    found = published(p)
+    return found[-1] if found else None
+
+
+def publish(root: Path, step: int, manifest: dict[str, Any], keep_last: int) -> Path:
+    """Writes the manifest into the finished .tmp directory, renames it, prunes old ones (rank 0)."""
+    tmp, final = tmp_dir(root, step), step_dir(root, step)
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for stale in list(Path(root).glob(f"{PREFIX}*.tmp")):
+        shutil.rmtree(stale, ignore_errors=True)
+    if keep_last > 0:
+        for old in published(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    return json.loads((Path(path) / MANIFEST).read_text())

@@ -1,0 +1,60 @@
+"""Rank-side code of the checkpoint tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from dlrm_dist.checkpoint import CheckpointError, latest_checkpoint
+from dlrm_dist.config import load_config
+from dlrm_dist.distributed.env import DistEnv, init_distributed, teardown
+from dlrm_dist.distributed.weights import gather_full_state_dict
+from dlrm_dist.training.build import build_trainer, prepare
+
+SMALL = ["--model.table_sizes=100,200,50,80", "--model.bottom_mlp=13-16-8", "--model.embedding_dim=8",
+         "--model.top_mlp=16-1", "--train.global_batch_size=64", "--train.progress=false", "--train.eval_interval=0",
+         "--data.eval_batches=2", "--sharding-type=row_wise"]
+
+
+def _run(env: DistEnv, args: list[str]) -> tuple[list[float], dict]:
+    cfg = load_config(SMALL + args)
+    trainer = build_trainer(env, prepare(cfg, env), say=lambda _m: None)
+    result = trainer.train()
+    return result.losses, gather_full_state_dict(trainer.model)
+
+
+def resume_cases(out: str) -> None:
+    env = DistEnv.from_environ(device="cpu")
+    init_distributed(env, timeout_s=120)
+    root = Path(out)
+    try:
+        straight, final_a = _run(env, [f"--train.checkpoint_dir={root / 'a'}", "--train.checkpoint_interval=2",
+                                       "--train.keep_last=2", "--train.steps=8", f"--run-dir={root / 'ra'}"])
+        first, _ = _run(env, [f"--train.checkpoint_dir={root / 'b'}", "--train.steps=4", f"--run-dir={root / 'rb'}"])
+        second, final_b = _run(env, [f"--train.checkpoint_dir={root / 'b'}", "--train.steps=8", f"--run-dir={root / 'rb'}"])
+        errors = {}
+        if env.is_main:  # a corrupted copy: one rank's data file is gone
+            bad = root / "bad" / "step_00000008"
+            shutil.copytree(root / "b" / "step_00000008", bad)
+            next(bad.glob("*.distcp")).unlink()
+        dist.barrier()
+        for name, args in (("corrupt", [f"--train.checkpoint={root / 'bad'}", "--train.steps=9"]),
+                           ("other_model", [f"--train.checkpoint={root / 'b'}", "--model.table_sizes=100,200,50,81"]),
+                           ("missing", [f"--train.checkpoint={root / 'none'}"])):
+            try:
+                _run(env, args + [f"--run-dir={root / 'rx'}"])
+                errors[name] = None
+            except CheckpointError as e:
+                errors[name] = str(e)
+        if env.is_main:
+            torch.save({"straight": straight, "first": first, "second": second, "final_a": final_a,
+                        "final_b": final_b, "errors": errors,
+                        "kept": sorted(p.name for p in (root / "a").iterdir()),
+                        "latest": str(latest_checkpoint(root / "a"))}, root / "result.pt")
+        dist.barrier()
+    finally:
+        teardown()

@@ -1,0 +1,70 @@
+"""Checkpoints: exact resume, retention and atomic publishing, bad checkpoints, inference at
+other world sizes and plans."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.dist_helper import run_ranks
+from tests.multiprocess.checkpoint_worker import SMALL, resume_cases
+
+pytestmark = pytest.mark.multiprocess
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("ckpt")
+    (out / "a").mkdir()
+    (out / "a" / "step_00000099.tmp").mkdir()  # an abandoned write: never read, cleaned up
+    run_ranks(resume_cases, 2, str(out), timeout=600)
+    return torch.load(out / "result.pt", weights_only=False)
+
+
+def test_resume_is_exact(results) -> None:
+    """8 steps straight == 4 steps, stop, resume, 4 more: same losses and weights, bitwise on CPU."""
+    assert len(results["straight"]) == 8 and len(results["first"]) == 4 and len(results["second"]) == 4
+    assert results["first"] + results["second"] == results["straight"]
+    assert results["final_a"].keys() == results["final_b"].keys()
+    for key, value in results["final_a"].items():
+        assert torch.equal(value, results["final_b"][key]), key
+
+
+def test_keeps_the_last_k_and_ignores_partial_writes(results) -> None:
+    assert results["kept"] == ["step_00000006", "step_00000008"]
+    assert results["latest"].endswith("step_00000008")
+
+
+def test_bad_checkpoints_are_named(results) -> None:
+    e = results["errors"]
+    assert e["corrupt"] and "could not be read completely" in e["corrupt"]
+    assert e["other_model"] and "different model" in e["other_model"] and "t_cat_3: checkpoint 80 x 8, model 81 x 8" in e["other_model"]
+    assert e["missing"] and "no complete checkpoint" in e["missing"]
+
+
+def _train(args: list[str], nproc: int, tmp: Path) -> dict:
+    run_dir = tmp / f"run{nproc}_{len(list(tmp.iterdir()))}"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "dlrm_dist.train", *args, f"--run-dir={run_dir}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_inference_only_at_other_world_sizes(tmp_path) -> None:
+    base = [a for a in SMALL if not a.startswith("--sharding-type")]
+    ckpt = tmp_path / "ckpt"
+    trained = _train(base + ["--sharding-type=table_wise", f"--checkpoint-dir={ckpt}", "--train.steps=10"], 2, tmp_path)
+    for nproc, extra in ((1, []), (4, ["--sharding-type=row_wise"])):
+        inferred = _train(base + extra + ["--inference-only", "--checkpoint", str(ckpt)], nproc, tmp_path)
+        assert inferred["steps"] == 0 and inferred["world_size"] == nproc
+        assert inferred["eval_auc"] == pytest.approx(trained["eval_auc"], abs=1e-6)
+        assert inferred["eval_logloss"] == pytest.approx(trained["eval_logloss"], abs=1e-6)
