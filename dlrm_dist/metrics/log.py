@@ -12,9 +12,13 @@ class MetricsLog:
 
     def __init__(self, run_dir: Optional[Path], enabled: bool) -> None:
         self.path = run_dir / "metrics.jsonl" if (run_dir and enabled) else None
+
+    def start(self, resumed: bool) -> None:
+        """A fresh run starts the file; a resumed one (e.g. after a restart) appends to it."""
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("")
+            if not resumed or not self.path.exists():
+                self.path.write_text("")
 
     def write(self, kind: str, step: int, **values: Any) -> None:
         if self.path is None:

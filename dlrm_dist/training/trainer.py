@@ -69,9 +69,11 @@ class Trainer:
         result = TrainResult(teacher_auc=self.teacher_auc())
         if self.cfg.train.inference_only:
             self.restore(weights_only=True)
+            self.log.start(resumed=False)
             result.evals.append(self.evaluate())
             return result
         self.restore()
+        self.log.start(resumed=self.step > 0)
         bar = tqdm(total=self.cfg.train.steps, initial=self.step, desc="train", unit="step",
                    disable=not (self.env.is_main and self.cfg.train.progress))
         for end, actions in self.schedule():

@@ -68,3 +68,25 @@ def test_inference_only_at_other_world_sizes(tmp_path) -> None:
         assert inferred["steps"] == 0 and inferred["world_size"] == nproc
         assert inferred["eval_auc"] == pytest.approx(trained["eval_auc"], abs=1e-6)
         assert inferred["eval_logloss"] == pytest.approx(trained["eval_logloss"], abs=1e-6)
+
+
+def test_export_to_an_unsharded_model(tmp_path) -> None:
+    from dlrm_dist.checkpoint.export import load_unsharded, main as export_main
+    from dlrm_dist.config import load_config
+    from dlrm_dist.metrics.eval import EvalMetrics
+    from dlrm_dist.training.build import build_data, resolve
+
+    base = [a for a in SMALL if not a.startswith("--sharding-type")] + ["--sharding-type=row_wise"]
+    ckpt = tmp_path / "ckpt"
+    trained = _train(base + [f"--checkpoint-dir={ckpt}", "--train.steps=10"], 2, tmp_path)
+    model = load_unsharded(ckpt)
+    assert not any(type(t).__name__ == "ShardedTensor" for t in model.state_dict().values())
+    cfg = resolve(load_config(base))
+    data = build_data(cfg)
+    metrics = EvalMetrics()
+    with torch.no_grad():
+        for batch in data.batches("eval", 64, 0, 1, data.eval_batch_count(64)):
+            metrics.update(model.model(batch.dense_features, batch.sparse_features), batch.labels)
+    assert metrics.compute()["auc"] == pytest.approx(trained["eval_auc"], abs=1e-6)
+    assert export_main([str(ckpt), str(tmp_path / "model.pt")]) == 0
+    assert torch.load(tmp_path / "model.pt")["model.sparse_arch.embedding_bags.t_cat_1.weight"].shape == (200, 8)

@@ -18,36 +18,13 @@ import pytest
 
 from launch.torchrun import build_command
 from tests.dist_helper import free_port
+from tests.launch_helper import _env, _Job, _pid_of_rank
 
 pytestmark = pytest.mark.multiprocess
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = str(Path(sys.executable).parent)
 SMALL = ["--model.table_sizes=100,200,50,80", "--model.bottom_mlp=13-16-8", "--model.embedding_dim=8",
          "--model.top_mlp=16-1", "--train.global_batch_size=64", "--train.progress=false", "--train.log_interval=1"]
-
-
-def _env(**extra: str) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PATH": VENV_BIN + os.pathsep + os.environ["PATH"], **extra}
-
-
-class _Job:
-    """A launcher process whose output goes to a file (pipes could fill and stall a rank)."""
-
-    def __init__(self, args: list[str], log: Path, **env: str) -> None:
-        self.log = log
-        self.file = open(log, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "launch.torchrun", *args], cwd=ROOT, env=_env(**env),
-                                     stdout=self.file, stderr=subprocess.STDOUT, text=True)
-
-    def wait(self, timeout: float) -> str:
-        try:
-            self.proc.wait(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            self.file.close()
-        return self.log.read_text()
 
 
 def _losses(run_dir: Path) -> list[float]:
@@ -84,20 +61,6 @@ def test_two_nodes_equal_one_node(tmp_path: Path) -> None:
     two_nodes, one_node = _losses(tmp_path / "two"), _losses(tmp_path / "one")
     assert len(two_nodes) == len(one_node) == 8
     assert two_nodes == pytest.approx(one_node, abs=1e-6)
-
-
-def _pid_of_rank(tag: str, rank: int) -> int | None:
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            env = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"DLRM_TEST_TAG={tag}".encode() in env and f"RANK={rank}".encode() in env and b"LOCAL_RANK=" + str(rank).encode() in env:
-            if b"dlrm_dist.train" in (proc / "cmdline").read_bytes():
-                return int(proc.name)
-    return None
 
 
 def test_killed_rank_ends_the_job_with_the_rank_named(tmp_path: Path) -> None:

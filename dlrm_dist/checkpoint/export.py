@@ -1,0 +1,68 @@
+"""Export: a sharded checkpoint loaded into a plain, unsharded, single-process model.
+
+No process group: DCP reads every shard and reassembles full tensors into the model built
+from the checkpoint's own config. ``python -m dlrm_dist.checkpoint.export CKPT OUT.pt``
+writes the unsharded state dict for inference elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+
+from dlrm_dist.checkpoint.io import CheckpointError, _failures
+from dlrm_dist.checkpoint.store import latest_checkpoint, read_manifest
+from dlrm_dist.config.loader import load_config
+from dlrm_dist.model import DLRMTrain, build_model
+
+
+def _config_args(config: dict) -> list[str]:
+    """The manifest's model section as command-line overrides."""
+    args = []
+    for key, value in config["model"].items():
+        if value is None:
+            continue
+        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        args.append(f"--model.{key}={text}")
+    return args
+
+
+def load_unsharded(path: str | Path) -> DLRMTrain:
+    """The checkpoint's model as a plain CPU module (full tables), in eval mode."""
+    found = latest_checkpoint(path)
+    if found is None:
+        raise CheckpointError(f"no complete checkpoint at {path}")
+    cfg = load_config(_config_args(read_manifest(found)["config"]))
+    model = build_model(cfg.model, seed=0, device=torch.device("cpu"))
+    state = {"model": model.state_dict()}
+    try:
+        dcp.load(state, checkpoint_id=str(found), no_dist=True)
+    except CheckpointException as e:  # a BaseException: caught deliberately
+        raise CheckpointError(f"{found}: the checkpoint could not be read completely: {_failures(e)}") from None
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dlrm_dist.checkpoint.export", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint")
+    p.add_argument("out", help="where to write the unsharded state dict (torch.save)")
+    args = p.parse_args(argv)
+    try:
+        model = load_unsharded(args.checkpoint)
+    except CheckpointError as e:
+        print(f"export: error: {e}", file=sys.stderr)
+        return 2
+    torch.save(model.state_dict(), args.out)
+    print(f"wrote {args.out}: {sum(t.numel() for t in model.state_dict().values()):,} parameters")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Starting the launcher as a user would, and finding a rank's process (launch and fault tests)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+def _env(**extra: str) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PATH": VENV_BIN + os.pathsep + os.environ["PATH"], **extra}
+
+
+class _Job:
+    """A launcher process whose output goes to a file (pipes could fill and stall a rank)."""
+
+    def __init__(self, args: list[str], log: Path, **env: str) -> None:
+        self.log = log
+        self.file = open(log, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "launch.torchrun", *args], cwd=ROOT, env=_env(**env),
+                                     stdout=self.file, stderr=subprocess.STDOUT, text=True)
+
+    def wait(self, timeout: float) -> str:
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.file.close()
+        return self.log.read_text()
+
+
+def _pid_of_rank(tag: str, rank: int) -> int | None:
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"DLRM_TEST_TAG={tag}".encode() in env and f"RANK={rank}".encode() in env and b"LOCAL_RANK=" + str(rank).encode() in env:
+            if b"dlrm_dist.train" in (proc / "cmdline").read_bytes():
+                return int(proc.name)
+    return None
+
+
