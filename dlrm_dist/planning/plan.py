@@ -32,14 +32,12 @@ from torchrec.distributed.sharding_plan import (
 )
 from torchrec.distributed.types import EmbeddingModuleShardingPlan, ShardingPlan
 
+from dlrm_dist.config.validate import FUSED_DIM_MULTIPLE
 from dlrm_dist.planning import planfile
 from dlrm_dist.planning.check import ExpectedTable, check_plan
 from dlrm_dist.planning.errors import PlanError
 from dlrm_dist.planning.inputs import GB, Budgets, PlannerInputs, TableSpec, TopologySpec
 from dlrm_dist.planning.planner import make_plan_file
-
-FUSED_DIM_MULTIPLE = 4
-
 
 @dataclass(frozen=True)
 class JobSpec:

@@ -106,15 +106,6 @@ def completed_day(directory: Path, day: int) -> Optional[dict[str, Any]]:
     return None
 
 
-def npy_shape(path: Path) -> tuple[int, ...]:
-    """The shape stored in a .npy header (without reading the data)."""
-    with open(path, "rb") as f:
-        major, _ = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, _, _ = read(f)
-    return shape
-
-
 def read_meta(directory: Path) -> Optional[dict[str, Any]]:
     p = Path(directory) / META
     return json.loads(p.read_text()) if p.is_file() else None

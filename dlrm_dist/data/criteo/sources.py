@@ -90,8 +90,3 @@ def count_lines(path: Path) -> int:
             n += block.count(b"\n")
             last = block[-1:]
     return n + (last != b"\n")
-
-
-def input_size(path: Path) -> int:
-    """Bytes the progress bar counts: the decompressed size for plain files, else compressed."""
-    return path.stat().st_size
