@@ -57,7 +57,7 @@ def build_command(argv: Sequence[str], env: Mapping[str, str], gpus: int) -> tup
         if args.node_rank is not None:
             cmd.append(f"--node_rank={args.node_rank}")
         where = f"{args.nnodes} node(s), c10d rendezvous at {args.rdzv_endpoint}"
-    trainer = [a for a in args.trainer_args if a != "--"] if args.trainer_args[:1] == ["--"] else args.trainer_args
+    trainer = args.trainer_args[1:] if args.trainer_args[:1] == ["--"] else args.trainer_args  # only the separator
     cmd += ["-m", "dlrm_dist.train", *trainer]
     return cmd, f"launch: {where}; backend {backend}"
 

@@ -34,9 +34,10 @@ class CheckpointError(ConfigError):
     """A checkpoint is missing, incomplete, corrupted or from a different model."""
 
 
-def _tables(model: nn.Module) -> dict[str, list[int]]:
+def _tables(model_state: dict[str, Any]) -> dict[str, list[int]]:
+    """{table: [rows, dim]} from a model state dict."""
     out = {}
-    for key, value in model.state_dict().items():
+    for key, value in model_state.items():
         if "embedding_bags." in key and key.endswith(".weight"):
             out[key.split("embedding_bags.", 1)[1][: -len(".weight")]] = list(value.shape)
     return out
@@ -55,18 +56,19 @@ def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: to
     """Writes and publishes checkpoint ``step`` (a collective: every rank calls it)."""
     root = Path(root)
     tmp = store.tmp_dir(root, step)
-    dcp.save(_state(model, optimizer, step), checkpoint_id=str(tmp))
+    state = _state(model, optimizer, step)
+    dcp.save(state, checkpoint_id=str(tmp))
     dist.barrier()
     final = store.step_dir(root, step)
     if dist.get_rank() == 0:
         manifest = {"format": FORMAT, "version": VERSION, "step": step, "world_size": dist.get_world_size(),
-                    "tables": _tables(model), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+                    "tables": _tables(state["model"]), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
         store.publish(root, step, manifest, keep_last)
     dist.barrier()
     return final
 
 
-def _check_manifest(path: Path, model: nn.Module, info: dict[str, Any]) -> dict[str, Any]:
+def _check_manifest(path: Path, model_state: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     try:
         manifest = store.read_manifest(path)
     except (OSError, ValueError) as e:
@@ -74,7 +76,7 @@ def _check_manifest(path: Path, model: nn.Module, info: dict[str, Any]) -> dict[
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise CheckpointError(f"{path}: format {manifest.get('format')!r} v{manifest.get('version')} is not "
                               f"{FORMAT} v{VERSION}")
-    ours, theirs = _tables(model), manifest.get("tables", {})
+    ours, theirs = _tables(model_state), manifest.get("tables", {})
     problems = [f"table {t} is in the model but not in the checkpoint" for t in ours if t not in theirs]
     problems += [f"table {t} is in the checkpoint but not in the model" for t in theirs if t not in ours]
     problems += [f"table {t}: checkpoint {theirs[t][0]} x {theirs[t][1]}, model {ours[t][0]} x {ours[t][1]}"
@@ -91,8 +93,8 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Optional[torc
                     info: dict[str, Any]) -> int:
     """Loads a checkpoint (in place) and returns its step; ``optimizer=None`` loads weights only."""
     path = Path(path)
-    manifest = _check_manifest(path, model, info)
     state = _state(model, optimizer, 0)
+    manifest = _check_manifest(path, state["model"], info)
     try:
         dcp.load(state, checkpoint_id=str(path))
     except CheckpointException as e:  # a BaseException: caught deliberately

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from dlrm_dist.planning.planfile import PlanFile
 

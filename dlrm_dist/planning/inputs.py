@@ -189,11 +189,3 @@ def load_tables(path: str) -> tuple[TableSpec, ...]:
 def load_inputs(path: str) -> PlannerInputs:
     """A full inputs file: tables, topology, budgets, batch_size_per_rank, optimizer."""
     return PlannerInputs.from_dict(_read(path), origin=path)
-
-
-def tables_from_sizes(table_sizes: list[int], dim: int, pooling_factor: float = 1.0) -> tuple[TableSpec, ...]:
-    """The tables of a training config (named as model/tables.py names them)."""
-    return tuple(
-        TableSpec(name=f"t_cat_{i}", rows=rows, dim=dim, pooling_factor=pooling_factor, feature_names=(f"cat_{i}",))
-        for i, rows in enumerate(table_sizes)
-    )

@@ -27,7 +27,7 @@ from torchrec.distributed.planner.utils import build_sharder_data_map, sharder_n
 from torchrec.distributed.sharding_plan import calculate_shard_sizes_and_offsets
 from torchrec.distributed.types import CacheParams
 
-from dlrm_dist.planning.inputs import PlannerInputs, TableSpec
+from dlrm_dist.planning.inputs import SHARDING_TYPES, PlannerInputs, TableSpec
 from dlrm_dist.planning.torchrec_bridge import cache_load_factor, constraints, meta_module, torchrec_topology
 
 PERF_FIELDS = ("fwd_compute", "fwd_comms", "bwd_compute", "bwd_comms", "input_dist_comms", "prefetch_compute")
@@ -82,7 +82,7 @@ class Enumerator:
         device = self.inputs.topology.device
         out = []
         for st in self.sharder.sharding_types(device):
-            if st not in ("data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise"):
+            if st not in SHARDING_TYPES:  # e.g. grid_shard: not planned here
                 continue
             if table.sharding_types and st not in table.sharding_types:
                 continue

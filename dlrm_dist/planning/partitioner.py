@@ -32,34 +32,34 @@ def _in_hbm(o: Option) -> bool:
     return o.kernel not in UVM_KERNELS
 
 
+def _min_hbm(opts: list[Option]) -> float:
+    return min(float(o.hbm.sum()) for o in opts)
+
+
 def _memory_tiers(options: list[list[Option]], inputs: PlannerInputs, cap: Capacity) -> list[list[Option]]:
-    """Per table, the options allowed once enough tables are offloaded to fit memory."""
-    n = inputs.topology.world_size
-    hbm_need = np.array([min((o.hbm.sum() for o in opts if _in_hbm(o)), default=np.inf) for opts in options])
+    """Per table, the options allowed once enough tables are offloaded to fit memory.
+
+    Tables start on their in-HBM options (or their UVM ones, if constraints allow nothing
+    else); while the smallest possible HBM footprint exceeds the budget, the table whose
+    UVM-cached variant costs least per HBM byte saved is moved to its UVM options.
+    """
     if inputs.topology.device != "cuda":
         return options  # CPU: every kernel is host memory; the partitioner checks DDR
-    budget = cap.hbm * n
+    budget = 0.97 * cap.hbm * inputs.topology.world_size
     allowed = [[o for o in opts if _in_hbm(o)] or opts for opts in options]
-    if np.nansum(np.where(np.isfinite(hbm_need), hbm_need, 0)) <= 0.97 * budget and np.isfinite(hbm_need).all():
-        return allowed
-    # Offload by least extra cost per HBM byte saved.
+    demand = sum(_min_hbm(a) for a in allowed)
     ranked = []
     for t, opts in enumerate(options):
         cached = [o for o in opts if not _in_hbm(o)]
-        if not cached:
-            continue
-        best_hbm = min((o.total_cost for o in opts if _in_hbm(o)), default=np.inf)
-        best_cached = min(cached, key=lambda o: o.total_cost)
-        saved = (hbm_need[t] if np.isfinite(hbm_need[t]) else 0) - min(o.hbm.sum() for o in cached)
-        penalty = best_cached.total_cost - (best_hbm if np.isfinite(best_hbm) else best_cached.total_cost)
-        ranked.append((penalty / max(saved, 1.0), t))
-    demand = float(np.where(np.isfinite(hbm_need), hbm_need, 0).sum())
-    for _, t in sorted(ranked):
-        if demand <= 0.97 * budget and all(np.isfinite(hbm_need[i]) or i == t for i in range(len(options))):
+        if cached and len(cached) < len(opts):
+            saved = _min_hbm(allowed[t]) - _min_hbm(cached)
+            penalty = min(o.total_cost for o in cached) - min(o.total_cost for o in allowed[t])
+            ranked.append((penalty / max(saved, 1.0), t, cached, saved))
+    for _, t, cached, saved in sorted(ranked, key=lambda r: r[:2]):
+        if demand <= budget:
             break
-        cached = [o for o in options[t] if not _in_hbm(o)]
         allowed[t] = cached
-        demand -= (hbm_need[t] if np.isfinite(hbm_need[t]) else 0) - min(o.hbm.sum() for o in cached)
+        demand -= saved
     return allowed
 
 

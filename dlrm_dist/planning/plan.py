@@ -123,7 +123,7 @@ def forced_plan(model: nn.Module, sharding_type: str, world_size: int, local_siz
     return ShardingPlan({path: module_plan})
 
 
-def _memory_gb(device: torch.device, local_size: int) -> tuple[float, float]:
+def _memory_gb(device: torch.device) -> tuple[float, float]:
     """(device memory per rank, host memory) of this machine, in GB."""
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB
     if device.type == "cuda":
@@ -133,7 +133,7 @@ def _memory_gb(device: torch.device, local_size: int) -> tuple[float, float]:
 
 def job_inputs(ebc: EmbeddingBagCollection, job: JobSpec) -> PlannerInputs:
     """Planner inputs describing this job's tables and this machine's topology."""
-    hbm, ddr = _memory_gb(job.device, job.local_size)
+    hbm, ddr = _memory_gb(job.device)
     configs = ebc.embedding_bag_configs()
     pooling = job.pooling_factors or (1.0,) * len(configs)
     tables = tuple(

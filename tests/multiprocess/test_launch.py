@@ -144,3 +144,8 @@ def test_docker_image_takes_its_pins_from_pyproject() -> None:
     assert "python:3.11" in dockerfile and ">=3.11,<3.12" in project["requires-python"]
     # The default (last) target is CUDA.
     assert [m for m in re.findall(r"^FROM .* AS (\w+)", dockerfile, re.M)][-1] == "cuda"
+
+
+def test_only_the_leading_separator_is_dropped() -> None:
+    cmd, _ = build_command(["--", "--train.run_dir", "--", "--steps", "3"], {}, gpus=0)
+    assert cmd[-5:] == ["dlrm_dist.train", "--train.run_dir", "--", "--steps", "3"]

@@ -107,3 +107,12 @@ def test_check_lists_every_mismatch() -> None:
         assert words in msg, f"{words!r} not in:\n{msg}"
     check_plan(pf.plan, [ExpectedTable(t.name, t.rows, t.dim) for t in BIG[:2] + BIG[4:6]], 8, "cuda")
     assert GB == 1024**3
+
+
+def test_a_uvm_only_table_does_not_push_the_others_out_of_hbm() -> None:
+    """Tables constrained to UVM kernels: the rest still fit in HBM and stay there."""
+    uvm = tuple(TableSpec(f"uvm_only{i}", 1_000_000, 64, compute_kernels=("fused_uvm_caching",)) for i in range(2))
+    pf = make_plan_file(PlannerInputs(tables=uvm + BIG[4:], topology=TopologySpec(8, 8, hbm_gb=80.0)))
+    kernels = {n: ps.compute_kernel for mp in pf.plan.plan.values() for n, ps in mp.items()}
+    assert {kernels["uvm_only0"], kernels["uvm_only1"]} == {"fused_uvm_caching"}
+    assert {k for n, k in kernels.items() if not n.startswith("uvm_only")} <= {"fused", "dense"}
