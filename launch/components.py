@@ -12,6 +12,8 @@ from typing import Dict, List, Optional
 import torchx.specs as specs
 from torchx.components import dist
 
+from dlrm_dist.distributed.env import RESTART_SAFE_ENV
+
 TRAIN_MODULE = "dlrm_dist.train"
 DEFAULT_IMAGE = "dlrm_dist:latest"
 
@@ -68,6 +70,6 @@ def trainer(
         all_mounts += _bind(checkpoints, "/checkpoints")
     return dist.ddp(
         *args, m=TRAIN_MODULE, image=image, name=name, h=h, cpu=cpu, gpu=gpu, memMB=memMB,
-        j=f"{nnodes}x{nproc_per_node}", env=env, max_retries=max_retries, rdzv_port=rdzv_port,
+        j=f"{nnodes}x{nproc_per_node}", env={**RESTART_SAFE_ENV, **(env or {})}, max_retries=max_retries, rdzv_port=rdzv_port,
         mounts=all_mounts or None,
     )

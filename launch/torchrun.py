@@ -8,6 +8,10 @@ NODE_RANK, RDZV_ENDPOINT (or MASTER_ADDR and MASTER_PORT), JOB_ID. One node runs
 ``torchrun --standalone``; several use c10d rendezvous at the endpoint. With GPUs the
 ranks are one per GPU and use nccl; without, CPU ranks use gloo (the trainer's own rule,
 dlrm_dist/distributed/env.py) — the launcher says which before starting.
+
+Restarts (``--max-restarts``) get torchrun's private per-round store
+(TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1): with the agent's shared store, a restarted round
+can read the dead round's gloo/nccl addresses and fail to connect (pytorch#135712).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import sys
 from typing import Mapping, Optional, Sequence
 
 import torch
+
+from dlrm_dist.distributed.env import RESTART_SAFE_ENV
 
 DEFAULT_CPU_RANKS = 2
 DEFAULT_PORT = 29500
@@ -69,7 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if "--dry-run" in argv:
         print(shlex.join(cmd))
         return 0
-    os.execv(cmd[0], cmd)
+    os.execve(cmd[0], cmd, {**RESTART_SAFE_ENV, **os.environ})
     return 1  # not reached
 
 

@@ -13,6 +13,7 @@ caught here on purpose and turned into a CheckpointError that names what is miss
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -66,6 +67,20 @@ def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: to
         store.publish(root, step, manifest, keep_last)
     dist.barrier()
     return final
+
+
+def discard_partial_writes(root: str | Path) -> list[Path]:
+    """Removes checkpoints a killed job left half-written in ``root`` (a collective, at start-up).
+
+    Writing into such a directory could mix old files with new ones (or block on whatever a
+    dead writer left there); nothing reads it, since it was never published.
+    """
+    found = store.partial_writes(Path(root))
+    if dist.get_rank() == 0:
+        for path in found:
+            shutil.rmtree(path, ignore_errors=True)
+    dist.barrier()
+    return found
 
 
 def _check_manifest(path: Path, model_state: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:

@@ -44,6 +44,11 @@ def latest_checkpoint(path: str | Path) -> Optional[Path]:
     return found[-1] if found else None
 
 
+def partial_writes(root: Path) -> list[Path]:
+    """Unpublished (``.tmp``) checkpoint directories under ``root``."""
+    return sorted(Path(root).glob(f"{PREFIX}*.tmp")) if Path(root).is_dir() else []
+
+
 def publish(root: Path, step: int, manifest: dict[str, Any], keep_last: int) -> Path:
     """Writes the manifest into the finished .tmp directory, renames it, prunes old ones (rank 0)."""
     tmp, final = tmp_dir(root, step), step_dir(root, step)
@@ -51,8 +56,8 @@ def publish(root: Path, step: int, manifest: dict[str, Any], keep_last: int) -> 
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    for stale in list(Path(root).glob(f"{PREFIX}*.tmp")):
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in partial_writes(root):
+        shutil.rmtree(stale, ignore_errors=True)  # abandoned by killed jobs
     if keep_last > 0:
         for old in published(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

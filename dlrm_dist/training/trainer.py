@@ -17,7 +17,7 @@ from torch import nn
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
-from dlrm_dist.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from dlrm_dist.checkpoint import CheckpointError, discard_partial_writes, latest_checkpoint, load_checkpoint, save_checkpoint
 from dlrm_dist.config.schema import Config
 from dlrm_dist.data import Dataset
 from dlrm_dist.distributed.env import DistEnv
@@ -104,6 +104,9 @@ class Trainer:
     def restore(self, weights_only: bool = False) -> None:
         """Loads train.checkpoint, or resumes from the newest checkpoint in checkpoint_dir."""
         t = self.cfg.train
+        if t.checkpoint_dir and not weights_only:
+            for path in discard_partial_writes(t.checkpoint_dir):
+                self.say(f"removed {path}: a checkpoint a killed job did not finish")
         source = t.checkpoint or (t.checkpoint_dir if t.resume else None)
         path = latest_checkpoint(source) if source else None
         if t.checkpoint and path is None:

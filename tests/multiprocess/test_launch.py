@@ -118,6 +118,7 @@ def test_kubernetes_dryrun_renders_the_job() -> None:
         command = " ".join(c["command"])
         assert "--nnodes 2 --nproc_per_node 8" in command and "-m dlrm_dist.train --data criteo --data-dir /data --steps 1000" in command
         assert any(m["mountPath"] == "/data" for m in c["volumeMounts"])
+        assert {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"} in c["env"]  # restart-safe rendezvous
 
 
 def test_slurm_dryrun_renders_the_job() -> None:
