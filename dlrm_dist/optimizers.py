@@ -1,4 +1,6 @@
-"""Optimizer names used in configs and plan inputs, mapped to their torch/torchrec classes."""
+"""Optimizer names used in configs and plan inputs, mapped to their torch/torchrec classes,
+and the names the training optimizer's parts and states go by (shared by training and
+checkpointing, so neither imports the other)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,19 @@ OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
     "adagrad": torch.optim.Adagrad,
     "rowwise_adagrad": RowWiseAdagrad,
     "adam": torch.optim.Adam,
+}
+
+# The parts of the combined training optimizer: fbgemm's fused optimizer of the sharded
+# tables, ordinary optimizers of the data-parallel (replicated) tables and of the MLPs.
+FUSED, REPLICATED_TABLES, DENSE = "fused", "replicated_tables", "dense"
+
+# Per-row/element state of each embedding optimizer: the torch optimizer's name (used for
+# data-parallel tables, and as the layout-independent name in checkpoints) -> fbgemm's name.
+EMBEDDING_STATES: dict[str, dict[str, str]] = {
+    "sgd": {},
+    "adagrad": {"sum": "momentum1"},
+    "rowwise_adagrad": {"sum": "momentum1"},
+    "adam": {"exp_avg": "momentum1", "exp_avg_sq": "momentum2"},
 }
 
 

@@ -16,7 +16,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
-from dlrm_dist.checkpoint.io import CheckpointError, _failures
+from dlrm_dist.checkpoint import optim_state
+from dlrm_dist.checkpoint.io import CheckpointError, _failures, _read_metadata
 from dlrm_dist.checkpoint.store import latest_checkpoint, read_manifest
 from dlrm_dist.config.loader import load_config
 from dlrm_dist.model import DLRMTrain, build_model
@@ -33,20 +34,47 @@ def _config_args(config: dict) -> list[str]:
     return args
 
 
-def load_unsharded(path: str | Path) -> DLRMTrain:
-    """The checkpoint's model as a plain CPU module (full tables), in eval mode."""
+def _found(path: str | Path) -> Path:
     found = latest_checkpoint(path)
     if found is None:
         raise CheckpointError(f"no complete checkpoint at {path}")
-    cfg = load_config(_config_args(read_manifest(found)["config"]))
-    model = build_model(cfg.model, seed=0, device=torch.device("cpu"))
-    state = {"model": model.state_dict()}
+    return found
+
+
+def _read(found: Path, state: dict) -> None:
     try:
         dcp.load(state, checkpoint_id=str(found), no_dist=True)
     except CheckpointException as e:  # a BaseException: caught deliberately
         raise CheckpointError(f"{found}: the checkpoint could not be read completely: {_failures(e)}") from None
+
+
+def load_unsharded(path: str | Path) -> DLRMTrain:
+    """The checkpoint's model as a plain CPU module (full tables), in eval mode."""
+    found = _found(path)
+    cfg = load_config(_config_args(read_manifest(found)["config"]))
+    model = build_model(cfg.model, seed=0, device=torch.device("cpu"))
+    state = {"model": model.state_dict()}
+    _read(found, state)
     model.load_state_dict(state["model"])
     return model.eval()
+
+
+def load_embedding_optimizer_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """``{'<table>.<state>': full tensor}``: the embedding optimizer's state, whatever the layout
+    it was saved from (per-column-shard row-wise state as the whole row's accumulator)."""
+    found = _found(path)
+    metadata = _read_metadata(found)
+    section = optim_state.SECTION + "."
+    stored = {k[len(section):]: v for k, v in metadata.state_dict_metadata.items() if k.startswith(section)}
+    state = {optim_state.SECTION: {k: torch.empty(tuple(v.size), dtype=v.properties.dtype) for k, v in stored.items()}}
+    _read(found, state)
+    out = {}
+    for key, value in state[optim_state.SECTION].items():
+        if key.endswith(optim_state.PER_COLUMN):
+            key = key[: -len(optim_state.PER_COLUMN)]
+            value = optim_state.whole_rows(value, optim_state.saved_column_widths(metadata, key.split(".", 1)[0]))
+        out[key] = value
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,11 +1,12 @@
 """Saving and loading a sharded training state with torch.distributed.checkpoint (DCP).
 
 A checkpoint holds the model's state dict (sharded embedding tables as ShardedTensors,
-dense weights), the optimizer's (the fused embedding optimizer's sharded state and the
-dense optimizer's), the step — which is also the data position, since both data sources
-are addressed by global batch index — the torch RNG state, and a manifest with the tables,
-optimizers, plan and config the run used. DCP reshards tensors whose global shape is
-unchanged, so weights load at another world size or plan.
+dense weights), the embedding optimizer's state in a layout-independent form
+(optim_state.py), the dense optimizer's state, the step — which is also the data position,
+since both data sources are addressed by global batch index, and fixes the LR schedule —
+the torch RNG state, and a manifest with the tables, optimizers, plan and config the run
+used. DCP reshards tensors whose key and global shape agree, so weights and optimizer
+state load at another world size or under another plan.
 
 DCP reports failures as CheckpointException, which derives from BaseException: it is
 caught here on purpose and turned into a CheckpointError that names what is missing.
@@ -13,6 +14,7 @@ caught here on purpose and turned into a CheckpointError that names what is miss
 
 from __future__ import annotations
 
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -23,12 +25,14 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.metadata import Metadata
 
-from dlrm_dist.checkpoint import store
+from dlrm_dist.checkpoint import optim_state, store
 from dlrm_dist.config.errors import ConfigError
+from dlrm_dist.optimizers import DENSE
 
 FORMAT = "dlrm_dist.checkpoint"
-VERSION = 1
+VERSION = 2  # 2: embedding optimizer state in the layout-independent form
 
 
 class CheckpointError(ConfigError):
@@ -44,20 +48,26 @@ def _tables(model_state: dict[str, Any]) -> dict[str, list[int]]:
     return out
 
 
-def _state(model: nn.Module, optimizer: Optional[torch.optim.Optimizer], step: int) -> dict[str, Any]:
-    state: dict[str, Any] = {"model": model.state_dict(), "train": {"step": torch.tensor(step),
-                                                                     "torch_rng": torch.get_rng_state()}}
-    if optimizer is not None:
-        state["optim"] = optimizer.state_dict()
-    return state
+def _state(model: nn.Module, step: int) -> dict[str, Any]:
+    return {"model": model.state_dict(), "train": {"step": torch.tensor(step), "torch_rng": torch.get_rng_state()}}
 
 
-def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+def _dense_optimizer(optimizer: Any) -> Any:
+    return dict(optimizer.optimizers)[DENSE]
+
+
+def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: Any,
                     info: dict[str, Any], keep_last: int = 3) -> Path:
-    """Writes and publishes checkpoint ``step`` (a collective: every rank calls it)."""
+    """Writes and publishes checkpoint ``step`` (a collective: every rank calls it).
+
+    ``optimizer`` is the training's CombinedOptimizer; ``info["embedding_optimizer"]`` names
+    the embedding optimizer (its state names).
+    """
     root = Path(root)
     tmp = store.tmp_dir(root, step)
-    state = _state(model, optimizer, step)
+    state = _state(model, step)
+    state[optim_state.SECTION] = optim_state.save_view(optim_state.slots(optimizer, info["embedding_optimizer"]))
+    state["optim"] = _dense_optimizer(optimizer).state_dict()
     dcp.save(state, checkpoint_id=str(tmp))
     dist.barrier()
     final = store.step_dir(root, step)
@@ -104,24 +114,43 @@ def _check_manifest(path: Path, model_state: dict[str, Any], info: dict[str, Any
     return manifest
 
 
-def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Optional[torch.optim.Optimizer],
-                    info: dict[str, Any]) -> int:
-    """Loads a checkpoint (in place) and returns its step; ``optimizer=None`` loads weights only."""
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Optional[Any], info: dict[str, Any]) -> int:
+    """Loads a checkpoint (in place, resharding as needed) and returns its step.
+
+    ``optimizer=None`` loads the weights only.
+    """
     path = Path(path)
-    state = _state(model, optimizer, 0)
+    state = _state(model, 0)
     manifest = _check_manifest(path, state["model"], info)
+    finish = None
+    if optimizer is not None:
+        slots = optim_state.slots(optimizer, info["embedding_optimizer"])
+        request, finish, missing = optim_state.load_view(slots, _read_metadata(path))
+        if missing:
+            raise CheckpointError(f"{path} has no embedding optimizer state for:\n" + "\n".join(f"  - {m}" for m in missing))
+        state[optim_state.SECTION] = request
+        state["optim"] = _dense_optimizer(optimizer).state_dict()
     try:
         dcp.load(state, checkpoint_id=str(path))
     except CheckpointException as e:  # a BaseException: caught deliberately
         raise CheckpointError(f"{path}: the checkpoint could not be read completely: {_failures(e)}") from None
     model.load_state_dict(state["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optim"])
-    torch.set_rng_state(state["train"]["torch_rng"])
     step = int(state["train"]["step"])
     if step != manifest["step"]:
         raise CheckpointError(f"{path}: manifest says step {manifest['step']}, data says {step}")
+    if optimizer is not None:
+        finish()
+        _dense_optimizer(optimizer).load_state_dict(state["optim"])
+        optim_state.set_replicated_steps(optimizer, step)
+    torch.set_rng_state(state["train"]["torch_rng"])
     return step
+
+
+def _read_metadata(path: Path) -> Metadata:
+    try:
+        return dcp.FileSystemReader(str(path)).read_metadata()
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"{path}: no readable DCP metadata ({type(e).__name__}: {e})") from None
 
 
 def _failures(e: CheckpointException) -> str:

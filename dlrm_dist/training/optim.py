@@ -20,7 +20,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimiz
 from torchrec import EmbeddingBagCollection
 
 from dlrm_dist.config.schema import OptimConfig
-from dlrm_dist.optimizers import optimizer_spec
+from dlrm_dist.optimizers import DENSE, FUSED, REPLICATED_TABLES, optimizer_spec
 
 def mark_embedding_optimizer(model: nn.Module, cfg: OptimConfig) -> None:
     """Attaches the fused embedding optimizer to every EmbeddingBagCollection's weights."""
@@ -38,15 +38,27 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> KeyedOptimizer:
     """Fused (sharded tables) + replicated tables + dense, as one keyed optimizer."""
     fused = getattr(model, "fused_optimizer")
     unfused = [(n, p) for n, p in model.named_parameters() if not hasattr(p, "_in_backward_optimizers")]
-    parts: list[tuple[str, KeyedOptimizer]] = [("fused", fused)]
+    parts: list[tuple[str, KeyedOptimizer]] = [(FUSED, fused)]
     dp_tables = {n: p for n, p in unfused if _is_embedding(n)}
     dense = {n: p for n, p in unfused if not _is_embedding(n)}
     if dp_tables:
         cls, kw = optimizer_spec(cfg.embedding_optimizer, cfg.embedding_lr, cfg.eps)
-        parts.append(("replicated_tables", KeyedOptimizerWrapper(dp_tables, lambda ps: cls(ps, **kw))))
+        parts.append((REPLICATED_TABLES, _eager(KeyedOptimizerWrapper(dp_tables, lambda ps: cls(ps, **kw)))))
     cls_d, kw_d = optimizer_spec(cfg.dense_optimizer, cfg.dense_lr, cfg.eps)
-    parts.append(("dense", KeyedOptimizerWrapper(dense, lambda ps: cls_d(ps, **kw_d))))
+    parts.append((DENSE, _eager(KeyedOptimizerWrapper(dense, lambda ps: cls_d(ps, **kw_d)))))
     return CombinedOptimizer(parts)
+
+
+def _eager(optimizer: KeyedOptimizer) -> KeyedOptimizer:
+    """Creates lazily-made state (Adam's) now, as a fresh optimizer's, so a checkpoint can be
+    loaded into it in place and every checkpoint has the same keys."""
+    if len(optimizer.state) < len(optimizer.params):
+        optimizer.init_state()  # a step with zero gradients: moments stay 0, weights unchanged
+        for state in optimizer.state.values():
+            if torch.is_tensor(state.get("step")):
+                state["step"].zero_()  # that step must not count (Adam's bias correction)
+        optimizer.zero_grad(set_to_none=True)
+    return optimizer
 
 
 @dataclass(frozen=True)

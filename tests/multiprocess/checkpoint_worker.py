@@ -18,6 +18,9 @@ SMALL = ["--model.table_sizes=100,200,50,80", "--model.bottom_mlp=13-16-8", "--m
          "--model.top_mlp=16-1", "--train.global_batch_size=64", "--train.progress=false", "--train.eval_interval=0",
          "--data.eval_batches=2", "--sharding-type=row_wise"]
 
+ADAM = ["--sharding-type=data_parallel", "--optim.embedding_optimizer=adam", "--optim.embedding_lr=0.01",
+        "--optim.dense_optimizer=adam"]
+
 
 def _run(env: DistEnv, args: list[str]) -> tuple[list[float], dict]:
     cfg = load_config(SMALL + args)
@@ -35,6 +38,10 @@ def resume_cases(out: str) -> None:
                                        "--train.keep_last=2", "--train.steps=8", f"--run-dir={root / 'ra'}"])
         first, _ = _run(env, [f"--train.checkpoint_dir={root / 'b'}", "--train.steps=4", f"--run-dir={root / 'rb'}"])
         second, final_b = _run(env, [f"--train.checkpoint_dir={root / 'b'}", "--train.steps=8", f"--run-dir={root / 'rb'}"])
+        adam = {}  # Adam's state is created lazily by torch; data-parallel tables and MLPs
+        for name, steps, ckpt in (("straight", 8, "adam_a"), ("first", 4, "adam_b"), ("second", 8, "adam_b")):
+            adam[name] = _run(env, ADAM + [f"--train.checkpoint_dir={root / ckpt}", f"--train.steps={steps}",
+                                           f"--run-dir={root / 'radam'}"])
         errors = {}
         if env.is_main:  # a corrupted copy: one rank's data file is gone
             bad = root / "bad" / "step_00000008"
@@ -51,7 +58,7 @@ def resume_cases(out: str) -> None:
                 errors[name] = str(e)
         if env.is_main:
             torch.save({"straight": straight, "first": first, "second": second, "final_a": final_a,
-                        "final_b": final_b, "errors": errors,
+                        "final_b": final_b, "errors": errors, "adam": adam,
                         "kept": sorted(p.name for p in (root / "a").iterdir()),
                         "latest": str(latest_checkpoint(root / "a"))}, root / "result.pt")
         dist.barrier()

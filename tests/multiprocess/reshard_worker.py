@@ -1,0 +1,95 @@
+"""Rank-side code of the resharding tests: training phases that save, or resume from, a
+checkpoint under a given sharding, at the world size of the calling ``run_ranks``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from dlrm_dist.checkpoint import optim_state, save_checkpoint
+from dlrm_dist.config import load_config
+from dlrm_dist.distributed.env import DistEnv, init_distributed, teardown
+from dlrm_dist.distributed.weights import gather_full_state_dict
+from dlrm_dist.training.build import build_trainer, prepare
+
+K = 4  # steps before the checkpoint, and steps after it
+BASE = ["--model.table_sizes=100,200,50,80", "--model.bottom_mlp=13-16-8", "--model.embedding_dim=8",
+        "--model.top_mlp=16-1", "--train.global_batch_size=64", "--train.progress=false", "--train.eval_interval=0",
+        "--data.eval_batches=2", "--optim.embedding_lr=0.05", "--optim.dense_lr=0.01"]
+
+
+def _args(sharding: str, optimizer: str) -> list[str]:
+    return BASE + [f"--sharding-type={sharding}", f"--optim.embedding_optimizer={optimizer}"]
+
+
+def source_name(sharding: str, optimizer: str) -> str:
+    return f"{sharding}-{optimizer}"
+
+
+def _phase(env: DistEnv, out: Path, name: str, args: list[str], probe: bool, drop_state: bool = False) -> None:
+    """Trains one phase; rank 0 writes its losses, evals and final weights to out/name.pt.
+
+    ``probe``: load the checkpoint first, evaluate and save the model again (unchanged) to
+    out/name/probe, so a test can read what was loaded. ``drop_state``: then zero the
+    embedding optimizer's state, as a path that reshards weights only would leave it.
+    """
+    cfg = load_config(args + [f"--run-dir={out / name}"])
+    trainer = build_trainer(env, prepare(cfg, env), say=lambda _m: None)
+    loaded = {}
+    if probe:
+        (out / name).mkdir(exist_ok=True)  # the metrics log's directory (train() makes it later)
+        trainer.restore()
+        loaded = trainer.evaluate()
+        save_checkpoint(out / name / "probe", trainer.step, trainer.model, trainer.optimizer,
+                        trainer.checkpoint_info, keep_last=0)
+        if drop_state:
+            with torch.no_grad():
+                for slot in optim_state.slots(trainer.optimizer, cfg.optim.embedding_optimizer):
+                    for t in (s.tensor for s in slot.live.local_shards()) if slot.per_column or not slot.replicated \
+                            else [slot.live]:
+                        t.zero_()
+        trainer.cfg = replace(cfg, train=replace(cfg.train, checkpoint=None))  # loaded: train() must not reload
+    result = trainer.train()
+    weights = gather_full_state_dict(trainer.model)
+    if env.is_main:
+        torch.save({"losses": result.losses, "eval": result.final_eval, "loaded_eval": loaded, "weights": weights},
+                   out / f"{name}.pt")
+    dist.barrier()
+
+
+def sources(out: str, layouts: list[tuple[str, str]]) -> None:
+    """For each (sharding, optimizer): K steps with a checkpoint at K, then K more from it
+    under the same sharding (the run that never reshards)."""
+    env = DistEnv.from_environ(device="cpu")
+    init_distributed(env, timeout_s=120)
+    root = Path(out)
+    try:
+        for sharding, optimizer in layouts:
+            name = source_name(sharding, optimizer)
+            _phase(env, root, name, _args(sharding, optimizer) + [f"--train.checkpoint_dir={root / name / 'ckpt'}",
+                                                                  f"--train.steps={K}"], probe=False)
+            _phase(env, root, f"{name}-continued", _args(sharding, optimizer) + [
+                f"--train.checkpoint={root / name / 'ckpt'}", f"--train.steps={2 * K}"], probe=False)
+    finally:
+        teardown()
+
+
+def resharded(out: str, cases: list[tuple[str, str, str]], control: tuple[str, str, str] | None = None) -> None:
+    """For each (source sharding, target sharding, optimizer): resume the source's checkpoint
+    under the target sharding, probe what was loaded, train K more steps. ``control``: one more
+    such case, named '...-dropped', with the embedding optimizer state zeroed after loading."""
+    env = DistEnv.from_environ(device="cpu")
+    init_distributed(env, timeout_s=120)
+    root = Path(out)
+    try:
+        runs = [(case, False) for case in cases] + ([(control, True)] if control else [])
+        for (src, dst, optimizer), drop in runs:
+            ckpt = root / source_name(src, optimizer) / "ckpt"
+            name = f"{src}-to-{dst}-{optimizer}-ws{env.world_size}" + ("-dropped" if drop else "")
+            _phase(env, root, name, _args(dst, optimizer) + [f"--train.checkpoint={ckpt}", f"--train.steps={2 * K}"],
+                   probe=True, drop_state=drop)
+    finally:
+        teardown()
