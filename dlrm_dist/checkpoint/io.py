@@ -18,7 +18,7 @@ import pickle
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -122,10 +122,11 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Optional[Any]
     path = Path(path)
     state = _state(model, 0)
     manifest = _check_manifest(path, state["model"], info)
-    finish = None
+    finish: Callable[[], None] = lambda: None
     if optimizer is not None:
         slots = optim_state.slots(optimizer, info["embedding_optimizer"])
         request, finish, missing = optim_state.load_view(slots, _read_metadata(path))
+        missing = _on_any_rank(missing)  # every rank raises, or none: a lone raise would hang the rest
         if missing:
             raise CheckpointError(f"{path} has no embedding optimizer state for:\n" + "\n".join(f"  - {m}" for m in missing))
         state[optim_state.SECTION] = request
@@ -138,12 +139,20 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Optional[Any]
     step = int(state["train"]["step"])
     if step != manifest["step"]:
         raise CheckpointError(f"{path}: manifest says step {manifest['step']}, data says {step}")
+    finish()
     if optimizer is not None:
-        finish()
         _dense_optimizer(optimizer).load_state_dict(state["optim"])
         optim_state.set_replicated_steps(optimizer, step)
     torch.set_rng_state(state["train"]["torch_rng"])
     return step
+
+
+def _on_any_rank(items: list[str]) -> list[str]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return items
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return sorted({item for part in gathered for item in part})
 
 
 def _read_metadata(path: Path) -> Metadata:

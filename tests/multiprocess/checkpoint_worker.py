@@ -43,12 +43,16 @@ def resume_cases(out: str) -> None:
             adam[name] = _run(env, ADAM + [f"--train.checkpoint_dir={root / ckpt}", f"--train.steps={steps}",
                                            f"--run-dir={root / 'radam'}"])
         errors = {}
-        if env.is_main:  # a corrupted copy: one rank's data file is gone
-            bad = root / "bad" / "step_00000008"
+        if env.is_main:  # damaged copies: one rank's data file is gone, or cut in half
+            bad, cut = root / "bad" / "step_00000008", root / "cut" / "step_00000008"
             shutil.copytree(root / "b" / "step_00000008", bad)
             next(bad.glob("*.distcp")).unlink()
+            shutil.copytree(root / "b" / "step_00000008", cut)
+            data = sorted(cut.glob("*.distcp"))[-1]
+            data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
         dist.barrier()
         for name, args in (("corrupt", [f"--train.checkpoint={root / 'bad'}", "--train.steps=9"]),
+                           ("truncated", [f"--train.checkpoint={root / 'cut'}", "--train.steps=9"]),
                            ("other_model", [f"--train.checkpoint={root / 'b'}", "--model.table_sizes=100,200,50,81"]),
                            ("missing", [f"--train.checkpoint={root / 'none'}"])):
             try:

@@ -54,6 +54,7 @@ def test_keeps_the_last_k_and_ignores_partial_writes(results) -> None:
 def test_bad_checkpoints_are_named(results) -> None:
     e = results["errors"]
     assert e["corrupt"] and "could not be read completely" in e["corrupt"]
+    assert e["truncated"] and "could not be read completely" in e["truncated"], e["truncated"]
     assert e["other_model"] and "different model" in e["other_model"] and "t_cat_3: checkpoint 80 x 8, model 81 x 8" in e["other_model"]
     assert e["missing"] and "no complete checkpoint" in e["missing"]
 
