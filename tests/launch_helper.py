@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +34,17 @@ class _Job:
                 self.proc.wait()
             self.file.close()
         return self.log.read_text()
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    """step -> loss from a run's metrics.jsonl, which may be growing: a line still being
+    written is left out. A restarted run appends, so a step's later record wins."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    lines = path.read_text().split("\n")[:-1]  # the last piece is '' or an unfinished line
+    records = [json.loads(x) for x in lines if x.strip()]
+    return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
 
 
 def _pid_of_rank(tag: str, rank: int) -> int | None:

@@ -1,7 +1,8 @@
 """Where checkpoints live and how they are published: complete or absent.
 
     DIR/step_00000400/        a published checkpoint: DCP files + manifest.json
-    DIR/step_00000800.tmp/    being written (or abandoned by a killed job): never read
+    DIR/step_00000800.tmp/    being written, or abandoned by a killed job: never read
+                              (io.discard_partial_writes removes those when a job starts)
 
 A checkpoint is written under a ``.tmp`` name and renamed once every rank has finished and
 the manifest (written last) is in place, so a reader sees a whole checkpoint or none.
@@ -56,8 +57,6 @@ def publish(root: Path, step: int, manifest: dict[str, Any], keep_last: int) -> 
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    for stale in partial_writes(root):
-        shutil.rmtree(stale, ignore_errors=True)  # abandoned by killed jobs
     if keep_last > 0:
         for old in published(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

@@ -18,7 +18,7 @@ import pytest
 
 from launch.torchrun import build_command
 from tests.dist_helper import free_port
-from tests.launch_helper import _env, _Job, _pid_of_rank
+from tests.launch_helper import _env, _Job, _pid_of_rank, train_losses
 
 pytestmark = pytest.mark.multiprocess
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,8 +28,7 @@ SMALL = ["--model.table_sizes=100,200,50,80", "--model.bottom_mlp=13-16-8", "--m
 
 
 def _losses(run_dir: Path) -> list[float]:
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in lines if r["kind"] == "train"]
+    return [loss for _, loss in sorted(train_losses(run_dir).items())]
 
 
 def test_command_for_one_and_many_nodes() -> None:
