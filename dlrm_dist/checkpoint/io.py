@@ -33,6 +33,12 @@ from dlrm_dist.optimizers import DENSE
 
 FORMAT = "dlrm_dist.checkpoint"
 VERSION = 2  # 2: embedding optimizer state in the layout-independent form
+CONTENTS = {  # the manifest's note on the DCP state dict's sections
+    "model": "embedding tables (sharded) and dense weights",
+    "emb_optim": "embedding optimizer state per table, layout-independent (dlrm_dist/checkpoint/optim_state.py)",
+    "optim": "dense (MLP) optimizer state",
+    "train": "step (= data position; fixes the LR schedule) and torch RNG state",
+}
 
 
 class CheckpointError(ConfigError):
@@ -73,7 +79,8 @@ def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: An
     final = store.step_dir(root, step)
     if dist.get_rank() == 0:
         manifest = {"format": FORMAT, "version": VERSION, "step": step, "world_size": dist.get_world_size(),
-                    "tables": _tables(state["model"]), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+                    "tables": _tables(state["model"]), "contents": CONTENTS,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
         store.publish(root, step, manifest, keep_last)
     dist.barrier()
     return final

@@ -51,6 +51,20 @@ def test_keeps_the_last_k_and_ignores_partial_writes(results) -> None:
     assert results["latest"].endswith("step_00000008")
 
 
+def test_manifest_says_what_is_inside(results) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    from dlrm_dist.checkpoint.store import read_manifest
+
+    m = read_manifest(Path(results["latest"]))
+    assert (m["format"], m["version"], m["step"], m["world_size"]) == ("dlrm_dist.checkpoint", 2, 8, 2)
+    assert m["tables"] == {"t_cat_0": [100, 8], "t_cat_1": [200, 8], "t_cat_2": [50, 8], "t_cat_3": [80, 8]}
+    assert (m["embedding_optimizer"], m["dense_optimizer"]) == ("adagrad", "adagrad")
+    assert sorted(r["table"] for r in m["plan"]) == sorted(m["tables"]) and m["config"]["train"]["steps"] == 8
+    stored = dcp.FileSystemReader(results["latest"]).read_metadata().state_dict_metadata
+    assert set(m["contents"]) == {key.split(".", 1)[0] for key in stored}
+
+
 def test_bad_checkpoints_are_named(results) -> None:
     e = results["errors"]
     assert e["corrupt"] and "could not be read completely" in e["corrupt"]
