@@ -73,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cmd, summary = build_command(argv, os.environ, torch.cuda.device_count())
     print(summary, flush=True)
     if "--dry-run" in argv:
-        print(shlex.join(cmd))
+        print(shlex.join(["env", *(f"{k}={v}" for k, v in RESTART_SAFE_ENV.items()), *cmd]))
         return 0
     os.execve(cmd[0], cmd, {**RESTART_SAFE_ENV, **os.environ})
     return 1  # not reached

@@ -43,6 +43,15 @@ def test_command_for_one_and_many_nodes() -> None:
         build_command(["--nnodes", "2"], {}, gpus=0)
 
 
+def test_dry_run_prints_the_command_with_its_restart_safe_environment(capsys) -> None:
+    from launch.torchrun import main
+
+    assert main(["--max-restarts", "1", "--dry-run", "--", "--steps", "3"]) == 0
+    printed = capsys.readouterr().out.splitlines()[-1].split()
+    assert printed[:2] == ["env", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"] and "--max_restarts=1" in printed
+    assert printed[-3:] == ["dlrm_dist.train", "--steps", "3"]
+
+
 def test_two_nodes_equal_one_node(tmp_path: Path) -> None:
     """Two torchrun agents (one rank each, c10d on 127.0.0.1) train exactly like one node with two ranks."""
     common = SMALL + ["--sharding-type=table_wise", "--train.steps=8", "--train.eval_interval=0"]
