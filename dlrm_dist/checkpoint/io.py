@@ -29,13 +29,14 @@ from torch.distributed.checkpoint.metadata import Metadata
 
 from dlrm_dist.checkpoint import optim_state, store
 from dlrm_dist.config.errors import ConfigError
+from dlrm_dist.distributed.weights import table_of
 from dlrm_dist.optimizers import DENSE
 
 FORMAT = "dlrm_dist.checkpoint"
 VERSION = 2  # 2: embedding optimizer state in the layout-independent form
 CONTENTS = {  # the manifest's note on the DCP state dict's sections
     "model": "embedding tables (sharded) and dense weights",
-    "emb_optim": "embedding optimizer state per table, layout-independent (dlrm_dist/checkpoint/optim_state.py)",
+    optim_state.SECTION: "embedding optimizer state per table, layout-independent (dlrm_dist/checkpoint/optim_state.py)",
     "optim": "dense (MLP) optimizer state",
     "train": "step (= data position; fixes the LR schedule) and torch RNG state",
 }
@@ -47,11 +48,7 @@ class CheckpointError(ConfigError):
 
 def _tables(model_state: dict[str, Any]) -> dict[str, list[int]]:
     """{table: [rows, dim]} from a model state dict."""
-    out = {}
-    for key, value in model_state.items():
-        if "embedding_bags." in key and key.endswith(".weight"):
-            out[key.split("embedding_bags.", 1)[1][: -len(".weight")]] = list(value.shape)
-    return out
+    return {table: list(value.shape) for key, value in model_state.items() if (table := table_of(key))}
 
 
 def _state(model: nn.Module, step: int) -> dict[str, Any]:

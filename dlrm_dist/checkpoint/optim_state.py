@@ -30,7 +30,7 @@ whole row, and a column shard starts from that whole-row value.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
 from torch.distributed._shard.metadata import ShardMetadata
@@ -75,24 +75,28 @@ class Slot:
     def per_column_view(self) -> ShardedTensor:
         """The live per-column-shard state as a (shards, rows) ShardedTensor (same storage)."""
         rows, k = self.rows, len(self.column_widths)
-        metas = [ShardMetadata([m.shard_offsets[0] // rows, 0], [1, rows], m.placement)
-                 for m in self.live.metadata().shards_metadata]
-        local = [Shard(s.tensor.view(1, rows), ShardMetadata([s.metadata.shard_offsets[0] // rows, 0], [1, rows],
-                                                             s.metadata.placement))
-                 for s in self.live.local_shards()]
-        props = self.live.metadata().tensor_properties
-        return ShardedTensor._init_from_local_shards_and_global_metadata(
-            local, ShardedTensorMetadata(metas, torch.Size([k, rows]), props))
+
+        def as_row(m: ShardMetadata) -> ShardMetadata:  # [i * rows, rows) -> row i of (shards, rows)
+            return ShardMetadata([m.shard_offsets[0] // rows, 0], [1, rows], m.placement)
+
+        metadata = self.live.metadata()
+        local = [Shard(s.tensor.view(1, rows), as_row(s.metadata)) for s in self.live.local_shards()]
+        return ShardedTensor._init_from_local_shards_and_global_metadata(local, ShardedTensorMetadata(
+            [as_row(m) for m in metadata.shards_metadata], torch.Size([k, rows]), metadata.tensor_properties))
+
+
+def _widths(chunks: Iterable[tuple[Sequence[int], Sequence[int]]]) -> tuple[int, ...]:
+    """Column widths, left to right, from a 2-D tensor's (offsets, sizes) chunks."""
+    widths: dict[int, int] = {}
+    for offsets, sizes in sorted(chunks, key=lambda c: (c[0][1], c[0][0])):
+        widths[offsets[1]] = sizes[1]
+    return tuple(widths.values())
 
 
 def _column_widths(weight: Live) -> tuple[int, ...]:
     if not isinstance(weight, ShardedTensor):
         return (weight.shape[1],)
-    shards = sorted(weight.metadata().shards_metadata, key=lambda m: (m.shard_offsets[1], m.shard_offsets[0]))
-    widths: dict[int, int] = {}
-    for m in shards:
-        widths[m.shard_offsets[1]] = m.shard_sizes[1]
-    return tuple(widths.values())
+    return _widths((m.shard_offsets, m.shard_sizes) for m in weight.metadata().shards_metadata)
 
 
 def slots(optimizer: Any, embedding_optimizer: str) -> list[Slot]:
@@ -138,10 +142,7 @@ def saved_column_widths(metadata: Metadata, table: str) -> tuple[int, ...]:
     """Column widths of a table's weight shards in a checkpoint, left to right."""
     suffix = f"embedding_bags.{table}.weight"
     weight = next((v for k, v in metadata.state_dict_metadata.items() if k.endswith(suffix)), None)
-    widths: dict[int, int] = {}
-    for chunk in sorted(getattr(weight, "chunks", []), key=lambda c: (c.offsets[1], c.offsets[0])):
-        widths[chunk.offsets[1]] = chunk.sizes[1]
-    return tuple(widths.values())
+    return _widths((c.offsets, c.sizes) for c in getattr(weight, "chunks", []))
 
 
 def whole_rows(per_column: torch.Tensor, widths: tuple[int, ...]) -> torch.Tensor:

@@ -48,8 +48,7 @@ def _phase(env: DistEnv, out: Path, name: str, args: list[str], probe: bool, dro
         if drop_state:
             with torch.no_grad():
                 for slot in optim_state.slots(trainer.optimizer, cfg.optim.embedding_optimizer):
-                    for t in (s.tensor for s in slot.live.local_shards()) if slot.per_column or not slot.replicated \
-                            else [slot.live]:
+                    for t in [slot.live] if slot.replicated else [s.tensor for s in slot.live.local_shards()]:
                         t.zero_()
         trainer.cfg = replace(cfg, train=replace(cfg.train, checkpoint=None))  # loaded: train() must not reload
     result = trainer.train()
