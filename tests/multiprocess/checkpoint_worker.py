@@ -13,10 +13,9 @@ from dlrm_dist.config import load_config
 from dlrm_dist.distributed.env import DistEnv, init_distributed, teardown
 from dlrm_dist.distributed.weights import gather_full_state_dict
 from dlrm_dist.training.build import build_trainer, prepare
+from tests.small_job import SMALL_JOB
 
-SMALL = ["--model.table_sizes=100,200,50,80", "--model.bottom_mlp=13-16-8", "--model.embedding_dim=8",
-         "--model.top_mlp=16-1", "--train.global_batch_size=64", "--train.progress=false", "--train.eval_interval=0",
-         "--data.eval_batches=2", "--sharding-type=row_wise"]
+SMALL = SMALL_JOB + ["--train.eval_interval=0", "--data.eval_batches=2", "--sharding-type=row_wise"]
 
 ADAM = ["--sharding-type=data_parallel", "--optim.embedding_optimizer=adam", "--optim.embedding_lr=0.01",
         "--optim.dense_optimizer=adam"]

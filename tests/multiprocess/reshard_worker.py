@@ -14,11 +14,11 @@ from dlrm_dist.config import load_config
 from dlrm_dist.distributed.env import DistEnv, init_distributed, teardown
 from dlrm_dist.distributed.weights import gather_full_state_dict
 from dlrm_dist.training.build import build_trainer, prepare
+from tests.small_job import SMALL_JOB
 
 K = 4  # steps before the checkpoint, and steps after it
-BASE = ["--model.table_sizes=100,200,50,80", "--model.bottom_mlp=13-16-8", "--model.embedding_dim=8",
-        "--model.top_mlp=16-1", "--train.global_batch_size=64", "--train.progress=false", "--train.eval_interval=0",
-        "--data.eval_batches=2", "--optim.embedding_lr=0.05", "--optim.dense_lr=0.01"]
+BASE = SMALL_JOB + ["--train.eval_interval=0", "--data.eval_batches=2", "--optim.embedding_lr=0.05",
+                    "--optim.dense_lr=0.01"]
 
 
 def _args(sharding: str, optimizer: str) -> list[str]:

@@ -18,15 +18,14 @@ import torch
 from dlrm_dist.checkpoint.export import load_unsharded
 from dlrm_dist.checkpoint.store import step_dir, tmp_dir
 from tests.launch_helper import _Job, _pid_of_rank, train_losses
+from tests.small_job import SMALL_JOB
 
 pytestmark = pytest.mark.multiprocess
 STEPS, EVERY = 200, 20  # enough steps after the kill that it lands mid-training
-JOB = ["--model.table_sizes=100,200,50,80", "--model.bottom_mlp=13-16-8", "--model.embedding_dim=8",
-       "--model.top_mlp=16-1", "--train.global_batch_size=64", "--train.progress=false", "--train.log_interval=1",
-       "--train.eval_interval=0", "--data.eval_batches=2", "--sharding-type=table_wise",
-       "--optim.embedding_optimizer=adagrad", "--optim.embedding_lr=0.05", "--optim.dense_optimizer=adagrad",
-       "--optim.dense_lr=0.01", f"--train.steps={STEPS}", f"--train.checkpoint_interval={EVERY}",
-       "--train.keep_last=0"]
+JOB = SMALL_JOB + ["--train.log_interval=1", "--train.eval_interval=0", "--data.eval_batches=2",
+                   "--sharding-type=table_wise", "--optim.embedding_optimizer=adagrad", "--optim.embedding_lr=0.05",
+                   "--optim.dense_optimizer=adagrad", "--optim.dense_lr=0.01", f"--train.steps={STEPS}",
+                   f"--train.checkpoint_interval={EVERY}", "--train.keep_last=0"]
 
 
 def _start(tmp: Path, name: str, tag: str = "", restarts: int = 1) -> _Job:

@@ -19,12 +19,12 @@ import pytest
 from launch.torchrun import build_command
 from tests.dist_helper import free_port
 from tests.launch_helper import _env, _Job, _pid_of_rank, train_losses
+from tests.small_job import SMALL_JOB
 
 pytestmark = pytest.mark.multiprocess
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = str(Path(sys.executable).parent)
-SMALL = ["--model.table_sizes=100,200,50,80", "--model.bottom_mlp=13-16-8", "--model.embedding_dim=8",
-         "--model.top_mlp=16-1", "--train.global_batch_size=64", "--train.progress=false", "--train.log_interval=1"]
+SMALL = SMALL_JOB + ["--train.log_interval=1"]
 
 
 def _losses(run_dir: Path) -> list[float]:
