@@ -1,4 +1,7 @@
-"""``dlrm-data``: preprocess raw Criteo logs, and describe a preprocessed directory."""
+"""``dlrm-data``: fetch example data, preprocess raw files (any schema, or Criteo logs), describe the result.
+
+Imports are deferred to each subcommand, so that the CLI starts without loading torch.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +16,12 @@ from dlrm_dist.config.errors import ConfigError
 
 
 def _preprocess_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", choices=("kaggle", "terabyte"), required=True)
+    p.add_argument("--schema", help="a feature schema (TOML/JSON): preprocess CSV/TSV/Parquet inputs by it")
+    p.add_argument("--dataset", choices=("kaggle", "terabyte"), help="Criteo logs (without --schema)")
     p.add_argument("--input", nargs="+", required=True, type=Path,
-                   help="kaggle: train.txt; terabyte: day_0 .. day_N files in day order (plain or .gz)")
+                   help="--schema: CSV/TSV (plain or .gz) or Parquet files; kaggle: train.txt; "
+                        "terabyte: day_0 .. day_N files in day order (plain or .gz)")
+    p.add_argument("--overwrite", action="store_true", help="--schema: start over in a directory of another job")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--max-ind-range", type=int, default=0, help="hash ids modulo this (e.g. 40000000); 0 = raw")
     p.add_argument("--vocab", action="store_true", help="contiguous ids from a vocabulary of the training days")
@@ -32,10 +38,34 @@ def _stats_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-ind-range", type=int, default=0, help="for raw-id directories (TorchRec's preprocessing)")
     p.add_argument("--multi-hot", type=int, nargs="+", help="multi-hot sizes (one, or one per feature)")
     p.add_argument("--tables-out", help="also write a planner tables file (dlrm-plan make --tables)")
-    p.add_argument("--dim", type=int, default=128, help="--tables-out: embedding dimension")
+    p.add_argument("--dim", type=int, default=128, help="--tables-out: embedding dim of tables whose schema gives none")
+
+
+def run_schema_preprocess(args: argparse.Namespace) -> int:
+    from dlrm_dist.data.columnar.preprocess import Options, preprocess
+    from dlrm_dist.features.io import load_schema
+
+    opts = Options(schema=load_schema(args.schema), inputs=list(args.input), out_dir=args.out,
+                   strict=args.strict, overwrite=args.overwrite, progress=not args.no_progress)
+    r = preprocess(opts)
+    if r.up_to_date:
+        print(f"{args.out} is complete for this job: nothing to do (--overwrite starts over)")
+    else:
+        rate = r.rows_read / r.seconds if r.seconds else 0
+        print(f"rows read {r.rows_read:,}  skipped {r.skipped:,}  in {r.seconds:.1f} s ({rate:,.0f} rows/s) -> {args.out}")
+    print("  " + "  ".join(f"{s} {n:,}" for s, n in r.rows.items()))
+    if r.skipped:
+        print(f"malformed lines (first {len(r.examples)} of {r.skipped}):")
+        for e in r.examples:
+            print(f"  {e}")
+    return 0
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
+    if args.schema:
+        return run_schema_preprocess(args)
+    if not args.dataset:
+        raise ConfigError("give --schema FILE (any CSV/TSV/Parquet data) or --dataset kaggle|terabyte (Criteo logs)")
     from dlrm_dist.data.criteo.preprocess import Options, preprocess
 
     opts = Options(dataset=args.dataset, inputs=list(args.input), out_dir=args.out,
@@ -55,7 +85,38 @@ def run_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_columnar_stats(args: argparse.Namespace) -> int:
+    from dlrm_dist.data.columnar.stats import compute_stats, tables_file
+
+    s = compute_stats(args.directory)
+    if args.tables_out:
+        Path(args.tables_out).write_text(json.dumps(tables_file(s, args.dim), indent=1) + "\n")
+    if args.json:
+        print(json.dumps(s, indent=1))
+        return 0
+    rows = "  ".join(f"{k} {v['rows']:,} (positive rate {v['label_rate']:.4f})" for k, v in s["splits"].items())
+    print(f"{s['directory']} (schema {s['schema']}): {rows}")
+    print(f"{'feature':<16} {'table':<16} {'rows':>10} {'seen':>10} {'pooling':>8}")
+    for f in s["features"]:
+        print(f"{f['feature']:<16} {f['table']:<16} {f['table_size']:>10,} {f['cardinality']:>10,} {f['pooling_factor']:>8.2f}")
+    if args.tables_out:
+        print(f"wrote planner tables file {args.tables_out}")
+    return 0
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    from dlrm_dist.data.movielens import DATASETS, TERMS
+
+    path = DATASETS[args.dataset](args.directory)
+    print(f"{args.dataset}: {path}\n{TERMS}")
+    return 0
+
+
 def run_stats(args: argparse.Namespace) -> int:
+    from dlrm_dist.data.columnar.layout import is_columnar
+
+    if is_columnar(args.directory):
+        return run_columnar_stats(args)
     from dlrm_dist.data.criteo.stats import compute_stats, tables_file
 
     s = compute_stats(args.directory, args.max_ind_range, args.multi_hot)
@@ -79,11 +140,15 @@ def run_stats(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="dlrm-data", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    _preprocess_args(sub.add_parser("preprocess", help="raw Criteo TSV -> per-day binary arrays"))
+    _preprocess_args(sub.add_parser("preprocess", help="raw files -> memory-mapped arrays (by a schema, or Criteo's)"))
     _stats_args(sub.add_parser("stats", help="rows, label rate, cardinality, pooling factor"))
+    fetch = sub.add_parser("fetch", help="download an example dataset from PyPI (movielens-100k)")
+    fetch.add_argument("dataset", choices=("movielens-100k",))
+    fetch.add_argument("directory")
     args = parser.parse_args(argv)
+    commands = {"preprocess": run_preprocess, "stats": run_stats, "fetch": run_fetch}
     try:
-        return run_preprocess(args) if args.command == "preprocess" else run_stats(args)
+        return commands[args.command](args)
     except ConfigError as e:
         print(f"dlrm-data {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -30,9 +30,12 @@ ALIASES = {
 }
 
 
+INLINE_SCHEMA = "features"  # the [features] section: a feature schema written in the job config
+
+
 def _sections() -> dict[str, type]:
     hints = typing.get_type_hints(Config)
-    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config) if dataclasses.is_dataclass(hints[f.name])}
 
 
 def _field_types(section_cls: type) -> dict[str, Any]:
@@ -89,7 +92,10 @@ def _apply(raw: dict[str, dict[str, Any]], origin: str) -> Config:
             )
         kwargs = {k: _coerce(f"{name}.{k}", v, types[k]) for k, v in values.items()}
         built[name] = cls(**kwargs)
-    return Config(**built)
+    features = raw.get(INLINE_SCHEMA)
+    if features is not None and not isinstance(features, dict):
+        raise ConfigError(f"[{INLINE_SCHEMA}] ({origin}) must be a table (a feature schema)")
+    return Config(**built, features=features)
 
 
 def _is_bool(key: str) -> bool:
@@ -134,7 +140,7 @@ def _parse_overrides(args: Sequence[str]) -> tuple[Optional[str], dict[str, dict
 def read_toml(path: str) -> dict[str, dict[str, Any]]:
     """Reads a config file; every error names the file."""
     data = read_data(path, "config file")
-    unknown = sorted(set(data) - set(_sections()))
+    unknown = sorted(set(data) - set(_sections()) - {INLINE_SCHEMA})
     if unknown:
         raise ConfigError(f"unknown section(s) {unknown} in {path!r}; sections: {', '.join(_sections())}")
     return data
@@ -147,6 +153,11 @@ def load_config(args: Sequence[str] = ()) -> Config:
     for section, values in overrides.items():
         raw.setdefault(section, {}).update(values)
     return _apply(raw, config_file or "command line")
+
+
+def config_from_dict(data: dict[str, Any], origin: str = "saved config") -> Config:
+    """The inverse of ``to_dict``: a Config from plain data (a run directory's or a checkpoint's)."""
+    return _apply(data, origin)
 
 
 def help_text() -> str:

@@ -28,12 +28,7 @@ SHARDING_TYPES = (
     "table_column_wise",
 )
 
-# 26 Criteo-shaped categorical features with a spread of cardinalities, small enough
-# that the demo learns most of the teacher's signal in a minute on two CPU cores.
-DEMO_TABLE_SIZES = [
-    1000, 500, 20000, 8000, 300, 24, 4000, 600, 3, 10000,
-    5000, 15000, 3000, 27, 6000, 12000, 10, 3000, 2000, 4, 14000, 18, 15, 9000, 100, 7000,
-]
+DATA_SOURCES = ("synthetic", "criteo", "columnar")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -52,27 +47,33 @@ def _choice(section: str, name: str, value: Any, allowed: tuple[str, ...]) -> No
 
 @dataclass
 class ModelConfig:
-    """The DLRM architecture."""
+    """The model: DLRM, or the Embedding+MLP (Deep Crossing) preset, over the schema's features."""
 
-    bottom_mlp: str = _f(
-        "13-512-256-64-16",
-        "Bottom MLP as DLRM writes it: input width (= dense features) then layer widths.",
+    arch: str = _f("dlrm", "dlrm, or embedding_mlp (dense + embeddings concatenated, an MLP; no bottom layers).")
+    bottom_mlp: Optional[str] = _f(
+        None,
+        "Bottom MLP as DLRM writes it: input width (= the schema's dense features) then layer widths; "
+        "unset: <dense>-512-256-64-<dim> (dlrm) or none (embedding_mlp).",
     )
     top_mlp: str = _f(
         "512-256-1", "Top MLP layer widths; its input width is computed; must end in 1."
     )
-    embedding_dim: int = _f(16, "Embedding dimension of every table.")
+    embedding_dim: int = _f(16, "Embedding dimension of tables whose schema entry gives no dim.")
     table_sizes: Optional[list[int]] = _f(
-        None, "Rows of each table, one per sparse feature (unset: the demo's 26 tables, or the data's)."
+        None, "Built-in Criteo-shaped schema only: rows of each table (unset: the demo's 26, or the data's)."
     )
     interaction: str = _f("dot", "Feature interaction: dot, cat or dcn (DCNv2 low-rank cross).")
     dot_self_interaction: bool = _f(False, "dot: also keep each feature's dot with itself.")
     dcn_num_layers: int = _f(3, "dcn: number of low-rank cross layers.")
     dcn_low_rank_dim: int = _f(512, "dcn: rank of each cross layer's weight factorisation.")
+    residual_units: int = _f(0, "Deep Crossing residual units between the interaction and the top MLP.")
+    residual_hidden: int = _f(256, "Inner width of each residual unit.")
     loss: str = _f("bce", "bce (binary cross-entropy on logits) or mse (on the sigmoid).")
 
     def __post_init__(self) -> None:
         _choice("model", "interaction", self.interaction, INTERACTIONS)
+        if self.residual_units < 0 or self.residual_hidden < 1:
+            raise ConfigError("model.residual_units must be >= 0 and model.residual_hidden >= 1")
         _choice("model", "loss", self.loss, LOSSES)
         if self.embedding_dim <= 0:
             raise ConfigError(f"model.embedding_dim={self.embedding_dim} must be positive")
@@ -87,8 +88,11 @@ class ModelConfig:
 class DataConfig:
     """Where batches come from."""
 
-    source: str = _f("synthetic", "Data source: synthetic (built-in generator) or criteo (dlrm-data preprocess output).")
-    data_dir: Optional[str] = _f(None, "criteo: the preprocessed directory (day_<i>_*.npy, meta.json).")
+    source: str = _f("synthetic", "Data source: synthetic (built-in generator), criteo (preprocessed Criteo days) "
+                     "or columnar (`dlrm-data preprocess --schema` output).")
+    data_dir: Optional[str] = _f(None, "criteo/columnar: the preprocessed directory.")
+    schema: Optional[str] = _f(None, "Feature schema: a TOML/JSON file or a built-in name (demo, criteo); "
+                               "unset: the [features] section, the data directory's, or the demo's.")
     eval_split: str = _f("val", "criteo: evaluate on val (first half of the last day) or test (second half).")
     max_ind_range: int = _f(0, "criteo: hash raw ids modulo this at load (directories without meta.json).")
     multi_hot_sizes: Optional[list[int]] = _f(
@@ -105,10 +109,10 @@ class DataConfig:
     eval_batches: int = _f(16, "Global batches in the held-out evaluation split.")
 
     def __post_init__(self) -> None:
-        _choice("data", "source", self.source, ("synthetic", "criteo"))
+        _choice("data", "source", self.source, DATA_SOURCES)
         _choice("data", "eval_split", self.eval_split, ("val", "test"))
-        if self.source == "criteo" and not self.data_dir:
-            raise ConfigError("data.source=criteo needs data.data_dir (the output of `dlrm-data preprocess`)")
+        if self.source != "synthetic" and not self.data_dir:
+            raise ConfigError(f"data.source={self.source} needs data.data_dir (the output of `dlrm-data preprocess`)")
         if self.pooling_factor < 1:
             raise ConfigError(f"data.pooling_factor={self.pooling_factor} must be >= 1")
         if self.zipf_alpha < 0:
@@ -214,3 +218,6 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # The feature schema written inline (a [features] section); resolved jobs carry the full
+    # schema here, fitted statistics included, so a run directory or checkpoint says it all.
+    features: Optional[dict[str, Any]] = None

@@ -1,4 +1,4 @@
-"""A block of samples in numpy and its conversion to a TorchRec ``Batch``."""
+"""A block of samples in numpy, its conversion to a TorchRec ``Batch``, and the batch order."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from torchrec.datasets.utils import Batch
 
 @dataclass
 class SampleBlock:
-    """``n`` samples: dense (n x 13 float32), one bag per table, labels (n,)."""
+    """``n`` samples: dense (n x num_dense float32), one bag per sparse feature, labels (n,)."""
 
     dense: np.ndarray
-    values: list[np.ndarray]  # per table: the ids of all bags, sample by sample
-    lengths: list[np.ndarray]  # per table: (n,) bag lengths
+    values: list[np.ndarray]  # per feature: the ids of all bags, sample by sample
+    lengths: list[np.ndarray]  # per feature: (n,) bag lengths
     labels: np.ndarray
 
     def __len__(self) -> int:
@@ -35,3 +35,15 @@ def to_batch(block: SampleBlock, feature_names: list[str]) -> Batch:
         sparse_features=kjt,
         labels=torch.from_numpy(block.labels.astype(np.float32, copy=False)),
     )
+
+
+def batch_position(b: int, per_epoch: int, seed: int, shuffle: bool) -> int:
+    """Which batch of the split global batch ``b`` reads: epoch-wise seeded permutations.
+
+    The permutation depends on (seed, epoch) only, so every world size visits the same
+    global batches in the same order.
+    """
+    if not shuffle:
+        return b % per_epoch
+    epoch, i = divmod(b, per_epoch)
+    return int(np.random.default_rng([seed, epoch]).permutation(per_epoch)[i])

@@ -1,14 +1,16 @@
-"""Synthetic Criteo-shaped data with a hidden "teacher", so that there is signal to learn.
+"""Synthetic data of any feature schema, with a hidden "teacher" so that there is signal to learn.
 
 Sample ``i`` of a split is a pure function of ``(seed, split, i)``: every random stream is
 a counter-based Philox generator advanced straight to the sample. A rank generates only
 its own slice of each global batch, and the global batches are the same whatever the world
 size — which is what lets an N-rank run be compared with a single-process reference.
 
-- ids: a bounded power law (Zipf-like) over each table's rows, scrambled by a fixed
-  bijection so that popular ids are spread over the table (as Criteo's hashing does);
+- ids: for each sparse feature of the schema, a bounded power law (Zipf-like) over the rows
+  of the table it looks up (shared tables included), scrambled by a fixed bijection so that
+  popular ids are spread over the table (as Criteo's hashing does);
 - bags: a fixed number of ids per sample, or a length uniform in [1, 2p-1] (mean p);
-- dense: 13 non-negative, log-transformed features, as Criteo's after preprocessing;
+- dense: one non-negative, log-transformed value per dense feature of the schema (any number,
+  zero included), as Criteo's after preprocessing;
 - labels: Bernoulli(sigmoid(teacher logit)); the teacher mixes a linear term on the dense
   features, a hashed weight per id of every table and pairwise products of some tables'
   weights (which a dot interaction can represent). The teacher's own AUC on the eval split
@@ -28,8 +30,8 @@ from torchmetrics.functional.classification import binary_auroc
 from torchrec.datasets.utils import Batch
 
 from dlrm_dist.data.batches import SampleBlock, to_batch
+from dlrm_dist.features.schema import FeatureSchema
 
-NUM_DENSE = 13
 SPLITS = {"train": 0, "eval": 1}
 _U64 = np.uint64
 _BIAS = -1.0  # teacher logit offset: a click rate around a quarter
@@ -68,9 +70,8 @@ def _power_law(u: np.ndarray, rows: int, alpha: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """What the generator makes; see DataConfig for the meaning of each field."""
+    """How the generator draws; see DataConfig for the meaning of each field."""
 
-    table_sizes: tuple[int, ...]
     seed: int = 1234
     zipf_alpha: float = 1.1
     pooling_factor: int = 1
@@ -78,24 +79,24 @@ class SyntheticSpec:
     teacher_scale: float = 1.5
 
 
-class SyntheticCriteo:
-    """Deterministic, sliceable synthetic Criteo-shaped data with a known best AUC."""
+class SyntheticData:
+    """Deterministic, sliceable synthetic data of ``schema``'s shape with a known best AUC."""
 
-    def __init__(self, spec: SyntheticSpec, feature_names: list[str], eval_batches: int = 16) -> None:
-        if len(feature_names) != len(spec.table_sizes):
-            raise ValueError(
-                f"{len(feature_names)} feature names for {len(spec.table_sizes)} tables"
-            )
+    def __init__(self, spec: SyntheticSpec, schema: FeatureSchema, eval_batches: int = 16) -> None:
         self.spec = spec
-        self.feature_names = feature_names
+        self.schema = schema
+        self.feature_names = schema.sparse_names
+        # Rows each feature draws ids from: its table's (a shared table's, for several features).
+        self.feature_rows = [schema.table_rows(f.table) for f in schema.sparse]
         self.eval_batches = eval_batches
         self.max_bag = 2 * spec.pooling_factor - 1 if spec.variable_pooling else spec.pooling_factor
+        num_dense = schema.num_dense
         # Dense feature j is log1p of an exponential with mean 10**(j/4): a spread of scales.
-        self._dense_means = 10.0 ** (np.arange(NUM_DENSE) / 4.0)
+        self._dense_means = 10.0 ** (np.arange(num_dense) / 4.0)
         rng = np.random.default_rng(spec.seed)
-        self._dense_w = rng.uniform(-1.0, 1.0, NUM_DENSE)
+        self._dense_w = rng.uniform(-1.0, 1.0, num_dense)
         self._dense_center = np.log1p(self._dense_means)
-        n_pairs = min(len(spec.table_sizes) // 2, 4)
+        n_pairs = min(len(self.feature_names) // 2, 4)
         self._pairs = [(2 * k, 2 * k + 1) for k in range(n_pairs)]
 
     # -- random streams ---------------------------------------------------------------
@@ -108,7 +109,7 @@ class SyntheticCriteo:
 
     def _bags(self, split: str, table: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids as an n x max_bag matrix, lengths)."""
-        rows = self.spec.table_sizes[table]
+        rows = self.feature_rows[table]
         u = self._uniforms(split, 2 + table, start, count, 1 + self.max_bag)
         if self.spec.variable_pooling:
             lengths = 1 + (u[:, 0] * self.max_bag).astype(np.int64)
@@ -122,11 +123,12 @@ class SyntheticCriteo:
     # -- samples ------------------------------------------------------------------------
     def samples(self, split: str, start: int, count: int) -> tuple[SampleBlock, np.ndarray]:
         """Samples ``[start, start + count)`` of ``split`` and the teacher's probabilities."""
-        u = self._uniforms(split, 0, start, count, NUM_DENSE)
+        num_dense = len(self._dense_w)
+        u = self._uniforms(split, 0, start, count, num_dense)
         dense = np.log1p(-self._dense_means * np.log1p(-u))
-        logit = (dense - self._dense_center) @ self._dense_w / math.sqrt(NUM_DENSE)
+        logit = (dense - self._dense_center) @ self._dense_w / math.sqrt(max(num_dense, 1))
         values, lengths, table_w = [], [], []
-        for t in range(len(self.spec.table_sizes)):
+        for t in range(len(self.feature_names)):
             ids, lens = self._bags(split, t, start, count)
             mask = np.arange(self.max_bag)[None, :] < lens[:, None]
             w = np.where(mask, _hash_uniform(self.spec.seed, t, ids), 0.0).sum(1) / lens
@@ -161,12 +163,17 @@ class SyntheticCriteo:
     def eval_batch_count(self, global_batch_size: int) -> int:
         return self.eval_batches
 
+    def bag_lengths(self) -> dict[str, float]:
+        """Mean ids per sample of each feature."""
+        mean = (1 + self.max_bag) / 2 if self.spec.variable_pooling else self.max_bag
+        return {f: float(mean) for f in self.feature_names}
+
     def teacher_auc(self, global_batch_size: int) -> float:
         """AUC of the teacher's own probabilities on the eval split: the best reachable there."""
         return _teacher_auc(self, "eval", self.eval_batches * global_batch_size)
 
 
 @lru_cache(maxsize=8)
-def _teacher_auc(data: SyntheticCriteo, split: str, num_samples: int) -> float:
+def _teacher_auc(data: SyntheticData, split: str, num_samples: int) -> float:
     block, prob = data.samples(split, 0, num_samples)
     return float(binary_auroc(torch.from_numpy(prob), torch.from_numpy(block.labels).long()))

@@ -1,9 +1,11 @@
-"""The DLRM module (Naumov et al. 2019) and its training wrapper.
+"""The DLRM module (Naumov et al. 2019), the Embedding+MLP preset, and the training wrapper.
 
     dense ──► bottom MLP ──┐
-                           ├─► interaction ──► top MLP ──► logit
+                           ├─► interaction ──► [residual units] ──► top MLP ──► logit
     sparse ─► EmbeddingBagCollection (pooled per feature) ┘
 
+Embedding+MLP (Deep Crossing) is the same module with the ``cat`` interaction, no bottom
+layers (dense features enter the concatenation as they are) and optional residual units.
 The EmbeddingBagCollection is built on the meta device: DistributedModelParallel
 materialises only each rank's shards. Embeddings are looked up by feature name, because
 a sharded collection returns its keys in another order than the unsharded one.
@@ -11,19 +13,20 @@ a sharded collection returns its keys in another order than the unsharded one.
 
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
 from torchrec.datasets.utils import Batch
 
-from dlrm_dist.config.arch import parse_mlp
-from dlrm_dist.config.schema import ModelConfig
-from dlrm_dist.model.interaction import build_interaction
+from dlrm_dist.model.interaction import ResidualUnit, build_interaction
+from dlrm_dist.model.spec import ModelSpec
 from dlrm_dist.model.tables import make_tables
 
 
-def mlp(sizes: list[int], last_activation: bool) -> nn.Sequential:
+def mlp(sizes: Sequence[int], last_activation: bool) -> nn.Sequential:
     """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with ReLU between (and after, if asked)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -39,22 +42,29 @@ class DLRM(nn.Module):
     def __init__(
         self,
         tables: list[EmbeddingBagConfig],
-        bottom_mlp: list[int],
-        top_mlp: list[int],
+        feature_names: Sequence[str],
+        bottom_mlp: Sequence[int],
+        top_mlp: Sequence[int],
         interaction: nn.Module,
+        residual: Optional[nn.Module] = None,
         device: torch.device = torch.device("meta"),
     ) -> None:
         super().__init__()
-        self.feature_names = [f for t in tables for f in t.feature_names]
+        self.feature_names = list(feature_names)
         self.sparse_arch = EmbeddingBagCollection(tables=tables, device=device)
-        self.dense_arch = mlp(bottom_mlp, last_activation=True)
+        # No bottom MLP without dense features; an empty Sequential passes them through.
+        self.dense_arch = mlp(bottom_mlp, last_activation=True) if bottom_mlp else None
         self.interaction = interaction
-        self.over_arch = mlp([interaction.out_features] + top_mlp, last_activation=False)
+        if residual is not None:
+            self.residual_arch = residual
+        self.over_arch = mlp([interaction.out_features] + list(top_mlp), last_activation=False)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        pooled = self.sparse_arch(sparse)
-        emb = torch.stack([pooled[f] for f in self.feature_names], dim=1)
-        x = self.interaction(self.dense_arch(dense), emb)
+        pooled = self.sparse_arch(sparse).to_dict()
+        embs = [pooled[f] for f in self.feature_names]
+        x = self.interaction(self.dense_arch(dense) if self.dense_arch is not None else None, embs)
+        if hasattr(self, "residual_arch"):
+            x = self.residual_arch(x)
         return self.over_arch(x).squeeze(-1)
 
 
@@ -76,22 +86,19 @@ class DLRMTrain(nn.Module):
         return loss, (loss.detach(), logits.detach(), labels.detach())
 
 
-def build_model(cfg: ModelConfig, seed: int, device: torch.device = torch.device("meta")) -> DLRMTrain:
-    """The model of ``cfg``; MLP weights are drawn from ``seed`` (same on every rank)."""
-    bottom = parse_mlp(cfg.bottom_mlp, "model.bottom_mlp")
-    top = parse_mlp(cfg.top_mlp, "model.top_mlp")
-    tables = make_tables(cfg.table_sizes, cfg.embedding_dim)
+def build_model(spec: ModelSpec, seed: int, device: torch.device = torch.device("meta")) -> DLRMTrain:
+    """The model of ``spec``; MLP weights are drawn from ``seed`` (same on every rank)."""
     # Dense weights come from `seed` alone, so every rank (and every world size) starts alike.
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         interaction = build_interaction(
-            cfg.interaction,
-            num_sparse=len(tables),
-            dim=cfg.embedding_dim,
-            dense_dim=bottom[-1],
-            self_interaction=cfg.dot_self_interaction,
-            dcn_num_layers=cfg.dcn_num_layers,
-            dcn_low_rank_dim=cfg.dcn_low_rank_dim,
+            spec.interaction, spec.emb_dims, spec.dense_out, self_interaction=spec.dot_self_interaction,
+            dcn_num_layers=spec.dcn_num_layers, dcn_low_rank_dim=spec.dcn_low_rank_dim,
         )
-        model = DLRM(tables, bottom, top, interaction, device=device)
-    return DLRMTrain(model, cfg.loss)
+        residual = None
+        if spec.residual_units:
+            width = interaction.out_features
+            residual = nn.Sequential(*[ResidualUnit(width, spec.residual_hidden) for _ in range(spec.residual_units)])
+        model = DLRM(make_tables(spec.tables), spec.feature_names, spec.bottom, spec.top, interaction,
+                     residual, device=device)
+    return DLRMTrain(model, spec.loss)

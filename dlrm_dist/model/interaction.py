@@ -1,9 +1,13 @@
 """Feature interactions between the bottom MLP's output and the pooled embeddings.
 
-Each takes ``dense`` (B x Db) and ``sparse`` (B x F x D) and returns B x ``out_features``.
+Each takes ``dense`` (B x Db, or None when the schema has no dense features) and ``embs``
+(one B x d_i tensor per sparse feature, in the schema's order) and returns B x ``out_features``.
+``dot`` needs one dim for all; ``cat`` and ``dcn`` take mixed dims.
 """
 
 from __future__ import annotations
+
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -17,59 +21,73 @@ class DotInteraction(nn.Module):
     the diagonal (each vector's squared norm) is kept as well.
     """
 
-    def __init__(self, num_sparse: int, dim: int, self_interaction: bool = False) -> None:
+    def __init__(self, num_sparse: int, dim: int, dense_dim: int, self_interaction: bool = False) -> None:
         super().__init__()
-        n = num_sparse + 1
+        n = num_sparse + (1 if dense_dim else 0)
         rows, cols = torch.triu_indices(n, n, offset=0 if self_interaction else 1)
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
-        self.out_features = dim + rows.numel()
+        self.out_features = dense_dim + rows.numel()
 
-    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([dense.unsqueeze(1), sparse], dim=1)
-        z = torch.bmm(x, x.transpose(1, 2))
-        return torch.cat([dense, z[:, self.rows, self.cols]], dim=1)
+    def forward(self, dense: Optional[torch.Tensor], embs: Sequence[torch.Tensor]) -> torch.Tensor:
+        vectors = ([dense] if dense is not None else []) + list(embs)
+        x = torch.stack(vectors, dim=1)
+        z = torch.bmm(x, x.transpose(1, 2))[:, self.rows, self.cols]
+        return torch.cat([dense, z], dim=1) if dense is not None else z
+
+
+def _concat(dense: Optional[torch.Tensor], embs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(([dense] if dense is not None else []) + list(embs), dim=1)
 
 
 class CatInteraction(nn.Module):
-    """Plain concatenation of dense and all embeddings (no explicit interaction)."""
+    """Plain concatenation of dense and all embeddings (Embedding+MLP, Deep Crossing)."""
 
-    def __init__(self, num_sparse: int, dim: int, dense_dim: int) -> None:
+    def __init__(self, emb_dims: Sequence[int], dense_dim: int) -> None:
         super().__init__()
-        self.out_features = dense_dim + num_sparse * dim
+        self.out_features = dense_dim + sum(emb_dims)
 
-    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        return torch.cat([dense, sparse.flatten(1)], dim=1)
+    def forward(self, dense: Optional[torch.Tensor], embs: Sequence[torch.Tensor]) -> torch.Tensor:
+        return _concat(dense, embs)
 
 
 class DCNInteraction(nn.Module):
     """DCNv2 low-rank cross layers over [dense, emb_1 .. emb_F] (MLPerf DLRM-DCNv2)."""
 
-    def __init__(self, num_sparse: int, dim: int, dense_dim: int, num_layers: int, low_rank: int) -> None:
+    def __init__(self, emb_dims: Sequence[int], dense_dim: int, num_layers: int, low_rank: int) -> None:
         super().__init__()
-        self.out_features = dense_dim + num_sparse * dim
-        self.crossnet = LowRankCrossNet(
-            in_features=self.out_features, num_layers=num_layers, low_rank=low_rank
-        )
+        self.out_features = dense_dim + sum(emb_dims)
+        self.crossnet = LowRankCrossNet(in_features=self.out_features, num_layers=num_layers, low_rank=low_rank)
 
-    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        return self.crossnet(torch.cat([dense, sparse.flatten(1)], dim=1))
+    def forward(self, dense: Optional[torch.Tensor], embs: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.crossnet(_concat(dense, embs))
+
+
+class ResidualUnit(nn.Module):
+    """Deep Crossing's residual unit: ReLU(x + W2 ReLU(W1 x)); the width stays."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.inner = nn.Linear(width, hidden)
+        self.outer = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.outer(torch.relu(self.inner(x))))
 
 
 def build_interaction(
     kind: str,
-    num_sparse: int,
-    dim: int,
+    emb_dims: Sequence[int],
     dense_dim: int,
     self_interaction: bool = False,
     dcn_num_layers: int = 3,
     dcn_low_rank_dim: int = 512,
 ) -> nn.Module:
-    """The interaction named by ``model.interaction``."""
+    """The interaction named by ``model.interaction`` (dims already checked by model/spec.py)."""
     if kind == "dot":
-        return DotInteraction(num_sparse, dim, self_interaction)
+        return DotInteraction(len(emb_dims), emb_dims[0], dense_dim, self_interaction)
     if kind == "cat":
-        return CatInteraction(num_sparse, dim, dense_dim)
+        return CatInteraction(emb_dims, dense_dim)
     if kind == "dcn":
-        return DCNInteraction(num_sparse, dim, dense_dim, dcn_num_layers, dcn_low_rank_dim)
+        return DCNInteraction(emb_dims, dense_dim, dcn_num_layers, dcn_low_rank_dim)
     raise ValueError(f"unknown interaction {kind!r}; choose dot, cat or dcn")

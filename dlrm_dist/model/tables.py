@@ -1,25 +1,21 @@
-"""Embedding table definitions: one table per sparse feature, named as TorchRec's DLRM does."""
+"""Embedding table definitions for TorchRec, from the schema's tables."""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 from torchrec import EmbeddingBagConfig
 from torchrec.modules.embedding_configs import PoolingType
 
+from dlrm_dist.features.schema import TableDef
 
-def feature_names(num_tables: int) -> list[str]:
-    """Sparse feature names ``cat_0 .. cat_{n-1}`` (TorchRec's Criteo naming)."""
-    return [f"cat_{i}" for i in range(num_tables)]
+_POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
 
 
-def make_tables(table_sizes: list[int], embedding_dim: int) -> list[EmbeddingBagConfig]:
-    """One sum-pooled table ``t_cat_i`` per feature ``cat_i``."""
+def make_tables(tables: Sequence[TableDef]) -> list[EmbeddingBagConfig]:
+    """One EmbeddingBagConfig per table; a shared table lists all its features."""
     return [
-        EmbeddingBagConfig(
-            name=f"t_{name}",
-            embedding_dim=embedding_dim,
-            num_embeddings=rows,
-            feature_names=[name],
-            pooling=PoolingType.SUM,
-        )
-        for name, rows in zip(feature_names(len(table_sizes)), table_sizes)
+        EmbeddingBagConfig(name=t.name, embedding_dim=t.dim, num_embeddings=t.rows,
+                           feature_names=list(t.features), pooling=_POOLING[t.pooling])
+        for t in tables
     ]

@@ -25,7 +25,7 @@ import numpy as np
 from torchrec.datasets.utils import Batch
 
 from dlrm_dist.config.errors import ConfigError
-from dlrm_dist.data.batches import SampleBlock, to_batch
+from dlrm_dist.data.batches import SampleBlock, batch_position, to_batch
 from dlrm_dist.data.criteo import layout
 
 
@@ -143,6 +143,10 @@ class CriteoDataset:
     def teacher_auc(self, global_batch_size: int) -> Optional[float]:
         return None  # real data has no known best AUC
 
+    def bag_lengths(self) -> dict[str, float]:
+        sizes = [len(o) for o in self._offsets] if self._offsets else [1] * len(self.feature_names)
+        return {f: float(h) for f, h in zip(self.feature_names, sizes)}
+
     def batches(self, split: str, global_batch_size: int, rank: int, world_size: int,
                 num_batches: Optional[int] = None, start_batch: int = 0) -> Iterator[Batch]:
         """This rank's slice of global batches ``start_batch, ...`` of ``split``."""
@@ -164,10 +168,7 @@ class CriteoDataset:
 
     # -- internals ------------------------------------------------------------------------------------
     def _position(self, split: str, b: int, per_epoch: int) -> int:
-        if split != "train" or not self.shuffle:
-            return b % per_epoch
-        epoch, i = divmod(b, per_epoch)
-        return int(np.random.default_rng([self.seed, epoch]).permutation(per_epoch)[i])
+        return batch_position(b, per_epoch, self.seed, self.shuffle and split == "train")
 
     def _batch(self, data: _Split, split: str, position: int, gbs: int, rank: int, local: int) -> Batch:
         lo = position * gbs + rank * local

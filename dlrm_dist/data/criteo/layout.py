@@ -20,10 +20,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-NUM_DENSE, NUM_SPARSE = 13, 26
+from dlrm_dist.data.npy import NpyWriter
+from dlrm_dist.features.builtin import CRITEO_NUM_DENSE, CRITEO_NUM_SPARSE
+
+NUM_DENSE, NUM_SPARSE = CRITEO_NUM_DENSE, CRITEO_NUM_SPARSE
 KINDS = ("dense", "sparse", "labels")
 META = "meta.json"
-_HEADER_BYTES = 128  # room for any shape; rewritten in place at close
 
 
 def day_file(directory: Path, day: int, kind: str) -> Path:
@@ -32,34 +34,6 @@ def day_file(directory: Path, day: int, kind: str) -> Path:
 
 def done_file(directory: Path, day: int) -> Path:
     return Path(directory) / f"day_{day}.done.json"
-
-
-class NpyWriter:
-    """Appends rows to a .npy file without knowing the final row count (bounded memory)."""
-
-    def __init__(self, path: Path, dtype: np.dtype, row_shape: tuple[int, ...]) -> None:
-        self.path, self.dtype, self.row_shape = Path(path), np.dtype(dtype), row_shape
-        self.rows = 0
-        self.file = open(self.path, "wb")
-        self.file.write(self._header())
-
-    def _header(self) -> bytes:
-        d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-             "shape": (self.rows, *self.row_shape)}
-        text = repr(d).encode("latin1")
-        magic = np.lib.format.magic(1, 0)
-        pad = _HEADER_BYTES - len(magic) - 2 - len(text) - 1
-        return magic + (_HEADER_BYTES - len(magic) - 2).to_bytes(2, "little") + text + b" " * pad + b"\n"
-
-    def append(self, rows: np.ndarray) -> None:
-        rows = np.ascontiguousarray(rows, dtype=self.dtype).reshape(-1, *self.row_shape)
-        self.file.write(memoryview(rows).cast("B"))  # the array's own buffer: no copy
-        self.rows += len(rows)
-
-    def close(self) -> None:
-        self.file.seek(0)
-        self.file.write(self._header())
-        self.file.close()
 
 
 class DayWriter:

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
-NUM_DENSE, NUM_SPARSE = 13, 26
+from dlrm_dist.features.builtin import CRITEO_NUM_DENSE, CRITEO_NUM_SPARSE
+
+NUM_DENSE, NUM_SPARSE = CRITEO_NUM_DENSE, CRITEO_NUM_SPARSE
 NUM_FIELDS = 1 + NUM_DENSE + NUM_SPARSE
 MAX_REPORTED = 1000
 # Reason codes written by the kernel.

@@ -1,0 +1,152 @@
+"""The on-disk layout of schema-driven preprocessed data: one folder per split, one file per column.
+
+    DIR/meta.json                    the fitted schema, rows and mean bag lengths per split;
+                                     written last: its presence means the directory is complete
+    DIR/job.json                     what the preprocessing run was started with (inputs with
+                                     size and mtime, the schema as written, options)
+    DIR/vocab/<table>.json           a vocabulary table's values, id = oov_buckets + position
+    DIR/<split>/dense.npy            float32 (N, num_dense), transformed
+    DIR/<split>/labels.npy           float32 (N,), 0 or 1
+    DIR/<split>/<feature>.ids.npy    int32 (int64 for tables of 2**31 rows or more): one id
+                                     per row, or all ids of all bags for a multi-hot feature
+    DIR/<split>/<feature>.offsets.npy  int64 (N + 1,), multi-hot features only
+
+Every file is a plain .npy, memory-mapped at load time. ``check_directory`` validates every
+file against meta.json and each other before any process group exists.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from dlrm_dist.config.errors import ConfigError
+from dlrm_dist.features.schema import SPLITS, FeatureSchema, SparseFeature, from_dict
+
+FORMAT = "dlrm_dist.columnar"
+VERSION = 1
+META = "meta.json"
+JOB = "job.json"
+VOCAB_DIR = "vocab"
+INT32_ROWS = 2**31 - 1
+
+
+class DataError(ConfigError):
+    """A data directory is missing, incomplete or inconsistent; the message names the file."""
+
+
+def id_dtype(rows: int) -> np.dtype:
+    return np.dtype(np.int32 if rows <= INT32_ROWS else np.int64)
+
+
+def dense_file(directory: Path, split: str) -> Path:
+    return Path(directory) / split / "dense.npy"
+
+
+def labels_file(directory: Path, split: str) -> Path:
+    return Path(directory) / split / "labels.npy"
+
+
+def ids_file(directory: Path, split: str, feature: str) -> Path:
+    return Path(directory) / split / f"{feature}.ids.npy"
+
+
+def offsets_file(directory: Path, split: str, feature: str) -> Path:
+    return Path(directory) / split / f"{feature}.offsets.npy"
+
+
+def is_columnar(directory: str | Path) -> bool:
+    """A directory written (or being written) by ``dlrm-data preprocess --schema``."""
+    p = Path(directory) / META
+    return (Path(directory) / JOB).is_file() or (p.is_file() and '"' + FORMAT + '"' in p.read_text())
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    p = Path(directory) / META
+    if not Path(directory).is_dir():
+        what = "is a file, not a directory" if Path(directory).exists() else "does not exist"
+        raise DataError(f"data directory {str(directory)!r} {what}")
+    if not p.is_file():
+        raise DataError(f"{directory}: no {META}; the directory is not the output of a finished "
+                        "`dlrm-data preprocess --schema` (rerun it to complete it)")
+    try:
+        meta = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{p}: not valid JSON ({e})") from None
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise DataError(f"{p}: format {meta.get('format')!r} version {meta.get('version')!r}; "
+                        f"expected {FORMAT} version {VERSION}")
+    return meta
+
+
+def write_meta(directory: Path, meta: dict[str, Any]) -> None:
+    tmp = Path(directory) / (META + ".tmp")
+    tmp.write_text(json.dumps({"format": FORMAT, "version": VERSION, **meta}, indent=1, sort_keys=True) + "\n")
+    tmp.replace(Path(directory) / META)
+
+
+def stored_schema(directory: str | Path) -> FeatureSchema:
+    """The fitted schema a preprocessed directory was written with."""
+    return from_dict(read_meta(directory)["schema"], f"{Path(directory) / META}")
+
+
+@dataclass
+class SplitArrays:
+    """A split's memory-mapped arrays."""
+
+    rows: int
+    dense: np.ndarray
+    labels: np.ndarray
+    ids: dict[str, np.ndarray]
+    offsets: dict[str, Optional[np.ndarray]]
+
+
+def _open(path: Path, dtype: np.dtype, shape: tuple[Optional[int], ...]) -> np.ndarray:
+    """Memory-maps ``path``, checking dtype and shape (None = any length); errors name the file."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npy file ({e}); truncated or corrupt: preprocess again") from None
+    if arr.dtype != dtype:
+        raise DataError(f"{path}: dtype {arr.dtype}, expected {dtype}")
+    if len(arr.shape) != len(shape) or any(s is not None and a != s for a, s in zip(arr.shape, shape)):
+        want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+        raise DataError(f"{path}: shape {arr.shape}, expected {want}")
+    return arr
+
+
+def _open_feature(directory: Path, split: str, f: SparseFeature, rows: int, table_rows: int) -> tuple:
+    dtype = id_dtype(table_rows)
+    if not f.multi_hot:
+        return _open(ids_file(directory, split, f.name), dtype, (rows,)), None
+    offsets = _open(offsets_file(directory, split, f.name), np.dtype(np.int64), (rows + 1,))
+    ids = _open(ids_file(directory, split, f.name), dtype, (None,))
+    if offsets[0] != 0 or offsets[-1] != len(ids):
+        raise DataError(f"{offsets_file(directory, split, f.name)}: offsets run from {offsets[0]} to "
+                        f"{offsets[-1]}, but {ids_file(directory, split, f.name).name} holds {len(ids)} ids")
+    return ids, offsets
+
+
+def open_split(directory: str | Path, split: str, schema: FeatureSchema, rows: int) -> SplitArrays:
+    """Every file of ``split``, each checked against ``rows`` and the schema."""
+    d = Path(directory)
+    dense = _open(dense_file(d, split), np.dtype(np.float32), (rows, schema.num_dense))
+    labels = _open(labels_file(d, split), np.dtype(np.float32), (rows,))
+    ids, offsets = {}, {}
+    for f in schema.sparse:
+        ids[f.name], offsets[f.name] = _open_feature(d, split, f, rows, schema.table_rows(f.table))
+    return SplitArrays(rows, dense, labels, ids, offsets)
+
+
+def check_directory(directory: str | Path) -> tuple[FeatureSchema, dict[str, SplitArrays]]:
+    """The stored schema and every split, all files checked; raises DataError naming the file."""
+    meta = read_meta(directory)
+    schema = stored_schema(directory)
+    splits = {s: open_split(directory, s, schema, int(meta["splits"][s]["rows"])) for s in SPLITS}
+    return schema, splits

@@ -1,0 +1,320 @@
+"""``dlrm-data preprocess --schema``: any CSV/TSV/Parquet input -> the columnar layout (layout.py).
+
+Streaming in bounded memory (one record batch at a time), in up to three passes:
+
+1. ``time`` split with fractions: read the time column to find the cut-offs
+   (8 bytes per row held: the one pass whose memory grows with the data);
+2. fit, when the schema has vocabularies or standardize/minmax: count values and moments
+   over the training split only (saved to fit.json, so a rerun does not redo it);
+3. write: transform every row and append it to its split's files, under ``.partial``
+   names renamed at the end; meta.json is written last.
+
+A run records what it was started with (job.json: inputs with size and mtime, the schema as
+written, options). A rerun into the same directory with the same job resumes (or reports it
+complete); with a different job it is refused, naming what differs, unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from dlrm_dist.data.columnar import encode, layout
+from dlrm_dist.data.columnar.read import BadLines, PreprocessError, read_inputs
+from dlrm_dist.data.npy import NpyWriter
+from dlrm_dist.features.errors import SchemaError
+from dlrm_dist.features.schema import SPLITS, FeatureSchema
+
+FIT = "fit.json"
+_COMPACT_EVERY = 64  # record batches of vocabulary counts merged at a time
+
+
+@dataclass
+class Options:
+    schema: FeatureSchema
+    inputs: list[Path]
+    out_dir: Path
+    strict: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Report:
+    rows_read: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+    examples: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    up_to_date: bool = False
+
+
+# -- the job record -----------------------------------------------------------------------------
+def job_record(opts: Options) -> dict[str, Any]:
+    inputs = [{"path": str(p.resolve()), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in opts.inputs]
+    return {"inputs": inputs, "schema": opts.schema.without_fitted().to_dict(), "options": {"strict": opts.strict}}
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    out = []
+    if [i["path"] for i in old["inputs"]] != [i["path"] for i in new["inputs"]]:
+        out.append(f"inputs {[i['path'] for i in old['inputs']]} -> {[i['path'] for i in new['inputs']]}")
+    elif old["inputs"] != new["inputs"]:
+        changed = [n["path"] for o, n in zip(old["inputs"], new["inputs"]) if o != n]
+        out.append(f"input file(s) changed since (size or modification time): {changed}")
+    for key in sorted(set(old["schema"]) | set(new["schema"])):
+        if old["schema"].get(key) != new["schema"].get(key):
+            out.append(f"schema {key}")
+    if old["options"] != new["options"]:
+        out.append(f"options {old['options']} -> {new['options']}")
+    return out
+
+
+def _clear(out: Path) -> None:
+    for name in (layout.META, layout.JOB, FIT):
+        (out / name).unlink(missing_ok=True)
+    for d in [layout.VOCAB_DIR, *SPLITS, *(s + ".partial" for s in SPLITS)]:
+        if (out / d).exists():
+            shutil.rmtree(out / d)
+
+
+def _start(opts: Options) -> Optional[Report]:
+    """Checks the directory against this job; returns a report if it is already complete."""
+    out = opts.out_dir
+    job = job_record(opts)
+    job_file = out / layout.JOB
+    if job_file.is_file() and not opts.overwrite:
+        diffs = _differences(json.loads(job_file.read_text()), job)
+        if diffs:
+            raise PreprocessError(f"{out} holds the output of another preprocessing job ({'; '.join(diffs)}); "
+                                  "use another --out, or --overwrite to start over")
+        if (out / layout.META).is_file():
+            meta = layout.read_meta(out)
+            return Report(rows_read=meta["rows_read"], rows={s: meta["splits"][s]["rows"] for s in SPLITS},
+                          skipped=meta["skipped"], up_to_date=True)
+    elif out.exists() and any(out.iterdir()) and not opts.overwrite and not job_file.is_file():
+        raise PreprocessError(f"{out} is not empty and was not written by `dlrm-data preprocess --schema`; "
+                              "use another --out, or --overwrite")
+    if opts.overwrite:
+        _clear(out)
+    out.mkdir(parents=True, exist_ok=True)
+    job_file.write_text(json.dumps(job, indent=1) + "\n")
+    return None
+
+
+# -- passes ---------------------------------------------------------------------------------------
+def _bar(opts: Options, desc: str) -> tqdm:
+    return tqdm(desc=desc, unit=" rows", unit_scale=True, disable=not opts.progress)
+
+
+def _time_cutoffs(opts: Options) -> Optional[tuple[float, float]]:
+    s = opts.schema.split
+    if s.by != "time":
+        return None
+    times = []
+    with _bar(opts, "time split") as bar:
+        for _, _, batch in read_inputs(opts.inputs, opts.schema, BadLines()):
+            times.append(batch.column(s.column).to_numpy(zero_copy_only=False))
+            bar.update(batch.num_rows)
+    t = np.concatenate(times) if times else np.zeros(0)
+    if t.size == 0 or np.isnan(t).any():
+        raise PreprocessError(f"time column {s.column!r}: no rows, or empty cells")
+    f = s.fractions
+    return float(np.quantile(t, f[0])), float(np.quantile(t, f[0] + f[1])) if f[2] > 0 else float("inf")
+
+
+class _Moments:
+    def __init__(self) -> None:
+        self.n, self.sum, self.sumsq, self.min, self.max = 0, 0.0, 0.0, np.inf, -np.inf
+
+    def add(self, x: np.ndarray) -> None:
+        if x.size:
+            self.n += x.size
+            self.sum += float(x.sum())
+            self.sumsq += float((x * x).sum())
+            self.min, self.max = min(self.min, float(x.min())), max(self.max, float(x.max()))
+
+    def scale(self, kind: str) -> tuple[float, float]:
+        if self.n == 0:
+            return 0.0, 1.0
+        if kind == "minmax":
+            return self.min, (self.max - self.min) or 1.0
+        mean = self.sum / self.n
+        std = float(np.sqrt(max(self.sumsq / self.n - mean * mean, 0.0)))
+        return mean, std if std > 0 else 1.0
+
+
+class _VocabCounts:
+    """Value counts of one table, merged in pyarrow (bounded by the table's distinct values)."""
+
+    def __init__(self) -> None:
+        self.parts: list[pa.Table] = []
+
+    def add(self, values: pa.Array) -> None:
+        vc = pc.value_counts(pc.drop_null(values))
+        self.parts.append(pa.table({"v": vc.field("values"), "c": vc.field("counts")}))
+        if len(self.parts) >= _COMPACT_EVERY:
+            self.parts = [self._merged()]
+
+    def _merged(self) -> pa.Table:
+        if not self.parts:
+            return pa.table({"v": pa.array([], pa.string()), "c": pa.array([], pa.int64())})
+        t = pa.concat_tables(self.parts).group_by("v").aggregate([("c", "sum")])
+        return t.rename_columns(["v", "c"])
+
+    def vocabulary(self, min_count: int) -> list[str]:
+        t = self._merged()
+        t = t.filter(pc.greater_equal(t["c"], min_count))
+        t = t.sort_by([("c", "descending"), ("v", "ascending")])  # most frequent first, ties by value
+        return t["v"].to_pylist()
+
+
+def _fit(opts: Options, cutoffs: Optional[tuple[float, float]]) -> dict[str, Any]:
+    """Vocabularies and dense statistics of the training split."""
+    fit_file = opts.out_dir / FIT
+    if fit_file.is_file():
+        return json.loads(fit_file.read_text())
+    schema = opts.schema
+    vocab_tables = {f.table for f in schema.sparse if f.kind == "vocab"}
+    fitted = [d for d in schema.dense if d.fitted]
+    result: dict[str, Any] = {"vocab_rows": {}, "scales": {}}
+    if vocab_tables or fitted:
+        counts = {t: _VocabCounts() for t in vocab_tables}
+        moments = {d.name: _Moments() for d in fitted}
+        row0 = 0
+        with _bar(opts, "fit (train split)") as bar:
+            for path, first, batch in read_inputs(opts.inputs, schema, BadLines()):
+                train = encode.split_of(batch, schema, row0, cutoffs) == 0
+                row0 += batch.num_rows
+                bar.update(batch.num_rows)
+                if not train.any():
+                    continue
+                sub = batch.filter(pa.array(train))
+                for f in schema.sparse:
+                    if f.kind == "vocab":
+                        counts[f.table].add(encode.bags_of(sub, f).values)
+                for d in fitted:
+                    moments[d.name].add(encode.dense_raw(sub, d))
+        _save_vocabularies(opts, counts, result)
+        result["scales"] = {d.name: moments[d.name].scale(d.fitted) for d in fitted}
+    fit_file.write_text(json.dumps(result))
+    return result
+
+
+def _save_vocabularies(opts: Options, counts: dict[str, "_VocabCounts"], result: dict[str, Any]) -> None:
+    (opts.out_dir / layout.VOCAB_DIR).mkdir(exist_ok=True)
+    for table, c in counts.items():
+        f = opts.schema.features_of(table)[0]
+        vocab = c.vocabulary(f.min_count)
+        if not vocab:
+            names = [x.name for x in opts.schema.features_of(table)]
+            raise SchemaError(f"vocabulary feature(s) {names} (table {table!r}) have no value seen at least "
+                              f"{f.min_count} time(s) in the training split: check the column and min_count")
+        encode.vocab_path(opts.out_dir, table).write_text(json.dumps(vocab))
+        result["vocab_rows"][table] = f.oov_buckets + len(vocab)
+
+
+class _SplitWriter:
+    """The files of one split, appended block by block."""
+
+    def __init__(self, directory: Path, schema: FeatureSchema) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.schema = schema
+        self.dense = NpyWriter(directory / "dense.npy", np.float32, (schema.num_dense,))
+        self.labels = NpyWriter(directory / "labels.npy", np.float32, ())
+        self.ids, self.offsets, self.nvalues = {}, {}, {}
+        for f in schema.sparse:
+            self.ids[f.name] = NpyWriter(directory / f"{f.name}.ids.npy", layout.id_dtype(schema.table_rows(f.table)), ())
+            if f.multi_hot:
+                self.offsets[f.name] = NpyWriter(directory / f"{f.name}.offsets.npy", np.int64, ())
+                self.offsets[f.name].append(np.zeros(1, np.int64))
+            self.nvalues[f.name] = 0
+
+    def append(self, keep: np.ndarray, dense: np.ndarray, labels: np.ndarray, ids: dict[str, tuple]) -> None:
+        self.dense.append(dense[keep])
+        self.labels.append(labels[keep])
+        for name, (values, lengths) in ids.items():
+            if lengths is None:
+                self.ids[name].append(values[keep])
+                self.nvalues[name] += int(keep.sum())
+                continue
+            kept_lengths = lengths[keep]
+            self.ids[name].append(values[np.repeat(keep, lengths)])
+            self.offsets[name].append(self.nvalues[name] + np.cumsum(kept_lengths))
+            self.nvalues[name] += int(kept_lengths.sum())
+
+    def close(self) -> dict[str, Any]:
+        for w in [self.dense, self.labels, *self.ids.values(), *self.offsets.values()]:
+            w.close()
+        rows = self.labels.rows
+        return {"rows": rows, "bag_lengths": {f: n / rows if rows else 0.0 for f, n in self.nvalues.items()}}
+
+
+def _encode_block(batch: pa.RecordBatch, schema: FeatureSchema, vocabs: dict[str, pa.Array], where: str) -> dict[str, tuple]:
+    ids = {}
+    for f in schema.sparse:
+        bags = encode.bags_of(batch, f)
+        values = encode.encode_ids(bags.values, f, schema.table_rows(f.table), vocabs.get(f.table), where)
+        ids[f.name] = (values, bags.lengths)
+    return ids
+
+
+def _write(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report) -> dict[str, Any]:
+    out = opts.out_dir
+    vocabs = {t: pa.array(json.loads(encode.vocab_path(out, t).read_text()), pa.string())
+              for t in schema.table_names if schema.features_of(t)[0].kind == "vocab"}
+    for s in SPLITS:
+        shutil.rmtree(out / (s + ".partial"), ignore_errors=True)
+    writers = {s: _SplitWriter(out / (s + ".partial"), schema) for s in SPLITS}
+    bad = BadLines(strict=opts.strict)
+    row0 = 0
+    with _bar(opts, "preprocess") as bar:
+        for path, first, batch in read_inputs(opts.inputs, schema, bad):
+            where = f"{path} (data rows {first + 1}..{first + batch.num_rows})"
+            labels = encode.labels_of(batch, schema, str(path), first)
+            split = encode.split_of(batch, schema, row0, cutoffs)
+            dense = encode.dense_matrix(batch, schema)
+            ids = _encode_block(batch, schema, vocabs, where)
+            for k, s in enumerate(SPLITS):
+                writers[s].append(split == k, dense, labels, ids)
+            row0 += batch.num_rows
+            bar.update(batch.num_rows)
+    report.rows_read, report.skipped, report.examples = row0 + bad.count, bad.count, bad.examples
+    splits = {s: w.close() for s, w in writers.items()}
+    for s in SPLITS:
+        shutil.rmtree(out / s, ignore_errors=True)
+        (out / (s + ".partial")).rename(out / s)
+    return splits
+
+
+def preprocess(opts: Options) -> Report:
+    """Runs (or resumes, or confirms) the whole conversion; returns what was read and written."""
+    missing = [str(p) for p in opts.inputs if not p.is_file()]
+    if missing or not opts.inputs:
+        raise PreprocessError(f"input file(s) not found: {missing or 'none given'}")
+    done = _start(opts)
+    if done is not None:
+        return done
+    started = time.perf_counter()
+    cutoffs = _time_cutoffs(opts)
+    fit = _fit(opts, cutoffs)
+    schema = opts.schema.with_fitted(fit["vocab_rows"], {k: tuple(v) for k, v in fit["scales"].items()})
+    report = Report()
+    splits = _write(opts, schema, cutoffs, report)
+    report.rows = {s: splits[s]["rows"] for s in SPLITS}
+    report.seconds = time.perf_counter() - started
+    layout.write_meta(opts.out_dir, {
+        "schema": schema.to_dict(), "splits": splits, "rows_read": report.rows_read,
+        "skipped": report.skipped, "malformed_examples": report.examples,
+        "time_cutoffs": list(cutoffs) if cutoffs else None,
+    })
+    return report

@@ -1,0 +1,37 @@
+"""Streaming .npy writing: rows appended without knowing the final count (bounded memory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+_HEADER_BYTES = 128  # room for any shape; rewritten in place at close
+
+
+class NpyWriter:
+    """Appends rows to a .npy file without knowing the final row count (bounded memory)."""
+
+    def __init__(self, path: Path, dtype: np.dtype, row_shape: tuple[int, ...]) -> None:
+        self.path, self.dtype, self.row_shape = Path(path), np.dtype(dtype), row_shape
+        self.rows = 0
+        self.file = open(self.path, "wb")
+        self.file.write(self._header())
+
+    def _header(self) -> bytes:
+        d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+             "shape": (self.rows, *self.row_shape)}
+        text = repr(d).encode("latin1")
+        magic = np.lib.format.magic(1, 0)
+        pad = _HEADER_BYTES - len(magic) - 2 - len(text) - 1
+        return magic + (_HEADER_BYTES - len(magic) - 2).to_bytes(2, "little") + text + b" " * pad + b"\n"
+
+    def append(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=self.dtype).reshape(-1, *self.row_shape)
+        self.file.write(memoryview(rows).cast("B"))  # the array's own buffer: no copy
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        self.file.seek(0)
+        self.file.write(self._header())
+        self.file.close()
