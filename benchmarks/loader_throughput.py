@@ -22,14 +22,14 @@ from pathlib import Path
 from benchmarks.preprocess_vs_torchrec import make_input
 from dlrm_dist.data.criteo.dataset import CriteoDataset
 from dlrm_dist.data.criteo.preprocess import Options, preprocess
-from dlrm_dist.model import feature_names
+from dlrm_dist.features.builtin import criteo_sparse_names
 
 ROOT = Path(__file__).resolve().parents[1]
 MLPERF_HOT = [3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1]
 
 
 def loader_rate(directory: Path, multi_hot, batches: int = 300) -> float:
-    ds = CriteoDataset(directory, feature_names(26), multi_hot=multi_hot)
+    ds = CriteoDataset(directory, criteo_sparse_names(), multi_hot=multi_hot)
     it = ds.batches("train", 2048, 0, 2, num_batches=batches + 10)
     for _ in range(10):
         next(it)

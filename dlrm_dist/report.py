@@ -21,6 +21,7 @@ def summary_record(cfg: Config, env: DistEnv, result: TrainResult) -> dict[str, 
         "final_loss": result.losses[-1] if result.losses else None,
         "eval_auc": final.get("auc"),
         "eval_logloss": final.get("logloss"),
+        "eval_accuracy": final.get("accuracy"),
         "teacher_auc": result.teacher_auc,
         "samples_per_s": result.samples_per_s,
         "rank_step_ms": result.rank_step_ms,
@@ -36,7 +37,7 @@ def final_report(record: dict[str, Any]) -> str:
     lines = [f"done: {record['steps']} steps x {record['global_batch_size']} samples on {record['world_size']} rank(s)"]
     if record["steps"]:
         lines.append(f"  loss       {record['first_loss']:.4f} -> {record['final_loss']:.4f}")
-    lines += [auc, f"  log-loss   {record['eval_logloss']:.4f}"]
+    lines += [auc, f"  log-loss   {record['eval_logloss']:.4f}", f"  accuracy   {record['eval_accuracy']:.4f}"]
     if record["steps"]:
         lines.append(f"  throughput {record['samples_per_s']:,.0f} samples/s  "
                      f"(per-rank step ms: {', '.join(f'{t:.1f}' for t in record['rank_step_ms'])})")

@@ -1,7 +1,8 @@
 """An independent, single-process, plain-PyTorch DLRM: the reference for equivalence tests.
 
-No TorchRec: nn.EmbeddingBag (sum pooling), nn.Linear, explicit pairwise dot products
-(pairs (i, j), i < j, in row-major order over [bottom output, emb_1 .. emb_F]), and
+No TorchRec: nn.EmbeddingBag (sum or mean pooling, one per table; a shared table serves
+several features), nn.Linear, explicit pairwise dot products (pairs (i, j), i < j, in
+row-major order over [bottom output, emb_1 .. emb_F]) or a plain concatenation, and
 hand-written optimizer updates, so that nothing here shares code with dlrm_dist's model.
 """
 
@@ -23,26 +24,39 @@ def _mlp(sizes: list[int], relu_last: bool) -> nn.Sequential:
 
 
 class ReferenceDLRM(nn.Module):
-    def __init__(self, table_sizes: list[int], dim: int, bottom: list[int], top: list[int]) -> None:
+    """``tables``: (rows, dim, "sum"|"mean") each; ``feature_table[f]``: the table feature f looks up."""
+
+    def __init__(self, tables: list[tuple[int, int, str]], feature_table: list[int], bottom: list[int],
+                 top: list[int], interaction: str = "dot") -> None:
         super().__init__()
-        self.tables = nn.ModuleList([nn.EmbeddingBag(n, dim, mode="sum") for n in table_sizes])
-        self.bottom = _mlp(bottom, relu_last=True)
-        n = len(table_sizes) + 1
-        self.pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-        self.top = _mlp([bottom[-1] + len(self.pairs)] + top, relu_last=False)
+        self.tables = nn.ModuleList([nn.EmbeddingBag(n, d, mode=mode) for n, d, mode in tables])
+        self.feature_table = feature_table
+        self.bottom = _mlp(bottom, relu_last=True) if len(bottom) > 1 else None
+        self.interaction = interaction
+        dense_out = bottom[-1] if bottom else 0
+        if interaction == "dot":
+            n = len(feature_table) + (1 if bottom else 0)
+            self.pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+            width = dense_out + len(self.pairs)
+        else:
+            width = dense_out + sum(tables[t][1] for t in feature_table)
+        self.top = _mlp([width] + top, relu_last=False)
+        self.has_dense = bool(bottom)
 
     def forward(self, dense: torch.Tensor, bags: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        x = self.bottom(dense)
-        vectors = [x] + [table(ids, offsets) for table, (ids, offsets) in zip(self.tables, bags)]
-        dots = [(vectors[i] * vectors[j]).sum(dim=1, keepdim=True) for i, j in self.pairs]
-        return self.top(torch.cat([x] + dots, dim=1)).squeeze(1)
+        x = [self.bottom(dense) if self.bottom is not None else dense] if self.has_dense else []
+        vectors = x + [self.tables[t](ids, offsets) for t, (ids, offsets) in zip(self.feature_table, bags)]
+        if self.interaction == "dot":
+            dots = [(vectors[i] * vectors[j]).sum(dim=1, keepdim=True) for i, j in self.pairs]
+            return self.top(torch.cat(x + dots, dim=1)).squeeze(1)
+        return self.top(torch.cat(vectors, dim=1)).squeeze(1)
 
     def load_from(self, state: dict[str, torch.Tensor], table_names: list[str]) -> None:
         """Copies weights from a gathered dlrm_dist state dict (keys matched by role)."""
         with torch.no_grad():
             for k, name in enumerate(table_names):
                 self.tables[k].weight.copy_(state[f"model.sparse_arch.embedding_bags.{name}.weight"])
-            for prefix, seq in (("model.dense_arch", self.bottom), ("model.over_arch", self.top)):
+            for prefix, seq in (("model.dense_arch", self.bottom or []), ("model.over_arch", self.top)):
                 for idx, layer in enumerate(seq):
                     if isinstance(layer, nn.Linear):
                         layer.weight.copy_(state[f"{prefix}.{idx}.weight"])
@@ -50,7 +64,7 @@ class ReferenceDLRM(nn.Module):
 
 
 def bags_from_block(block) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(ids, offsets) per table from a SampleBlock's flat values and lengths."""
+    """(ids, offsets) per feature from a SampleBlock's flat values and lengths."""
     out = []
     for values, lengths in zip(block.values, block.lengths):
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])

@@ -19,19 +19,9 @@ from torch.distributed.checkpoint.api import CheckpointException
 from dlrm_dist.checkpoint import optim_state
 from dlrm_dist.checkpoint.io import CheckpointError, _failures, _read_metadata
 from dlrm_dist.checkpoint.store import latest_checkpoint, read_manifest
-from dlrm_dist.config.loader import load_config
+from dlrm_dist.config.loader import config_from_dict
 from dlrm_dist.model import DLRMTrain, build_model
-
-
-def _config_args(config: dict) -> list[str]:
-    """The manifest's model section as command-line overrides."""
-    args = []
-    for key, value in config["model"].items():
-        if value is None:
-            continue
-        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
-        args.append(f"--model.{key}={text}")
-    return args
+from dlrm_dist.model.spec import resolved_spec
 
 
 def _found(path: str | Path) -> Path:
@@ -51,8 +41,8 @@ def _read(found: Path, state: dict) -> None:
 def load_unsharded(path: str | Path) -> DLRMTrain:
     """The checkpoint's model as a plain CPU module (full tables), in eval mode."""
     found = _found(path)
-    cfg = load_config(_config_args(read_manifest(found)["config"]))
-    model = build_model(cfg.model, seed=0, device=torch.device("cpu"))
+    cfg = config_from_dict(read_manifest(found)["config"], f"{found} manifest")
+    model = build_model(resolved_spec(cfg), seed=0, device=torch.device("cpu"))
     state = {"model": model.state_dict()}
     _read(found, state)
     model.load_state_dict(state["model"])

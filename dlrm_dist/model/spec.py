@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from dlrm_dist.config.arch import parse_mlp
 from dlrm_dist.config.errors import ConfigError
-from dlrm_dist.config.schema import ModelConfig
-from dlrm_dist.features.schema import FeatureSchema, TableDef
+from dlrm_dist.config.schema import Config, ModelConfig
+from dlrm_dist.features.schema import FeatureSchema, TableDef, from_dict
 
 ARCHS = ("dlrm", "embedding_mlp")
 # DLRM's bottom MLP between the dense input and the embedding dim, when none is given.
@@ -100,3 +100,10 @@ def resolve_model(cfg: ModelConfig, schema: FeatureSchema) -> ModelSpec:
         dcn_num_layers=cfg.dcn_num_layers, dcn_low_rank_dim=cfg.dcn_low_rank_dim,
         residual_units=cfg.residual_units, residual_hidden=cfg.residual_hidden, loss=cfg.loss,
     )
+
+
+def resolved_spec(cfg: Config) -> ModelSpec:
+    """The model of a resolved config (a run's or checkpoint's: its ``features`` hold the schema)."""
+    if not cfg.features:
+        raise ConfigError("this config has no [features] schema: it was not written by a resolved job")
+    return resolve_model(cfg.model, from_dict(cfg.features, "the saved [features] schema"))

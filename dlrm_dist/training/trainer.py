@@ -160,8 +160,9 @@ class Trainer:
             metrics.update(logits, labels)
         self.model.train()
         values = {"step": self.step, **metrics.compute()}
-        self.log.write("eval", self.step, auc=values["auc"], logloss=values["logloss"])
-        self.say(f"eval @ step {self.step}: auc {values['auc']:.4f}  logloss {values['logloss']:.4f}")
+        self.log.write("eval", self.step, auc=values["auc"], logloss=values["logloss"], accuracy=values["accuracy"])
+        self.say(f"eval @ step {self.step}: auc {values['auc']:.4f}  logloss {values['logloss']:.4f}  "
+                 f"accuracy {values['accuracy']:.4f}")
         return values
 
     # -- helpers ------------------------------------------------------------------------

@@ -9,9 +9,9 @@ import torch
 from dlrm_dist.data.criteo.dataset import CriteoDataset, DataError
 from dlrm_dist.data.criteo.preprocess import Options, preprocess
 from dlrm_dist.metrics.eval import EvalMetrics
-from dlrm_dist.model import feature_names
+from dlrm_dist.features.builtin import criteo_sparse_names
 
-NAMES = feature_names(26)
+NAMES = criteo_sparse_names()
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ from dlrm_dist.data.criteo.dataset import CriteoDataset, DataError
 from dlrm_dist.data.criteo.parse import parse_chunk
 from dlrm_dist.data.criteo.preprocess import Options, PreprocessError, preprocess
 from dlrm_dist.data.criteo.stats import compute_stats
-from dlrm_dist.model import feature_names
+from dlrm_dist.features.builtin import criteo_sparse_names
 
-NAMES = feature_names(26)
+NAMES = criteo_sparse_names()
 
 
 def _pre(src: Path, out: Path, **kw) -> object:

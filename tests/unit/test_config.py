@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import pytest
 
-from dlrm_dist.config import ConfigError, load_config, validate_for_launch
+from dlrm_dist.config import ConfigError, load_config
 from dlrm_dist.config.loader import help_text
 from dlrm_dist.train import main
+from dlrm_dist.training.build import validate_job
+
+
+def validate_for_launch(cfg, world_size: int, device_type: str = "cpu") -> None:
+    validate_job(cfg, world_size, device_type)
 
 
 def test_defaults_are_the_demo() -> None:
     cfg = load_config([])
-    assert cfg.model.bottom_mlp == "13-512-256-64-16"
+    assert cfg.model.bottom_mlp is None and cfg.model.table_sizes is None and cfg.features is None
     assert cfg.model.top_mlp == "512-256-1"
-    assert cfg.model.table_sizes is None  # resolved from the data source: the demo's 26 tables
-    validate_for_launch(cfg, world_size=2)
+    resolved, schema, spec = validate_job(cfg, world_size=2)
+    # resolved from the built-in demo schema: 13 dense features, 26 tables of dim 16
+    assert resolved.model.bottom_mlp == "13-512-256-64-16"
+    assert schema.name == "demo" and schema.num_dense == 13 and len(spec.tables) == 26
+    assert resolved.features == schema.to_dict()
 
 
 def test_toml_then_cli_precedence(tmp_path) -> None:
@@ -36,14 +44,14 @@ def test_list_and_bool_values() -> None:
     "args, words",
     [
         (["--model.bottom_mlp=13-abc-16"], ["model.bottom_mlp", "13-abc-16", "'-'"]),
-        (["--model.bottom_mlp=13-64-32"], ["ends in 32", "embedding_dim=16"]),
-        (["--model.bottom_mlp=12-64-16"], ["starts with 12", "13 dense features"]),
+        (["--model.bottom_mlp=13-64-32"], ["ends in 32", "embedding dim 16"]),
+        (["--model.bottom_mlp=12-64-16"], ["starts with 12", "13 dense feature(s)", "'13-...'"]),
         (["--model.top_mlp=512-2"], ["must end in 1"]),
         (["--train.global_batch_size=1001"], ["1001", "not divisible by the world size 2", "1000", "1002"]),
         (["--sharding-type=diagonal"], ["sharding.sharding_type='diagonal'", "row_wise", "table_wise"]),
         (["--optim.embedding_optimizer=lamb"], ["lamb", "rowwise_adagrad"]),
         (["--optim.dense_optimizer=rowwise_adagrad"], ["dense_optimizer", "sgd, adagrad, adam"]),
-        (["--model.embedding_dim=10", "--model.bottom_mlp=13-64-10"], ["embedding_dim=10", "multiple of 4", "8 or 12"]),
+        (["--model.embedding_dim=10", "--model.bottom_mlp=13-64-10"], ["t_cat_0", "embedding dim 10", "multiple of 4", "8 or 12"]),
         (["--optim.embedding_optimizer=adam"], ["'adam' has no fused CPU kernel", "rowwise_adagrad", "data_parallel"]),
         (["--model.interaction=attention"], ["attention", "dot, cat, dcn"]),
         (["--model.nope=1"], ["unknown key", "nope", "bottom_mlp"]),

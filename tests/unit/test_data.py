@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from dlrm_dist.data import SyntheticCriteo, SyntheticSpec
-from dlrm_dist.model import feature_names
+from dlrm_dist.data.synthetic import SyntheticData, SyntheticSpec
+from dlrm_dist.features import demo_schema
+from dlrm_dist.features.schema import from_dict
 
 
-def _data(**kw) -> SyntheticCriteo:
-    spec = SyntheticSpec(table_sizes=(50, 1000, 7), **kw)
-    return SyntheticCriteo(spec, feature_names(3))
+def _data(**kw) -> SyntheticData:
+    return SyntheticData(SyntheticSpec(**kw), demo_schema([50, 1000, 7]))
 
 
 def test_deterministic_and_slice_invariant() -> None:
@@ -66,7 +66,7 @@ def test_power_law_popularity() -> None:
 
 
 def test_teacher_has_signal_and_dense_is_log_scaled() -> None:
-    d = SyntheticCriteo(SyntheticSpec(table_sizes=(50, 1000, 7)), feature_names(3), eval_batches=10)
+    d = SyntheticData(SyntheticSpec(), demo_schema([50, 1000, 7]), eval_batches=10)
     block, prob = d.samples("eval", 0, 20000)
     assert 0.15 < block.labels.mean() < 0.6
     assert abs(block.labels.mean() - prob.mean()) < 0.02
@@ -74,6 +74,16 @@ def test_teacher_has_signal_and_dense_is_log_scaled() -> None:
     assert (block.dense >= 0).all() and block.dense.max() < 20
 
 
-def test_feature_count_must_match() -> None:
-    with pytest.raises(ValueError, match="feature names"):
-        SyntheticCriteo(SyntheticSpec(table_sizes=(5, 5)), ["a"])
+def test_any_schema_shape_shared_tables_and_no_dense() -> None:
+    """Dense count from the schema (zero included); shared tables draw from the shared table's rows."""
+    schema = from_dict({"sparse": [
+        {"name": "g1", "kind": "hash", "buckets": 9, "table": "genre"},
+        {"name": "u", "kind": "identity", "buckets": 500},
+        {"name": "g2", "kind": "hash", "buckets": 9, "table": "genre"},
+    ]})
+    d = SyntheticData(SyntheticSpec(pooling_factor=2), schema)
+    block, prob = d.samples("train", 0, 4000)
+    assert block.dense.shape == (4000, 0) and d.feature_names == ["g1", "u", "g2"]
+    assert max(block.values[0].max(), block.values[2].max()) < 9 and block.values[1].max() >= 9
+    assert d.bag_lengths() == {"g1": 2.0, "u": 2.0, "g2": 2.0}
+    assert 0.05 < block.labels.mean() < 0.95 and prob.std() > 0.05  # the teacher still has signal

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from dlrm_dist.config import load_config
-from dlrm_dist.data import SyntheticCriteo, SyntheticSpec, to_batch
-from dlrm_dist.model import build_model, feature_names
+from dlrm_dist.data.batches import to_batch
+from dlrm_dist.data.synthetic import SyntheticData, SyntheticSpec
+from dlrm_dist.features import demo_schema
+from dlrm_dist.model import build_model
 from dlrm_dist.model.init import embedding_rows, fill_rows
 from dlrm_dist.model.interaction import CatInteraction, DCNInteraction, DotInteraction
 from dlrm_dist.training.build import resolve
@@ -22,8 +24,9 @@ def test_forward_backward_on_cpu(interaction: str, bottom: str) -> None:
         f"--model.interaction={interaction}", f"--model.bottom_mlp={bottom}", "--model.embedding_dim=8",
         "--model.top_mlp=16-1", "--model.table_sizes=20,30,40", "--model.dcn_low_rank_dim=4",
     ])
-    model = build_model(cfg.model, seed=0, device=torch.device("cpu"))
-    data = SyntheticCriteo(SyntheticSpec(table_sizes=(20, 30, 40), pooling_factor=2), feature_names(3))
+    cfg, schema, spec = resolve(cfg)
+    model = build_model(spec, seed=0, device=torch.device("cpu"))
+    data = SyntheticData(SyntheticSpec(pooling_factor=2), schema)
     batch = next(data.batches("train", 16, 0, 1, 1))
     loss, (_, logits, labels) = model(batch)
     assert logits.shape == (16,) and labels.shape == (16,)
@@ -32,23 +35,25 @@ def test_forward_backward_on_cpu(interaction: str, bottom: str) -> None:
 
 
 def test_dot_interaction_widths_and_values() -> None:
-    dense, sparse = torch.randn(4, 3), torch.randn(4, 2, 3)
-    out = DotInteraction(2, 3)(dense, sparse)
+    dense, embs = torch.randn(4, 3), [torch.randn(4, 3), torch.randn(4, 3)]
+    out = DotInteraction(2, 3, 3)(dense, embs)
     assert out.shape == (4, 3 + 3)
-    x = torch.cat([dense.unsqueeze(1), sparse], 1)
-    assert torch.allclose(out[:, 3], (x[:, 0] * x[:, 1]).sum(1))  # pair (0, 1) first
-    with_self = DotInteraction(2, 3, self_interaction=True)
-    assert with_self(dense, sparse).shape == (4, 3 + 6)
-    assert CatInteraction(2, 3, 3)(dense, sparse).shape == (4, 9)
-    assert DCNInteraction(2, 3, 3, num_layers=2, low_rank=2)(dense, sparse).shape == (4, 9)
+    assert torch.allclose(out[:, 3], (dense * embs[0]).sum(1))  # pair (0, 1) first
+    with_self = DotInteraction(2, 3, 3, self_interaction=True)
+    assert with_self(dense, embs).shape == (4, 3 + 6)
+    no_dense = DotInteraction(2, 3, 0)(None, embs)  # a schema without dense features
+    assert no_dense.shape == (4, 1) and torch.allclose(no_dense[:, 0], (embs[0] * embs[1]).sum(1))
+    mixed = [torch.randn(4, 3), torch.randn(4, 8)]
+    assert CatInteraction([3, 8], 3)(dense, mixed).shape == (4, 14)
+    assert CatInteraction([3, 8], 0)(None, mixed).shape == (4, 11)
+    assert DCNInteraction([3, 8], 3, num_layers=2, low_rank=2)(dense, mixed).shape == (4, 14)
 
 
 def test_mlp_weights_depend_only_on_seed() -> None:
-    cfg = load_config([])
-    cfg = resolve(cfg)
-    a = build_model(cfg.model, seed=3).model.dense_arch[0].weight
-    b = build_model(cfg.model, seed=3).model.dense_arch[0].weight
-    c = build_model(cfg.model, seed=4).model.dense_arch[0].weight
+    _, _, spec = resolve(load_config([]))
+    a = build_model(spec, seed=3).model.dense_arch[0].weight
+    b = build_model(spec, seed=3).model.dense_arch[0].weight
+    c = build_model(spec, seed=4).model.dense_arch[0].weight
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -73,7 +78,7 @@ def test_lr_schedule_warmup_and_decay() -> None:
 
 
 def test_to_batch_is_key_major() -> None:
-    data = SyntheticCriteo(SyntheticSpec(table_sizes=(5, 6), pooling_factor=2), feature_names(2))
+    data = SyntheticData(SyntheticSpec(pooling_factor=2), demo_schema([5, 6]))
     block, _ = data.samples("train", 0, 3)
     kjt = to_batch(block, data.feature_names).sparse_features
     assert kjt.keys() == ["cat_0", "cat_1"]

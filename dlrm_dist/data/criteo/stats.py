@@ -14,13 +14,15 @@ import numpy as np
 
 from dlrm_dist.data.criteo import layout
 from dlrm_dist.data.criteo.dataset import CriteoDataset, _discover_days
+from dlrm_dist.features.builtin import criteo_sparse_names
+from dlrm_dist.features.schema import TABLE_PREFIX
 
 BLOCK = 1 << 20
 
 
 def compute_stats(directory: str | Path, max_ind_range: int = 0, multi_hot: Optional[Sequence[int]] = None) -> dict[str, Any]:
     directory = Path(directory)
-    ds = CriteoDataset(directory, [f"cat_{i}" for i in range(26)], max_ind_range=max_ind_range, multi_hot=multi_hot)
+    ds = CriteoDataset(directory, criteo_sparse_names(), max_ind_range=max_ind_range, multi_hot=multi_hot)
     days = []
     for d in _discover_days(directory):
         labels = np.load(layout.day_file(directory, d, "labels"), mmap_mode="r")
@@ -36,7 +38,7 @@ def compute_stats(directory: str | Path, max_ind_range: int = 0, multi_hot: Opti
                 seen[f][block[:, f]] = True
     hot = ds._offsets  # noqa: SLF001
     features = [
-        {"feature": f"cat_{f}", "table_size": ds.table_sizes[f], "cardinality": int(seen[f].sum()),
+        {"feature": ds.feature_names[f], "table_size": ds.table_sizes[f], "cardinality": int(seen[f].sum()),
          "pooling_factor": float(len(hot[f])) if hot else 1.0}
         for f in range(len(seen))
     ]
@@ -47,7 +49,7 @@ def compute_stats(directory: str | Path, max_ind_range: int = 0, multi_hot: Opti
 def tables_file(stats: dict[str, Any], dim: int) -> dict[str, Any]:
     """A planner tables file (dlrm-plan make --tables) for these features."""
     return {"tables": [
-        {"name": f"t_{f['feature']}", "rows": f["table_size"], "dim": dim,
+        {"name": TABLE_PREFIX + f["feature"], "rows": f["table_size"], "dim": dim,
          "pooling_factor": f["pooling_factor"], "feature_names": [f["feature"]]}
         for f in stats["features"]
     ]}
