@@ -26,6 +26,8 @@ class EvalMetrics:
         logits, labels = logits.detach().float().cpu(), labels.detach().cpu()
         keep = labels >= 0
         logits, labels = logits[keep], labels[keep]
+        if labels.numel() == 0:  # a rank's share of the last batch can be all padding
+            return
         probs = torch.sigmoid(logits)
         self.auc.update(probs, labels.long())
         self.accuracy.update(probs, labels.long())

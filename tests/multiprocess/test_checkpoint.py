@@ -98,15 +98,16 @@ def test_export_to_an_unsharded_model(tmp_path) -> None:
     from dlrm_dist.checkpoint.export import load_unsharded, main as export_main
     from dlrm_dist.config import load_config
     from dlrm_dist.metrics.eval import EvalMetrics
-    from dlrm_dist.training.build import build_data, resolve
+    from dlrm_dist.data.resolve import build_data
+    from dlrm_dist.training.build import resolve
 
     base = [a for a in SMALL if not a.startswith("--sharding-type")] + ["--sharding-type=row_wise"]
     ckpt = tmp_path / "ckpt"
     trained = _train(base + [f"--checkpoint-dir={ckpt}", "--train.steps=10"], 2, tmp_path)
     model = load_unsharded(ckpt)
     assert not any(type(t).__name__ == "ShardedTensor" for t in model.state_dict().values())
-    cfg = resolve(load_config(base))
-    data = build_data(cfg)
+    cfg, schema, _ = resolve(load_config(base))
+    data = build_data(cfg, schema)
     metrics = EvalMetrics()
     with torch.no_grad():
         for batch in data.batches("eval", 64, 0, 1, data.eval_batch_count(64)):

@@ -3,7 +3,7 @@
 Same contract as the Criteo loader: each rank reads its contiguous slice of each global
 batch; training visits batches in a seeded per-epoch permutation (the same for every world
 size) and drops the last partial batch; evaluation keeps every row, padding the last batch
-with label -1 rows (empty bags) that the metrics ignore. Ids are checked against their
+with label -1 rows (copies of the split's first row) that the metrics ignore. Ids are checked against their
 table's size in every batch (one max per feature): an id out of range fails with the file
 and feature named, never clamped.
 """
@@ -74,7 +74,11 @@ class ColumnarDataset:
 
     # -- reading -------------------------------------------------------------------------------
     def block(self, split: str, lo: int, count: int) -> SampleBlock:
-        """Rows ``[lo, lo + count)`` of ``split``, padded past its end (label -1, empty bags)."""
+        """Rows ``[lo, lo + count)`` of ``split``; rows past its end repeat its first row, labelled -1.
+
+        (Padding with real rows rather than empty bags: TorchRec's sharded lookups fail on a
+        rank whose batch holds no id at all for a feature.)
+        """
         data = self.split(split)
         hi = min(max(lo, 0) + count, data.rows)
         lo = min(lo, hi)
@@ -82,12 +86,15 @@ class ColumnarDataset:
         values, lengths = [], []
         for f in self.feature_names:
             v, n = self._bags(data, split, f, lo, hi)
+            if pad:
+                v0, n0 = self._bags(data, split, f, 0, 1)
+                v, n = np.concatenate([v, np.tile(v0, pad)]), np.concatenate([n, np.repeat(n0, pad)])
             values.append(v)
-            lengths.append(np.concatenate([n, np.zeros(pad, np.int64)]) if pad else n)
+            lengths.append(n)
         dense = np.asarray(data.dense[lo:hi], dtype=np.float32)
         labels = np.asarray(data.labels[lo:hi], dtype=np.float32)
         if pad:
-            dense = np.concatenate([dense, np.zeros((pad, dense.shape[1]), np.float32)])
+            dense = np.concatenate([dense, np.repeat(np.asarray(data.dense[:1], np.float32), pad, 0)])
             labels = np.concatenate([labels, np.full(pad, -1.0, np.float32)])
         return SampleBlock(dense, values, lengths, labels)
 

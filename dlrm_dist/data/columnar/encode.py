@@ -66,14 +66,14 @@ def labels_of(batch: pa.RecordBatch, schema: FeatureSchema, where: str, first_ro
     values = col.to_numpy(zero_copy_only=False)
     missing = np.flatnonzero(np.isnan(values))
     if missing.size:
-        raise PreprocessError(f"{where} row {first_row + missing[0] + 1}: label column "
+        raise PreprocessError(f"{where} data row {first_row + missing[0] + 1}: label column "
                               f"{schema.label.column!r} is empty ({missing.size} such rows in this block)")
     if schema.label.threshold is not None:
         return (values >= schema.label.threshold).astype(np.float32)
     bad = np.flatnonzero((values != 0) & (values != 1))
     if bad.size:
         raise PreprocessError(
-            f"{where} row {first_row + bad[0] + 1}: label {values[bad[0]]!r} in column {schema.label.column!r} "
+            f"{where} data row {first_row + bad[0] + 1}: label {float(values[bad[0]])} in column {schema.label.column!r} "
             "is not 0 or 1; give label.threshold (e.g. threshold = 4 makes value >= 4 a positive)")
     return values.astype(np.float32)
 

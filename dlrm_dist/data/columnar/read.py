@@ -36,13 +36,17 @@ class BadLines:
     count: int = 0
     examples: list[str] = field(default_factory=list)
     strict: bool = False
+    fatal: Optional[str] = None  # strict: the first malformed line, raised by the reader
 
-    def add(self, where: str, why: str) -> None:
+    def add(self, where: str, why: str) -> str:
+        """Records a malformed line; returns what pyarrow should do with it."""
         if self.strict:
-            raise PreprocessError(f"{where}: {why} (--strict stops at the first malformed line)")
+            self.fatal = f"{where}: {why} (--strict stops at the first malformed line)"
+            return "error"
         self.count += 1
         if len(self.examples) < REPORTED:
             self.examples.append(f"{where}: {why}")
+        return "skip"
 
 
 def file_format(path: Path, schema: FeatureSchema) -> str:
@@ -80,16 +84,19 @@ def _csv_names(path: Path, schema: FeatureSchema, delimiter: str) -> list[str]:
     if not schema.input.header:
         return list(schema.input.columns or ())
     opts = pa_csv.ReadOptions(block_size=1 << 16)
-    reader = pa_csv.open_csv(str(path), read_options=opts, parse_options=pa_csv.ParseOptions(delimiter=delimiter))
-    return reader.schema.names
+    # Only the header is wanted here; malformed lines are counted by the real read.
+    parse = pa_csv.ParseOptions(delimiter=delimiter, invalid_row_handler=lambda _row: "skip")
+    return pa_csv.open_csv(str(path), read_options=opts, parse_options=parse).schema.names
 
 
-def _conversion_error(path: Path, e: pa.ArrowInvalid) -> PreprocessError:
+def _conversion_error(path: Path, e: pa.ArrowInvalid, bad: BadLines) -> PreprocessError:
+    if bad.fatal:
+        return PreprocessError(bad.fatal)
     m = re.search(r"column #(\d+): Row #(\d+): CSV conversion error to \w+: invalid value '([^']*)'", str(e))
     if not m:
         return PreprocessError(f"{path}: {e}")
     return PreprocessError(
-        f"{path}: row {m.group(2)}, column #{m.group(1)}: {m.group(3)!r} is not a number, but the schema reads "
+        f"{path}: line {m.group(2)}, column #{m.group(1)}: {m.group(3)!r} is not a number, but the schema reads "
         "this column as a number (a dense feature, the label or the time column); fix the data, or list "
         "the value in input.null_values to read it as missing")
 
@@ -101,8 +108,7 @@ def _read_csv(path: Path, schema: FeatureSchema, fmt: str, wanted: list[str], ba
 
     def handler(row: pa_csv.InvalidRow) -> str:
         line = f"{path}:{row.number}" if row.number is not None else str(path)
-        bad.add(line, f"{row.actual_columns} fields, expected {row.expected_columns}")
-        return "skip"
+        return bad.add(line, f"{row.actual_columns} fields, expected {row.expected_columns}")
 
     read_opts = pa_csv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False,
                                    column_names=None if schema.input.header else names)
@@ -114,14 +120,14 @@ def _read_csv(path: Path, schema: FeatureSchema, fmt: str, wanted: list[str], ba
     try:  # opening reads the first block: a conversion error can come from here too
         reader = pa_csv.open_csv(str(path), read_options=read_opts, parse_options=parse_opts, convert_options=convert)
     except pa.ArrowInvalid as e:
-        raise _conversion_error(path, e) from None
+        raise _conversion_error(path, e, bad) from None
     while True:
         try:
             batch = reader.read_next_batch()
         except StopIteration:
             return
         except pa.ArrowInvalid as e:
-            raise _conversion_error(path, e) from None
+            raise _conversion_error(path, e, bad) from None
         yield batch
 
 

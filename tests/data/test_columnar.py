@@ -1,0 +1,209 @@
+"""Schema-driven preprocessing and loading, checked against computations written here.
+
+Inputs are small files written by the tests (CSV, gzip, Parquet), so every expected id,
+statistic and split can be worked out independently of the code under test.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dlrm_dist.config import load_config
+from dlrm_dist.data.columnar import layout
+from dlrm_dist.data.columnar.dataset import ColumnarDataset
+from dlrm_dist.data.columnar.layout import DataError
+from dlrm_dist.data.columnar.preprocess import Options, preprocess
+from dlrm_dist.data.columnar.read import PreprocessError
+from dlrm_dist.features import SchemaError
+from dlrm_dist.features.schema import from_dict
+from dlrm_dist.training.build import validate_job
+
+HEADER = "uid,color,tags,price,ts,rating"
+ROWS = [  # ts 1..10: with fractions 0.6/0.2/0.2 the time split is train 1-6, val 7-8, test 9-10
+    "3,red,a|b,10,1,5", "1,blue,,20,2,1", "3,red,b,,3,4", "0,green,a|c|b,40,4,2", "2,red,c,50,5,5",
+    "1,blue,a,60,6,3", "4,pink,b|a,70,7,4", "0,red,,80,8,1", "2,blue,z,90,9,5", "1,green,c,100,10,2",
+]
+SCHEMA = {
+    "name": "tiny",
+    "label": {"column": "rating", "threshold": 4},
+    "split": {"by": "time", "column": "ts", "fractions": [0.6, 0.2, 0.2]},
+    "dense": [{"name": "price", "transform": "standardize", "fill": 30.0}],
+    "sparse": [
+        {"name": "uid", "kind": "identity", "buckets": 5, "dim": 8},
+        {"name": "color", "kind": "vocab", "min_count": 2},
+        {"name": "color_h", "column": "color", "kind": "hash", "buckets": 7},
+        {"name": "tags", "kind": "vocab", "delimiter": "|", "pooling": "mean"},
+    ],
+}
+
+
+def _write(tmp: Path, rows: list[str] = ROWS, name: str = "data.csv") -> Path:
+    p = tmp / name
+    p.write_text("\n".join([HEADER, *rows]) + "\n")
+    return p
+
+
+def _run(tmp: Path, inputs: list[Path], schema: dict = SCHEMA, out: str = "out", **kw):
+    return preprocess(Options(from_dict(schema), inputs, tmp / out, progress=False, **kw))
+
+
+def _fnv1a(text: str) -> int:
+    h = 0xCBF29CE484222325
+    for byte in text.encode():
+        h = ((h ^ byte) * 0x100000001B3) % 2**64
+    return h
+
+
+def _arrays(out: Path, split: str) -> dict[str, np.ndarray]:
+    return {p.name: np.load(p) for p in sorted((out / split).glob("*.npy"))}
+
+
+def test_outputs_match_an_independent_computation(tmp_path: Path) -> None:
+    report = _run(tmp_path, [_write(tmp_path)])
+    assert report.rows == {"train": 6, "val": 2, "test": 2} and report.skipped == 0
+    out = tmp_path / "out"
+    train = _arrays(out, "train")
+    assert train["labels.npy"].tolist() == [1, 0, 1, 0, 1, 0]  # rating >= 4
+    prices = np.array([10, 20, 30, 40, 50, 60], float)  # the missing price filled with 30
+    expected = (prices - prices.mean()) / prices.std()
+    np.testing.assert_allclose(train["dense.npy"][:, 0], expected, rtol=1e-6)
+    assert train["uid.ids.npy"].tolist() == [3, 1, 3, 0, 2, 1]
+    # vocab over the training rows, min_count 2: red (3), blue (2); id 0 is the OOV row
+    assert json.loads((out / "vocab" / "t_color.json").read_text()) == ["red", "blue"]
+    assert train["color.ids.npy"].tolist() == [1, 2, 1, 0, 1, 2]
+    assert _arrays(out, "val")["color.ids.npy"].tolist() == [0, 1]  # pink unseen, red known
+    assert train["color_h.ids.npy"].tolist() == [_fnv1a(c) % 7 for c in ["red", "blue", "red", "green", "red", "blue"]]
+    # multi-hot: tag vocabulary by count (a 3, b 3, c 2; ties by value), bags as offsets
+    assert json.loads((out / "vocab" / "t_tags.json").read_text()) == ["a", "b", "c"]
+    assert train["tags.offsets.npy"].tolist() == [0, 2, 2, 3, 6, 7, 8]
+    assert train["tags.ids.npy"].tolist() == [1, 2, 2, 1, 3, 2, 3, 1]
+    assert _arrays(out, "test")["tags.ids.npy"].tolist() == [0, 3]  # z is out of vocabulary
+    meta = layout.read_meta(out)
+    assert meta["splits"]["train"]["bag_lengths"]["tags"] == pytest.approx(8 / 6)
+    schema = layout.stored_schema(out)
+    assert dict(schema.vocab_rows) == {"t_color": 3, "t_tags": 4}
+    assert schema.dense[0].scale == pytest.approx((prices.mean(), prices.std()))
+
+
+def test_gzip_and_parquet_give_the_same_arrays(tmp_path: Path) -> None:
+    _run(tmp_path, [_write(tmp_path)], out="csv")
+    gz = tmp_path / "data.csv.gz"
+    gz.write_bytes(gzip.compress(_write(tmp_path).read_bytes()))
+    _run(tmp_path, [gz], out="gz")
+    table = pa.csv.read_csv(_write(tmp_path)) if hasattr(pa, "csv") else None
+    import pyarrow.csv as pa_csv
+
+    table = pa_csv.read_csv(_write(tmp_path), convert_options=pa_csv.ConvertOptions(
+        column_types={"tags": pa.string(), "color": pa.string()}, strings_can_be_null=False))
+    pq.write_table(table, tmp_path / "data.parquet")
+    _run(tmp_path, [tmp_path / "data.parquet"], out="pq")
+    for split in ("train", "val", "test"):
+        ref = _arrays(tmp_path / "csv", split)
+        for other in ("gz", "pq"):
+            got = _arrays(tmp_path / other, split)
+            assert ref.keys() == got.keys()
+            for k in ref:
+                np.testing.assert_array_equal(ref[k], got[k], err_msg=f"{other}/{split}/{k}")
+
+
+def test_malformed_lines_are_counted_by_file_and_line(tmp_path: Path) -> None:
+    rows = ROWS[:3] + ["7,oops"] + ROWS[3:]
+    report = _run(tmp_path, [_write(tmp_path, rows)])
+    assert report.skipped == 1 and report.rows_read == 11
+    assert report.examples == [f"{tmp_path / 'data.csv'}:5: 2 fields, expected 6"]
+    with pytest.raises(PreprocessError, match=r"data.csv:5.*--strict"):
+        _run(tmp_path, [_write(tmp_path, rows)], out="strict", strict=True)
+
+
+def test_rerun_resumes_refuses_another_job_or_starts_over(tmp_path: Path) -> None:
+    data = _write(tmp_path)
+    _run(tmp_path, [data])
+    assert _run(tmp_path, [data]).up_to_date
+    other = json.loads(json.dumps(SCHEMA))
+    other["sparse"][2]["buckets"] = 50
+    with pytest.raises(PreprocessError, match=r"another preprocessing job \(schema sparse\).*--overwrite"):
+        _run(tmp_path, [data], other)
+    second = _write(tmp_path, ROWS[:8], "other.csv")
+    with pytest.raises(PreprocessError, match=r"inputs .*data.csv.* -> .*other.csv"):
+        _run(tmp_path, [second])
+    assert _run(tmp_path, [second], overwrite=True).rows == {"train": 5, "val": 1, "test": 2}  # ts 1..8
+    assert layout.read_meta(tmp_path / "out")["rows_read"] == 8
+
+
+@pytest.mark.parametrize("rows, change, words", [
+    (ROWS, {"sparse": [{"name": "shape", "kind": "vocab"}]}, ["['shape']", "does not have", "uid"]),
+    (["3,red,a,cheap,1,5"] + ROWS[1:], {}, ["line 2", "'cheap' is not a number", "null_values"]),
+    (ROWS, {"sparse": [{"name": "color", "kind": "vocab", "min_count": 99}]}, ["'color'", "no value seen", "min_count"]),
+    (ROWS, {"label": {"column": "rating"}}, ["label 5.0", "not 0 or 1", "threshold"]),
+    (["9,red,a,10,1,5"] + ROWS[1:], {}, ["identity feature 'uid'", "id 9", "[0, 5)"]),
+])
+def test_bad_input_is_named(tmp_path: Path, rows: list[str], change: dict, words: list[str]) -> None:
+    with pytest.raises(SchemaError) as e:  # PreprocessError is a SchemaError
+        _run(tmp_path, [_write(tmp_path, rows)], {**SCHEMA, **change})
+    for w in words:
+        assert w in str(e.value), f"{w!r} not in: {e.value}"
+
+
+@pytest.fixture()
+def out(tmp_path: Path) -> Path:
+    _run(tmp_path, [_write(tmp_path)])
+    return tmp_path / "out"
+
+
+def test_loader_slices_pads_and_pools(out: Path) -> None:
+    ds = ColumnarDataset(out, eval_split="val", shuffle=False)
+    full = next(ds.batches("train", 6, 0, 1, 1))
+    parts = [next(ds.batches("train", 6, r, 2, 1)) for r in range(2)]
+    assert full.labels.tolist() == parts[0].labels.tolist() + parts[1].labels.tolist()
+    assert full.sparse_features["tags"].lengths().tolist() == [2, 0, 1, 3, 1, 1]
+    ev = list(ds.batches("eval", 4, 0, 1))  # 2 val rows in a batch of 4: padded
+    assert len(ev) == 1 and ev[0].labels.tolist() == [1, 0, -1, -1]
+    assert ev[0].sparse_features["tags"].lengths().tolist() == [2, 0, 2, 2]  # padding repeats row 0
+    assert ds.bag_lengths()["tags"] == pytest.approx(8 / 6)
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda d: np.save(d / "train" / "labels.npy", np.zeros(5, np.float32)), ["labels.npy", "shape (5,)", "(6)"]),
+    (lambda d: np.save(d / "train" / "dense.npy", np.zeros((6, 1), np.float64)), ["dense.npy", "float64"]),
+    (lambda d: (d / "val" / "uid.ids.npy").write_bytes((d / "val" / "uid.ids.npy").read_bytes()[:-4]),
+     ["uid.ids.npy", "truncated or corrupt"]),
+    (lambda d: (d / "test" / "tags.ids.npy").write_bytes(b"\x93NUMPY garbage"), ["tags.ids.npy", "not a readable"]),
+    (lambda d: (d / "train" / "color.ids.npy").unlink(), ["color.ids.npy", "missing"]),
+    (lambda d: np.save(d / "train" / "tags.offsets.npy", np.array([0, 2, 2, 3, 6, 7, 9])), ["tags.offsets.npy", "holds 8 ids"]),
+])
+def test_loader_refuses_inconsistent_files_by_name(out: Path, damage, words: list[str]) -> None:
+    damage(out)
+    with pytest.raises(DataError) as e:
+        ColumnarDataset(out)
+    for w in words:
+        assert w in str(e.value), f"{w!r} not in: {e.value}"
+
+
+def test_out_of_range_id_fails_naming_file_and_feature(out: Path) -> None:
+    ids = np.load(out / "train" / "uid.ids.npy")
+    ids[2] = 5  # the table has 5 rows
+    np.save(out / "train" / "uid.ids.npy", ids)
+    ds = ColumnarDataset(out, shuffle=False)
+    with pytest.raises(DataError, match=r"uid.ids.npy: feature 'uid' has id 5 outside its table of 5 rows"):
+        next(ds.batches("train", 6, 0, 1, 1))
+
+
+def test_job_schema_must_match_the_directory(out: Path, tmp_path: Path) -> None:
+    base = ["--data.source=columnar", f"--data.data_dir={out}", "--model.interaction=cat"]
+    cfg, schema, spec = validate_job(load_config(base), world_size=1)
+    assert schema.name == "tiny" and [t.rows for t in spec.tables] == [5, 3, 7, 4]
+    other = json.loads(json.dumps(SCHEMA))
+    other["sparse"][0]["buckets"] = 6
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SchemaError, match=r"differs from the one .* \(sparse feature 'uid'\)"):
+        validate_job(load_config(base + [f"--data.schema={tmp_path / 'other.json'}"]), world_size=1)
+    (out / "meta.json").unlink()
+    with pytest.raises(DataError, match="no meta.json"):
+        validate_job(load_config(base), world_size=1)
