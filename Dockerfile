@@ -13,6 +13,7 @@ WORKDIR /opt/dlrm_dist
 COPY pyproject.toml Makefile README.md ./
 COPY dlrm_dist ./dlrm_dist
 COPY launch ./launch
+COPY examples ./examples
 ENV VENV=/opt/venv PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
 
 FROM source AS cpu
