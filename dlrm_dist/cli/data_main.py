@@ -85,23 +85,33 @@ def run_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_outputs(args: argparse.Namespace, stats: dict, tables_file) -> bool:
+    """Writes --tables-out; prints --json. True when the JSON was the whole answer."""
+    if args.tables_out:
+        Path(args.tables_out).write_text(json.dumps(tables_file(stats, args.dim), indent=1) + "\n")
+    if args.json:
+        print(json.dumps(stats, indent=1))
+    return args.json
+
+
+def _said_tables(args: argparse.Namespace) -> int:
+    if args.tables_out:
+        print(f"wrote planner tables file {args.tables_out}")
+    return 0
+
+
 def run_columnar_stats(args: argparse.Namespace) -> int:
     from dlrm_dist.data.columnar.stats import compute_stats, tables_file
 
     s = compute_stats(args.directory)
-    if args.tables_out:
-        Path(args.tables_out).write_text(json.dumps(tables_file(s, args.dim), indent=1) + "\n")
-    if args.json:
-        print(json.dumps(s, indent=1))
+    if _write_outputs(args, s, tables_file):
         return 0
     rows = "  ".join(f"{k} {v['rows']:,} (positive rate {v['label_rate']:.4f})" for k, v in s["splits"].items())
     print(f"{s['directory']} (schema {s['schema']}): {rows}")
     print(f"{'feature':<16} {'table':<16} {'rows':>10} {'seen':>10} {'pooling':>8}")
     for f in s["features"]:
         print(f"{f['feature']:<16} {f['table']:<16} {f['table_size']:>10,} {f['cardinality']:>10,} {f['pooling_factor']:>8.2f}")
-    if args.tables_out:
-        print(f"wrote planner tables file {args.tables_out}")
-    return 0
+    return _said_tables(args)
 
 
 def run_fetch(args: argparse.Namespace) -> int:
@@ -120,10 +130,7 @@ def run_stats(args: argparse.Namespace) -> int:
     from dlrm_dist.data.criteo.stats import compute_stats, tables_file
 
     s = compute_stats(args.directory, args.max_ind_range, args.multi_hot)
-    if args.tables_out:
-        Path(args.tables_out).write_text(json.dumps(tables_file(s, args.dim), indent=1) + "\n")
-    if args.json:
-        print(json.dumps(s, indent=1))
+    if _write_outputs(args, s, tables_file):
         return 0
     print(f"{s['directory']}: train {s['train_rows']:,} rows, val {s['val_rows']:,}, test {s['test_rows']:,} "
           "(val = first half of the last day, test = second half)")
@@ -132,9 +139,7 @@ def run_stats(args: argparse.Namespace) -> int:
     print(f"{'feature':<8} {'table size':>12} {'cardinality':>12} {'pooling':>8}")
     for f in s["features"]:
         print(f"{f['feature']:<8} {f['table_size']:>12,} {f['cardinality']:>12,} {f['pooling_factor']:>8.2f}")
-    if args.tables_out:
-        print(f"wrote planner tables file {args.tables_out}")
-    return 0
+    return _said_tables(args)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

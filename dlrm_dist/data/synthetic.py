@@ -30,30 +30,20 @@ from torchmetrics.functional.classification import binary_auroc
 from torchrec.datasets.utils import Batch
 
 from dlrm_dist.data.batches import SampleBlock, to_batch
+from dlrm_dist.data.hashing import U64, splitmix64, unit_uniform
 from dlrm_dist.features.schema import FeatureSchema
 
 SPLITS = {"train": 0, "eval": 1}
-_U64 = np.uint64
 _BIAS = -1.0  # teacher logit offset: a click rate around a quarter
 _SCRAMBLE_PRIME = 1_000_003
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """A bijective 64-bit mix (wrapping arithmetic): a hash for the teacher's id weights."""
-    with np.errstate(over="ignore"):
-        z = x.astype(_U64) + _U64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
-        return z ^ (z >> _U64(31))
-
-
 def _hash_uniform(seed: int, table: int, ids: np.ndarray) -> np.ndarray:
     """A fixed weight in [-sqrt3, sqrt3] (unit variance) for each id of ``table``."""
-    salt = _splitmix64(np.array([(seed << 20) ^ (table + 1)], dtype=_U64))[0]
+    salt = splitmix64(np.array([(seed << 20) ^ (table + 1)], dtype=U64))[0]
     with np.errstate(over="ignore"):
-        z = _splitmix64(ids.astype(_U64) ^ salt)
-    u = (z >> _U64(11)).astype(np.float64) * (1.0 / (1 << 53))
-    return (2.0 * u - 1.0) * math.sqrt(3.0)
+        z = splitmix64(ids.astype(U64) ^ salt)
+    return (2.0 * unit_uniform(z) - 1.0) * math.sqrt(3.0)
 
 
 def _power_law(u: np.ndarray, rows: int, alpha: float) -> np.ndarray:

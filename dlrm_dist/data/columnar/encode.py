@@ -23,19 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dlrm_dist.data.columnar.read import PreprocessError
+from dlrm_dist.data.hashing import U64, splitmix64, unit_uniform
 from dlrm_dist.features.schema import DenseFeature, FeatureSchema, SparseFeature
 
-_U64 = np.uint64
-_FNV_OFFSET, _FNV_PRIME = _U64(0xCBF29CE484222325), _U64(0x100000001B3)
-
-
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """A bijective 64-bit mix (wrapping arithmetic)."""
-    with np.errstate(over="ignore"):
-        z = x.astype(_U64) + _U64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
-        return z ^ (z >> _U64(31))
+_FNV_OFFSET, _FNV_PRIME = U64(0xCBF29CE484222325), U64(0x100000001B3)
 
 
 def fnv1a(strings: pa.Array) -> np.ndarray:
@@ -46,7 +37,7 @@ def fnv1a(strings: pa.Array) -> np.ndarray:
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
     data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
     starts, lengths = offsets[:-1], np.diff(offsets)
-    h = np.full(len(arr), _FNV_OFFSET, dtype=_U64)
+    h = np.full(len(arr), _FNV_OFFSET, dtype=U64)
     active = np.arange(len(arr))
     k = 0
     with np.errstate(over="ignore"):
@@ -54,7 +45,7 @@ def fnv1a(strings: pa.Array) -> np.ndarray:
             active = active[lengths[active] > k]
             if not active.size:
                 break
-            h[active] = (h[active] ^ data[starts[active] + k].astype(_U64)) * _FNV_PRIME
+            h[active] = (h[active] ^ data[starts[active] + k].astype(U64)) * _FNV_PRIME
             k += 1
     return h
 
@@ -87,8 +78,8 @@ def split_of(batch: pa.RecordBatch, schema: FeatureSchema, row0: int, cutoffs: O
             raise PreprocessError(f"time column {s.column!r} has empty cells: every row needs a time")
         return (t >= cutoffs[0]).astype(np.int8) + (t >= cutoffs[1]).astype(np.int8)
     rows = np.arange(row0, row0 + batch.num_rows, dtype=np.int64)
-    z = splitmix64(rows.astype(_U64) ^ splitmix64(np.array([s.seed], _U64))[0])
-    u = (z >> _U64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    z = splitmix64(rows.astype(U64) ^ splitmix64(np.array([s.seed], U64))[0])
+    u = unit_uniform(z)
     f = s.fractions
     return (u >= f[0]).astype(np.int8) + (u >= f[0] + f[1]).astype(np.int8)
 
@@ -150,13 +141,13 @@ def bags_of(batch: pa.RecordBatch, f: SparseFeature) -> Bags:
 def encode_ids(values: pa.Array, f: SparseFeature, rows: int, vocab: Optional[pa.Array], where: str) -> np.ndarray:
     """Text values -> int64 ids in [0, rows)."""
     if f.kind == "hash":
-        return (fnv1a(values) % _U64(rows)).astype(np.int64)
+        return (fnv1a(values) % U64(rows)).astype(np.int64)
     if f.kind == "vocab":
         index = pc.index_in(values, value_set=vocab).to_numpy(zero_copy_only=False)
         unseen = np.isnan(index) if index.dtype.kind == "f" else np.zeros(len(index), bool)
         ids = np.where(unseen, 0, np.nan_to_num(index)).astype(np.int64) + f.oov_buckets
         if unseen.any():
-            oov = (fnv1a(pc.filter(values, pa.array(unseen))) % _U64(f.oov_buckets)).astype(np.int64)
+            oov = (fnv1a(pc.filter(values, pa.array(unseen))) % U64(f.oov_buckets)).astype(np.int64)
             ids[unseen] = oov
         return ids
     filled = pc.fill_null(values, "0")
