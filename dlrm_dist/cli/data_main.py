@@ -21,7 +21,8 @@ def _preprocess_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", nargs="+", required=True, type=Path,
                    help="--schema: CSV/TSV (plain or .gz) or Parquet files; kaggle: train.txt; "
                         "terabyte: day_0 .. day_N files in day order (plain or .gz)")
-    p.add_argument("--overwrite", action="store_true", help="--schema: start over in a directory of another job")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a directory written by another job (other inputs or options)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--max-ind-range", type=int, default=0, help="hash ids modulo this (e.g. 40000000); 0 = raw")
     p.add_argument("--vocab", action="store_true", help="contiguous ids from a vocabulary of the training days")
@@ -71,7 +72,8 @@ def run_preprocess(args: argparse.Namespace) -> int:
     opts = Options(dataset=args.dataset, inputs=list(args.input), out_dir=args.out,
                    id_mode="vocab" if args.vocab else "hash", max_ind_range=args.max_ind_range,
                    frequency_threshold=args.frequency_threshold, kaggle_days=args.kaggle_days,
-                   workers=args.workers, strict=args.strict, progress=not args.no_progress)
+                   workers=args.workers, strict=args.strict, progress=not args.no_progress,
+                   overwrite=args.overwrite)
     r = preprocess(opts)
     rate = r.lines / r.seconds if r.seconds else 0
     print(f"rows read {r.lines:,}  written {r.written:,}  skipped {r.skipped:,}  "

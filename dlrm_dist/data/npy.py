@@ -27,8 +27,10 @@ class NpyWriter:
         return magic + (_HEADER_BYTES - len(magic) - 2).to_bytes(2, "little") + text + b" " * pad + b"\n"
 
     def append(self, rows: np.ndarray) -> None:
-        rows = np.ascontiguousarray(rows, dtype=self.dtype).reshape(-1, *self.row_shape)
-        self.file.write(memoryview(rows).cast("B"))  # the array's own buffer: no copy
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        rows = rows.reshape(len(rows), *self.row_shape)  # (not -1: rows of width 0 are legal)
+        if rows.size:  # memoryview cannot cast an empty buffer (no rows, or rows of width 0)
+            self.file.write(memoryview(rows).cast("B"))  # the array's own buffer: no copy
         self.rows += len(rows)
 
     def close(self) -> None:

@@ -25,12 +25,12 @@ from typing import Any, Optional
 import numpy as np
 
 from dlrm_dist.config.errors import ConfigError
+from dlrm_dist.data.jobrecord import JOB, read_job
 from dlrm_dist.features.schema import SPLITS, FeatureSchema, SparseFeature, from_dict
 
 FORMAT = "dlrm_dist.columnar"
 VERSION = 1
 META = "meta.json"
-JOB = "job.json"
 VOCAB_DIR = "vocab"
 INT32_ROWS = 2**31 - 1
 
@@ -62,7 +62,10 @@ def offsets_file(directory: Path, split: str, feature: str) -> Path:
 def is_columnar(directory: str | Path) -> bool:
     """A directory written (or being written) by ``dlrm-data preprocess --schema``."""
     p = Path(directory) / META
-    return (Path(directory) / JOB).is_file() or (p.is_file() and '"' + FORMAT + '"' in p.read_text())
+    if p.is_file():
+        return '"' + FORMAT + '"' in p.read_text()
+    job = read_job(Path(directory))  # a half-written directory: its job record says whose it is
+    return job is not None and "schema" in job
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:

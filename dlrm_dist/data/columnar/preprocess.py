@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from dlrm_dist.data.columnar import encode, layout
 from dlrm_dist.data.columnar.read import BadLines, PreprocessError, read_inputs
+from dlrm_dist.data.jobrecord import differences, job_record, read_job, write_job
 from dlrm_dist.data.npy import NpyWriter
 from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.features.schema import SPLITS, FeatureSchema
@@ -59,24 +60,8 @@ class Report:
 
 
 # -- the job record -----------------------------------------------------------------------------
-def job_record(opts: Options) -> dict[str, Any]:
-    inputs = [{"path": str(p.resolve()), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in opts.inputs]
-    return {"inputs": inputs, "schema": opts.schema.without_fitted().to_dict(), "options": {"strict": opts.strict}}
-
-
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    out = []
-    if [i["path"] for i in old["inputs"]] != [i["path"] for i in new["inputs"]]:
-        out.append(f"inputs {[i['path'] for i in old['inputs']]} -> {[i['path'] for i in new['inputs']]}")
-    elif old["inputs"] != new["inputs"]:
-        changed = [n["path"] for o, n in zip(old["inputs"], new["inputs"]) if o != n]
-        out.append(f"input file(s) changed since (size or modification time): {changed}")
-    for key in sorted(set(old["schema"]) | set(new["schema"])):
-        if old["schema"].get(key) != new["schema"].get(key):
-            out.append(f"schema {key}")
-    if old["options"] != new["options"]:
-        out.append(f"options {old['options']} -> {new['options']}")
-    return out
+def _job(opts: Options) -> dict[str, Any]:
+    return job_record(opts.inputs, {"schema": opts.schema.without_fitted().to_dict(), "options": {"strict": opts.strict}})
 
 
 def _clear(out: Path) -> None:
@@ -90,10 +75,10 @@ def _clear(out: Path) -> None:
 def _start(opts: Options) -> Optional[Report]:
     """Checks the directory against this job; returns a report if it is already complete."""
     out = opts.out_dir
-    job = job_record(opts)
+    job = _job(opts)
     job_file = out / layout.JOB
     if job_file.is_file() and not opts.overwrite:
-        diffs = _differences(json.loads(job_file.read_text()), job)
+        diffs = differences(read_job(out), job)
         if diffs:
             raise PreprocessError(f"{out} holds the output of another preprocessing job ({'; '.join(diffs)}); "
                                   "use another --out, or --overwrite to start over")
@@ -107,7 +92,7 @@ def _start(opts: Options) -> Optional[Report]:
     if opts.overwrite:
         _clear(out)
     out.mkdir(parents=True, exist_ok=True)
-    job_file.write_text(json.dumps(job, indent=1) + "\n")
+    write_job(out, job)
     return None
 
 

@@ -7,7 +7,9 @@ TorchRec and the DLRM reference do).
 
 Worker processes parse chunks of whole lines (parse.py) and transform them (transform.py);
 the main process writes them in order to the current day (layout.DayWriter), publishing a
-day only when complete. A rerun skips complete days and redoes a half-written one.
+day only when complete. A rerun of the same job skips complete days and redoes a half-written one; a rerun with
+another input or other options is refused (job.json records what a job was started with)
+unless ``overwrite``.
 Malformed lines are counted and the first few reported with file and line number;
 ``strict`` makes the first one an error.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +34,7 @@ from dlrm_dist.data.criteo.handoff import Unpacked, pack
 from dlrm_dist.data.criteo.parse import parse_chunk
 from dlrm_dist.data.criteo.sources import Chunk, chunks, count_lines, is_gzip
 from dlrm_dist.data.criteo.transform import IdMapper, VocabCounter, dense_transform
+from dlrm_dist.data.jobrecord import JOB, differences, job_record, read_job, write_job
 
 REPORTED = 10
 
@@ -51,6 +55,7 @@ class Options:
     workers: int = max(1, os.cpu_count() or 1)
     strict: bool = False
     progress: bool = True
+    overwrite: bool = False  # start over in a directory written by another job
 
 
 @dataclass
@@ -62,8 +67,8 @@ class Report:
     days: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
-    def add_bad(self, path: str, first_line: int, bad: list[tuple[int, str]], num_bad: int, strict: bool) -> None:
-        self.skipped += num_bad
+    def add_bad(self, path: str, first_line: int, bad: list[tuple[int, str]], strict: bool) -> None:
+        """Reports malformed lines (the counts come from the days: a resumed chunk is read twice)."""
         for line, why in bad:
             where = f"{path}:{first_line + line + 1}"
             if strict:
@@ -158,7 +163,11 @@ def _resume_point(opts: Options, first: DaySource) -> tuple[int, int]:
 def _finish(writer: layout.DayWriter, src: DaySource, lines_end: int, resume: tuple[int, int], report: Report) -> None:
     writer.skipped = (lines_end - src.first_line) - writer.rows
     report.days.append(writer.finish({"source": str(src.path), "resume_byte": resume[0], "resume_line": resume[1]}))
+    # Rows read are the lines of the days written in this run: a resume rereads part of a
+    # chunk of the previous day, which is neither written nor skipped again.
+    report.lines += lines_end - src.first_line
     report.written += writer.rows
+    report.skipped += writer.skipped
 
 
 def _write_file(pool, opts: Options, sources: list[DaySource], mapper: IdMapper, report: Report, bar) -> None:
@@ -172,8 +181,7 @@ def _write_file(pool, opts: Options, sources: list[DaySource], mapper: IdMapper,
     bar.update(start_byte)
     writer = layout.DayWriter(opts.out_dir, current.day, mapper.dtype)
     for chunk, dense, sparse, labels, rows, num_lines, bad, num_bad in _results(pool, path, start_byte, bar):
-        report.lines += num_lines
-        report.add_bad(str(path), line, bad, num_bad, opts.strict)
+        report.add_bad(str(path), line, bad, opts.strict)
         lines_end = line + num_lines
         global_rows = rows + line
         while current is not None:
@@ -211,10 +219,38 @@ def _count_vocab(pool, opts: Options, sources: list[DaySource], bar) -> VocabCou
     return counter
 
 
+def _settings(opts: Options) -> dict[str, Any]:
+    """Every option that changes what is written."""
+    return {"options": {"dataset": opts.dataset, "id_mode": opts.id_mode, "max_ind_range": opts.max_ind_range,
+                        "frequency_threshold": opts.frequency_threshold, "kaggle_days": opts.kaggle_days}}
+
+
+def _clear(out: Path) -> None:
+    for p in [*out.glob("day_*"), out / layout.META, out / "kaggle_lines.json", out / JOB]:
+        p.unlink(missing_ok=True)
+    shutil.rmtree(out / "vocab", ignore_errors=True)
+
+
+def _start(opts: Options) -> None:
+    """Refuses to resume another job's output (naming what differs) unless asked to start over."""
+    out = opts.out_dir
+    record = job_record(opts.inputs, _settings(opts))
+    old = read_job(out)
+    if opts.overwrite:
+        _clear(out)
+    elif old is not None and differences(old, record):
+        raise PreprocessError(f"{out} holds the output of another preprocessing job "
+                              f"({'; '.join(differences(old, record))}); use another --out, or --overwrite to start over")
+    elif old is None and out.is_dir() and any(out.glob("day_*")):
+        raise PreprocessError(f"{out} holds day files that no recorded job wrote; use another --out, or --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    write_job(out, record)
+
+
 def preprocess(opts: Options) -> Report:
     """Runs the whole conversion; returns what was read, written and skipped."""
     _check(opts)
-    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    _start(opts)
     report = Report()
     start = time.perf_counter()
     ctx = mp.get_context("fork")
@@ -225,7 +261,7 @@ def preprocess(opts: Options) -> Report:
     if opts.id_mode == "vocab":
         vocab_dir = opts.out_dir / "vocab"
         if (vocab_dir / "done").is_file():
-            mapper.vocab = [np.load(vocab_dir / f"feature_{j}.npy") for j in range(26)]
+            mapper.vocab = [np.load(vocab_dir / f"feature_{j}.npy") for j in range(layout.NUM_SPARSE)]
         else:
             with ctx.Pool(opts.workers, _init_worker, (None,)) as pool, \
                     tqdm(total=total, unit="B", unit_scale=True, desc="vocabulary", disable=not opts.progress) as bar:
