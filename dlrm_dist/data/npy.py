@@ -1,10 +1,13 @@
-"""Streaming .npy writing: rows appended without knowing the final count (bounded memory)."""
+"""Streaming .npy writing (rows appended without knowing the final count) and checked reading."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+
+from dlrm_dist.data.errors import DataError
 
 _HEADER_BYTES = 128  # room for any shape; rewritten in place at close
 
@@ -37,3 +40,21 @@ class NpyWriter:
         self.file.seek(0)
         self.file.write(self._header())
         self.file.close()
+
+
+def open_checked(path: Path, dtype: np.dtype | tuple[np.dtype, ...], shape: tuple[Optional[int], ...]) -> np.ndarray:
+    """Memory-maps ``path``, checking dtype and shape (None = any length); every error names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: missing")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npy file ({e}); truncated or corrupt: preprocess again") from None
+    allowed = tuple(np.dtype(d) for d in (dtype if isinstance(dtype, tuple) else (dtype,)))
+    if arr.dtype not in allowed:
+        raise DataError(f"{path}: dtype {arr.dtype}, expected {' or '.join(map(str, allowed))}")
+    if len(arr.shape) != len(shape) or any(s is not None and a != s for a, s in zip(arr.shape, shape)):
+        want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+        raise DataError(f"{path}: shape {arr.shape}, expected {want}")
+    return arr

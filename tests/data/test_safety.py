@@ -82,3 +82,57 @@ def test_rows_read_after_a_resume_are_written_plus_skipped(criteo_sample: Path, 
     r = _pre(src, out, max_ind_range=100)
     assert [d["day"] for d in r.days] == [4, 5, 6]
     assert r.lines == r.written + r.skipped == sum(d["rows"] + d["skipped"] for d in r.days)
+
+
+@pytest.fixture()
+def days(criteo_sample: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "days"
+    _pre(criteo_sample, out, max_ind_range=1000)
+    return out
+
+
+@pytest.mark.parametrize("damage, words", [
+    # labels 10 rows short: trained silently before
+    (lambda d: np.save(layout.day_file(d, 2, "labels"), np.load(layout.day_file(d, 2, "labels"))[:-10]),
+     ["day_2_labels.npy", "shape (18, 1)", "(28, 1)"]),
+    # 25 sparse columns: crashed after the process group existed
+    (lambda d: np.save(layout.day_file(d, 1, "sparse"), np.load(layout.day_file(d, 1, "sparse"))[:, :25]),
+     ["day_1_sparse.npy", "shape (29, 25)", "(29, 26)"]),
+    (lambda d: layout.day_file(d, 3, "dense").write_bytes(layout.day_file(d, 3, "dense").read_bytes()[:-40]),
+     ["day_3_dense.npy", "truncated or corrupt"]),
+    (lambda d: layout.day_file(d, 0, "sparse").write_bytes(np.random.default_rng(0).bytes(500)),
+     ["day_0_sparse.npy", "not a readable .npy"]),
+    (lambda d: np.save(layout.day_file(d, 4, "dense"), np.load(layout.day_file(d, 4, "dense")).astype(np.float64)),
+     ["day_4_dense.npy", "float64", "float32"]),
+])
+def test_day_files_are_checked_before_training(days: Path, damage, words: list[str]) -> None:
+    from dlrm_dist.data.criteo.dataset import CriteoDataset, DataError
+    from dlrm_dist.features.builtin import criteo_sparse_names
+
+    damage(days)
+    with pytest.raises(DataError) as e:
+        CriteoDataset(days, criteo_sparse_names())
+    for w in words:
+        assert w in str(e.value), f"{w!r} not in: {e.value}"
+
+
+def test_out_of_range_ids_fail_by_feature_not_clamped(days: Path) -> None:
+    from dlrm_dist.data.criteo.dataset import CriteoDataset, DataError
+    from dlrm_dist.features.builtin import criteo_sparse_names
+
+    meta = layout.read_meta(days)
+    meta["table_sizes"][5] = 3  # the files hold ids up to 999
+    layout.write_meta(days, meta)
+    ds = CriteoDataset(days, criteo_sparse_names(), shuffle=False)
+    with pytest.raises(DataError, match=r"feature cat_5 has id \d+ outside its table of 3 rows"):
+        for _ in ds.batches("train", 16, 0, 1, 20):
+            pass
+
+
+def test_stats_on_a_half_written_directory_says_which_day(days: Path, capsys) -> None:
+    from dlrm_dist.cli.data_main import main as data_main
+
+    (days / layout.META).unlink()
+    layout.done_file(days, 5).unlink()
+    assert data_main(["stats", str(days)]) == 2
+    assert "incomplete: day 5 missing" in capsys.readouterr().err

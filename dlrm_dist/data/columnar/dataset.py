@@ -19,7 +19,8 @@ from torchrec.datasets.utils import Batch
 
 from dlrm_dist.data.batches import SampleBlock, batch_position, to_batch
 from dlrm_dist.data.columnar import layout
-from dlrm_dist.data.columnar.layout import DataError, SplitArrays
+from dlrm_dist.data.columnar.layout import SplitArrays
+from dlrm_dist.data.errors import DataError
 from dlrm_dist.features.schema import FeatureSchema
 
 

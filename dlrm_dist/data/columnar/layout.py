@@ -24,7 +24,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from dlrm_dist.config.errors import ConfigError
+from dlrm_dist.data.errors import DataError
+from dlrm_dist.data.npy import open_checked
 from dlrm_dist.data.jobrecord import JOB, read_job
 from dlrm_dist.features.schema import SPLITS, FeatureSchema, SparseFeature, from_dict
 
@@ -33,10 +34,6 @@ VERSION = 1
 META = "meta.json"
 VOCAB_DIR = "vocab"
 INT32_ROWS = 2**31 - 1
-
-
-class DataError(ConfigError):
-    """A data directory is missing, incomplete or inconsistent; the message names the file."""
 
 
 def id_dtype(rows: int) -> np.dtype:
@@ -108,28 +105,12 @@ class SplitArrays:
     offsets: dict[str, Optional[np.ndarray]]
 
 
-def _open(path: Path, dtype: np.dtype, shape: tuple[Optional[int], ...]) -> np.ndarray:
-    """Memory-maps ``path``, checking dtype and shape (None = any length); errors name the file."""
-    if not path.is_file():
-        raise DataError(f"{path}: missing")
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npy file ({e}); truncated or corrupt: preprocess again") from None
-    if arr.dtype != dtype:
-        raise DataError(f"{path}: dtype {arr.dtype}, expected {dtype}")
-    if len(arr.shape) != len(shape) or any(s is not None and a != s for a, s in zip(arr.shape, shape)):
-        want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
-        raise DataError(f"{path}: shape {arr.shape}, expected {want}")
-    return arr
-
-
 def _open_feature(directory: Path, split: str, f: SparseFeature, rows: int, table_rows: int) -> tuple:
     dtype = id_dtype(table_rows)
     if not f.multi_hot:
-        return _open(ids_file(directory, split, f.name), dtype, (rows,)), None
-    offsets = _open(offsets_file(directory, split, f.name), np.dtype(np.int64), (rows + 1,))
-    ids = _open(ids_file(directory, split, f.name), dtype, (None,))
+        return open_checked(ids_file(directory, split, f.name), dtype, (rows,)), None
+    offsets = open_checked(offsets_file(directory, split, f.name), np.dtype(np.int64), (rows + 1,))
+    ids = open_checked(ids_file(directory, split, f.name), dtype, (None,))
     if offsets[0] != 0 or offsets[-1] != len(ids):
         raise DataError(f"{offsets_file(directory, split, f.name)}: offsets run from {offsets[0]} to "
                         f"{offsets[-1]}, but {ids_file(directory, split, f.name).name} holds {len(ids)} ids")
@@ -139,8 +120,8 @@ def _open_feature(directory: Path, split: str, f: SparseFeature, rows: int, tabl
 def open_split(directory: str | Path, split: str, schema: FeatureSchema, rows: int) -> SplitArrays:
     """Every file of ``split``, each checked against ``rows`` and the schema."""
     d = Path(directory)
-    dense = _open(dense_file(d, split), np.dtype(np.float32), (rows, schema.num_dense))
-    labels = _open(labels_file(d, split), np.dtype(np.float32), (rows,))
+    dense = open_checked(dense_file(d, split), np.dtype(np.float32), (rows, schema.num_dense))
+    labels = open_checked(labels_file(d, split), np.dtype(np.float32), (rows,))
     ids, offsets = {}, {}
     for f in schema.sparse:
         ids[f.name], offsets[f.name] = _open_feature(d, split, f, rows, schema.table_rows(f.table))

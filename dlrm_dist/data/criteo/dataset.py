@@ -24,13 +24,11 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 from torchrec.datasets.utils import Batch
 
-from dlrm_dist.config.errors import ConfigError
 from dlrm_dist.data.batches import SampleBlock, batch_position, to_batch
 from dlrm_dist.data.criteo import layout
-
-
-class DataError(ConfigError):
-    """The data directory is missing, incomplete or inconsistent; the message says what."""
+from dlrm_dist.data.errors import DataError
+from dlrm_dist.data.jobrecord import read_job
+from dlrm_dist.data.npy import open_checked
 
 
 @dataclass
@@ -74,6 +72,14 @@ def _discover_days(directory: Path) -> list[int]:
     meta = layout.read_meta(directory)
     if meta is not None:
         return [d["day"] for d in meta["days"]]
+    job = read_job(directory)
+    if job is not None:  # our own preprocessing, not finished: say which day is missing
+        o = job["options"]
+        expected = o["kaggle_days"] if o["dataset"] == "kaggle" else len(job["inputs"])
+        missing = [d for d in range(expected) if not layout.done_file(directory, d).is_file()]
+        raise DataError(f"{directory}: incomplete: day {missing[0] if missing else '?'} missing "
+                        f"({len(missing)} of {expected} days not written); rerun the same `dlrm-data preprocess` "
+                        "command to finish it")
     days = sorted(int(p.name.split("_")[1]) for p in directory.glob("day_*_labels.npy"))
     if not days:
         raise DataError(f"{directory}: no day_<i>_labels.npy files (run `dlrm-data preprocess` first)")
@@ -95,7 +101,9 @@ class CriteoDataset:
         days = _discover_days(self.directory)
         if len(days) < 2:
             raise DataError(f"{directory}: {len(days)} day(s); need training days and a last (val/test) day")
-        arrays = [self._open(d) for d in days]
+        meta = layout.read_meta(self.directory)
+        rows = {d["day"]: d["rows"] for d in meta["days"]} if meta else {}
+        arrays = [self._open(d, rows.get(d)) for d in days]
         last = arrays[-1]
         half = math.ceil(len(last[2]) / 2)
         self.splits = {
@@ -104,16 +112,25 @@ class CriteoDataset:
             "test": _Split([_Part(*last, half, len(last[2]))]),
         }
         self.table_sizes = self._table_sizes(max_ind_range)
+        self._sizes = np.asarray(self.table_sizes, dtype=np.int64)
         self.multi_hot = list(multi_hot) if multi_hot else None
         if self.multi_hot and len(self.multi_hot) not in (1, len(self.table_sizes)):
             raise DataError(f"multi_hot_sizes has {len(self.multi_hot)} entries; give 1 or {len(self.table_sizes)}")
         self._offsets = self._multi_hot_offsets()
 
-    def _open(self, day: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        try:
-            return tuple(np.load(layout.day_file(self.directory, day, k), mmap_mode="r") for k in layout.KINDS)
-        except FileNotFoundError as e:
-            raise DataError(f"{self.directory}: day {day} is incomplete ({e.filename} missing)") from None
+    def _open(self, day: int, rows: Optional[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A day's three files, checked against each other (and meta.json's row count) by name."""
+        missing = [layout.day_file(self.directory, day, k).name for k in layout.KINDS
+                   if not layout.day_file(self.directory, day, k).is_file()]
+        if missing:
+            raise DataError(f"{self.directory}: day {day} is incomplete ({', '.join(missing)} missing)")
+        labels = open_checked(layout.day_file(self.directory, day, "labels"), (np.int32, np.int64, np.float32),
+                              (rows, 1))
+        n = len(labels)
+        dense = open_checked(layout.day_file(self.directory, day, "dense"), np.float32, (n, layout.NUM_DENSE))
+        sparse = open_checked(layout.day_file(self.directory, day, "sparse"), (np.int32, np.int64),
+                              (n, layout.NUM_SPARSE))
+        return dense, sparse, labels
 
     def _table_sizes(self, max_ind_range: int) -> list[int]:
         meta = layout.read_meta(self.directory)
@@ -183,7 +200,20 @@ class CriteoDataset:
         sparse = sparse.astype(np.int64)
         if self._modulo is not None:
             sparse %= self._modulo
+        else:
+            self._check_ids(sparse, split, lo, hi)
         return to_batch(self._block(dense, sparse, labels), self.feature_names)
+
+    def _check_ids(self, sparse: np.ndarray, split: str, lo: int, hi: int) -> None:
+        """Ids beyond a table are an error naming the feature (fbgemm would clamp them to row 0)."""
+        top, low = sparse.max(axis=0), sparse.min(axis=0)
+        bad = np.flatnonzero((top >= self._sizes) | (low < 0))
+        if bad.size:
+            f = int(bad[0])
+            value = int(top[f]) if top[f] >= self._sizes[f] else int(low[f])
+            raise DataError(f"{self.directory}: feature {self.feature_names[f]} has id {value} outside its table of "
+                            f"{self._sizes[f]} rows ({split} split, rows {lo}..{hi}); the day files and meta.json "
+                            "disagree: preprocess again (with --overwrite)")
 
     def _block(self, dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray) -> SampleBlock:
         n = len(labels)
