@@ -21,6 +21,7 @@ from dlrm_dist.logs import quiet_libraries
 from dlrm_dist.planning import format_plan
 from dlrm_dist.report import final_report, summary_record
 from dlrm_dist.training.build import build_trainer, prepare
+from dlrm_dist.training.trainer import DivergedError
 
 
 def run(args: Sequence[str], env: Optional[DistEnv] = None) -> dict:
@@ -60,6 +61,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         print(f"dlrm-train: error: {e}", file=sys.stderr)
         return 2
+    except DivergedError as e:
+        print(f"dlrm-train: error: {e}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -14,6 +14,7 @@ caught here on purpose and turned into a CheckpointError that names what is miss
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 import time
@@ -55,6 +56,15 @@ def _state(model: nn.Module, step: int) -> dict[str, Any]:
     return {"model": model.state_dict(), "train": {"step": torch.tensor(step), "torch_rng": torch.get_rng_state()}}
 
 
+def _has_leaves(tree: Any) -> bool:
+    """Whether a nested dict/list holds any value (DCP drops empty containers when saving)."""
+    if isinstance(tree, dict):
+        return any(_has_leaves(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return any(_has_leaves(v) for v in tree)
+    return True
+
+
 def _dense_optimizer(optimizer: Any) -> Any:
     return dict(optimizer.optimizers)[DENSE]
 
@@ -83,18 +93,26 @@ def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: An
     return final
 
 
-def discard_partial_writes(root: str | Path) -> list[Path]:
+def discard_partial_writes(root: str | Path) -> list[tuple[Path, Optional[str]]]:
     """Removes checkpoints a killed job left half-written in ``root`` (a collective, at start-up).
+
+    Returns (path, None) for each one removed and (path, the error) for each that could not be
+    (on rank 0; other ranks get an empty list).
 
     Writing into such a directory could mix old files with new ones (or block on whatever a
     dead writer left there); nothing reads it, since it was never published.
     """
     found = store.partial_writes(Path(root))
+    outcome: list[tuple[Path, Optional[str]]] = []
     if dist.get_rank() == 0:
         for path in found:
-            shutil.rmtree(path, ignore_errors=True)
+            try:
+                shutil.rmtree(path)
+                outcome.append((path, None))
+            except OSError as e:  # say so rather than claim it is gone
+                outcome.append((path, f"{type(e).__name__}: {e}"))
     dist.barrier()
-    return found
+    return outcome
 
 
 def _check_manifest(path: Path, model_state: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
@@ -133,8 +151,13 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Optional[Any]
         missing = _on_any_rank(missing)  # every rank raises, or none: a lone raise would hang the rest
         if missing:
             raise CheckpointError(f"{path} has no embedding optimizer state for:\n" + "\n".join(f"  - {m}" for m in missing))
-        state[optim_state.SECTION] = request
-        state["optim"] = _dense_optimizer(optimizer).state_dict()
+        # SGD keeps no state, and DCP saves an empty section as nothing: asking for it on load
+        # would be a missing key.
+        if request:
+            state[optim_state.SECTION] = request
+        dense = _dense_optimizer(optimizer).state_dict()
+        if _has_leaves(dense):
+            state["optim"] = dense
     try:
         dcp.load(state, checkpoint_id=str(path))
     except CheckpointException as e:  # a BaseException: caught deliberately
@@ -145,7 +168,8 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Optional[Any]
         raise CheckpointError(f"{path}: manifest says step {manifest['step']}, data says {step}")
     finish()
     if optimizer is not None:
-        _dense_optimizer(optimizer).load_state_dict(state["optim"])
+        if "optim" in state:
+            _dense_optimizer(optimizer).load_state_dict(state["optim"])
         optim_state.set_replicated_steps(optimizer, step)
     torch.set_rng_state(state["train"]["torch_rng"])
     return step
@@ -166,7 +190,19 @@ def _read_metadata(path: Path) -> Metadata:
         raise CheckpointError(f"{path}: no readable DCP metadata ({type(e).__name__}: {e})") from None
 
 
+VERBOSE_ENV = "DLRM_DIST_VERBOSE"  # set to 1: checkpoint errors carry each rank's stack trace
+
+
 def _failures(e: CheckpointException) -> str:
+    """One line per failing rank (DCP wraps each error with its stack: that goes only in verbose)."""
     failures = getattr(e, "failures", {}) or {}
-    parts = [f"rank {rank}: {type(err).__name__}: {err}" for rank, err in sorted(failures.items())]
-    return "; ".join(parts)[:2000] or str(e)[:2000]
+    parts = []
+    for rank, wrapped in sorted(failures.items()):
+        exc, stack = wrapped if isinstance(wrapped, tuple) else (wrapped, None)
+        line = f"rank {rank}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if stack is not None and os.environ.get(VERBOSE_ENV) == "1":
+            line += "\n" + "".join(stack.format())
+        parts.append(line)
+    if not parts:
+        return str(e).splitlines()[0][:500]
+    return "; ".join(parts) + ("" if os.environ.get(VERBOSE_ENV) == "1" else f" ({VERBOSE_ENV}=1 for the stack traces)")

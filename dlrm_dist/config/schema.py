@@ -8,6 +8,7 @@ job (world size, device) live in validate.py.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -141,9 +142,13 @@ class OptimConfig:
     def __post_init__(self) -> None:
         _choice("optim", "embedding_optimizer", self.embedding_optimizer, EMBEDDING_OPTIMIZERS)
         _choice("optim", "dense_optimizer", self.dense_optimizer, DENSE_OPTIMIZERS)
-        for name in ("embedding_lr", "dense_lr"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"optim.{name}={getattr(self, name)} must be >= 0")
+        for name in ("embedding_lr", "dense_lr", "eps"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"optim.{name}={value} must be a finite number > 0")
+        for name in ("decay_power", "end_lr_factor"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ConfigError(f"optim.{name}={getattr(self, name)} must be a finite number >= 0")
         if min(self.warmup_steps, self.decay_start_step, self.decay_steps) < 0:
             raise ConfigError("optim.warmup_steps, decay_start_step, decay_steps must be >= 0")
         if self.decay_start_step and self.decay_start_step < self.warmup_steps:

@@ -9,6 +9,7 @@ weights, builds optimizers.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,7 +17,8 @@ from typing import Callable
 from torch import nn
 from torchrec.distributed.types import ShardingPlan
 
-from dlrm_dist.config import Config, validate_for_launch
+from dlrm_dist.checkpoint import CheckpointError
+from dlrm_dist.config import Config, ConfigError, validate_for_launch
 from dlrm_dist.config.loader import to_dict
 from dlrm_dist.data import Dataset
 from dlrm_dist.data.resolve import build_data, job_schema, table_pooling
@@ -65,9 +67,25 @@ def validate_job(cfg: Config, world_size: int, device_type: str = "cpu") -> tupl
     return cfg, schema, spec
 
 
+def check_writable(directory: str, what: str, error: type[Exception]) -> None:
+    """Creates ``directory`` and writes a probe file in it, so a run fails now rather than at its first save."""
+    probe = Path(directory) / f".write-probe-{os.getpid()}"
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise error(f"{what} {directory!r} cannot be written ({type(e).__name__}: {e.strerror or e}); "
+                    "choose another directory or fix its permissions") from None
+
+
 def prepare(cfg: Config, env: DistEnv) -> Prepared:
     """Resolves and validates ``cfg`` for ``env``, opens the data and plans, without a process group."""
     cfg, schema, spec = validate_job(cfg, env.world_size, env.device.type)
+    if env.is_main:
+        check_writable(cfg.train.run_dir, "train.run_dir", ConfigError)
+    if cfg.train.checkpoint_dir and not cfg.train.inference_only:
+        check_writable(cfg.train.checkpoint_dir, "train.checkpoint_dir", CheckpointError)
     data = build_data(cfg, schema)
     model = build_model(spec, seed=cfg.train.seed)
     mark_embedding_optimizer(model, cfg.optim)

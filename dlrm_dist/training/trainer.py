@@ -7,6 +7,7 @@ current one computes), so an evaluation never meets batches in flight.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
@@ -24,6 +25,10 @@ from dlrm_dist.distributed.env import DistEnv
 from dlrm_dist.metrics.eval import EvalMetrics
 from dlrm_dist.metrics.log import MetricsLog
 from dlrm_dist.training.optim import ScheduledLR
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the newest good checkpoint."""
 
 
 @dataclass
@@ -62,6 +67,7 @@ class Trainer:
         self.pipeline = TrainPipelineSparseDist(model, optimizer, env.device, execute_all_batches=True)
         self.step = 0  # global step (restored on resume); also the data position
         self.steps_run = 0  # steps run by this process
+        self._checked = 0  # losses already checked to be finite
         self.train_seconds = 0.0
 
     # -- the loop -----------------------------------------------------------------------
@@ -105,8 +111,12 @@ class Trainer:
         """Loads train.checkpoint, or resumes from the newest checkpoint in checkpoint_dir."""
         t = self.cfg.train
         if t.checkpoint_dir and not weights_only:
-            for path in discard_partial_writes(t.checkpoint_dir):
-                self.say(f"removed {path}: a checkpoint a killed job did not finish")
+            for path, error in discard_partial_writes(t.checkpoint_dir):
+                if error is None:
+                    self.say(f"removed {path}: a checkpoint a killed job did not finish")
+                else:
+                    self.say(f"could not remove {path}, a checkpoint a killed job did not finish ({error}); "
+                             "remove it by hand")
         source = t.checkpoint or (t.checkpoint_dir if t.resume else None)
         path = latest_checkpoint(source) if source else None
         if t.checkpoint and path is None:
@@ -137,6 +147,7 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
             if self.step % self.cfg.train.log_interval == 0 or self.step == end:
+                self.check_finite(result.losses)
                 self.log_train(loss)
         self.drain(batches)
 
@@ -178,6 +189,24 @@ class Trainer:
         except StopIteration:
             return
         raise RuntimeError("training pipeline held more batches than the segment had")
+
+    def check_finite(self, losses: list[float]) -> None:
+        """Stops a diverged run before it logs or checkpoints past the first non-finite loss.
+
+        Checked at log intervals and at every segment end (before any checkpoint), so the newest
+        checkpoint is always one from before the divergence. The losses are global means:
+        every rank stops at the same step.
+        """
+        start = self._checked
+        self._checked = len(losses)
+        for k in range(start, len(losses)):
+            if not math.isfinite(losses[k]):
+                step = self.step - (len(losses) - k) + 1
+                newest = latest_checkpoint(self.cfg.train.checkpoint_dir) if self.cfg.train.checkpoint_dir else None
+                raise DivergedError(
+                    f"the loss became {losses[k]} at step {step}: training diverged (learning rates "
+                    f"{self.cfg.optim.embedding_lr} embeddings, {self.cfg.optim.dense_lr} dense); "
+                    + (f"the newest checkpoint, {newest}, is from before it" if newest else "no checkpoint was written"))
 
     def global_mean(self, value: torch.Tensor) -> float:
         t = value.detach().float().reshape(1).to(self.env.device)

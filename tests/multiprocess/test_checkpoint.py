@@ -69,6 +69,8 @@ def test_bad_checkpoints_are_named(results) -> None:
     e = results["errors"]
     assert e["corrupt"] and "could not be read completely" in e["corrupt"]
     assert e["truncated"] and "could not be read completely" in e["truncated"], e["truncated"]
+    for name in ("corrupt", "truncated"):  # one short line per rank, not KBs of stack summaries
+        assert len(e[name]) < 800 and "FrameSummary" not in e[name] and "DLRM_DIST_VERBOSE=1" in e[name], e[name]
     assert e["other_model"] and "different model" in e["other_model"] and "t_cat_3: checkpoint 80 x 8, model 81 x 8" in e["other_model"]
     assert e["missing"] and "no complete checkpoint" in e["missing"]
 
