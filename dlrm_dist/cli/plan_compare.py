@@ -9,7 +9,7 @@ from typing import Any
 
 from dlrm_dist.cli.plan_make import add_input_arguments, inputs_from_args
 from dlrm_dist.cli.render import gb
-from dlrm_dist.planning import planfile
+from dlrm_dist.planning.check import read_consistent
 from dlrm_dist.planning.baselines import BASELINES
 from dlrm_dist.planning.planfile import PlanFile
 from dlrm_dist.planning.planner import baseline_plan_file, make_plan_file, plan_file_for
@@ -50,7 +50,7 @@ def compare(pf: PlanFile, with_torchrec: bool) -> list[dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     if args.plan:
-        pf, seconds = planfile.read(args.plan), None
+        pf, seconds = read_consistent(args.plan), None
     else:
         start = time.perf_counter()
         pf = make_plan_file(inputs_from_args(args))

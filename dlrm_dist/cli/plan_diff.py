@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import Any, Optional
 
 from torchrec.distributed.types import ParameterSharding
 
-from dlrm_dist.planning import planfile
+from dlrm_dist.planning.check import read_consistent
 from dlrm_dist.planning.convert import table_shardings
 
 HELP = "show tables that moved or changed sharding between two plans"
@@ -28,6 +28,18 @@ def _where(ps: ParameterSharding) -> list[tuple[int, list[int], list[int]]]:
     return [(s.placement.rank(), list(s.shard_offsets), list(s.shard_sizes)) for s in ps.sharding_spec.shards]
 
 
+def _size(ps: ParameterSharding) -> Optional[tuple[int, int]]:
+    """(rows, dim) covered by the shards; None for a replicated table (no shard spec)."""
+    if ps.sharding_spec is None or not ps.sharding_spec.shards:
+        return None
+    ends = [[o + n for o, n in zip(s.shard_offsets, s.shard_sizes)] for s in ps.sharding_spec.shards]
+    return max(e[0] for e in ends), max(e[1] for e in ends)
+
+
+def _ranks(ps: ParameterSharding) -> list[int]:
+    return sorted({r for r, _, _ in _where(ps)})
+
+
 def table_changes(a: dict[str, ParameterSharding], b: dict[str, ParameterSharding]) -> list[dict[str, Any]]:
     changes = []
     for name in sorted(set(a) | set(b)):
@@ -36,9 +48,12 @@ def table_changes(a: dict[str, ParameterSharding], b: dict[str, ParameterShardin
             continue
         x, y = a[name], b[name]
         what = []
+        if _size(x) != _size(y) and None not in (_size(x), _size(y)):
+            (ra, da), (rb, db) = _size(x), _size(y)
+            what.append(f"resized {ra}x{da} -> {rb}x{db}")
         if (x.sharding_type, x.compute_kernel) != (y.sharding_type, y.compute_kernel):
             what.append("resharded")
-        elif _where(x) != _where(y):
+        elif _ranks(x) != _ranks(y) or (not what and _where(x) != _where(y)):
             what.append("moved")
         if x.cache_params != y.cache_params:
             what.append("cache changed")
@@ -50,7 +65,7 @@ def table_changes(a: dict[str, ParameterSharding], b: dict[str, ParameterShardin
 
 
 def run(args: argparse.Namespace) -> int:
-    pa, pb = planfile.read(args.a), planfile.read(args.b)
+    pa, pb = read_consistent(args.a), read_consistent(args.b)
     changes = table_changes(table_shardings(pa.plan), table_shardings(pb.plan))
     sa, sb = pa.estimates["summary"], pb.estimates["summary"]
     summary = {k: {"a": sa.get(k), "b": sb.get(k)} for k in SUMMARY_KEYS}
@@ -59,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{len(changes)} table(s) differ between {args.a} and {args.b}")
     for c in changes:
-        print(f"  {c['table']:<16} {c['change']:<22} {c.get('a', '')}  ->  {c.get('b', '')}")
+        print(f"  {c['table']:<16} {c['change']:<30} {c.get('a', '')}  ->  {c.get('b', '')}")
     print("summary:")
     for k, v in summary.items():
         a, b = v["a"], v["b"]

@@ -9,7 +9,7 @@ from typing import Optional
 
 from dlrm_dist.cli.plan_html import write_html
 from dlrm_dist.cli.render import rank_table, summary_text
-from dlrm_dist.planning import planfile
+from dlrm_dist.planning.check import read_consistent
 from dlrm_dist.planning.errors import PlanError
 
 HELP = "show a plan per rank and in summary (--json, --html, --measured)"
@@ -34,7 +34,7 @@ def measured_step_ms(run_dir: str, world_size: int) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    pf = planfile.read(args.plan)
+    pf = read_consistent(args.plan)
     est = pf.estimates
     measured: Optional[list[float]] = None
     if args.measured:

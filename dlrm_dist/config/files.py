@@ -13,6 +13,8 @@ from dlrm_dist.config.errors import ConfigError
 def read_data(path: str | Path, what: str = "file", error: type[ConfigError] = ConfigError) -> dict[str, Any]:
     """The parsed contents of a ``.toml`` or (otherwise) JSON file."""
     p = Path(path)
+    if p.is_dir():
+        raise error(f"{what} {str(path)!r} is a directory, not a file")
     if not p.is_file():
         raise error(f"{what} {str(path)!r} does not exist")
     kind = "TOML" if p.suffix == ".toml" else "JSON"

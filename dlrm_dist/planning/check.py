@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from torchrec.distributed.types import ShardingPlan
 
+from dlrm_dist.planning import planfile
 from dlrm_dist.planning.convert import table_shardings
 from dlrm_dist.planning.errors import PlanError
 
@@ -72,3 +73,17 @@ def check_plan(plan: ShardingPlan, tables: list[ExpectedTable], world_size: int,
             problems += _table_problems(name, ps, expected[name], world_size, device)
     if problems:
         raise PlanMismatchError(origin, problems)
+
+
+def read_consistent(path: str) -> "planfile.PlanFile":
+    """A plan file whose plan agrees with its own inputs, or PlanMismatchError.
+
+    A hand edit (a shard moved to a rank the topology does not have, a resized shard) breaks
+    that agreement, and then the stored estimates describe another plan: refuse to show them.
+    """
+    pf = planfile.read(path)
+    t = pf.inputs.topology
+    tables = [ExpectedTable(x.name, x.rows, x.dim) for x in pf.inputs.tables]
+    check_plan(pf.plan, tables, t.world_size, t.device,
+               origin=f"plan file {path} (its plan against its own inputs; edited by hand? remake it with dlrm-plan make)")
+    return pf

@@ -42,14 +42,16 @@ def fit_report(options: "list[list[Option]]", inputs: PlannerInputs, cap: "Capac
     lines.append(f"needed in total: {_gb(in_hbm)} to hold every table in device memory, "
                  f"{_gb(host)} at the least with UVM; available: HBM {_gb(cap.hbm * n)}, DDR {_gb(cap.ddr * n)}.")
     hints = []
+    host_fits = host <= cap.ddr * n
     if t.device == "cuda":
         lf = inputs.budgets.cache_load_factor
-        hints.append(f"a smaller cache load factor (now {lf}) moves more of each cached table to host memory")
+        if host_fits:  # only useful when host memory can take what leaves the devices
+            hints.append(f"a smaller cache load factor (now {lf}) moves more of each cached table to host memory")
         per_rank = max(in_hbm / n / max(inputs.budgets.hbm_share, 1e-9) / GB, 0)
         hints.append(f"HBM of at least {per_rank:.1f} GB per device would hold every table in HBM")
         if cap.hbm > 0:
             hints.append(f"a world size of at least {math.ceil(in_hbm / cap.hbm)} would hold every table in HBM")
-    if cap.ddr > 0 and host > cap.ddr * n:
+    if cap.ddr > 0 and not host_fits:
         hints.append(f"a world size of at least {math.ceil(host / cap.ddr)} (or more host DDR) is needed for host memory")
     lines.append("would fit: " + "; or ".join(hints) if hints else "")
     return "\n".join(line for line in lines if line)

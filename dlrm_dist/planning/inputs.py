@@ -189,3 +189,17 @@ def load_tables(path: str) -> tuple[TableSpec, ...]:
 def load_inputs(path: str) -> PlannerInputs:
     """A full inputs file: tables, topology, budgets, batch_size_per_rank, optimizer."""
     return PlannerInputs.from_dict(_read(path), origin=path)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Per-rank memory the embeddings may use (budgets applied)."""
+
+    hbm: float
+    ddr: float
+
+    @staticmethod
+    def of(inputs: PlannerInputs) -> "Capacity":
+        t, b = inputs.topology, inputs.budgets
+        hbm = t.hbm_gb * GB * b.hbm_share if t.device == "cuda" else 0.0
+        return Capacity(hbm=hbm, ddr=t.ddr_gb * GB / t.ranks_per_host * b.ddr_share)

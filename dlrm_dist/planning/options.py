@@ -27,7 +27,8 @@ from torchrec.distributed.planner.utils import build_sharder_data_map, sharder_n
 from torchrec.distributed.sharding_plan import calculate_shard_sizes_and_offsets
 from torchrec.distributed.types import CacheParams
 
-from dlrm_dist.planning.inputs import SHARDING_TYPES, PlannerInputs, TableSpec
+from dlrm_dist.config.validate import FUSED_DIM_MULTIPLE
+from dlrm_dist.planning.inputs import SHARDING_TYPES, Capacity, PlannerInputs, TableSpec
 from dlrm_dist.planning.torchrec_bridge import cache_load_factor, constraints, meta_module, torchrec_topology
 
 PERF_FIELDS = ("fwd_compute", "fwd_comms", "bwd_compute", "bwd_comms", "input_dist_comms", "prefetch_compute")
@@ -75,6 +76,7 @@ class Enumerator:
         self.storage_estimator = EmbeddingStorageEstimator(self.topology, constraints=self.constraints)
         self.params = self.sharder.shardable_parameters(self.module)
         self._perf_cache: dict[tuple, dict[int, np.ndarray]] = {}
+        self.capacity = Capacity.of(inputs)
         self._layouts: dict[tuple, tuple] = {}
 
     def candidates(self, table: TableSpec) -> list[tuple[str, str]]:
@@ -95,9 +97,36 @@ class Enumerator:
         return out
 
     def options(self, index: int) -> list[Option]:
-        """All options of table ``index`` (empty if constraints exclude everything)."""
+        """All options of table ``index`` (empty if constraints exclude everything).
+
+        A table none of whose options fits one rank's memory also gets its splits: column-wise
+        into 2, 4, ... shards (widths fbgemm's fused kernel takes) and, on CPU, row-wise (which
+        TorchRec's sharder does not offer for CPU but which runs there over gloo).
+        """
         table = self.inputs.tables[index]
-        return [self._option(index, table, st, k) for st, k in self.candidates(table)]
+        out = [self._option(index, table, st, k) for st, k in self.candidates(table)]
+        if out and not any(self._fits_a_rank(o) for o in out):
+            out += self._splits(index, table)
+        return out
+
+    def _fits_a_rank(self, o: Option) -> bool:
+        cap = self.capacity
+        return bool(o.hbm.max() <= cap.hbm and o.ddr.max() <= cap.ddr)
+
+    def _splits(self, index: int, table: TableSpec) -> list[Option]:
+        allowed = {st for st, _ in self.candidates(table)}
+        topo = self.inputs.topology
+        out = []
+        for st, ranks in (("column_wise", topo.world_size), ("table_column_wise", topo.ranks_per_host)):
+            if st not in allowed:
+                continue
+            for k in range(2, ranks + 1):
+                width = table.dim // k
+                if table.dim % k == 0 and width % FUSED_DIM_MULTIPLE == 0:
+                    out.append(self._option(index, table, st, "fused", col_dim=width))
+        if topo.device == "cpu" and (not table.sharding_types or "row_wise" in table.sharding_types):
+            out.append(self._option(index, table, "row_wise", "fused"))
+        return out
 
     def all_options(self) -> list[list[Option]]:
         return [self.options(i) for i in range(len(self.inputs.tables))]
@@ -123,14 +152,14 @@ class Enumerator:
             feature_names=list(table.features),
         )
 
-    def _layout(self, table: TableSpec, st: str) -> tuple:
+    def _layout(self, table: TableSpec, st: str, col_dim: Optional[int] = None) -> tuple:
         """Shard sizes/offsets (TorchRec's own split) and their distinct sizes, per type."""
-        key = (table.name, st)
+        key = (table.name, st, col_dim)
         if key not in self._layouts:
             topo = self.inputs.topology
             sizes, offsets = calculate_shard_sizes_and_offsets(
                 tensor=self.params[table.name], world_size=topo.world_size,
-                local_world_size=topo.ranks_per_host, sharding_type=st,
+                local_world_size=topo.ranks_per_host, sharding_type=st, col_wise_shard_dim=col_dim,
             )
             sizes_a = np.asarray(sizes, dtype=np.int64)
             packed = sizes_a[:, 0] * (1 << 24) + sizes_a[:, 1]  # one key per (rows, cols)
@@ -140,8 +169,8 @@ class Enumerator:
             self._layouts[key] = (sizes, offsets, sizes_a, np.asarray(offsets, dtype=np.int64), distinct, rep, inverse.reshape(-1))
         return self._layouts[key]
 
-    def _option(self, index: int, table: TableSpec, st: str, kernel: str) -> Option:
-        sizes, offsets, sizes_a, offsets_a, distinct, rep, inverse = self._layout(table, st)
+    def _option(self, index: int, table: TableSpec, st: str, kernel: str, col_dim: Optional[int] = None) -> Option:
+        sizes, offsets, sizes_a, offsets_a, distinct, rep, inverse = self._layout(table, st, col_dim)
         return self._estimate(index, table, st, kernel, sizes, offsets, sizes_a, offsets_a, distinct, rep, inverse, None)
 
     def option_for(self, index: int, st: str, kernel: str, sizes: list, offsets: list,

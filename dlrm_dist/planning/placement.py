@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dlrm_dist.planning.inputs import GB, PlannerInputs
+from dlrm_dist.planning.inputs import Capacity, PlannerInputs  # noqa: F401 - Capacity is part of this API
 from dlrm_dist.planning.options import Option
 
 
@@ -17,20 +17,6 @@ from dlrm_dist.planning.options import Option
 class TablePlacement:
     option: Option
     ranks: np.ndarray  # (S,) rank of each shard
-
-
-@dataclass(frozen=True)
-class Capacity:
-    """Per-rank memory the embeddings may use (budgets applied)."""
-
-    hbm: float
-    ddr: float
-
-    @staticmethod
-    def of(inputs: PlannerInputs) -> "Capacity":
-        t, b = inputs.topology, inputs.budgets
-        hbm = t.hbm_gb * GB * b.hbm_share if t.device == "cuda" else 0.0
-        return Capacity(hbm=hbm, ddr=t.ddr_gb * GB / t.ranks_per_host * b.ddr_share)
 
 
 def rank_totals(tables: list[TablePlacement], world_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -151,6 +151,12 @@ def from_plan_file(model: nn.Module, path: str, job: JobSpec) -> ShardingPlan:
     """A plan file's plan, checked against the model and job, keyed to the model's module path."""
     module_path, ebc = find_ebc(model)
     pf = planfile.read(path)
+    planned = pf.inputs.topology.world_size
+    if planned != job.world_size:
+        # Extra ranks would hold no table; missing ones would leave tables nowhere.
+        raise PlanError(f"plan file {path} was made for {planned} ranks, but this job has {job.world_size}: "
+                        f"make one for {job.world_size} (dlrm-plan make --world-size {job.world_size} ...) "
+                        f"or run on {planned} ranks")
     check_plan(pf.plan, expected_tables(ebc), job.world_size, job.device.type, origin=f"plan file {path}")
     module_plan = {}
     for mp in pf.plan.plan.values():

@@ -136,3 +136,20 @@ def test_stats_on_a_half_written_directory_says_which_day(days: Path, capsys) ->
     layout.done_file(days, 5).unlink()
     assert data_main(["stats", str(days)]) == 2
     assert "incomplete: day 5 missing" in capsys.readouterr().err
+
+
+def test_small_ones_named_clearly(criteo_sample: Path, tmp_path: Path, capsys) -> None:
+    from dlrm_dist.cli.data_main import main as data_main
+    from dlrm_dist.data.criteo.parse import parse_chunk
+
+    # --workers 0 raised a raw ValueError from multiprocessing
+    assert data_main(["preprocess", "--dataset", "kaggle", "--input", str(criteo_sample), "--out",
+                      str(tmp_path / "w"), "--workers", "0", "--no-progress"]) == 2
+    assert "workers=0 must be >= 1" in capsys.readouterr().err
+    # a 19-digit count that fits int64 was "not an integer"; one past int64 still is one
+    fields = criteo_sample.read_text().splitlines()[0].split("\t")
+    fits = "\t".join(fields[:1] + ["9223372036854775807"] + fields[2:]) + "\n"
+    over = "\t".join(fields[:1] + ["9223372036854775808"] + fields[2:]) + "\n"
+    parsed = parse_chunk((fits + over).encode())
+    assert parsed.num_bad == 1 and parsed.dense[0, 0] == 9223372036854775807
+    assert "I1 is not an integer that fits 64 bits" in parsed.bad[0][1]

@@ -54,6 +54,7 @@ def test_list_and_bool_values() -> None:
         (["--model.embedding_dim=10", "--model.bottom_mlp=13-64-10"], ["t_cat_0", "embedding dim 10", "multiple of 4", "8 or 12"]),
         (["--optim.embedding_optimizer=adam"], ["'adam' has no fused CPU kernel", "rowwise_adagrad", "data_parallel"]),
         (["--model.interaction=attention"], ["attention", "dot, cat, dcn"]),
+        (["--model.embedding_dim=3", "--model.bottom_mlp=13-3"], ["embedding dim 3", "multiple of 4, e.g. 4 (set"]),
         (["--optim.embedding_lr=nan"], ["optim.embedding_lr=nan", "finite number > 0"]),
         (["--optim.dense_lr=inf"], ["optim.dense_lr=inf", "finite"]),
         (["--optim.embedding_lr=0"], ["optim.embedding_lr=0.0", "> 0"]),

@@ -149,3 +149,41 @@ def test_errors_are_clear(tmp_path, capsys) -> None:
     code, _, err = _run(capsys, "make", "--tables", str(_tables(tmp_path)), "--world-size", "6", "--ranks-per-host", "4",
                         "-o", str(tmp_path / "x.json"))
     assert code == 2 and "world_size=6 must be a positive multiple" in err
+
+
+def _plan(tmp_path: Path, capsys, name: str, tables: list[dict], world: int = 2) -> Path:
+    f, out = tmp_path / f"{name}_tables.json", tmp_path / f"{name}.json"
+    f.write_text(json.dumps({"tables": tables}))
+    code, _, err = _run(capsys, "make", "--tables", str(f), "--world-size", str(world), "--device", "cpu", "-o", str(out))
+    assert code == 0, err
+    return out
+
+
+def test_diff_says_resized_with_both_sizes(tmp_path, capsys) -> None:
+    """It used to call a resized table "moved ranks [0] -> ranks [0]"."""
+    tables = [{"name": f"t{i}", "rows": 1000 * (i + 1), "dim": 16} for i in range(4)]
+    a = _plan(tmp_path, capsys, "a", tables)
+    tables[2]["rows"] = 5000
+    b = _plan(tmp_path, capsys, "b", tables)
+    code, out, _ = _run(capsys, "diff", str(a), str(b), "--json")
+    changes = {c["table"]: c["change"] for c in json.loads(out)["tables"]}
+    assert code == 0 and changes["t2"].startswith("resized 3000x16 -> 5000x16")
+
+
+def test_hand_edited_plan_is_refused_not_shown(tmp_path, capsys) -> None:
+    """Shards moved to rank 7 of a 2-rank plan: inspect used to show the stored estimates as if fine."""
+    plan = _plan(tmp_path, capsys, "p", [{"name": "t0", "rows": 1000, "dim": 16}, {"name": "t1", "rows": 900, "dim": 16}])
+    data = json.loads(plan.read_text())
+    for ps in data["plan"]["model.sparse_arch"].values():
+        for shard in ps.get("shards") or []:
+            shard["placement"] = "rank:7/cpu"
+        ps["ranks"] = [7] * len(ps.get("ranks") or [7])
+    plan.write_text(json.dumps(data))
+    for command in (["inspect", str(plan)], ["diff", str(plan), str(plan)], ["compare", str(plan)]):
+        code, out, err = _run(capsys, *command)
+        assert code == 2 and "on rank 7, but the world size is 2" in err and "edited by hand" in err, (command, err)
+
+
+def test_plan_file_path_that_is_a_directory(tmp_path, capsys) -> None:
+    code, _, err = _run(capsys, "inspect", str(tmp_path))
+    assert code == 2 and "is a directory, not a file" in err

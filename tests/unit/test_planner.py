@@ -55,8 +55,26 @@ def test_nothing_fits_names_tables_bytes_and_remedies() -> None:
         make_plan_file(_inputs(world=2, hbm=4.0, budgets=Budgets(ddr_share=0.05)))
     msg = str(e.value)
     for words in ("do not fit on 2 x cuda", "per rank: HBM 3.60 GB", "big1", "needed in total", "would fit:",
-                  "world size of at least", "cache load factor"):
+                  "world size of at least", "is needed for host memory"):
         assert words in msg, f"{words!r} not in:\n{msg}"
+    # host memory is too small anyway: moving more of each table to it would not fit either
+    assert "cache load factor" not in msg
+    cached_only = tuple(TableSpec(t.name, t.rows, t.dim, t.pooling_factor, compute_kernels=("fused", "fused_uvm_caching"))
+                        for t in BIG)
+    with pytest.raises(NoFitError) as e:  # 1 TB of host memory: a smaller cache would fit
+        make_plan_file(PlannerInputs(tables=cached_only, topology=TopologySpec(2, 2, hbm_gb=4.0, ddr_gb=1024.0),
+                                     batch_size_per_rank=512, optimizer="adagrad"))
+    assert "a smaller cache load factor (now 0.2)" in str(e.value) and "needed for host memory" not in str(e.value)
+
+
+def test_a_table_too_big_for_any_rank_is_split_on_cpu() -> None:
+    """60M x 128 on 2 or 4 ranks of 64 GB host memory: it fits split, so the planner splits it."""
+    big = (TableSpec("big", 60_000_000, 128, 1.0),)
+    for world, per_host in ((2, 2), (4, 2)):
+        pf = make_plan_file(PlannerInputs(tables=big, topology=TopologySpec(world, per_host, device="cpu", ddr_gb=64.0)))
+        ps = next(iter(pf.plan.plan.values()))["big"]
+        assert ps.sharding_type in ("column_wise", "table_column_wise", "row_wise") and len(ps.sharding_spec.shards) > 1
+        assert pf.estimates["summary"]["ddr_headroom_bytes"] >= 0
 
 
 def test_cpu_plans_honestly_without_cache() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -58,3 +60,18 @@ def test_planner_plan_covers_every_table(planner: str) -> None:
     assert {r["sharding_type"] for r in rows} <= {"data_parallel", "table_wise", "column_wise", "table_column_wise"}
     ranks = {rank for r in rows for rank in r["ranks"]}
     assert ranks == {0, 1}
+
+
+def test_a_plan_for_another_world_size_is_refused(tmp_path) -> None:
+    """A 2-rank plan used to run on 4 ranks without a word, leaving ranks 2-3 without tables."""
+    from dlrm_dist.cli.plan_main import main as plan_main
+
+    tables = tmp_path / "tables.json"
+    tables.write_text(json.dumps({"tables": [{"name": f"t_cat_{i}", "rows": r, "dim": 16, "feature_names": [f"cat_{i}"]}
+                                             for i, r in enumerate((100, 2000, 50, 700))]}))
+    plan = tmp_path / "p2.json"
+    assert plan_main(["make", "--tables", str(tables), "--world-size", "2", "--device", "cpu", "-o", str(plan)]) == 0
+    args = ["--model.table_sizes=100,2000,50,700", "--model.bottom_mlp=13-32-16", "--model.top_mlp=16-1", f"--plan={plan}"]
+    assert prepare(load_config(args), _env(2)).plan  # the right world size plans fine
+    with pytest.raises(PlanError, match=r"made for 2 ranks, but this job has 4: make one for 4 .* or run on 2 ranks"):
+        prepare(load_config(args), _env(4, 2))

@@ -23,6 +23,7 @@ from dlrm_dist.features.builtin import CRITEO_NUM_DENSE, CRITEO_NUM_SPARSE
 NUM_DENSE, NUM_SPARSE = CRITEO_NUM_DENSE, CRITEO_NUM_SPARSE
 NUM_FIELDS = 1 + NUM_DENSE + NUM_SPARSE
 MAX_REPORTED = 1000
+INT64_MAX = 9223372036854775807
 # Reason codes written by the kernel.
 BAD_FIELD_COUNT, BAD_LABEL, BAD_INT, BAD_HEX = 1, 2, 3, 4
 
@@ -75,10 +76,10 @@ def _scan(buf, dense, sparse, labels, rows, bad_line, bad_code, bad_arg):  # pra
                     neg = e > s and buf[s] == 45
                     p = s + 1 if neg else s
                     v = 0
-                    ok = (e - p) <= 18 and not (neg and p == e)
+                    ok = (e - p) <= 19 and not (neg and p == e)  # int64 holds every 18-digit and most 19
                     while ok and p < e:
                         c = buf[p]
-                        if c < 48 or c > 57:
+                        if c < 48 or c > 57 or v > (INT64_MAX - (c - 48)) // 10:  # not a digit, or overflow
                             ok = False
                         v = v * 10 + (c - 48)
                         p += 1
@@ -133,7 +134,7 @@ def _reason(code: int, arg: int) -> str:
     if code == BAD_LABEL:
         return "label is not 0 or 1"
     if code == BAD_INT:
-        return f"I{arg} is not an integer"
+        return f"I{arg} is not an integer that fits 64 bits"
     return f"C{arg} is not 8 hex digits"
 
 

@@ -291,6 +291,8 @@ def _check(opts: Options) -> None:
         raise PreprocessError(f"kaggle takes one input (train.txt), got {len(opts.inputs)}")
     if opts.dataset == "terabyte" and len(opts.inputs) < 2:
         raise PreprocessError("terabyte needs at least two day files (the last is validation/test)")
+    if opts.workers < 1:
+        raise PreprocessError(f"workers={opts.workers} must be >= 1 (worker processes parsing the input)")
     if opts.kaggle_days < 2:
         raise PreprocessError(f"kaggle_days={opts.kaggle_days} must be >= 2 (the last is validation/test)")
     if opts.id_mode == "hash" and opts.max_ind_range < 0:
