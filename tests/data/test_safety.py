@@ -152,4 +152,4 @@ def test_small_ones_named_clearly(criteo_sample: Path, tmp_path: Path, capsys) -
     over = "\t".join(fields[:1] + ["9223372036854775808"] + fields[2:]) + "\n"
     parsed = parse_chunk((fits + over).encode())
     assert parsed.num_bad == 1 and parsed.dense[0, 0] == 9223372036854775807
-    assert "I1 is not an integer that fits 64 bits" in parsed.bad[0][1]
+    assert parsed.bad[0][1] == "I1 is an integer beyond 64 bits"

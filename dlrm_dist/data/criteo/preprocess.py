@@ -93,10 +93,14 @@ def _count(chunk: Chunk) -> tuple[int, bool]:
 
 def _work(chunk: Chunk) -> tuple:
     """Parses and transforms a chunk; the arrays travel in shared memory (handoff.py)."""
-    parsed = parse_chunk(chunk.read())
     if _MAPPER is None:  # vocabulary counting pass: raw ids
+        parsed = parse_chunk(chunk.read())
         arrays = [parsed.sparse, parsed.rows]
+    elif _MAPPER.mode == "hash" and _MAPPER.max_ind_range > 0:  # the finished arrays straight from the parser
+        parsed = parse_chunk(chunk.read(), modulo=_MAPPER.max_ind_range, log_dense=True)
+        arrays = [parsed.dense, parsed.sparse.astype(_MAPPER.dtype, copy=False), parsed.labels, parsed.rows]
     else:
+        parsed = parse_chunk(chunk.read())
         arrays = [dense_transform(parsed.dense), _MAPPER(parsed.sparse), parsed.labels, parsed.rows]
     return Chunk(chunk.path, chunk.start, chunk.end), pack(arrays), parsed.num_lines, parsed.bad, parsed.num_bad
 
@@ -186,8 +190,9 @@ def _write_file(pool, opts: Options, sources: list[DaySource], mapper: IdMapper,
         global_rows = rows + line
         while current is not None:
             end = current.end_line if current.end_line >= 0 else _INF
-            take = (global_rows >= current.first_line) & (global_rows < end)
-            writer.append(dense[take], sparse[take], labels[take])
+            # Rows are in line order: the day's rows are one contiguous slice (views, no copy).
+            a, b = np.searchsorted(global_rows, (current.first_line, end))
+            writer.append(dense[a:b], sparse[a:b], labels[a:b])
             if lines_end < end:
                 break  # the day goes on in the next chunk
             # The day ended in this chunk: the next one starts in it (or right after it).
@@ -247,6 +252,21 @@ def _start(opts: Options) -> None:
     write_job(out, record)
 
 
+def _vocabulary(ctx, opts: Options, sources: list[DaySource], total: int) -> list[np.ndarray]:
+    """The training days' vocabulary (computed once, then read back on reruns)."""
+    vocab_dir = opts.out_dir / "vocab"
+    if (vocab_dir / "done").is_file():
+        return [np.load(vocab_dir / f"feature_{j}.npy") for j in range(layout.NUM_SPARSE)]
+    with ctx.Pool(opts.workers, _init_worker, (None,)) as pool, \
+            tqdm(total=total, unit="B", unit_scale=True, desc="vocabulary", disable=not opts.progress) as bar:
+        vocab = _count_vocab(pool, opts, sources, bar).vocab(opts.frequency_threshold)
+    vocab_dir.mkdir(exist_ok=True)
+    for j, v in enumerate(vocab):
+        np.save(vocab_dir / f"feature_{j}.npy", v)
+    (vocab_dir / "done").write_text("ok")
+    return vocab
+
+
 def preprocess(opts: Options) -> Report:
     """Runs the whole conversion; returns what was read, written and skipped."""
     _check(opts)
@@ -254,26 +274,21 @@ def preprocess(opts: Options) -> Report:
     report = Report()
     start = time.perf_counter()
     ctx = mp.get_context("fork")
-    with ctx.Pool(opts.workers) as pool:
-        sources = _day_sources(pool, opts)
-    total = sum(p.stat().st_size for p in dict.fromkeys(s.path for s in sources))
     mapper = IdMapper(opts.id_mode, opts.max_ind_range)
-    if opts.id_mode == "vocab":
-        vocab_dir = opts.out_dir / "vocab"
-        if (vocab_dir / "done").is_file():
-            mapper.vocab = [np.load(vocab_dir / f"feature_{j}.npy") for j in range(layout.NUM_SPARSE)]
-        else:
-            with ctx.Pool(opts.workers, _init_worker, (None,)) as pool, \
-                    tqdm(total=total, unit="B", unit_scale=True, desc="vocabulary", disable=not opts.progress) as bar:
-                mapper.vocab = _count_vocab(pool, opts, sources, bar).vocab(opts.frequency_threshold)
-            vocab_dir.mkdir(exist_ok=True)
-            for j, v in enumerate(mapper.vocab):
-                np.save(vocab_dir / f"feature_{j}.npy", v)
-            (vocab_dir / "done").write_text("ok")
-    with ctx.Pool(opts.workers, _init_worker, (mapper,)) as pool, \
-            tqdm(total=total, unit="B", unit_scale=True, desc="preprocess", disable=not opts.progress) as bar:
-        for path in dict.fromkeys(s.path for s in sources):
-            _write_file(pool, opts, [s for s in sources if s.path == path], mapper, report, bar)
+    # Hash mode needs nothing from a first pass: one pool counts the lines and writes the days.
+    pool = ctx.Pool(opts.workers, _init_worker, (mapper if opts.id_mode == "hash" else None,))
+    try:
+        sources = _day_sources(pool, opts)
+        total = sum(p.stat().st_size for p in dict.fromkeys(s.path for s in sources))
+        if opts.id_mode == "vocab":
+            pool.terminate()
+            mapper.vocab = _vocabulary(ctx, opts, sources, total)
+            pool = ctx.Pool(opts.workers, _init_worker, (mapper,))
+        with tqdm(total=total, unit="B", unit_scale=True, desc="preprocess", disable=not opts.progress) as bar:
+            for path in dict.fromkeys(s.path for s in sources):
+                _write_file(pool, opts, [s for s in sources if s.path == path], mapper, report, bar)
+    finally:
+        pool.terminate()
     report.seconds = time.perf_counter() - start
     _write_meta(opts, sources, mapper)
     return report
