@@ -25,6 +25,7 @@ def summary_record(cfg: Config, env: DistEnv, result: TrainResult) -> dict[str, 
         "teacher_auc": result.teacher_auc,
         "samples_per_s": result.samples_per_s,
         "rank_step_ms": result.rank_step_ms,
+        "a2a_bytes_per_sample": result.a2a_bytes_per_sample,
         "evals": result.evals,
     }
 
@@ -41,4 +42,7 @@ def final_report(record: dict[str, Any]) -> str:
     if record["steps"]:
         lines.append(f"  throughput {record['samples_per_s']:,.0f} samples/s  "
                      f"(per-rank step ms: {', '.join(f'{t:.1f}' for t in record['rank_step_ms'])})")
+        if record.get("a2a_bytes_per_sample"):
+            lines.append("  all-to-all bytes received per sample (measured): "
+                         + ", ".join(f"{b:,.0f}" for b in record["a2a_bytes_per_sample"]))
     return "\n".join(lines)

@@ -33,6 +33,9 @@ def run(args: Sequence[str], env: Optional[DistEnv] = None) -> dict:
     say = tqdm.write if env.is_main else (lambda _msg: None)
     say(f"dlrm_dist: {env.world_size} rank(s), backend {env.backend}, device {env.device.type}")
     say(format_plan(prepared.plan))
+    options = run_options(prepared.cfg)
+    if options:
+        say("options: " + ", ".join(options))
     init_distributed(env)
     try:
         cfg = prepared.cfg
@@ -47,6 +50,20 @@ def run(args: Sequence[str], env: Optional[DistEnv] = None) -> dict:
         return record
     finally:
         teardown()
+
+
+def run_options(cfg) -> list[str]:
+    """The performance options in force, for the plan summary."""
+    out = []
+    if cfg.sharding.qcomms != "none":
+        out.append(f"quantized all-to-all {cfg.sharding.qcomms} (forward and backward)")
+    if cfg.train.mixed_precision != "none":
+        out.append(f"dense part in {cfg.train.mixed_precision} autocast")
+    if cfg.train.tf32:
+        out.append("TF32 matmuls (CUDA)")
+    if cfg.train.compile:
+        out.append("dense part compiled (torch.compile)")
+    return out
 
 
 @record  # a failing rank's traceback goes to torchrun's error file and its "Root Cause" report

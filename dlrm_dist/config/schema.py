@@ -30,6 +30,8 @@ SHARDING_TYPES = (
 )
 
 DATA_SOURCES = ("synthetic", "criteo", "columnar")
+QCOMMS = ("none", "fp16", "bf16")
+MIXED_PRECISION = ("none", "bf16")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -169,12 +171,15 @@ class ShardingConfig:
     )
 
     plan: Optional[str] = _f(None, "A plan file (from dlrm-plan make) to train with; checked against the model and job.")
+    qcomms: str = _f("none", "Quantized embedding all-to-all (TorchRec QCommsConfig): none, fp16 or bf16 "
+                     "(forward and backward); cuts the bytes exchanged by half.")
     planner: str = _f("dlrm_dist", "Planner when neither a plan nor a sharding type is given: dlrm_dist or torchrec.")
 
     def __post_init__(self) -> None:
         if self.sharding_type is not None:
             _choice("sharding", "sharding_type", self.sharding_type, SHARDING_TYPES)
         _choice("sharding", "planner", self.planner, ("dlrm_dist", "torchrec"))
+        _choice("sharding", "qcomms", self.qcomms, QCOMMS)
         if self.plan and self.sharding_type:
             raise ConfigError(
                 f"sharding.plan={self.plan!r} and sharding.sharding_type={self.sharding_type!r} "
@@ -199,6 +204,10 @@ class TrainConfig:
     resume: bool = _f(True, "Resume from the newest complete checkpoint in checkpoint_dir, if any.")
     checkpoint: Optional[str] = _f(None, "Start from this checkpoint (a step directory or a checkpoint_dir).")
     inference_only: bool = _f(False, "Only evaluate the weights of train.checkpoint; no training.")
+    mixed_precision: str = _f("none", "Dense part (MLPs, interaction) under autocast: none or bf16 "
+                              "(embeddings and the loss stay float32).")
+    tf32: bool = _f(False, "CUDA: allow TF32 matrix multiplies and convolutions (no effect on CPU).")
+    compile: bool = _f(False, "Compile the dense part (MLPs, interaction) with torch.compile (inductor).")
 
     def __post_init__(self) -> None:
         for name in ("global_batch_size", "steps", "log_interval"):
@@ -210,6 +219,7 @@ class TrainConfig:
             raise ConfigError("train.checkpoint_interval and train.keep_last must be >= 0")
         if self.checkpoint_interval and not self.checkpoint_dir:
             raise ConfigError(f"train.checkpoint_interval={self.checkpoint_interval} needs train.checkpoint_dir")
+        _choice("train", "mixed_precision", self.mixed_precision, MIXED_PRECISION)
         if self.inference_only and not self.checkpoint:
             raise ConfigError("train.inference_only needs train.checkpoint (--checkpoint DIR)")
 

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, KeyedTensor
 from torchrec.datasets.utils import Batch
 
 from dlrm_dist.model.interaction import ResidualUnit, build_interaction
@@ -51,6 +51,8 @@ class DLRM(nn.Module):
     ) -> None:
         super().__init__()
         self.feature_names = list(feature_names)
+        self._order = tuple(feature_names)
+        self._gathers: dict[tuple[str, ...], torch.Tensor] = {}
         self.sparse_arch = EmbeddingBagCollection(tables=tables, device=device)
         # No bottom MLP without dense features; an empty Sequential passes them through.
         self.dense_arch = mlp(bottom_mlp, last_activation=True) if bottom_mlp else None
@@ -58,14 +60,55 @@ class DLRM(nn.Module):
         if residual is not None:
             self.residual_arch = residual
         self.over_arch = mlp([interaction.out_features] + list(top_mlp), last_activation=False)
+        # Mixed precision for the dense part only (train.mixed_precision); None = float32.
+        # Plain attributes, not read from tensors: TorchRec's pipeline traces this forward.
+        self.dense_dtype: Optional[torch.dtype] = None
+        self.autocast_device = "cpu"
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        pooled = self.sparse_arch(sparse).to_dict()
-        embs = [pooled[f] for f in self.feature_names]
+        embs = self.ordered(self.sparse_arch(sparse))
+        if self.dense_dtype is None:
+            return self.dense_forward(dense, embs)
+        with torch.autocast(self.autocast_device, dtype=self.dense_dtype):
+            return self.dense_forward(dense, embs).float()
+
+    def dense_forward(self, dense: torch.Tensor, embs: torch.Tensor) -> torch.Tensor:
+        """Bottom MLP, interaction, residual units, top MLP: one logit per sample."""
         x = self.interaction(self.dense_arch(dense) if self.dense_arch is not None else None, embs)
         if hasattr(self, "residual_arch"):
             x = self.residual_arch(x)
         return self.over_arch(x).squeeze(-1)
+
+    def use_mixed_precision(self, dtype: Optional[torch.dtype], device_type: str) -> None:
+        """Runs the dense part under autocast to ``dtype`` on ``device_type`` (None: float32)."""
+        self.dense_dtype, self.autocast_device = dtype, device_type
+
+
+    def ordered(self, pooled: KeyedTensor) -> torch.Tensor:
+        """The pooled embeddings as one B x sum(dims) tensor in ``feature_names`` order."""
+        return _in_order(pooled, self._order, self._gathers)
+
+
+@torch.fx.wrap  # opaque to TorchRec's pipeline tracer, which cannot iterate a traced KeyedTensor
+def _in_order(pooled: KeyedTensor, order: tuple[str, ...], gathers: dict[tuple[str, ...], torch.Tensor]) -> torch.Tensor:
+    """``pooled``'s values with their columns in feature ``order``.
+
+    A sharded collection returns its keys in another order than the unsharded one (and than
+    the schema's). One column gather puts them in order; slicing feature by feature instead
+    costs a B x sum(dims) zero-filled gradient per feature in backward. The gather's indices
+    depend only on the key order, so they are built once per order (cached in ``gathers``).
+    """
+    keys = tuple(pooled.keys())
+    values = pooled.values()
+    if keys == order:
+        return values
+    index = gathers.get(keys)
+    if index is None:
+        offsets = dict(zip(keys, pooled.offset_per_key()))
+        widths = dict(zip(keys, pooled.length_per_key()))
+        cols = [c for f in order for c in range(offsets[f], offsets[f] + widths[f])]
+        index = gathers[keys] = torch.tensor(cols, dtype=torch.long, device=values.device)
+    return values.index_select(1, index)
 
 
 class DLRMTrain(nn.Module):

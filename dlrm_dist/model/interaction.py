@@ -1,8 +1,9 @@
 """Feature interactions between the bottom MLP's output and the pooled embeddings.
 
 Each takes ``dense`` (B x Db, or None when the schema has no dense features) and ``embs``
-(one B x d_i tensor per sparse feature, in the schema's order) and returns B x ``out_features``.
-``dot`` needs one dim for all; ``cat`` and ``dcn`` take mixed dims.
+(B x sum(d_i): every sparse feature's pooled embedding side by side, in the schema's order)
+and returns B x ``out_features``. ``dot`` needs one dim for all (it views ``embs`` as
+B x F x D); ``cat`` and ``dcn`` take mixed dims.
 """
 
 from __future__ import annotations
@@ -23,21 +24,23 @@ class DotInteraction(nn.Module):
 
     def __init__(self, num_sparse: int, dim: int, dense_dim: int, self_interaction: bool = False) -> None:
         super().__init__()
+        self.num_sparse, self.dim = num_sparse, dim
         n = num_sparse + (1 if dense_dim else 0)
         rows, cols = torch.triu_indices(n, n, offset=0 if self_interaction else 1)
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
         self.out_features = dense_dim + rows.numel()
 
-    def forward(self, dense: Optional[torch.Tensor], embs: Sequence[torch.Tensor]) -> torch.Tensor:
-        vectors = ([dense] if dense is not None else []) + list(embs)
-        x = torch.stack(vectors, dim=1)
+    def forward(self, dense: Optional[torch.Tensor], embs: torch.Tensor) -> torch.Tensor:
+        x = embs.view(-1, self.num_sparse, self.dim)
+        if dense is not None:
+            x = torch.cat([dense.unsqueeze(1), x], dim=1)
         z = torch.bmm(x, x.transpose(1, 2))[:, self.rows, self.cols]
         return torch.cat([dense, z], dim=1) if dense is not None else z
 
 
-def _concat(dense: Optional[torch.Tensor], embs: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.cat(([dense] if dense is not None else []) + list(embs), dim=1)
+def _concat(dense: Optional[torch.Tensor], embs: torch.Tensor) -> torch.Tensor:
+    return torch.cat([dense, embs], dim=1) if dense is not None else embs
 
 
 class CatInteraction(nn.Module):
@@ -47,7 +50,7 @@ class CatInteraction(nn.Module):
         super().__init__()
         self.out_features = dense_dim + sum(emb_dims)
 
-    def forward(self, dense: Optional[torch.Tensor], embs: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, dense: Optional[torch.Tensor], embs: torch.Tensor) -> torch.Tensor:
         return _concat(dense, embs)
 
 
@@ -59,7 +62,7 @@ class DCNInteraction(nn.Module):
         self.out_features = dense_dim + sum(emb_dims)
         self.crossnet = LowRankCrossNet(in_features=self.out_features, num_layers=num_layers, low_rank=low_rank)
 
-    def forward(self, dense: Optional[torch.Tensor], embs: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, dense: Optional[torch.Tensor], embs: torch.Tensor) -> torch.Tensor:
         return self.crossnet(_concat(dense, embs))
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
 from torch import nn
 from torchrec.distributed.types import ShardingPlan
 
@@ -23,7 +24,7 @@ from dlrm_dist.config.loader import to_dict
 from dlrm_dist.data import Dataset
 from dlrm_dist.data.resolve import build_data, job_schema, table_pooling
 from dlrm_dist.distributed.env import DistEnv
-from dlrm_dist.distributed.parallel import shard_model
+from dlrm_dist.distributed.parallel import compile_dense, set_matmul_precision, shard_model
 from dlrm_dist.distributed.weights import init_embedding_weights
 from dlrm_dist.metrics.log import MetricsLog
 from dlrm_dist.features.schema import FeatureSchema
@@ -105,7 +106,12 @@ def prepare(cfg: Config, env: DistEnv) -> Prepared:
 def build_trainer(env: DistEnv, prepared: Prepared, say: Callable[[str], None] = print) -> Trainer:
     """Shards the model and assembles the trainer (needs the process group)."""
     cfg = prepared.cfg
-    model = shard_model(prepared.model, prepared.plan, env)
+    set_matmul_precision(cfg.train.tf32, env.device)
+    if cfg.train.mixed_precision == "bf16":
+        prepared.model.model.use_mixed_precision(torch.bfloat16, env.device.type)
+    if cfg.train.compile:
+        compile_dense(prepared.model)
+    model = shard_model(prepared.model, prepared.plan, env, cfg.sharding.qcomms)
     init_embedding_weights(model, {t.name: t.rows for t in prepared.spec.tables}, cfg.train.seed)
     optimizer = build_optimizer(model, cfg.optim)
     lr = ScheduledLR(optimizer, LRSchedule.from_config(cfg.optim))

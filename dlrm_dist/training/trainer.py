@@ -21,6 +21,8 @@ from tqdm import tqdm
 from dlrm_dist.checkpoint import CheckpointError, discard_partial_writes, latest_checkpoint, load_checkpoint, save_checkpoint
 from dlrm_dist.config.schema import Config
 from dlrm_dist.data import Dataset
+from dlrm_dist.data.prefetch import Prefetcher
+from dlrm_dist.distributed.commstats import CommCounter
 from dlrm_dist.distributed.env import DistEnv
 from dlrm_dist.metrics.eval import EvalMetrics
 from dlrm_dist.metrics.log import MetricsLog
@@ -35,10 +37,13 @@ class DivergedError(RuntimeError):
 class TrainResult:
     """What a run produced (identical on every rank)."""
 
-    losses: list[float] = field(default_factory=list)  # global mean loss of each step
+    losses: list[float] = field(default_factory=list)  # global mean loss of each step (gathered per log interval)
     evals: list[dict[str, Any]] = field(default_factory=list)
     samples_per_s: float = 0.0
     rank_step_ms: list[float] = field(default_factory=list)  # mean step time of each rank
+    # Embedding-exchange bytes (all-to-all, reduce-scatter) received per training sample,
+    # measured on each rank (train and eval steps both count; see distributed/commstats.py).
+    a2a_bytes_per_sample: list[float] = field(default_factory=list)
     teacher_auc: Optional[float] = None  # synthetic data only: the best reachable AUC
 
     @property
@@ -68,10 +73,17 @@ class Trainer:
         self.step = 0  # global step (restored on resume); also the data position
         self.steps_run = 0  # steps run by this process
         self._checked = 0  # losses already checked to be finite
+        self.comms = CommCounter()
         self.train_seconds = 0.0
 
     # -- the loop -----------------------------------------------------------------------
     def train(self) -> TrainResult:
+        try:
+            return self._train()
+        finally:
+            self.comms.close()  # the wrapped collectives are restored whatever happened
+
+    def _train(self) -> TrainResult:
         result = TrainResult(teacher_auc=self.teacher_auc())
         if self.cfg.train.inference_only:
             self.restore(weights_only=True)
@@ -93,6 +105,7 @@ class Trainer:
             result.evals.append(self.evaluate())
         result.samples_per_s = len(result.losses) * self.cfg.train.global_batch_size / max(self.train_seconds, 1e-9)
         result.rank_step_ms = self.rank_step_ms()
+        result.a2a_bytes_per_sample = self.exchange_bytes_per_sample()
         return result
 
     def schedule(self) -> list[tuple[int, set[str]]]:
@@ -134,27 +147,34 @@ class Trainer:
         self.say(f"checkpoint @ step {self.step}: {path}")
 
     def train_segment(self, end: int, result: TrainResult, bar: tqdm) -> None:
+        """Steps up to ``end``; losses stay on the device and are reduced once per log interval."""
         self.model.train()
         batches = self.train_batches(end - self.step)
-        while self.step < end:
-            self.lr.apply(self.step)
-            t0 = time.perf_counter()
-            loss = self.train_step(batches)
-            self.train_seconds += time.perf_counter() - t0
-            result.losses.append(loss)
-            self.step += 1
-            self.steps_run += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            if self.step % self.cfg.train.log_interval == 0 or self.step == end:
-                self.check_finite(result.losses)
-                self.log_train(loss)
-        self.drain(batches)
+        window: list[torch.Tensor] = []
+        mark = time.perf_counter()
+        try:
+            while self.step < end:
+                self.lr.apply(self.step)
+                window.append(self.train_step(batches))
+                self.step += 1
+                self.steps_run += 1
+                bar.update(1)
+                if self.step % self.cfg.train.log_interval == 0 or self.step == end:
+                    result.losses += self.global_means(window)  # the one host sync per interval
+                    window = []
+                    now = time.perf_counter()
+                    self.train_seconds, mark = self.train_seconds + now - mark, now
+                    bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
+                    self.check_finite(result.losses)
+                    self.log_train(result.losses[-1])
+            self.drain(batches)
+        finally:
+            batches.close()
 
-    def train_step(self, batches: Iterator[Any]) -> float:
-        """One pipelined step; returns the loss averaged over all ranks."""
+    def train_step(self, batches: Iterator[Any]) -> torch.Tensor:
+        """One pipelined step; returns this rank's loss, detached, still on the device."""
         loss, _, _ = self.pipeline.progress(batches)
-        return self.global_mean(loss)
+        return loss.detach()
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
@@ -162,13 +182,17 @@ class Trainer:
         self.model.eval()
         metrics = EvalMetrics()
         gbs = self.cfg.train.global_batch_size
-        batches = self.data.batches("eval", gbs, self.env.rank, self.env.world_size, self.data.eval_batch_count(gbs))
-        while True:
-            try:
-                _, logits, labels = self.pipeline.progress(batches)
-            except StopIteration:
-                break
-            metrics.update(logits, labels)
+        source = self.data.batches("eval", gbs, self.env.rank, self.env.world_size, self.data.eval_batch_count(gbs))
+        batches = Prefetcher(source, pin_memory=self.env.device.type == "cuda")
+        try:
+            while True:
+                try:
+                    _, logits, labels = self.pipeline.progress(batches)
+                except StopIteration:
+                    break
+                metrics.update(logits, labels)
+        finally:
+            batches.close()
         self.model.train()
         values = {"step": self.step, **metrics.compute()}
         self.log.write("eval", self.step, auc=values["auc"], logloss=values["logloss"], accuracy=values["accuracy"])
@@ -177,9 +201,10 @@ class Trainer:
         return values
 
     # -- helpers ------------------------------------------------------------------------
-    def train_batches(self, count: int) -> Iterator[Any]:
+    def train_batches(self, count: int) -> Prefetcher:
         gbs, env = self.cfg.train.global_batch_size, self.env
-        return self.data.batches("train", gbs, env.rank, env.world_size, count, start_batch=self.step)
+        source = self.data.batches("train", gbs, env.rank, env.world_size, count, start_batch=self.step)
+        return Prefetcher(source, pin_memory=env.device.type == "cuda")
 
     def drain(self, batches: Iterator[Any]) -> None:
         # The segment's iterator is exactly as long as the segment, so the pipeline is
@@ -208,14 +233,23 @@ class Trainer:
                     f"{self.cfg.optim.embedding_lr} embeddings, {self.cfg.optim.dense_lr} dense); "
                     + (f"the newest checkpoint, {newest}, is from before it" if newest else "no checkpoint was written"))
 
-    def global_mean(self, value: torch.Tensor) -> float:
-        t = value.detach().float().reshape(1).to(self.env.device)
+    def global_means(self, values: list[torch.Tensor]) -> list[float]:
+        """Each value averaged over all ranks, in one all-reduce."""
+        t = torch.stack(values).float().to(self.env.device)
         dist.all_reduce(t)
-        return float(t) / self.env.world_size
+        return (t / self.env.world_size).tolist()
 
     def log_train(self, loss: float) -> None:
         sps = self.steps_run * self.cfg.train.global_batch_size / max(self.train_seconds, 1e-9)
         self.log.write("train", self.step, loss=loss, lr_factor=self.lr.schedule.factor(self.step - 1), samples_per_s=sps)
+
+    def exchange_bytes_per_sample(self) -> list[float]:
+        """Bytes each rank received in the embedding exchange per sample it trained on."""
+        received = self.comms.bytes_received
+        samples = max(self.steps_run, 1) * self.cfg.train.global_batch_size // self.env.world_size
+        out: list[Any] = [None] * self.env.world_size
+        dist.all_gather_object(out, received / samples)
+        return [float(x) for x in out]
 
     def rank_step_ms(self) -> list[float]:
         mine = 1000.0 * self.train_seconds / max(self.steps_run, 1)

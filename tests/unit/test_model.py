@@ -35,15 +35,17 @@ def test_forward_backward_on_cpu(interaction: str, bottom: str) -> None:
 
 
 def test_dot_interaction_widths_and_values() -> None:
-    dense, embs = torch.randn(4, 3), [torch.randn(4, 3), torch.randn(4, 3)]
+    dense, e0, e1 = torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 3)
+    embs = torch.cat([e0, e1], dim=1)  # features side by side
     out = DotInteraction(2, 3, 3)(dense, embs)
     assert out.shape == (4, 3 + 3)
-    assert torch.allclose(out[:, 3], (dense * embs[0]).sum(1))  # pair (0, 1) first
+    assert torch.allclose(out[:, 3], (dense * e0).sum(1))  # pair (0, 1) first
+    assert torch.allclose(out[:, 5], (e0 * e1).sum(1))
     with_self = DotInteraction(2, 3, 3, self_interaction=True)
     assert with_self(dense, embs).shape == (4, 3 + 6)
     no_dense = DotInteraction(2, 3, 0)(None, embs)  # a schema without dense features
-    assert no_dense.shape == (4, 1) and torch.allclose(no_dense[:, 0], (embs[0] * embs[1]).sum(1))
-    mixed = [torch.randn(4, 3), torch.randn(4, 8)]
+    assert no_dense.shape == (4, 1) and torch.allclose(no_dense[:, 0], (e0 * e1).sum(1))
+    mixed = torch.randn(4, 11)  # dims 3 and 8
     assert CatInteraction([3, 8], 3)(dense, mixed).shape == (4, 14)
     assert CatInteraction([3, 8], 0)(None, mixed).shape == (4, 11)
     assert DCNInteraction([3, 8], 3, num_layers=2, low_rank=2)(dense, mixed).shape == (4, 14)
@@ -83,3 +85,44 @@ def test_to_batch_is_key_major() -> None:
     kjt = to_batch(block, data.feature_names).sparse_features
     assert kjt.keys() == ["cat_0", "cat_1"]
     assert kjt["cat_1"].values().tolist() == block.values[1].tolist()
+
+
+def test_embeddings_reach_the_interaction_in_schema_order_with_one_gather() -> None:
+    """A shared table puts g1, g2 side by side in the collection; the schema says g1, u, g2."""
+    from dlrm_dist.features.schema import from_dict
+    from dlrm_dist.model import resolve_model
+
+    schema = from_dict({"dense": [{"name": "x"}], "sparse": [
+        {"name": "g1", "kind": "hash", "buckets": 9, "table": "genre", "dim": 4},
+        {"name": "u", "kind": "identity", "buckets": 50, "dim": 8},
+        {"name": "g2", "kind": "hash", "buckets": 9, "table": "genre", "dim": 4}]})
+    cfg = load_config(["--model.interaction=cat", "--model.bottom_mlp=1-4", "--model.top_mlp=4-1"])
+    model = build_model(resolve_model(cfg.model, schema), seed=0, device=torch.device("cpu")).model
+    batch = next(SyntheticData(SyntheticSpec(pooling_factor=2), schema).batches("train", 8, 0, 1, 1))
+    pooled = model.sparse_arch(batch.sparse_features)
+    assert list(pooled.keys()) == ["g1", "g2", "u"]  # the collection's own order
+    by_name = pooled.to_dict()
+    expected = torch.cat([by_name["g1"], by_name["u"], by_name["g2"]], dim=1)
+    assert torch.equal(model.ordered(pooled), expected)
+    assert len(model._gathers) == 1  # noqa: SLF001 - the index is built once per key order
+    model.ordered(pooled)
+    assert len(model._gathers) == 1  # noqa: SLF001
+
+
+def test_prefetcher_keeps_order_stops_and_reraises() -> None:
+    from dlrm_dist.data.prefetch import Prefetcher
+
+    assert list(Prefetcher(iter(range(50)), depth=3)) == list(range(50))
+
+    def broken():
+        yield 1
+        raise ValueError("bad batch")
+
+    p = Prefetcher(broken())
+    assert next(p) == 1
+    with pytest.raises(ValueError, match="bad batch"):
+        next(p)
+    endless = Prefetcher(iter(range(10**9)), depth=2)
+    assert next(endless) == 0
+    endless.close()
+    assert not endless._thread.is_alive()  # noqa: SLF001
