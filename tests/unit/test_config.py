@@ -101,3 +101,23 @@ def test_help_lists_every_option(capsys) -> None:
     out = capsys.readouterr().out
     assert "--model.bottom_mlp" in out and "--optim.decay_power" in out and "--sharding-type" in out
     assert help_text() in out
+
+
+def test_performance_options_parse_and_are_checked() -> None:
+    import torch
+
+    from dlrm_dist.distributed.parallel import set_matmul_precision, sharder
+    from dlrm_dist.train import run_options
+
+    cfg = load_config(["--sharding.qcomms=fp16", "--train.mixed_precision=bf16", "--train.tf32=true",
+                       "--train.compile=true"])
+    assert run_options(cfg) == ["quantized all-to-all fp16 (forward and backward)", "dense part in bf16 autocast",
+                                "TF32 matmuls (CUDA)", "dense part compiled (torch.compile)"]
+    assert sharder("bf16").qcomm_codecs_registry and not sharder("none").qcomm_codecs_registry
+    before = torch.backends.cuda.matmul.allow_tf32
+    set_matmul_precision(True, torch.device("cpu"))  # no effect off CUDA
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+    for bad, words in ((["--sharding.qcomms=int8"], "sharding.qcomms='int8'"),
+                       (["--train.mixed_precision=fp8"], "train.mixed_precision='fp8'")):
+        with pytest.raises(ConfigError, match=words):
+            load_config(bad)
