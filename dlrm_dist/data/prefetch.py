@@ -28,27 +28,21 @@ class Prefetcher:
     def _run(self, source: Iterator[Any], pin_memory: bool) -> None:
         try:
             for item in source:
-                if pin_memory:
-                    item = item.pin_memory()
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
+                if not self._put(item.pin_memory() if pin_memory else item):
                     return
-            self._put_final(_DONE)
+            self._put(_DONE)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            self._put_final(e)
+            self._put(e)
 
-    def _put_final(self, item: Any) -> None:
+    def _put(self, item: Any) -> bool:
+        """Queues ``item`` unless stopped first (then False); never blocks past a ``close``."""
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
-                return
+                return True
             except queue.Full:
                 continue
+        return False
 
     def __iter__(self) -> "Prefetcher":
         return self
