@@ -74,8 +74,9 @@ def _criteo_schema(cfg: Config, given: Optional[FeatureSchema]) -> FeatureSchema
 def job_schema(cfg: Config) -> FeatureSchema:
     """The schema of ``cfg``'s job (see the module docstring for where it comes from)."""
     given = _given(cfg)
-    if given is not None and cfg.model.table_sizes is not None and given.name not in ("demo", "criteo"):
-        raise ConfigError("model.table_sizes sizes the built-in schema only; a schema gives its own table sizes")
+    if given is not None and cfg.model.table_sizes is not None:
+        raise ConfigError("model.table_sizes sizes the default built-in schema only; the schema given "
+                          f"({given.name!r}) has its own table sizes: drop one of them")
     if cfg.data.source == "columnar":
         return _columnar_schema(cfg, given)
     if cfg.data.source == "criteo":

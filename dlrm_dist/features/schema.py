@@ -25,7 +25,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from dlrm_dist.features.errors import SchemaError
@@ -123,12 +123,9 @@ class FeatureSchema:
     input: InputFormat = InputFormat()
     name: str = "custom"
     vocab_rows: tuple[tuple[str, int], ...] = ()  # vocab tables' rows, set by preprocessing
-    _checked: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not self._checked:
-            check_schema(self)
-            object.__setattr__(self, "_checked", True)
+        check_schema(self)
 
     # -- derived views ---------------------------------------------------------------------------
     @property
@@ -201,17 +198,17 @@ class FeatureSchema:
     def with_fitted(self, vocab_rows: dict[str, int], scales: dict[str, tuple[float, float]]) -> "FeatureSchema":
         """A copy holding what preprocessing learned from the training split."""
         dense = tuple(dataclasses.replace(d, scale=scales.get(d.name, d.scale)) for d in self.dense)
-        return dataclasses.replace(self, dense=dense, vocab_rows=tuple(sorted(vocab_rows.items())), _checked=False)
+        return dataclasses.replace(self, dense=dense, vocab_rows=tuple(sorted(vocab_rows.items())))
 
     def without_fitted(self) -> "FeatureSchema":
         """The schema as a user wrote it (for comparing a job's schema with a directory's)."""
         dense = tuple(dataclasses.replace(d, scale=None) for d in self.dense)
-        return dataclasses.replace(self, dense=dense, vocab_rows=(), _checked=False)
+        return dataclasses.replace(self, dense=dense, vocab_rows=())
 
 
 def _plain(x: Any) -> Any:
     if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items() if not k.startswith("_")}
+        return {k: _plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
     return x

@@ -109,3 +109,9 @@ def test_inline_features_section_and_schema_file(tmp_path) -> None:
         validate_job(load_config(["--config", str(job), "--data.schema=demo"]), world_size=2)
     with pytest.raises(SchemaError, match="neither a file nor a built-in"):
         validate_job(load_config(["--data.schema=/no/such.toml"]), world_size=2)
+
+
+def test_table_sizes_beside_a_given_schema_is_refused() -> None:
+    """--data.schema=demo with --model.table_sizes used to drop the sizes without a word."""
+    with pytest.raises(ConfigError, match="table_sizes sizes the default built-in schema only.*'demo'"):
+        validate_job(load_config(["--data.schema=demo", "--model.table_sizes=10,20"]), world_size=1)

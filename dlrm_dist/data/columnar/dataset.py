@@ -29,8 +29,7 @@ class ColumnarDataset:
 
     def __init__(self, directory: str | Path, eval_split: str = "val", seed: int = 0, shuffle: bool = True) -> None:
         self.directory = Path(directory)
-        self.schema, self.splits = layout.check_directory(self.directory)
-        self.meta = layout.read_meta(self.directory)
+        self.meta, self.schema, self.splits = layout.check_directory(self.directory)
         if eval_split not in ("val", "test"):
             raise DataError(f"eval split {eval_split!r}: choose val or test")
         if self.splits["train"].rows == 0:

@@ -41,10 +41,7 @@ def fnv1a(strings: pa.Array) -> np.ndarray:
     active = np.arange(len(arr))
     k = 0
     with np.errstate(over="ignore"):
-        while active.size:  # one vectorised step per character position: cost = total characters
-            active = active[lengths[active] > k]
-            if not active.size:
-                break
+        while (active := active[lengths[active] > k]).size:  # one step per character position
             h[active] = (h[active] ^ data[starts[active] + k].astype(U64)) * _FNV_PRIME
             k += 1
     return h

@@ -128,9 +128,9 @@ def open_split(directory: str | Path, split: str, schema: FeatureSchema, rows: i
     return SplitArrays(rows, dense, labels, ids, offsets)
 
 
-def check_directory(directory: str | Path) -> tuple[FeatureSchema, dict[str, SplitArrays]]:
-    """The stored schema and every split, all files checked; raises DataError naming the file."""
+def check_directory(directory: str | Path) -> tuple[dict[str, Any], FeatureSchema, dict[str, SplitArrays]]:
+    """meta.json, the stored schema and every split, all files checked; raises DataError naming the file."""
     meta = read_meta(directory)
-    schema = stored_schema(directory)
+    schema = from_dict(meta["schema"], f"{Path(directory) / META}")
     splits = {s: open_split(directory, s, schema, int(meta["splits"][s]["rows"])) for s in SPLITS}
-    return schema, splits
+    return meta, schema, splits

@@ -23,8 +23,7 @@ def _label_rate(labels: np.ndarray) -> float:
 
 
 def compute_stats(directory: str | Path) -> dict[str, Any]:
-    schema, splits = layout.check_directory(directory)
-    meta = layout.read_meta(directory)
+    meta, schema, splits = layout.check_directory(directory)
     train = splits["train"]
     features = []
     for f in schema.sparse:
