@@ -1,21 +1,86 @@
-"""Logging setup: keeps library chatter (TorchRec's per-rank warnings) off the console."""
+"""Logging: the package's logger, shown by rank 0 only, and library noise silenced by name.
+
+Modules log through ``logging.getLogger(__name__)`` (children of ``dlrm_dist``); nothing is
+passed around. ``init_logging(rank)`` puts one handler on the package logger that writes
+through ``tqdm.write`` (so messages do not tear a progress bar) and drops records of other
+ranks unless they carry ``extra={"all_ranks": True}`` (torchtitan's rank-0 pattern).
+
+Library chatter is silenced by logger name (TorchRec's planner, fbgemm's kernel
+construction messages) and by the exact warning messages below, never by whole categories:
+a deprecation in our own use of torch must still show up. ``KNOWN_WARNINGS`` is also what
+the test suite ignores (tests/conftest.py), so the list has one home.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import warnings
+
+from tqdm import tqdm
+
+PACKAGE = "dlrm_dist"
+
+# (category, message regex): warnings that libraries raise about themselves, which a user can
+# do nothing about. Each names why it is safe.
+KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
+    # TorchRec 1.8's sharded state dicts hold ShardedTensors (no DTensor option for
+    # EmbeddingBagCollection); reading their local shards is the documented way.
+    (FutureWarning, "Please use DTensor instead and we are deprecating ShardedTensor"),
+    # TorchRec's DMP and sharded EBC still pass DDP's old argument internally.
+    (FutureWarning, "`broadcast_buffers` is deprecated"),
+    # fbgemm-gpu-cpu registers its dense (data-parallel) lookup without an autograd key;
+    # its backward is correct (the equivalence tests cover data_parallel tables).
+    (UserWarning, "fbgemm::dense_embedding_codegen_lookup_function: an autograd kernel was not registered"),
+)
+
+# Loggers whose INFO/WARNING lines are per-rank or per-table noise on every run.
+NOISY_LOGGERS = ("torchrec", "fbgemm_gpu", "torch.distributed", "torch.fx", "iopath")
+
+logger = logging.getLogger(PACKAGE)
+
+
+class RankZeroFilter(logging.Filter):
+    """Lets through records of rank 0, and any record logged with ``extra={"all_ranks": True}``."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.rank == 0 or bool(getattr(record, "all_ranks", False))
+
+
+class TqdmHandler(logging.Handler):
+    """Writes through ``tqdm.write`` so that log lines land above a running progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record))
+        except Exception:  # noqa: BLE001 - a logging handler must never raise
+            self.handleError(record)
+
+
+def init_logging(rank: int = 0, level: int = logging.INFO) -> None:
+    """Sets up the package logger for ``rank`` and quiets the libraries (idempotent)."""
+    quiet_libraries()
+    handler = TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(RankZeroFilter(rank))
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
 
 
 def quiet_libraries(level: int = logging.ERROR) -> None:
-    """Library loggers only at ``level`` and above; the root at ERROR.
+    """Library loggers at ``level`` and above, the root at ERROR, the known warnings ignored.
 
-    fbgemm_gpu installs a root handler at import time (force=True replaces it) and its
-    kernels log every construction through the root logger at INFO; TorchRec's planner warns
-    there about every data-parallel table.
+    fbgemm_gpu installs a root handler at import time (force=True replaces it) and its kernels
+    log every construction through the root logger at INFO; TorchRec's planner warns there
+    about every data-parallel table.
     """
     logging.basicConfig(level=logging.ERROR, format="%(message)s", force=True)
-    for name in ("torchrec", "fbgemm_gpu", "torch.distributed", "torch.fx", "iopath"):
+    for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(level)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for category, message in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=category)

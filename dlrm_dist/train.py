@@ -7,46 +7,50 @@ group, build the trainer, train, report; always tear down.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from torch.distributed.elastic.multiprocessing.errors import record
-from tqdm import tqdm
 
-from dlrm_dist.config import ConfigError, load_config
+from dlrm_dist.config import load_config
 from dlrm_dist.config.loader import help_text, to_dict
 from dlrm_dist.distributed.env import DistEnv, init_distributed, teardown
-from dlrm_dist.logs import quiet_libraries
-from dlrm_dist.planning import format_plan
+from dlrm_dist.logs import init_logging
+from dlrm_dist.planning import format_plan, planfile
 from dlrm_dist.report import final_report, summary_record
 from dlrm_dist.training.build import build_trainer, prepare
-from dlrm_dist.training.trainer import DivergedError
+from dlrm_dist.errors import DlrmError, cli_error
+
+logger = logging.getLogger("dlrm_dist.train")  # not __name__: run as -m, that is "__main__"
+PLAN_FILE = "plan.json"  # the run's plan with its estimates, beside metrics.jsonl (dlrm-report reads it)
 
 
 def run(args: Sequence[str], env: Optional[DistEnv] = None) -> dict:
     """Runs one training job in this process (one rank); returns the summary record."""
     cfg = load_config(args)
     env = env or DistEnv.from_environ()
+    init_logging(env.rank)
     prepared = prepare(cfg, env)
-    # tqdm.write keeps messages from tearing the progress bar; only rank 0 speaks.
-    say = tqdm.write if env.is_main else (lambda _msg: None)
-    say(f"dlrm_dist: {env.world_size} rank(s), backend {env.backend}, device {env.device.type}")
-    say(format_plan(prepared.plan))
+    logger.info("dlrm_dist: %d rank(s), backend %s, device %s", env.world_size, env.backend, env.device.type)
+    logger.info(format_plan(prepared.plan))
     options = run_options(prepared.cfg)
     if options:
-        say("options: " + ", ".join(options))
+        logger.info("options: %s", ", ".join(options))
+    cfg = prepared.cfg
+    run_dir = Path(cfg.train.run_dir)
+    if env.is_main:
+        planfile.write(prepared.plan_file, run_dir / PLAN_FILE)
+        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True))
     init_distributed(env)
     try:
-        cfg = prepared.cfg
-        trainer = build_trainer(env, prepared, say=say)
+        trainer = build_trainer(env, prepared)
         result = trainer.train()
         record = summary_record(cfg, env, result)
         if env.is_main:
-            run_dir = Path(cfg.train.run_dir)
             (run_dir / "summary.json").write_text(json.dumps(record, indent=2, sort_keys=True))
-            (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True))
-            say(final_report(record))
+            logger.info(final_report(record))
         return record
     finally:
         teardown()
@@ -72,15 +76,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if "-h" in args or "--help" in args:
         print(help_text())
         return 0
-    quiet_libraries()
     try:
         run(args)
-    except ConfigError as e:
-        print(f"dlrm-train: error: {e}", file=sys.stderr)
-        return 2
-    except DivergedError as e:
-        print(f"dlrm-train: error: {e}", file=sys.stderr)
-        return 3
+    except DlrmError as e:  # a bad config (2), a diverged run (3), a damaged checkpoint (4), ...
+        return cli_error("dlrm-train", e)
     return 0
 
 

@@ -29,7 +29,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata
 
 from dlrm_dist.checkpoint import optim_state, store
-from dlrm_dist.config.errors import ConfigError
+from dlrm_dist.errors import EXIT_BAD_STATE, DlrmError
 from dlrm_dist.distributed.weights import table_of
 from dlrm_dist.optimizers import DENSE
 
@@ -43,8 +43,10 @@ CONTENTS = {  # the manifest's note on the DCP state dict's sections
 }
 
 
-class CheckpointError(ConfigError):
+class CheckpointError(DlrmError):
     """A checkpoint is missing, incomplete, corrupted or from a different model."""
+
+    exit_code = EXIT_BAD_STATE
 
 
 def _tables(model_state: dict[str, Any]) -> dict[str, list[int]]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from dlrm_dist.config.errors import ConfigError
+from dlrm_dist.errors import DlrmError, cli_error
 
 
 def _preprocess_args(p: argparse.ArgumentParser) -> None:
@@ -156,9 +157,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     commands = {"preprocess": run_preprocess, "stats": run_stats, "fetch": run_fetch}
     try:
         return commands[args.command](args)
-    except ConfigError as e:
-        print(f"dlrm-data {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except DlrmError as e:
+        return cli_error(f"dlrm-data {args.command}", e)
 
 
 if __name__ == "__main__":

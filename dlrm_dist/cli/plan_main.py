@@ -11,7 +11,7 @@ import sys
 from typing import Optional, Sequence
 
 from dlrm_dist.cli import plan_compare, plan_diff, plan_inspect, plan_make, plan_validate
-from dlrm_dist.config.errors import ConfigError
+from dlrm_dist.errors import DlrmError, cli_error
 from dlrm_dist.logs import quiet_libraries
 
 COMMANDS = {
@@ -38,9 +38,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     quiet_libraries()
     try:
         return int(args.run(args) or 0)
-    except ConfigError as e:  # PlanError and PlanInputError included
-        print(f"dlrm-plan {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except DlrmError as e:
+        return cli_error(f"dlrm-plan {args.command}", e)
 
 
 if __name__ == "__main__":

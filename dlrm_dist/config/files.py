@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from dlrm_dist.config.errors import ConfigError
+from dlrm_dist.errors import DlrmError
 
 
-def read_data(path: str | Path, what: str = "file", error: type[ConfigError] = ConfigError) -> dict[str, Any]:
+def read_data(path: str | Path, what: str = "file", error: type[DlrmError] = ConfigError) -> dict[str, Any]:
     """The parsed contents of a ``.toml`` or (otherwise) JSON file."""
     p = Path(path)
     if p.is_dir():

@@ -208,9 +208,13 @@ class TrainConfig:
                               "(embeddings and the loss stay float32).")
     tf32: bool = _f(False, "CUDA: allow TF32 matrix multiplies and convolutions (no effect on CPU).")
     compile: bool = _f(False, "Compile the dense part (MLPs, interaction) with torch.compile (inductor).")
+    tensorboard: bool = _f(True, "Write TensorBoard event files to run_dir/tensorboard (loss, eval metrics, "
+                           "learning rates, samples/s, per-rank step time).")
+    auc_max_samples: int = _f(2**24, "Eval AUC is exact over up to this many samples (12 bytes each on every rank "
+                              "while computing); a larger split's AUC covers its last this many.")
 
     def __post_init__(self) -> None:
-        for name in ("global_batch_size", "steps", "log_interval"):
+        for name in ("global_batch_size", "steps", "log_interval", "auc_max_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
         if self.eval_interval < 0:

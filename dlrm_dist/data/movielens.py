@@ -21,7 +21,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from dlrm_dist.config.errors import ConfigError
+from dlrm_dist.data.errors import FetchError
 
 WHEEL = "recbole==1.2.1"
 MEMBER = "recbole/dataset_example/ml-100k/ml-100k.{}"
@@ -31,10 +31,6 @@ COLUMNS = ("user_id", "item_id", "rating", "timestamp", "age", "gender", "occupa
 TERMS = ("MovieLens-100k is (c) GroupLens Research, University of Minnesota, used under its terms: "
          "research use, no redistribution, cite Harper & Konstan (2015), ACM TiiS 5(4). "
          "https://files.grouplens.org/datasets/movielens/ml-100k-README.txt")
-
-
-class FetchError(ConfigError):
-    """The data could not be obtained; the message says why (PyPI unreachable, wheel changed)."""
 
 
 def _read(z: zipfile.ZipFile, kind: str) -> list[dict[str, str]]:

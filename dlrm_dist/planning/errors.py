@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from dlrm_dist.config.errors import ConfigError
+from dlrm_dist.errors import DlrmError
 from dlrm_dist.planning.inputs import GB, PlannerInputs
 
 if TYPE_CHECKING:
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from dlrm_dist.planning.placement import Capacity
 
 
-class PlanError(ConfigError):
+class PlanError(DlrmError):
     """The requested placement cannot be built; the message says why and what would work."""
 
 

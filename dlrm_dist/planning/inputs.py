@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
-from dlrm_dist.config.errors import ConfigError
+from dlrm_dist.errors import DlrmError
 from dlrm_dist.config.files import read_data
 
 SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise")
@@ -20,7 +20,7 @@ DEVICES = ("cuda", "cpu")
 GB = 1024**3
 
 
-class PlanInputError(ConfigError):
+class PlanInputError(DlrmError):
     """A planner input is invalid; the message names where and what would be valid."""
 
 

@@ -3,7 +3,8 @@
 Three sources, in order: a plan file (``--plan``, checked against the model and the job),
 one sharding type forced for every table (``--sharding-type``, built with TorchRec's own
 per-parameter generators so shard boundaries are exactly those TorchRec routes ids by),
-or a planner on the job's own topology (dlrm_dist's by default, or TorchRec's).
+or a planner on the job's own inputs (dlrm_dist's by default, or TorchRec's on the same inputs).
+Each comes back as a PlanFile: the plan with its inputs and estimates.
 
 Planning is deterministic, so every rank computes the same plan locally. The embedding
 parameters must already carry their in-backward optimizer (``apply_optimizer_in_backward``):
@@ -20,8 +21,6 @@ from typing import Optional
 import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection
-from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.sharding_plan import (
     column_wise,
     construct_module_sharding_plan,
@@ -37,7 +36,10 @@ from dlrm_dist.planning import planfile
 from dlrm_dist.planning.check import ExpectedTable, check_plan
 from dlrm_dist.planning.errors import PlanError
 from dlrm_dist.planning.inputs import GB, Budgets, PlannerInputs, TableSpec, TopologySpec
-from dlrm_dist.planning.planner import make_plan_file
+from dlrm_dist.planning.planfile import PlanFile
+from dlrm_dist.planning.planner import make_plan_file, plan_file_for
+from dlrm_dist.planning.torchrec_default import plan_with_torchrec
+
 
 @dataclass(frozen=True)
 class JobSpec:
@@ -147,8 +149,16 @@ def job_inputs(ebc: EmbeddingBagCollection, job: JobSpec) -> PlannerInputs:
                          batch_size_per_rank=job.batch_size_per_rank, optimizer=job.optimizer)
 
 
-def from_plan_file(model: nn.Module, path: str, job: JobSpec) -> ShardingPlan:
-    """A plan file's plan, checked against the model and job, keyed to the model's module path."""
+def _keyed(plan: ShardingPlan, module_path: str) -> ShardingPlan:
+    """``plan``'s tables under the model's module path (plans name the module they were made for)."""
+    module_plan = {}
+    for mp in plan.plan.values():
+        module_plan.update(mp)
+    return ShardingPlan({module_path: EmbeddingModuleShardingPlan(module_plan)})
+
+
+def from_plan_file(model: nn.Module, path: str, job: JobSpec) -> PlanFile:
+    """A plan file, checked against the model and job, its plan keyed to the model's module path."""
     module_path, ebc = find_ebc(model)
     pf = planfile.read(path)
     planned = pf.inputs.topology.world_size
@@ -158,10 +168,7 @@ def from_plan_file(model: nn.Module, path: str, job: JobSpec) -> ShardingPlan:
                         f"make one for {job.world_size} (dlrm-plan make --world-size {job.world_size} ...) "
                         f"or run on {planned} ranks")
     check_plan(pf.plan, expected_tables(ebc), job.world_size, job.device.type, origin=f"plan file {path}")
-    module_plan = {}
-    for mp in pf.plan.plan.values():
-        module_plan.update(mp)
-    return ShardingPlan({module_path: EmbeddingModuleShardingPlan(module_plan)})
+    return dataclasses.replace(pf, plan=_keyed(pf.plan, module_path))
 
 
 def make_plan(
@@ -170,15 +177,21 @@ def make_plan(
     sharding_type: Optional[str] = None,
     plan_file: Optional[str] = None,
     planner: str = "dlrm_dist",
-) -> ShardingPlan:
-    """The plan for this job, without a process group."""
+) -> PlanFile:
+    """The job's plan with its estimates (as a plan file holds them), without a process group.
+
+    Every source is estimated by the same models on the same inputs (the job's tables,
+    pooling factors, memory and optimizer), TorchRec's planner included: it plans on those
+    inputs exactly as ``dlrm-plan compare --torchrec`` does.
+    """
     if plan_file:
         return from_plan_file(model, plan_file, job)
-    if sharding_type:
-        return forced_plan(model, sharding_type, job.world_size, job.local_size, job.device.type)
     path, ebc = find_ebc(model)
+    inputs = job_inputs(ebc, job)
+    if sharding_type:
+        forced = forced_plan(model, sharding_type, job.world_size, job.local_size, job.device.type)
+        return plan_file_for(forced, inputs, f"forced:{sharding_type}", module_path=path)
     if planner == "torchrec":
-        topology = Topology(world_size=job.world_size, local_world_size=job.local_size, compute_device=job.device.type)
-        return EmbeddingShardingPlanner(topology=topology, batch_size=job.batch_size_per_rank).plan(
-            model, [EmbeddingBagCollectionSharder()])
-    return make_plan_file(job_inputs(ebc, job), module_path=path).plan
+        return plan_file_for(_keyed(plan_with_torchrec(inputs).plan, path), inputs, "torchrec_default",
+                             module_path=path)
+    return make_plan_file(inputs, module_path=path)

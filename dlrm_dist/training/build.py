@@ -12,7 +12,6 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -31,6 +30,7 @@ from dlrm_dist.features.schema import FeatureSchema
 from dlrm_dist.model import ModelSpec, build_model, resolve_model
 from dlrm_dist.planning import plan_rows
 from dlrm_dist.planning.plan import JobSpec, make_plan
+from dlrm_dist.planning.planfile import PlanFile
 from dlrm_dist.training.optim import LRSchedule, ScheduledLR, build_optimizer, mark_embedding_optimizer
 from dlrm_dist.training.trainer import Trainer
 
@@ -45,7 +45,11 @@ class Prepared:
     spec: ModelSpec
     data: Dataset
     model: nn.Module
-    plan: ShardingPlan
+    plan_file: PlanFile  # the plan with the inputs and estimates it was chosen by
+
+    @property
+    def plan(self) -> ShardingPlan:
+        return self.plan_file.plan
 
 
 def resolve(cfg: Config) -> tuple[Config, FeatureSchema, ModelSpec]:
@@ -99,11 +103,11 @@ def prepare(cfg: Config, env: DistEnv) -> Prepared:
         optimizer=cfg.optim.embedding_optimizer,
         pooling_factors=tuple(pooling[t.name] for t in spec.tables),
     )
-    plan = make_plan(model, job, cfg.sharding.sharding_type, cfg.sharding.plan, cfg.sharding.planner)
-    return Prepared(cfg, schema, spec, data, model, plan)
+    plan_file = make_plan(model, job, cfg.sharding.sharding_type, cfg.sharding.plan, cfg.sharding.planner)
+    return Prepared(cfg, schema, spec, data, model, plan_file)
 
 
-def build_trainer(env: DistEnv, prepared: Prepared, say: Callable[[str], None] = print) -> Trainer:
+def build_trainer(env: DistEnv, prepared: Prepared) -> Trainer:
     """Shards the model and assembles the trainer (needs the process group)."""
     cfg = prepared.cfg
     set_matmul_precision(cfg.train.tf32, env.device)
@@ -115,7 +119,7 @@ def build_trainer(env: DistEnv, prepared: Prepared, say: Callable[[str], None] =
     init_embedding_weights(model, {t.name: t.rows for t in prepared.spec.tables}, cfg.train.seed)
     optimizer = build_optimizer(model, cfg.optim)
     lr = ScheduledLR(optimizer, LRSchedule.from_config(cfg.optim))
-    log = MetricsLog(Path(cfg.train.run_dir), enabled=env.is_main)
+    log = MetricsLog(Path(cfg.train.run_dir), enabled=env.is_main, tensorboard=cfg.train.tensorboard)
     info = {"embedding_optimizer": cfg.optim.embedding_optimizer, "dense_optimizer": cfg.optim.dense_optimizer,
             "plan": plan_rows(prepared.plan), "config": to_dict(cfg)}
-    return Trainer(cfg, env, model, optimizer, lr, prepared.data, log, say=say, checkpoint_info=info)
+    return Trainer(cfg, env, model, optimizer, lr, prepared.data, log, checkpoint_info=info)

@@ -7,10 +7,11 @@ current one computes), so an evaluation never meets batches in flight.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -24,13 +25,18 @@ from dlrm_dist.data import Dataset
 from dlrm_dist.data.prefetch import Prefetcher
 from dlrm_dist.distributed.commstats import CommCounter
 from dlrm_dist.distributed.env import DistEnv
-from dlrm_dist.metrics.eval import EvalMetrics
+from dlrm_dist.errors import EXIT_DIVERGED, DlrmError
+from dlrm_dist.metrics.eval import EvalMetrics, EvalResult
 from dlrm_dist.metrics.log import MetricsLog
 from dlrm_dist.training.optim import ScheduledLR
 
+logger = logging.getLogger(__name__)
 
-class DivergedError(RuntimeError):
+
+class DivergedError(DlrmError):
     """The loss became NaN or infinite; the message names the step and the newest good checkpoint."""
+
+    exit_code = EXIT_DIVERGED
 
 
 @dataclass
@@ -38,7 +44,7 @@ class TrainResult:
     """What a run produced (identical on every rank)."""
 
     losses: list[float] = field(default_factory=list)  # global mean loss of each step (gathered per log interval)
-    evals: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[EvalResult] = field(default_factory=list)
     samples_per_s: float = 0.0
     rank_step_ms: list[float] = field(default_factory=list)  # mean step time of each rank
     # Embedding-exchange bytes (all-to-all, reduce-scatter) received per training sample,
@@ -47,8 +53,8 @@ class TrainResult:
     teacher_auc: Optional[float] = None  # synthetic data only: the best reachable AUC
 
     @property
-    def final_eval(self) -> dict[str, Any]:
-        return self.evals[-1] if self.evals else {}
+    def final_eval(self) -> Optional[EvalResult]:
+        return self.evals[-1] if self.evals else None
 
 
 class Trainer:
@@ -63,18 +69,18 @@ class Trainer:
         lr: ScheduledLR,
         data: Dataset,
         log: MetricsLog,
-        say: Callable[[str], None] = print,
         checkpoint_info: Optional[dict[str, Any]] = None,
     ) -> None:
         self.cfg, self.env, self.model, self.optimizer = cfg, env, model, optimizer
         self.checkpoint_info = checkpoint_info or {}
-        self.lr, self.data, self.log, self.say = lr, data, log, say
+        self.lr, self.data, self.log = lr, data, log
         self.pipeline = TrainPipelineSparseDist(model, optimizer, env.device, execute_all_batches=True)
         self.step = 0  # global step (restored on resume); also the data position
         self.steps_run = 0  # steps run by this process
         self._checked = 0  # losses already checked to be finite
         self.comms = CommCounter()
         self.train_seconds = 0.0
+        self.last_rank_step_ms: list[float] = []  # each rank's mean step time over the last log window
 
     # -- the loop -----------------------------------------------------------------------
     def train(self) -> TrainResult:
@@ -82,6 +88,7 @@ class Trainer:
             return self._train()
         finally:
             self.comms.close()  # the wrapped collectives are restored whatever happened
+            self.log.close()
 
     def _train(self) -> TrainResult:
         result = TrainResult(teacher_auc=self.teacher_auc())
@@ -91,7 +98,7 @@ class Trainer:
             result.evals.append(self.evaluate())
             return result
         self.restore()
-        self.log.start(resumed=self.step > 0)
+        self.log.start(resumed=self.step > 0, step=self.step)
         bar = tqdm(total=self.cfg.train.steps, initial=self.step, desc="train", unit="step",
                    disable=not (self.env.is_main and self.cfg.train.progress))
         for end, actions in self.schedule():
@@ -126,10 +133,10 @@ class Trainer:
         if t.checkpoint_dir and not weights_only:
             for path, error in discard_partial_writes(t.checkpoint_dir):
                 if error is None:
-                    self.say(f"removed {path}: a checkpoint a killed job did not finish")
+                    logger.info("removed %s: a checkpoint a killed job did not finish", path)
                 else:
-                    self.say(f"could not remove {path}, a checkpoint a killed job did not finish ({error}); "
-                             "remove it by hand")
+                    logger.warning("could not remove %s, a checkpoint a killed job did not finish (%s); "
+                                   "remove it by hand", path, error)
         source = t.checkpoint or (t.checkpoint_dir if t.resume else None)
         path = latest_checkpoint(source) if source else None
         if t.checkpoint and path is None:
@@ -139,12 +146,12 @@ class Trainer:
         step = load_checkpoint(path, self.model, None if weights_only else self.optimizer, self.checkpoint_info)
         if not weights_only:
             self.step = step
-        self.say(f"loaded {path} (step {step}{', weights only' if weights_only else ''})")
+        logger.info("loaded %s (step %d%s)", path, step, ", weights only" if weights_only else "")
 
     def save(self) -> None:
         path = save_checkpoint(self.cfg.train.checkpoint_dir, self.step, self.model, self.optimizer,
                                self.checkpoint_info, keep_last=self.cfg.train.keep_last)
-        self.say(f"checkpoint @ step {self.step}: {path}")
+        logger.info("checkpoint @ step %d: %s", self.step, path)
 
     def train_segment(self, end: int, result: TrainResult, bar: tqdm) -> None:
         """Steps up to ``end``; losses stay on the device and are reduced once per log interval."""
@@ -160,7 +167,8 @@ class Trainer:
                 self.steps_run += 1
                 bar.update(1)
                 if self.step % self.cfg.train.log_interval == 0 or self.step == end:
-                    result.losses += self.global_means(window)  # the one host sync per interval
+                    busy = time.perf_counter() - mark  # this rank's own time, before waiting for the others
+                    result.losses += self.window_stats(window, busy)  # the one host sync per interval
                     window = []
                     now = time.perf_counter()
                     self.train_seconds, mark = self.train_seconds + now - mark, now
@@ -177,11 +185,12 @@ class Trainer:
         return loss.detach()
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, Any]:
-        """AUC and log-loss over the whole eval split (all ranks)."""
+    def evaluate(self) -> EvalResult:
+        """AUC, NE, calibration, log-loss, accuracy and CTR over the whole eval split (all ranks)."""
         self.model.eval()
-        metrics = EvalMetrics()
         gbs = self.cfg.train.global_batch_size
+        metrics = EvalMetrics(self.env.world_size, self.env.rank, gbs // self.env.world_size, self.env.device,
+                              self.cfg.train.auc_max_samples)
         source = self.data.batches("eval", gbs, self.env.rank, self.env.world_size, self.data.eval_batch_count(gbs))
         batches = Prefetcher(source, pin_memory=self.env.device.type == "cuda")
         try:
@@ -194,11 +203,15 @@ class Trainer:
         finally:
             batches.close()
         self.model.train()
-        values = {"step": self.step, **metrics.compute()}
-        self.log.write("eval", self.step, auc=values["auc"], logloss=values["logloss"], accuracy=values["accuracy"])
-        self.say(f"eval @ step {self.step}: auc {values['auc']:.4f}  logloss {values['logloss']:.4f}  "
-                 f"accuracy {values['accuracy']:.4f}")
-        return values
+        result = metrics.compute(self.step)
+        values = result.to_dict()
+        del values["step"]
+        self.log.write("eval", self.step, **values)
+        logger.info(result.line())
+        if result.auc_samples < result.samples:
+            logger.warning("the eval split has %d samples: its AUC covers the last %d (train.auc_max_samples)",
+                           result.samples, result.auc_samples)
+        return result
 
     # -- helpers ------------------------------------------------------------------------
     def train_batches(self, count: int) -> Prefetcher:
@@ -233,15 +246,26 @@ class Trainer:
                     f"{self.cfg.optim.embedding_lr} embeddings, {self.cfg.optim.dense_lr} dense); "
                     + (f"the newest checkpoint, {newest}, is from before it" if newest else "no checkpoint was written"))
 
-    def global_means(self, values: list[torch.Tensor]) -> list[float]:
-        """Each value averaged over all ranks, in one all-reduce."""
-        t = torch.stack(values).float().to(self.env.device)
-        dist.all_reduce(t)
-        return (t / self.env.world_size).tolist()
+    def window_stats(self, losses: list[torch.Tensor], busy_seconds: float) -> list[float]:
+        """The window's losses averaged over all ranks, and each rank's step time, in one all-gather.
+
+        Returns the mean losses; sets ``last_rank_step_ms`` (the time each rank spent per step
+        before it waited for the others: the per-rank step time of the log).
+        """
+        mine = torch.stack(losses + [torch.tensor(busy_seconds, device=losses[0].device)]).double()
+        mine = mine.to(self.env.device)
+        every = [torch.empty_like(mine) for _ in range(self.env.world_size)]
+        dist.all_gather(every, mine)
+        table = torch.stack(every).cpu()
+        self.last_rank_step_ms = (1000.0 * table[:, -1] / len(losses)).tolist()
+        return table[:, :-1].mean(dim=0).tolist()
 
     def log_train(self, loss: float) -> None:
         sps = self.steps_run * self.cfg.train.global_batch_size / max(self.train_seconds, 1e-9)
-        self.log.write("train", self.step, loss=loss, lr_factor=self.lr.schedule.factor(self.step - 1), samples_per_s=sps)
+        factor = self.lr.schedule.factor(self.step - 1)
+        self.log.write("train", self.step, loss=loss, lr_factor=factor, samples_per_s=sps,
+                       dense_lr=factor * self.cfg.optim.dense_lr, embedding_lr=factor * self.cfg.optim.embedding_lr,
+                       rank_step_ms=self.last_rank_step_ms)
 
     def exchange_bytes_per_sample(self) -> list[float]:
         """Bytes each rank received in the embedding exchange per sample it trained on."""

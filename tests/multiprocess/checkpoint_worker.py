@@ -23,7 +23,7 @@ ADAM = ["--sharding-type=data_parallel", "--optim.embedding_optimizer=adam", "--
 
 def _run(env: DistEnv, args: list[str]) -> tuple[list[float], dict]:
     cfg = load_config(SMALL + args)
-    trainer = build_trainer(env, prepare(cfg, env), say=lambda _m: None)
+    trainer = build_trainer(env, prepare(cfg, env))
     result = trainer.train()
     return result.losses, gather_full_state_dict(trainer.model)
 

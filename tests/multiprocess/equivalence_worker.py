@@ -66,7 +66,7 @@ def run_cases(cases: list[tuple[str, list[str]]], out_dir: str) -> None:
     try:
         for name, args in cases:
             cfg = load_config(args + [f"--train.run_dir={out_dir}/{name}"])
-            trainer = build_trainer(env, prepare(cfg, env), say=lambda _m: None)
+            trainer = build_trainer(env, prepare(cfg, env))
             initial = gather_full_state_dict(trainer.model)
             result = trainer.train()
             final = gather_full_state_dict(trainer.model)

@@ -37,8 +37,8 @@ def _phase(env: DistEnv, out: Path, name: str, args: list[str], probe: bool, dro
     embedding optimizer's state, as a path that reshards weights only would leave it.
     """
     cfg = load_config(args + [f"--run-dir={out / name}"])
-    trainer = build_trainer(env, prepare(cfg, env), say=lambda _m: None)
-    loaded = {}
+    trainer = build_trainer(env, prepare(cfg, env))
+    loaded = None
     if probe:
         (out / name).mkdir(exist_ok=True)  # the metrics log's directory (train() makes it later)
         trainer.restore()
@@ -54,7 +54,7 @@ def _phase(env: DistEnv, out: Path, name: str, args: list[str], probe: bool, dro
     result = trainer.train()
     weights = gather_full_state_dict(trainer.model)
     if env.is_main:
-        torch.save({"losses": result.losses, "eval": result.final_eval, "loaded_eval": loaded, "weights": weights},
+        torch.save({"losses": result.losses, "eval": result.final_eval.to_dict(), "loaded_eval": loaded and loaded.to_dict(), "weights": weights},
                    out / f"{name}.pt")
     dist.barrier()
 

@@ -1,25 +1,112 @@
-"""Evaluation metrics on one process: accuracy beside AUC and log-loss, padding ignored."""
+"""Evaluation metrics (TorchRec's RecMetricModule) against an independent computation.
+
+The reference below is plain Python over the list of (probability, label) pairs: AUC as the
+fraction of correctly ordered positive/negative pairs (ties count half), NE as log-loss over
+the entropy of the mean label, and so on. The same predictions are fed on one process and
+split over two gloo ranks (unevenly, with padding rows): every metric must agree.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import random
+from pathlib import Path
 
+import pytest
 import torch
 
-from dlrm_dist.metrics.eval import EvalMetrics
+from dlrm_dist.metrics.eval import METRIC_NAMES, EvalMetrics
+from tests.dist_helper import run_ranks
 
 
-def test_accuracy_auc_logloss_against_hand_computation() -> None:
-    logits = torch.tensor([2.0, -1.0, 0.5, -3.0, 0.1, 9.0])
-    labels = torch.tensor([1.0, 0.0, 0.0, 1.0, -1.0, -1.0])  # the last two are padding
-    m = EvalMetrics()
-    m.update(logits[:3], labels[:3])
-    m.update(logits[3:], labels[3:])
-    m.update(logits[4:], labels[4:])  # a batch that is all padding changes nothing
-    out = m.compute()
-    kept = [(2.0, 1), (-1.0, 0), (0.5, 0), (-3.0, 1)]
-    assert out["accuracy"] == (1 + 1 + 0 + 0) / 4  # p >= 0.5 <=> logit >= 0
-    # AUC: pairs (positive, negative) ordered correctly: (2,-1) (2,0.5) yes; (-3,-1) (-3,0.5) no
-    assert out["auc"] == 0.5
-    ll = -sum(math.log(1 / (1 + math.exp(-z))) if y else math.log(1 - 1 / (1 + math.exp(-z))) for z, y in kept) / 4
-    assert abs(out["logloss"] - ll) < 1e-6
+def reference(pairs: list[tuple[float, int]]) -> dict[str, float]:
+    """Every metric from first principles (no torch, no numpy)."""
+    n = len(pairs)
+    pos = [p for p, y in pairs if y == 1]
+    neg = [p for p, y in pairs if y == 0]
+    ordered = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg)
+    ctr = len(pos) / n
+    logloss = -sum(math.log(p) if y else math.log(1 - p) for p, y in pairs) / n
+    entropy = -(ctr * math.log(ctr) + (1 - ctr) * math.log(1 - ctr))
+    return {
+        "auc": ordered / (len(pos) * len(neg)),
+        "ne": logloss / entropy,
+        "calibration": sum(p for p, _ in pairs) / sum(y for _, y in pairs),
+        "logloss": logloss,
+        "accuracy": sum((p >= 0.5) == (y == 1) for p, y in pairs) / n,
+        "ctr": ctr,
+    }
+
+
+def known_predictions(n: int = 500, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels with some signal (labels drawn from the predictions, then some flipped)."""
+    rng = random.Random(seed)
+    logits = [rng.gauss(0.0, 1.5) for _ in range(n)]
+    labels = [float(rng.random() < 1 / (1 + math.exp(-0.7 * z))) for z in logits]
+    return torch.tensor(logits, dtype=torch.float32), torch.tensor(labels)
+
+
+def expected(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    probs = torch.sigmoid(logits).tolist()
+    return reference([(p, int(y)) for p, y in zip(probs, labels.tolist()) if y >= 0])
+
+
+def check(result: dict[str, float], want: dict[str, float]) -> None:
+    for name in METRIC_NAMES:
+        assert result[name] == pytest.approx(want[name], rel=1e-5, abs=1e-6), name
+
+
+def test_every_metric_on_one_process_with_padding_and_empty_batches() -> None:
+    logits, labels = known_predictions()
+    padded_labels = torch.cat([labels, torch.full((7,), -1.0)])
+    padded_logits = torch.cat([logits, torch.randn(7)])
+    m = EvalMetrics(batch_size=64)
+    for start in range(0, len(padded_labels), 64):
+        m.update(padded_logits[start:start + 64], padded_labels[start:start + 64])
+    m.update(torch.randn(5), torch.full((5,), -1.0))  # all padding: changes nothing
+    out = m.compute(step=12)
+    assert out.step == 12 and out.samples == len(labels) == out.auc_samples
+    check(out.to_dict(), expected(logits, labels))
+    assert "auc 0." in out.line() and "ne " in out.line()
+
+
+def test_auc_beyond_its_bound_covers_the_last_samples_and_says_so() -> None:
+    logits, labels = known_predictions(400)
+    m = EvalMetrics(batch_size=100, auc_max_samples=200)
+    for start in range(0, 400, 100):
+        m.update(logits[start:start + 100], labels[start:start + 100])
+    out = m.compute(step=0)
+    assert out.samples == 400 and out.auc_samples == 200
+    assert out.auc == pytest.approx(expected(logits[200:], labels[200:])["auc"], rel=1e-5)
+    assert out.ctr == pytest.approx(expected(logits, labels)["ctr"])  # the sums cover the whole split
+
+
+def _two_rank_worker(out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    logits, labels = known_predictions()
+    # Rank 0 gets 300 samples in batches of 50, rank 1 the other 200 plus 11 padding rows.
+    mine = slice(0, 300) if rank == 0 else slice(300, 500)
+    lg, lb = logits[mine], labels[mine]
+    if rank == 1:
+        lg, lb = torch.cat([lg, torch.zeros(11)]), torch.cat([lb, torch.full((11,), -1.0)])
+    m = EvalMetrics(world_size=2, rank=rank, batch_size=50)
+    for start in range(0, len(lb), 50):
+        m.update(lg[start:start + 50], lb[start:start + 50])
+    result = m.compute(step=5)
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result.to_dict()))
+    dist.destroy_process_group()
+
+
+@pytest.mark.multiprocess
+def test_every_metric_over_two_ranks_equals_the_whole_split(tmp_path) -> None:
+    run_ranks(_two_rank_worker, 2, str(tmp_path), timeout=180)
+    logits, labels = known_predictions()
+    want = expected(logits, labels)
+    for rank in (0, 1):  # every rank holds the global result
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["samples"] == 500
+        check(got, want)

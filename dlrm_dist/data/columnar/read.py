@@ -17,16 +17,13 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.features.schema import FeatureSchema
 
 BLOCK_BYTES = 8 << 20  # CSV bytes per record batch: bounds memory whatever the file size
 PARQUET_ROWS = 1 << 18
 REPORTED = 10
-
-
-class PreprocessError(SchemaError):
-    """Input data that cannot be preprocessed as the schema says; the message names file and row."""
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from dlrm_dist.config.errors import ConfigError
+from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.data.criteo import layout
 from dlrm_dist.data.criteo.handoff import Unpacked, pack
 from dlrm_dist.data.criteo.parse import parse_chunk
@@ -37,10 +37,6 @@ from dlrm_dist.data.criteo.transform import IdMapper, VocabCounter, dense_transf
 from dlrm_dist.data.jobrecord import JOB, differences, job_record, read_job, write_job
 
 REPORTED = 10
-
-
-class PreprocessError(ConfigError):
-    """Bad input or arguments for preprocessing; the message names the file and line."""
 
 
 @dataclass

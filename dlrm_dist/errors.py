@@ -1,0 +1,36 @@
+"""The package's error hierarchy and the one place where errors become exit codes.
+
+Every error dlrm_dist raises on purpose derives from ``DlrmError``; its message is written
+for the user (what was wrong, where, what to do). Each family says which exit code a CLI
+returns for it, from the constants below; ``cli_error`` prints and maps, for every CLI.
+
+    DlrmError
+    ├── ConfigError          (config/)      bad configuration: exit 2
+    │   └── SchemaError      (features/)    a feature schema
+    ├── PlanError            (planning/)    a plan or its inputs: exit 2
+    ├── DataError            (data/)        input data, preprocessing, fetching: exit 2
+    ├── CheckpointError      (checkpoint/)  a checkpoint missing or damaged: exit 4
+    ├── ExportError          (serving/)     an exported model missing, damaged or foreign: exit 4
+    ├── RunDirError          (metrics/)     a run directory for dlrm-report: exit 2
+    └── DivergedError        (training/)    the loss became NaN or infinite: exit 3
+"""
+
+from __future__ import annotations
+
+import sys
+
+EXIT_BAD_INPUT = 2  # the user's input (config, schema, plan, data, paths) is wrong
+EXIT_DIVERGED = 3  # training stopped: the loss became NaN/inf
+EXIT_BAD_STATE = 4  # stored state (checkpoint, export) is missing, damaged or foreign
+
+
+class DlrmError(Exception):
+    """Base of the package's errors; ``exit_code`` is what a CLI returns for it."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+def cli_error(prog: str, error: DlrmError) -> int:
+    """Prints ``prog: error: message`` to stderr; returns the error's exit code."""
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    return error.exit_code
