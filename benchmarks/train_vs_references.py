@@ -129,7 +129,7 @@ def worker_torchrec_dlrm(steps: int) -> dict:
     from torchrec.distributed import DistributedModelParallel
     from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
     from torchrec.models.dlrm import DLRM, DLRMTrain
-    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+    from dlrm_dist.optimizers import mark_in_backward
     from torchrec.optim.keyed import KeyedOptimizerWrapper
 
     dist.init_process_group("gloo")
@@ -138,7 +138,7 @@ def worker_torchrec_dlrm(steps: int) -> dict:
                                                             feature_names=[n]) for n in names], device=torch.device("meta"))
     model = DLRMTrain(DLRM(embedding_bag_collection=ebc, dense_in_features=DENSE, dense_arch_layer_sizes=BOTTOM[1:],
                            over_arch_layer_sizes=TOP))
-    apply_optimizer_in_backward(torch.optim.SGD, model.model.sparse_arch.parameters(), {"lr": LR})
+    mark_in_backward(model.model.sparse_arch.parameters(), "sgd", lr=LR, eps=1e-8)
     model = DistributedModelParallel(model, device=torch.device("cpu"))
     opt = KeyedOptimizerWrapper(dict(model.named_parameters()), lambda ps: torch.optim.SGD(ps, lr=LR))
     pipeline = TrainPipelineSparseDist(model, opt, torch.device("cpu"))

@@ -4,9 +4,11 @@ checkpointing, so neither imports the other)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import torch
+from torch import nn
+from torch.distributed.optim import _apply_optimizer_in_backward
 from torchrec.optim import RowWiseAdagrad
 
 OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
@@ -28,6 +30,21 @@ EMBEDDING_STATES: dict[str, dict[str, str]] = {
     "rowwise_adagrad": {"sum": "momentum1"},
     "adam": {"exp_avg": "momentum1", "exp_avg_sq": "momentum2"},
 }
+
+
+# The module path marker of embedding-table weights in a model's state dict
+# ("...sparse_arch.embedding_bags.<table>.weight"): training, weights and checkpoints use it.
+EMBEDDING_KEY = "embedding_bags."
+
+
+def mark_in_backward(params: Iterable[nn.Parameter], name: str, lr: float, eps: float) -> None:
+    """Attaches optimizer ``name`` to ``params`` to run inside the backward pass (fbgemm's fused update).
+
+    PyTorch's ``_apply_optimizer_in_backward``, which TorchRec 1.8 names as the replacement of
+    its own deprecated ``apply_optimizer_in_backward`` (a wrapper around it).
+    """
+    cls, kwargs = optimizer_spec(name, lr, eps)
+    _apply_optimizer_in_backward(optimizer_class=cls, params=params, optimizer_kwargs=kwargs)
 
 
 def optimizer_spec(name: str, lr: float, eps: float) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:

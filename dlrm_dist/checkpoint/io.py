@@ -149,7 +149,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Optional[Any]
     finish: Callable[[], None] = lambda: None
     if optimizer is not None:
         slots = optim_state.slots(optimizer, info["embedding_optimizer"])
-        request, finish, missing = optim_state.load_view(slots, _read_metadata(path))
+        request, finish, missing = optim_state.load_view(slots, read_metadata(path))
         missing = _on_any_rank(missing)  # every rank raises, or none: a lone raise would hang the rest
         if missing:
             raise CheckpointError(f"{path} has no embedding optimizer state for:\n" + "\n".join(f"  - {m}" for m in missing))
@@ -163,7 +163,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Optional[Any]
     try:
         dcp.load(state, checkpoint_id=str(path))
     except CheckpointException as e:  # a BaseException: caught deliberately
-        raise CheckpointError(f"{path}: the checkpoint could not be read completely: {_failures(e)}") from None
+        raise CheckpointError(f"{path}: the checkpoint could not be read completely: {failures_text(e)}") from None
     model.load_state_dict(state["model"])
     step = int(state["train"]["step"])
     if step != manifest["step"]:
@@ -185,7 +185,7 @@ def _on_any_rank(items: list[str]) -> list[str]:
     return sorted({item for part in gathered for item in part})
 
 
-def _read_metadata(path: Path) -> Metadata:
+def read_metadata(path: Path) -> Metadata:
     try:
         return dcp.FileSystemReader(str(path)).read_metadata()
     except (OSError, ValueError, EOFError, pickle.UnpicklingError) as e:
@@ -195,7 +195,7 @@ def _read_metadata(path: Path) -> Metadata:
 VERBOSE_ENV = "DLRM_DIST_VERBOSE"  # set to 1: checkpoint errors carry each rank's stack trace
 
 
-def _failures(e: CheckpointException) -> str:
+def failures_text(e: CheckpointException) -> str:
     """One line per failing rank (DCP wraps each error with its stack: that goes only in verbose)."""
     failures = getattr(e, "failures", {}) or {}
     parts = []

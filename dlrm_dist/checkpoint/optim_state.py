@@ -38,7 +38,7 @@ from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor, Sharde
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from dlrm_dist.distributed.weights import table_of
-from dlrm_dist.optimizers import EMBEDDING_STATES, FUSED, REPLICATED_TABLES
+from dlrm_dist.optimizers import EMBEDDING_KEY, EMBEDDING_STATES, FUSED, REPLICATED_TABLES
 
 Live = Union[torch.Tensor, ShardedTensor]
 PER_COLUMN = ".per_column_shard"
@@ -140,7 +140,7 @@ class _Saved:
 
 def saved_column_widths(metadata: Metadata, table: str) -> tuple[int, ...]:
     """Column widths of a table's weight shards in a checkpoint, left to right."""
-    suffix = f"embedding_bags.{table}.weight"
+    suffix = f"{EMBEDDING_KEY}{table}.weight"
     weight = next((v for k, v in metadata.state_dict_metadata.items() if k.endswith(suffix)), None)
     return _widths((c.offsets, c.sizes) for c in getattr(weight, "chunks", []))
 

@@ -210,8 +210,8 @@ class TrainConfig:
     compile: bool = _f(False, "Compile the dense part (MLPs, interaction) with torch.compile (inductor).")
     tensorboard: bool = _f(True, "Write TensorBoard event files to run_dir/tensorboard (loss, eval metrics, "
                            "learning rates, samples/s, per-rank step time).")
-    auc_max_samples: int = _f(2**24, "Eval AUC is exact over up to this many samples (12 bytes each on every rank "
-                              "while computing); a larger split's AUC covers its last this many.")
+    auc_max_samples: int = _f(2**24, "Eval AUC is exact for splits of up to this many samples (12 bytes each, "
+                              "gathered to every rank to compute); larger splits get a binned AUC (constant memory).")
 
     def __post_init__(self) -> None:
         for name in ("global_batch_size", "steps", "log_interval", "auc_max_samples"):

@@ -53,10 +53,6 @@ class DistEnv:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def num_hosts(self) -> int:
-        return max(1, self.world_size // self.local_world_size)
-
     @staticmethod
     def from_environ(environ: Optional[Mapping[str, str]] = None, device: str = "auto") -> "DistEnv":
         """Reads torchrun's variables (defaults: a world of one) and picks device and backend."""

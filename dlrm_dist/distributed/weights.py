@@ -10,20 +10,17 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
 from dlrm_dist.model.init import fill_rows
-
-_EMB_MARK = "embedding_bags."
-
+from dlrm_dist.optimizers import EMBEDDING_KEY
 
 def table_of(key: str) -> Optional[str]:
     """``'...embedding_bags.t_cat_3.weight'`` -> ``'t_cat_3'``; None for non-embedding keys."""
-    if _EMB_MARK not in key or not key.endswith(".weight"):
+    if EMBEDDING_KEY not in key or not key.endswith(".weight"):
         return None
-    return key.split(_EMB_MARK, 1)[1][: -len(".weight")]
+    return key.split(EMBEDDING_KEY, 1)[1][: -len(".weight")]
 
 
 @torch.no_grad()
@@ -41,22 +38,3 @@ def init_embedding_weights(model: nn.Module, table_sizes: dict[str, int], seed: 
                 fill_rows(shard.tensor, seed, index[table], rows, dim, r0, c0)
         else:
             fill_rows(value, seed, index[table], rows, dim, 0, 0)
-
-
-def gather_full_state_dict(model: nn.Module, dst: int = 0) -> dict[str, torch.Tensor]:
-    """Every weight as a full, unsharded CPU tensor on rank ``dst`` (empty dict elsewhere).
-
-    A collective: every rank must call it. Meant for models that fit in one host's memory
-    (tests, export, inspection).
-    """
-    rank = dist.get_rank()
-    out: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
-        if isinstance(value, ShardedTensor):
-            full = torch.empty(value.size(), dtype=value.dtype) if rank == dst else None
-            value.gather(dst=dst, out=full)
-            if rank == dst:
-                out[key] = full
-        elif rank == dst and isinstance(value, torch.Tensor):
-            out[key] = value.detach().cpu().clone()
-    return out

@@ -1,12 +1,15 @@
-"""Evaluation metrics over a whole split, across all ranks, with TorchRec's RecMetricModule.
+"""Evaluation metrics over a whole split, across all ranks: TorchRec's RecMetricModule, and AUC.
 
-AUC, normalised entropy (NE), calibration (mean prediction / mean label), log-loss,
-accuracy (prediction >= 0.5) and CTR (mean label). All but AUC are running sums (constant
-memory). TorchRec's AUC keeps every prediction: 12 bytes (prediction, label, weight) per
-sample on the rank that saw it, and at compute every rank gathers all of them. It is
-therefore exact over at most ``auc_max_samples`` samples of the split (2**24 by default: about
-200 MB per rank at compute); a larger split's AUC is that of its last ``auc_max_samples``
-samples (TorchRec's window AUC), and ``EvalResult.auc_samples`` says how many it covered.
+NE (normalised entropy), calibration (mean prediction / mean label), log-loss, accuracy
+(prediction >= 0.5) and CTR (mean label) come from TorchRec's RecMetricModule: running sums,
+constant memory, summed over ranks. AUC comes from torchmetrics, because TorchRec's AUC
+orders tied predictions arbitrarily (two samples with one score, one positive and one
+negative, score 1.0 or 0.0 by the sort's whim; the tie counts half in torchmetrics, as in
+the definition). Exact AUC keeps every prediction (12 bytes a sample on the rank that saw
+it; gathered to every rank at compute), so it is exact for splits of up to
+``auc_max_samples`` (2**24 by default: about 200 MB per rank at compute); a larger split gets
+a binned AUC over 65,536 score thresholds (constant memory, within about 1e-4 of exact), and
+``EvalResult.auc_exact`` says which.
 
 Log-loss is reported in nats (as BCE losses are; TorchRec computes it in bits). Rows
 labelled -1 (padding of a last partial batch) get weight 0 and count nowhere.
@@ -16,12 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
+from torchmetrics.classification import BinaryAUROC
 from torchrec.metrics.accuracy import AccuracyMetric
-from torchrec.metrics.auc import AUCMetric
 from torchrec.metrics.calibration import CalibrationMetric
 from torchrec.metrics.ctr import CTRMetric
 from torchrec.metrics.metric_module import RecMetricModule
@@ -31,16 +34,16 @@ from torchrec.metrics.rec_metric import RecMetricList
 
 TASK = "eval"
 DEFAULT_AUC_MAX_SAMPLES = 2**24
+AUC_BINS = 65536
 # TorchRec's result keys, "<metric>-<task>|<window or lifetime>_<metric>", by our names.
 _KEYS = {
-    "auc": f"auc-{TASK}|window_auc",
     "ne": f"ne-{TASK}|lifetime_ne",
     "calibration": f"calibration-{TASK}|lifetime_calibration",
     "logloss": f"ne-{TASK}|lifetime_logloss",
     "accuracy": f"accuracy-{TASK}|lifetime_accuracy",
     "ctr": f"ctr-{TASK}|lifetime_ctr",
 }
-METRIC_NAMES = tuple(_KEYS)
+METRIC_NAMES = ("auc",) + tuple(_KEYS)
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class EvalResult:
 
     step: int
     samples: int  # labelled samples evaluated, all ranks
-    auc_samples: int  # samples the AUC covers (= samples unless the split exceeds the AUC bound)
+    auc_exact: bool  # False: the split exceeded train.auc_max_samples, the AUC is binned
     auc: float
     ne: float
     calibration: float
@@ -71,40 +74,38 @@ class EvalMetrics:
 
     def __init__(self, world_size: int = 1, rank: int = 0, batch_size: int = 1,
                  device: torch.device = torch.device("cpu"),
-                 auc_max_samples: int = DEFAULT_AUC_MAX_SAMPLES) -> None:
+                 auc_max_samples: int = DEFAULT_AUC_MAX_SAMPLES, expected_samples: Optional[int] = None) -> None:
         task = RecTaskInfo(name=TASK, label_name="label", prediction_name="prediction", weight_name="weight")
-        # Every metric's window is the AUC bound (TorchRec requires it to exceed a batch); we
-        # report lifetime values, except AUC (TorchRec has only a window AUC).
-        window = max(auc_max_samples, batch_size * world_size)
+        # Lifetime values are reported; TorchRec still keeps a window, which must exceed a batch.
         common = dict(world_size=world_size, my_rank=rank, batch_size=batch_size, tasks=[task],
-                      compute_on_all_ranks=True, window_size=window)
-        metrics = [
-            AUCMetric(**common),
-            NEMetric(include_logloss=True, **common),
-            CalibrationMetric(**common),
-            AccuracyMetric(**common),
-            CTRMetric(**common),
-        ]
+                      compute_on_all_ranks=True, window_size=max(batch_size * world_size, 1) * 1000)
+        metrics = [NEMetric(include_logloss=True, **common), CalibrationMetric(**common), AccuracyMetric(**common),
+                   CTRMetric(**common)]
         self.module = RecMetricModule(batch_size=batch_size, world_size=world_size, rec_tasks=[task],
                                       rec_metrics=RecMetricList(metrics)).to(device)
+        self.auc_exact = expected_samples is None or expected_samples <= auc_max_samples
+        self.auc = BinaryAUROC(thresholds=None if self.auc_exact else AUC_BINS).to(device)
         self.device = device
         self.world_size = world_size
-        self.auc_max_samples = window
         self.samples = torch.zeros((), dtype=torch.float64, device=device)
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Adds a batch of logits and 0/1 labels; rows labelled -1 are padding and ignored."""
+        self.update_probabilities(torch.sigmoid(logits.detach().float()), labels)
+
+    @torch.no_grad()
+    def update_probabilities(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        """As ``update``, for predicted probabilities (a served model's output)."""
         labels = labels.detach().to(self.device).float().reshape(-1)
         weights = (labels >= 0).float()
         if not weights.any():  # a rank's share of the last batch can be all padding
             return
         self.samples += weights.sum()
-        self.module.update({
-            "prediction": torch.sigmoid(logits.detach().float().reshape(-1).to(self.device)),
-            "label": labels.clamp(min=0),
-            "weight": weights,
-        })
+        probs = probs.detach().float().reshape(-1).to(self.device)
+        self.module.update({"prediction": probs, "label": labels.clamp(min=0), "weight": weights})
+        keep = weights > 0
+        self.auc.update(probs[keep], labels[keep].long())
 
     def compute(self, step: int) -> EvalResult:
         """The metrics over everything every rank added (call it on every rank)."""
@@ -115,4 +116,5 @@ class EvalMetrics:
         n = int(samples.item())
         out = {name: values.get(key, math.nan) for name, key in _KEYS.items()}
         out["logloss"] *= math.log(2.0)  # bits -> nats
-        return EvalResult(step=step, samples=n, auc_samples=min(n, self.auc_max_samples), **out)
+        out["auc"] = float(self.auc.compute())  # torchmetrics gathers every rank's state
+        return EvalResult(step=step, samples=n, auc_exact=self.auc_exact, **out)

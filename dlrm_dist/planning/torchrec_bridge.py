@@ -11,9 +11,8 @@ import torch
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 from torchrec.distributed.planner import ParameterConstraints, Topology
 from torchrec.distributed.types import CacheParams
-from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
-from dlrm_dist.optimizers import optimizer_spec
+from dlrm_dist.optimizers import mark_in_backward
 from dlrm_dist.planning.inputs import GB, PlannerInputs, TableSpec
 
 _BW_UNIT = GB / 1000  # TorchRec's bandwidths are bytes per millisecond
@@ -65,6 +64,5 @@ def meta_module(inputs: PlannerInputs) -> EmbeddingBagCollection:
         ],
         device=torch.device("meta"),
     )
-    cls, kwargs = optimizer_spec(inputs.optimizer, lr=0.01, eps=1e-8)
-    apply_optimizer_in_backward(cls, ebc.parameters(), kwargs)
+    mark_in_backward(ebc.parameters(), inputs.optimizer, lr=0.01, eps=1e-8)
     return ebc

@@ -2,7 +2,7 @@
 
 - Sharded embedding tables use fbgemm's fused optimizer, which updates rows inside the
   backward pass. It is requested the way TorchRec recommends: the embedding parameters are
-  marked with ``apply_optimizer_in_backward`` before planning (the marking also selects
+  marked with PyTorch's ``_apply_optimizer_in_backward`` before planning (the marking also selects
   the fused kernel and lets the planner count optimizer state).
 - Data-parallel tables have no fused kernel: their replicated weights get an ordinary
   optimizer of the same kind, so the embedding optimizer does not depend on the plan.
@@ -15,29 +15,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 import torch
 from torch import nn
-from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec import EmbeddingBagCollection
 
 from dlrm_dist.config.schema import OptimConfig
-from dlrm_dist.optimizers import DENSE, FUSED, REPLICATED_TABLES, optimizer_spec
+from dlrm_dist.optimizers import DENSE, EMBEDDING_KEY, FUSED, REPLICATED_TABLES, mark_in_backward, optimizer_spec
 
 def mark_embedding_optimizer(model: nn.Module, cfg: OptimConfig) -> None:
     """Attaches the fused embedding optimizer to every EmbeddingBagCollection's weights."""
-    cls, kwargs = optimizer_spec(cfg.embedding_optimizer, cfg.embedding_lr, cfg.eps)
     for module in model.modules():
         if isinstance(module, EmbeddingBagCollection):
-            apply_optimizer_in_backward(cls, module.parameters(), kwargs)
+            mark_in_backward(module.parameters(), cfg.embedding_optimizer, cfg.embedding_lr, cfg.eps)
 
 
 def _is_embedding(name: str) -> bool:
-    return "embedding_bags." in name
+    return EMBEDDING_KEY in name
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> KeyedOptimizer:
     """Fused (sharded tables) + replicated tables + dense, as one keyed optimizer."""
     fused = getattr(model, "fused_optimizer")
-    unfused = [(n, p) for n, p in model.named_parameters() if not hasattr(p, "_in_backward_optimizers")]
+    unfused = list(in_backward_optimizer_filter(model.named_parameters(), include=False))
     parts: list[tuple[str, KeyedOptimizer]] = [(FUSED, fused)]
     dp_tables = {n: p for n, p in unfused if _is_embedding(n)}
     dense = {n: p for n, p in unfused if not _is_embedding(n)}

@@ -189,9 +189,10 @@ class Trainer:
         """AUC, NE, calibration, log-loss, accuracy and CTR over the whole eval split (all ranks)."""
         self.model.eval()
         gbs = self.cfg.train.global_batch_size
+        count = self.data.eval_batch_count(gbs)
         metrics = EvalMetrics(self.env.world_size, self.env.rank, gbs // self.env.world_size, self.env.device,
-                              self.cfg.train.auc_max_samples)
-        source = self.data.batches("eval", gbs, self.env.rank, self.env.world_size, self.data.eval_batch_count(gbs))
+                              self.cfg.train.auc_max_samples, expected_samples=count * gbs)
+        source = self.data.batches("eval", gbs, self.env.rank, self.env.world_size, count)
         batches = Prefetcher(source, pin_memory=self.env.device.type == "cuda")
         try:
             while True:
@@ -208,9 +209,9 @@ class Trainer:
         del values["step"]
         self.log.write("eval", self.step, **values)
         logger.info(result.line())
-        if result.auc_samples < result.samples:
-            logger.warning("the eval split has %d samples: its AUC covers the last %d (train.auc_max_samples)",
-                           result.samples, result.auc_samples)
+        if not result.auc_exact:
+            logger.warning("the eval split has %d samples, more than train.auc_max_samples=%d: its AUC is binned "
+                           "(65,536 thresholds)", result.samples, self.cfg.train.auc_max_samples)
         return result
 
     # -- helpers ------------------------------------------------------------------------

@@ -62,7 +62,8 @@ def test_eval_covers_every_row_once(data_dir, world: int) -> None:
     assert valid == n and padded == ds.eval_batch_count(8) * 8 - n
     m = EvalMetrics()  # padding rows (label -1) never reach the metrics
     m.update(torch.zeros(4), torch.tensor([1.0, 0.0, -1.0, -1.0]))
-    assert m.compute()["auc"] == 0.5
+    out = m.compute(step=0)
+    assert out.auc == 0.5 and out.samples == 2
 
 
 def test_multi_hot_expansion(data_dir) -> None:

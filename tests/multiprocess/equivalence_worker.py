@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 from dlrm_dist.config import load_config
 from dlrm_dist.distributed.env import DistEnv, init_distributed, teardown
-from dlrm_dist.distributed.weights import gather_full_state_dict
+from tests.state_helper import gather_full_state_dict
 from dlrm_dist.training.build import build_trainer, prepare
 
 # A small DLRM with multi-hot bags: 5 tables of uneven sizes, dim 16 (column shards of

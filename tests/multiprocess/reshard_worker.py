@@ -12,7 +12,7 @@ import torch.distributed as dist
 from dlrm_dist.checkpoint import optim_state, save_checkpoint
 from dlrm_dist.config import load_config
 from dlrm_dist.distributed.env import DistEnv, init_distributed, teardown
-from dlrm_dist.distributed.weights import gather_full_state_dict
+from tests.state_helper import gather_full_state_dict
 from dlrm_dist.training.build import build_trainer, prepare
 from tests.small_job import SMALL_JOB
 

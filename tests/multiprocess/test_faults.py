@@ -15,7 +15,7 @@ from typing import Callable
 import pytest
 import torch
 
-from dlrm_dist.checkpoint.export import load_unsharded
+from dlrm_dist.checkpoint.unsharded import load_unsharded
 from dlrm_dist.checkpoint.store import step_dir, tmp_dir
 from tests.launch_helper import _Job, _pid_of_rank, train_losses
 from tests.small_job import SMALL_JOB

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dlrm_dist.checkpoint.export import load_embedding_optimizer_state
+from tests.state_helper import load_embedding_optimizer_state
 from dlrm_dist.checkpoint.store import step_dir
 from tests.dist_helper import run_ranks
 from tests.multiprocess.reshard_worker import K, resharded, source_name, sources

@@ -10,7 +10,7 @@ from dlrm_dist.distributed.env import RESTART_SAFE_ENV, DistEnv, restart_hazard
 
 def test_cpu_environment() -> None:
     env = DistEnv.from_environ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}, device="cpu")
-    assert (env.rank, env.world_size, env.local_rank, env.num_hosts) == (3, 4, 1, 2)
+    assert (env.rank, env.world_size, env.local_rank, env.local_world_size) == (3, 4, 1, 2)
     assert env.backend == "gloo" and env.device == torch.device("cpu") and not env.is_main
 
 

@@ -66,20 +66,34 @@ def test_every_metric_on_one_process_with_padding_and_empty_batches() -> None:
         m.update(padded_logits[start:start + 64], padded_labels[start:start + 64])
     m.update(torch.randn(5), torch.full((5,), -1.0))  # all padding: changes nothing
     out = m.compute(step=12)
-    assert out.step == 12 and out.samples == len(labels) == out.auc_samples
+    assert out.step == 12 and out.samples == len(labels) and out.auc_exact
     check(out.to_dict(), expected(logits, labels))
     assert "auc 0." in out.line() and "ne " in out.line()
 
 
-def test_auc_beyond_its_bound_covers_the_last_samples_and_says_so() -> None:
-    logits, labels = known_predictions(400)
-    m = EvalMetrics(batch_size=100, auc_max_samples=200)
-    for start in range(0, 400, 100):
-        m.update(logits[start:start + 100], labels[start:start + 100])
+def test_tied_predictions_count_half() -> None:
+    """TorchRec's AUC would order the tie arbitrarily (1.0 or 0.0); the definition says 0.5."""
+    m = EvalMetrics(batch_size=4)
+    m.update(torch.zeros(4), torch.tensor([1.0, 0.0, -1.0, -1.0]))
     out = m.compute(step=0)
-    assert out.samples == 400 and out.auc_samples == 200
-    assert out.auc == pytest.approx(expected(logits[200:], labels[200:])["auc"], rel=1e-5)
-    assert out.ctr == pytest.approx(expected(logits, labels)["ctr"])  # the sums cover the whole split
+    assert out.auc == 0.5 and out.samples == 2
+    quantized = torch.tensor([0.5, 0.5, 0.5, -1.0, 2.0, 2.0])  # ties among scores, as int8 models produce
+    labels = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    m = EvalMetrics(batch_size=6)
+    m.update(quantized, labels)
+    assert m.compute(step=0).auc == pytest.approx(expected(quantized, labels)["auc"])
+
+
+def test_a_split_beyond_the_bound_gets_a_binned_auc_close_to_exact() -> None:
+    logits, labels = known_predictions(4000)
+    m = EvalMetrics(batch_size=500, auc_max_samples=1000, expected_samples=4000)
+    for start in range(0, 4000, 500):
+        m.update(logits[start:start + 500], labels[start:start + 500])
+    out = m.compute(step=0)
+    want = expected(logits, labels)
+    assert out.samples == 4000 and not out.auc_exact
+    assert out.auc == pytest.approx(want["auc"], abs=1e-3)
+    assert out.ctr == pytest.approx(want["ctr"]) and out.ne == pytest.approx(want["ne"], rel=1e-5)
 
 
 def _two_rank_worker(out_dir: str) -> None:

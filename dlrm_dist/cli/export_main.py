@@ -1,0 +1,61 @@
+"""dlrm-export: a checkpoint as an unsharded inference program (torch.export) with its manifest.
+
+    dlrm-export runs/ckpt --out exported/                  # float32 tables
+    dlrm-export runs/ckpt --out exported-int8/ --quantize int8 [--data DIR]
+
+int8 scores the float and int8 models on the training config's eval split (from --data on
+this machine, or where the config says) and prints the AUC difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+from dlrm_dist.errors import DlrmError, cli_error
+from dlrm_dist.logs import init_logging
+
+PROG = "dlrm-export"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("checkpoint", help="a checkpoint (step_NNNNNNNN) or a checkpoint_dir (its newest)")
+    p.add_argument("--out", required=True, help="the export directory to write")
+    p.add_argument("--quantize", choices=("none", "int8"), default="none", help="table storage (default float32)")
+    p.add_argument("--data", help="the preprocessed data directory on this machine (int8 AUC comparison)")
+    p.add_argument("--json", action="store_true", help="print the manifest (without the config) as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    init_logging()
+    from dlrm_dist.serving.export import export_checkpoint  # torch: after argument parsing
+
+    try:
+        manifest = export_checkpoint(args.checkpoint, args.out, args.quantize, args.data, not args.no_progress)
+    except DlrmError as e:
+        return cli_error(PROG, e)
+    shown = {k: v for k, v in manifest.items() if k != "config"}
+    if args.json:
+        print(json.dumps(shown, indent=2, sort_keys=True))
+        return 0
+    tables = manifest["tables"]
+    print(f"wrote {args.out}: step {manifest['step']} of {manifest['checkpoint']}, {len(tables)} table(s) "
+          f"({args.quantize}), {manifest['dense_features']} dense + {len(manifest['sparse_features'])} sparse features")
+    q = manifest.get("quantization")
+    if q and "float_auc" in q:
+        print(f"int8 vs float on {q['samples']:,} {q['split']} samples: AUC {q['int8_auc']:.5f} vs "
+              f"{q['float_auc']:.5f} (difference {q['auc_difference']:+.5f})")
+    elif q:
+        print(f"int8: AUC difference {q['note']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""dlrm-report: draw one or more runs (loss, eval metrics, throughput, per-rank step time).
+
+    dlrm-report runs/a runs/b --out report.html     # self-contained page (figure + table)
+    dlrm-report runs/a --out report.png             # the figure alone
+    dlrm-report runs/a --json                       # the summary table as JSON on stdout
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from dlrm_dist.errors import DlrmError, cli_error
+from dlrm_dist.metrics.runs import RunDirError, read_run
+
+PROG = "dlrm-report"
+FORMATS = (".html", ".png")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("runs", nargs="+", help="run directories (train.run_dir of dlrm-train)")
+    p.add_argument("--out", help="report.html or report.png")
+    p.add_argument("--name", action="append", help="a label per run (default: the directory name)")
+    p.add_argument("--json", action="store_true", help="print the summary table as JSON")
+    return p
+
+
+def _table(rows: list[dict]) -> str:
+    keys = ["run", "step", "auc", "ne", "logloss", "calibration", "samples_per_s", "max_rank_step_ms"]
+    lines = ["  ".join(f"{k:>16}" for k in keys)]
+    for row in rows:
+        cells = []
+        for k in keys:
+            v = row.get(k)
+            cells.append(f"{v:>16.4f}" if isinstance(v, float) else f"{'' if v is None else v!s:>16}")
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    names = args.name or []
+    if names and len(names) != len(args.runs):
+        raise RunDirError(f"--name given {len(names)} time(s) for {len(args.runs)} run(s): give one per run or none")
+    if args.out and Path(args.out).suffix not in FORMATS:
+        raise RunDirError(f"--out {args.out!r}: the report is written as {' or '.join(FORMATS)}")
+    runs = [read_run(d, names[i] if names else None) for i, d in enumerate(args.runs)]
+    from dlrm_dist.metrics import plots  # matplotlib: only when drawing
+
+    rows = plots.summary_rows(runs)
+    print(json.dumps(rows, indent=2) if args.json else _table(rows))
+    if args.out:
+        png = plots.png_bytes(plots.draw(runs))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix == ".png":
+            out.write_bytes(png)
+        else:
+            out.write_text(plots.html_page(runs, png))
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except DlrmError as e:
+        return cli_error(PROG, e)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The run report: curves of one or more runs drawn with matplotlib, as PNG or a self-contained HTML page.
+
+Six panels: training loss and eval AUC / NE (runs overlaid), throughput over steps, each
+rank's step time over steps, and each rank's mean step time beside the plan's estimate of
+its embedding work (the part of a step the planner models). Matplotlib's object API with
+the Agg canvas: no pyplot state, no display needed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any, Optional
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from dlrm_dist.metrics.eval import METRIC_NAMES
+from dlrm_dist.metrics.runs import RunData
+
+
+def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _curves(ax: Any, runs: list[RunData], kind: str, key: str, title: str, ylabel: str) -> None:
+    for run in runs:
+        xs, ys = _series(run.train if kind == "train" else run.evals, key)
+        if xs:
+            ax.plot(xs, ys, marker="o" if kind == "eval" else None, markersize=3, label=run.name)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if len(runs) > 1:
+        ax.legend(fontsize=7)
+
+
+def _rank_step_curves(ax: Any, runs: list[RunData]) -> None:
+    for run in runs:
+        pts = [(r["step"], r["rank_step_ms"]) for r in run.train if r.get("rank_step_ms")]
+        if not pts:
+            continue
+        for rank in range(len(pts[0][1])):
+            prefix = f"{run.name} " if len(runs) > 1 else ""
+            ax.plot([p[0] for p in pts], [p[1][rank] for p in pts], linewidth=1, label=f"{prefix}rank {rank}")
+    ax.set_title("step time per rank (before waiting for others)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("ms / step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+
+
+def mean_rank_step_ms(run: RunData) -> Optional[list[float]]:
+    """Each rank's step time averaged over the run's log windows."""
+    rows = [r["rank_step_ms"] for r in run.train if r.get("rank_step_ms")]
+    if not rows:
+        return None
+    return [sum(col) / len(col) for col in zip(*rows)]
+
+
+def _rank_vs_plan(ax: Any, runs: list[RunData]) -> None:
+    width = 0.8 / max(len(runs), 1)
+    for i, run in enumerate(runs):
+        measured = mean_rank_step_ms(run)
+        if measured is None:
+            continue
+        xs = [r + i * width for r in range(len(measured))]
+        ax.bar(xs, measured, width=width * 0.9, label=f"{run.name}: measured step", alpha=0.8)
+        if run.estimated_rank_ms:
+            ax.plot(xs[: len(run.estimated_rank_ms)], run.estimated_rank_ms, "k_", markersize=18, mew=2,
+                    label=f"{run.name}: plan estimate (embeddings)")
+    ranks = max((len(mean_rank_step_ms(r) or []) for r in runs), default=0)
+    ax.set_xticks([r + width * (len(runs) - 1) / 2 for r in range(ranks)], [str(r) for r in range(ranks)])
+    ax.set_title("mean step time per rank vs the plan's estimate")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("ms / step")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+
+
+def draw(runs: list[RunData]) -> Figure:
+    """The report figure (2 x 3 panels) for ``runs``."""
+    fig = Figure(figsize=(16, 9), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 3)
+    _curves(axes[0][0], runs, "train", "loss", "training loss (mean over ranks)", "loss")
+    _curves(axes[0][1], runs, "eval", "auc", "eval AUC", "AUC")
+    _curves(axes[0][2], runs, "eval", "ne", "eval normalised entropy (lower is better)", "NE")
+    _curves(axes[1][0], runs, "train", "samples_per_s", "throughput (cumulative)", "samples / s")
+    _rank_step_curves(axes[1][1], runs)
+    _rank_vs_plan(axes[1][2], runs)
+    fig.suptitle("dlrm_dist run report: " + ", ".join(r.name for r in runs))
+    return fig
+
+
+def png_bytes(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def summary_rows(runs: list[RunData]) -> list[dict[str, Any]]:
+    """One row per run: steps, final eval metrics, throughput, step time against the plan."""
+    rows = []
+    for run in runs:
+        final = run.final_eval or {}
+        last_train = run.train[-1] if run.train else {}
+        measured = mean_rank_step_ms(run)
+        rows.append({
+            "run": run.name,
+            "step": final.get("step", last_train.get("step")),
+            **{name: final.get(name) for name in METRIC_NAMES},
+            "final_loss": last_train.get("loss"),
+            "samples_per_s": last_train.get("samples_per_s"),
+            "max_rank_step_ms": max(measured) if measured else None,
+            "plan_estimate_ms": max(run.estimated_rank_ms) if run.estimated_rank_ms else None,
+        })
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4f}"
+    return html.escape("" if value is None else str(value))
+
+
+def html_page(runs: list[RunData], png: bytes) -> str:
+    """A self-contained page: the figure inlined as a data URI, and the summary table."""
+    rows = summary_rows(runs)
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row.values()) + "</tr>" for row in rows)
+    image = base64.b64encode(png).decode()
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>dlrm_dist report</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} th{{background:#f4f4f4}}</style></head>
+<body><h1>dlrm_dist run report</h1>
+<table><tr>{head}</tr>{body}</table>
+<p>Log-loss in nats; NE = log-loss / entropy of the split's CTR; calibration = mean prediction / CTR.
+Step time per rank is each rank's own time before it waits for the others; the plan's estimate
+covers the embedding work only (lookups, all-to-all), not the MLPs.</p>
+<img alt="run curves" style="max-width:100%" src="data:image/png;base64,{image}">
+</body></html>
+"""

@@ -1,0 +1,76 @@
+"""The inference module: one embedding bag per feature (float or int8 row-wise) and the trained dense part.
+
+Inputs (what ``torch.export`` traces and a server sends), for a batch of B samples:
+
+    dense:   float32 [B, number of dense features]   (already transformed, as in training)
+    indices: one int64 tensor per sparse feature, in ``feature_names`` order: the ids of all
+             B bags of that feature, concatenated
+    offsets: one int64 tensor [B + 1] per sparse feature: bag b is indices[offsets[b]:offsets[b+1]]
+
+and it returns the click probability, float32 [B]. Features that share a table look it up
+alike; each feature pools (sum or mean) as it did in training.
+
+int8: each table row stored as int8 codes with a float scale and bias (fbgemm's fused
+8-bit row-wise format, quantized by fbgemm), looked up by PyTorch's fbgemm-backed
+``quantized::embedding_bag_byte_rowwise_offsets``, so the exported program needs only torch.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchrec.modules.embedding_configs import PoolingType
+
+from dlrm_dist.model.dlrm import DLRM
+
+QUANTIZE = ("none", "int8")
+_MODE = {PoolingType.SUM: "sum", PoolingType.MEAN: "mean"}
+_BYTE_MODE = {"sum": 0, "mean": 1}  # the quantized op's mode codes
+
+
+def quantize_rows_int8(weight: torch.Tensor) -> torch.Tensor:
+    """fbgemm's fused 8-bit row-wise form of ``weight``: [rows, dim + 8] uint8 (codes, scale, bias)."""
+    import fbgemm_gpu  # noqa: F401 - registers torch.ops.fbgemm
+
+    return torch.ops.fbgemm.FloatToFused8BitRowwiseQuantized(weight.detach().float().contiguous())
+
+
+class ServingDLRM(nn.Module):
+    """A trained DLRM for inference on one process; see the module docstring for its inputs."""
+
+    def __init__(self, dlrm: DLRM, quantize: str = "none") -> None:
+        super().__init__()
+        if quantize not in QUANTIZE:
+            raise ValueError(f"quantize={quantize!r}: choose one of {QUANTIZE}")
+        self.quantize = quantize
+        configs = {c.name: c for c in dlrm.sparse_arch.embedding_bag_configs()}
+        table_of = {f: c.name for c in configs.values() for f in c.feature_names}
+        self.feature_names = list(dlrm.feature_names)
+        tables = sorted({table_of[f] for f in self.feature_names})
+        # Per feature: which table (index into the buffers below) and how it pools.
+        self.feature_table = [tables.index(table_of[f]) for f in self.feature_names]
+        self.feature_mode = [_MODE[configs[table_of[f]].pooling] for f in self.feature_names]
+        self.table_names = tables
+        for i, name in enumerate(tables):
+            weight = dlrm.sparse_arch.embedding_bags[name].weight.detach().float()
+            self.register_buffer(f"table_{i}", quantize_rows_int8(weight) if quantize == "int8" else weight.clone())
+        dense = copy.deepcopy(dlrm)
+        del dense.sparse_arch  # the tables live above; the rest is the trained dense part
+        dense.dense_dtype = None  # inference in float32
+        self.dense = dense
+
+    def forward(self, dense: torch.Tensor, indices: list[torch.Tensor], offsets: list[torch.Tensor]) -> torch.Tensor:
+        pooled = [self._bag(f, ids, offs) for f, (ids, offs) in enumerate(zip(indices, offsets))]
+        logits = self.dense.dense_forward(dense, torch.cat(pooled, dim=1))
+        return torch.sigmoid(logits)
+
+    def _bag(self, feature: int, ids: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+        table = getattr(self, f"table_{self.feature_table[feature]}")
+        mode = self.feature_mode[feature]
+        if self.quantize == "int8":
+            return torch.ops.quantized.embedding_bag_byte_rowwise_offsets(
+                table, ids, offs, False, _BYTE_MODE[mode], False, None, None, True)
+        return F.embedding_bag(ids, table, offs, mode=mode, include_last_offset=True)
