@@ -19,7 +19,7 @@ from dlrm_dist.config.loader import help_text, to_dict
 from dlrm_dist.distributed.env import DistEnv, init_distributed, teardown
 from dlrm_dist.logs import init_logging
 from dlrm_dist.planning import format_plan, planfile
-from dlrm_dist.report import final_report, summary_record
+from dlrm_dist.training.summary import final_report, summary_record
 from dlrm_dist.training.build import build_trainer, prepare
 from dlrm_dist.errors import DlrmError, cli_error
 

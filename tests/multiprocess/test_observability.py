@@ -1,0 +1,109 @@
+"""What a user watches: the console (rank 0 only), metrics.jsonl, TensorBoard events, dlrm-report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dlrm_dist.metrics.eval import METRIC_NAMES
+from dlrm_dist.metrics.log import read_metrics
+from dlrm_dist.planning import planfile
+from tests.small_job import SMALL_JOB
+
+pytestmark = pytest.mark.multiprocess
+ROOT = Path(__file__).resolve().parents[2]
+JOB = SMALL_JOB + ["--train.steps=40", "--train.eval_interval=20", "--train.log_interval=10", "--data.eval_batches=4"]
+
+
+def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("observe")
+    two = _run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dlrm_dist.train", *JOB,
+               f"--run-dir={tmp / 'two'}")
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = _run("-m", "dlrm_dist.train", *JOB, "--optim.dense_lr=0.02", "--train.tensorboard=false",
+               f"--run-dir={tmp / 'one'}")
+    assert one.returncode == 0, one.stderr[-3000:]
+    return {"tmp": tmp, "two": tmp / "two", "one": tmp / "one", "stdout": two.stdout}
+
+
+def test_console_is_rank_zero_only_and_shows_every_metric(runs) -> None:
+    out = runs["stdout"]
+    assert out.count("eval @ step 20:") == 1 and out.count("eval @ step 40:") == 1, out
+    assert out.count("dlrm_dist: 2 rank(s)") == 1
+    line = out.split("eval @ step 40:")[1].splitlines()[0]
+    assert all(f" {name} " in line for name in METRIC_NAMES), line
+    assert "calibration" in out and "NE" in out  # the final report
+
+
+def test_metrics_file_has_every_metric_and_per_rank_step_times(runs) -> None:
+    records = read_metrics(runs["two"] / "metrics.jsonl")
+    evals = [r for r in records if r["kind"] == "eval"]
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in evals] == [20, 40]
+    assert all(set(METRIC_NAMES) <= set(r) and r["samples"] == 4 * 64 and r["auc_exact"] for r in evals)
+    assert [r["step"] for r in train] == [10, 20, 30, 40]
+    assert all(len(r["rank_step_ms"]) == 2 and min(r["rank_step_ms"]) > 0 for r in train)
+    assert all(r["dense_lr"] == pytest.approx(0.005) and r["embedding_lr"] == pytest.approx(0.05) for r in train)
+
+
+def test_tensorboard_events_hold_the_same_scalars(runs) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(runs["two"] / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    want = {"train/loss", "train/samples_per_s", "train/dense_lr", "train/embedding_lr", "train/rank_step_ms/rank0",
+            "train/rank_step_ms/rank1"} | {f"eval/{m}" for m in METRIC_NAMES}
+    assert want <= tags, want - tags
+    records = read_metrics(runs["two"] / "metrics.jsonl")
+    logged = {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
+    events = {e.step: e.value for e in acc.Scalars("train/loss")}
+    assert events.keys() == logged.keys()
+    assert all(events[s] == pytest.approx(logged[s], rel=1e-6) for s in logged)
+    assert not (runs["one"] / "tensorboard").exists()  # --train.tensorboard=false
+
+
+def test_the_run_directory_holds_its_plan(runs) -> None:
+    pf = planfile.read(runs["two"] / "plan.json")
+    assert pf.inputs.topology.world_size == 2 and len(pf.estimates["per_rank"]) == 2
+
+
+def test_report_overlays_runs_as_png_and_html(runs) -> None:
+    from PIL import Image
+
+    png, page = runs["tmp"] / "r.png", runs["tmp"] / "r.html"
+    proc = _run("-m", "dlrm_dist.cli.report_main", str(runs["two"]), str(runs["one"]), "--name", "2 ranks",
+                "--name", "1 rank", "--out", str(png), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [r["run"] for r in rows] == ["2 ranks", "1 rank"] and all(r["step"] == 40 for r in rows)
+    summary = json.loads((runs["two"] / "summary.json").read_text())
+    assert rows[0]["auc"] == pytest.approx(summary["eval_auc"])
+    assert rows[0]["plan_estimate_ms"] > 0 and rows[0]["max_rank_step_ms"] > 0
+    with Image.open(png) as im:
+        assert im.size == (1600, 900)
+        colours = len(set(im.convert("RGB").resize((200, 112)).getdata()))
+        assert colours > 50  # curves, not a blank canvas
+    proc = _run("-m", "dlrm_dist.cli.report_main", str(runs["two"]), "--out", str(page))
+    assert proc.returncode == 0, proc.stderr
+    text = page.read_text()
+    assert "data:image/png;base64," in text and "<table>" in text and f"{summary['eval_auc']:.4f}" in text
+
+
+def test_report_refuses_what_is_not_a_run(tmp_path) -> None:
+    proc = _run("-m", "dlrm_dist.cli.report_main", str(tmp_path), "--out", str(tmp_path / "r.png"))
+    assert proc.returncode == 2 and "has no metrics.jsonl" in proc.stderr
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    proc = _run("-m", "dlrm_dist.cli.report_main", str(tmp_path), "--out", str(tmp_path / "r.svg"))
+    assert proc.returncode == 2 and ".html or .png" in proc.stderr
