@@ -27,14 +27,17 @@ def to_batch(block: SampleBlock, feature_names: list[str]) -> Batch:
     """A TorchRec ``Batch``; the KJT is key-major (all bags of feature 0, then feature 1, ...)."""
     kjt = KeyedJaggedTensor(
         keys=feature_names,
-        values=torch.from_numpy(np.concatenate(block.values).astype(np.int64, copy=False)),
-        lengths=torch.from_numpy(np.concatenate(block.lengths).astype(np.int32, copy=False)),
+        values=_tensor(np.concatenate(block.values), np.int64),
+        lengths=_tensor(np.concatenate(block.lengths), np.int32),
     )
-    return Batch(
-        dense_features=torch.from_numpy(np.ascontiguousarray(block.dense, dtype=np.float32)),
-        sparse_features=kjt,
-        labels=torch.from_numpy(block.labels.astype(np.float32, copy=False)),
-    )
+    return Batch(dense_features=_tensor(block.dense, np.float32), sparse_features=kjt,
+                 labels=_tensor(block.labels, np.float32))
+
+
+def _tensor(a: np.ndarray, dtype: type) -> torch.Tensor:
+    """A tensor sharing ``a``'s memory when it can: a read-only array (a slice of a memory-mapped
+    file) is copied, since torch assumes every tensor may be written."""
+    return torch.from_numpy(np.require(a, dtype=dtype, requirements=["C", "W"]))
 
 
 def batch_position(b: int, per_epoch: int, seed: int, shuffle: bool) -> int:

@@ -93,7 +93,7 @@ def test_report_overlays_runs_as_png_and_html(runs) -> None:
     assert rows[0]["plan_estimate_ms"] > 0 and rows[0]["max_rank_step_ms"] > 0
     with Image.open(png) as im:
         assert im.size == (1600, 900)
-        colours = len(set(im.convert("RGB").resize((200, 112)).getdata()))
+        colours = len(set(im.convert("RGB").resize((200, 112)).get_flattened_data()))
         assert colours > 50  # curves, not a blank canvas
     proc = _run("-m", "dlrm_dist.cli.report_main", str(runs["two"]), "--out", str(page))
     assert proc.returncode == 0, proc.stderr
