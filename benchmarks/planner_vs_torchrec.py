@@ -41,13 +41,13 @@ def run_case(name: str, inputs: PlannerInputs, with_torchrec: bool) -> dict:
     ours = make_plan_file(inputs)
     ours_s = time.perf_counter() - start
     row = {"case": name, "tables": len(inputs.tables), "world_size": inputs.topology.world_size,
-           "ours_seconds": round(ours_s, 3), "ours_bottleneck_ms": ours.estimates["summary"]["bottleneck_ms"]}
+           "ours_seconds": round(ours_s, 3), "ours_bottleneck_ms": ours.estimates.summary.estimated_iteration_ms}
     if with_torchrec:
         from dlrm_dist.planning.torchrec_default import plan_with_torchrec
 
         tr = plan_with_torchrec(inputs)
         # Rate TorchRec's plan through our bridge as well: it must agree with TorchRec's own rating.
-        bridged = plan_file_for(tr.plan, inputs, "torchrec_default").estimates["summary"]["bottleneck_ms"]
+        bridged = plan_file_for(tr.plan, inputs, "torchrec_default").estimates.summary.estimated_iteration_ms
         row.update({"torchrec_seconds": round(tr.seconds, 3), "torchrec_bottleneck_ms": tr.bottleneck_ms,
                     "torchrec_bottleneck_ms_via_bridge": bridged,
                     "ratio_ours_over_torchrec": row["ours_bottleneck_ms"] / tr.bottleneck_ms})

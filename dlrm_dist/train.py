@@ -18,13 +18,13 @@ from dlrm_dist.config import load_config
 from dlrm_dist.config.loader import help_text, to_dict
 from dlrm_dist.distributed.env import DistEnv, init_distributed, teardown
 from dlrm_dist.logs import init_logging
+from dlrm_dist.metrics.runs import CONFIG_FILE, PLAN_FILE, SUMMARY_FILE
 from dlrm_dist.planning import format_plan, planfile
 from dlrm_dist.training.summary import final_report, summary_record
 from dlrm_dist.training.build import build_trainer, prepare
 from dlrm_dist.errors import DlrmError, cli_error
 
 logger = logging.getLogger("dlrm_dist.train")  # not __name__: run as -m, that is "__main__"
-PLAN_FILE = "plan.json"  # the run's plan with its estimates, beside metrics.jsonl (dlrm-report reads it)
 
 
 def run(args: Sequence[str], env: Optional[DistEnv] = None) -> dict:
@@ -42,14 +42,14 @@ def run(args: Sequence[str], env: Optional[DistEnv] = None) -> dict:
     run_dir = Path(cfg.train.run_dir)
     if env.is_main:
         planfile.write(prepared.plan_file, run_dir / PLAN_FILE)
-        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True))
+        (run_dir / CONFIG_FILE).write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True))
     init_distributed(env)
     try:
         trainer = build_trainer(env, prepared)
         result = trainer.train()
         record = summary_record(cfg, env, result)
         if env.is_main:
-            (run_dir / "summary.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+            (run_dir / SUMMARY_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
             logger.info(final_report(record))
         return record
     finally:

@@ -25,12 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _row(name: str, pf: PlanFile, seconds: float | None) -> dict[str, Any]:
-    s = pf.estimates["summary"]
-    return {"planner": name, "bottleneck_ms": s["bottleneck_ms"], "cost_imbalance": s["cost_imbalance"],
-            "max_hbm_bytes": s["hbm_budget_bytes"] - s["hbm_headroom_bytes"],
-            "max_ddr_bytes": s["ddr_budget_bytes"] - s["ddr_headroom_bytes"],
-            "fits": s["hbm_headroom_bytes"] >= 0 and s["ddr_headroom_bytes"] >= 0,
-            "estimated_samples_per_s": s["estimated_samples_per_s"], "seconds": seconds}
+    s = pf.estimates.summary
+    return {"planner": name, "bottleneck_ms": s.estimated_iteration_ms, "cost_imbalance": s.cost_imbalance,
+            "max_hbm_bytes": s.max_hbm_bytes, "max_ddr_bytes": s.max_ddr_bytes, "fits": s.fits,
+            "estimated_samples_per_s": s.estimated_samples_per_s, "seconds": seconds}
 
 
 def compare(pf: PlanFile, with_torchrec: bool) -> list[dict[str, Any]]:

@@ -12,7 +12,8 @@ from dlrm_dist.planning.check import read_consistent
 from dlrm_dist.planning.convert import table_shardings
 
 HELP = "show tables that moved or changed sharding between two plans"
-SUMMARY_KEYS = ("bottleneck_ms", "cost_imbalance", "hbm_imbalance", "hbm_headroom_bytes",
+# The PlanSummary figures set side by side (attribute names, derived ones included).
+SUMMARY_KEYS = ("estimated_iteration_ms", "cost_imbalance", "hbm_imbalance", "hbm_headroom_bytes",
                 "all_to_all_bytes_per_sample", "estimated_samples_per_s")
 
 
@@ -67,8 +68,8 @@ def table_changes(a: dict[str, ParameterSharding], b: dict[str, ParameterShardin
 def run(args: argparse.Namespace) -> int:
     pa, pb = read_consistent(args.a), read_consistent(args.b)
     changes = table_changes(table_shardings(pa.plan), table_shardings(pb.plan))
-    sa, sb = pa.estimates["summary"], pb.estimates["summary"]
-    summary = {k: {"a": sa.get(k), "b": sb.get(k)} for k in SUMMARY_KEYS}
+    sa, sb = pa.estimates.summary, pb.estimates.summary
+    summary = {k: {"a": getattr(sa, k), "b": getattr(sb, k)} for k in SUMMARY_KEYS}
     if args.json:
         print(json.dumps({"tables": changes, "summary": summary}, indent=1, sort_keys=True))
         return 0

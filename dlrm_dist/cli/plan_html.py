@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Optional
 
 from dlrm_dist.planning.planfile import PlanFile
+from dlrm_dist.planning.types import COST_PARTS
 
-# The parts of TorchRec's Perf.total: input_dist_comms is reported in the tables but not
-# counted in the cost (it overlaps with the previous batch), so it is not drawn here.
-COST_PARTS = ("fwd_compute", "fwd_comms", "bwd_compute", "bwd_comms", "prefetch_compute")
+# The cost bars stack the parts of TorchRec's Perf.total (COST_PARTS): input_dist_comms is
+# shown in the tables but not counted in the cost, so it is not drawn.
 COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7"]
 WIDTH, HEIGHT, PAD = 900, 220, 40
 
@@ -47,26 +47,26 @@ def _bars(title: str, unit: str, per_rank: list[dict[str, float]], parts: list[s
 
 def render(pf: PlanFile, measured: Optional[list[float]] = None) -> str:
     est = pf.estimates
-    per_rank, s = est["per_rank"], est["summary"]
-    cost = [{p: r[p] for p in COST_PARTS} for r in per_rank]
-    types = sorted({k for r in per_rank for k in r["hbm_by_type"]} | {k for r in per_rank for k in r["ddr_by_type"]})
+    per_rank, s = est.per_rank, est.summary
+    cost = [{p: getattr(r.perf, p) for p in COST_PARTS} for r in per_rank]
+    types = sorted({k for r in per_rank for k in r.hbm_by_type} | {k for r in per_rank for k in r.ddr_by_type})
     gib = 1024**3
-    hbm = [{t: r["hbm_by_type"].get(t, 0) / gib for t in types} for r in per_rank]
-    ddr = [{t: r["ddr_by_type"].get(t, 0) / gib for t in types} for r in per_rank]
+    hbm = [{t: r.hbm_by_type.get(t, 0) / gib for t in types} for r in per_rank]
+    ddr = [{t: r.ddr_by_type.get(t, 0) / gib for t in types} for r in per_rank]
     t = pf.inputs.topology
     parts = [
         f"<h1>Sharding plan: {len(pf.inputs.tables)} tables on {t.world_size} x {t.device}</h1>",
-        f"<p>bottleneck rank {s['bottleneck_rank']} at {s['bottleneck_ms']:.4f} ms; cost imbalance "
-        f"{s['cost_imbalance']:.3f}; estimated {s['estimated_samples_per_s'] or 0:,.0f} samples/s. "
+        f"<p>bottleneck rank {s.bottleneck_rank} at {s.estimated_iteration_ms:.4f} ms; cost imbalance "
+        f"{s.cost_imbalance:.3f}; estimated {s.estimated_samples_per_s or 0:,.0f} samples/s. "
         "Cost bars stack the parts of TorchRec's per-shard cost (input-dist comms, which overlap "
         "with the previous batch, are not counted); dashed lines are memory budgets.</p>",
         _bars("Estimated cost per rank", "ms", cost, list(COST_PARTS), None),
-        _bars("HBM per rank", "GiB", hbm, types, s["hbm_budget_bytes"] / gib or None),
-        _bars("DDR per rank", "GiB", ddr, types, s["ddr_budget_bytes"] / gib or None),
+        _bars("HBM per rank", "GiB", hbm, types, s.hbm_budget_bytes / gib or None),
+        _bars("DDR per rank", "GiB", ddr, types, s.ddr_budget_bytes / gib or None),
     ]
     if measured:
         parts.append(_bars("Measured step time per rank", "ms", [{"measured": m} for m in measured], ["measured"], None))
-    data = json.dumps({"estimates": est, "measured_step_ms": measured}, sort_keys=True).replace("</", "<\\/")
+    data = json.dumps({"estimates": est.describe(), "measured_step_ms": measured}, sort_keys=True).replace("</", "<\\/")
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>dlrm_dist plan</title>"
             "<style>body{font-family:sans-serif;margin:20px}</style></head><body>"
             + "\n".join(parts)

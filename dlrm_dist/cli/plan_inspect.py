@@ -9,6 +9,7 @@ from typing import Optional
 
 from dlrm_dist.cli.plan_html import write_html
 from dlrm_dist.cli.render import rank_table, summary_text
+from dlrm_dist.metrics.runs import SUMMARY_FILE
 from dlrm_dist.planning.check import read_consistent
 from dlrm_dist.planning.errors import PlanError
 
@@ -24,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def measured_step_ms(run_dir: str, world_size: int) -> list[float]:
     """Per-rank mean step times recorded by dlrm-train in RUN_DIR/summary.json."""
-    path = Path(run_dir) / "summary.json"
+    path = Path(run_dir) / SUMMARY_FILE
     if not path.is_file():
         raise PlanError(f"{path}: no such file (is {run_dir} a dlrm-train run directory?)")
     times = json.loads(path.read_text()).get("rank_step_ms") or []
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.html:
         write_html(pf, args.html, measured)
     if args.json:
-        out = {"plan": args.plan, "planner": pf.planner, "inputs": pf.inputs.to_dict(), **est}
+        out = {"plan": args.plan, "planner": pf.planner, "inputs": pf.inputs.to_dict(), **est.describe()}
         if measured:
             out["measured_step_ms"] = measured
         print(json.dumps(out, indent=1, sort_keys=True))
@@ -52,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
           f"({t.ranks_per_host} per host), planner {pf.planner.get('name', '?')}")
     for note in pf.planner.get("notes", []):
         print(f"note: {note}")
-    print(rank_table(est["per_rank"], est["summary"], measured))
-    print(summary_text(est["summary"]))
+    print(rank_table(est, measured))
+    print(summary_text(est.summary))
     if measured:
         print("measured: mean training step per rank (dense + embeddings + data) against the embedding "
               "estimate; the ratio's spread across ranks shows imbalance the model did not predict")

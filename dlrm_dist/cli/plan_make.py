@@ -61,13 +61,13 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     planfile.write(pf, args.out)
     if args.json:
-        print(json.dumps({"plan": args.out, "seconds": seconds, **pf.estimates["summary"]}, indent=1, sort_keys=True))
+        print(json.dumps({"plan": args.out, "seconds": seconds, **pf.estimates.summary.describe()}, indent=1, sort_keys=True))
     else:
         print(f"wrote {args.out}: {len(inputs.tables)} tables on {inputs.topology.world_size} "
               f"{inputs.topology.device} rank(s) in {seconds:.2f} s")
         for note in pf.planner.get("notes", []):
             print(f"note: {note}")
-        print(summary_text(pf.estimates["summary"]))
+        print(summary_text(pf.estimates.summary))
     return 0
 
 

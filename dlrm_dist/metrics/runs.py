@@ -1,8 +1,9 @@
 """A finished (or running) run directory read back: its metrics, summary and plan estimate.
 
-A run directory holds ``metrics.jsonl`` (metrics/log.py), ``summary.json`` (at the end) and
-``plan.json`` (the plan file it trained with, with per-rank estimates). Only the metrics are
-required; a run still in progress has no summary.
+A run directory holds ``metrics.jsonl`` (metrics/log.py), ``summary.json`` (at the end),
+``plan.json`` (the plan file it trained with, with per-rank estimates) and ``config.json``
+(the resolved config). Only the metrics are required; a run still in progress has no summary.
+The file names have their home here; dlrm-train writes them.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from typing import Any, Optional
 
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.metrics.log import METRICS_FILE, read_metrics
+from dlrm_dist.planning import planfile
+from dlrm_dist.planning.errors import PlanError
 
 SUMMARY_FILE = "summary.json"
 PLAN_FILE = "plan.json"
+CONFIG_FILE = "config.json"
 
 
 class RunDirError(DlrmError):
@@ -59,10 +63,12 @@ def read_run(run_dir: str | Path, name: Optional[str] = None) -> RunData:
         records = read_metrics(metrics)
     except ValueError as e:
         raise RunDirError(f"{metrics} has a line that is not JSON ({e})") from None
-    plan = _json(d / PLAN_FILE)
     estimated = None
-    if plan and plan.get("estimates"):
-        estimated = [float(r["cost_ms"]) for r in plan["estimates"]["per_rank"]]
+    if (d / PLAN_FILE).exists():
+        try:
+            estimated = [r.cost_ms for r in planfile.read(d / PLAN_FILE).estimates.per_rank]
+        except PlanError as e:
+            raise RunDirError(str(e)) from None
     return RunData(
         name=name or d.name,
         train=[r for r in records if r.get("kind") == "train"],

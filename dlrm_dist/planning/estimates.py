@@ -1,4 +1,4 @@
-"""What a placement is expected to cost, per rank and in summary.
+"""What a placement is expected to cost, per rank and in summary (the types are in types.py).
 
 Per rank: the estimated fwd/bwd compute and communication time (TorchRec's perf model,
 ms per iteration), HBM and DDR used against budget, input and output bytes per iteration
@@ -11,14 +11,14 @@ memory headroom, all-to-all bytes per sample, estimated iteration time and sampl
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
 
 import numpy as np
 from torchrec.distributed.planner.shard_estimators import _calculate_shard_io_sizes
+from torchrec.distributed.planner.types import Perf
 
 from dlrm_dist.planning.inputs import PlannerInputs
-from dlrm_dist.planning.options import COST_WEIGHTS, PERF_FIELDS
 from dlrm_dist.planning.placement import Capacity, TablePlacement
+from dlrm_dist.planning.types import PERF_FIELDS, PlanEstimates, PlanSummary, RankEstimate, TableCost
 
 ID_BYTES, EMB_BYTES = 8, 4  # int64 ids in, fp32 pooled embeddings out
 
@@ -36,12 +36,7 @@ def _io_bytes(tp: TablePlacement, inputs: PlannerInputs) -> tuple[np.ndarray, np
     return np.asarray(ins, dtype=np.float64), np.asarray(outs, dtype=np.float64)
 
 
-def _imbalance(x: np.ndarray) -> float:
-    mean = float(x.mean())
-    return float(x.max()) / mean - 1.0 if mean > 0 else 0.0
-
-
-def estimate(tables: list[TablePlacement], inputs: PlannerInputs) -> dict[str, Any]:
+def estimate(tables: list[TablePlacement], inputs: PlannerInputs) -> PlanEstimates:
     """The estimates stored in a plan file and shown by ``dlrm-plan inspect``."""
     n = inputs.topology.world_size
     cap = Capacity.of(inputs)
@@ -49,7 +44,8 @@ def estimate(tables: list[TablePlacement], inputs: PlannerInputs) -> dict[str, A
     hbm, ddr, in_b, out_b = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
     shards_by_type: list[dict[str, int]] = [defaultdict(int) for _ in range(n)]
     table_cost: list[dict[str, float]] = [defaultdict(float) for _ in range(n)]
-    mem_by_type: list[dict[str, dict[str, int]]] = [{"hbm": defaultdict(int), "ddr": defaultdict(int)} for _ in range(n)]
+    hbm_by_type: list[dict[str, int]] = [defaultdict(int) for _ in range(n)]
+    ddr_by_type: list[dict[str, int]] = [defaultdict(int) for _ in range(n)]
     a2a_bytes = 0.0
     for tp in tables:
         o, name = tp.option, inputs.tables[tp.option.table].name
@@ -60,41 +56,21 @@ def estimate(tables: list[TablePlacement], inputs: PlannerInputs) -> dict[str, A
         for r, c, h, d in zip(tp.ranks, o.shard_cost, o.hbm, o.ddr):
             shards_by_type[r][o.sharding_type] += 1
             table_cost[r][name] += float(c)
-            mem_by_type[r]["hbm"][o.sharding_type] += int(h)
-            mem_by_type[r]["ddr"][o.sharding_type] += int(d)
+            hbm_by_type[r][o.sharding_type] += int(h)
+            ddr_by_type[r][o.sharding_type] += int(d)
         if o.sharding_type != "data_parallel":
             a2a_bytes += float(ins.sum() + outs.sum())
-    cost = perf @ COST_WEIGHTS
-    top = int(np.argmax(cost))
-    drivers = sorted(table_cost[top].items(), key=lambda kv: -kv[1])[:5]
-    global_batch = inputs.batch_size_per_rank * n
-    ranks = [
-        {
-            "rank": r,
-            "cost_ms": float(cost[r]),
-            **{f: float(perf[r, i]) for i, f in enumerate(PERF_FIELDS)},
-            "hbm_bytes": int(hbm[r]), "ddr_bytes": int(ddr[r]),
-            "input_bytes": int(in_b[r]), "output_bytes": int(out_b[r]),
-            "shards_by_type": dict(sorted(shards_by_type[r].items())),
-            "hbm_by_type": dict(sorted(mem_by_type[r]["hbm"].items())),
-            "ddr_by_type": dict(sorted(mem_by_type[r]["ddr"].items())),
-            "num_tables": len(table_cost[r]),
-        }
+    per_rank = tuple(
+        RankEstimate(
+            rank=r, perf=Perf(*map(float, perf[r])), hbm_bytes=int(hbm[r]), ddr_bytes=int(ddr[r]),
+            input_bytes=int(in_b[r]), output_bytes=int(out_b[r]), num_tables=len(table_cost[r]),
+            shards_by_type=dict(sorted(shards_by_type[r].items())),
+            hbm_by_type=dict(sorted(hbm_by_type[r].items())), ddr_by_type=dict(sorted(ddr_by_type[r].items())),
+        )
         for r in range(n)
-    ]
-    iteration_ms = float(cost.max())
-    summary = {
-        "bottleneck_rank": top,
-        "bottleneck_ms": iteration_ms,
-        "bottleneck_tables": [{"table": k, "cost_ms": v} for k, v in drivers],
-        "cost_imbalance": _imbalance(cost),
-        "hbm_imbalance": _imbalance(hbm),
-        "ddr_imbalance": _imbalance(ddr),
-        "hbm_budget_bytes": int(cap.hbm), "ddr_budget_bytes": int(cap.ddr),
-        "hbm_headroom_bytes": int(cap.hbm - hbm.max()), "ddr_headroom_bytes": int(cap.ddr - ddr.max()),
-        "all_to_all_bytes_per_sample": a2a_bytes / global_batch,
-        "estimated_iteration_ms": iteration_ms,
-        "estimated_samples_per_s": global_batch / (iteration_ms / 1000.0) if iteration_ms > 0 else None,
-        "global_batch_size": global_batch,
-    }
-    return {"per_rank": ranks, "summary": summary}
+    )
+    global_batch = inputs.batch_size_per_rank * n
+    top = max(range(n), key=lambda r: per_rank[r].cost_ms)
+    drivers = [TableCost(k, v) for k, v in sorted(table_cost[top].items(), key=lambda kv: -kv[1])[:5]]
+    summary = PlanSummary.of(per_rank, drivers, cap.hbm, cap.ddr, a2a_bytes / global_batch, global_batch)
+    return PlanEstimates(per_rank, summary)

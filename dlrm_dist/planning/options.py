@@ -29,12 +29,11 @@ from torchrec.distributed.types import CacheParams
 
 from dlrm_dist.config.validate import FUSED_DIM_MULTIPLE
 from dlrm_dist.planning.inputs import SHARDING_TYPES, Capacity, PlannerInputs, TableSpec
+from dlrm_dist.planning.types import COST_PARTS, PERF_FIELDS
 from dlrm_dist.planning.torchrec_bridge import cache_load_factor, constraints, meta_module, torchrec_topology
 
-PERF_FIELDS = ("fwd_compute", "fwd_comms", "bwd_compute", "bwd_comms", "input_dist_comms", "prefetch_compute")
-# A shard's cost is TorchRec's Perf.total: every component but input_dist_comms (which
-# TorchRec reports but does not count, as it overlaps with the previous batch).
-COST_WEIGHTS = np.array([1.0, 1.0, 1.0, 1.0, 0.0, 1.0])
+# A shard's cost is TorchRec's Perf.total: the perf columns it counts, weighted 1.
+COST_WEIGHTS = np.array([1.0 if f in COST_PARTS else 0.0 for f in PERF_FIELDS])
 # Kernels this planner considers (key-value and virtual tables need SSD/KV backends).
 PLANNED_KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching")
 UVM_KERNELS = ("fused_uvm", "fused_uvm_caching")

@@ -4,13 +4,15 @@ A plan file holds everything needed to rebuild the TorchRec ShardingPlan exactly
 ParameterSharding field, cache params included — plus the inputs it was made from and
 the estimates (per-rank memory and cost) it was chosen by:
 
-    {"format": "dlrm_dist.sharding_plan", "version": 1,
+    {"format": "dlrm_dist.sharding_plan", "version": 2,
      "inputs":    {tables, topology, budgets, batch_size_per_rank, optimizer},
      "plan":      {module path: {table: {sharding_type, compute_kernel, ranks,
                                         shards: [{offsets, sizes, placement}] | null,
                                         cache_params, enforce_hbm, ...}}},
      "estimates": {"per_rank": [...], "summary": {...}},
      "planner":   {"name": ..., "notes": [...]}}
+
+Version 2 stores each estimate once (types.py); version-1 files still load.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from dlrm_dist.config.files import read_data
 from dlrm_dist.planning.codec import decode, encode
 from dlrm_dist.planning.errors import PlanError
 from dlrm_dist.planning.inputs import PlannerInputs
+from dlrm_dist.planning.types import PlanEstimates
 
 FORMAT = "dlrm_dist.sharding_plan"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: headroom and the iteration time stored twice (read by types.py)
 _SPEC_FIELD = "sharding_spec"
 
 
@@ -40,7 +44,7 @@ class PlanFile:
 
     inputs: PlannerInputs
     plan: ShardingPlan
-    estimates: dict[str, Any]
+    estimates: PlanEstimates
     planner: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,14 +86,16 @@ def to_data(pf: PlanFile) -> dict[str, Any]:
         for path, module_plan in pf.plan.plan.items()
     }
     return {"format": FORMAT, "version": VERSION, "inputs": pf.inputs.to_dict(), "plan": plan,
-            "estimates": pf.estimates, "planner": pf.planner}
+            "estimates": pf.estimates.to_dict(), "planner": pf.planner}
 
 
 def from_data(d: dict[str, Any], origin: str = "plan") -> PlanFile:
     if d.get("format") != FORMAT:
         raise PlanError(f"{origin}: not a dlrm_dist plan file (format {d.get('format')!r}, expected {FORMAT!r})")
-    if d.get("version") != VERSION:
-        raise PlanError(f"{origin}: plan file version {d.get('version')!r} is not supported (this is version {VERSION})")
+    version = d.get("version")
+    if version not in READABLE_VERSIONS:
+        raise PlanError(f"{origin}: plan file version {version!r} is not supported (this reads versions "
+                        f"{', '.join(map(str, READABLE_VERSIONS))})")
     missing = [k for k in ("inputs", "plan", "estimates") if k not in d]
     if missing:
         raise PlanError(f"{origin}: missing section(s) {missing}")
@@ -100,7 +106,11 @@ def from_data(d: dict[str, Any], origin: str = "plan") -> PlanFile:
             module_plan[table] = _decode_sharding(ps, f"{origin}: {path}.{table}")
         plan.plan[path] = module_plan
     inputs = PlannerInputs.from_dict(d["inputs"], origin=f"{origin}: inputs")
-    return PlanFile(inputs, plan, d["estimates"], d.get("planner", {}))
+    try:
+        estimates = PlanEstimates.from_dict(d["estimates"], version)
+    except (KeyError, TypeError, ValueError) as e:
+        raise PlanError(f"{origin}: the estimates section is malformed ({type(e).__name__}: {e})") from None
+    return PlanFile(inputs, plan, estimates, d.get("planner", {}))
 
 
 def dumps(pf: PlanFile) -> str:

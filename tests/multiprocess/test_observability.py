@@ -76,7 +76,7 @@ def test_tensorboard_events_hold_the_same_scalars(runs) -> None:
 
 def test_the_run_directory_holds_its_plan(runs) -> None:
     pf = planfile.read(runs["two"] / "plan.json")
-    assert pf.inputs.topology.world_size == 2 and len(pf.estimates["per_rank"]) == 2
+    assert pf.inputs.topology.world_size == 2 and len(pf.estimates.per_rank) == 2
 
 
 def test_report_overlays_runs_as_png_and_html(runs) -> None:

@@ -115,7 +115,7 @@ def test_diff(capsys) -> None:
     data = json.loads(out)
     assert code == 0 and data["tables"]
     assert any("resharded" in c["change"] or "cache" in c["change"] for c in data["tables"])
-    assert data["summary"]["bottleneck_ms"]["a"] < data["summary"]["bottleneck_ms"]["b"]
+    assert data["summary"]["estimated_iteration_ms"]["a"] < data["summary"]["estimated_iteration_ms"]["b"]
     code, out, _ = _run(capsys, "diff", str(a), str(a))
     assert "0 table(s) differ" in out
 

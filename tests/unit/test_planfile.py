@@ -60,9 +60,39 @@ def test_bad_files_name_the_problem(tmp_path) -> None:
         (tmp_path / "p.json").write_text(json.dumps({**good, **change}))
         with pytest.raises(PlanError, match=words):
             planfile.read(tmp_path / "p.json")
+    (tmp_path / "p.json").write_text(json.dumps({**good, "estimates": {"per_rank": [], "summary": {}}}))
+    with pytest.raises(PlanError, match="the estimates section is malformed"):
+        planfile.read(tmp_path / "p.json")
     del good["plan"]
     (tmp_path / "p.json").write_text(json.dumps(good))
     with pytest.raises(PlanError, match=r"missing section\(s\) \['plan'\]"):
         planfile.read(tmp_path / "p.json")
     with pytest.raises(PlanError, match="plan file .* does not exist"):
         planfile.read(tmp_path / "none.json")
+
+
+def test_version_1_files_still_load() -> None:
+    """A version-1 file (headroom and the iteration time stored twice) reads to the same estimates."""
+    root = Path(__file__).resolve().parents[2]
+    old = planfile.read(root / "tests" / "plans" / "demo_cpu2_v1.json")
+    new = planfile.read(root / "sharding_plans" / "demo_cpu2.json")
+    assert json.loads((root / "tests" / "plans" / "demo_cpu2_v1.json").read_text())["version"] == 1
+    assert old.plan == new.plan and old.inputs == new.inputs
+    assert old.estimates.summary == new.estimates.summary
+    assert [r.to_dict() for r in old.estimates.per_rank] == [r.to_dict() for r in new.estimates.per_rank]
+    v1 = json.loads((root / "tests" / "plans" / "demo_cpu2_v1.json").read_text())["estimates"]["summary"]
+    assert new.estimates.summary.ddr_headroom_bytes == v1["ddr_headroom_bytes"]
+    assert new.estimates.summary.estimated_samples_per_s == pytest.approx(v1["estimated_samples_per_s"])
+    assert planfile.to_data(old)["version"] == planfile.VERSION  # written back in the current format
+
+
+def test_estimates_store_each_figure_once() -> None:
+    """Derived figures are properties: the file holds no number that another one determines."""
+    pf = planfile.read(PLANS[0])
+    stored = planfile.to_data(pf)["estimates"]
+    assert not {"bottleneck_ms", "hbm_headroom_bytes", "estimated_samples_per_s", "fits"} & set(stored["summary"])
+    assert "cost_ms" not in stored["per_rank"][0]
+    s = pf.estimates.summary
+    assert s.estimated_iteration_ms == max(r.cost_ms for r in pf.estimates.per_rank)
+    assert s.max_ddr_bytes == max(r.ddr_bytes for r in pf.estimates.per_rank)
+    assert pf.estimates.describe()["summary"]["ddr_headroom_bytes"] == s.ddr_budget_bytes - s.max_ddr_bytes

@@ -27,9 +27,9 @@ def _kernels(pf) -> set[str]:
 def test_fits_in_hbm_without_cache() -> None:
     pf = make_plan_file(_inputs(hbm=80.0))
     assert _kernels(pf) <= {"fused", "dense"}
-    s = pf.estimates["summary"]
-    assert s["hbm_headroom_bytes"] >= 0
-    assert all(r["hbm_bytes"] <= s["hbm_budget_bytes"] for r in pf.estimates["per_rank"])
+    s = pf.estimates.summary
+    assert s.hbm_headroom_bytes >= 0
+    assert all(r.hbm_bytes <= s.hbm_budget_bytes for r in pf.estimates.per_rank)
 
 
 def test_budget_limited_uses_uvm_caching_within_budget() -> None:
@@ -37,8 +37,8 @@ def test_budget_limited_uses_uvm_caching_within_budget() -> None:
     assert "fused_uvm_caching" in _kernels(pf)
     cached = [ps for mp in pf.plan.plan.values() for ps in mp.values() if ps.compute_kernel == "fused_uvm_caching"]
     assert all(ps.cache_params.load_factor == 0.2 for ps in cached)
-    s = pf.estimates["summary"]
-    assert s["hbm_headroom_bytes"] >= 0 and s["ddr_headroom_bytes"] >= 0
+    s = pf.estimates.summary
+    assert s.hbm_headroom_bytes >= 0 and s.ddr_headroom_bytes >= 0
 
 
 def test_per_table_load_factor_overrides_global() -> None:
@@ -74,7 +74,7 @@ def test_a_table_too_big_for_any_rank_is_split_on_cpu() -> None:
         pf = make_plan_file(PlannerInputs(tables=big, topology=TopologySpec(world, per_host, device="cpu", ddr_gb=64.0)))
         ps = next(iter(pf.plan.plan.values()))["big"]
         assert ps.sharding_type in ("column_wise", "table_column_wise", "row_wise") and len(ps.sharding_spec.shards) > 1
-        assert pf.estimates["summary"]["ddr_headroom_bytes"] >= 0
+        assert pf.estimates.summary.ddr_headroom_bytes >= 0
 
 
 def test_cpu_plans_honestly_without_cache() -> None:
@@ -91,9 +91,9 @@ def test_cpu_plans_honestly_without_cache() -> None:
 def test_quality_against_torchrec_default() -> None:
     """Kaggle DLRM on 8 GPUs: no worse than 1.05x TorchRec's bottleneck, by TorchRec's own rating."""
     inputs = load_inputs(str(next(p for p in PLANS if p.stem == "criteo_kaggle_gpu8").parent / "inputs" / "criteo_kaggle_gpu8.json"))
-    ours = make_plan_file(inputs).estimates["summary"]["bottleneck_ms"]
+    ours = make_plan_file(inputs).estimates.summary.estimated_iteration_ms
     theirs = plan_with_torchrec(inputs)
-    bridged = plan_file_for(theirs.plan, inputs, "torchrec").estimates["summary"]["bottleneck_ms"]
+    bridged = plan_file_for(theirs.plan, inputs, "torchrec").estimates.summary.estimated_iteration_ms
     assert bridged == pytest.approx(theirs.bottleneck_ms, rel=1e-9)  # same estimates as TorchRec's planner
     assert ours <= 1.05 * theirs.bottleneck_ms
 
@@ -102,15 +102,15 @@ def test_plans_for_many_simulated_gpus() -> None:
     tables = tuple(TableSpec(f"t{i}", 1000 + 97_000 * i, (32, 64, 128)[i % 3], float(1 + i % 7)) for i in range(120))
     pf = make_plan_file(PlannerInputs(tables=tables, topology=TopologySpec(512, 8), batch_size_per_rank=128))
     ranks = {r for mp in pf.plan.plan.values() for ps in mp.values() for r in ps.ranks}
-    assert max(ranks) < 512 and len(pf.estimates["per_rank"]) == 512
+    assert max(ranks) < 512 and len(pf.estimates.per_rank) == 512
 
 
 def test_baselines_are_worse_or_over_budget() -> None:
     inputs = _inputs(hbm=80.0)
-    ours = make_plan_file(inputs).estimates["summary"]
+    ours = make_plan_file(inputs).estimates.summary
     for name in ("round_robin", "greedy_by_size"):
-        s = baseline_plan_file(name, inputs).estimates["summary"]
-        assert s["bottleneck_ms"] >= ours["bottleneck_ms"] or s["hbm_headroom_bytes"] < 0
+        s = baseline_plan_file(name, inputs).estimates.summary
+        assert s.estimated_iteration_ms >= ours.estimated_iteration_ms or not s.fits
 
 
 def test_check_lists_every_mismatch() -> None:
