@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -29,29 +28,14 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata
 
 from dlrm_dist.checkpoint import optim_state, store
-from dlrm_dist.errors import EXIT_BAD_STATE, DlrmError
+from dlrm_dist.checkpoint.manifest import CheckpointError, Manifest, RunInfo
 from dlrm_dist.distributed.weights import table_of
 from dlrm_dist.optimizers import DENSE
 
-FORMAT = "dlrm_dist.checkpoint"
-VERSION = 2  # 2: embedding optimizer state in the layout-independent form
-CONTENTS = {  # the manifest's note on the DCP state dict's sections
-    "model": "embedding tables (sharded) and dense weights",
-    optim_state.SECTION: "embedding optimizer state per table, layout-independent (dlrm_dist/checkpoint/optim_state.py)",
-    "optim": "dense (MLP) optimizer state",
-    "train": "step (= data position; fixes the LR schedule) and torch RNG state",
-}
 
-
-class CheckpointError(DlrmError):
-    """A checkpoint is missing, incomplete, corrupted or from a different model."""
-
-    exit_code = EXIT_BAD_STATE
-
-
-def _tables(model_state: dict[str, Any]) -> dict[str, list[int]]:
-    """{table: [rows, dim]} from a model state dict."""
-    return {table: list(value.shape) for key, value in model_state.items() if (table := table_of(key))}
+def _tables(model_state: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """{table: (rows, dim)} from a model state dict."""
+    return {table: tuple(value.shape) for key, value in model_state.items() if (table := table_of(key))}
 
 
 def _state(model: nn.Module, step: int) -> dict[str, Any]:
@@ -72,27 +56,23 @@ def _dense_optimizer(optimizer: Any) -> Any:
 
 
 def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: Any,
-                    info: dict[str, Any], keep_last: int = 3) -> Path:
+                    info: RunInfo, keep_last: int = 3) -> Path:
     """Writes and publishes checkpoint ``step`` (a collective: every rank calls it).
 
-    ``optimizer`` is the training's CombinedOptimizer; ``info["embedding_optimizer"]`` names
+    ``optimizer`` is the training's CombinedOptimizer; ``info.embedding_optimizer`` names
     the embedding optimizer (its state names).
     """
     root = Path(root)
     tmp = store.tmp_dir(root, step)
     state = _state(model, step)
-    state[optim_state.SECTION] = optim_state.save_view(optim_state.slots(optimizer, info["embedding_optimizer"]))
+    state[optim_state.SECTION] = optim_state.save_view(optim_state.slots(optimizer, info.embedding_optimizer))
     state["optim"] = _dense_optimizer(optimizer).state_dict()
     dcp.save(state, checkpoint_id=str(tmp))
     dist.barrier()
-    final = store.step_dir(root, step)
     if dist.get_rank() == 0:
-        manifest = {"format": FORMAT, "version": VERSION, "step": step, "world_size": dist.get_world_size(),
-                    "tables": _tables(state["model"]), "contents": CONTENTS,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
-        store.publish(root, step, manifest, keep_last)
+        store.publish(root, Manifest(step, dist.get_world_size(), _tables(state["model"]), info), keep_last)
     dist.barrier()
-    return final
+    return store.step_dir(root, step)
 
 
 def discard_partial_writes(root: str | Path) -> list[tuple[Path, Optional[str]]]:
@@ -117,38 +97,32 @@ def discard_partial_writes(root: str | Path) -> list[tuple[Path, Optional[str]]]
     return outcome
 
 
-def _check_manifest(path: Path, model_state: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
-    try:
-        manifest = store.read_manifest(path)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: no readable manifest ({e}); not a complete dlrm_dist checkpoint") from None
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise CheckpointError(f"{path}: format {manifest.get('format')!r} v{manifest.get('version')} is not "
-                              f"{FORMAT} v{VERSION}")
-    ours, theirs = _tables(model_state), manifest.get("tables", {})
+def _check_manifest(path: Path, model_state: dict[str, Any], info: Optional[RunInfo]) -> Manifest:
+    """The checkpoint's manifest, if it fits this model (and, given ``info``, this run's optimizers)."""
+    manifest = Manifest.read(path)
+    ours, theirs = _tables(model_state), manifest.tables
     problems = [f"table {t} is in the model but not in the checkpoint" for t in ours if t not in theirs]
     problems += [f"table {t} is in the checkpoint but not in the model" for t in theirs if t not in ours]
     problems += [f"table {t}: checkpoint {theirs[t][0]} x {theirs[t][1]}, model {ours[t][0]} x {ours[t][1]}"
-                 for t in ours if t in theirs and list(theirs[t]) != list(ours[t])]
-    for key in ("embedding_optimizer", "dense_optimizer"):
-        if key in info and key in manifest and info[key] != manifest[key]:
-            problems.append(f"{key}: checkpoint {manifest[key]!r}, this run {info[key]!r}")
+                 for t in ours if t in theirs and theirs[t] != ours[t]]
+    if info is not None:
+        problems += info.differences(manifest.info)
     if problems:
         raise CheckpointError(f"{path} is from a different model:\n" + "\n".join(f"  - {p}" for p in problems))
     return manifest
 
 
-def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Optional[Any], info: dict[str, Any]) -> int:
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Optional[Any], info: RunInfo) -> int:
     """Loads a checkpoint (in place, resharding as needed) and returns its step.
 
-    ``optimizer=None`` loads the weights only.
+    ``optimizer=None`` loads the weights only (then the optimizers need not match).
     """
     path = Path(path)
     state = _state(model, 0)
-    manifest = _check_manifest(path, state["model"], info)
+    manifest = _check_manifest(path, state["model"], info if optimizer is not None else None)
     finish: Callable[[], None] = lambda: None
     if optimizer is not None:
-        slots = optim_state.slots(optimizer, info["embedding_optimizer"])
+        slots = optim_state.slots(optimizer, info.embedding_optimizer)
         request, finish, missing = optim_state.load_view(slots, read_metadata(path))
         missing = _on_any_rank(missing)  # every rank raises, or none: a lone raise would hang the rest
         if missing:
@@ -166,8 +140,8 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Optional[Any]
         raise CheckpointError(f"{path}: the checkpoint could not be read completely: {failures_text(e)}") from None
     model.load_state_dict(state["model"])
     step = int(state["train"]["step"])
-    if step != manifest["step"]:
-        raise CheckpointError(f"{path}: manifest says step {manifest['step']}, data says {step}")
+    if step != manifest.step:
+        raise CheckpointError(f"{path}: manifest says step {manifest.step}, data says {step}")
     finish()
     if optimizer is not None:
         if "optim" in state:

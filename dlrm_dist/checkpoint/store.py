@@ -10,12 +10,12 @@ the manifest (written last) is in place, so a reader sees a whole checkpoint or 
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-MANIFEST = "manifest.json"
+from dlrm_dist.checkpoint.manifest import MANIFEST, Manifest
+
 PREFIX = "step_"
 
 
@@ -50,10 +50,10 @@ def partial_writes(root: Path) -> list[Path]:
     return sorted(Path(root).glob(f"{PREFIX}*.tmp")) if Path(root).is_dir() else []
 
 
-def publish(root: Path, step: int, manifest: dict[str, Any], keep_last: int) -> Path:
+def publish(root: Path, manifest: Manifest, keep_last: int) -> Path:
     """Writes the manifest into the finished .tmp directory, renames it, prunes old ones (rank 0)."""
-    tmp, final = tmp_dir(root, step), step_dir(root, step)
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    tmp, final = tmp_dir(root, manifest.step), step_dir(root, manifest.step)
+    manifest.write(tmp)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
@@ -61,7 +61,3 @@ def publish(root: Path, step: int, manifest: dict[str, Any], keep_last: int) -> 
         for old in published(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    return json.loads((Path(path) / MANIFEST).read_text())

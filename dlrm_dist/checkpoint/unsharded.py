@@ -14,8 +14,9 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
-from dlrm_dist.checkpoint.io import CheckpointError, failures_text
-from dlrm_dist.checkpoint.store import latest_checkpoint, read_manifest
+from dlrm_dist.checkpoint.io import failures_text
+from dlrm_dist.checkpoint.manifest import CheckpointError, Manifest
+from dlrm_dist.checkpoint.store import latest_checkpoint
 from dlrm_dist.config.loader import config_from_dict
 from dlrm_dist.config.schema import Config
 from dlrm_dist.model import DLRMTrain, build_model
@@ -51,13 +52,13 @@ def read_state(found: Path, state: dict) -> None:
 def read_unsharded(path: str | Path) -> Unsharded:
     """The checkpoint at ``path`` (or the newest in it) as an :class:`Unsharded`."""
     found = find_checkpoint(path)
-    manifest = read_manifest(found)
-    cfg = config_from_dict(manifest["config"], f"{found} manifest")
+    manifest = Manifest.read(found)
+    cfg = config_from_dict(manifest.info.config, f"{found} manifest")
     model = build_model(resolved_spec(cfg), seed=0, device=torch.device("cpu"))
     state = {"model": model.state_dict()}
     read_state(found, state)
     model.load_state_dict(state["model"])
-    return Unsharded(model.eval(), cfg, int(manifest["step"]), found)
+    return Unsharded(model.eval(), cfg, manifest.step, found)
 
 
 def load_unsharded(path: str | Path) -> DLRMTrain:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torchrec.distributed.types import ShardingPlan
 
-from dlrm_dist.checkpoint import CheckpointError
+from dlrm_dist.checkpoint import CheckpointError, CheckpointManager, CheckpointPolicy, RunInfo
 from dlrm_dist.config import Config, ConfigError, validate_for_launch
 from dlrm_dist.config.loader import to_dict
 from dlrm_dist.data import Dataset
@@ -120,6 +120,6 @@ def build_trainer(env: DistEnv, prepared: Prepared) -> Trainer:
     optimizer = build_optimizer(model, cfg.optim)
     lr = ScheduledLR(optimizer, LRSchedule.from_config(cfg.optim))
     log = MetricsLog(Path(cfg.train.run_dir), enabled=env.is_main, tensorboard=cfg.train.tensorboard)
-    info = {"embedding_optimizer": cfg.optim.embedding_optimizer, "dense_optimizer": cfg.optim.dense_optimizer,
-            "plan": plan_rows(prepared.plan), "config": to_dict(cfg)}
-    return Trainer(cfg, env, model, optimizer, lr, prepared.data, log, checkpoint_info=info)
+    info = RunInfo(cfg.optim.embedding_optimizer, cfg.optim.dense_optimizer, plan_rows(prepared.plan), to_dict(cfg))
+    checkpoints = CheckpointManager(CheckpointPolicy.from_config(cfg.train), model, optimizer, info)
+    return Trainer(cfg, env, model, optimizer, lr, prepared.data, log, checkpoints)

@@ -19,7 +19,7 @@ from torch import nn
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
-from dlrm_dist.checkpoint import CheckpointError, discard_partial_writes, latest_checkpoint, load_checkpoint, save_checkpoint
+from dlrm_dist.checkpoint import CheckpointManager
 from dlrm_dist.config.schema import Config
 from dlrm_dist.data import Dataset
 from dlrm_dist.data.prefetch import Prefetcher
@@ -69,11 +69,10 @@ class Trainer:
         lr: ScheduledLR,
         data: Dataset,
         log: MetricsLog,
-        checkpoint_info: Optional[dict[str, Any]] = None,
+        checkpoints: CheckpointManager,
     ) -> None:
         self.cfg, self.env, self.model, self.optimizer = cfg, env, model, optimizer
-        self.checkpoint_info = checkpoint_info or {}
-        self.lr, self.data, self.log = lr, data, log
+        self.lr, self.data, self.log, self.checkpoints = lr, data, log, checkpoints
         self.pipeline = TrainPipelineSparseDist(model, optimizer, env.device, execute_all_batches=True)
         self.step = 0  # global step (restored on resume); also the data position
         self.steps_run = 0  # steps run by this process
@@ -93,18 +92,20 @@ class Trainer:
     def _train(self) -> TrainResult:
         result = TrainResult(teacher_auc=self.teacher_auc())
         if self.cfg.train.inference_only:
-            self.restore(weights_only=True)
+            self.checkpoints.restore(weights_only=True)
             self.log.start(resumed=False)
             result.evals.append(self.evaluate())
             return result
-        self.restore()
+        resumed = self.checkpoints.restore()
+        if resumed is not None:
+            self.step = resumed
         self.log.start(resumed=self.step > 0, step=self.step)
         bar = tqdm(total=self.cfg.train.steps, initial=self.step, desc="train", unit="step",
                    disable=not (self.env.is_main and self.cfg.train.progress))
         for end, actions in self.schedule():
             self.train_segment(end, result, bar)
             if "checkpoint" in actions:
-                self.save()
+                self.checkpoints.save(self.step)
             if "eval" in actions:
                 result.evals.append(self.evaluate())
         bar.close()
@@ -118,40 +119,12 @@ class Trainer:
     def schedule(self) -> list[tuple[int, set[str]]]:
         """(step, {"eval", "checkpoint"}) at every boundary still ahead; segments end there."""
         t = self.cfg.train
-        boundaries: dict[int, set[str]] = {}
-        intervals = ((t.eval_interval, "eval"), (t.checkpoint_interval if t.checkpoint_dir else 0, "checkpoint"))
-        for every, action in intervals:
-            for s in range(every, t.steps, every) if every else ():
-                boundaries.setdefault(s, set()).add(action)
-        boundaries.setdefault(t.steps, set()).update({"eval"} | ({"checkpoint"} if t.checkpoint_dir else set()))
+        boundaries: dict[int, set[str]] = {t.steps: {"eval"}}
+        for s in range(t.eval_interval, t.steps, t.eval_interval) if t.eval_interval else ():
+            boundaries.setdefault(s, set()).add("eval")
+        for s in self.checkpoints.due_steps(t.steps):
+            boundaries.setdefault(s, set()).add("checkpoint")
         return [(s, a) for s, a in sorted(boundaries.items()) if s > self.step]
-
-    # -- checkpoints ----------------------------------------------------------------------
-    def restore(self, weights_only: bool = False) -> None:
-        """Loads train.checkpoint, or resumes from the newest checkpoint in checkpoint_dir."""
-        t = self.cfg.train
-        if t.checkpoint_dir and not weights_only:
-            for path, error in discard_partial_writes(t.checkpoint_dir):
-                if error is None:
-                    logger.info("removed %s: a checkpoint a killed job did not finish", path)
-                else:
-                    logger.warning("could not remove %s, a checkpoint a killed job did not finish (%s); "
-                                   "remove it by hand", path, error)
-        source = t.checkpoint or (t.checkpoint_dir if t.resume else None)
-        path = latest_checkpoint(source) if source else None
-        if t.checkpoint and path is None:
-            raise CheckpointError(f"no complete checkpoint at {t.checkpoint}")
-        if path is None:
-            return
-        step = load_checkpoint(path, self.model, None if weights_only else self.optimizer, self.checkpoint_info)
-        if not weights_only:
-            self.step = step
-        logger.info("loaded %s (step %d%s)", path, step, ", weights only" if weights_only else "")
-
-    def save(self) -> None:
-        path = save_checkpoint(self.cfg.train.checkpoint_dir, self.step, self.model, self.optimizer,
-                               self.checkpoint_info, keep_last=self.cfg.train.keep_last)
-        logger.info("checkpoint @ step %d: %s", self.step, path)
 
     def train_segment(self, end: int, result: TrainResult, bar: tqdm) -> None:
         """Steps up to ``end``; losses stay on the device and are reduced once per log interval."""
@@ -241,7 +214,7 @@ class Trainer:
         for k in range(start, len(losses)):
             if not math.isfinite(losses[k]):
                 step = self.step - (len(losses) - k) + 1
-                newest = latest_checkpoint(self.cfg.train.checkpoint_dir) if self.cfg.train.checkpoint_dir else None
+                newest = self.checkpoints.newest()
                 raise DivergedError(
                     f"the loss became {losses[k]} at step {step}: training diverged (learning rates "
                     f"{self.cfg.optim.embedding_lr} embeddings, {self.cfg.optim.dense_lr} dense); "

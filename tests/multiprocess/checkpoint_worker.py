@@ -53,6 +53,8 @@ def resume_cases(out: str) -> None:
         for name, args in (("corrupt", [f"--train.checkpoint={root / 'bad'}", "--train.steps=9"]),
                            ("truncated", [f"--train.checkpoint={root / 'cut'}", "--train.steps=9"]),
                            ("other_model", [f"--train.checkpoint={root / 'b'}", "--model.table_sizes=100,200,50,81"]),
+                           ("other_optimizer", [f"--train.checkpoint={root / 'b'}", "--train.steps=9",
+                                                "--optim.embedding_optimizer=sgd"]),
                            ("missing", [f"--train.checkpoint={root / 'none'}"])):
             try:
                 _run(env, args + [f"--run-dir={root / 'rx'}"])

@@ -41,16 +41,17 @@ def _phase(env: DistEnv, out: Path, name: str, args: list[str], probe: bool, dro
     loaded = None
     if probe:
         (out / name).mkdir(exist_ok=True)  # the metrics log's directory (train() makes it later)
-        trainer.restore()
+        trainer.step = trainer.checkpoints.restore()
         loaded = trainer.evaluate()
         save_checkpoint(out / name / "probe", trainer.step, trainer.model, trainer.optimizer,
-                        trainer.checkpoint_info, keep_last=0)
+                        trainer.checkpoints.info, keep_last=0)
         if drop_state:
             with torch.no_grad():
                 for slot in optim_state.slots(trainer.optimizer, cfg.optim.embedding_optimizer):
                     for t in [slot.live] if slot.replicated else [s.tensor for s in slot.live.local_shards()]:
                         t.zero_()
-        trainer.cfg = replace(cfg, train=replace(cfg.train, checkpoint=None))  # loaded: train() must not reload
+        # loaded: train() must not load it again
+        trainer.checkpoints.policy = replace(trainer.checkpoints.policy, load_from=None)
     result = trainer.train()
     weights = gather_full_state_dict(trainer.model)
     if env.is_main:

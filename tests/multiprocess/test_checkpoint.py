@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from dlrm_dist.checkpoint import Manifest
+from dlrm_dist.checkpoint.manifest import MANIFEST
 from tests.dist_helper import run_ranks
 from tests.multiprocess.checkpoint_worker import SMALL, resume_cases
 
@@ -54,15 +56,15 @@ def test_keeps_the_last_k_and_ignores_partial_writes(results) -> None:
 def test_manifest_says_what_is_inside(results) -> None:
     import torch.distributed.checkpoint as dcp
 
-    from dlrm_dist.checkpoint.store import read_manifest
-
-    m = read_manifest(Path(results["latest"]))
+    m = json.loads((Path(results["latest"]) / MANIFEST).read_text())
     assert (m["format"], m["version"], m["step"], m["world_size"]) == ("dlrm_dist.checkpoint", 2, 8, 2)
     assert m["tables"] == {"t_cat_0": [100, 8], "t_cat_1": [200, 8], "t_cat_2": [50, 8], "t_cat_3": [80, 8]}
     assert (m["embedding_optimizer"], m["dense_optimizer"]) == ("adagrad", "adagrad")
     assert sorted(r["table"] for r in m["plan"]) == sorted(m["tables"]) and m["config"]["train"]["steps"] == 8
     stored = dcp.FileSystemReader(results["latest"]).read_metadata().state_dict_metadata
     assert set(m["contents"]) == {key.split(".", 1)[0] for key in stored}
+    typed = Manifest.read(results["latest"])
+    assert typed.to_dict() == m and typed.tables["t_cat_3"] == (80, 8) and typed.info.config == m["config"]
 
 
 def test_bad_checkpoints_are_named(results) -> None:
@@ -73,6 +75,7 @@ def test_bad_checkpoints_are_named(results) -> None:
         assert len(e[name]) < 800 and "FrameSummary" not in e[name] and "DLRM_DIST_VERBOSE=1" in e[name], e[name]
     assert e["other_model"] and "different model" in e["other_model"] and "t_cat_3: checkpoint 80 x 8, model 81 x 8" in e["other_model"]
     assert e["missing"] and "no complete checkpoint" in e["missing"]
+    assert e["other_optimizer"] and "embedding_optimizer: checkpoint 'adagrad', this run 'sgd'" in e["other_optimizer"]
 
 
 def _train(args: list[str], nproc: int, tmp: Path) -> dict:

@@ -48,7 +48,7 @@ def _sharded_scores(ckpt: str, out: str) -> None:
     init_distributed(env)
     try:
         trainer = build_trainer(env, prepared)
-        trainer.restore(weights_only=True)
+        trainer.checkpoints.restore(weights_only=True)
         trainer.model.eval()
         gbs = cfg.train.global_batch_size
         source = prepared.data.batches("eval", gbs, env.rank, env.world_size, prepared.data.eval_batch_count(gbs))
