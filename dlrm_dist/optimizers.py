@@ -32,11 +32,6 @@ EMBEDDING_STATES: dict[str, dict[str, str]] = {
 }
 
 
-# The module path marker of embedding-table weights in a model's state dict
-# ("...sparse_arch.embedding_bags.<table>.weight"): training, weights and checkpoints use it.
-EMBEDDING_KEY = "embedding_bags."
-
-
 def mark_in_backward(params: Iterable[nn.Parameter], name: str, lr: float, eps: float) -> None:
     """Attaches optimizer ``name`` to ``params`` to run inside the backward pass (fbgemm's fused update).
 

@@ -38,7 +38,8 @@ from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor, Sharde
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from dlrm_dist.distributed.weights import table_of
-from dlrm_dist.optimizers import EMBEDDING_KEY, EMBEDDING_STATES, FUSED, REPLICATED_TABLES
+from dlrm_dist.names import EMBEDDING_KEY
+from dlrm_dist.optimizers import EMBEDDING_STATES, FUSED, REPLICATED_TABLES
 
 Live = Union[torch.Tensor, ShardedTensor]
 PER_COLUMN = ".per_column_shard"

@@ -13,21 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from dlrm_dist.config.errors import ConfigError
+from dlrm_dist.names import DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS, SHARDING_TYPES
 
 INTERACTIONS = ("dot", "cat", "dcn")
 LOSSES = ("bce", "mse")
-EMBEDDING_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
-DENSE_OPTIMIZERS = ("sgd", "adagrad", "adam")
-# Sharding types TorchRec can run on CPU ranks over gloo (grid_shard too, but it is not
-# offered here until the planner issue makes it plannable).
-SHARDING_TYPES = (
-    "data_parallel",
-    "table_wise",
-    "column_wise",
-    "row_wise",
-    "table_row_wise",
-    "table_column_wise",
-)
 
 DATA_SOURCES = ("synthetic", "criteo", "columnar")
 QCOMMS = ("none", "fp16", "bf16")

@@ -10,13 +10,11 @@ from typing import TYPE_CHECKING, Sequence
 
 from dlrm_dist.config.errors import ConfigError
 from dlrm_dist.config.schema import Config
+from dlrm_dist.names import CPU_FUSED_OPTIMIZERS, FUSED_DIM_MULTIPLE
 
 if TYPE_CHECKING:
     from dlrm_dist.features.schema import TableDef
 
-FUSED_DIM_MULTIPLE = 4  # fbgemm's fused embedding kernels need dim % 4 == 0
-# fbgemm's CPU kernel implements only these fused optimizers (Adam, LAMB, ... are CUDA-only).
-CPU_FUSED_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
 
 
 def validate_for_launch(config: Config, tables: Sequence["TableDef"], world_size: int, device_type: str = "cpu") -> None:

@@ -14,7 +14,7 @@ from typing import Optional
 from dlrm_dist.config.errors import ConfigError
 from dlrm_dist.config.schema import Config
 from dlrm_dist.data import Dataset
-from dlrm_dist.features.builtin import criteo_schema, criteo_sparse_names, demo_schema
+from dlrm_dist.features.builtin import criteo_schema, demo_schema
 from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.features.io import load_schema
 from dlrm_dist.features.schema import FeatureSchema
@@ -58,10 +58,9 @@ def _columnar_schema(cfg: Config, given: Optional[FeatureSchema]) -> FeatureSche
 
 
 def _criteo_schema(cfg: Config, given: Optional[FeatureSchema]) -> FeatureSchema:
-    from dlrm_dist.data.criteo.dataset import CriteoDataset
+    from dlrm_dist.data.criteo.dataset import table_sizes
 
-    data_sizes = CriteoDataset(cfg.data.data_dir, criteo_sparse_names(),
-                               max_ind_range=cfg.data.max_ind_range).table_sizes
+    data_sizes = table_sizes(cfg.data.data_dir, cfg.data.max_ind_range)  # meta.json only: build_data opens the days
     schema = given or criteo_schema(cfg.model.table_sizes or data_sizes)
     rows = [schema.table_rows(f.table) for f in schema.sparse]
     small = [f"{f.name}: {r} < {d}" for f, r, d in zip(schema.sparse, rows, data_sizes) if r < d]

@@ -14,7 +14,7 @@ from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
 from dlrm_dist.model.init import fill_rows
-from dlrm_dist.optimizers import EMBEDDING_KEY
+from dlrm_dist.names import EMBEDDING_KEY
 
 def table_of(key: str) -> Optional[str]:
     """``'...embedding_bags.t_cat_3.weight'`` -> ``'t_cat_3'``; None for non-embedding keys."""

@@ -9,14 +9,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from dlrm_dist.features.schema import (
-    TABLE_PREFIX,
-    DenseFeature,
-    FeatureSchema,
-    InputFormat,
-    Label,
-    SparseFeature,
-)
+from dlrm_dist.features.schema import DenseFeature, FeatureSchema, InputFormat, Label, SparseFeature
+from dlrm_dist.names import TABLE_PREFIX
 
 CRITEO_NUM_DENSE = 13
 CRITEO_NUM_SPARSE = 26

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from dlrm_dist.features.errors import SchemaError
+from dlrm_dist.names import TABLE_PREFIX
 
 DENSE_TRANSFORMS = ("none", "log1p", "clip", "standardize", "minmax")
 FITTED_TRANSFORMS = ("standardize", "minmax")  # statistics from the training split
@@ -37,7 +38,6 @@ POOLINGS = ("sum", "mean")
 SPLITS = ("train", "val", "test")
 SPLIT_BY = ("random", "time")
 INPUT_FORMATS = ("csv", "tsv", "parquet")
-TABLE_PREFIX = "t_"  # a feature's own table is named t_<feature> (TorchRec's DLRM naming)
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,8 @@ from typing import Any, Optional
 
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.config.files import read_data
+from dlrm_dist.names import COMPUTE_KERNELS, EMBEDDING_OPTIMIZERS, SHARDING_TYPES, TABLE_PREFIX
 
-SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise")
-KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching")
-OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
 DEVICES = ("cuda", "cpu")
 GB = 1024**3
 
@@ -39,7 +37,7 @@ class TableSpec:
 
     @property
     def features(self) -> tuple[str, ...]:
-        return self.feature_names or (self.name.removeprefix("t_"),)
+        return self.feature_names or (self.name.removeprefix(TABLE_PREFIX),)
 
 
 @dataclass(frozen=True)
@@ -147,8 +145,8 @@ def _validate(p: PlannerInputs) -> None:
             raise PlanInputError(f"budgets.{name}={getattr(b, name)} must be in (0, 1]")
     if not 0 < b.cache_load_factor <= 1:
         raise PlanInputError(f"budgets.cache_load_factor={b.cache_load_factor} must be in (0, 1]")
-    if p.optimizer not in OPTIMIZERS:
-        raise PlanInputError(f"optimizer={p.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if p.optimizer not in EMBEDDING_OPTIMIZERS:
+        raise PlanInputError(f"optimizer={p.optimizer!r}; choose one of {', '.join(EMBEDDING_OPTIMIZERS)}")
     if p.batch_size_per_rank < 1:
         raise PlanInputError(f"batch_size_per_rank={p.batch_size_per_rank} must be >= 1")
     if not p.tables:
@@ -166,7 +164,7 @@ def _validate_table(t: TableSpec) -> None:
         raise PlanInputError(f"table {t.name!r}: rows={t.rows} and dim={t.dim} must be >= 1")
     if t.pooling_factor <= 0:
         raise PlanInputError(f"table {t.name!r}: pooling_factor={t.pooling_factor} must be > 0")
-    for value, allowed, what in ((t.sharding_types, SHARDING_TYPES, "sharding_types"), (t.compute_kernels, KERNELS, "compute_kernels")):
+    for value, allowed, what in ((t.sharding_types, SHARDING_TYPES, "sharding_types"), (t.compute_kernels, COMPUTE_KERNELS, "compute_kernels")):
         bad = sorted(set(value or ()) - set(allowed))
         if bad:
             raise PlanInputError(f"table {t.name!r}: unknown {what} {bad}; valid: {', '.join(allowed)}")

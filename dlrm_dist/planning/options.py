@@ -27,16 +27,14 @@ from torchrec.distributed.planner.utils import build_sharder_data_map, sharder_n
 from torchrec.distributed.sharding_plan import calculate_shard_sizes_and_offsets
 from torchrec.distributed.types import CacheParams
 
-from dlrm_dist.config.validate import FUSED_DIM_MULTIPLE
-from dlrm_dist.planning.inputs import SHARDING_TYPES, Capacity, PlannerInputs, TableSpec
+from dlrm_dist.names import COMPUTE_KERNELS, FUSED_DIM_MULTIPLE, SHARDING_TYPES
+from dlrm_dist.planning.inputs import Capacity, PlannerInputs, TableSpec
 from dlrm_dist.planning.types import COST_PARTS, PERF_FIELDS
 from dlrm_dist.planning.torchrec_bridge import cache_load_factor, constraints, meta_module, torchrec_topology
 
 # A shard's cost is TorchRec's Perf.total: the perf columns it counts, weighted 1.
 COST_WEIGHTS = np.array([1.0 if f in COST_PARTS else 0.0 for f in PERF_FIELDS])
-# Kernels this planner considers (key-value and virtual tables need SSD/KV backends).
-PLANNED_KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching")
-UVM_KERNELS = ("fused_uvm", "fused_uvm_caching")
+PLANNED_KERNELS = COMPUTE_KERNELS  # key-value and virtual tables need SSD/KV backends: not planned
 
 
 @dataclass

@@ -20,7 +20,8 @@ import numpy as np
 
 from dlrm_dist.planning.errors import NoFitError, fit_report
 from dlrm_dist.planning.inputs import PlannerInputs
-from dlrm_dist.planning.options import UVM_KERNELS, Option
+from dlrm_dist.names import UVM_KERNELS
+from dlrm_dist.planning.options import Option
 from dlrm_dist.planning.placement import Capacity, TablePlacement, bottleneck, rank_totals
 
 NUM_TARGETS = 24

@@ -31,7 +31,7 @@ from torchrec.distributed.sharding_plan import (
 )
 from torchrec.distributed.types import EmbeddingModuleShardingPlan, ShardingPlan
 
-from dlrm_dist.config.validate import FUSED_DIM_MULTIPLE
+from dlrm_dist.names import FUSED_DIM_MULTIPLE
 from dlrm_dist.planning import planfile
 from dlrm_dist.planning.check import ExpectedTable, check_plan
 from dlrm_dist.planning.errors import PlanError

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dlrm_dist import names
 from dlrm_dist.config import load_config
 from dlrm_dist.config.arch import parse_mlp
 from dlrm_dist.data.resolve import build_data
@@ -32,7 +33,7 @@ from tests.reference_dlrm import ReferenceDLRM, ReferenceOptimizer, train_refere
 pytestmark = pytest.mark.multiprocess
 TOL = 1e-5
 
-SHARDING_TYPES = ["data_parallel", "table_wise", "column_wise", "row_wise", "table_row_wise", "table_column_wise"]
+SHARDING_TYPES = list(names.SHARDING_TYPES)
 CASES_2 = {f"{st}-{opt}": case_args(st, opt, opt) for st in SHARDING_TYPES for opt in ("sgd", "adagrad")}
 CASES_2.update({f"{st}-rowwise_adagrad": case_args(st, "rowwise_adagrad", "adagrad") for st in ("data_parallel", "table_wise", "row_wise", "table_row_wise")})
 # The MLPerf schedule (warmup, then polynomial decay to 20%) must reach the fused kernel too.

@@ -86,6 +86,23 @@ def _discover_days(directory: Path) -> list[int]:
     return days
 
 
+def table_sizes(directory: str | Path, max_ind_range: int = 0) -> list[int]:
+    """The rows of each of Criteo's tables in a preprocessed directory, without opening its days.
+
+    From meta.json (dlrm-data preprocess), or ``max_ind_range`` for each when the files hold
+    raw ids (TorchRec's own preprocessing), which are then hashed at load time.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"data directory {str(directory)!r} does not exist")
+    meta = layout.read_meta(directory)
+    if meta and meta.get("table_sizes"):
+        return list(meta["table_sizes"])
+    if max_ind_range > 0:
+        return [max_ind_range] * layout.NUM_SPARSE
+    raise DataError(f"{directory} holds raw ids and no meta.json: give data.max_ind_range to hash them")
+
+
 class CriteoDataset:
     """Preprocessed Criteo days as TorchRec batches for one rank."""
 
@@ -133,14 +150,10 @@ class CriteoDataset:
         return dense, sparse, labels
 
     def _table_sizes(self, max_ind_range: int) -> list[int]:
-        meta = layout.read_meta(self.directory)
-        self._modulo = None
-        if meta and meta.get("table_sizes"):
-            return list(meta["table_sizes"])
-        if max_ind_range > 0:  # raw ids (TorchRec's preprocessing): hash at load time
-            self._modulo = np.int64(max_ind_range)
-            return [max_ind_range] * len(self.feature_names)
-        raise DataError(f"{self.directory} holds raw ids and no meta.json: give data.max_ind_range to hash them")
+        sizes = table_sizes(self.directory, max_ind_range)
+        hashed = not (layout.read_meta(self.directory) or {}).get("table_sizes")
+        self._modulo = np.int64(max_ind_range) if hashed else None  # raw ids: hashed at load time
+        return sizes
 
     def _multi_hot_offsets(self) -> Optional[list[np.ndarray]]:
         if not self.multi_hot:

@@ -15,7 +15,7 @@ import numpy as np
 from dlrm_dist.data.criteo import layout
 from dlrm_dist.data.criteo.dataset import CriteoDataset, _discover_days
 from dlrm_dist.features.builtin import criteo_sparse_names
-from dlrm_dist.features.schema import TABLE_PREFIX
+from dlrm_dist.names import TABLE_PREFIX
 
 BLOCK = 1 << 20
 
