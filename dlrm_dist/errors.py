@@ -2,7 +2,7 @@
 
 Every error dlrm_dist raises on purpose derives from ``DlrmError``; its message is written
 for the user (what was wrong, where, what to do). Each family says which exit code a CLI
-returns for it, from the constants below; ``cli_error`` prints and maps, for every CLI.
+returns for it, from the constants below; ``run_cli`` prints and maps, for every CLI.
 
     DlrmError
     ├── ConfigError          (config/)      bad configuration: exit 2
@@ -18,6 +18,7 @@ returns for it, from the constants below; ``cli_error`` prints and maps, for eve
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 EXIT_BAD_INPUT = 2  # the user's input (config, schema, plan, data, paths) is wrong
 EXIT_DIVERGED = 3  # training stopped: the loss became NaN/inf
@@ -30,7 +31,10 @@ class DlrmError(Exception):
     exit_code = EXIT_BAD_INPUT
 
 
-def cli_error(prog: str, error: DlrmError) -> int:
-    """Prints ``prog: error: message`` to stderr; returns the error's exit code."""
-    print(f"{prog}: error: {error}", file=sys.stderr)
-    return error.exit_code
+def run_cli(prog: str, body: Callable[[], int]) -> int:
+    """Runs a CLI's ``body``; a DlrmError becomes ``prog: error: message`` on stderr and its exit code."""
+    try:
+        return int(body() or 0)
+    except DlrmError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return error.exit_code

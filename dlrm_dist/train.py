@@ -22,7 +22,7 @@ from dlrm_dist.metrics.runs import CONFIG_FILE, PLAN_FILE, SUMMARY_FILE
 from dlrm_dist.planning import format_plan, planfile
 from dlrm_dist.training.summary import final_report, summary_record
 from dlrm_dist.training.build import build_trainer, prepare
-from dlrm_dist.errors import DlrmError, cli_error
+from dlrm_dist.errors import run_cli
 
 logger = logging.getLogger("dlrm_dist.train")  # not __name__: run as -m, that is "__main__"
 
@@ -76,11 +76,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if "-h" in args or "--help" in args:
         print(help_text())
         return 0
-    try:
-        run(args)
-    except DlrmError as e:  # a bad config (2), a diverged run (3), a damaged checkpoint (4), ...
-        return cli_error("dlrm-train", e)
-    return 0
+    # a bad config (2), a diverged run (3), a damaged checkpoint (4), ...
+    return run_cli("dlrm-train", lambda: 0 if run(args) is not None else 1)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from dlrm_dist.config.errors import ConfigError
-from dlrm_dist.errors import DlrmError, cli_error
+from dlrm_dist.errors import run_cli
 
 
 def _preprocess_args(p: argparse.ArgumentParser) -> None:
@@ -155,10 +155,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     fetch.add_argument("directory")
     args = parser.parse_args(argv)
     commands = {"preprocess": run_preprocess, "stats": run_stats, "fetch": run_fetch}
-    try:
-        return commands[args.command](args)
-    except DlrmError as e:
-        return cli_error(f"dlrm-data {args.command}", e)
+    return run_cli(f"dlrm-data {args.command}", lambda: commands[args.command](args))
 
 
 if __name__ == "__main__":

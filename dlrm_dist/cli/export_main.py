@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from dlrm_dist.errors import DlrmError, cli_error
+from dlrm_dist.errors import run_cli
 from dlrm_dist.logs import init_logging
 
 PROG = "dlrm-export"
@@ -35,12 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     init_logging()
+    return run_cli(PROG, lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     from dlrm_dist.serving.export import export_checkpoint  # torch: after argument parsing
 
-    try:
-        manifest = export_checkpoint(args.checkpoint, args.out, args.quantize, args.data, not args.no_progress)
-    except DlrmError as e:
-        return cli_error(PROG, e)
+    manifest = export_checkpoint(args.checkpoint, args.out, args.quantize, args.data, not args.no_progress)
     shown = {k: v for k, v in manifest.items() if k != "config"}
     if args.json:
         print(json.dumps(shown, indent=2, sort_keys=True))

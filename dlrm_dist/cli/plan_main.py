@@ -11,7 +11,7 @@ import sys
 from typing import Optional, Sequence
 
 from dlrm_dist.cli import plan_compare, plan_diff, plan_inspect, plan_make, plan_validate
-from dlrm_dist.errors import DlrmError, cli_error
+from dlrm_dist.errors import run_cli
 from dlrm_dist.logs import quiet_libraries
 
 COMMANDS = {
@@ -36,10 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
-    try:
-        return int(args.run(args) or 0)
-    except DlrmError as e:
-        return cli_error(f"dlrm-plan {args.command}", e)
+    return run_cli(f"dlrm-plan {args.command}", lambda: args.run(args))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from dlrm_dist.errors import DlrmError, cli_error
+from dlrm_dist.errors import DlrmError, run_cli
 from dlrm_dist.logs import init_logging
 
 PROG = "dlrm-predict"
@@ -75,10 +75,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     init_logging()
-    try:
-        return run(args)
-    except DlrmError as e:
-        return cli_error(PROG, e)
+    return run_cli(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":
