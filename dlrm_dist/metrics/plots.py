@@ -74,11 +74,15 @@ def _rank_vs_plan(ax: Any, runs: list[RunData]) -> None:
                     label=f"{run.name}: plan estimate (embeddings)")
     ranks = max((len(mean_rank_step_ms(r) or []) for r in runs), default=0)
     ax.set_xticks([r + width * (len(runs) - 1) / 2 for r in range(ranks)], [str(r) for r in range(ranks)])
-    ax.set_title("mean step time per rank vs the plan's estimate")
+    # Log scale: the estimate covers the embedding part only, often 100x below the whole step.
+    ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high * 30)  # room for the legend above the bars
+    ax.set_title("mean step time per rank vs the plan's estimate (log)")
     ax.set_xlabel("rank")
     ax.set_ylabel("ms / step")
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y", which="both")
+    ax.legend(fontsize=7, loc="upper center", ncol=2)
 
 
 def draw(runs: list[RunData]) -> Figure:
