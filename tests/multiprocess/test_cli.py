@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dlrm_dist.metrics.log import read_metrics
+from tests.serving_helper import export_and_predict
 
 pytestmark = pytest.mark.multiprocess
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,9 +120,14 @@ def test_train_on_real_criteo_sample(tmp_path: Path, nproc: int, split: str) -> 
     proc = _run(TORCHRUN + [f"--nproc_per_node={nproc}", "-m", "dlrm_dist.train", "--data", "criteo", "--data-dir", str(data),
                             f"--data.eval_split={split}", "--model.bottom_mlp=13-32-16", "--model.top_mlp=32-1",
                             "--train.global_batch_size=16", "--train.steps=12", "--train.eval_interval=6",
-                            "--train.progress=false", f"--run-dir={tmp_path / 'run'}"], timeout=300)
+                            "--train.progress=false", f"--run-dir={tmp_path / 'run'}",
+                            f"--checkpoint-dir={tmp_path / 'ckpt'}"], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 12 and summary["teacher_auc"] is None
     assert 0.0 <= summary["eval_auc"] <= 1.0 and summary["eval_logloss"] > 0
     assert len(summary["evals"]) == 2
+    # served: the export scores the Criteo days as training evaluated them
+    scored = export_and_predict(tmp_path / "ckpt", tmp_path / "export", data, split)
+    assert scored["metrics"]["auc"] == pytest.approx(summary["eval_auc"], abs=1e-6)
+    assert scored["metrics"]["logloss"] == pytest.approx(summary["eval_logloss"], abs=1e-6)

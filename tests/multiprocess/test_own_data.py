@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from examples.clicks import write_clicks
+from tests.serving_helper import export_and_predict
 
 pytestmark = pytest.mark.multiprocess
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,9 +46,12 @@ def test_own_csv_with_a_twenty_line_schema(tmp_path: Path) -> None:
                 "--out", str(tmp_path / "data"), "--no-progress"]).stdout
     assert "rows read 30,000" in out and "skipped 0" in out
     s = _train(tmp_path / "data", tmp_path / "run", "--model.arch=embedding_mlp", "--model.top_mlp=64-32-1",
-               "--batch-size=512", "--steps=150", "--train.eval_interval=0")
+               "--batch-size=512", "--steps=150", "--train.eval_interval=0", f"--checkpoint-dir={tmp_path / 'ckpt'}")
     # the generator's click model has real signal: far above chance, and above the positive rate's accuracy
     assert s["eval_auc"] > 0.72 and s["eval_accuracy"] > 0.68, s
+    # served: the export scores the schema-driven data as training evaluated it
+    scored = export_and_predict(tmp_path / "ckpt", tmp_path / "export", tmp_path / "data", "val")
+    assert scored["samples"] > 0 and scored["metrics"]["auc"] == pytest.approx(s["eval_auc"], abs=1e-6)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["features"]["name"] == "clicks" and dict(config["features"]["vocab_rows"])["t_tags"] == 13
 
