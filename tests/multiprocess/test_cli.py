@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dlrm_dist.metrics.log import read_metrics
+from tests.sample_data import criteo_sample
 from tests.serving_helper import export_and_predict
 
 pytestmark = pytest.mark.multiprocess
@@ -112,8 +113,7 @@ def test_mismatched_plan_file_is_refused_before_training(tmp_path: Path) -> None
 def test_train_on_real_criteo_sample(tmp_path: Path, nproc: int, split: str) -> None:
     from dlrm_dist.cli.data_main import main as data_main
 
-    sample = ROOT.parent / "shared" / "data" / "criteo_sample_200.tsv"
-    assert sample.is_file(), f"the real Criteo sample is missing at {sample}"
+    sample = criteo_sample()
     data = tmp_path / "criteo"
     assert data_main(["preprocess", "--dataset", "kaggle", "--input", str(sample), "--out", str(data),
                       "--max-ind-range", "1000", "--no-progress"]) == 0
