@@ -19,6 +19,7 @@ from torch import nn
 from dlrm_dist.checkpoint.io import discard_partial_writes, load_checkpoint, save_checkpoint
 from dlrm_dist.checkpoint.manifest import CheckpointError, RunInfo
 from dlrm_dist.checkpoint.store import latest_checkpoint
+from dlrm_dist.config.schema import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class CheckpointPolicy:
     load_from: Optional[str] = None  # start from this checkpoint (or the newest in this directory)
 
     @classmethod
-    def from_config(cls, train: Any) -> "CheckpointPolicy":
+    def from_config(cls, train: TrainConfig) -> "CheckpointPolicy":
         """From a ``TrainConfig`` (its checkpoint_dir, checkpoint_interval, keep_last, resume, checkpoint)."""
         return cls(train.checkpoint_dir, train.checkpoint_interval, train.keep_last, train.resume, train.checkpoint)
 

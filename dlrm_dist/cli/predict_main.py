@@ -62,9 +62,7 @@ def run(args: argparse.Namespace) -> int:
     result = score(loaded.module, data, loaded.feature_names, batch_size, not args.no_progress)
     if args.out:
         write_scores(Path(args.out), result.scores, result.labels)
-    m = result.metrics.to_dict() if result.metrics else None
-    if m:
-        del m["step"]  # a training step: scoring has none
+    m = result.metrics.metrics() if result.metrics else None  # no step: scoring has none
     if args.json:
         print(json.dumps({"samples": len(result.scores), "split": args.split, "out": args.out, "metrics": m}, indent=2))
     else:

@@ -63,6 +63,10 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def metrics(self) -> dict[str, Any]:
+        """``to_dict`` without the step: what was measured."""
+        return {k: v for k, v in self.to_dict().items() if k != "step"}
+
     def line(self) -> str:
         """The console line printed at each evaluation."""
         parts = "  ".join(f"{name} {getattr(self, name):.4f}" for name in METRIC_NAMES)

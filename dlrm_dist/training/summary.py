@@ -6,6 +6,7 @@ from typing import Any
 
 from dlrm_dist.config.schema import Config
 from dlrm_dist.distributed.env import DistEnv
+from dlrm_dist.metrics.eval import METRIC_NAMES
 from dlrm_dist.training.trainer import TrainResult
 
 
@@ -19,12 +20,7 @@ def summary_record(cfg: Config, env: DistEnv, result: TrainResult) -> dict[str, 
         "global_batch_size": cfg.train.global_batch_size,
         "first_loss": result.losses[0] if result.losses else None,
         "final_loss": result.losses[-1] if result.losses else None,
-        "eval_auc": final.get("auc"),
-        "eval_logloss": final.get("logloss"),
-        "eval_accuracy": final.get("accuracy"),
-        "eval_ne": final.get("ne"),
-        "eval_calibration": final.get("calibration"),
-        "eval_ctr": final.get("ctr"),
+        **{f"eval_{name}": final.get(name) for name in METRIC_NAMES},
         "teacher_auc": result.teacher_auc,
         "samples_per_s": result.samples_per_s,
         "rank_step_ms": result.rank_step_ms,

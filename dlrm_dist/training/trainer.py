@@ -178,9 +178,7 @@ class Trainer:
             batches.close()
         self.model.train()
         result = metrics.compute(self.step)
-        values = result.to_dict()
-        del values["step"]
-        self.log.write("eval", self.step, **values)
+        self.log.write("eval", self.step, **result.metrics())
         logger.info(result.line())
         if not result.auc_exact:
             logger.warning("the eval split has %d samples, more than train.auc_max_samples=%d: its AUC is binned "
