@@ -1,4 +1,4 @@
-"""Shared fixtures, the CUDA skip rule, and the library warnings the suite ignores.
+"""Shared fixtures, the CUDA skip rule, the Hypothesis profiles, and the library warnings the suite ignores.
 
 Only the warnings dlrm_dist.logs.KNOWN_WARNINGS names (libraries about themselves) are
 ignored, by message; any other warning, a deprecation in our own use of torch included,
@@ -7,10 +7,21 @@ shows in pytest's summary.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 from dlrm_dist.logs import KNOWN_WARNINGS
+
+# The fuzzing suite (tests/fuzz/) runs a fixed example budget inside `make test`, derandomized
+# so a CI run is reproducible; DLRM_DIST_FUZZ=long runs a longer, random profile.
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile("long", max_examples=1000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.load_profile("long" if os.environ.get("DLRM_DIST_FUZZ") == "long" else "ci")
 
 
 def pytest_configure(config: pytest.Config) -> None:
