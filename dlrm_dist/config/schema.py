@@ -21,6 +21,7 @@ LOSSES = ("bce", "mse")
 DATA_SOURCES = ("synthetic", "criteo", "columnar")
 QCOMMS = ("none", "fp16", "bf16")
 MIXED_PRECISION = ("none", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -195,6 +196,8 @@ class TrainConfig:
     inference_only: bool = _f(False, "Only evaluate the weights of train.checkpoint; no training.")
     mixed_precision: str = _f("none", "Dense part (MLPs, interaction) under autocast: none or bf16 "
                               "(embeddings and the loss stay float32).")
+    device: str = _f("auto", "auto: CUDA when torch sees a GPU, else CPU; cuda: fail at once if CUDA is unusable; "
+                     "cpu: never use a GPU")
     tf32: bool = _f(False, "CUDA: allow TF32 matrix multiplies and convolutions (no effect on CPU).")
     compile: bool = _f(False, "Compile the dense part (MLPs, interaction) with torch.compile (inductor).")
     tensorboard: bool = _f(True, "Write TensorBoard event files to run_dir/tensorboard (loss, eval metrics, "
@@ -213,6 +216,7 @@ class TrainConfig:
         if self.checkpoint_interval and not self.checkpoint_dir:
             raise ConfigError(f"train.checkpoint_interval={self.checkpoint_interval} needs train.checkpoint_dir")
         _choice("train", "mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        _choice("train", "device", self.device, DEVICES)
         if self.inference_only and not self.checkpoint:
             raise ConfigError("train.inference_only needs train.checkpoint (--checkpoint DIR)")
 

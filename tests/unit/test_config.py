@@ -121,3 +121,10 @@ def test_performance_options_parse_and_are_checked() -> None:
                        (["--train.mixed_precision=fp8"], "train.mixed_precision='fp8'")):
         with pytest.raises(ConfigError, match=words):
             load_config(bad)
+
+
+def test_train_device_is_a_choice() -> None:
+    assert load_config([]).train.device == "auto"
+    assert load_config(["--train.device=cuda"]).train.device == "cuda"
+    with pytest.raises(ConfigError, match="train.device='gpu'.*auto, cpu, cuda"):
+        load_config(["--train.device=gpu"])
