@@ -3,6 +3,10 @@
     dlrm-report runs/a runs/b --out report.html     # self-contained page (figure + table)
     dlrm-report runs/a --out report.png             # the figure alone
     dlrm-report runs/a --json                       # the summary table as JSON on stdout
+
+A run still writing (or killed) may leave its last line cut short: it is skipped, with a
+note on stderr, as are the lines a restart from a checkpoint logged again. Damage elsewhere
+is named (file, line, field) with exit 2. Non-finite numbers are null in --json.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from dlrm_dist.errors import run_cli
+from dlrm_dist.fileio import atomic_write_bytes, atomic_write_text
 from dlrm_dist.metrics.runs import RunDirError, read_run
 
 PROG = "dlrm-report"
@@ -39,6 +44,7 @@ def _table(rows: list[dict]) -> str:
             v = row.get(k)
             cells.append(f"{v:>16.4f}" if isinstance(v, float) else f"{'' if v is None else v!s:>16}")
         lines.append("  ".join(cells))
+    lines += [f"{row['run']}: diverged: {row['diverged']}" for row in rows if row.get("diverged")]
     return "\n".join(lines)
 
 
@@ -52,15 +58,19 @@ def run(args: argparse.Namespace) -> int:
     from dlrm_dist.metrics import plots  # matplotlib: only when drawing
 
     rows = plots.summary_rows(runs)
-    print(json.dumps(rows, indent=2) if args.json else _table(rows))
+    for run in runs:
+        for note in run.notes:
+            print(f"{PROG}: note: {note}", file=sys.stderr)
+    print(json.dumps(rows, indent=2, allow_nan=False) if args.json else _table(rows))
     if args.out:
         png = plots.png_bytes(plots.draw(runs))
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
+        # One file, published whole: a reader (a browser reloading it) never sees half of it.
         if out.suffix == ".png":
-            out.write_bytes(png)
+            atomic_write_bytes(out, png)
         else:
-            out.write_text(plots.html_page(runs, png))
+            atomic_write_text(out, plots.html_page(runs, png))
         print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -2,16 +2,24 @@
 
 Every record goes to both: a JSON line ``{"kind": ..., "step": ..., ...}`` and, for each
 number in it, a TensorBoard scalar ``<kind>/<name>`` (a list such as per-rank step times
-becomes ``<kind>/<name>/rank<i>``) under ``run_dir/tensorboard``. ``read_metrics`` reads the
-JSONL back (dlrm-report, tests).
+becomes ``<kind>/<name>/rank<i>``) under ``run_dir/tensorboard``. The lines are strict JSON:
+a non-finite number is written as null. A resumed run first drops the lines a killed run
+wrote past the checkpoint it resumes from (and a line it left cut short), as TensorBoard
+purges its events. ``read_metrics`` reads the JSONL back (metrics/records.py: dlrm-report, tests).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any, Optional
+
+from dlrm_dist.fileio import atomic_write_bytes
+from dlrm_dist.metrics.records import finite_or_none, read_records
+
+logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -29,25 +37,53 @@ class MetricsLog:
     def start(self, resumed: bool, step: int = 0) -> None:
         """A fresh run starts the file; a resumed one (e.g. after a restart) appends to it.
 
-        TensorBoard drops the events a killed run wrote past ``step`` (purge_step), so a
-        resumed run's curves do not double back.
+        Both files drop what a killed run wrote past ``step`` (TensorBoard by purge_step), so
+        a resumed run's curves do not double back.
         """
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not resumed or not self.path.exists():
             self.path.write_text("")
+        else:
+            self._drop_past(step)
         if self.tb_dir is not None:
             from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
 
             self._writer = SummaryWriter(str(self.tb_dir), purge_step=step if resumed else None)
 
+    def _drop_past(self, step: int) -> None:
+        """Rewrites the file without the records past ``step`` and without a cut last line.
+
+        A damaged line elsewhere is kept: dlrm-report names it, this writer does not guess.
+        """
+        assert self.path is not None
+        lines = self.path.read_bytes().split(b"\n")
+        keep: list[bytes] = []
+        for i, raw in enumerate(lines):
+            if not raw.strip():
+                continue
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                if i < len(lines) - 1:
+                    keep.append(raw)
+                continue  # the last line, without its newline: cut short by the kill
+            past = isinstance(value, dict) and isinstance(value.get("step"), int) and value["step"] > step
+            if not past:
+                keep.append(raw)
+        dropped = sum(1 for raw in lines if raw.strip()) - len(keep)
+        if dropped:
+            atomic_write_bytes(self.path, b"".join(raw + b"\n" for raw in keep))
+            logger.info("%s: dropped %d line(s) a previous run wrote past step %d or left cut short",
+                        self.path, dropped, step)
+
     def write(self, kind: str, step: int, **values: Any) -> None:
         if self.path is None:
             return
-        record = {"kind": kind, "step": step, **values}
+        record = finite_or_none({"kind": kind, "step": step, **values})
         with self.path.open("a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
         if self._writer is not None:
             for name, value in values.items():
                 self._scalar(f"{kind}/{name}", value, step)
@@ -66,5 +102,5 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl file."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a metrics.jsonl file (a cut last line skipped, restarts resolved)."""
+    return read_records(path).records

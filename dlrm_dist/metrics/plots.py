@@ -11,78 +11,92 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from typing import Any, Optional
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dlrm_dist.metrics.eval import METRIC_NAMES
-from dlrm_dist.metrics.runs import RunData
+from dlrm_dist.metrics.records import finite_or_none, is_number
+from dlrm_dist.metrics.runs import RunData, mean_rank_step_ms
+
+
+def _finite(value: Any) -> bool:
+    return is_number(value) and math.isfinite(value)
 
 
 def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    pts = [(r["step"], r[key]) for r in records if _finite(r.get(key))]
     return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _label(name: str) -> str:
+    """A run name as matplotlib text: a "$" would start mathtext."""
+    return name.replace("$", r"\$")
 
 
 def _curves(ax: Any, runs: list[RunData], kind: str, key: str, title: str, ylabel: str) -> None:
     for run in runs:
         xs, ys = _series(run.train if kind == "train" else run.evals, key)
         if xs:
-            ax.plot(xs, ys, marker="o" if kind == "eval" else None, markersize=3, label=run.name)
+            ax.plot(xs, ys, marker="o" if kind == "eval" else None, markersize=3, label=_label(run.name))
+        if kind == "train" and key == "loss" and run.diverged:
+            ax.axvline(run.diverged["step"], color="red", linestyle="--", linewidth=1,
+                       label=_label(f"{run.name}: diverged"))
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    if len(runs) > 1:
+    if (len(runs) > 1 or any(r.diverged for r in runs)) and ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
 
 
 def _rank_step_curves(ax: Any, runs: list[RunData]) -> None:
     for run in runs:
-        pts = [(r["step"], r["rank_step_ms"]) for r in run.train if r.get("rank_step_ms")]
-        if not pts:
-            continue
-        for rank in range(len(pts[0][1])):
+        rows = run.rank_rows
+        for rank in range(len(rows[0][1]) if rows else 0):
+            pts = [(step, times[rank]) for step, times in rows if _finite(times[rank])]
             prefix = f"{run.name} " if len(runs) > 1 else ""
-            ax.plot([p[0] for p in pts], [p[1][rank] for p in pts], linewidth=1, label=f"{prefix}rank {rank}")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1, label=_label(f"{prefix}rank {rank}"))
     ax.set_title("step time per rank (before waiting for others)")
     ax.set_xlabel("step")
     ax.set_ylabel("ms / step")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2)
 
 
-def mean_rank_step_ms(run: RunData) -> Optional[list[float]]:
-    """Each rank's step time averaged over the run's log windows."""
-    rows = [r["rank_step_ms"] for r in run.train if r.get("rank_step_ms")]
-    if not rows:
-        return None
-    return [sum(col) / len(col) for col in zip(*rows)]
+def _positive(values: Optional[list[Any]]) -> list[float]:
+    """The values a log axis can show (others are left as gaps)."""
+    return [v if _finite(v) and v > 0 else math.nan for v in values or []]
 
 
 def _rank_vs_plan(ax: Any, runs: list[RunData]) -> None:
     width = 0.8 / max(len(runs), 1)
     for i, run in enumerate(runs):
-        measured = mean_rank_step_ms(run)
-        if measured is None:
+        measured = _positive(mean_rank_step_ms(run))
+        if not any(map(_finite, measured)):
             continue
         xs = [r + i * width for r in range(len(measured))]
-        ax.bar(xs, measured, width=width * 0.9, label=f"{run.name}: measured step", alpha=0.8)
-        if run.estimated_rank_ms:
-            ax.plot(xs[: len(run.estimated_rank_ms)], run.estimated_rank_ms, "k_", markersize=18, mew=2,
-                    label=f"{run.name}: plan estimate (embeddings)")
+        ax.bar(xs, [0.0 if math.isnan(v) else v for v in measured], width=width * 0.9,
+               label=_label(f"{run.name}: measured step"), alpha=0.8)
+        estimate = _positive(run.estimated_rank_ms)[: len(xs)]
+        if any(map(_finite, estimate)):
+            ax.plot(xs[: len(estimate)], estimate, "k_", markersize=18, mew=2,
+                    label=_label(f"{run.name}: plan estimate (embeddings)"))
     ranks = max((len(mean_rank_step_ms(r) or []) for r in runs), default=0)
     ax.set_xticks([r + width * (len(runs) - 1) / 2 for r in range(ranks)], [str(r) for r in range(ranks)])
-    # Log scale: the estimate covers the embedding part only, often 100x below the whole step.
-    ax.set_yscale("log")
-    low, high = ax.get_ylim()
-    ax.set_ylim(low, high * 30)  # room for the legend above the bars
+    if ax.get_legend_handles_labels()[0]:
+        # Log scale: the estimate covers the embedding part only, often 100x below the whole step.
+        ax.set_yscale("log")
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high * 30)  # room for the legend above the bars
+        ax.legend(fontsize=7, loc="upper center", ncol=2)
     ax.set_title("mean step time per rank vs the plan's estimate (log)")
     ax.set_xlabel("rank")
     ax.set_ylabel("ms / step")
     ax.grid(alpha=0.3, axis="y", which="both")
-    ax.legend(fontsize=7, loc="upper center", ncol=2)
 
 
 def draw(runs: list[RunData]) -> Figure:
@@ -96,7 +110,7 @@ def draw(runs: list[RunData]) -> Figure:
     _curves(axes[1][0], runs, "train", "samples_per_s", "throughput (cumulative)", "samples / s")
     _rank_step_curves(axes[1][1], runs)
     _rank_vs_plan(axes[1][2], runs)
-    fig.suptitle("dlrm_dist run report: " + ", ".join(r.name for r in runs))
+    fig.suptitle(_label("dlrm_dist run report: " + ", ".join(r.name for r in runs)))
     return fig
 
 
@@ -107,21 +121,25 @@ def png_bytes(fig: Figure) -> bytes:
 
 
 def summary_rows(runs: list[RunData]) -> list[dict[str, Any]]:
-    """One row per run: steps, final eval metrics, throughput, step time against the plan."""
+    """One row per run: steps, final eval metrics, throughput, step time against the plan,
+    why it stopped if it diverged, and what was skipped reading it. Strict JSON: no NaN."""
     rows = []
     for run in runs:
         final = run.final_eval or {}
         last_train = run.train[-1] if run.train else {}
-        measured = mean_rank_step_ms(run)
-        rows.append({
+        measured = [t for t in mean_rank_step_ms(run) or [] if _finite(t)]
+        estimated = [t for t in run.estimated_rank_ms or [] if _finite(t)]
+        rows.append(finite_or_none({
             "run": run.name,
             "step": final.get("step", last_train.get("step")),
             **{name: final.get(name) for name in METRIC_NAMES},
             "final_loss": last_train.get("loss"),
             "samples_per_s": last_train.get("samples_per_s"),
             "max_rank_step_ms": max(measured) if measured else None,
-            "plan_estimate_ms": max(run.estimated_rank_ms) if run.estimated_rank_ms else None,
-        })
+            "plan_estimate_ms": max(estimated) if estimated else None,
+            "diverged": run.diverged.get("message") if run.diverged else None,
+            "notes": list(run.notes),
+        }))
     return rows
 
 
@@ -133,16 +151,18 @@ def _cell(value: Any) -> str:
 
 def html_page(runs: list[RunData], png: bytes) -> str:
     """A self-contained page: the figure inlined as a data URI, and the summary table."""
-    rows = summary_rows(runs)
+    rows = [{k: v for k, v in row.items() if k != "notes"} for row in summary_rows(runs)]
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row.values()) + "</tr>" for row in rows)
+    notes = [html.escape(note) for run in runs for note in run.notes]
+    listed = "<ul>" + "".join(f"<li>{note}</li>" for note in notes) + "</ul>" if notes else ""
     image = base64.b64encode(png).decode()
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>dlrm_dist report</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} th{{background:#f4f4f4}}</style></head>
 <body><h1>dlrm_dist run report</h1>
-<table><tr>{head}</tr>{body}</table>
+<table><tr>{head}</tr>{body}</table>{listed}
 <p>Log-loss in nats; NE = log-loss / entropy of the split's CTR; calibration = mean prediction / CTR.
 Step time per rank is each rank's own time before it waits for the others; the plan's estimate
 covers the embedding work only (lookups, all-to-all), not the MLPs.</p>
