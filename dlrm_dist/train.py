@@ -1,12 +1,12 @@
 """Entry point: ``torchrun --nproc_per_node=N -m dlrm_dist.train [--config F] [--s.k=v ...]``.
 
-Parse the config, prepare (validate + plan, before any communication), create the process
-group, build the trainer, train, report; always tear down.
+Parse the config, prepare (validate + plan, before any communication), lock the directories
+the run writes (rank 0), create the process group, agree on the locks, build the trainer,
+train, report; always tear down and release the locks.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -17,11 +17,14 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from dlrm_dist.config import load_config
 from dlrm_dist.config.loader import help_text, to_dict
 from dlrm_dist.distributed.env import DistEnv, init_distributed, teardown
+from dlrm_dist.fileio import atomic_write_json
 from dlrm_dist.logs import init_logging
+from dlrm_dist.metrics.records import finite_or_none
 from dlrm_dist.metrics.runs import CONFIG_FILE, PLAN_FILE, SUMMARY_FILE
 from dlrm_dist.planning import format_plan, planfile
 from dlrm_dist.training.summary import final_report, summary_record
-from dlrm_dist.training.build import build_trainer, prepare
+from dlrm_dist.training.build import Prepared, build_trainer, prepare
+from dlrm_dist.training.run_lock import RunLocks
 from dlrm_dist.errors import run_cli
 
 logger = logging.getLogger("dlrm_dist.train")  # not __name__: run as -m, that is "__main__"
@@ -32,28 +35,38 @@ def run(args: Sequence[str], env: Optional[DistEnv] = None) -> dict:
     cfg = load_config(args)
     env = env or DistEnv.from_environ()
     init_logging(env.rank)
-    prepared = prepare(cfg, env)
+    with RunLocks(env) as locks:
+        prepared = prepare(cfg, env)
+        cfg = prepared.cfg
+        locks.take(cfg)  # before anything is written; a refusal is told to every rank by agree()
+        init_distributed(env)
+        try:
+            locks.agree()
+            return train(prepared, env)
+        finally:
+            teardown()
+
+
+def train(prepared: Prepared, env: DistEnv) -> dict:
+    """Writes the run's plan and config, trains, writes the summary (the process group exists)."""
+    cfg = prepared.cfg
     logger.info("dlrm_dist: %d rank(s), backend %s, device %s", env.world_size, env.backend, env.device.type)
     logger.info(format_plan(prepared.plan))
-    options = run_options(prepared.cfg)
+    options = run_options(cfg)
     if options:
         logger.info("options: %s", ", ".join(options))
-    cfg = prepared.cfg
     run_dir = Path(cfg.train.run_dir)
     if env.is_main:
         planfile.write(prepared.plan_file, run_dir / PLAN_FILE)
-        (run_dir / CONFIG_FILE).write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True))
-    init_distributed(env)
-    try:
-        trainer = build_trainer(env, prepared)
-        result = trainer.train()
-        record = summary_record(cfg, env, result)
-        if env.is_main:
-            (run_dir / SUMMARY_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
-            logger.info(final_report(record))
-        return record
-    finally:
-        teardown()
+        atomic_write_json(run_dir / CONFIG_FILE, to_dict(cfg), indent=2, sort_keys=True)
+    trainer = build_trainer(env, prepared)
+    result = trainer.train()
+    record = summary_record(cfg, env, result)
+    if env.is_main:
+        # A metric can be NaN (NE of a split without positives): strict JSON holds it as null.
+        atomic_write_json(run_dir / SUMMARY_FILE, finite_or_none(record), indent=2, sort_keys=True)
+        logger.info(final_report(record))
+    return record
 
 
 def run_options(cfg) -> list[str]:

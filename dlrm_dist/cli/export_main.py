@@ -39,9 +39,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dlrm_dist.fileio import DirLock
     from dlrm_dist.serving.export import export_checkpoint  # torch: after argument parsing
 
-    manifest = export_checkpoint(args.checkpoint, args.out, args.quantize, args.data, not args.no_progress)
+    with DirLock(args.out, f"{PROG} --out"):  # one writer per export directory
+        manifest = export_checkpoint(args.checkpoint, args.out, args.quantize, args.data, not args.no_progress)
     shown = {k: v for k, v in manifest.items() if k != "config"}
     if args.json:
         print(json.dumps(shown, indent=2, sort_keys=True))
