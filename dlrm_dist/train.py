@@ -33,7 +33,7 @@ logger = logging.getLogger("dlrm_dist.train")  # not __name__: run as -m, that i
 def run(args: Sequence[str], env: Optional[DistEnv] = None) -> dict:
     """Runs one training job in this process (one rank); returns the summary record."""
     cfg = load_config(args)
-    env = env or DistEnv.from_environ()
+    env = env or DistEnv.from_environ(device=cfg.train.device)
     init_logging(env.rank)
     with RunLocks(env) as locks:
         prepared = prepare(cfg, env)

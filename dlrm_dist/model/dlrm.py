@@ -132,7 +132,7 @@ class DLRMTrain(nn.Module):
 def build_model(spec: ModelSpec, seed: int, device: torch.device = torch.device("meta")) -> DLRMTrain:
     """The model of ``spec``; MLP weights are drawn from ``seed`` (same on every rank)."""
     # Dense weights come from `seed` alone, so every rank (and every world size) starts alike.
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):  # only the CPU seed: no CUDA context on GPU 0 from every rank
         torch.manual_seed(seed)
         interaction = build_interaction(
             spec.interaction, spec.emb_dims, spec.dense_out, self_interaction=spec.dot_self_interaction,
