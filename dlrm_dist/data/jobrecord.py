@@ -1,17 +1,49 @@
-"""What a resumable preprocessing job was started with, and refusing a rerun that differs.
+"""What a resumable preprocessing job was started with, whether it completed, and reading the
+small JSON records a preprocessing directory holds.
 
-``DIR/job.json`` holds the inputs (absolute path, size, modification time) and every
-setting. A rerun with the same record resumes; one with another record is refused with
-what differs named, unless the caller starts over (``--overwrite``).
+``DIR/job.json`` holds the inputs (absolute path, size, modification time), every setting,
+and ``complete`` (false until the job's last file is published). The rules a rerun follows
+(applied by each preprocessing command under its directory lock):
+
+- the same job resumes an incomplete directory, or reports a complete one as done;
+- another job over an *incomplete* directory starts over: what the failed job wrote is
+  cleared (a failed run must not block the rerun that fixes its schema);
+- another job over a *complete* directory is refused, naming what differs, unless the
+  caller starts over (``--overwrite``).
+
+Every record is written atomically (temporary name, fsync, rename), so a kill leaves the old
+record or the new one; a damaged one (truncated, not JSON, wrong shape) is a DataError
+naming the file and what to do, never a JSONDecodeError.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
+
+from dlrm_dist.data.errors import DataError, PreprocessError
+from dlrm_dist.fileio import LOCK_FILE, DirLock, atomic_write_json, disk_full
 
 JOB = "job.json"
+COMPLETE = "complete"  # the job record's key saying the job finished (not compared between jobs)
+START_OVER = "rerun with --overwrite to start over"
+
+
+def lock_out(directory: Path, what: str) -> DirLock:
+    """Takes ``directory``'s writer lock for a whole job, before anything in it is read or removed.
+
+    A second live writer is refused naming its pid and host (DirectoryBusyError, exit 2); an
+    output path that cannot be a directory is a PreprocessError naming it.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise PreprocessError(f"--out {directory} is a file, not a directory: choose a directory")
+    try:
+        with disk_full(directory / LOCK_FILE):
+            return DirLock(directory, what).acquire()
+    except OSError as e:  # a parent that is a file, no permission, a read-only filesystem
+        raise PreprocessError(f"--out {directory}: cannot create or lock it ({e.strerror or e})") from None
 
 
 def job_record(inputs: Sequence[Path], settings: dict[str, Any]) -> dict[str, Any]:
@@ -21,7 +53,8 @@ def job_record(inputs: Sequence[Path], settings: dict[str, Any]) -> dict[str, An
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Human-readable differences between two job records."""
+    """Human-readable differences between two job records (whether each completed is not one)."""
+    old, new = _without_state(old), _without_state(new)
     out = []
     old_paths, new_paths = [i["path"] for i in old.get("inputs", [])], [i["path"] for i in new["inputs"]]
     if old_paths != new_paths:
@@ -42,10 +75,58 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return out
 
 
-def read_job(directory: Path) -> dict[str, Any] | None:
-    p = Path(directory) / JOB
-    return json.loads(p.read_text()) if p.is_file() else None
+def _without_state(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != COMPLETE}
 
 
-def write_job(directory: Path, record: dict[str, Any]) -> None:
-    (Path(directory) / JOB).write_text(json.dumps(record, indent=1) + "\n")
+def read_record(path: Path, expected: type, remedy: str) -> Any:
+    """A JSON file this package wrote, of type ``expected`` (dict or list), or None if absent.
+
+    Anything else (unreadable, truncated, not JSON, another type) is a DataError naming the
+    file and ``remedy`` (what the user should do).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise DataError(f"{path}: damaged ({type(e).__name__}: {e}); {remedy}") from None
+    if not isinstance(value, expected):
+        raise DataError(f"{path}: damaged (holds a JSON {type(value).__name__}, expected a JSON "
+                        f"{'object' if expected is dict else 'array'}); {remedy}")
+    return value
+
+
+def read_job(directory: Path) -> Optional[dict[str, Any]]:
+    """The directory's job record, or None; a damaged one is a DataError naming job.json."""
+    path = Path(directory) / JOB
+    job = read_record(path, dict, START_OVER)
+    if job is None:
+        return None
+    inputs = job.get("inputs")
+    if not isinstance(inputs, list) or not all(isinstance(i, dict) and isinstance(i.get("path"), str) for i in inputs):
+        raise DataError(f"{path}: damaged (no list of inputs with paths); {START_OVER}")
+    return job
+
+
+def is_complete(job: dict[str, Any], meta_written: bool) -> bool:
+    """Whether the job finished: its record says so, or its last file (``meta_written``) exists.
+
+    meta.json is published just before the record is marked: a kill between the two must not
+    make a finished directory look like a failed one that another job may clear.
+    """
+    return bool(job.get(COMPLETE)) or meta_written
+
+
+def write_job(directory: Path, record: dict[str, Any], complete: bool = False) -> None:
+    """Records ``record`` as the directory's job, incomplete until ``complete`` (atomically)."""
+    atomic_write_json(Path(directory) / JOB, {**_without_state(record), COMPLETE: complete}, indent=1)
+
+
+def mark_complete(directory: Path) -> None:
+    """Records that the directory's job finished: its last file is published."""
+    job = read_job(directory)
+    if job is None:
+        raise DataError(f"{Path(directory) / JOB}: missing at the end of the job; {START_OVER}")
+    write_job(directory, job, complete=True)

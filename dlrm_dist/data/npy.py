@@ -1,25 +1,43 @@
-"""Streaming .npy writing (rows appended without knowing the final count) and checked reading."""
+"""Streaming .npy writing (rows appended without knowing the final count) and checked reading.
+
+A writer's file is its caller's ``.partial`` name: a full disk is a DiskFullError naming the
+device, the file and how much this run had written (``Tally``), and ``abort`` closes and removes
+the file, so a failed run leaves nothing of its own behind.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from dlrm_dist.data.errors import DataError
+from dlrm_dist.fileio import disk_full
 
 _HEADER_BYTES = 128  # room for any shape; rewritten in place at close
+
+
+@dataclass
+class Tally:
+    """Bytes written by every writer of one run: the "needed about" figure of a full disk."""
+
+    bytes: int = 0
 
 
 class NpyWriter:
     """Appends rows to a .npy file without knowing the final row count (bounded memory)."""
 
-    def __init__(self, path: Path, dtype: np.dtype, row_shape: tuple[int, ...]) -> None:
+    def __init__(self, path: Path, dtype: np.dtype, row_shape: tuple[int, ...], tally: Optional[Tally] = None) -> None:
         self.path, self.dtype, self.row_shape = Path(path), np.dtype(dtype), row_shape
+        self.tally = tally if tally is not None else Tally()
         self.rows = 0
-        self.file = open(self.path, "wb")
-        self.file.write(self._header())
+        with disk_full(self.path, _HEADER_BYTES):
+            self.file = open(self.path, "wb")
+            self._write(self._header())
 
     def _header(self) -> bytes:
         d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
@@ -29,17 +47,34 @@ class NpyWriter:
         pad = _HEADER_BYTES - len(magic) - 2 - len(text) - 1
         return magic + (_HEADER_BYTES - len(magic) - 2).to_bytes(2, "little") + text + b" " * pad + b"\n"
 
+    def _write(self, data: bytes | memoryview) -> None:
+        with disk_full(self.path, self.tally.bytes + len(data)):
+            self.file.write(data)
+        self.tally.bytes += len(data)
+
     def append(self, rows: np.ndarray) -> None:
         rows = np.ascontiguousarray(rows, dtype=self.dtype)
         rows = rows.reshape(len(rows), *self.row_shape)  # (not -1: rows of width 0 are legal)
         if rows.size:  # memoryview cannot cast an empty buffer (no rows, or rows of width 0)
-            self.file.write(memoryview(rows).cast("B"))  # the array's own buffer: no copy
+            self._write(memoryview(rows).cast("B"))  # the array's own buffer: no copy
         self.rows += len(rows)
 
     def close(self) -> None:
-        self.file.seek(0)
-        self.file.write(self._header())
+        """Completes the file (header with the final shape) and makes it durable before any rename."""
+        # Buffered bytes reach the disk at flush: ENOSPC can surface here, not at write().
+        with disk_full(self.path, self.tally.bytes):
+            self.file.flush()
+            self.file.seek(0)
+            self.file.write(self._header())
+            self.file.flush()
+            os.fsync(self.file.fileno())
         self.file.close()
+
+    def abort(self) -> None:
+        """Closes and removes the file (a failed run's own partial output)."""
+        with contextlib.suppress(OSError):
+            self.file.close()  # its flush may fail again on a full disk: the file goes anyway
+        self.path.unlink(missing_ok=True)
 
 
 def open_checked(path: Path, dtype: np.dtype | tuple[np.dtype, ...], shape: tuple[Optional[int], ...]) -> np.ndarray:

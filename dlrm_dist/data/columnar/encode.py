@@ -15,7 +15,6 @@ Vectorised over whole record batches (numpy and pyarrow compute); nothing loops 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -159,7 +158,3 @@ def encode_ids(values: pa.Array, f: SparseFeature, rows: int, vocab: Optional[pa
         raise PreprocessError(f"{where}: identity feature {f.name!r} has id {ids[out[0]]} outside "
                               f"[0, {rows}) (buckets = {rows}); raise buckets or use kind = \"vocab\"")
     return ids
-
-
-def vocab_path(directory: Path, table: str) -> Path:
-    return Path(directory) / "vocab" / f"{table}.json"

@@ -3,7 +3,9 @@
     DIR/meta.json                    the fitted schema, rows and mean bag lengths per split;
                                      written last: its presence means the directory is complete
     DIR/job.json                     what the preprocessing run was started with (inputs with
-                                     size and mtime, the schema as written, options)
+                                     size and mtime, the schema as written, options) and
+                                     whether it completed
+    DIR/fit.json                     the fit pass's result (vocabulary rows, dense statistics)
     DIR/vocab/<table>.json           a vocabulary table's values, id = oov_buckets + position
     DIR/<split>/dense.npy            float32 (N, num_dense), transformed
     DIR/<split>/labels.npy           float32 (N,), 0 or 1
@@ -13,11 +15,14 @@
 
 Every file is a plain .npy, memory-mapped at load time. ``check_directory`` validates every
 file against meta.json and each other before any process group exists.
+
+Every path below is built with ``fileio.inside``: a feature or table name that would leave
+the directory (``../x``, an absolute name) is refused even if it got past the schema. The
+JSON files are written atomically; a damaged one is a DataError naming it.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -26,12 +31,14 @@ import numpy as np
 
 from dlrm_dist.data.errors import DataError
 from dlrm_dist.data.npy import open_checked
-from dlrm_dist.data.jobrecord import JOB, read_job
+from dlrm_dist.data.jobrecord import JOB, START_OVER, read_job, read_record
+from dlrm_dist.fileio import UnsafePathError, atomic_write_json, inside
 from dlrm_dist.features.schema import SPLITS, FeatureSchema, SparseFeature, from_dict
 
 FORMAT = "dlrm_dist.columnar"
 VERSION = 1
 META = "meta.json"
+FIT = "fit.json"
 VOCAB_DIR = "vocab"
 INT32_ROWS = 2**31 - 1
 
@@ -40,27 +47,81 @@ def id_dtype(rows: int) -> np.dtype:
     return np.dtype(np.int32 if rows <= INT32_ROWS else np.int64)
 
 
+def _file_in(directory: Path, folder: str, name: str) -> Path:
+    """``directory/folder/name``, refused unless it is a file directly in that folder (no ``..``,
+    no ``/``, no absolute name, no symlink out): names come from a schema, paths from here."""
+    path = inside(directory, folder, name)
+    if path.parent != inside(directory, folder):
+        raise UnsafePathError(f"refusing to write {folder}/{name}: the name would place it in {path.parent}, "
+                              f"not in {Path(directory) / folder} (feature and table names must not hold '/')")
+    return path
+
+
 def dense_file(directory: Path, split: str) -> Path:
-    return Path(directory) / split / "dense.npy"
+    return _file_in(directory, split, "dense.npy")
 
 
 def labels_file(directory: Path, split: str) -> Path:
-    return Path(directory) / split / "labels.npy"
+    return _file_in(directory, split, "labels.npy")
 
 
 def ids_file(directory: Path, split: str, feature: str) -> Path:
-    return Path(directory) / split / f"{feature}.ids.npy"
+    return _file_in(directory, split, f"{feature}.ids.npy")
 
 
 def offsets_file(directory: Path, split: str, feature: str) -> Path:
-    return Path(directory) / split / f"{feature}.offsets.npy"
+    return _file_in(directory, split, f"{feature}.offsets.npy")
+
+
+def vocab_file(directory: Path, table: str) -> Path:
+    return _file_in(directory, VOCAB_DIR, f"{table}.json")
+
+
+def output_files(directory: Path, schema: FeatureSchema, splits: tuple[str, ...] = SPLITS) -> list[Path]:
+    """Every file a preprocessing job by ``schema`` writes in ``splits`` and vocab/ (each checked
+    to stay inside ``directory``): called before the job writes anything."""
+    files = [vocab_file(directory, t) for t in schema.table_names if schema.features_of(t)[0].kind == "vocab"]
+    for s in splits:
+        files += [dense_file(directory, s), labels_file(directory, s)]
+        files += [ids_file(directory, s, f.name) for f in schema.sparse]
+        files += [offsets_file(directory, s, f.name) for f in schema.sparse if f.multi_hot]
+    return files
+
+
+def write_vocab(directory: Path, table: str, values: list[str]) -> None:
+    atomic_write_json(vocab_file(directory, table), values)
+
+
+def read_vocab(directory: Path, table: str) -> list[str]:
+    """A vocabulary table's values; missing or damaged is a DataError naming the file."""
+    path = vocab_file(directory, table)
+    values = read_record(path, list, START_OVER)
+    if values is None:
+        raise DataError(f"{path}: missing (the fit pass wrote no vocabulary for table {table!r}); {START_OVER}")
+    if not all(isinstance(v, str) for v in values):
+        raise DataError(f"{path}: damaged (a vocabulary is a JSON array of strings); {START_OVER}")
+    return values
+
+
+def write_fit(directory: Path, fit: dict[str, Any]) -> None:
+    atomic_write_json(Path(directory) / FIT, fit)
+
+
+def read_fit(directory: Path) -> Optional[dict[str, Any]]:
+    """The fit pass's result, or None if it has not run; a damaged file is a DataError naming it."""
+    path = Path(directory) / FIT
+    fit = read_record(path, dict, START_OVER)
+    if fit is not None and not (isinstance(fit.get("vocab_rows"), dict) and isinstance(fit.get("scales"), dict)):
+        raise DataError(f"{path}: damaged (no vocab_rows and scales objects); {START_OVER}")
+    return fit
 
 
 def is_columnar(directory: str | Path) -> bool:
     """A directory written (or being written) by ``dlrm-data preprocess --schema``."""
     p = Path(directory) / META
     if p.is_file():
-        return '"' + FORMAT + '"' in p.read_text()
+        meta = read_record(p, dict, "preprocess again (--overwrite)")
+        return meta.get("format") == FORMAT
     job = read_job(Path(directory))  # a half-written directory: its job record says whose it is
     return job is not None and "schema" in job
 
@@ -70,13 +131,10 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     if not Path(directory).is_dir():
         what = "is a file, not a directory" if Path(directory).exists() else "does not exist"
         raise DataError(f"data directory {str(directory)!r} {what}")
-    if not p.is_file():
+    meta = read_record(p, dict, "preprocess again (--overwrite)")
+    if meta is None:
         raise DataError(f"{directory}: no {META}; the directory is not the output of a finished "
                         "`dlrm-data preprocess --schema` (rerun it to complete it)")
-    try:
-        meta = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{p}: not valid JSON ({e})") from None
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise DataError(f"{p}: format {meta.get('format')!r} version {meta.get('version')!r}; "
                         f"expected {FORMAT} version {VERSION}")
@@ -84,9 +142,8 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
 
 
 def write_meta(directory: Path, meta: dict[str, Any]) -> None:
-    tmp = Path(directory) / (META + ".tmp")
-    tmp.write_text(json.dumps({"format": FORMAT, "version": VERSION, **meta}, indent=1, sort_keys=True) + "\n")
-    tmp.replace(Path(directory) / META)
+    """Publishes meta.json (atomically: its presence means the directory is complete)."""
+    atomic_write_json(Path(directory) / META, {"format": FORMAT, "version": VERSION, **meta}, indent=1, sort_keys=True)
 
 
 def stored_schema(directory: str | Path) -> FeatureSchema:

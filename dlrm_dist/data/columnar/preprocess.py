@@ -9,14 +9,18 @@ Streaming in bounded memory (one record batch at a time), in up to three passes:
 3. write: transform every row and append it to its split's files, under ``.partial``
    names renamed at the end; meta.json is written last.
 
-A run records what it was started with (job.json: inputs with size and mtime, the schema as
-written, options). A rerun into the same directory with the same job resumes (or reports it
-complete); with a different job it is refused, naming what differs, unless ``overwrite``.
+A run holds ``--out``'s writer lock (fileio.DirLock) from before it reads anything there
+until its last file is published: a second job into the same directory is refused naming
+the first. It records what it was started with (job.json: inputs with size and mtime, the
+schema as written, options, whether it completed). A rerun with the same job resumes (or
+reports it complete); a different job starts over in the directory of a job that did not
+complete, and is refused over a completed one, naming what differs, unless ``overwrite``.
+Every path is checked to stay inside ``--out`` before anything is written; every JSON file
+is written atomically; a full disk is named and this run's ``.partial`` files are removed.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -30,12 +34,12 @@ from tqdm import tqdm
 
 from dlrm_dist.data.columnar import encode, layout
 from dlrm_dist.data.columnar.read import BadLines, PreprocessError, read_inputs
-from dlrm_dist.data.jobrecord import differences, job_record, read_job, write_job
-from dlrm_dist.data.npy import NpyWriter
+from dlrm_dist.data.jobrecord import differences, is_complete, job_record, lock_out, mark_complete, read_job, write_job
+from dlrm_dist.data.npy import NpyWriter, Tally
+from dlrm_dist.fileio import LOCK_FILE
 from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.features.schema import SPLITS, FeatureSchema
 
-FIT = "fit.json"
 _COMPACT_EVERY = 64  # record batches of vocabulary counts merged at a time
 
 
@@ -65,33 +69,47 @@ def _job(opts: Options) -> dict[str, Any]:
 
 
 def _clear(out: Path) -> None:
-    for name in (layout.META, layout.JOB, FIT):
+    """Removes what a preprocessing job writes (only the layout's own names: other files stay)."""
+    for name in (layout.META, layout.JOB, layout.FIT):
         (out / name).unlink(missing_ok=True)
+        for tmp in out.glob(f".{name}.*.tmp"):  # an atomic write's temporary, left by a kill
+            tmp.unlink(missing_ok=True)
     for d in [layout.VOCAB_DIR, *SPLITS, *(s + ".partial" for s in SPLITS)]:
         if (out / d).exists():
             shutil.rmtree(out / d)
 
 
+def _foreign(out: Path) -> bool:
+    """The directory holds files, but no job record: not ours to write into."""
+    return out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
+
+
+def _done(out: Path) -> Report:
+    meta = layout.read_meta(out)
+    return Report(rows_read=meta["rows_read"], rows={s: meta["splits"][s]["rows"] for s in SPLITS},
+                  skipped=meta["skipped"], up_to_date=True)
+
+
 def _start(opts: Options) -> Optional[Report]:
-    """Checks the directory against this job; returns a report if it is already complete."""
+    """Checks the (locked) directory against this job; returns a report if it is already complete."""
     out = opts.out_dir
     job = _job(opts)
-    job_file = out / layout.JOB
-    if job_file.is_file() and not opts.overwrite:
-        diffs = differences(read_job(out), job)
-        if diffs:
-            raise PreprocessError(f"{out} holds the output of another preprocessing job ({'; '.join(diffs)}); "
-                                  "use another --out, or --overwrite to start over")
-        if (out / layout.META).is_file():
-            meta = layout.read_meta(out)
-            return Report(rows_read=meta["rows_read"], rows={s: meta["splits"][s]["rows"] for s in SPLITS},
-                          skipped=meta["skipped"], up_to_date=True)
-    elif out.exists() and any(out.iterdir()) and not opts.overwrite and not job_file.is_file():
-        raise PreprocessError(f"{out} is not empty and was not written by `dlrm-data preprocess --schema`; "
-                              "use another --out, or --overwrite")
+    old = read_job(out)
     if opts.overwrite:
         _clear(out)
-    out.mkdir(parents=True, exist_ok=True)
+    elif old is not None:
+        diffs = differences(old, job)
+        complete = is_complete(old, (out / layout.META).is_file())
+        if diffs and complete:
+            raise PreprocessError(f"{out} holds the output of another preprocessing job ({'; '.join(diffs)}) "
+                                  "that completed; use another --out, or --overwrite to start over")
+        if diffs:  # another job that did not complete (e.g. the schema it failed on): start over
+            _clear(out)
+        elif complete:
+            return _done(out)
+    elif _foreign(out):
+        raise PreprocessError(f"{out} is not empty and was not written by `dlrm-data preprocess --schema`; "
+                              "use another --out, or --overwrite")
     write_job(out, job)
     return None
 
@@ -165,9 +183,9 @@ class _VocabCounts:
 
 def _fit(opts: Options, cutoffs: Optional[tuple[float, float]]) -> dict[str, Any]:
     """Vocabularies and dense statistics of the training split."""
-    fit_file = opts.out_dir / FIT
-    if fit_file.is_file():
-        return json.loads(fit_file.read_text())
+    done = layout.read_fit(opts.out_dir)
+    if done is not None:
+        return done
     schema = opts.schema
     vocab_tables = {f.table for f in schema.sparse if f.kind == "vocab"}
     fitted = [d for d in schema.dense if d.fitted]
@@ -191,7 +209,7 @@ def _fit(opts: Options, cutoffs: Optional[tuple[float, float]]) -> dict[str, Any
                     moments[d.name].add(encode.dense_raw(sub, d))
         _save_vocabularies(opts, counts, result)
         result["scales"] = {d.name: moments[d.name].scale(d.fitted) for d in fitted}
-    fit_file.write_text(json.dumps(result))
+    layout.write_fit(opts.out_dir, result)
     return result
 
 
@@ -204,25 +222,31 @@ def _save_vocabularies(opts: Options, counts: dict[str, "_VocabCounts"], result:
             names = [x.name for x in opts.schema.features_of(table)]
             raise SchemaError(f"vocabulary feature(s) {names} (table {table!r}) have no value seen at least "
                               f"{f.min_count} time(s) in the training split: check the column and min_count")
-        encode.vocab_path(opts.out_dir, table).write_text(json.dumps(vocab))
+        layout.write_vocab(opts.out_dir, table, vocab)
         result["vocab_rows"][table] = f.oov_buckets + len(vocab)
 
 
 class _SplitWriter:
-    """The files of one split, appended block by block."""
+    """The files of one split, appended block by block under ``DIR/<split>.partial``."""
 
-    def __init__(self, directory: Path, schema: FeatureSchema) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+    def __init__(self, out: Path, split: str, schema: FeatureSchema, tally: Tally) -> None:
+        (out / split).mkdir(parents=True, exist_ok=True)
         self.schema = schema
-        self.dense = NpyWriter(directory / "dense.npy", np.float32, (schema.num_dense,))
-        self.labels = NpyWriter(directory / "labels.npy", np.float32, ())
+        self.writers: list[NpyWriter] = []
+        self.dense = self._open(layout.dense_file(out, split), np.float32, (schema.num_dense,), tally)
+        self.labels = self._open(layout.labels_file(out, split), np.float32, (), tally)
         self.ids, self.offsets, self.nvalues = {}, {}, {}
         for f in schema.sparse:
-            self.ids[f.name] = NpyWriter(directory / f"{f.name}.ids.npy", layout.id_dtype(schema.table_rows(f.table)), ())
+            dtype = layout.id_dtype(schema.table_rows(f.table))
+            self.ids[f.name] = self._open(layout.ids_file(out, split, f.name), dtype, (), tally)
             if f.multi_hot:
-                self.offsets[f.name] = NpyWriter(directory / f"{f.name}.offsets.npy", np.int64, ())
+                self.offsets[f.name] = self._open(layout.offsets_file(out, split, f.name), np.int64, (), tally)
                 self.offsets[f.name].append(np.zeros(1, np.int64))
             self.nvalues[f.name] = 0
+
+    def _open(self, path: Path, dtype: np.dtype, row_shape: tuple[int, ...], tally: Tally) -> NpyWriter:
+        self.writers.append(NpyWriter(path, dtype, row_shape, tally))
+        return self.writers[-1]
 
     def append(self, keep: np.ndarray, dense: np.ndarray, labels: np.ndarray, ids: dict[str, tuple]) -> None:
         self.dense.append(dense[keep])
@@ -238,10 +262,14 @@ class _SplitWriter:
             self.nvalues[name] += int(kept_lengths.sum())
 
     def close(self) -> dict[str, Any]:
-        for w in [self.dense, self.labels, *self.ids.values(), *self.offsets.values()]:
+        for w in self.writers:
             w.close()
         rows = self.labels.rows
         return {"rows": rows, "bag_lengths": {f: n / rows if rows else 0.0 for f, n in self.nvalues.items()}}
+
+    def abort(self) -> None:
+        for w in self.writers:
+            w.abort()
 
 
 def _encode_block(batch: pa.RecordBatch, schema: FeatureSchema, vocabs: dict[str, pa.Array], where: str) -> dict[str, tuple]:
@@ -253,13 +281,38 @@ def _encode_block(batch: pa.RecordBatch, schema: FeatureSchema, vocabs: dict[str
     return ids
 
 
-def _write(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report) -> dict[str, Any]:
-    out = opts.out_dir
-    vocabs = {t: pa.array(json.loads(encode.vocab_path(out, t).read_text()), pa.string())
-              for t in schema.table_names if schema.features_of(t)[0].kind == "vocab"}
+def _remove_partials(out: Path) -> None:
     for s in SPLITS:
         shutil.rmtree(out / (s + ".partial"), ignore_errors=True)
-    writers = {s: _SplitWriter(out / (s + ".partial"), schema) for s in SPLITS}
+
+
+def _write(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report) -> dict[str, Any]:
+    """Writes the three splits under ``.partial`` names and publishes them; on any failure (a full
+    disk, bad data, an interrupt) removes this run's partial files and keeps what earlier runs completed."""
+    out = opts.out_dir
+    _remove_partials(out)  # a killed run's leftovers
+    writers: dict[str, _SplitWriter] = {}
+    try:
+        tally = Tally()
+        for s in SPLITS:
+            writers[s] = _SplitWriter(out, s + ".partial", schema, tally)
+        _write_rows(opts, schema, cutoffs, report, writers)
+        splits = {s: w.close() for s, w in writers.items()}
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        _remove_partials(out)
+        raise
+    for s in SPLITS:
+        shutil.rmtree(out / s, ignore_errors=True)
+        (out / (s + ".partial")).rename(out / s)
+    return splits
+
+
+def _write_rows(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report,
+                writers: dict[str, _SplitWriter]) -> None:
+    vocabs = {t: pa.array(layout.read_vocab(opts.out_dir, t), pa.string())
+              for t in schema.table_names if schema.features_of(t)[0].kind == "vocab"}
     bad = BadLines(strict=opts.strict)
     row0 = 0
     with _bar(opts, "preprocess") as bar:
@@ -274,11 +327,6 @@ def _write(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, 
             row0 += batch.num_rows
             bar.update(batch.num_rows)
     report.rows_read, report.skipped, report.examples = row0 + bad.count, bad.count, bad.examples
-    splits = {s: w.close() for s, w in writers.items()}
-    for s in SPLITS:
-        shutil.rmtree(out / s, ignore_errors=True)
-        (out / (s + ".partial")).rename(out / s)
-    return splits
 
 
 def preprocess(opts: Options) -> Report:
@@ -286,9 +334,17 @@ def preprocess(opts: Options) -> Report:
     missing = [str(p) for p in opts.inputs if not p.is_file()]
     if missing or not opts.inputs:
         raise PreprocessError(f"input file(s) not found: {missing or 'none given'}")
-    done = _start(opts)
-    if done is not None:
-        return done
+    layout.output_files(opts.out_dir, opts.schema)  # every path it would write, checked before any is
+    with lock_out(opts.out_dir, "dlrm-data preprocess"):
+        done = _start(opts)
+        if done is not None:
+            return done
+        report = _run(opts)
+        mark_complete(opts.out_dir)
+    return report
+
+
+def _run(opts: Options) -> Report:
     started = time.perf_counter()
     cutoffs = _time_cutoffs(opts)
     fit = _fit(opts, cutoffs)
