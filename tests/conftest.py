@@ -1,4 +1,4 @@
-"""Shared fixtures, the CUDA skip rule, the Hypothesis profiles, and the library warnings the suite ignores.
+"""Shared fixtures, the CUDA skip rule, the CPU pin, the Hypothesis profiles, and the library warnings the suite ignores.
 
 Only the warnings dlrm_dist.logs.KNOWN_WARNINGS names (libraries about themselves) are
 ignored, by message; any other warning, a deprecation in our own use of torch included,
@@ -31,6 +31,20 @@ def pytest_configure(config: pytest.Config) -> None:
     # Under pytest's capture stderr has no file descriptor, so torchrun's @record cannot
     # install its fault handler when a test calls dlrm-train's main() in-process.
     config.addinivalue_line("filterwarnings", "ignore:Unable to enable fault handler:UserWarning")
+
+
+@pytest.fixture(autouse=True)
+def _cpu_unless_marked_cuda(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test not marked ``cuda`` runs on the CPU, also on a GPU machine (issue 24 item 3).
+
+    Its subprocesses and spawned ranks see no GPU (CUDA_VISIBLE_DEVICES=""), and in this process
+    torch reports none, so ``train.device=auto`` picks cpu/gloo wherever a test starts the trainer.
+    """
+    if "cuda" in request.keywords:
+        return
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -146,3 +146,14 @@ def test_restarts_over_the_shared_store_are_flagged() -> None:
     assert restart_hazard({**shared, "TORCHELASTIC_MAX_RESTARTS": "0"}) is None
     assert restart_hazard({}) is None
     assert RESTART_SAFE_ENV == {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
+def test_tests_not_marked_cuda_run_on_the_cpu_in_process_and_in_subprocesses() -> None:
+    """conftest's pin: on a GPU machine the CPU tiers would otherwise pick cuda:N / nccl (item 3)."""
+    import subprocess
+    import sys
+
+    assert torch.cuda.is_available() is False and DistEnv.from_environ({}).device.type == "cpu"
+    out = subprocess.run([sys.executable, "-c", "import os; print(repr(os.environ.get('CUDA_VISIBLE_DEVICES')))"],
+                         capture_output=True, text=True, timeout=60).stdout.strip()
+    assert out == "''"
