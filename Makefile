@@ -1,13 +1,40 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
-# pip cannot express two things, so they live here: torchrec is installed with --no-deps
-# (its metadata names the CUDA fbgemm-gpu), and the fbgemm flavour depends on the device.
+# pip cannot express three things, so they live here: torchrec is installed with --no-deps
+# (its metadata names the CUDA fbgemm-gpu), the fbgemm flavour depends on the device, and
+# so does the torch build (PyPI's Linux torch is the CUDA 13 build).
 VENV    ?= .venv
 PYTHON  ?= python3
-DEVICE  ?= cpu            # cpu -> fbgemm-gpu-cpu, cuda -> fbgemm-gpu (see README)
 PY      := $(VENV)/bin/python
-STAMP   := $(VENV)/.installed-$(strip $(DEVICE))
-# The torchrec pin is read from pyproject.toml so that it has a single home.
-TORCHREC_PIN = $(shell $(PYTHON) -c "import tomllib;print(tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['torchrec'][0])")
+# One flavour per venv, recorded in $(VENV)/.device: `make test` after `make install DEVICE=cuda`
+# keeps cuda (a venv from before the record: its stamp says which); DEVICE=... switches,
+# uninstalling the other flavour first (fbgemm-gpu and fbgemm-gpu-cpu are one import package,
+# two distributions, and pip does not notice the clash).
+RECORDED := $(strip $(or $(shell cat $(VENV)/.device 2>/dev/null),\
+              $(firstword $(patsubst $(VENV)/.installed-%,%,$(wildcard $(VENV)/.installed-*)))))
+DEVICE  ?= $(or $(RECORDED),cpu)
+override DEVICE := $(strip $(DEVICE))
+ifeq ($(filter cpu cuda,$(DEVICE)),)
+$(error DEVICE=$(DEVICE): choose cpu (fbgemm-gpu-cpu, torch's CPU build) or cuda (fbgemm-gpu, torch's CUDA build))
+endif
+OTHER   := $(if $(filter cuda,$(DEVICE)),cpu,cuda)
+STAMP   := $(VENV)/.installed-$(DEVICE)
+FBGEMM_cpu  := fbgemm-gpu-cpu
+FBGEMM_cuda := fbgemm-gpu
+# The pins are read from pyproject.toml so that they have a single home.
+PIN = $(shell $(PYTHON) -c "import tomllib;p=tomllib.load(open('pyproject.toml','rb'))['project'];print($(1))")
+TORCH_PIN    = $(call PIN,[d for d in p['dependencies'] if d.startswith('torch==')][0])
+TORCHREC_PIN = $(call PIN,p['optional-dependencies']['torchrec'][0])
+# DEVICE=cpu takes torch's CPU build from PyTorch's CPU wheel index, whose address has one
+# home: the Dockerfile's TORCH_CPU_INDEX. TORCH_CPU_INDEX= (empty) uses only pip's configured
+# indexes (a mirror that serves the +cpu wheel); either way the stack check below verifies it.
+TORCH_CPU_INDEX ?= $(shell sed -n 's/^ARG TORCH_CPU_INDEX=//p' Dockerfile 2>/dev/null)
+TORCH_INDEX_cpu  := $(if $(strip $(TORCH_CPU_INDEX)),--extra-index-url $(strip $(TORCH_CPU_INDEX)))
+TORCH_INDEX_cuda :=
+TORCH_IS_cpu  := import torch, sys; sys.exit(torch.version.cuda is not None)
+TORCH_IS_cuda := import torch, sys; sys.exit(torch.version.cuda is None)
+# DEVICE=cuda checks torch.version.cuda, torch.cuda.is_available() and that fbgemm's CUDA ops
+# run; STACK_GPU_CHECK=0 checks the builds only (an image built where no GPU is attached).
+STACK_GPU_CHECK ?= 1
 NPROC   ?= 2
 
 .PHONY: install demo test plans clean
@@ -17,9 +44,14 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet -e ".[$(strip $(DEVICE)),dev,cluster]"
+	rm -f $(VENV)/.installed-$(OTHER) $(VENV)/.device
+	$(PY) -m pip uninstall --quiet -y $(FBGEMM_$(OTHER))
+	$(PY) -c "$(TORCH_IS_$(DEVICE))" 2>/dev/null || $(PY) -m pip uninstall --quiet -y torch
+	$(PY) -m pip install --quiet --no-deps $(TORCH_INDEX_$(DEVICE)) "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet -e ".[$(DEVICE),dev,cluster]"
 	$(PY) -m pip install --quiet --no-deps "$(TORCHREC_PIN)"
-	$(PY) -c "import torchrec, fbgemm_gpu, torch; print('stack ok: torch', torch.__version__)"
+	$(PY) -m dlrm_dist.distributed.stack --device $(DEVICE) $(if $(filter 0,$(STACK_GPU_CHECK)),--no-gpu)
+	echo $(DEVICE) > $(VENV)/.device
 	touch $@
 
 # The default global batch rounded down to a multiple of NPROC, so `make demo NPROC=3` runs
