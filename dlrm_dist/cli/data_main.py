@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 from dlrm_dist.config.errors import ConfigError
 from dlrm_dist.errors import run_cli
+from dlrm_dist.fileio import atomic_write_json
 
 
 def _preprocess_args(p: argparse.ArgumentParser) -> None:
@@ -91,7 +92,7 @@ def run_preprocess(args: argparse.Namespace) -> int:
 def _write_outputs(args: argparse.Namespace, stats: dict, tables_file) -> bool:
     """Writes --tables-out; prints --json. True when the JSON was the whole answer."""
     if args.tables_out:
-        Path(args.tables_out).write_text(json.dumps(tables_file(stats, args.dim), indent=1) + "\n")
+        atomic_write_json(args.tables_out, tables_file(stats, args.dim), indent=1)
     if args.json:
         print(json.dumps(stats, indent=1))
     return args.json

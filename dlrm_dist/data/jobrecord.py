@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from dlrm_dist.data.errors import DataError, PreprocessError
+from dlrm_dist.data.errors import DataError
 from dlrm_dist.fileio import LOCK_FILE, DirLock, atomic_write_json, disk_full
 
 JOB = "job.json"
@@ -31,19 +31,19 @@ START_OVER = "rerun with --overwrite to start over"
 
 
 def lock_out(directory: Path, what: str) -> DirLock:
-    """Takes ``directory``'s writer lock for a whole job, before anything in it is read or removed.
+    """Takes an output directory's writer lock for a whole job, before anything in it is read or removed.
 
-    A second live writer is refused naming its pid and host (DirectoryBusyError, exit 2); an
-    output path that cannot be a directory is a PreprocessError naming it.
+    A second live writer is refused naming its pid and host (DirectoryBusyError, exit 2); a
+    path that cannot be a directory is a DataError naming it.
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
-        raise PreprocessError(f"--out {directory} is a file, not a directory: choose a directory")
+        raise DataError(f"output directory {directory} is a file: give a directory")
     try:
         with disk_full(directory / LOCK_FILE):
             return DirLock(directory, what).acquire()
     except OSError as e:  # a parent that is a file, no permission, a read-only filesystem
-        raise PreprocessError(f"--out {directory}: cannot create or lock it ({e.strerror or e})") from None
+        raise DataError(f"output directory {directory}: cannot create or lock it ({e.strerror or e})") from None
 
 
 def job_record(inputs: Sequence[Path], settings: dict[str, Any]) -> dict[str, Any]:

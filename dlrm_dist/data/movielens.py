@@ -9,12 +9,15 @@ files, and joins them into one table a schema can describe:
     DIR/ratings.tsv   user_id item_id rating timestamp age gender occupation zip_code
                       release_year genres       (genres joined by '|', e.g. Action|Comedy)
 
-A folder that already holds ratings.tsv is reused (a cache).
+A folder that already holds ratings.tsv is reused (a cache). One fetch writes a folder at a
+time (its lock); both files are written atomically, so an interrupted fetch leaves no
+half-written ratings.tsv that a later one would take for the cache.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import subprocess
 import sys
 import tempfile
@@ -22,6 +25,8 @@ import zipfile
 from pathlib import Path
 
 from dlrm_dist.data.errors import FetchError
+from dlrm_dist.data.jobrecord import lock_out
+from dlrm_dist.fileio import atomic_write_text, inside
 
 WHEEL = "recbole==1.2.1"
 MEMBER = "recbole/dataset_example/ml-100k/ml-100k.{}"
@@ -53,10 +58,14 @@ def _download(tmp: Path) -> Path:
 def fetch_movielens_100k(directory: str | Path) -> Path:
     """``DIR/ratings.tsv`` (downloading and joining it unless already there)."""
     out = Path(directory)
-    target = out / RATINGS
-    if target.is_file():
-        return target
-    out.mkdir(parents=True, exist_ok=True)
+    target = inside(out, RATINGS)
+    with lock_out(out, "dlrm-data fetch"):
+        if not target.is_file():
+            _fetch(out, target)
+    return target
+
+
+def _fetch(out: Path, target: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         with zipfile.ZipFile(_download(Path(tmp))) as z:
             try:
@@ -65,18 +74,16 @@ def fetch_movielens_100k(directory: str | Path) -> Path:
                 raise FetchError(f"{WHEEL} no longer holds {e}; MovieLens-100k cannot be taken from it") from None
     user = {u["user_id"]: u for u in users}
     item = {i["item_id"]: i for i in items}
-    partial = target.with_suffix(".partial")
-    with partial.open("w", newline="") as f:
-        w = csv.writer(f, delimiter="\t", lineterminator="\n")
-        w.writerow(COLUMNS)
-        for r in inter:
-            u, i = user[r["user_id"]], item[r["item_id"]]
-            w.writerow([r["user_id"], r["item_id"], r["rating"], r["timestamp"], u["age"], u["gender"],
-                        u["occupation"], u["zip_code"], i.get("release_year", ""),
-                        "|".join(i.get("class", "").split())])
-    partial.replace(target)
-    (out / "TERMS.txt").write_text(TERMS + "\n")
-    return target
+    text = io.StringIO()
+    w = csv.writer(text, delimiter="\t", lineterminator="\n")
+    w.writerow(COLUMNS)
+    for r in inter:
+        u, i = user[r["user_id"]], item[r["item_id"]]
+        w.writerow([r["user_id"], r["item_id"], r["rating"], r["timestamp"], u["age"], u["gender"],
+                    u["occupation"], u["zip_code"], i.get("release_year", ""),
+                    "|".join(i.get("class", "").split())])
+    atomic_write_text(inside(out, "TERMS.txt"), TERMS + "\n")
+    atomic_write_text(target, text.getvalue())  # last: its presence means the fetch is complete
 
 
 DATASETS = {"movielens-100k": fetch_movielens_100k}

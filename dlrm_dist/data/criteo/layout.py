@@ -7,20 +7,24 @@
     DIR/meta.json            dataset, id mode, table sizes, days and their roles
 
 Days are written under ``.partial`` names and renamed when complete, so a killed run
-leaves no file that looks finished. TorchRec's ``BinaryCriteoUtils`` writes the same three
+leaves no file that looks finished; a failed one (a full disk, an error) removes its day's
+``.partial`` files and keeps the days already complete. The JSON records are written
+atomically; a damaged one is a DataError naming it. TorchRec's ``BinaryCriteoUtils`` writes the same three
 files per day (without meta.json): such a directory loads as is.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from dlrm_dist.data.npy import NpyWriter
+from dlrm_dist.data.errors import DataError
+from dlrm_dist.data.jobrecord import START_OVER, read_record
+from dlrm_dist.data.npy import NpyWriter, Tally
+from dlrm_dist.fileio import atomic_write_json, inside
 from dlrm_dist.features.builtin import CRITEO_NUM_DENSE, CRITEO_NUM_SPARSE
 
 NUM_DENSE, NUM_SPARSE = CRITEO_NUM_DENSE, CRITEO_NUM_SPARSE
@@ -29,24 +33,27 @@ META = "meta.json"
 
 
 def day_file(directory: Path, day: int, kind: str) -> Path:
-    return Path(directory) / f"day_{day}_{kind}.npy"
+    return inside(directory, f"day_{int(day)}_{kind}.npy")
 
 
 def done_file(directory: Path, day: int) -> Path:
-    return Path(directory) / f"day_{day}.done.json"
+    return inside(directory, f"day_{int(day)}.done.json")
 
 
 class DayWriter:
     """The three arrays of one output day, published atomically by ``finish``."""
 
-    def __init__(self, directory: Path, day: int, sparse_dtype: np.dtype) -> None:
+    def __init__(self, directory: Path, day: int, sparse_dtype: np.dtype, tally: Optional[Tally] = None) -> None:
         self.directory, self.day = Path(directory), day
         self.paths = {k: day_file(directory, day, k).with_suffix(".npy.partial") for k in KINDS}
-        self.writers = {
-            "dense": NpyWriter(self.paths["dense"], np.float32, (NUM_DENSE,)),
-            "sparse": NpyWriter(self.paths["sparse"], sparse_dtype, (NUM_SPARSE,)),
-            "labels": NpyWriter(self.paths["labels"], np.int32, (1,)),
-        }
+        shapes = {"dense": (np.float32, (NUM_DENSE,)), "sparse": (sparse_dtype, (NUM_SPARSE,)), "labels": (np.int32, (1,))}
+        self.writers: dict[str, NpyWriter] = {}
+        try:
+            for kind, (dtype, row_shape) in shapes.items():
+                self.writers[kind] = NpyWriter(self.paths[kind], dtype, row_shape, tally)
+        except BaseException:
+            self.abort()
+            raise
         self.skipped = 0
 
     def append(self, dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray) -> None:
@@ -64,15 +71,25 @@ class DayWriter:
         for kind, p in self.paths.items():
             os.replace(p, day_file(self.directory, self.day, kind))
         record = {"day": self.day, "rows": self.rows, "skipped": self.skipped, **info}
-        done_file(self.directory, self.day).write_text(json.dumps(record, sort_keys=True))
+        atomic_write_json(done_file(self.directory, self.day), record, sort_keys=True)
         return record
+
+    def abort(self) -> None:
+        """Removes this day's partial files (a failed run); complete days are not touched."""
+        for w in self.writers.values():
+            w.abort()
+        for p in self.paths.values():
+            p.unlink(missing_ok=True)
 
 
 def completed_day(directory: Path, day: int) -> Optional[dict[str, Any]]:
     """The done record of a complete day, or None (and any half-written files removed)."""
     marker = done_file(directory, day)
     if marker.is_file() and all(day_file(directory, day, k).is_file() for k in KINDS):
-        return json.loads(marker.read_text())
+        record = read_record(marker, dict, START_OVER)
+        if not all(isinstance(record.get(k), int) for k in ("rows", "skipped", "resume_byte", "resume_line")):
+            raise DataError(f"{marker}: damaged (no rows, skipped and resume position); {START_OVER}")
+        return record
     for kind in KINDS:
         for p in (day_file(directory, day, kind), day_file(directory, day, kind).with_suffix(".npy.partial")):
             p.unlink(missing_ok=True)
@@ -81,11 +98,11 @@ def completed_day(directory: Path, day: int) -> Optional[dict[str, Any]]:
 
 
 def read_meta(directory: Path) -> Optional[dict[str, Any]]:
-    p = Path(directory) / META
-    return json.loads(p.read_text()) if p.is_file() else None
+    """meta.json, or None if absent; a damaged one is a DataError naming it."""
+    return read_record(Path(directory) / META, dict, "preprocess again (--overwrite)")
 
 
 def write_meta(directory: Path, meta: dict[str, Any]) -> None:
-    (Path(directory) / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    atomic_write_json(Path(directory) / META, meta, indent=1, sort_keys=True)
 
 

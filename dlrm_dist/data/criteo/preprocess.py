@@ -7,16 +7,19 @@ TorchRec and the DLRM reference do).
 
 Worker processes parse chunks of whole lines (parse.py) and transform them (transform.py);
 the main process writes them in order to the current day (layout.DayWriter), publishing a
-day only when complete. A rerun of the same job skips complete days and redoes a half-written one; a rerun with
-another input or other options is refused (job.json records what a job was started with)
-unless ``overwrite``.
+day only when complete. The whole job holds ``--out``'s writer lock (a second job into it is
+refused naming the first). A rerun of the same job skips complete days and redoes a
+half-written one; a rerun with another input or other options starts over if the recorded
+job did not complete, and is refused over a completed one (job.json records what a job was
+started with and whether it completed) unless ``overwrite``. Every record is written
+atomically; a full disk is named and the day being written is removed, complete days kept.
 Malformed lines are counted and the first few reported with file and line number;
 ``strict`` makes the first one an error.
 """
 
 from __future__ import annotations
 
-import json
+import io
 import multiprocessing as mp
 import os
 import shutil
@@ -34,9 +37,13 @@ from dlrm_dist.data.criteo.handoff import Unpacked, pack
 from dlrm_dist.data.criteo.parse import parse_chunk
 from dlrm_dist.data.criteo.sources import Chunk, chunks, count_lines, is_gzip
 from dlrm_dist.data.criteo.transform import IdMapper, VocabCounter, dense_transform
-from dlrm_dist.data.jobrecord import JOB, differences, job_record, read_job, write_job
+from dlrm_dist.data.jobrecord import (JOB, START_OVER, differences, is_complete, job_record, lock_out, mark_complete,
+                                      read_job, read_record, write_job)
+from dlrm_dist.data.npy import Tally
+from dlrm_dist.fileio import atomic_write_bytes, atomic_write_json
 
 REPORTED = 10
+LINES = "kaggle_lines.json"  # train.txt's line count, kept so a rerun does not count again
 
 
 @dataclass
@@ -126,12 +133,13 @@ def _day_sources(pool, opts: Options) -> list[DaySource]:
     if opts.dataset == "terabyte":
         return [DaySource(d, p, 0, -1) for d, p in enumerate(opts.inputs)]
     path = opts.inputs[0]
-    state = opts.out_dir / "kaggle_lines.json"
-    if state.is_file() and json.loads(state.read_text()).get("size") == path.stat().st_size:
-        total = json.loads(state.read_text())["lines"]
+    state = opts.out_dir / LINES
+    counted = read_record(state, dict, START_OVER) or {}
+    if counted.get("size") == path.stat().st_size and isinstance(counted.get("lines"), int):
+        total = counted["lines"]
     else:
         total = _count_lines(pool, path)
-        state.write_text(json.dumps({"size": path.stat().st_size, "lines": total}))
+        atomic_write_json(state, {"size": path.stat().st_size, "lines": total})
     n = opts.kaggle_days
     bounds = [total * d // n for d in range(n + 1)]
     return [DaySource(d, path, bounds[d], bounds[d + 1]) for d in range(n)]
@@ -179,29 +187,34 @@ def _write_file(pool, opts: Options, sources: list[DaySource], mapper: IdMapper,
         return
     start_byte, line = _resume_point(opts, current)
     bar.update(start_byte)
-    writer = layout.DayWriter(opts.out_dir, current.day, mapper.dtype)
-    for chunk, dense, sparse, labels, rows, num_lines, bad, num_bad in _results(pool, path, start_byte, bar):
-        report.add_bad(str(path), line, bad, opts.strict)
-        lines_end = line + num_lines
-        global_rows = rows + line
-        while current is not None:
-            end = current.end_line if current.end_line >= 0 else _INF
-            # Rows are in line order: the day's rows are one contiguous slice (views, no copy).
-            a, b = np.searchsorted(global_rows, (current.first_line, end))
-            writer.append(dense[a:b], sparse[a:b], labels[a:b])
-            if lines_end < end:
-                break  # the day goes on in the next chunk
-            # The day ended in this chunk: the next one starts in it (or right after it).
-            resume = (chunk.end, lines_end) if lines_end == end else (chunk.start, line)
-            _finish(writer, current, end, resume, report)
-            current = next(pending, None)
-            if current is not None:
-                writer = layout.DayWriter(opts.out_dir, current.day, mapper.dtype)
-        line = lines_end
-        if current is None:
-            break
-    if current is not None:  # a day that runs to the end of its file (terabyte)
-        _finish(writer, current, line, (-1, line), report)
+    tally = Tally()
+    writer = layout.DayWriter(opts.out_dir, current.day, mapper.dtype, tally)
+    try:
+        for chunk, dense, sparse, labels, rows, num_lines, bad, num_bad in _results(pool, path, start_byte, bar):
+            report.add_bad(str(path), line, bad, opts.strict)
+            lines_end = line + num_lines
+            global_rows = rows + line
+            while current is not None:
+                end = current.end_line if current.end_line >= 0 else _INF
+                # Rows are in line order: the day's rows are one contiguous slice (views, no copy).
+                a, b = np.searchsorted(global_rows, (current.first_line, end))
+                writer.append(dense[a:b], sparse[a:b], labels[a:b])
+                if lines_end < end:
+                    break  # the day goes on in the next chunk
+                # The day ended in this chunk: the next one starts in it (or right after it).
+                resume = (chunk.end, lines_end) if lines_end == end else (chunk.start, line)
+                _finish(writer, current, end, resume, report)
+                current = next(pending, None)
+                if current is not None:
+                    writer = layout.DayWriter(opts.out_dir, current.day, mapper.dtype, tally)
+            line = lines_end
+            if current is None:
+                break
+        if current is not None:  # a day that runs to the end of its file (terabyte)
+            _finish(writer, current, line, (-1, line), report)
+    except BaseException:
+        writer.abort()  # the day being written; the days published before it stay
+        raise
 
 
 def _count_vocab(pool, opts: Options, sources: list[DaySource], bar) -> VocabCounter:
@@ -227,46 +240,76 @@ def _settings(opts: Options) -> dict[str, Any]:
 
 
 def _clear(out: Path) -> None:
-    for p in [*out.glob("day_*"), out / layout.META, out / "kaggle_lines.json", out / JOB]:
+    """Removes what a Criteo preprocessing job writes (only its own names: other files stay)."""
+    for p in [*out.glob("day_*"), out / layout.META, out / LINES, out / JOB]:
         p.unlink(missing_ok=True)
+    for name in ("day_", layout.META, LINES, JOB):  # atomic writes' temporaries, left by a kill
+        for tmp in out.glob(f".{name}*.tmp"):
+            tmp.unlink(missing_ok=True)
     shutil.rmtree(out / "vocab", ignore_errors=True)
 
 
 def _start(opts: Options) -> None:
-    """Refuses to resume another job's output (naming what differs) unless asked to start over."""
+    """Checks the (locked) directory against this job: another job's completed output is refused
+    (naming what differs) unless asked to start over; another job's failed output is cleared."""
     out = opts.out_dir
     record = job_record(opts.inputs, _settings(opts))
     old = read_job(out)
+    complete = False
     if opts.overwrite:
         _clear(out)
-    elif old is not None and differences(old, record):
-        raise PreprocessError(f"{out} holds the output of another preprocessing job "
-                              f"({'; '.join(differences(old, record))}); use another --out, or --overwrite to start over")
-    elif old is None and out.is_dir() and any(out.glob("day_*")):
+    elif old is not None:
+        diffs = differences(old, record)
+        complete = is_complete(old, (out / layout.META).is_file())
+        if diffs and complete:
+            raise PreprocessError(f"{out} holds the output of another preprocessing job ({'; '.join(diffs)}) "
+                                  "that completed; use another --out, or --overwrite to start over")
+        if diffs:  # another job that did not complete: its days are not this job's
+            _clear(out)
+    elif out.is_dir() and any(out.glob("day_*")):
         raise PreprocessError(f"{out} holds day files that no recorded job wrote; use another --out, or --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    write_job(out, record)
+    write_job(out, record, complete=complete)
 
 
 def _vocabulary(ctx, opts: Options, sources: list[DaySource], total: int) -> list[np.ndarray]:
     """The training days' vocabulary (computed once, then read back on reruns)."""
     vocab_dir = opts.out_dir / "vocab"
     if (vocab_dir / "done").is_file():
-        return [np.load(vocab_dir / f"feature_{j}.npy") for j in range(layout.NUM_SPARSE)]
+        return [_load_vocab(vocab_dir / f"feature_{j}.npy") for j in range(layout.NUM_SPARSE)]
     with ctx.Pool(opts.workers, _init_worker, (None,)) as pool, \
             tqdm(total=total, unit="B", unit_scale=True, desc="vocabulary", disable=not opts.progress) as bar:
         vocab = _count_vocab(pool, opts, sources, bar).vocab(opts.frequency_threshold)
     vocab_dir.mkdir(exist_ok=True)
     for j, v in enumerate(vocab):
-        np.save(vocab_dir / f"feature_{j}.npy", v)
-    (vocab_dir / "done").write_text("ok")
+        buffer = io.BytesIO()
+        np.save(buffer, v)
+        atomic_write_bytes(vocab_dir / f"feature_{j}.npy", buffer.getvalue())
+    atomic_write_bytes(vocab_dir / "done", b"ok\n")
     return vocab
 
 
+def _load_vocab(path: Path) -> np.ndarray:
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise PreprocessError(f"{path}: damaged vocabulary ({e}); {START_OVER}") from None
+    if values.ndim != 1 or values.dtype.kind not in "iu":
+        raise PreprocessError(f"{path}: damaged vocabulary (shape {values.shape}, dtype {values.dtype}; "
+                              f"expected a 1-d integer array); {START_OVER}")
+    return values
+
+
 def preprocess(opts: Options) -> Report:
-    """Runs the whole conversion; returns what was read, written and skipped."""
+    """Runs the whole conversion (holding ``--out``'s lock); returns what was read, written and skipped."""
     _check(opts)
-    _start(opts)
+    with lock_out(opts.out_dir, "dlrm-data preprocess"):
+        _start(opts)
+        report = _convert(opts)
+        mark_complete(opts.out_dir)
+    return report
+
+
+def _convert(opts: Options) -> Report:
     report = Report()
     start = time.perf_counter()
     ctx = mp.get_context("fork")
