@@ -1,4 +1,9 @@
-"""Export a checkpoint and score data with it, through the CLIs as a user would (serving tests)."""
+"""Serving tests' helpers: exports made in-process, and export -> predict through the CLIs.
+
+``make_export`` builds a model from a job's arguments (random weights, no checkpoint, no
+process group) and writes it with dlrm-export's own code (serving.export.export_model);
+``export_and_predict`` runs the two CLIs as a user would.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,37 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+MIXED_SCHEMA = ROOT / "tests" / "schemas" / "mixed.toml"
+# The mixed schema (shared table, dims 8 and 16, mean pooling) as a small job with multi-hot bags.
+MIXED_JOB = [f"--data.schema={MIXED_SCHEMA}", "--model.interaction=cat", "--model.bottom_mlp=5-16-8",
+             "--model.top_mlp=16-1", "--train.global_batch_size=64", "--data.eval_batches=2",
+             "--data.pooling_factor=3", "--data.variable_pooling=true", "--train.progress=false"]
+
+
+def build_dlrm(args: list[str], seed: int = 0):
+    """The resolved config and an unsharded CPU DLRM of a job, tables drawn as training draws them."""
+    from dlrm_dist.config import load_config
+    from dlrm_dist.distributed.weights import init_embedding_weights
+    from dlrm_dist.model import build_model
+    from dlrm_dist.training.build import resolve
+
+    cfg, _, spec = resolve(load_config(args))
+    model = build_model(spec, seed=seed, device=torch.device("cpu"))
+    init_embedding_weights(model, {t.name: t.rows for t in spec.tables}, seed)
+    return cfg, model.model.eval()
+
+
+def make_export(out: Path, args: Optional[list[str]] = None, quantize: str = "none", **kw):
+    """An export of a randomly initialised model of the job ``args`` (default: the mixed schema)."""
+    from dlrm_dist.serving.export import export_model
+
+    cfg, dlrm = build_dlrm(args or MIXED_JOB)
+    return export_model(dlrm, cfg, out, quantize, progress=False, **kw)
 
 
 def _cli(module: str, *args: str) -> str:

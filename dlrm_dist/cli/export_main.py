@@ -4,7 +4,9 @@
     dlrm-export runs/ckpt --out exported-int8/ --quantize int8 [--data DIR]
 
 int8 scores the float and int8 models on the training config's eval split (from --data on
-this machine, or where the config says) and prints the AUC difference.
+this machine, or where the config says) and fails, writing nothing, when int8 loses more
+than --max-auc-loss of AUC or adds more than --max-logloss-increase of log-loss. Data given
+with --data must have been preprocessed with the checkpoint's schema.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dlrm_dist.errors import run_cli
 from dlrm_dist.logs import init_logging
 
 PROG = "dlrm-export"
+DEFAULT_LIMITS = (0.005, 0.01)  # serving.export.CostLimits' defaults (not imported: torch loads after parsing)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the export directory to write")
     p.add_argument("--quantize", choices=("none", "int8"), default="none", help="table storage (default float32)")
     p.add_argument("--data", help="the preprocessed data directory on this machine (int8 AUC comparison)")
+    p.add_argument("--max-auc-loss", type=float, default=DEFAULT_LIMITS[0], metavar="X",
+                   help=f"int8: fail if its AUC is more than X below float's (default {DEFAULT_LIMITS[0]})")
+    p.add_argument("--max-logloss-increase", type=float, default=DEFAULT_LIMITS[1], metavar="X",
+                   help=f"int8: fail if its log-loss is more than X above float's (default {DEFAULT_LIMITS[1]})")
     p.add_argument("--json", action="store_true", help="print the manifest (without the config) as JSON")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -40,23 +47,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from dlrm_dist.fileio import DirLock
-    from dlrm_dist.serving.export import export_checkpoint  # torch: after argument parsing
+    from dlrm_dist.serving.export import CostLimits, export_checkpoint  # torch: after argument parsing
 
+    limits = CostLimits(args.max_auc_loss, args.max_logloss_increase)
     with DirLock(args.out, f"{PROG} --out"):  # one writer per export directory
-        manifest = export_checkpoint(args.checkpoint, args.out, args.quantize, args.data, not args.no_progress)
-    shown = {k: v for k, v in manifest.items() if k != "config"}
+        manifest = export_checkpoint(args.checkpoint, args.out, args.quantize, args.data, not args.no_progress,
+                                     limits)
+    shown = manifest.model_dump(mode="json", exclude={"config"})
     if args.json:
         print(json.dumps(shown, indent=2, sort_keys=True))
         return 0
-    tables = manifest["tables"]
-    print(f"wrote {args.out}: step {manifest['step']} of {manifest['checkpoint']}, {len(tables)} table(s) "
-          f"({args.quantize}), {manifest['dense_features']} dense + {len(manifest['sparse_features'])} sparse features")
-    q = manifest.get("quantization")
-    if q and "float_auc" in q:
+    print(f"wrote {args.out}: step {manifest.step} of {manifest.checkpoint}, {len(manifest.tables)} table(s) "
+          f"({args.quantize}), {manifest.dense_features} dense + {len(manifest.sparse_features)} sparse features")
+    q = shown.get("quantization")
+    if q and q["measured"]:
         print(f"int8 vs float on {q['samples']:,} {q['split']} samples: AUC {q['int8_auc']:.5f} vs "
-              f"{q['float_auc']:.5f} (difference {q['auc_difference']:+.5f})")
+              f"{q['float_auc']:.5f} (difference {q['auc_difference']:+.5f}), log-loss {q['int8_logloss']:.5f} vs "
+              f"{q['float_logloss']:.5f}: within the limits")
     elif q:
-        print(f"int8: AUC difference {q['note']}")
+        print(f"int8: cost {q['note']}")
     return 0
 
 

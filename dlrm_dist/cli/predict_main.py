@@ -2,6 +2,10 @@
 
     dlrm-predict exported/ --data data/criteo --split test --out preds.npy
     dlrm-predict exported/ --split val --out preds.csv --json      # demo data: no --data needed
+
+The export is checked before it is loaded (its manifest, and model.pt2 inspected to hold
+only tensors and PyTorch operators: nothing in it is unpickled or run as Python); --data
+must have been preprocessed with the export's schema (each difference is named).
 """
 
 from __future__ import annotations
@@ -54,11 +58,12 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise PredictError(f"--batch-size {args.batch_size} must be >= 1")
     from dlrm_dist.serving.load import load_export
-    from dlrm_dist.serving.predict import open_split, score
+    from dlrm_dist.serving.predict import export_config, open_split, score
 
     loaded = load_export(args.model)
-    data = open_split(loaded.manifest["config"], args.data, args.split)
-    batch_size = args.batch_size or loaded.manifest["config"]["train"]["global_batch_size"]
+    cfg = export_config(loaded.manifest)
+    data = open_split(cfg, args.data, args.split, f"the export {args.model}")
+    batch_size = args.batch_size or cfg.train.global_batch_size
     result = score(loaded.module, data, loaded.feature_names, batch_size, not args.no_progress)
     if args.out:
         write_scores(Path(args.out), result.scores, result.labels)

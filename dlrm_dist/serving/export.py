@@ -3,28 +3,63 @@
 The program is traced with a dynamic batch size and dynamic bag sizes (see model.py for the
 inputs). With ``quantize="int8"`` the tables are stored row-wise int8 and the float and int8
 models are both scored on the evaluation split of the training config's data, when that data
-is at hand, so the manifest (and the CLI) report what quantization cost in AUC.
+is at hand; a cost beyond the limits (AUC lost, log-loss gained) fails the export before
+anything is written, and the manifest records what was measured and the limits it met.
+
+The manifest carries the fitted schema's fingerprint; data given to score with (``--data``)
+is checked against the checkpoint's schema first (predict.check_data_schema).
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import math
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch.export import Dim
 
 from dlrm_dist.checkpoint.unsharded import read_unsharded
 from dlrm_dist.config.loader import to_dict
-from dlrm_dist.errors import DlrmError
+from dlrm_dist.config.schema import Config
+from dlrm_dist.errors import EXIT_BAD_INPUT, DlrmError
 from dlrm_dist.features.schema import FeatureSchema
-from dlrm_dist.serving.load import FORMAT, MANIFEST_FILE, MODEL_FILE, VERSION, ExportError, sha256
+from dlrm_dist.fileio import atomic_write_text, disk_full
+from dlrm_dist.model.dlrm import DLRM
+from dlrm_dist.serving.load import MANIFEST_FILE, MODEL_FILE, ExportError, sha256
+from dlrm_dist.serving.manifest import SPLITS, ExportManifest, QuantizationCost, QuantizationNotMeasured
 from dlrm_dist.serving.model import ServingDLRM
 
 logger = logging.getLogger(__name__)
 EXAMPLE_BATCH = 4
+
+
+class QuantizationCostError(DlrmError):
+    """int8 tables cost more (AUC lost or log-loss gained) than the limits allow: nothing was written."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+@dataclass(frozen=True)
+class CostLimits:
+    """How much int8 may cost against float on the evaluation split before dlrm-export fails.
+
+    AUC is compared absolutely (0.005 = half a point); log-loss as an increase in nats per
+    sample. The defaults are what the demo model meets with room (measured: |AUC difference|
+    about 0.0003, log-loss within 0.001).
+    """
+
+    max_auc_loss: float = 0.005
+    max_logloss_increase: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name in ("max_auc_loss", "max_logloss_increase"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise QuantizationCostError(f"--{name.replace('_', '-')} {value!r}: give a finite number >= 0")
 
 
 def example_inputs(model: ServingDLRM, num_dense: int) -> tuple[Any, ...]:
@@ -41,51 +76,103 @@ def trace(model: ServingDLRM, num_dense: int) -> torch.export.ExportedProgram:
     batch = Dim("batch", min=1)
     n = len(model.feature_names)
     shapes = ({0: batch}, [{0: Dim.AUTO} for _ in range(n)], [{0: batch + 1} for _ in range(n)])
-    return torch.export.export(model, example_inputs(model, num_dense), dynamic_shapes=shapes)
+    try:
+        return torch.export.export(model, example_inputs(model, num_dense), dynamic_shapes=shapes)
+    except Exception as e:  # noqa: BLE001 - say what could not be traced, not a 200-line trace
+        raise ExportError(f"torch.export could not trace the model ({type(e).__name__}: {str(e).splitlines()[0]})") from e
 
 
-def _auc_comparison(float_model: ServingDLRM, int8_model: ServingDLRM, config: dict[str, Any],
-                    data_dir: Optional[str], progress: bool) -> dict[str, Any]:
+def _eval_split(config: Config) -> str:
+    return config.data.eval_split if config.data.eval_split in SPLITS else "val"
+
+
+def measure_int8(float_model: ServingDLRM, int8_model: ServingDLRM, config: Config, data_dir: Optional[str],
+                 limits: CostLimits, progress: bool) -> Union[QuantizationCost, QuantizationNotMeasured]:
     """Float and int8 scored on the training config's eval split (or why that was not possible)."""
     from dlrm_dist.serving.predict import open_split, score
 
-    split = config["data"].get("eval_split", "val")
+    split = _eval_split(config)
     try:
-        data = open_split(config, data_dir, split)
+        data = open_split(config, data_dir, split, "the checkpoint's model")
     except DlrmError as e:
-        return {"note": f"not measured: the training data is not at hand ({e})"}
-    names, batch = float_model.feature_names, config["train"]["global_batch_size"]
+        if data_dir:  # data the user named must be usable; the config's own may be on another machine
+            raise
+        return QuantizationNotMeasured(note=f"not measured: the training data is not at hand ({e})")
+    names, batch = float_model.feature_names, config.train.global_batch_size
     f = score(float_model, data, names, batch, progress, desc="score float").metrics
     q = score(int8_model, data, names, batch, progress, desc="score int8").metrics
-    return {"split": split, "samples": f.samples, "float_auc": f.auc, "int8_auc": q.auc, "auc_difference": q.auc - f.auc,
-            "float_logloss": f.logloss, "int8_logloss": q.logloss}
+    values = [f.auc, q.auc, f.logloss, q.logloss] if f and q else []
+    if not values or not all(math.isfinite(v) for v in values):
+        return QuantizationNotMeasured(note=f"not measured: the {split} split has no labels of both classes")
+    return QuantizationCost(split=split, samples=f.samples, float_auc=f.auc, int8_auc=q.auc,
+                            auc_difference=q.auc - f.auc, float_logloss=f.logloss, int8_logloss=q.logloss,
+                            max_auc_loss=limits.max_auc_loss, max_logloss_increase=limits.max_logloss_increase)
+
+
+def cost_problems(cost: QuantizationCost) -> list[str]:
+    """Which limits a measured int8 cost passes (empty: it is within them)."""
+    out = []
+    if cost.float_auc - cost.int8_auc > cost.max_auc_loss:
+        out.append(f"AUC {cost.int8_auc:.5f} vs float {cost.float_auc:.5f} loses {cost.float_auc - cost.int8_auc:.5f} "
+                   f"(limit --max-auc-loss {cost.max_auc_loss:g})")
+    if cost.int8_logloss - cost.float_logloss > cost.max_logloss_increase:
+        out.append(f"log-loss {cost.int8_logloss:.5f} vs float {cost.float_logloss:.5f} rises by "
+                   f"{cost.int8_logloss - cost.float_logloss:.5f} (limit --max-logloss-increase "
+                   f"{cost.max_logloss_increase:g})")
+    return out
+
+
+def _write_program(program: torch.export.ExportedProgram, out: Path) -> str:
+    """``out/model.pt2`` written atomically (a temporary name, fsync, rename); returns its sha256."""
+    final, tmp = out / MODEL_FILE, out / f".tmp-{os.getpid()}-{MODEL_FILE}"  # torch wants the .pt2 suffix
+    try:
+        with disk_full(tmp):
+            torch.export.save(program, str(tmp))
+            with tmp.open("rb") as f:
+                os.fsync(f.fileno())
+        digest = sha256(tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return digest
+
+
+def export_model(dlrm: DLRM, config: Config, out: str | Path, quantize: str = "none", *, step: int = 0,
+                 checkpoint: str = "(in memory)", data_dir: Optional[str] = None,
+                 limits: CostLimits = CostLimits(), progress: bool = True) -> ExportManifest:
+    """Writes ``out/model.pt2`` and ``out/export.json`` for ``dlrm`` trained with ``config`` (resolved)."""
+    schema = FeatureSchema.from_dict(config.features, "the checkpoint's schema")
+    model = ServingDLRM(dlrm, quantize).eval()
+    quantization = None
+    if quantize == "int8":
+        quantization = measure_int8(ServingDLRM(dlrm, "none").eval(), model, config, data_dir, limits, progress)
+        if isinstance(quantization, QuantizationCost) and (problems := cost_problems(quantization)):
+            raise QuantizationCostError(
+                f"int8 tables cost too much on {quantization.samples:,} {quantization.split} samples: "
+                f"{'; '.join(problems)}. Nothing was written: export float (--quantize none), or raise the limit")
+    elif data_dir:  # the data named must be the model's, even when nothing is measured on it
+        from dlrm_dist.serving.predict import open_split
+
+        open_split(config, data_dir, _eval_split(config), "the checkpoint's model")
+    program = trace(model, schema.num_dense)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = ExportManifest(
+        checkpoint=checkpoint, step=step, quantize=quantize, dense_features=schema.num_dense,
+        sparse_features=list(model.feature_names),
+        tables={name: tuple(getattr(model, f"table_{i}").shape) for i, name in enumerate(model.table_names)},
+        schema_fingerprint=schema.fingerprint(), config=to_dict(config),
+        model_sha256=_write_program(program, out), quantization=quantization,
+    )
+    with disk_full(out / MANIFEST_FILE):
+        atomic_write_text(out / MANIFEST_FILE, manifest.to_json())
+    return manifest
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, quantize: str = "none",
-                      data_dir: Optional[str] = None, progress: bool = True) -> dict[str, Any]:
+                      data_dir: Optional[str] = None, progress: bool = True,
+                      limits: CostLimits = CostLimits()) -> ExportManifest:
     """Writes ``out/model.pt2`` and ``out/export.json`` for the checkpoint; returns the manifest."""
     found = read_unsharded(checkpoint)
-    cfg = to_dict(found.config)
-    dlrm = found.model.model
-    num_dense = FeatureSchema.from_dict(found.config.features, f"{found.path} schema").num_dense
-    model = ServingDLRM(dlrm, quantize).eval()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        program = trace(model, num_dense)
-    except Exception as e:  # noqa: BLE001 - say what could not be traced, not a 200-line trace
-        raise ExportError(f"torch.export could not trace the model ({type(e).__name__}: {str(e).splitlines()[0]})") from e
-    torch.export.save(program, str(out / MODEL_FILE))
-    manifest: dict[str, Any] = {
-        "format": FORMAT, "version": VERSION,
-        "checkpoint": str(found.path), "step": found.step, "quantize": quantize,
-        "inputs": "dense float32 [B, D]; indices: list of int64 [n_f] per sparse feature; "
-                  "offsets: list of int64 [B+1] per sparse feature; returns click probability float32 [B]",
-        "dense_features": num_dense, "sparse_features": model.feature_names,
-        "tables": {name: list(getattr(model, f"table_{i}").shape) for i, name in enumerate(model.table_names)},
-        "config": cfg, "model_file": MODEL_FILE, "model_sha256": sha256(out / MODEL_FILE),
-    }
-    if quantize == "int8":
-        manifest["quantization"] = _auc_comparison(ServingDLRM(dlrm, "none").eval(), model, cfg, data_dir, progress)
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    return manifest
+    return export_model(found.model.model, found.config, out, quantize, step=found.step, checkpoint=str(found.path),
+                        data_dir=data_dir, limits=limits, progress=progress)

@@ -1,35 +1,33 @@
-"""Loading an export: checked (format, version, checksum), then ``torch.export.load``.
+"""Loading an export: its manifest validated, its archive inspected to be data, then loaded.
 
-Needs torch alone (json and hashlib besides): a server can copy this file, or do the same
-in three lines. An export is a directory:
+Needs torch and pydantic alone (no TorchRec, nothing else of dlrm_dist's training stack).
+An export is a directory:
 
     DIR/model.pt2      the program (torch.export.save)
-    DIR/export.json    the manifest: format, version, inputs, feature names, quantization,
+    DIR/export.json    the manifest (manifest.py): format, version, inputs, feature names,
+                       the fitted schema's fingerprint, quantization and what it cost,
                        the training config (schema included), model.pt2's sha256
+
+The sha256 is a damage check only: whoever can rewrite model.pt2 can rewrite export.json.
+What keeps a crafted model.pt2 from running code is archive.py: the file is read once, its
+entries are checked to be plain tensors and a program of PyTorch operators, and exactly
+those bytes are what ``torch.export.load`` reads.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from dlrm_dist.errors import EXIT_BAD_STATE, DlrmError
+from dlrm_dist.serving.archive import load_checked
+from dlrm_dist.serving.manifest import (FORMAT, MANIFEST_FILE, MODEL_FILE, VERSION, ExportError, ExportManifest,
+                                        read_manifest)
 
-FORMAT = "dlrm_dist.export"
-VERSION = 1
-MODEL_FILE = "model.pt2"
-MANIFEST_FILE = "export.json"
-
-
-class ExportError(DlrmError):
-    """An export is missing, damaged, foreign or of an unknown version; the message says which."""
-
-    exit_code = EXIT_BAD_STATE
+__all__ = ["FORMAT", "MANIFEST_FILE", "MODEL_FILE", "VERSION", "ExportError", "LoadedExport", "load_export",
+           "read_manifest", "sha256", "sha256_bytes"]
 
 
 @dataclass
@@ -37,11 +35,15 @@ class LoadedExport:
     """A checked export: the callable program and its manifest."""
 
     module: torch.nn.Module
-    manifest: dict[str, Any]
+    manifest: ExportManifest
 
     @property
     def feature_names(self) -> list[str]:
-        return list(self.manifest["sparse_features"])
+        return self.manifest.feature_names
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def sha256(path: Path) -> str:
@@ -52,38 +54,23 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """The manifest of the export at ``directory``, checked to be ours and of a version we read."""
-    d = Path(directory)
-    path = d / MANIFEST_FILE
-    if not d.is_dir():
-        raise ExportError(f"{d} is not a directory (an export is a directory written by dlrm-export)")
-    if not path.is_file():
-        raise ExportError(f"{d} is not a dlrm_dist export: it has no {MANIFEST_FILE}")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ExportError(f"{path} is damaged: not readable JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise ExportError(f"{path} is not a dlrm_dist export manifest (format {found!r}, expected {FORMAT!r})")
-    if manifest.get("version") != VERSION:
-        raise ExportError(f"{path} is export version {manifest.get('version')!r}; this dlrm_dist reads version {VERSION}")
-    return manifest
-
-
 def load_export(directory: str | Path) -> LoadedExport:
-    """The export at ``directory``, refused by name if it is missing, damaged or foreign."""
+    """The export at ``directory``, refused by name if it is missing, damaged, foreign or not plain data."""
     manifest = read_manifest(directory)
     model = Path(directory) / MODEL_FILE
     if not model.is_file():
         raise ExportError(f"{directory}: {MODEL_FILE} is missing")
-    digest = sha256(model)
-    if digest != manifest.get("model_sha256"):
-        raise ExportError(f"{model} is damaged: its sha256 {digest[:12]}... is not the manifest's "
-                          f"{str(manifest.get('model_sha256'))[:12]}... (re-run dlrm-export)")
     try:
-        program = torch.export.load(str(model))
-    except Exception as e:  # noqa: BLE001 - any unpickling/format failure is a damaged export
-        raise ExportError(f"{model} cannot be loaded by torch.export ({type(e).__name__}: {e})") from None
-    return LoadedExport(program.module(), manifest)
+        data = model.read_bytes()  # once: the bytes checked are the bytes loaded
+    except OSError as e:
+        raise ExportError(f"{model} cannot be read ({e.strerror or e})") from None
+    digest = sha256_bytes(data)
+    if digest != manifest.model_sha256:
+        raise ExportError(f"{model} is damaged: its sha256 {digest[:12]}... is not the manifest's "
+                          f"{manifest.model_sha256[:12]}... (re-run dlrm-export)")
+    program = load_checked(data)
+    try:
+        module = program.module()
+    except Exception as e:  # noqa: BLE001 - an inconsistent program that passed inspection is still damaged
+        raise ExportError(f"{model}: the program cannot be rebuilt ({type(e).__name__}: {str(e)[:300]})") from None
+    return LoadedExport(module, manifest)

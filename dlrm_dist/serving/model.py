@@ -13,6 +13,8 @@ alike; each feature pools (sum or mean) as it did in training.
 int8: each table row stored as int8 codes with a float scale and bias (fbgemm's fused
 8-bit row-wise format, quantized by fbgemm), looked up by PyTorch's fbgemm-backed
 ``quantized::embedding_bag_byte_rowwise_offsets``, so the exported program needs only torch.
+That op sums every bag whatever mode it is given; mean-pooled features divide by the bag's
+length themselves (``_int8_bag``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dlrm_dist.model.dlrm import DLRM
 
 QUANTIZE = ("none", "int8")
 _MODE = {PoolingType.SUM: "sum", PoolingType.MEAN: "mean"}
-_BYTE_MODE = {"sum": 0, "mean": 1}  # the quantized op's mode codes
+_BYTE_MODE = {"sum": 0, "mean": 1}  # the quantized op's mode codes (it honours only sum: see _int8_bag)
 
 
 def quantize_rows_int8(weight: torch.Tensor) -> torch.Tensor:
@@ -71,6 +73,20 @@ class ServingDLRM(nn.Module):
         table = getattr(self, f"table_{self.feature_table[feature]}")
         mode = self.feature_mode[feature]
         if self.quantize == "int8":
-            return torch.ops.quantized.embedding_bag_byte_rowwise_offsets(
-                table, ids, offs, False, _BYTE_MODE[mode], False, None, None, True)
+            return _int8_bag(table, ids, offs, mode)
         return F.embedding_bag(ids, table, offs, mode=mode, include_last_offset=True)
+
+
+def _int8_bag(table: torch.Tensor, ids: torch.Tensor, offs: torch.Tensor, mode: str) -> torch.Tensor:
+    """Bags of an int8 row-wise table, pooled by ``mode`` as ``F.embedding_bag`` pools float rows.
+
+    The quantized op takes a mode argument but sums whatever it is given (measured on torch
+    2.13: k copies of one id give k times its row), so a mean is the sum divided by the bag's
+    length here; an empty bag stays zero, as embedding_bag's mean of nothing is.
+    """
+    pooled = torch.ops.quantized.embedding_bag_byte_rowwise_offsets(
+        table, ids, offs, False, _BYTE_MODE["sum"], False, None, None, True)
+    if mode == "sum":
+        return pooled
+    lengths = (offs[1:] - offs[:-1]).clamp(min=1).to(pooled.dtype)
+    return pooled / lengths.unsqueeze(1)

@@ -2,7 +2,8 @@
 
 The data is opened as in training (``data/resolve.py``) from the config the export carries:
 the synthetic generator, a preprocessed Criteo directory or a schema-driven columnar one
-(``--data DIR`` points at it on the scoring machine; ``--split`` picks val or test).
+(``--data DIR`` points at it on the scoring machine; ``--split`` picks val or test), after
+checking that the directory was preprocessed with the model's fitted schema.
 Padding rows of a last partial batch (label -1) are dropped.
 """
 
@@ -17,11 +18,14 @@ import torch
 from tqdm import tqdm
 
 from dlrm_dist.config.loader import config_from_dict
+from dlrm_dist.errors import DlrmError
 from dlrm_dist.config.schema import Config
 from dlrm_dist.data import Dataset
-from dlrm_dist.data.resolve import build_data
+from dlrm_dist.data.resolve import build_data, job_schema, schema_differences
+from dlrm_dist.features import SchemaError
 from dlrm_dist.features.schema import FeatureSchema
 from dlrm_dist.metrics.eval import EvalMetrics, EvalResult
+from dlrm_dist.serving.manifest import ExportError, ExportManifest
 
 SPLITS = ("val", "test")
 
@@ -35,12 +39,64 @@ class Scores:
     metrics: Optional[EvalResult]
 
 
-def open_split(config: dict[str, Any], data_dir: Optional[str], split: str) -> Dataset:
-    """The data of an export's training config, from ``data_dir`` if given, evaluating ``split``."""
-    cfg: Config = config_from_dict(config, "export manifest config")
+def data_schema_differences(model: FeatureSchema, data: FeatureSchema) -> list[str]:
+    """What differs between the model's fitted schema and a data directory's, fitted statistics included."""
+    out = schema_differences(model, data)
+    rows_m, rows_d = dict(model.vocab_rows), dict(data.vocab_rows)
+    out += [f"vocabulary of table {t!r}: {rows_m.get(t)} rows for the model, {rows_d.get(t)} in the data"
+            for t in sorted(set(rows_m) | set(rows_d)) if rows_m.get(t) != rows_d.get(t)]
+    scales_d = {d.name: d.scale for d in data.dense}
+    out += [f"dense feature {d.name!r}: scale {d.scale} for the model, {scales_d[d.name]} in the data"
+            for d in model.dense if d.name in scales_d and d.scale != scales_d[d.name]]
+    return out
+
+
+def check_data_schema(cfg: Config, schema: FeatureSchema, what: str) -> None:
+    """Refuses (SchemaError naming each difference) a data directory preprocessed with another schema.
+
+    Columnar data carries its fitted schema in meta.json: it must be the model's (ids and
+    scales mean what they meant in training). Criteo data carries its table sizes: every id
+    must fit the model's tables. The synthetic generator is built from the schema itself.
+    """
+    if cfg.data.source == "columnar":
+        from dlrm_dist.data.columnar.layout import stored_schema
+
+        stored = stored_schema(cfg.data.data_dir)
+        diffs = data_schema_differences(schema, stored)
+        if diffs:
+            raise SchemaError(
+                f"{cfg.data.data_dir} was preprocessed with schema {stored.name!r} (fingerprint {stored.fingerprint()}), "
+                f"{what} with {schema.name!r} (fingerprint {schema.fingerprint()}); they differ: {'; '.join(diffs)}. "
+                "Score data preprocessed with the training's schema")
+    elif cfg.data.source == "criteo":
+        job_schema(dataclasses.replace(cfg, features=schema.to_dict()))  # refuses tables the data's ids do not fit
+
+
+def export_config(manifest: ExportManifest) -> Config:
+    """The training config an export carries, refused (ExportError) unless it is valid and its fitted
+    schema is the one the manifest's fingerprint names."""
+    origin = "export.json config"
+    try:
+        cfg = config_from_dict(manifest.config, origin)
+        schema = FeatureSchema.from_dict(cfg.features or {}, f"{origin} features")
+    except DlrmError as e:
+        raise ExportError(f"{origin} is damaged: {e}") from None
+    if schema.fingerprint() != manifest.schema_fingerprint:
+        raise ExportError(f"export.json is damaged: schema_fingerprint {manifest.schema_fingerprint} is not its "
+                          f"config's schema ({schema.fingerprint()})")
+    return cfg
+
+
+def open_split(cfg: Config, data_dir: Optional[str], split: str, what: str = "the model") -> Dataset:
+    """``cfg``'s data (a resolved config's), from ``data_dir`` if given, evaluating ``split``.
+
+    The directory is checked against the config's fitted schema first (``check_data_schema``).
+    """
     data = dataclasses.replace(cfg.data, eval_split=split, **({"data_dir": data_dir} if data_dir else {}))
     cfg = dataclasses.replace(cfg, data=data)
-    return build_data(cfg, FeatureSchema.from_dict(cfg.features, "export manifest schema"))
+    schema = FeatureSchema.from_dict(cfg.features, "the model's schema")
+    check_data_schema(cfg, schema, what)
+    return build_data(cfg, schema)
 
 
 def model_inputs(batch: Any, feature_names: list[str]) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:

@@ -1,0 +1,155 @@
+"""The export manifest (``DIR/export.json``) as a declared pydantic v2 model, and ExportError.
+
+One model per format: ``ExportManifest`` is what dlrm-export writes (built, validated, then
+dumped, so nothing is written that could not be read back) and what a loader accepts.
+Strict types, finite floats, constrained ints, enums and no unknown keys; every problem is
+collected and reported at once, as ``field.path: message`` lines of one ExportError.
+
+Needs pydantic alone besides the standard library (no torch, no TorchRec): a server can
+check a manifest without the training stack.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from typing_extensions import Annotated
+
+from dlrm_dist.errors import EXIT_BAD_STATE, DlrmError
+
+FORMAT = "dlrm_dist.export"
+VERSION = 2  # 2: declared manifest, schema fingerprint, measured int8 cost with its limits
+MODEL_FILE = "model.pt2"
+MANIFEST_FILE = "export.json"
+QUANTIZE = ("none", "int8")
+SPLITS = ("val", "test")
+INPUTS = ("dense float32 [B, D]; indices: list of int64 [n_f] per sparse feature; "
+          "offsets: list of int64 [B+1] per sparse feature; returns click probability float32 [B]")
+
+
+class ExportError(DlrmError):
+    """An export is missing, damaged, foreign or of an unknown version; the message says which."""
+
+    exit_code = EXIT_BAD_STATE
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+Count = Annotated[int, Field(ge=0)]
+Rows = Annotated[int, Field(ge=1)]
+Name = Annotated[str, Field(min_length=1)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class QuantizationCost(_Strict):
+    """int8 against float on an evaluation split: what quantization cost, and the limits it met."""
+
+    measured: Literal[True] = True
+    split: Literal["val", "test"]
+    samples: Annotated[int, Field(ge=1)]
+    float_auc: Probability
+    int8_auc: Probability
+    auc_difference: float  # int8 - float (negative: int8 is worse)
+    float_logloss: Annotated[float, Field(ge=0.0)]
+    int8_logloss: Annotated[float, Field(ge=0.0)]
+    max_auc_loss: Annotated[float, Field(ge=0.0)]
+    max_logloss_increase: Annotated[float, Field(ge=0.0)]
+
+
+class QuantizationNotMeasured(_Strict):
+    """int8 whose cost could not be measured (the data was not at hand), and why."""
+
+    measured: Literal[False] = False
+    note: Name
+
+
+class ExportManifest(_Strict):
+    """``export.json``: what the program in ``model.pt2`` is, was made from, and takes."""
+
+    format: Literal["dlrm_dist.export"] = FORMAT
+    version: Literal[2] = VERSION
+    checkpoint: Name
+    step: Count
+    quantize: Literal["none", "int8"]
+    inputs: Literal[INPUTS] = INPUTS  # type: ignore[valid-type]
+    dense_features: Count
+    sparse_features: Annotated[list[Name], Field(min_length=1)]
+    tables: dict[Name, tuple[Rows, Rows]]  # float: (rows, dim); int8: (rows, dim + 8 bytes)
+    schema_fingerprint: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+    config: dict[str, Any]  # the training config, schema included (validated where it is used)
+    model_file: Literal["model.pt2"] = MODEL_FILE
+    model_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    quantization: Optional[Annotated[Union[QuantizationCost, QuantizationNotMeasured],
+                                     Field(discriminator="measured")]] = None
+
+    @model_validator(mode="after")
+    def _quantization_iff_int8(self) -> "ExportManifest":
+        if (self.quantize == "int8") != (self.quantization is not None):
+            raise ValueError("quantization is given exactly when quantize is 'int8'")
+        if len(set(self.sparse_features)) != len(self.sparse_features):
+            raise ValueError("sparse_features names a feature twice")
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.sparse_features)
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=1, sort_keys=True)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    """pydantic's location as ``a.b[3].c`` (union tags such as ``True`` dropped)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int) and not isinstance(part, bool):
+            out += f"[{part}]"
+        elif isinstance(part, bool) or part in ("QuantizationCost", "QuantizationNotMeasured"):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def problems(error: ValidationError) -> list[str]:
+    """Every problem of a validation error, as ``field.path: message``."""
+    return [f"{_loc(tuple(e['loc']))}: {e['msg']}" for e in error.errors(include_url=False)]
+
+
+def parse_manifest(text: str, origin: str) -> ExportManifest:
+    """``text`` as an ExportManifest; one ExportError lists every problem by field."""
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ExportError(f"{origin} is damaged: not readable JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ExportError(f"{origin} is not a dlrm_dist export manifest (format {found!r}, expected {FORMAT!r})")
+    if data.get("version") != VERSION:
+        raise ExportError(f"{origin} is export version {data.get('version')!r}; this dlrm_dist reads version "
+                          f"{VERSION} (re-run dlrm-export with this version)")
+    try:
+        return ExportManifest.model_validate_json(text)
+    except ValidationError as e:
+        listed = "; ".join(problems(e))
+        raise ExportError(f"{origin} is not a valid export manifest: {listed}") from None
+
+
+def read_manifest(directory: str | Path) -> ExportManifest:
+    """The manifest of the export at ``directory``, checked to be ours, of a version we read, and valid."""
+    d = Path(directory)
+    path = d / MANIFEST_FILE
+    if not d.is_dir():
+        raise ExportError(f"{d} is not a directory (an export is a directory written by dlrm-export)")
+    if not path.is_file():
+        raise ExportError(f"{d} is not a dlrm_dist export: it has no {MANIFEST_FILE}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ExportError(f"{path} is damaged: not readable JSON ({e})") from None
+    return parse_manifest(text, str(path))
