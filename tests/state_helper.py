@@ -15,8 +15,9 @@ from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
 from dlrm_dist.checkpoint import optim_state
-from dlrm_dist.checkpoint.io import read_metadata
-from dlrm_dist.checkpoint.unsharded import find_checkpoint, read_state
+from dlrm_dist.checkpoint.io import read_state, verified_metadata
+from dlrm_dist.checkpoint.manifest import Manifest
+from dlrm_dist.checkpoint.unsharded import find_checkpoint
 
 
 def gather_full_state_dict(model: nn.Module, dst: int = 0) -> dict[str, torch.Tensor]:
@@ -37,11 +38,11 @@ def gather_full_state_dict(model: nn.Module, dst: int = 0) -> dict[str, torch.Te
 def load_embedding_optimizer_state(path: str | Path) -> dict[str, torch.Tensor]:
     """``{'<table>.<state>': full tensor}``: the checkpoint's embedding optimizer state."""
     found = find_checkpoint(path)
-    metadata = read_metadata(found)
+    metadata = verified_metadata(found, Manifest.read(found))
     section = optim_state.SECTION + "."
     stored = {k[len(section):]: v for k, v in metadata.state_dict_metadata.items() if k.startswith(section)}
     state = {optim_state.SECTION: {k: torch.empty(tuple(v.size), dtype=v.properties.dtype) for k, v in stored.items()}}
-    read_state(found, state)
+    read_state(found, state, metadata)
     out = {}
     for key, value in state[optim_state.SECTION].items():
         if key.endswith(optim_state.PER_COLUMN):

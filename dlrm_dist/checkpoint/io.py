@@ -4,9 +4,14 @@ A checkpoint holds the model's state dict (sharded embedding tables as ShardedTe
 dense weights), the embedding optimizer's state in a layout-independent form
 (optim_state.py), the dense optimizer's state, the step — which is also the data position,
 since both data sources are addressed by global batch index, and fixes the LR schedule —
-the torch RNG state, and a manifest with the tables, optimizers, plan and config the run
-used. DCP reshards tensors whose key and global shape agree, so weights and optimizer
-state load at another world size or under another plan.
+the torch RNG state, and a manifest with the tables, optimizers, plan, config and schema the
+run used and every file's CRC32C. DCP reshards tensors whose key and global shape agree, so
+weights and optimizer state load at another world size or under another plan.
+
+A checkpoint is data, never code: every value saved is a tensor (DCP pickles anything else
+as a byte item, which it loads with a full unpickler), and loading reads ``.metadata``
+through reader.py's allow-list unpickler after integrity.py has verified every file against
+the manifest, on every rank, before DCP opens one.
 
 DCP reports failures as CheckpointException, which derives from BaseException: it is
 caught here on purpose and turned into a CheckpointError that names what is missing.
@@ -14,8 +19,8 @@ caught here on purpose and turned into a CheckpointError that names what is miss
 
 from __future__ import annotations
 
+import logging
 import os
-import pickle
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -27,13 +32,15 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata
 
-from dlrm_dist.checkpoint import optim_state, store
-from dlrm_dist.checkpoint.manifest import CheckpointError, Manifest, RunInfo
+from dlrm_dist.checkpoint import integrity, optim_state, reader, store
+from dlrm_dist.checkpoint.manifest import CheckpointError, FileSum, Manifest, RunInfo, schema_changes
 from dlrm_dist.distributed.weights import table_of
 from dlrm_dist.optimizers import DENSE
 
+logger = logging.getLogger(__name__)
 
-def _tables(model_state: dict[str, Any]) -> dict[str, tuple[int, int]]:
+
+def tables_of(model_state: dict[str, Any]) -> dict[str, tuple[int, int]]:
     """{table: (rows, dim)} from a model state dict."""
     return {table: tuple(value.shape) for key, value in model_state.items() if (table := table_of(key))}
 
@@ -55,6 +62,72 @@ def _dense_optimizer(optimizer: Any) -> Any:
     return dict(optimizer.optimizers)[DENSE]
 
 
+def _non_tensors(tree: Any, prefix: str = "") -> list[str]:
+    """Keys of leaves that are not tensors (DCP would pickle them as byte items)."""
+    if isinstance(tree, dict):
+        return [k for key, v in tree.items() for k in _non_tensors(v, f"{prefix}{key}.")]
+    if isinstance(tree, (list, tuple)):
+        return [k for i, v in enumerate(tree) for k in _non_tensors(v, f"{prefix}{i}.")]
+    return [] if isinstance(tree, torch.Tensor) else [prefix.rstrip(".")]
+
+
+def _on_every_rank(items: list[Any]) -> list[list[Any]]:
+    """Every rank's ``items`` (just this one's without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [items]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return gathered
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _checksum_files(directory: Path) -> dict[str, FileSum]:
+    """Every file's checksum, each rank computing its share (a collective; see integrity.py)."""
+    rank, world = _rank_and_world()
+    try:
+        names = integrity.listed(directory)
+        sums, problems = integrity.checksums(directory, integrity.share(names, rank, world))
+    except OSError as e:
+        sums, problems = {}, [f"{directory}: cannot be listed ({type(e).__name__}: {e.strerror or e})"]
+    parts = _on_every_rank([sums, problems])
+    problems = sorted({p for _, part in parts for p in part})
+    if problems:  # every rank raises alike: the checkpoint stays unpublished
+        raise CheckpointError(f"checkpoint {directory} could not be checksummed:\n" + "\n".join(f"  - {p}" for p in problems))
+    return {name: s for part, _ in parts for name, s in part.items()}
+
+
+def verified_metadata(path: Path, manifest: Manifest) -> Any:
+    """Verifies the checkpoint's files against ``manifest``, then reads its metadata (a collective).
+
+    Each rank checks its share of the files' CRC32Cs; the problems found anywhere are raised
+    on every rank alike (a lone raise would leave the others waiting), naming each file.
+    """
+    rank, world = _rank_and_world()
+    problems: list[str] = []
+    if manifest.files is None:
+        logger.warning("%s has a v2 manifest, written before checksums: its files are not verified", path)
+    else:
+        problems = integrity.file_set_problems(path, manifest.files)
+        problems += integrity.verify(path, manifest.files, integrity.share(manifest.files, rank, world))
+    metadata, refused = None, None
+    if not problems:
+        try:
+            metadata = reader.read_metadata(path, manifest.files)
+        except CheckpointError as e:
+            refused = str(e)
+    parts = _on_every_rank([problems, refused])
+    integrity.raise_problems(path, [p for found, _ in parts for p in found])
+    refusals = sorted({r for _, r in parts if r})
+    if refusals:
+        raise CheckpointError(refusals[0])
+    return metadata
+
+
 def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: Any,
                     info: RunInfo, keep_last: int = 3) -> Path:
     """Writes and publishes checkpoint ``step`` (a collective: every rank calls it).
@@ -67,10 +140,16 @@ def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: An
     state = _state(model, step)
     state[optim_state.SECTION] = optim_state.save_view(optim_state.slots(optimizer, info.embedding_optimizer))
     state["optim"] = _dense_optimizer(optimizer).state_dict()
+    pickled = _non_tensors(state)  # the same on every rank: the state's structure is the model's
+    if pickled:
+        raise CheckpointError("refusing to save values that are not tensors (DCP would store them as pickles, "
+                              "which a reader would have to unpickle in full): " + ", ".join(pickled))
     dcp.save(state, checkpoint_id=str(tmp))
-    dist.barrier()
+    dist.barrier()  # every rank's files are closed: they are checksummed now
+    files = _checksum_files(tmp)
     if dist.get_rank() == 0:
-        store.publish(root, Manifest(step, dist.get_world_size(), _tables(state["model"]), info), keep_last)
+        manifest = Manifest(step, dist.get_world_size(), tables_of(state["model"]), info, files)
+        store.publish(root, manifest, keep_last)
     dist.barrier()
     return store.step_dir(root, step)
 
@@ -97,18 +176,31 @@ def discard_partial_writes(root: str | Path) -> list[tuple[Path, Optional[str]]]
     return outcome
 
 
-def _check_manifest(path: Path, model_state: dict[str, Any], info: Optional[RunInfo]) -> Manifest:
-    """The checkpoint's manifest, if it fits this model (and, given ``info``, this run's optimizers)."""
-    manifest = Manifest.read(path)
-    ours, theirs = _tables(model_state), manifest.tables
+def table_problems(ours: dict[str, tuple[int, int]], theirs: dict[str, tuple[int, int]]) -> list[str]:
+    """How a model's tables (``ours``) differ from a checkpoint's (``theirs``)."""
     problems = [f"table {t} is in the model but not in the checkpoint" for t in ours if t not in theirs]
     problems += [f"table {t} is in the checkpoint but not in the model" for t in theirs if t not in ours]
     problems += [f"table {t}: checkpoint {theirs[t][0]} x {theirs[t][1]}, model {ours[t][0]} x {ours[t][1]}"
                  for t in ours if t in theirs and theirs[t] != ours[t]]
-    if info is not None:
+    return problems
+
+
+def schema_problems(manifest: Manifest, info: RunInfo, origin: str) -> list[str]:
+    """How this run's data schema differs from the one the checkpoint was trained on."""
+    saved, ours = manifest.info.schema(origin), info.schema("this run")
+    if saved is None or ours is None:
+        return []
+    return [f"feature schema: {change} (checkpoint -> this run's data)" for change in schema_changes(saved, ours)]
+
+
+def _check_manifest(path: Path, model_state: dict[str, Any], info: RunInfo, optimizers: bool) -> Manifest:
+    """The checkpoint's manifest, if it fits this model and data (and, with ``optimizers``, this run's optimizers)."""
+    manifest = Manifest.read(path)
+    problems = table_problems(tables_of(model_state), manifest.tables) + schema_problems(manifest, info, str(path))
+    if optimizers:
         problems += info.differences(manifest.info)
     if problems:
-        raise CheckpointError(f"{path} is from a different model:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise CheckpointError(f"{path} is from a different model or data:\n" + "\n".join(f"  - {p}" for p in problems))
     return manifest
 
 
@@ -119,11 +211,12 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Optional[Any]
     """
     path = Path(path)
     state = _state(model, 0)
-    manifest = _check_manifest(path, state["model"], info if optimizer is not None else None)
+    manifest = _check_manifest(path, state["model"], info, optimizers=optimizer is not None)
+    metadata = verified_metadata(path, manifest)
     finish: Callable[[], None] = lambda: None
     if optimizer is not None:
         slots = optim_state.slots(optimizer, info.embedding_optimizer)
-        request, finish, missing = optim_state.load_view(slots, read_metadata(path))
+        request, finish, missing = optim_state.load_view(slots, metadata)
         missing = _on_any_rank(missing)  # every rank raises, or none: a lone raise would hang the rest
         if missing:
             raise CheckpointError(f"{path} has no embedding optimizer state for:\n" + "\n".join(f"  - {m}" for m in missing))
@@ -134,10 +227,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Optional[Any]
         dense = _dense_optimizer(optimizer).state_dict()
         if _has_leaves(dense):
             state["optim"] = dense
-    try:
-        dcp.load(state, checkpoint_id=str(path))
-    except CheckpointException as e:  # a BaseException: caught deliberately
-        raise CheckpointError(f"{path}: the checkpoint could not be read completely: {failures_text(e)}") from None
+    read_state(path, state, metadata)
     model.load_state_dict(state["model"])
     step = int(state["train"]["step"])
     if step != manifest.step:
@@ -152,18 +242,20 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Optional[Any]
 
 
 def _on_any_rank(items: list[str]) -> list[str]:
-    if not (dist.is_available() and dist.is_initialized()):
-        return items
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, items)
-    return sorted({item for part in gathered for item in part})
+    return sorted({item for part in _on_every_rank(items) for item in part})
 
 
-def read_metadata(path: Path) -> Metadata:
+def read_state(path: Path, state: dict[str, Any], metadata: Metadata) -> None:
+    """``dcp.load`` of ``state`` through the safe reader (with or without a process group).
+
+    ``metadata`` is what :func:`verified_metadata` returned: DCP gets it from the reader and
+    never unpickles ``.metadata`` itself.
+    """
+    no_dist = not (dist.is_available() and dist.is_initialized())
     try:
-        return dcp.FileSystemReader(str(path)).read_metadata()
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as e:
-        raise CheckpointError(f"{path}: no readable DCP metadata ({type(e).__name__}: {e})") from None
+        dcp.load(state, storage_reader=reader.SafeFileSystemReader(path, metadata), no_dist=no_dist)
+    except CheckpointException as e:  # a BaseException: caught deliberately
+        raise CheckpointError(f"{path}: the checkpoint could not be read completely: {failures_text(e)}") from None
 
 
 VERBOSE_ENV = "DLRM_DIST_VERBOSE"  # set to 1: checkpoint errors carry each rank's stack trace

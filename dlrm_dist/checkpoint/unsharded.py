@@ -1,24 +1,27 @@
 """A sharded checkpoint read into a plain, unsharded, single-process model (no process group).
 
-DCP reads every shard and reassembles full tensors into the model built from the
-checkpoint's own config (its manifest carries the resolved config, schema included).
-Used by serving/export.py and by tests that compare weights across layouts.
+The checkpoint is checked as on resume: manifest parsed, every file's CRC32C verified,
+``.metadata`` read by the allow-list reader; then DCP reads every shard and reassembles
+full tensors into the model built from the checkpoint's own config (its manifest carries
+the resolved config, schema included). A model that config cannot build, or whose tables
+differ from the manifest's, is a damaged manifest. Used by serving/export.py and by tests
+that compare weights across layouts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 import torch
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.api import CheckpointException
 
-from dlrm_dist.checkpoint.io import failures_text
+from dlrm_dist.checkpoint.io import read_state, tables_of, table_problems, verified_metadata
 from dlrm_dist.checkpoint.manifest import CheckpointError, Manifest
 from dlrm_dist.checkpoint.store import latest_checkpoint
 from dlrm_dist.config.loader import config_from_dict
 from dlrm_dist.config.schema import Config
+from dlrm_dist.errors import DlrmError
 from dlrm_dist.model import DLRMTrain, build_model
 from dlrm_dist.model.spec import resolved_spec
 
@@ -31,6 +34,7 @@ class Unsharded:
     config: Config
     step: int
     path: Path
+    manifest: Optional[Manifest] = None  # checkpoint.manifest.schema_of(manifest): the fitted schema
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -41,24 +45,34 @@ def find_checkpoint(path: str | Path) -> Path:
     return found
 
 
-def read_state(found: Path, state: dict) -> None:
-    """``dcp.load`` without a process group, its failures turned into a CheckpointError."""
+def _model_of(found: Path, manifest: Manifest) -> tuple[DLRMTrain, Config]:
+    """The model the manifest's config describes, refused unless its tables are the manifest's."""
     try:
-        dcp.load(state, checkpoint_id=str(found), no_dist=True)
-    except CheckpointException as e:  # a BaseException: caught deliberately
-        raise CheckpointError(f"{found}: the checkpoint could not be read completely: {failures_text(e)}") from None
+        cfg = config_from_dict(manifest.info.config, f"{found} manifest")
+        model = build_model(resolved_spec(cfg), seed=0, device=torch.device("cpu"))
+    except (DlrmError, TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError) as e:
+        # The config was valid when the manifest was written: whatever fails here was edited or damaged since.
+        raise CheckpointError(f"{found}: the manifest's config does not build a model "
+                              f"({type(e).__name__}: {e})") from None
+    problems = table_problems(tables_of(model.state_dict()), manifest.tables)
+    if problems:
+        raise CheckpointError(f"{found}: the manifest's config and its tables disagree (the manifest was edited or "
+                              "damaged):\n" + "\n".join(f"  - {p}" for p in problems))
+    return model, cfg
 
 
 def read_unsharded(path: str | Path) -> Unsharded:
     """The checkpoint at ``path`` (or the newest in it) as an :class:`Unsharded`."""
     found = find_checkpoint(path)
     manifest = Manifest.read(found)
-    cfg = config_from_dict(manifest.info.config, f"{found} manifest")
-    model = build_model(resolved_spec(cfg), seed=0, device=torch.device("cpu"))
-    state = {"model": model.state_dict()}
-    read_state(found, state)
+    model, cfg = _model_of(found, manifest)
+    metadata = verified_metadata(found, manifest)
+    state = {"model": model.state_dict(), "train": {"step": torch.tensor(0)}}
+    read_state(found, state, metadata)
+    if int(state["train"]["step"]) != manifest.step:
+        raise CheckpointError(f"{found}: manifest says step {manifest.step}, data says {int(state['train']['step'])}")
     model.load_state_dict(state["model"])
-    return Unsharded(model.eval(), cfg, manifest.step, found)
+    return Unsharded(model.eval(), cfg, manifest.step, found, manifest)
 
 
 def load_unsharded(path: str | Path) -> DLRMTrain:
