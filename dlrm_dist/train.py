@@ -7,6 +7,7 @@ train, report; always tear down and release the locks.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from dlrm_dist.config import load_config
 from dlrm_dist.config.loader import help_text, to_dict
 from dlrm_dist.distributed.env import DistEnv, init_distributed, teardown
-from dlrm_dist.fileio import atomic_write_json
+from dlrm_dist.fileio import atomic_write_json, atomic_write_text
 from dlrm_dist.logs import init_logging
 from dlrm_dist.metrics.records import finite_or_none
 from dlrm_dist.metrics.runs import CONFIG_FILE, PLAN_FILE, SUMMARY_FILE
@@ -58,7 +59,8 @@ def train(prepared: Prepared, env: DistEnv) -> dict:
     run_dir = Path(cfg.train.run_dir)
     if env.is_main:
         planfile.write(prepared.plan_file, run_dir / PLAN_FILE)
-        atomic_write_json(run_dir / CONFIG_FILE, to_dict(cfg), indent=2, sort_keys=True)
+        # Python's JSON, not strict: a feature's unbounded clip is Infinity, which null would not say.
+        atomic_write_text(run_dir / CONFIG_FILE, json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
     trainer = build_trainer(env, prepared)
     result = trainer.train()
     record = summary_record(cfg, env, result)

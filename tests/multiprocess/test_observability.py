@@ -1,11 +1,16 @@
-"""What a user watches: the console (rank 0 only), metrics.jsonl, TensorBoard events, dlrm-report."""
+"""What a user watches: the console (rank 0 only), metrics.jsonl, TensorBoard events, dlrm-report;
+and one writer per run directory and checkpoint directory."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,9 +25,19 @@ ROOT = Path(__file__).resolve().parents[2]
 JOB = SMALL_JOB + ["--train.steps=40", "--train.eval_interval=20", "--train.log_interval=10", "--data.eval_batches=4"]
 
 
+TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def _start(*args: str, log: Path | None = None) -> subprocess.Popen:
+    """A process in its own session (so its ranks can be stopped together); output to ``log`` or pipes."""
+    out = log.open("w") if log else subprocess.PIPE
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT if log
+                            else subprocess.PIPE, text=True, start_new_session=True)
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +122,46 @@ def test_report_refuses_what_is_not_a_run(tmp_path) -> None:
     (tmp_path / "metrics.jsonl").write_text("{}\n")
     proc = _run("-m", "dlrm_dist.cli.report_main", str(tmp_path), "--out", str(tmp_path / "r.svg"))
     assert proc.returncode == 2 and ".html or .png" in proc.stderr
+
+
+def test_a_second_writer_of_a_run_or_checkpoint_dir_is_refused_and_the_first_is_intact(tmp_path) -> None:
+    """While a run trains, a run on its run dir (1 rank) and a 2-rank run on its checkpoint dir
+    (another run dir) both stop with exit 2 naming the holder (pid, host), both ranks of the 2-rank
+    one included, in seconds rather than a rendezvous timeout; the first run's files stay its own."""
+    first, ckpt, other = tmp_path / "first", tmp_path / "ckpt", tmp_path / "other"
+    holder = _start("-m", "dlrm_dist.train", *SMALL_JOB, "--train.steps=100000", "--train.eval_interval=0",
+                    "--train.log_interval=10", f"--run-dir={first}", f"--checkpoint-dir={ckpt}",
+                    "--train.checkpoint_interval=100000", log=tmp_path / "first.log")
+    try:
+        deadline = time.monotonic() + 120
+        while not (first / "metrics.jsonl").exists() and holder.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (first / "metrics.jsonl").exists(), (tmp_path / "first.log").read_text()[-3000:]
+        pid = holder.pid
+        same_run = _start("-m", "dlrm_dist.train", *SMALL_JOB, "--train.steps=5", f"--run-dir={first}")
+        same_ckpt = _start(*TORCHRUN, "-m", "dlrm_dist.train", *SMALL_JOB, "--train.steps=5", f"--run-dir={other}",
+                           f"--checkpoint-dir={ckpt}")
+        started = time.monotonic()
+        out_run, err_run = same_run.communicate(timeout=150)
+        out_ckpt, err_ckpt = same_ckpt.communicate(timeout=150)
+        elapsed = time.monotonic() - started
+        assert holder.poll() is None, "the first run must still be training"
+        records = read_metrics(first / "metrics.jsonl")
+        config = json.loads((first / "config.json").read_text())
+    finally:
+        os.killpg(holder.pid, signal.SIGTERM)
+        holder.communicate(timeout=60)
+    busy = f"is in use by pid {pid} on host {socket.gethostname()}"
+    assert same_run.returncode == 2, err_run[-3000:]
+    assert f"dlrm-train: error: {first} {busy} (dlrm-train train.run_dir)" in err_run, err_run[-3000:]
+    assert f"{ckpt} {busy} (dlrm-train train.checkpoint_dir)" in err_ckpt, err_ckpt[-3000:]
+    exit_codes = re.findall(r"exitcode\s*:\s*(-?\d+)", err_ckpt)
+    assert exit_codes and exit_codes[0] == "2", err_ckpt[-3000:]  # torchrun's root cause: the refusal
+    assert err_ckpt.count("dlrm-train: error:") == 2, err_ckpt[-3000:]  # rank 1 learnt it from rank 0
+    assert elapsed < 120  # no rank waited out a rendezvous or collective timeout
+    assert "by sharding type" not in out_run + out_ckpt  # refused before training began
+    steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert steps and steps == sorted(set(steps)), steps  # one writer: no interleaved duplicate steps
+    assert config["train"]["run_dir"] == str(first) and config["train"]["steps"] == 100000
+    assert not any((other / name).exists() for name in ("metrics.jsonl", "config.json", "plan.json"))
+    assert not [p for p in ckpt.iterdir() if p.name.startswith("step_")]  # nothing published by the second
