@@ -2,18 +2,28 @@
 
 Command line > TOML file > defaults. Overrides are ``--section.key=value`` (or
 ``--section.key value``); a few familiar spellings are aliases (``--sharding-type``).
-Every unknown section, key or badly typed value is an error naming it.
+
+A TOML file has real types, so its values are validated as they are (strict: ``steps =
+"10"`` or ``steps = 10.5`` is an error). An override is text: it is first read as the
+field's declared type (``--train.steps=10`` -> 10, ``--model.table_sizes=10,20`` -> [10, 20],
+``none`` -> unset; text that does not read as that type is passed on as it is), then
+validated by the same strict rules. Every problem of every section, the inline
+``[features]`` schema included, is reported in one ConfigError.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from typing import Any, Optional, Sequence
+
+from pydantic import ValidationError
 
 from dlrm_dist.config.errors import ConfigError
 from dlrm_dist.config.files import read_data
 from dlrm_dist.config.schema import Config
+from dlrm_dist.config.validation import joined, messages, unwrap
 
 # Familiar flag spellings mapped to their section.key.
 ALIASES = {
@@ -31,82 +41,93 @@ ALIASES = {
 
 
 INLINE_SCHEMA = "features"  # the [features] section: a feature schema written in the job config
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_UNSET = ("none", "null", "")
 
 
+@functools.cache
 def _sections() -> dict[str, type]:
     hints = typing.get_type_hints(Config)
     return {f.name: hints[f.name] for f in dataclasses.fields(Config) if dataclasses.is_dataclass(hints[f.name])}
 
 
-def _field_types(section_cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(section_cls)
+def _field_type(section: str, key: str) -> Any:
+    """The declared type of ``section.key`` (None for an unknown one)."""
+    fields = getattr(_sections().get(section), "__pydantic_fields__", {})
+    return fields[key].rebuild_annotation() if key in fields else None
 
 
-def _coerce(path: str, value: Any, typ: Any) -> Any:
-    """Turns a TOML or command-line value into the field's declared type."""
-    origin = typing.get_origin(typ)
-    args = typing.get_args(typ)
-    if origin is typing.Union:  # Optional[X]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            return None
-        return _coerce(path, value, next(a for a in args if a is not type(None)))
-    if origin is list:
-        items = value
-        if isinstance(value, str):
-            items = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
-        return [_coerce(f"{path}[{i}]", v, args[0]) for i, v in enumerate(items)]
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("1", "true", "yes", "on"):
-            return True
-        if str(value).lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{path}={value!r} is not a boolean (use true or false)")
-    if typ in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{path}={value!r} must be a {typ.__name__}")
+def read_override(text: str, typ: Any) -> Any:
+    """A command-line value read as ``typ`` (lax: text only); text that does not read stays text."""
+    bare, optional = unwrap(typ)
+    if optional and text.strip().lower() in _UNSET:
+        return None
+    if bare is bool:
+        low = text.strip().lower()
+        return True if low in _TRUE else False if low in _FALSE else text
+    if bare is int:
         try:
-            if typ is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return typ(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{path}={value!r} is not a valid {typ.__name__}") from None
-    if typ is str:
-        return str(value)
-    return value
+            return int(text.strip())
+        except ValueError:
+            return text
+    if bare is float:
+        try:
+            return float(text.strip())  # nan and inf read, and the strict check then names them
+        except ValueError:
+            return text
+    if typing.get_origin(bare) is list:
+        (item,) = typing.get_args(bare)
+        parts = [v for v in text.strip().removeprefix("[").removesuffix("]").split(",") if v.strip()]
+        return [read_override(v, item) for v in parts]
+    return text  # str, Literal: the text itself
 
 
-def _apply(raw: dict[str, dict[str, Any]], origin: str) -> Config:
-    """Builds the Config, running every section's own checks."""
+def _section_problems(name: str, cls: type, values: Any) -> tuple[Any, list[str]]:
+    if not isinstance(values, dict):
+        return None, [f"{name}: must be a table (a [{name}] section), got {type(values).__name__}"]
+    try:
+        return cls(**values), []
+    except ValidationError as e:
+        return None, messages(e, cls, (name,))
+    except TypeError as e:  # a key that is not a keyword (only possible from JSON, e.g. "")
+        return None, [f"{name}: {e}"]
+
+
+def _features_problems(features: Any) -> list[str]:
+    if features is None:
+        return []
+    if not isinstance(features, dict):
+        return [f"{INLINE_SCHEMA}: must be a table (a feature schema), got {type(features).__name__}"]
+    # imported here: the schema's package imports config (its errors derive from ConfigError)
+    from dlrm_dist.features.model import schema_problems
+
+    return schema_problems(features, (INLINE_SCHEMA,))
+
+
+def _apply(raw: dict[str, Any], origin: str) -> Config:
+    """Builds the Config; every problem of every section (and of [features]) in one ConfigError."""
     sections = _sections()
+    found = [f"[{name}]: unknown section; sections: {', '.join(sections)}, {INLINE_SCHEMA}"
+             for name in raw if name not in sections and name != INLINE_SCHEMA]
     built = {}
     for name, cls in sections.items():
-        values = raw.get(name, {})
-        types = _field_types(cls)
-        unknown = sorted(set(values) - set(types))
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) {unknown} in section [{name}] ({origin}); "
-                f"valid keys: {', '.join(sorted(types))}"
-            )
-        kwargs = {k: _coerce(f"{name}.{k}", v, types[k]) for k, v in values.items()}
-        built[name] = cls(**kwargs)
-    features = raw.get(INLINE_SCHEMA)
-    if features is not None and not isinstance(features, dict):
-        raise ConfigError(f"[{INLINE_SCHEMA}] ({origin}) must be a table (a feature schema)")
-    return Config(**built, features=features)
+        built[name], lines = _section_problems(name, cls, raw.get(name, {}))
+        found += lines
+    found += _features_problems(raw.get(INLINE_SCHEMA))
+    if found:
+        raise ConfigError(f"{origin}: {joined(found)}")
+    return Config(**built, features=raw.get(INLINE_SCHEMA))
 
 
 def _is_bool(key: str) -> bool:
     section, _, name = key.partition(".")
-    cls = _sections().get(section)
-    return cls is not None and _field_types(cls).get(name.replace("-", "_")) is bool
+    return unwrap(_field_type(section, name.replace("-", "_")))[0] is bool
 
 
-def _parse_overrides(args: Sequence[str]) -> tuple[Optional[str], dict[str, dict[str, str]]]:
+def _parse_overrides(args: Sequence[str]) -> tuple[Optional[str], dict[str, dict[str, Any]]]:
+    """``--config FILE`` and the overrides, each read as its field's type."""
     config_file: Optional[str] = None
-    raw: dict[str, dict[str, str]] = {}
+    raw: dict[str, dict[str, Any]] = {}
     i = 0
     while i < len(args):
         arg = args[i]
@@ -133,30 +154,35 @@ def _parse_overrides(args: Sequence[str]) -> tuple[Optional[str], dict[str, dict
             )
         if section not in _sections():
             raise ConfigError(f"unknown section {section!r} in --{key}; sections: {', '.join(_sections())}")
-        raw.setdefault(section, {})[name.replace("-", "_")] = value
+        name = name.replace("-", "_")
+        raw.setdefault(section, {})[name] = read_override(value, _field_type(section, name))
     return config_file, raw
 
 
-def read_toml(path: str) -> dict[str, dict[str, Any]]:
-    """Reads a config file; every error names the file."""
-    data = read_data(path, "config file")
-    unknown = sorted(set(data) - set(_sections()) - {INLINE_SCHEMA})
-    if unknown:
-        raise ConfigError(f"unknown section(s) {unknown} in {path!r}; sections: {', '.join(_sections())}")
-    return data
+def read_toml(path: str) -> dict[str, Any]:
+    """Reads a config file (its sections are checked by ``_apply``); a file error names the file."""
+    return read_data(path, "config file")
 
 
 def load_config(args: Sequence[str] = ()) -> Config:
     """Defaults, then ``--config FILE``, then ``--section.key=value`` overrides."""
     config_file, overrides = _parse_overrides(list(args))
-    raw: dict[str, dict[str, Any]] = read_toml(config_file) if config_file else {}
+    raw: dict[str, Any] = read_toml(config_file) if config_file else {}
     for section, values in overrides.items():
-        raw.setdefault(section, {}).update(values)
-    return _apply(raw, config_file or "command line")
+        if not isinstance(raw.get(section, {}), dict):
+            continue  # the file's section is not a table: _apply names it
+        raw[section] = {**raw.get(section, {}), **values}
+    if config_file:
+        origin = f"config file {config_file!r}" + (" with command-line overrides" if overrides else "")
+    else:
+        origin = "command line"
+    return _apply(raw, origin)
 
 
 def config_from_dict(data: dict[str, Any], origin: str = "saved config") -> Config:
     """The inverse of ``to_dict``: a Config from plain data (a run directory's or a checkpoint's)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: must be a table of sections, got {type(data).__name__}")
     return _apply(data, origin)
 
 

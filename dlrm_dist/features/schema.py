@@ -17,6 +17,10 @@ sparse features a job has.
 
 Tables are derived (``tables(default_dim)``), as TorchRec's ``EmbeddingBagConfig`` holds
 them: several ``feature_names`` per table, a per-table dim, a pooling.
+
+The file format and every rule about it are declared once, in model.py (pydantic); this
+module holds the frozen dataclasses the rest of the package uses, built from the validated
+model, and re-checks any schema built in code (built-ins, ``with_fitted``) by the same rules.
 """
 
 from __future__ import annotations
@@ -24,20 +28,27 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from dlrm_dist.features.errors import SchemaError
-from dlrm_dist.names import TABLE_PREFIX
+from dlrm_dist.features.model import (
+    DENSE_TRANSFORMS,
+    FITTED_TRANSFORMS,
+    INPUT_FORMATS,
+    POOLINGS,
+    SPARSE_KINDS,
+    SPLIT_BY,
+    SPLITS,
+    DenseModel,
+    SchemaModel,
+    SparseModel,
+    validate_schema,
+)
 
-DENSE_TRANSFORMS = ("none", "log1p", "clip", "standardize", "minmax")
-FITTED_TRANSFORMS = ("standardize", "minmax")  # statistics from the training split
-SPARSE_KINDS = ("identity", "vocab", "hash")
-POOLINGS = ("sum", "mean")
-SPLITS = ("train", "val", "test")
-SPLIT_BY = ("random", "time")
-INPUT_FORMATS = ("csv", "tsv", "parquet")
+__all__ = ["DENSE_TRANSFORMS", "FITTED_TRANSFORMS", "INPUT_FORMATS", "POOLINGS", "SPARSE_KINDS", "SPLITS",
+           "SPLIT_BY", "DenseFeature", "FeatureSchema", "InputFormat", "Label", "SparseFeature", "SplitSpec",
+           "TableDef", "check_schema", "from_dict"]
 
 
 @dataclass(frozen=True)
@@ -197,8 +208,11 @@ class FeatureSchema:
 
     def with_fitted(self, vocab_rows: dict[str, int], scales: dict[str, tuple[float, float]]) -> "FeatureSchema":
         """A copy holding what preprocessing learned from the training split."""
-        dense = tuple(dataclasses.replace(d, scale=scales.get(d.name, d.scale)) for d in self.dense)
-        return dataclasses.replace(self, dense=dense, vocab_rows=tuple(sorted(vocab_rows.items())))
+        # plain int/float: preprocessing's numbers may be numpy scalars, which a strict check refuses
+        dense = tuple(dataclasses.replace(d, scale=tuple(map(float, scales[d.name])) if d.name in scales else d.scale)
+                      for d in self.dense)
+        rows = tuple(sorted((str(t), int(n)) for t, n in vocab_rows.items()))
+        return dataclasses.replace(self, dense=dense, vocab_rows=rows)
 
     def without_fitted(self) -> "FeatureSchema":
         """The schema as a user wrote it (for comparing a job's schema with a directory's)."""
@@ -214,154 +228,41 @@ def _plain(x: Any) -> Any:
     return x
 
 
-# -- reading ---------------------------------------------------------------------------------
-_DENSE_KEYS = {"name", "column", "transform", "clip", "fill", "scale"}
-_SPARSE_KEYS = {"name", "column", "kind", "table", "buckets", "min_count", "oov_buckets", "delimiter", "pooling",
-                "dim", "prefix"}
-_TOP_KEYS = {"name", "dense", "sparse", "label", "split", "input", "vocab_rows"}
+# -- reading: the validated model -> the dataclasses ---------------------------------------------
+def _dense(m: DenseModel) -> DenseFeature:
+    return DenseFeature(
+        name=m.name, column=m.column if m.column is not None else m.name,
+        transform=tuple(t for t in m.transform if t != "none"),
+        clip=tuple(m.clip) if m.clip is not None else None, fill=m.fill,
+        scale=tuple(m.scale) if m.scale is not None else None,
+    )
 
 
-def _keys(d: Any, allowed: set[str], where: str) -> dict[str, Any]:
-    if not isinstance(d, dict):
-        raise SchemaError(f"{where} must be a table of keys, not {type(d).__name__}")
-    unknown = sorted(set(d) - allowed)
-    if unknown:
-        raise SchemaError(f"{where}: unknown key(s) {unknown}; valid keys: {', '.join(sorted(allowed))}")
-    return d
-
-
-def _dense(d: dict[str, Any], where: str) -> DenseFeature:
-    d = _keys(d, _DENSE_KEYS, where)
-    if "name" not in d:
-        raise SchemaError(f"{where} needs a name")
-    t = d.get("transform", ())
-    chain = tuple(x for x in ([t] if isinstance(t, str) else t) if x != "none")
-    clip = tuple(float(v) for v in d["clip"]) if d.get("clip") is not None else None
-    scale = tuple(float(v) for v in d["scale"]) if d.get("scale") is not None else None
-    return DenseFeature(d["name"], d.get("column", d["name"]), chain, clip, float(d.get("fill", 0.0)), scale)
-
-
-def _sparse(d: dict[str, Any], where: str) -> SparseFeature:
-    d = _keys(d, _SPARSE_KEYS, where)
-    if "name" not in d:
-        raise SchemaError(f"{where} needs a name")
-    name = d["name"]
+def _sparse(m: SparseModel) -> SparseFeature:
     return SparseFeature(
-        name=name, column=d.get("column", name), kind=d.get("kind", "vocab"),
-        table=d.get("table", TABLE_PREFIX + name), buckets=d.get("buckets"),
-        min_count=int(d.get("min_count", 1)), oov_buckets=int(d.get("oov_buckets", 1)),
-        delimiter=d.get("delimiter"), pooling=d.get("pooling", "sum"), dim=d.get("dim"), prefix=d.get("prefix"),
+        name=m.name, column=m.column if m.column is not None else m.name, kind=m.kind, table=m.table_name,
+        buckets=m.buckets, min_count=m.min_count, oov_buckets=m.oov_buckets, delimiter=m.delimiter,
+        pooling=m.pooling, dim=m.dim, prefix=m.prefix,
+    )
+
+
+def _schema(m: SchemaModel) -> FeatureSchema:
+    i = m.input
+    return FeatureSchema(
+        dense=tuple(map(_dense, m.dense)), sparse=tuple(map(_sparse, m.sparse)),
+        label=Label(m.label.column, m.label.threshold),
+        split=SplitSpec(m.split.by, tuple(m.split.fractions), m.split.seed, m.split.column),
+        input=InputFormat(i.format, i.delimiter, i.header, tuple(i.columns) if i.columns is not None else None,
+                          tuple(i.null_values)),
+        name=m.name, vocab_rows=tuple(sorted(m.vocab_rows.items())),
     )
 
 
 def from_dict(data: dict[str, Any], origin: str = "schema") -> FeatureSchema:
-    """Builds and checks a schema; every error names ``origin`` and the offending entry."""
-    try:
-        data = _keys(data, _TOP_KEYS, origin)
-        dense = tuple(_dense(d, f"{origin}: dense[{i}]") for i, d in enumerate(data.get("dense", [])))
-        sparse = tuple(_sparse(s, f"{origin}: sparse[{i}]") for i, s in enumerate(data.get("sparse", [])))
-        label = Label(**_keys(data.get("label", {"column": "label"}), {"column", "threshold"}, f"{origin}: [label]"))
-        split_d = dict(_keys(data.get("split", {}), {"by", "fractions", "seed", "column"}, f"{origin}: [split]"))
-        if "fractions" in split_d:
-            split_d["fractions"] = tuple(float(x) for x in split_d["fractions"])
-        input_d = dict(_keys(data.get("input", {}), {"format", "delimiter", "header", "columns", "null_values"},
-                             f"{origin}: [input]"))
-        for key in ("columns", "null_values"):
-            if input_d.get(key) is not None:
-                input_d[key] = tuple(input_d[key])
-        vocab_rows = tuple(sorted((str(k), int(v)) for k, v in dict(data.get("vocab_rows", {})).items()))
-        return FeatureSchema(dense, sparse, label, SplitSpec(**split_d), InputFormat(**input_d),
-                             name=str(data.get("name", "custom")), vocab_rows=vocab_rows)
-    except SchemaError as e:
-        msg = str(e)
-        raise SchemaError(msg if msg.startswith(origin) else f"{origin}: {msg}") from None
-    except (TypeError, ValueError) as e:
-        raise SchemaError(f"{origin}: {e}") from None
-
-
-# -- checks ----------------------------------------------------------------------------------
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _check_dense(d: DenseFeature) -> None:
-    where = f"dense feature {d.name!r}"
-    bad = [t for t in d.transform if t not in DENSE_TRANSFORMS]
-    if bad:
-        raise SchemaError(f"{where}: transform {bad[0]!r} is not one of {', '.join(DENSE_TRANSFORMS)}")
-    fitted = [i for i, t in enumerate(d.transform) if t in FITTED_TRANSFORMS]
-    if fitted and fitted != [len(d.transform) - 1]:
-        raise SchemaError(f"{where}: standardize/minmax must be the last transform, and only one of them")
-    if "clip" in d.transform and (d.clip is None or len(d.clip) != 2 or not d.clip[0] <= d.clip[1]):
-        raise SchemaError(f"{where}: transform clip needs clip = [lo, hi] with lo <= hi")
-    if d.scale is not None and (len(d.scale) != 2 or not all(map(math.isfinite, d.scale)) or d.scale[1] <= 0):
-        raise SchemaError(f"{where}: scale {d.scale} must be (shift, divisor > 0), finite")
-
-
-def _check_sparse(s: SparseFeature) -> None:
-    where = f"sparse feature {s.name!r}"
-    if s.kind not in SPARSE_KINDS:
-        raise SchemaError(f"{where}: kind {s.kind!r} is not one of {', '.join(SPARSE_KINDS)}")
-    if s.kind in ("identity", "hash") and not (_is_int(s.buckets) and s.buckets > 0):
-        raise SchemaError(f"{where}: kind {s.kind} needs buckets = a positive integer (the table's rows)")
-    if s.kind == "vocab" and s.buckets is not None:
-        raise SchemaError(f"{where}: kind vocab takes its rows from the vocabulary; remove buckets "
-                          "(or use kind = \"hash\" to cap the rows)")
-    if s.pooling not in POOLINGS:
-        raise SchemaError(f"{where}: pooling {s.pooling!r} is not one of {', '.join(POOLINGS)}")
-    if s.dim is not None and not (_is_int(s.dim) and s.dim > 0):
-        raise SchemaError(f"{where}: dim={s.dim!r} must be a positive integer")
-    if s.prefix is not None and not (_is_int(s.prefix) and s.prefix > 0):
-        raise SchemaError(f"{where}: prefix={s.prefix!r} must be a positive number of characters")
-    if s.min_count < 1 or s.oov_buckets < 1:
-        raise SchemaError(f"{where}: min_count and oov_buckets must be >= 1")
-    if s.delimiter is not None and (not isinstance(s.delimiter, str) or not s.delimiter):
-        raise SchemaError(f"{where}: delimiter must be a non-empty string")
-
-
-_TABLE_FIELDS = ("kind", "buckets", "min_count", "oov_buckets", "pooling", "dim")
-
-
-def _check_shared(schema: FeatureSchema) -> None:
-    for t in schema.table_names:
-        fs = schema.features_of(t)
-        for attr in _TABLE_FIELDS:
-            values = {f.name: getattr(f, attr) for f in fs}
-            if len(set(values.values())) > 1:
-                raise SchemaError(f"table {t!r} is shared by features that disagree on {attr}: "
-                                  + ", ".join(f"{n}={v!r}" for n, v in values.items()))
-
-
-def _check_split(s: SplitSpec) -> None:
-    if s.by not in SPLIT_BY:
-        raise SchemaError(f"split.by={s.by!r} is not one of {', '.join(SPLIT_BY)}")
-    if s.by == "time" and not s.column:
-        raise SchemaError("split.by=time needs split.column (the timestamp column)")
-    f = s.fractions
-    if len(f) != 3 or min(f) < 0 or abs(sum(f) - 1.0) > 1e-6 or f[0] == 0:
-        raise SchemaError(f"split.fractions={list(f)} must be three shares (train, val, test) summing to 1, train > 0")
+    """Builds a schema from plain data; every problem is named (with ``origin``) in one SchemaError."""
+    return _schema(validate_schema(data, origin))
 
 
 def check_schema(schema: FeatureSchema) -> None:
-    """Everything a schema can get wrong on its own, each named."""
-    if not schema.sparse:
-        raise SchemaError("a schema needs at least one sparse feature (an embedding table)")
-    names = schema.dense_names + schema.sparse_names
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise SchemaError(f"feature name(s) used twice: {dup}")
-    for d in schema.dense:
-        _check_dense(d)
-    for s in schema.sparse:
-        _check_sparse(s)
-    _check_shared(schema)
-    _check_split(schema.split)
-    fmt = schema.input.format
-    if fmt is not None and fmt not in INPUT_FORMATS:
-        raise SchemaError(f"input.format={fmt!r} is not one of {', '.join(INPUT_FORMATS)}")
-    if not schema.input.header and not schema.input.columns and fmt != "parquet":
-        raise SchemaError("input.header=false needs input.columns (the column names, in file order)")
-    known = dict(schema.vocab_rows)
-    stale = sorted(set(known) - set(schema.table_names))
-    if stale:
-        raise SchemaError(f"vocab_rows names tables the schema does not have: {stale}")
+    """Everything a schema can get wrong on its own, each named: the same rules as a file's."""
+    validate_schema(schema.to_dict(), f"schema {schema.name!r}")

@@ -48,18 +48,18 @@ def test_list_and_bool_values() -> None:
         (["--model.bottom_mlp=12-64-16"], ["starts with 12", "13 dense feature(s)", "'13-...'"]),
         (["--model.top_mlp=512-2"], ["must end in 1"]),
         (["--train.global_batch_size=1001"], ["1001", "not divisible by the world size 2", "1000", "1002"]),
-        (["--sharding-type=diagonal"], ["sharding.sharding_type='diagonal'", "row_wise", "table_wise"]),
+        (["--sharding-type=diagonal"], ["sharding.sharding_type: must be one of", "row_wise", "table_wise", "got 'diagonal'"]),
         (["--optim.embedding_optimizer=lamb"], ["lamb", "rowwise_adagrad"]),
         (["--optim.dense_optimizer=rowwise_adagrad"], ["dense_optimizer", "sgd, adagrad, adam"]),
         (["--model.embedding_dim=10", "--model.bottom_mlp=13-64-10"], ["t_cat_0", "embedding dim 10", "multiple of 4", "8 or 12"]),
         (["--optim.embedding_optimizer=adam"], ["'adam' has no fused CPU kernel", "rowwise_adagrad", "data_parallel"]),
         (["--model.interaction=attention"], ["attention", "dot, cat, dcn"]),
         (["--model.embedding_dim=3", "--model.bottom_mlp=13-3"], ["embedding dim 3", "multiple of 4, e.g. 4 (set"]),
-        (["--optim.embedding_lr=nan"], ["optim.embedding_lr=nan", "finite number > 0"]),
-        (["--optim.dense_lr=inf"], ["optim.dense_lr=inf", "finite"]),
-        (["--optim.embedding_lr=0"], ["optim.embedding_lr=0.0", "> 0"]),
+        (["--optim.embedding_lr=nan"], ["optim.embedding_lr: must be a finite number > 0, got nan"]),
+        (["--optim.dense_lr=inf"], ["optim.dense_lr: must be a finite number > 0, got inf"]),
+        (["--optim.embedding_lr=0"], ["optim.embedding_lr: must be a finite number > 0, got 0.0"]),
         (["--model.nope=1"], ["unknown key", "nope", "bottom_mlp"]),
-        (["--train.steps=ten"], ["train.steps='ten'", "int"]),
+        (["--train.steps=ten"], ["train.steps: must be an integer >= 1, got 'ten'"]),
         (["--config", "/no/such/file.toml"], ["/no/such/file.toml", "does not exist"]),
     ],
 )
@@ -117,8 +117,8 @@ def test_performance_options_parse_and_are_checked() -> None:
     before = torch.backends.cuda.matmul.allow_tf32
     set_matmul_precision(True, torch.device("cpu"))  # no effect off CUDA
     assert torch.backends.cuda.matmul.allow_tf32 == before
-    for bad, words in ((["--sharding.qcomms=int8"], "sharding.qcomms='int8'"),
-                       (["--train.mixed_precision=fp8"], "train.mixed_precision='fp8'")):
+    for bad, words in ((["--sharding.qcomms=int8"], "sharding.qcomms: must be one of none, fp16, bf16, got 'int8'"),
+                       (["--train.mixed_precision=fp8"], "train.mixed_precision: must be one of none, bf16, got 'fp8'")):
         with pytest.raises(ConfigError, match=words):
             load_config(bad)
 
@@ -126,5 +126,5 @@ def test_performance_options_parse_and_are_checked() -> None:
 def test_train_device_is_a_choice() -> None:
     assert load_config([]).train.device == "auto"
     assert load_config(["--train.device=cuda"]).train.device == "cuda"
-    with pytest.raises(ConfigError, match="train.device='gpu'.*auto, cpu, cuda"):
+    with pytest.raises(ConfigError, match="train.device: must be one of auto, cpu, cuda, got 'gpu'"):
         load_config(["--train.device=gpu"])

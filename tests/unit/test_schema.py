@@ -50,16 +50,16 @@ def _bad(**changes) -> dict:
     (_bad(sparse=[{"name": "u", "kind": "identity"}]), ["'u'", "needs buckets"]),
     (_bad(sparse=[{"name": "u", "kind": "vocab", "buckets": 5}]), ["'u'", "vocab", "remove buckets"]),
     (_bad(sparse=[GENRES, {**GENRES, "name": "g2", "dim": 16}]), ["table 'genre'", "disagree on dim", "genres=8", "g2=16"]),
-    (_bad(sparse=[{"name": "u", "kind": "hash", "buckets": 9, "pooling": "max"}]), ["pooling 'max'", "sum, mean"]),
+    (_bad(sparse=[{"name": "u", "kind": "hash", "buckets": 9, "pooling": "max"}]), ["sparse[0].pooling: must be one of sum, mean, got 'max'", "sparse feature 'u'"]),
     (_bad(sparse=[{"name": "u", "kind": "hash", "buckets": 9, "colour": 1}]), ["sparse[0]", "unknown key", "colour"]),
     (_bad(sparse=[]), ["at least one sparse feature"]),
     (_bad(dense=[{"name": "x", "transform": "sqrt"}]), ["dense feature 'x'", "'sqrt'", "log1p"]),
     (_bad(dense=[{"name": "x", "transform": ["standardize", "log1p"]}]), ["'x'", "must be the last"]),
     (_bad(dense=[{"name": "x", "transform": "clip"}]), ["'x'", "clip = [lo, hi]"]),
     (_bad(dense=[{"name": "user"}]), ["used twice", "user"]),
-    (_bad(split={"by": "time"}), ["split.by=time needs split.column"]),
+    (_bad(split={"by": "time"}), ["split.column: is required when by = \"time\""]),
     (_bad(split={"fractions": [0.5, 0.1]}), ["split.fractions", "summing to 1"]),
-    (_bad(input={"header": False}), ["input.header=false needs input.columns"]),
+    (_bad(input={"header": False}), ["input.columns: is required when header = false"]),
 ])
 def test_bad_schema_entries_are_named(data: dict, words: list[str]) -> None:
     with pytest.raises(SchemaError) as e:

@@ -1,0 +1,292 @@
+"""The feature schema's file format as declared pydantic models (strict: see config/validation.py).
+
+This is what a schema file (TOML/JSON), a ``[features]`` section or a stored ``meta.json``
+may say, and every rule about it: types, ranges, choices, names, and the checks across
+fields (shared tables agree, standardize/minmax last, clip needs bounds, fractions sum to
+1, ...). ``validate_schema`` runs it and turns a ``ValidationError`` into one SchemaError
+listing every problem by path. schema.py builds its frozen dataclasses from the result.
+
+Names that become file names (``<feature>.ids.npy``, ``vocab/<table>.json``) or TorchRec
+names are identifiers; column names are whatever the data's header says.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Callable, Literal, Optional
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from dlrm_dist.config.validation import (
+    IDENTIFIER_TEXT,
+    STRICT,
+    Identifier,
+    Count,
+    Finite,
+    Says,
+    finite,
+    joined,
+    messages,
+    problems,
+)
+from dlrm_dist.features.errors import SchemaError
+from dlrm_dist.names import TABLE_PREFIX
+
+DENSE_TRANSFORMS = ("none", "log1p", "clip", "standardize", "minmax")
+FITTED_TRANSFORMS = ("standardize", "minmax")  # statistics from the training split
+SPARSE_KINDS = ("identity", "vocab", "hash")
+POOLINGS = ("sum", "mean")
+SPLITS = ("train", "val", "test")
+SPLIT_BY = ("random", "time")
+INPUT_FORMATS = ("csv", "tsv", "parquet")
+
+# TorchRec keeps tables in an nn.ModuleDict, whose keys cannot hold "." (torch raises KeyError).
+TABLE_RE = r"^[A-Za-z0-9_-]{1,128}$"
+TableName = Annotated[str, Field(pattern=TABLE_RE),
+                      Says("a table name (ASCII letters, digits, _, -; no '.': TorchRec module names cannot hold it)")]
+Column = Annotated[str, Says("a column name (a string)")]
+Bound = Annotated[float, Field(allow_inf_nan=True)]  # clip = [0, inf] clips below only
+Clip = Annotated[list[Bound], Field(min_length=2, max_length=2),
+                 Says("[lo, hi], two numbers with lo <= hi (lo may be -inf, hi may be inf; no nan)")]
+Scale = Annotated[list[Finite], Field(min_length=2, max_length=2),
+                  Says("[shift, divisor], two finite numbers with divisor > 0")]
+Fractions = Annotated[list[finite(ge=0.0)], Field(min_length=3, max_length=3),
+                      Says("three finite numbers >= 0 (train, val, test) summing to 1, train > 0")]
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1), Says("an integer in [0, 2**63 - 1]")]
+FieldDelimiter = Annotated[str, Field(pattern=r'^[^\r\n"]$'),
+                           Says("one character (not a newline or '\"')")]
+ListDelimiter = Annotated[str, Field(min_length=1), Says("a non-empty string")]
+
+
+class _Strict(BaseModel):
+    model_config = STRICT
+
+
+class DenseModel(_Strict):
+    """``[[dense]]``: a numeric column and its transform chain."""
+
+    name: Identifier
+    column: Optional[Column] = None
+    transform: list[Literal[DENSE_TRANSFORMS]] = []
+    clip: Optional[Clip] = None
+    fill: Finite = 0.0
+    scale: Optional[Scale] = None
+
+    @field_validator("transform", mode="before")
+    @classmethod
+    def _one_transform(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # transform = "log1p" is a chain of one
+
+    @model_validator(mode="after")
+    def _chain(self) -> "DenseModel":
+        found = []
+        chain = [t for t in self.transform if t != "none"]
+        fitted = [i for i, t in enumerate(chain) if t in FITTED_TRANSFORMS]
+        if fitted and fitted != [len(chain) - 1]:
+            found.append((("transform",), "standardize/minmax must be the last transform, and only one of them"))
+        if "clip" in chain and self.clip is None:
+            found.append((("clip",), "transform clip needs clip = [lo, hi] with lo <= hi"))
+        if self.clip is not None:
+            lo, hi = self.clip
+            if math.isnan(lo) or math.isnan(hi) or lo == math.inf or hi == -math.inf or lo > hi:
+                found.append((("clip",), f"must be [lo, hi] with lo <= hi, no nan, lo < inf, hi > -inf; "
+                                         f"got {self.clip}"))
+            elif "clip" not in chain:
+                found.append((("clip",), "is given but transform has no clip: add \"clip\" to transform "
+                                         "or remove clip"))
+        if self.scale is not None and self.scale[1] <= 0:
+            found.append((("scale",), f"divisor must be > 0, got {self.scale[1]}"))
+        problems(found)
+        return self
+
+
+class SparseModel(_Strict):
+    """``[[sparse]]``: a categorical column, how it becomes ids, and the table it looks up."""
+
+    name: Identifier
+    column: Optional[Column] = None
+    kind: Literal[SPARSE_KINDS] = "vocab"
+    table: Optional[TableName] = None
+    buckets: Optional[Count] = None
+    min_count: Count = 1
+    oov_buckets: Count = 1
+    delimiter: Optional[ListDelimiter] = None
+    pooling: Literal[POOLINGS] = "sum"
+    dim: Optional[Count] = None
+    prefix: Optional[Count] = None
+
+    @property
+    def table_name(self) -> str:
+        return self.table if self.table is not None else TABLE_PREFIX + self.name
+
+    @model_validator(mode="after")
+    def _kind(self) -> "SparseModel":
+        found = []
+        if self.kind in ("identity", "hash") and self.buckets is None:
+            found.append((("buckets",), f"kind {self.kind} needs buckets = a positive integer (the table's rows)"))
+        if self.kind == "vocab" and self.buckets is not None:
+            found.append((("buckets",), "kind vocab takes its rows from the vocabulary; remove buckets "
+                                        "(or use kind = \"hash\" to cap the rows)"))
+        for key in ("min_count", "oov_buckets"):
+            if self.kind != "vocab" and getattr(self, key) != 1:
+                found.append(((key,), f"applies to kind vocab only (this feature is kind {self.kind})"))
+        if self.table is None and "." in self.name:
+            found.append((("table",), f"the default table name {self.table_name!r} (from the feature's name) "
+                                      "cannot hold '.' (TorchRec module names); give table = a name without '.'"))
+        problems(found)
+        return self
+
+
+class LabelModel(_Strict):
+    """``[label]``: the target column, 0/1 or thresholded."""
+
+    column: Column = "label"
+    threshold: Optional[Finite] = None
+
+
+class SplitModel(_Strict):
+    """``[split]``: train/val/test by a seeded per-row draw or by a time column."""
+
+    by: Literal[SPLIT_BY] = "random"
+    fractions: Fractions = [0.8, 0.1, 0.1]
+    seed: Seed = 0
+    column: Optional[Column] = None
+
+    @model_validator(mode="after")
+    def _shares(self) -> "SplitModel":
+        found = []
+        if self.by == "time" and not self.column:
+            found.append((("column",), "is required when by = \"time\" (the timestamp column)"))
+        f = self.fractions
+        if abs(sum(f) - 1.0) > 1e-6 or f[0] == 0:
+            found.append((("fractions",), f"must be three shares (train, val, test) summing to 1, train > 0; "
+                                          f"got {f}"))
+        problems(found)
+        return self
+
+
+class InputModel(_Strict):
+    """``[input]``: how the data files are read."""
+
+    format: Optional[Literal[INPUT_FORMATS]] = None
+    delimiter: Optional[FieldDelimiter] = None
+    header: bool = True
+    columns: Optional[Annotated[list[Column], Field(min_length=1)]] = None
+    null_values: list[str] = []
+
+    @model_validator(mode="after")
+    def _names(self) -> "InputModel":
+        found = []
+        if not self.header and not self.columns and self.format != "parquet":
+            found.append((("columns",), "is required when header = false (the column names, in file order)"))
+        seen: dict[str, int] = {}
+        for i, c in enumerate(self.columns or ()):
+            if c in seen:
+                found.append((("columns", i), f"{c!r} is also columns[{seen[c]}]: column names must differ"))
+            seen.setdefault(c, i)
+        problems(found)
+        return self
+
+
+def _pairs_to_table(value: Any) -> Any:
+    """``vocab_rows`` as stored (a list of [table, rows] pairs) or as a table; else left for the error."""
+    if isinstance(value, list) and all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in value):
+        return {p[0]: p[1] for p in value} if len({p[0] for p in value}) == len(value) else value
+    return value
+
+
+class SchemaModel(_Strict):
+    """A whole feature schema."""
+
+    name: Identifier = "custom"
+    dense: list[DenseModel] = []
+    sparse: list[SparseModel] = []
+    label: LabelModel = LabelModel()
+    split: SplitModel = SplitModel()
+    input: InputModel = InputModel()
+    vocab_rows: Annotated[dict[TableName, Count], Says("a table of vocab table = rows (set by preprocessing)")] = {}
+
+    @field_validator("vocab_rows", mode="before")
+    @classmethod
+    def _vocab_rows(cls, value: Any) -> Any:
+        return _pairs_to_table(value)
+
+    @model_validator(mode="after")
+    def _across(self) -> "SchemaModel":
+        problems([*self._no_sparse(), *self._duplicates(), *self._shared_tables(), *self._vocab_tables()])
+        return self
+
+    def _no_sparse(self) -> list:
+        return [] if self.sparse else [(("sparse",), "a schema needs at least one sparse feature (an embedding table)")]
+
+    def _duplicates(self) -> list:
+        first: dict[str, str] = {}
+        found = []
+        for section, items in (("dense", self.dense), ("sparse", self.sparse)):
+            for i, f in enumerate(items):
+                if f.name in first:
+                    found.append(((section, i, "name"), f"feature name {f.name!r} is used twice "
+                                                        f"(also {first[f.name]}.name)"))
+                first.setdefault(f.name, f"{section}[{i}]")
+        return found
+
+    def _shared_tables(self) -> list:
+        found = []
+        by_table: dict[str, list[int]] = {}
+        for i, s in enumerate(self.sparse):
+            by_table.setdefault(s.table_name, []).append(i)
+        for table, idx in by_table.items():
+            for attr in ("kind", "buckets", "min_count", "oov_buckets", "pooling", "dim"):
+                values = {self.sparse[i].name: getattr(self.sparse[i], attr) for i in idx}
+                if len(set(values.values())) > 1:
+                    odd = next(i for i in idx if getattr(self.sparse[i], attr) != getattr(self.sparse[idx[0]], attr))
+                    found.append((("sparse", odd, attr), f"table {table!r} is shared by features that disagree on "
+                                  f"{attr}: " + ", ".join(f"{n}={v!r}" for n, v in values.items())))
+        return found
+
+    def _vocab_tables(self) -> list:
+        vocab = {s.table_name for s in self.sparse if s.kind == "vocab"}
+        tables = {s.table_name for s in self.sparse}
+        found = []
+        for t in self.vocab_rows:
+            if t not in vocab:
+                what = "a table of kind identity/hash" if t in tables else "a table the schema does not have"
+                found.append((("vocab_rows", t), f"names {what}; vocab_rows holds vocab tables' rows only"))
+        return found
+
+
+def _feature_named(data: Any) -> Callable[[tuple], Optional[str]]:
+    """``where`` for messages: the feature a path is in, by its name as written (if it has one)."""
+    def where(loc: tuple) -> Optional[str]:
+        if len(loc) < 2 or loc[0] not in ("dense", "sparse") or not isinstance(loc[1], int):
+            return None
+        try:
+            name = data[loc[0]][loc[1]]["name"]
+        except (KeyError, IndexError, TypeError):
+            return None
+        return f"{loc[0]} feature {name!r}" if isinstance(name, str) else None
+    return where
+
+
+def schema_problems(data: Any, prefix: tuple = ()) -> list[str]:
+    """The problems of ``data`` as lines; ``prefix`` puts them under a job config's ``features``."""
+    if not isinstance(data, dict):
+        return [f"{'.'.join(map(str, prefix)) or '(top level)'}: must be a table of keys (a schema), "
+                f"got {type(data).__name__}"]
+    try:
+        SchemaModel.model_validate(data)
+        return []
+    except ValidationError as e:
+        return messages(e, SchemaModel, prefix, _feature_named(data))
+
+
+def validate_schema(data: Any, origin: str) -> SchemaModel:
+    """The validated model of ``data``; every problem is named in one SchemaError."""
+    found = schema_problems(data)
+    if found:
+        raise SchemaError(f"{origin}: {joined(found)}")
+    return SchemaModel.model_validate(data)
+
+
+__all__ = ["DenseModel", "IDENTIFIER_TEXT", "InputModel", "LabelModel", "SchemaModel", "SparseModel",
+           "SplitModel", "schema_problems", "validate_schema"]
