@@ -94,7 +94,7 @@ def _start(opts: Options) -> Optional[Report]:
     """Checks the (locked) directory against this job; returns a report if it is already complete."""
     out = opts.out_dir
     job = _job(opts)
-    old = read_job(out)
+    old = None if opts.overwrite else read_job(out)  # --overwrite is the way out of a damaged record
     if opts.overwrite:
         _clear(out)
     elif old is not None:

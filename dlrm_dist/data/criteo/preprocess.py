@@ -254,7 +254,7 @@ def _start(opts: Options) -> None:
     (naming what differs) unless asked to start over; another job's failed output is cleared."""
     out = opts.out_dir
     record = job_record(opts.inputs, _settings(opts))
-    old = read_job(out)
+    old = None if opts.overwrite else read_job(out)  # --overwrite is the way out of a damaged record
     complete = False
     if opts.overwrite:
         _clear(out)
