@@ -239,7 +239,7 @@ def _bounds(meta: list[Any]) -> str:
             value = getattr(m, attr, None)
             if isinstance(m, (at.Gt, at.Ge, at.Lt, at.Le, at.Interval)) and value is not None:
                 if not (attr == "le" and value == INT64_MAX):  # TOML's own limit: not worth a word
-                    parts.append(f"{sign} {value}")
+                    parts.append(f"{sign} {int(value) if float(value).is_integer() else value}")
     return (" " + " and ".join(parts)) if parts else ""
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from dlrm_dist.config import ConfigError, load_config
@@ -115,3 +118,139 @@ def test_table_sizes_beside_a_given_schema_is_refused() -> None:
     """--data.schema=demo with --model.table_sizes used to drop the sizes without a word."""
     with pytest.raises(ConfigError, match="table_sizes sizes the default built-in schema only.*'demo'"):
         validate_job(load_config(["--data.schema=demo", "--model.table_sizes=10,20"]), world_size=1)
+
+
+# -- issue 19: numbers checked for kind and range, names are identifiers, files are UTF-8 -------------
+ONE_HASH = '[[sparse]]\nname = "u"\nkind = "hash"\nbuckets = 10\n'
+
+
+@pytest.mark.parametrize("toml, words", [
+    ('[split]\nfractions = [nan, 0.5, 0.5]\n', "split.fractions[0]: must be a finite number >= 0, got nan"),
+    ('[label]\nthreshold = nan\n', "label.threshold: must be a finite number, got nan"),
+    ('[label]\nthreshold = "4"\n', "label.threshold: must be a finite number, got '4'"),
+    ('[[dense]]\nname = "x"\nfill = nan\n', "dense[0].fill: must be a finite number, got nan"),
+    ('[[dense]]\nname = "x"\nfill = inf\n', "dense[0].fill: must be a finite number, got inf"),
+    ('[[dense]]\nname = "x"\ntransform = "clip"\nclip = "0,10"\n', "dense[0].clip: must be [lo, hi], two numbers"),
+    ('[[dense]]\nname = "x"\ntransform = "clip"\nclip = [0, nan]\n', "dense[0].clip: must be [lo, hi] with lo <= hi, no nan"),
+    ('[[sparse]]\nname = "c"\nmin_count = 1.9\n', "sparse[1].min_count: must be an integer >= 1, got 1.9"),
+    ('[[sparse]]\nname = "c"\noov_buckets = 2.7\n', "sparse[1].oov_buckets: must be an integer >= 1, got 2.7"),
+    ('[split]\nseed = -1\n', "split.seed: must be an integer in [0, 2**63 - 1], got -1"),
+    ('[split]\nseed = "abc"\n', "split.seed: must be an integer in [0, 2**63 - 1], got 'abc'"),
+    ('[input]\ndelimiter = "ab"\n', "input.delimiter: must be one character"),
+    ('name = 5\n', "name: must be an identifier"),
+    ('colour = "red"\n', "colour: unknown key; valid keys: dense, input, label, name, sparse, split, vocab_rows"),
+    ('[[sparse]]\nname = "c"\nkind = "hash"\n', "sparse[1].buckets: kind hash needs buckets"),
+    ('[[sparse]]\nkind = "hash"\nbuckets = 3\n', "sparse[1].name: is required; must be an identifier"),
+    ('[[sparse]]\nname = "c"\nkind = "hash"\nbuckets = 3\nmin_count = 5\n', "sparse[1].min_count: applies to kind vocab only"),
+    ('[[sparse]]\nname = "c"\nbuckets = 3\nkind = "hash"\ndim = 0\n', "sparse[1].dim: must be an integer >= 1, got 0"),
+])
+def test_schema_file_numbers_are_checked_for_kind_and_range(tmp_path, toml: str, words: str) -> None:
+    """Each of these used to be truncated, pass into the data, or fail with a traceback."""
+    f = tmp_path / "s.toml"
+    f.write_text(ONE_HASH + toml if toml.startswith("[[sparse]]") else toml + ONE_HASH)
+    with pytest.raises(SchemaError) as e:
+        load_schema(f)
+    assert str(e.value).startswith(f"schema file {f}: ") and words in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_every_problem_is_listed_in_one_error() -> None:
+    data = {"name": "../x", "dense": [{"name": "d", "fill": float("inf")}],
+            "sparse": [{"name": "a", "kind": "hash", "buckets": 2.5}, {"name": "b", "kind": "sum"}],
+            "split": {"fractions": [0.8, 0.1]}, "extra": 1}
+    with pytest.raises(SchemaError) as e:
+        from_dict(data, "job.json")
+    msg = str(e.value)
+    for path in ("name:", "dense[0].fill:", "sparse[0].buckets:", "sparse[1].kind:", "split.fractions:", "extra:"):
+        assert f"; {path}" in msg or msg.startswith(f"job.json: {path}"), (path, msg)
+    assert "(sparse feature 'b')" in msg  # the entry is named as well as numbered
+
+
+@pytest.mark.parametrize("entry, words", [
+    ({"name": "../../../escaped_feature", "kind": "hash", "buckets": 3}, "sparse[0].name: must be an identifier"),
+    ({"name": "u", "kind": "vocab", "table": "../../escaped_vocab"}, "sparse[0].table: must be a table name"),
+    ({"name": ".hidden", "kind": "hash", "buckets": 3}, "sparse[0].name: must be an identifier"),
+    ({"name": "a/b", "kind": "hash", "buckets": 3}, "sparse[0].name: must be an identifier"),
+    ({"name": "a.b", "kind": "hash", "buckets": 3}, "sparse[0].table: the default table name 't_a.b'"),
+    ({"name": "u", "kind": "hash", "buckets": 3, "table": "t.x"}, "sparse[0].table: must be a table name"),
+])
+def test_names_that_become_files_are_identifiers(entry: dict, words: str) -> None:
+    with pytest.raises(SchemaError, match=re.escape(words)):
+        from_dict({"sparse": [entry]})
+
+
+def test_names_may_hold_dots_and_dashes_and_columns_anything() -> None:
+    s = from_dict({"name": "clicks-v1.2", "sparse": [{"name": "a.b", "table": "a_b", "kind": "hash", "buckets": 3,
+                                                       "column": "../weird column/ü"}]})
+    assert s.sparse[0].table == "a_b" and s.sparse[0].column == "../weird column/ü"
+
+
+def test_preprocess_refuses_an_escaping_name_and_writes_nothing(tmp_path, capsys) -> None:
+    from dlrm_dist.cli.data_main import main as data_main
+
+    (tmp_path / "in.csv").write_text("label,u\n1,a\n0,b\n")
+    schema = tmp_path / "s.toml"
+    schema.write_text('[[sparse]]\nname = "../../../escaped_feature"\nkind = "vocab"\ntable = "../../escaped_vocab"\n')
+    out = tmp_path / "deep" / "er" / "out"
+    before = sorted(p for p in tmp_path.rglob("*"))
+    assert data_main(["preprocess", "--schema", str(schema), "--input", str(tmp_path / "in.csv"),
+                      "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sparse[0].name: must be an identifier" in err and "sparse[0].table" in err
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_utf8_bom_is_accepted_other_encodings_are_named(tmp_path) -> None:
+    f = tmp_path / "s.toml"
+    f.write_bytes(b"\xef\xbb\xbf" + ONE_HASH.encode())
+    assert load_schema(f).sparse_names == ["u"]
+    j = tmp_path / "s.json"
+    j.write_bytes(b"\xef\xbb\xbf" + json.dumps(from_dict(BASE).to_dict()).encode())
+    assert load_schema(j) == from_dict(BASE)
+    f.write_bytes(b'name = "caf\xe9"\n' + ONE_HASH.encode())  # Latin-1
+    with pytest.raises(SchemaError, match=r"is not UTF-8 text: byte 0xe9 at offset 11 \(line 1, column 12\)"):
+        load_schema(f)
+    f.write_bytes(ONE_HASH.encode("utf-16"))
+    with pytest.raises(SchemaError, match="UTF-16 .* save it as UTF-8"):
+        load_schema(f)
+
+
+def test_json_duplicate_keys_and_deep_nesting_are_named(tmp_path) -> None:
+    j = tmp_path / "s.json"
+    j.write_text('{"sparse": [{"name": "u", "kind": "hash", "buckets": 3, "buckets": 4}]}')
+    with pytest.raises(SchemaError, match="not valid JSON: key 'buckets' appears twice"):
+        load_schema(j)
+    j.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SchemaError, match="nested too deeply"):
+        load_schema(j)
+    j.write_text('{"sparse": [{"name": "u", "kind": "hash", "buckets": ' + "9" * 5000 + "}]}")
+    with pytest.raises(SchemaError, match="not valid JSON"):
+        load_schema(j)
+
+
+def test_builtin_criteo_round_trips_through_json_with_an_open_clip(tmp_path) -> None:
+    """clip = [0, inf] clips below only: infinite bounds are allowed there (and nowhere else)."""
+    c = criteo_schema()
+    (tmp_path / "c.json").write_text(json.dumps(c.to_dict()))
+    assert load_schema(tmp_path / "c.json") == c and c.dense[0].clip == (0.0, float("inf"))
+    with pytest.raises(SchemaError, match="dense feature 'x'"):
+        from_dict({**BASE, "dense": [{"name": "x", "transform": "clip", "clip": [float("inf"), float("inf")]}]})
+
+
+def test_fitted_statistics_from_numpy_are_plain_numbers() -> None:
+    import numpy as np
+
+    fitted = from_dict(BASE).with_fitted({"genre": np.int64(21)}, {"age": (np.float32(3.5), np.float64(2.0))})
+    assert fitted.vocab_rows == (("genre", 21),) and type(fitted.vocab_rows[0][1]) is int
+    assert from_dict(fitted.to_dict()) == fitted
+
+
+def test_inline_features_problems_come_with_the_config_problems(tmp_path) -> None:
+    job = tmp_path / "job.toml"
+    job.write_text('[train]\nsteps = 0\n\n[[features.sparse]]\nname = "u"\nkind = "hash"\nbuckets = 1.5\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(["--config", str(job)])
+    msg = str(e.value)
+    assert msg.startswith(f"config file {str(job)!r}: ")
+    assert "train.steps: must be an integer >= 1, got 0" in msg
+    assert "features.sparse[0].buckets: must be an integer >= 1, got 1.5 (sparse feature 'u')" in msg
