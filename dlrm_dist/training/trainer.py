@@ -28,6 +28,8 @@ from dlrm_dist.distributed.env import DistEnv
 from dlrm_dist.errors import EXIT_DIVERGED, DlrmError
 from dlrm_dist.metrics.eval import EvalMetrics, EvalResult
 from dlrm_dist.metrics.log import MetricsLog
+from dlrm_dist.features.schema import FeatureSchema
+from dlrm_dist.training.divergence import diverged_fields, diverged_message, find_bad_input
 from dlrm_dist.training.optim import ScheduledLR
 
 logger = logging.getLogger(__name__)
@@ -212,11 +214,16 @@ class Trainer:
         for k in range(start, len(losses)):
             if not math.isfinite(losses[k]):
                 step = self.step - (len(losses) - k) + 1
+                # Data or learning rates? The unchecked window's batches are read again (all ranks).
+                bad = find_bad_input(self.data, self.env, self.cfg.train.global_batch_size,
+                                     self.step - (len(losses) - start) + 1, step,
+                                     FeatureSchema.from_dict(self.cfg.features).dense_names)
                 newest = self.checkpoints.newest()
-                raise DivergedError(
-                    f"the loss became {losses[k]} at step {step}: training diverged (learning rates "
-                    f"{self.cfg.optim.embedding_lr} embeddings, {self.cfg.optim.dense_lr} dense); "
-                    + (f"the newest checkpoint, {newest}, is from before it" if newest else "no checkpoint was written"))
+                message = (diverged_message(losses[k], step, bad, self.cfg.optim.embedding_lr, self.cfg.optim.dense_lr)
+                           + "; " + (f"the newest checkpoint, {newest}, is from before it" if newest
+                                     else "no checkpoint was written"))
+                self.log.write("diverged", step, message=message, **diverged_fields(bad))
+                raise DivergedError(message)
 
     def window_stats(self, losses: list[torch.Tensor], busy_seconds: float) -> list[float]:
         """The window's losses averaged over all ranks, and each rank's step time, in one all-gather.
