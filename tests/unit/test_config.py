@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from dlrm_dist.config import ConfigError, load_config
@@ -128,3 +130,83 @@ def test_train_device_is_a_choice() -> None:
     assert load_config(["--train.device=cuda"]).train.device == "cuda"
     with pytest.raises(ConfigError, match="train.device: must be one of auto, cpu, cuda, got 'gpu'"):
         load_config(["--train.device=gpu"])
+
+
+# -- issue 19: the job config is a declared model: strict in files, typed overrides ------------------
+@pytest.mark.parametrize("toml, words", [
+    ('[train]\nsteps = "10"\n', "train.steps: must be an integer >= 1, got '10'"),
+    ('[train]\nsteps = 10.5\n', "train.steps: must be an integer >= 1, got 10.5"),
+    ('[train]\nseed = -1\n', "train.seed: must be an integer in [0, 2**63 - 1], got -1"),
+    ('[data]\nseed = "abc"\n', "data.seed: must be an integer in [0, 2**63 - 1], got 'abc'"),
+    ('[train]\nprogress = "yes"\n', "train.progress: must be true or false, got 'yes'"),
+    ('[optim]\nembedding_lr = nan\n', "optim.embedding_lr: must be a finite number > 0, got nan"),
+    ('[data]\nzipf_alpha = -inf\n', "data.zipf_alpha: must be a finite number >= 0, got -inf"),
+    ('[model]\ntable_sizes = [10, 0]\n', "model.table_sizes[1]: must be an integer >= 1, got 0"),
+    ('[model]\ntable_sizes = []\n', "model.table_sizes: must be a list (not empty), each item an integer >= 1"),
+    ('[model]\nbottom_mlp = "13-abc-16"\n', "model.bottom_mlp: must be positive layer widths joined by '-'"),
+    ('[train]\nrun_dir = "a\\u0000b"\n', "train.run_dir: must be a path (non-empty, no NUL character)"),
+    ('train = 3\n', "train: must be a table (a [train] section), got int"),
+    ('[modle]\nx = 1\n', "[modle]: unknown section; sections: model, data, optim, sharding, train, features"),
+    ('[data]\nsource = "criteo"\n', "data.data_dir: is required when source = 'criteo'"),
+    ('[train]\ncheckpoint_interval = 5\n', "train.checkpoint_dir: is required when checkpoint_interval=5"),
+])
+def test_config_file_values_are_strict(tmp_path, toml: str, words: str) -> None:
+    """TOML has real types: a string or a float where an integer belongs is an error, not a guess."""
+    f = tmp_path / "job.toml"
+    f.write_text(toml)
+    with pytest.raises(ConfigError) as e:
+        load_config(["--config", str(f)])
+    assert str(e.value).startswith(f"config file {str(f)!r}: ") and words in str(e.value), str(e.value)
+
+
+def test_config_file_integers_are_floats_where_floats_belong(tmp_path) -> None:
+    f = tmp_path / "job.toml"
+    f.write_bytes(b"\xef\xbb\xbf[optim]\nembedding_lr = 1\n")  # and a UTF-8 BOM is dropped
+    assert load_config(["--config", str(f)]).optim.embedding_lr == 1.0
+
+
+def test_overrides_are_read_by_the_field_type_then_checked() -> None:
+    cfg = load_config(["--train.steps= 12", "--optim.dense_lr=1e-3", "--train.progress=off", "--data.multi_hot_sizes=[3, 4]",
+                       "--train.checkpoint_dir=none", "--model.bottom_mlp=13-64-16", "--inference-only",
+                       "--checkpoint", "ck"])
+    assert (cfg.train.steps, cfg.optim.dense_lr, cfg.train.progress) == (12, 1e-3, False)
+    assert cfg.data.multi_hot_sizes == [3, 4] and cfg.train.checkpoint_dir is None and cfg.train.inference_only
+    for args, words in ((["--model.table_sizes=10,x"], "model.table_sizes[1]: must be an integer >= 1, got 'x'"),
+                        (["--train.steps=1.5"], "train.steps: must be an integer >= 1, got '1.5'"),
+                        (["--train.tf32=maybe"], "train.tf32: must be true or false, got 'maybe'"),
+                        (["--data.zipf_alpha=nan"], "data.zipf_alpha: must be a finite number >= 0, got nan")):
+        with pytest.raises(ConfigError, match=re.escape(f"command line: {words}")):
+            load_config(args)
+
+
+def test_every_section_problem_is_in_one_error(tmp_path) -> None:
+    f = tmp_path / "job.toml"
+    f.write_text('[model]\nembedding_dim = 0\n[train]\nsteps = -3\ncolour = 1\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(["--config", str(f), "--optim.dense_lr=0", "--sharding.planner=mine"])
+    msg = str(e.value)
+    assert msg.startswith(f"config file {str(f)!r} with command-line overrides: ") and "\n" not in msg
+    for words in ("model.embedding_dim: must be an integer >= 1, got 0", "train.steps: must be an integer >= 1, got -3",
+                  "train.colour: unknown key; valid keys: auc_max_samples", "optim.dense_lr: must be a finite number > 0",
+                  "sharding.planner: must be one of dlrm_dist, torchrec, got 'mine'"):
+        assert words in msg, (words, msg)
+
+
+def test_saved_configs_round_trip_and_are_frozen() -> None:
+    import dataclasses
+
+    from dlrm_dist.config.loader import config_from_dict, to_dict
+
+    cfg = load_config(["--model.table_sizes=10,20", "--train.device=cpu", "--sharding.qcomms=bf16"])
+    assert config_from_dict(to_dict(cfg)) == cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.steps = 3  # type: ignore[misc]
+    with pytest.raises(ConfigError, match="saved config: must be a table of sections, got list"):
+        config_from_dict([])  # type: ignore[arg-type]
+
+
+def test_dlrm_train_reports_every_problem_on_one_line(capsys) -> None:
+    assert main(["--train.steps=0", "--model.loss=hinge"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dlrm-train: error: command line: ") and err.count("\n") == 1
+    assert "train.steps: must be an integer >= 1, got 0" in err and "model.loss: must be one of bce, mse" in err
