@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 from dlrm_dist.cli.render import summary_text
 from dlrm_dist.planning import planfile
 from dlrm_dist.planning.convert import DEFAULT_MODULE_PATH
-from dlrm_dist.planning.inputs import Budgets, PlanInputError, PlannerInputs, TopologySpec, load_inputs, load_tables
+from dlrm_dist.planning.inputs import PlanInputError, PlannerInputs, load_inputs, load_tables, table_dict
 from dlrm_dist.planning.planner import make_plan_file
 
 HELP = "plan tables onto a topology and write a plan file"
@@ -36,13 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def inputs_from_args(args: argparse.Namespace) -> PlannerInputs:
-    """Inputs file first, then tables file, then individual flags."""
-    base = load_inputs(args.inputs).to_dict() if args.inputs else {"topology": {}, "budgets": {}}
+    """Inputs file first, then tables file, then individual flags; all checked as one inputs file."""
+    base: dict[str, Any] = load_inputs(args.inputs).to_dict() if args.inputs else {"topology": {}, "budgets": {}}
     if args.tables:
-        tables = load_tables(args.tables)
-    elif args.inputs:
-        tables = PlannerInputs.from_dict(base, args.inputs).tables
-    else:
+        base["tables"] = [table_dict(t) for t in load_tables(args.tables)]
+    elif not args.inputs:
         raise PlanInputError("give --tables FILE (or --inputs FILE)")
     topo = {**base["topology"], **{k: getattr(args, k) for k in _TOPOLOGY_FLAGS if getattr(args, k) is not None}}
     if "world_size" not in topo:
@@ -51,7 +50,8 @@ def inputs_from_args(args: argparse.Namespace) -> PlannerInputs:
     budgets = {**base.get("budgets", {}), **{k: getattr(args, k) for k in _BUDGET_FLAGS if getattr(args, k) is not None}}
     rest = {k: v for k in ("batch_size_per_rank", "optimizer")
             if (v := getattr(args, k) if getattr(args, k) is not None else base.get(k)) is not None}
-    return PlannerInputs(tables=tables, topology=TopologySpec(**topo), budgets=Budgets(**budgets), **rest)
+    origin = " + ".join([f for f in (args.inputs, args.tables) if f] + ["flags"])
+    return PlannerInputs.from_dict({"tables": base["tables"], "topology": topo, "budgets": budgets, **rest}, origin)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import argparse
 
 from dlrm_dist.planning import planfile
 from dlrm_dist.planning.check import ExpectedTable, PlanMismatchError, check_plan
+from dlrm_dist.planning.errors import PlanError
 from dlrm_dist.planning.inputs import load_tables
 
 HELP = "check a plan against tables and a world size (exit 1 listing every mismatch)"
@@ -19,13 +20,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.world_size < 1:
+        raise PlanError(f"--world-size={args.world_size} must be >= 1")
     pf = planfile.read(args.plan)
     tables = [ExpectedTable(t.name, t.rows, t.dim) for t in load_tables(args.tables)]
     device = args.device or pf.inputs.topology.device
     try:
         check_plan(pf.plan, tables, args.world_size, device, origin=args.plan)
-    except PlanMismatchError as e:
-        print(str(e))
+    except PlanMismatchError as e:  # a report, not an error: one line per mismatch
+        print(f"{args.plan} does not match {args.tables} on {args.world_size} x {device}:")
+        print("\n".join(f"  - {p}" for p in e.problems))
         return 1
     print(f"{args.plan}: OK for {len(tables)} tables on {args.world_size} x {device}")
     return 0

@@ -28,7 +28,8 @@ class PlanMismatchError(PlanError):
 
     def __init__(self, origin: str, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__(f"{origin} does not match this job:\n" + "\n".join(f"  - {p}" for p in problems))
+        # One line (as every CLI error): the problems joined; ``problems`` keeps them apart.
+        super().__init__(f"{origin} does not match this job: " + "; ".join(problems))
 
 
 def _device_of(placement: str) -> str:

@@ -1,27 +1,123 @@
 """What a plan is made from: tables, topology, budgets and the job's batch/optimizer.
 
-All of it can be read from JSON or TOML files (``load_inputs``) or built from a training
-Config (``inputs_from_config``). Every malformed value is a PlanInputError naming the
-file, the table and the field.
+Two file formats carry them, each a declared pydantic model (validation.py): a full inputs
+file (``InputsModel``: ``dlrm-plan make --inputs``, and the ``inputs`` section of every plan
+file) and a tables file (``TablesFileModel``: ``dlrm-plan make --tables``, written by
+``dlrm-data stats --tables-out``). The code uses the frozen dataclasses below, built from a
+validated model; a PlannerInputs built in code is checked against the same model, so one
+set of rules holds wherever inputs come from. Every problem of a file is reported at once
+in one PlanInputError, each with its path (``tables[3].pooling_factor (t_cat_3): ...``).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Optional
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Any, Literal, Optional
 
-from dlrm_dist.errors import DlrmError
+from pydantic import Field, field_validator, model_validator
+
 from dlrm_dist.config.files import read_data
+from dlrm_dist.errors import DlrmError
 from dlrm_dist.names import COMPUTE_KERNELS, EMBEDDING_OPTIMIZERS, SHARDING_TYPES, TABLE_PREFIX
+from dlrm_dist.planning.validation import Strict, joined, validate
 
 DEVICES = ("cuda", "cpu")
 GB = 1024**3
+# Bounds beyond any real machine, so that memory and bandwidth in bytes stay finite integers
+# (an inf or 1e308 GB budget used to overflow when converted to bytes).
+MAX_MEMORY_GB = float(2**20)  # 1 PiB per device or host
+MAX_BANDWIDTH_GBPS = 1e6
+MAX_WORLD_SIZE = 2**16
+MAX_BATCH_SIZE = 2**31 - 1  # ids are indexed with int32 offsets per batch
+MAX_POOLING_FACTOR = 1e6  # ids per sample per table
+
+ShardingType = Literal[SHARDING_TYPES]
+ComputeKernel = Literal[COMPUTE_KERNELS]
+Name = Annotated[str, Field(min_length=1)]
 
 
 class PlanInputError(DlrmError):
     """A planner input is invalid; the message names where and what would be valid."""
 
 
+# -- the declared file formats ----------------------------------------------------------------
+class TableModel(Strict):
+    """One table of an inputs or tables file."""
+
+    name: Name
+    rows: int = Field(ge=1)
+    dim: int = Field(ge=1)
+    pooling_factor: float = Field(1.0, gt=0, le=MAX_POOLING_FACTOR)
+    feature_names: list[Name] = []
+    # Omitted (or null) allows every sharding type / kernel; an empty list would allow none.
+    sharding_types: Optional[list[ShardingType]] = Field(None, min_length=1)
+    compute_kernels: Optional[list[ComputeKernel]] = Field(None, min_length=1)
+    cache_load_factor: Optional[float] = Field(None, gt=0, le=1)
+
+
+class TopologyModel(Strict):
+    world_size: int = Field(ge=1, le=MAX_WORLD_SIZE)
+    ranks_per_host: int = Field(ge=1, le=MAX_WORLD_SIZE)
+    device: Literal[DEVICES] = "cuda"
+    hbm_gb: float = Field(80.0, ge=0, le=MAX_MEMORY_GB)
+    ddr_gb: float = Field(512.0, gt=0, le=MAX_MEMORY_GB)
+    hbm_bw_gbps: Optional[float] = Field(None, gt=0, le=MAX_BANDWIDTH_GBPS)
+    ddr_bw_gbps: Optional[float] = Field(None, gt=0, le=MAX_BANDWIDTH_GBPS)
+    intra_host_bw_gbps: Optional[float] = Field(None, gt=0, le=MAX_BANDWIDTH_GBPS)
+    inter_host_bw_gbps: Optional[float] = Field(None, gt=0, le=MAX_BANDWIDTH_GBPS)
+
+    @model_validator(mode="after")
+    def _whole_hosts(self) -> "TopologyModel":
+        if self.world_size % self.ranks_per_host:
+            raise ValueError(f"world_size={self.world_size} must be a positive multiple of "
+                             f"ranks_per_host={self.ranks_per_host} (whole hosts)")
+        return self
+
+
+class BudgetsModel(Strict):
+    hbm_share: float = Field(0.9, gt=0, le=1)
+    ddr_share: float = Field(0.9, gt=0, le=1)
+    cache_load_factor: float = Field(0.2, gt=0, le=1)
+
+
+def _unique_tables(tables: list[TableModel]) -> list[TableModel]:
+    """Table names and the features they serve are each used once (TorchRec keys on both)."""
+    table_at: dict[str, int] = {}
+    feature_at: dict[str, str] = {}
+    for i, t in enumerate(tables):
+        if t.name in table_at:
+            raise ValueError(f"table {t.name!r} appears twice (tables[{table_at[t.name]}] and tables[{i}])")
+        table_at[t.name] = i
+        for f in t.feature_names or [t.name.removeprefix(TABLE_PREFIX)]:
+            if f in feature_at:
+                raise ValueError(f"feature {f!r} is served by two tables ({feature_at[f]!r} and {t.name!r})")
+            feature_at[f] = t.name
+    return tables
+
+
+class TablesFileModel(Strict):
+    """A tables file: ``{"tables": [...]}``."""
+
+    about: Optional[str] = None
+    tables: list[TableModel] = Field(min_length=1)
+
+    _unique = field_validator("tables")(_unique_tables)
+
+
+class InputsModel(Strict):
+    """A full inputs file (and a plan file's ``inputs`` section)."""
+
+    about: Optional[str] = None  # a note for people; not part of the inputs
+    tables: list[TableModel] = Field(min_length=1)
+    topology: TopologyModel
+    budgets: BudgetsModel = BudgetsModel()
+    batch_size_per_rank: int = Field(512, ge=1, le=MAX_BATCH_SIZE)
+    optimizer: Literal[EMBEDDING_OPTIMIZERS] = "rowwise_adagrad"
+
+    _unique = field_validator("tables")(_unique_tables)
+
+
+# -- the dataclasses the planner uses -----------------------------------------------------------
 @dataclass(frozen=True)
 class TableSpec:
     """One embedding table and its optional per-table constraints."""
@@ -38,6 +134,12 @@ class TableSpec:
     @property
     def features(self) -> tuple[str, ...]:
         return self.feature_names or (self.name.removeprefix(TABLE_PREFIX),)
+
+    @staticmethod
+    def of(m: TableModel) -> "TableSpec":
+        return TableSpec(m.name, m.rows, m.dim, m.pooling_factor, tuple(m.feature_names),
+                         tuple(m.sharding_types) if m.sharding_types else None,
+                         tuple(m.compute_kernels) if m.compute_kernels else None, m.cache_load_factor)
 
 
 @dataclass(frozen=True)
@@ -79,31 +181,31 @@ class PlannerInputs:
     optimizer: str = "rowwise_adagrad"
 
     def __post_init__(self) -> None:
-        _validate(self)
+        # Inputs built in code (a job's tables, CLI flags) obey the file format's rules too.
+        _validated(InputsModel, self.to_dict(), "planner inputs")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["tables"] = [_table_dict(t) for t in self.tables]
+        d["tables"] = [table_dict(t) for t in self.tables]
         return d
 
     @staticmethod
-    def from_dict(d: dict[str, Any], origin: str = "inputs") -> "PlannerInputs":
-        try:
-            tables = tuple(_table_from(t, origin, i) for i, t in enumerate(d["tables"]))
-            topology = TopologySpec(**_only(d["topology"], TopologySpec, f"{origin}: topology"))
-            budgets = Budgets(**_only(d.get("budgets", {}), Budgets, f"{origin}: budgets"))
-        except KeyError as e:
-            raise PlanInputError(f"{origin}: missing section {e}") from None
-        except TypeError as e:
-            raise PlanInputError(f"{origin}: {e}") from None
-        unknown = sorted(set(d) - {"tables", "topology", "budgets", "batch_size_per_rank", "optimizer", "about"})
-        if unknown:
-            raise PlanInputError(f"{origin}: unknown field(s) {unknown}")
-        rest = {k: d[k] for k in ("batch_size_per_rank", "optimizer") if k in d}
-        return PlannerInputs(tables=tables, topology=topology, budgets=budgets, **rest)
+    def of(m: InputsModel) -> "PlannerInputs":
+        return PlannerInputs(
+            tables=tuple(TableSpec.of(t) for t in m.tables),
+            topology=TopologySpec(**m.topology.model_dump()),
+            budgets=Budgets(**m.budgets.model_dump()),
+            batch_size_per_rank=m.batch_size_per_rank,
+            optimizer=m.optimizer,
+        )
+
+    @staticmethod
+    def from_dict(d: Any, origin: str = "inputs") -> "PlannerInputs":
+        """Inputs from parsed file data; every problem in one PlanInputError naming ``origin``."""
+        return PlannerInputs.of(_validated(InputsModel, d, origin))
 
 
-def _table_dict(t: TableSpec) -> dict[str, Any]:
+def table_dict(t: TableSpec) -> dict[str, Any]:
     d = {k: v for k, v in asdict(t).items() if v not in (None, ())}
     for k in ("feature_names", "sharding_types", "compute_kernels"):
         if k in d:
@@ -111,65 +213,34 @@ def _table_dict(t: TableSpec) -> dict[str, Any]:
     return d
 
 
-def _only(d: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise PlanInputError(f"{where}: unknown field(s) {unknown}; valid: {', '.join(sorted(names))}")
-    return d
+def table_labels(data: Any) -> dict[int, str]:
+    """``{index: name}`` of the tables in ``data`` that have a string name (for messages)."""
+    tables = data.get("tables") if isinstance(data, dict) else None
+    if not isinstance(tables, list):
+        return {}
+    return {i: t["name"] for i, t in enumerate(tables) if isinstance(t, dict) and isinstance(t.get("name"), str)}
 
 
-def _table_from(d: dict[str, Any], origin: str, index: int) -> TableSpec:
-    where = f"{origin}: table #{index} ({d.get('name', '?')})"
-    d = dict(_only(d, TableSpec, where))
-    for k in ("feature_names", "sharding_types", "compute_kernels"):
-        if k in d and d[k] is not None:
-            d[k] = tuple(d[k])
-    try:
-        return TableSpec(**d)
-    except TypeError as e:
-        raise PlanInputError(f"{where}: {e}") from None
+def name_tables(found: list[str], data: Any, prefix: str = "") -> list[str]:
+    """Adds the table's name after a ``tables[i]...`` path: ``tables[3].dim (t_cat_3): ...``."""
+    labels = table_labels(data)
+    out = []
+    for line in found:
+        head, sep, rest = line.partition(": ")
+        start = prefix + "tables["
+        if sep and head.startswith(start) and head[len(start):].split("]", 1)[0].isdigit():
+            index = int(head[len(start):].split("]", 1)[0])
+            if index in labels:
+                line = f"{head} ({labels[index]}): {rest}"
+        out.append(line)
+    return out
 
 
-def _validate(p: PlannerInputs) -> None:
-    topo, b = p.topology, p.budgets
-    if topo.device not in DEVICES:
-        raise PlanInputError(f"topology.device={topo.device!r}; choose one of {', '.join(DEVICES)}")
-    if topo.world_size < 1 or topo.ranks_per_host < 1 or topo.world_size % topo.ranks_per_host:
-        raise PlanInputError(
-            f"topology.world_size={topo.world_size} must be a positive multiple of "
-            f"topology.ranks_per_host={topo.ranks_per_host}"
-        )
-    for name in ("hbm_share", "ddr_share"):
-        if not 0 < getattr(b, name) <= 1:
-            raise PlanInputError(f"budgets.{name}={getattr(b, name)} must be in (0, 1]")
-    if not 0 < b.cache_load_factor <= 1:
-        raise PlanInputError(f"budgets.cache_load_factor={b.cache_load_factor} must be in (0, 1]")
-    if p.optimizer not in EMBEDDING_OPTIMIZERS:
-        raise PlanInputError(f"optimizer={p.optimizer!r}; choose one of {', '.join(EMBEDDING_OPTIMIZERS)}")
-    if p.batch_size_per_rank < 1:
-        raise PlanInputError(f"batch_size_per_rank={p.batch_size_per_rank} must be >= 1")
-    if not p.tables:
-        raise PlanInputError("no tables to plan")
-    seen: set[str] = set()
-    for t in p.tables:
-        _validate_table(t)
-        if t.name in seen:
-            raise PlanInputError(f"table {t.name!r} appears twice")
-        seen.add(t.name)
-
-
-def _validate_table(t: TableSpec) -> None:
-    if t.rows < 1 or t.dim < 1:
-        raise PlanInputError(f"table {t.name!r}: rows={t.rows} and dim={t.dim} must be >= 1")
-    if t.pooling_factor <= 0:
-        raise PlanInputError(f"table {t.name!r}: pooling_factor={t.pooling_factor} must be > 0")
-    for value, allowed, what in ((t.sharding_types, SHARDING_TYPES, "sharding_types"), (t.compute_kernels, COMPUTE_KERNELS, "compute_kernels")):
-        bad = sorted(set(value or ()) - set(allowed))
-        if bad:
-            raise PlanInputError(f"table {t.name!r}: unknown {what} {bad}; valid: {', '.join(allowed)}")
-    if t.cache_load_factor is not None and not 0 < t.cache_load_factor <= 1:
-        raise PlanInputError(f"table {t.name!r}: cache_load_factor={t.cache_load_factor} must be in (0, 1]")
+def _validated(model: type[Strict], data: Any, origin: str) -> Any:
+    value, found = validate(model, data)
+    if found:
+        raise PlanInputError(joined(origin, name_tables(found, data)))
+    return value
 
 
 def _read(path: str) -> dict[str, Any]:
@@ -178,10 +249,8 @@ def _read(path: str) -> dict[str, Any]:
 
 def load_tables(path: str) -> tuple[TableSpec, ...]:
     """A tables file: ``{"tables": [{"name", "rows", "dim", "pooling_factor", ...}, ...]}``."""
-    d = _read(path)
-    if "tables" not in d:
-        raise PlanInputError(f"{path}: expected a top-level 'tables' list")
-    return tuple(_table_from(t, path, i) for i, t in enumerate(d["tables"]))
+    m = _validated(TablesFileModel, _read(path), path)
+    return tuple(TableSpec.of(t) for t in m.tables)
 
 
 def load_inputs(path: str) -> PlannerInputs:

@@ -29,6 +29,7 @@ from torchrec.distributed.types import CacheParams
 
 from dlrm_dist.names import COMPUTE_KERNELS, FUSED_DIM_MULTIPLE, SHARDING_TYPES
 from dlrm_dist.planning.inputs import Capacity, PlannerInputs, TableSpec
+from dlrm_dist.planning.storage import check_storage
 from dlrm_dist.planning.types import COST_PARTS, PERF_FIELDS
 from dlrm_dist.planning.torchrec_bridge import cache_load_factor, constraints, meta_module, torchrec_topology
 
@@ -63,6 +64,7 @@ class Enumerator:
     """Builds every table's options for one set of planner inputs."""
 
     def __init__(self, inputs: PlannerInputs) -> None:
+        check_storage(inputs)  # before anything is built: a 2**40-wide table must not be enumerated
         self.inputs = inputs
         self.topology = torchrec_topology(inputs)
         self.constraints = constraints(inputs)
@@ -159,8 +161,7 @@ class Enumerator:
                 local_world_size=topo.ranks_per_host, sharding_type=st, col_wise_shard_dim=col_dim,
             )
             sizes_a = np.asarray(sizes, dtype=np.int64)
-            packed = sizes_a[:, 0] * (1 << 24) + sizes_a[:, 1]  # one key per (rows, cols)
-            _, rep, inverse = np.unique(packed, return_index=True, return_inverse=True)
+            _, rep, inverse = np.unique(sizes_a, axis=0, return_index=True, return_inverse=True)
             distinct = sizes_a[rep]
             self._layouts = {k: v for k, v in self._layouts.items() if k[0] == table.name}  # bounded
             self._layouts[key] = (sizes, offsets, sizes_a, np.asarray(offsets, dtype=np.int64), distinct, rep, inverse.reshape(-1))
@@ -174,8 +175,7 @@ class Enumerator:
                    load_factor: Optional[float]) -> Option:
         """The option of an explicit shard layout (e.g. another planner's), estimated alike."""
         sizes_a, offsets_a = np.asarray(sizes, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
-        packed = sizes_a[:, 0] * (1 << 24) + sizes_a[:, 1]
-        _, rep, inverse = np.unique(packed, return_index=True, return_inverse=True)
+        _, rep, inverse = np.unique(sizes_a, axis=0, return_index=True, return_inverse=True)
         table = self.inputs.tables[index]
         return self._estimate(index, table, st, kernel, sizes, offsets, sizes_a, offsets_a, sizes_a[rep], rep,
                               inverse.reshape(-1), load_factor)

@@ -31,6 +31,7 @@ from dlrm_dist.model import ModelSpec, build_model, resolve_model
 from dlrm_dist.planning import plan_rows
 from dlrm_dist.planning.plan import JobSpec, make_plan
 from dlrm_dist.planning.planfile import PlanFile
+from dlrm_dist.planning.storage import check_job_storage
 from dlrm_dist.training.optim import LRSchedule, ScheduledLR, build_optimizer, mark_embedding_optimizer
 from dlrm_dist.training.trainer import Trainer
 
@@ -87,6 +88,8 @@ def check_writable(directory: str, what: str, error: type[Exception]) -> None:
 def prepare(cfg: Config, env: DistEnv) -> Prepared:
     """Resolves and validates ``cfg`` for ``env``, opens the data and plans, without a process group."""
     cfg, schema, spec = validate_job(cfg, env.world_size, env.device.type)
+    # Before build_model: a table too large for the machine is named, not allocated.
+    check_job_storage(spec.tables, env.world_size, env.local_world_size, env.device.type, cfg.optim.embedding_optimizer)
     if env.is_main:
         check_writable(cfg.train.run_dir, "train.run_dir", ConfigError)
     if cfg.train.checkpoint_dir and not cfg.train.inference_only:

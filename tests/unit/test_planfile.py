@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -56,19 +57,88 @@ def test_codec_refuses_foreign_classes() -> None:
 
 def test_bad_files_name_the_problem(tmp_path) -> None:
     good = json.loads(PLANS[0].read_text())
-    for change, words in (({"version": 99}, "version 99 is not supported"), ({"format": "x"}, "not a dlrm_dist plan")):
+    for change, words in (({"version": 99}, "version 99 is not supported"), ({"format": "x"}, "not a dlrm_dist plan"),
+                          ({"version": True}, "version True is not supported")):
         (tmp_path / "p.json").write_text(json.dumps({**good, **change}))
         with pytest.raises(PlanError, match=words):
             planfile.read(tmp_path / "p.json")
     (tmp_path / "p.json").write_text(json.dumps({**good, "estimates": {"per_rank": [], "summary": {}}}))
-    with pytest.raises(PlanError, match="the estimates section is malformed"):
+    with pytest.raises(PlanError, match=r"estimates.per_rank: must be a non-empty list of objects, got \[\]; "
+                                        r"estimates.summary.bottleneck_rank: missing"):
         planfile.read(tmp_path / "p.json")
     del good["plan"]
     (tmp_path / "p.json").write_text(json.dumps(good))
-    with pytest.raises(PlanError, match=r"missing section\(s\) \['plan'\]"):
+    with pytest.raises(PlanError, match=r"p.json: plan: missing \(must be an object\)"):
         planfile.read(tmp_path / "p.json")
     with pytest.raises(PlanError, match="plan file .* does not exist"):
         planfile.read(tmp_path / "none.json")
+
+
+def _damaged(tmp_path: Path, edit) -> str:
+    data = json.loads((ROOT / "sharding_plans" / "demo_cpu2.json").read_text())
+    edit(data)
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    with pytest.raises(PlanError) as e:
+        planfile.read(tmp_path / "p.json")
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("where, value, words", [
+    (("per_rank", 0, "fwd_compute"), math.nan, "estimates.per_rank[0].fwd_compute: must be a finite number >= 0, got nan"),
+    (("per_rank", 1, "bwd_comms"), math.inf, "estimates.per_rank[1].bwd_comms: must be a finite number >= 0, got inf"),
+    (("per_rank", 0, "hbm_bytes"), -1, "estimates.per_rank[0].hbm_bytes: must be an integer >= 0, got -1"),
+    (("summary", "cost_imbalance"), -0.5, "estimates.summary.cost_imbalance: must be a finite number >= 0, got -0.5"),
+    (("summary", "all_to_all_bytes_per_sample"), math.nan, "all_to_all_bytes_per_sample: must be a finite number"),
+    (("summary", "estimated_iteration_ms"), 0.1, "estimated_iteration_ms: 0.1 does not agree with the per-rank"),
+    (("summary", "max_ddr_bytes"), 5, "max_ddr_bytes: 5 does not agree"),
+    (("summary", "global_batch_size"), 7, "global_batch_size: 7 does not agree"),
+    (("summary", "bottleneck_rank"), 2, "bottleneck_rank: must be a rank below the world size 2, got 2"),
+])
+def test_estimates_that_are_not_valid_figures_are_refused(tmp_path, where, value, words) -> None:
+    """NaN, inf, negative or inconsistent estimates used to be shown by inspect as if valid."""
+    def edit(data):
+        node = data["estimates"]
+        for key in where[:-1]:
+            node = node[key]
+        node[where[-1]] = value
+    assert words in _damaged(tmp_path, edit)
+
+
+def test_shardings_are_checked_with_their_paths(tmp_path) -> None:
+    table = "plan['model.sparse_arch'].t_cat_2"
+
+    def sharding(**changes):
+        return lambda d: d["plan"]["model.sparse_arch"]["t_cat_2"].update(changes)
+    assert f"{table}.ranks: must be a non-empty list (each an integer >= 0), got []" in _damaged(tmp_path, sharding(ranks=[]))
+    assert f"{table}: ranks [1] do not match the shards' placements [0]" in _damaged(tmp_path, sharding(ranks=[1]))
+    assert f"{table}.compute_kernel: must be one of dense, fused" in _damaged(tmp_path, sharding(compute_kernel="x"))
+    assert "data_parallel tables are replicated and have no shards" in _damaged(
+        tmp_path, sharding(sharding_type="data_parallel"))
+    shard = {"offsets": [0, 0], "sizes": [20000, 16], "placement": "rank:0/cpu"}
+    assert f"{table}: shards: Shards " in _damaged(tmp_path, sharding(shards=[shard, shard], ranks=[0, 0]))
+    assert f"{table}.shards[0].placement: must look like rank:N/cpu" in _damaged(
+        tmp_path, sharding(shards=[{**shard, "placement": "rank:x"}]))
+    lfu = {"dataclass": "torchrec.distributed.types:CacheParams", "fields": {"load_factor": math.nan}}
+    assert f"{table}.cache_params: numbers in a plan file must be finite, got nan" in _damaged(
+        tmp_path, sharding(cache_params=lfu))
+    lfu["fields"] = {"load_factor": 3.0}
+    assert "cache_params.load_factor must be in (0, 1], got 3.0" in _damaged(tmp_path, sharding(cache_params=lfu))
+    lfu["fields"] = {"load_factor": "high"}
+    assert "CacheParams.load_factor must be a finite number, got 'high'" in _damaged(tmp_path, sharding(cache_params=lfu))
+    assert f"{table}.output_dtype: ParameterSharding.output_dtype must be a DataType" in _damaged(
+        tmp_path, sharding(output_dtype={"enum": "fbgemm_gpu.tbe.cache.cache_config:CacheAlgorithm", "name": "LRU"}))
+
+
+def test_the_model_declares_every_parameter_sharding_field() -> None:
+    """A TorchRec upgrade that adds a ParameterSharding field must be declared in the plan-file model."""
+    declared = set(planfile.ShardingModel.model_fields) - {"shards"}
+    assert declared == {f.name for f in dataclasses.fields(ParameterSharding)} - {"sharding_spec"}
+    from dlrm_dist.planning.types import PERF_FIELDS
+    assert set(PERF_FIELDS) < set(planfile.RankModel.model_fields)
 
 
 def test_version_1_files_still_load() -> None:
