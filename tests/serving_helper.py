@@ -58,3 +58,50 @@ def export_and_predict(ckpt: Path, out: Path, data_dir: Path, split: str) -> dic
     report = _cli("dlrm_dist.cli.predict_main", str(out), "--data", str(data_dir), "--split", split,
                   "--out", str(out / "scores.npy"), "--no-progress", "--json")
     return json.loads(report)
+
+
+# -- crafted archives (what someone who can write the export directory could do) ------------------
+class Payload:
+    """Unpickled, it creates ``marker``: proof that a loader ran code from a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def archive_entries(export: Path) -> tuple[str, dict[str, bytes]]:
+    """model.pt2's root folder and its entries by their name under it."""
+    import zipfile
+
+    with zipfile.ZipFile(export / "model.pt2") as z:
+        names = z.namelist()
+        root = names[0].split("/", 1)[0]
+        return root, {n[len(root) + 1:]: z.read(n) for n in names}
+
+
+def write_archive(export: Path, root: str, entries: dict[str, bytes], fix_checksum: bool = True) -> None:
+    """model.pt2 rewritten with ``entries`` (stored, 64-byte aligned as torch writes them); with
+    ``fix_checksum`` export.json's model_sha256 is recomputed, as an attacker would."""
+    import hashlib
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for name, data in entries.items():
+            z.writestr(f"{root}/{name}", data)
+    (export / "model.pt2").write_bytes(buf.getvalue())
+    if fix_checksum:
+        manifest = json.loads((export / "export.json").read_text())
+        manifest["model_sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+        (export / "export.json").write_text(json.dumps(manifest))
+
+
+def pickled(value) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(value, buf)
+    return buf.getvalue()

@@ -54,6 +54,28 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def disagreements(program: torch.export.ExportedProgram, manifest: ExportManifest) -> list[str]:
+    """Where the manifest's description (tables, inputs) differs from the program's own."""
+    out = []
+    tables = {f"table_{i}": name for i, name in enumerate(sorted(manifest.tables))}
+    held = {k: tuple(v.shape) for k, v in program.state_dict.items() if k.startswith("table_")}
+    if set(held) != set(tables):
+        out.append(f"tables: the manifest names {len(tables)}, the program holds {len(held)}")
+    else:
+        out += [f"tables.{tables[k]}: {list(manifest.tables[tables[k]])} in the manifest, {list(shape)} in the program"
+                for k, shape in sorted(held.items()) if tuple(manifest.tables[tables[k]]) != shape]
+    inputs = program.graph_signature.user_inputs
+    if len(inputs) != 1 + 2 * len(manifest.sparse_features):
+        out.append(f"sparse_features: {len(manifest.sparse_features)} in the manifest, the program takes "
+                   f"{(len(inputs) - 1) / 2:g}")
+    dense = next((n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder" and inputs
+                  and n.name == inputs[0]), None)
+    width = dense.shape[1] if dense is not None and dense.dim() == 2 else None
+    if width != manifest.dense_features:
+        out.append(f"dense_features: {manifest.dense_features} in the manifest, {width} in the program")
+    return out
+
+
 def load_export(directory: str | Path) -> LoadedExport:
     """The export at ``directory``, refused by name if it is missing, damaged, foreign or not plain data."""
     manifest = read_manifest(directory)
@@ -66,9 +88,13 @@ def load_export(directory: str | Path) -> LoadedExport:
         raise ExportError(f"{model} cannot be read ({e.strerror or e})") from None
     digest = sha256_bytes(data)
     if digest != manifest.model_sha256:
-        raise ExportError(f"{model} is damaged: its sha256 {digest[:12]}... is not the manifest's "
+        raise ExportError(f"{model} is damaged: its sha256 {digest[:12]}... is not the manifest's model_sha256 "
                           f"{manifest.model_sha256[:12]}... (re-run dlrm-export)")
     program = load_checked(data)
+    problems = disagreements(program, manifest)
+    if problems:
+        raise ExportError(f"{Path(directory) / MANIFEST_FILE} does not describe its {MODEL_FILE} (one of them was "
+                          f"edited): {'; '.join(problems)}")
     try:
         module = program.module()
     except Exception as e:  # noqa: BLE001 - an inconsistent program that passed inspection is still damaged

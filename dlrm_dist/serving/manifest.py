@@ -12,6 +12,7 @@ check a manifest without the training stack.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -121,6 +122,17 @@ def problems(error: ValidationError) -> list[str]:
     return [f"{_loc(tuple(e['loc']))}: {e['msg']}" for e in error.errors(include_url=False)]
 
 
+def _non_finite(tree: Any, path: str = "") -> list[tuple[str, float]]:
+    """Every NaN/Infinity Python's json module accepted, by its path (pydantic's parser would only say where)."""
+    if isinstance(tree, float) and not math.isfinite(tree):
+        return [(path or "(top level)", tree)]
+    if isinstance(tree, dict):
+        return [x for k, v in tree.items() for x in _non_finite(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(tree, list):
+        return [x for i, v in enumerate(tree) for x in _non_finite(v, f"{path}[{i}]")]
+    return []
+
+
 def parse_manifest(text: str, origin: str) -> ExportManifest:
     """``text`` as an ExportManifest; one ExportError lists every problem by field."""
     try:
@@ -130,6 +142,10 @@ def parse_manifest(text: str, origin: str) -> ExportManifest:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise ExportError(f"{origin} is not a dlrm_dist export manifest (format {found!r}, expected {FORMAT!r})")
+    odd = _non_finite(data)
+    if odd:
+        raise ExportError(f"{origin} is not strict JSON: {', '.join(f'{p}: {v}' for p, v in odd[:5])} "
+                          "(NaN and Infinity are not JSON numbers)")
     if data.get("version") != VERSION:
         raise ExportError(f"{origin} is export version {data.get('version')!r}; this dlrm_dist reads version "
                           f"{VERSION} (re-run dlrm-export with this version)")

@@ -84,6 +84,10 @@ def export_config(manifest: ExportManifest) -> Config:
     if schema.fingerprint() != manifest.schema_fingerprint:
         raise ExportError(f"export.json is damaged: schema_fingerprint {manifest.schema_fingerprint} is not its "
                           f"config's schema ({schema.fingerprint()})")
+    if manifest.sparse_features != schema.sparse_names or manifest.dense_features != schema.num_dense:
+        raise ExportError(f"export.json is damaged: sparse_features/dense_features {manifest.sparse_features}/"
+                          f"{manifest.dense_features} are not its config's schema's {schema.sparse_names}/"
+                          f"{schema.num_dense}")
     return cfg
 
 
