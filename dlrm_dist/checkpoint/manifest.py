@@ -97,7 +97,7 @@ class Manifest:
     world_size: int
     tables: dict[str, tuple[int, int]]  # table -> (rows, dim)
     info: RunInfo
-    files: Optional[dict[str, FileSum]] = None  # name -> size and CRC32C; None: a v2 manifest (not verifiable)
+    files: Optional[dict[str, FileSum]] = field(default_factory=dict)  # name -> size, CRC32C; None: v2 (unverifiable)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,7 +143,7 @@ class Manifest:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            raise CheckpointError(f"{directory}: no readable manifest ({e}); not a complete dlrm_dist checkpoint") from None
+            raise CheckpointError(f"{path}: no readable manifest ({e}); not a complete dlrm_dist checkpoint") from None
         if not isinstance(data, dict):
             raise CheckpointError(f"{path} is not a JSON object")
         return cls.from_dict(data, str(path))
@@ -212,7 +212,7 @@ def _info(d: dict[str, Any]) -> RunInfo:
 
 def _files(d: dict[str, Any]) -> dict[str, FileSum]:
     files = d["files"]
-    if not isinstance(files, dict) or not files:
+    if not isinstance(files, dict):
         raise TypeError(f"files is {files!r}, not an object naming each file's bytes and crc32c")
     bad = [n for n in files if not n or "/" in n or n in (".", "..", MANIFEST)]
     if bad:

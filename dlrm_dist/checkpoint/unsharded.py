@@ -17,7 +17,8 @@ from typing import Any, Optional
 import torch
 
 from dlrm_dist.checkpoint.io import read_state, tables_of, table_problems, verified_metadata
-from dlrm_dist.checkpoint.manifest import CheckpointError, Manifest
+from dlrm_dist.checkpoint.manifest import MANIFEST, CheckpointError, Manifest
+from dlrm_dist.checkpoint.reader import METADATA_FILE
 from dlrm_dist.checkpoint.store import latest_checkpoint
 from dlrm_dist.config.loader import config_from_dict
 from dlrm_dist.config.schema import Config
@@ -41,6 +42,8 @@ def find_checkpoint(path: str | Path) -> Path:
     """``path`` if it is a checkpoint, else the newest complete one in it."""
     found = latest_checkpoint(path)
     if found is None:
+        if (Path(path) / METADATA_FILE).exists():  # DCP files without the manifest that publishes them
+            raise CheckpointError(f"{Path(path) / MANIFEST} is missing: {path} is not a complete checkpoint")
         raise CheckpointError(f"no complete checkpoint at {path}")
     return found
 

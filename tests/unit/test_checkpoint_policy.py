@@ -49,8 +49,12 @@ def test_foreign_and_damaged_manifests_are_named(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="no readable manifest"):
         Manifest.read(tmp_path)
     good = Manifest(step=7, world_size=2, tables={"t_a": (10, 8)}, info=INFO).to_dict()
-    for change, words in (({"format": "other"}, "is not dlrm_dist.checkpoint v2"), ({"version": 1}, "v1 is not"),
-                          ({"tables": {"t_a": [10]}}, "the manifest is malformed")):
+    for change, words in (({"format": "other"}, "is not dlrm_dist.checkpoint v2 or v3"), ({"version": 1}, "v1 is not"),
+                          ({"tables": {"t_a": [10]}}, "table 't_a' has shape"), ({"tables": [1]}, "tables is a list"),
+                          ({"step": "7"}, "step is '7', not an integer"), ({"files": [1]}, "files is"),
+                          ({"files": {"a": {"bytes": -1, "crc32c": "0"}}}, "files\\['a'\\] is not"),
+                          ({"files": {"../x": {"bytes": 1, "crc32c": "00000000"}}}, "not data files"),
+                          ({"config": {"features": {"dense": 3}}}, "stored feature schema is malformed")):
         (tmp_path / MANIFEST).write_text(json.dumps({**good, **change}))
         with pytest.raises(CheckpointError, match=words):
             Manifest.read(tmp_path)
