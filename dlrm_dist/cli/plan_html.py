@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from dlrm_dist.fileio import atomic_write_text
 from dlrm_dist.planning.planfile import PlanFile
 from dlrm_dist.planning.types import COST_PARTS
 
@@ -74,6 +75,6 @@ def render(pf: PlanFile, measured: Optional[list[float]] = None) -> str:
 
 
 def write_html(pf: PlanFile, path: str, measured: Optional[list[float]] = None) -> None:
-    Path(path).write_text(render(pf, measured))
+    atomic_write_text(Path(path), render(pf, measured))
 
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
+
+from pydantic import ConfigDict, Field
 
 from dlrm_dist.cli.plan_html import write_html
 from dlrm_dist.cli.render import rank_table, summary_text
+from dlrm_dist.config.files import read_data
 from dlrm_dist.metrics.runs import SUMMARY_FILE
 from dlrm_dist.planning.check import read_consistent
 from dlrm_dist.planning.errors import PlanError
+from dlrm_dist.planning.validation import Strict, joined, validate
 
 HELP = "show a plan per rank and in summary (--json, --html, --measured)"
 
@@ -23,15 +27,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--measured", metavar="RUN_DIR", help="a training run's directory: show measured step times")
 
 
+class _MeasuredModel(Strict):
+    """The one field of a run's summary.json read here (the rest belongs to dlrm-train)."""
+
+    model_config = ConfigDict(extra="ignore")
+    rank_step_ms: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
+
+
 def measured_step_ms(run_dir: str, world_size: int) -> list[float]:
     """Per-rank mean step times recorded by dlrm-train in RUN_DIR/summary.json."""
     path = Path(run_dir) / SUMMARY_FILE
     if not path.is_file():
         raise PlanError(f"{path}: no such file (is {run_dir} a dlrm-train run directory?)")
-    times = json.loads(path.read_text()).get("rank_step_ms") or []
+    data = read_data(path, "run summary", PlanError)
+    m, found = validate(_MeasuredModel, data)
+    if found:
+        raise PlanError(joined(str(path), found))
+    times = list(m.rank_step_ms)
     if len(times) != world_size:
         raise PlanError(f"{path} has step times of {len(times)} rank(s); the plan is for {world_size}")
-    return [float(t) for t in times]
+    return times
+
+
+def _write_html(pf, path: str, measured: Optional[list[float]]) -> None:
+    try:
+        write_html(pf, path, measured)
+    except OSError as e:
+        raise PlanError(f"cannot write --html {path!r}: {e.strerror or e}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if args.measured:
         measured = measured_step_ms(args.measured, pf.inputs.topology.world_size)
     if args.html:
-        write_html(pf, args.html, measured)
+        _write_html(pf, args.html, measured)
     if args.json:
         out = {"plan": args.plan, "planner": pf.planner, "inputs": pf.inputs.to_dict(), **est.describe()}
         if measured:

@@ -60,7 +60,7 @@ class TopologyModel(Strict):
     ranks_per_host: int = Field(ge=1, le=MAX_WORLD_SIZE)
     device: Literal[DEVICES] = "cuda"
     hbm_gb: float = Field(80.0, ge=0, le=MAX_MEMORY_GB)
-    ddr_gb: float = Field(512.0, gt=0, le=MAX_MEMORY_GB)
+    ddr_gb: float = Field(512.0, ge=0, le=MAX_MEMORY_GB)  # 0: nothing fits (the no-fit report says so)
     hbm_bw_gbps: Optional[float] = Field(None, gt=0, le=MAX_BANDWIDTH_GBPS)
     ddr_bw_gbps: Optional[float] = Field(None, gt=0, le=MAX_BANDWIDTH_GBPS)
     intra_host_bw_gbps: Optional[float] = Field(None, gt=0, le=MAX_BANDWIDTH_GBPS)

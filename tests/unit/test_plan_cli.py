@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dlrm_dist.cli.plan_main import main
+from tests.bad_plan_inputs import CASES, run_case
 
 ROOT = Path(__file__).resolve().parents[2]
 KAGGLE = ROOT / "sharding_plans" / "criteo_kaggle_gpu8.json"
@@ -187,3 +188,62 @@ def test_hand_edited_plan_is_refused_not_shown(tmp_path, capsys) -> None:
 def test_plan_file_path_that_is_a_directory(tmp_path, capsys) -> None:
     code, _, err = _run(capsys, "inspect", str(tmp_path))
     assert code == 2 and "is a directory, not a file" in err
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.command}-{c.name}")
+def test_bad_files_exit_2_naming_the_entry(tmp_path, case) -> None:
+    """~60 malformed inputs and damaged plans (tests/bad_plan_inputs.py): 25 raised tracebacks, 16 were accepted."""
+    outcome = run_case(case, tmp_path)
+    assert outcome.traceback is None, outcome.traceback
+    lines = outcome.err.strip().splitlines()
+    assert outcome.code == 2 and len(lines) == 1, outcome.err
+    assert lines[0].startswith(f"dlrm-plan {case.command}: error: ") and case.expect in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("rows, dim, words", [
+    (1000, 2**40, "table huge: 1,000 rows x 1,099,511,627,776 dim needs at least 4,398,046,511,104,000 bytes"),
+    (2**62, 16, "beyond int64, which TorchRec's sizes use"),
+    (10**9, 1024, "would fit: a world size of at least 1,060 with this memory per rank"),
+])
+def test_huge_tables_are_refused_by_the_storage_check(tmp_path, capsys, rows, dim, words) -> None:
+    """dim = 2**40 used to end in a MemoryError (after trying to allocate), rows = 2**62 in an overflow."""
+    tables = tmp_path / "t.json"
+    tables.write_text(json.dumps({"tables": [{"name": "small", "rows": 10, "dim": 16},
+                                             {"name": "huge", "rows": rows, "dim": dim}]}))
+    code, _, err = _run(capsys, "make", "--tables", str(tables), "--world-size", "2", "--device", "cpu",
+                        "--ddr-gb", "8", "--optimizer", "sgd", "-o", str(tmp_path / "p.json"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert words in err and "table small" not in err
+    assert "the memory budget is 7,730,941,132 bytes (7.20 GB = 2 cpu rank(s) x (HBM 0.00 GB + DDR 3.60 GB)" in err
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_validate_lists_every_mismatch_and_refuses_world_size_0(tmp_path, capsys) -> None:
+    tables = tmp_path / "t.json"
+    tables.write_text(json.dumps({"tables": [{"name": "t_cat_0", "rows": 5, "dim": 16}]}))
+    code, out, _ = _run(capsys, "validate", str(KAGGLE), "--tables", str(tables), "--world-size", "8")
+    lines = out.splitlines()
+    assert code == 1 and lines[0].endswith("on 8 x cuda:") and len(lines) > 20
+    assert all(line.startswith("  - table ") for line in lines[1:])
+    code, _, err = _run(capsys, "validate", str(KAGGLE), "--tables", str(tables), "--world-size", "0")
+    assert code == 2 and "--world-size=0 must be >= 1" in err
+
+
+def test_make_flags_are_checked_like_a_file(tmp_path, capsys) -> None:
+    code, _, err = _run(capsys, "make", "--tables", str(_tables(tmp_path)), "--world-size", "2", "--hbm-gb", "nan",
+                        "--cache-load-factor", "-1", "-o", str(tmp_path / "x.json"))
+    assert code == 2 and "tables.json + flags: 2 problems: topology.hbm_gb: must be a finite number" in err
+    assert "budgets.cache_load_factor: must be a finite number in (0, 1], got -1.0" in err
+    code, _, err = _run(capsys, "make", "--tables", str(_tables(tmp_path)), "--world-size", "2", "-o", str(tmp_path))
+    assert code == 2 and "is a directory; give a file name" in err
+
+
+def test_measured_summary_is_checked(tmp_path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for text, words in (('{"rank_step_ms": [70, NaN]}', "rank_step_ms[1]: must be a finite number > 0, got nan"),
+                        ('{"rank_step_ms": "fast"}', "rank_step_ms: must be a non-empty list"),
+                        ("{", "is not valid JSON")):
+        (run_dir / "summary.json").write_text(text)
+        code, _, err = _run(capsys, "inspect", str(KAGGLE), "--measured", str(run_dir))
+        assert code == 2 and words in err, err

@@ -75,3 +75,20 @@ def test_a_plan_for_another_world_size_is_refused(tmp_path) -> None:
     assert prepare(load_config(args), _env(2)).plan  # the right world size plans fine
     with pytest.raises(PlanError, match=r"made for 2 ranks, but this job has 4: make one for 4 .* or run on 2 ranks"):
         prepare(load_config(args), _env(4, 2))
+
+
+def test_a_table_too_large_for_the_machine_is_refused_before_the_model_is_built(monkeypatch) -> None:
+    """dim = 2**40 used to reach build_model, which tried to allocate 140 TB (RuntimeError from the allocator)."""
+    import dlrm_dist.training.build as build
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the storage check")
+    monkeypatch.setattr(build, "build_model", no_model)
+    dim = 2**40
+    cfg = load_config(["--model.table_sizes=100,2000,50,700", f"--model.embedding_dim={dim}",
+                       f"--model.bottom_mlp=13-32-{dim}", "--model.top_mlp=16-1"])
+    with pytest.raises(PlanError) as e:
+        prepare(cfg, _env(2))
+    message = str(e.value)
+    assert "table t_cat_1: 2,000 rows x 1,099,511,627,776 dim needs at least 17,592,186,044,416,000 bytes" in message
+    assert "the memory budget is " in message and "2 cpu rank(s)" in message and "\n" not in message
