@@ -50,7 +50,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps $(TORCH_INDEX_$(DEVICE)) "$(TORCH_PIN)"
 	$(PY) -m pip install --quiet -e ".[$(DEVICE),dev,cluster]"
 	$(PY) -m pip install --quiet --no-deps "$(TORCHREC_PIN)"
-	$(PY) -m dlrm_dist.distributed.stack --device $(DEVICE) $(if $(filter 0,$(STACK_GPU_CHECK)),--no-gpu)
+	$(PY) -c "import sys; from dlrm_dist.distributed.stack import main; sys.exit(main(sys.argv[1:]))" \
+	  --device $(DEVICE) $(if $(filter 0,$(STACK_GPU_CHECK)),--no-gpu)
 	echo $(DEVICE) > $(VENV)/.device
 	touch $@
 

@@ -7,7 +7,9 @@ Defaults come from the variables cluster users already set: NNODES, NPROC_PER_NO
 NODE_RANK, RDZV_ENDPOINT (or MASTER_ADDR and MASTER_PORT), JOB_ID. One node runs
 ``torchrun --standalone``; several use c10d rendezvous at the endpoint. With GPUs the
 ranks are one per GPU and use nccl; without, CPU ranks use gloo (the trainer's own rule,
-dlrm_dist/distributed/env.py) — the launcher says which before starting.
+dlrm_dist/distributed/env.py) — the launcher says which before starting, and says loudly
+when an NVIDIA driver is loaded but torch cannot use it (it would otherwise start CPU ranks).
+A plan file named after ``--`` must fit the launch (launch/shape.py): checked before starting.
 
 Restarts (``--max-restarts``) get torchrun's private per-round store
 (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1): with the agent's shared store, a restarted round
@@ -24,7 +26,9 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
-from dlrm_dist.distributed.env import RESTART_SAFE_ENV
+from dlrm_dist.distributed.env import RESTART_SAFE_ENV, gpu_unusable_reason
+from dlrm_dist.errors import run_cli
+from launch.shape import check_plan_shape
 
 DEFAULT_CPU_RANKS = 2
 DEFAULT_PORT = 29500
@@ -64,14 +68,23 @@ def build_command(argv: Sequence[str], env: Mapping[str, str], gpus: int) -> tup
             cmd.append(f"--node_rank={args.node_rank}")
         where = f"{args.nnodes} node(s), c10d rendezvous at {args.rdzv_endpoint}"
     trainer = args.trainer_args[1:] if args.trainer_args[:1] == ["--"] else args.trainer_args  # only the separator
+    check_plan_shape(trainer, args.nnodes, nproc)
     cmd += ["-m", "dlrm_dist.train", *trainer]
     return cmd, f"launch: {where}; backend {backend}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    cmd, summary = build_command(argv, os.environ, torch.cuda.device_count())
+    return run_cli("launch", lambda: _launch(argv))
+
+
+def _launch(argv: list[str]) -> int:
+    gpus = torch.cuda.device_count()
+    cmd, summary = build_command(argv, os.environ, gpus)
     print(summary, flush=True)
+    unusable = None if gpus else gpu_unusable_reason()
+    if unusable:
+        print(f"launch: WARNING: starting CPU ranks although {unusable}", file=sys.stderr, flush=True)
     if "--dry-run" in argv:
         print(shlex.join(["env", *(f"{k}={v}" for k, v in RESTART_SAFE_ENV.items()), *cmd]))
         return 0

@@ -14,7 +14,6 @@ that selects the fused kernel and lets the planner count optimizer state.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -31,6 +30,7 @@ from torchrec.distributed.sharding_plan import (
 )
 from torchrec.distributed.types import EmbeddingModuleShardingPlan, ShardingPlan
 
+from dlrm_dist.distributed import resources
 from dlrm_dist.names import FUSED_DIM_MULTIPLE
 from dlrm_dist.planning import planfile
 from dlrm_dist.planning.check import ExpectedTable, check_plan
@@ -125,17 +125,22 @@ def forced_plan(model: nn.Module, sharding_type: str, world_size: int, local_siz
     return ShardingPlan({path: module_plan})
 
 
-def _memory_gb(device: torch.device) -> tuple[float, float]:
-    """(device memory per rank, host memory) of this machine, in GB."""
-    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory / GB, host
-    return 0.0, host
+def _memory_gb(job: JobSpec, reserved: int) -> tuple[float, float]:
+    """(device memory per rank, host memory) this job may give its tables, in GB.
+
+    Host memory is the smaller of the node's RAM and the container's cgroup limit; ``reserved``
+    bytes per rank are left to the dense part and the inputs (TorchRec's heuristic reservation;
+    dlrm_dist/distributed/resources.py), from device memory on CUDA and from host memory on CPU.
+    """
+    host = resources.host_memory_bytes()
+    if job.device.type == "cuda":
+        return max(resources.device_memory_bytes(job.device) - reserved, 0) / GB, host / GB
+    return 0.0, max(host - reserved * job.local_size, 0) / GB
 
 
-def job_inputs(ebc: EmbeddingBagCollection, job: JobSpec) -> PlannerInputs:
+def job_inputs(ebc: EmbeddingBagCollection, job: JobSpec, reserved: int = 0) -> PlannerInputs:
     """Planner inputs describing this job's tables and this machine's topology."""
-    hbm, ddr = _memory_gb(job.device)
+    hbm, ddr = _memory_gb(job, reserved)
     configs = ebc.embedding_bag_configs()
     pooling = job.pooling_factors or (1.0,) * len(configs)
     tables = tuple(
@@ -167,6 +172,14 @@ def from_plan_file(model: nn.Module, path: str, job: JobSpec) -> PlanFile:
         raise PlanError(f"plan file {path} was made for {planned} ranks, but this job has {job.world_size}: "
                         f"make one for {job.world_size} (dlrm-plan make --world-size {job.world_size} ...) "
                         f"or run on {planned} ranks")
+    per_host = pf.inputs.topology.ranks_per_host
+    if per_host != job.local_size:
+        # Placements are "rank:r/cuda:(r % per_host)": on another host size a rank would own a shard
+        # on a GPU of another process (an 8-per-host plan on 2 x 4 GPUs puts rank 5's shards on cuda:5).
+        raise PlanError(f"plan file {path} was made for {per_host} ranks per host, but this job runs "
+                        f"{job.local_size} per host (LOCAL_WORLD_SIZE): make one for this layout (dlrm-plan make "
+                        f"--world-size {job.world_size} --ranks-per-host {job.local_size} ...) or start "
+                        f"{per_host} ranks per host")
     check_plan(pf.plan, expected_tables(ebc), job.world_size, job.device.type, origin=f"plan file {path}")
     return dataclasses.replace(pf, plan=_keyed(pf.plan, module_path))
 
@@ -187,7 +200,9 @@ def make_plan(
     if plan_file:
         return from_plan_file(model, plan_file, job)
     path, ebc = find_ebc(model)
-    inputs = job_inputs(ebc, job)
+    reserved = resources.dense_reservation_bytes(model, [ebc], job.batch_size_per_rank,
+                                                 job.pooling_factors or (1.0,) * len(ebc.embedding_bag_configs()))
+    inputs = job_inputs(ebc, job, reserved)
     if sharding_type:
         forced = forced_plan(model, sharding_type, job.world_size, job.local_size, job.device.type)
         return plan_file_for(forced, inputs, f"forced:{sharding_type}", module_path=path)
