@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -9,8 +11,10 @@ import torch
 import torch.distributed as dist
 
 from dlrm_dist.checkpoint import CheckpointError, latest_checkpoint
+from dlrm_dist.checkpoint.reader import METADATA_FILE
 from dlrm_dist.config import load_config
 from dlrm_dist.distributed.env import DistEnv, init_distributed, teardown
+from tests.checkpoint_helper import rewrite_file_sum
 from tests.state_helper import gather_full_state_dict
 from dlrm_dist.training.build import build_trainer, prepare
 from tests.small_job import SMALL_JOB
@@ -28,6 +32,38 @@ def _run(env: DistEnv, args: list[str]) -> tuple[list[float], dict]:
     return result.losses, gather_full_state_dict(trainer.model)
 
 
+class _Payload:
+    """Unpickling this calls os.system (pickled as posix.system), which would create the marker."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _damaged_copies(good: Path, root: Path) -> dict[str, Path]:
+    """Copies of ``good``: a data file gone, one cut in half, 64 bytes flipped, one cut with its checksum
+    forged (so DCP itself meets it), and a .metadata that runs code (its checksum forged too)."""
+    out = {}
+    for name in ("bad", "cut", "flip", "forged", "crafted"):
+        out[name] = root / name / good.name
+        shutil.copytree(good, out[name])
+    next(out["bad"].glob("*.distcp")).unlink()
+    for name in ("cut", "forged"):
+        data = sorted(out[name].glob("*.distcp"))[-1]
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    rewrite_file_sum(out["forged"], data.name)
+    data = sorted(out["flip"].glob("*.distcp"))[-1]
+    content = bytearray(data.read_bytes())
+    for i in range(len(content) // 2, len(content) // 2 + 64):
+        content[i] ^= 0x5A
+    data.write_bytes(bytes(content))
+    (out["crafted"] / METADATA_FILE).write_bytes(pickle.dumps(_Payload(root / "marker")))
+    rewrite_file_sum(out["crafted"], METADATA_FILE)
+    return out
+
+
 def resume_cases(out: str) -> None:
     env = DistEnv.from_environ(device="cpu")
     init_distributed(env, timeout_s=120)
@@ -42,16 +78,15 @@ def resume_cases(out: str) -> None:
             adam[name] = _run(env, ADAM + [f"--train.checkpoint_dir={root / ckpt}", f"--train.steps={steps}",
                                            f"--run-dir={root / 'radam'}"])
         errors = {}
-        if env.is_main:  # damaged copies: one rank's data file is gone, or cut in half
-            bad, cut = root / "bad" / "step_00000008", root / "cut" / "step_00000008"
-            shutil.copytree(root / "b" / "step_00000008", bad)
-            next(bad.glob("*.distcp")).unlink()
-            shutil.copytree(root / "b" / "step_00000008", cut)
-            data = sorted(cut.glob("*.distcp"))[-1]
-            data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+        if env.is_main:
+            _damaged_copies(root / "b" / "step_00000008", root)
         dist.barrier()
         for name, args in (("corrupt", [f"--train.checkpoint={root / 'bad'}", "--train.steps=9"]),
                            ("truncated", [f"--train.checkpoint={root / 'cut'}", "--train.steps=9"]),
+                           ("flipped", [f"--train.checkpoint={root / 'flip'}", "--train.steps=9"]),
+                           ("forged", [f"--train.checkpoint={root / 'forged'}", "--train.steps=9"]),
+                           ("crafted", [f"--train.checkpoint={root / 'crafted'}", "--train.steps=9"]),
+                           ("crafted_eval", [f"--train.checkpoint={root / 'crafted'}", "--train.inference_only=true"]),
                            ("other_model", [f"--train.checkpoint={root / 'b'}", "--model.table_sizes=100,200,50,81"]),
                            ("other_optimizer", [f"--train.checkpoint={root / 'b'}", "--train.steps=9",
                                                 "--optim.embedding_optimizer=sgd"]),
@@ -61,6 +96,7 @@ def resume_cases(out: str) -> None:
                 errors[name] = None
             except CheckpointError as e:
                 errors[name] = str(e)
+        errors["marker"] = (root / "marker").exists()
         if env.is_main:
             torch.save({"straight": straight, "first": first, "second": second, "final_a": final_a,
                         "final_b": final_b, "errors": errors, "adam": adam,

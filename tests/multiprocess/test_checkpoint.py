@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 import torch
 
 from dlrm_dist.checkpoint import Manifest
-from dlrm_dist.checkpoint.manifest import MANIFEST
+from dlrm_dist.checkpoint.integrity import checksum
+from dlrm_dist.checkpoint.manifest import MANIFEST, schema_of
+from dlrm_dist.checkpoint.reader import read_metadata
 from tests.dist_helper import run_ranks
 from tests.multiprocess.checkpoint_worker import SMALL, resume_cases
 
@@ -54,25 +57,36 @@ def test_keeps_the_last_k_and_ignores_partial_writes(results) -> None:
 
 
 def test_manifest_says_what_is_inside(results) -> None:
-    import torch.distributed.checkpoint as dcp
-
-    m = json.loads((Path(results["latest"]) / MANIFEST).read_text())
-    assert (m["format"], m["version"], m["step"], m["world_size"]) == ("dlrm_dist.checkpoint", 2, 8, 2)
+    latest = Path(results["latest"])
+    m = json.loads((latest / MANIFEST).read_text())
+    assert (m["format"], m["version"], m["step"], m["world_size"]) == ("dlrm_dist.checkpoint", 3, 8, 2)
     assert m["tables"] == {"t_cat_0": [100, 8], "t_cat_1": [200, 8], "t_cat_2": [50, 8], "t_cat_3": [80, 8]}
     assert (m["embedding_optimizer"], m["dense_optimizer"]) == ("adagrad", "adagrad")
     assert sorted(r["table"] for r in m["plan"]) == sorted(m["tables"]) and m["config"]["train"]["steps"] == 8
-    stored = dcp.FileSystemReader(results["latest"]).read_metadata().state_dict_metadata
+    stored = read_metadata(latest).state_dict_metadata
     assert set(m["contents"]) == {key.split(".", 1)[0] for key in stored}
-    typed = Manifest.read(results["latest"])
+    typed = Manifest.read(latest)
     assert typed.to_dict() == m and typed.tables["t_cat_3"] == (80, 8) and typed.info.config == m["config"]
+    # both ranks' shards and the metadata, checksummed by the two ranks together
+    assert sorted(m["files"]) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert all(m["files"][n] == checksum(latest / n).to_dict() for n in m["files"])
+    assert m["schema_fingerprint"] == schema_of(typed).fingerprint()
 
 
 def test_bad_checkpoints_are_named(results) -> None:
     e = results["errors"]
-    assert e["corrupt"] and "could not be read completely" in e["corrupt"]
-    assert e["truncated"] and "could not be read completely" in e["truncated"], e["truncated"]
-    for name in ("corrupt", "truncated"):  # one short line per rank, not KBs of stack summaries
-        assert len(e[name]) < 800 and "FrameSummary" not in e[name] and "DLRM_DIST_VERBOSE=1" in e[name], e[name]
+    assert e["corrupt"] and re.search(r"bad/step_00000008/__\d_0\.distcp: missing \(the manifest lists it\)", e["corrupt"])
+    assert e["truncated"] and re.search(r"cut/step_00000008/__1_0\.distcp: \d+ bytes, the manifest says \d+",
+                                        e["truncated"]), e["truncated"]
+    # found by whichever rank checked that file, raised on both (no rank left waiting)
+    assert e["flipped"] and re.search(r"flip/step_00000008/__1_0\.distcp: damaged \(CRC32C [0-9a-f]{8}, the "
+                                      r"manifest says [0-9a-f]{8}\)", e["flipped"]), e["flipped"]
+    forged = e["forged"]  # past the checksums, DCP meets the cut file: one short line per rank
+    assert forged and "could not be read completely" in forged, forged
+    assert len(forged) < 800 and "FrameSummary" not in forged and "DLRM_DIST_VERBOSE=1" in forged, forged
+    for name in ("crafted", "crafted_eval"):  # refused on every rank, on resume and on evaluation
+        assert e[name] and "crafted/step_00000008/.metadata: refusing to unpickle 'posix.system'" in e[name], e[name]
+    assert e["marker"] is False
     assert e["other_model"] and "different model" in e["other_model"] and "t_cat_3: checkpoint 80 x 8, model 81 x 8" in e["other_model"]
     assert e["missing"] and "no complete checkpoint" in e["missing"]
     assert e["other_optimizer"] and "embedding_optimizer: checkpoint 'adagrad', this run 'sgd'" in e["other_optimizer"]
