@@ -20,4 +20,4 @@ def load_schema(source: str | Path | dict[str, Any]) -> FeatureSchema:
         return BUILTIN[text]()
     if not Path(text).is_file():
         raise SchemaError(f"schema {text!r} is neither a file nor a built-in schema ({', '.join(BUILTIN)})")
-    return from_dict(read_data(text, "schema file", SchemaError), f"schema file {text}")
+    return from_dict(read_data(text, "schema file", SchemaError), f"schema file {text!r}")

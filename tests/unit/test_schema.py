@@ -150,7 +150,7 @@ def test_schema_file_numbers_are_checked_for_kind_and_range(tmp_path, toml: str,
     f.write_text(ONE_HASH + toml if toml.startswith("[[sparse]]") else toml + ONE_HASH)
     with pytest.raises(SchemaError) as e:
         load_schema(f)
-    assert str(e.value).startswith(f"schema file {f}: ") and words in str(e.value), str(e.value)
+    assert str(e.value).startswith(f"schema file {str(f)!r}: ") and words in str(e.value), str(e.value)
     assert "\n" not in str(e.value)
 
 
