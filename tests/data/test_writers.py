@@ -199,6 +199,17 @@ def test_a_kill_while_a_record_is_written_leaves_the_old_one(tmp_path: Path, mon
     jobs.assert_same(jobs.arrays(out), clean_a)
 
 
+def test_a_kill_during_the_first_record_does_not_make_out_foreign(tmp_path: Path, clean_a: dict) -> None:
+    """The temporary of a job.json whose write was killed is the job's own, not someone else's file."""
+    data = jobs.write_csv(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".job.json.x1y2z3.tmp").write_text('{"inputs": [')  # what a kill mid-write leaves
+    jobs.run([data], out, jobs.JOBS["A"])
+    jobs.assert_same(jobs.arrays(out), clean_a)
+    assert not list(out.glob(".*.tmp"))
+
+
 def _incomplete(out: Path) -> None:
     """As if the job had been killed after its fit pass."""
     write_job(out, read_job(out), complete=False)

@@ -77,9 +77,20 @@ class _Stopper:
                 return fn(*args, **kwargs)
             return wrapper
 
+        def record_write(fn):
+            def wrapper(path, data):
+                try:
+                    self.event()
+                except _Stopped:
+                    if not self.cleans_up:  # killed mid-write: the temporary stays, half written
+                        (Path(path).parent / f".{Path(path).name}.killed.tmp").write_bytes(data[: len(data) // 2])
+                    raise
+                return fn(path, data)
+            return wrapper
+
         m.setattr(NpyWriter, "_write", counted(NpyWriter._write))
         m.setattr(NpyWriter, "close", counted(NpyWriter.close))
-        m.setattr(fileio, "atomic_write_bytes", counted(fileio.atomic_write_bytes))
+        m.setattr(fileio, "atomic_write_bytes", record_write(fileio.atomic_write_bytes))
         m.setattr(Path, "rename", counted(Path.rename))
         m.setattr(NpyWriter, "abort", unless_killed(NpyWriter.abort))
         m.setattr(columnar, "_remove_partials", unless_killed(columnar._remove_partials))

@@ -68,20 +68,28 @@ def _job(opts: Options) -> dict[str, Any]:
     return job_record(opts.inputs, {"schema": opts.schema.without_fitted().to_dict(), "options": {"strict": opts.strict}})
 
 
+_RECORDS = (layout.META, layout.JOB, layout.FIT)
+
+
+def _leftovers(out: Path) -> list[Path]:
+    """Temporaries of the atomic record writes a kill left behind."""
+    return [tmp for name in _RECORDS for tmp in out.glob(f".{name}.*.tmp")]
+
+
 def _clear(out: Path) -> None:
     """Removes what a preprocessing job writes (only the layout's own names: other files stay)."""
-    for name in (layout.META, layout.JOB, layout.FIT):
-        (out / name).unlink(missing_ok=True)
-        for tmp in out.glob(f".{name}.*.tmp"):  # an atomic write's temporary, left by a kill
-            tmp.unlink(missing_ok=True)
+    for path in [*(out / name for name in _RECORDS), *_leftovers(out)]:
+        path.unlink(missing_ok=True)
     for d in [layout.VOCAB_DIR, *SPLITS, *(s + ".partial" for s in SPLITS)]:
         if (out / d).exists():
             shutil.rmtree(out / d)
 
 
 def _foreign(out: Path) -> bool:
-    """The directory holds files, but no job record: not ours to write into."""
-    return out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
+    """The directory holds files, but no job record: not ours to write into (a lock file and a
+    killed first run's temporary record are ours)."""
+    ours = {LOCK_FILE, *(p.name for p in _leftovers(out))} if out.is_dir() else set()
+    return out.is_dir() and any(p.name not in ours for p in out.iterdir())
 
 
 def _done(out: Path) -> Report:
@@ -110,6 +118,8 @@ def _start(opts: Options) -> Optional[Report]:
     elif _foreign(out):
         raise PreprocessError(f"{out} is not empty and was not written by `dlrm-data preprocess --schema`; "
                               "use another --out, or --overwrite")
+    for tmp in _leftovers(out):  # under the lock no write of ours is in flight: these are a kill's
+        tmp.unlink(missing_ok=True)
     write_job(out, job)
     return None
 
@@ -120,40 +130,69 @@ def _bar(opts: Options, desc: str) -> tqdm:
 
 
 def _time_cutoffs(opts: Options) -> Optional[tuple[float, float]]:
+    """The times where val and test begin (quantiles of the time column at the fractions)."""
     s = opts.schema.split
     if s.by != "time":
         return None
     times = []
     with _bar(opts, "time split") as bar:
         for _, _, batch in read_inputs(opts.inputs, opts.schema, BadLines()):
-            times.append(batch.column(s.column).to_numpy(zero_copy_only=False))
+            times.append(encode.times_of(batch, opts.schema))
             bar.update(batch.num_rows)
     t = np.concatenate(times) if times else np.zeros(0)
-    if t.size == 0 or np.isnan(t).any():
-        raise PreprocessError(f"time column {s.column!r}: no rows, or empty cells")
     f = s.fractions
-    return float(np.quantile(t, f[0])), float(np.quantile(t, f[0] + f[1])) if f[2] > 0 else float("inf")
+    cutoffs = float(np.quantile(t, f[0])), float(np.quantile(t, f[0] + f[1])) if f[2] > 0 else float("inf")
+    split = (t >= cutoffs[0]).astype(np.int8) + (t >= cutoffs[1]).astype(np.int8)
+    refuse_empty_splits(opts.schema, {name: int((split == k).sum()) for k, name in enumerate(SPLITS)},
+                        f" by time column {s.column!r} (cut-offs {cutoffs[0]:g}, {cutoffs[1]:g}: ties stay together)")
+    return cutoffs
+
+
+def refuse_empty_splits(schema: FeatureSchema, rows: dict[str, int], how: str = "") -> None:
+    """A split given a share of the rows that ends up with none is an error now, at preprocessing,
+    rather than at the evaluation that would read it after training."""
+    f = dict(zip(SPLITS, schema.split.fractions))
+    empty = [s for s in SPLITS if f[s] > 0 and rows.get(s, 0) == 0]
+    if empty:
+        counts = ", ".join(f"{s} {rows.get(s, 0)}" for s in SPLITS)
+        raise PreprocessError(f"split(s) {empty} would be empty ({counts} rows of {sum(rows.values())}{how}, "
+                              f"fractions {list(schema.split.fractions)}): give more rows, other fractions, "
+                              "or a fraction of 0 for a split you do not want")
 
 
 class _Moments:
-    def __init__(self) -> None:
-        self.n, self.sum, self.sumsq, self.min, self.max = 0, 0.0, 0.0, np.inf, -np.inf
+    """Count, mean, sum of squared deviations (merged per batch: no catastrophic sum of squares),
+    minimum and maximum of one dense feature over the training split."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.n, self.mean, self.m2, self.min, self.max = 0, 0.0, 0.0, np.inf, -np.inf
 
     def add(self, x: np.ndarray) -> None:
-        if x.size:
-            self.n += x.size
-            self.sum += float(x.sum())
-            self.sumsq += float((x * x).sum())
-            self.min, self.max = min(self.min, float(x.min())), max(self.max, float(x.max()))
+        if not x.size:
+            return
+        with np.errstate(over="ignore", invalid="ignore"):
+            n, mean = x.size, float(x.mean())
+            m2 = float(((x - mean) ** 2).sum())
+            total = self.n + n
+            delta = mean - self.mean
+            self.m2 += m2 + delta * delta * self.n * n / total
+            self.mean += delta * n / total
+        self.n = total
+        self.min, self.max = min(self.min, float(x.min())), max(self.max, float(x.max()))
 
     def scale(self, kind: str) -> tuple[float, float]:
+        """(shift, divisor) of standardize/minmax; a constant feature keeps divisor 1."""
         if self.n == 0:
             return 0.0, 1.0
-        if kind == "minmax":
-            return self.min, (self.max - self.min) or 1.0
-        mean = self.sum / self.n
-        std = float(np.sqrt(max(self.sumsq / self.n - mean * mean, 0.0)))
-        return mean, std if std > 0 else 1.0
+        with np.errstate(over="ignore", invalid="ignore"):
+            shift, divisor = (self.min, self.max - self.min) if kind == "minmax" else \
+                (self.mean, float(np.sqrt(max(self.m2 / self.n, 0.0))))
+        if not (np.isfinite(shift) and np.isfinite(divisor)):
+            raise PreprocessError(
+                f"dense feature {self.name!r}: its {kind} statistics over the training split overflow (values "
+                f"from {self.min:g} to {self.max:g}); add log1p or clip = [lo, hi] before {kind}")
+        return shift, divisor if divisor > 0 else 1.0
 
 
 class _VocabCounts:
@@ -192,7 +231,7 @@ def _fit(opts: Options, cutoffs: Optional[tuple[float, float]]) -> dict[str, Any
     result: dict[str, Any] = {"vocab_rows": {}, "scales": {}}
     if vocab_tables or fitted:
         counts = {t: _VocabCounts() for t in vocab_tables}
-        moments = {d.name: _Moments() for d in fitted}
+        moments = {d.name: _Moments(d.name) for d in fitted}
         row0 = 0
         with _bar(opts, "fit (train split)") as bar:
             for path, first, batch in read_inputs(opts.inputs, schema, BadLines()):
@@ -205,8 +244,8 @@ def _fit(opts: Options, cutoffs: Optional[tuple[float, float]]) -> dict[str, Any
                 for f in schema.sparse:
                     if f.kind == "vocab":
                         counts[f.table].add(encode.bags_of(sub, f).values)
-                for d in fitted:
-                    moments[d.name].add(encode.dense_raw(sub, d))
+                for d in fitted:  # on the whole batch, so that an error names the right line
+                    moments[d.name].add(encode.dense_raw(batch, d, schema)[train])
         _save_vocabularies(opts, counts, result)
         result["scales"] = {d.name: moments[d.name].scale(d.fitted) for d in fitted}
     layout.write_fit(opts.out_dir, result)
@@ -272,12 +311,13 @@ class _SplitWriter:
             w.abort()
 
 
-def _encode_block(batch: pa.RecordBatch, schema: FeatureSchema, vocabs: dict[str, pa.Array], where: str) -> dict[str, tuple]:
+def _encode_block(batch: pa.RecordBatch, schema: FeatureSchema, vocabs: dict[str, pa.Array], where: str = "") -> dict[str, tuple]:
+    """Every sparse feature's (ids, bag lengths) of a block (errors name their line: the batch
+    carries its origin, so ``where`` is only kept for callers that pass it)."""
     ids = {}
     for f in schema.sparse:
         bags = encode.bags_of(batch, f)
-        values = encode.encode_ids(bags.values, f, schema.table_rows(f.table), vocabs.get(f.table), where)
-        ids[f.name] = (values, bags.lengths)
+        ids[f.name] = (encode.encode_ids(batch, schema, f, bags, vocabs.get(f.table)), bags.lengths)
     return ids
 
 
@@ -352,6 +392,7 @@ def _run(opts: Options) -> Report:
     report = Report()
     splits = _write(opts, schema, cutoffs, report)
     report.rows = {s: splits[s]["rows"] for s in SPLITS}
+    refuse_empty_splits(opts.schema, report.rows)
     report.seconds = time.perf_counter() - started
     layout.write_meta(opts.out_dir, {
         "schema": schema.to_dict(), "splits": splits, "rows_read": report.rows_read,
