@@ -23,6 +23,7 @@ from dlrm_dist.config.loader import to_dict
 from dlrm_dist.data import Dataset
 from dlrm_dist.data.resolve import build_data, job_schema, table_pooling
 from dlrm_dist.distributed.env import DistEnv
+from dlrm_dist.distributed.plan_sync import agree_on_plan
 from dlrm_dist.distributed.parallel import compile_dense, set_matmul_precision, shard_model
 from dlrm_dist.distributed.weights import init_embedding_weights
 from dlrm_dist.metrics.log import MetricsLog
@@ -112,6 +113,8 @@ def prepare(cfg: Config, env: DistEnv) -> Prepared:
 
 def build_trainer(env: DistEnv, prepared: Prepared) -> Trainer:
     """Shards the model and assembles the trainer (needs the process group)."""
+    # Every rank planned with its own host's memory: all take rank 0's plan (distributed/plan_sync.py).
+    prepared = dataclasses.replace(prepared, plan_file=agree_on_plan(prepared.plan_file, env, prepared.model))
     cfg = prepared.cfg
     set_matmul_precision(cfg.train.tf32, env.device)
     if cfg.train.mixed_precision == "bf16":

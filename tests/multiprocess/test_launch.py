@@ -158,3 +158,46 @@ def test_docker_image_takes_its_pins_from_pyproject() -> None:
 def test_only_the_leading_separator_is_dropped() -> None:
     cmd, _ = build_command(["--", "--train.run_dir", "--", "--steps", "3"], {}, gpus=0)
     assert cmd[-5:] == ["dlrm_dist.train", "--train.run_dir", "--", "--steps", "3"]
+
+
+def _plan_sync_rank(out_dir: str, memories: list[int], args: list[list[str]]) -> None:
+    """One rank of the plan-agreement test: told its own memory (and, rank 1, another plan source)."""
+    import logging
+
+    from dlrm_dist.config import load_config
+    from dlrm_dist.distributed import resources
+    from dlrm_dist.distributed.env import DistEnv, init_distributed, teardown
+    from dlrm_dist.distributed.plan_sync import agree_on_plan, plan_digest
+    from dlrm_dist.training.build import prepare
+
+    rank = int(os.environ["RANK"])
+    resources.host_memory_bytes = lambda *a: memories[rank]
+    env = DistEnv.from_environ(device="cpu")
+    prepared = prepare(load_config(SMALL_JOB + args[rank]), env)
+    warnings: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    plan_logger = logging.getLogger("dlrm_dist.distributed.plan_sync")
+    plan_logger.addHandler(handler)
+    plan_logger.setLevel(logging.WARNING)  # the ranks' package logger is quiet outside a run
+    init_distributed(env, timeout_s=60)
+    try:
+        chosen = agree_on_plan(prepared.plan_file, env, prepared.model)
+    finally:
+        teardown()
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({
+        "own": plan_digest(prepared.plan_file), "chosen": plan_digest(chosen),
+        "ddr_gb": chosen.inputs.topology.ddr_gb, "warnings": warnings}))
+
+
+def test_ranks_that_plan_differently_all_take_rank_0s_plan(tmp_path: Path) -> None:
+    """Two ranks told different host memory (and rank 1 another plan source) shard by one plan (item 4)."""
+    from tests.dist_helper import run_ranks
+
+    gb = 1024**3
+    run_ranks(_plan_sync_rank, 2, str(tmp_path), [64 * gb, 16 * gb], [[], ["--sharding-type=row_wise"]], timeout=180)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    assert r0["own"] != r1["own"]  # left alone, the ranks would shard by different plans
+    assert r0["chosen"] == r1["chosen"] == r0["own"] and r1["ddr_gb"] == r0["ddr_gb"] > 60
+    assert len(r0["warnings"]) == 1 and "rank(s) 1 planned differently from rank 0" in r0["warnings"][0]
+    assert "host memory 64.0 GB" in r0["warnings"][0] and not r1["warnings"]
