@@ -10,6 +10,11 @@ Vectorised over whole record batches (numpy and pyarrow compute); nothing loops 
   unseen or rare values -> an OOV bucket (hashed among them when there are several).
 - missing values: dense -> the feature's ``fill``; sparse -> an empty bag for multi-hot,
   otherwise id 0 (identity/hash) or an OOV bucket (vocab).
+- every dense value written is a finite float32: a fill, a log1p of a value <= -1, or a
+  chain whose result leaves float32's range is an error naming the feature, file, line,
+  cell and step (read.py has already refused non-finite cells).
+
+Errors name the line of the offending row: each batch carries its origin (read.origin).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dlrm_dist.data.columnar.read import PreprocessError
+from dlrm_dist.data.columnar import read
+from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.data.hashing import U64, splitmix64, unit_uniform
 from dlrm_dist.features.schema import DenseFeature, FeatureSchema, SparseFeature
 
@@ -47,31 +53,51 @@ def fnv1a(strings: pa.Array) -> np.ndarray:
 
 
 # -- labels and splits -----------------------------------------------------------------------
-def labels_of(batch: pa.RecordBatch, schema: FeatureSchema, where: str, first_row: int) -> np.ndarray:
-    """0/1 labels; a missing or non-binary label is an error naming the row."""
-    col = batch.column(schema.label.column)
-    values = col.to_numpy(zero_copy_only=False)
-    missing = np.flatnonzero(np.isnan(values))
-    if missing.size:
-        raise PreprocessError(f"{where} data row {first_row + missing[0] + 1}: label column "
-                              f"{schema.label.column!r} is empty ({missing.size} such rows in this block)")
+def _filled(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 values with nulls as NaN, missing mask): read.py has refused every non-finite cell,
+    so NaN here means missing and nothing else."""
+    missing = values.is_null().to_numpy(zero_copy_only=False)
+    return values.to_numpy(zero_copy_only=False).astype(np.float64), missing
+
+
+def labels_of(batch: pa.RecordBatch, schema: FeatureSchema, where: str = "", first_row: int = 0) -> np.ndarray:
+    """0/1 labels; a missing or non-binary label is an error naming the file and line.
+
+    (``where`` and ``first_row`` are kept for callers that pass them: the batch knows its origin.)
+    """
+    column = schema.label.column
+    values, missing = _filled(read.numbers(batch, column))
+    if missing.any():
+        i = int(np.flatnonzero(missing)[0])
+        raise PreprocessError(f"{read.where(batch, schema, i)}: label column {column!r} is empty "
+                              f"({int(missing.sum())} such rows in this block); every row needs a label")
     if schema.label.threshold is not None:
         return (values >= schema.label.threshold).astype(np.float32)
     bad = np.flatnonzero((values != 0) & (values != 1))
     if bad.size:
+        i = int(bad[0])
         raise PreprocessError(
-            f"{where} data row {first_row + bad[0] + 1}: label {float(values[bad[0]])} in column {schema.label.column!r} "
-            "is not 0 or 1; give label.threshold (e.g. threshold = 4 makes value >= 4 a positive)")
+            f"{read.where(batch, schema, i)}: label {float(values[i])} in column {column!r} is not 0 or 1; "
+            "give label.threshold (e.g. threshold = 4 makes value >= 4 a positive)")
     return values.astype(np.float32)
+
+
+def times_of(batch: pa.RecordBatch, schema: FeatureSchema) -> np.ndarray:
+    """The time column; an empty cell is an error naming the file and line."""
+    column = schema.split.column
+    t, missing = _filled(read.numbers(batch, column))
+    if missing.any():
+        i = int(np.flatnonzero(missing)[0])
+        raise PreprocessError(f"{read.where(batch, schema, i)}: time column {column!r} is empty; every row "
+                              "needs a time to be split by time")
+    return t
 
 
 def split_of(batch: pa.RecordBatch, schema: FeatureSchema, row0: int, cutoffs: Optional[tuple[float, float]]) -> np.ndarray:
     """0 (train), 1 (val) or 2 (test) per row; ``row0`` is the first row's number over all inputs."""
     s = schema.split
     if s.by == "time":
-        t = batch.column(s.column).to_numpy(zero_copy_only=False)
-        if np.isnan(t).any():
-            raise PreprocessError(f"time column {s.column!r} has empty cells: every row needs a time")
+        t = times_of(batch, schema)
         return (t >= cutoffs[0]).astype(np.int8) + (t >= cutoffs[1]).astype(np.int8)
     rows = np.arange(row0, row0 + batch.num_rows, dtype=np.int64)
     z = splitmix64(rows.astype(U64) ^ splitmix64(np.array([s.seed], U64))[0])
@@ -81,29 +107,55 @@ def split_of(batch: pa.RecordBatch, schema: FeatureSchema, row0: int, cutoffs: O
 
 
 # -- dense -------------------------------------------------------------------------------------
-def dense_raw(batch: pa.RecordBatch, d: DenseFeature) -> np.ndarray:
-    """The column before any fitted step: filled, clipped and log1p'd as the chain says."""
-    x = batch.column(d.column).to_numpy(zero_copy_only=False).astype(np.float64)
-    x = np.where(np.isnan(x), d.fill, x)
+def _raw_cell(batch: pa.RecordBatch, d: DenseFeature, i: int) -> str:
+    v = read.numbers(batch, d.column)[i].as_py()
+    return "an empty cell (fill = {})".format(d.fill) if v is None else repr(v)
+
+
+def dense_raw(batch: pa.RecordBatch, d: DenseFeature, schema: FeatureSchema) -> np.ndarray:
+    """The column before any fitted step: filled, clipped and log1p'd as the chain says; every
+    value finite (a step that would make one non-finite is an error naming the line)."""
+    x, missing = _filled(read.numbers(batch, d.column))
+    x[missing] = d.fill
+    _check_finite(batch, schema, d, x, "fill" if missing.any() else "the cell")
     for t in d.transform:
         if t == "clip":
             x = np.clip(x, d.clip[0], d.clip[1])
         elif t == "log1p":
-            if (x <= -1).any():
-                raise PreprocessError(f"dense feature {d.name!r}: log1p of a value <= -1 "
-                                      f"({x[x <= -1][0]}); add clip = [0, ...] before it")
+            low = np.flatnonzero(x <= -1)
+            if low.size:
+                i = int(low[0])
+                raise PreprocessError(
+                    f"{read.where(batch, schema, i)}: dense feature {d.name!r} (column {d.column!r}): log1p of "
+                    f"{x[i]} (from {_raw_cell(batch, d, i)}) is not finite (log1p needs values > -1); "
+                    "add clip = [0, ...] before it, or fix the data")
             x = np.log1p(x)
     return x
 
 
+def _check_finite(batch: pa.RecordBatch, schema: FeatureSchema, d: DenseFeature, x: np.ndarray, step: str) -> None:
+    bad = np.flatnonzero(~np.isfinite(x))
+    if bad.size:
+        i = int(bad[0])
+        raise PreprocessError(
+            f"{read.where(batch, schema, i)}: dense feature {d.name!r} (column {d.column!r}): {step} makes "
+            f"{_raw_cell(batch, d, i)} the non-finite value {x[i]}; dense values must be finite float32 numbers "
+            f"(|x| < {np.finfo(np.float32).max:.3g}): clip or log1p large values, give a finite fill")
+
+
 def dense_matrix(batch: pa.RecordBatch, schema: FeatureSchema) -> np.ndarray:
+    """The (rows, dense) float32 matrix; a value that is not a finite float32 is an error naming
+    the feature, the line, the cell and the step that made it so."""
     cols = []
     for d in schema.dense:
-        x = dense_raw(batch, d)
+        x = dense_raw(batch, d, schema)
         if d.fitted:
             shift, divisor = d.scale
             x = (x - shift) / divisor
-        cols.append(x.astype(np.float32))
+        with np.errstate(over="ignore"):
+            x32 = x.astype(np.float32)
+        _check_finite(batch, schema, d, x32, f"the transform chain {list(d.transform) or ['none']}")
+        cols.append(x32)
     return np.stack(cols, axis=1) if cols else np.zeros((batch.num_rows, 0), np.float32)
 
 
@@ -115,9 +167,15 @@ class Bags:
     values: pa.Array
     lengths: Optional[np.ndarray]
 
+    def row_of(self, value_index: int) -> int:
+        """The block row a flat value belongs to."""
+        if self.lengths is None:
+            return value_index
+        return int(np.searchsorted(np.cumsum(self.lengths), value_index, side="right"))
+
 
 def bags_of(batch: pa.RecordBatch, f: SparseFeature) -> Bags:
-    col = batch.column(f.column)
+    col = read.texts(batch, f.column)
     if f.prefix is not None:
         col = pc.utf8_slice_codeunits(col, 0, f.prefix)
     if not f.multi_hot:
@@ -134,8 +192,10 @@ def bags_of(batch: pa.RecordBatch, f: SparseFeature) -> Bags:
     return Bags(flat, counts)
 
 
-def encode_ids(values: pa.Array, f: SparseFeature, rows: int, vocab: Optional[pa.Array], where: str) -> np.ndarray:
-    """Text values -> int64 ids in [0, rows)."""
+def encode_ids(batch: pa.RecordBatch, schema: FeatureSchema, f: SparseFeature, bags: Bags,
+               vocab: Optional[pa.Array]) -> np.ndarray:
+    """A feature's text values -> int64 ids in [0, its table's rows); a bad identity id names the line."""
+    values, rows = bags.values, schema.table_rows(f.table)
     if f.kind == "hash":
         return (fnv1a(values) % U64(rows)).astype(np.int64)
     if f.kind == "vocab":
@@ -146,15 +206,21 @@ def encode_ids(values: pa.Array, f: SparseFeature, rows: int, vocab: Optional[pa
             oov = (fnv1a(pc.filter(values, pa.array(unseen))) % U64(f.oov_buckets)).astype(np.int64)
             ids[unseen] = oov
         return ids
-    filled = pc.fill_null(values, "0")
+    return _identity_ids(batch, schema, f, bags, rows)
+
+
+def _identity_ids(batch: pa.RecordBatch, schema: FeatureSchema, f: SparseFeature, bags: Bags, rows: int) -> np.ndarray:
+    filled = pc.fill_null(bags.values, "0")
+    as_int = lambda a: pc.cast(pc.utf8_trim_whitespace(a), pa.int64())  # noqa: E731
     try:
-        ids = pc.cast(filled, pa.int64()).to_numpy(zero_copy_only=False)
+        ids = as_int(filled).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        text = [v for v in filled.to_pylist() if not v.lstrip("-").isdigit()]
-        raise PreprocessError(f"{where}: identity feature {f.name!r} (column {f.column!r}) holds "
-                              f"{text[0]!r}, not an integer id") from None
+        i = read.first_failing(filled, as_int)
+        raise PreprocessError(f"{read.where(batch, schema, bags.row_of(i))}: identity feature {f.name!r} (column "
+                              f"{f.column!r}) holds {filled[i].as_py()!r}, not an integer id") from None
     out = np.flatnonzero((ids < 0) | (ids >= rows))
     if out.size:
-        raise PreprocessError(f"{where}: identity feature {f.name!r} has id {ids[out[0]]} outside "
-                              f"[0, {rows}) (buckets = {rows}); raise buckets or use kind = \"vocab\"")
+        i = int(out[0])
+        raise PreprocessError(f"{read.where(batch, schema, bags.row_of(i))}: identity feature {f.name!r} has id "
+                              f"{ids[i]} outside [0, {rows}) (buckets = {rows}); raise buckets or use kind = \"vocab\"")
     return ids

@@ -1,19 +1,43 @@
 """Streaming the schema's columns out of CSV/TSV (plain or gzip) and Parquet files with pyarrow.
 
-Files are read in record batches of bounded size, only the columns the schema names.
+Files are read in record batches of bounded size, only the columns the schema names. Each
+*use* of a column gets its own typed read (``numbers`` / ``texts``): a column may be a dense
+feature and a sparse one, or the time column and a sparse feature. CSV cells are read as
+text and converted here, so that a bad cell is found in its batch and named by file, line
+and column (the line is found by re-scanning the file, on the error path only). Cells are
+checked one by one: a numeric cell must parse to a finite number (``inf``, ``nan`` and
+``1e400`` are refused unless ``input.null_values`` lists them as missing).
+
 Malformed CSV lines (a wrong number of fields) are skipped, counted, and the first few
-reported by file and line. A column the schema names that a file lacks, or a numeric
-column holding text, is a SchemaError naming the file and column.
+reported by file and line. A file that is empty, has no data rows, is not the gzip stream
+its name says, or is truncated is a PreprocessError naming it; so is a header-less file
+whose lines have another number of fields than ``input.columns`` names.
+
+Every batch carries its origin (file, first data row) in its schema metadata, so that the
+encoders can name the line of a bad value without being told where the batch came from.
+
+Arrow reads CSV ahead on its IO threads, and the reader holds our Python row handler: a
+reader released while a read-ahead is in flight is destroyed later on an Arrow thread, which
+must then take the GIL to drop the handler. If the interpreter is exiting by then, Python
+ends that thread inside a C++ destructor and the process aborts ("terminate called without
+an active exception", exit 134). So every CSV read waits, when it ends, until Arrow has let
+go of its handlers (``_Handlers.wait_released``).
 """
 
 from __future__ import annotations
 
-import re
+import csv
+import gzip
+import io
+import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -24,6 +48,9 @@ from dlrm_dist.features.schema import FeatureSchema
 BLOCK_BYTES = 8 << 20  # CSV bytes per record batch: bounds memory whatever the file size
 PARQUET_ROWS = 1 << 18
 REPORTED = 10
+RELEASE_SECONDS = 30.0  # how long a finished read waits for Arrow's read-ahead to let go
+NUM, TEXT = "num", "text"  # the two typed reads of a column
+_PATH, _FIRST = b"dlrm_dist.path", b"dlrm_dist.first_row"
 
 
 @dataclass
@@ -46,6 +73,7 @@ class BadLines:
         return "skip"
 
 
+# -- what is read, and how ----------------------------------------------------------------------
 def file_format(path: Path, schema: FeatureSchema) -> str:
     if schema.input.format:
         return schema.input.format
@@ -61,13 +89,199 @@ def _delimiter(fmt: str, schema: FeatureSchema) -> str:
 
 def numeric_columns(schema: FeatureSchema) -> list[str]:
     """Columns read as numbers: dense features, the label, the time column."""
-    cols = [d.column for d in schema.dense] + [schema.label.column]
-    return cols + ([schema.split.column] if schema.split.column else [])
+    cols = [schema.label.column] + ([schema.split.column] if schema.split.column else [])
+    return list(dict.fromkeys(cols + [d.column for d in schema.dense]))
 
 
-def _types(schema: FeatureSchema, wanted: list[str]) -> dict[str, pa.DataType]:
-    numeric = set(numeric_columns(schema))
-    return {c: (pa.float64() if c in numeric else pa.string()) for c in wanted}
+def text_columns(schema: FeatureSchema) -> list[str]:
+    """Columns read as text: the sparse features' (one read per column, whatever its uses)."""
+    return list(dict.fromkeys(s.column for s in schema.sparse))
+
+
+def check_uses(schema: FeatureSchema) -> None:
+    """A column may serve several uses, but the label may not also be an input: the model
+    would be given the answer it is trained to predict."""
+    label = schema.label.column
+    inputs = [f"dense feature {d.name!r}" for d in schema.dense if d.column == label]
+    inputs += [f"sparse feature {s.name!r}" for s in schema.sparse if s.column == label]
+    if inputs:
+        raise SchemaError(f"column {label!r} is the label and also the input of {', '.join(inputs)}: the model "
+                          "would be given the answer; remove the feature (or derive it from another column)")
+
+
+def uses(schema: FeatureSchema) -> list[tuple[str, str]]:
+    """(use, column) of every typed read, numbers first."""
+    return [(NUM, c) for c in numeric_columns(schema)] + [(TEXT, c) for c in text_columns(schema)]
+
+
+def field_name(use: str, column: str) -> str:
+    return f"{use}:{column}"
+
+
+def numbers(batch: pa.RecordBatch, column: str) -> pa.Array:
+    """The numeric read of ``column`` (float64, null where the cell is missing)."""
+    return batch.column(field_name(NUM, column))
+
+
+def texts(batch: pa.RecordBatch, column: str) -> pa.Array:
+    """The text read of ``column`` (null where the cell is missing)."""
+    return batch.column(field_name(TEXT, column))
+
+
+# -- where a row came from -------------------------------------------------------------------------
+def origin(batch: pa.RecordBatch) -> tuple[Path, int]:
+    """(file, index of the batch's first data row in it)."""
+    meta = batch.schema.metadata or {}
+    return Path(meta[_PATH].decode()), int(meta[_FIRST])
+
+
+def where(batch: pa.RecordBatch, schema: FeatureSchema, row: int) -> str:
+    """``FILE line L`` (CSV) or ``FILE row R`` (Parquet) of the batch's row ``row``."""
+    path, first = origin(batch)
+    return locate(path, schema, first + row)
+
+
+def locate(path: Path, schema: FeatureSchema, data_row: int) -> str:
+    if file_format(path, schema) == "parquet":
+        return f"{path} row {data_row + 1}"
+    line = line_of_row(path, schema, data_row)
+    return f"{path} line {line}" if line is not None else f"{path} data row {data_row + 1}"
+
+
+def _text_lines(path: Path) -> io.TextIOBase:
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    raw = gzip.open(path, "rb") if gz else open(path, "rb")
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
+
+
+def _records(path: Path, schema: FeatureSchema) -> Iterator[tuple[int, list[str]]]:
+    """(first line, fields) of every record, as pyarrow splits them (quotes, embedded newlines)."""
+    fmt = file_format(path, schema)
+    quoting = {"quotechar": '"', "doublequote": True} if fmt == "csv" else {"quoting": csv.QUOTE_NONE}
+    with _text_lines(path) as text:
+        reader = csv.reader(text, delimiter=_delimiter(fmt, schema), strict=False, **quoting)
+        start = 1
+        try:
+            for fields in reader:
+                yield start, fields
+                start = reader.line_num + 1
+        except (csv.Error, OSError, EOFError):
+            return
+
+
+def line_of_row(path: Path, schema: FeatureSchema, data_row: int) -> Optional[int]:
+    """The line where data row ``data_row`` (0-based, valid rows only) starts: a re-scan, for error messages."""
+    expected, row = None, 0
+    for number, fields in _records(path, schema):
+        if not fields or fields == [""]:
+            continue  # pyarrow skips empty lines
+        if expected is None:
+            expected = len(schema.input.columns) if not schema.input.header else len(fields)
+            if schema.input.header:
+                continue
+        if len(fields) != expected:
+            continue  # a malformed line: skipped, not a data row
+        if row == data_row:
+            return number
+        row += 1
+    return None
+
+
+def _first_fields(path: Path, schema: FeatureSchema) -> Optional[int]:
+    for _, fields in _records(path, schema):
+        if fields and fields != [""]:
+            return len(fields)
+    return None
+
+
+# -- CSV -------------------------------------------------------------------------------------------
+class _RowHandler:
+    """pyarrow's invalid-row callback: counts a malformed line in ``bad`` (None: skips it silently)."""
+
+    def __init__(self, path: Path, bad: Optional[BadLines]) -> None:
+        self.path, self.bad = path, bad
+
+    def __call__(self, row: pa_csv.InvalidRow) -> str:
+        if self.bad is None:
+            return "skip"
+        line = f"{self.path}:{row.number}" if row.number is not None else str(self.path)
+        return self.bad.add(line, f"{row.actual_columns} fields, expected {row.expected_columns}")
+
+
+class _Handlers:
+    """The row handlers given to Arrow for one file, and a wait until Arrow has dropped them all.
+
+    Arrow drops a handler when the last reference to its reader goes, which may be an IO
+    thread's read-ahead finishing after we let go of the reader: see the module docstring.
+    """
+
+    def __init__(self) -> None:
+        self._live: list[tuple[weakref.ref, threading.Event]] = []
+
+    def parse_options(self, handler: _RowHandler, delimiter: str, fmt: str) -> pa_csv.ParseOptions:
+        released = threading.Event()
+        self._live.append((weakref.ref(handler, lambda _ref: released.set()), released))
+        return pa_csv.ParseOptions(delimiter=delimiter, invalid_row_handler=handler,
+                                   quote_char='"' if fmt == "csv" else False)
+
+    def wait_released(self, seconds: float = RELEASE_SECONDS) -> bool:
+        """Waits (without the GIL) until Arrow holds none of them; False on a timeout."""
+        return all(ref() is None or released.wait(seconds) for ref, released in self._live)
+
+
+def _unreadable(path: Path, e: Exception) -> PreprocessError:
+    text = str(e)
+    if "Empty CSV file" in text:
+        return PreprocessError(f"{path}: the file is empty (no header, no rows)")
+    if path.name.lower().endswith(".gz") or "compressed" in text or "zlib" in text or "gzip" in text:
+        return PreprocessError(f"{path}: not a complete gzip file ({text}); a name ending in .gz is read as "
+                               "gzip: recompress it, or rename a plain file")
+    return PreprocessError(f"{path}: cannot be read as CSV ({text})")
+
+
+def _open(path: Path, bad: BadLines, read_opts: pa_csv.ReadOptions, parse_opts: pa_csv.ParseOptions,
+          convert: Optional[pa_csv.ConvertOptions] = None) -> pa_csv.CSVStreamingReader:
+    try:
+        return pa_csv.open_csv(str(path), read_options=read_opts, parse_options=parse_opts, convert_options=convert)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise (PreprocessError(bad.fatal) if bad.fatal else _unreadable(path, e)) from None
+
+
+def _csv_names(path: Path, schema: FeatureSchema, parse_opts: pa_csv.ParseOptions, bad: BadLines) -> list[str]:
+    if schema.input.header:  # (parse_opts skips malformed lines silently: the real read counts them)
+        return _open(path, bad, pa_csv.ReadOptions(block_size=1 << 16, use_threads=False), parse_opts).schema.names
+    names = list(schema.input.columns or ())
+    fields = _first_fields(path, schema)
+    if fields is not None and fields != len(names):
+        raise PreprocessError(f"{path}: its first line has {fields} fields but input.columns names {len(names)} "
+                              f"({names}); with header = false every line must have one field per name")
+    return names
+
+
+def _read_csv(path: Path, schema: FeatureSchema, fmt: str, wanted: list[str], bad: BadLines) -> Iterator[pa.RecordBatch]:
+    delimiter = _delimiter(fmt, schema)
+    handlers = _Handlers()
+    try:
+        names = _csv_names(path, schema, handlers.parse_options(_RowHandler(path, None), delimiter, fmt), bad)
+        _check_columns(path, names, wanted)
+        read_opts = pa_csv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False,
+                                       column_names=None if schema.input.header else names)
+        convert = pa_csv.ConvertOptions(include_columns=wanted, column_types={c: pa.string() for c in wanted},
+                                        null_values=["", *schema.input.null_values],
+                                        strings_can_be_null=True, quoted_strings_can_be_null=False)
+        reader = _open(path, bad, read_opts, handlers.parse_options(_RowHandler(path, bad), delimiter, fmt), convert)
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except (pa.ArrowInvalid, OSError) as e:
+                raise (PreprocessError(bad.fatal) if bad.fatal else _unreadable(path, e)) from None
+            yield batch
+    finally:
+        reader = None  # drop our reference, then wait for Arrow's
+        handlers.wait_released()
 
 
 def _check_columns(path: Path, have: list[str], wanted: list[str]) -> None:
@@ -77,78 +291,100 @@ def _check_columns(path: Path, have: list[str], wanted: list[str]) -> None:
                           f"its columns are {have}")
 
 
-def _csv_names(path: Path, schema: FeatureSchema, delimiter: str) -> list[str]:
-    if not schema.input.header:
-        return list(schema.input.columns or ())
-    opts = pa_csv.ReadOptions(block_size=1 << 16)
-    # Only the header is wanted here; malformed lines are counted by the real read.
-    parse = pa_csv.ParseOptions(delimiter=delimiter, invalid_row_handler=lambda _row: "skip")
-    return pa_csv.open_csv(str(path), read_options=opts, parse_options=parse).schema.names
-
-
-def _conversion_error(path: Path, e: pa.ArrowInvalid, bad: BadLines) -> PreprocessError:
-    if bad.fatal:
-        return PreprocessError(bad.fatal)
-    m = re.search(r"column #(\d+): Row #(\d+): CSV conversion error to \w+: invalid value '([^']*)'", str(e))
-    if not m:
-        return PreprocessError(f"{path}: {e}")
-    return PreprocessError(
-        f"{path}: line {m.group(2)}, column #{m.group(1)}: {m.group(3)!r} is not a number, but the schema reads "
-        "this column as a number (a dense feature, the label or the time column); fix the data, or list "
-        "the value in input.null_values to read it as missing")
-
-
-def _read_csv(path: Path, schema: FeatureSchema, fmt: str, wanted: list[str], bad: BadLines) -> Iterator[pa.RecordBatch]:
-    delimiter = _delimiter(fmt, schema)
-    names = _csv_names(path, schema, delimiter)
-    _check_columns(path, names, wanted)
-
-    def handler(row: pa_csv.InvalidRow) -> str:
-        line = f"{path}:{row.number}" if row.number is not None else str(path)
-        return bad.add(line, f"{row.actual_columns} fields, expected {row.expected_columns}")
-
-    read_opts = pa_csv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False,
-                                   column_names=None if schema.input.header else names)
-    parse_opts = pa_csv.ParseOptions(delimiter=delimiter, invalid_row_handler=handler,
-                                     quote_char='"' if fmt == "csv" else False)
-    convert = pa_csv.ConvertOptions(include_columns=wanted, column_types=_types(schema, wanted),
-                                    null_values=["", *schema.input.null_values],
-                                    strings_can_be_null=True, quoted_strings_can_be_null=False)
-    try:  # opening reads the first block: a conversion error can come from here too
-        reader = pa_csv.open_csv(str(path), read_options=read_opts, parse_options=parse_opts, convert_options=convert)
-    except pa.ArrowInvalid as e:
-        raise _conversion_error(path, e, bad) from None
-    while True:
-        try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            return
-        except pa.ArrowInvalid as e:
-            raise _conversion_error(path, e, bad) from None
-        yield batch
-
-
-def _read_parquet(path: Path, schema: FeatureSchema, wanted: list[str]) -> Iterator[pa.RecordBatch]:
+# -- Parquet ---------------------------------------------------------------------------------------
+def _read_parquet(path: Path, wanted: list[str]) -> Iterator[pa.RecordBatch]:
     try:
         f = pq.ParquetFile(str(path))
     except (pa.ArrowInvalid, OSError) as e:
         raise PreprocessError(f"{path}: not a readable Parquet file ({e})") from None
     _check_columns(path, f.schema_arrow.names, wanted)
-    types = _types(schema, wanted)
-    for batch in f.iter_batches(batch_size=PARQUET_ROWS, columns=wanted):
+    batches = f.iter_batches(batch_size=PARQUET_ROWS, columns=wanted)
+    while True:
         try:
-            yield pa.RecordBatch.from_arrays([batch.column(c).cast(types[c]) for c in wanted], names=wanted)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-            raise PreprocessError(f"{path}: a column does not convert as the schema says ({e})") from None
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowInvalid, OSError) as e:
+            raise PreprocessError(f"{path}: a damaged or truncated Parquet file ({e})") from None
+        yield batch
 
 
-def read_file(path: Path, schema: FeatureSchema, bad: BadLines) -> Iterator[pa.RecordBatch]:
-    """The schema's columns of ``path`` in record batches (numeric columns as float64, others as text)."""
+# -- typed reads and cell checks ---------------------------------------------------------------------
+def first_failing(values: pa.Array, convert: Callable[[pa.Array], pa.Array]) -> int:
+    """Index of the first element ``convert`` refuses (bisection: Arrow names the value, not the row)."""
+    lo, hi = 0, len(values)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            convert(values.slice(lo, mid - lo))
+            lo = mid
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            hi = mid
+    return lo
+
+
+def _to_float(values: pa.Array) -> pa.Array:
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        values = pc.utf8_trim_whitespace(values)  # as pyarrow's CSV number parsing does
+    return pc.cast(values, pa.float64())
+
+
+def _to_text(values: pa.Array) -> pa.Array:
+    return values if pa.types.is_string(values.type) else pc.cast(values, pa.string())
+
+
+def _number_error(batch: pa.RecordBatch, schema: FeatureSchema, column: str, row: int, value: object, why: str) -> PreprocessError:
+    return PreprocessError(
+        f"{where(batch, schema, row)}, column {column!r}: {value!r} {why}, but the schema reads this column as a "
+        "number (a dense feature, the label or the time column); fix the data, or list the value in "
+        "input.null_values to read it as missing")
+
+
+def _numeric(raw: pa.RecordBatch, schema: FeatureSchema, column: str) -> pa.Array:
+    values = raw.column(column)
+    try:
+        x = _to_float(values)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        i = first_failing(values, _to_float)
+        raise _number_error(raw, schema, column, i, values[i].as_py(), "is not a number") from None
+    finite = np.isfinite(x.to_numpy(zero_copy_only=False))
+    bad = np.flatnonzero(~finite & ~x.is_null().to_numpy(zero_copy_only=False))
+    if bad.size:
+        i = int(bad[0])
+        raise _number_error(raw, schema, column, i, values[i].as_py(), "is not a finite number")
+    return x
+
+
+def _typed(raw: pa.RecordBatch, schema: FeatureSchema, path: Path, first: int) -> pa.RecordBatch:
+    """One field per (use, column), each checked; the batch's origin in its metadata."""
+    raw = raw.replace_schema_metadata({_PATH: str(path), _FIRST: str(first)})
+    arrays, names = [], []
+    for use, column in uses(schema):
+        arrays.append(_numeric(raw, schema, column) if use == NUM else _to_text(raw.column(column)))
+        names.append(field_name(use, column))
+    return pa.RecordBatch.from_arrays(arrays, names=names).replace_schema_metadata(raw.schema.metadata)
+
+
+def read_file(path: Path, schema: FeatureSchema, bad: BadLines, first_row: int = 0) -> Iterator[pa.RecordBatch]:
+    """The schema's typed reads of ``path`` in record batches; a file without data rows is refused."""
+    check_uses(schema)
     wanted = schema.columns()
     fmt = file_format(path, schema)
-    if fmt == "parquet":
-        return _read_parquet(path, schema, wanted)
-    return _read_csv(path, schema, fmt, wanted, bad)
+    skipped_before = bad.count
+    raw = _read_parquet(path, wanted) if fmt == "parquet" else _read_csv(path, schema, fmt, wanted, bad)
+    row = first_row
+    try:
+        for batch in raw:
+            if batch.num_rows:
+                yield _typed(batch, schema, path, row)
+                row += batch.num_rows
+    finally:
+        raw.close()
+    if row == first_row:
+        skipped = bad.count - skipped_before
+        why = (f"all of its {skipped} data line(s) are malformed (see the malformed lines reported)" if skipped
+               else "it has no data rows (a header only)")
+        raise PreprocessError(f"{path}: {why}; every input file must hold data")
 
 
 def read_inputs(paths: list[Path], schema: FeatureSchema, bad: BadLines,
@@ -157,7 +393,9 @@ def read_inputs(paths: list[Path], schema: FeatureSchema, bad: BadLines,
     for path in paths:
         if on_file:
             on_file(path)
-        row = 0
-        for batch in read_file(path, schema, bad):
-            yield path, row, batch
-            row += batch.num_rows
+        batches = read_file(path, schema, bad)
+        try:
+            for batch in batches:
+                yield path, origin(batch)[1], batch
+        finally:
+            batches.close()  # an early stop (an error downstream) ends the file's read here, not at exit
