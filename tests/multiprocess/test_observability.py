@@ -124,42 +124,57 @@ def test_report_refuses_what_is_not_a_run(tmp_path) -> None:
     assert proc.returncode == 2 and ".html or .png" in proc.stderr
 
 
-def test_a_second_writer_of_a_run_or_checkpoint_dir_is_refused_and_the_first_is_intact(tmp_path) -> None:
-    """While a run trains, a run on its run dir (1 rank) and a 2-rank run on its checkpoint dir
-    (another run dir) both stop with exit 2 naming the holder (pid, host), both ranks of the 2-rank
-    one included, in seconds rather than a rendezvous timeout; the first run's files stay its own."""
-    first, ckpt, other = tmp_path / "first", tmp_path / "ckpt", tmp_path / "other"
+def _wait_for(done, holder: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not done() and holder.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert done(), log.read_text()[-3000:]
+
+
+def _locked_by(directory: Path) -> bool:
+    try:
+        return bool(json.loads((directory / ".dlrm_dist.lock").read_text() or "{}"))
+    except (OSError, ValueError):
+        return False
+
+
+def test_a_second_writer_of_a_run_or_checkpoint_dir_is_refused_and_the_first_is_intact(tmp_path, capsys) -> None:
+    """While a run trains, a run on its run dir (1 rank, in this process) and a 2-rank run on its
+    checkpoint dir (another run dir) both stop with exit 2 naming the holder (pid, host), both ranks
+    of the 2-rank one included, in seconds rather than a rendezvous timeout; the first run's files
+    stay its own."""
+    from dlrm_dist.train import main as train
+
+    first, ckpt, other, log = tmp_path / "first", tmp_path / "ckpt", tmp_path / "other", tmp_path / "first.log"
     holder = _start("-m", "dlrm_dist.train", *SMALL_JOB, "--train.steps=100000", "--train.eval_interval=0",
                     "--train.log_interval=10", f"--run-dir={first}", f"--checkpoint-dir={ckpt}",
-                    "--train.checkpoint_interval=100000", log=tmp_path / "first.log")
+                    "--train.checkpoint_interval=100000", log=log)
     try:
-        deadline = time.monotonic() + 120
-        while not (first / "metrics.jsonl").exists() and holder.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert (first / "metrics.jsonl").exists(), (tmp_path / "first.log").read_text()[-3000:]
-        pid = holder.pid
-        same_run = _start("-m", "dlrm_dist.train", *SMALL_JOB, "--train.steps=5", f"--run-dir={first}")
+        _wait_for(lambda: _locked_by(first) and _locked_by(ckpt), holder, log)
         same_ckpt = _start(*TORCHRUN, "-m", "dlrm_dist.train", *SMALL_JOB, "--train.steps=5", f"--run-dir={other}",
                            f"--checkpoint-dir={ckpt}")
         started = time.monotonic()
-        out_run, err_run = same_run.communicate(timeout=150)
+        same_run = train([*SMALL_JOB, "--train.steps=5", f"--run-dir={first}"])
+        err_run = capsys.readouterr().err
         out_ckpt, err_ckpt = same_ckpt.communicate(timeout=150)
         elapsed = time.monotonic() - started
+        _wait_for(lambda: any(r["kind"] == "train" for r in read_metrics(first / "metrics.jsonl"))
+                  if (first / "metrics.jsonl").exists() else False, holder, log)
         assert holder.poll() is None, "the first run must still be training"
         records = read_metrics(first / "metrics.jsonl")
         config = json.loads((first / "config.json").read_text())
     finally:
         os.killpg(holder.pid, signal.SIGTERM)
         holder.communicate(timeout=60)
-    busy = f"is in use by pid {pid} on host {socket.gethostname()}"
-    assert same_run.returncode == 2, err_run[-3000:]
+    busy = f"is in use by pid {holder.pid} on host {socket.gethostname()}"
+    assert same_run == 2, err_run[-3000:]
     assert f"dlrm-train: error: {first} {busy} (dlrm-train train.run_dir)" in err_run, err_run[-3000:]
     assert f"{ckpt} {busy} (dlrm-train train.checkpoint_dir)" in err_ckpt, err_ckpt[-3000:]
     exit_codes = re.findall(r"exitcode\s*:\s*(-?\d+)", err_ckpt)
     assert exit_codes and exit_codes[0] == "2", err_ckpt[-3000:]  # torchrun's root cause: the refusal
     assert err_ckpt.count("dlrm-train: error:") == 2, err_ckpt[-3000:]  # rank 1 learnt it from rank 0
     assert elapsed < 120  # no rank waited out a rendezvous or collective timeout
-    assert "by sharding type" not in out_run + out_ckpt  # refused before training began
+    assert "by sharding type" not in out_ckpt  # refused before training began
     steps = [r["step"] for r in records if r["kind"] == "train"]
     assert steps and steps == sorted(set(steps)), steps  # one writer: no interleaved duplicate steps
     assert config["train"]["run_dir"] == str(first) and config["train"]["steps"] == 100000
