@@ -87,7 +87,7 @@ def _refuse(entry: str, why: str) -> ExportError:
 
 # -- the zip, as both readers see it --------------------------------------------------------
 def _entries(data: bytes) -> dict[str, bytes]:
-    """Every entry under the archive's one root folder, by its name inside it; both zip readers agree."""
+    """Every entry under the archive's one root folder, by its name inside it (Python's zip reader)."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             infos = z.infolist()
@@ -105,9 +105,7 @@ def _entries(data: bytes) -> dict[str, bytes]:
         raise ExportError(f"{MODEL_FILE} is not a torch.export archive: its entries are not all under one "
                           f"folder (found {sorted(roots)[:5]})")
     root = roots.pop()
-    inner = {n[len(root) + 1:]: b for n, b in contents.items()}
-    _same_as_torch(data, set(inner))
-    return inner
+    return {n[len(root) + 1:]: b for n, b in contents.items()}
 
 
 def _same_as_torch(data: bytes, names: set[str]) -> None:
@@ -116,8 +114,8 @@ def _same_as_torch(data: bytes, names: set[str]) -> None:
         reader = torch._C.PyTorchFileReader(io.BytesIO(data))
         theirs = set(reader.get_all_records())
     except Exception as e:  # noqa: BLE001 - any failure of the C++ reader is a damaged archive
-        raise ExportError(f"{MODEL_FILE} is damaged: PyTorch cannot read it as an archive "
-                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        why = " ".join(str(e).split())[:200]
+        raise ExportError(f"{MODEL_FILE} is damaged: PyTorch cannot read it as an archive ({type(e).__name__}: {why})") from None
     if theirs != names:
         odd = sorted(theirs ^ names)[:3]
         raise ExportError(f"{MODEL_FILE} is damaged or crafted: PyTorch's and Python's zip readers disagree "
@@ -215,7 +213,14 @@ def _safe_expr(text: str) -> bool:
 
 
 def _safe_guard(text: str) -> bool:
-    """A shape guard: comparisons and arithmetic over ``L['input'][i].size()[j]`` and integers."""
+    """A shape guard: comparisons and arithmetic over ``L['input'][i].size()[j]`` and integers.
+
+    torch splices the text itself into generated code (and an unparsed copy into a
+    double-quoted message), so beyond the syntax tree, comments, line breaks, backslashes and
+    string keys that are not plain identifiers are refused too.
+    """
+    if any(c in text for c in "#\n\r\\\"") or len(text) > 10_000:
+        return False
     try:
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
@@ -230,7 +235,8 @@ def _safe_guard(text: str) -> bool:
         if isinstance(node, ast.Call) and (not isinstance(node.func, ast.Attribute) or node.keywords
                                            or not all(isinstance(a, ast.Constant) for a in node.args)):
             return False
-        if isinstance(node, ast.Constant) and not isinstance(node.value, (int, str)):
+        if isinstance(node, ast.Constant) and not (isinstance(node.value, int) or isinstance(node.value, str)
+                                                   and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", node.value)):
             return False
     return True
 
@@ -300,6 +306,7 @@ def inspect_archive(data: bytes) -> None:
             raise _refuse(name, "is missing")
         if content is not None and entries[name].decode("utf-8", "replace").strip() != content:
             raise _refuse(name, f"is {entries[name][:20]!r}, not {content!r}")
+    _same_as_torch(data, set(entries))
     allowed |= _payloads(entries, WEIGHTS_CONFIG, "data/weights/", WEIGHT_FILE, "weight")
     allowed |= _payloads(entries, CONSTANTS_CONFIG, "data/constants/", CONSTANT_FILE, "constant")
     for name in sorted(entries):

@@ -123,8 +123,13 @@ def cost_problems(cost: QuantizationCost) -> list[str]:
 
 
 def _write_program(program: torch.export.ExportedProgram, out: Path) -> str:
-    """``out/model.pt2`` written atomically (a temporary name, fsync, rename); returns its sha256."""
-    final, tmp = out / MODEL_FILE, out / f".tmp-{os.getpid()}-{MODEL_FILE}"  # torch wants the .pt2 suffix
+    """``out/model.pt2`` written atomically (saved in a private folder, fsync, rename); returns its sha256.
+
+    The folder keeps the file's own name: torch.export.save names the archive's root after it.
+    """
+    final, tmp_dir = out / MODEL_FILE, out / f".tmp-{os.getpid()}"
+    tmp = tmp_dir / MODEL_FILE
+    tmp_dir.mkdir(exist_ok=True)
     try:
         with disk_full(tmp):
             torch.export.save(program, str(tmp))
@@ -134,6 +139,7 @@ def _write_program(program: torch.export.ExportedProgram, out: Path) -> str:
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+        tmp_dir.rmdir()
     return digest
 
 

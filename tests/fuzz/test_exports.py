@@ -44,15 +44,22 @@ def _batch(n: int) -> tuple:
     return (torch.randn(3, 5, generator=gen), [torch.tensor([0, 1, 1, 2])] * n, [torch.tensor([0, 2, 2, 4])] * n)
 
 
+class Original(dict):
+    """The fixture's export; a short repr, as Hypothesis prints it with every failing case."""
+
+    def __repr__(self) -> str:
+        return f"Original({self['dir']})"
+
+
 @pytest.fixture(scope="module")
-def original(tmp_path_factory) -> dict:
+def original(tmp_path_factory) -> Original:
     out = tmp_path_factory.mktemp("fuzz_exports") / "export"
     make_export(out)
     loaded = load_export(out)
     n = len(loaded.feature_names)
     with torch.no_grad():
         scores = loaded.module(*_batch(n))
-    return {"dir": out, "scores": scores, "n": n, "root_entries": archive_entries(out)}
+    return Original(dir=out, scores=scores, n=n, root_entries=archive_entries(out))
 
 
 def _fresh(original: dict, tmp_path_factory) -> Path:
@@ -84,7 +91,8 @@ def test_damaged_model_bytes_are_refused(original, tmp_path_factory, data) -> No
     if data.draw(st.booleans(), label="truncate"):
         raw = raw[:data.draw(st.integers(0, len(raw) - 1), label="keep")]
     else:
-        for at in data.draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=4), label="flips"):
+        for at in data.draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=4, unique=True),
+                            label="flips"):
             raw[at] ^= data.draw(st.integers(1, 255), label="mask")
     (d / "model.pt2").write_bytes(bytes(raw))
     recompute = data.draw(st.booleans(), label="recompute sha256")
