@@ -75,7 +75,7 @@ def test_escaping_names_through_the_cli_exit_2_and_write_nothing_outside(tmp_pat
     """Whichever layer refuses it (the schema's name rules or the writer's paths), nothing escapes."""
     data = jobs.write_csv(tmp_path)
     schema = jobs.schema_dict()
-    schema["sparse"][0]["name"] = "../../../escaped_feature"
+    schema["sparse"][0].update(name="../../../escaped_feature", column="uid")
     schema["sparse"][1]["table"] = "../../escaped_vocab"
     (tmp_path / "deep" / "er").mkdir(parents=True)
     out = tmp_path / "deep" / "er" / "out"
