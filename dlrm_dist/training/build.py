@@ -29,6 +29,7 @@ from dlrm_dist.distributed.weights import init_embedding_weights
 from dlrm_dist.metrics.log import MetricsLog
 from dlrm_dist.features.schema import FeatureSchema
 from dlrm_dist.model import ModelSpec, build_model, resolve_model
+from dlrm_dist.model.init import default_workers
 from dlrm_dist.planning import plan_rows
 from dlrm_dist.planning.plan import JobSpec, make_plan
 from dlrm_dist.planning.planfile import PlanFile
@@ -122,7 +123,8 @@ def build_trainer(env: DistEnv, prepared: Prepared) -> Trainer:
     if cfg.train.compile:
         compile_dense(prepared.model)
     model = shard_model(prepared.model, prepared.plan, env, cfg.sharding.qcomms)
-    init_embedding_weights(model, {t.name: t.rows for t in prepared.spec.tables}, cfg.train.seed)
+    init_embedding_weights(model, {t.name: t.rows for t in prepared.spec.tables}, cfg.train.seed,
+                           workers=default_workers(env.local_world_size))
     optimizer = build_optimizer(model, cfg.optim)
     lr = ScheduledLR(optimizer, LRSchedule.from_config(cfg.optim))
     log = MetricsLog(Path(cfg.train.run_dir), enabled=env.is_main, tensorboard=cfg.train.tensorboard)
