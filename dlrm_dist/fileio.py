@@ -56,11 +56,23 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _file_mode() -> int:
+    """What ``open()`` gives a new file: 0666 less the umask. os.umask can only be read by setting
+    it, so it is read once, at import, before any thread of this package writes a file."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically (temporary file + fsync + rename)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp's 0600 would hide the file from the readers open() allows
         with disk_full(path, len(data)), os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -210,6 +210,15 @@ def test_a_kill_during_the_first_record_does_not_make_out_foreign(tmp_path: Path
     assert not list(out.glob(".*.tmp"))
 
 
+def test_records_are_as_readable_as_the_arrays(tmp_path: Path) -> None:
+    """The atomic writes' temporary files (mkstemp: mode 0600) hid meta.json from other readers."""
+    out = tmp_path / "out"
+    jobs.run([jobs.write_csv(tmp_path)], out, jobs.JOBS["A"])
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [out / "meta.json", out / "job.json", out / "fit.json",
+                                                         out / "vocab" / "t_color.json", out / "train" / "dense.npy"]}
+    assert set(modes.values()) == {modes["dense.npy"]}, modes
+
+
 def _incomplete(out: Path) -> None:
     """As if the job had been killed after its fit pass."""
     write_job(out, read_job(out), complete=False)
