@@ -14,6 +14,8 @@ from torch import nn
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.fbgemm_qcomm_codec import CommType, QCommsConfig, get_qcomm_codecs_registry
 from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.train_pipeline import PrefetchTrainPipelineSparseDist, TrainPipelineSparseDist
 from torchrec.distributed.types import ShardingPlan
 
 from dlrm_dist.distributed.env import DistEnv
@@ -33,10 +35,43 @@ def sharder(qcomms: str = "none") -> EmbeddingBagCollectionSharder:
 
 
 def set_matmul_precision(tf32: bool, device: torch.device) -> None:
-    """TF32 for CUDA matrix multiplies (TorchRec's DLRM example sets both flags)."""
+    """TF32 for CUDA matrix multiplies and convolutions, through torch's fp32_precision API.
+
+    torch 2.13 raises when the legacy ``allow_tf32`` flags and the new API are mixed in one
+    process (and torch.compile's inductor reads the new one), so only the new API is used.
+    """
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
+        precision = "tf32" if tf32 else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = precision
+        torch.backends.cudnn.conv.fp32_precision = precision
+
+
+def uses_cache(plan: ShardingPlan) -> bool:
+    """True if any table of ``plan`` is a UVM-cached one (rows cached in HBM, the rest in host memory)."""
+    return any(ps.compute_kernel == EmbeddingComputeKernel.FUSED_UVM_CACHING.value
+               for module_plan in plan.plan.values() for ps in module_plan.values())
+
+
+def train_pipeline(model: DistributedModelParallel, optimizer: torch.optim.Optimizer,
+                   device: torch.device) -> TrainPipelineSparseDist:
+    """TorchRec's pipeline for this model: with UVM-cached tables on CUDA the one that also
+    prefetches the next batch's cache rows on a stream of its own (TorchRec's recommendation
+    for cached tables), else the sparse-dist pipeline (input all-to-all one batch ahead)."""
+    if device.type == "cuda" and uses_cache(model.plan):
+        return PrefetchTrainPipelineSparseDist(model, optimizer, device, execute_all_batches=True)
+    return TrainPipelineSparseDist(model, optimizer, device, execute_all_batches=True)
+
+
+def restore_optimizer_step(model: nn.Module, step: int) -> None:
+    """Sets fbgemm's step counter of every fused optimizer to ``step`` (after a resume).
+
+    fbgemm keeps Adam's (and LAMB's) bias-correction step in the kernel buffer ``iter``, which
+    neither TorchRec's optimizer state dict nor the module state dict holds: without this a
+    resumed run restarts bias correction at step 1 (TorchRec's ``set_optimizer_step``).
+    """
+    fused = getattr(model, "fused_optimizer", None)
+    if fused is not None and hasattr(fused, "set_optimizer_step"):
+        fused.set_optimizer_step(step)
 
 
 def compile_dense(model: nn.Module) -> None:

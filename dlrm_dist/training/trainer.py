@@ -16,7 +16,6 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.distributed as dist
 from torch import nn
-from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
 from dlrm_dist.checkpoint import CheckpointManager
@@ -25,12 +24,14 @@ from dlrm_dist.data import Dataset
 from dlrm_dist.data.prefetch import Prefetcher
 from dlrm_dist.distributed.commstats import CommCounter
 from dlrm_dist.distributed.env import DistEnv
+from dlrm_dist.distributed.parallel import restore_optimizer_step, train_pipeline
 from dlrm_dist.errors import EXIT_DIVERGED, DlrmError
 from dlrm_dist.metrics.eval import EvalMetrics, EvalResult
 from dlrm_dist.metrics.log import MetricsLog
 from dlrm_dist.features.schema import FeatureSchema
 from dlrm_dist.training.divergence import diverged_fields, diverged_message, find_bad_input
 from dlrm_dist.training.optim import ScheduledLR
+from dlrm_dist.training.timing import WindowTimer
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class Trainer:
     ) -> None:
         self.cfg, self.env, self.model, self.optimizer = cfg, env, model, optimizer
         self.lr, self.data, self.log, self.checkpoints = lr, data, log, checkpoints
-        self.pipeline = TrainPipelineSparseDist(model, optimizer, env.device, execute_all_batches=True)
+        self.pipeline = train_pipeline(model, optimizer, env.device)  # prefetching for UVM-cached tables on CUDA
         self.step = 0  # global step (restored on resume); also the data position
         self.steps_run = 0  # steps run by this process
         self._checked = 0  # losses already checked to be finite
@@ -101,6 +102,7 @@ class Trainer:
         resumed = self.checkpoints.restore()
         if resumed is not None:
             self.step = resumed
+            restore_optimizer_step(self.model, resumed)  # fbgemm's Adam step counter is not in the checkpoint
         self.log.start(resumed=self.step > 0, step=self.step)
         bar = tqdm(total=self.cfg.train.steps, initial=self.step, desc="train", unit="step",
                    disable=not (self.env.is_main and self.cfg.train.progress))
@@ -134,6 +136,8 @@ class Trainer:
         batches = self.train_batches(end - self.step)
         window: list[torch.Tensor] = []
         mark = time.perf_counter()
+        timer = WindowTimer(self.env.device)  # CUDA events on GPUs: the device's time, not the host's
+        timer.start()
         try:
             while self.step < end:
                 self.lr.apply(self.step)
@@ -142,7 +146,7 @@ class Trainer:
                 self.steps_run += 1
                 bar.update(1)
                 if self.step % self.cfg.train.log_interval == 0 or self.step == end:
-                    busy = time.perf_counter() - mark  # this rank's own time, before waiting for the others
+                    busy = timer.elapsed_s()  # this rank's own time, before waiting for the others
                     result.losses += self.window_stats(window, busy)  # the one host sync per interval
                     window = []
                     now = time.perf_counter()
