@@ -132,13 +132,13 @@ def _parse_overrides(args: Sequence[str]) -> tuple[Optional[str], dict[str, dict
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --section.key=value")
+            raise ConfigError(f"command line: unexpected argument {arg!r}; overrides look like --section.key=value")
         key, eq, value = arg[2:].partition("=")
         if not eq:
             if _is_bool(ALIASES.get(key, key)) and (i + 1 >= len(args) or args[i + 1].startswith("--")):
                 value = "true"  # a bare boolean flag, e.g. --inference-only
             elif i + 1 >= len(args):
-                raise ConfigError(f"--{key} needs a value")
+                raise ConfigError(f"command line: --{key} needs a value")
             else:
                 value, i = args[i + 1], i + 1
         i += 1
@@ -149,11 +149,11 @@ def _parse_overrides(args: Sequence[str]) -> tuple[Optional[str], dict[str, dict
         section, dot, name = key.partition(".")
         if not dot:
             raise ConfigError(
-                f"--{key}: overrides look like --section.key=value "
+                f"command line: --{key}: overrides look like --section.key=value "
                 f"(sections: {', '.join(_sections())}; aliases: {', '.join(ALIASES)})"
             )
         if section not in _sections():
-            raise ConfigError(f"unknown section {section!r} in --{key}; sections: {', '.join(_sections())}")
+            raise ConfigError(f"command line: --{key}: unknown section {section!r}; sections: {', '.join(_sections())}")
         name = name.replace("-", "_")
         raw.setdefault(section, {})[name] = read_override(value, _field_type(section, name))
     return config_file, raw

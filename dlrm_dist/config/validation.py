@@ -18,13 +18,14 @@ path written as the user wrote it::
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import types
 import typing
 from typing import Annotated, Any, Callable, Iterable, Literal, Optional, Sequence, Union
 
 import annotated_types as at
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
@@ -60,8 +61,16 @@ IDENTIFIER_RE = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"
 IDENTIFIER_TEXT = "an identifier (ASCII letters, digits, _, -, ., not starting with '.', at most 128 characters)"
 # Names that become file names or TorchRec names: nothing that can leave a directory.
 Identifier = Annotated[str, Field(pattern=IDENTIFIER_RE), Says(IDENTIFIER_TEXT)]
+
+
+def _fspath(value: Any) -> Any:
+    # Code (not files: TOML has no path type) may pass a pathlib.Path where a path belongs.
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
 # A path a job reads or writes: any non-empty text without NUL (which no file system takes).
-PathText = Annotated[str, Field(pattern=r"^[^\x00]+$"), Says("a path (non-empty, no NUL character)")]
+PathText = Annotated[str, BeforeValidator(_fspath), Field(pattern=r"^[^\x00]+$"),
+                     Says("a path (non-empty, no NUL character)")]
 
 
 def problems(found: Iterable[tuple[tuple[Union[str, int], ...], str]]) -> None:

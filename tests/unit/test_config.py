@@ -201,6 +201,9 @@ def test_saved_configs_round_trip_and_are_frozen() -> None:
     assert config_from_dict(to_dict(cfg)) == cfg
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.train.steps = 3  # type: ignore[misc]
+    from pathlib import Path
+
+    assert dataclasses.replace(cfg.data, data_dir=Path("d")).data_dir == "d"  # code may hand a Path
     with pytest.raises(ConfigError, match="saved config: must be a table of sections, got list"):
         config_from_dict([])  # type: ignore[arg-type]
 
