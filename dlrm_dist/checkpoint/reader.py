@@ -94,7 +94,24 @@ def read_metadata(directory: str | Path, files: Optional[Collection[str]] = None
         named = sorted({info.relative_path for info in metadata.storage_data.values()} - set(files))
         if named:
             raise CheckpointError(f"{path} names data files the manifest does not list: {', '.join(named)}")
+    _check_extents(Path(directory), metadata)
     return metadata
+
+
+def _check_extents(directory: Path, metadata: Metadata) -> None:
+    """Every stored item lies inside its file (else DCP fails deep inside torch.load, naming no file)."""
+    sizes: dict[str, int] = {}
+    for index, info in metadata.storage_data.items():
+        name = info.relative_path
+        if name not in sizes:
+            try:
+                sizes[name] = (directory / name).stat().st_size
+            except OSError as e:
+                raise CheckpointError(f"{directory / name}: named by {directory / METADATA_FILE} but cannot be read "
+                                      f"({type(e).__name__}: {e.strerror or e})") from None
+        if info.offset + info.length > sizes[name]:
+            raise CheckpointError(f"{directory / name}: {sizes[name]} bytes, but {METADATA_FILE} places "
+                                  f"{index.fqn!r} at bytes {info.offset}..{info.offset + info.length} (cut short)")
 
 
 class SafeFileSystemReader(FileSystemReader):

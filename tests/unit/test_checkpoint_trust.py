@@ -195,6 +195,10 @@ def test_missing_extra_and_truncated_files_are_named(saved, tmp_path) -> None:
         read_unsharded(ckpt)
     text = str(e.value)
     assert f"{shard}: 100 bytes, the manifest says" in text and f"{ckpt / 'stray.bin'}: not listed" in text
+    (ckpt / "stray.bin").unlink()
+    rewrite_file_sum(ckpt, shard.name)  # the cut vouched for: the metadata still places items past its end
+    with pytest.raises(CheckpointError, match=f"{shard}: 100 bytes, but .metadata places .* \\(cut short\\)"):
+        read_unsharded(ckpt)
     shard.unlink()
     with pytest.raises(CheckpointError, match=f"{shard}: missing"):
         read_unsharded(ckpt)
