@@ -62,12 +62,12 @@ def _dense_optimizer(optimizer: Any) -> Any:
     return dict(optimizer.optimizers)[DENSE]
 
 
-def _non_tensors(tree: Any, prefix: str = "") -> list[str]:
+def non_tensor_keys(tree: Any, prefix: str = "") -> list[str]:
     """Keys of leaves that are not tensors (DCP would pickle them as byte items)."""
     if isinstance(tree, dict):
-        return [k for key, v in tree.items() for k in _non_tensors(v, f"{prefix}{key}.")]
+        return [k for key, v in tree.items() for k in non_tensor_keys(v, f"{prefix}{key}.")]
     if isinstance(tree, (list, tuple)):
-        return [k for i, v in enumerate(tree) for k in _non_tensors(v, f"{prefix}{i}.")]
+        return [k for i, v in enumerate(tree) for k in non_tensor_keys(v, f"{prefix}{i}.")]
     return [] if isinstance(tree, torch.Tensor) else [prefix.rstrip(".")]
 
 
@@ -140,7 +140,7 @@ def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: An
     state = _state(model, step)
     state[optim_state.SECTION] = optim_state.save_view(optim_state.slots(optimizer, info.embedding_optimizer))
     state["optim"] = _dense_optimizer(optimizer).state_dict()
-    pickled = _non_tensors(state)  # the same on every rank: the state's structure is the model's
+    pickled = non_tensor_keys(state)  # the same on every rank: the state's structure is the model's
     if pickled:
         raise CheckpointError("refusing to save values that are not tensors (DCP would store them as pickles, "
                               "which a reader would have to unpickle in full): " + ", ".join(pickled))

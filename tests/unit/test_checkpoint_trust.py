@@ -24,6 +24,7 @@ from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 
 from dlrm_dist.checkpoint import CheckpointError
 from dlrm_dist.checkpoint.integrity import checksum
+from dlrm_dist.checkpoint.io import non_tensor_keys
 from dlrm_dist.checkpoint.manifest import MANIFEST, Manifest, RunInfo, schema_changes, schema_of
 from dlrm_dist.checkpoint.reader import METADATA_FILE, MetadataUnpickler, read_metadata, unpickle_metadata
 from dlrm_dist.checkpoint.store import step_dir
@@ -129,6 +130,12 @@ def test_refused_by_name_without_a_checksum_to_get_past() -> None:
                         (pickle.dumps(torch.Size([3])), "holds a Size, not a Metadata")):
         with pytest.raises(CheckpointError, match=words):
             unpickle_metadata(data, "x/.metadata")
+
+
+def test_values_that_are_not_tensors_are_found_before_a_save() -> None:
+    """save_checkpoint refuses these (DCP would pickle them as byte items): the keys are named."""
+    state = {"a": torch.ones(1), "b": {"c": 1.0, "d": [torch.ones(1), "x"]}, "e": torch.tensor(3)}
+    assert non_tensor_keys(state) == ["b.c", "b.d.1"]
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")  # a process-less save, on purpose
