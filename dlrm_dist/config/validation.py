@@ -5,7 +5,9 @@ A format (a feature schema, a job config section) is a pydantic model or datacla
 ``STRICT``: no type coercion (TOML and JSON have real types), no NaN or infinity, no unknown
 keys. Constrained types are ``Annotated`` aliases; a ``Says`` in their metadata is the phrase
 a message uses for them. Checks across fields raise ``problems(...)`` from a model
-validator, so one validator can name several fields.
+validator, so one validator can name several fields. (Pydantic runs a model's validator
+only once its own fields are valid: a file with a wrong type and a cross-field mistake
+hears about the second after fixing the first.)
 
 ``messages(error, root)`` turns one ``ValidationError`` into one line per problem, with the
 path written as the user wrote it::
