@@ -82,7 +82,8 @@ class ExportManifest(_Strict):
     sparse_features: Annotated[list[Name], Field(min_length=1)]
     tables: dict[Name, tuple[Rows, Rows]]  # float: (rows, dim); int8: (rows, dim + 8 bytes)
     schema_fingerprint: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
-    config: dict[str, Any]  # the training config, schema included (validated where it is used)
+    config: dict[str, Any]  # the training config, schema included (validated where it is used; the one
+    #                         place where Infinity may appear, as in config.json: a clip bound)
     model_file: Literal["model.pt2"] = MODEL_FILE
     model_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     quantization: Optional[Annotated[Union[QuantizationCost, QuantizationNotMeasured],
@@ -101,7 +102,9 @@ class ExportManifest(_Strict):
         return list(self.sparse_features)
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), indent=1, sort_keys=True)
+        # Python mode, then json: the config keeps its infinite clip bounds (``Infinity``, as
+        # config.json writes them); pydantic's JSON mode would turn them into null.
+        return json.dumps(self.model_dump(mode="python"), indent=1, sort_keys=True)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -142,7 +145,7 @@ def parse_manifest(text: str, origin: str) -> ExportManifest:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise ExportError(f"{origin} is not a dlrm_dist export manifest (format {found!r}, expected {FORMAT!r})")
-    odd = _non_finite(data)
+    odd = _non_finite({k: v for k, v in data.items() if k != "config"})  # the config may hold inf clip bounds
     if odd:
         raise ExportError(f"{origin} is not strict JSON: {', '.join(f'{p}: {v}' for p, v in odd[:5])} "
                           "(NaN and Infinity are not JSON numbers)")

@@ -300,3 +300,24 @@ def test_predict_refuses_data_of_another_schema_naming_what_differs(tmp_path, ca
     with pytest.raises(SchemaError, match="'user_id' only in one of them"):
         export_model(dlrm, cfg, tmp_path / "export2", data_dir=str(colors), progress=False)
     assert not (tmp_path / "export2" / "model.pt2").exists()
+
+
+def test_a_config_with_infinite_clip_bounds_round_trips_through_the_manifest() -> None:
+    """The demo schema clips dense features to [0, inf): export.json keeps it (as config.json does)."""
+    from dlrm_dist.config import load_config
+    from dlrm_dist.config.loader import to_dict
+    from dlrm_dist.features.schema import FeatureSchema
+    from dlrm_dist.serving.manifest import ExportManifest, parse_manifest
+    from dlrm_dist.serving.predict import export_config
+    from dlrm_dist.training.build import resolve
+
+    cfg, schema, _ = resolve(load_config([]))
+    assert schema.dense[0].clip == (0.0, float("inf"))
+    manifest = ExportManifest(checkpoint="c", step=1, quantize="none", dense_features=schema.num_dense,
+                              sparse_features=schema.sparse_names, tables={"t": (10, 16)},
+                              schema_fingerprint=schema.fingerprint(), config=to_dict(cfg), model_sha256="0" * 64)
+    again = parse_manifest(manifest.to_json(), "export.json")
+    assert FeatureSchema.from_dict(export_config(again).features).fingerprint() == schema.fingerprint()
+    bad = json.loads(manifest.to_json().replace('"step": 1', '"step": NaN'))
+    with pytest.raises(ExportError, match="step: nan"):
+        parse_manifest(json.dumps(bad), "export.json")
