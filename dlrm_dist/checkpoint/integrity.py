@@ -77,7 +77,9 @@ def file_set_problems(directory: Path, expected: Iterable[str]) -> list[str]:
 
 def verify(directory: Path, expected: Mapping[str, FileSum], names: Iterable[str]) -> list[str]:
     """One line per file among ``names`` whose size or CRC32C differs from ``expected`` (or cannot be read)."""
+    names = [n for n in names if (Path(directory) / n).exists()]  # the missing ones: file_set_problems
     found, problems = checksums(directory, [n for n in names if (Path(directory) / n).is_file()])
+    problems += [f"{Path(directory) / n}: not a regular file" for n in names if not (Path(directory) / n).is_file()]
     for name, got in found.items():
         want = expected[name]
         if got.size != want.size:

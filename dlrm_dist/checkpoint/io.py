@@ -101,7 +101,7 @@ def _checksum_files(directory: Path) -> dict[str, FileSum]:
     return {name: s for part, _ in parts for name, s in part.items()}
 
 
-def verified_metadata(path: Path, manifest: Manifest) -> Any:
+def verified_metadata(path: Path, manifest: Manifest) -> Metadata:
     """Verifies the checkpoint's files against ``manifest``, then reads its metadata (a collective).
 
     Each rank checks its share of the files' CRC32Cs; the problems found anywhere are raised
