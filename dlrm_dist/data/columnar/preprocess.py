@@ -192,7 +192,10 @@ class _Moments:
             raise PreprocessError(
                 f"dense feature {self.name!r}: its {kind} statistics over the training split overflow (values "
                 f"from {self.min:g} to {self.max:g}); add log1p or clip = [lo, hi] before {kind}")
-        return shift, divisor if divisor > 0 else 1.0
+        # A constant feature's std comes out as rounding noise (~1e-16 of its mean), which would
+        # blow that noise up to +-1: below float precision of the values it counts as zero.
+        constant = divisor <= 1e-12 * max(abs(shift), abs(self.min), abs(self.max))
+        return shift, 1.0 if divisor <= 0 or constant else divisor
 
 
 class _VocabCounts:

@@ -210,20 +210,34 @@ class _RowHandler:
 
 
 class _Handlers:
-    """The row handlers given to Arrow for one file, and a wait until Arrow has dropped them all.
+    """Opens a file's CSV readers, each with its own row handler, and waits at the end until
+    Arrow has dropped them all.
 
     Arrow drops a handler when the last reference to its reader goes, which may be an IO
     thread's read-ahead finishing after we let go of the reader: see the module docstring.
+    The parse options (which hold the handler too) never outlive ``open``, so that nothing
+    but Arrow (not a traceback's frames) keeps a handler alive.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, path: Path, fmt: str, delimiter: str, bad: BadLines) -> None:
+        self.path, self.fmt, self.delimiter, self.bad = path, fmt, delimiter, bad
         self._live: list[tuple[weakref.ref, threading.Event]] = []
 
-    def parse_options(self, handler: _RowHandler, delimiter: str, fmt: str) -> pa_csv.ParseOptions:
+    def open(self, read_opts: pa_csv.ReadOptions, counted: bool,
+             convert: Optional[pa_csv.ConvertOptions] = None) -> pa_csv.CSVStreamingReader:
+        """A reader whose malformed lines are counted in ``bad`` (or, not ``counted``, skipped silently)."""
+        handler = _RowHandler(self.path, self.bad if counted else None)
         released = threading.Event()
         self._live.append((weakref.ref(handler, lambda _ref: released.set()), released))
-        return pa_csv.ParseOptions(delimiter=delimiter, invalid_row_handler=handler,
-                                   quote_char='"' if fmt == "csv" else False)
+        parse = pa_csv.ParseOptions(delimiter=self.delimiter, invalid_row_handler=handler,
+                                    quote_char='"' if self.fmt == "csv" else False)
+        del handler
+        try:
+            return pa_csv.open_csv(str(self.path), read_options=read_opts, parse_options=parse, convert_options=convert)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise (PreprocessError(self.bad.fatal) if self.bad.fatal else _unreadable(self.path, e)) from None
+        finally:
+            del parse
 
     def wait_released(self, seconds: float = RELEASE_SECONDS) -> bool:
         """Waits (without the GIL) until Arrow holds none of them; False on a timeout."""
@@ -240,17 +254,9 @@ def _unreadable(path: Path, e: Exception) -> PreprocessError:
     return PreprocessError(f"{path}: cannot be read as CSV ({text})")
 
 
-def _open(path: Path, bad: BadLines, read_opts: pa_csv.ReadOptions, parse_opts: pa_csv.ParseOptions,
-          convert: Optional[pa_csv.ConvertOptions] = None) -> pa_csv.CSVStreamingReader:
-    try:
-        return pa_csv.open_csv(str(path), read_options=read_opts, parse_options=parse_opts, convert_options=convert)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise (PreprocessError(bad.fatal) if bad.fatal else _unreadable(path, e)) from None
-
-
-def _csv_names(path: Path, schema: FeatureSchema, parse_opts: pa_csv.ParseOptions, bad: BadLines) -> list[str]:
-    if schema.input.header:  # (parse_opts skips malformed lines silently: the real read counts them)
-        return _open(path, bad, pa_csv.ReadOptions(block_size=1 << 16, use_threads=False), parse_opts).schema.names
+def _csv_names(path: Path, schema: FeatureSchema, handlers: _Handlers) -> list[str]:
+    if schema.input.header:  # (malformed lines skipped silently here: the real read counts them)
+        return handlers.open(pa_csv.ReadOptions(block_size=1 << 16, use_threads=False), counted=False).schema.names
     names = list(schema.input.columns or ())
     fields = _first_fields(path, schema)
     if fields is not None and fields != len(names):
@@ -260,17 +266,16 @@ def _csv_names(path: Path, schema: FeatureSchema, parse_opts: pa_csv.ParseOption
 
 
 def _read_csv(path: Path, schema: FeatureSchema, fmt: str, wanted: list[str], bad: BadLines) -> Iterator[pa.RecordBatch]:
-    delimiter = _delimiter(fmt, schema)
-    handlers = _Handlers()
+    handlers = _Handlers(path, fmt, _delimiter(fmt, schema), bad)
     try:
-        names = _csv_names(path, schema, handlers.parse_options(_RowHandler(path, None), delimiter, fmt), bad)
+        names = _csv_names(path, schema, handlers)
         _check_columns(path, names, wanted)
         read_opts = pa_csv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False,
                                        column_names=None if schema.input.header else names)
         convert = pa_csv.ConvertOptions(include_columns=wanted, column_types={c: pa.string() for c in wanted},
                                         null_values=["", *schema.input.null_values],
                                         strings_can_be_null=True, quoted_strings_can_be_null=False)
-        reader = _open(path, bad, read_opts, handlers.parse_options(_RowHandler(path, bad), delimiter, fmt), convert)
+        reader = handlers.open(read_opts, counted=True, convert=convert)
         while True:
             try:
                 batch = reader.read_next_batch()
