@@ -13,7 +13,7 @@ overrides, mounts for data and checkpoints, and a role shaped for the device:
   /dev/shm from torchx itself; ``--devices /dev/infiniband`` passes RDMA devices in (NCCL over
   InfiniBand/RoCE) and ``--env NCCL_SOCKET_IFNAME=eth0,NCCL_IB_HCA=mlx5`` NCCL's settings.
 
-A plan file named in the overrides must fit ``nnodes`` x ``nproc_per_node`` (launch/shape.py).
+A plan file named in the overrides must fit ``nnodes`` x ``nproc_per_node`` (dlrm_dist/distributed/plan_shape.py).
 No training logic lives here.
 """
 
@@ -24,7 +24,7 @@ import torchx.specs as specs
 from torchx.components import dist
 
 from dlrm_dist.distributed.env import RESTART_SAFE_ENV
-from launch.shape import check_plan_shape
+from dlrm_dist.distributed.plan_shape import check_plan_shape
 
 TRAIN_MODULE = "dlrm_dist.train"
 DEFAULT_IMAGE = "dlrm_dist:latest"

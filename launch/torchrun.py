@@ -9,7 +9,7 @@ NODE_RANK, RDZV_ENDPOINT (or MASTER_ADDR and MASTER_PORT), JOB_ID. One node runs
 ranks are one per GPU and use nccl; without, CPU ranks use gloo (the trainer's own rule,
 dlrm_dist/distributed/env.py) — the launcher says which before starting, and says loudly
 when an NVIDIA driver is loaded but torch cannot use it (it would otherwise start CPU ranks).
-A plan file named after ``--`` must fit the launch (launch/shape.py): checked before starting.
+A plan file named after ``--`` must fit the launch (dlrm_dist/distributed/plan_shape.py): checked before starting.
 
 Restarts (``--max-restarts``) get torchrun's private per-round store
 (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1): with the agent's shared store, a restarted round
@@ -28,7 +28,7 @@ import torch
 
 from dlrm_dist.distributed.env import RESTART_SAFE_ENV, gpu_unusable_reason
 from dlrm_dist.errors import run_cli
-from launch.shape import check_plan_shape
+from dlrm_dist.distributed.plan_shape import check_plan_shape
 
 DEFAULT_CPU_RANKS = 2
 DEFAULT_PORT = 29500

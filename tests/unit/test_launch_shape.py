@@ -12,7 +12,7 @@ import pytest
 from torchx.specs.builders import materialize_appdef
 
 from launch.components import trainer
-from launch.shape import LaunchShapeError, check_plan_shape, plan_argument
+from dlrm_dist.distributed.plan_shape import LaunchShapeError, check_plan_shape, plan_argument
 from launch.torchrun import build_command
 
 ROOT = Path(__file__).resolve().parents[2]

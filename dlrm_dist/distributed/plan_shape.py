@@ -1,4 +1,7 @@
-"""A plan file named in the trainer's arguments must fit the job being launched.
+"""A plan file named in the trainer's arguments must fit the job being launched (both launchers ask).
+
+(It lives in the installed package: torchx executes launch/components.py as source, where
+only installed packages import.)
 
 The trainer refuses a plan made for another world size or another number of ranks per host,
 but only once every rank has started (on a cluster: after the scheduler found the nodes).
