@@ -219,6 +219,16 @@ def test_records_are_as_readable_as_the_arrays(tmp_path: Path) -> None:
     assert set(modes.values()) == {modes["dense.npy"]}, modes
 
 
+def test_the_same_job_rewrites_a_completed_directory_whose_meta_json_went(tmp_path: Path, clean_a: dict) -> None:
+    """Its record said complete, so the rerun reported it done, then no meta.json to report from."""
+    data = jobs.write_csv(tmp_path)
+    out = tmp_path / "out"
+    jobs.run([data], out, jobs.JOBS["A"])
+    (out / "meta.json").unlink()
+    assert not jobs.run([data], out, jobs.JOBS["A"]).up_to_date
+    jobs.assert_same(jobs.arrays(out), clean_a)
+
+
 def _incomplete(out: Path) -> None:
     """As if the job had been killed after its fit pass."""
     write_job(out, read_job(out), complete=False)

@@ -106,14 +106,14 @@ def _start(opts: Options) -> Optional[Report]:
     if opts.overwrite:
         _clear(out)
     elif old is not None:
-        diffs = differences(old, job)
-        complete = is_complete(old, (out / layout.META).is_file())
+        diffs, meta_written = differences(old, job), (out / layout.META).is_file()
+        complete = is_complete(old, meta_written)
         if diffs and complete:
             raise PreprocessError(f"{out} holds the output of another preprocessing job ({'; '.join(diffs)}) "
                                   "that completed; use another --out, or --overwrite to start over")
         if diffs:  # another job that did not complete (e.g. the schema it failed on): start over
             _clear(out)
-        elif complete:
+        elif complete and meta_written:  # (a completed job whose meta.json went is written again)
             return _done(out)
     elif _foreign(out):
         raise PreprocessError(f"{out} is not empty and was not written by `dlrm-data preprocess --schema`; "
