@@ -25,9 +25,9 @@ COST_PARTS: tuple[str, ...] = tuple(f for f in PERF_FIELDS if f != "input_dist_c
 
 
 def _imbalance(values: Sequence[float]) -> float:
-    """max/mean - 1 (0 when everything is 0)."""
+    """max/mean - 1 (0 when everything is 0); never below 0, which rounding of equal loads could give."""
     mean = sum(values) / len(values) if values else 0.0
-    return max(values) / mean - 1.0 if mean > 0 else 0.0
+    return max(max(values) / mean - 1.0, 0.0) if mean > 0 else 0.0
 
 
 def _fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
