@@ -116,3 +116,19 @@ def test_messages_come_from_the_declared_model() -> None:
     assert describe(float, field.metadata) == "a finite number in (0, 1]"
     assert set(InputsModel.model_fields) == {"about", "tables", "topology", "budgets", "batch_size_per_rank",
                                              "optimizer"}
+
+
+def test_tables_files_written_by_dlrm_data_stats_load(tmp_path) -> None:
+    """``dlrm-data stats --tables-out`` writes what ``dlrm-plan make --tables`` reads; an empty feature is named."""
+    from dlrm_dist.data.columnar.stats import tables_file as columnar_tables
+    from dlrm_dist.data.criteo.stats import tables_file as criteo_tables
+
+    criteo = criteo_tables({"features": [{"feature": "cat_0", "table_size": 1000, "pooling_factor": 1.0}]}, 16)
+    (tmp_path / "criteo.json").write_text(json.dumps(criteo))
+    assert load_tables(str(tmp_path / "criteo.json")) == (TableSpec("t_cat_0", 1000, 16, 1.0, ("cat_0",)),)
+    stats = {"features": [{"feature": "a", "pooling_factor": 2.5}, {"feature": "b", "pooling_factor": 0.0}],
+             "tables": [{"name": "ta", "rows": 50, "dim": None, "features": ["a"]},
+                        {"name": "tb", "rows": 9, "dim": 8, "features": ["b"]}]}
+    (tmp_path / "columnar.json").write_text(json.dumps(columnar_tables(stats, 32)))
+    with pytest.raises(PlanInputError, match=r"tables\[1\].pooling_factor \(tb\): must be a finite number in \(0, "):
+        load_tables(str(tmp_path / "columnar.json"))
