@@ -22,7 +22,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.metrics.eval import METRIC_NAMES
