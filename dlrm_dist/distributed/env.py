@@ -57,8 +57,9 @@ def restart_hazard(environ: Mapping[str, str]) -> Optional[str]:
 
 
 def gpu_unusable_reason() -> Optional[str]:
-    """Why an NVIDIA driver is loaded but torch cannot use it (None: no driver, or CUDA works)."""
-    if torch.cuda.is_available():
+    """Why an NVIDIA driver is loaded but torch cannot use it (None: no driver, CUDA works, or
+    the GPUs are hidden on purpose with an empty CUDA_VISIBLE_DEVICES)."""
+    if torch.cuda.is_available() or os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
         return None
     driver = stack_facts.driver_version()
     if driver is None:

@@ -3,6 +3,7 @@ facts say why a GPU is unusable (issue 24 items 1 and 8, on CPU with torch.cuda 
 
 from __future__ import annotations
 
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -67,9 +68,14 @@ def test_auto_on_a_machine_with_an_unusable_driver_warns(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(stack_module, "driver_version", lambda *a: "535.104.05")
     monkeypatch.setattr(stack_module, "probe", lambda run_kernels=True: OLD_DRIVER)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     with pytest.warns(RuntimeWarning, match=r"runs on the CPU: an NVIDIA driver \(535.104.05\) is loaded"):
         env = DistEnv.from_environ({}, device="auto")
     assert env.device.type == "cpu"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # GPUs hidden on purpose (the CPU test tiers): no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert DistEnv.from_environ({}, device="auto").device.type == "cpu"
 
 
 def test_init_distributed_binds_nccl_to_the_device_with_a_timeout_covering_init(gpus: list, monkeypatch) -> None:
