@@ -116,21 +116,23 @@ def test_predict_writes_csv_with_labels(trained, exported) -> None:
     assert "auc 0." in proc.stdout
 
 
-def test_the_export_loads_with_torch_alone(trained, exported) -> None:
-    """No dlrm_dist import: torch.export.load and the manifest are all a server needs."""
+def test_the_export_loads_with_torch_and_pydantic_alone(trained, exported) -> None:
+    """load_export (manifest validated, archive inspected) needs no TorchRec and nothing of training."""
     code = f"""
-import json, sys, torch
-m = json.load(open({str(exported / 'export.json')!r}))
-program = torch.export.load({str(exported / 'model.pt2')!r}).module()
-n = len(m["sparse_features"])
+import sys, torch
+from dlrm_dist.serving.load import load_export
+loaded = load_export({str(exported)!r})
+n = len(loaded.feature_names)
 # 3 samples per feature: bags [0, 1], [] and [2, 3]
-out = program(torch.zeros(3, m["dense_features"]), [torch.tensor([0, 1, 2, 3]) for _ in range(n)],
-              [torch.tensor([0, 2, 2, 4]) for _ in range(n)])
+out = loaded.module(torch.zeros(3, loaded.manifest.dense_features), [torch.tensor([0, 1, 2, 3]) for _ in range(n)],
+                    [torch.tensor([0, 2, 2, 4]) for _ in range(n)])
 assert out.shape == (3,) and bool(((out > 0) & (out < 1)).all())
-assert not any(k.startswith("dlrm_dist") for k in sys.modules), "dlrm_dist was imported"
+extra = sorted(k for k in sys.modules if k.startswith(("torchrec", "fbgemm_gpu", "dlrm_dist.")))
+assert extra == ["dlrm_dist.errors", "dlrm_dist.serving", "dlrm_dist.serving.archive", "dlrm_dist.serving.load",
+                 "dlrm_dist.serving.manifest"], extra
 print("ok")
 """
-    proc = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
 
 
