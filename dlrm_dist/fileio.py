@@ -145,10 +145,12 @@ class DirLock:
                     f"wait for it to finish or choose another directory") from None
             raise
         # The holder record is informative only: the flock itself is the lock.
-        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": self.what}).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, record, 0)
+        # A full disk may refuse the record; the lock is held all the same.
         self._fd = fd
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": self.what}).encode()
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, record, 0)
         return self
 
     def release(self) -> None:
