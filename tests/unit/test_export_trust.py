@@ -251,6 +251,15 @@ def test_an_int8_cost_beyond_the_limits_fails_and_writes_nothing(tmp_path) -> No
     q = manifest.quantization
     assert q.measured and q.samples == 128 and abs(q.auc_difference) <= 0.005 and q.max_auc_loss == 0.005
     assert json.loads((out / "export.json").read_text())["quantization"]["int8_logloss"] == q.int8_logloss
+    # The int8 program (quantized:: kernels, mean bags divided by their lengths) passes inspection
+    # and scores as the eager int8 module does.
+    from dlrm_dist.serving.model import ServingDLRM
+
+    loaded, (_, dlrm) = load_export(out), build_dlrm(MIXED_JOB)
+    n = len(loaded.feature_names)
+    args = (torch.randn(3, 5), [torch.tensor([0, 1, 1, 2])] * n, [torch.tensor([0, 2, 2, 4])] * n)
+    with torch.no_grad():
+        assert torch.allclose(loaded.module(*args), ServingDLRM(dlrm, "int8").eval()(*args), atol=1e-6)
     strict = tmp_path / "strict"
     tight = CostLimits(max_auc_loss=0.0, max_logloss_increase=0.0)
     # With no cost allowed, what int8 measurably loses here (seeded model and data) fails the export.
