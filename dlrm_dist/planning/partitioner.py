@@ -202,9 +202,12 @@ def partition(options: list[list[Option]], inputs: PlannerInputs) -> list[TableP
     """The best placement found; raises NoFitError when the tables cannot fit at all."""
     cap = Capacity.of(inputs)
     n = inputs.topology.world_size
-    empty = [inputs.tables[t].name for t, opts in enumerate(options) if not opts]
+    empty = [inputs.tables[t] for t, opts in enumerate(options) if not opts]
     if empty:
-        raise NoFitError(f"no sharding option is allowed for table(s) {empty} on {inputs.topology.device}")
+        said = "; ".join(f"{t.name} (sharding_types {list(t.sharding_types or ['any'])}, compute_kernels "
+                         f"{list(t.compute_kernels or ['any'])})" for t in empty[:10])
+        raise NoFitError(f"no sharding option is allowed on {inputs.topology.device} for table(s) {said}: the "
+                         "device's sharder offers no allowed (sharding type, kernel) pair; allow more of either")
     allowed = _memory_tiers(options, inputs, cap)
     placer = _Placer(inputs, cap)
     best: Optional[list[TablePlacement]] = None

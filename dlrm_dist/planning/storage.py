@@ -12,11 +12,11 @@ is named with its size in bytes, the budget and what would hold it.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Sequence
 
 import torch
 
+from dlrm_dist.distributed import resources
 from dlrm_dist.planning.errors import NoFitError
 from dlrm_dist.planning.inputs import (
     GB, MAX_MEMORY_GB, MAX_WORLD_SIZE, Budgets, Capacity, PlannerInputs, TableSpec, TopologySpec,
@@ -87,15 +87,12 @@ def check_storage(inputs: PlannerInputs) -> None:
         raise NoFitError("a table cannot fit this topology's memory: " + "; ".join(problems))
 
 
-def _machine_memory_gb(device_type: str) -> tuple[float, float]:
-    """(device memory per rank, host RAM) of this machine, in GB: an upper bound of any budget here."""
-    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB
-    if device_type == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_properties(0).total_memory / GB, host
-    return 0.0, host
+def _machine_memory_gb(device: torch.device) -> tuple[float, float]:
+    """(device memory per rank, host memory this process may use) in GB: an upper bound of any budget here."""
+    return resources.device_memory_bytes(device) / GB, resources.host_memory_bytes() / GB
 
 
-def check_job_storage(tables: Sequence[Any], world_size: int, local_size: int, device_type: str,
+def check_job_storage(tables: Sequence[Any], world_size: int, local_size: int, device: torch.device,
                       optimizer: str) -> None:
     """The same check on a training job's tables (anything with name, rows, dim) and this machine.
 
@@ -104,10 +101,10 @@ def check_job_storage(tables: Sequence[Any], world_size: int, local_size: int, d
     budget is the machine's whole memory (every share 1): only what cannot fit at all is
     refused here; the planner then applies the job's real budgets.
     """
-    hbm, ddr = _machine_memory_gb(device_type)
+    hbm, ddr = _machine_memory_gb(device)
     inputs = PlannerInputs(
         tables=tuple(TableSpec(name=t.name, rows=t.rows, dim=t.dim) for t in tables),
-        topology=TopologySpec(world_size=world_size, ranks_per_host=local_size, device=device_type,
+        topology=TopologySpec(world_size=world_size, ranks_per_host=local_size, device=device.type,
                               hbm_gb=min(hbm, MAX_MEMORY_GB), ddr_gb=min(ddr, MAX_MEMORY_GB)),
         budgets=Budgets(hbm_share=1.0, ddr_share=1.0),
         optimizer=optimizer,

@@ -91,7 +91,7 @@ def prepare(cfg: Config, env: DistEnv) -> Prepared:
     """Resolves and validates ``cfg`` for ``env``, opens the data and plans, without a process group."""
     cfg, schema, spec = validate_job(cfg, env.world_size, env.device.type)
     # Before build_model: a table too large for the machine is named, not allocated.
-    check_job_storage(spec.tables, env.world_size, env.local_world_size, env.device.type, cfg.optim.embedding_optimizer)
+    check_job_storage(spec.tables, env.world_size, env.local_world_size, env.device, cfg.optim.embedding_optimizer)
     if env.is_main:
         check_writable(cfg.train.run_dir, "train.run_dir", ConfigError)
     if cfg.train.checkpoint_dir and not cfg.train.inference_only:
