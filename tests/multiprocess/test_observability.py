@@ -93,33 +93,43 @@ def test_the_run_directory_holds_its_plan(runs) -> None:
     assert pf.inputs.topology.world_size == 2 and len(pf.estimates.per_rank) == 2
 
 
-def test_report_overlays_runs_as_png_and_html(runs) -> None:
+def _report(capsys, *args: str) -> subprocess.CompletedProcess:
+    """dlrm-report in this process (a CLI started in a new process costs a torch import)."""
+    from dlrm_dist.cli.report_main import main as report
+
+    code = report(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["dlrm-report", *args], code, out, err)
+
+
+def test_report_overlays_runs_as_png_and_html(runs, capsys) -> None:
     from PIL import Image
 
     png, page = runs["tmp"] / "r.png", runs["tmp"] / "r.html"
-    proc = _run("-m", "dlrm_dist.cli.report_main", str(runs["two"]), str(runs["one"]), "--name", "2 ranks",
-                "--name", "1 rank", "--out", str(png), "--json")
+    proc = _report(capsys, str(runs["two"]), str(runs["one"]), "--name", "2 ranks", "--name", "1 rank",
+                   "--out", str(png), "--json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert [r["run"] for r in rows] == ["2 ranks", "1 rank"] and all(r["step"] == 40 for r in rows)
     summary = json.loads((runs["two"] / "summary.json").read_text())
     assert rows[0]["auc"] == pytest.approx(summary["eval_auc"])
     assert rows[0]["plan_estimate_ms"] > 0 and rows[0]["max_rank_step_ms"] > 0
+    assert rows[0]["notes"] == [] and rows[0]["diverged"] is None  # a clean run: nothing skipped
     with Image.open(png) as im:
         assert im.size == (1600, 900)
         colours = len(set(im.convert("RGB").resize((200, 112)).get_flattened_data()))
         assert colours > 50  # curves, not a blank canvas
-    proc = _run("-m", "dlrm_dist.cli.report_main", str(runs["two"]), "--out", str(page))
+    proc = _report(capsys, str(runs["two"]), "--out", str(page))
     assert proc.returncode == 0, proc.stderr
     text = page.read_text()
     assert "data:image/png;base64," in text and "<table>" in text and f"{summary['eval_auc']:.4f}" in text
 
 
-def test_report_refuses_what_is_not_a_run(tmp_path) -> None:
-    proc = _run("-m", "dlrm_dist.cli.report_main", str(tmp_path), "--out", str(tmp_path / "r.png"))
+def test_report_refuses_what_is_not_a_run(tmp_path, capsys) -> None:
+    proc = _report(capsys, str(tmp_path), "--out", str(tmp_path / "r.png"))
     assert proc.returncode == 2 and "has no metrics.jsonl" in proc.stderr
     (tmp_path / "metrics.jsonl").write_text("{}\n")
-    proc = _run("-m", "dlrm_dist.cli.report_main", str(tmp_path), "--out", str(tmp_path / "r.svg"))
+    proc = _report(capsys, str(tmp_path), "--out", str(tmp_path / "r.svg"))
     assert proc.returncode == 2 and ".html or .png" in proc.stderr
 
 
