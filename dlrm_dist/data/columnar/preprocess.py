@@ -136,7 +136,7 @@ def _time_cutoffs(opts: Options) -> Optional[tuple[float, float]]:
         return None
     times = []
     with _bar(opts, "time split") as bar:
-        for _, _, batch in read_inputs(opts.inputs, opts.schema, BadLines()):
+        for _, _, batch in read_inputs(opts.inputs, opts.schema, BadLines(strict=opts.strict)):
             times.append(encode.times_of(batch, opts.schema))
             bar.update(batch.num_rows)
     t = np.concatenate(times) if times else np.zeros(0)
@@ -237,7 +237,7 @@ def _fit(opts: Options, cutoffs: Optional[tuple[float, float]]) -> dict[str, Any
         moments = {d.name: _Moments(d.name) for d in fitted}
         row0 = 0
         with _bar(opts, "fit (train split)") as bar:
-            for path, first, batch in read_inputs(opts.inputs, schema, BadLines()):
+            for path, first, batch in read_inputs(opts.inputs, schema, BadLines(strict=opts.strict)):
                 train = encode.split_of(batch, schema, row0, cutoffs) == 0
                 row0 += batch.num_rows
                 bar.update(batch.num_rows)
