@@ -34,6 +34,11 @@ class ColumnarDataset:
             raise DataError(f"eval split {eval_split!r}: choose val or test")
         if self.splits["train"].rows == 0:
             raise DataError(f"{self.directory}: the training split is empty")
+        if self.splits[eval_split].rows == 0:  # found now, not at the final eval after checkpoints were written
+            other = "test" if eval_split == "val" else "val"
+            raise DataError(f"{self.directory}: the {eval_split} split is empty, so there is nothing to evaluate on; "
+                            f"evaluate on {other} (data.eval_split={other}, {self.splits[other].rows} rows) or "
+                            f"preprocess again with a non-zero {eval_split} fraction")
         self.eval_split, self.seed, self.shuffle = eval_split, seed, shuffle
         self.feature_names = self.schema.sparse_names
         self._rows = {f.name: self.schema.table_rows(f.table) for f in self.schema.sparse}
