@@ -30,7 +30,8 @@ def rank_table(est: PlanEstimates, measured: Optional[list[float]] = None) -> st
                 f"{r.input_bytes / MB:>8.2f} {r.output_bytes / MB:>8.2f}")
         if measured:
             m = measured[r.rank]
-            line += f" {m:>8.2f} {m / r.cost_ms if r.cost_ms else float('nan'):>8.1f}"
+            ratio = f"{m / r.cost_ms:.1f}" if r.cost_ms else "-"  # a rank with no estimated cost has no ratio
+            line += f" {m:>8.2f} {ratio:>8}"
         shards = ", ".join(f"{k}={v}" for k, v in r.shards_by_type.items())
         lines.append(f"{line}  {shards}")
     return "\n".join(lines)

@@ -3,11 +3,13 @@ validate, compare — and its errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from torchrec.distributed.planner.types import Perf
 
 from dlrm_dist.cli.plan_main import main
 from tests.bad_plan_inputs import CASES, run_case
@@ -247,3 +249,14 @@ def test_measured_summary_is_checked(tmp_path, capsys) -> None:
         (run_dir / "summary.json").write_text(text)
         code, _, err = _run(capsys, "inspect", str(KAGGLE), "--measured", str(run_dir))
         assert code == 2 and words in err, err
+
+
+def test_measured_ratio_of_a_rank_without_cost_is_not_nan() -> None:
+    from dlrm_dist.cli.render import rank_table
+    from dlrm_dist.planning import planfile
+
+    est = planfile.read(KAGGLE).estimates
+    idle = dataclasses.replace(est.per_rank[0], perf=Perf(0.0, 0.0, 0.0, 0.0))
+    table = rank_table(dataclasses.replace(est, per_rank=(idle, *est.per_rank[1:])), [70.0 + r for r in range(8)])
+    first = table.splitlines()[1]
+    assert "nan" not in table and first.split()[0] == "0" and "70.00        -" in first
