@@ -2,9 +2,10 @@
 
 Files are read in record batches of bounded size, only the columns the schema names. Each
 *use* of a column gets its own typed read (``numbers`` / ``texts``): a column may be a dense
-feature and a sparse one, or the time column and a sparse feature. CSV cells are read as
-text and converted here, so that a bad cell is found in its batch and named by file, line
-and column (the line is found by re-scanning the file, on the error path only). Cells are
+feature and a sparse one, or the time column and a sparse feature. A CSV column with numeric
+uses only is parsed by pyarrow as numbers; one that is also text is read as text and its
+numbers cast here. A bad cell is named by file, line and column (pyarrow's streaming reads
+do not give the line: it is found by re-scanning the file, on the error path only). Cells are
 checked one by one: a numeric cell must parse to a finite number (``inf``, ``nan`` and
 ``1e400`` are refused unless ``input.null_values`` lists them as missing).
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import re
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -170,22 +172,43 @@ def _records(path: Path, schema: FeatureSchema) -> Iterator[tuple[int, list[str]
             return
 
 
-def line_of_row(path: Path, schema: FeatureSchema, data_row: int) -> Optional[int]:
-    """The line where data row ``data_row`` (0-based, valid rows only) starts: a re-scan, for error messages."""
-    expected, row = None, 0
+def record_of_row(path: Path, schema: FeatureSchema, data_row: int) -> Optional[tuple[int, dict[str, str]]]:
+    """(first line, cells by column) of data row ``data_row`` (0-based, valid rows only): a re-scan
+    of the file as pyarrow splits it, for error messages."""
+    names: Optional[list[str]] = list(schema.input.columns) if not schema.input.header else None
+    row = 0
     for number, fields in _records(path, schema):
         if not fields or fields == [""]:
             continue  # pyarrow skips empty lines
-        if expected is None:
-            expected = len(schema.input.columns) if not schema.input.header else len(fields)
-            if schema.input.header:
-                continue
-        if len(fields) != expected:
+        if names is None:
+            names = fields
+            continue
+        if len(fields) != len(names):
             continue  # a malformed line: skipped, not a data row
         if row == data_row:
-            return number
+            return number, dict(zip(names, fields))
         row += 1
     return None
+
+
+def line_of_row(path: Path, schema: FeatureSchema, data_row: int) -> Optional[int]:
+    """The line where data row ``data_row`` starts."""
+    found = record_of_row(path, schema, data_row)
+    return found[0] if found else None
+
+
+def cell_text(batch: pa.RecordBatch, schema: FeatureSchema, column: str, row: int) -> object:
+    """A cell as the file holds it (CSV: its text, e.g. ``1e400`` rather than the inf it parsed to)."""
+    path, first = origin(batch)
+    if file_format(path, schema) != "parquet":
+        found = record_of_row(path, schema, first + row)
+        if found and column in found[1]:
+            return found[1][column]
+    return read_value(batch, column, row)
+
+
+def read_value(batch: pa.RecordBatch, column: str, row: int) -> object:
+    return batch.column(column)[row].as_py()
 
 
 def _first_fields(path: Path, schema: FeatureSchema) -> Optional[int]:
@@ -196,6 +219,40 @@ def _first_fields(path: Path, schema: FeatureSchema) -> Optional[int]:
 
 
 # -- CSV -------------------------------------------------------------------------------------------
+_CONVERSION = re.compile(r"column #(\d+): (?:Row #\d+: )?CSV conversion error to \w+: invalid value '(.*)'", re.S)
+
+
+def _line_of_value(path: Path, schema: FeatureSchema, index: int, value: str) -> Optional[int]:
+    """The first line whose data row holds ``value`` in field ``index``: a re-scan, for error messages."""
+    expected = None
+    for number, fields in _records(path, schema):
+        if not fields or fields == [""]:
+            continue
+        if expected is None:
+            expected = len(schema.input.columns) if not schema.input.header else len(fields)
+            if schema.input.header:
+                continue
+        if len(fields) == expected and index < len(fields) and fields[index] == value:
+            return number
+    return None
+
+
+def _conversion_error(path: Path, schema: FeatureSchema, names: list[str], e: Exception) -> Optional[PreprocessError]:
+    """pyarrow's error for a numeric cell that does not parse, with its line found by a re-scan
+    (pyarrow names the column and value, but not the line, when it reads a stream)."""
+    m = _CONVERSION.search(str(e))
+    if not m:
+        return None
+    index, value = int(m.group(1)), m.group(2)
+    column = names[index] if index < len(names) else f"#{index + 1}"
+    line = _line_of_value(path, schema, index, value)
+    at = f"{path} line {line}" if line is not None else str(path)
+    return PreprocessError(
+        f"{at}, column {column!r}: {value!r} is not a number, but the schema reads this column as a number (a dense "
+        "feature, the label or the time column); fix the data, or list the value in input.null_values to read it "
+        "as missing")
+
+
 class _RowHandler:
     """pyarrow's invalid-row callback: counts a malformed line in ``bad`` (None: skips it silently)."""
 
@@ -219,8 +276,10 @@ class _Handlers:
     but Arrow (not a traceback's frames) keeps a handler alive.
     """
 
-    def __init__(self, path: Path, fmt: str, delimiter: str, bad: BadLines) -> None:
-        self.path, self.fmt, self.delimiter, self.bad = path, fmt, delimiter, bad
+    def __init__(self, path: Path, schema: FeatureSchema, fmt: str, bad: BadLines) -> None:
+        self.path, self.schema, self.fmt, self.bad = path, schema, fmt, bad
+        self.delimiter = _delimiter(fmt, schema)
+        self.names: list[str] = []  # the file's columns, once known (to name a column pyarrow numbers)
         self._live: list[tuple[weakref.ref, threading.Event]] = []
 
     def open(self, read_opts: pa_csv.ReadOptions, counted: bool,
@@ -235,9 +294,15 @@ class _Handlers:
         try:
             return pa_csv.open_csv(str(self.path), read_options=read_opts, parse_options=parse, convert_options=convert)
         except (pa.ArrowInvalid, OSError) as e:
-            raise (PreprocessError(self.bad.fatal) if self.bad.fatal else _unreadable(self.path, e)) from None
+            raise self.error(e) from None
         finally:
             del parse
+
+    def error(self, e: Exception) -> PreprocessError:
+        """What a failed open or read means: the strict stop, a numeric cell, or an unreadable file."""
+        if self.bad.fatal:
+            return PreprocessError(self.bad.fatal)
+        return _conversion_error(self.path, self.schema, self.names, e) or _unreadable(self.path, e)
 
     def wait_released(self, seconds: float = RELEASE_SECONDS) -> bool:
         """Waits (without the GIL) until Arrow holds none of them; False on a timeout."""
@@ -266,13 +331,17 @@ def _csv_names(path: Path, schema: FeatureSchema, handlers: _Handlers) -> list[s
 
 
 def _read_csv(path: Path, schema: FeatureSchema, fmt: str, wanted: list[str], bad: BadLines) -> Iterator[pa.RecordBatch]:
-    handlers = _Handlers(path, fmt, _delimiter(fmt, schema), bad)
+    handlers = _Handlers(path, schema, fmt, bad)
+    # Columns with numeric uses only are parsed as numbers by pyarrow (the fast path); a column
+    # that is also text is read as text, and its numbers are cast from it (_numeric).
+    text = set(text_columns(schema))
+    types = {c: pa.string() if c in text else pa.float64() for c in wanted}
     try:
-        names = _csv_names(path, schema, handlers)
+        handlers.names = names = _csv_names(path, schema, handlers)
         _check_columns(path, names, wanted)
         read_opts = pa_csv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False,
                                        column_names=None if schema.input.header else names)
-        convert = pa_csv.ConvertOptions(include_columns=wanted, column_types={c: pa.string() for c in wanted},
+        convert = pa_csv.ConvertOptions(include_columns=wanted, column_types=types,
                                         null_values=["", *schema.input.null_values],
                                         strings_can_be_null=True, quoted_strings_can_be_null=False)
         reader = handlers.open(read_opts, counted=True, convert=convert)
@@ -282,7 +351,7 @@ def _read_csv(path: Path, schema: FeatureSchema, fmt: str, wanted: list[str], ba
             except StopIteration:
                 break
             except (pa.ArrowInvalid, OSError) as e:
-                raise (PreprocessError(bad.fatal) if bad.fatal else _unreadable(path, e)) from None
+                raise handlers.error(e) from None
             yield batch
     finally:
         reader = None  # drop our reference, then wait for Arrow's
@@ -356,7 +425,7 @@ def _numeric(raw: pa.RecordBatch, schema: FeatureSchema, column: str) -> pa.Arra
     bad = np.flatnonzero(~finite & ~x.is_null().to_numpy(zero_copy_only=False))
     if bad.size:
         i = int(bad[0])
-        raise _number_error(raw, schema, column, i, values[i].as_py(), "is not a finite number")
+        raise _number_error(raw, schema, column, i, cell_text(raw, schema, column, i), "is not a finite number")
     return x
 
 
