@@ -285,3 +285,12 @@ def test_the_cli_exits_0_every_time(tmp_path: Path) -> None:
         results = list(pool.map(once, range(15)))
     failed = [(code, err[-300:]) for code, err in results if code != 0]
     assert not failed, failed
+
+
+def test_a_malformed_line_is_named_by_its_line_past_embedded_newlines(tmp_path: Path) -> None:
+    """pyarrow numbers malformed rows by record; a quoted cell holding newlines puts lines ahead of records."""
+    data = _csv(tmp_path, 'x,c,y\n1,"a\nb\nc",0\n2,b\n3,c,1\n4,d,0\n5,e,1\n')
+    report = _run(tmp_path, [data], {**BASE, "split": {"by": "random", "fractions": [1.0, 0.0, 0.0]}})
+    assert report.skipped == 1 and report.examples == [f"{data}:5: 2 fields, expected 3"]
+    with pytest.raises(PreprocessError, match=rf"{data}:5: 2 fields, expected 3 \(--strict"):
+        _run(tmp_path, [data], BASE, out="strict", strict=True)

@@ -57,22 +57,38 @@ _PATH, _FIRST = b"dlrm_dist.path", b"dlrm_dist.first_row"
 
 @dataclass
 class BadLines:
-    """Malformed lines met while reading: a count and the first few, by file and line."""
+    """Malformed lines met while reading: a count and the first few, by file and line.
+
+    pyarrow numbers a malformed row by records, not lines (a quoted cell may hold newlines):
+    ``add`` takes that number, and the file's lines are found by one re-scan when the file
+    ends (``resolve``), only if it had malformed lines, for the few that are reported.
+    """
 
     count: int = 0
     examples: list[str] = field(default_factory=list)
     strict: bool = False
     fatal: Optional[str] = None  # strict: the first malformed line, raised by the reader
+    _pending: list[tuple[int, Optional[int], str]] = field(default_factory=list)  # (example, record, why)
 
-    def add(self, where: str, why: str) -> str:
+    def add(self, path: Path, schema: FeatureSchema, record: Optional[int], why: str) -> str:
         """Records a malformed line; returns what pyarrow should do with it."""
         if self.strict:
-            self.fatal = f"{where}: {why} (--strict stops at the first malformed line)"
+            self.fatal = f"{_at_record(path, schema, record)}: {why} (--strict stops at the first malformed line)"
             return "error"
         self.count += 1
         if len(self.examples) < REPORTED:
-            self.examples.append(f"{where}: {why}")
+            self._pending.append((len(self.examples), record, why))
+            self.examples.append(f"{path}: {why}")
         return "skip"
+
+    def resolve(self, path: Path, schema: FeatureSchema) -> None:
+        """Names this file's reported malformed lines by their line numbers."""
+        if self._pending:
+            lines = _lines_of_records(path, schema, {r for _, r, _ in self._pending if r is not None})
+            for k, record, why in self._pending:
+                at = f"{path}:{lines[record]}" if record in lines else str(path)
+                self.examples[k] = f"{at}: {why}"
+            self._pending.clear()
 
 
 # -- what is read, and how ----------------------------------------------------------------------
@@ -172,6 +188,26 @@ def _records(path: Path, schema: FeatureSchema) -> Iterator[tuple[int, list[str]
             return
 
 
+def _lines_of_records(path: Path, schema: FeatureSchema, records: set[int]) -> dict[int, int]:
+    """First line of each pyarrow record number (1-based over non-empty records, the header included)."""
+    found: dict[int, int] = {}
+    k = 0
+    for number, fields in _records(path, schema):
+        if not fields or fields == [""]:
+            continue
+        k += 1
+        if k in records:
+            found[k] = number
+            if len(found) == len(records):
+                break
+    return found
+
+
+def _at_record(path: Path, schema: FeatureSchema, record: Optional[int]) -> str:
+    line = _lines_of_records(path, schema, {record}).get(record) if record is not None else None
+    return f"{path}:{line}" if line is not None else str(path)
+
+
 def record_of_row(path: Path, schema: FeatureSchema, data_row: int) -> Optional[tuple[int, dict[str, str]]]:
     """(first line, cells by column) of data row ``data_row`` (0-based, valid rows only): a re-scan
     of the file as pyarrow splits it, for error messages."""
@@ -256,14 +292,14 @@ def _conversion_error(path: Path, schema: FeatureSchema, names: list[str], e: Ex
 class _RowHandler:
     """pyarrow's invalid-row callback: counts a malformed line in ``bad`` (None: skips it silently)."""
 
-    def __init__(self, path: Path, bad: Optional[BadLines]) -> None:
-        self.path, self.bad = path, bad
+    def __init__(self, path: Path, schema: FeatureSchema, bad: Optional[BadLines]) -> None:
+        self.path, self.schema, self.bad = path, schema, bad
 
     def __call__(self, row: pa_csv.InvalidRow) -> str:
         if self.bad is None:
             return "skip"
-        line = f"{self.path}:{row.number}" if row.number is not None else str(self.path)
-        return self.bad.add(line, f"{row.actual_columns} fields, expected {row.expected_columns}")
+        return self.bad.add(self.path, self.schema, row.number,
+                            f"{row.actual_columns} fields, expected {row.expected_columns}")
 
 
 class _Handlers:
@@ -285,7 +321,7 @@ class _Handlers:
     def open(self, read_opts: pa_csv.ReadOptions, counted: bool,
              convert: Optional[pa_csv.ConvertOptions] = None) -> pa_csv.CSVStreamingReader:
         """A reader whose malformed lines are counted in ``bad`` (or, not ``counted``, skipped silently)."""
-        handler = _RowHandler(self.path, self.bad if counted else None)
+        handler = _RowHandler(self.path, self.schema, self.bad if counted else None)
         released = threading.Event()
         self._live.append((weakref.ref(handler, lambda _ref: released.set()), released))
         parse = pa_csv.ParseOptions(delimiter=self.delimiter, invalid_row_handler=handler,
@@ -454,6 +490,7 @@ def read_file(path: Path, schema: FeatureSchema, bad: BadLines, first_row: int =
                 row += batch.num_rows
     finally:
         raw.close()
+    bad.resolve(path, schema)
     if row == first_row:
         skipped = bad.count - skipped_before
         why = (f"all of its {skipped} data line(s) are malformed (see the malformed lines reported)" if skipped
