@@ -35,6 +35,7 @@ from torchrec.metrics.rec_metric import RecMetricList
 TASK = "eval"
 DEFAULT_AUC_MAX_SAMPLES = 2**24
 AUC_BINS = 65536
+AUC_FLUSH_SAMPLES = 2**20  # rows buffered before the AUC's padding filter (a host sync) runs
 # TorchRec's result keys, "<metric>-<task>|<window or lifetime>_<metric>", by our names.
 _KEYS = {
     "ne": f"ne-{TASK}|lifetime_ne",
@@ -92,6 +93,8 @@ class EvalMetrics:
         self.device = device
         self.world_size = world_size
         self.samples = torch.zeros((), dtype=torch.float64, device=device)
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending_rows = 0
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -100,19 +103,34 @@ class EvalMetrics:
 
     @torch.no_grad()
     def update_probabilities(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
-        """As ``update``, for predicted probabilities (a served model's output)."""
+        """As ``update``, for predicted probabilities (a served model's output).
+
+        Nothing here waits for the device: padding gets weight 0 in the running sums, and the
+        AUC's rows are buffered and filtered (a boolean index, which syncs) once per
+        ``AUC_FLUSH_SAMPLES`` rows instead of once per batch.
+        """
         labels = labels.detach().to(self.device).float().reshape(-1)
         weights = (labels >= 0).float()
-        if not weights.any():  # a rank's share of the last batch can be all padding
-            return
         self.samples += weights.sum()
         probs = probs.detach().float().reshape(-1).to(self.device)
         self.module.update({"prediction": probs, "label": labels.clamp(min=0), "weight": weights})
-        keep = weights > 0
+        self._pending.append((probs, labels))
+        self._pending_rows += labels.numel()
+        if self._pending_rows >= AUC_FLUSH_SAMPLES:
+            self._flush_auc()
+
+    def _flush_auc(self) -> None:
+        if not self._pending:
+            return
+        probs = torch.cat([p for p, _ in self._pending])
+        labels = torch.cat([lab for _, lab in self._pending])
+        self._pending, self._pending_rows = [], 0
+        keep = labels >= 0
         self.auc.update(probs[keep], labels[keep].long())
 
     def compute(self, step: int) -> EvalResult:
         """The metrics over everything every rank added (call it on every rank)."""
+        self._flush_auc()
         values = {name: float(value) for name, value in self.module.compute().items()}
         samples = self.samples.clone()
         if self.world_size > 1 and dist.is_initialized():

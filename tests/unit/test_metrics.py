@@ -71,6 +71,28 @@ def test_every_metric_on_one_process_with_padding_and_empty_batches() -> None:
     assert "auc 0." in out.line() and "ne " in out.line()
 
 
+@pytest.mark.parametrize("flush_rows", [100, 10**9])
+def test_the_auc_filters_padding_in_buffered_blocks_not_per_batch(monkeypatch, flush_rows: int) -> None:
+    """The padding filter (a host sync on a GPU) runs once per block of rows, results unchanged."""
+    from dlrm_dist.metrics import eval as eval_module
+
+    monkeypatch.setattr(eval_module, "AUC_FLUSH_SAMPLES", flush_rows)
+    logits, labels = known_predictions()
+    labels = torch.cat([labels, torch.full((9,), -1.0)])
+    logits = torch.cat([logits, torch.randn(9)])
+    m = EvalMetrics(batch_size=32)
+    calls = []
+    real_update = m.auc.update
+    monkeypatch.setattr(m.auc, "update", lambda p, t: (calls.append(len(p)), real_update(p, t)))
+    batches = range(0, len(labels), 32)
+    for start in batches:
+        m.update(logits[start:start + 32], labels[start:start + 32])
+    out = m.compute(step=1)
+    check(out.to_dict(), expected(logits, labels))
+    assert sum(calls) == len(labels) - 9
+    assert len(calls) == (math.ceil(len(labels) / 128) if flush_rows == 100 else 1) < len(batches)
+
+
 def test_tied_predictions_count_half() -> None:
     """TorchRec's AUC would order the tie arbitrarily (1.0 or 0.0); the definition says 0.5."""
     m = EvalMetrics(batch_size=4)
