@@ -74,9 +74,11 @@ def readme_launch_lines() -> list[list[str]]:
 
 
 def _dry_run(words: list[str]) -> None:
-    env = dict(w.split("=", 1) for w in words if re.fullmatch(r"[A-Z_]+=\S*", w))
+    # Only the leading NAME=value words are the shell's environment; later ones are arguments.
+    lead = next((i for i, w in enumerate(words) if not re.fullmatch(r"[A-Z_]+=\S*", w)), len(words))
+    env = dict(w.split("=", 1) for w in words[:lead])
     env = {k: "0" if v.startswith("$") else v for k, v in env.items()}  # NODE_RANK=$i: any node
-    words = [w for w in words if not re.fullmatch(r"[A-Z_]+=\S*", w)]
+    words = words[lead:]
     if "launch.torchrun" in words:
         argv = words[words.index("launch.torchrun") + 1:]
         gpus = GPUS_PER_NODE if plan_argument(argv) else 0
