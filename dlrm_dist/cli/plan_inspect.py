@@ -15,7 +15,7 @@ from dlrm_dist.config.files import read_data
 from dlrm_dist.metrics.runs import SUMMARY_FILE
 from dlrm_dist.planning.check import read_consistent
 from dlrm_dist.planning.errors import PlanError
-from dlrm_dist.planning.validation import Strict, joined, validate
+from dlrm_dist.validation import Strict, joined, validate
 
 HELP = "show a plan per rank and in summary (--json, --html, --measured)"
 

@@ -115,7 +115,7 @@ def _apply(raw: dict[str, Any], origin: str) -> Config:
         found += lines
     found += _features_problems(raw.get(INLINE_SCHEMA))
     if found:
-        raise ConfigError(f"{origin}: {joined(found)}")
+        raise ConfigError(joined(origin, found))
     return Config(**built, features=raw.get(INLINE_SCHEMA))
 
 

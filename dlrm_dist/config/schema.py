@@ -1,7 +1,7 @@
 """The configuration schema: one declared model per section, a help text under every field.
 
 Each section is a frozen pydantic dataclass (strict, no unknown keys, no NaN/inf; see
-validation.py): the declared types, ranges and choices are the checks, and the checks
+dlrm_dist/validation.py): the declared types, ranges and choices are the checks, and the checks
 across fields are model validators, so building a section reports every problem at once.
 They are ordinary dataclasses to the rest of the package (``dataclasses.replace``,
 ``asdict``, ``fields``).

@@ -1,4 +1,4 @@
-"""The feature schema's file format as declared pydantic models (strict: see config/validation.py).
+"""The feature schema's file format as declared pydantic models (strict: see dlrm_dist/validation.py).
 
 This is what a schema file (TOML/JSON), a ``[features]`` section or a stored ``meta.json``
 may say, and every rule about it: types, ranges, choices, names, and the checks across
@@ -15,11 +15,10 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Callable, Literal, Optional
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from dlrm_dist.config.validation import (
     IDENTIFIER_TEXT,
-    STRICT,
     Identifier,
     Count,
     Finite,
@@ -31,6 +30,7 @@ from dlrm_dist.config.validation import (
 )
 from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.names import TABLE_PREFIX
+from dlrm_dist.validation import Strict
 
 DENSE_TRANSFORMS = ("none", "log1p", "clip", "standardize", "minmax")
 FITTED_TRANSFORMS = ("standardize", "minmax")  # statistics from the training split
@@ -58,11 +58,7 @@ FieldDelimiter = Annotated[str, Field(pattern=r'^[^\r\n"]$'),
 ListDelimiter = Annotated[str, Field(min_length=1), Says("a non-empty string")]
 
 
-class _Strict(BaseModel):
-    model_config = STRICT
-
-
-class DenseModel(_Strict):
+class DenseModel(Strict):
     """``[[dense]]``: a numeric column and its transform chain."""
 
     name: Identifier
@@ -100,7 +96,7 @@ class DenseModel(_Strict):
         return self
 
 
-class SparseModel(_Strict):
+class SparseModel(Strict):
     """``[[sparse]]``: a categorical column, how it becomes ids, and the table it looks up."""
 
     name: Identifier
@@ -137,14 +133,14 @@ class SparseModel(_Strict):
         return self
 
 
-class LabelModel(_Strict):
+class LabelModel(Strict):
     """``[label]``: the target column, 0/1 or thresholded."""
 
     column: Column = "label"
     threshold: Optional[Finite] = None
 
 
-class SplitModel(_Strict):
+class SplitModel(Strict):
     """``[split]``: train/val/test by a seeded per-row draw or by a time column."""
 
     by: Literal[SPLIT_BY] = "random"
@@ -165,7 +161,7 @@ class SplitModel(_Strict):
         return self
 
 
-class InputModel(_Strict):
+class InputModel(Strict):
     """``[input]``: how the data files are read."""
 
     format: Optional[Literal[INPUT_FORMATS]] = None
@@ -195,7 +191,7 @@ def _pairs_to_table(value: Any) -> Any:
     return value
 
 
-class SchemaModel(_Strict):
+class SchemaModel(Strict):
     """A whole feature schema."""
 
     name: Identifier = "custom"
@@ -284,7 +280,7 @@ def validate_schema(data: Any, origin: str) -> SchemaModel:
     """The validated model of ``data``; every problem is named in one SchemaError."""
     found = schema_problems(data)
     if found:
-        raise SchemaError(f"{origin}: {joined(found)}")
+        raise SchemaError(joined(origin, found))
     return SchemaModel.model_validate(data)
 
 

@@ -1,6 +1,6 @@
 """What a plan is made from: tables, topology, budgets and the job's batch/optimizer.
 
-Two file formats carry them, each a declared pydantic model (validation.py): a full inputs
+Two file formats carry them, each a declared pydantic model (dlrm_dist/validation.py): a full inputs
 file (``InputsModel``: ``dlrm-plan make --inputs``, and the ``inputs`` section of every plan
 file) and a tables file (``TablesFileModel``: ``dlrm-plan make --tables``, written by
 ``dlrm-data stats --tables-out``). The code uses the frozen dataclasses below, built from a
@@ -19,7 +19,7 @@ from pydantic import Field, field_validator, model_validator
 from dlrm_dist.config.files import read_data
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.names import COMPUTE_KERNELS, EMBEDDING_OPTIMIZERS, SHARDING_TYPES, TABLE_PREFIX
-from dlrm_dist.planning.validation import Strict, joined, validate
+from dlrm_dist.validation import Strict, joined, validate
 
 DEVICES = ("cuda", "cpu")
 GB = 1024**3

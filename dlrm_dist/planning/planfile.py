@@ -43,7 +43,7 @@ from dlrm_dist.planning.codec import check_field, decode, encode
 from dlrm_dist.planning.errors import PlanError
 from dlrm_dist.planning.inputs import InputsModel, PlannerInputs, name_tables
 from dlrm_dist.planning.types import PlanEstimates
-from dlrm_dist.planning.validation import Strict, joined, validate
+from dlrm_dist.validation import Strict, joined, validate
 
 FORMAT = "dlrm_dist.sharding_plan"
 VERSION = 2
@@ -160,7 +160,9 @@ class RankModel(Strict):
     ddr_by_type: dict[Literal[SHARDING_TYPES], Bytes]
 
 
-class SummaryModel(Strict):
+class _SummaryFigures(Strict):
+    """The summary figures both plan-file versions store; each version adds its own (maxima, headroom)."""
+
     bottleneck_rank: Count
     bottleneck_tables: list[TableCostModel]
     estimated_iteration_ms: Ms
@@ -169,10 +171,13 @@ class SummaryModel(Strict):
     ddr_imbalance: float = Field(ge=0)
     hbm_budget_bytes: Bytes
     ddr_budget_bytes: Bytes
-    max_hbm_bytes: Bytes
-    max_ddr_bytes: Bytes
     all_to_all_bytes_per_sample: float = Field(ge=0)
     global_batch_size: int = Field(ge=1)
+
+
+class SummaryModel(_SummaryFigures):
+    max_hbm_bytes: Bytes
+    max_ddr_bytes: Bytes
 
 
 class EstimatesModel(Strict):
@@ -184,26 +189,16 @@ class RankV1Model(RankModel):
     cost_ms: Ms  # version 1 stored Perf.total beside its parts
 
 
-class SummaryV1Model(Strict):
+class SummaryV1Model(_SummaryFigures):
     """Version 1 stored headroom (budget - max, negative when over) instead of the maxima."""
 
-    bottleneck_rank: Count
-    bottleneck_tables: list[TableCostModel]
     bottleneck_ms: Ms
-    estimated_iteration_ms: Ms
     estimated_samples_per_s: Optional[float] = Field(None, ge=0)
-    cost_imbalance: float = Field(ge=0)
-    hbm_imbalance: float = Field(ge=0)
-    ddr_imbalance: float = Field(ge=0)
-    hbm_budget_bytes: Bytes
-    ddr_budget_bytes: Bytes
     hbm_headroom_bytes: int
     ddr_headroom_bytes: int
-    all_to_all_bytes_per_sample: float = Field(ge=0)
-    global_batch_size: int = Field(ge=1)
 
 
-class EstimatesV1Model(Strict):
+class EstimatesV1Model(EstimatesModel):
     per_rank: list[RankV1Model] = Field(min_length=1)
     summary: SummaryV1Model
 

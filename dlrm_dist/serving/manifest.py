@@ -2,8 +2,9 @@
 
 One model per format: ``ExportManifest`` is what dlrm-export writes (built, validated, then
 dumped, so nothing is written that could not be read back) and what a loader accepts.
-Strict types, finite floats, constrained ints, enums and no unknown keys; every problem is
-collected and reported at once, as ``field.path: message`` lines of one ExportError.
+Strict types, finite floats, constrained ints, enums and no unknown keys (dlrm_dist.validation's
+``Strict``); every problem is collected and reported at once, as ``field.path: message`` lines
+of one ExportError.
 
 Needs pydantic alone besides the standard library (no torch, no TorchRec): a server can
 check a manifest without the training stack.
@@ -16,9 +17,10 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from dlrm_dist.errors import EXIT_BAD_STATE, DlrmError
+from dlrm_dist.validation import Strict, joined, messages
 
 FORMAT = "dlrm_dist.export"
 VERSION = 2  # 2: declared manifest, schema fingerprint, measured int8 cost with its limits
@@ -36,17 +38,13 @@ class ExportError(DlrmError):
     exit_code = EXIT_BAD_STATE
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
-
-
 Count = Annotated[int, Field(ge=0)]
 Rows = Annotated[int, Field(ge=1)]
 Name = Annotated[str, Field(min_length=1)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class QuantizationCost(_Strict):
+class QuantizationCost(Strict):
     """int8 against float on an evaluation split: what quantization cost, and the limits it met."""
 
     measured: Literal[True] = True
@@ -61,14 +59,14 @@ class QuantizationCost(_Strict):
     max_logloss_increase: Annotated[float, Field(ge=0.0)]
 
 
-class QuantizationNotMeasured(_Strict):
+class QuantizationNotMeasured(Strict):
     """int8 whose cost could not be measured (the data was not at hand), and why."""
 
     measured: Literal[False] = False
     note: Name
 
 
-class ExportManifest(_Strict):
+class ExportManifest(Strict):
     """``export.json``: what the program in ``model.pt2`` is, was made from, and takes."""
 
     format: Literal["dlrm_dist.export"] = FORMAT
@@ -106,24 +104,6 @@ class ExportManifest(_Strict):
         return json.dumps(self.model_dump(mode="python"), indent=1, sort_keys=True)
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    """pydantic's location as ``a.b[3].c`` (union tags such as ``True`` dropped)."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int) and not isinstance(part, bool):
-            out += f"[{part}]"
-        elif isinstance(part, bool) or part in ("QuantizationCost", "QuantizationNotMeasured"):
-            continue
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
-
-
-def problems(error: ValidationError) -> list[str]:
-    """Every problem of a validation error, as ``field.path: message``."""
-    return [f"{_loc(tuple(e['loc']))}: {e['msg']}" for e in error.errors(include_url=False)]
-
-
 def _non_finite(tree: Any, path: str = "") -> list[tuple[str, float]]:
     """Every NaN/Infinity Python's json module accepted, by its path (pydantic's parser would only say where)."""
     if isinstance(tree, float) and not math.isfinite(tree):
@@ -154,8 +134,7 @@ def parse_manifest(text: str, origin: str) -> ExportManifest:
     try:
         return ExportManifest.model_validate_json(text)
     except ValidationError as e:
-        listed = "; ".join(problems(e))
-        raise ExportError(f"{origin} is not a valid export manifest: {listed}") from None
+        raise ExportError(joined(f"{origin} is not a valid export manifest", messages(e, ExportManifest))) from None
 
 
 def read_manifest(directory: str | Path) -> ExportManifest:

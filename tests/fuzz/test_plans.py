@@ -24,7 +24,7 @@ from dlrm_dist.cli.plan_main import main
 from dlrm_dist.names import COMPUTE_KERNELS, EMBEDDING_OPTIMIZERS, SHARDING_TYPES
 from dlrm_dist.planning import planfile
 from dlrm_dist.planning.check import ExpectedTable, check_plan
-from dlrm_dist.planning.validation import path_of
+from dlrm_dist.validation import path_of
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = json.loads((ROOT / "sharding_plans" / "demo_cpu2.json").read_text())

@@ -129,7 +129,7 @@ out = loaded.module(torch.zeros(3, loaded.manifest.dense_features), [torch.tenso
 assert out.shape == (3,) and bool(((out > 0) & (out < 1)).all())
 extra = sorted(k for k in sys.modules if k.startswith(("torchrec", "fbgemm_gpu", "dlrm_dist.")))
 assert extra == ["dlrm_dist.errors", "dlrm_dist.serving", "dlrm_dist.serving.archive", "dlrm_dist.serving.load",
-                 "dlrm_dist.serving.manifest"], extra
+                 "dlrm_dist.serving.manifest", "dlrm_dist.validation"], extra
 print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

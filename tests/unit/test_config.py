@@ -142,7 +142,7 @@ def test_train_device_is_a_choice() -> None:
     ('[optim]\nembedding_lr = nan\n', "optim.embedding_lr: must be a finite number > 0, got nan"),
     ('[data]\nzipf_alpha = -inf\n', "data.zipf_alpha: must be a finite number >= 0, got -inf"),
     ('[model]\ntable_sizes = [10, 0]\n', "model.table_sizes[1]: must be an integer >= 1, got 0"),
-    ('[model]\ntable_sizes = []\n', "model.table_sizes: must be a list (not empty), each item an integer >= 1"),
+    ('[model]\ntable_sizes = []\n', "model.table_sizes: must be a non-empty list (each an integer >= 1), got []"),
     ('[model]\nbottom_mlp = "13-abc-16"\n', "model.bottom_mlp: must be positive layer widths joined by '-'"),
     ('[train]\nrun_dir = "a\\u0000b"\n', "train.run_dir: must be a path (non-empty, no NUL character)"),
     ('train = 3\n', "train: must be a table (a [train] section), got int"),

@@ -187,9 +187,9 @@ def test_the_manifest_lists_every_problem_by_field(copy) -> None:
     with pytest.raises(ExportError) as e:
         load_export(copy)
     text = str(e.value)
-    for words in ("step: Input should be a valid integer", "dense_features: Input should be greater than or equal to 0",
-                  "surprise: Extra inputs are not permitted", "quantize: Input should be 'none' or 'int8'",
-                  "tables.", "[0]: Input should be greater than or equal to 1", "sparse_features[1]: Input should be a valid string"):
+    for words in ("step: must be an integer >= 0, got '5'", "dense_features: must be an integer >= 0, got -1",
+                  "surprise: unknown key; valid keys: checkpoint, config,", "quantize: must be one of none, int8, got 'int4'",
+                  "tables.", "[0]: must be an integer >= 1, got 0", "sparse_features[1]: must be a non-empty string, got 3"):
         assert words in text, text
 
 

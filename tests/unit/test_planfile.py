@@ -64,11 +64,11 @@ def test_bad_files_name_the_problem(tmp_path) -> None:
             planfile.read(tmp_path / "p.json")
     (tmp_path / "p.json").write_text(json.dumps({**good, "estimates": {"per_rank": [], "summary": {}}}))
     with pytest.raises(PlanError, match=r"estimates.per_rank: must be a non-empty list of objects, got \[\]; "
-                                        r"estimates.summary.bottleneck_rank: missing"):
+                                        r"estimates.summary.bottleneck_rank: is required; must be an integer >= 0"):
         planfile.read(tmp_path / "p.json")
     del good["plan"]
     (tmp_path / "p.json").write_text(json.dumps(good))
-    with pytest.raises(PlanError, match=r"p.json: plan: missing \(must be an object\)"):
+    with pytest.raises(PlanError, match=r"p.json: plan: is required; must be a non-empty object"):
         planfile.read(tmp_path / "p.json")
     with pytest.raises(PlanError, match="plan file .* does not exist"):
         planfile.read(tmp_path / "none.json")

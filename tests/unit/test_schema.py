@@ -162,7 +162,7 @@ def test_every_problem_is_listed_in_one_error() -> None:
         from_dict(data, "job.json")
     msg = str(e.value)
     for path in ("name:", "dense[0].fill:", "sparse[0].buckets:", "sparse[1].kind:", "split.fractions:", "extra:"):
-        assert f"; {path}" in msg or msg.startswith(f"job.json: {path}"), (path, msg)
+        assert f"; {path}" in msg or msg.startswith(f"job.json: 6 problems: {path}"), (path, msg)
     assert "(sparse feature 'b')" in msg  # the entry is named as well as numbered
 
 
