@@ -44,7 +44,7 @@ SCHEMA = from_dict({
         {"name": "m", "kind": "vocab", "delimiter": "|"},
     ],
 })
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$", re.ASCII)  # "١٢" is not a number
 
 
 @dataclass(frozen=True)
