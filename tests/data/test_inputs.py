@@ -294,3 +294,9 @@ def test_a_malformed_line_is_named_by_its_line_past_embedded_newlines(tmp_path: 
     assert report.skipped == 1 and report.examples == [f"{data}:5: 2 fields, expected 3"]
     with pytest.raises(PreprocessError, match=rf"{data}:5: 2 fields, expected 3 \(--strict"):
         _run(tmp_path, [data], BASE, out="strict", strict=True)
+
+
+def test_a_quoted_empty_numeric_cell_is_named_by_its_line(tmp_path: Path) -> None:
+    """Unquoted, an empty cell is missing (filled); quoted, it is an empty string: not a number (found by the fuzz)."""
+    data = _csv(tmp_path, 'x,c,y\n,a,0\n"",b,1\n3,c,0\n')
+    _refused(tmp_path, [data], BASE, f"{data} line 3", "'' is not a number", "column 'x'")

@@ -258,8 +258,21 @@ def _first_fields(path: Path, schema: FeatureSchema) -> Optional[int]:
 _CONVERSION = re.compile(r"column #(\d+): (?:Row #\d+: )?CSV conversion error to \w+: invalid value '(.*)'", re.S)
 
 
+def _line_of_quoted(path: Path, schema: FeatureSchema, index: int, value: str) -> Optional[int]:
+    """The first line holding ``"value"`` (quoted) in field ``index``: a cell that would be missing
+    unquoted (empty, or in null_values) is a conversion error only when quoted."""
+    with _text_lines(path) as text:
+        for number, fields in enumerate(csv.reader(text, delimiter=_delimiter(file_format(path, schema), schema),
+                                                   quoting=csv.QUOTE_NONE), start=1):
+            if index < len(fields) and fields[index] == f'"{value}"':
+                return number
+    return None
+
+
 def _line_of_value(path: Path, schema: FeatureSchema, index: int, value: str) -> Optional[int]:
     """The first line whose data row holds ``value`` in field ``index``: a re-scan, for error messages."""
+    if value in ("", *schema.input.null_values):
+        return _line_of_quoted(path, schema, index, value)
     expected = None
     for number, fields in _records(path, schema):
         if not fields or fields == [""]:
