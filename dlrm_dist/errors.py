@@ -17,6 +17,8 @@ returns for it, from the constants below; ``run_cli`` prints and maps, for every
 
 from __future__ import annotations
 
+import pickle
+import re
 import sys
 from typing import Callable
 
@@ -29,6 +31,16 @@ class DlrmError(Exception):
     """Base of the package's errors; ``exit_code`` is what a CLI returns for it."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+def refusal_text(error: BaseException) -> str:
+    """A restricted unpickler's refusal in one line, without torch's advice to retry with
+    ``weights_only=False`` (on a crafted file that advice would run its code)."""
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError) or "Weights only load failed" in text:
+        found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        return f"a pickle the restricted (weights_only) unpickler refuses{': ' + found.group(1) if found else ''}"
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:

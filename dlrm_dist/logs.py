@@ -40,6 +40,9 @@ KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     (DeprecationWarning, r"`torch\.jit\.(script|interface)` is deprecated"),
     # torchmetrics 1.0 (TorchRec's pin) compares versions with distutils at import.
     (DeprecationWarning, r"distutils Version classes are deprecated"),
+    # The restricted unpickler about a crafted file's protocol, just before it refuses the file
+    # (the refusal is the error the user sees, naming the file).
+    (UserWarning, r"Detected pickle protocol \d+ in the checkpoint"),
 )
 
 # Loggers whose INFO/WARNING lines are per-rank or per-table noise on every run.

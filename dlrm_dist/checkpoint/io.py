@@ -32,6 +32,7 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata
 
+from dlrm_dist.errors import refusal_text
 from dlrm_dist.checkpoint import integrity, optim_state, reader, store
 from dlrm_dist.checkpoint.manifest import CheckpointError, FileSum, Manifest, RunInfo, schema_changes
 from dlrm_dist.distributed.weights import table_of
@@ -267,7 +268,7 @@ def failures_text(e: CheckpointException) -> str:
     parts = []
     for rank, wrapped in sorted(failures.items()):
         exc, stack = wrapped if isinstance(wrapped, tuple) else (wrapped, None)
-        line = f"rank {rank}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        line = f"rank {rank}: {refusal_text(exc)}"
         if stack is not None and os.environ.get(VERBOSE_ENV) == "1":
             line += "\n" + "".join(stack.format())
         parts.append(line)

@@ -28,7 +28,7 @@ from dlrm_dist import validation
 from dlrm_dist.validation import INT64_MAX, STRICT, Says, joined, problems
 
 __all__ = ["INT64_MAX", "STRICT", "Says", "joined", "problems", "messages", "unwrap", "count", "finite",
-           "Count", "Finite", "Identifier", "IDENTIFIER_RE", "IDENTIFIER_TEXT", "PathText"]
+           "Count", "Finite", "Identifier", "IDENTIFIER_RE", "IDENTIFIER_TEXT", "TableName", "TABLE_RE", "PathText"]
 
 MAPPING = "table"  # what a config or schema message calls a key-value mapping (TOML's word)
 
@@ -57,6 +57,11 @@ IDENTIFIER_RE = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"
 IDENTIFIER_TEXT = "an identifier (ASCII letters, digits, _, -, ., not starting with '.', at most 128 characters)"
 # Names that become file names or TorchRec names: nothing that can leave a directory.
 Identifier = Annotated[str, Field(pattern=IDENTIFIER_RE), Says(IDENTIFIER_TEXT)]
+# TorchRec keeps tables in an nn.ModuleDict, whose keys cannot hold "." (torch raises KeyError);
+# the feature schema and the planner's tables files both name tables.
+TABLE_RE = r"^[A-Za-z0-9_-]{1,128}$"
+TableName = Annotated[str, Field(pattern=TABLE_RE),
+                      Says("a table name (ASCII letters, digits, _, -; no '.': TorchRec module names cannot hold it)")]
 
 
 def _fspath(value: Any) -> Any:

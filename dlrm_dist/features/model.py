@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from dlrm_dist.config.validation import (
     IDENTIFIER_TEXT,
     Identifier,
+    TableName,
     Count,
     Finite,
     Says,
@@ -40,10 +41,6 @@ SPLITS = ("train", "val", "test")
 SPLIT_BY = ("random", "time")
 INPUT_FORMATS = ("csv", "tsv", "parquet")
 
-# TorchRec keeps tables in an nn.ModuleDict, whose keys cannot hold "." (torch raises KeyError).
-TABLE_RE = r"^[A-Za-z0-9_-]{1,128}$"
-TableName = Annotated[str, Field(pattern=TABLE_RE),
-                      Says("a table name (ASCII letters, digits, _, -; no '.': TorchRec module names cannot hold it)")]
 Column = Annotated[str, Says("a column name (a string)")]
 Bound = Annotated[float, Field(allow_inf_nan=True)]  # clip = [0, inf] clips below only
 Clip = Annotated[list[Bound], Field(min_length=2, max_length=2),

@@ -18,6 +18,7 @@ from pydantic import Field, field_validator, model_validator
 
 from dlrm_dist.config.files import read_data
 from dlrm_dist.errors import DlrmError
+from dlrm_dist.config.validation import TableName
 from dlrm_dist.names import COMPUTE_KERNELS, EMBEDDING_OPTIMIZERS, SHARDING_TYPES, TABLE_PREFIX
 from dlrm_dist.validation import Strict, joined, validate
 
@@ -44,7 +45,7 @@ class PlanInputError(DlrmError):
 class TableModel(Strict):
     """One table of an inputs or tables file."""
 
-    name: Name
+    name: TableName
     rows: int = Field(ge=1)
     dim: int = Field(ge=1)
     pooling_factor: float = Field(1.0, gt=0, le=MAX_POOLING_FACTOR)

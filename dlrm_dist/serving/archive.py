@@ -34,10 +34,13 @@ import io
 import json
 import re
 import zipfile
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import torch
+from torch._export.serde.schema import ScalarType
+from torch._export.serde.serialize import _SERIALIZE_TO_TORCH_DTYPE  # the archive's dtype codes
 
+from dlrm_dist.errors import refusal_text
 from dlrm_dist.serving.manifest import MODEL_FILE, ExportError
 
 MODEL = "model"  # torch.export.save's program name
@@ -155,8 +158,34 @@ def _payloads(entries: dict[str, bytes], config_name: str, folder: str, pattern:
             raise _refuse(f"{folder}{path}", f"({where}) has no tensor_meta")
         if f"{folder}{path}" not in entries:
             raise _refuse(f"{folder}{path}", f"({where}) is missing")
+        need = _payload_bytes(meta["tensor_meta"])
+        if need is None:
+            raise _refuse(f"{folder}{path}", f"({where}) has a tensor_meta that is not a plain dense tensor")
+        if len(entries[f"{folder}{path}"]) < need:
+            raise _refuse(f"{folder}{path}", f"({where}) holds {len(entries[f'{folder}{path}']):,} bytes, its "
+                          f"tensor_meta needs {need:,}: the file is cut or does not match")
         files.add(f"{folder}{path}")
     return files
+
+
+def _payload_bytes(tensor_meta: dict[str, Any]) -> Optional[int]:
+    """Bytes a raw tensor file must hold for its tensor_meta (None: not a dense strided tensor).
+
+    Checked here so that a cut or mismatched file is named, not found by torch's loader (which
+    logs a traceback and falls back to another reader)."""
+    try:
+        dtype = _SERIALIZE_TO_TORCH_DTYPE[ScalarType(tensor_meta["dtype"])]
+        sizes = [int(d["as_int"]) for d in tensor_meta["sizes"]]
+        strides = [int(d["as_int"]) for d in tensor_meta["strides"]]
+        offset = int(tensor_meta["storage_offset"]["as_int"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if len(sizes) != len(strides) or min(sizes + strides + [offset], default=0) < 0:
+        return None
+    if 0 in sizes:
+        return 0
+    last = offset + sum((n - 1) * st for n, st in zip(sizes, strides))
+    return (last + 1) * dtype.itemsize
 
 
 def _plain_tensors(value: Any) -> bool:
@@ -180,8 +209,8 @@ def _check_sample_inputs(entries: dict[str, bytes]) -> None:
     try:
         value = torch.load(io.BytesIO(raw), weights_only=True)
     except Exception as e:  # noqa: BLE001 - whatever the restricted unpickler refuses, we refuse
-        raise _refuse(SAMPLE_INPUTS, f"is not plain tensors the restricted unpickler reads ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+        raise _refuse(SAMPLE_INPUTS, f"is not plain tensors the restricted unpickler reads "
+                      f"({refusal_text(e)[:200]})") from None
     if not isinstance(value, tuple) or not _plain_tensors(value):
         raise _refuse(SAMPLE_INPUTS, f"holds {type(value).__name__} values that are not plain tensors")
 

@@ -99,4 +99,17 @@ def load_export(directory: str | Path) -> LoadedExport:
         module = program.module()
     except Exception as e:  # noqa: BLE001 - an inconsistent program that passed inspection is still damaged
         raise ExportError(f"{model}: the program cannot be rebuilt ({type(e).__name__}: {str(e)[:300]})") from None
+    _check_finite(module, model)
     return LoadedExport(module, manifest)
+
+
+def _check_finite(module: torch.nn.Module, model: Path) -> None:
+    """Refuses weights holding NaN/inf: they would score NaN for every sample they touch.
+
+    Training stops on a non-finite loss, so such weights come from damage the sha256 cannot
+    see (an export.json rewritten with the new digest), never from a finished run."""
+    tensors = list(module.named_parameters()) + list(module.named_buffers())
+    bad = [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ExportError(f"{model}: weights hold NaN or infinite values ({', '.join(bad[:5])}"
+                          f"{', ...' if len(bad) > 5 else ''}); re-export from a sound checkpoint")

@@ -129,5 +129,9 @@ def score(model: Callable[..., torch.Tensor], data: Dataset, feature_names: list
         scores.append(probs[keep].numpy())
         labels.append(batch.labels[keep].numpy())
     out = Scores(np.concatenate(scores), np.concatenate(labels).astype(np.float32), None)
+    bad = np.flatnonzero(~np.isfinite(out.scores))
+    if len(bad):  # metrics over NaN scores would look like numbers (AUC ranks them somewhere)
+        raise ExportError(f"the model scored {len(bad):,} of {len(out.scores):,} samples NaN or infinite "
+                          f"(first: sample {bad[0]}); no scores or metrics written")
     out.metrics = metrics.compute(step=0) if len(out.labels) else None
     return out

@@ -11,6 +11,8 @@ must exit 4. A control shows that torch.export.load itself runs such payloads.
 from __future__ import annotations
 
 import json
+import math
+import struct
 import shutil
 from pathlib import Path
 
@@ -147,6 +149,7 @@ def test_a_crafted_archive_is_refused_by_entry_and_runs_nothing(copy, tmp_path, 
     assert predict_main.main([str(copy), "--no-progress"]) == EXIT_BAD_STATE
     err = capsys.readouterr().err
     assert err.startswith("dlrm-predict: error: ") and repr(entry) in err and "Traceback" not in err
+    assert "weights_only` set to `False`" not in err  # torch's advice would run the payload
     assert not marker.exists()
 
 
@@ -175,6 +178,23 @@ def test_an_untouched_export_loads_and_scores_like_the_model(export) -> None:
     args = (torch.randn(3, 5), [torch.tensor([0, 1, 1, 2]) for _ in range(n)], [torch.tensor([0, 2, 2, 4])] * n)
     assert torch.allclose(loaded.module(*args), ServingDLRM(dlrm).eval()(*args), atol=1e-6)
     assert loaded.manifest.schema_fingerprint == json.loads((export / "export.json").read_text())["schema_fingerprint"]
+
+
+@pytest.mark.parametrize("damage", ["cut", "nan"])
+def test_a_rewritten_weight_is_named_never_a_torch_traceback_or_nan_scores(copy, capsys, damage) -> None:
+    """Found by the red team: with the sha256 recomputed, a cut weight file reached torch's loader
+    (a logged traceback) and NaN weights scored NaN with exit 0 and an AUC printed."""
+    root, entries = archive_entries(copy)
+    meta = next(iter(_weights_config(entries)["config"].values()))
+    entry = f"data/weights/{meta['path_name']}"
+    raw = entries[entry]
+    entries[entry] = raw[:len(raw) // 2] if damage == "cut" else struct.pack("<f", math.nan) * (len(raw) // 4)
+    write_archive(copy, root, entries)
+    with pytest.raises(ExportError, match="tensor_meta needs" if damage == "cut" else "NaN or infinite"):
+        load_export(copy)
+    assert predict_main.main([str(copy), "--no-progress"]) == EXIT_BAD_STATE
+    captured = capsys.readouterr()
+    assert captured.err.startswith("dlrm-predict: error: ") and "Traceback" not in captured.out + captured.err
 
 
 # -- export.json: one declared model, every problem listed by field ----------------------------------

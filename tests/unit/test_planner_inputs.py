@@ -60,6 +60,9 @@ def test_json_and_toml_files(tmp_path) -> None:
     ({"topology__ddr_bw_gbps": -1.0}, ["topology.ddr_bw_gbps: must be a finite number in (0, 1000000], got -1.0"]),
     ({"topology": [4, 2]}, ["topology: must be an object with keys ddr_bw_gbps, ddr_gb, device, hbm_bw_gbps, hbm_gb, inter_host_bw_gbps, intra_host_bw_gbps, ranks_per_host, world_size, got [4, 2]"]),
     ({"batch_size_per_rank": "64"}, ["batch_size_per_rank: must be an integer in [1, 2147483647], got '64'"]),
+    # found by the red team: TorchRec's module dict raised a KeyError traceback for these
+    ({"tables": [{"name": "a.b", "rows": 1, "dim": 4}]}, ["tables[0].name (a.b): must be a table name", "no '.'"]),
+    ({"tables": [{"name": "../x", "rows": 1, "dim": 4}]}, ["tables[0].name (../x): must be a table name"]),
 ])
 def test_bad_inputs_are_named(changes: dict, words: list[str]) -> None:
     with pytest.raises(PlanInputError) as e:
