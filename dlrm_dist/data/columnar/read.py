@@ -258,13 +258,15 @@ def _first_fields(path: Path, schema: FeatureSchema) -> Optional[int]:
 _CONVERSION = re.compile(r"column #(\d+): (?:Row #\d+: )?CSV conversion error to \w+: invalid value '(.*)'", re.S)
 
 
-def _line_of_quoted(path: Path, schema: FeatureSchema, index: int, value: str) -> Optional[int]:
-    """The first line holding ``"value"`` (quoted) in field ``index``: a cell that would be missing
-    unquoted (empty, or in null_values) is a conversion error only when quoted."""
+def _line_of_quoted(path: Path, schema: FeatureSchema, value: str) -> Optional[int]:
+    """The first line holding ``"value"`` as a whole quoted field: a cell that would be missing
+    unquoted (empty, or in null_values) is a conversion error only when quoted, and Python's csv
+    module does not say what was quoted."""
+    d = re.escape(_delimiter(file_format(path, schema), schema))
+    field_re = re.compile(rf'(^|{d})"{re.escape(value)}"({d}|$)')
     with _text_lines(path) as text:
-        for number, fields in enumerate(csv.reader(text, delimiter=_delimiter(file_format(path, schema), schema),
-                                                   quoting=csv.QUOTE_NONE), start=1):
-            if index < len(fields) and fields[index] == f'"{value}"':
+        for number, line in enumerate(text, start=1):
+            if field_re.search(line.rstrip("\r\n")):
                 return number
     return None
 
@@ -272,7 +274,7 @@ def _line_of_quoted(path: Path, schema: FeatureSchema, index: int, value: str) -
 def _line_of_value(path: Path, schema: FeatureSchema, index: int, value: str) -> Optional[int]:
     """The first line whose data row holds ``value`` in field ``index``: a re-scan, for error messages."""
     if value in ("", *schema.input.null_values):
-        return _line_of_quoted(path, schema, index, value)
+        return _line_of_quoted(path, schema, value)
     expected = None
     for number, fields in _records(path, schema):
         if not fields or fields == [""]:
