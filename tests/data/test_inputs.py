@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dlrm_dist.cli.data_main import main as data_main
-from dlrm_dist.data.columnar import read
+from dlrm_dist.data.columnar import locate, read
 from dlrm_dist.data.columnar.dataset import ColumnarDataset
 from dlrm_dist.data.columnar.preprocess import Options, preprocess
 from dlrm_dist.data.errors import DataError, PreprocessError

@@ -14,7 +14,7 @@ Vectorised over whole record batches (numpy and pyarrow compute); nothing loops 
   chain whose result leaves float32's range is an error naming the feature, file, line,
   cell and step (read.py has already refused non-finite cells).
 
-Errors name the line of the offending row: each batch carries its origin (read.origin).
+Errors name the line of the offending row: each batch carries its origin (locate.origin).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dlrm_dist.data.columnar import read
+from dlrm_dist.data.columnar import locate, read
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.data.hashing import U64, splitmix64, unit_uniform
 from dlrm_dist.features.schema import DenseFeature, FeatureSchema, SparseFeature
@@ -69,7 +69,7 @@ def labels_of(batch: pa.RecordBatch, schema: FeatureSchema, where: str = "", fir
     values, missing = _filled(read.numbers(batch, column))
     if missing.any():
         i = int(np.flatnonzero(missing)[0])
-        raise PreprocessError(f"{read.where(batch, schema, i)}: label column {column!r} is empty "
+        raise PreprocessError(f"{locate.where(batch, schema, i)}: label column {column!r} is empty "
                               f"({int(missing.sum())} such rows in this block); every row needs a label")
     if schema.label.threshold is not None:
         return (values >= schema.label.threshold).astype(np.float32)
@@ -77,7 +77,7 @@ def labels_of(batch: pa.RecordBatch, schema: FeatureSchema, where: str = "", fir
     if bad.size:
         i = int(bad[0])
         raise PreprocessError(
-            f"{read.where(batch, schema, i)}: label {float(values[i])} in column {column!r} is not 0 or 1; "
+            f"{locate.where(batch, schema, i)}: label {float(values[i])} in column {column!r} is not 0 or 1; "
             "give label.threshold (e.g. threshold = 4 makes value >= 4 a positive)")
     return values.astype(np.float32)
 
@@ -88,7 +88,7 @@ def times_of(batch: pa.RecordBatch, schema: FeatureSchema) -> np.ndarray:
     t, missing = _filled(read.numbers(batch, column))
     if missing.any():
         i = int(np.flatnonzero(missing)[0])
-        raise PreprocessError(f"{read.where(batch, schema, i)}: time column {column!r} is empty; every row "
+        raise PreprocessError(f"{locate.where(batch, schema, i)}: time column {column!r} is empty; every row "
                               "needs a time to be split by time")
     return t
 
@@ -126,7 +126,7 @@ def dense_raw(batch: pa.RecordBatch, d: DenseFeature, schema: FeatureSchema) -> 
             if low.size:
                 i = int(low[0])
                 raise PreprocessError(
-                    f"{read.where(batch, schema, i)}: dense feature {d.name!r} (column {d.column!r}): log1p of "
+                    f"{locate.where(batch, schema, i)}: dense feature {d.name!r} (column {d.column!r}): log1p of "
                     f"{x[i]} (from {_raw_cell(batch, d, i)}) is not finite (log1p needs values > -1); "
                     "add clip = [0, ...] before it, or fix the data")
             x = np.log1p(x)
@@ -138,7 +138,7 @@ def _check_finite(batch: pa.RecordBatch, schema: FeatureSchema, d: DenseFeature,
     if bad.size:
         i = int(bad[0])
         raise PreprocessError(
-            f"{read.where(batch, schema, i)}: dense feature {d.name!r} (column {d.column!r}): {step} makes "
+            f"{locate.where(batch, schema, i)}: dense feature {d.name!r} (column {d.column!r}): {step} makes "
             f"{_raw_cell(batch, d, i)} the non-finite value {x[i]}; dense values must be finite float32 numbers "
             f"(|x| < {np.finfo(np.float32).max:.3g}): clip or log1p large values, give a finite fill")
 
@@ -216,11 +216,11 @@ def _identity_ids(batch: pa.RecordBatch, schema: FeatureSchema, f: SparseFeature
         ids = as_int(filled).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         i = read.first_failing(filled, as_int)
-        raise PreprocessError(f"{read.where(batch, schema, bags.row_of(i))}: identity feature {f.name!r} (column "
+        raise PreprocessError(f"{locate.where(batch, schema, bags.row_of(i))}: identity feature {f.name!r} (column "
                               f"{f.column!r}) holds {filled[i].as_py()!r}, not an integer id") from None
     out = np.flatnonzero((ids < 0) | (ids >= rows))
     if out.size:
         i = int(out[0])
-        raise PreprocessError(f"{read.where(batch, schema, bags.row_of(i))}: identity feature {f.name!r} has id "
+        raise PreprocessError(f"{locate.where(batch, schema, bags.row_of(i))}: identity feature {f.name!r} has id "
                               f"{ids[i]} outside [0, {rows}) (buckets = {rows}); raise buckets or use kind = \"vocab\"")
     return ids

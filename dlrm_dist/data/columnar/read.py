@@ -5,7 +5,7 @@ Files are read in record batches of bounded size, only the columns the schema na
 feature and a sparse one, or the time column and a sparse feature. A CSV column with numeric
 uses only is parsed by pyarrow as numbers; one that is also text is read as text and its
 numbers cast here. A bad cell is named by file, line and column (pyarrow's streaming reads
-do not give the line: it is found by re-scanning the file, on the error path only). Cells are
+do not give the line: locate.py finds it by re-scanning the file, on the error path only). Cells are
 checked one by one: a numeric cell must parse to a finite number (``inf``, ``nan`` and
 ``1e400`` are refused unless ``input.null_values`` lists them as missing).
 
@@ -27,10 +27,6 @@ go of its handlers (``_Handlers.wait_released``).
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
-import re
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -43,6 +39,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from dlrm_dist.data.columnar.locate import (ORIGIN_FIRST, ORIGIN_PATH, at_record, cell_text, conversion_error,
+                                            delimiter_of, file_format, first_fields, lines_of_records, origin,
+                                            where)
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.features.schema import FeatureSchema
@@ -52,7 +51,6 @@ PARQUET_ROWS = 1 << 18
 REPORTED = 10
 RELEASE_SECONDS = 30.0  # how long a finished read waits for Arrow's read-ahead to let go
 NUM, TEXT = "num", "text"  # the two typed reads of a column
-_PATH, _FIRST = b"dlrm_dist.path", b"dlrm_dist.first_row"
 
 
 @dataclass
@@ -73,7 +71,7 @@ class BadLines:
     def add(self, path: Path, schema: FeatureSchema, record: Optional[int], why: str) -> str:
         """Records a malformed line; returns what pyarrow should do with it."""
         if self.strict:
-            self.fatal = f"{_at_record(path, schema, record)}: {why} (--strict stops at the first malformed line)"
+            self.fatal = f"{at_record(path, schema, record)}: {why} (--strict stops at the first malformed line)"
             return "error"
         self.count += 1
         if len(self.examples) < REPORTED:
@@ -84,7 +82,7 @@ class BadLines:
     def resolve(self, path: Path, schema: FeatureSchema) -> None:
         """Names this file's reported malformed lines by their line numbers."""
         if self._pending:
-            lines = _lines_of_records(path, schema, {r for _, r, _ in self._pending if r is not None})
+            lines = lines_of_records(path, schema, {r for _, r, _ in self._pending if r is not None})
             for k, record, why in self._pending:
                 at = f"{path}:{lines[record]}" if record in lines else str(path)
                 self.examples[k] = f"{at}: {why}"
@@ -92,19 +90,6 @@ class BadLines:
 
 
 # -- what is read, and how ----------------------------------------------------------------------
-def file_format(path: Path, schema: FeatureSchema) -> str:
-    if schema.input.format:
-        return schema.input.format
-    name = path.name.lower().removesuffix(".gz")
-    if name.endswith((".parquet", ".pq")):
-        return "parquet"
-    return "tsv" if name.endswith((".tsv", ".tab", ".txt")) else "csv"
-
-
-def _delimiter(fmt: str, schema: FeatureSchema) -> str:
-    return schema.input.delimiter or ("\t" if fmt == "tsv" else ",")
-
-
 def numeric_columns(schema: FeatureSchema) -> list[str]:
     """Columns read as numbers: dense features, the label, the time column."""
     cols = [schema.label.column] + ([schema.split.column] if schema.split.column else [])
@@ -146,164 +131,6 @@ def texts(batch: pa.RecordBatch, column: str) -> pa.Array:
     return batch.column(field_name(TEXT, column))
 
 
-# -- where a row came from -------------------------------------------------------------------------
-def origin(batch: pa.RecordBatch) -> tuple[Path, int]:
-    """(file, index of the batch's first data row in it)."""
-    meta = batch.schema.metadata or {}
-    return Path(meta[_PATH].decode()), int(meta[_FIRST])
-
-
-def where(batch: pa.RecordBatch, schema: FeatureSchema, row: int) -> str:
-    """``FILE line L`` (CSV) or ``FILE row R`` (Parquet) of the batch's row ``row``."""
-    path, first = origin(batch)
-    return locate(path, schema, first + row)
-
-
-def locate(path: Path, schema: FeatureSchema, data_row: int) -> str:
-    if file_format(path, schema) == "parquet":
-        return f"{path} row {data_row + 1}"
-    line = line_of_row(path, schema, data_row)
-    return f"{path} line {line}" if line is not None else f"{path} data row {data_row + 1}"
-
-
-def _text_lines(path: Path) -> io.TextIOBase:
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    raw = gzip.open(path, "rb") if gz else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
-
-
-def _records(path: Path, schema: FeatureSchema) -> Iterator[tuple[int, list[str]]]:
-    """(first line, fields) of every record, as pyarrow splits them (quotes, embedded newlines)."""
-    fmt = file_format(path, schema)
-    quoting = {"quotechar": '"', "doublequote": True} if fmt == "csv" else {"quoting": csv.QUOTE_NONE}
-    with _text_lines(path) as text:
-        reader = csv.reader(text, delimiter=_delimiter(fmt, schema), strict=False, **quoting)
-        start = 1
-        try:
-            for fields in reader:
-                yield start, fields
-                start = reader.line_num + 1
-        except (csv.Error, OSError, EOFError):
-            return
-
-
-def _lines_of_records(path: Path, schema: FeatureSchema, records: set[int]) -> dict[int, int]:
-    """First line of each pyarrow record number (1-based over non-empty records, the header included)."""
-    found: dict[int, int] = {}
-    k = 0
-    for number, fields in _records(path, schema):
-        if not fields or fields == [""]:
-            continue
-        k += 1
-        if k in records:
-            found[k] = number
-            if len(found) == len(records):
-                break
-    return found
-
-
-def _at_record(path: Path, schema: FeatureSchema, record: Optional[int]) -> str:
-    line = _lines_of_records(path, schema, {record}).get(record) if record is not None else None
-    return f"{path}:{line}" if line is not None else str(path)
-
-
-def record_of_row(path: Path, schema: FeatureSchema, data_row: int) -> Optional[tuple[int, dict[str, str]]]:
-    """(first line, cells by column) of data row ``data_row`` (0-based, valid rows only): a re-scan
-    of the file as pyarrow splits it, for error messages."""
-    names: Optional[list[str]] = list(schema.input.columns) if not schema.input.header else None
-    row = 0
-    for number, fields in _records(path, schema):
-        if not fields or fields == [""]:
-            continue  # pyarrow skips empty lines
-        if names is None:
-            names = fields
-            continue
-        if len(fields) != len(names):
-            continue  # a malformed line: skipped, not a data row
-        if row == data_row:
-            return number, dict(zip(names, fields))
-        row += 1
-    return None
-
-
-def line_of_row(path: Path, schema: FeatureSchema, data_row: int) -> Optional[int]:
-    """The line where data row ``data_row`` starts."""
-    found = record_of_row(path, schema, data_row)
-    return found[0] if found else None
-
-
-def cell_text(batch: pa.RecordBatch, schema: FeatureSchema, column: str, row: int) -> object:
-    """A cell as the file holds it (CSV: its text, e.g. ``1e400`` rather than the inf it parsed to)."""
-    path, first = origin(batch)
-    if file_format(path, schema) != "parquet":
-        found = record_of_row(path, schema, first + row)
-        if found and column in found[1]:
-            return found[1][column]
-    return read_value(batch, column, row)
-
-
-def read_value(batch: pa.RecordBatch, column: str, row: int) -> object:
-    return batch.column(column)[row].as_py()
-
-
-def _first_fields(path: Path, schema: FeatureSchema) -> Optional[int]:
-    for _, fields in _records(path, schema):
-        if fields and fields != [""]:
-            return len(fields)
-    return None
-
-
-# -- CSV -------------------------------------------------------------------------------------------
-_CONVERSION = re.compile(r"column #(\d+): (?:Row #\d+: )?CSV conversion error to \w+: invalid value '(.*)'", re.S)
-
-
-def _line_of_quoted(path: Path, schema: FeatureSchema, value: str) -> Optional[int]:
-    """The first line holding ``"value"`` as a whole quoted field: a cell that would be missing
-    unquoted (empty, or in null_values) is a conversion error only when quoted, and Python's csv
-    module does not say what was quoted."""
-    d = re.escape(_delimiter(file_format(path, schema), schema))
-    field_re = re.compile(rf'(^|{d})"{re.escape(value)}"({d}|$)')
-    with _text_lines(path) as text:
-        for number, line in enumerate(text, start=1):
-            if field_re.search(line.rstrip("\r\n")):
-                return number
-    return None
-
-
-def _line_of_value(path: Path, schema: FeatureSchema, index: int, value: str) -> Optional[int]:
-    """The first line whose data row holds ``value`` in field ``index``: a re-scan, for error messages."""
-    if value in ("", *schema.input.null_values):
-        return _line_of_quoted(path, schema, value)
-    expected = None
-    for number, fields in _records(path, schema):
-        if not fields or fields == [""]:
-            continue
-        if expected is None:
-            expected = len(schema.input.columns) if not schema.input.header else len(fields)
-            if schema.input.header:
-                continue
-        if len(fields) == expected and index < len(fields) and fields[index] == value:
-            return number
-    return None
-
-
-def _conversion_error(path: Path, schema: FeatureSchema, names: list[str], e: Exception) -> Optional[PreprocessError]:
-    """pyarrow's error for a numeric cell that does not parse, with its line found by a re-scan
-    (pyarrow names the column and value, but not the line, when it reads a stream)."""
-    m = _CONVERSION.search(str(e))
-    if not m:
-        return None
-    index, value = int(m.group(1)), m.group(2)
-    column = names[index] if index < len(names) else f"#{index + 1}"
-    line = _line_of_value(path, schema, index, value)
-    at = f"{path} line {line}" if line is not None else str(path)
-    return PreprocessError(
-        f"{at}, column {column!r}: {value!r} is not a number, but the schema reads this column as a number (a dense "
-        "feature, the label or the time column); fix the data, or list the value in input.null_values to read it "
-        "as missing")
-
-
 class _RowHandler:
     """pyarrow's invalid-row callback: counts a malformed line in ``bad`` (None: skips it silently)."""
 
@@ -329,7 +156,7 @@ class _Handlers:
 
     def __init__(self, path: Path, schema: FeatureSchema, fmt: str, bad: BadLines) -> None:
         self.path, self.schema, self.fmt, self.bad = path, schema, fmt, bad
-        self.delimiter = _delimiter(fmt, schema)
+        self.delimiter = delimiter_of(fmt, schema)
         self.names: list[str] = []  # the file's columns, once known (to name a column pyarrow numbers)
         self._live: list[tuple[weakref.ref, threading.Event]] = []
 
@@ -353,7 +180,7 @@ class _Handlers:
         """What a failed open or read means: the strict stop, a numeric cell, or an unreadable file."""
         if self.bad.fatal:
             return PreprocessError(self.bad.fatal)
-        return _conversion_error(self.path, self.schema, self.names, e) or _unreadable(self.path, e)
+        return conversion_error(self.path, self.schema, self.names, e) or _unreadable(self.path, e)
 
     def wait_released(self, seconds: float = RELEASE_SECONDS) -> bool:
         """Waits (without the GIL) until Arrow holds none of them; False on a timeout."""
@@ -374,7 +201,7 @@ def _csv_names(path: Path, schema: FeatureSchema, handlers: _Handlers) -> list[s
     if schema.input.header:  # (malformed lines skipped silently here: the real read counts them)
         return handlers.open(pa_csv.ReadOptions(block_size=1 << 16, use_threads=False), counted=False).schema.names
     names = list(schema.input.columns or ())
-    fields = _first_fields(path, schema)
+    fields = first_fields(path, schema)
     if fields is not None and fields != len(names):
         raise PreprocessError(f"{path}: its first line has {fields} fields but input.columns names {len(names)} "
                               f"({names}); with header = false every line must have one field per name")
@@ -482,7 +309,7 @@ def _numeric(raw: pa.RecordBatch, schema: FeatureSchema, column: str) -> pa.Arra
 
 def _typed(raw: pa.RecordBatch, schema: FeatureSchema, path: Path, first: int) -> pa.RecordBatch:
     """One field per (use, column), each checked; the batch's origin in its metadata."""
-    raw = raw.replace_schema_metadata({_PATH: str(path), _FIRST: str(first)})
+    raw = raw.replace_schema_metadata({ORIGIN_PATH: str(path), ORIGIN_FIRST: str(first)})
     arrays, names = [], []
     for use, column in uses(schema):
         arrays.append(_numeric(raw, schema, column) if use == NUM else _to_text(raw.column(column)))

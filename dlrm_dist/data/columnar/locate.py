@@ -1,0 +1,195 @@
+"""Where a row of an input file came from: its file and line, found only on error paths.
+
+pyarrow's streaming CSV reads give neither the line of a malformed record nor that of a cell
+that does not convert; a quoted cell may hold newlines, so a data row's line is not its index.
+This module re-scans a file with Python's csv reader when (and only when) an error is to be
+reported. Batches carry their origin (file, first data row) in their schema metadata under
+``ORIGIN_PATH`` / ``ORIGIN_FIRST``, set by read.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import re
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pyarrow as pa
+
+from dlrm_dist.data.errors import PreprocessError
+from dlrm_dist.features.schema import FeatureSchema
+
+ORIGIN_PATH, ORIGIN_FIRST = b"dlrm_dist.path", b"dlrm_dist.first_row"
+
+
+def file_format(path: Path, schema: FeatureSchema) -> str:
+    if schema.input.format:
+        return schema.input.format
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    return "tsv" if name.endswith((".tsv", ".tab", ".txt")) else "csv"
+
+
+def delimiter_of(fmt: str, schema: FeatureSchema) -> str:
+    return schema.input.delimiter or ("\t" if fmt == "tsv" else ",")
+
+
+# -- where a row came from -------------------------------------------------------------------------
+def origin(batch: pa.RecordBatch) -> tuple[Path, int]:
+    """(file, index of the batch's first data row in it)."""
+    meta = batch.schema.metadata or {}
+    return Path(meta[ORIGIN_PATH].decode()), int(meta[ORIGIN_FIRST])
+
+
+def where(batch: pa.RecordBatch, schema: FeatureSchema, row: int) -> str:
+    """``FILE line L`` (CSV) or ``FILE row R`` (Parquet) of the batch's row ``row``."""
+    path, first = origin(batch)
+    return locate(path, schema, first + row)
+
+
+def locate(path: Path, schema: FeatureSchema, data_row: int) -> str:
+    if file_format(path, schema) == "parquet":
+        return f"{path} row {data_row + 1}"
+    line = line_of_row(path, schema, data_row)
+    return f"{path} line {line}" if line is not None else f"{path} data row {data_row + 1}"
+
+
+def _text_lines(path: Path) -> io.TextIOBase:
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    raw = gzip.open(path, "rb") if gz else open(path, "rb")
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
+
+
+def _records(path: Path, schema: FeatureSchema) -> Iterator[tuple[int, list[str]]]:
+    """(first line, fields) of every record, as pyarrow splits them (quotes, embedded newlines)."""
+    fmt = file_format(path, schema)
+    quoting = {"quotechar": '"', "doublequote": True} if fmt == "csv" else {"quoting": csv.QUOTE_NONE}
+    with _text_lines(path) as text:
+        reader = csv.reader(text, delimiter=delimiter_of(fmt, schema), strict=False, **quoting)
+        start = 1
+        try:
+            for fields in reader:
+                yield start, fields
+                start = reader.line_num + 1
+        except (csv.Error, OSError, EOFError):
+            return
+
+
+def lines_of_records(path: Path, schema: FeatureSchema, records: set[int]) -> dict[int, int]:
+    """First line of each pyarrow record number (1-based over non-empty records, the header included)."""
+    found: dict[int, int] = {}
+    k = 0
+    for number, fields in _records(path, schema):
+        if not fields or fields == [""]:
+            continue
+        k += 1
+        if k in records:
+            found[k] = number
+            if len(found) == len(records):
+                break
+    return found
+
+
+def at_record(path: Path, schema: FeatureSchema, record: Optional[int]) -> str:
+    line = lines_of_records(path, schema, {record}).get(record) if record is not None else None
+    return f"{path}:{line}" if line is not None else str(path)
+
+
+def record_of_row(path: Path, schema: FeatureSchema, data_row: int) -> Optional[tuple[int, dict[str, str]]]:
+    """(first line, cells by column) of data row ``data_row`` (0-based, valid rows only): a re-scan
+    of the file as pyarrow splits it, for error messages."""
+    names: Optional[list[str]] = list(schema.input.columns) if not schema.input.header else None
+    row = 0
+    for number, fields in _records(path, schema):
+        if not fields or fields == [""]:
+            continue  # pyarrow skips empty lines
+        if names is None:
+            names = fields
+            continue
+        if len(fields) != len(names):
+            continue  # a malformed line: skipped, not a data row
+        if row == data_row:
+            return number, dict(zip(names, fields))
+        row += 1
+    return None
+
+
+def line_of_row(path: Path, schema: FeatureSchema, data_row: int) -> Optional[int]:
+    """The line where data row ``data_row`` starts."""
+    found = record_of_row(path, schema, data_row)
+    return found[0] if found else None
+
+
+def cell_text(batch: pa.RecordBatch, schema: FeatureSchema, column: str, row: int) -> object:
+    """A cell as the file holds it (CSV: its text, e.g. ``1e400`` rather than the inf it parsed to)."""
+    path, first = origin(batch)
+    if file_format(path, schema) != "parquet":
+        found = record_of_row(path, schema, first + row)
+        if found and column in found[1]:
+            return found[1][column]
+    return read_value(batch, column, row)
+
+
+def read_value(batch: pa.RecordBatch, column: str, row: int) -> object:
+    return batch.column(column)[row].as_py()
+
+
+def first_fields(path: Path, schema: FeatureSchema) -> Optional[int]:
+    for _, fields in _records(path, schema):
+        if fields and fields != [""]:
+            return len(fields)
+    return None
+
+
+# -- CSV -------------------------------------------------------------------------------------------
+_CONVERSION = re.compile(r"column #(\d+): (?:Row #\d+: )?CSV conversion error to \w+: invalid value '(.*)'", re.S)
+
+
+def _line_of_quoted(path: Path, schema: FeatureSchema, value: str) -> Optional[int]:
+    """The first line holding ``"value"`` as a whole quoted field: a cell that would be missing
+    unquoted (empty, or in null_values) is a conversion error only when quoted, and Python's csv
+    module does not say what was quoted."""
+    d = re.escape(delimiter_of(file_format(path, schema), schema))
+    field_re = re.compile(rf'(^|{d})"{re.escape(value)}"({d}|$)')
+    with _text_lines(path) as text:
+        for number, line in enumerate(text, start=1):
+            if field_re.search(line.rstrip("\r\n")):
+                return number
+    return None
+
+
+def _line_of_value(path: Path, schema: FeatureSchema, index: int, value: str) -> Optional[int]:
+    """The first line whose data row holds ``value`` in field ``index``: a re-scan, for error messages."""
+    if value in ("", *schema.input.null_values):
+        return _line_of_quoted(path, schema, value)
+    expected = None
+    for number, fields in _records(path, schema):
+        if not fields or fields == [""]:
+            continue
+        if expected is None:
+            expected = len(schema.input.columns) if not schema.input.header else len(fields)
+            if schema.input.header:
+                continue
+        if len(fields) == expected and index < len(fields) and fields[index] == value:
+            return number
+    return None
+
+
+def conversion_error(path: Path, schema: FeatureSchema, names: list[str], e: Exception) -> Optional[PreprocessError]:
+    """pyarrow's error for a numeric cell that does not parse, with its line found by a re-scan
+    (pyarrow names the column and value, but not the line, when it reads a stream)."""
+    m = _CONVERSION.search(str(e))
+    if not m:
+        return None
+    index, value = int(m.group(1)), m.group(2)
+    column = names[index] if index < len(names) else f"#{index + 1}"
+    line = _line_of_value(path, schema, index, value)
+    at = f"{path} line {line}" if line is not None else str(path)
+    return PreprocessError(
+        f"{at}, column {column!r}: {value!r} is not a number, but the schema reads this column as a number (a dense "
+        "feature, the label or the time column); fix the data, or list the value in input.null_values to read it "
+        "as missing")
