@@ -78,7 +78,9 @@ def test_dcn_adam_mse_schedule_multihot_trains(tmp_path: Path) -> None:
 
 def test_bad_input_fails_fast_on_every_rank(tmp_path: Path) -> None:
     start = time.monotonic()
-    proc = _run(TORCHRUN + ["--nproc_per_node=2", "-m", "dlrm_dist.train", *SMALL,
+    # torchrun stops the other ranks as soon as it sees one fail: a slow monitor lets every rank
+    # print its own refusal first (on a loaded machine one rank could be stopped mid-validation).
+    proc = _run(TORCHRUN + ["--monitor-interval=5", "--nproc_per_node=2", "-m", "dlrm_dist.train", *SMALL,
                             "--train.global_batch_size=63", f"--run-dir={tmp_path}"], timeout=300)
     assert proc.returncode != 0
     assert proc.stderr.count("train.global_batch_size=63 is not divisible by the world size 2") == 2
