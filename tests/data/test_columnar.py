@@ -24,6 +24,7 @@ from dlrm_dist.data.columnar.read import PreprocessError
 from dlrm_dist.features import SchemaError
 from dlrm_dist.features.schema import from_dict
 from dlrm_dist.training.build import validate_job
+from tests.data.reference import fnv1a
 
 HEADER = "uid,color,tags,price,ts,rating"
 ROWS = [  # ts 1..10: with fractions 0.6/0.2/0.2 the time split is train 1-6, val 7-8, test 9-10
@@ -54,12 +55,6 @@ def _run(tmp: Path, inputs: list[Path], schema: dict = SCHEMA, out: str = "out",
     return preprocess(Options(from_dict(schema), inputs, tmp / out, progress=False, **kw))
 
 
-def _fnv1a(text: str) -> int:
-    h = 0xCBF29CE484222325
-    for byte in text.encode():
-        h = ((h ^ byte) * 0x100000001B3) % 2**64
-    return h
-
 
 def _arrays(out: Path, split: str) -> dict[str, np.ndarray]:
     return {p.name: np.load(p) for p in sorted((out / split).glob("*.npy"))}
@@ -79,7 +74,7 @@ def test_outputs_match_an_independent_computation(tmp_path: Path) -> None:
     assert json.loads((out / "vocab" / "t_color.json").read_text()) == ["red", "blue"]
     assert train["color.ids.npy"].tolist() == [1, 2, 1, 0, 1, 2]
     assert _arrays(out, "val")["color.ids.npy"].tolist() == [0, 1]  # pink unseen, red known
-    assert train["color_h.ids.npy"].tolist() == [_fnv1a(c) % 7 for c in ["red", "blue", "red", "green", "red", "blue"]]
+    assert train["color_h.ids.npy"].tolist() == [fnv1a(c) % 7 for c in ["red", "blue", "red", "green", "red", "blue"]]
     # multi-hot: tag vocabulary by count (a 3, b 3, c 2; ties by value), bags as offsets
     assert json.loads((out / "vocab" / "t_tags.json").read_text()) == ["a", "b", "c"]
     assert train["tags.offsets.npy"].tolist() == [0, 2, 2, 3, 6, 7, 8]

@@ -30,6 +30,7 @@ from dlrm_dist.data.columnar.preprocess import Options, preprocess
 from dlrm_dist.data.errors import DataError, PreprocessError
 from dlrm_dist.features import SchemaError
 from dlrm_dist.features.schema import from_dict
+from tests.data.reference import fnv1a
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {
@@ -54,12 +55,6 @@ def _rows(n: int) -> str:
 def _run(tmp: Path, inputs: list[Path], schema: dict = BASE, out: str = "out", **kw):
     return preprocess(Options(from_dict(schema), inputs, tmp / out, progress=False, **kw))
 
-
-def _fnv1a(text: str) -> int:
-    h = 0xCBF29CE484222325
-    for byte in text.encode():
-        h = ((h ^ byte) * 0x100000001B3) % 2**64
-    return h
 
 
 def _all(out: Path, name: str) -> np.ndarray:
@@ -205,8 +200,8 @@ def test_a_column_serves_several_uses_each_with_its_own_typed_read(tmp_path: Pat
     vocab = sorted(counts, key=lambda v: (-counts[v], v))
     assert json.loads((out / "vocab" / "t_age_cat.json").read_text()) == vocab
     assert np.load(out / "train" / "age_cat.ids.npy").tolist() == [1 + vocab.index(str(a)) for _, a, _ in train]
-    assert np.load(out / "train" / "user_h7.ids.npy").tolist() == [_fnv1a(u) % 7 for _, _, u in train]
-    assert np.load(out / "train" / "user_h11.ids.npy").tolist() == [_fnv1a(u[:1]) % 11 for _, _, u in train]
+    assert np.load(out / "train" / "user_h7.ids.npy").tolist() == [fnv1a(u) % 7 for _, _, u in train]
+    assert np.load(out / "train" / "user_h11.ids.npy").tolist() == [fnv1a(u[:1]) % 11 for _, _, u in train]
     # Parquet: the same uses of typed columns give the same arrays
     table = pa_csv.read_csv(data)
     pq.write_table(table, tmp_path / "d.parquet")

@@ -28,6 +28,7 @@ from hypothesis import given, strategies as st
 from dlrm_dist.data.columnar.preprocess import Options, preprocess
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.features.schema import from_dict
+from tests.data.reference import fnv1a
 
 COLUMNS = ["x", "v", "h", "m", "y"]
 HASH_BUCKETS = 13
@@ -120,12 +121,6 @@ def _write(path: Path, bom: bool, rows: list[list[Cell]]) -> list[int]:
 
 
 # -- the model --------------------------------------------------------------------------------------
-def _fnv1a(text: str) -> int:
-    h = 0xCBF29CE484222325
-    for byte in text.encode():
-        h = ((h ^ byte) * 0x100000001B3) % 2**64
-    return h
-
 
 def _vocabulary(values: list[str]) -> list[str]:
     counts: dict[str, int] = {}
@@ -158,7 +153,7 @@ def _expected(rows: list[list[Cell]]) -> dict[str, np.ndarray]:
         "labels.npy": np.array([r[4].number() for r in rows], np.float32),
         "dense.npy": np.log1p(np.clip(x, *CLIP)).astype(np.float32)[:, None],
         "v.ids.npy": np.array([0 if r[1].missing else 1 + v_vocab.index(r[1].text) for r in rows]),
-        "h.ids.npy": np.array([_fnv1a("" if r[2].missing else r[2].text) % HASH_BUCKETS for r in rows]),
+        "h.ids.npy": np.array([fnv1a("" if r[2].missing else r[2].text) % HASH_BUCKETS for r in rows]),
         "m.ids.npy": np.array([1 + m_vocab.index(p) for r in rows for p in _pieces(r[3])], dtype=np.int64),
         "m.offsets.npy": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
     }
