@@ -261,10 +261,10 @@ def test_a_read_ends_only_once_arrow_has_dropped_its_python_handler(tmp_path: Pa
 
 
 def test_the_cli_exits_0_every_time(tmp_path: Path) -> None:
-    """15 fresh CLI processes, 3 at a time (contention is what exposed the abort), each exits 0.
+    """30 fresh CLI processes, 3 at a time (contention is what exposed the abort), each exits 0.
 
-    A smoke test: before the fix about 4% of runs aborted under contention, so 15 runs catch it
-    about half the time; the deterministic test of the cause is the one above."""
+    Before the fix about 4% of runs aborted under contention, so 30 runs catch it about 70% of
+    the time; the deterministic test of the cause is the one above."""
     data = _csv(tmp_path, _rows(50))
     schema = tmp_path / "s.json"
     schema.write_text(json.dumps({**BASE, "dense": [{"name": "x", "transform": "standardize"}]}))
@@ -277,7 +277,7 @@ def test_the_cli_exits_0_every_time(tmp_path: Path) -> None:
         return p.returncode, p.stderr
 
     with ThreadPoolExecutor(3) as pool:
-        results = list(pool.map(once, range(15)))
+        results = list(pool.map(once, range(30)))
     failed = [(code, err[-300:]) for code, err in results if code != 0]
     assert not failed, failed
 
