@@ -9,7 +9,7 @@ layouts, devices and memory formats, a path) and refuses anything else by its
 ``module.name``, so no callable of the file's choosing is ever reached.
 
 The unpickled object is then checked for the shape this package writes: tensors only (a
-byte item, ``BytesStorageMetadata``, would be read by DCP with ``torch.load(weights_only=False)``,
+byte item, ``BytesStorageMetadata``, would be read by DCP with ``torch.load`` with ``weights_only=False``,
 and ``io.save_checkpoint`` never writes one), chunks inside their tensors, storage entries
 naming plain files of the checkpoint, no stream transforms. ``SafeFileSystemReader`` hands
 DCP the checked object, so DCP never opens ``.metadata`` itself (nor falls back to per-rank

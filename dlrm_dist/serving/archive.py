@@ -6,7 +6,7 @@ serialize.py, torch/export/_unlift.py, torch/export/__init__.py), a file can rea
 code by these paths, each of which this module refuses by name before anything is loaded:
 
 - weights or constants marked ``use_pickle: true`` in ``data/{weights,constants}/*_config.json``
-  -> ``torch.load(weights_only=False)``; ``custom_obj_*`` constants -> TorchScript's unpickler;
+  -> ``torch.load`` with ``weights_only=False``; ``custom_obj_*`` constants -> TorchScript's unpickler;
   ``opaque_obj_*`` constants -> ``pickle.loads``; legacy ``data/weights/model.pt`` files.
 - the sample inputs (``data/sample_inputs/model.pt``): ``torch.load(weights_only=True)``,
   then, if that fails, ``weights_only=False``.
