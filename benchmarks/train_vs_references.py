@@ -129,7 +129,7 @@ def worker_torchrec_dlrm(steps: int) -> dict:
     from torchrec.distributed import DistributedModelParallel
     from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
     from torchrec.models.dlrm import DLRM, DLRMTrain
-    from dlrm_dist.optimizers import mark_in_backward
+    from dlrm_dist.optimizer_registry import mark_in_backward
     from torchrec.optim.keyed import KeyedOptimizerWrapper
 
     dist.init_process_group("gloo")

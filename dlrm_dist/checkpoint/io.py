@@ -36,7 +36,7 @@ from dlrm_dist.errors import refusal_text
 from dlrm_dist.checkpoint import integrity, optim_state, reader, store
 from dlrm_dist.checkpoint.manifest import CheckpointError, FileSum, Manifest, RunInfo, schema_changes
 from dlrm_dist.distributed.weights import table_of
-from dlrm_dist.optimizers import DENSE
+from dlrm_dist.optimizer_registry import DENSE
 
 logger = logging.getLogger(__name__)
 

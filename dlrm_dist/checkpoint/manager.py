@@ -19,7 +19,7 @@ from torch import nn
 from dlrm_dist.checkpoint.io import discard_partial_writes, load_checkpoint, save_checkpoint
 from dlrm_dist.checkpoint.manifest import CheckpointError, RunInfo
 from dlrm_dist.checkpoint.store import latest_checkpoint
-from dlrm_dist.config.schema import TrainConfig
+from dlrm_dist.config.sections import TrainConfig
 
 logger = logging.getLogger(__name__)
 

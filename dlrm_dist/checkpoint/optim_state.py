@@ -39,7 +39,7 @@ from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadat
 
 from dlrm_dist.distributed.weights import table_of
 from dlrm_dist.names import EMBEDDING_KEY
-from dlrm_dist.optimizers import EMBEDDING_STATES, FUSED, REPLICATED_TABLES
+from dlrm_dist.optimizer_registry import EMBEDDING_STATES, FUSED, REPLICATED_TABLES
 
 Live = Union[torch.Tensor, ShardedTensor]
 PER_COLUMN = ".per_column_shard"

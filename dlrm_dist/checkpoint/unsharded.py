@@ -21,7 +21,7 @@ from dlrm_dist.checkpoint.manifest import MANIFEST, CheckpointError, Manifest
 from dlrm_dist.checkpoint.reader import METADATA_FILE
 from dlrm_dist.checkpoint.store import latest_checkpoint
 from dlrm_dist.config.loader import config_from_dict
-from dlrm_dist.config.schema import Config
+from dlrm_dist.config.sections import Config
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.model import DLRMTrain, build_model
 from dlrm_dist.model.spec import resolved_spec

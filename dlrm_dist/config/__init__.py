@@ -1,6 +1,6 @@
 """Configuration: typed sections, TOML/CLI loading and pre-launch validation."""
 
-from dlrm_dist.config.schema import (
+from dlrm_dist.config.sections import (
     Config,
     DataConfig,
     ModelConfig,

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from dlrm_dist.config.errors import ConfigError
 from dlrm_dist.config.files import read_data
-from dlrm_dist.config.schema import Config
+from dlrm_dist.config.sections import Config
 from dlrm_dist.config.validation import joined, messages, unwrap
 
 # Familiar flag spellings mapped to their section.key.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 from dlrm_dist.config.errors import ConfigError
-from dlrm_dist.config.schema import Config
+from dlrm_dist.config.sections import Config
 from dlrm_dist.names import CPU_FUSED_OPTIMIZERS, FUSED_DIM_MULTIPLE
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 from dlrm_dist.config.errors import ConfigError
-from dlrm_dist.config.schema import Config
+from dlrm_dist.config.sections import Config
 from dlrm_dist.data import Dataset
 from dlrm_dist.features.builtin import criteo_schema, demo_schema
 from dlrm_dist.features.errors import SchemaError

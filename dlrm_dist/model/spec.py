@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from dlrm_dist.config.arch import parse_mlp
 from dlrm_dist.config.errors import ConfigError
-from dlrm_dist.config.schema import Config, ModelConfig
+from dlrm_dist.config.sections import Config, ModelConfig
 from dlrm_dist.features.schema import FeatureSchema, TableDef, from_dict
 
 ARCHS = ("dlrm", "embedding_mlp")

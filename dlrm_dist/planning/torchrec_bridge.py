@@ -12,7 +12,7 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 from torchrec.distributed.planner import ParameterConstraints, Topology
 from torchrec.distributed.types import CacheParams
 
-from dlrm_dist.optimizers import mark_in_backward
+from dlrm_dist.optimizer_registry import mark_in_backward
 from dlrm_dist.planning.inputs import GB, PlannerInputs, TableSpec
 
 _BW_UNIT = GB / 1000  # TorchRec's bandwidths are bytes per millisecond

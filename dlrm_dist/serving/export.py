@@ -24,7 +24,7 @@ from torch.export import Dim
 
 from dlrm_dist.checkpoint.unsharded import read_unsharded
 from dlrm_dist.config.loader import to_dict
-from dlrm_dist.config.schema import Config
+from dlrm_dist.config.sections import Config
 from dlrm_dist.errors import EXIT_BAD_INPUT, DlrmError
 from dlrm_dist.features.schema import FeatureSchema
 from dlrm_dist.fileio import atomic_write_text, disk_full

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from dlrm_dist.config.loader import config_from_dict
 from dlrm_dist.errors import DlrmError
-from dlrm_dist.config.schema import Config
+from dlrm_dist.config.sections import Config
 from dlrm_dist.data import Dataset
 from dlrm_dist.data.resolve import build_data, job_schema, schema_differences
 from dlrm_dist.features import SchemaError

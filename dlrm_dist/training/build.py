@@ -34,7 +34,7 @@ from dlrm_dist.planning import plan_rows
 from dlrm_dist.planning.plan import JobSpec, make_plan
 from dlrm_dist.planning.planfile import PlanFile
 from dlrm_dist.planning.storage import check_job_storage
-from dlrm_dist.training.optim import LRSchedule, ScheduledLR, build_optimizer, mark_embedding_optimizer
+from dlrm_dist.training.optimizer_setup import LRSchedule, ScheduledLR, build_optimizer, mark_embedding_optimizer
 from dlrm_dist.training.trainer import Trainer
 
 

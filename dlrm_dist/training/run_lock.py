@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import torch.distributed as dist
 
-from dlrm_dist.config.schema import Config
+from dlrm_dist.config.sections import Config
 from dlrm_dist.distributed.env import DistEnv
 from dlrm_dist.fileio import DirectoryBusyError, DirLock
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dlrm_dist.config.schema import Config
+from dlrm_dist.config.sections import Config
 from dlrm_dist.distributed.env import DistEnv
 from dlrm_dist.metrics.eval import METRIC_NAMES
 from dlrm_dist.training.trainer import TrainResult

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dlrm_dist.checkpoint import CheckpointManager
-from dlrm_dist.config.schema import Config
+from dlrm_dist.config.sections import Config
 from dlrm_dist.data import Dataset
 from dlrm_dist.data.prefetch import Prefetcher
 from dlrm_dist.distributed.commstats import CommCounter
@@ -30,7 +30,7 @@ from dlrm_dist.metrics.eval import EvalMetrics, EvalResult
 from dlrm_dist.metrics.log import MetricsLog
 from dlrm_dist.features.schema import FeatureSchema
 from dlrm_dist.training.divergence import diverged_fields, diverged_message, find_bad_input
-from dlrm_dist.training.optim import ScheduledLR
+from dlrm_dist.training.optimizer_setup import ScheduledLR
 from dlrm_dist.training.timing import WindowTimer
 
 logger = logging.getLogger(__name__)

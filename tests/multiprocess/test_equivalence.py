@@ -25,7 +25,7 @@ from dlrm_dist.config import load_config
 from dlrm_dist.config.arch import parse_mlp
 from dlrm_dist.data.resolve import build_data
 from dlrm_dist.training.build import resolve
-from dlrm_dist.training.optim import LRSchedule
+from dlrm_dist.training.optimizer_setup import LRSchedule
 from tests.dist_helper import run_ranks
 from tests.multiprocess.equivalence_worker import case_args, mixed_args, run_cases
 from tests.reference_dlrm import ReferenceDLRM, ReferenceOptimizer, train_reference

@@ -15,7 +15,7 @@ from dlrm_dist.model import build_model
 from dlrm_dist.model.init import embedding_rows, fill_rows
 from dlrm_dist.model.interaction import CatInteraction, DCNInteraction, DotInteraction
 from dlrm_dist.training.build import resolve
-from dlrm_dist.training.optim import LRSchedule
+from dlrm_dist.training.optimizer_setup import LRSchedule
 
 
 @pytest.mark.parametrize("interaction, bottom", [("dot", "13-32-8"), ("cat", "13-32-5"), ("dcn", "13-32-8")])

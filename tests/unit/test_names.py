@@ -7,8 +7,8 @@ from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.types import ShardingType
 
 from dlrm_dist import names
-from dlrm_dist.config import schema
-from dlrm_dist.optimizers import EMBEDDING_STATES, OPTIMIZER_CLASSES
+from dlrm_dist.config import sections as schema
+from dlrm_dist.optimizer_registry import EMBEDDING_STATES, OPTIMIZER_CLASSES
 from dlrm_dist.planning import inputs, options
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchrec.optim.keyed import KeyedOptimizerWrapper
 
-from dlrm_dist.training.optim import _eager
+from dlrm_dist.training.optimizer_setup import _eager
 
 
 def test_eager_state_leaves_adam_exactly_as_a_fresh_one() -> None:

@@ -19,9 +19,9 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimiz
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec import EmbeddingBagCollection
 
-from dlrm_dist.config.schema import OptimConfig
+from dlrm_dist.config.sections import OptimConfig
 from dlrm_dist.names import EMBEDDING_KEY
-from dlrm_dist.optimizers import DENSE, FUSED, REPLICATED_TABLES, mark_in_backward, optimizer_spec
+from dlrm_dist.optimizer_registry import DENSE, FUSED, REPLICATED_TABLES, mark_in_backward, optimizer_spec
 
 def mark_embedding_optimizer(model: nn.Module, cfg: OptimConfig) -> None:
     """Attaches the fused embedding optimizer to every EmbeddingBagCollection's weights."""
