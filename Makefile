@@ -56,8 +56,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 # The default global batch rounded down to a multiple of NPROC, so `make demo NPROC=3` runs
-# (the default itself lives in dlrm_dist/config/schema.py); ARGS may still set --batch-size.
-DEMO_BATCH = $(shell $(PY) -c "from dlrm_dist.config.schema import TrainConfig; b = TrainConfig().global_batch_size; print(b - b % $(NPROC))")
+# (the default itself lives in dlrm_dist/config/sections.py); ARGS may still set --batch-size.
+DEMO_BATCH = $(shell $(PY) -c "from dlrm_dist.config.sections import TrainConfig; b = TrainConfig().global_batch_size; print(b - b % $(NPROC))")
 
 demo: $(STAMP)
 	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m dlrm_dist.train --batch-size=$(DEMO_BATCH) $(ARGS)
