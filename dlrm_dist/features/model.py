@@ -36,10 +36,14 @@ from dlrm_dist.validation import Strict
 DENSE_TRANSFORMS = ("none", "log1p", "clip", "standardize", "minmax")
 FITTED_TRANSFORMS = ("standardize", "minmax")  # statistics from the training split
 SPARSE_KINDS = ("identity", "vocab", "hash")
+HASHES = ("fnv1a", "int_modulo")  # kind hash: FNV-1a 64 of the text, or the integer value modulo buckets
+ORDERS = ("frequency", "value")  # kind vocab: most frequent first (ties by value), or ascending by value
 POOLINGS = ("sum", "mean")
 SPLITS = ("train", "val", "test")
-SPLIT_BY = ("random", "time")
-INPUT_FORMATS = ("csv", "tsv", "parquet")
+SPLIT_BY = ("random", "time", "day")
+INPUT_FORMATS = ("csv", "tsv", "parquet", "criteo_tsv")
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+CRITEO_TSV_FIELDS = 40  # label, 13 integer columns, 26 hex columns
 
 Column = Annotated[str, Says("a column name (a string)")]
 Bound = Annotated[float, Field(allow_inf_nan=True)]  # clip = [0, inf] clips below only
@@ -99,6 +103,8 @@ class SparseModel(Strict):
     name: Identifier
     column: Optional[Column] = None
     kind: Literal[SPARSE_KINDS] = "vocab"
+    hash: Literal[HASHES] = "fnv1a"
+    order: Literal[ORDERS] = "frequency"
     table: Optional[TableName] = None
     buckets: Optional[Count] = None
     min_count: Count = 1
@@ -123,6 +129,10 @@ class SparseModel(Strict):
         for key in ("min_count", "oov_buckets"):
             if self.kind != "vocab" and getattr(self, key) != 1:
                 found.append(((key,), f"applies to kind vocab only (this feature is kind {self.kind})"))
+        if self.kind != "hash" and self.hash != "fnv1a":
+            found.append((("hash",), f"applies to kind hash only (this feature is kind {self.kind})"))
+        if self.kind != "vocab" and self.order != "frequency":
+            found.append((("order",), f"applies to kind vocab only (this feature is kind {self.kind})"))
         if self.table is None and "." in self.name:
             found.append((("table",), f"the default table name {self.table_name!r} (from the feature's name) "
                                       "cannot hold '.' (TorchRec module names); give table = a name without '.'"))
@@ -138,18 +148,31 @@ class LabelModel(Strict):
 
 
 class SplitModel(Strict):
-    """``[split]``: train/val/test by a seeded per-row draw or by a time column."""
+    """``[split]``: train/val/test by a seeded per-row draw, by a time column, or by day.
+
+    ``by = "day"``: every day but the last is train; the last day's first ceil(n/2) valid rows
+    are val, the rest test (TorchRec's Criteo convention). ``days = N`` cuts the inputs' lines,
+    in input order, into N equal pseudo-days by line count (malformed lines counted: Kaggle's
+    train.txt); without it each input file is one day. Fractions do not apply (the halves of
+    the last day are fixed), so only the default is accepted: a share given would be ignored.
+    """
 
     by: Literal[SPLIT_BY] = "random"
-    fractions: Fractions = [0.8, 0.1, 0.1]
+    fractions: Fractions = list(DEFAULT_FRACTIONS)
     seed: Seed = 0
     column: Optional[Column] = None
+    days: Optional[Annotated[int, Field(ge=2), Says("an integer >= 2 (the last day is val/test)")]] = None
 
     @model_validator(mode="after")
     def _shares(self) -> "SplitModel":
         found = []
         if self.by == "time" and not self.column:
             found.append((("column",), "is required when by = \"time\" (the timestamp column)"))
+        if self.by != "day" and self.days is not None:
+            found.append((("days",), f"applies to by = \"day\" only (this split is by {self.by})"))
+        if self.by == "day" and tuple(self.fractions) != DEFAULT_FRACTIONS:
+            found.append((("fractions",), "do not apply to by = \"day\" (train = every day but the last, val and "
+                                          "test = the last day's halves); remove fractions"))
         f = self.fractions
         if abs(sum(f) - 1.0) > 1e-6 or f[0] == 0:
             found.append((("fractions",), f"must be three shares (train, val, test) summing to 1, train > 0; "
@@ -170,8 +193,10 @@ class InputModel(Strict):
     @model_validator(mode="after")
     def _names(self) -> "InputModel":
         found = []
-        if not self.header and not self.columns and self.format != "parquet":
+        if not self.header and not self.columns and self.format not in ("parquet", "criteo_tsv"):
             found.append((("columns",), "is required when header = false (the column names, in file order)"))
+        if self.format == "criteo_tsv":
+            found += self._criteo_tsv()
         seen: dict[str, int] = {}
         for i, c in enumerate(self.columns or ()):
             if c in seen:
@@ -179,6 +204,20 @@ class InputModel(Strict):
             seen.setdefault(c, i)
         problems(found)
         return self
+
+    def _criteo_tsv(self) -> list:
+        """criteo_tsv is a fixed layout read by its own parser: no header, tabs, 40 named fields."""
+        found = []
+        if self.header:
+            found.append((("header",), "must be false with format criteo_tsv (Criteo files have no header)"))
+        if self.delimiter not in (None, "\t"):
+            found.append((("delimiter",), f"must be a tab with format criteo_tsv, got {self.delimiter!r}"))
+        if self.columns is not None and len(self.columns) != CRITEO_TSV_FIELDS:
+            found.append((("columns",), f"names {len(self.columns)} columns; format criteo_tsv has "
+                                        f"{CRITEO_TSV_FIELDS} (label, 13 integer columns, 26 hex columns)"))
+        if self.null_values:
+            found.append((("null_values",), "do not apply to format criteo_tsv (an empty field is missing)"))
+        return found
 
 
 def _pairs_to_table(value: Any) -> Any:
@@ -206,8 +245,30 @@ class SchemaModel(Strict):
 
     @model_validator(mode="after")
     def _across(self) -> "SchemaModel":
-        problems([*self._no_sparse(), *self._duplicates(), *self._shared_tables(), *self._vocab_tables()])
+        problems([*self._no_sparse(), *self._duplicates(), *self._shared_tables(), *self._vocab_tables(),
+                  *self._days(), *self._criteo_fields()])
         return self
+
+    def _days(self) -> list:
+        if self.split.days is not None and self.input.format != "criteo_tsv":
+            return [(("split", "days"), "cuts the lines of criteo_tsv inputs into pseudo-days; with format "
+                                        f"{self.input.format or '(from the file name)'} give one input file per day "
+                                        "and leave days unset")]
+        return []
+
+    def _criteo_fields(self) -> list:
+        """criteo_tsv's parser reads categorical fields as integers (the hex value), not text."""
+        if self.input.format != "criteo_tsv":
+            return []
+        found = []
+        for i, s in enumerate(self.sparse):
+            if s.kind == "hash" and s.hash == "fnv1a":
+                found.append((("sparse", i, "hash"), "format criteo_tsv reads categorical fields as integers: "
+                                                     "use hash = \"int_modulo\" (MLPerf's value % buckets)"))
+            for key in ("delimiter", "prefix"):
+                if getattr(s, key) is not None:
+                    found.append((("sparse", i, key), "does not apply to format criteo_tsv (one hex value per field)"))
+        return found
 
     def _no_sparse(self) -> list:
         return [] if self.sparse else [(("sparse",), "a schema needs at least one sparse feature (an embedding table)")]
@@ -229,7 +290,7 @@ class SchemaModel(Strict):
         for i, s in enumerate(self.sparse):
             by_table.setdefault(s.table_name, []).append(i)
         for table, idx in by_table.items():
-            for attr in ("kind", "buckets", "min_count", "oov_buckets", "pooling", "dim"):
+            for attr in ("kind", "hash", "order", "buckets", "min_count", "oov_buckets", "pooling", "dim"):
                 values = {self.sparse[i].name: getattr(self.sparse[i], attr) for i in idx}
                 if len(set(values.values())) > 1:
                     odd = next(i for i in idx if getattr(self.sparse[i], attr) != getattr(self.sparse[idx[0]], attr))
@@ -281,5 +342,5 @@ def validate_schema(data: Any, origin: str) -> SchemaModel:
     return SchemaModel.model_validate(data)
 
 
-__all__ = ["DenseModel", "IDENTIFIER_TEXT", "InputModel", "LabelModel", "SchemaModel", "SparseModel",
+__all__ = ["CRITEO_TSV_FIELDS", "DEFAULT_FRACTIONS", "DenseModel", "HASHES", "IDENTIFIER_TEXT", "ORDERS", "InputModel", "LabelModel", "SchemaModel", "SparseModel",
            "SplitModel", "schema_problems", "validate_schema"]

@@ -9,11 +9,16 @@ sparse features a job has.
             none | log1p | clip (needs ``clip = [lo, hi]``) | standardize | minmax
             (standardize/minmax last: their statistics come from the training split)
     sparse  identity ids in [0, buckets), values through a vocabulary (``min_count``,
-            ``oov_buckets``) or hashed modulo ``buckets``; ``delimiter`` makes a multi-hot
+            ``oov_buckets``; ``order`` = frequency (most frequent first) | value (ascending))
+            or hashed modulo ``buckets`` (``hash`` = fnv1a (FNV-1a 64 of the text) |
+            int_modulo (the integer value, base 16 for text, MLPerf's)); ``delimiter`` makes a multi-hot
             list column, pooled by ``sum`` or ``mean``; features naming the same ``table``
             share it (they must agree on everything that describes the table)
     label   a column, 0/1 or thresholded (``threshold = 4``: value >= 4 -> 1)
-    split   train/val/test by ``random`` (seeded, per row) or by a ``time`` column
+    split   train/val/test by ``random`` (seeded, per row), by a ``time`` column, or by
+            ``day`` (every day but the last is train, the last day's halves val and test;
+            ``days = N`` pseudo-days by line count, else one day per input file)
+    input   csv | tsv | parquet | criteo_tsv (Criteo's fixed 40-field layout, its own parser)
 
 Tables are derived (``tables(default_dim)``), as TorchRec's ``EmbeddingBagConfig`` holds
 them: several ``feature_names`` per table, a per-table dim, a pooling.
@@ -35,7 +40,9 @@ from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.features.model import (
     DENSE_TRANSFORMS,
     FITTED_TRANSFORMS,
+    HASHES,
     INPUT_FORMATS,
+    ORDERS,
     POOLINGS,
     SPARSE_KINDS,
     SPLIT_BY,
@@ -46,7 +53,7 @@ from dlrm_dist.features.model import (
     validate_schema,
 )
 
-__all__ = ["DENSE_TRANSFORMS", "FITTED_TRANSFORMS", "INPUT_FORMATS", "POOLINGS", "SPARSE_KINDS", "SPLITS",
+__all__ = ["DENSE_TRANSFORMS", "FITTED_TRANSFORMS", "HASHES", "INPUT_FORMATS", "ORDERS", "POOLINGS", "SPARSE_KINDS", "SPLITS",
            "SPLIT_BY", "DenseFeature", "FeatureSchema", "InputFormat", "Label", "SparseFeature", "SplitSpec",
            "TableDef", "check_schema", "from_dict"]
 
@@ -77,6 +84,8 @@ class SparseFeature:
     kind: str
     table: str
     buckets: Optional[int] = None  # identity: id range; hash: modulo; vocab: unused
+    hash: str = "fnv1a"  # kind hash: fnv1a (of the text) | int_modulo (the integer value % buckets)
+    order: str = "frequency"  # kind vocab: frequency (most frequent first, ties by value) | value
     min_count: int = 1  # vocab: values seen fewer times in training map to an OOV bucket
     oov_buckets: int = 1  # vocab: rows reserved for unseen values (ids 0 .. oov_buckets-1)
     delimiter: Optional[str] = None  # multi-hot list column when set
@@ -101,11 +110,12 @@ class SplitSpec:
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     column: Optional[str] = None  # by = "time": the timestamp column
+    days: Optional[int] = None  # by = "day": pseudo-days by line count (None: one day per input file)
 
 
 @dataclass(frozen=True)
 class InputFormat:
-    format: Optional[str] = None  # csv | tsv | parquet; None: from the file name
+    format: Optional[str] = None  # csv | tsv | parquet | criteo_tsv; None: from the file name
     delimiter: Optional[str] = None  # csv: ",", tsv: "\t"
     header: bool = True  # the first line names the columns
     columns: Optional[tuple[str, ...]] = None  # the names, when there is no header
@@ -241,7 +251,7 @@ def _dense(m: DenseModel) -> DenseFeature:
 def _sparse(m: SparseModel) -> SparseFeature:
     return SparseFeature(
         name=m.name, column=m.column if m.column is not None else m.name, kind=m.kind, table=m.table_name,
-        buckets=m.buckets, min_count=m.min_count, oov_buckets=m.oov_buckets, delimiter=m.delimiter,
+        buckets=m.buckets, hash=m.hash, order=m.order, min_count=m.min_count, oov_buckets=m.oov_buckets, delimiter=m.delimiter,
         pooling=m.pooling, dim=m.dim, prefix=m.prefix,
     )
 
@@ -251,7 +261,7 @@ def _schema(m: SchemaModel) -> FeatureSchema:
     return FeatureSchema(
         dense=tuple(map(_dense, m.dense)), sparse=tuple(map(_sparse, m.sparse)),
         label=Label(m.label.column, m.label.threshold),
-        split=SplitSpec(m.split.by, tuple(m.split.fractions), m.split.seed, m.split.column),
+        split=SplitSpec(m.split.by, tuple(m.split.fractions), m.split.seed, m.split.column, m.split.days),
         input=InputFormat(i.format, i.delimiter, i.header, tuple(i.columns) if i.columns is not None else None,
                           tuple(i.null_values)),
         name=m.name, vocab_rows=tuple(sorted(m.vocab_rows.items())),

@@ -254,3 +254,52 @@ def test_inline_features_problems_come_with_the_config_problems(tmp_path) -> Non
     assert msg.startswith(f"config file {str(job)!r}: ")
     assert "train.steps: must be an integer >= 1, got 0" in msg
     assert "features.sparse[0].buckets: must be an integer >= 1, got 1.5 (sparse feature 'u')" in msg
+
+
+# -- what runs: hashing, vocabulary order, split by day, the criteo_tsv format (issue 20) -----------
+CRITEO_TSV = {"format": "criteo_tsv", "header": False}
+
+
+def test_hash_order_and_days_round_trip_and_builtin_criteo_says_what_runs() -> None:
+    data = {**BASE, "sparse": [{"name": "u", "kind": "hash", "hash": "int_modulo", "buckets": 10},
+                               {"name": "v", "kind": "vocab", "order": "value", "min_count": 3}],
+            "split": {"by": "day", "days": 7}, "input": CRITEO_TSV}
+    s = from_dict(data)
+    assert (s.sparse[0].hash, s.sparse[1].order, s.split.days) == ("int_modulo", "value", 7)
+    assert from_dict(s.to_dict()) == s and s.to_dict()["split"]["days"] == 7
+    c = criteo_schema(days=7, buckets=1000)
+    assert {(f.kind, f.hash, f.buckets) for f in c.sparse} == {("hash", "int_modulo", 1000)}
+    assert (c.split.by, c.split.days, c.input.format, c.input.header) == ("day", 7, "criteo_tsv", False)
+    assert criteo_schema().sparse[0].buckets == 40_000_000 and criteo_schema().split.days is None
+    v = criteo_schema(vocab_min_count=2)
+    assert {(f.kind, f.order, f.min_count, f.oov_buckets) for f in v.sparse} == {("vocab", "value", 2, 1)}
+    assert from_dict(v.to_dict()) == v and from_dict(c.to_dict()) == c
+    assert [f.buckets for f in criteo_schema([5, 6]).sparse] == [5, 6]
+    with pytest.raises(SchemaError, match="not both"):
+        criteo_schema([5], buckets=6)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"sparse": [{"name": "u", "kind": "vocab", "hash": "int_modulo"}]}, "sparse[0].hash: applies to kind hash only"),
+    ({"sparse": [{"name": "u", "kind": "hash", "buckets": 9, "order": "value"}]},
+     "sparse[0].order: applies to kind vocab only"),
+    ({"sparse": [{"name": "u", "kind": "hash", "buckets": 9, "hash": "md5"}]}, "sparse[0].hash"),
+    ({"split": {"by": "day", "days": 1}}, "split.days: must be an integer >= 2"),
+    ({"split": {"days": 3}}, "split.days: applies to by = \"day\" only"),
+    ({"split": {"by": "day", "fractions": [0.5, 0.25, 0.25]}}, "split.fractions: do not apply to by = \"day\""),
+    ({"split": {"by": "day", "days": 7}}, "split.days: cuts the lines of criteo_tsv inputs"),
+    ({"input": {"format": "criteo_tsv"}}, "input.header: must be false with format criteo_tsv"),
+    ({"input": {**CRITEO_TSV, "columns": ["a", "b"]}}, "input.columns: names 2 columns; format criteo_tsv has 40"),
+    ({"input": {**CRITEO_TSV, "delimiter": ","}}, "input.delimiter: must be a tab"),
+    ({"input": CRITEO_TSV, "sparse": [{"name": "u", "kind": "hash", "buckets": 9}]},
+     "sparse[0].hash: format criteo_tsv reads categorical fields as integers"),
+    ({"input": CRITEO_TSV, "sparse": [{"name": "u", "delimiter": "|"}]}, "sparse[0].delimiter: does not apply"),
+    ({"sparse": [{"name": "a", "kind": "hash", "buckets": 9, "table": "t"},
+                 {"name": "b", "kind": "hash", "buckets": 9, "table": "t", "hash": "int_modulo"}]},
+     "disagree on hash"),
+])
+def test_what_runs_is_checked(change: dict, words: str) -> None:
+    with pytest.raises(SchemaError) as e:
+        from_dict({**BASE, **change})
+    assert words in str(e.value)
+    assert from_dict({**BASE, "split": {"by": "day"}}).split.days is None  # one day per input file
