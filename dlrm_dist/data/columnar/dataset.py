@@ -1,18 +1,24 @@
-"""Batches from a schema-driven preprocessed directory (memory-mapped, vectorised).
+"""Batches from a preprocessed columnar directory (memory-mapped, vectorised), any schema.
 
-Same contract as the Criteo loader: each rank reads its contiguous slice of each global
-batch; training visits batches in a seeded per-epoch permutation (the same for every world
-size) and drops the last partial batch; evaluation keeps every row, padding the last batch
-with label -1 rows (copies of the split's first row) that the metrics ignore. Ids are checked against their
-table's size in every batch (one max per feature): an id out of range fails with the file
-and feature named, never clamped.
+Each rank reads its contiguous slice of each global batch; training visits batches in a
+seeded per-epoch permutation (the same for every world size) and drops the last partial
+batch; evaluation keeps every row, padding the last batch with label -1 rows (copies of the
+split's first row) that the metrics ignore. Ids are checked against their table's size in
+every batch (one max per feature): an id out of range fails with the file and feature
+named, never clamped.
+
+Multi-hot expansion (``multi_hot``, MLPerf DLRM-DCNv2's synthetic multi-hot Criteo): every
+id x of feature f becomes the h_f ids {(x + o_fk) mod rows_f : k < h_f}, with o_f0 = 0 and
+the other offsets drawn once from the seed (feature by feature, in schema order), so a
+one-hot feature becomes a bag of h_f and a multi-hot (delimiter) feature's bag of n ids one
+of n * h_f. ``bag_lengths`` reports the expanded lengths to the planner.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 from torchrec.datasets.utils import Batch
@@ -27,7 +33,8 @@ from dlrm_dist.features.schema import FeatureSchema
 class ColumnarDataset:
     """A preprocessed directory's splits as TorchRec batches for one rank."""
 
-    def __init__(self, directory: str | Path, eval_split: str = "val", seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(self, directory: str | Path, eval_split: str = "val", seed: int = 0, shuffle: bool = True,
+                 multi_hot: Optional[Sequence[int]] = None) -> None:
         self.directory = Path(directory)
         self.meta, self.schema, self.splits = layout.check_directory(self.directory)
         if eval_split not in ("val", "test"):
@@ -42,6 +49,7 @@ class ColumnarDataset:
         self.eval_split, self.seed, self.shuffle = eval_split, seed, shuffle
         self.feature_names = self.schema.sparse_names
         self._rows = {f.name: self.schema.table_rows(f.table) for f in self.schema.sparse}
+        self._offsets = multi_hot_offsets(self.schema, multi_hot, seed)
 
     # -- the dataset interface -----------------------------------------------------------------
     def split(self, name: str) -> SplitArrays:
@@ -54,7 +62,13 @@ class ColumnarDataset:
         return None  # real data has no known best AUC
 
     def bag_lengths(self) -> dict[str, float]:
-        return {f: float(v) for f, v in self.meta["splits"]["train"]["bag_lengths"].items()}
+        """Mean ids per training sample of each feature, after the multi-hot expansion."""
+        stored = self.meta["splits"]["train"]["bag_lengths"]
+        return {f: float(stored[f]) * self._bag_factor(f) for f in self.feature_names}
+
+    def _bag_factor(self, feature: str) -> int:
+        offsets = self._offsets.get(feature)
+        return 1 if offsets is None else len(offsets)
 
     def batches(self, split: str, global_batch_size: int, rank: int, world_size: int,
                 num_batches: Optional[int] = None, start_batch: int = 0) -> Iterator[Batch]:
@@ -94,6 +108,8 @@ class ColumnarDataset:
             if pad:
                 v0, n0 = self._bags(data, split, f, 0, 1)
                 v, n = np.concatenate([v, np.tile(v0, pad)]), np.concatenate([n, np.repeat(n0, pad)])
+            if f in self._offsets:
+                v, n = expand(v, n, self._offsets[f], self._rows[f])
             values.append(v)
             lengths.append(n)
         dense = np.asarray(data.dense[lo:hi], dtype=np.float32)
@@ -121,3 +137,41 @@ class ColumnarDataset:
 
     def split_name(self, split: str) -> str:
         return self.eval_split if split == "eval" else split
+
+
+# -- multi-hot expansion ---------------------------------------------------------------------------
+def multi_hot_offsets(schema: FeatureSchema, sizes: Optional[Sequence[int]], seed: int) -> dict[str, np.ndarray]:
+    """Each sparse feature's expansion offsets (o_f0 = 0, then h_f - 1 draws in [1, rows_f)), by name.
+
+    ``sizes`` is one bag size for every sparse feature or one per feature, in schema order;
+    None or empty: no expansion. The draws follow the features in order from one generator
+    seeded by (seed, 7), as the Criteo loader drew them: a seed gives the bags it gave.
+    """
+    if not sizes:
+        return {}
+    per_feature = _per_feature(schema.sparse_names, list(sizes))
+    rng = np.random.default_rng([seed, 7])
+    offsets = {}
+    for f, h in zip(schema.sparse, per_feature):
+        rows = schema.table_rows(f.table)
+        offsets[f.name] = np.concatenate([[0], rng.integers(1, max(rows, 2), h - 1)]).astype(np.int64)
+    return offsets
+
+
+def _per_feature(names: list[str], sizes: list) -> list[int]:
+    """One bag size per sparse feature, checked (integers >= 1; one for all, or one each)."""
+    if len(sizes) not in (1, len(names)):
+        raise DataError(f"multi_hot has {len(sizes)} sizes for the {len(names)} sparse features "
+                        f"({names[0]} .. {names[-1]}): give one size for all of them or one per feature, in order")
+    per_feature = sizes * len(names) if len(sizes) == 1 else sizes
+    bad = [f"{name}={h!r}" for name, h in zip(names, per_feature)
+           if isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1]
+    if bad:
+        raise DataError(f"multi_hot sizes must be integers >= 1 (ids per original id); got {', '.join(bad)}")
+    return [int(h) for h in per_feature]
+
+
+def expand(values: np.ndarray, lengths: np.ndarray, offsets: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every id x of the bags becomes ``(x + offsets) mod rows``, next to each other (bag order kept)."""
+    out = (values[:, None] + offsets[None, :]) % rows
+    return out.reshape(-1), lengths * len(offsets)
