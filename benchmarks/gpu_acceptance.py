@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--model.table_sizes=1000,2000,500,800", "--model.bottom_mlp=13-32-16", "--model.embedding_dim=16",
+SMALL = ["--data.schema=demo:table_sizes=1000/2000/500/800", "--model.bottom_mlp=13-32-16", "--model.embedding_dim=16",
          "--model.top_mlp=32-1", "--train.progress=false", "--train.log_interval=1", "--train.eval_interval=0",
-         "--data.eval_batches=4", "--train.tensorboard=false"]
+         "--synthetic.eval_batches=4", "--train.tensorboard=false"]
 LOSS_RTOL, AUC_ATOL = 1e-4, 1e-3
 
 

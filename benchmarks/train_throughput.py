@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-KAGGLE = ["--model.table_sizes=" + ",".join(["100000"] * 26), "--train.eval_interval=0",
-          "--data.eval_batches=1", "--train.progress=false", "--data.zipf_alpha=0"]
+KAGGLE = ["--data.schema=demo:table_sizes=" + "/".join(["100000"] * 26), "--train.eval_interval=0",
+          "--synthetic.eval_batches=1", "--train.progress=false", "--synthetic.zipf_alpha=0"]
 
 
 def run_one(nproc: int, sharding: str, steps: int) -> dict:

@@ -39,11 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TABLES, ROWS, DIM, DENSE, BATCH, LR = 26, 100_000, 16, 13, 2048, 0.01
 BOTTOM, TOP = [DENSE, 512, 256, 64, DIM], [512, 256, 1]
 WARMUP = 10
-OURS = ["--model.table_sizes=" + ",".join([str(ROWS)] * TABLES), f"--model.embedding_dim={DIM}",
+OURS = ["--data.schema=demo:table_sizes=" + "/".join([str(ROWS)] * TABLES), f"--model.embedding_dim={DIM}",
         "--model.bottom_mlp=" + "-".join(map(str, BOTTOM)), "--model.top_mlp=" + "-".join(map(str, TOP)),
-        "--data.zipf_alpha=0", "--optim.embedding_optimizer=sgd", "--optim.dense_optimizer=sgd",
+        "--synthetic.zipf_alpha=0", "--optim.embedding_optimizer=sgd", "--optim.dense_optimizer=sgd",
         f"--optim.embedding_lr={LR}", f"--optim.dense_lr={LR}", "--train.eval_interval=0",
-        "--data.eval_batches=1", "--train.progress=false", f"--train.global_batch_size={BATCH}",
+        "--synthetic.eval_batches=1", "--train.progress=false", f"--train.global_batch_size={BATCH}",
         "--sharding-type=table_wise"]
 
 

@@ -19,7 +19,7 @@ from dlrm_dist.training.build import build_trainer, prepare
 from dlrm_dist.training.trainer import TrainResult
 from tests.small_job import SMALL_JOB
 
-JOB = SMALL_JOB + ["--train.eval_interval=0", "--data.eval_batches=1", "--sharding-type=table_wise",
+JOB = SMALL_JOB + ["--train.eval_interval=0", "--synthetic.eval_batches=1", "--sharding-type=table_wise",
                    "--train.device=cpu"]
 
 

@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MIXED_SCHEMA = ROOT / "tests" / "schemas" / "mixed.toml"
 # The mixed schema (shared table, dims 8 and 16, mean pooling) as a small job with multi-hot bags.
 MIXED_JOB = [f"--data.schema={MIXED_SCHEMA}", "--model.interaction=cat", "--model.bottom_mlp=5-16-8",
-             "--model.top_mlp=16-1", "--train.global_batch_size=64", "--data.eval_batches=2",
-             "--data.pooling_factor=3", "--data.variable_pooling=true", "--train.progress=false"]
+             "--model.top_mlp=16-1", "--train.global_batch_size=64", "--synthetic.eval_batches=2",
+             "--synthetic.pooling_factor=3", "--synthetic.variable_pooling=true", "--train.progress=false"]
 
 
 def build_dlrm(args: list[str], seed: int = 0):

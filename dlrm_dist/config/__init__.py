@@ -4,8 +4,10 @@ from dlrm_dist.config.sections import (
     Config,
     DataConfig,
     ModelConfig,
+    MultiHotConfig,
     OptimConfig,
     ShardingConfig,
+    SyntheticConfig,
     TrainConfig,
 )
 from dlrm_dist.config.loader import ConfigError, load_config
@@ -16,8 +18,10 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "ModelConfig",
+    "MultiHotConfig",
     "OptimConfig",
     "ShardingConfig",
+    "SyntheticConfig",
     "TrainConfig",
     "load_config",
     "validate_for_launch",

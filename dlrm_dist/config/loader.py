@@ -5,10 +5,16 @@ Command line > TOML file > defaults. Overrides are ``--section.key=value`` (or
 
 A TOML file has real types, so its values are validated as they are (strict: ``steps =
 "10"`` or ``steps = 10.5`` is an error). An override is text: it is first read as the
-field's declared type (``--train.steps=10`` -> 10, ``--model.table_sizes=10,20`` -> [10, 20],
+field's declared type (``--train.steps=10`` -> 10, ``--multi_hot.sizes=3,2`` -> [3, 2],
 ``none`` -> unset; text that does not read as that type is passed on as it is), then
 validated by the same strict rules. Every problem of every section, the inline
 ``[features]`` schema included, is reported in one ConfigError.
+
+The loader knows which keys were given, so it refuses by name a key that moved (``MOVED``:
+``data.zipf_alpha`` -> ``synthetic.zipf_alpha``, ``model.table_sizes`` -> a schema parameter)
+and a setting that does not apply to the job's data source (``APPLIES_TO``: ``[synthetic]``
+with a columnar source, ``data.data_dir`` with a synthetic one), which would otherwise be
+ignored without a word. A saved config (``to_dict``) holds only what applies to its source.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pydantic import ValidationError
 
 from dlrm_dist.config.errors import ConfigError
 from dlrm_dist.config.files import read_data
-from dlrm_dist.config.sections import Config
+from dlrm_dist.config.sections import APPLIES_TO, GONE_SOURCES, INSTEAD, MOVED, Config
 from dlrm_dist.config.validation import joined, messages, unwrap
 
 # Familiar flag spellings mapped to their section.key.
@@ -104,16 +110,55 @@ def _features_problems(features: Any) -> list[str]:
     return schema_problems(features, (INLINE_SCHEMA,))
 
 
+def _moved(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str], bool]:
+    """``raw`` without the keys that moved, a problem naming where each went, and whether the
+    source is one that still exists."""
+    found, out = [], dict(raw)
+    for where, to in MOVED.items():
+        section, _, key = where.partition(".")
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+            found.append(f"{where} moved to {to}")
+    source = out["data"].get("source") if isinstance(out.get("data"), dict) else None
+    if isinstance(source, str) and source in GONE_SOURCES:
+        out["data"] = {k: v for k, v in out["data"].items() if k != "source"}
+        found.append(f"data.source: {source!r} is no longer a source: {GONE_SOURCES[source]}")
+        return out, found, False
+    return out, found, True
+
+
+def _given(raw: dict[str, Any]) -> list[str]:
+    """Every ``section.key`` written in ``raw`` (a file's, the command line's, or both)."""
+    return [f"{s}.{k}" for s, values in raw.items() if isinstance(values, dict) for k in values]
+
+
+def inapplicable(source: str, keys: list[str]) -> list[str]:
+    """A problem for each of ``keys`` (``section.key``) that does not apply to data.source = ``source``."""
+    found = []
+    for key in keys:
+        section = key.partition(".")[0]
+        sources = APPLIES_TO.get(key) or APPLIES_TO.get(section)
+        if sources and source not in sources:
+            only = " or ".join(sources)
+            instead = INSTEAD.get(key) or INSTEAD.get(section)
+            found.append(f"{key} applies to data.source = {only} only (this job's source is {source})"
+                         + (f"; {instead}" if instead else ""))
+    return found
+
+
 def _apply(raw: dict[str, Any], origin: str) -> Config:
     """Builds the Config; every problem of every section (and of [features]) in one ConfigError."""
     sections = _sections()
-    found = [f"[{name}]: unknown section; sections: {', '.join(sections)}, {INLINE_SCHEMA}"
-             for name in raw if name not in sections and name != INLINE_SCHEMA]
+    raw, found, source_exists = _moved(raw)
+    found += [f"[{name}]: unknown section; sections: {', '.join(sections)}, {INLINE_SCHEMA}"
+              for name in raw if name not in sections and name != INLINE_SCHEMA]
     built = {}
     for name, cls in sections.items():
         built[name], lines = _section_problems(name, cls, raw.get(name, {}))
         found += lines
     found += _features_problems(raw.get(INLINE_SCHEMA))
+    if built["data"] is not None and source_exists:
+        found += inapplicable(built["data"].source, _given(raw))
     if found:
         raise ConfigError(joined(origin, found))
     return Config(**built, features=raw.get(INLINE_SCHEMA))
@@ -183,7 +228,37 @@ def config_from_dict(data: dict[str, Any], origin: str = "saved config") -> Conf
     """The inverse of ``to_dict``: a Config from plain data (a run directory's or a checkpoint's)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: must be a table of sections, got {type(data).__name__}")
-    return _apply(data, origin)
+    return _apply(upgrade_saved(data), origin)
+
+
+_OLD_SYNTHETIC = ("zipf_alpha", "pooling_factor", "variable_pooling", "teacher_scale", "eval_batches")
+# What an old writer wrote for every job whatever its source: (section, key, the value that did nothing).
+_OLD_INERT = (("model", "table_sizes", None), ("data", "max_ind_range", 0), ("data", "multi_hot_sizes", None))
+
+
+def upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
+    """A config saved before [synthetic] and [multi_hot] existed, in today's layout.
+
+    The old writer wrote every key for every source, so the keys that did nothing for the
+    job's source (and the moved ones at the values that did nothing) are dropped and the
+    synthetic knobs move to [synthetic]. A value that did something (a Criteo job's
+    max_ind_range) stays, to be refused by name with where it went.
+    """
+    old, model = data.get("data"), data.get("model")
+    if not isinstance(old, dict) or not isinstance(model, dict) or "zipf_alpha" not in old or "synthetic" in data:
+        return data  # today's layout (or damaged: _apply names what is wrong)
+    new, model = dict(old), dict(model)
+    for section, key, inert in _OLD_INERT:
+        table = model if section == "model" else new
+        if key in table and table[key] == inert:
+            del table[key]
+    moved = {k: new.pop(k) for k in _OLD_SYNTHETIC if k in new}
+    out = {**data, "model": model, "data": new}
+    if new.get("source") == "synthetic":
+        out["synthetic"] = moved
+        for key in ("data_dir", "eval_split", "shuffle"):
+            new.pop(key, None)
+    return out
 
 
 def help_text() -> str:
@@ -204,5 +279,14 @@ def help_text() -> str:
 
 
 def to_dict(config: Config) -> dict[str, Any]:
-    """The config as plain data (for the run directory and for later resumes)."""
-    return dataclasses.asdict(config)
+    """The config as plain data (for the run directory and for later resumes): only the sections
+    and keys that apply to its data source, so that it loads back (as a file, too) as it is."""
+    out = dataclasses.asdict(config)
+    for where, sources in APPLIES_TO.items():
+        if config.data.source not in sources:
+            section, _, key = where.partition(".")
+            if key:
+                out[section].pop(key, None)
+            else:
+                out.pop(section, None)
+    return out

@@ -27,7 +27,7 @@ ARCHS = ("dlrm", "embedding_mlp")
 INTERACTIONS = ("dot", "cat", "dcn")
 LOSSES = ("bce", "mse")
 
-DATA_SOURCES = ("synthetic", "criteo", "columnar")
+DATA_SOURCES = ("synthetic", "columnar")
 QCOMMS = ("none", "fp16", "bf16")
 MIXED_PRECISION = ("none", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -67,9 +67,6 @@ class ModelConfig:
         "512-256-1", "Top MLP layer widths; its input width is computed; must end in 1."
     )
     embedding_dim: Count = _f(16, "Embedding dimension of tables whose schema entry gives no dim.")
-    table_sizes: Optional[Sizes] = _f(
-        None, "Built-in Criteo-shaped schema only: rows of each table (unset: the demo's 26, or the data's)."
-    )
     interaction: Literal[INTERACTIONS] = _f("dot", "Feature interaction: dot, cat or dcn (DCNv2 low-rank cross).")
     dot_self_interaction: bool = _f(False, "dot: also keep each feature's dot with itself.")
     dcn_num_layers: Count = _f(3, "dcn: number of low-rank cross layers.")
@@ -84,19 +81,30 @@ class DataConfig:
     """Where batches come from."""
 
     source: Literal[DATA_SOURCES] = _f(
-        "synthetic", "Data source: synthetic (built-in generator), criteo (preprocessed Criteo days) "
-        "or columnar (`dlrm-data preprocess --schema` output).")
-    data_dir: Optional[PathText] = _f(None, "criteo/columnar: the preprocessed directory.")
-    schema: Optional[PathText] = _f(None, "Feature schema: a TOML/JSON file or a built-in name (demo, criteo); "
-                                    "unset: the [features] section, the data directory's, or the demo's.")
+        "synthetic", "Data source: synthetic (the built-in generator, see [synthetic]) or columnar (a directory "
+        "written by `dlrm-data preprocess --schema ...`, Criteo days included, or by `dlrm-data import-torchrec`).")
+    data_dir: Optional[PathText] = _f(None, "columnar: the preprocessed directory.")
+    schema: Optional[PathText] = _f(
+        None, "Feature schema: a TOML/JSON file or a built-in name with optional parameters, NAME[:key=value,...] "
+        "(demo:table_sizes=100/200/300, criteo:buckets=1000000); unset: the [features] section, the data "
+        "directory's, or the demo's.")
     eval_split: Literal[EVAL_SPLITS] = _f(
-        "val", "criteo: evaluate on val (first half of the last day) or test (second half).")
-    max_ind_range: NonNegative = _f(0, "criteo: hash raw ids modulo this at load (directories without meta.json).")
-    multi_hot_sizes: Optional[Sizes] = _f(
-        None, "criteo: synthetic multi-hot bag size per feature (one value, or 26), as MLPerf DLRM-DCNv2."
-    )
-    shuffle: bool = _f(True, "criteo: visit training batches in a seeded permutation each epoch.")
-    seed: Seed = _f(1234, "Seed of the data generator and of its hidden teacher model.")
+        "val", "columnar: evaluate on the val split or the test split (Criteo: first / second half of the last day).")
+    shuffle: bool = _f(True, "columnar: visit training batches in a seeded permutation each epoch.")
+    seed: Seed = _f(1234, "synthetic: seed of the generator and of its hidden teacher; columnar: of the shuffle.")
+
+    @model_validator(mode="after")
+    def _needs_dir(self) -> "DataConfig":
+        if self.source == "columnar" and not self.data_dir:
+            problems([(("data_dir",), f"is required when source = {self.source!r} "
+                                      "(the output of `dlrm-data preprocess`)")])
+        return self
+
+
+@dataclass(**SECTION)
+class SyntheticConfig:
+    """data.source = synthetic only: how the built-in generator draws (any schema's shape)."""
+
     zipf_alpha: NonNegativeFloat = _f(1.1, "Power-law exponent of id popularity (0 = uniform).")
     pooling_factor: Count = _f(1, "Mean ids per sample per table (multi-hot when > 1).")
     variable_pooling: bool = _f(
@@ -105,12 +113,48 @@ class DataConfig:
     teacher_scale: finite() = _f(1.5, "Strength of the teacher's logit: higher = more signal.")
     eval_batches: Count = _f(16, "Global batches in the held-out evaluation split.")
 
-    @model_validator(mode="after")
-    def _needs_dir(self) -> "DataConfig":
-        if self.source != "synthetic" and not self.data_dir:
-            problems([(("data_dir",), f"is required when source = {self.source!r} "
-                                      "(the output of `dlrm-data preprocess`)")])
-        return self
+
+@dataclass(**SECTION)
+class MultiHotConfig:
+    """data.source = columnar only: MLPerf DLRM-DCNv2's synthetic multi-hot expansion at load time."""
+
+    sizes: Optional[Sizes] = _f(
+        None, "Bag size per sparse feature (one value for all, or one per feature in schema order): id x of a "
+        "feature becomes x and size-1 more ids at fixed seeded offsets modulo its table; unset: no expansion.")
+
+
+# Which data sources a section, or a key of [data], applies to. A setting given (in a file or
+# on the command line) for a job whose source it does not apply to is refused by name
+# (config/loader.py): it would otherwise be ignored without a word.
+APPLIES_TO: dict[str, tuple[str, ...]] = {
+    "synthetic": ("synthetic",),
+    "multi_hot": ("columnar",),
+    "data.data_dir": ("columnar",),
+    "data.eval_split": ("columnar",),
+    "data.shuffle": ("columnar",),
+}
+
+# What to use instead, where a setting's source has a way of its own.
+INSTEAD: dict[str, str] = {
+    "multi_hot": "the generator draws multi-hot bags itself: synthetic.pooling_factor, synthetic.variable_pooling",
+}
+
+# Keys that moved (issue 20): where each went, for the refusal that names it.
+MOVED: dict[str, str] = {
+    **{f"data.{k}": f"synthetic.{k}" for k in ("zipf_alpha", "pooling_factor", "variable_pooling",
+                                                 "teacher_scale", "eval_batches")},
+    "data.multi_hot_sizes": "multi_hot.sizes",
+    "model.table_sizes": "the schema's parameters: --data.schema=demo:table_sizes=100/200/300 "
+                         "(or criteo:table_sizes=...; a schema file gives each table's buckets)",
+    "data.max_ind_range": "the schema's parameters: preprocess with `dlrm-data preprocess --schema "
+                          "criteo:buckets=N` (a TorchRec-layout directory: `dlrm-data import-torchrec "
+                          "DIR --out DIR2 --max-ind-range N`) and train with --data.source=columnar",
+}
+GONE_SOURCES: dict[str, str] = {
+    "criteo": "Criteo days are a columnar directory now: preprocess them with `dlrm-data preprocess --schema "
+              "criteo:days=7 --input train.txt --out DIR` (a TorchRec-layout directory: `dlrm-data "
+              "import-torchrec DIR --out DIR2`) and train with --data.source=columnar --data.data_dir=DIR",
+}
 
 
 @dataclass(**SECTION)
@@ -214,6 +258,8 @@ class Config:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    multi_hot: MultiHotConfig = field(default_factory=MultiHotConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

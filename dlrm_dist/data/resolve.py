@@ -1,20 +1,20 @@
 """Which feature schema a job has, and the data source that serves it.
 
-The schema is found, in order: in the preprocessed directory (columnar data carries its
-fitted schema; a schema also given must agree with it), in ``data.schema`` (a file or a
-built-in name), in the config's ``[features]`` section, or it is the built-in one of the
-source (Criteo's for Criteo days, the demo's for synthetic data, sized by
-``model.table_sizes``). Everything runs before any process group exists.
+The schema is resolved once, here, before any process group exists, and passed down: the
+preprocessed directory's (columnar data carries its fitted schema, Criteo days included; a
+schema also given must agree with it), else ``data.schema`` (a file, or a built-in name with
+parameters such as ``demo:table_sizes=100/200/300``), else the config's ``[features]``
+section, else the built-in demo. ``build_data`` opens the source for that resolved schema.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from dlrm_dist.config.errors import ConfigError
 from dlrm_dist.config.sections import Config
 from dlrm_dist.data import Dataset
-from dlrm_dist.features.builtin import criteo_schema, demo_schema
+from dlrm_dist.features.builtin import demo_schema
 from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.features.io import load_schema
 from dlrm_dist.features.schema import FeatureSchema
@@ -57,51 +57,40 @@ def _columnar_schema(cfg: Config, given: Optional[FeatureSchema]) -> FeatureSche
     return stored
 
 
-def _criteo_schema(cfg: Config, given: Optional[FeatureSchema]) -> FeatureSchema:
-    from dlrm_dist.data.criteo.dataset import table_sizes
-
-    data_sizes = table_sizes(cfg.data.data_dir, cfg.data.max_ind_range)  # meta.json only: build_data opens the days
-    schema = given or criteo_schema(cfg.model.table_sizes or data_sizes)
-    rows = [schema.table_rows(f.table) for f in schema.sparse]
-    small = [f"{f.name}: {r} < {d}" for f, r, d in zip(schema.sparse, rows, data_sizes) if r < d]
-    if len(rows) != len(data_sizes) or small:
-        raise ConfigError(f"the tables do not fit the data in {cfg.data.data_dir} ({len(rows)} tables for "
-                          f"{len(data_sizes)} features; too small: {small})")
+def job_schema(cfg: Config) -> FeatureSchema:
+    """The schema of ``cfg``'s job, fitted statistics included (see the module docstring)."""
+    given = _given(cfg)
+    if cfg.data.source == "columnar":
+        schema = _columnar_schema(cfg, given)
+    else:
+        schema = given if given is not None else demo_schema()
+    check_multi_hot(cfg.multi_hot.sizes, schema)
     return schema
 
 
-def job_schema(cfg: Config) -> FeatureSchema:
-    """The schema of ``cfg``'s job (see the module docstring for where it comes from)."""
-    given = _given(cfg)
-    if given is not None and cfg.model.table_sizes is not None:
-        raise ConfigError("model.table_sizes sizes the default built-in schema only; the schema given "
-                          f"({given.name!r}) has its own table sizes: drop one of them")
-    if cfg.data.source == "columnar":
-        return _columnar_schema(cfg, given)
-    if cfg.data.source == "criteo":
-        return _criteo_schema(cfg, given)
-    if given is not None:
-        return given
-    return demo_schema(cfg.model.table_sizes)
+def check_multi_hot(sizes: Optional[Sequence[int]], schema: FeatureSchema) -> None:
+    """multi_hot.sizes must give one size for every sparse feature, or one per feature."""
+    n = len(schema.sparse)
+    if sizes is not None and len(sizes) not in (1, n):
+        raise ConfigError(f"multi_hot.sizes has {len(sizes)} values; schema {schema.name!r} has {n} sparse "
+                          f"features ({', '.join(schema.sparse_names[:4])}{', ...' if n > 4 else ''}): "
+                          f"give one size for all of them or {n}, in the schema's order")
 
 
 def build_data(cfg: Config, schema: FeatureSchema) -> Dataset:
-    """The configured data source, serving ``schema``'s features."""
+    """The configured data source, serving the resolved ``schema``'s features."""
     d = cfg.data
-    if d.source == "criteo":
-        from dlrm_dist.data.criteo.dataset import CriteoDataset
-
-        return CriteoDataset(d.data_dir, schema.sparse_names, eval_split=d.eval_split, seed=d.seed,
-                             max_ind_range=d.max_ind_range, multi_hot=d.multi_hot_sizes, shuffle=d.shuffle)
     if d.source == "columnar":
         from dlrm_dist.data.columnar.dataset import ColumnarDataset
 
-        return ColumnarDataset(d.data_dir, eval_split=d.eval_split, seed=d.seed, shuffle=d.shuffle)
+        return ColumnarDataset(d.data_dir, eval_split=d.eval_split, seed=d.seed, shuffle=d.shuffle,
+                               multi_hot=cfg.multi_hot.sizes)
     from dlrm_dist.data.synthetic import SyntheticData, SyntheticSpec
 
-    spec = SyntheticSpec(seed=d.seed, zipf_alpha=d.zipf_alpha, pooling_factor=d.pooling_factor,
-                         variable_pooling=d.variable_pooling, teacher_scale=d.teacher_scale)
-    return SyntheticData(spec, schema, eval_batches=d.eval_batches)
+    s = cfg.synthetic
+    spec = SyntheticSpec(seed=d.seed, zipf_alpha=s.zipf_alpha, pooling_factor=s.pooling_factor,
+                         variable_pooling=s.variable_pooling, teacher_scale=s.teacher_scale)
+    return SyntheticData(spec, schema, eval_batches=s.eval_batches)
 
 
 def table_pooling(schema: FeatureSchema, data: Dataset) -> dict[str, float]:

@@ -60,7 +60,7 @@ def _power_law(u: np.ndarray, rows: int, alpha: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """How the generator draws; see DataConfig for the meaning of each field."""
+    """How the generator draws; see config.sections.SyntheticConfig for the meaning of each field."""
 
     seed: int = 1234
     zipf_alpha: float = 1.1

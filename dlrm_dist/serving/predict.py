@@ -1,9 +1,10 @@
 """Batch scoring: a data split turned into the export's inputs, scored, and its metrics.
 
-The data is opened as in training (``data/resolve.py``) from the config the export carries:
-the synthetic generator, a preprocessed Criteo directory or a schema-driven columnar one
-(``--data DIR`` points at it on the scoring machine; ``--split`` picks val or test), after
-checking that the directory was preprocessed with the model's fitted schema.
+The data is opened as in training (``data/resolve.py``) from the config the export carries,
+for the fitted schema it carries (never resolved again): the synthetic generator or a
+preprocessed columnar directory, Criteo days included (``--data DIR`` points at it on the
+scoring machine; ``--split`` picks val or test), after checking that the directory was
+preprocessed with the model's fitted schema.
 Padding rows of a last partial batch (label -1) are dropped.
 """
 
@@ -21,7 +22,7 @@ from dlrm_dist.config.loader import config_from_dict
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.config.sections import Config
 from dlrm_dist.data import Dataset
-from dlrm_dist.data.resolve import build_data, job_schema, schema_differences
+from dlrm_dist.data.resolve import build_data, schema_differences
 from dlrm_dist.features import SchemaError
 from dlrm_dist.features.schema import FeatureSchema
 from dlrm_dist.metrics.eval import EvalMetrics, EvalResult
@@ -55,8 +56,7 @@ def check_data_schema(cfg: Config, schema: FeatureSchema, what: str) -> None:
     """Refuses (SchemaError naming each difference) a data directory preprocessed with another schema.
 
     Columnar data carries its fitted schema in meta.json: it must be the model's (ids and
-    scales mean what they meant in training). Criteo data carries its table sizes: every id
-    must fit the model's tables. The synthetic generator is built from the schema itself.
+    scales mean what they meant in training). The synthetic generator is built from the schema itself.
     """
     if cfg.data.source == "columnar":
         from dlrm_dist.data.columnar.layout import stored_schema
@@ -68,8 +68,6 @@ def check_data_schema(cfg: Config, schema: FeatureSchema, what: str) -> None:
                 f"{cfg.data.data_dir} was preprocessed with schema {stored.name!r} (fingerprint {stored.fingerprint()}), "
                 f"{what} with {schema.name!r} (fingerprint {schema.fingerprint()}); they differ: {'; '.join(diffs)}. "
                 "Score data preprocessed with the training's schema")
-    elif cfg.data.source == "criteo":
-        job_schema(dataclasses.replace(cfg, features=schema.to_dict()))  # refuses tables the data's ids do not fit
 
 
 def export_config(manifest: ExportManifest) -> Config:

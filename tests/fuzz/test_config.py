@@ -13,6 +13,7 @@ dlrm-train stops before any process group: ``prepare`` is replaced by a sentinel
 from __future__ import annotations
 
 import math
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -139,13 +140,17 @@ def _check_loaded(cfg: Any, raw: dict[str, dict[str, Any]], omitted_none: bool,
 
 
 # The rules across fields: generated values may break them without any mutation.
-CROSS_FIELD = ("is required when", "is inside the warmup", "both say where tables go")
+CROSS_FIELD = ("is required when", "is inside the warmup", "both say where tables go", "applies to data.source = ")
 
 
-def _check_refused(msg: str, origin: str, mutated: Optional[tuple[str, str]]) -> None:
+def _check_refused(msg: str, origin: str, mutated: Optional[tuple[str, str]], raw: dict[str, dict[str, Any]]) -> None:
     """One line from the origin, naming the mutated key (unless that value was valid after all
-    and only a rule across fields refused the config)."""
+    and only a rule across fields refused the config). A key refused for another data source
+    was given, and the source named is the one given (or the default)."""
     assert msg.startswith(f"{origin}: ") and "\n" not in msg, msg
+    for section, key, source in re.findall(r"(\w+)\.(\w+) applies to data\.source = \w+ only "
+                                           r"\(this job's source is (\w+)\)", msg):
+        assert key in raw.get(section, {}) and source == raw.get("data", {}).get("source", "synthetic"), (msg, raw)
     if mutated is not None and not _names(msg, *mutated):
         assert any(c in msg for c in CROSS_FIELD), (mutated, msg)
     elif mutated is None:
@@ -166,7 +171,7 @@ def _load(args: list[str], origin: str, raw: dict, mutated: Optional[tuple[str, 
     except ConfigError as e:
         # a cross-field rule (e.g. data.source needs data.data_dir) may refuse an unmutated config
         event("refused")
-        _check_refused(str(e), origin, mutated)
+        _check_refused(str(e), origin, mutated, raw)
         return
     event("loaded")
     _check_loaded(cfg, raw, omitted_none, skip)
@@ -216,4 +221,4 @@ def test_dlrm_train_argument_parsing(monkeypatch: Any, capsys: Any, case: tuple[
         _check_loaded(seen[0], raw, omitted_none=False, skip=mutated)
         return
     assert code == 2 and err.count("\n") == 1, (code, err)
-    _check_refused(err.removeprefix("dlrm-train: error: ").rstrip("\n"), "command line", mutated)
+    _check_refused(err.removeprefix("dlrm-train: error: ").rstrip("\n"), "command line", mutated, raw)

@@ -19,7 +19,7 @@ from tests.state_helper import gather_full_state_dict
 from dlrm_dist.training.build import build_trainer, prepare
 from tests.small_job import SMALL_JOB
 
-SMALL = SMALL_JOB + ["--train.eval_interval=0", "--data.eval_batches=2", "--sharding-type=row_wise"]
+SMALL = SMALL_JOB + ["--train.eval_interval=0", "--synthetic.eval_batches=2", "--sharding-type=row_wise"]
 
 ADAM = ["--sharding-type=data_parallel", "--optim.embedding_optimizer=adam", "--optim.embedding_lr=0.01",
         "--optim.dense_optimizer=adam"]
@@ -87,7 +87,7 @@ def resume_cases(out: str) -> None:
                            ("forged", [f"--train.checkpoint={root / 'forged'}", "--train.steps=9"]),
                            ("crafted", [f"--train.checkpoint={root / 'crafted'}", "--train.steps=9"]),
                            ("crafted_eval", [f"--train.checkpoint={root / 'crafted'}", "--train.inference_only=true"]),
-                           ("other_model", [f"--train.checkpoint={root / 'b'}", "--model.table_sizes=100,200,50,81"]),
+                           ("other_model", [f"--train.checkpoint={root / 'b'}", "--data.schema=demo:table_sizes=100/200/50/81"]),
                            ("other_optimizer", [f"--train.checkpoint={root / 'b'}", "--train.steps=9",
                                                 "--optim.embedding_optimizer=sgd"]),
                            ("missing", [f"--train.checkpoint={root / 'none'}"])):

@@ -17,9 +17,9 @@ from dlrm_dist.training.build import build_trainer, prepare
 BASE_ARGS = [
     "--model.embedding_dim=16",
     "--model.top_mlp=32-16-1",
-    "--data.pooling_factor=2",
-    "--data.variable_pooling=true",
-    "--data.eval_batches=1",
+    "--synthetic.pooling_factor=2",
+    "--synthetic.variable_pooling=true",
+    "--synthetic.eval_batches=1",
     "--train.global_batch_size=64",
     "--train.steps=6",
     "--train.eval_interval=0",
@@ -33,7 +33,7 @@ MIXED_SCHEMA = str(Path(__file__).resolve().parents[1] / "schemas" / "mixed.toml
 MIXED_ARGS = [f"--data.schema={MIXED_SCHEMA}", "--model.interaction=cat", "--model.bottom_mlp=5-16-8"]
 
 
-DEMO_ARGS = ["--model.table_sizes=40,24,64,16,32", "--model.bottom_mlp=13-32-16"]
+DEMO_ARGS = ["--data.schema=demo:table_sizes=40/24/64/16/32", "--model.bottom_mlp=13-32-16"]
 
 
 def case_args(sharding_type: str, emb_opt: str, dense_opt: str) -> list[str]:

@@ -17,7 +17,7 @@ from dlrm_dist.training.build import build_trainer, prepare
 from tests.small_job import SMALL_JOB
 
 K = 4  # steps before the checkpoint, and steps after it
-BASE = SMALL_JOB + ["--train.eval_interval=0", "--data.eval_batches=2", "--optim.embedding_lr=0.05",
+BASE = SMALL_JOB + ["--train.eval_interval=0", "--synthetic.eval_batches=2", "--optim.embedding_lr=0.05",
                     "--optim.dense_lr=0.01"]
 
 

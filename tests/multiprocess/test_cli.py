@@ -18,7 +18,7 @@ from tests.serving_helper import export_and_predict
 pytestmark = pytest.mark.multiprocess
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-SMALL = ["--model.table_sizes=100,200,50", "--model.bottom_mlp=13-16-8", "--model.embedding_dim=8",
+SMALL = ["--data.schema=demo:table_sizes=100/200/50", "--model.bottom_mlp=13-16-8", "--model.embedding_dim=8",
          "--model.top_mlp=16-1", "--train.global_batch_size=64", "--train.progress=false"]
 
 
@@ -64,8 +64,8 @@ def test_dcn_adam_mse_schedule_multihot_trains(tmp_path: Path) -> None:
     args = ["--model.interaction=dcn", "--model.dcn_num_layers=2", "--model.dcn_low_rank_dim=8",
             "--model.loss=mse", "--optim.embedding_optimizer=adam", "--optim.dense_optimizer=adam",
             "--optim.embedding_lr=0.01", "--optim.dense_lr=0.001", "--sharding-type=data_parallel", "--optim.warmup_steps=5",
-            "--optim.decay_start_step=20", "--optim.decay_steps=20", "--data.pooling_factor=3",
-            "--data.variable_pooling=true", "--train.steps=40", "--train.eval_interval=20", "--train.log_interval=10"]
+            "--optim.decay_start_step=20", "--optim.decay_steps=20", "--synthetic.pooling_factor=3",
+            "--synthetic.variable_pooling=true", "--train.steps=40", "--train.eval_interval=20", "--train.log_interval=10"]
     proc = _run(TORCHRUN + ["--nproc_per_node=2", "-m", "dlrm_dist.train", *SMALL, *args, f"--run-dir={tmp_path}"], 300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -91,7 +91,7 @@ def test_bad_input_fails_fast_on_every_rank(tmp_path: Path) -> None:
 def test_train_with_plan_file_then_inspect_measured(tmp_path: Path) -> None:
     plan = ROOT / "sharding_plans" / "demo_cpu2.json"
     proc = _run(TORCHRUN + ["--nproc_per_node=2", "-m", "dlrm_dist.train", f"--plan={plan}", "--train.steps=6",
-                            "--train.global_batch_size=256", "--data.eval_batches=1", "--train.progress=false",
+                            "--train.global_batch_size=256", "--synthetic.eval_batches=1", "--train.progress=false",
                             f"--run-dir={tmp_path}"], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())

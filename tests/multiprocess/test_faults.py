@@ -22,7 +22,7 @@ from tests.small_job import SMALL_JOB
 
 pytestmark = pytest.mark.multiprocess
 STEPS, EVERY = 200, 20  # enough steps after the kill that it lands mid-training
-JOB = SMALL_JOB + ["--train.log_interval=1", "--train.eval_interval=0", "--data.eval_batches=2",
+JOB = SMALL_JOB + ["--train.log_interval=1", "--train.eval_interval=0", "--synthetic.eval_batches=2",
                    "--sharding-type=table_wise", "--optim.embedding_optimizer=adagrad", "--optim.embedding_lr=0.05",
                    "--optim.dense_optimizer=adagrad", "--optim.dense_lr=0.01", f"--train.steps={STEPS}",
                    f"--train.checkpoint_interval={EVERY}", "--train.keep_last=0"]

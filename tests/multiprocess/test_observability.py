@@ -22,7 +22,7 @@ from tests.small_job import SMALL_JOB
 
 pytestmark = pytest.mark.multiprocess
 ROOT = Path(__file__).resolve().parents[2]
-JOB = SMALL_JOB + ["--train.steps=40", "--train.eval_interval=20", "--train.log_interval=10", "--data.eval_batches=4"]
+JOB = SMALL_JOB + ["--train.steps=40", "--train.eval_interval=20", "--train.log_interval=10", "--synthetic.eval_batches=4"]
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -24,7 +24,7 @@ from tests.small_job import SMALL_JOB
 pytestmark = pytest.mark.multiprocess
 ROOT = Path(__file__).resolve().parents[2]
 BASE = SMALL_JOB + ["--sharding-type=table_wise", "--train.steps=12", "--train.eval_interval=0",
-                    "--data.eval_batches=2"]
+                    "--synthetic.eval_batches=2"]
 
 
 def _train(tmp_path: Path, name: str, *args: str) -> tuple[dict, str]:

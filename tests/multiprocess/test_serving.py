@@ -24,8 +24,8 @@ pytestmark = pytest.mark.multiprocess
 ROOT = Path(__file__).resolve().parents[2]
 # Mixed placement (the planner's), mean pooling via the mixed schema would change the inputs:
 # keep the small job, with multi-hot bags so that offsets matter.
-JOB = SMALL_JOB + ["--train.eval_interval=0", "--data.eval_batches=3", "--data.pooling_factor=3",
-                   "--data.variable_pooling=true", "--train.steps=12"]
+JOB = SMALL_JOB + ["--train.eval_interval=0", "--synthetic.eval_batches=3", "--synthetic.pooling_factor=3",
+                   "--synthetic.variable_pooling=true", "--train.steps=12"]
 
 
 def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

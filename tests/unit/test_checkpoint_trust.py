@@ -263,7 +263,7 @@ def test_schema_changes_name_the_field() -> None:
 
 def test_resume_on_data_of_another_schema_is_refused(tmp_path) -> None:
     """Same table shapes, a feature read differently: refused on resume and on evaluation, naming it."""
-    base = [a for a in JOB if not a.startswith(("--model.table_sizes", "--model.bottom_mlp"))]
+    base = [a for a in JOB if not a.startswith(("--data.schema", "--model.bottom_mlp"))]
     base += ["--model.interaction=cat", "--model.bottom_mlp=5-16-8"]
     job = [f"--data.schema={MIXED}", "--train.steps=2", f"--run-dir={tmp_path / 'run'}"]
     changed = tmp_path / "changed.toml"

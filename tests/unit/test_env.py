@@ -103,7 +103,7 @@ def test_model_seed_does_not_touch_cuda(gpus: list, monkeypatch) -> None:
 
     monkeypatch.setattr(torch.cuda, "get_rng_state", touched)
     monkeypatch.setattr(torch.cuda, "set_rng_state", touched)
-    _, _, spec = resolve(load_config(["--model.table_sizes=20,30", "--model.embedding_dim=8",
+    _, _, spec = resolve(load_config(["--data.schema=demo:table_sizes=20/30", "--model.embedding_dim=8",
                                       "--model.bottom_mlp=13-8", "--model.top_mlp=4-1"]))
     build_model(spec, seed=0)
 

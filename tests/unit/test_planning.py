@@ -12,7 +12,7 @@ from dlrm_dist.planning import PlanError, format_plan, plan_rows
 from dlrm_dist.training.build import prepare
 from dlrm_dist.distributed.env import DistEnv
 
-SMALL = ["--model.table_sizes=100,2000,50,700", "--model.bottom_mlp=13-32-16", "--model.top_mlp=16-1"]
+SMALL = ["--data.schema=demo:table_sizes=100/2000/50/700", "--model.bottom_mlp=13-32-16", "--model.top_mlp=16-1"]
 
 
 def _env(world: int, local: int | None = None) -> DistEnv:
@@ -71,7 +71,7 @@ def test_a_plan_for_another_world_size_is_refused(tmp_path) -> None:
                                              for i, r in enumerate((100, 2000, 50, 700))]}))
     plan = tmp_path / "p2.json"
     assert plan_main(["make", "--tables", str(tables), "--world-size", "2", "--device", "cpu", "-o", str(plan)]) == 0
-    args = ["--model.table_sizes=100,2000,50,700", "--model.bottom_mlp=13-32-16", "--model.top_mlp=16-1", f"--plan={plan}"]
+    args = ["--data.schema=demo:table_sizes=100/2000/50/700", "--model.bottom_mlp=13-32-16", "--model.top_mlp=16-1", f"--plan={plan}"]
     assert prepare(load_config(args), _env(2)).plan  # the right world size plans fine
     with pytest.raises(PlanError, match=r"made for 2 ranks, but this job has 4: make one for 4 .* or run on 2 ranks"):
         prepare(load_config(args), _env(4, 2))
@@ -85,7 +85,7 @@ def test_a_table_too_large_for_the_machine_is_refused_before_the_model_is_built(
         raise AssertionError("the model was built before the storage check")
     monkeypatch.setattr(build, "build_model", no_model)
     dim = 2**40
-    cfg = load_config(["--model.table_sizes=100,2000,50,700", f"--model.embedding_dim={dim}",
+    cfg = load_config(["--data.schema=demo:table_sizes=100/2000/50/700", f"--model.embedding_dim={dim}",
                        f"--model.bottom_mlp=13-32-{dim}", "--model.top_mlp=16-1"])
     with pytest.raises(PlanError) as e:
         prepare(cfg, _env(2))
