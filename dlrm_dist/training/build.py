@@ -64,8 +64,10 @@ def resolve(cfg: Config) -> tuple[Config, FeatureSchema, ModelSpec]:
     schema = job_schema(cfg)
     spec = resolve_model(cfg.model, schema)
     bottom = "-".join(map(str, spec.bottom)) or None
-    model = dataclasses.replace(cfg.model, bottom_mlp=bottom, table_sizes=None)
-    return dataclasses.replace(cfg, model=model, features=schema.to_dict()), schema, spec
+    model = dataclasses.replace(cfg.model, bottom_mlp=bottom)
+    # features say it all now: data.schema (a file or a built-in name) beside them would be a second answer
+    data = dataclasses.replace(cfg.data, schema=None)
+    return dataclasses.replace(cfg, model=model, data=data, features=schema.to_dict()), schema, spec
 
 
 def validate_job(cfg: Config, world_size: int, device_type: str = "cpu") -> tuple[Config, FeatureSchema, ModelSpec]:

@@ -22,7 +22,7 @@ from dlrm_dist.training.optimizer_setup import LRSchedule
 def test_forward_backward_on_cpu(interaction: str, bottom: str) -> None:
     cfg = load_config([
         f"--model.interaction={interaction}", f"--model.bottom_mlp={bottom}", "--model.embedding_dim=8",
-        "--model.top_mlp=16-1", "--model.table_sizes=20,30,40", "--model.dcn_low_rank_dim=4",
+        "--model.top_mlp=16-1", "--data.schema=demo:table_sizes=20/30/40", "--model.dcn_low_rank_dim=4",
     ])
     cfg, schema, spec = resolve(cfg)
     model = build_model(spec, seed=0, device=torch.device("cpu"))

@@ -18,7 +18,7 @@ from dlrm_dist.planning.plan import JobSpec, make_plan
 from dlrm_dist.training.build import prepare
 
 GB = 1024**3
-SMALL = ["--model.table_sizes=100,2000,50,700", "--model.bottom_mlp=13-32-16", "--model.top_mlp=16-1"]
+SMALL = ["--data.schema=demo:table_sizes=100/2000/50/700", "--model.bottom_mlp=13-32-16", "--model.top_mlp=16-1"]
 
 
 def _cgroups(tmp_path: Path, proc: str, files: dict[str, str]) -> tuple[Path, Path]:
