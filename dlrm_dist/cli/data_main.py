@@ -146,16 +146,56 @@ def run_stats(args: argparse.Namespace) -> int:
     return _said_tables(args)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def _import_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("directory", type=Path, help="TorchRec's layout: day_<i>_{dense,sparse,labels}.npy, i = 0 .. N-1")
+    p.add_argument("--out", required=True, type=Path, help="output directory (the columnar layout)")
+    p.add_argument("--max-ind-range", type=_positive,
+                   help="tables of this many rows, ids modulo it (raw ids, e.g. 40000000); unset: ids are in range "
+                        "already and each table has its largest id + 1 rows")
+    p.add_argument("--overwrite", action="store_true", help="start over in a directory written by another job")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run_import_torchrec(args: argparse.Namespace) -> int:
+    from dlrm_dist.data.columnar.import_torchrec import ImportOptions, import_torchrec
+
+    r = import_torchrec(ImportOptions(args.directory, args.out, max_ind_range=args.max_ind_range,
+                                      overwrite=args.overwrite, progress=not args.no_progress))
+    if args.json:
+        print(json.dumps({"out": str(args.out), **r.to_dict()}, indent=1))
+    elif r.up_to_date:
+        print(f"{args.out} is complete for this job: nothing to do (--overwrite starts over)")
+    else:
+        rows = sum(r.rows.values())
+        print(f"imported {r.days} days, {rows:,} rows in {r.seconds:.1f} s ({rows / max(r.seconds, 1e-9):,.0f} rows/s) "
+              f"-> {args.out}\n  " + "  ".join(f"{s} {n:,}" for s, n in r.rows.items()))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="dlrm-data", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _preprocess_args(sub.add_parser("preprocess", help="raw files -> memory-mapped arrays (by a schema, or Criteo's)"))
     _stats_args(sub.add_parser("stats", help="rows, label rate, cardinality, pooling factor"))
+    _import_args(sub.add_parser("import-torchrec", help="TorchRec-layout Criteo days (day_<i>_*.npy) -> a "
+                                                        "columnar directory, once"))
     fetch = sub.add_parser("fetch", help="download an example dataset from PyPI (movielens-100k)")
     fetch.add_argument("dataset", choices=("movielens-100k",))
     fetch.add_argument("directory")
     args = parser.parse_args(argv)
-    commands = {"preprocess": run_preprocess, "stats": run_stats, "fetch": run_fetch}
+    commands = {"preprocess": run_preprocess, "stats": run_stats, "fetch": run_fetch,
+                "import-torchrec": run_import_torchrec}
     return run_cli(f"dlrm-data {args.command}", lambda: commands[args.command](args))
 
 

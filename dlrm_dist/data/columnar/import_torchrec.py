@@ -1,0 +1,406 @@
+"""``dlrm-data import-torchrec DIR --out DIR2``: a TorchRec-layout Criteo directory -> the columnar layout, once.
+
+The input is what TorchRec's ``BinaryCriteoUtils.tsv_to_npys`` writes (and what the old
+``dlrm-data preprocess --dataset`` wrote), three files per day ``i = 0 .. N-1``:
+
+    DIR/day_{i}_dense.npy    float32 (n, 13), already transformed (TorchRec takes a log)
+    DIR/day_{i}_sparse.npy   int32 or int64 (n, 26): raw values (the hex token's integer)
+                             or ids already in range
+    DIR/day_{i}_labels.npy   int32, int64 or float32 (n, 1), 0 or 1
+
+The output is the columnar layout (layout.py) the one loader reads, with the built-in Criteo
+schema: its tables have ``--max-ind-range`` rows and the ids are reduced modulo it (the old
+loader's reading of raw ids, Python's modulo: a negative int32 value wrapped by an old writer
+lands where it landed then); without it each table has its largest id + 1 rows and the ids
+are kept (a negative id, or one past int32 — a raw value, not a row — is refused, naming
+the file, row and feature). Dense values are kept as they are. The split is TorchRec's:
+every day but the last is train, the last day's first ceil(n/2) rows val, the rest test.
+
+The same trust rules as ``dlrm-data preprocess``: ``--out``'s writer lock for the whole job,
+a job record (the day files with size and mtime, the options) so that a rerun of the same
+job reports it complete (or redoes an unfinished one from the start) and another job is
+refused over a completed directory unless ``--overwrite``; every array is memory-mapped and
+checked by dtype and shape before anything is written, and read in blocks (bounded memory);
+cells are checked as they are copied (finite dense values, 0/1 labels); the splits are
+written under ``.partial`` names (a full disk names its device and this run's files go) and
+meta.json is published last.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from dlrm_dist.data.columnar import layout
+from dlrm_dist.data.errors import PreprocessError
+from dlrm_dist.data.jobrecord import (
+    JOB,
+    differences,
+    is_complete,
+    job_record,
+    lock_out,
+    mark_complete,
+    read_job,
+    write_job,
+)
+from dlrm_dist.data.npy import NpyWriter, Tally, open_checked
+from dlrm_dist.features.builtin import (
+    CRITEO_NUM_DENSE,
+    CRITEO_NUM_SPARSE,
+    criteo_dense_names,
+    criteo_schema,
+    criteo_sparse_names,
+)
+from dlrm_dist.features.schema import SPLITS, FeatureSchema
+from dlrm_dist.fileio import LOCK_FILE
+
+KINDS = ("dense", "sparse", "labels")
+BLOCK_ROWS = 1 << 18  # rows per block read: ~70 MB of dense and int64 ids at most
+_DAY_FILE = re.compile(r"day_(\d+)_(dense|sparse|labels)\.npy")
+_RECORDS = (layout.META, JOB)
+
+
+@dataclass
+class ImportOptions:
+    source: Path
+    out_dir: Path
+    max_ind_range: Optional[int] = None  # reduce ids modulo this; None: ids are in range already
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class ImportReport:
+    days: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+    table_sizes: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    up_to_date: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"days": self.days, "rows": self.rows, "table_sizes": self.table_sizes,
+                "seconds": round(self.seconds, 3), "up_to_date": self.up_to_date}
+
+
+@dataclass(frozen=True)
+class _Day:
+    """One input day's three memory-mapped arrays and their files."""
+
+    index: int
+    files: dict[str, Path]
+    dense: np.ndarray
+    sparse: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return len(self.labels)
+
+
+# -- the input ------------------------------------------------------------------------------------
+def _day_files(source: Path) -> dict[int, dict[str, Path]]:
+    """``{day: {kind: path}}`` of the directory's ``day_<i>_<kind>.npy`` files; days 0 .. N-1, all three each."""
+    if not source.is_dir():
+        what = "is a file, not a directory" if source.exists() else "does not exist"
+        raise PreprocessError(f"input directory {str(source)!r} {what}")
+    days: dict[int, dict[str, Path]] = {}
+    for p in source.iterdir():
+        m = _DAY_FILE.fullmatch(p.name)
+        if m:
+            days.setdefault(int(m.group(1)), {})[m.group(2)] = p
+    if len(days) < 2:
+        raise PreprocessError(f"{source}: {len(days)} day(s) of day_<i>_{{dense,sparse,labels}}.npy files; TorchRec's "
+                              "layout needs at least two (training days, then the val/test day)")
+    gaps = sorted(set(range(max(days) + 1)) - set(days))
+    if gaps:
+        raise PreprocessError(f"{source}: day {gaps[0]} is missing (days {sorted(days)}): the days must be 0 .. N-1, "
+                              "the last one being val/test")
+    for d, files in sorted(days.items()):
+        missing = [f"day_{d}_{k}.npy" for k in KINDS if k not in files]
+        if missing:
+            raise PreprocessError(f"{source}: day {d} is incomplete ({', '.join(missing)} missing)")
+    return dict(sorted(days.items()))
+
+
+def _refuse_unfinished(source: Path) -> None:
+    """An input written by this package's old preprocessing that did not finish has days missing."""
+    job = read_job(source)
+    if job is not None and not is_complete(job, (source / layout.META).is_file()):
+        raise PreprocessError(f"{source}: its job record ({JOB}) says the preprocessing that wrote it did not "
+                              "finish (days may be missing): finish it first")
+
+
+def _open_day(index: int, files: dict[str, Path]) -> _Day:
+    labels = open_checked(files["labels"], (np.int32, np.int64, np.float32), (None, 1))
+    n = len(labels)
+    dense = open_checked(files["dense"], np.float32, (n, CRITEO_NUM_DENSE))
+    sparse = open_checked(files["sparse"], (np.int32, np.int64), (n, CRITEO_NUM_SPARSE))
+    return _Day(index, files, dense, sparse, labels)
+
+
+def open_days(source: Path) -> list[_Day]:
+    """Every day of ``source``, each file memory-mapped and checked (dtype, shape, rows agreeing)."""
+    _refuse_unfinished(source)
+    return [_open_day(d, files) for d, files in _day_files(source).items()]
+
+
+def _blocks(rows: int, lo: int = 0) -> Iterator[tuple[int, int]]:
+    for a in range(lo, rows, BLOCK_ROWS):
+        yield a, min(a + BLOCK_ROWS, rows)
+
+
+def _first_bad(mask: np.ndarray) -> tuple[int, int]:
+    """(row, column) of the first True of a 2-D mask."""
+    r, c = np.argwhere(mask)[0]
+    return int(r), int(c)
+
+
+# -- the table sizes ----------------------------------------------------------------------------
+def table_sizes(days: list[_Day], bar: tqdm) -> list[int]:
+    """Each sparse column's largest id + 1 over every day (one pass over the ids), checked to be table rows."""
+    top = np.full(CRITEO_NUM_SPARSE, -1, np.int64)
+    names = criteo_sparse_names()
+    for day in days:
+        for lo, hi in _blocks(day.rows):
+            block = np.asarray(day.sparse[lo:hi])
+            if block.size and block.min() < 0:
+                r, c = _first_bad(block < 0)
+                raise PreprocessError(f"{day.files['sparse']}: row {lo + r}, feature {names[c]} (column {c}): id "
+                                      f"{int(block[r, c])} is negative; give --max-ind-range N to reduce raw values "
+                                      "modulo N")
+            top = np.maximum(top, block.max(axis=0, initial=-1))
+            bar.update(hi - lo)
+    big = np.flatnonzero(top + 1 > layout.INT32_ROWS)
+    if big.size:
+        c = int(big[0])
+        raise PreprocessError(f"feature {names[c]} (column {c} of the sparse files) has ids up to {int(top[c]):,}: "
+                              "raw values, not table rows; give --max-ind-range N to reduce them modulo N "
+                              "(MLPerf uses 40000000)")
+    return [max(int(t) + 1, 1) for t in top]
+
+
+def import_schema(sizes: list[int], max_ind_range: Optional[int]) -> FeatureSchema:
+    """The built-in Criteo schema with the imported tables (split by day: one day per input day file)."""
+    if max_ind_range is not None:
+        return criteo_schema(buckets=max_ind_range)
+    return criteo_schema(table_sizes=sizes)
+
+
+# -- the job record and the output directory --------------------------------------------------------
+def _job(opts: ImportOptions, days: list[_Day]) -> dict[str, Any]:
+    inputs = [day.files[k] for day in days for k in KINDS]
+    return job_record(inputs, {"import": "torchrec", "options": {"max_ind_range": opts.max_ind_range}})
+
+
+def _leftovers(out: Path) -> list[Path]:
+    return [tmp for name in _RECORDS for tmp in out.glob(f".{name}.*.tmp")]
+
+
+def _clear(out: Path) -> None:
+    """Removes what a job of the columnar layout writes (only its own names: other files stay)."""
+    for path in [*(out / name for name in (*_RECORDS, layout.FIT)), *_leftovers(out)]:
+        path.unlink(missing_ok=True)
+    for d in [layout.VOCAB_DIR, *SPLITS, *(s + ".partial" for s in SPLITS)]:
+        if (out / d).exists():
+            shutil.rmtree(out / d)
+
+
+def _foreign(out: Path) -> bool:
+    ours = {LOCK_FILE, *(p.name for p in _leftovers(out))} if out.is_dir() else set()
+    return out.is_dir() and any(p.name not in ours for p in out.iterdir())
+
+
+def _done(out: Path) -> ImportReport:
+    meta = layout.read_meta(out)
+    schema = layout.stored_schema(out)
+    return ImportReport(days=meta["imported_from"]["days"], rows={s: meta["splits"][s]["rows"] for s in SPLITS},
+                        table_sizes=[schema.table_rows(f.table) for f in schema.sparse], up_to_date=True)
+
+
+def _start(opts: ImportOptions, job: dict[str, Any]) -> Optional[ImportReport]:
+    """Checks the (locked) output directory against this job; a report if it is complete already."""
+    out = opts.out_dir
+    old = None if opts.overwrite else read_job(out)
+    if opts.overwrite:
+        _clear(out)
+    elif old is not None:
+        diffs, meta_written = differences(old, job), (out / layout.META).is_file()
+        complete = is_complete(old, meta_written)
+        if diffs and complete:
+            raise PreprocessError(f"{out} holds the output of another job ({'; '.join(diffs)}) that completed; "
+                                  "use another --out, or --overwrite to start over")
+        if diffs:
+            _clear(out)
+        elif complete and meta_written:
+            return _done(out)
+    elif _foreign(out):
+        raise PreprocessError(f"{out} is not empty and was not written by dlrm-data; use another --out, or --overwrite")
+    for tmp in _leftovers(out):  # under the lock no write of ours is in flight: these are a kill's
+        tmp.unlink(missing_ok=True)
+    write_job(out, job)
+    return None
+
+
+# -- writing -------------------------------------------------------------------------------------
+class _SplitFiles:
+    """One split's files (dense, labels, one ids file per feature) under ``DIR/<split>.partial``."""
+
+    def __init__(self, out: Path, split: str, schema: FeatureSchema, tally: Tally) -> None:
+        folder = split + ".partial"
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        self.writers: list[NpyWriter] = []
+        self.dense = self._open(layout.dense_file(out, folder), np.float32, (CRITEO_NUM_DENSE,), tally)
+        self.labels = self._open(layout.labels_file(out, folder), np.float32, (), tally)
+        self.ids = [self._open(layout.ids_file(out, folder, f.name), layout.id_dtype(schema.table_rows(f.table)), (),
+                               tally) for f in schema.sparse]
+
+    def _open(self, path: Path, dtype: type, row_shape: tuple[int, ...], tally: Tally) -> NpyWriter:
+        self.writers.append(NpyWriter(path, np.dtype(dtype), row_shape, tally))
+        return self.writers[-1]
+
+    def append(self, dense: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> None:
+        self.dense.append(dense)
+        self.labels.append(labels)
+        for k, w in enumerate(self.ids):
+            w.append(ids[:, k])
+
+    def close(self, features: list[str]) -> dict[str, Any]:
+        for w in self.writers:
+            w.close()
+        return {"rows": self.labels.rows, "bag_lengths": {f: 1.0 if self.labels.rows else 0.0 for f in features}}
+
+    def abort(self) -> None:
+        for w in self.writers:
+            w.abort()
+
+
+def _checked_block(day: _Day, lo: int, hi: int, sizes: np.ndarray,
+                   modulo: Optional[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows lo..hi of a day: dense (finite), labels (0/1, float32), ids (int64, in their tables)."""
+    dense = np.asarray(day.dense[lo:hi])
+    if not np.isfinite(dense).all():
+        r, c = _first_bad(~np.isfinite(dense))
+        raise PreprocessError(f"{day.files['dense']}: row {lo + r}, dense feature {criteo_dense_names()[c]}: {dense[r, c]} is not a "
+                              "finite number")
+    labels = np.asarray(day.labels[lo:hi]).reshape(-1)
+    bad = np.flatnonzero((labels != 0) & (labels != 1))
+    if bad.size:
+        raise PreprocessError(f"{day.files['labels']}: row {lo + int(bad[0])}: label {labels[bad[0]]} is not 0 or 1")
+    ids = np.asarray(day.sparse[lo:hi]).astype(np.int64)
+    if modulo is not None:
+        ids %= modulo
+    elif ids.size and ((ids < 0) | (ids >= sizes)).any():  # the input changed since the table sizes were taken
+        r, c = _first_bad((ids < 0) | (ids >= sizes))
+        raise PreprocessError(f"{day.files['sparse']}: row {lo + r}, feature {criteo_sparse_names()[c]}: id {int(ids[r, c])} is outside "
+                              f"its table of {int(sizes[c])} rows (the file changed during the import?)")
+    return dense, labels.astype(np.float32), ids
+
+
+def _pieces(days: list[_Day]) -> Iterator[tuple[str, _Day, int, int]]:
+    """(split, day, lo, hi) blocks in order: training days whole, then the last day's two halves."""
+    *train, last = days
+    for day in train:
+        for lo, hi in _blocks(day.rows):
+            yield "train", day, lo, hi
+    half = math.ceil(last.rows / 2)
+    for split, a, b in (("val", 0, half), ("test", half, last.rows)):
+        for lo, hi in _blocks(b, a):
+            yield split, last, lo, hi
+
+
+def split_rows(days: list[_Day]) -> dict[str, int]:
+    half = math.ceil(days[-1].rows / 2)
+    return {"train": sum(d.rows for d in days[:-1]), "val": half, "test": days[-1].rows - half}
+
+
+def _refuse_empty(source: Path, days: list[_Day]) -> None:
+    rows = split_rows(days)
+    empty = [s for s in SPLITS if rows[s] == 0]
+    if empty:
+        counts = ", ".join(f"{s} {n}" for s, n in rows.items())
+        raise PreprocessError(f"{source}: split(s) {empty} would be empty ({counts} rows: train = days 0 .. "
+                              f"{len(days) - 2}, val/test = the halves of day {len(days) - 1}, {days[-1].rows} rows)")
+
+
+def _write(opts: ImportOptions, days: list[_Day], schema: FeatureSchema, bar: tqdm) -> dict[str, Any]:
+    """Writes the three splits under ``.partial`` names and publishes them; on any failure removes this run's files."""
+    out = opts.out_dir
+    sizes = np.asarray([schema.table_rows(f.table) for f in schema.sparse], np.int64)
+    writers: dict[str, _SplitFiles] = {}
+    try:
+        tally = Tally()
+        for s in SPLITS:
+            writers[s] = _SplitFiles(out, s, schema, tally)
+        for split, day, lo, hi in _pieces(days):
+            writers[split].append(*_checked_block(day, lo, hi, sizes, opts.max_ind_range))
+            bar.update(hi - lo)
+        splits = {s: w.close(schema.sparse_names) for s, w in writers.items()}
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        _remove_partials(out)
+        raise
+    for s in SPLITS:
+        shutil.rmtree(out / s, ignore_errors=True)
+        (out / (s + ".partial")).rename(out / s)
+    return splits
+
+
+def _remove_partials(out: Path) -> None:
+    for s in SPLITS:
+        shutil.rmtree(out / (s + ".partial"), ignore_errors=True)
+
+
+# -- the job -------------------------------------------------------------------------------------
+def _bar(opts: ImportOptions, desc: str, total: int) -> tqdm:
+    return tqdm(desc=desc, total=total, unit=" rows", unit_scale=True, disable=not opts.progress)
+
+
+def _check_options(opts: ImportOptions) -> None:
+    if opts.max_ind_range is not None and (isinstance(opts.max_ind_range, bool) or opts.max_ind_range < 1):
+        raise PreprocessError(f"--max-ind-range {opts.max_ind_range!r}: give a positive integer (e.g. 40000000)")
+    if opts.out_dir.resolve() == opts.source.resolve():
+        raise PreprocessError(f"--out {opts.out_dir} is the input directory: give another directory")
+
+
+def import_torchrec(opts: ImportOptions) -> ImportReport:
+    """Converts (or confirms) ``opts.source`` into the columnar layout at ``opts.out_dir``."""
+    _check_options(opts)
+    days = open_days(opts.source)
+    _refuse_empty(opts.source, days)
+    with lock_out(opts.out_dir, "dlrm-data import-torchrec"):
+        done = _start(opts, _job(opts, days))
+        if done is not None:
+            return done
+        report = _run(opts, days)
+        mark_complete(opts.out_dir)
+    return report
+
+
+def _run(opts: ImportOptions, days: list[_Day]) -> ImportReport:
+    started = time.perf_counter()
+    total = sum(d.rows for d in days)
+    if opts.max_ind_range is None:
+        with _bar(opts, "table sizes", total) as bar:
+            sizes = table_sizes(days, bar)
+    else:
+        sizes = [opts.max_ind_range] * CRITEO_NUM_SPARSE
+    schema = import_schema(sizes, opts.max_ind_range)
+    layout.output_files(opts.out_dir, schema)  # every path checked to stay inside --out before one is written
+    with _bar(opts, "import", total) as bar:
+        splits = _write(opts, days, schema, bar)
+    layout.write_meta(opts.out_dir, {
+        "schema": schema.to_dict(), "splits": splits, "rows_read": total, "skipped": 0, "malformed_examples": [],
+        "time_cutoffs": None,
+        "imported_from": {"format": "torchrec", "directory": str(opts.source.resolve()), "days": len(days)},
+    })
+    return ImportReport(days=len(days), rows={s: splits[s]["rows"] for s in SPLITS}, table_sizes=sizes,
+                        seconds=time.perf_counter() - started)
