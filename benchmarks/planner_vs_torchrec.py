@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 from dlrm_dist.logs import quiet_libraries
-from dlrm_dist.planning.inputs import PlannerInputs, TableSpec, TopologySpec, load_inputs
+from dlrm_dist.model.dlrm import DLRMTrain
 from dlrm_dist.planning.planner import make_plan_file, plan_file_for
+from dlrm_dist.planning.types import PlannerInputs, TableSpec, TopologySpec
 
 ROOT = Path(__file__).resolve().parents[1]
 INPUTS = ROOT / "sharding_plans" / "inputs"
@@ -38,7 +39,7 @@ def synthetic(num_tables: int, world_size: int, seed: int = 0) -> PlannerInputs:
 
 def run_case(name: str, inputs: PlannerInputs, with_torchrec: bool) -> dict:
     start = time.perf_counter()
-    ours = make_plan_file(inputs)
+    ours = make_plan_file(inputs, DLRMTrain.TABLES_PATH)
     ours_s = time.perf_counter() - start
     row = {"case": name, "tables": len(inputs.tables), "world_size": inputs.topology.world_size,
            "ours_seconds": round(ours_s, 3), "ours_bottleneck_ms": ours.estimates.summary.estimated_iteration_ms}
@@ -47,7 +48,8 @@ def run_case(name: str, inputs: PlannerInputs, with_torchrec: bool) -> dict:
 
         tr = plan_with_torchrec(inputs)
         # Rate TorchRec's plan through our bridge as well: it must agree with TorchRec's own rating.
-        bridged = plan_file_for(tr.plan, inputs, "torchrec_default").estimates.summary.estimated_iteration_ms
+        bridged = plan_file_for(tr.plan, inputs, "torchrec_default",
+                                DLRMTrain.TABLES_PATH).estimates.summary.estimated_iteration_ms
         row.update({"torchrec_seconds": round(tr.seconds, 3), "torchrec_bottleneck_ms": tr.bottleneck_ms,
                     "torchrec_bottleneck_ms_via_bridge": bridged,
                     "ratio_ours_over_torchrec": row["ours_bottleneck_ms"] / tr.bottleneck_ms})
@@ -60,7 +62,7 @@ def main() -> None:
     args = p.parse_args()
     quiet_libraries()
     logging.disable(logging.WARNING)
-    cases = [(n, load_inputs(str(INPUTS / f"{n}.json"))) for n in (
+    cases = [(n, PlannerInputs.load(str(INPUTS / f"{n}.json"))) for n in (
         "criteo_kaggle_gpu8", "mlperf_dcnv2_criteo1tb_gpu8x80gb", "mlperf_dcnv2_criteo1tb_gpu64x80gb",
         "mlperf_dcnv2_criteo1tb_gpu8x16gb_uvm")]
     cases += [("synthetic_500_on_64", synthetic(500, 64)), ("synthetic_1000_on_512", synthetic(1000, 512))]

@@ -9,6 +9,7 @@ from typing import Any
 
 from dlrm_dist.cli.plan_make import add_input_arguments, inputs_from_args
 from dlrm_dist.cli.render import gb
+from dlrm_dist.model.dlrm import DLRMTrain
 from dlrm_dist.planning.check import read_consistent
 from dlrm_dist.planning.baselines import BASELINES
 from dlrm_dist.planning.planfile import PlanFile
@@ -33,13 +34,14 @@ def _row(name: str, pf: PlanFile, seconds: float | None) -> dict[str, Any]:
 
 def compare(pf: PlanFile, with_torchrec: bool) -> list[dict[str, Any]]:
     rows = [_row(pf.planner.get("name", "plan"), pf, None)]
+    path = next(iter(pf.plan.plan))  # every plan compared is keyed like the given one
     for name in BASELINES:
-        rows.append(_row(name, baseline_plan_file(name, pf.inputs), None))
+        rows.append(_row(name, baseline_plan_file(name, pf.inputs, path), None))
     if with_torchrec:
         from dlrm_dist.planning.torchrec_default import plan_with_torchrec
 
         result = plan_with_torchrec(pf.inputs)
-        rows.append(_row("torchrec_default", plan_file_for(result.plan, pf.inputs, "torchrec_default"), result.seconds))
+        rows.append(_row("torchrec_default", plan_file_for(result.plan, pf.inputs, "torchrec_default", path), result.seconds))
     best = rows[0]["bottleneck_ms"]
     for r in rows:
         r["vs_plan"] = r["bottleneck_ms"] / best if best else None
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         pf, seconds = read_consistent(args.plan), None
     else:
         start = time.perf_counter()
-        pf = make_plan_file(inputs_from_args(args))
+        pf = make_plan_file(inputs_from_args(args), DLRMTrain.TABLES_PATH)
         seconds = time.perf_counter() - start
     rows = compare(pf, args.torchrec)
     rows[0]["seconds"] = seconds

@@ -8,10 +8,11 @@ import time
 from typing import Any
 
 from dlrm_dist.cli.render import summary_text
+from dlrm_dist.model.dlrm import DLRMTrain
 from dlrm_dist.planning import planfile
-from dlrm_dist.planning.convert import DEFAULT_MODULE_PATH
-from dlrm_dist.planning.inputs import PlanInputError, PlannerInputs, load_inputs, load_tables, table_dict
+from dlrm_dist.planning.inputs import PlanInputError
 from dlrm_dist.planning.planner import make_plan_file
+from dlrm_dist.planning.types import PlannerInputs, TableSpec
 
 HELP = "plan tables onto a topology and write a plan file"
 _TOPOLOGY_FLAGS = {"world_size": int, "ranks_per_host": int, "device": str, "hbm_gb": float, "ddr_gb": float,
@@ -32,15 +33,16 @@ def add_input_arguments(p: argparse.ArgumentParser) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_input_arguments(p)
     p.add_argument("-o", "--out", required=True, help="the plan file to write")
-    p.add_argument("--module-path", default=DEFAULT_MODULE_PATH, help="module path of the EmbeddingBagCollection")
+    p.add_argument("--module-path", default=DLRMTrain.TABLES_PATH,
+                   help=f"module path of the EmbeddingBagCollection (default: the trainer's, {DLRMTrain.TABLES_PATH})")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def inputs_from_args(args: argparse.Namespace) -> PlannerInputs:
     """Inputs file first, then tables file, then individual flags; all checked as one inputs file."""
-    base: dict[str, Any] = load_inputs(args.inputs).to_dict() if args.inputs else {"topology": {}, "budgets": {}}
+    base: dict[str, Any] = PlannerInputs.load(args.inputs).to_dict() if args.inputs else {"topology": {}, "budgets": {}}
     if args.tables:
-        base["tables"] = [table_dict(t) for t in load_tables(args.tables)]
+        base["tables"] = [t.to_dict() for t in TableSpec.load_all(args.tables)]
     elif not args.inputs:
         raise PlanInputError("give --tables FILE (or --inputs FILE)")
     topo = {**base["topology"], **{k: getattr(args, k) for k in _TOPOLOGY_FLAGS if getattr(args, k) is not None}}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from dlrm_dist.planning import planfile
-from dlrm_dist.planning.check import ExpectedTable, PlanMismatchError, check_plan
+from dlrm_dist.planning.check import PlanMismatchError, check_plan
 from dlrm_dist.planning.errors import PlanError
-from dlrm_dist.planning.inputs import load_tables
+from dlrm_dist.planning.types import ExpectedTable, TableSpec
 
 HELP = "check a plan against tables and a world size (exit 1 listing every mismatch)"
 
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     if args.world_size < 1:
         raise PlanError(f"--world-size={args.world_size} must be >= 1")
     pf = planfile.read(args.plan)
-    tables = [ExpectedTable(t.name, t.rows, t.dim) for t in load_tables(args.tables)]
+    tables = [ExpectedTable(t.name, t.rows, t.dim) for t in TableSpec.load_all(args.tables)]
     device = args.device or pf.inputs.topology.device
     try:
         check_plan(pf.plan, tables, args.world_size, device, origin=args.plan)

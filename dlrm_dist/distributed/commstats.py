@@ -21,7 +21,6 @@ class CommCounter:
 
     def __init__(self) -> None:
         self.bytes_received = 0
-        self.calls = 0
         self._originals: dict[str, Callable[..., Any]] = {}
         for name in _WRAPPED:
             original = getattr(dist, name)
@@ -32,7 +31,6 @@ class CommCounter:
         @functools.wraps(original)
         def wrapper(output, *args, **kwargs):
             self.bytes_received += output.numel() * output.element_size()
-            self.calls += 1
             return original(output, *args, **kwargs)
 
         return wrapper

@@ -7,7 +7,7 @@ MLPs and the interaction — in DistributedDataParallel.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Protocol, Sequence
 
 import torch
 from torch import nn
@@ -74,17 +74,20 @@ def restore_optimizer_step(model: nn.Module, step: int) -> None:
         fused.set_optimizer_step(step)
 
 
-def compile_dense(model: nn.Module) -> None:
-    """The dense part (bottom MLP, interaction, residual units, top MLP) under torch.compile.
+class HasDenseModules(Protocol):
+    """A model that says which of its submodules are data-parallel (dlrm_dist.model.DLRMTrain does)."""
+
+    def dense_modules(self) -> Sequence[nn.Module]: ...
+
+
+def compile_dense(model: HasDenseModules) -> None:
+    """The model's data-parallel part under torch.compile.
 
     Each module is compiled in place before DMP wraps them in DDP; the embedding collection is
     left alone (its sharded lookups are TorchRec's and fbgemm's own kernels).
     """
-    dlrm = model.model
-    for name in ("dense_arch", "interaction", "residual_arch", "over_arch"):
-        module: Optional[nn.Module] = getattr(dlrm, name, None)
-        if module is not None:
-            module.compile()
+    for module in model.dense_modules():
+        module.compile()
 
 
 def shard_model(model: nn.Module, plan: ShardingPlan, env: DistEnv, qcomms: str = "none") -> DistributedModelParallel:

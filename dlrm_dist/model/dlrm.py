@@ -13,7 +13,7 @@ a sharded collection returns its keys in another order than the unsharded one.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +83,14 @@ class DLRM(nn.Module):
         """Runs the dense part under autocast to ``dtype`` on ``device_type`` (None: float32)."""
         self.dense_dtype, self.autocast_device = dtype, device_type
 
+    def dense_modules(self) -> list[nn.Module]:
+        """The data-parallel part (bottom MLP, interaction, residual units, top MLP), in forward order.
+
+        Everything but ``sparse_arch``: DistributedModelParallel replicates these on every rank
+        (DDP) while it shards the tables by the plan.
+        """
+        parts = (self.dense_arch, self.interaction, getattr(self, "residual_arch", None), self.over_arch)
+        return [m for m in parts if m is not None]
 
     def ordered(self, pooled: KeyedTensor) -> torch.Tensor:
         """The pooled embeddings as one B x sum(dims) tensor in ``feature_names`` order."""
@@ -112,12 +120,34 @@ def _in_order(pooled: KeyedTensor, order: tuple[str, ...], gathers: dict[tuple[s
 
 
 class DLRMTrain(nn.Module):
-    """Adds the loss; returns ``(loss, (loss, logits, labels))`` as TorchRec's pipelines expect."""
+    """Adds the loss; returns ``(loss, (loss, logits, labels))`` as TorchRec's pipelines expect.
+
+    The trainer, the parallel wrapping and the planner's CLIs know this wrapper only through what
+    it says here: where its tables are (``TABLES_PATH``), which of its parts are data-parallel
+    (``dense_modules``) and how to run the dense part in lower precision.
+    """
+
+    # The module path of the EmbeddingBagCollection within this wrapper: a sharding plan made
+    # without a model (``dlrm-plan make``) is keyed by it, and state-dict keys start with it.
+    TABLES_PATH: ClassVar[str] = "model.sparse_arch"
 
     def __init__(self, model: DLRM, loss: str = "bce") -> None:
         super().__init__()
         self.model = model
         self.loss = loss
+
+    @property
+    def tables(self) -> EmbeddingBagCollection:
+        """The embedding tables (at ``TABLES_PATH``)."""
+        return self.model.sparse_arch
+
+    def dense_modules(self) -> list[nn.Module]:
+        """The data-parallel part of the model (DLRM.dense_modules)."""
+        return self.model.dense_modules()
+
+    def use_mixed_precision(self, dtype: Optional[torch.dtype], device_type: str) -> None:
+        """Runs the dense part under autocast to ``dtype`` on ``device_type`` (None: float32)."""
+        self.model.use_mixed_precision(dtype, device_type)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         logits = self.model(batch.dense_features, batch.sparse_features)

@@ -36,7 +36,10 @@ def _padded(dim: int) -> int:
 
 
 def _uniform(seed: int, table_index: int, num_rows: int, dim: int, start: int, stop: int) -> np.ndarray:
-    """Rows ``[start, stop)`` as float64 (padded width), already scaled to the init range."""
+    """Rows ``[start, stop)`` as float64 (padded width), scaled to U(-1/sqrt(num_rows), 1/sqrt(num_rows)).
+
+    The range matches TorchRec's default EmbeddingBagCollection initialisation.
+    """
     if not 0 <= start <= stop <= num_rows:
         raise ValueError(f"rows [{start}, {stop}) outside a table of {num_rows} rows")
     bit_gen = np.random.Philox(key=(seed << 32) | table_index)
@@ -47,14 +50,6 @@ def _uniform(seed: int, table_index: int, num_rows: int, dim: int, start: int, s
     u -= 1.0
     u *= math.sqrt(1.0 / num_rows)
     return u
-
-
-def embedding_rows(seed: int, table_index: int, num_rows: int, dim: int, start: int, stop: int) -> torch.Tensor:
-    """Rows ``[start, stop)`` of table ``table_index``: U(-1/sqrt(num_rows), 1/sqrt(num_rows)).
-
-    The range matches TorchRec's default EmbeddingBagCollection initialisation.
-    """
-    return torch.from_numpy(_uniform(seed, table_index, num_rows, dim, start, stop)[:, :dim]).to(torch.float32)
 
 
 @dataclass(frozen=True)
@@ -108,10 +103,3 @@ def fill_shards(tasks: Iterable[ShardFill], seed: int, workers: int = 1) -> None
         for future in [pool.submit(_fill_chunk, t, seed, lo, hi, staging) for t, lo, hi in chunks]:
             future.result()  # re-raises a worker's error
 
-
-def fill_rows(
-    out: torch.Tensor, seed: int, table_index: int, num_rows: int, dim: int, row_offset: int, col_offset: int,
-    workers: int = 1,
-) -> None:
-    """Fills ``out`` (a shard: rows from ``row_offset``, columns from ``col_offset``) in chunks."""
-    fill_shards([ShardFill(out, table_index, num_rows, dim, row_offset, col_offset)], seed, workers)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from dlrm_dist.planning.errors import PlanError
-from dlrm_dist.planning.inputs import PlannerInputs
-from dlrm_dist.planning.options import Enumerator, Option
-from dlrm_dist.planning.placement import TablePlacement
+from dlrm_dist.planning.options import Enumerator
+from dlrm_dist.planning.types import Option, PlannerInputs, TablePlacement
 
 BASELINES = ("round_robin", "greedy_by_size")
 

@@ -7,20 +7,12 @@ user sees them all at once rather than one per attempt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torchrec.distributed.types import ShardingPlan
 
 from dlrm_dist.planning import planfile
 from dlrm_dist.planning.convert import table_shardings
 from dlrm_dist.planning.errors import PlanError
-
-
-@dataclass(frozen=True)
-class ExpectedTable:
-    name: str
-    rows: int
-    dim: int
+from dlrm_dist.planning.types import ExpectedTable
 
 
 class PlanMismatchError(PlanError):

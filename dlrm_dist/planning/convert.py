@@ -11,9 +11,7 @@ from torchrec.distributed.types import CacheParams, EmbeddingModuleShardingPlan,
 
 from dlrm_dist.planning.errors import PlanError
 from dlrm_dist.planning.options import Enumerator
-from dlrm_dist.planning.placement import TablePlacement
-
-DEFAULT_MODULE_PATH = "model.sparse_arch"  # where the trainer's model keeps its tables
+from dlrm_dist.planning.types import TablePlacement
 
 
 def parameter_sharding(tp: TablePlacement, device: str, local_size: int) -> ParameterSharding:
@@ -33,7 +31,12 @@ def parameter_sharding(tp: TablePlacement, device: str, local_size: int) -> Para
 
 
 def to_sharding_plan(tables: list[TablePlacement], names: list[str], device: str, local_size: int,
-                     module_path: str = DEFAULT_MODULE_PATH) -> ShardingPlan:
+                     module_path: str) -> ShardingPlan:
+    """The placements as TorchRec's plan for the EmbeddingBagCollection at ``module_path``.
+
+    The path is the model's to say (a training job's from its model; ``dlrm-plan make``'s from
+    the trainer's wrapper, DLRMTrain.TABLES_PATH): planning does not know any model's layout.
+    """
     module_plan = EmbeddingModuleShardingPlan()
     for tp in tables:
         module_plan[names[tp.option.table]] = parameter_sharding(tp, device, local_size)

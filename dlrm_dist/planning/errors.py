@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
 from dlrm_dist.errors import DlrmError
-from dlrm_dist.planning.inputs import GB, PlannerInputs
-
-if TYPE_CHECKING:
-    from dlrm_dist.planning.options import Option
-    from dlrm_dist.planning.placement import Capacity
+from dlrm_dist.planning.types import GB, Capacity, Option, PlannerInputs
 
 
 class PlanError(DlrmError):
@@ -25,7 +19,7 @@ def _gb(x: float) -> str:
     return f"{x / GB:.2f} GB"
 
 
-def fit_report(options: "list[list[Option]]", inputs: PlannerInputs, cap: "Capacity", failed: list[int]) -> str:
+def fit_report(options: list[list[Option]], inputs: PlannerInputs, cap: Capacity, failed: list[int]) -> str:
     """Which tables do not fit, bytes needed against available per rank, and what would fit."""
     t = inputs.topology
     n = t.world_size

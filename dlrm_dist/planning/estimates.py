@@ -16,9 +16,9 @@ import numpy as np
 from torchrec.distributed.planner.shard_estimators import _calculate_shard_io_sizes
 from torchrec.distributed.planner.types import Perf
 
-from dlrm_dist.planning.inputs import PlannerInputs
-from dlrm_dist.planning.placement import Capacity, TablePlacement
-from dlrm_dist.planning.types import PERF_FIELDS, PlanEstimates, PlanSummary, RankEstimate, TableCost
+from dlrm_dist.planning.types import (
+    PERF_FIELDS, Capacity, PlanEstimates, PlannerInputs, PlanSummary, RankEstimate, TableCost, TablePlacement,
+)
 
 ID_BYTES, EMB_BYTES = 8, 4  # int64 ids in, fp32 pooled embeddings out
 

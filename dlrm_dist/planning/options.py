@@ -15,7 +15,6 @@ TorchRec's own enumerator, make it cheap:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -28,36 +27,11 @@ from torchrec.distributed.sharding_plan import calculate_shard_sizes_and_offsets
 from torchrec.distributed.types import CacheParams
 
 from dlrm_dist.names import COMPUTE_KERNELS, FUSED_DIM_MULTIPLE, SHARDING_TYPES
-from dlrm_dist.planning.inputs import Capacity, PlannerInputs, TableSpec
 from dlrm_dist.planning.storage import check_storage
-from dlrm_dist.planning.types import COST_PARTS, PERF_FIELDS
+from dlrm_dist.planning.types import PERF_FIELDS, Capacity, Option, PlannerInputs, TableSpec
 from dlrm_dist.planning.torchrec_bridge import cache_load_factor, constraints, meta_module, torchrec_topology
 
-# A shard's cost is TorchRec's Perf.total: the perf columns it counts, weighted 1.
-COST_WEIGHTS = np.array([1.0 if f in COST_PARTS else 0.0 for f in PERF_FIELDS])
 PLANNED_KERNELS = COMPUTE_KERNELS  # key-value and virtual tables need SSD/KV backends: not planned
-
-
-@dataclass
-class Option:
-    """One way to shard one table: its shards with TorchRec's per-shard estimates."""
-
-    table: int  # index into PlannerInputs.tables
-    sharding_type: str
-    kernel: str
-    cache_load_factor: Optional[float]
-    sizes: np.ndarray  # (S, 2) rows x cols of each shard
-    offsets: np.ndarray  # (S, 2)
-    perf: np.ndarray  # (S, 6) ms, columns as PERF_FIELDS
-    hbm: np.ndarray  # (S,) bytes
-    ddr: np.ndarray  # (S,) bytes
-
-    def __post_init__(self) -> None:
-        # Derived once: the partitioner reads these many thousands of times.
-        self.placement: str = get_partition_by_type(self.sharding_type)  # device | host | uniform
-        self.shard_cost: np.ndarray = self.perf @ COST_WEIGHTS  # (S,) ms per shard, as Perf.total
-        self.total_cost: float = float(self.shard_cost.sum())
-        self.max_cost: float = float(self.shard_cost.max())
 
 
 class Enumerator:

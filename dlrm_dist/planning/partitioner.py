@@ -19,10 +19,9 @@ from typing import Optional
 import numpy as np
 
 from dlrm_dist.planning.errors import NoFitError, fit_report
-from dlrm_dist.planning.inputs import PlannerInputs
 from dlrm_dist.names import UVM_KERNELS
-from dlrm_dist.planning.options import Option
-from dlrm_dist.planning.placement import Capacity, TablePlacement, bottleneck, rank_totals
+from dlrm_dist.planning.placement import bottleneck, rank_totals
+from dlrm_dist.planning.types import Capacity, Option, PlannerInputs, TablePlacement
 
 NUM_TARGETS = 24
 NUM_BREAKS = 16

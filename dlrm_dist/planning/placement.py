@@ -1,23 +1,14 @@
-"""A placement: which option each table uses and which rank holds each shard.
+"""The per-rank arithmetic of a placement that every stage shares: loads (estimated ms), HBM, DDR.
 
-Also the per-rank arithmetic every stage shares: loads (estimated ms), HBM and DDR.
+A placement is a list of TablePlacement (types.py): which option each table uses and which
+rank holds each shard.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from dlrm_dist.planning.inputs import Capacity, PlannerInputs  # noqa: F401 - Capacity is part of this API
-from dlrm_dist.planning.options import Option
-
-
-@dataclass
-class TablePlacement:
-    option: Option
-    ranks: np.ndarray  # (S,) rank of each shard
-
+from dlrm_dist.planning.types import TablePlacement
 
 def rank_totals(tables: list[TablePlacement], world_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(load ms, hbm bytes, ddr bytes) per rank."""

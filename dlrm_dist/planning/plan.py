@@ -14,7 +14,6 @@ that selects the fused kernel and lets the planner count optimizer state.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -33,24 +32,12 @@ from torchrec.distributed.types import EmbeddingModuleShardingPlan, ShardingPlan
 from dlrm_dist.distributed import resources
 from dlrm_dist.names import FUSED_DIM_MULTIPLE
 from dlrm_dist.planning import planfile
-from dlrm_dist.planning.check import ExpectedTable, check_plan
+from dlrm_dist.planning.check import check_plan
 from dlrm_dist.planning.errors import PlanError
-from dlrm_dist.planning.inputs import GB, Budgets, PlannerInputs, TableSpec, TopologySpec
 from dlrm_dist.planning.planfile import PlanFile
 from dlrm_dist.planning.planner import make_plan_file, plan_file_for
 from dlrm_dist.planning.torchrec_default import plan_with_torchrec
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """What the plan must fit: the job's ranks, device, batch and embedding optimizer."""
-
-    world_size: int
-    local_size: int
-    device: torch.device
-    batch_size_per_rank: int
-    optimizer: str = "adagrad"
-    pooling_factors: tuple[float, ...] = ()  # per table (default 1.0)
+from dlrm_dist.planning.types import GB, Budgets, ExpectedTable, JobSpec, PlannerInputs, TableSpec, TopologySpec
 
 
 def find_ebc(model: nn.Module) -> tuple[str, EmbeddingBagCollection]:

@@ -41,8 +41,8 @@ from dlrm_dist.fileio import atomic_write_text, disk_full
 from dlrm_dist.names import COMPUTE_KERNELS, SHARDING_TYPES
 from dlrm_dist.planning.codec import check_field, decode, encode
 from dlrm_dist.planning.errors import PlanError
-from dlrm_dist.planning.inputs import InputsModel, PlannerInputs, name_tables
-from dlrm_dist.planning.types import PlanEstimates
+from dlrm_dist.planning.inputs import InputsModel, name_tables
+from dlrm_dist.planning.types import PlanEstimates, PlannerInputs
 from dlrm_dist.validation import Strict, joined, validate
 
 FORMAT = "dlrm_dist.sharding_plan"

@@ -10,13 +10,12 @@ from __future__ import annotations
 from torchrec.distributed.types import ShardingPlan
 
 from dlrm_dist.planning.baselines import baseline
-from dlrm_dist.planning.convert import DEFAULT_MODULE_PATH, from_sharding_plan, to_sharding_plan
+from dlrm_dist.planning.convert import from_sharding_plan, to_sharding_plan
 from dlrm_dist.planning.estimates import estimate
-from dlrm_dist.planning.inputs import PlannerInputs
 from dlrm_dist.planning.options import Enumerator
 from dlrm_dist.planning.partitioner import partition
 from dlrm_dist.planning.planfile import PlanFile
-from dlrm_dist.planning.placement import TablePlacement
+from dlrm_dist.planning.types import PlannerInputs, TablePlacement
 
 
 def notes_for(inputs: PlannerInputs) -> list[str]:
@@ -40,20 +39,19 @@ def _package(inputs: PlannerInputs, placed: list[TablePlacement], name: str, mod
     return PlanFile(inputs, plan, estimate(placed, inputs), {"name": name, "notes": notes_for(inputs)})
 
 
-def make_plan_file(inputs: PlannerInputs, module_path: str = DEFAULT_MODULE_PATH) -> PlanFile:
-    """Plans ``inputs`` with dlrm_dist's planner."""
+def make_plan_file(inputs: PlannerInputs, module_path: str) -> PlanFile:
+    """Plans ``inputs`` with dlrm_dist's planner, keyed to the tables' ``module_path`` in the model."""
     enumerator = Enumerator(inputs)
     placed = partition(enumerator.all_options(), inputs)
     return _package(inputs, placed, "dlrm_dist", module_path)
 
 
-def baseline_plan_file(name: str, inputs: PlannerInputs, module_path: str = DEFAULT_MODULE_PATH) -> PlanFile:
+def baseline_plan_file(name: str, inputs: PlannerInputs, module_path: str) -> PlanFile:
     """A simple baseline (baselines.py) on the same inputs, estimated alike."""
     return _package(inputs, baseline(name, Enumerator(inputs)), name, module_path)
 
 
-def plan_file_for(plan: ShardingPlan, inputs: PlannerInputs, name: str,
-                  module_path: str = DEFAULT_MODULE_PATH) -> PlanFile:
+def plan_file_for(plan: ShardingPlan, inputs: PlannerInputs, name: str, module_path: str) -> PlanFile:
     """Any planner's ShardingPlan, estimated with the same models as ours."""
     placed = from_sharding_plan(plan, Enumerator(inputs))
     return _package(inputs, placed, name, module_path)

@@ -18,9 +18,8 @@ import torch
 
 from dlrm_dist.distributed import resources
 from dlrm_dist.planning.errors import NoFitError
-from dlrm_dist.planning.inputs import (
-    GB, MAX_MEMORY_GB, MAX_WORLD_SIZE, Budgets, Capacity, PlannerInputs, TableSpec, TopologySpec,
-)
+from dlrm_dist.planning.inputs import MAX_MEMORY_GB, MAX_WORLD_SIZE
+from dlrm_dist.planning.types import GB, Budgets, Capacity, PlannerInputs, TableSpec, TopologySpec
 
 WEIGHT_BYTES = 4  # fp32, TorchRec's default embedding data type
 INT64_MAX = 2**63 - 1  # TorchRec and torch size tensors in int64 elements and bytes

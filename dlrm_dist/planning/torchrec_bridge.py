@@ -13,7 +13,7 @@ from torchrec.distributed.planner import ParameterConstraints, Topology
 from torchrec.distributed.types import CacheParams
 
 from dlrm_dist.optimizer_registry import mark_in_backward
-from dlrm_dist.planning.inputs import GB, PlannerInputs, TableSpec
+from dlrm_dist.planning.types import GB, PlannerInputs, TableSpec
 
 _BW_UNIT = GB / 1000  # TorchRec's bandwidths are bytes per millisecond
 

@@ -16,8 +16,8 @@ from torchrec.distributed.planner.perf_models import NoopPerfModel
 from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
 from torchrec.distributed.types import ShardingPlan
 
-from dlrm_dist.planning.inputs import PlannerInputs
 from dlrm_dist.planning.torchrec_bridge import constraints, meta_module, torchrec_topology
+from dlrm_dist.planning.types import PlannerInputs
 
 
 @dataclass

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 from torchrec.distributed.types import ShardingPlan
 
 from dlrm_dist.checkpoint import CheckpointError, CheckpointManager, CheckpointPolicy, RunInfo
@@ -28,12 +27,13 @@ from dlrm_dist.distributed.parallel import compile_dense, set_matmul_precision, 
 from dlrm_dist.distributed.weights import init_embedding_weights
 from dlrm_dist.metrics.log import MetricsLog
 from dlrm_dist.features.schema import FeatureSchema
-from dlrm_dist.model import ModelSpec, build_model, resolve_model
+from dlrm_dist.model import DLRMTrain, ModelSpec, build_model, resolve_model
 from dlrm_dist.model.init import default_workers
 from dlrm_dist.planning import plan_rows
-from dlrm_dist.planning.plan import JobSpec, make_plan
+from dlrm_dist.planning.plan import make_plan
 from dlrm_dist.planning.planfile import PlanFile
 from dlrm_dist.planning.storage import check_job_storage
+from dlrm_dist.planning.types import JobSpec
 from dlrm_dist.training.optimizer_setup import LRSchedule, ScheduledLR, build_optimizer, mark_embedding_optimizer
 from dlrm_dist.training.trainer import Trainer
 
@@ -47,7 +47,7 @@ class Prepared:
     schema: FeatureSchema
     spec: ModelSpec
     data: Dataset
-    model: nn.Module
+    model: DLRMTrain
     plan_file: PlanFile  # the plan with the inputs and estimates it was chosen by
 
     @property
@@ -121,7 +121,7 @@ def build_trainer(env: DistEnv, prepared: Prepared) -> Trainer:
     cfg = prepared.cfg
     set_matmul_precision(cfg.train.tf32, env.device)
     if cfg.train.mixed_precision == "bf16":
-        prepared.model.model.use_mixed_precision(torch.bfloat16, env.device.type)
+        prepared.model.use_mixed_precision(torch.bfloat16, env.device.type)
     if cfg.train.compile:
         compile_dense(prepared.model)
     model = shard_model(prepared.model, prepared.plan, env, cfg.sharding.qcomms)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from dlrm_dist.checkpoint import CheckpointManager
 from dlrm_dist.config.sections import Config
-from dlrm_dist.data import Dataset
+from dlrm_dist.data import Dataset, teacher_auc
 from dlrm_dist.data.prefetch import Prefetcher
 from dlrm_dist.distributed.commstats import CommCounter
 from dlrm_dist.distributed.env import DistEnv
@@ -93,7 +93,7 @@ class Trainer:
             self.log.close()
 
     def _train(self) -> TrainResult:
-        result = TrainResult(teacher_auc=self.teacher_auc())
+        result = TrainResult(teacher_auc=teacher_auc(self.data, self.cfg.train.global_batch_size))
         if self.cfg.train.inference_only:
             self.checkpoints.restore(weights_only=True)
             self.log.start(resumed=False)
@@ -264,5 +264,3 @@ class Trainer:
         dist.all_gather_object(out, mine)
         return [float(x) for x in out]
 
-    def teacher_auc(self) -> Optional[float]:
-        return self.data.teacher_auc(self.cfg.train.global_batch_size)

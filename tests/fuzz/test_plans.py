@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from dlrm_dist.cli.plan_main import main
 from dlrm_dist.names import COMPUTE_KERNELS, EMBEDDING_OPTIMIZERS, SHARDING_TYPES
 from dlrm_dist.planning import planfile
-from dlrm_dist.planning.check import ExpectedTable, check_plan
+from dlrm_dist.planning.check import check_plan
+from dlrm_dist.planning.types import ExpectedTable
 from dlrm_dist.validation import path_of
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,5 @@
-"""The import graph goes one way: pieces never import the trainer; the CLIs need no process group."""
+"""The import graph goes one way: pieces never import the trainer; the CLIs need no process group;
+the planner's contracts sit below its stages, and the planner knows no model's layout."""
 
 from __future__ import annotations
 
@@ -40,3 +41,25 @@ def test_the_clis_do_not_set_up_distributed_training() -> None:
     for path in (PACKAGE / "cli").glob("*.py"):
         bad = [m for m in _imports(path) if m.startswith(("dlrm_dist.distributed", "torch.distributed"))]
         assert not bad, (path.name, bad)
+
+
+def _planning_imports(name: str) -> set[str]:
+    return {m for m in _imports(PACKAGE / "planning" / f"{name}.py") if m.startswith("dlrm_dist.planning")}
+
+
+def test_the_planner_contracts_sit_below_its_stages() -> None:
+    """inputs.py (declared file formats) -> types.py (the contracts) -> every stage; never back up."""
+    assert _planning_imports("inputs") == set()
+    assert _planning_imports("types") == {"dlrm_dist.planning.inputs"}
+
+
+def test_the_planner_and_the_parallel_wrapping_know_no_model_layout() -> None:
+    """Module paths and data-parallel parts are the model's to say (DLRMTrain), not hard-coded below it."""
+    for package in ("planning", "distributed"):
+        for path in (PACKAGE / package).glob("*.py"):
+            text = path.read_text()
+            bad = [m for m in _imports(path) if m.startswith(("dlrm_dist.model", "dlrm_dist.training"))
+                   and m != "dlrm_dist.model.init"]  # weights.py fills shards with the model's init
+            assert not bad, (path.name, bad)
+            for attr in ('"sparse_arch"', '"dense_arch"', '"over_arch"', '"residual_arch"', '"model.sparse_arch"'):
+                assert attr not in text, (path.name, attr)

@@ -12,7 +12,7 @@ from dlrm_dist.data.batches import to_batch
 from dlrm_dist.data.synthetic import SyntheticData, SyntheticSpec
 from dlrm_dist.features import demo_schema
 from dlrm_dist.model import build_model
-from dlrm_dist.model.init import embedding_rows, fill_rows
+from dlrm_dist.model.init import ShardFill, fill_shards
 from dlrm_dist.model.interaction import CatInteraction, DCNInteraction, DotInteraction
 from dlrm_dist.training.build import resolve
 from dlrm_dist.training.optimizer_setup import LRSchedule
@@ -59,14 +59,19 @@ def test_mlp_weights_depend_only_on_seed() -> None:
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def _table(seed: int, table_index: int, rows: int, dim: int) -> torch.Tensor:
+    full = torch.empty(rows, dim)
+    fill_shards([ShardFill(full, table_index, rows, dim)], seed)
+    return full
+
+
 def test_embedding_init_is_shard_independent() -> None:
-    full = embedding_rows(seed=5, table_index=2, num_rows=100, dim=10, start=0, stop=100)
+    full = _table(seed=5, table_index=2, rows=100, dim=10)
     assert full.abs().max() <= math.sqrt(1 / 100)
     shard = torch.empty(30, 4)
-    fill_rows(shard, seed=5, table_index=2, num_rows=100, dim=10, row_offset=40, col_offset=6)
+    fill_shards([ShardFill(shard, 2, 100, 10, row_offset=40, col_offset=6)], seed=5)
     assert torch.equal(shard, full[40:70, 6:10])
-    other = embedding_rows(seed=5, table_index=3, num_rows=100, dim=10, start=0, stop=100)
-    assert not torch.equal(full, other)
+    assert not torch.equal(full, _table(seed=5, table_index=3, rows=100, dim=10))
 
 
 def test_lr_schedule_warmup_and_decay() -> None:

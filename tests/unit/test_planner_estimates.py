@@ -13,9 +13,9 @@ import pytest
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner.enumerators import EmbeddingEnumerator
 
-from dlrm_dist.planning.inputs import Budgets, PlannerInputs, TableSpec, TopologySpec
-from dlrm_dist.planning.options import PERF_FIELDS, Enumerator
+from dlrm_dist.planning.options import Enumerator
 from dlrm_dist.planning.torchrec_bridge import constraints, meta_module, torchrec_topology
+from dlrm_dist.planning.types import PERF_FIELDS, Budgets, PlannerInputs, TableSpec, TopologySpec
 
 TABLES = (
     TableSpec("a", 1000, 64, 3.0),

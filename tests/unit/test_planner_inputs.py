@@ -7,9 +7,8 @@ import math
 
 import pytest
 
-from dlrm_dist.planning.inputs import (
-    InputsModel, PlanInputError, PlannerInputs, TableModel, TableSpec, TopologySpec, load_inputs, load_tables,
-)
+from dlrm_dist.planning.inputs import InputsModel, PlanInputError, TableModel
+from dlrm_dist.planning.types import PlannerInputs, TableSpec, TopologySpec
 from dlrm_dist.validation import describe, path_of
 
 GOOD = {"tables": [{"name": "t0", "rows": 100, "dim": 16}], "topology": {"world_size": 4, "ranks_per_host": 2}}
@@ -29,8 +28,8 @@ def _with(**changes) -> dict:
 def test_json_and_toml_files(tmp_path) -> None:
     (tmp_path / "in.json").write_text(json.dumps(GOOD))
     (tmp_path / "t.toml").write_text('[[tables]]\nname = "x"\nrows = 5\ndim = 8\npooling_factor = 2.5\n')
-    assert load_inputs(str(tmp_path / "in.json")).topology.world_size == 4
-    assert load_tables(str(tmp_path / "t.toml"))[0].pooling_factor == 2.5
+    assert PlannerInputs.load(str(tmp_path / "in.json")).topology.world_size == 4
+    assert TableSpec.load_all(str(tmp_path / "t.toml"))[0].pooling_factor == 2.5
 
 
 @pytest.mark.parametrize("changes, words", [
@@ -93,16 +92,16 @@ def test_inputs_built_in_code_obey_the_same_rules() -> None:
 
 def test_missing_and_malformed_files(tmp_path) -> None:
     with pytest.raises(PlanInputError, match="does not exist"):
-        load_inputs(str(tmp_path / "nope.json"))
+        PlannerInputs.load(str(tmp_path / "nope.json"))
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(PlanInputError, match="bad.json' is not valid JSON"):
-        load_inputs(str(tmp_path / "bad.json"))
+        PlannerInputs.load(str(tmp_path / "bad.json"))
     (tmp_path / "t.json").write_text("{}")
     with pytest.raises(PlanInputError, match=r"t.json: tables: is required; must be a non-empty list of objects"):
-        load_tables(str(tmp_path / "t.json"))
+        TableSpec.load_all(str(tmp_path / "t.json"))
     (tmp_path / "t.json").write_text('{"tables": [{"name": "a", "rows": 3, "dim": NaN}]}')
     with pytest.raises(PlanInputError, match=r"tables\[0\].dim \(a\): must be an integer >= 1, got nan"):
-        load_tables(str(tmp_path / "t.json"))
+        TableSpec.load_all(str(tmp_path / "t.json"))
 
 
 def test_to_dict_round_trip() -> None:
@@ -128,10 +127,10 @@ def test_tables_files_written_by_dlrm_data_stats_load(tmp_path) -> None:
 
     criteo = criteo_tables({"features": [{"feature": "cat_0", "table_size": 1000, "pooling_factor": 1.0}]}, 16)
     (tmp_path / "criteo.json").write_text(json.dumps(criteo))
-    assert load_tables(str(tmp_path / "criteo.json")) == (TableSpec("t_cat_0", 1000, 16, 1.0, ("cat_0",)),)
+    assert TableSpec.load_all(str(tmp_path / "criteo.json")) == (TableSpec("t_cat_0", 1000, 16, 1.0, ("cat_0",)),)
     stats = {"features": [{"feature": "a", "pooling_factor": 2.5}, {"feature": "b", "pooling_factor": 0.0}],
              "tables": [{"name": "ta", "rows": 50, "dim": None, "features": ["a"]},
                         {"name": "tb", "rows": 9, "dim": 8, "features": ["b"]}]}
     (tmp_path / "columnar.json").write_text(json.dumps(columnar_tables(stats, 32)))
     with pytest.raises(PlanInputError, match=r"tables\[1\].pooling_factor \(tb\): must be a finite number in \(0, "):
-        load_tables(str(tmp_path / "columnar.json"))
+        TableSpec.load_all(str(tmp_path / "columnar.json"))

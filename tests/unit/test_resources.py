@@ -14,7 +14,8 @@ from dlrm_dist.config import load_config
 from dlrm_dist.distributed import resources
 from dlrm_dist.distributed.env import DistEnv
 from dlrm_dist.planning import PlanError
-from dlrm_dist.planning.plan import JobSpec, make_plan
+from dlrm_dist.planning.plan import make_plan
+from dlrm_dist.planning.types import JobSpec
 from dlrm_dist.training.build import prepare
 
 GB = 1024**3
