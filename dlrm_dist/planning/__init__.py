@@ -1,9 +1,10 @@
 """Planning: where every embedding table (or shard) lives. Needs no process group.
 
-inputs.py (what a plan is made from) -> options.py (enumeration + TorchRec's estimates)
--> partitioner.py (our proposer/partitioner) -> estimates.py -> planfile.py (the file
-format); planner.py composes them. plan.py decides a training job's plan; check.py
-checks a plan against a model and job; summary.py prints one.
+types.py holds every contract the stages share (inputs, options, placements, estimates),
+below them all; inputs.py (the declared inputs and tables files, below types.py) ->
+options.py (enumeration + TorchRec's estimates) -> partitioner.py (our proposer/partitioner)
+-> estimates.py -> planfile.py (the file format); planner.py composes them. plan.py decides
+a training job's plan; check.py checks a plan against a model and job; summary.py prints one.
 """
 
 from dlrm_dist.planning.errors import NoFitError, PlanError

@@ -1,8 +1,9 @@
 """The planner's front door: inputs in, a PlanFile out; and estimates for any plan.
 
 Composition (TorchRec's stage names): enumeration + estimation (options.py, TorchRec's
-estimators), proposal + partitioning (partitioner.py), storage budgets (placement.py's
-Capacity, from the inputs' shares), and the estimates/stats (estimates.py).
+estimators), proposal + partitioning (partitioner.py), storage budgets (types.Capacity,
+from the inputs' shares), and the estimates/stats (estimates.py). A plan is keyed to the
+module path its caller gives (the model's to say: DLRMTrain.TABLES_PATH for the trainer).
 """
 
 from __future__ import annotations
