@@ -84,7 +84,7 @@ def trainer(
     """Hybrid-parallel DLRM training with dlrm_dist on nnodes x nproc_per_node ranks.
 
     Args:
-        overrides: trainer arguments, e.g. --steps 1000 --data criteo --data-dir /data
+        overrides: trainer arguments, e.g. --steps 1000 --data columnar --data-dir /data
         nnodes: number of nodes (replicas)
         nproc_per_node: ranks per node (default: one per GPU, else 2 CPU ranks)
         image: container image with dlrm_dist installed (the cwd for local_cwd)

@@ -108,7 +108,7 @@ def _dryrun(scheduler: str, *args: str) -> str:
 
 JOB = ["--nnodes", "2", "--nproc_per_node", "8", "--gpu", "8", "--cpu", "32", "--memMB", "400000",
        "--image", "registry.example/dlrm_dist:1.0", "--data", "/mnt/criteo:/data", "--",
-       "--data", "criteo", "--data-dir", "/data", "--steps", "1000"]
+       "--data", "columnar", "--data-dir", "/data", "--steps", "1000"]
 
 
 def test_kubernetes_dryrun_renders_the_job() -> None:
@@ -124,7 +124,7 @@ def test_kubernetes_dryrun_renders_the_job() -> None:
         limits = c["resources"]["limits"]
         assert limits["nvidia.com/gpu"] == "8" and limits["cpu"] in ("32", "32000m") and limits["memory"].startswith("400000")
         command = " ".join(c["command"])
-        assert "--nnodes 2 --nproc_per_node 8" in command and "-m dlrm_dist.train --data criteo --data-dir /data --steps 1000" in command
+        assert "--nnodes 2 --nproc_per_node 8" in command and "-m dlrm_dist.train --data columnar --data-dir /data --steps 1000" in command
         assert any(m["mountPath"] == "/data" for m in c["volumeMounts"])
         assert {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"} in c["env"]  # restart-safe rendezvous
 

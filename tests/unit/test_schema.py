@@ -115,9 +115,11 @@ def test_inline_features_section_and_schema_file(tmp_path) -> None:
 
 
 def test_table_sizes_beside_a_given_schema_is_refused() -> None:
-    """--data.schema=demo with --model.table_sizes used to drop the sizes without a word."""
-    with pytest.raises(ConfigError, match="table_sizes sizes the default built-in schema only.*'demo'"):
-        validate_job(load_config(["--data.schema=demo", "--model.table_sizes=10,20"]), world_size=1)
+    """--data.schema=demo with --model.table_sizes used to drop the sizes without a word; the sizes
+    are the built-in schema's parameter now (demo:table_sizes=10/20), and the old key says so."""
+    with pytest.raises(ConfigError, match="model.table_sizes moved to the schema's parameters: "
+                                          "--data.schema=demo:table_sizes="):
+        load_config(["--data.schema=demo", "--model.table_sizes=10,20"])
 
 
 # -- issue 19: numbers checked for kind and range, names are identifiers, files are UTF-8 -------------
