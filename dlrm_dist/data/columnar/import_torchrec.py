@@ -41,16 +41,7 @@ from tqdm import tqdm
 
 from dlrm_dist.data.columnar import layout
 from dlrm_dist.data.errors import PreprocessError
-from dlrm_dist.data.jobrecord import (
-    JOB,
-    differences,
-    is_complete,
-    job_record,
-    lock_out,
-    mark_complete,
-    read_job,
-    write_job,
-)
+from dlrm_dist.data.jobrecord import JOB, is_complete, job_record, lock_out, mark_complete, read_job
 from dlrm_dist.data.npy import NpyWriter, Tally, open_checked
 from dlrm_dist.features.builtin import (
     CRITEO_NUM_DENSE,
@@ -60,12 +51,10 @@ from dlrm_dist.features.builtin import (
     criteo_sparse_names,
 )
 from dlrm_dist.features.schema import SPLITS, FeatureSchema
-from dlrm_dist.fileio import LOCK_FILE
 
 KINDS = ("dense", "sparse", "labels")
 BLOCK_ROWS = 1 << 18  # rows per block read: ~70 MB of dense and int64 ids at most
 _DAY_FILE = re.compile(r"day_(\d+)_(dense|sparse|labels)\.npy")
-_RECORDS = (layout.META, JOB)
 
 
 @dataclass
@@ -200,53 +189,11 @@ def _job(opts: ImportOptions, days: list[_Day]) -> dict[str, Any]:
     return job_record(inputs, {"import": "torchrec", "options": {"max_ind_range": opts.max_ind_range}})
 
 
-def _leftovers(out: Path) -> list[Path]:
-    return [tmp for name in _RECORDS for tmp in out.glob(f".{name}.*.tmp")]
-
-
-def _clear(out: Path) -> None:
-    """Removes what a job of the columnar layout writes (only its own names: other files stay)."""
-    for path in [*(out / name for name in (*_RECORDS, layout.FIT)), *_leftovers(out)]:
-        path.unlink(missing_ok=True)
-    for d in [layout.VOCAB_DIR, *SPLITS, *(s + ".partial" for s in SPLITS)]:
-        if (out / d).exists():
-            shutil.rmtree(out / d)
-
-
-def _foreign(out: Path) -> bool:
-    ours = {LOCK_FILE, *(p.name for p in _leftovers(out))} if out.is_dir() else set()
-    return out.is_dir() and any(p.name not in ours for p in out.iterdir())
-
-
 def _done(out: Path) -> ImportReport:
     meta = layout.read_meta(out)
     schema = layout.stored_schema(out)
     return ImportReport(days=meta["imported_from"]["days"], rows={s: meta["splits"][s]["rows"] for s in SPLITS},
                         table_sizes=[schema.table_rows(f.table) for f in schema.sparse], up_to_date=True)
-
-
-def _start(opts: ImportOptions, job: dict[str, Any]) -> Optional[ImportReport]:
-    """Checks the (locked) output directory against this job; a report if it is complete already."""
-    out = opts.out_dir
-    old = None if opts.overwrite else read_job(out)
-    if opts.overwrite:
-        _clear(out)
-    elif old is not None:
-        diffs, meta_written = differences(old, job), (out / layout.META).is_file()
-        complete = is_complete(old, meta_written)
-        if diffs and complete:
-            raise PreprocessError(f"{out} holds the output of another job ({'; '.join(diffs)}) that completed; "
-                                  "use another --out, or --overwrite to start over")
-        if diffs:
-            _clear(out)
-        elif complete and meta_written:
-            return _done(out)
-    elif _foreign(out):
-        raise PreprocessError(f"{out} is not empty and was not written by dlrm-data; use another --out, or --overwrite")
-    for tmp in _leftovers(out):  # under the lock no write of ours is in flight: these are a kill's
-        tmp.unlink(missing_ok=True)
-    write_job(out, job)
-    return None
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -377,9 +324,8 @@ def import_torchrec(opts: ImportOptions) -> ImportReport:
     days = open_days(opts.source)
     _refuse_empty(opts.source, days)
     with lock_out(opts.out_dir, "dlrm-data import-torchrec"):
-        done = _start(opts, _job(opts, days))
-        if done is not None:
-            return done
+        if layout.begin_job(opts.out_dir, _job(opts, days), opts.overwrite):
+            return _done(opts.out_dir)
         report = _run(opts, days)
         mark_complete(opts.out_dir)
     return report

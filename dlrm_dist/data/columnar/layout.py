@@ -23,16 +23,17 @@ JSON files are written atomically; a damaged one is a DataError naming it.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from dlrm_dist.data.errors import DataError
+from dlrm_dist.data.errors import DataError, PreprocessError
 from dlrm_dist.data.npy import open_checked
-from dlrm_dist.data.jobrecord import JOB, START_OVER, read_job, read_record
-from dlrm_dist.fileio import UnsafePathError, atomic_write_json, inside
+from dlrm_dist.data.jobrecord import JOB, START_OVER, differences, is_complete, read_job, read_record, write_job
+from dlrm_dist.fileio import LOCK_FILE, UnsafePathError, atomic_write_json, inside
 from dlrm_dist.features.schema import SPLITS, FeatureSchema, SparseFeature, from_dict
 
 FORMAT = "dlrm_dist.columnar"
@@ -191,3 +192,60 @@ def check_directory(directory: str | Path) -> tuple[dict[str, Any], FeatureSchem
     schema = from_dict(meta["schema"], f"{Path(directory) / META}")
     splits = {s: open_split(directory, s, schema, int(meta["splits"][s]["rows"])) for s in SPLITS}
     return meta, schema, splits
+
+
+# -- a job's claim on its output directory ------------------------------------------------------
+_RECORDS = (META, JOB, FIT)
+
+
+def _leftovers(directory: Path) -> list[Path]:
+    """Temporaries of the atomic record writes a kill left behind."""
+    return [tmp for name in _RECORDS for tmp in directory.glob(f".{name}.*.tmp")]
+
+
+def clear(directory: Path) -> None:
+    """Removes what a job writing this layout writes: its records, vocab/, the splits and every
+    ``<name>.partial`` staging folder (other files stay)."""
+    for path in [*(directory / name for name in _RECORDS), *_leftovers(directory)]:
+        path.unlink(missing_ok=True)
+    for d in [directory / VOCAB_DIR, *(directory / s for s in SPLITS), *directory.glob("*.partial")]:
+        if d.is_dir():
+            shutil.rmtree(d)
+
+
+def _foreign(directory: Path) -> bool:
+    """The directory holds files, but no job record: not ours to write into (a lock file and a
+    killed first run's temporary record are ours)."""
+    ours = {LOCK_FILE, *(p.name for p in _leftovers(directory))} if directory.is_dir() else set()
+    return directory.is_dir() and any(p.name not in ours for p in directory.iterdir())
+
+
+def begin_job(directory: Path, job: dict[str, Any], overwrite: bool) -> bool:
+    """Checks the (locked) output directory against ``job`` (jobrecord.py's rules) and records
+    it; True when this job completed there already (nothing to do).
+
+    Any command writing this layout (``dlrm-data preprocess``, ``dlrm-data import-torchrec``)
+    starts this way, so one rule holds for all: the same job resumes or is done, another job
+    clears an incomplete directory and is refused over a complete one (naming what differs)
+    unless ``overwrite``, and a directory with files but no job record is not written into.
+    """
+    old = None if overwrite else read_job(directory)  # --overwrite is the way out of a damaged record
+    if overwrite:
+        clear(directory)
+    elif old is not None:
+        diffs, meta_written = differences(old, job), (directory / META).is_file()
+        complete = is_complete(old, meta_written)
+        if diffs and complete:
+            raise PreprocessError(f"{directory} holds the output of another job ({'; '.join(diffs)}) that "
+                                  "completed; use another --out, or --overwrite to start over")
+        if diffs:  # another job that did not complete (e.g. the schema it failed on): start over
+            clear(directory)
+        elif complete and meta_written:  # (a completed job whose meta.json went is written again)
+            return True
+    elif _foreign(directory):
+        raise PreprocessError(f"{directory} is not empty and was not written by dlrm-data; use another --out, "
+                              "or --overwrite")
+    for tmp in _leftovers(directory):  # under the lock no write of ours is in flight: these are a kill's
+        tmp.unlink(missing_ok=True)
+    write_job(directory, job)
+    return False
