@@ -146,3 +146,11 @@ def _labelled_rows(batch) -> list[tuple]:
     bags = {f: jt.values().split(jt.lengths().tolist()) for f, jt in batch.sparse_features.to_dict().items()}
     return [(float(y), batch.dense_features[r].tolist(), {f: b[r].tolist() for f, b in sorted(bags.items())})
             for r, y in enumerate(batch.labels.tolist()) if y >= 0]
+
+
+def test_columnar_data_has_no_teacher(tiny: Path) -> None:
+    """The teacher's AUC is the synthetic source's capability only (the trainer asks where it exists)."""
+    from dlrm_dist.data import HasTeacher, teacher_auc
+
+    ds = ColumnarDataset(tiny)
+    assert not isinstance(ds, HasTeacher) and teacher_auc(ds, 8) is None

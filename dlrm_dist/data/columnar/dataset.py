@@ -58,9 +58,6 @@ class ColumnarDataset:
     def eval_batch_count(self, global_batch_size: int) -> int:
         return max(1, math.ceil(self.split("eval").rows / global_batch_size))
 
-    def teacher_auc(self, global_batch_size: int) -> Optional[float]:
-        return None  # real data has no known best AUC
-
     def bag_lengths(self) -> dict[str, float]:
         """Mean ids per training sample of each feature, after the multi-hot expansion."""
         stored = self.meta["splits"]["train"]["bag_lengths"]
