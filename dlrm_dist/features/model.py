@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Callable, Literal, Optional
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from dlrm_dist.config.validation import (
     IDENTIFIER_TEXT,
@@ -46,7 +46,12 @@ DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 CRITEO_TSV_FIELDS = 40  # label, 13 integer columns, 26 hex columns
 
 Column = Annotated[str, Says("a column name (a string)")]
-Bound = Annotated[float, Field(allow_inf_nan=True)]  # clip = [0, inf] clips below only
+def _infinite_text(value: Any) -> Any:
+    """JSON has no infinity: an open clip bound is stored as "inf" / "-inf" (schema.to_dict)."""
+    return {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf}.get(value, value) if isinstance(value, str) else value
+
+
+Bound = Annotated[Annotated[float, Field(allow_inf_nan=True)], BeforeValidator(_infinite_text)]  # clip = [0, inf]: below only
 Clip = Annotated[list[Bound], Field(min_length=2, max_length=2),
                  Says("[lo, hi], two numbers with lo <= hi (lo may be -inf, hi may be inf; no nan)")]
 Scale = Annotated[list[Finite], Field(min_length=2, max_length=2),

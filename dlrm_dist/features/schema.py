@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -231,10 +232,14 @@ class FeatureSchema:
 
 
 def _plain(x: Any) -> Any:
+    """Plain JSON data: lists for tuples, and an infinite (clip) bound as "inf" / "-inf", which
+    JSON cannot hold as a number and the model reads back as one."""
     if isinstance(x, dict):
         return {k: _plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
+    if isinstance(x, float) and math.isinf(x):
+        return "inf" if x > 0 else "-inf"
     return x
 
 

@@ -4,10 +4,15 @@ Vectorised over whole record batches (numpy and pyarrow compute); nothing loops 
 
 - split: ``random`` draws a uniform per row from (seed, row number over all inputs) with a
   64-bit mix, so the split does not depend on batch sizes; ``time`` compares the time
-  column to cut-offs found from the fractions in a first pass.
-- hashing: FNV-1a 64 over the value's UTF-8 text (stable across runs and machines).
-- vocabulary: value -> oov_buckets + its position in the vocabulary (most frequent first);
-  unseen or rare values -> an OOV bucket (hashed among them when there are several).
+  column to cut-offs found from the fractions in a first pass; ``day`` finds each row's
+  day (``Days``): train before the last day, HOLDOUT in it (halved into val and test by
+  the writer once the day's valid rows are known).
+- hashing: ``fnv1a``, FNV-1a 64 over the value's UTF-8 text (stable across runs and
+  machines); ``int_modulo``, the integer value modulo buckets (MLPerf's and TorchRec's:
+  integer columns as they are, text tokens read in base 16), missing -> 0.
+- vocabulary: value -> oov_buckets + its position in the vocabulary (most frequent first,
+  or ascending by value); unseen or rare values -> an OOV bucket (hashed among them when
+  there are several).
 - missing values: dense -> the feature's ``fill``; sparse -> an empty bag for multi-hot,
   otherwise id 0 (identity/hash) or an OOV bucket (vocab).
 - every dense value written is a finite float32: a fill, a log1p of a value <= -1, or a
@@ -20,13 +25,14 @@ Errors name the line of the offending row: each batch carries its origin (locate
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dlrm_dist.data.columnar import locate, read
+from dlrm_dist.data.columnar import layout, locate, read
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.data.hashing import U64, splitmix64, unit_uniform
 from dlrm_dist.features.schema import DenseFeature, FeatureSchema, SparseFeature
@@ -50,6 +56,50 @@ def fnv1a(strings: pa.Array) -> np.ndarray:
             h[active] = (h[active] ^ data[starts[active] + k].astype(U64)) * _FNV_PRIME
             k += 1
     return h
+
+
+_HEX_DIGIT = np.full(256, -1, dtype=np.int64)
+for _k, _c in enumerate(b"0123456789abcdef"):
+    _HEX_DIGIT[_c] = _HEX_DIGIT[ord(chr(_c).upper())] = _k
+_EXACT_MODULO = 2**59  # (v * 16 + 15) stays below 2**64 for v < modulo: reduce at every digit
+
+
+def _hex_values(tokens: pa.Array, modulo: int) -> tuple[np.ndarray, Optional[int]]:
+    """(int(tok, 16) % modulo per token (null or empty -> 0), index of the first bad token or None),
+    one vectorised step per character position."""
+    arr = pc.cast(tokens, pa.large_string()) if tokens.type != pa.large_string() else tokens
+    arr = pc.fill_null(pc.utf8_trim_whitespace(arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr), "")
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    if modulo > _EXACT_MODULO and (long := np.flatnonzero(lengths > 15)).size:
+        return np.zeros(0, np.int64), int(long[0])  # beyond 60 bits with a modulo past 2**59: not exact here
+    v, m = np.zeros(len(arr), dtype=U64), U64(modulo)
+    active, k = np.arange(len(arr)), 0
+    while (active := active[lengths[active] > k]).size:
+        d = _HEX_DIGIT[data[starts[active] + k]]
+        if (d < 0).any():
+            return v.astype(np.int64), int(active[np.flatnonzero(d < 0)[0]])
+        v[active] = v[active] * U64(16) + d.astype(U64)
+        if modulo <= _EXACT_MODULO:
+            v[active] %= m
+        k += 1
+    return (v % m).astype(np.int64), None
+
+
+def int_modulo(batch: pa.RecordBatch, schema: FeatureSchema, f: SparseFeature, bags: "Bags", rows: int) -> np.ndarray:
+    """MLPerf's ids: an integer column's value modulo ``rows``, a text token read in base 16;
+    missing -> 0. A token that is not base-16 digits is an error naming its line."""
+    values = bags.values
+    if pa.types.is_integer(values.type):
+        return np.mod(pc.fill_null(values, 0).to_numpy(zero_copy_only=False).astype(np.int64), rows)
+    ids, bad = _hex_values(values, rows)
+    if bad is not None:
+        raise PreprocessError(
+            f"{locate.where(batch, schema, bags.row_of(bad))}: sparse feature {f.name!r} (column {f.column!r}) holds "
+            f"{values[bad].as_py()!r}, not a base-16 integer (at most 15 digits when buckets > 2**59; hash = \"int_modulo\" reads text "
+            "tokens in base 16, as MLPerf does); fix the data, or use hash = \"fnv1a\" for other text")
+    return ids
 
 
 # -- labels and splits -----------------------------------------------------------------------
@@ -93,9 +143,46 @@ def times_of(batch: pa.RecordBatch, schema: FeatureSchema) -> np.ndarray:
     return t
 
 
-def split_of(batch: pa.RecordBatch, schema: FeatureSchema, row0: int, cutoffs: Optional[tuple[float, float]]) -> np.ndarray:
-    """0 (train), 1 (val) or 2 (test) per row; ``row0`` is the first row's number over all inputs."""
+HOLDOUT = 3  # split by day: a row of the last day (val or test, by its place among that day's rows)
+
+
+@dataclass(frozen=True)
+class Days:
+    """The day of each row, for ``split.by = "day"``: the inputs' lines cut into ``days`` equal
+    pseudo-days (bounds total * d // days over the lines of all inputs, in input order,
+    malformed lines counted), or one day per input file."""
+
+    files: tuple[str, ...]
+    first_lines: tuple[int, ...] = ()  # the line (over all inputs) each file starts at
+    bounds: Optional[tuple[int, ...]] = None  # days + 1 line bounds; None: one day per file
+
+    @classmethod
+    def cut(cls, files: list[Path], lines: Optional[list[int]], days: Optional[int]) -> "Days":
+        names = tuple(map(str, files))
+        if days is None:
+            return cls(names)
+        total, firsts = sum(lines), tuple(int(x) for x in np.cumsum([0, *lines[:-1]]))
+        return cls(names, firsts, tuple(total * d // days for d in range(days + 1)))
+
+    @property
+    def count(self) -> int:
+        return len(self.files) if self.bounds is None else len(self.bounds) - 1
+
+    def of(self, batch: pa.RecordBatch) -> np.ndarray:
+        file = self.files.index(str(locate.origin(batch)[0]))
+        if self.bounds is None:
+            return np.full(batch.num_rows, file, np.int64)
+        lines = batch.column(locate.LINE_FIELD).to_numpy() + self.first_lines[file]
+        return np.searchsorted(np.asarray(self.bounds), lines, side="right") - 1
+
+
+def split_of(batch: pa.RecordBatch, schema: FeatureSchema, row0: int, cutoffs: Optional[tuple[float, float]],
+             days: Optional[Days] = None) -> np.ndarray:
+    """0 (train), 1 (val), 2 (test) or HOLDOUT (the last day) per row; ``row0`` is the first row's
+    number over all inputs."""
     s = schema.split
+    if s.by == "day":
+        return np.where(days.of(batch) == days.count - 1, HOLDOUT, 0).astype(np.int8)
     if s.by == "time":
         t = times_of(batch, schema)
         return (t >= cutoffs[0]).astype(np.int8) + (t >= cutoffs[1]).astype(np.int8)
@@ -196,6 +283,8 @@ def encode_ids(batch: pa.RecordBatch, schema: FeatureSchema, f: SparseFeature, b
                vocab: Optional[pa.Array]) -> np.ndarray:
     """A feature's text values -> int64 ids in [0, its table's rows); a bad identity id names the line."""
     values, rows = bags.values, schema.table_rows(f.table)
+    if f.kind == "hash" and f.hash == "int_modulo":
+        return int_modulo(batch, schema, f, bags, rows)
     if f.kind == "hash":
         return (fnv1a(values) % U64(rows)).astype(np.int64)
     if f.kind == "vocab":
@@ -210,8 +299,8 @@ def encode_ids(batch: pa.RecordBatch, schema: FeatureSchema, f: SparseFeature, b
 
 
 def _identity_ids(batch: pa.RecordBatch, schema: FeatureSchema, f: SparseFeature, bags: Bags, rows: int) -> np.ndarray:
-    filled = pc.fill_null(bags.values, "0")
-    as_int = lambda a: pc.cast(pc.utf8_trim_whitespace(a), pa.int64())  # noqa: E731
+    filled = pc.fill_null(bags.values, 0 if pa.types.is_integer(bags.values.type) else "0")
+    as_int = lambda a: pc.cast(a if pa.types.is_integer(a.type) else pc.utf8_trim_whitespace(a), pa.int64())  # noqa: E731
     try:
         ids = as_int(filled).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -224,3 +313,40 @@ def _identity_ids(batch: pa.RecordBatch, schema: FeatureSchema, f: SparseFeature
         raise PreprocessError(f"{locate.where(batch, schema, bags.row_of(i))}: identity feature {f.name!r} has id "
                               f"{ids[i]} outside [0, {rows}) (buckets = {rows}); raise buckets or use kind = \"vocab\"")
     return ids
+
+
+# -- a whole block --------------------------------------------------------------------------------
+@dataclass
+class Encoded:
+    """A block's model inputs: what the writer appends (the split aside)."""
+
+    labels: np.ndarray  # float32 (n,)
+    dense: np.ndarray  # float32 (n, num_dense)
+    ids: dict[str, tuple[np.ndarray, Optional[np.ndarray]]]  # feature -> (ids, bag lengths or None)
+
+    def arrays(self) -> list[np.ndarray]:
+        """Flat, for a trip through shared memory (``from_arrays`` undoes it for the same schema)."""
+        out = [self.labels, self.dense]
+        for values, lengths in self.ids.values():
+            out += [values, lengths if lengths is not None else np.zeros(0, np.int64)]
+        return out
+
+    @classmethod
+    def from_arrays(cls, schema: FeatureSchema, arrays: list[np.ndarray]) -> "Encoded":
+        it = iter(arrays[2:])
+        ids = {}
+        for f in schema.sparse:
+            values, lengths = next(it), next(it)
+            ids[f.name] = (values, lengths if f.multi_hot else None)
+        return cls(arrays[0], arrays[1], ids)
+
+
+def encode_batch(batch: pa.RecordBatch, schema: FeatureSchema, vocabs: dict[str, pa.Array]) -> Encoded:
+    """Labels, dense matrix and every sparse feature's ids of a block: the one encoder, a pure
+    function of the batch, the fitted schema and its vocabularies (so workers may run it)."""
+    ids = {}
+    for f in schema.sparse:
+        bags = bags_of(batch, f)
+        ids[f.name] = (encode_ids(batch, schema, f, bags, vocabs.get(f.table)).astype(
+            layout.id_dtype(schema.table_rows(f.table)), copy=False), bags.lengths)  # the stored width
+    return Encoded(labels_of(batch, schema), dense_matrix(batch, schema), ids)

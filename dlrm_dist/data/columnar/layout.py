@@ -7,6 +7,7 @@
                                      whether it completed
     DIR/fit.json                     the fit pass's result (vocabulary rows, dense statistics)
     DIR/vocab/<table>.json           a vocabulary table's values, id = oov_buckets + position
+                                     (strings, or integers for criteo_tsv's integer fields)
     DIR/<split>/dense.npy            float32 (N, num_dense), transformed
     DIR/<split>/labels.npy           float32 (N,), 0 or 1
     DIR/<split>/<feature>.ids.npy    int32 (int64 for tables of 2**31 rows or more): one id
@@ -89,18 +90,23 @@ def output_files(directory: Path, schema: FeatureSchema, splits: tuple[str, ...]
     return files
 
 
-def write_vocab(directory: Path, table: str, values: list[str]) -> None:
+def write_vocab(directory: Path, table: str, values: list[str] | list[int]) -> None:
     atomic_write_json(vocab_file(directory, table), values)
 
 
-def read_vocab(directory: Path, table: str) -> list[str]:
+def _one_kind(values: list) -> bool:
+    """All strings, or all integers (JSON integers load back exactly; a bool is not one)."""
+    return all(isinstance(v, str) for v in values) or all(type(v) is int for v in values)
+
+
+def read_vocab(directory: Path, table: str) -> list[str] | list[int]:
     """A vocabulary table's values; missing or damaged is a DataError naming the file."""
     path = vocab_file(directory, table)
     values = read_record(path, list, START_OVER)
     if values is None:
         raise DataError(f"{path}: missing (the fit pass wrote no vocabulary for table {table!r}); {START_OVER}")
-    if not all(isinstance(v, str) for v in values):
-        raise DataError(f"{path}: damaged (a vocabulary is a JSON array of strings); {START_OVER}")
+    if not _one_kind(values):
+        raise DataError(f"{path}: damaged (a vocabulary is a JSON array of strings, or of integers); {START_OVER}")
     return values
 
 

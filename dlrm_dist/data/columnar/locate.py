@@ -4,7 +4,8 @@ pyarrow's streaming CSV reads give neither the line of a malformed record nor th
 that does not convert; a quoted cell may hold newlines, so a data row's line is not its index.
 This module re-scans a file with Python's csv reader when (and only when) an error is to be
 reported. Batches carry their origin (file, first data row) in their schema metadata under
-``ORIGIN_PATH`` / ``ORIGIN_FIRST``, set by read.py.
+``ORIGIN_PATH`` / ``ORIGIN_FIRST``, set by read.py. criteo_tsv batches know their lines (their
+parser counts them): a ``line:`` field holds each row's 0-based line, and no re-scan is needed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.schema import FeatureSchema
 
 ORIGIN_PATH, ORIGIN_FIRST = b"dlrm_dist.path", b"dlrm_dist.first_row"
+LINE_FIELD = "line:"  # criteo_tsv batches: the 0-based line of each row in its file
 
 
 def file_format(path: Path, schema: FeatureSchema) -> str:
@@ -47,6 +49,8 @@ def origin(batch: pa.RecordBatch) -> tuple[Path, int]:
 def where(batch: pa.RecordBatch, schema: FeatureSchema, row: int) -> str:
     """``FILE line L`` (CSV) or ``FILE row R`` (Parquet) of the batch's row ``row``."""
     path, first = origin(batch)
+    if LINE_FIELD in batch.schema.names:
+        return f"{path} line {batch.column(LINE_FIELD)[row].as_py() + 1}"
     return locate(path, schema, first + row)
 
 

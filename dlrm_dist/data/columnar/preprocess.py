@@ -4,10 +4,13 @@ Streaming in bounded memory (one record batch at a time), in up to three passes:
 
 1. ``time`` split with fractions: read the time column to find the cut-offs
    (8 bytes per row held: the one pass whose memory grows with the data);
+   ``day`` split with ``days``: count the inputs' lines (worker processes, at disk speed);
 2. fit, when the schema has vocabularies or standardize/minmax: count values and moments
    over the training split only (saved to fit.json, so a rerun does not redo it);
-3. write: transform every row and append it to its split's files, under ``.partial``
-   names renamed at the end; meta.json is written last.
+3. write: encode every row (encode.encode_batch; criteo_tsv's reader runs it in its
+   workers) and append it to its split's files, under ``.partial`` names renamed at the
+   end; by day, the last day's rows go to a holdout whose first ceil(n/2) rows become val
+   and the rest test once n is known; meta.json is written last.
 
 A run holds ``--out``'s writer lock (fileio.DirLock) from before it reads anything there
 until its last file is published: a second job into the same directory is refused naming
@@ -21,6 +24,8 @@ is written atomically; a full disk is named and this run's ``.partial`` files ar
 
 from __future__ import annotations
 
+import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -33,7 +38,9 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from dlrm_dist.data.columnar import encode, layout
-from dlrm_dist.data.columnar.read import BadLines, PreprocessError, read_inputs
+from dlrm_dist.data.columnar.criteo_tsv import count_lines
+from dlrm_dist.data.columnar.encode import HOLDOUT, Days, Encoded
+from dlrm_dist.data.columnar.read import BadLines, PreprocessError, read_encoded, read_inputs
 from dlrm_dist.data.jobrecord import differences, is_complete, job_record, lock_out, mark_complete, read_job, write_job
 from dlrm_dist.data.npy import NpyWriter, Tally
 from dlrm_dist.fileio import LOCK_FILE
@@ -41,6 +48,8 @@ from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.features.schema import SPLITS, FeatureSchema
 
 _COMPACT_EVERY = 64  # record batches of vocabulary counts merged at a time
+_HOLDOUT = "holdout"  # split by day: the last day's rows, halved into val and test at the end
+_BLOCK = 1 << 18  # rows copied at a time from the holdout
 
 
 @dataclass
@@ -51,6 +60,7 @@ class Options:
     strict: bool = False
     overwrite: bool = False
     progress: bool = True
+    workers: int = max(1, os.cpu_count() or 1)  # criteo_tsv: parsing and encoding processes
 
 
 @dataclass
@@ -80,7 +90,7 @@ def _clear(out: Path) -> None:
     """Removes what a preprocessing job writes (only the layout's own names: other files stay)."""
     for path in [*(out / name for name in _RECORDS), *_leftovers(out)]:
         path.unlink(missing_ok=True)
-    for d in [layout.VOCAB_DIR, *SPLITS, *(s + ".partial" for s in SPLITS)]:
+    for d in [layout.VOCAB_DIR, *SPLITS, *(s + ".partial" for s in (*SPLITS, _HOLDOUT))]:
         if (out / d).exists():
             shutil.rmtree(out / d)
 
@@ -136,7 +146,7 @@ def _time_cutoffs(opts: Options) -> Optional[tuple[float, float]]:
         return None
     times = []
     with _bar(opts, "time split") as bar:
-        for _, _, batch in read_inputs(opts.inputs, opts.schema, BadLines(strict=opts.strict)):
+        for _, _, batch in read_inputs(opts.inputs, opts.schema, BadLines(strict=opts.strict), workers=opts.workers):
             times.append(encode.times_of(batch, opts.schema))
             bar.update(batch.num_rows)
     t = np.concatenate(times) if times else np.zeros(0)
@@ -216,14 +226,26 @@ class _VocabCounts:
         t = pa.concat_tables(self.parts).group_by("v").aggregate([("c", "sum")])
         return t.rename_columns(["v", "c"])
 
-    def vocabulary(self, min_count: int) -> list[str]:
+    def vocabulary(self, min_count: int, order: str) -> list:
         t = self._merged()
         t = t.filter(pc.greater_equal(t["c"], min_count))
-        t = t.sort_by([("c", "descending"), ("v", "ascending")])  # most frequent first, ties by value
+        # most frequent first, ties by value; or by value (the old Criteo --vocab: ids 1..K by value)
+        t = t.sort_by([("c", "descending"), ("v", "ascending")] if order == "frequency" else [("v", "ascending")])
         return t["v"].to_pylist()
 
 
-def _fit(opts: Options, cutoffs: Optional[tuple[float, float]]) -> dict[str, Any]:
+def _days(opts: Options) -> Optional[Days]:
+    """Which day each row is in (split by day): pseudo-days need the inputs' line counts."""
+    s = opts.schema.split
+    if s.by != "day":
+        return None
+    if s.days is None and len(opts.inputs) < 2:
+        raise PreprocessError(f"split by day with one day per input file needs at least two files (the last is val "
+                              f"and test), got {len(opts.inputs)}; give split.days to cut one file into pseudo-days")
+    return Days.cut(opts.inputs, count_lines(opts.inputs, opts.workers) if s.days else None, s.days)
+
+
+def _fit(opts: Options, cutoffs: Optional[tuple[float, float]], days: Optional[Days] = None) -> dict[str, Any]:
     """Vocabularies and dense statistics of the training split."""
     done = layout.read_fit(opts.out_dir)
     if done is not None:
@@ -237,8 +259,9 @@ def _fit(opts: Options, cutoffs: Optional[tuple[float, float]]) -> dict[str, Any
         moments = {d.name: _Moments(d.name) for d in fitted}
         row0 = 0
         with _bar(opts, "fit (train split)") as bar:
-            for path, first, batch in read_inputs(opts.inputs, schema, BadLines(strict=opts.strict)):
-                train = encode.split_of(batch, schema, row0, cutoffs) == 0
+            for path, first, batch in read_inputs(opts.inputs, schema, BadLines(strict=opts.strict),
+                                                  workers=opts.workers):
+                train = encode.split_of(batch, schema, row0, cutoffs, days) == 0
                 row0 += batch.num_rows
                 bar.update(batch.num_rows)
                 if not train.any():
@@ -259,7 +282,7 @@ def _save_vocabularies(opts: Options, counts: dict[str, "_VocabCounts"], result:
     (opts.out_dir / layout.VOCAB_DIR).mkdir(exist_ok=True)
     for table, c in counts.items():
         f = opts.schema.features_of(table)[0]
-        vocab = c.vocabulary(f.min_count)
+        vocab = c.vocabulary(f.min_count, f.order)
         if not vocab:
             names = [x.name for x in opts.schema.features_of(table)]
             raise SchemaError(f"vocabulary feature(s) {names} (table {table!r}) have no value seen at least "
@@ -291,15 +314,19 @@ class _SplitWriter:
         return self.writers[-1]
 
     def append(self, keep: np.ndarray, dense: np.ndarray, labels: np.ndarray, ids: dict[str, tuple]) -> None:
+        if not keep.any():
+            return
+        if keep.all():  # (a block wholly in one split, as by day nearly always: no copies)
+            keep = slice(None)
         self.dense.append(dense[keep])
         self.labels.append(labels[keep])
         for name, (values, lengths) in ids.items():
             if lengths is None:
                 self.ids[name].append(values[keep])
-                self.nvalues[name] += int(keep.sum())
+                self.nvalues[name] += len(values[keep])
                 continue
             kept_lengths = lengths[keep]
-            self.ids[name].append(values[np.repeat(keep, lengths)])
+            self.ids[name].append(values if isinstance(keep, slice) else values[np.repeat(keep, lengths)])
             self.offsets[name].append(self.nvalues[name] + np.cumsum(kept_lengths))
             self.nvalues[name] += int(kept_lengths.sum())
 
@@ -314,22 +341,32 @@ class _SplitWriter:
             w.abort()
 
 
-def _encode_block(batch: pa.RecordBatch, schema: FeatureSchema, vocabs: dict[str, pa.Array], where: str = "") -> dict[str, tuple]:
-    """Every sparse feature's (ids, bag lengths) of a block (errors name their line: the batch
-    carries its origin, so ``where`` is only kept for callers that pass it)."""
-    ids = {}
-    for f in schema.sparse:
-        bags = encode.bags_of(batch, f)
-        ids[f.name] = (encode.encode_ids(batch, schema, f, bags, vocabs.get(f.table)), bags.lengths)
-    return ids
-
-
 def _remove_partials(out: Path) -> None:
-    for s in SPLITS:
+    for s in (*SPLITS, _HOLDOUT):
         shutil.rmtree(out / (s + ".partial"), ignore_errors=True)
 
 
-def _write(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report) -> dict[str, Any]:
+def _halve_holdout(out: Path, schema: FeatureSchema, writers: dict[str, _SplitWriter]) -> None:
+    """The last day's first ceil(n/2) valid rows -> val, the rest -> test (TorchRec's convention),
+    copied in blocks from the closed holdout files."""
+    rows = writers.pop(_HOLDOUT).close()["rows"]
+    held = layout.open_split(out, _HOLDOUT + ".partial", schema, rows)
+    half = math.ceil(rows / 2)
+    for split, lo, hi in (("val", 0, half), ("test", half, rows)):
+        for a in range(lo, hi, _BLOCK):
+            b = min(a + _BLOCK, hi)
+            ids = {}
+            for f in schema.sparse:
+                off = held.offsets[f.name]
+                ids[f.name] = (held.ids[f.name][a:b], None) if off is None else \
+                    (held.ids[f.name][off[a]:off[b]], np.diff(off[a : b + 1]))
+            writers[split].append(np.ones(b - a, bool), held.dense[a:b], held.labels[a:b], ids)
+    del held
+    shutil.rmtree(out / (_HOLDOUT + ".partial"))
+
+
+def _write(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report,
+           days: Optional[Days] = None) -> dict[str, Any]:
     """Writes the three splits under ``.partial`` names and publishes them; on any failure (a full
     disk, bad data, an interrupt) removes this run's partial files and keeps what earlier runs completed."""
     out = opts.out_dir
@@ -337,9 +374,11 @@ def _write(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, 
     writers: dict[str, _SplitWriter] = {}
     try:
         tally = Tally()
-        for s in SPLITS:
+        for s in (*SPLITS, _HOLDOUT) if days is not None else SPLITS:
             writers[s] = _SplitWriter(out, s + ".partial", schema, tally)
-        _write_rows(opts, schema, cutoffs, report, writers)
+        _write_rows(opts, schema, cutoffs, report, writers, days)
+        if days is not None:
+            _halve_holdout(out, schema, writers)
         splits = {s: w.close() for s, w in writers.items()}
     except BaseException:
         for w in writers.values():
@@ -353,20 +392,20 @@ def _write(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, 
 
 
 def _write_rows(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report,
-                writers: dict[str, _SplitWriter]) -> None:
-    vocabs = {t: pa.array(layout.read_vocab(opts.out_dir, t), pa.string())
+                writers: dict[str, _SplitWriter], days: Optional[Days] = None) -> None:
+    vocabs = {t: pa.array(layout.read_vocab(opts.out_dir, t))
               for t in schema.table_names if schema.features_of(t)[0].kind == "vocab"}
+    encoder = lambda batch: encode.encode_batch(batch, schema, vocabs)  # noqa: E731 (run by workers: fork)
+    from_arrays = lambda arrays: Encoded.from_arrays(schema, arrays)  # noqa: E731
+    targets = {**dict(enumerate(SPLITS)), HOLDOUT: _HOLDOUT}  # split code -> writer
     bad = BadLines(strict=opts.strict)
     row0 = 0
     with _bar(opts, "preprocess") as bar:
-        for path, first, batch in read_inputs(opts.inputs, schema, bad):
-            where = f"{path} (data rows {first + 1}..{first + batch.num_rows})"
-            labels = encode.labels_of(batch, schema, str(path), first)
-            split = encode.split_of(batch, schema, row0, cutoffs)
-            dense = encode.dense_matrix(batch, schema)
-            ids = _encode_block(batch, schema, vocabs, where)
-            for k, s in enumerate(SPLITS):
-                writers[s].append(split == k, dense, labels, ids)
+        for path, first, batch, enc in read_encoded(opts.inputs, schema, bad, encoder, from_arrays, opts.workers):
+            split = encode.split_of(batch, schema, row0, cutoffs, days)
+            for k, s in targets.items():
+                if s in writers:
+                    writers[s].append(split == k, enc.dense, enc.labels, enc.ids)
             row0 += batch.num_rows
             bar.update(batch.num_rows)
     report.rows_read, report.skipped, report.examples = row0 + bad.count, bad.count, bad.examples
@@ -390,10 +429,11 @@ def preprocess(opts: Options) -> Report:
 def _run(opts: Options) -> Report:
     started = time.perf_counter()
     cutoffs = _time_cutoffs(opts)
-    fit = _fit(opts, cutoffs)
+    days = _days(opts)
+    fit = _fit(opts, cutoffs, days)
     schema = opts.schema.with_fitted(fit["vocab_rows"], {k: tuple(v) for k, v in fit["scales"].items()})
     report = Report()
-    splits = _write(opts, schema, cutoffs, report)
+    splits = _write(opts, schema, cutoffs, report, days)
     report.rows = {s: splits[s]["rows"] for s in SPLITS}
     refuse_empty_splits(opts.schema, report.rows)
     report.seconds = time.perf_counter() - started

@@ -17,6 +17,10 @@ whose lines have another number of fields than ``input.columns`` names.
 Every batch carries its origin (file, first data row) in its schema metadata, so that the
 encoders can name the line of a bad value without being told where the batch came from.
 
+Input format ``criteo_tsv`` is read by its own parallel parser (criteo_tsv.py) into the same
+stream; ``read_encoded`` is the stream with the encoder already run on each batch (by that
+reader's workers, or here for the other formats).
+
 Arrow reads CSV ahead on its IO threads, and the reader holds our Python row handler: a
 reader released while a read-ahead is in flight is destroyed later on an Arrow thread, which
 must then take the GIL to drop the handler. If the interpreter is exiting by then, Python
@@ -31,7 +35,7 @@ import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from dlrm_dist.data.columnar import criteo_tsv
 from dlrm_dist.data.columnar.locate import (ORIGIN_FIRST, ORIGIN_PATH, at_record, cell_text, conversion_error,
                                             delimiter_of, file_format, first_fields, lines_of_records, origin,
                                             where)
@@ -78,6 +83,14 @@ class BadLines:
             self._pending.append((len(self.examples), record, why))
             self.examples.append(f"{path}: {why}")
         return "skip"
+
+    def add_line(self, path: str, line: int, why: str) -> None:
+        """A malformed line whose number is known (criteo_tsv's parser counts lines)."""
+        if self.strict:
+            raise PreprocessError(f"{path}:{line}: {why} (--strict stops at the first malformed line)")
+        self.count += 1
+        if len(self.examples) < REPORTED:
+            self.examples.append(f"{path}:{line}: {why}")
 
     def resolve(self, path: Path, schema: FeatureSchema) -> None:
         """Names this file's reported malformed lines by their line numbers."""
@@ -341,8 +354,14 @@ def read_file(path: Path, schema: FeatureSchema, bad: BadLines, first_row: int =
 
 
 def read_inputs(paths: list[Path], schema: FeatureSchema, bad: BadLines,
-                on_file: Optional[Callable[[Path], None]] = None) -> Iterator[tuple[Path, int, pa.RecordBatch]]:
+                on_file: Optional[Callable[[Path], None]] = None,
+                workers: Optional[int] = None) -> Iterator[tuple[Path, int, pa.RecordBatch]]:
     """(file, index of the batch's first valid row in that file, batch) over every input in order."""
+    if schema.input.format == "criteo_tsv":
+        check_uses(schema)
+        for path, first, batch, _ in criteo_tsv.read_inputs(paths, schema, bad, on_file, workers=workers):
+            yield path, first, batch
+        return
     for path in paths:
         if on_file:
             on_file(path)
@@ -352,3 +371,19 @@ def read_inputs(paths: list[Path], schema: FeatureSchema, bad: BadLines,
                 yield path, origin(batch)[1], batch
         finally:
             batches.close()  # an early stop (an error downstream) ends the file's read here, not at exit
+
+
+def read_encoded(paths: list[Path], schema: FeatureSchema, bad: BadLines, encoder: Callable[[pa.RecordBatch], Any],
+                 from_arrays: Callable[[list], Any], workers: Optional[int] = None,
+                 on_file: Optional[Callable[[Path], None]] = None) -> Iterator[tuple[Path, int, pa.RecordBatch, Any]]:
+    """(file, first valid row, batch, ``encoder(batch)``) over every input in order.
+
+    criteo_tsv runs the encoder in its worker processes (the batch then holds the fields the
+    split reads: ``line:`` and the time column); ``from_arrays`` rebuilds its result there.
+    """
+    if schema.input.format == "criteo_tsv":
+        check_uses(schema)
+        yield from criteo_tsv.read_inputs(paths, schema, bad, on_file, encoder, from_arrays, workers)
+        return
+    for path, first, batch in read_inputs(paths, schema, bad, on_file):
+        yield path, first, batch, encoder(batch)

@@ -1,0 +1,305 @@
+"""The ``criteo_tsv`` input reader: raw Criteo TSV (plain or gzip) in parallel, as record batches.
+
+Criteo lines have a fixed layout (label, 13 integer columns, 26 8-hex-digit columns, tab, no
+header) that the compiled parser (tsv_kernel.py) reads several times faster than pyarrow's
+CSV reader could. This module feeds it and hands its output on as the same stream every
+other input gives (``read.read_inputs``): ``(file, first valid row, RecordBatch)`` with a
+field per use of a column, ``num:<col>`` float64 and ``text:<col>`` int64 (the hex value),
+null where a field is empty; and ``line:`` the 0-based line of each row in its file, which
+names a row in errors (``locate.where``) and cuts pseudo-days (``encode.Days``).
+
+- Plain files are cut into byte ranges ending at line ends, which worker processes (fork)
+  read themselves; gzip files are decompressed here and their chunks handed out as bytes.
+- Workers return arrays through shared memory (pickling tens of MB per chunk through a pipe
+  made the reading process the bottleneck); chunks come back in file order.
+- ``encoder``: the workers also run the ONE encoder (encode.encode_batch, a pure function
+  of a batch and the fitted schema) on their chunk, so that the main process only writes.
+  An encoder error in a worker is raised again by the main process on the same chunk, which
+  knows its line numbers: the message names the file and line like any other.
+- Malformed lines are counted in ``BadLines`` with file:line; ``strict`` stops at the first.
+"""
+
+from __future__ import annotations
+
+import gzip
+import multiprocessing as mp
+import os
+from dataclasses import dataclass
+from multiprocessing import resource_tracker, shared_memory
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from dlrm_dist.data.columnar.locate import LINE_FIELD, ORIGIN_FIRST, ORIGIN_PATH
+from dlrm_dist.data.columnar.tsv_kernel import NUM_DENSE, ParsedChunk, parse_chunk
+from dlrm_dist.data.errors import PreprocessError
+from dlrm_dist.features.builtin import criteo_columns
+from dlrm_dist.features.errors import SchemaError
+from dlrm_dist.features.schema import FeatureSchema
+
+CHUNK_BYTES = 8 << 20
+NUM, TEXT = "num", "text"  # as read.py names its typed reads
+
+
+# -- where the bytes come from ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Chunk:
+    path: str
+    start: int  # byte offset in the (decompressed) file
+    end: int
+    data: Optional[bytes] = None  # gzip: the bytes themselves
+
+    def read(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        with open(self.path, "rb") as f:
+            f.seek(self.start)
+            return f.read(self.end - self.start)
+
+
+def is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _line_end_after(f, pos: int, size: int) -> int:
+    """The end of the line that crosses byte ``pos`` (or the file's end)."""
+    f.seek(pos)
+    while block := f.read(1 << 16):
+        i = block.find(b"\n")
+        if i >= 0:
+            return f.tell() - len(block) + i + 1
+    return size
+
+
+def _plain_chunks(path: Path) -> Iterator[Chunk]:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        pos = 0
+        while pos < size:
+            end = _line_end_after(f, pos + CHUNK_BYTES, size) if pos + CHUNK_BYTES < size else size
+            yield Chunk(str(path), pos, end)
+            pos = end
+
+
+def _gzip_chunks(path: Path) -> Iterator[Chunk]:
+    try:
+        with gzip.open(path, "rb") as f:
+            pos, rest = 0, b""
+            while block := f.read(CHUNK_BYTES):
+                block = rest + block
+                cut = block.rfind(b"\n") + 1
+                if cut:
+                    yield Chunk(str(path), pos, pos + cut, block[:cut])
+                    pos += cut
+                rest = block[cut:]
+            if rest:
+                yield Chunk(str(path), pos, pos + len(rest), rest)
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a cut stream an EOFError
+        raise PreprocessError(f"{path}: not a complete gzip file ({e}); recompress it") from None
+
+
+def chunks(path: Path) -> Iterator[Chunk]:
+    """Chunks of whole lines of the (decompressed) file."""
+    return _gzip_chunks(path) if is_gzip(path) else _plain_chunks(path)
+
+
+def _count(chunk: Chunk) -> tuple[int, bool]:
+    data = chunk.read()
+    return data.count(b"\n"), data.endswith(b"\n")
+
+
+def count_lines(paths: list[Path], workers: int) -> list[int]:
+    """Lines of each file (a last line without newline counts), counted by worker processes."""
+    with mp.get_context("fork").Pool(workers) as pool:
+        counts = []
+        for path in paths:
+            total, ends_with_newline = 0, True
+            for n, ends_with_newline in pool.imap(_count, chunks(path)):
+                total += n
+            counts.append(total + (not ends_with_newline))
+    return counts
+
+
+# -- shared-memory handoff ------------------------------------------------------------------------
+def _pack(arrays: list[np.ndarray]) -> tuple[str, list[tuple[str, tuple[int, ...]]]]:
+    """Copies ``arrays`` into a new shared-memory block (in a worker); the main process owns it."""
+    shm = shared_memory.SharedMemory(create=True, size=max(1, sum(a.nbytes for a in arrays)))
+    offset = 0
+    for a in arrays:
+        np.ndarray(a.shape, a.dtype, buffer=shm.buf, offset=offset)[...] = a
+        offset += a.nbytes
+    resource_tracker.unregister(shm._name, "shared_memory")  # noqa: SLF001 - the main process unlinks it
+    shm.close()
+    return shm.name, [(a.dtype.str, a.shape) for a in arrays]
+
+
+def _unpack(name: str, specs: list[tuple[str, tuple[int, ...]]]) -> list[np.ndarray]:
+    """The arrays of a block, copied out (so that nothing refers to it) and the block freed."""
+    shm = shared_memory.SharedMemory(name=name)
+    try:
+        out, offset = [], 0
+        for dtype, shape in specs:
+            a = np.ndarray(shape, np.dtype(dtype), buffer=shm.buf, offset=offset)
+            out.append(a.copy())
+            offset += a.nbytes
+        del a
+        return out
+    finally:
+        shm.close()
+        shm.unlink()
+
+
+# -- which field of a line each use reads ---------------------------------------------------------
+def _positions(schema: FeatureSchema) -> dict[tuple[str, str], int]:
+    """(use, column) -> field index; a use the fixed layout cannot serve is a SchemaError."""
+    from dlrm_dist.data.columnar.read import uses  # (read.py imports this module)
+
+    names = list(schema.input.columns or criteo_columns())
+    found, problems = {}, []
+    for use, column in uses(schema):
+        if column not in names:
+            problems.append(f"column {column!r} is not one of criteo_tsv's columns {names}")
+            continue
+        i = names.index(column)
+        if use == NUM and i > NUM_DENSE:
+            problems.append(f"column {column!r} is a hex categorical field of criteo_tsv: it cannot be a dense "
+                            "feature, the label or the time column")
+        elif use == TEXT and i <= NUM_DENSE:
+            problems.append(f"column {column!r} is {'the label' if i == 0 else 'an integer field'} of criteo_tsv: "
+                            "sparse features read the 26 hex fields")
+        found[(use, column)] = i
+    if problems:
+        raise SchemaError("schema " + repr(schema.name) + ": " + "; ".join(problems))
+    return found
+
+
+def _column(parsed: ParsedChunk, i: int) -> pa.Array:
+    if i == 0:
+        return pa.array(parsed.labels.astype(np.float64))
+    if i <= NUM_DENSE:
+        return pa.array(parsed.dense[i - 1], mask=parsed.dense_missing[i - 1])
+    j = i - 1 - NUM_DENSE
+    return pa.array(parsed.sparse[j], mask=parsed.sparse_missing[j])
+
+
+def _batch(parsed: ParsedChunk, positions: dict, path: str, first_row: int, first_line: int) -> pa.RecordBatch:
+    arrays = [_column(parsed, i) for i in positions.values()] + [pa.array(parsed.rows + first_line)]
+    names = [f"{use}:{column}" for use, column in positions] + [LINE_FIELD]
+    meta = {ORIGIN_PATH: path, ORIGIN_FIRST: str(first_row)}
+    return pa.RecordBatch.from_arrays(arrays, names=names).replace_schema_metadata(meta)
+
+
+# -- worker side ----------------------------------------------------------------------------------
+_JOB: dict[str, Any] = {}  # set before the fork: the positions and the encoder
+
+
+@dataclass
+class _Result:
+    chunk: Chunk
+    block: Optional[tuple[str, list]]  # the packed arrays (None: the encoder failed on the chunk)
+    lines: int
+    rows: int
+    bad: list[tuple[int, str]]
+    num_bad: int
+
+
+def _work(chunk: Chunk) -> _Result:
+    parsed = parse_chunk(chunk.read())
+    rows = len(parsed.labels)
+    encoder: Optional[Callable] = _JOB["encoder"]
+    if not rows:
+        return _Result(chunk, None, parsed.num_lines, 0, parsed.bad, parsed.num_bad)
+    if encoder is None:
+        arrays = [parsed.labels, parsed.dense, parsed.dense_missing, parsed.sparse, parsed.sparse_missing, parsed.rows]
+    else:
+        try:
+            encoded = encoder(_batch(parsed, _JOB["positions"], chunk.path, 0, 0))
+        except (PreprocessError, SchemaError):  # the main process runs it again and says where
+            return _Result(chunk, None, parsed.num_lines, -1, parsed.bad, parsed.num_bad)
+        arrays = [parsed.rows, *_split_fields(parsed, _JOB["positions"], _JOB["time"]), *encoded.arrays()]
+    return _Result(chunk, _pack(arrays), parsed.num_lines, rows, parsed.bad, parsed.num_bad)
+
+
+def _split_fields(parsed: ParsedChunk, positions: dict, time_column: Optional[str]) -> list[np.ndarray]:
+    """The time column's values and missing mask, when the split needs them in the main process."""
+    if time_column is None:
+        return []
+    i = positions[(NUM, time_column)]
+    return [parsed.dense[i - 1], parsed.dense_missing[i - 1]] if i else [parsed.labels.astype(np.float64),
+                                                                          np.zeros(len(parsed.labels), bool)]
+
+
+# -- main side ------------------------------------------------------------------------------------
+def _unpacked(result: _Result, positions: dict) -> ParsedChunk:
+    labels, dense, dmiss, sparse, smiss, rows = _unpack(*result.block)
+    return ParsedChunk(dense, dmiss, sparse, smiss, labels, result.lines, result.bad, result.num_bad, rows)
+
+
+def _report_bad(bad, path: str, first_line: int, result: _Result) -> None:
+    for line, why in result.bad:
+        bad.add_line(path, first_line + line + 1, why)
+    bad.count += result.num_bad - len(result.bad)  # beyond the kernel's reported few: counted only
+
+
+def read_file(pool, path: Path, schema: FeatureSchema, bad, encoder: Optional[Callable] = None,
+              decode: Optional[Callable] = None) -> Iterator[tuple]:
+    """(batch, encoded or None) of ``path`` in order; a file without valid rows is refused."""
+    positions = _JOB["positions"]
+    line = row = 0
+    for result in pool.imap(_work, chunks(path)):
+        _report_bad(bad, str(path), line, result)
+        if result.rows < 0:  # the encoder failed in a worker: run it here, where the lines are known
+            encoder(_batch(parse_chunk(result.chunk.read()), positions, str(path), row, line))
+            raise PreprocessError(f"{path}: the encoder failed on a chunk but not when run again")  # pragma: no cover
+        if result.rows:
+            if encoder is None:
+                yield _batch(_unpacked(result, positions), positions, str(path), row, line), None
+            else:
+                yield decode(result, path, row, line)
+        line += result.lines
+        row += max(result.rows, 0)
+    if row == 0:
+        why = (f"all of its {line} line(s) are malformed (see the malformed lines reported)" if line
+               else "it is empty")
+        raise PreprocessError(f"{path}: {why}; every input file must hold data")
+
+
+def _decoder(schema: FeatureSchema, from_arrays: Callable) -> Callable:
+    """Rebuilds (batch of the split's fields, encoded) from a worker's packed arrays."""
+    time_column = _JOB["time"]
+
+    def decode(result: _Result, path: Path, row: int, line: int) -> tuple:
+        arrays = _unpack(*result.block)
+        lines, rest = arrays[0] + line, arrays[1:]
+        fields, names = [pa.array(lines)], [LINE_FIELD]
+        if time_column is not None:
+            fields.insert(0, pa.array(rest[0], mask=rest[1]))
+            names.insert(0, f"{NUM}:{time_column}")
+            rest = rest[2:]
+        batch = pa.RecordBatch.from_arrays(fields, names=names).replace_schema_metadata(
+            {ORIGIN_PATH: str(path), ORIGIN_FIRST: str(row)})
+        return batch, from_arrays(rest)
+    return decode
+
+
+def read_inputs(paths: list[Path], schema: FeatureSchema, bad, on_file: Optional[Callable[[Path], None]] = None,
+                encoder: Optional[Callable] = None, from_arrays: Optional[Callable] = None,
+                workers: Optional[int] = None) -> Iterator[tuple[Path, int, pa.RecordBatch, Any]]:
+    """(file, first valid row in it, batch, encoded) over every input in order.
+
+    Without ``encoder`` the batch holds every use of a column (encoded is None); with it the
+    workers encode, and the batch holds only what the split needs (``line:``, the time column),
+    ``from_arrays`` rebuilding the encoded result from its arrays.
+    """
+    _JOB.update(positions=_positions(schema), encoder=encoder,
+                time=schema.split.column if schema.split.by == "time" else None)
+    decode = _decoder(schema, from_arrays) if encoder is not None else None
+    with mp.get_context("fork").Pool(workers or max(1, os.cpu_count() or 1)) as pool:
+        for path in paths:
+            if on_file:
+                on_file(path)
+            for batch, encoded in read_file(pool, path, schema, bad, encoder, decode):
+                yield path, int(batch.schema.metadata[ORIGIN_FIRST]), batch, encoded
