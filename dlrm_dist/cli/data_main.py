@@ -178,8 +178,9 @@ def run_import_torchrec(args: argparse.Namespace) -> int:
         print(f"{args.out} is complete for this job: nothing to do (--overwrite starts over)")
     else:
         rows = sum(r.rows.values())
-        print(f"imported {r.days} days, {rows:,} rows in {r.seconds:.1f} s ({rows / max(r.seconds, 1e-9):,.0f} rows/s) "
-              f"-> {args.out}\n  " + "  ".join(f"{s} {n:,}" for s, n in r.rows.items()))
+        rate = rows / r.seconds if r.seconds else 0
+        print(f"imported {r.days} days, {rows:,} rows in {r.seconds:.1f} s ({rate:,.0f} rows/s) -> {args.out}")
+        print("  " + "  ".join(f"{s} {n:,}" for s, n in r.rows.items()))
     return 0
 
 

@@ -74,7 +74,8 @@ def test_output_holds_the_arrays_read_directly(torchrec_dir: Path, tmp_path: Pat
     o = tmp_path / "out"
     for split, want in expected.items():
         np.testing.assert_array_equal(np.load(layout.dense_file(o, split)), want["dense"])
-        np.testing.assert_array_equal(np.load(layout.labels_file(o, split)), want["labels"].reshape(-1).astype(np.float32))
+        labels = np.load(layout.labels_file(o, split))
+        np.testing.assert_array_equal(labels, want["labels"].reshape(-1).astype(np.float32))
         for c, f in enumerate(NAMES):
             ids = np.load(layout.ids_file(o, split, f))
             assert ids.dtype == np.int32
@@ -134,11 +135,17 @@ def test_raw_ids_without_a_range_are_refused(torchrec_dir: Path, tmp_path: Path,
     code, _, err = _run(capsys, str(torchrec_dir), "--out", str(tmp_path / "out"))
     assert code == 2 and "raw values, not table rows; give --max-ind-range N" in err, err
     assert "Traceback" not in err and not (tmp_path / "out" / layout.META).exists()
+    with pytest.raises(SystemExit) as e:
+        data_main(["import-torchrec", str(torchrec_dir), "--out", str(tmp_path / "out"), "--max-ind-range", "0"])
+    assert e.value.code == 2 and "'0' is not a positive integer" in capsys.readouterr().err
+    code, _, err = _run(capsys, str(torchrec_dir), "--out", str(torchrec_dir), "--max-ind-range", "9")
+    assert code == 2 and "is the input directory" in err
 
 
 def test_rerun_reports_done_refuses_another_job_and_overwrites(tmp_path: Path, capsys) -> None:
     src, out = _small_dir(tmp_path / "src"), tmp_path / "out"
-    assert _run(capsys, str(src), "--out", str(out), "--max-ind-range", "5")[0] == 0
+    code, text, _ = _run(capsys, str(src), "--out", str(out), "--max-ind-range", "5")
+    assert code == 0 and "imported 3 days, 14 rows" in text and "train 11  val 2  test 1" in text, text
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     code, text, _ = _run(capsys, str(src), "--out", str(out), "--max-ind-range", "5")
     assert code == 0 and "complete for this job" in text
@@ -208,12 +215,15 @@ def _cell(a: np.ndarray, row: int, col: int, value: float) -> np.ndarray:
     (lambda src: [_day(src, d, k).unlink() for d in (1, 2) for k in KINDS], ["1 day(s)", "at least two"]),
     (lambda src: [_set(k, 2, lambda a: a[:1])(src) for k in KINDS],  # the last day needs a val and a test row
      ["split(s) ['test'] would be empty (train 11, val 1, test 0 rows"]),
+    (lambda src: (src / "job.json").write_text('{"inputs": [], "complete": false}'),  # an old preprocessing, killed
+     ["job record (job.json) says the preprocessing that wrote it did not finish"]),
 ])
 def test_bad_input_is_named(tmp_path: Path, capsys, damage, words: list[str]) -> None:
     src = _small_dir(tmp_path / "src")
     damage(src)
     code, _, err = _run(capsys, str(src), "--out", str(tmp_path / "out"))
-    assert code == 2 and err.startswith("dlrm-data import-torchrec: error: ") and len(err.strip().splitlines()) == 1, err
+    assert code == 2 and err.startswith("dlrm-data import-torchrec: error: "), err
+    assert len(err.strip().splitlines()) == 1, err
     for w in words:
         assert w in err, err
     assert not (tmp_path / "out" / layout.META).exists()

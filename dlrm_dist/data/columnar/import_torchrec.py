@@ -9,12 +9,15 @@ The input is what TorchRec's ``BinaryCriteoUtils.tsv_to_npys`` writes (and what 
     DIR/day_{i}_labels.npy   int32, int64 or float32 (n, 1), 0 or 1
 
 The output is the columnar layout (layout.py) the one loader reads, with the built-in Criteo
-schema: its tables have ``--max-ind-range`` rows and the ids are reduced modulo it (the old
-loader's reading of raw ids, Python's modulo: a negative int32 value wrapped by an old writer
-lands where it landed then); without it each table has its largest id + 1 rows and the ids
-are kept (a negative id, or one past int32 — a raw value, not a row — is refused, naming
-the file, row and feature). Dense values are kept as they are. The split is TorchRec's:
-every day but the last is train, the last day's first ceil(n/2) rows val, the rest test.
+schema: with ``--max-ind-range M`` every table has M rows and the ids are reduced modulo M
+as the old loader reduced raw ids (numpy's floor modulo, so a negative value an old int32
+writer wrapped lands where it landed then); without it each table has its largest id + 1
+rows and the ids are kept (a negative id, or one past the int32 range — a raw value, not a
+row — is refused, naming the file, row and feature). Dense values are kept as they are:
+the schema names Criteo's columns and dlrm-data's transform, log(1 + max(x, 0)), while
+TorchRec's writer took log(x - min + 2); a model trained on an imported directory serves
+inputs transformed as its files were. The split is TorchRec's: every day but the last is
+train, the last day's first ceil(n/2) rows val, the rest test.
 
 The same trust rules as ``dlrm-data preprocess``: ``--out``'s writer lock for the whole job,
 a job record (the day files with size and mtime, the options) so that a rerun of the same
@@ -83,7 +86,6 @@ class ImportReport:
 class _Day:
     """One input day's three memory-mapped arrays and their files."""
 
-    index: int
     files: dict[str, Path]
     dense: np.ndarray
     sparse: np.ndarray
@@ -127,18 +129,18 @@ def _refuse_unfinished(source: Path) -> None:
                               "finish (days may be missing): finish it first")
 
 
-def _open_day(index: int, files: dict[str, Path]) -> _Day:
+def _open_day(files: dict[str, Path]) -> _Day:
     labels = open_checked(files["labels"], (np.int32, np.int64, np.float32), (None, 1))
     n = len(labels)
     dense = open_checked(files["dense"], np.float32, (n, CRITEO_NUM_DENSE))
     sparse = open_checked(files["sparse"], (np.int32, np.int64), (n, CRITEO_NUM_SPARSE))
-    return _Day(index, files, dense, sparse, labels)
+    return _Day(files, dense, sparse, labels)
 
 
 def open_days(source: Path) -> list[_Day]:
     """Every day of ``source``, each file memory-mapped and checked (dtype, shape, rows agreeing)."""
     _refuse_unfinished(source)
-    return [_open_day(d, files) for d, files in _day_files(source).items()]
+    return [_open_day(files) for files in _day_files(source).values()]
 
 
 def _blocks(rows: int, lo: int = 0) -> Iterator[tuple[int, int]]:
@@ -235,8 +237,8 @@ def _checked_block(day: _Day, lo: int, hi: int, sizes: np.ndarray,
     dense = np.asarray(day.dense[lo:hi])
     if not np.isfinite(dense).all():
         r, c = _first_bad(~np.isfinite(dense))
-        raise PreprocessError(f"{day.files['dense']}: row {lo + r}, dense feature {criteo_dense_names()[c]}: {dense[r, c]} is not a "
-                              "finite number")
+        raise PreprocessError(f"{day.files['dense']}: row {lo + r}, dense feature {criteo_dense_names()[c]}: "
+                              f"{dense[r, c]} is not a finite number")
     labels = np.asarray(day.labels[lo:hi]).reshape(-1)
     bad = np.flatnonzero((labels != 0) & (labels != 1))
     if bad.size:
@@ -246,8 +248,9 @@ def _checked_block(day: _Day, lo: int, hi: int, sizes: np.ndarray,
         ids %= modulo
     elif ids.size and ((ids < 0) | (ids >= sizes)).any():  # the input changed since the table sizes were taken
         r, c = _first_bad((ids < 0) | (ids >= sizes))
-        raise PreprocessError(f"{day.files['sparse']}: row {lo + r}, feature {criteo_sparse_names()[c]}: id {int(ids[r, c])} is outside "
-                              f"its table of {int(sizes[c])} rows (the file changed during the import?)")
+        raise PreprocessError(f"{day.files['sparse']}: row {lo + r}, feature {criteo_sparse_names()[c]}: id "
+                              f"{int(ids[r, c])} is outside its table of {int(sizes[c])} rows (the file changed "
+                              "during the import?)")
     return dense, labels.astype(np.float32), ids
 
 
