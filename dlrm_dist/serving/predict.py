@@ -92,9 +92,12 @@ def export_config(manifest: ExportManifest) -> Config:
 def open_split(cfg: Config, data_dir: Optional[str], split: str, what: str = "the model") -> Dataset:
     """``cfg``'s data (a resolved config's), from ``data_dir`` if given, evaluating ``split``.
 
-    The directory is checked against the config's fitted schema first (``check_data_schema``).
+    A directory given is the data, whatever the model was trained on (a model of the synthetic
+    generator scores a directory preprocessed with its schema; the directory is never ignored).
+    It is checked against the config's fitted schema first (``check_data_schema``).
     """
-    data = dataclasses.replace(cfg.data, eval_split=split, **({"data_dir": data_dir} if data_dir else {}))
+    moved = {"data_dir": data_dir, "source": "columnar"} if data_dir else {}
+    data = dataclasses.replace(cfg.data, eval_split=split, **moved)
     cfg = dataclasses.replace(cfg, data=data)
     schema = FeatureSchema.from_dict(cfg.features, "the model's schema")
     check_data_schema(cfg, schema, what)

@@ -119,3 +119,19 @@ def test_multi_hot_sizes_must_fit_the_schema(tiny_dir: Path) -> None:
     with pytest.raises(ConfigError, match=r"multi_hot.sizes has 3 values; schema 'tiny' has 2 sparse features "
                                           r"\(a, b\): give one size for all of them or 2"):
         job_schema(load_config(["--data.source=columnar", f"--data.data_dir={tiny_dir}", "--multi_hot.sizes=1,2,3"]))
+
+
+def test_scoring_reads_the_directory_given_even_for_a_model_of_synthetic_data(tiny_dir: Path, tmp_path: Path) -> None:
+    """dlrm-predict --data DIR on a model trained on the generator used to score the generator's data."""
+    import json
+
+    from dlrm_dist.data.columnar.dataset import ColumnarDataset
+    from dlrm_dist.data.synthetic import SyntheticData
+    from dlrm_dist.serving.predict import open_split
+
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    cfg, _, _ = resolve(load_config([f"--data.schema={tmp_path / 'tiny.json'}", "--model.interaction=cat",
+                                     "--model.bottom_mlp=1-16"]))
+    assert cfg.data.source == "synthetic" and isinstance(open_split(cfg, None, "val"), SyntheticData)
+    data = open_split(cfg, str(tiny_dir), "val")
+    assert isinstance(data, ColumnarDataset) and data.eval_split == "val" and data.directory == tiny_dir
