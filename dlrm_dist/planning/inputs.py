@@ -9,7 +9,7 @@ types.py, built from a validated model; a PlannerInputs built in code is checked
 same model, so one set of rules holds wherever inputs come from. Every problem of a file is
 reported at once in one PlanInputError, each with its path (``tables[3].pooling_factor (t_cat_3): ...``).
 
-It imports nothing else from planning: it is the bottom of the planner's layers.
+It imports nothing from the rest of planning: it is the bottom of the planner's layers.
 """
 
 from __future__ import annotations
