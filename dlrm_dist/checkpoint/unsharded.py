@@ -3,7 +3,10 @@
 The checkpoint is checked as on resume: manifest parsed, every file's CRC32C verified,
 ``.metadata`` read by the allow-list reader; then DCP reads every shard and reassembles
 full tensors into the model built from the checkpoint's own config (its manifest carries
-the resolved config, schema included). A model that config cannot build, or whose tables
+the resolved config, schema included). The tables are read one at a time into uninitialised
+storage (the model is built with its tables on the meta device): the reader never holds a
+randomly initialised copy of the tables, nor more than one table's read buffers beside them
+(an MLPerf-size model's tables are ~100 GB; benchmarks/export_memory.py measures it). A model that config cannot build, or whose tables
 differ from the manifest's, is a damaged manifest. Used by serving/export.py and by tests
 that compare weights across layouts.
 """
@@ -16,7 +19,7 @@ from typing import Any, Optional
 
 import torch
 
-from dlrm_dist.checkpoint.io import read_state, tables_of, table_problems, verified_metadata
+from dlrm_dist.checkpoint.io import read_state, table_of, tables_of, table_problems, verified_metadata
 from dlrm_dist.checkpoint.manifest import MANIFEST, CheckpointError, Manifest
 from dlrm_dist.checkpoint.reader import METADATA_FILE
 from dlrm_dist.checkpoint.store import latest_checkpoint
@@ -52,7 +55,7 @@ def _model_of(found: Path, manifest: Manifest) -> tuple[DLRMTrain, Config]:
     """The model the manifest's config describes, refused unless its tables are the manifest's."""
     try:
         cfg = config_from_dict(manifest.info.config, f"{found} manifest")
-        model = build_model(resolved_spec(cfg), seed=0, device=torch.device("cpu"))
+        model = build_model(resolved_spec(cfg), seed=0, device=torch.device("meta"))  # tables: nothing allocated
     except (DlrmError, TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError) as e:
         # The config was valid when the manifest was written: whatever fails here was edited or damaged since.
         raise CheckpointError(f"{found}: the manifest's config does not build a model "
@@ -70,11 +73,16 @@ def read_unsharded(path: str | Path) -> Unsharded:
     manifest = Manifest.read(found)
     model, cfg = _model_of(found, manifest)
     metadata = verified_metadata(found, manifest)
-    state = {"model": model.state_dict(), "train": {"step": torch.tensor(0)}}
-    read_state(found, state, metadata)
-    if int(state["train"]["step"]) != manifest.step:
-        raise CheckpointError(f"{found}: manifest says step {manifest.step}, data says {int(state['train']['step'])}")
-    model.load_state_dict(state["model"])
+    state = model.state_dict()
+    dense = {key: value for key, value in state.items() if not table_of(key)}
+    step = {"step": torch.tensor(0)}
+    read_state(found, {"model": dense, "train": step}, metadata)
+    if int(step["step"]) != manifest.step:
+        raise CheckpointError(f"{found}: manifest says step {manifest.step}, data says {int(step['step'])}")
+    for key in [k for k in state if table_of(k)]:  # one table at a time: see the module docstring
+        state[key] = torch.empty(state[key].shape, dtype=state[key].dtype)
+        read_state(found, {"model": {key: state[key]}}, metadata)
+    model.load_state_dict(state, assign=True)  # the tables become the tensors just read (no copy)
     return Unsharded(model.eval(), cfg, manifest.step, found, manifest)
 
 

@@ -28,6 +28,7 @@ from dlrm_dist.config.sections import Config
 from dlrm_dist.errors import EXIT_BAD_INPUT, DlrmError
 from dlrm_dist.features.schema import FeatureSchema
 from dlrm_dist.fileio import atomic_write_text, disk_full
+from dlrm_dist.metrics.eval import EvalResult
 from dlrm_dist.model.dlrm import DLRM
 from dlrm_dist.serving.load import MANIFEST_FILE, MODEL_FILE, ExportError, sha256
 from dlrm_dist.serving.manifest import SPLITS, ExportManifest, QuantizationCost, QuantizationNotMeasured
@@ -86,27 +87,44 @@ def _eval_split(config: Config) -> str:
     return config.data.eval_split if config.data.eval_split in SPLITS else "val"
 
 
-def measure_int8(float_model: ServingDLRM, int8_model: ServingDLRM, config: Config, data_dir: Optional[str],
-                 limits: CostLimits, progress: bool) -> Union[QuantizationCost, QuantizationNotMeasured]:
-    """Float and int8 scored on the training config's eval split (or why that was not possible)."""
+def score_eval_split(model: ServingDLRM, config: Config, data_dir: Optional[str], progress: bool,
+                     desc: str) -> Union[Optional[EvalResult], QuantizationNotMeasured]:
+    """``model``'s metrics on the training config's eval split (or why they could not be measured)."""
     from dlrm_dist.serving.predict import open_split, score
 
-    split = _eval_split(config)
     try:
-        data = open_split(config, data_dir, split, "the checkpoint's model")
+        data = open_split(config, data_dir, _eval_split(config), "the checkpoint's model")
     except DlrmError as e:
         if data_dir:  # data the user named must be usable; the config's own may be on another machine
             raise
         return QuantizationNotMeasured(note=f"not measured: the training data is not at hand ({e})")
-    names, batch = float_model.feature_names, config.train.global_batch_size
-    f = score(float_model, data, names, batch, progress, desc="score float").metrics
-    q = score(int8_model, data, names, batch, progress, desc="score int8").metrics
+    return score(model, data, model.feature_names, config.train.global_batch_size, progress, desc=desc).metrics
+
+
+def int8_cost(float_metrics: Union[Optional[EvalResult], QuantizationNotMeasured], int8_metrics: Any, config: Config,
+              limits: CostLimits) -> Union[QuantizationCost, QuantizationNotMeasured]:
+    """What int8 costs against float on the eval split, from both models' metrics."""
+    if isinstance(float_metrics, QuantizationNotMeasured):
+        return float_metrics
+    f, q, split = float_metrics, int8_metrics, _eval_split(config)
     values = [f.auc, q.auc, f.logloss, q.logloss] if f and q else []
     if not values or not all(math.isfinite(v) for v in values):
         return QuantizationNotMeasured(note=f"not measured: the {split} split has no labels of both classes")
     return QuantizationCost(split=split, samples=f.samples, float_auc=f.auc, int8_auc=q.auc,
                             auc_difference=q.auc - f.auc, float_logloss=f.logloss, int8_logloss=q.logloss,
                             max_auc_loss=limits.max_auc_loss, max_logloss_increase=limits.max_logloss_increase)
+
+
+def _int8_model(dlrm: DLRM, config: Config, data_dir: Optional[str], limits: CostLimits, progress: bool,
+                release_float: bool) -> tuple[ServingDLRM, Union[QuantizationCost, QuantizationNotMeasured]]:
+    """The int8 model and its measured cost: float is scored first, then each table is quantized (and,
+    with ``release_float``, its float copy freed), so float and int8 tables never all coexist."""
+    float_metrics = score_eval_split(ServingDLRM(dlrm, "none").eval(), config, data_dir, progress, "score float")
+    model = ServingDLRM(dlrm, "int8", release_float=release_float).eval()
+    int8_metrics = None
+    if not isinstance(float_metrics, QuantizationNotMeasured):
+        int8_metrics = score_eval_split(model, config, data_dir, progress, "score int8")
+    return model, int8_cost(float_metrics, int8_metrics, config, limits)
 
 
 def cost_problems(cost: QuantizationCost) -> list[str]:
@@ -145,21 +163,27 @@ def _write_program(program: torch.export.ExportedProgram, out: Path) -> str:
 
 def export_model(dlrm: DLRM, config: Config, out: str | Path, quantize: str = "none", *, step: int = 0,
                  checkpoint: str = "(in memory)", data_dir: Optional[str] = None,
-                 limits: CostLimits = CostLimits(), progress: bool = True) -> ExportManifest:
-    """Writes ``out/model.pt2`` and ``out/export.json`` for ``dlrm`` trained with ``config`` (resolved)."""
+                 limits: CostLimits = CostLimits(), progress: bool = True,
+                 release_float: bool = False) -> ExportManifest:
+    """Writes ``out/model.pt2`` and ``out/export.json`` for ``dlrm`` trained with ``config`` (resolved).
+
+    ``release_float`` (int8): ``dlrm``'s float tables are freed as they are quantized (the caller's
+    model is consumed; export_checkpoint's own model is).
+    """
     schema = FeatureSchema.from_dict(config.features, "the checkpoint's schema")
-    model = ServingDLRM(dlrm, quantize).eval()
     quantization = None
     if quantize == "int8":
-        quantization = measure_int8(ServingDLRM(dlrm, "none").eval(), model, config, data_dir, limits, progress)
+        model, quantization = _int8_model(dlrm, config, data_dir, limits, progress, release_float)
         if isinstance(quantization, QuantizationCost) and (problems := cost_problems(quantization)):
             raise QuantizationCostError(
                 f"int8 tables cost too much on {quantization.samples:,} {quantization.split} samples: "
                 f"{'; '.join(problems)}. Nothing was written: export float (--quantize none), or raise the limit")
-    elif data_dir:  # the data named must be the model's, even when nothing is measured on it
-        from dlrm_dist.serving.predict import open_split
+    else:
+        model = ServingDLRM(dlrm, quantize).eval()
+        if data_dir:  # the data named must be the model's, even when nothing is measured on it
+            from dlrm_dist.serving.predict import open_split
 
-        open_split(config, data_dir, _eval_split(config), "the checkpoint's model")
+            open_split(config, data_dir, _eval_split(config), "the checkpoint's model")
     program = trace(model, schema.num_dense)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,6 +203,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, quantize: str = "
                       data_dir: Optional[str] = None, progress: bool = True,
                       limits: CostLimits = CostLimits()) -> ExportManifest:
     """Writes ``out/model.pt2`` and ``out/export.json`` for the checkpoint; returns the manifest."""
-    found = read_unsharded(checkpoint)
+    found = read_unsharded(checkpoint)  # the tables read one at a time (checkpoint/unsharded.py)
     return export_model(found.model.model, found.config, out, quantize, step=found.step, checkpoint=str(found.path),
-                        data_dir=data_dir, limits=limits, progress=progress)
+                        data_dir=data_dir, limits=limits, progress=progress, release_float=True)

@@ -43,7 +43,9 @@ def quantize_rows_int8(weight: torch.Tensor) -> torch.Tensor:
 class ServingDLRM(nn.Module):
     """A trained DLRM for inference on one process; see the module docstring for its inputs."""
 
-    def __init__(self, dlrm: DLRM, quantize: str = "none") -> None:
+    def __init__(self, dlrm: DLRM, quantize: str = "none", *, release_float: bool = False) -> None:
+        """``release_float`` (int8 only) frees each of ``dlrm``'s float tables once it is quantized, so
+        the float and int8 tables never all exist at once; ``dlrm`` has no tables afterwards."""
         super().__init__()
         if quantize not in QUANTIZE:
             raise ValueError(f"quantize={quantize!r}: choose one of {QUANTIZE}")
@@ -59,8 +61,12 @@ class ServingDLRM(nn.Module):
         # The float tables are the trained model's own storage (no copy: an MLPerf-size model's
         # tables are ~100 GB); int8 ones are new, a quarter of the size.
         for i, name in enumerate(tables):
-            weight = dlrm.sparse_arch.embedding_bags[name].weight.detach().float()
+            bag = dlrm.sparse_arch.embedding_bags[name]
+            weight = bag.weight.detach().float()
             self.register_buffer(f"table_{i}", quantize_rows_int8(weight) if quantize == "int8" else weight)
+            if release_float and quantize == "int8":
+                del weight
+                bag.weight = nn.Parameter(torch.empty(bag.weight.shape, device="meta"), requires_grad=False)
         # The dense part copied without the tables (the memo maps the sparse arch to None).
         dense = copy.deepcopy(dlrm, memo={id(dlrm.sparse_arch): None})
         del dense.sparse_arch
