@@ -24,6 +24,8 @@ def test_a_builtin_schema_takes_its_parameters_by_name() -> None:
     criteo = load_schema("criteo:table_sizes=7/9,name=tiny")
     assert criteo == BUILTIN["criteo"]([7, 9], name="tiny") and criteo.name == "tiny"
     assert load_schema("demo") == demo_schema()
+    assert load_schema("criteo:days=7,buckets=1000") == BUILTIN["criteo"](days=7, buckets=1000)
+    assert load_schema("criteo:vocab_min_count=3") == BUILTIN["criteo"](vocab_min_count=3)
 
 
 @pytest.mark.parametrize("text, words", [
