@@ -123,7 +123,7 @@ def test_rerun_resumes_refuses_another_job_or_starts_over(tmp_path: Path) -> Non
     assert _run(tmp_path, [data]).up_to_date
     other = json.loads(json.dumps(SCHEMA))
     other["sparse"][2]["buckets"] = 50
-    with pytest.raises(PreprocessError, match=r"another preprocessing job \(schema sparse\).*--overwrite"):
+    with pytest.raises(PreprocessError, match=r"another job \(schema sparse\).*--overwrite"):
         _run(tmp_path, [data], other)
     second = _write(tmp_path, ROWS[:8], "other.csv")
     with pytest.raises(PreprocessError, match=r"inputs .*data.csv.* -> .*other.csv"):

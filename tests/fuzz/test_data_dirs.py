@@ -138,7 +138,7 @@ def _act(action: tuple, data: Path, out: Path, expected: Optional[str], m: pytes
                 return _complete_job(out)  # complete only if it stopped after publishing meta.json
     except DlrmError as e:
         assert refused_by is not None, f"{kind} {job} over {expected}: unexpected {type(e).__name__}: {e}"
-        assert "another preprocessing job" in str(e) and "--overwrite" in str(e) and "\n" not in str(e)
+        assert "another job" in str(e) and "--overwrite" in str(e) and "\n" not in str(e)
         assert jobs.snapshot(out) == before  # a completed directory is never changed by a refused run
         return expected
     assert refused_by is None, f"{kind} {job} over {expected}'s completed output was not refused"

@@ -21,7 +21,9 @@ names a row in errors (``locate.where``) and cuts pseudo-days (``encode.Days``).
 
 from __future__ import annotations
 
+import _posixshmem
 import gzip
+import mmap
 import multiprocessing as mp
 import os
 from dataclasses import dataclass
@@ -137,19 +139,22 @@ def _pack(arrays: list[np.ndarray]) -> tuple[str, list[tuple[str, tuple[int, ...
 
 
 def _unpack(name: str, specs: list[tuple[str, tuple[int, ...]]]) -> list[np.ndarray]:
-    """The arrays of a block, copied out (so that nothing refers to it) and the block freed."""
-    shm = shared_memory.SharedMemory(name=name)
+    """The arrays of a block, without a copy: the block is mapped, its name removed at once, and
+    the mapping lives as long as the arrays do (numpy holds the mmap; the last array frees it)."""
+    fd = _posixshmem.shm_open("/" + name.lstrip("/"), os.O_RDWR, mode=0o600)
     try:
-        out, offset = [], 0
-        for dtype, shape in specs:
-            a = np.ndarray(shape, np.dtype(dtype), buffer=shm.buf, offset=offset)
-            out.append(a.copy())
-            offset += a.nbytes
-        del a
-        return out
+        size = os.fstat(fd).st_size
+        mapped = mmap.mmap(fd, size)
     finally:
-        shm.close()
-        shm.unlink()
+        os.close(fd)
+        _posixshmem.shm_unlink("/" + name.lstrip("/"))
+    out, offset = [], 0
+    for dtype, shape in specs:
+        dt = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        out.append(np.frombuffer(mapped, dt, count, offset).reshape(shape))
+        offset += count * dt.itemsize
+    return out
 
 
 # -- which field of a line each use reads ---------------------------------------------------------

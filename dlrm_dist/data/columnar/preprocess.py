@@ -41,9 +41,8 @@ from dlrm_dist.data.columnar import encode, layout
 from dlrm_dist.data.columnar.criteo_tsv import count_lines
 from dlrm_dist.data.columnar.encode import HOLDOUT, Days, Encoded
 from dlrm_dist.data.columnar.read import BadLines, PreprocessError, read_encoded, read_inputs
-from dlrm_dist.data.jobrecord import differences, is_complete, job_record, lock_out, mark_complete, read_job, write_job
+from dlrm_dist.data.jobrecord import job_record, lock_out, mark_complete
 from dlrm_dist.data.npy import NpyWriter, Tally
-from dlrm_dist.fileio import LOCK_FILE
 from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.features.schema import SPLITS, FeatureSchema
 
@@ -78,60 +77,10 @@ def _job(opts: Options) -> dict[str, Any]:
     return job_record(opts.inputs, {"schema": opts.schema.without_fitted().to_dict(), "options": {"strict": opts.strict}})
 
 
-_RECORDS = (layout.META, layout.JOB, layout.FIT)
-
-
-def _leftovers(out: Path) -> list[Path]:
-    """Temporaries of the atomic record writes a kill left behind."""
-    return [tmp for name in _RECORDS for tmp in out.glob(f".{name}.*.tmp")]
-
-
-def _clear(out: Path) -> None:
-    """Removes what a preprocessing job writes (only the layout's own names: other files stay)."""
-    for path in [*(out / name for name in _RECORDS), *_leftovers(out)]:
-        path.unlink(missing_ok=True)
-    for d in [layout.VOCAB_DIR, *SPLITS, *(s + ".partial" for s in (*SPLITS, _HOLDOUT))]:
-        if (out / d).exists():
-            shutil.rmtree(out / d)
-
-
-def _foreign(out: Path) -> bool:
-    """The directory holds files, but no job record: not ours to write into (a lock file and a
-    killed first run's temporary record are ours)."""
-    ours = {LOCK_FILE, *(p.name for p in _leftovers(out))} if out.is_dir() else set()
-    return out.is_dir() and any(p.name not in ours for p in out.iterdir())
-
-
 def _done(out: Path) -> Report:
     meta = layout.read_meta(out)
     return Report(rows_read=meta["rows_read"], rows={s: meta["splits"][s]["rows"] for s in SPLITS},
                   skipped=meta["skipped"], up_to_date=True)
-
-
-def _start(opts: Options) -> Optional[Report]:
-    """Checks the (locked) directory against this job; returns a report if it is already complete."""
-    out = opts.out_dir
-    job = _job(opts)
-    old = None if opts.overwrite else read_job(out)  # --overwrite is the way out of a damaged record
-    if opts.overwrite:
-        _clear(out)
-    elif old is not None:
-        diffs, meta_written = differences(old, job), (out / layout.META).is_file()
-        complete = is_complete(old, meta_written)
-        if diffs and complete:
-            raise PreprocessError(f"{out} holds the output of another preprocessing job ({'; '.join(diffs)}) "
-                                  "that completed; use another --out, or --overwrite to start over")
-        if diffs:  # another job that did not complete (e.g. the schema it failed on): start over
-            _clear(out)
-        elif complete and meta_written:  # (a completed job whose meta.json went is written again)
-            return _done(out)
-    elif _foreign(out):
-        raise PreprocessError(f"{out} is not empty and was not written by `dlrm-data preprocess --schema`; "
-                              "use another --out, or --overwrite")
-    for tmp in _leftovers(out):  # under the lock no write of ours is in flight: these are a kill's
-        tmp.unlink(missing_ok=True)
-    write_job(out, job)
-    return None
 
 
 # -- passes ---------------------------------------------------------------------------------------
@@ -418,9 +367,8 @@ def preprocess(opts: Options) -> Report:
         raise PreprocessError(f"input file(s) not found: {missing or 'none given'}")
     layout.output_files(opts.out_dir, opts.schema)  # every path it would write, checked before any is
     with lock_out(opts.out_dir, "dlrm-data preprocess"):
-        done = _start(opts)
-        if done is not None:
-            return done
+        if layout.begin_job(opts.out_dir, _job(opts), opts.overwrite):
+            return _done(opts.out_dir)
         report = _run(opts)
         mark_complete(opts.out_dir)
     return report
