@@ -8,7 +8,6 @@ from the same ids with the same seed (while that loader exists).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -18,8 +17,8 @@ import pytest
 from dlrm_dist.data.columnar import layout
 from dlrm_dist.data.columnar.dataset import ColumnarDataset
 from dlrm_dist.data.errors import DataError
-from dlrm_dist.features.builtin import criteo_dense_names, criteo_schema
-from dlrm_dist.features.schema import SPLITS, DenseFeature, FeatureSchema
+from dlrm_dist.features.builtin import criteo_schema
+from dlrm_dist.features.schema import SPLITS, FeatureSchema
 from tests.data import jobs
 
 
@@ -125,7 +124,7 @@ def test_same_bags_as_the_criteo_loader(tmp_path: Path) -> None:
     half = 12  # ceil(23 / 2)
     train = tuple(np.concatenate([days[0][k], days[1][k]]) for k in range(3))
     last = days[2]
-    schema = dataclasses.replace(criteo_schema(sizes), dense=tuple(DenseFeature(n, n) for n in criteo_dense_names()))
+    schema = criteo_schema(sizes)
     _write_columnar(tmp_path / "columnar", schema, {"train": train, "val": tuple(a[:half] for a in last),
                                                     "test": tuple(a[half:] for a in last)})
     multi_hot = [int(v) for v in rng.integers(1, 6, 26)]
