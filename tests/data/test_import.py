@@ -188,6 +188,10 @@ def test_a_full_disk_is_named_and_leaves_no_split(tmp_path: Path, monkeypatch) -
         import_torchrec.import_torchrec(ImportOptions(src, out, progress=False))
     assert not (out / layout.META).exists()
     assert not [p for p in out.iterdir() if p.is_dir()]
+    monkeypatch.undo()  # space again: the same job, rerun, completes the directory
+    r = import_torchrec.import_torchrec(ImportOptions(src, out, progress=False))
+    assert r.rows == {"train": 11, "val": 2, "test": 1} and not r.up_to_date
+    assert ColumnarDataset(out).split("train").rows == 11
 
 
 def _set(kind: str, day: int, change: Callable[[np.ndarray], np.ndarray]) -> Callable[[Path], None]:
