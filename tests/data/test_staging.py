@@ -1,0 +1,174 @@
+"""The one-read driver (data/columnar/staging.py) against the three-pass one, and its kernels.
+
+The equivalence: the mixed schema (tests/schemas/mixed.toml) with vocabularies, fitted dense
+steps and a time (or random) split added, over a CSV cut into many small record batches, gives
+every output file byte for byte as the driver's own passes give it (fit.json as JSON: the old
+driver orders its vocab_rows by a set). The kernels are checked against the definitions
+(tests/data/reference.py's FNV-1a, Python's sort, json.dumps).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from dlrm_dist.data.columnar import kernels, read, staging
+from dlrm_dist.data.columnar.preprocess import Options, preprocess
+from dlrm_dist.data.errors import PreprocessError
+from dlrm_dist.features.schema import from_dict
+from dlrm_dist.fileio import LOCK_FILE
+from tests.data.reference import fnv1a as reference_fnv1a
+
+MIXED = Path(__file__).resolve().parents[1] / "schemas" / "mixed.toml"
+COLUMNS = ["label", "d0", "d1", "d2", "d3", "d4", "a", "b", "g1", "c", "g2", "v", "w", "ts"]
+
+
+def _schema(split: dict) -> dict:
+    """mixed.toml, plus vocabularies (one-hot with missing cells and rare values, multi-hot,
+    value-ordered), fitted dense steps and ``split``."""
+    s = tomllib.loads(MIXED.read_text())
+    s["dense"][0]["transform"] = ["log1p", "standardize"]
+    s["dense"][1]["transform"] = "minmax"
+    s["dense"][2].update(transform=["clip", "standardize"], clip=[-5.0, 5.0], fill=1.5)
+    s["sparse"] += [{"name": "v", "kind": "vocab", "min_count": 2, "oov_buckets": 3},
+                    {"name": "w", "kind": "vocab", "delimiter": "|"},
+                    {"name": "v_by_value", "column": "v", "kind": "vocab", "order": "value"}]
+    s["split"] = split
+    return s
+
+
+TIME = {"by": "time", "column": "ts", "fractions": [0.7, 0.15, 0.15]}
+RANDOM = {"by": "random", "fractions": [0.6, 0.2, 0.2], "seed": 5}
+
+
+def _write_csv(path: Path, n: int, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    words = ["x", "y", "zz", "é", "a b", "q\"q", "", "ünï", *(f"t{k}" for k in range(40))]
+    lines = [",".join(COLUMNS)]
+    for i in range(n):
+        dense = [str(rng.randint(0, 50)), f"{rng.uniform(-3, 3):.4f}", "" if i % 9 == 0 else f"{rng.gauss(0, 4):.3f}",
+                 str(rng.random()), str(rng.randint(-2, 2))]
+        b = "|".join(str(rng.randint(0, 23)) for _ in range(rng.randint(0, 3)))
+        g1 = "|".join(rng.choice(words[8:]) for _ in range(rng.randint(0, 4)))
+        v = "" if i % 11 == 0 else (f"u{i}" if i % 5 == 0 else rng.choice(words[8:20]))  # rare, missing, common
+        w = "|".join(rng.choice(words[8:]) for _ in range(rng.randint(0, 3)))
+        ts = str(1000 + i // 3 + rng.randint(-4, 4))  # ties and rows out of order
+        lines.append(",".join([str(rng.randint(0, 1)), *dense, f"a{rng.randint(0, 30)}", b, g1,
+                               f"c{rng.randint(0, 9)}", g1[::-1], v, w, ts]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _run(data: Path, out: Path, schema: dict, **kw) -> None:
+    preprocess(Options(from_dict(schema), [data], out, progress=False, **kw))
+
+
+def _files(out: Path) -> dict[str, object]:
+    got: dict[str, object] = {}
+    for p in sorted(out.rglob("*")):
+        if p.is_file() and p.name != LOCK_FILE:
+            rel = str(p.relative_to(out))
+            got[rel] = json.loads(p.read_text()) if rel == "fit.json" else p.read_bytes()
+    return got
+
+
+@pytest.fixture
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(read, "BLOCK_BYTES", 4096)  # many record batches: moments merge across them
+
+
+@pytest.mark.parametrize("split", [TIME, RANDOM], ids=["time", "random"])
+def test_one_read_gives_the_three_pass_files_byte_for_byte(tmp_path: Path, small_blocks, split: dict,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _write_csv(tmp_path / "data.csv", 1500)
+    schema = _schema(split)
+    _run(data, tmp_path / "new", schema)
+    with monkeypatch.context() as m:
+        m.setattr(staging, "supported", lambda schema: False)  # the driver's own three passes
+        _run(data, tmp_path / "old", schema)
+    new, old = _files(tmp_path / "new"), _files(tmp_path / "old")
+    assert new.keys() == old.keys() and "vocab/t_v.json" in new and "train/w.offsets.npy" in new
+    assert [k for k in old if new[k] != old[k]] == []
+    assert not (tmp_path / "new" / staging.STAGING).exists()
+    assert len(json.loads(new["vocab/t_v.json"])) < len(json.loads(new["vocab/t_v_by_value.json"]))  # min_count
+
+
+@pytest.mark.parametrize("split", [TIME, RANDOM], ids=["time", "random"])
+def test_a_run_killed_after_the_fit_is_completed_by_the_rerun(tmp_path: Path, small_blocks, split: dict,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _write_csv(tmp_path / "data.csv", 600, seed=1)
+    schema = _schema(split)
+    _run(data, tmp_path / "clean", schema)
+    out = tmp_path / "out"
+    finish = staging.finish_block
+    calls = []
+
+    def killed(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # a kill in the write, after fit.json
+        return finish(*args, **kw)
+
+    monkeypatch.setattr(staging, "finish_block", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _run(data, out, schema)
+    assert (out / "fit.json").is_file() and not (out / "meta.json").exists()
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".partial")]  # staging and splits removed
+    monkeypatch.setattr(staging, "finish_block", finish)
+    _run(data, out, schema)  # the rerun: the fit kept (a random split reads once, finishing as it reads)
+    assert _files(out) == _files(tmp_path / "clean")
+
+
+def test_two_values_with_one_hash_are_refused_naming_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _write_csv(tmp_path / "data.csv", 200)
+    monkeypatch.setattr(staging, "fnv1a", lambda texts: kernels.fnv1a(texts) % np.uint64(3) + np.uint64(1))
+    with pytest.raises(PreprocessError, match=r"vocabulary table 't_\w+': the values '[^']*' and '[^']*' have "
+                                              r"the same FNV-1a 64 hash .* kind = \"hash\""):
+        _run(data, tmp_path / "out", _schema(RANDOM))
+    assert not (tmp_path / "out" / staging.STAGING).exists()
+
+
+# -- kernels ----------------------------------------------------------------------------------------------
+TEXTS = ["", "a", "b", "ab", "a\x00", "é", "ü", "\x7f", "zz" * 9, "user_0000000000", "user_0000000001", "user_00000000"]
+
+
+def test_fnv1a_is_the_definition() -> None:
+    rng = random.Random(0)
+    texts = [None, *TEXTS, *("".join(rng.choice(TEXTS) for _ in range(rng.randint(0, 5))) for _ in range(300))]
+    arr = pa.array(texts, pa.string())
+    want = [reference_fnv1a(t or "") for t in texts]
+    assert kernels.fnv1a(arr).tolist() == want
+    assert kernels.fnv1a(arr.slice(5)).tolist() == want[5:]
+    assert kernels.fnv1a(pa.array(texts, pa.large_string())).tolist() == want
+
+
+def test_text_order_is_the_byte_order_within_a_key() -> None:
+    rng = random.Random(1)
+    for _ in range(200):
+        texts = list(dict.fromkeys("".join(rng.choice(TEXTS) for _ in range(rng.randint(0, 3)))
+                                   for _ in range(rng.randint(0, 30))))
+        key = np.array([rng.randint(-1, 1) for _ in texts], np.int64)
+        arr = pa.array(texts, pa.string())
+        assert kernels.text_order(arr).tolist() == sorted(range(len(texts)), key=lambda i: texts[i].encode())
+        assert kernels.text_order(arr, key).tolist() == sorted(range(len(texts)),
+                                                                key=lambda i: (key[i], texts[i].encode()))
+
+
+def test_hash_index_finds_keys_and_nothing_else() -> None:
+    keys = np.unique(np.random.default_rng(0).integers(1, 2**63, 5000, dtype=np.int64).astype(np.uint64))
+    np.random.default_rng(1).shuffle(keys)
+    index = kernels.HashIndex(keys)
+    queries = np.concatenate([keys, keys + np.uint64(1), [np.uint64(0)]])
+    want = {int(k): i for i, k in enumerate(keys)}
+    assert index.find(queries).tolist() == [want.get(int(q), -1) for q in queries]
+
+
+@pytest.mark.parametrize("texts", [[], ["a", "b c", "t~"], ["é", "x"], ['q"', "\\"], ["\n", "\x7f"]])
+def test_vocab_json_is_json_dumps(texts: list[str]) -> None:
+    assert staging.vocab_json(pa.array(texts, pa.string())) == (json.dumps(texts) + "\n").encode()
