@@ -276,9 +276,10 @@ def test_a_failed_job_is_started_over_by_the_corrected_one(tmp_path: Path, clean
     """A failed run's job.json made the rerun with the corrected schema "another job"."""
     data = jobs.write_csv(tmp_path, 12)
     out = tmp_path / "out"
-    failing = jobs.schema_dict(uid_buckets=3)  # ids go to 4: fails in the write pass, after the fit
+    failing = jobs.schema_dict()
+    del failing["label"]["threshold"]  # ratings 1..5 as labels: fails in the write pass, after the fit
     failing["sparse"][1]["min_count"] = 3  # a vocabulary the corrected job must not inherit
-    with pytest.raises(PreprocessError, match=r"identity feature 'uid' has id [34] outside \[0, 3\)"):
+    with pytest.raises(PreprocessError, match=r"label 2.0 in column 'rating' is not 0 or 1"):
         jobs.run([data], out, failing)
     assert read_job(out)["complete"] is False and (out / "fit.json").is_file()
     assert not [p for p in out.iterdir() if p.name.endswith(".partial")]  # the failed run removed its own

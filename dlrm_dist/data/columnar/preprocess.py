@@ -30,7 +30,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -315,7 +315,7 @@ def _halve_holdout(out: Path, schema: FeatureSchema, writers: dict[str, _SplitWr
 
 
 def _write(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report,
-           days: Optional[Days] = None) -> dict[str, Any]:
+           days: Optional[Days] = None, rows: Optional[Callable[..., None]] = None) -> dict[str, Any]:
     """Writes the three splits under ``.partial`` names and publishes them; on any failure (a full
     disk, bad data, an interrupt) removes this run's partial files and keeps what earlier runs completed."""
     out = opts.out_dir
@@ -325,7 +325,7 @@ def _write(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, 
         tally = Tally()
         for s in (*SPLITS, _HOLDOUT) if days is not None else SPLITS:
             writers[s] = _SplitWriter(out, s + ".partial", schema, tally)
-        _write_rows(opts, schema, cutoffs, report, writers, days)
+        (rows or _write_rows)(opts, schema, cutoffs, report, writers, days)  # (staging.py passes its own)
         if days is not None:
             _halve_holdout(out, schema, writers)
         splits = {s: w.close() for s, w in writers.items()}
@@ -375,13 +375,18 @@ def preprocess(opts: Options) -> Report:
 
 
 def _run(opts: Options) -> Report:
+    from dlrm_dist.data.columnar import staging  # (it builds on this module's writers and moments)
+
     started = time.perf_counter()
-    cutoffs = _time_cutoffs(opts)
-    days = _days(opts)
-    fit = _fit(opts, cutoffs, days)
-    schema = opts.schema.with_fitted(fit["vocab_rows"], {k: tuple(v) for k, v in fit["scales"].items()})
-    report = Report()
-    splits = _write(opts, schema, cutoffs, report, days)
+    if staging.supported(opts.schema):  # one read: the cut-offs, the fit and the write from staged columns
+        schema, cutoffs, splits, report = staging.run(opts)
+    else:
+        cutoffs = _time_cutoffs(opts)
+        days = _days(opts)
+        fit = _fit(opts, cutoffs, days)
+        schema = opts.schema.with_fitted(fit["vocab_rows"], {k: tuple(v) for k, v in fit["scales"].items()})
+        report = Report()
+        splits = _write(opts, schema, cutoffs, report, days)
     report.rows = {s: splits[s]["rows"] for s in SPLITS}
     refuse_empty_splits(opts.schema, report.rows)
     report.seconds = time.perf_counter() - started
