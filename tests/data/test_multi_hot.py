@@ -2,23 +2,22 @@
 
 Feature f's id x becomes the bag {(x + o_fk) mod rows_f : k < h_f}, o_f0 = 0, the other
 offsets drawn from the seed. Checked against a pure-Python reference (one-hot and
-delimiter features, shared tables, padding) and against the bags the Criteo loader made
-from the same ids with the same seed (while that loader exists).
+delimiter features, padding) and against the offsets the Criteo loader drew for the same
+tables and seed (recorded from it; its batches were compared whole while it existed).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dlrm_dist.data.columnar import layout
-from dlrm_dist.data.columnar.dataset import ColumnarDataset
+from dlrm_dist.data.columnar.dataset import ColumnarDataset, multi_hot_offsets
 from dlrm_dist.data.errors import DataError
 from dlrm_dist.features.builtin import criteo_schema
-from dlrm_dist.features.schema import SPLITS, FeatureSchema
+from dlrm_dist.features.schema import FeatureSchema
 from tests.data import jobs
 
 
@@ -91,60 +90,22 @@ def test_sizes_are_checked_by_name(tiny: Path) -> None:
     assert ColumnarDataset(tiny, multi_hot=[]).bag_lengths() == ColumnarDataset(tiny).bag_lengths()
 
 
-def _write_columnar(out: Path, schema: FeatureSchema, parts: dict[str, tuple]) -> None:
-    """A columnar directory written file by file (one-hot features only): parts[split] = (dense, sparse, labels)."""
-    meta = {"schema": schema.to_dict(), "splits": {}}
-    for s in SPLITS:
-        dense, sparse, labels = parts[s]
-        (out / s).mkdir(parents=True)
-        np.save(layout.dense_file(out, s), dense.astype(np.float32))
-        np.save(layout.labels_file(out, s), labels.reshape(-1).astype(np.float32))
-        for k, f in enumerate(schema.sparse):
-            np.save(layout.ids_file(out, s, f.name), sparse[:, k].astype(layout.id_dtype(f.buckets)))
-        meta["splits"][s] = {"rows": len(labels), "bag_lengths": {f.name: 1.0 for f in schema.sparse}}
-    layout.write_meta(out, meta)
+# The Criteo loader's offsets (data/criteo/dataset.py, CriteoDataset._multi_hot_offsets, run before it was
+# deleted; test_same_bags_as_the_criteo_loader compared whole batches of both loaders while both existed) for
+# these table sizes (a one-row table among them), these per-feature sizes and seed 5.
+CRITEO_SIZES = [51, 38, 31, 1, 19, 3, 5, 1, 11, 48, 39, 54, 30, 36, 58, 44, 38, 33, 34, 56, 17, 49, 40, 1, 24, 51]
+CRITEO_HOT = [3, 1, 4, 4, 5, 1, 1, 5, 1, 3, 1, 2, 3, 3, 3, 1, 1, 1, 1, 4, 3, 4, 2, 4, 4, 2]
+CRITEO_OFFSETS = [[0, 16, 26], [0], [0, 26, 9, 29], [0, 1, 1, 1], [0, 18, 9, 15, 9], [0], [0], [0, 1, 1, 1, 1], [0],
+                  [0, 10, 42], [0], [0, 26], [0, 17, 2], [0, 8, 30], [0, 52, 44], [0], [0], [0], [0], [0, 15, 7, 28],
+                  [0, 4, 5], [0, 18, 5, 11], [0, 31], [0, 1, 1, 1], [0, 7, 14, 21], [0, 27]]
 
 
-def test_same_bags_as_the_criteo_loader(tmp_path: Path) -> None:
-    """The Criteo loader's multi-hot (before it goes): same ids, same seed -> the same batches."""
-    from dlrm_dist.data.criteo import layout as criteo_layout
-    from dlrm_dist.data.criteo.dataset import CriteoDataset
-
-    rng = np.random.default_rng(0)
-    sizes = [int(v) for v in rng.integers(1, 60, 26)]
-    sizes[3] = 1  # a table of one row: its offsets are drawn from [1, 2)
-    days = []
-    for d, n in enumerate((37, 30, 23)):
-        sparse = np.stack([rng.integers(0, m, n) for m in sizes], axis=1).astype(np.int32)
-        days.append((rng.normal(size=(n, 13)).astype(np.float32), sparse, rng.integers(0, 2, (n, 1)).astype(np.int32)))
-        for kind, a in zip(criteo_layout.KINDS, days[-1]):
-            np.save(criteo_layout.day_file(tmp_path, d, kind), a)
-    (tmp_path / "meta.json").write_text(json.dumps({"days": [{"day": d, "rows": len(a[2])} for d, a in enumerate(days)],
-                                                    "table_sizes": sizes}))
-    half = 12  # ceil(23 / 2)
-    train = tuple(np.concatenate([days[0][k], days[1][k]]) for k in range(3))
-    last = days[2]
-    schema = criteo_schema(sizes)
-    _write_columnar(tmp_path / "columnar", schema, {"train": train, "val": tuple(a[:half] for a in last),
-                                                    "test": tuple(a[half:] for a in last)})
-    multi_hot = [int(v) for v in rng.integers(1, 6, 26)]
-    for hot in ([4], multi_hot):
-        old = CriteoDataset(tmp_path, schema.sparse_names, seed=5, multi_hot=hot)
-        new = ColumnarDataset(tmp_path / "columnar", seed=5, multi_hot=hot)
-        assert new.bag_lengths() == old.bag_lengths()
-        for split, count in (("train", 9), ("eval", None)):
-            for rank in (0, 1):
-                pairs = zip(old.batches(split, 10, rank, 2, count), new.batches(split, 10, rank, 2, count), strict=True)
-                for a, b in pairs:
-                    assert _labelled_rows(a) == _labelled_rows(b)
-
-
-def _labelled_rows(batch) -> list[tuple]:
-    """Each row that counts (label 0 or 1) as (label, dense, every feature's bag): the two loaders
-    fill an evaluation batch's ignored rows (label -1) with different copies."""
-    bags = {f: jt.values().split(jt.lengths().tolist()) for f, jt in batch.sparse_features.to_dict().items()}
-    return [(float(y), batch.dense_features[r].tolist(), {f: b[r].tolist() for f, b in sorted(bags.items())})
-            for r, y in enumerate(batch.labels.tolist()) if y >= 0]
+def test_same_offsets_as_the_criteo_loader() -> None:
+    """A seed gives the bags the Criteo loader gave: the same offsets, drawn in the same order."""
+    schema = criteo_schema(CRITEO_SIZES)
+    got = multi_hot_offsets(schema, CRITEO_HOT, seed=5)
+    assert [got[f].tolist() for f in schema.sparse_names] == CRITEO_OFFSETS
+    assert _reference_offsets(schema, CRITEO_HOT, seed=5) == dict(zip(schema.sparse_names, CRITEO_OFFSETS))
 
 
 def test_columnar_data_has_no_teacher(tiny: Path) -> None:
