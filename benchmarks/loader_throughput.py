@@ -1,7 +1,7 @@
 """Criteo loader speed against the trainer's step rate, as JSON lines.
 
-Preprocesses the real 200-row sample tiled to --rows rows (Kaggle-shaped: 26 features hashed
-to 100k), then measures batches/s of one rank's loader (2 ranks, global batch 2048), one-hot
+Preprocesses --rows generated Criteo rows (the built-in schema, 7 pseudo-days, 26 features
+hashed to 100k) into a columnar directory, then measures batches/s of one rank's loader (2 ranks, global batch 2048), one-hot
 and with MLPerf DLRM-DCNv2 multi-hot sizes, and the training step rate of a short 2-rank
 run on the same data. The loader must be at least 10x the step rate.
 
@@ -20,16 +20,16 @@ import time
 from pathlib import Path
 
 from benchmarks.preprocess_vs_torchrec import make_input
-from dlrm_dist.data.criteo.dataset import CriteoDataset
-from dlrm_dist.data.criteo.preprocess import Options, preprocess
-from dlrm_dist.features.builtin import criteo_sparse_names
+from dlrm_dist.data.columnar.dataset import ColumnarDataset
+from dlrm_dist.data.columnar.preprocess import Options, preprocess
+from dlrm_dist.features.builtin import criteo_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 MLPERF_HOT = [3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1]
 
 
 def loader_rate(directory: Path, multi_hot, batches: int = 300) -> float:
-    ds = CriteoDataset(directory, criteo_sparse_names(), multi_hot=multi_hot)
+    ds = ColumnarDataset(directory, multi_hot=multi_hot)
     it = ds.batches("train", 2048, 0, 2, num_batches=batches + 10)
     for _ in range(10):
         next(it)
@@ -42,7 +42,7 @@ def loader_rate(directory: Path, multi_hot, batches: int = 300) -> float:
 def step_rate(directory: Path) -> float:
     with tempfile.TemporaryDirectory() as run_dir:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-               "dlrm_dist.train", "--data", "criteo", "--data-dir", str(directory), "--train.steps=60",
+               "dlrm_dist.train", "--data", "columnar", "--data-dir", str(directory), "--train.steps=60",
                "--train.eval_interval=0", "--train.progress=false", f"--run-dir={run_dir}"]
         subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         ms = json.loads(Path(run_dir, "summary.json").read_text())["rank_step_ms"]
@@ -56,7 +56,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "train.txt", Path(tmp) / "criteo"
         make_input(src, args.rows)
-        preprocess(Options("kaggle", [src], out, max_ind_range=100_000, progress=False))
+        preprocess(Options(criteo_schema(days=7, buckets=100_000), [src], out, progress=False))
         steps = step_rate(out)
         for name, hot in (("one_hot", None), ("mlperf_multi_hot", MLPERF_HOT)):
             rate = loader_rate(out, hot)

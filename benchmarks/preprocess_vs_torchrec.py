@@ -4,12 +4,13 @@ The input is --rows Kaggle-format lines that never repeat: every categorical val
 fresh random 32-bit hex id (or empty, at the real sample's per-column missing rate), and the
 13 counts are drawn column by column from the real 200-row sample (shared/data), so field
 widths and missing values follow real data. Ours is timed as a user meets it: the
-`dlrm-data preprocess` command in a new process (start-up, line count, parse, transform,
-hash, write .npy days) with all cores, --repeats times, by the wall clock; TorchRec's
-``BinaryCriteoUtils.tsv_to_npys`` converts a --torchrec-rows prefix in process.
-Prints one JSON line per run.
+`dlrm-data preprocess --schema criteo:days=7` job (the built-in schema, written to a file)
+in a new process (start-up, line count, parse, encode, write the columnar splits) with all
+cores, --repeats times, by the wall clock; TorchRec's ``BinaryCriteoUtils.tsv_to_npys``
+converts a --torchrec-rows prefix in process. Prints one JSON line per run; --json-out
+also writes them all to a file (benchmarks/results/).
 
-    .venv/bin/python benchmarks/preprocess_vs_torchrec.py [--rows 4000000] [--repeats 3]
+    .venv/bin/python benchmarks/preprocess_vs_torchrec.py [--rows 4000000] [--repeats 3] [--json-out F]
 """
 
 from __future__ import annotations
@@ -58,17 +59,26 @@ def make_input(path: Path, rows: int, seed: int = 0) -> None:
             f.write(_block(rng, fields, min(BLOCK, rows - lo)))
 
 
-def run_ours(src: Path, out: Path) -> dict:
+def schema_file(directory: Path) -> Path:
+    """The built-in Criteo schema with Kaggle's 7 pseudo-days, as a file the CLI reads."""
+    from dlrm_dist.features.builtin import criteo_schema
+
+    path = directory / "criteo_days7.json"
+    path.write_text(json.dumps(criteo_schema(days=7).to_dict()))
+    return path
+
+
+def run_ours(src: Path, out: Path, schema: Path, impl: str = "dlrm_dist") -> dict:
     """The CLI in a fresh process, timed by the wall clock (start-up included)."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [str(Path(sys.executable).parent / "dlrm-data"), "preprocess", "--dataset", "kaggle", "--input", str(src),
-           "--out", str(out), "--max-ind-range", "40000000", "--no-progress"]
+    cmd = [str(Path(sys.executable).parent / "dlrm-data"), "preprocess", "--schema", str(schema), "--input", str(src),
+           "--out", str(out), "--no-progress"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     seconds = time.perf_counter() - start
     rows = int(proc.stdout.split("rows read ")[1].split()[0].replace(",", ""))
     reported = int(proc.stdout.split("(")[1].split(" rows/s")[0].replace(",", ""))
-    return {"impl": "dlrm_dist", "rows": rows, "wall_seconds": round(seconds, 3), "rows_per_s": round(rows / seconds),
+    return {"impl": impl, "rows": rows, "wall_seconds": round(seconds, 3), "rows_per_s": round(rows / seconds),
             "tool_reported_rows_per_s": reported, "workers": os.cpu_count()}
 
 
@@ -90,13 +100,24 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=4_000_000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--torchrec-rows", type=int, default=100_000)
+    p.add_argument("--json-out", type=Path, help="also write every record to this JSON file")
     args = p.parse_args()
+    records = []
+
+    def record(r: dict) -> None:
+        records.append(r)
+        print(json.dumps(r), flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "train.txt"
         make_input(src, args.rows)
+        schema = schema_file(Path(tmp))
         for _ in range(args.repeats):
-            print(json.dumps(run_ours(src, Path(tmp) / "out")), flush=True)
-        print(json.dumps(run_torchrec(src, args.torchrec_rows, Path(tmp))), flush=True)
+            record(run_ours(src, Path(tmp) / "out", schema))
+        record(run_torchrec(src, args.torchrec_rows, Path(tmp)))
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"benchmark": "preprocess_vs_torchrec", "rows": args.rows,
+                                             "cpus": os.cpu_count(), "runs": records}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,28 +1,32 @@
-"""The TSV parser against an independent line-by-line reference, and every kind of bad line."""
+"""The criteo_tsv parser against an independent line-by-line reference, and every kind of bad line."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dlrm_dist.data.criteo.parse import parse_chunk
+from dlrm_dist.data.columnar.tsv_kernel import parse_chunk
 
 
-def _reference(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _reference(text: str) -> tuple[np.ndarray, ...]:
     rows = [line.split("\t") for line in text.splitlines()]
-    dense = np.array([[int(x or 0) for x in r[1:14]] for r in rows])
-    sparse = np.array([[int(x or "0", 16) for x in r[14:]] for r in rows])
-    return np.array([int(r[0]) for r in rows]), dense, sparse
+    dense = np.array([[int(x or 0) for x in r[1:14]] for r in rows]).T  # column-major, as the parser stores them
+    sparse = np.array([[int(x or "0", 16) for x in r[14:]] for r in rows]).T
+    missing = (np.array([[x == "" for x in r[1:14]] for r in rows]).T, np.array([[x == "" for x in r[14:]] for r in rows]).T)
+    return np.array([int(r[0]) for r in rows]), dense, sparse, *missing
 
 
 def test_real_sample_matches_reference(criteo_sample) -> None:
     raw = criteo_sample.read_bytes()
-    labels, dense, sparse = _reference(raw.decode())
+    labels, dense, sparse, dense_missing, sparse_missing = _reference(raw.decode())
     c = parse_chunk(raw)
     assert c.num_lines == 200 and c.num_bad == 0 and c.labels.sum() == 49
     np.testing.assert_array_equal(c.labels, labels)
     np.testing.assert_array_equal(c.dense, dense)
     np.testing.assert_array_equal(c.sparse, sparse)
+    np.testing.assert_array_equal(c.dense_missing, dense_missing)
+    np.testing.assert_array_equal(c.sparse_missing, sparse_missing)
+    assert c.dense_missing.any() and c.sparse_missing.any()
     assert (c.dense < 0).any()  # the sample has negative counts
     np.testing.assert_array_equal(c.rows, np.arange(200))
 
@@ -64,3 +68,13 @@ def test_wrong_field_counts(criteo_sample) -> None:
     c = parse_chunk(b"\n".join(lines))
     assert c.bad == [(3, "3 fields instead of 40"), (8, "41 fields instead of 40")]
     assert c.num_lines == 200 and len(c.labels) == 198
+
+
+def test_counts_up_to_64_bits(criteo_sample) -> None:
+    """A 19-digit count that fits int64 was "not an integer"; one past int64 still is one."""
+    fields = criteo_sample.read_text().splitlines()[0].split("\t")
+    fits = "\t".join(fields[:1] + ["9223372036854775807"] + fields[2:]) + "\n"
+    over = "\t".join(fields[:1] + ["9223372036854775808"] + fields[2:]) + "\n"
+    parsed = parse_chunk((fits + over).encode())
+    assert parsed.num_bad == 1 and parsed.dense[0, 0] == float(9223372036854775807)
+    assert parsed.bad[0][1] == "I1 is an integer beyond 64 bits"

@@ -24,10 +24,11 @@ import pytest
 from dlrm_dist.cli.data_main import main as data_main
 from dlrm_dist.data import movielens
 from dlrm_dist.data.columnar import layout
-from dlrm_dist.data.criteo import layout as criteo_layout
-from dlrm_dist.data.criteo.parse import parse_chunk
-from dlrm_dist.data.criteo.preprocess import Options as CriteoOptions
-from dlrm_dist.data.criteo.preprocess import preprocess as criteo_preprocess
+from dlrm_dist.data.columnar.layout import check_directory
+from dlrm_dist.data.columnar.preprocess import Options as ColumnarOptions
+from dlrm_dist.data.columnar.preprocess import preprocess as columnar_preprocess
+from dlrm_dist.features.builtin import criteo_schema
+from tests.data import reference
 from dlrm_dist.data.errors import DataError, PreprocessError
 from dlrm_dist.data.jobrecord import read_job, read_record, write_job
 from dlrm_dist.data.npy import NpyWriter
@@ -161,19 +162,6 @@ def _clean(tmp_path: Path, data: Path, job: str) -> Path:
     return ref
 
 
-def test_criteo_preprocessing_takes_the_same_lock_before_touching_out(criteo_sample: Path, tmp_path: Path) -> None:
-    out = tmp_path / "days"
-    opts = CriteoOptions("kaggle", [criteo_sample], out, max_ind_range=100, workers=1, progress=False, overwrite=True)
-    out.mkdir()
-    write_job(out, {"inputs": [], "options": {"dataset": "kaggle"}}, complete=True)
-    criteo_layout.done_file(out, 0).write_text('{"day": 0}')  # another job's output
-    before = jobs.snapshot(out)
-    with DirLock(out, "another job"):
-        with pytest.raises(DirectoryBusyError, match=rf"in use by pid {os.getpid()} .*\(another job\)"):
-            criteo_preprocess(opts)
-    assert jobs.snapshot(out) == before  # --overwrite did not clear a directory someone else holds
-
-
 def test_out_that_is_a_file_is_named(tmp_path: Path, capsys) -> None:
     data = jobs.write_csv(tmp_path)
     (tmp_path / "out").write_text("not a directory")
@@ -287,33 +275,9 @@ def test_a_failed_job_is_started_over_by_the_corrected_one(tmp_path: Path, clean
     jobs.run([data], out, jobs.JOBS["A"])
     jobs.assert_same(jobs.arrays(out), clean_a)
     assert (out / "notes.txt").read_text() == "mine"
-    with pytest.raises(PreprocessError, match=r"another preprocessing job \(schema sparse\) that completed.*--overwrite"):
+    with pytest.raises(PreprocessError, match=r"another job \(schema sparse\) that completed.*--overwrite"):
         jobs.run([data], out, jobs.JOBS["B"])  # a completed directory is still refused
     jobs.assert_same(jobs.arrays(out), clean_a)
-
-
-def test_criteo_failed_job_is_started_over_by_another(criteo_sample: Path, tmp_path: Path, monkeypatch) -> None:
-    parse_chunk(b"")  # the compiled parser loaded once here, not in each forked worker
-    out = tmp_path / "days"
-    opts = CriteoOptions("kaggle", [criteo_sample], out, max_ind_range=100, workers=1, progress=False)
-    finish = criteo_layout.DayWriter.finish
-
-    def fail_on_day_3(self, info):
-        if self.day == 3:
-            raise PreprocessError("injected")
-        return finish(self, info)
-
-    with monkeypatch.context() as m:
-        m.setattr(criteo_layout.DayWriter, "finish", fail_on_day_3)
-        with pytest.raises(PreprocessError, match="injected"):
-            criteo_preprocess(opts)
-    assert [d for d in range(7) if criteo_layout.done_file(out, d).is_file()] == [0, 1, 2]
-    assert not list(out.glob("*.partial"))  # day 3's partial files went with the failure
-    r = criteo_preprocess(dataclasses.replace(opts, max_ind_range=50))  # another job: starts over
-    assert r.written == 200 and criteo_layout.read_meta(out)["table_sizes"] == [50] * 26
-    assert max(int(np.load(criteo_layout.day_file(out, d, "sparse")).max()) for d in range(7)) < 50
-    with pytest.raises(PreprocessError, match=r"max_ind_range 50 -> 100\) that completed"):
-        criteo_preprocess(opts)
 
 
 # -- item 7: a full disk is named; this run's partial files go, earlier runs' work stays ------------
@@ -374,28 +338,27 @@ def test_a_full_disk_is_named_and_this_runs_partial_files_removed(tmp_path: Path
     jobs.assert_same(jobs.arrays(out), jobs.arrays(_clean(tmp_path, data, "A")))
 
 
-def test_criteo_full_disk_keeps_the_days_already_written(criteo_sample: Path, tmp_path: Path,
-                                                        small_disk: SmallDisk) -> None:
+def test_criteo_full_disk_is_named_and_the_rerun_completes(criteo_sample: Path, tmp_path: Path,
+                                                           small_disk: SmallDisk) -> None:
+    """Criteo logs (input criteo_tsv, written in worker-encoded blocks) meet the same rule: named,
+    nothing partial left, the same job completes once there is room, and another job starts over."""
     lines = criteo_sample.read_text().splitlines(keepends=True)
     big = tmp_path / "train.txt"
     big.write_text("".join(lines * 15))  # 3000 lines: about 480 KB of arrays for a 256 KB disk
-    # What a clean run writes, computed independently (loading the compiled parser here first
-    # spares each forked worker its second of loading).
-    parsed = parse_chunk(big.read_bytes())
     out = small_disk.path / "days"
-    opts = CriteoOptions("kaggle", [big], out, max_ind_range=100, workers=1, progress=False)
-    with pytest.raises(DiskFullError, match=r"no space left on .* writing .*day_\d_\w+\.npy\.partial \(needed about"):
-        criteo_preprocess(opts)
-    done = [d for d in range(7) if criteo_layout.done_file(out, d).is_file()]
-    assert done and done == list(range(len(done))) and len(done) < 7
-    assert not list(out.glob("*.partial")) and not list(out.glob(".*.tmp"))
+    opts = ColumnarOptions(criteo_schema(days=7, buckets=100), [big], out, workers=1, progress=False)
+    with pytest.raises(DiskFullError, match=r"no space left on .* writing .*\.partial/.*\.npy \(needed about"):
+        columnar_preprocess(opts)
+    assert not list(out.rglob("*.partial")) and not list(out.rglob(".*.tmp")) and not (out / "meta.json").exists()
     small_disk.grow()
-    r = criteo_preprocess(opts)
-    assert [d["day"] for d in r.days] == list(range(len(done), 7))  # the complete days were kept
-    days = {k: np.concatenate([np.load(criteo_layout.day_file(out, d, k)) for d in range(7)]) for k in criteo_layout.KINDS}
-    np.testing.assert_array_equal(days["sparse"], parsed.sparse % 100)
-    np.testing.assert_allclose(days["dense"], np.log1p(np.maximum(parsed.dense, 0)), rtol=1e-6)
-    np.testing.assert_array_equal(days["labels"].reshape(-1), parsed.labels.reshape(-1))
+    r = columnar_preprocess(dataclasses.replace(opts, schema=criteo_schema(days=7, buckets=50)))  # another job
+    assert r.rows_read == 3000 and read_job(out)["complete"] is True
+    r = columnar_preprocess(dataclasses.replace(opts, overwrite=True))
+    expected = reference.criteo(big.read_text().splitlines(), 7, buckets=100)
+    _, _, splits = check_directory(out)
+    for split, (dense, ids, labels) in expected.items():
+        assert np.stack([splits[split].ids[f"cat_{j}"] for j in range(26)], axis=1).tolist() == ids
+        assert splits[split].labels.tolist() == labels
 
 
 def test_npy_writer_abort_removes_its_file(tmp_path: Path) -> None:

@@ -117,9 +117,9 @@ def test_train_on_real_criteo_sample(tmp_path: Path, nproc: int, split: str) -> 
 
     sample = criteo_sample()
     data = tmp_path / "criteo"
-    assert data_main(["preprocess", "--dataset", "kaggle", "--input", str(sample), "--out", str(data),
-                      "--max-ind-range", "1000", "--no-progress"]) == 0
-    proc = _run(TORCHRUN + [f"--nproc_per_node={nproc}", "-m", "dlrm_dist.train", "--data", "criteo", "--data-dir", str(data),
+    assert data_main(["preprocess", "--schema", "criteo:days=7,buckets=1000", "--input", str(sample), "--out", str(data),
+                      "--no-progress"]) == 0
+    proc = _run(TORCHRUN + [f"--nproc_per_node={nproc}", "-m", "dlrm_dist.train", "--data", "columnar", "--data-dir", str(data),
                             f"--data.eval_split={split}", "--model.bottom_mlp=13-32-16", "--model.top_mlp=32-1",
                             "--train.global_batch_size=16", "--train.steps=12", "--train.eval_interval=6",
                             "--train.progress=false", f"--run-dir={tmp_path / 'run'}",

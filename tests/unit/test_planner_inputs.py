@@ -123,9 +123,9 @@ def test_messages_come_from_the_declared_model() -> None:
 def test_tables_files_written_by_dlrm_data_stats_load(tmp_path) -> None:
     """``dlrm-data stats --tables-out`` writes what ``dlrm-plan make --tables`` reads; an empty feature is named."""
     from dlrm_dist.data.columnar.stats import tables_file as columnar_tables
-    from dlrm_dist.data.criteo.stats import tables_file as criteo_tables
 
-    criteo = criteo_tables({"features": [{"feature": "cat_0", "table_size": 1000, "pooling_factor": 1.0}]}, 16)
+    criteo = columnar_tables({"features": [{"feature": "cat_0", "pooling_factor": 1.0}],
+                              "tables": [{"name": "t_cat_0", "rows": 1000, "dim": None, "features": ["cat_0"]}]}, 16)
     (tmp_path / "criteo.json").write_text(json.dumps(criteo))
     assert TableSpec.load_all(str(tmp_path / "criteo.json")) == (TableSpec("t_cat_0", 1000, 16, 1.0, ("cat_0",)),)
     stats = {"features": [{"feature": "a", "pooling_factor": 2.5}, {"feature": "b", "pooling_factor": 0.0}],
