@@ -32,6 +32,7 @@ driver runs the others' passes itself.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -47,10 +48,11 @@ from dlrm_dist.data.columnar import kernels
 from dlrm_dist.data.columnar.kernels import HashIndex, fnv1a, text_order
 from dlrm_dist.data.columnar.locate import ORIGIN_FIRST, ORIGIN_PATH
 from dlrm_dist.data.errors import PreprocessError
-from dlrm_dist.data.npy import NpyWriter, Tally
+from dlrm_dist.data.npy import Tally
+from dlrm_dist.data.prefetch import Prefetcher
 from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.features.schema import SPLITS, FeatureSchema, SparseFeature
-from dlrm_dist.fileio import atomic_write_bytes
+from dlrm_dist.fileio import atomic_write_bytes, disk_full
 
 STAGING = ".staging.partial"
 MISSING = np.uint64(0)  # the staged hash of a missing value
@@ -159,6 +161,32 @@ def numeric_batch(block: _Block, numbers: dict[str, np.ndarray]) -> pa.RecordBat
     return pa.RecordBatch.from_arrays(arrays, names=names).replace_schema_metadata(meta)
 
 
+class _Column:
+    """One staged column: raw rows appended to a file of this run's (no header, no fsync: the
+    file lives only as long as the run), memory-mapped once complete."""
+
+    def __init__(self, path: Path, dtype: type, tally: Tally) -> None:
+        self.path, self.dtype, self.tally, self.rows = path, np.dtype(dtype), tally, 0
+        self.file = open(path, "wb")
+
+    def append(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.size:
+            with disk_full(self.path, self.tally.bytes + rows.nbytes):
+                self.file.write(memoryview(rows).cast("B"))
+            self.tally.bytes += rows.nbytes
+        self.rows += len(rows)
+
+    def close(self) -> np.ndarray:
+        with disk_full(self.path, self.tally.bytes):
+            self.file.close()
+        return np.memmap(self.path, self.dtype, "r", shape=(self.rows,)) if self.rows else np.zeros(0, self.dtype)
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+
+
 class _Stage:
     """The staged columns of one run under ``DIR/.staging.partial`` (files by index, not by name:
     column names are data)."""
@@ -170,15 +198,15 @@ class _Stage:
         self.schema = schema
         self.columns = read.numeric_columns(schema)
         tally = Tally()
-        self.numbers = {c: NpyWriter(self.dir / f"num{i}.npy", np.float64, (), tally) for i, c in enumerate(self.columns)}
+        self.numbers = {c: _Column(self.dir / f"num{i}", np.float64, tally) for i, c in enumerate(self.columns)}
         self.values, self.lengths = {}, {}
         for j, f in enumerate(schema.sparse):
             dtype = np.uint64 if f.kind == "vocab" else np.int64
-            self.values[f.name] = NpyWriter(self.dir / f"sparse{j}.npy", dtype, (), tally)
+            self.values[f.name] = _Column(self.dir / f"sparse{j}", dtype, tally)
             if f.multi_hot:
-                self.lengths[f.name] = NpyWriter(self.dir / f"lengths{j}.npy", np.int64, (), tally)
+                self.lengths[f.name] = _Column(self.dir / f"lengths{j}", np.int64, tally)
         self.blocks: list[_Block] = []
-        self._maps: dict[str, np.ndarray] = {}
+        self.mapped: dict[str, dict[str, np.ndarray]] = {}  # numbers/values/lengths -> name -> column, once complete
 
     def append(self, block: _Block, arrays: _Arrays) -> None:
         for c, x in arrays.numbers.items():
@@ -191,34 +219,30 @@ class _Stage:
         self.blocks.append(block)
 
     def close(self) -> None:
-        for w in [*self.numbers.values(), *self.values.values(), *self.lengths.values()]:
-            w.close()
-        self._maps = {p.name: np.load(p, mmap_mode="r") for p in self.dir.glob("*.npy")}
-
-    def _map(self, name: str) -> np.ndarray:
-        return self._maps[name]
+        self.mapped = {kind: {name: column.close() for name, column in group.items()}
+                       for kind, group in (("numbers", self.numbers), ("values", self.values), ("lengths", self.lengths))}
 
     def arrays(self, block: _Block) -> _Arrays:
         """A block's staged arrays (memory-mapped slices)."""
         r = slice(block.row0, block.row0 + block.rows)
-        numbers = {c: self._map(f"num{i}.npy")[r] for i, c in enumerate(self.columns)}
+        numbers = {c: self.mapped["numbers"][c][r] for c in self.columns}
         values, lengths = {}, {}
-        for j, f in enumerate(self.schema.sparse):
+        for f in self.schema.sparse:
             if f.multi_hot:
-                lengths[f.name] = np.asarray(self._map(f"lengths{j}.npy")[r])
+                lengths[f.name] = np.asarray(self.mapped["lengths"][f.name][r])
                 v0 = block.values[f.name]
-                values[f.name] = self._map(f"sparse{j}.npy")[v0: v0 + int(lengths[f.name].sum())]
+                values[f.name] = self.mapped["values"][f.name][v0: v0 + int(lengths[f.name].sum())]
             else:
-                values[f.name], lengths[f.name] = self._map(f"sparse{j}.npy")[r], None
+                values[f.name], lengths[f.name] = self.mapped["values"][f.name][r], None
         return _Arrays(numbers, values, lengths)
 
     def times(self) -> np.ndarray:
-        return np.asarray(self._map(f"num{self.columns.index(self.schema.split.column)}.npy"))
+        return np.asarray(self.mapped["numbers"][self.schema.split.column])
 
     def remove(self) -> None:
         for w in [*self.numbers.values(), *self.values.values(), *self.lengths.values()]:
             w.abort()
-        self._maps = {}
+        self.mapped = {}
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -240,13 +264,19 @@ def stage_batch(batch: pa.RecordBatch, schema: FeatureSchema, distinct: dict[str
 
 def read_blocks(opts: Any, schema: FeatureSchema, bad: read.BadLines, distinct: dict[str, _Distinct],
                 progress: Callable[[int], None]) -> Iterator[tuple[_Block, _Arrays]]:
-    """Every record batch of every input, staged, with its origin."""
+    """Every record batch of every input, staged, with its origin. The file is parsed a batch ahead
+    on a reader thread (pyarrow parses without the GIL) while this one stages the last batch: the
+    two cores each do one half of the read pass."""
     row0 = 0
-    for path, first, batch in read.read_inputs(opts.inputs, schema, bad):
-        block = _Block(str(path), first, batch.num_rows, row0)
-        yield block, stage_batch(batch, schema, distinct)
-        row0 += batch.num_rows
-        progress(batch.num_rows)
+    batches = Prefetcher(read.read_inputs(opts.inputs, schema, bad), depth=2)
+    try:
+        for path, first, batch in batches:
+            block = _Block(str(path), first, batch.num_rows, row0)
+            yield block, stage_batch(batch, schema, distinct)
+            row0 += batch.num_rows
+            progress(batch.num_rows)
+    finally:
+        batches.close()  # (joins the reader thread: its file's read has ended when this returns)
 
 
 # -- cut-offs and fit ---------------------------------------------------------------------------------

@@ -1,0 +1,110 @@
+"""The generic preprocessing path beside pyarrow's CSV reader, on the same 19-column file.
+
+Generates (benchmarks/gen_columnar_csv.py, seeded) a --rows CSV: 6 numbers, 10 string
+categoricals with vocabularies from 3 to --rows values, a multi-hot column and a time column,
+plus the label. Then, in one session, alternating, each in a fresh process timed by the wall
+clock (start-up included) with its peak RSS:
+
+- ``pyarrow``: ``pyarrow.csv.read_csv(FILE)`` (all cores, types inferred): the read alone;
+- ``new``: ``dlrm-data preprocess --schema benchmarks/schemas/columnar19.toml`` (time split,
+  vocabularies, fitted dense steps): one read, cut-offs and fit from the staged columns;
+- ``old``: the same job through the driver's three passes over the file (staging disabled),
+  --old-repeats times (it is the slow one).
+
+Prints one JSON line per run and writes the medians and their ratio to
+benchmarks/results/preprocess_columnar.json.
+
+    .venv/bin/python -m benchmarks.preprocess_columnar [--rows 2000000] [--repeats 3] [--old-repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import gen_columnar_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "benchmarks" / "schemas" / "columnar19.toml"
+RESULT = ROOT / "benchmarks" / "results" / "preprocess_columnar.json"
+
+PYARROW = "import sys, pyarrow.csv as c; t = c.read_csv(sys.argv[1]); print(t.num_rows)"
+OLD = ("import sys; from dlrm_dist.data.columnar import staging; staging.supported = lambda schema: False; "
+       "from dlrm_dist.cli.data_main import main; sys.argv[0] = 'dlrm-data'; sys.exit(main(sys.argv[1:]))")
+
+
+def _timed(cmd: list[str]) -> tuple[float, int]:
+    """(wall seconds, peak RSS in MB) of a command in a new process (its own rusage, by wait4)."""
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err.seek(0)
+            raise SystemExit(f"{cmd[:3]} failed ({proc.returncode}): {err.read().decode()[-2000:]}")
+    return seconds, usage.ru_maxrss // 1024
+
+
+def run(impl: str, src: Path, out: Path, rows: int) -> dict:
+    py = sys.executable
+    if impl == "pyarrow":
+        cmd = [py, "-c", PYARROW, str(src)]
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        args = ["preprocess", "--schema", str(SCHEMA), "--input", str(src), "--out", str(out), "--no-progress"]
+        cmd = [str(Path(py).parent / "dlrm-data"), *args] if impl == "new" else [py, "-c", OLD, *args]
+    seconds, rss = _timed(cmd)
+    return {"impl": impl, "rows": rows, "wall_seconds": round(seconds, 3), "rows_per_s": round(rows / seconds),
+            "peak_rss_mb": rss}
+
+
+def _median(runs: list[dict], impl: str) -> dict:
+    mine = [r for r in runs if r["impl"] == impl]
+    seconds = statistics.median(r["wall_seconds"] for r in mine)
+    return {"runs": len(mine), "wall_seconds": round(seconds, 3), "rows_per_s": round(mine[0]["rows"] / seconds),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in mine)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=2_000_000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--old-repeats", type=int, default=1)
+    p.add_argument("--input", type=Path, help="an existing file of gen_columnar_csv.py's (else one is generated)")
+    p.add_argument("--out", type=Path, default=RESULT)
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        src = a.input or gen_columnar_csv.write(Path(tmp) / "columnar19.csv", a.rows)
+        runs = []
+        for k in range(max(a.repeats, a.old_repeats)):
+            impls = ["pyarrow", "new"] * (k < a.repeats) + ["old"] * (k < a.old_repeats)
+            for impl in impls:
+                runs.append(run(impl, src, Path(tmp) / "out", a.rows))
+                print(json.dumps(runs[-1]), flush=True)
+    summary = {impl: _median(runs, impl) for impl in ("pyarrow", "new", "old") if any(r["impl"] == impl for r in runs)}
+    summary["new_over_pyarrow"] = round(summary["new"]["rows_per_s"] / summary["pyarrow"]["rows_per_s"], 3)
+    if "old" in summary:
+        summary["new_over_old"] = round(summary["new"]["rows_per_s"] / summary["old"]["rows_per_s"], 2)
+    record = {"file": {"rows": a.rows, "bytes": src.stat().st_size, "columns": 19,
+                       "generator": "benchmarks/gen_columnar_csv.py (seed 0)", "schema": str(SCHEMA.relative_to(ROOT))},
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                          "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+              "date": time.strftime("%Y-%m-%d"), "summary": summary, "runs": runs}
+    print(json.dumps(summary))
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(record, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
