@@ -92,7 +92,13 @@ def int_modulo(batch: pa.RecordBatch, schema: FeatureSchema, f: SparseFeature, b
 def _filled(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(float64 values with nulls as NaN, missing mask): read.py has refused every non-finite cell,
     so NaN here means missing and nothing else."""
-    missing = values.is_null().to_numpy(zero_copy_only=False) if values.null_count else np.zeros(len(values), bool)
+    if not values.null_count:
+        return np.array(values.to_numpy(zero_copy_only=False), dtype=np.float64), np.zeros(len(values), bool)
+    missing = values.is_null().to_numpy(zero_copy_only=False)
+    if values.type == pa.float64() and not isinstance(values, pa.ChunkedArray):  # one copy of the buffer, not two
+        x = np.frombuffer(values.buffers()[1], np.float64, len(values), values.offset * 8).copy()
+        x[missing] = np.nan
+        return x, missing
     return np.array(values.to_numpy(zero_copy_only=False), dtype=np.float64), missing  # (a writable copy)
 
 
