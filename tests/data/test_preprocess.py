@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -60,6 +61,18 @@ def test_bad_lines_are_counted_reported_by_file_and_line_and_skipped(criteo_samp
     assert layout.read_meta(tmp_path / "o")["skipped"] == 2
     with pytest.raises(PreprocessError, match=r"train.txt:4: 3 fields instead of 40 \(--strict"):
         _pre([bad], tmp_path / "strict", days=7, buckets=100, strict=True)
+
+
+def test_a_stopped_read_leaves_no_shared_memory(criteo_sample, tmp_path, monkeypatch) -> None:
+    """Blocks the workers made after --strict stopped the read were left in /dev/shm (until reboot)."""
+    bad = tmp_path / "train.txt"
+    bad.write_bytes(b"1\t2\t3\n" + criteo_sample.read_bytes() * 5)
+    monkeypatch.setattr(criteo_tsv, "CHUNK_BYTES", 2048)  # many chunks in flight when the first one stops it
+    before = set(criteo_tsv.SHM_DIR.iterdir())
+    with pytest.raises(PreprocessError, match="--strict"):
+        _pre([bad], tmp_path / "strict", days=7, buckets=100, strict=True)
+    new = {p.name for p in set(criteo_tsv.SHM_DIR.iterdir()) - before}
+    assert not {n for n in new if n.startswith(("psm_", f"dlrm_dist_{os.getpid()}_"))}, new
 
 
 def test_an_encoder_error_in_a_worker_names_the_line(criteo_sample, tmp_path) -> None:

@@ -26,6 +26,7 @@ import gzip
 import mmap
 import multiprocessing as mp
 import os
+import secrets
 from dataclasses import dataclass
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
@@ -126,9 +127,14 @@ def count_lines(paths: list[Path], workers: int) -> list[int]:
 
 
 # -- shared-memory handoff ------------------------------------------------------------------------
+SHM_DIR = Path("/dev/shm")  # where Linux keeps POSIX shared memory: a stopped read's blocks are removed there
+
+
 def _pack(arrays: list[np.ndarray]) -> tuple[str, list[tuple[str, tuple[int, ...]]]]:
-    """Copies ``arrays`` into a new shared-memory block (in a worker); the main process owns it."""
-    shm = shared_memory.SharedMemory(create=True, size=max(1, sum(a.nbytes for a in arrays)))
+    """Copies ``arrays`` into a new shared-memory block (in a worker); the main process owns it.
+    Blocks are named after the read, so that those still in flight when it stops can be removed."""
+    shm = shared_memory.SharedMemory(name=_JOB["prefix"] + secrets.token_hex(8), create=True,
+                                     size=max(1, sum(a.nbytes for a in arrays)))
     offset = 0
     for a in arrays:
         np.ndarray(a.shape, a.dtype, buffer=shm.buf, offset=offset)[...] = a
@@ -238,7 +244,7 @@ def _split_fields(parsed: ParsedChunk, positions: dict, time_column: Optional[st
 
 
 # -- main side ------------------------------------------------------------------------------------
-def _unpacked(result: _Result, positions: dict) -> ParsedChunk:
+def _unpacked(result: _Result) -> ParsedChunk:
     labels, dense, dmiss, sparse, smiss, rows = _unpack(*result.block)
     return ParsedChunk(dense, dmiss, sparse, smiss, labels, result.lines, result.bad, result.num_bad, rows)
 
@@ -258,10 +264,11 @@ def read_file(pool, path: Path, schema: FeatureSchema, bad, encoder: Optional[Ca
         _report_bad(bad, str(path), line, result)
         if result.rows < 0:  # the encoder failed in a worker: run it here, where the lines are known
             encoder(_batch(parse_chunk(result.chunk.read()), positions, str(path), row, line))
-            raise PreprocessError(f"{path}: the encoder failed on a chunk but not when run again")  # pragma: no cover
+            raise PreprocessError(f"{path}: the encoder failed on bytes {result.chunk.start}..{result.chunk.end} in a "
+                                  "worker but not when run again")  # (a bug, never bad data: said, not hidden)
         if result.rows:
             if encoder is None:
-                yield _batch(_unpacked(result, positions), positions, str(path), row, line), None
+                yield _batch(_unpacked(result), positions, str(path), row, line), None
             else:
                 yield decode(result, path, row, line)
         line += result.lines
@@ -272,7 +279,7 @@ def read_file(pool, path: Path, schema: FeatureSchema, bad, encoder: Optional[Ca
         raise PreprocessError(f"{path}: {why}; every input file must hold data")
 
 
-def _decoder(schema: FeatureSchema, from_arrays: Callable) -> Callable:
+def _decoder(from_arrays: Callable) -> Callable:
     """Rebuilds (batch of the split's fields, encoded) from a worker's packed arrays."""
     time_column = _JOB["time"]
 
@@ -299,12 +306,17 @@ def read_inputs(paths: list[Path], schema: FeatureSchema, bad, on_file: Optional
     workers encode, and the batch holds only what the split needs (``line:``, the time column),
     ``from_arrays`` rebuilding the encoded result from its arrays.
     """
-    _JOB.update(positions=_positions(schema), encoder=encoder,
+    prefix = f"dlrm_dist_{os.getpid()}_{secrets.token_hex(4)}_"
+    _JOB.update(positions=_positions(schema), encoder=encoder, prefix=prefix,
                 time=schema.split.column if schema.split.by == "time" else None)
-    decode = _decoder(schema, from_arrays) if encoder is not None else None
-    with mp.get_context("fork").Pool(workers or max(1, os.cpu_count() or 1)) as pool:
-        for path in paths:
-            if on_file:
-                on_file(path)
-            for batch, encoded in read_file(pool, path, schema, bad, encoder, decode):
-                yield path, int(batch.schema.metadata[ORIGIN_FIRST]), batch, encoded
+    decode = _decoder(from_arrays) if encoder is not None else None
+    try:
+        with mp.get_context("fork").Pool(workers or max(1, os.cpu_count() or 1)) as pool:
+            for path in paths:
+                if on_file:
+                    on_file(path)
+                for batch, encoded in read_file(pool, path, schema, bad, encoder, decode):
+                    yield path, int(batch.schema.metadata[ORIGIN_FIRST]), batch, encoded
+    finally:  # the pool is gone: blocks it made that nobody read (an error, --strict) would outlive us
+        for leftover in SHM_DIR.glob(prefix + "*"):
+            _posixshmem.shm_unlink("/" + leftover.name)
