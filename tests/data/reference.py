@@ -31,7 +31,7 @@ def criteo(lines: list[str], days: int, buckets: int | None = None, vocab_min_co
     day_rows: list[list[list[str]]] = [[] for _ in range(days)]
     for i, line in enumerate(lines):
         fields = line.rstrip("\r\n").split("\t")
-        if len(fields) == 40 and fields[0] in ("0", "1"):  # (the sample's lines are otherwise valid)
+        if criteo_valid(fields):
             day = next(d for d in range(days) if total * d // days <= i < total * (d + 1) // days)
             day_rows[day].append(fields)
     train = [r for d in day_rows[:-1] for r in d]
@@ -57,3 +57,18 @@ def criteo(lines: list[str], days: int, buckets: int | None = None, vocab_min_co
                 [float(r[0]) for r in rs])
 
     return {"train": rows(train), "val": rows(last[:half]), "test": rows(last[half:])}
+
+
+def criteo_valid(fields: list[str]) -> bool:
+    """A Criteo line's fields as the format defines them: 40 fields, label 0 or 1, 13 counts
+    (empty, or an optionally negative run of ASCII digits within int64), 26 categories (empty,
+    or exactly 8 hex digits)."""
+    def count(x: str) -> bool:
+        digits = x[1:] if x.startswith("-") else x
+        return x == "" or (digits != "" and all(c in "0123456789" for c in digits) and int(digits) < 2**63)
+
+    def category(x: str) -> bool:
+        return x == "" or (len(x) == 8 and all(c in "0123456789abcdefABCDEF" for c in x))
+
+    return (len(fields) == 40 and fields[0] in ("0", "1") and all(count(x) for x in fields[1:14])
+            and all(category(x) for x in fields[14:]))
