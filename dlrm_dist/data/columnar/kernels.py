@@ -1,6 +1,6 @@
-"""Compiled kernels (numba) of the staging path: FNV-1a 64 of Arrow strings (the hash every
-``kind = "hash"`` id and every staged vocabulary value is made of), an O(1) index of such hashes,
-and the byte order of texts by integer sorts.
+"""Compiled kernels (numba) of the staging path: FNV-1a 64 of Arrow strings (the hash of every
+``kind = "hash"`` id and OOV bucket), the byte order of texts by integer sorts, and the distinct
+texts of a vocabulary table with dense ids (``Interner``).
 
 The hash is over the value's UTF-8 bytes, offset basis 0xcbf29ce484222325, prime 0x100000001b3
 (the same on every run and machine); a null hashes as the empty string. One loop over the
@@ -56,52 +56,6 @@ def fnv1a(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if arr.null_count:  # a null's offsets may span bytes (Arrow leaves them unspecified): empty text
         out[arr.is_null().to_numpy(zero_copy_only=False)] = _FNV_OFFSET
     return out
-
-
-# -- positions of hashes in a set of them ----------------------------------------------------------
-@njit(cache=True, nogil=True)
-def _build(keys, slots, positions):  # pragma: no cover - compiled
-    mask = np.uint64(len(slots) - 1)
-    for i in range(len(keys)):
-        s = keys[i] & mask
-        while slots[s] != 0:
-            s = (s + np.uint64(1)) & mask
-        slots[s] = keys[i]
-        positions[s] = i
-
-
-@njit(cache=True, nogil=True)
-def _find(slots, positions, queries, out):  # pragma: no cover - compiled
-    mask = np.uint64(len(slots) - 1)
-    for i in range(len(queries)):
-        q = queries[i]
-        out[i] = -1
-        if q == 0:
-            continue
-        s = q & mask
-        while slots[s] != 0:
-            if slots[s] == q:
-                out[i] = positions[s]
-                break
-            s = (s + np.uint64(1)) & mask
-
-
-class HashIndex:
-    """Position of each of a set of distinct, non-zero 64-bit hashes, looked up in O(1): an open
-    addressing table at most half full (the keys are FNV-1a hashes already: their low bits are
-    the slot). ``np.searchsorted`` over millions of keys costs ~500 ns per look-up, this ~50."""
-
-    def __init__(self, keys: np.ndarray) -> None:
-        size = 1 << max(4, int(2 * len(keys) - 1).bit_length())
-        self.slots = np.zeros(size, np.uint64)
-        self.positions = np.zeros(size, np.int64)
-        _build(np.ascontiguousarray(keys, np.uint64), self.slots, self.positions)
-
-    def find(self, queries: np.ndarray) -> np.ndarray:
-        """Each query's position among the keys (-1: not a key, or 0 = missing)."""
-        out = np.empty(len(queries), np.int64)
-        _find(self.slots, self.positions, np.ascontiguousarray(queries, np.uint64), out)
-        return out
 
 
 # -- ordering texts --------------------------------------------------------------------------------
@@ -160,3 +114,128 @@ def text_order(texts: pa.Array, first: Optional[np.ndarray] = None) -> np.ndarra
         if by_length:  # what is still tied is the same text
             break
     return order
+
+
+# -- distinct texts, each with a dense id -------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def _intern(offsets, data, hashes, missing, slots, keys, starts, buf, n, used, out):  # pragma: no cover
+    """Ids of a block's texts (-1: missing), new texts appended; returns (n, used, i, j): i >= 0 is
+    a text whose hash is text j's while its bytes are not. A slot holds (hash, id + 1; 0 = empty)
+    side by side: one cache line per probe."""
+    mask = np.uint64(len(slots) - 1)
+    for i in range(len(hashes)):
+        if missing[i]:
+            out[i] = -1
+            continue
+        h = hashes[i]
+        lo = offsets[i]
+        size = offsets[i + 1] - lo
+        s = h & mask
+        while True:
+            if slots[s, 1] == 0:
+                slots[s, 0] = h
+                slots[s, 1] = n + 1
+                keys[n] = h
+                buf[used: used + size] = data[lo: lo + size]
+                used += size
+                starts[n + 1] = used
+                out[i] = n
+                n += 1
+                break
+            if slots[s, 0] == h:
+                j = np.int64(slots[s, 1]) - 1
+                a = starts[j]
+                if starts[j + 1] - a != size:
+                    return n, used, i, j
+                for k in range(size):
+                    if buf[a + k] != data[lo + k]:
+                        return n, used, i, j
+                out[i] = j
+                break
+            s = (s + np.uint64(1)) & mask
+    return n, used, -1, -1
+
+
+def _grown(arr: np.ndarray, need: int) -> np.ndarray:
+    if need <= len(arr):
+        return arr
+    out = np.empty(max(need, 2 * len(arr)), arr.dtype)
+    out[: len(arr)] = arr
+    return out
+
+
+class Interner:
+    """The distinct texts of one vocabulary table, each with a dense id (0, 1, ... in order of first
+    sight), looked up by FNV-1a 64 in an open-addressing table and confirmed byte for byte: two
+    texts with one hash are reported (``Collision``), never merged. Memory: the distinct texts'
+    bytes, their hashes and the table (at most half full)."""
+
+    def __init__(self) -> None:
+        self.n, self.used = 0, 0
+        self.slots = np.zeros((1 << 10, 2), np.uint64)  # (hash, id + 1); 0: empty
+        self.keys = np.zeros(1 << 9, np.uint64)
+        self.starts = np.zeros((1 << 9) + 1, np.int64)
+        self.buf = np.zeros(1 << 16, np.uint8)
+
+    def ids(self, texts: pa.Array) -> np.ndarray:
+        """Each text's id (-1 for a null), new texts interned; raises Collision."""
+        arr = _flat(texts)
+        out = np.empty(len(arr), np.int64)
+        if not len(arr):
+            return out
+        offsets, data = buffers(arr)
+        missing = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else np.zeros(len(arr), bool)
+        self._reserve(len(arr), int(offsets[-1] - offsets[0]))
+        n, used, i, j = _intern(offsets, data, _fnv1a_of(offsets, data, len(arr)), missing, self.slots, self.keys,
+                                self.starts, self.buf, self.n, self.used, out)
+        self.n, self.used = n, used
+        if i >= 0:
+            raise Collision(self.text(j), bytes(data[offsets[i]: offsets[i + 1]]).decode("utf-8", "replace"),
+                            int(self.keys[j]))
+        return out
+
+    def _reserve(self, rows: int, nbytes: int) -> None:
+        self.keys = _grown(self.keys, self.n + rows)
+        self.starts = _grown(self.starts, self.n + rows + 1)
+        self.buf = _grown(self.buf, self.used + nbytes)
+        if 2 * (self.n + rows) > len(self.slots):  # rebuilt at twice the size: at most half full
+            size = 1 << int(3 * (self.n + rows) - 1).bit_length()
+            self.slots = np.zeros((size, 2), np.uint64)
+            _reslot(self.keys[: self.n], self.slots)
+
+    def text(self, i: int) -> str:
+        return bytes(self.buf[self.starts[i]: self.starts[i + 1]]).decode("utf-8", "replace")
+
+    def texts(self) -> pa.Array:
+        """Every interned text, by id."""
+        offsets = pa.py_buffer(np.ascontiguousarray(self.starts[: self.n + 1]))
+        return pa.LargeStringArray.from_buffers(self.n, offsets, pa.py_buffer(self.buf[: self.used].copy()))
+
+    def hashes(self) -> np.ndarray:
+        """Every interned text's FNV-1a 64, by id."""
+        return self.keys[: self.n]
+
+
+class Collision(Exception):
+    """Two texts with one FNV-1a 64 hash."""
+
+    def __init__(self, first: str, second: str, h: int) -> None:
+        super().__init__(first, second, h)
+        self.first, self.second, self.hash = first, second, h
+
+
+@njit(cache=True, nogil=True)
+def _reslot(keys, slots):  # pragma: no cover - compiled
+    mask = np.uint64(len(slots) - 1)
+    for j in range(len(keys)):
+        s = keys[j] & mask
+        while slots[s, 1] != 0:
+            s = (s + np.uint64(1)) & mask
+        slots[s, 0] = keys[j]
+        slots[s, 1] = j + 1
+
+
+def _fnv1a_of(offsets: np.ndarray, data: np.ndarray, n: int) -> np.ndarray:
+    out = np.empty(n, np.uint64)
+    _fnv1a(offsets, data, out)
+    return out

@@ -7,24 +7,23 @@ The read pass runs the one encoder (encode.py) on every record batch and appends
 - each numeric column (label, time, dense inputs) as read: float64, NaN where the cell is
   missing (read.py refuses every non-finite cell, so NaN means missing and nothing else);
 - each identity/hash feature's finished ids (int64);
-- each vocabulary feature's values as their FNV-1a 64 hash (uint64; a missing value is 0, a
-  value no text hashes to in practice: one that does is refused), and, for multi-hot features,
-  every row's bag length.
+- each vocabulary feature's values as their ids among the table's distinct texts (int64, -1 for
+  a missing value; kernels.Interner: bounded by the distinct values, not the rows; two texts
+  with one FNV-1a 64 hash are an error naming both), and, for multi-hot features, every row's
+  bag length.
 
-Beside them, per vocabulary table, the distinct texts (``_Distinct``: bounded by the distinct
-values, not the rows); two texts with one hash are an error naming both. Every record
-batch's origin (file, first row, row count) is kept, so the later passes walk the same blocks:
-the dense moments merge block by block exactly as a pass over the input would (the scales are
-bit-for-bit the same) and an error still names the file and line.
+Every record batch's origin (file, first row, row count) is kept, so the later passes walk the
+same blocks: the dense moments merge block by block exactly as a pass over the input would (the
+scales are bit-for-bit the same) and an error still names the file and line.
 
 After the read: the time cut-offs from the staged times (8 bytes per row: exact quantiles), the
-fit over the training rows (vocabulary counts with ``np.bincount`` over each value's position
-among the distinct hashes, fnv.HashIndex; dense moments), then the finishing pass: ids from the
-positions (unseen values
-to an OOV bucket by the same ``fnv1a % oov_buckets`` rule), fitted scales applied, each row to
-its split's files (preprocess._SplitWriter). The staging directory is removed at the end, on
-failure too. A run whose fitted state is already known (a rerun after fit.json, or a schema with
-nothing to fit and a random split) finishes every block as it is read, with no staging at all.
+fit over the training rows (vocabulary counts by ``np.bincount`` of the staged ids, ordered by
+kernels.text_order; dense moments), then the finishing pass: model ids from the distinct ids
+(values not in the vocabulary to an OOV bucket by the same ``fnv1a % oov_buckets`` rule as
+encode.py), fitted scales applied, each row to its split's files (preprocess._SplitWriter). The
+staging directory is removed at the end, on failure too. A run whose fitted state is already
+known (a rerun after fit.json, or a schema with nothing to fit) and whose split needs no
+cut-offs finishes every block as it is read, with no staging at all.
 
 ``supported`` says which schemas this path serves (text inputs split by random or time); the
 driver runs the others' passes itself.
@@ -45,7 +44,7 @@ import pyarrow.compute as pc
 
 from dlrm_dist.data.columnar import encode, layout, read
 from dlrm_dist.data.columnar import kernels
-from dlrm_dist.data.columnar.kernels import HashIndex, fnv1a, text_order
+from dlrm_dist.data.columnar.kernels import Collision, Interner, text_order
 from dlrm_dist.data.columnar.locate import ORIGIN_FIRST, ORIGIN_PATH
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.data.npy import Tally
@@ -55,7 +54,6 @@ from dlrm_dist.features.schema import SPLITS, FeatureSchema, SparseFeature
 from dlrm_dist.fileio import atomic_write_bytes, disk_full
 
 STAGING = ".staging.partial"
-MISSING = np.uint64(0)  # the staged hash of a missing value
 _EMPTY = np.uint64(0xCBF29CE484222325)  # FNV-1a 64 of "" (the offset basis): a missing value's OOV hash
 _CHUNK = 1 << 20  # values per vectorised step of the binary passes (bounded memory)
 _PLAIN = np.ones(256, bool)  # bytes json.dumps writes as themselves inside a string
@@ -69,63 +67,15 @@ def supported(schema: FeatureSchema) -> bool:
 
 
 # -- distinct values of a vocabulary table ----------------------------------------------------------
-class _Distinct:
-    """The distinct texts of one vocabulary table seen so far (memory bounded by the table's
-    distinct values: the blocks' dictionaries are merged whenever they outgrow the merged set)."""
-
-    def __init__(self, table: str) -> None:
-        self.table = table
-        self.texts: pa.Array = pa.array([], pa.string())
-        self._parts: list[pa.Array] = []
-        self._pending = 0
-
-    def add(self, values: pa.Array) -> np.ndarray:
-        """The staged hash of every value (MISSING for a missing one); remembers the new texts."""
-        if isinstance(values, pa.ChunkedArray):
-            values = values.combine_chunks()
-        coded = pc.dictionary_encode(values)  # one hash per distinct text of the block, not per row
-        texts = pc.cast(coded.dictionary, pa.string())
-        hashes = fnv1a(texts)
-        self._parts.append(texts)
-        self._pending += len(texts)
-        if self._pending > max(len(self.texts), _CHUNK):
-            self._merge()
-        if values.null_count:
-            out = hashes[pc.fill_null(coded.indices, 0).to_numpy()] if len(texts) else np.zeros(len(values), np.uint64)
-            out[values.is_null().to_numpy(zero_copy_only=False)] = MISSING
-            return out
-        return hashes[coded.indices.to_numpy()]
-
-    def _merge(self) -> None:
-        if self._parts:
-            self.texts = pc.unique(pa.concat_arrays([self.texts, *self._parts]))
-            self._parts, self._pending = [], 0
-
-    def finish(self) -> tuple[np.ndarray, pa.Array]:
-        """(hashes, texts) of the distinct values; two texts with one hash, or a text hashing to
-        the code of a missing value, are an error naming them."""
-        self._merge()
-        hashes = fnv1a(self.texts)
-        order = np.argsort(hashes)
-        same = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
-        if same.size:
-            i, j = int(order[same[0]]), int(order[same[0] + 1])
-            raise PreprocessError(
-                f"vocabulary table {self.table!r}: the values {self.texts[i].as_py()!r} and {self.texts[j].as_py()!r} "
-                f"have the same FNV-1a 64 hash ({int(hashes[i]):#018x}), which preprocessing tells values apart "
-                "by; rename one of them in the data, or make the feature kind = \"hash\"")
-        zero = np.flatnonzero(hashes == MISSING)
-        if zero.size:
-            raise PreprocessError(f"vocabulary table {self.table!r}: the value {self.texts[int(zero[0])].as_py()!r} "
-                                  "hashes to 0 (FNV-1a 64), the code of a missing value; rename it in the data")
-        return hashes, self.texts
-
-    @classmethod
-    def check_against(cls, table: str, texts: pa.Array, vocabulary: pa.Array) -> None:
-        """Refuses a staged value whose hash is a written vocabulary value's but whose text is not."""
-        both = cls(table)
-        both._parts = [texts, vocabulary]
-        both.finish()
+def intern(tables: dict[str, Interner], table: str, values: pa.Array) -> np.ndarray:
+    """The ids of ``values`` among their table's distinct texts (-1: missing); two texts with one
+    hash are an error naming both."""
+    try:
+        return tables[table].ids(values)
+    except Collision as c:
+        raise PreprocessError(f"vocabulary table {table!r}: the values {c.first!r} and {c.second!r} have the same "
+                              f"FNV-1a 64 hash ({c.hash:#018x}), which preprocessing tells values apart by; rename "
+                              "one of them in the data, or make the feature kind = \"hash\"") from None
 
 
 # -- the staged columns -------------------------------------------------------------------------------
@@ -201,8 +151,7 @@ class _Stage:
         self.numbers = {c: _Column(self.dir / f"num{i}", np.float64, tally) for i, c in enumerate(self.columns)}
         self.values, self.lengths = {}, {}
         for j, f in enumerate(schema.sparse):
-            dtype = np.uint64 if f.kind == "vocab" else np.int64
-            self.values[f.name] = _Column(self.dir / f"sparse{j}", dtype, tally)
+            self.values[f.name] = _Column(self.dir / f"sparse{j}", np.int64, tally)
             if f.multi_hot:
                 self.lengths[f.name] = _Column(self.dir / f"lengths{j}", np.int64, tally)
         self.blocks: list[_Block] = []
@@ -247,7 +196,7 @@ class _Stage:
 
 
 # -- the read pass -------------------------------------------------------------------------------------
-def stage_batch(batch: pa.RecordBatch, schema: FeatureSchema, distinct: dict[str, _Distinct]) -> _Arrays:
+def stage_batch(batch: pa.RecordBatch, schema: FeatureSchema, distinct: dict[str, Interner]) -> _Arrays:
     """A record batch encoded as far as it can be without fitted state."""
     numbers = {c: read.numbers(batch, c).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
                for c in read.numeric_columns(schema)}
@@ -255,14 +204,14 @@ def stage_batch(batch: pa.RecordBatch, schema: FeatureSchema, distinct: dict[str
     for f in schema.sparse:
         bags = encode.bags_of(batch, f)
         if f.kind == "vocab":
-            values[f.name] = distinct[f.table].add(bags.values)
+            values[f.name] = intern(distinct, f.table, bags.values)
         else:
             values[f.name] = encode.encode_ids(batch, schema, f, bags, None)
         lengths[f.name] = bags.lengths
     return _Arrays(numbers, values, lengths)
 
 
-def read_blocks(opts: Any, schema: FeatureSchema, bad: read.BadLines, distinct: dict[str, _Distinct],
+def read_blocks(opts: Any, schema: FeatureSchema, bad: read.BadLines, distinct: dict[str, Interner],
                 progress: Callable[[int], None]) -> Iterator[tuple[_Block, _Arrays]]:
     """Every record batch of every input, staged, with its origin. The file is parsed a batch ahead
     on a reader thread (pyarrow parses without the GIL) while this one stages the last batch: the
@@ -292,41 +241,40 @@ def time_cutoffs(schema: FeatureSchema, t: np.ndarray, refuse: Callable[..., Non
 
 
 class _Vocabulary:
-    """A table's vocabulary fitted from the staged hashes: counts over the training rows per distinct
+    """A table's vocabulary fitted from the staged ids: counts over the training rows per distinct
     value; ``vocabulary`` orders them as encode's vocabularies are ordered."""
 
-    def __init__(self, f: SparseFeature, hashes: np.ndarray, texts: pa.Array) -> None:
-        self.order = f.order
-        self.hashes, self.texts = hashes, texts
-        self.index = HashIndex(hashes)
-        self.counts = np.zeros(len(hashes), np.int64)
-        self.kept: Optional[np.ndarray] = None  # positions of the vocabulary's values, in id order
+    def __init__(self, f: SparseFeature, distinct: Interner) -> None:
+        self.order, self.distinct = f.order, distinct
+        self.counts = np.zeros(distinct.n, np.int64)
+        self.kept: Optional[np.ndarray] = None  # the vocabulary's values (their distinct ids), in id order
 
     def add(self, staged: np.ndarray) -> None:
         for lo in range(0, len(staged), _CHUNK):
-            pos = self.index.find(staged[lo: lo + _CHUNK])
-            self.counts += np.bincount(pos[pos >= 0], minlength=len(self.hashes))
+            ids = np.asarray(staged[lo: lo + _CHUNK])
+            self.counts += np.bincount(ids[ids >= 0], minlength=len(self.counts))
 
     def vocabulary(self, min_count: int) -> pa.Array:
         """The values seen at least ``min_count`` times in id order (frequency: most frequent
         first, ties by value, as encode's vocabularies; value: ascending)."""
         kept = np.flatnonzero(self.counts >= min_count)
-        texts = pc.take(self.texts, pa.array(kept))
+        texts = pc.take(self.distinct.texts(), pa.array(kept))
         by = -self.counts[kept] if self.order == "frequency" else None
-        self.kept = kept[text_order(texts, by)]
-        return pc.take(self.texts, pa.array(self.kept))
+        order = text_order(texts, by)
+        self.kept = kept[order]
+        return pc.take(texts, pa.array(order))
 
     def id_map(self, oov_buckets: int) -> np.ndarray:
         """The id of each distinct value: oov_buckets + its vocabulary position, or -1 (to an OOV bucket)."""
-        ids = np.full(len(self.hashes), -1, np.int64)
+        ids = np.full(len(self.counts), -1, np.int64)
         ids[self.kept] = oov_buckets + np.arange(len(self.kept))
         return ids
 
 
 def fit(stage: _Stage, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]],
-        distinct: dict[str, tuple[np.ndarray, pa.Array]], moments: dict[str, Any]) -> dict[str, _Vocabulary]:
+        distinct: dict[str, Interner], moments: dict[str, Any]) -> dict[str, _Vocabulary]:
     """Vocabulary counts and dense moments over the training rows, block by block."""
-    vocabs = {t: _Vocabulary(schema.features_of(t)[0], *distinct[t]) for t in distinct}
+    vocabs = {t: _Vocabulary(schema.features_of(t)[0], distinct[t]) for t in distinct}
     fitted = [d for d in schema.dense if d.fitted]
     for block in stage.blocks:
         arrays = stage.arrays(block)
@@ -346,33 +294,35 @@ def fit(stage: _Stage, schema: FeatureSchema, cutoffs: Optional[tuple[float, flo
 
 # -- the finishing pass ----------------------------------------------------------------------------------
 class IdMaps:
-    """Every vocabulary table's hash -> id map: an index of its distinct hashes and their ids
-    (-1: not in the vocabulary, to an OOV bucket)."""
+    """Every vocabulary table's distinct id -> model id map (-1, or past its end: not in the
+    vocabulary, to an OOV bucket by the value's hash)."""
 
-    def __init__(self, tables: dict[str, tuple[HashIndex, np.ndarray]]) -> None:
+    def __init__(self, tables: dict[str, tuple[Interner, np.ndarray]]) -> None:
         self.tables = tables
 
     @classmethod
-    def from_vocabularies(cls, out: Path, schema: FeatureSchema) -> "IdMaps":
-        """From the written vocabularies (a rerun after the fit): each value's hash and id."""
+    def from_vocabularies(cls, out: Path, schema: FeatureSchema, distinct: dict[str, Interner]) -> "IdMaps":
+        """From the written vocabularies (a rerun after the fit), their values interned among ``distinct``."""
         tables = {}
-        for t in schema.table_names:
+        for t, d in distinct.items():
             f = schema.features_of(t)[0]
-            if f.kind == "vocab":
-                hashes = fnv1a(pa.array(layout.read_vocab(out, t), pa.string()))
-                tables[t] = (HashIndex(hashes), f.oov_buckets + np.arange(len(hashes), dtype=np.int64))
+            vocab = intern(distinct, t, pa.array(layout.read_vocab(out, t), pa.string()))
+            ids = np.full(d.n, -1, np.int64)
+            ids[vocab] = f.oov_buckets + np.arange(len(vocab), dtype=np.int64)
+            tables[t] = (d, ids)
         return cls(tables)
 
     def ids(self, f: SparseFeature, staged: np.ndarray) -> np.ndarray:
-        index, ids = self.tables[f.table]
+        distinct, ids = self.tables[f.table]
         staged = np.asarray(staged)
-        pos = index.find(staged)
-        out = ids[pos] if len(ids) else np.zeros(len(pos), np.int64)
-        out[pos < 0] = -1
+        known = (staged >= 0) & (staged < len(ids))
+        out = np.full(len(staged), -1, np.int64)
+        out[known] = ids[staged[known]]
         unseen = out < 0
         if unseen.any():  # unseen, rare or missing: an OOV bucket by its hash (a missing one: the empty text's)
-            h = staged[unseen]
-            out[unseen] = (np.where(h == MISSING, _EMPTY, h) % np.uint64(f.oov_buckets)).astype(np.int64)
+            v = staged[unseen]
+            h = np.where(v >= 0, distinct.hashes()[np.maximum(v, 0)], _EMPTY)
+            out[unseen] = (h % np.uint64(f.oov_buckets)).astype(np.int64)
         return out
 
 
@@ -419,10 +369,8 @@ def _inline(opts: Any, driver: Any, done: Optional[dict[str, Any]]) -> tuple:
         done = {"vocab_rows": {}, "scales": {}}
         layout.write_fit(opts.out_dir, done)
     schema = _fitted(opts.schema, done)
-    maps = IdMaps.from_vocabularies(opts.out_dir, schema)
-    distinct = {t: _Distinct(t) for t in maps.tables}
-    for t in maps.tables:  # a value unseen at the fit but hashing like a vocabulary's is refused
-        distinct[t].add(pa.array(layout.read_vocab(opts.out_dir, t), pa.string()))
+    distinct = {t: Interner() for t in schema.table_names if schema.features_of(t)[0].kind == "vocab"}
+    maps = IdMaps.from_vocabularies(opts.out_dir, schema, distinct)  # (the vocabulary's values first: ids 0..)
     report = driver.Report()
 
     def rows(opts: Any, schema: FeatureSchema, cutoffs: Any, report: Any, writers: dict[str, Any], days: Any) -> None:
@@ -431,8 +379,6 @@ def _inline(opts: Any, driver: Any, done: Optional[dict[str, Any]]) -> tuple:
             for block, arrays in read_blocks(opts, schema, bad, distinct, bar.update):
                 finish_block(block, arrays, schema, None, maps, writers)
                 report.rows_read = block.row0 + block.rows
-        for d in distinct.values():
-            d.finish()
         report.rows_read, report.skipped, report.examples = report.rows_read + bad.count, bad.count, bad.examples
 
     return schema, None, driver._write(opts, schema, None, report, rows=rows), report
@@ -441,7 +387,7 @@ def _inline(opts: Any, driver: Any, done: Optional[dict[str, Any]]) -> tuple:
 def _staged(opts: Any, driver: Any, stage: _Stage, done: Optional[dict[str, Any]], vocab_tables: list[str]) -> tuple:
     """One read into the stage; cut-offs, fit and the write from it."""
     schema, report = opts.schema, driver.Report()
-    distinct = {t: _Distinct(t) for t in vocab_tables}
+    distinct = {t: Interner() for t in vocab_tables}
     bad = read.BadLines(strict=opts.strict)
     with driver._bar(opts, "read") as bar:
         for block, arrays in read_blocks(opts, schema, bad, distinct, bar.update):
@@ -450,14 +396,11 @@ def _staged(opts: Any, driver: Any, stage: _Stage, done: Optional[dict[str, Any]
     last = stage.blocks[-1] if stage.blocks else None
     rows = last.row0 + last.rows if last else 0
     report.rows_read, report.skipped, report.examples = rows + bad.count, bad.count, bad.examples
-    pairs = {t: distinct[t].finish() for t in vocab_tables}
     cutoffs = time_cutoffs(schema, stage.times(), driver.refuse_empty_splits) if schema.split.by == "time" else None
     if done is None:
-        done, maps = _fit_and_save(opts, driver, stage, cutoffs, pairs)
-    else:  # a rerun after the fit: the vocabularies written then (the staged values were checked against them)
-        maps = IdMaps.from_vocabularies(opts.out_dir, schema)
-        for t, (hashes, texts) in maps.tables.items():
-            _Distinct.check_against(t, pairs[t][1], pa.array(layout.read_vocab(opts.out_dir, t), pa.string()))
+        done, maps = _fit_and_save(opts, driver, stage, cutoffs, distinct)
+    else:  # a rerun after the fit: the vocabularies written then
+        maps = IdMaps.from_vocabularies(opts.out_dir, schema, distinct)
     fitted = _fitted(schema, done)
 
     def rows_from_stage(opts: Any, schema: FeatureSchema, cutoffs: Any, report: Any, writers: dict[str, Any],
@@ -480,6 +423,7 @@ def vocab_json(texts: pa.Array) -> bytes:
     body = data[offsets[0]: offsets[-1]]
     if len(body) > 1 << 30 or not _PLAIN[body].all():  # (one Arrow string holds under 2 GB)
         return (json.dumps(texts.to_pylist(), allow_nan=False) + "\n").encode()
+    texts = pc.cast(texts, pa.string())  # (under 1 GB: a plain string array holds it)
     joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(texts)], pa.int32()), texts), '", "')
     return b'["' + joined[0].as_buffer().to_pybytes() + b'"]\n'
 
@@ -499,17 +443,17 @@ def _save_vocabularies(opts: Any, vocabs: dict[str, _Vocabulary], result: dict[s
 
 
 def _fit_and_save(opts: Any, driver: Any, stage: _Stage, cutoffs: Optional[tuple[float, float]],
-                  pairs: dict[str, tuple[np.ndarray, pa.Array]]) -> tuple[dict[str, Any], IdMaps]:
+                  distinct: dict[str, Interner]) -> tuple[dict[str, Any], IdMaps]:
     """The fit over the staged training rows, saved as the driver's own fit pass saves it; the
     id maps of the vocabularies fitted."""
     schema = opts.schema
     fitted = [d for d in schema.dense if d.fitted]
     moments = {d.name: driver._Moments(d.name) for d in fitted}
     result: dict[str, Any] = {"vocab_rows": {}, "scales": {}}
-    vocabs = fit(stage, schema, cutoffs, pairs, moments)
-    if pairs or fitted:
+    vocabs = fit(stage, schema, cutoffs, distinct, moments)
+    if distinct or fitted:
         _save_vocabularies(opts, vocabs, result)
         result["scales"] = {d.name: moments[d.name].scale(d.fitted) for d in fitted}
     layout.write_fit(opts.out_dir, result)
     oov = {t: schema.features_of(t)[0].oov_buckets for t in vocabs}
-    return result, IdMaps({t: (v.index, v.id_map(oov[t])) for t, v in vocabs.items()})
+    return result, IdMaps({t: (v.distinct, v.id_map(oov[t])) for t, v in vocabs.items()})
