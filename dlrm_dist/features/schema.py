@@ -213,8 +213,15 @@ class FeatureSchema:
         return from_dict(data, origin)
 
     def fingerprint(self) -> str:
-        """A short hash of what the schema says (fitted statistics included)."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
+        """A short hash of what the schema says (fitted statistics included).
+
+        Computed over a canonical form that leaves out entries added to the format since
+        fingerprints were first stored, where they hold their defaults (they say what the
+        older format meant), and writes open clip bounds as the numbers they are: a schema
+        that uses nothing new keeps the fingerprint checkpoints, exports and data
+        directories already carry.
+        """
+        text = json.dumps(_canonical(dataclasses.asdict(self)), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def with_fitted(self, vocab_rows: dict[str, int], scales: dict[str, tuple[float, float]]) -> "FeatureSchema":
@@ -229,6 +236,27 @@ class FeatureSchema:
         """The schema as a user wrote it (for comparing a job's schema with a directory's)."""
         dense = tuple(dataclasses.replace(d, scale=None) for d in self.dense)
         return dataclasses.replace(self, dense=dense, vocab_rows=())
+
+
+# Entries added after the first stored fingerprints, with the defaults that mean the old behaviour.
+_ADDED = {"sparse": {"hash": "fnv1a", "order": "frequency"}, "split": {"days": None}}
+
+
+def _canonical(d: dict[str, Any]) -> dict[str, Any]:
+    """``asdict`` output as fingerprints have always hashed it (see ``fingerprint``)."""
+    out = json.loads(json.dumps(_lists(d)))  # tuples -> lists; float("inf") stays a float
+    out["sparse"] = [{k: v for k, v in f.items() if not (k in _ADDED["sparse"] and v == _ADDED["sparse"][k])}
+                     for f in out["sparse"]]
+    out["split"] = {k: v for k, v in out["split"].items() if not (k in _ADDED["split"] and v == _ADDED["split"][k])}
+    return out
+
+
+def _lists(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _lists(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_lists(v) for v in x]
+    return x
 
 
 def _plain(x: Any) -> Any:
