@@ -295,3 +295,17 @@ def test_a_quoted_empty_numeric_cell_is_named_by_its_line(tmp_path: Path) -> Non
     """Unquoted, an empty cell is missing (filled); quoted, it is an empty string: not a number (found by the fuzz)."""
     data = _csv(tmp_path, 'x,c,y\n,a,0\n"",b,1\n3,c,0\n')
     _refused(tmp_path, [data], BASE, f"{data} line 3", "'' is not a number", "column 'x'")
+
+
+def test_int_modulo_of_an_integer_parquet_column_takes_its_value_not_its_text_in_base_16(tmp_path: Path) -> None:
+    n = 40
+    ids = np.arange(n, dtype=np.int64) * 37 + 10  # decimal text read in base 16 would give other ids
+    pq.write_table(pa.table({"x": np.arange(n, dtype=np.float64), "c": ids, "y": np.arange(n) % 2}),
+                   tmp_path / "d.parquet")
+    schema = {**BASE, "split": {"by": "random", "fractions": [1.0, 0.0, 0.0], "seed": 1},
+              "sparse": [{"name": "c", "kind": "hash", "hash": "int_modulo", "buckets": 1000}]}
+    _run(tmp_path, [tmp_path / "d.parquet"], schema)
+    assert np.array_equal(np.load(tmp_path / "out" / "train" / "c.ids.npy"), ids % 1000)
+    mixed = {**schema, "sparse": [*schema["sparse"], {"name": "c2", "column": "c", "kind": "hash", "buckets": 10}]}
+    with pytest.raises(SchemaError, match="int_modulo feature.*'c'.*column of their own"):
+        _run(tmp_path, [tmp_path / "d.parquet"], mixed, out="out2")

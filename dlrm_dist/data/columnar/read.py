@@ -320,12 +320,29 @@ def _numeric(raw: pa.RecordBatch, schema: FeatureSchema, column: str) -> pa.Arra
     return x
 
 
+def _text_read(raw: pa.RecordBatch, schema: FeatureSchema, path: Path, column: str) -> pa.Array:
+    """The text read of ``column``; an integer column (Parquet) that only ``int_modulo`` features
+    read stays integers: its decimal text read in base 16 would give other ids."""
+    values = raw.column(column)
+    if not pa.types.is_integer(values.type):
+        return _to_text(values)
+    users = [f for f in schema.sparse if f.column == column]
+    modulo = [f.name for f in users if f.kind == "hash" and f.hash == "int_modulo"]
+    if modulo and len(modulo) == len(users):
+        return values
+    if modulo:
+        raise SchemaError(f"{path}: integer column {column!r} is read by int_modulo feature(s) {modulo} and by "
+                          f"{[f.name for f in users if f.name not in modulo]}, which read it as text: give the "
+                          "int_modulo features a column of their own (or hash = \"fnv1a\")")
+    return _to_text(values)
+
+
 def _typed(raw: pa.RecordBatch, schema: FeatureSchema, path: Path, first: int) -> pa.RecordBatch:
     """One field per (use, column), each checked; the batch's origin in its metadata."""
     raw = raw.replace_schema_metadata({ORIGIN_PATH: str(path), ORIGIN_FIRST: str(first)})
     arrays, names = [], []
     for use, column in uses(schema):
-        arrays.append(_numeric(raw, schema, column) if use == NUM else _to_text(raw.column(column)))
+        arrays.append(_numeric(raw, schema, column) if use == NUM else _text_read(raw, schema, path, column))
         names.append(field_name(use, column))
     return pa.RecordBatch.from_arrays(arrays, names=names).replace_schema_metadata(raw.schema.metadata)
 
