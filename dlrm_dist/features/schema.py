@@ -208,6 +208,11 @@ class FeatureSchema:
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
 
+    def stable_dict(self) -> dict[str, Any]:
+        """``to_dict`` without the entries added to the format since, where they hold their defaults:
+        what job records compare, so a directory written before them is still this job's."""
+        return _without_added(self.to_dict())
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "schema") -> "FeatureSchema":
         return from_dict(data, origin)
@@ -242,13 +247,19 @@ class FeatureSchema:
 _ADDED = {"sparse": {"hash": "fnv1a", "order": "frequency"}, "split": {"days": None}}
 
 
-def _canonical(d: dict[str, Any]) -> dict[str, Any]:
-    """``asdict`` output as fingerprints have always hashed it (see ``fingerprint``)."""
-    out = json.loads(json.dumps(_lists(d)))  # tuples -> lists; float("inf") stays a float
+def _without_added(d: dict[str, Any]) -> dict[str, Any]:
+    """A schema dict without the entries added since the first stored records, where they hold
+    the defaults that mean the older format's behaviour."""
+    out = dict(d)
     out["sparse"] = [{k: v for k, v in f.items() if not (k in _ADDED["sparse"] and v == _ADDED["sparse"][k])}
                      for f in out["sparse"]]
     out["split"] = {k: v for k, v in out["split"].items() if not (k in _ADDED["split"] and v == _ADDED["split"][k])}
     return out
+
+
+def _canonical(d: dict[str, Any]) -> dict[str, Any]:
+    """``asdict`` output as fingerprints have always hashed it (see ``fingerprint``)."""
+    return _without_added(json.loads(json.dumps(_lists(d))))  # tuples -> lists; float("inf") stays a float
 
 
 def _lists(x: Any) -> Any:

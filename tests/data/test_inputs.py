@@ -309,3 +309,15 @@ def test_int_modulo_of_an_integer_parquet_column_takes_its_value_not_its_text_in
     mixed = {**schema, "sparse": [*schema["sparse"], {"name": "c2", "column": "c", "kind": "hash", "buckets": 10}]}
     with pytest.raises(SchemaError, match="int_modulo feature.*'c'.*column of their own"):
         _run(tmp_path, [tmp_path / "d.parquet"], mixed, out="out2")
+
+
+def test_a_directory_whose_job_record_predates_the_new_schema_entries_is_still_this_jobs(tmp_path: Path) -> None:
+    src = _csv(tmp_path, _rows(40))
+    _run(tmp_path, [src])
+    job = tmp_path / "out" / "job.json"
+    record = json.loads(job.read_text())
+    for f in record["schema"]["sparse"]:  # as the code before hash/order/days wrote it
+        f.pop("hash", None), f.pop("order", None)
+    record["schema"]["split"].pop("days", None)
+    job.write_text(json.dumps(record))
+    assert _run(tmp_path, [src]).up_to_date

@@ -135,7 +135,7 @@ def test_slurm_dryrun_renders_the_job() -> None:
     assert len(sbatch) == 2  # one het-job group per node
     assert all("--gpus-per-task=8" in s and "--cpus-per-task=32" in s and "--mem=400000" in s for s in sbatch)
     request = out.split("=== SCHEDULER REQUEST ===", 1)[1]
-    assert request.count("--nnodes 2 --nproc_per_node 8") == 2 and "-m dlrm_dist.train --data criteo" in request
+    assert request.count("--nnodes 2 --nproc_per_node 8") == 2 and "-m dlrm_dist.train --data columnar" in request
 
 
 def test_docker_image_takes_its_pins_from_pyproject() -> None:

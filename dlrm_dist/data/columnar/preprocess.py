@@ -74,7 +74,7 @@ class Report:
 
 # -- the job record -----------------------------------------------------------------------------
 def _job(opts: Options) -> dict[str, Any]:
-    return job_record(opts.inputs, {"schema": opts.schema.without_fitted().to_dict(), "options": {"strict": opts.strict}})
+    return job_record(opts.inputs, {"schema": opts.schema.without_fitted().stable_dict(), "options": {"strict": opts.strict}})
 
 
 def _done(out: Path) -> Report:
