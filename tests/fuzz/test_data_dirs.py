@@ -30,6 +30,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dlrm_dist import fileio
+from dlrm_dist.data.columnar import layout
 from dlrm_dist.data.columnar import preprocess as columnar
 from dlrm_dist.data.jobrecord import is_complete, read_job
 from dlrm_dist.data.npy import NpyWriter
@@ -93,7 +94,7 @@ class _Stopper:
         m.setattr(fileio, "atomic_write_bytes", record_write(fileio.atomic_write_bytes))
         m.setattr(Path, "rename", counted(Path.rename))
         m.setattr(NpyWriter, "abort", unless_killed(NpyWriter.abort))
-        m.setattr(columnar, "_remove_partials", unless_killed(columnar._remove_partials))
+        m.setattr(layout, "remove_partials", unless_killed(layout.remove_partials))
 
 
 @pytest.fixture(scope="module")

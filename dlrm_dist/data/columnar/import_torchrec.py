@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +44,7 @@ from tqdm import tqdm
 from dlrm_dist.data.columnar import layout
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.data.jobrecord import JOB, is_complete, job_record, lock_out, mark_complete, read_job
-from dlrm_dist.data.npy import NpyWriter, Tally, open_checked
+from dlrm_dist.data.npy import open_checked
 from dlrm_dist.features.builtin import (
     CRITEO_NUM_DENSE,
     CRITEO_NUM_SPARSE,
@@ -199,38 +198,6 @@ def _done(out: Path) -> ImportReport:
 
 
 # -- writing -------------------------------------------------------------------------------------
-class _SplitFiles:
-    """One split's files (dense, labels, one ids file per feature) under ``DIR/<split>.partial``."""
-
-    def __init__(self, out: Path, split: str, schema: FeatureSchema, tally: Tally) -> None:
-        folder = split + ".partial"
-        (out / folder).mkdir(parents=True, exist_ok=True)
-        self.writers: list[NpyWriter] = []
-        self.dense = self._open(layout.dense_file(out, folder), np.float32, (CRITEO_NUM_DENSE,), tally)
-        self.labels = self._open(layout.labels_file(out, folder), np.float32, (), tally)
-        self.ids = [self._open(layout.ids_file(out, folder, f.name), layout.id_dtype(schema.table_rows(f.table)), (),
-                               tally) for f in schema.sparse]
-
-    def _open(self, path: Path, dtype: type, row_shape: tuple[int, ...], tally: Tally) -> NpyWriter:
-        self.writers.append(NpyWriter(path, np.dtype(dtype), row_shape, tally))
-        return self.writers[-1]
-
-    def append(self, dense: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> None:
-        self.dense.append(dense)
-        self.labels.append(labels)
-        for k, w in enumerate(self.ids):
-            w.append(ids[:, k])
-
-    def close(self, features: list[str]) -> dict[str, Any]:
-        for w in self.writers:
-            w.close()
-        return {"rows": self.labels.rows, "bag_lengths": {f: 1.0 if self.labels.rows else 0.0 for f in features}}
-
-    def abort(self) -> None:
-        for w in self.writers:
-            w.abort()
-
-
 def _checked_block(day: _Day, lo: int, hi: int, sizes: np.ndarray,
                    modulo: Optional[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows lo..hi of a day: dense (finite), labels (0/1, float32), ids (int64, in their tables)."""
@@ -281,32 +248,17 @@ def _refuse_empty(source: Path, days: list[_Day]) -> None:
 
 
 def _write(opts: ImportOptions, days: list[_Day], schema: FeatureSchema, bar: tqdm) -> dict[str, Any]:
-    """Writes the three splits under ``.partial`` names and publishes them; on any failure removes this run's files."""
-    out = opts.out_dir
+    """Writes and publishes the three splits through the layout's one writer (layout.write_splits)."""
     sizes = np.asarray([schema.table_rows(f.table) for f in schema.sparse], np.int64)
-    writers: dict[str, _SplitFiles] = {}
-    try:
-        tally = Tally()
-        for s in SPLITS:
-            writers[s] = _SplitFiles(out, s, schema, tally)
+
+    def fill(writers: dict[str, layout.SplitWriter]) -> None:
         for split, day, lo, hi in _pieces(days):
-            writers[split].append(*_checked_block(day, lo, hi, sizes, opts.max_ind_range))
+            dense, labels, ids = _checked_block(day, lo, hi, sizes, opts.max_ind_range)
+            bags = {f: (ids[:, k], None) for k, f in enumerate(schema.sparse_names)}
+            writers[split].append(np.ones(hi - lo, bool), dense, labels, bags)
             bar.update(hi - lo)
-        splits = {s: w.close(schema.sparse_names) for s, w in writers.items()}
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        _remove_partials(out)
-        raise
-    for s in SPLITS:
-        shutil.rmtree(out / s, ignore_errors=True)
-        (out / (s + ".partial")).rename(out / s)
-    return splits
 
-
-def _remove_partials(out: Path) -> None:
-    for s in SPLITS:
-        shutil.rmtree(out / (s + ".partial"), ignore_errors=True)
+    return layout.write_splits(opts.out_dir, schema, fill)
 
 
 # -- the job -------------------------------------------------------------------------------------

@@ -27,12 +27,12 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from dlrm_dist.data.errors import DataError, PreprocessError
-from dlrm_dist.data.npy import open_checked
+from dlrm_dist.data.npy import NpyWriter, Tally, open_checked
 from dlrm_dist.data.jobrecord import JOB, START_OVER, differences, is_complete, read_job, read_record, write_job
 from dlrm_dist.fileio import LOCK_FILE, UnsafePathError, atomic_write_json, inside
 from dlrm_dist.features.schema import SPLITS, FeatureSchema, SparseFeature, from_dict
@@ -88,6 +88,92 @@ def output_files(directory: Path, schema: FeatureSchema, splits: tuple[str, ...]
         files += [ids_file(directory, s, f.name) for f in schema.sparse]
         files += [offsets_file(directory, s, f.name) for f in schema.sparse if f.multi_hot]
     return files
+
+
+class SplitWriter:
+    """The files of one split, appended block by block under ``DIR/<split>.partial``."""
+
+    def __init__(self, out: Path, split: str, schema: FeatureSchema, tally: Tally) -> None:
+        (out / split).mkdir(parents=True, exist_ok=True)
+        self.schema = schema
+        self.writers: list[NpyWriter] = []
+        self.dense = self._open(dense_file(out, split), np.float32, (schema.num_dense,), tally)
+        self.labels = self._open(labels_file(out, split), np.float32, (), tally)
+        self.ids, self.offsets, self.nvalues = {}, {}, {}
+        for f in schema.sparse:
+            dtype = id_dtype(schema.table_rows(f.table))
+            self.ids[f.name] = self._open(ids_file(out, split, f.name), dtype, (), tally)
+            if f.multi_hot:
+                self.offsets[f.name] = self._open(offsets_file(out, split, f.name), np.int64, (), tally)
+                self.offsets[f.name].append(np.zeros(1, np.int64))
+            self.nvalues[f.name] = 0
+
+    def _open(self, path: Path, dtype: np.dtype, row_shape: tuple[int, ...], tally: Tally) -> NpyWriter:
+        self.writers.append(NpyWriter(path, dtype, row_shape, tally))
+        return self.writers[-1]
+
+    def append(self, keep: np.ndarray, dense: np.ndarray, labels: np.ndarray, ids: dict[str, tuple]) -> None:
+        if not keep.any():
+            return
+        if keep.all():  # (a block wholly in one split, as by day nearly always: no copies)
+            keep = slice(None)
+        self.dense.append(dense[keep])
+        self.labels.append(labels[keep])
+        for name, (values, lengths) in ids.items():
+            if lengths is None:
+                self.ids[name].append(values[keep])
+                self.nvalues[name] += len(values[keep])
+                continue
+            kept_lengths = lengths[keep]
+            self.ids[name].append(values if isinstance(keep, slice) else values[np.repeat(keep, lengths)])
+            self.offsets[name].append(self.nvalues[name] + np.cumsum(kept_lengths))
+            self.nvalues[name] += int(kept_lengths.sum())
+
+    def close(self) -> dict[str, Any]:
+        for w in self.writers:
+            w.close()
+        rows = self.labels.rows
+        return {"rows": rows, "bag_lengths": {f: n / rows if rows else 0.0 for f, n in self.nvalues.items()}}
+
+    def abort(self) -> None:
+        for w in self.writers:
+            w.abort()
+
+
+PARTIAL = ".partial"  # a split being written: DIR/<split>.partial, renamed when every split is complete
+
+
+def remove_partials(directory: Path, names: tuple[str, ...] = SPLITS) -> None:
+    """A killed or failed run's partial split folders."""
+    for s in names:
+        shutil.rmtree(Path(directory) / (s + PARTIAL), ignore_errors=True)
+
+
+def write_splits(directory: Path, schema: FeatureSchema, fill: Callable[[dict[str, "SplitWriter"]], None],
+                 extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The one way splits are written: a :class:`SplitWriter` per split (and per ``extra`` folder,
+    which ``fill`` must close and pop), filled by ``fill``, then published together (renamed from
+    their ``.partial`` names). On any failure (a full disk, bad data, an interrupt) this run's partial
+    files are removed and what earlier runs completed is kept. Returns each split's rows and bag lengths."""
+    out = Path(directory)
+    names = (*SPLITS, *extra)
+    remove_partials(out, names)  # a killed run's leftovers
+    writers: dict[str, SplitWriter] = {}
+    try:
+        tally = Tally()
+        for s in names:
+            writers[s] = SplitWriter(out, s + PARTIAL, schema, tally)
+        fill(writers)
+        splits = {s: w.close() for s, w in writers.items()}
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        remove_partials(out, names)
+        raise
+    for s in SPLITS:
+        shutil.rmtree(out / s, ignore_errors=True)
+        (out / (s + PARTIAL)).rename(out / s)
+    return splits
 
 
 def write_vocab(directory: Path, table: str, values: list[str] | list[int]) -> None:

@@ -42,7 +42,6 @@ from dlrm_dist.data.columnar.criteo_tsv import count_lines
 from dlrm_dist.data.columnar.encode import HOLDOUT, Days, Encoded
 from dlrm_dist.data.columnar.read import BadLines, PreprocessError, read_encoded, read_inputs
 from dlrm_dist.data.jobrecord import job_record, lock_out, mark_complete
-from dlrm_dist.data.npy import NpyWriter, Tally
 from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.features.schema import SPLITS, FeatureSchema
 
@@ -240,66 +239,11 @@ def _save_vocabularies(opts: Options, counts: dict[str, "_VocabCounts"], result:
         result["vocab_rows"][table] = f.oov_buckets + len(vocab)
 
 
-class _SplitWriter:
-    """The files of one split, appended block by block under ``DIR/<split>.partial``."""
-
-    def __init__(self, out: Path, split: str, schema: FeatureSchema, tally: Tally) -> None:
-        (out / split).mkdir(parents=True, exist_ok=True)
-        self.schema = schema
-        self.writers: list[NpyWriter] = []
-        self.dense = self._open(layout.dense_file(out, split), np.float32, (schema.num_dense,), tally)
-        self.labels = self._open(layout.labels_file(out, split), np.float32, (), tally)
-        self.ids, self.offsets, self.nvalues = {}, {}, {}
-        for f in schema.sparse:
-            dtype = layout.id_dtype(schema.table_rows(f.table))
-            self.ids[f.name] = self._open(layout.ids_file(out, split, f.name), dtype, (), tally)
-            if f.multi_hot:
-                self.offsets[f.name] = self._open(layout.offsets_file(out, split, f.name), np.int64, (), tally)
-                self.offsets[f.name].append(np.zeros(1, np.int64))
-            self.nvalues[f.name] = 0
-
-    def _open(self, path: Path, dtype: np.dtype, row_shape: tuple[int, ...], tally: Tally) -> NpyWriter:
-        self.writers.append(NpyWriter(path, dtype, row_shape, tally))
-        return self.writers[-1]
-
-    def append(self, keep: np.ndarray, dense: np.ndarray, labels: np.ndarray, ids: dict[str, tuple]) -> None:
-        if not keep.any():
-            return
-        if keep.all():  # (a block wholly in one split, as by day nearly always: no copies)
-            keep = slice(None)
-        self.dense.append(dense[keep])
-        self.labels.append(labels[keep])
-        for name, (values, lengths) in ids.items():
-            if lengths is None:
-                self.ids[name].append(values[keep])
-                self.nvalues[name] += len(values[keep])
-                continue
-            kept_lengths = lengths[keep]
-            self.ids[name].append(values if isinstance(keep, slice) else values[np.repeat(keep, lengths)])
-            self.offsets[name].append(self.nvalues[name] + np.cumsum(kept_lengths))
-            self.nvalues[name] += int(kept_lengths.sum())
-
-    def close(self) -> dict[str, Any]:
-        for w in self.writers:
-            w.close()
-        rows = self.labels.rows
-        return {"rows": rows, "bag_lengths": {f: n / rows if rows else 0.0 for f, n in self.nvalues.items()}}
-
-    def abort(self) -> None:
-        for w in self.writers:
-            w.abort()
-
-
-def _remove_partials(out: Path) -> None:
-    for s in (*SPLITS, _HOLDOUT):
-        shutil.rmtree(out / (s + ".partial"), ignore_errors=True)
-
-
-def _halve_holdout(out: Path, schema: FeatureSchema, writers: dict[str, _SplitWriter]) -> None:
+def _halve_holdout(out: Path, schema: FeatureSchema, writers: dict[str, layout.SplitWriter]) -> None:
     """The last day's first ceil(n/2) valid rows -> val, the rest -> test (TorchRec's convention),
     copied in blocks from the closed holdout files."""
     rows = writers.pop(_HOLDOUT).close()["rows"]
-    held = layout.open_split(out, _HOLDOUT + ".partial", schema, rows)
+    held = layout.open_split(out, _HOLDOUT + layout.PARTIAL, schema, rows)
     half = math.ceil(rows / 2)
     for split, lo, hi in (("val", 0, half), ("test", half, rows)):
         for a in range(lo, hi, _BLOCK):
@@ -311,37 +255,24 @@ def _halve_holdout(out: Path, schema: FeatureSchema, writers: dict[str, _SplitWr
                     (held.ids[f.name][off[a]:off[b]], np.diff(off[a : b + 1]))
             writers[split].append(np.ones(b - a, bool), held.dense[a:b], held.labels[a:b], ids)
     del held
-    shutil.rmtree(out / (_HOLDOUT + ".partial"))
+    shutil.rmtree(out / (_HOLDOUT + layout.PARTIAL))
 
 
 def _write(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report,
            days: Optional[Days] = None, rows: Optional[Callable[..., None]] = None) -> dict[str, Any]:
-    """Writes the three splits under ``.partial`` names and publishes them; on any failure (a full
-    disk, bad data, an interrupt) removes this run's partial files and keeps what earlier runs completed."""
-    out = opts.out_dir
-    _remove_partials(out)  # a killed run's leftovers
-    writers: dict[str, _SplitWriter] = {}
-    try:
-        tally = Tally()
-        for s in (*SPLITS, _HOLDOUT) if days is not None else SPLITS:
-            writers[s] = _SplitWriter(out, s + ".partial", schema, tally)
+    """Writes and publishes the splits (layout.write_splits); a day split's last day goes to a holdout
+    folder first, halved into val and test at the end."""
+    def fill(writers: dict[str, layout.SplitWriter]) -> None:
         (rows or _write_rows)(opts, schema, cutoffs, report, writers, days)  # (staging.py passes its own)
         if days is not None:
-            _halve_holdout(out, schema, writers)
-        splits = {s: w.close() for s, w in writers.items()}
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        _remove_partials(out)
-        raise
-    for s in SPLITS:
-        shutil.rmtree(out / s, ignore_errors=True)
-        (out / (s + ".partial")).rename(out / s)
-    return splits
+            _halve_holdout(opts.out_dir, schema, writers)
+
+    layout.remove_partials(opts.out_dir, (_HOLDOUT,))  # a killed day-split run's holdout
+    return layout.write_splits(opts.out_dir, schema, fill, extra=(_HOLDOUT,) if days is not None else ())
 
 
 def _write_rows(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report,
-                writers: dict[str, _SplitWriter], days: Optional[Days] = None) -> None:
+                writers: dict[str, layout.SplitWriter], days: Optional[Days] = None) -> None:
     vocabs = {t: pa.array(layout.read_vocab(opts.out_dir, t))
               for t in schema.table_names if schema.features_of(t)[0].kind == "vocab"}
     encoder = lambda batch: encode.encode_batch(batch, schema, vocabs)  # noqa: E731 (run by workers: fork)

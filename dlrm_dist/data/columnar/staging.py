@@ -20,7 +20,7 @@ After the read: the time cut-offs from the staged times (8 bytes per row: exact 
 fit over the training rows (vocabulary counts by ``np.bincount`` of the staged ids, ordered by
 kernels.text_order; dense moments), then the finishing pass: model ids from the distinct ids
 (values not in the vocabulary to an OOV bucket by the same ``fnv1a % oov_buckets`` rule as
-encode.py), fitted scales applied, each row to its split's files (preprocess._SplitWriter). The
+encode.py), fitted scales applied, each row to its split's files (layout.SplitWriter). The
 staging directory is removed at the end, on failure too. A run whose fitted state is already
 known (a rerun after fit.json, or a schema with nothing to fit) and whose split needs no
 cut-offs finishes every block as it is read, with no staging at all.
