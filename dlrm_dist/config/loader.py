@@ -241,19 +241,26 @@ def upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
 
     The old writer wrote every key for every source, so the keys that did nothing for the
     job's source (and the moved ones at the values that did nothing) are dropped and the
-    synthetic knobs move to [synthetic]. A value that did something (a Criteo job's
-    max_ind_range) stays, to be refused by name with where it went.
+    synthetic knobs move to [synthetic]. In a resolved config (checkpoints, exports: its
+    ``features`` hold the schema the sizes made) table sizes and max_ind_range are dropped,
+    multi-hot sizes move to [multi_hot] and a Criteo job's source becomes columnar; elsewhere a
+    value that did something stays, to be refused by name with where it went.
     """
     old, model = data.get("data"), data.get("model")
     if not isinstance(old, dict) or not isinstance(model, dict) or "zipf_alpha" not in old or "synthetic" in data:
         return data  # today's layout (or damaged: _apply names what is wrong)
     new, model = dict(old), dict(model)
+    resolved = bool(data.get("features"))  # a resolved config: its schema already holds the table sizes
     for section, key, inert in _OLD_INERT:
         table = model if section == "model" else new
-        if key in table and table[key] == inert:
+        if key in table and (table[key] == inert or (resolved and key != "multi_hot_sizes")):
             del table[key]
     moved = {k: new.pop(k) for k in _OLD_SYNTHETIC if k in new}
     out = {**data, "model": model, "data": new}
+    if resolved and new.get("source") == "criteo":  # its days were read by the loader the columnar one replaced
+        new["source"] = "columnar"
+    if resolved and new.get("multi_hot_sizes") is not None:
+        out["multi_hot"] = {"sizes": new.pop("multi_hot_sizes")}
     if new.get("source") == "synthetic":
         out["synthetic"] = moved
         for key in ("data_dir", "eval_split", "shuffle"):

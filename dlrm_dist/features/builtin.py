@@ -56,11 +56,18 @@ def criteo_schema(table_sizes: Optional[Sequence[int]] = None, name: str = "crit
     values seen at least N times in training, ids 1..K by value, rare and missing -> 0.
     The split is by day: ``days = N`` cuts the input's lines into N pseudo-days (Kaggle's
     train.txt: 7), else each input file is one day (Terabyte's day_0 .. day_23).
-    Giving a different number of table sizes keeps the 13 dense features and makes that
-    many Criteo-shaped categorical features (the demo and tests use this).
+    Under another ``name``, a different number of table sizes keeps the 13 dense features and
+    makes that many Criteo-shaped categorical features (the demo and tests use this); Criteo
+    itself needs 26 (fewer would drop fields of every line).
     """
     if table_sizes is not None and buckets is not None:
         raise SchemaError("criteo schema: give table_sizes (one per feature) or buckets (one for all), not both")
+    if vocab_min_count is not None and (table_sizes is not None or buckets is not None):
+        raise SchemaError("criteo schema: vocab_min_count sizes each table by its vocabulary; drop buckets / "
+                          "table_sizes (they apply to hashed ids)")
+    if name == "criteo" and table_sizes is not None and len(table_sizes) != CRITEO_NUM_SPARSE:
+        raise SchemaError(f"criteo schema: table_sizes has {len(table_sizes)} sizes; Criteo lines have "
+                          f"{CRITEO_NUM_SPARSE} categorical features: give {CRITEO_NUM_SPARSE} (or buckets = N for all)")
     default = CRITEO_DEFAULT_BUCKETS if buckets is None else buckets
     sizes = list(table_sizes) if table_sizes is not None else [default] * CRITEO_NUM_SPARSE
     dense = tuple(DenseFeature(n, n, ("clip", "log1p"), clip=(0.0, float("inf"))) for n in criteo_dense_names())

@@ -34,7 +34,7 @@ def load_schema(source: str | Path | dict[str, Any]) -> FeatureSchema:
         return from_dict(source, "[features]")
     text = str(source)
     name = text.partition(":")[0]
-    if name in BUILTIN and not Path(text).exists():
+    if name in BUILTIN and not Path(text).is_file():  # (a directory named like a built-in is no schema file)
         return builtin_schema(text)
     if not Path(text).is_file():
         raise SchemaError(f"schema {text!r} is neither a file nor a built-in schema ({', '.join(BUILTIN)}; "

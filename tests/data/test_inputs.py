@@ -321,3 +321,32 @@ def test_a_directory_whose_job_record_predates_the_new_schema_entries_is_still_t
     record["schema"]["split"].pop("days", None)
     job.write_text(json.dumps(record))
     assert _run(tmp_path, [src]).up_to_date
+
+
+def test_int_modulo_of_a_float_parquet_id_column_takes_whole_values_and_names_a_fraction(tmp_path: Path) -> None:
+    ids = [None, 757.0, 407.0, 10.0] * 10  # pandas writes an integer column with gaps as float64
+    pq.write_table(pa.table({"x": np.arange(40, dtype=np.float64), "c": pa.array(ids, pa.float64()),
+                             "y": np.arange(40) % 2}), tmp_path / "f.parquet")
+    schema = {**BASE, "split": {"by": "random", "fractions": [1.0, 0.0, 0.0], "seed": 1},
+              "sparse": [{"name": "c", "kind": "hash", "hash": "int_modulo", "buckets": 1000}]}
+    _run(tmp_path, [tmp_path / "f.parquet"], schema)
+    assert np.array_equal(np.load(tmp_path / "out" / "train" / "c.ids.npy"), [0 if v is None else int(v) for v in ids])
+    pq.write_table(pa.table({"x": [1.0, 2.0], "c": [3.0, 2.5], "y": [0, 1]}), tmp_path / "g.parquet")
+    with pytest.raises(PreprocessError, match="2.5 is not a whole number"):
+        _run(tmp_path, [tmp_path / "g.parquet"], schema, out="out2")
+
+
+def test_an_empty_time_cell_is_named_by_its_line(tmp_path: Path) -> None:
+    rows = "x,c,t,y\n" + "".join(f"{i},k{i % 3},{'' if i == 57 else i},{i % 2}\n" for i in range(100))
+    schema = {**BASE, "split": {"by": "time", "column": "t", "fractions": [0.8, 0.1, 0.1]}}
+    _refused(tmp_path, [_csv(tmp_path, rows)], schema, "d.csv", "59", "time column 't' is empty")
+
+
+def test_parquet_columns_without_text_are_named_not_a_traceback(tmp_path: Path) -> None:
+    n = 8
+    base = {"x": np.arange(n, dtype=np.float64), "y": np.arange(n) % 2}
+    pq.write_table(pa.table({**base, "c": pa.array([["a"]] * n)}), tmp_path / "l.parquet")
+    _refused(tmp_path, [tmp_path / "l.parquet"], BASE, "column 'c' of type list", "cannot be read as text")
+    pq.write_table(pa.table({**base, "c": np.arange(n)}), tmp_path / "i.parquet")
+    cut = {**BASE, "sparse": [{"name": "c", "kind": "hash", "hash": "int_modulo", "buckets": 10, "prefix": 2}]}
+    _refused(tmp_path, [tmp_path / "i.parquet"], cut, "holds numbers", "prefix", error=SchemaError)

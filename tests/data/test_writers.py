@@ -265,11 +265,11 @@ def test_a_failed_job_is_started_over_by_the_corrected_one(tmp_path: Path, clean
     data = jobs.write_csv(tmp_path, 12)
     out = tmp_path / "out"
     failing = jobs.schema_dict()
-    del failing["label"]["threshold"]  # ratings 1..5 as labels: fails in the write pass, after the fit
+    del failing["label"]["threshold"]  # ratings 1..5 as labels: refused in the read, naming the line
     failing["sparse"][1]["min_count"] = 3  # a vocabulary the corrected job must not inherit
     with pytest.raises(PreprocessError, match=r"label 2.0 in column 'rating' is not 0 or 1"):
         jobs.run([data], out, failing)
-    assert read_job(out)["complete"] is False and (out / "fit.json").is_file()
+    assert read_job(out)["complete"] is False
     assert not [p for p in out.iterdir() if p.name.endswith(".partial")]  # the failed run removed its own
     (out / "notes.txt").write_text("mine")  # not a file of the job: starting over keeps it
     jobs.run([data], out, jobs.JOBS["A"])

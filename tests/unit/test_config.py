@@ -327,3 +327,19 @@ def test_a_config_saved_before_the_synthetic_section_still_loads() -> None:
     with pytest.raises(ConfigError, match="saved config: 2 problems: data.max_ind_range moved to .*"
                                           "data.source: 'criteo' is no longer a source"):
         config_from_dict(old)
+
+
+def test_a_resolved_config_saved_by_a_criteo_job_before_the_one_stack_still_loads() -> None:
+    """A checkpoint's or export's config carries its schema (features): the old keys' work is in it."""
+    from dlrm_dist.config.loader import config_from_dict, to_dict
+    from dlrm_dist.features.builtin import demo_schema
+
+    old = to_dict(load_config([]))
+    old.pop("synthetic")
+    old["features"] = demo_schema([10, 20]).to_dict()
+    old["data"] = {"source": "criteo", "data_dir": "days", "schema": None, "eval_split": "test", "max_ind_range": 1000,
+                   "multi_hot_sizes": [3], "shuffle": True, "seed": 5, "zipf_alpha": 1.1, "pooling_factor": 1,
+                   "variable_pooling": False, "teacher_scale": 1.5, "eval_batches": 16}
+    old["model"] = {**old["model"], "table_sizes": [10, 20]}
+    cfg = config_from_dict(old)
+    assert (cfg.data.source, cfg.data.data_dir, cfg.data.eval_split, cfg.multi_hot.sizes) == ("columnar", "days", "test", [3])

@@ -137,3 +137,11 @@ def test_scoring_reads_the_directory_given_even_for_a_model_of_synthetic_data(ti
     assert cfg.data.source == "synthetic" and isinstance(open_split(cfg, None, "val"), SyntheticData)
     data = open_split(cfg, str(tiny_dir), "val")
     assert isinstance(data, ColumnarDataset) and data.eval_split == "val" and data.directory == tiny_dir
+
+
+def test_a_directory_named_like_a_built_in_schema_does_not_hide_it(tmp_path, monkeypatch) -> None:
+    from dlrm_dist.features.io import load_schema
+
+    (tmp_path / "criteo").mkdir()  # e.g. where the Criteo logs are
+    monkeypatch.chdir(tmp_path)
+    assert load_schema("criteo").name == "criteo"

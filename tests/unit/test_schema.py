@@ -277,9 +277,13 @@ def test_hash_order_and_days_round_trip_and_builtin_criteo_says_what_runs() -> N
     v = criteo_schema(vocab_min_count=2)
     assert {(f.kind, f.order, f.min_count, f.oov_buckets) for f in v.sparse} == {("vocab", "value", 2, 1)}
     assert from_dict(v.to_dict()) == v and from_dict(c.to_dict()) == c
-    assert [f.buckets for f in criteo_schema([5, 6]).sparse] == [5, 6]
+    assert [f.buckets for f in criteo_schema([5, 6], name="shaped").sparse] == [5, 6]  # Criteo-shaped (demo, tests)
     with pytest.raises(SchemaError, match="not both"):
         criteo_schema([5], buckets=6)
+    with pytest.raises(SchemaError, match="table_sizes has 2 sizes; Criteo lines have 26"):
+        criteo_schema([5, 6])  # Criteo itself: two tables would drop 24 of its fields
+    with pytest.raises(SchemaError, match="vocab_min_count sizes each table"):
+        criteo_schema(vocab_min_count=2, buckets=1000)
 
 
 @pytest.mark.parametrize("change, words", [

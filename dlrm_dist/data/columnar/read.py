@@ -294,8 +294,14 @@ def _to_float(values: pa.Array) -> pa.Array:
     return pc.cast(values, pa.float64())
 
 
-def _to_text(values: pa.Array) -> pa.Array:
-    return values if pa.types.is_string(values.type) else pc.cast(values, pa.string())
+def _to_text(values: pa.Array, path: Optional[Path] = None, column: str = "") -> pa.Array:
+    if pa.types.is_string(values.type):
+        return values
+    try:
+        return pc.cast(values, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:  # a list, struct or non-UTF-8 binary column
+        raise PreprocessError(f"{path}: column {column!r} of type {values.type} cannot be read as text for a sparse "
+                              f"feature ({str(e).splitlines()[0]}); give a column of strings or numbers") from None
 
 
 def _number_error(batch: pa.RecordBatch, schema: FeatureSchema, column: str, row: int, value: object, why: str) -> PreprocessError:
@@ -320,21 +326,39 @@ def _numeric(raw: pa.RecordBatch, schema: FeatureSchema, column: str) -> pa.Arra
     return x
 
 
+def _integral(raw: pa.RecordBatch, schema: FeatureSchema, column: str, values: pa.Array) -> pa.Array:
+    """A float column of ids (pandas writes an integer column with gaps as float64) as int64; a value
+    that is not a whole number below 2**63 is named."""
+    x = values.to_numpy(zero_copy_only=False)
+    present = ~values.is_null().to_numpy(zero_copy_only=False)
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(present & ~(np.isfinite(x) & (x == np.floor(x)) & (np.abs(x) < 2.0**63)))
+    if bad.size:
+        i = int(bad[0])
+        raise PreprocessError(f"{where(raw, schema, i)}, column {column!r}: {float(x[i])!r} is not a whole number, but "
+                              "hash = \"int_modulo\" takes the column's values as integer ids")
+    return pa.array(np.where(present, x, 0).astype(np.int64), mask=~present)
+
+
 def _text_read(raw: pa.RecordBatch, schema: FeatureSchema, path: Path, column: str) -> pa.Array:
     """The text read of ``column``; an integer column (Parquet) that only ``int_modulo`` features
     read stays integers: its decimal text read in base 16 would give other ids."""
     values = raw.column(column)
-    if not pa.types.is_integer(values.type):
-        return _to_text(values)
+    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+        return _to_text(values, path, column)
     users = [f for f in schema.sparse if f.column == column]
     modulo = [f.name for f in users if f.kind == "hash" and f.hash == "int_modulo"]
+    cut = [f.name for f in users if f.name in modulo and (f.multi_hot or f.prefix is not None)]
+    if cut:
+        raise SchemaError(f"{path}: column {column!r} holds numbers ({values.type}), but int_modulo feature(s) {cut} "
+                          "split it (delimiter) or cut it (prefix), which needs text: drop those keys")
     if modulo and len(modulo) == len(users):
-        return values
+        return values if pa.types.is_integer(values.type) else _integral(raw, schema, column, values)
     if modulo:
         raise SchemaError(f"{path}: integer column {column!r} is read by int_modulo feature(s) {modulo} and by "
                           f"{[f.name for f in users if f.name not in modulo]}, which read it as text: give the "
                           "int_modulo features a column of their own (or hash = \"fnv1a\")")
-    return _to_text(values)
+    return _to_text(values, path, column)
 
 
 def _typed(raw: pa.RecordBatch, schema: FeatureSchema, path: Path, first: int) -> pa.RecordBatch:

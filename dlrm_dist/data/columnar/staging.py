@@ -196,7 +196,11 @@ class _Stage:
 
 # -- the read pass -------------------------------------------------------------------------------------
 def stage_batch(batch: pa.RecordBatch, schema: FeatureSchema, distinct: dict[str, Interner]) -> _Arrays:
-    """A record batch encoded as far as it can be without fitted state."""
+    """A record batch encoded as far as it can be without fitted state (an empty time or label cell
+    is named by its line here, while the batch still knows where it came from)."""
+    encode.labels_of(batch, schema)
+    if schema.split.by == "time":
+        encode.times_of(batch, schema)
     numbers = {c: read.numbers(batch, c).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
                for c in read.numeric_columns(schema)}
     values, lengths = {}, {}
