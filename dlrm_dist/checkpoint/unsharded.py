@@ -3,11 +3,13 @@
 The checkpoint is checked as on resume: manifest parsed, every file's CRC32C verified,
 ``.metadata`` read by the allow-list reader; then DCP reads every shard and reassembles
 full tensors into the model built from the checkpoint's own config (its manifest carries
-the resolved config, schema included). The tables are read one at a time into uninitialised
-storage (the model is built with its tables on the meta device): the reader never holds a
-randomly initialised copy of the tables, nor more than one table's read buffers beside them
-(an MLPerf-size model's tables are ~100 GB; benchmarks/export_memory.py measures it). A model that config cannot build, or whose tables
-differ from the manifest's, is a damaged manifest. Used by serving/export.py and by tests
+the resolved config, schema included). A model that config cannot build, or whose tables
+differ from the manifest's, is a damaged manifest.
+
+The tables are read one at a time into uninitialised storage (the model is built with its
+tables on the meta device): the reader never holds a randomly initialised copy of the tables,
+nor more than one table's read buffers beside them (an MLPerf-size model's tables are ~100 GB;
+benchmarks/export_memory.py measures it). Used by serving/export.py and by tests
 that compare weights across layouts.
 """
 

@@ -87,7 +87,7 @@ def _eval_split(config: Config) -> str:
     return config.data.eval_split if config.data.eval_split in SPLITS else "val"
 
 
-def score_eval_split(model: ServingDLRM, config: Config, data_dir: Optional[str], progress: bool,
+def _score_eval_split(model: ServingDLRM, config: Config, data_dir: Optional[str], progress: bool,
                      desc: str) -> Union[Optional[EvalResult], QuantizationNotMeasured]:
     """``model``'s metrics on the training config's eval split (or why they could not be measured)."""
     from dlrm_dist.serving.predict import open_split, score
@@ -101,8 +101,9 @@ def score_eval_split(model: ServingDLRM, config: Config, data_dir: Optional[str]
     return score(model, data, model.feature_names, config.train.global_batch_size, progress, desc=desc).metrics
 
 
-def int8_cost(float_metrics: Union[Optional[EvalResult], QuantizationNotMeasured], int8_metrics: Any, config: Config,
-              limits: CostLimits) -> Union[QuantizationCost, QuantizationNotMeasured]:
+def _int8_cost(float_metrics: Union[Optional[EvalResult], QuantizationNotMeasured],
+               int8_metrics: Union[Optional[EvalResult], QuantizationNotMeasured, None], config: Config,
+               limits: CostLimits) -> Union[QuantizationCost, QuantizationNotMeasured]:
     """What int8 costs against float on the eval split, from both models' metrics."""
     if isinstance(float_metrics, QuantizationNotMeasured):
         return float_metrics
@@ -119,12 +120,12 @@ def _int8_model(dlrm: DLRM, config: Config, data_dir: Optional[str], limits: Cos
                 release_float: bool) -> tuple[ServingDLRM, Union[QuantizationCost, QuantizationNotMeasured]]:
     """The int8 model and its measured cost: float is scored first, then each table is quantized (and,
     with ``release_float``, its float copy freed), so float and int8 tables never all coexist."""
-    float_metrics = score_eval_split(ServingDLRM(dlrm, "none").eval(), config, data_dir, progress, "score float")
+    float_metrics = _score_eval_split(ServingDLRM(dlrm, "none").eval(), config, data_dir, progress, "score float")
     model = ServingDLRM(dlrm, "int8", release_float=release_float).eval()
-    int8_metrics = None
+    int8_metrics = None  # (not scored when float could not be: _int8_cost says why)
     if not isinstance(float_metrics, QuantizationNotMeasured):
-        int8_metrics = score_eval_split(model, config, data_dir, progress, "score int8")
-    return model, int8_cost(float_metrics, int8_metrics, config, limits)
+        int8_metrics = _score_eval_split(model, config, data_dir, progress, "score int8")
+    return model, _int8_cost(float_metrics, int8_metrics, config, limits)
 
 
 def cost_problems(cost: QuantizationCost) -> list[str]:
