@@ -145,11 +145,52 @@ class SparseModel(Strict):
         return self
 
 
+LabelText = Annotated[str, Field(min_length=1, pattern=r"^\S(.*\S)?$"),
+                      Says("a non-empty string without surrounding whitespace (cells are compared trimmed)")]
+LabelValues = Annotated[list[LabelText], Field(min_length=1),
+                        Says("a non-empty list of strings (label cells' texts, e.g. [\">50K\"])")]
+
+
 class LabelModel(Strict):
-    """``[label]``: the target column, 0/1 or thresholded."""
+    """``[label]``: the target column: numeric (0/1, or thresholded) or categorical (text values).
+
+    ``positive = [...]`` makes the label categorical: a cell whose text (surrounding whitespace
+    trimmed) is listed is a positive (1), any other a negative (0); with ``negative = [...]``
+    too, a value in neither list is an error. A numeric column's cells are compared as their
+    text (``positive = ["1"]`` matches the integer 1).
+    """
 
     column: Column = "label"
     threshold: Optional[Finite] = None
+    positive: Optional[LabelValues] = None
+    negative: Optional[LabelValues] = None
+
+    @property
+    def categorical(self) -> bool:
+        return self.positive is not None
+
+    @model_validator(mode="after")
+    def _values(self) -> "LabelModel":
+        found = []
+        if self.negative is not None and self.positive is None:
+            found.append((("negative",), "needs positive = [...] too (the values that are 1)"))
+        if self.positive is not None and self.threshold is not None:
+            found.append((("threshold",), "applies to a numeric label; positive/negative name a categorical "
+                                          "label's values: give one or the other"))
+        both = sorted(set(self.positive or ()) & set(self.negative or ()))
+        if both:
+            found.append((("negative",), f"{both} also listed in positive: a value is either 1 or 0"))
+        problems(found)
+        return self
+
+
+def _label_column(value: Any) -> Any:
+    """``label = "clicked"`` is ``label = { column = "clicked" }``."""
+    return {"column": value} if isinstance(value, str) else value
+
+
+LabelEntry = Annotated[LabelModel, BeforeValidator(_label_column),
+                  Says("a column name, or a table with keys column, threshold, positive, negative")]
 
 
 class SplitModel(Strict):
@@ -238,7 +279,7 @@ class SchemaModel(Strict):
     name: Identifier = "custom"
     dense: list[DenseModel] = []
     sparse: list[SparseModel] = []
-    label: LabelModel = LabelModel()
+    label: LabelEntry = LabelModel()
     split: SplitModel = SplitModel()
     input: InputModel = InputModel()
     vocab_rows: Annotated[dict[TableName, Count], Says("a table of vocab table = rows (set by preprocessing)")] = {}
@@ -273,6 +314,8 @@ class SchemaModel(Strict):
             for key in ("delimiter", "prefix"):
                 if getattr(s, key) is not None:
                     found.append((("sparse", i, key), "does not apply to format criteo_tsv (one hex value per field)"))
+        if self.label.categorical:
+            found.append((("label", "positive"), "does not apply to format criteo_tsv (its label field is 0 or 1)"))
         return found
 
     def _no_sparse(self) -> list:

@@ -14,7 +14,9 @@ sparse features a job has.
             int_modulo (the integer value, base 16 for text, MLPerf's)); ``delimiter`` makes a multi-hot
             list column, pooled by ``sum`` or ``mean``; features naming the same ``table``
             share it (they must agree on everything that describes the table)
-    label   a column, 0/1 or thresholded (``threshold = 4``: value >= 4 -> 1)
+    label   a column (``label = "clicked"``), 0/1 or thresholded (``threshold = 4``: value >= 4 -> 1),
+            or categorical: ``{ column = "income", positive = [">50K"] }`` (listed texts -> 1,
+            others -> 0; with ``negative = [...]`` a value in neither list is an error)
     split   train/val/test by ``random`` (seeded, per row), by a ``time`` column, or by
             ``day`` (every day but the last is train, the last day's halves val and test;
             ``days = N`` pseudo-days by line count, else one day per input file)
@@ -49,6 +51,7 @@ from dlrm_dist.features.model import (
     SPLIT_BY,
     SPLITS,
     DenseModel,
+    LabelModel,
     SchemaModel,
     SparseModel,
     validate_schema,
@@ -101,8 +104,19 @@ class SparseFeature:
 
 @dataclass(frozen=True)
 class Label:
+    """The target: a numeric column (0/1, or ``threshold``: value >= it -> 1), or a categorical one
+    (``positive``: texts that are 1, every other value 0; with ``negative``, a value in neither
+    list is an error). Cells are compared by their text, surrounding whitespace trimmed."""
+
     column: str
     threshold: Optional[float] = None
+    positive: Optional[tuple[str, ...]] = None
+    negative: Optional[tuple[str, ...]] = None
+
+    @property
+    def categorical(self) -> bool:
+        """True when the column is read as text and mapped by ``positive`` / ``negative``."""
+        return self.positive is not None
 
 
 @dataclass(frozen=True)
@@ -244,7 +258,8 @@ class FeatureSchema:
 
 
 # Entries added after the first stored fingerprints, with the defaults that mean the old behaviour.
-_ADDED = {"sparse": {"hash": "fnv1a", "order": "frequency"}, "split": {"days": None}}
+_ADDED = {"sparse": {"hash": "fnv1a", "order": "frequency"}, "split": {"days": None},
+          "label": {"positive": None, "negative": None}}
 
 
 def _without_added(d: dict[str, Any]) -> dict[str, Any]:
@@ -253,7 +268,9 @@ def _without_added(d: dict[str, Any]) -> dict[str, Any]:
     out = dict(d)
     out["sparse"] = [{k: v for k, v in f.items() if not (k in _ADDED["sparse"] and v == _ADDED["sparse"][k])}
                      for f in out["sparse"]]
-    out["split"] = {k: v for k, v in out["split"].items() if not (k in _ADDED["split"] and v == _ADDED["split"][k])}
+    for section in ("split", "label"):
+        added = _ADDED[section]
+        out[section] = {k: v for k, v in out[section].items() if not (k in added and v == added[k])}
     return out
 
 
@@ -300,11 +317,17 @@ def _sparse(m: SparseModel) -> SparseFeature:
     )
 
 
+def _label(m: LabelModel) -> Label:
+    def values(v: Optional[list[str]]) -> Optional[tuple[str, ...]]:
+        return tuple(v) if v is not None else None
+    return Label(m.column, m.threshold, values(m.positive), values(m.negative))
+
+
 def _schema(m: SchemaModel) -> FeatureSchema:
     i = m.input
     return FeatureSchema(
         dense=tuple(map(_dense, m.dense)), sparse=tuple(map(_sparse, m.sparse)),
-        label=Label(m.label.column, m.label.threshold),
+        label=_label(m.label),
         split=SplitSpec(m.split.by, tuple(m.split.fractions), m.split.seed, m.split.column, m.split.days),
         input=InputFormat(i.format, i.delimiter, i.header, tuple(i.columns) if i.columns is not None else None,
                           tuple(i.null_values)),

@@ -103,24 +103,44 @@ def _filled(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def labels_of(batch: pa.RecordBatch, schema: FeatureSchema, where: str = "", first_row: int = 0) -> np.ndarray:
-    """0/1 labels; a missing or non-binary label is an error naming the file and line.
+    """0/1 labels; a missing label, a numeric one not 0/1 (without a threshold) or a categorical one
+    in neither list (when ``negative`` is given) is an error naming the file, line and value.
 
-    (``where`` and ``first_row`` are kept for callers that pass them: the batch knows its origin.)
+    A categorical label (``positive``) is read as text (read.text_columns) and compared, whitespace
+    trimmed, with the listed texts: a number in a Parquet/JSON column by its text as Arrow writes it
+    (1 -> "1", 0.5 -> "0.5", true -> "true"). (``where`` and ``first_row`` are kept for callers that
+    pass them: the batch knows its origin.)
     """
-    column = schema.label.column
-    values, missing = _filled(read.numbers(batch, column))
-    if missing.any():
+    label = schema.label
+    raw = read.texts(batch, label.column) if label.categorical else read.numbers(batch, label.column)
+    if raw.null_count:
+        missing = raw.is_null().to_numpy(zero_copy_only=False)
         i = int(np.flatnonzero(missing)[0])
-        raise PreprocessError(f"{locate.where(batch, schema, i)}: label column {column!r} is empty "
+        raise PreprocessError(f"{locate.where(batch, schema, i)}: label column {label.column!r} is empty "
                               f"({int(missing.sum())} such rows in this block); every row needs a label")
-    if schema.label.threshold is not None:
-        return (values >= schema.label.threshold).astype(np.float32)
+    if label.categorical:
+        text = pc.utf8_trim_whitespace(raw if pa.types.is_string(raw.type) else pc.cast(raw, pa.string()))
+        positive = pc.is_in(text, value_set=pa.array(label.positive, pa.string())).to_numpy(zero_copy_only=False)
+        if label.negative is not None:
+            known = positive | pc.is_in(text, value_set=pa.array(label.negative, pa.string())).to_numpy(
+                zero_copy_only=False)
+            if not known.all():
+                i = int(np.flatnonzero(~known)[0])
+                raise PreprocessError(
+                    f"{locate.where(batch, schema, i)}: label {text[i].as_py()!r} in column {label.column!r} is in "
+                    f"neither label.positive {list(label.positive)} nor label.negative {list(label.negative)}; "
+                    "list it in one of them (or drop negative: then every value not in positive is 0)")
+        return positive.astype(np.float32)
+    values, _ = _filled(raw)
+    if label.threshold is not None:
+        return (values >= label.threshold).astype(np.float32)
     bad = np.flatnonzero((values != 0) & (values != 1))
     if bad.size:
         i = int(bad[0])
         raise PreprocessError(
-            f"{locate.where(batch, schema, i)}: label {float(values[i])} in column {column!r} is not 0 or 1; "
-            "give label.threshold (e.g. threshold = 4 makes value >= 4 a positive)")
+            f"{locate.where(batch, schema, i)}: label {float(values[i])} in column {label.column!r} is not 0 or 1; "
+            "give label.threshold (e.g. threshold = 4 makes value >= 4 a positive), or for a label of categories "
+            f"label = {{ column = {label.column!r}, positive = [...] }} (texts such as \"4\" that are 1)")
     return values.astype(np.float32)
 
 

@@ -193,7 +193,15 @@ def conversion_error(path: Path, schema: FeatureSchema, names: list[str], e: Exc
     column = names[index] if index < len(names) else f"#{index + 1}"
     line = _line_of_value(path, schema, index, value)
     at = f"{path} line {line}" if line is not None else str(path)
-    return PreprocessError(
-        f"{at}, column {column!r}: {value!r} is not a number, but the schema reads this column as a number (a dense "
-        "feature, the label or the time column); fix the data, or list the value in input.null_values to read it "
-        "as missing")
+    return PreprocessError(f"{at}, column {column!r}: {value!r} is not a number, {read_as_number(schema, column)}")
+
+
+def read_as_number(schema: FeatureSchema, column: str) -> str:
+    """Why a cell of ``column`` had to be a number, and what would be valid: a label cannot be
+    missing (null_values is no remedy for it) but may be categorical; other cells may be missing."""
+    if column == schema.label.column and not schema.label.categorical:
+        return ("but the label column is read as a number (0 or 1, or compared with label.threshold); for a "
+                f"label of text values give label = {{ column = {column!r}, positive = [...] }} (the values "
+                "that are 1; every other value is 0, or add negative = [...] to refuse any other value)")
+    return ("but the schema reads this column as a number (a dense feature or the time column); fix the data, "
+            "or list the value in input.null_values to read it as missing")

@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 from dlrm_dist.data.columnar import criteo_tsv
 from dlrm_dist.data.columnar.locate import (ORIGIN_FIRST, ORIGIN_PATH, at_record, cell_text, conversion_error,
                                             delimiter_of, file_format, first_fields, lines_of_records, origin,
-                                            where)
+                                            read_as_number, where)
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.features.schema import FeatureSchema
@@ -104,14 +104,17 @@ class BadLines:
 
 # -- what is read, and how ----------------------------------------------------------------------
 def numeric_columns(schema: FeatureSchema) -> list[str]:
-    """Columns read as numbers: dense features, the label, the time column."""
-    cols = [schema.label.column] + ([schema.split.column] if schema.split.column else [])
+    """Columns read as numbers: dense features, a numeric label, the time column."""
+    label = [] if schema.label.categorical else [schema.label.column]
+    cols = label + ([schema.split.column] if schema.split.column else [])
     return list(dict.fromkeys(cols + [d.column for d in schema.dense]))
 
 
 def text_columns(schema: FeatureSchema) -> list[str]:
-    """Columns read as text: the sparse features' (one read per column, whatever its uses)."""
-    return list(dict.fromkeys(s.column for s in schema.sparse))
+    """Columns read as text: the sparse features' and a categorical label's (one read per column,
+    whatever its uses)."""
+    label = [schema.label.column] if schema.label.categorical else []
+    return list(dict.fromkeys(label + [s.column for s in schema.sparse]))
 
 
 def check_uses(schema: FeatureSchema) -> None:
@@ -305,10 +308,8 @@ def _to_text(values: pa.Array, path: Optional[Path] = None, column: str = "") ->
 
 
 def _number_error(batch: pa.RecordBatch, schema: FeatureSchema, column: str, row: int, value: object, why: str) -> PreprocessError:
-    return PreprocessError(
-        f"{where(batch, schema, row)}, column {column!r}: {value!r} {why}, but the schema reads this column as a "
-        "number (a dense feature, the label or the time column); fix the data, or list the value in "
-        "input.null_values to read it as missing")
+    return PreprocessError(f"{where(batch, schema, row)}, column {column!r}: {value!r} {why}, "
+                           f"{read_as_number(schema, column)}")
 
 
 def _numeric(raw: pa.RecordBatch, schema: FeatureSchema, column: str) -> pa.Array:

@@ -6,6 +6,8 @@ The read pass runs the one encoder (encode.py) on every record batch and appends
 
 - each numeric column (label, time, dense inputs) as read: float64, NaN where the cell is
   missing (read.py refuses every non-finite cell, so NaN means missing and nothing else);
+- every row's label as encode.labels_of gave it (float32 0/1: a categorical label's text is
+  not among the numeric columns);
 - each identity/hash feature's finished ids (int64);
 - each vocabulary feature's values as their ids among the table's distinct texts (int64, -1 for
   a missing value; kernels.Interner: bounded by the distinct values, not the rows; two texts
@@ -92,11 +94,12 @@ class _Block:
 @dataclass
 class _Arrays:
     """A block's staged arrays: numeric columns as read, sparse values (finished ids, or hashes of
-    vocabulary values) and bag lengths (None: one value per row)."""
+    vocabulary values), bag lengths (None: one value per row) and the encoded labels."""
 
     numbers: dict[str, np.ndarray]
     values: dict[str, np.ndarray]
     lengths: dict[str, Optional[np.ndarray]]
+    labels: np.ndarray
 
 
 def numeric_batch(block: _Block, numbers: dict[str, np.ndarray]) -> pa.RecordBatch:
@@ -148,6 +151,7 @@ class _Stage:
         self.columns = read.numeric_columns(schema)
         tally = Tally()
         self.numbers = {c: _Column(self.dir / f"num{i}", np.float64, tally) for i, c in enumerate(self.columns)}
+        self.labels = _Column(self.dir / "labels", np.float32, tally)
         self.values, self.lengths = {}, {}
         for j, f in enumerate(schema.sparse):
             self.values[f.name] = _Column(self.dir / f"sparse{j}", np.int64, tally)
@@ -159,6 +163,7 @@ class _Stage:
     def append(self, block: _Block, arrays: _Arrays) -> None:
         for c, x in arrays.numbers.items():
             self.numbers[c].append(x)
+        self.labels.append(arrays.labels)
         for name, v in arrays.values.items():
             if name in self.lengths:
                 block.values[name] = self.values[name].rows
@@ -168,7 +173,8 @@ class _Stage:
 
     def close(self) -> None:
         self.mapped = {kind: {name: column.close() for name, column in group.items()}
-                       for kind, group in (("numbers", self.numbers), ("values", self.values), ("lengths", self.lengths))}
+                       for kind, group in (("numbers", self.numbers), ("values", self.values), ("lengths", self.lengths),
+                                           ("labels", {"": self.labels}))}
 
     def arrays(self, block: _Block) -> _Arrays:
         """A block's staged arrays (memory-mapped slices)."""
@@ -182,13 +188,13 @@ class _Stage:
                 values[f.name] = self.mapped["values"][f.name][v0: v0 + int(lengths[f.name].sum())]
             else:
                 values[f.name], lengths[f.name] = self.mapped["values"][f.name][r], None
-        return _Arrays(numbers, values, lengths)
+        return _Arrays(numbers, values, lengths, self.mapped["labels"][""][r])
 
     def times(self) -> np.ndarray:
         return np.asarray(self.mapped["numbers"][self.schema.split.column])
 
     def remove(self) -> None:
-        for w in [*self.numbers.values(), *self.values.values(), *self.lengths.values()]:
+        for w in [*self.numbers.values(), *self.values.values(), *self.lengths.values(), self.labels]:
             w.abort()
         self.mapped = {}
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -198,7 +204,7 @@ class _Stage:
 def stage_batch(batch: pa.RecordBatch, schema: FeatureSchema, distinct: dict[str, Interner]) -> _Arrays:
     """A record batch encoded as far as it can be without fitted state (an empty time or label cell
     is named by its line here, while the batch still knows where it came from)."""
-    encode.labels_of(batch, schema)
+    labels = encode.labels_of(batch, schema)
     if schema.split.by == "time":
         encode.times_of(batch, schema)
     numbers = {c: read.numbers(batch, c).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
@@ -211,7 +217,7 @@ def stage_batch(batch: pa.RecordBatch, schema: FeatureSchema, distinct: dict[str
         else:
             values[f.name] = encode.encode_ids(batch, schema, f, bags, None)
         lengths[f.name] = bags.lengths
-    return _Arrays(numbers, values, lengths)
+    return _Arrays(numbers, values, lengths, labels)
 
 
 def read_blocks(opts: Any, schema: FeatureSchema, bad: read.BadLines, distinct: dict[str, Interner],
@@ -333,7 +339,7 @@ def finish_block(block: _Block, arrays: _Arrays, schema: FeatureSchema, cutoffs:
                  maps: IdMaps, writers: dict[str, Any]) -> None:
     """A block's rows, fitted steps applied, appended to their splits' files."""
     batch = numeric_batch(block, arrays.numbers)
-    labels = encode.labels_of(batch, schema)
+    labels = np.asarray(arrays.labels)  # (encoded as read: a categorical label's text is not staged)
     split = encode.split_of(batch, schema, block.row0, cutoffs)
     dense = encode.dense_matrix(batch, schema)
     ids = {}
