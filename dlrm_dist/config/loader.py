@@ -57,9 +57,19 @@ def _sections() -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(Config) if dataclasses.is_dataclass(hints[f.name])}
 
 
+def _nested(cls: Any) -> dict[str, type]:
+    """The fields of section ``cls`` that are sections themselves (``[train.early_stop]``), by name."""
+    hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints.get(f.name))}
+
+
 def _field_type(section: str, key: str) -> Any:
-    """The declared type of ``section.key`` (None for an unknown one)."""
-    fields = getattr(_sections().get(section), "__pydantic_fields__", {})
+    """The declared type of ``section.key`` (``train.early_stop.metric`` too; None for an unknown one)."""
+    cls: Any = _sections().get(section)
+    *path, key = key.split(".")
+    for part in path:
+        cls = _nested(cls).get(part) if cls is not None else None
+    fields = getattr(cls, "__pydantic_fields__", {})
     return fields[key].rebuild_annotation() if key in fields else None
 
 
@@ -91,12 +101,23 @@ def read_override(text: str, typ: Any) -> Any:
 def _section_problems(name: str, cls: type, values: Any) -> tuple[Any, list[str]]:
     if not isinstance(values, dict):
         return None, [f"{name}: must be a table (a [{name}] section), got {type(values).__name__}"]
+    # A nested section is built first (strict pydantic takes only an instance for it), its
+    # problems named under "name.sub."; the rest of the section is still checked.
+    found: list[str] = []
+    values = dict(values)
+    for sub, sub_cls in _nested(cls).items():
+        if sub in values:
+            values[sub], lines = _section_problems(f"{name}.{sub}", sub_cls, values[sub])
+            if lines:
+                del values[sub]
+                found += lines
     try:
-        return cls(**values), []
+        built = cls(**values)
+        return (None, found) if found else (built, [])
     except ValidationError as e:
-        return None, messages(e, cls, (name,))
+        return None, found + messages(e, cls, tuple(name.split(".")))
     except TypeError as e:  # a key that is not a keyword (only possible from JSON, e.g. "")
-        return None, [f"{name}: {e}"]
+        return None, found + [f"{name}: {e}"]
 
 
 def _features_problems(features: Any) -> list[str]:
@@ -200,8 +221,20 @@ def _parse_overrides(args: Sequence[str]) -> tuple[Optional[str], dict[str, dict
         if section not in _sections():
             raise ConfigError(f"command line: --{key}: unknown section {section!r}; sections: {', '.join(_sections())}")
         name = name.replace("-", "_")
-        raw.setdefault(section, {})[name] = read_override(value, _field_type(section, name))
+        *path, leaf = name.split(".")  # --train.early_stop.patience=2: into [train.early_stop]
+        table = raw.setdefault(section, {})
+        for part in path:
+            table = table.setdefault(part, {}) if isinstance(table.get(part, {}), dict) else {}
+        table[leaf] = read_override(value, _field_type(section, name))
     return config_file, raw
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``; a nested table (``[train.early_stop]``) is merged key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def read_toml(path: str) -> dict[str, Any]:
@@ -216,7 +249,7 @@ def load_config(args: Sequence[str] = ()) -> Config:
     for section, values in overrides.items():
         if not isinstance(raw.get(section, {}), dict):
             continue  # the file's section is not a table: _apply names it
-        raw[section] = {**raw.get(section, {}), **values}
+        raw[section] = _merge(raw.get(section, {}), values)
     if config_file:
         origin = f"config file {config_file!r}" + (" with command-line overrides" if overrides else "")
     else:
@@ -277,12 +310,20 @@ def help_text() -> str:
     ]
     defaults = Config()
     for name, cls in _sections().items():
-        lines += ["", f"[{name}] {cls.__doc__ or ''}"]
-        for f in dataclasses.fields(cls):
-            value = getattr(getattr(defaults, name), f.name)
-            lines.append(f"  --{name}.{f.name} (default {value!r})")
-            lines.append(f"      {f.metadata.get('help', '')}")
+        lines += _section_help(name, cls, getattr(defaults, name))
     return "\n".join(lines)
+
+
+def _section_help(name: str, cls: type, defaults: Any) -> list[str]:
+    lines = ["", f"[{name}] {cls.__doc__ or ''}"]
+    nested = _nested(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in nested:
+            lines.append(f"  --{name}.{f.name} (default {getattr(defaults, f.name)!r})")
+            lines.append(f"      {f.metadata.get('help', '')}")
+    for sub, sub_cls in nested.items():  # after the section's own keys, as TOML writes a sub-table
+        lines += _section_help(f"{name}.{sub}", sub_cls, getattr(defaults, sub))
+    return lines
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -33,6 +33,9 @@ MIXED_PRECISION = ("none", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 PLANNERS = ("dlrm_dist", "torchrec")
 EVAL_SPLITS = ("val", "test")
+STOP_METRICS = ("auc", "logloss", "ne")
+STOP_MODES = ("max", "min")
+DEFAULT_STEPS = 800  # train.steps when neither it nor train.epochs is given
 
 NonNegative = count(0)
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1), Says("an integer in [0, 2**63 - 1]")]
@@ -89,7 +92,9 @@ class DataConfig:
         "(demo:table_sizes=100/200/300, criteo:buckets=1000000); unset: the [features] section, the data "
         "directory's, or the demo's.")
     eval_split: Literal[EVAL_SPLITS] = _f(
-        "val", "columnar: evaluate on the val split or the test split (Criteo: first / second half of the last day).")
+        "val", "Any columnar directory (a schema's preprocessed CSV/Parquet/JSON rows, Criteo days, an imported "
+        "TorchRec layout): evaluate on its val split or its test split (Criteo: first / second half of the last "
+        "day). Early stopping needs val; a test split is then scored once, with the best model, at the end.")
     shuffle: bool = _f(True, "columnar: visit training batches in a seeded permutation each epoch.")
     seed: Seed = _f(1234, "synthetic: seed of the generator and of its hidden teacher; columnar: of the shuffle.")
 
@@ -132,11 +137,13 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "data.data_dir": ("columnar",),
     "data.eval_split": ("columnar",),
     "data.shuffle": ("columnar",),
+    "train.epochs": ("columnar",),
 }
 
 # What to use instead, where a setting's source has a way of its own.
 INSTEAD: dict[str, str] = {
     "multi_hot": "the generator draws multi-hot bags itself: synthetic.pooling_factor, synthetic.variable_pooling",
+    "train.epochs": "synthetic data is drawn without end, so it has no epoch: give train.steps",
 }
 
 # Keys that moved (issue 20): where each went, for the refusal that names it.
@@ -209,11 +216,33 @@ class ShardingConfig:
 
 
 @dataclass(**SECTION)
+class EarlyStopConfig:
+    """Stop when the eval metric stops improving, and keep the best model (its checkpoint, its test score)."""
+
+    enabled: Optional[bool] = _f(
+        None, "Unset: on when the data has a non-empty val split that is evaluated (data.eval_split = val) and "
+        "no step count is given (train.steps / --steps); false: off; true: on (needs evaluations).")
+    metric: Literal[STOP_METRICS] = _f("auc", "The eval metric judged: auc, logloss or ne.")
+    mode: Optional[Literal[STOP_MODES]] = _f(None, "max or min; unset: max for auc, min for logloss and ne.")
+    patience: Count = _f(3, "Stop after this many evaluations in a row without an improvement.")
+    min_delta: NonNegativeFloat = _f(0.0, "An improvement is a change of more than this in the better direction.")
+
+    @property
+    def direction(self) -> str:
+        """The mode in force: the given one, else the metric's natural one."""
+        return self.mode or ("max" if self.metric == "auc" else "min")
+
+
+@dataclass(**SECTION)
 class TrainConfig:
     """The training run."""
 
     global_batch_size: Count = _f(2048, "Samples per step over all ranks (split evenly).")
-    steps: Count = _f(800, "Training steps.")
+    steps: Optional[Count] = _f(
+        None, f"Training steps (a maximum under early stopping); unset: from train.epochs, else {DEFAULT_STEPS}.")
+    epochs: Optional[Count] = _f(
+        None, "columnar: train this many passes over the train split (steps = epochs x its rows // "
+        "global_batch_size; the log says how many); not together with train.steps.")
     eval_interval: NonNegative = _f(200, "Evaluate every N steps (0 = only at the end).")
     log_interval: Count = _f(50, "Write a metrics line every N steps.")
     seed: Seed = _f(0, "Seed of the model's initial weights.")
@@ -240,10 +269,18 @@ class TrainConfig:
     auc_max_samples: Count = _f(
         2**24, "Eval AUC is exact for splits of up to this many samples (12 bytes each, gathered to every rank "
         "to compute); larger splits get a binned AUC (constant memory).")
+    # A nested section ([train.early_stop], --train.early_stop.KEY): config/loader.py builds it.
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig,
+                                        metadata={"help": "[train.early_stop]: see its keys."})
 
     @model_validator(mode="after")
     def _needs(self) -> "TrainConfig":
         found = []
+        if self.steps is not None and self.epochs is not None:
+            found.append((("epochs",), f"train.steps={self.steps} and train.epochs={self.epochs} both say how long "
+                                       "to train: give one of them"))
+        if self.early_stop.enabled and self.eval_interval == 0:
+            found.append((("early_stop", "enabled"), "is true, which needs evaluations to judge: set train.eval_interval > 0"))
         if self.checkpoint_interval and not self.checkpoint_dir:
             found.append((("checkpoint_dir",), f"is required when checkpoint_interval={self.checkpoint_interval}"))
         if self.inference_only and not self.checkpoint:
