@@ -1,7 +1,13 @@
-"""dlrm-predict: score a data split with an exported model; metrics when labels are present.
+"""dlrm-predict: score raw rows or a data split with an exported model; metrics when labels are present.
 
-    dlrm-predict exported/ --data data/criteo --split test --out preds.npy
+    dlrm-predict exported/ --input rows.csv --out scores.csv --keep user_id   # raw rows (.csv .tsv .parquet .jsonl)
+    dlrm-predict exported/ --data data/criteo --split test --out preds.npy    # a preprocessed split
     dlrm-predict exported/ --split val --out preds.csv --json      # demo data: no --data needed
+
+--input reads rows in the schema's input format and encodes them as preprocessing did (the
+export carries the fitted pipeline: vocabularies, hash settings, dense statistics): one
+score per row, in input order; the label column is not needed (present, metrics are given).
+A missing column or a bad cell is named by file, line and column.
 
 The export is checked before it is loaded (its manifest, and model.pt2 inspected to hold
 only tensors and PyTorch operators: nothing in it is unpickled or run as Python); --data
@@ -31,9 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("model", help="an export directory (dlrm-export)")
+    p.add_argument("--input", help="raw rows to score: .csv/.tsv (the schema's input format), .parquet or .jsonl")
+    p.add_argument("--keep", nargs="+", default=[], metavar="COL",
+                   help="--input: columns copied into the .csv output beside the score (e.g. an id)")
     p.add_argument("--data", help="preprocessed data directory (default: the training config's)")
     p.add_argument("--split", choices=("val", "test"), default="test")
-    p.add_argument("--out", help="scores: .npy (probabilities) or .csv (score,label)")
+    p.add_argument("--out", help="scores: .npy (probabilities) or .csv (score,label; with --input: score and "
+                   "the --keep columns)")
     p.add_argument("--batch-size", type=int, help="samples per batch (default: the training's global batch; "
                    "the synthetic data's eval split is a number of such batches)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -57,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
         raise PredictError(f"--out {args.out!r}: write scores as {' or '.join(OUTPUTS)}")
     if args.batch_size is not None and args.batch_size < 1:
         raise PredictError(f"--batch-size {args.batch_size} must be >= 1")
+    if args.input:
+        return run_input(args)
+    if args.keep:
+        raise PredictError("--keep applies to --input (raw rows); a preprocessed split holds no other columns")
     from dlrm_dist.serving.load import load_export
     from dlrm_dist.serving.predict import export_config, open_split, score
 
@@ -73,6 +87,31 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"scored {len(result.scores):,} samples ({args.split})" + (f" -> {args.out}" if args.out else ""))
         if m:
+            print("  " + "  ".join(f"{k} {m[k]:.4f}" for k in ("auc", "ne", "logloss", "calibration", "accuracy", "ctr")))
+    return 0
+
+
+def run_input(args: argparse.Namespace) -> int:
+    """--input: raw rows scored through the export's fitted pipeline."""
+    if args.data:
+        raise PredictError("give --input (raw rows) or --data (a preprocessed directory), not both")
+    if args.keep and args.out and Path(args.out).suffix != ".csv":
+        raise PredictError(f"--keep needs a .csv --out (a .npy file holds scores only), not {args.out!r}")
+    from dlrm_dist.serving.predictor import Predictor
+    from dlrm_dist.serving.score_rows import score_file
+
+    predictor = Predictor.load(args.model)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    result = score_file(predictor, Path(args.input), args.keep, args.batch_size or 4096, out, not args.no_progress)
+    if args.json:
+        print(json.dumps({"samples": result.rows, "input": args.input, "out": args.out, "metrics": result.metrics},
+                         indent=2))
+    else:
+        print(f"scored {result.rows:,} rows of {args.input}" + (f" -> {args.out}" if args.out else ""))
+        if result.metrics:
+            m = result.metrics
             print("  " + "  ".join(f"{k} {m[k]:.4f}" for k in ("auc", "ne", "logloss", "calibration", "accuracy", "ctr")))
     return 0
 

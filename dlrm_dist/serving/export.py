@@ -7,7 +7,10 @@ is at hand; a cost beyond the limits (AUC lost, log-loss gained) fails the expor
 anything is written, and the manifest records what was measured and the limits it met.
 
 The manifest carries the fitted schema's fingerprint; data given to score with (``--data``)
-is checked against the checkpoint's schema first (predict.check_data_schema).
+is checked against the checkpoint's schema first (predict.check_data_schema). The fitted
+pipeline's vocabularies are copied from the data directory (``--data``, else the training
+config's) into ``DIR/vocab/`` with their checksums (pipeline.py), so that raw rows can be
+scored (predictor.py); without them at hand the export scores preprocessed data only.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dlrm_dist.model.dlrm import DLRM
 from dlrm_dist.serving.load import MANIFEST_FILE, MODEL_FILE, ExportError, sha256
 from dlrm_dist.serving.manifest import SPLITS, ExportManifest, QuantizationCost, QuantizationNotMeasured
 from dlrm_dist.serving.model import ServingDLRM
+from dlrm_dist.serving.pipeline import copy_vocabularies, source_directory
 
 logger = logging.getLogger(__name__)
 EXAMPLE_BATCH = 4
@@ -188,12 +192,13 @@ def export_model(dlrm: DLRM, config: Config, out: str | Path, quantize: str = "n
     program = trace(model, schema.num_dense)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    pipeline = copy_vocabularies(schema, source_directory(config, data_dir), out)
     manifest = ExportManifest(
         checkpoint=checkpoint, step=step, quantize=quantize, dense_features=schema.num_dense,
         sparse_features=list(model.feature_names),
         tables={name: tuple(getattr(model, f"table_{i}").shape) for i, name in enumerate(model.table_names)},
         schema_fingerprint=schema.fingerprint(), config=to_dict(config),
-        model_sha256=_write_program(program, out), quantization=quantization,
+        model_sha256=_write_program(program, out), quantization=quantization, pipeline=pipeline,
     )
     with disk_full(out / MANIFEST_FILE):
         atomic_write_text(out / MANIFEST_FILE, manifest.to_json())

@@ -66,6 +66,20 @@ class QuantizationNotMeasured(Strict):
     note: Name
 
 
+class VocabularyFile(Strict):
+    """One vocabulary table copied into the export (``vocab/<table>.json``, a JSON array)."""
+
+    file: Annotated[str, Field(pattern=r"^vocab/[^/\\]+\.json$")]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    values: Count  # the table's rows minus its OOV buckets
+
+
+class Pipeline(Strict):
+    """The fitted feature pipeline's files (the fitted schema itself is the config's ``features``)."""
+
+    vocabularies: dict[Name, VocabularyFile] = {}
+
+
 class ExportManifest(Strict):
     """``export.json``: what the program in ``model.pt2`` is, was made from, and takes."""
 
@@ -85,6 +99,7 @@ class ExportManifest(Strict):
     model_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     quantization: Optional[Annotated[Union[QuantizationCost, QuantizationNotMeasured],
                                      Field(discriminator="measured")]] = None
+    pipeline: Optional[Pipeline] = None  # None: written without its vocabularies (raw rows cannot be scored)
 
     @model_validator(mode="after")
     def _quantization_iff_int8(self) -> "ExportManifest":

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dlrm_dist.config.loader import config_from_dict
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.config.sections import Config
 from dlrm_dist.data import Dataset
@@ -26,7 +25,8 @@ from dlrm_dist.data.resolve import build_data, schema_differences
 from dlrm_dist.features import SchemaError
 from dlrm_dist.features.schema import FeatureSchema
 from dlrm_dist.metrics.eval import EvalMetrics, EvalResult
-from dlrm_dist.serving.manifest import ExportError, ExportManifest
+from dlrm_dist.serving.manifest import ExportError
+from dlrm_dist.serving.pipeline import export_config  # noqa: F401 (dlrm-predict's, kept here)
 
 SPLITS = ("val", "test")
 
@@ -68,25 +68,6 @@ def check_data_schema(cfg: Config, schema: FeatureSchema, what: str) -> None:
                 f"{cfg.data.data_dir} was preprocessed with schema {stored.name!r} (fingerprint {stored.fingerprint()}), "
                 f"{what} with {schema.name!r} (fingerprint {schema.fingerprint()}); they differ: {'; '.join(diffs)}. "
                 "Score data preprocessed with the training's schema")
-
-
-def export_config(manifest: ExportManifest) -> Config:
-    """The training config an export carries, refused (ExportError) unless it is valid and its fitted
-    schema is the one the manifest's fingerprint names."""
-    origin = "export.json config"
-    try:
-        cfg = config_from_dict(manifest.config, origin)
-        schema = FeatureSchema.from_dict(cfg.features or {}, f"{origin} features")
-    except DlrmError as e:
-        raise ExportError(f"{origin} is damaged: {e}") from None
-    if schema.fingerprint() != manifest.schema_fingerprint:
-        raise ExportError(f"export.json is damaged: schema_fingerprint {manifest.schema_fingerprint} is not its "
-                          f"config's schema ({schema.fingerprint()})")
-    if manifest.sparse_features != schema.sparse_names or manifest.dense_features != schema.num_dense:
-        raise ExportError(f"export.json is damaged: sparse_features/dense_features {manifest.sparse_features}/"
-                          f"{manifest.dense_features} are not its config's schema's {schema.sparse_names}/"
-                          f"{schema.num_dense}")
-    return cfg
 
 
 def open_split(cfg: Config, data_dir: Optional[str], split: str, what: str = "the model") -> Dataset:

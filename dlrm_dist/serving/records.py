@@ -1,0 +1,437 @@
+"""Raw rows for scoring, read as preprocessing read them, and what is wrong with a bad one.
+
+Rows come from a list of dicts (the Python API, dlrm-serve), a JSON-lines file, or a CSV/TSV/
+Parquet file in the schema's input format. Every source becomes raw record batches, which
+data/columnar/read.py's typed reads turn into what the encoder takes (``num:``/``text:``
+fields, each cell checked: a number must be finite, and so on), exactly as in preprocessing:
+
+- files: read.py's own CSV/TSV (delimiter, quoting, header, ``null_values``) and Parquet
+  readers; Criteo's fixed layout by its own parser. Malformed lines are refused (a score per
+  input row, in order), not skipped as preprocessing skips them.
+- records and JSON lines: each cell as a CSV file of them would hold it (a number as its
+  text, ``null`` or a key's value in ``input.null_values`` as missing, a list for a multi-hot
+  column joined by its delimiter), so a value means what it meant in the training file.
+  (JSON lines are parsed line by line, so a problem is named by its line.)
+
+The label and the time column are not needed to score: absent, they are read as missing. A
+feature column absent from a file, a record without a feature key (give ``null`` for a
+missing value), or a cell the reader or the encoder refuses is a ``FieldProblem``; they are
+raised together as one ``RecordError`` (exit 2). Which row and column failed is found by
+running the real reader and encoder on halves of the batch (on the error path only), so a
+row is refused exactly when preprocessing would have refused it, with its message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Mapping, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from dlrm_dist.data.columnar import locate, read
+from dlrm_dist.errors import EXIT_BAD_INPUT, DlrmError
+from dlrm_dist.features.schema import FeatureSchema, SplitSpec
+
+RECORDS = "records"  # the origin of rows given as a list of dicts
+MAX_PROBLEMS = 20  # problems collected in one error (a server's 422 lists them)
+SHOWN = 3  # problems named in the error's message
+JSONL = (".jsonl", ".ndjson")
+PARQUET = (".parquet", ".pq")
+_COLUMN = re.compile(r"column '((?:[^'\\]|\\.)*)'")
+_FEATURE = re.compile(r"feature '((?:[^'\\]|\\.)*)'")
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """What is wrong with one cell: ``record`` is the 0-based index in a list of records, or the
+    1-based line (row, for Parquet) of a file; ``column`` "" when the whole record is wrong."""
+
+    record: int
+    column: str
+    value: Any
+    message: str
+
+
+class RecordError(DlrmError):
+    """Rows to score that cannot be read or encoded; ``problems`` names each (at most MAX_PROBLEMS)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, problems: Sequence[FieldProblem], origin: str = RECORDS, unit: str = "record") -> None:
+        self.problems, self.origin, self.unit = list(problems), origin, unit
+        shown = "; ".join(self.describe(p) for p in self.problems[:SHOWN])
+        more = len(self.problems) - SHOWN
+        super().__init__(shown + (f" (and {more}{'+' if len(self.problems) >= MAX_PROBLEMS else ''} more)"
+                                  if more > 0 else ""))
+
+    def describe(self, p: FieldProblem) -> str:
+        at = f"{self.origin} {self.unit} {p.record}" if self.origin != RECORDS else f"record {p.record}"
+        cell = f", column {p.column!r}" if p.column else ""
+        value = f" (value {_short(p.value)})" if p.value is not None else ""
+        return f"{at}{cell}{value}: {p.message}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+@dataclass(frozen=True)
+class InputColumn:
+    """A column scoring reads: ``number`` (a dense feature), ``text`` (a categorical one) or ``list``
+    (multi-hot: a delimited string or a JSON list); ``required`` columns must be given (their value
+    may be null, read as missing); the label and the time column are not required."""
+
+    name: str
+    kind: Literal["number", "text", "list"]
+    required: bool
+
+
+def input_columns(schema: FeatureSchema) -> list[InputColumn]:
+    """The columns a record to score holds, features first."""
+    optional = optional_columns(schema)
+    out = []
+    for c in schema.columns():
+        users = [s for s in schema.sparse if s.column == c]
+        kind = "list" if any(s.multi_hot for s in users) else "text" if users or c in read.text_columns(schema) else "number"
+        out.append(InputColumn(c, kind, c not in optional))
+    return sorted(out, key=lambda col: not col.required)
+
+
+def optional_columns(schema: FeatureSchema) -> list[str]:
+    """The label and the time column, unless a feature reads them too."""
+    features = {d.column for d in schema.dense} | {s.column for s in schema.sparse}
+    cols = [schema.label.column] + ([schema.split.column] if schema.split.column else [])
+    return [c for c in dict.fromkeys(cols) if c not in features]
+
+
+def detached(schema: FeatureSchema) -> FeatureSchema:
+    """``schema`` for rows that are not lines of a text file (records, JSON lines, Parquet): located by
+    row, so that an error message never re-scans a file as CSV to find a line."""
+    split = schema.split if schema.split.by != "day" else SplitSpec()  # (days apply to criteo_tsv only)
+    return dataclasses.replace(schema, input=dataclasses.replace(schema.input, format="parquet"), split=split)
+
+
+# -- rows -> raw batches (every column as text, as a CSV file holds it) --------------------------
+def _cell(value: Any, delimiter: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    """(the cell's text, None) or (None, why it is not a cell value)."""
+    if value is None or isinstance(value, str):
+        return value, None
+    if isinstance(value, bool):
+        return None, "true/false is not a cell value: give a number or a string (as the training file held it)"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value)), None
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value)), None  # the shortest text that reads back as the same double
+    if isinstance(value, (list, tuple)) and delimiter is not None:
+        parts = [_cell(v, None) for v in value]
+        bad = next((why for _, why in parts if why), None)
+        if bad or any(t is None for t, _ in parts):
+            return None, f"a list for a multi-hot column holds strings or numbers only ({bad or 'null inside'})"
+        return delimiter.join(t for t, _ in parts), None
+    return None, f"a {type(value).__name__} is not a cell value: give a number, a string or null"
+
+
+def records_batch(records: Sequence[Any], schema: FeatureSchema, numbers: Optional[Sequence[int]] = None,
+                  first: int = 0) -> tuple[pa.RecordBatch, list[FieldProblem]]:
+    """The raw batch of ``records`` (one string column per input column; null = missing) and the
+    problems found on the way (a record that is not a mapping, a missing key, a value of no cell
+    type). ``numbers`` name the records in problems (default: their index from ``first``)."""
+    numbers = list(numbers) if numbers is not None else list(range(first, first + len(records)))
+    cols = input_columns(schema)
+    nulls = {"", *schema.input.null_values}
+    delimiters = {c.name: next(s.delimiter for s in schema.sparse if s.column == c.name and s.multi_hot)
+                  for c in cols if c.kind == "list"}
+    problems: list[FieldProblem] = []
+    cells: dict[str, list[Optional[str]]] = {c.name: [] for c in cols}
+    for k, rec in enumerate(records):
+        if not isinstance(rec, Mapping):
+            problems.append(FieldProblem(numbers[k], "", _short(rec), f"a record is an object of column: value "
+                                         f"pairs, not a {type(rec).__name__}"))
+        for c in cols:
+            value = rec.get(c.name) if isinstance(rec, Mapping) else None
+            if isinstance(rec, Mapping) and c.required and c.name not in rec:
+                problems.append(FieldProblem(numbers[k], c.name, None, "missing: every record needs this column "
+                                             "(null for a missing value)"))
+            text, why = _cell(value, delimiters.get(c.name))
+            if why:
+                problems.append(FieldProblem(numbers[k], c.name, value, why))
+            cells[c.name].append(None if text in nulls else text)
+    batch = pa.RecordBatch.from_arrays([pa.array(v, pa.string()) for v in cells.values()], names=list(cells))
+    return batch, problems[:MAX_PROBLEMS]
+
+
+def typed(raw: pa.RecordBatch, schema: FeatureSchema, origin: str, first: int) -> pa.RecordBatch:
+    """read.py's typed reads of a raw batch (its absent optional columns read as missing)."""
+    for c in optional_columns(schema):
+        if c not in raw.schema.names:
+            kind = pa.string() if c in read.text_columns(schema) else pa.float64()
+            raw = raw.append_column(c, pa.nulls(raw.num_rows, kind))
+    return read._typed(raw, schema, Path(origin), first)  # noqa: SLF001 - the one typed read of a batch
+
+
+# -- which row and column failed -----------------------------------------------------------------
+def _fails(step: Callable[[pa.RecordBatch], Any], batch: pa.RecordBatch) -> Optional[Exception]:
+    try:
+        step(batch)
+    except (DlrmError, pa.ArrowException) as e:
+        return e
+    return None
+
+
+def problems_of(step: Callable[[pa.RecordBatch], Any], batch: pa.RecordBatch, number: Callable[[int], int],
+                origin: str, schema: FeatureSchema) -> list[FieldProblem]:
+    """The rows ``step`` (read + encode) refuses, found by bisection, each with its column and message."""
+    found: list[FieldProblem] = []
+    lo = 0
+    while lo < batch.num_rows and len(found) < MAX_PROBLEMS and _fails(step, batch.slice(lo)):
+        good, bad = 0, batch.num_rows - lo  # the first failing row is within [lo + good, lo + bad)
+        while bad - good > 1:
+            mid = (good + bad) // 2
+            if _fails(step, batch.slice(lo, mid)):
+                bad = mid
+            else:
+                good = mid
+        row = lo + bad - 1
+        error = _fails(step, batch.slice(row, 1))
+        found.append(_problem(error, batch, row, number(row), origin, schema))
+        lo = row + 1
+    return found
+
+
+def _problem(error: Optional[Exception], batch: pa.RecordBatch, row: int, number: int, origin: str,
+             schema: FeatureSchema) -> FieldProblem:
+    text = str(error) if error else "refused"
+    m = _COLUMN.search(text) or _FEATURE.search(text)
+    column = m.group(1) if m else ""
+    column = {f.name: f.column for f in (*schema.dense, *schema.sparse)}.get(column, column) if m and m.re is _FEATURE \
+        else column
+    value = _raw_value(batch, column, row)
+    if text.startswith(origin):  # the reader's "FILE row R": the problem names its record itself
+        text = text.split(": ", 1)[-1]
+    return FieldProblem(number, column, value, text)
+
+
+def _raw_value(batch: pa.RecordBatch, column: str, row: int) -> Any:
+    """The cell as given (a typed batch holds it as its typed reads)."""
+    for name in (column, read.field_name(read.TEXT, column), read.field_name(read.NUM, column)):
+        if column and name in batch.schema.names:
+            return batch.column(name)[row].as_py()
+    return None
+
+
+# -- files -------------------------------------------------------------------------------------------
+def file_kind(path: Path, schema: FeatureSchema) -> str:
+    """jsonl | parquet | criteo_tsv | csv | tsv: JSON lines and Parquet by their names, text files in
+    the schema's input format."""
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith(JSONL):
+        return "jsonl"
+    if name.endswith(PARQUET):
+        return "parquet"
+    return locate.file_format(path, schema)
+
+
+@dataclass
+class RawBlock:
+    """A block of rows from a file: the raw batch (None for criteo_tsv, read typed), its typed reads
+    once made, and the file numbers of its rows (lines; rows for Parquet) for problems."""
+
+    raw: Optional[pa.RecordBatch]
+    typed: Optional[pa.RecordBatch]
+    number: Callable[[int], int]
+    kept: dict[str, list[Any]]
+
+
+def header_names(path: Path, schema: FeatureSchema, kind: str) -> list[str]:
+    """The columns a file holds (its header, its Parquet schema, or input.columns)."""
+    if kind == "parquet":
+        try:
+            return pq.ParquetFile(str(path)).schema_arrow.names
+        except (pa.ArrowInvalid, OSError) as e:
+            raise RecordError([FieldProblem(0, "", None, f"not a readable Parquet file ({e})")], str(path), "row") from None
+    if not schema.input.header:
+        return list(schema.input.columns or ())
+    try:
+        reader = pa_csv.open_csv(str(path), read_options=pa_csv.ReadOptions(block_size=1 << 16, use_threads=False),
+                                 parse_options=_parse_options(kind, schema))
+        names = reader.schema.names
+        reader.close()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise RecordError([FieldProblem(1, "", None, f"cannot be read as {kind.upper()} ({e})")], str(path), "line") from None
+    return names
+
+
+def _parse_options(kind: str, schema: FeatureSchema) -> pa_csv.ParseOptions:
+    return pa_csv.ParseOptions(delimiter=locate.delimiter_of(kind, schema), quote_char='"' if kind == "csv" else False)
+
+
+def check_columns(path: Path, schema: FeatureSchema, names: list[str], keep: Sequence[str], unit: str) -> None:
+    """A feature column or a --keep column the file lacks is named (with the columns it has)."""
+    optional = set(optional_columns(schema))
+    missing = [c for c in schema.columns() if c not in names and c not in optional]
+    missing += [c for c in keep if c not in names and c not in missing]
+    if missing:
+        raise RecordError([FieldProblem(1 if unit == "line" else 0, c, None,
+                                        f"the file has no column {c!r} (it has {names})") for c in missing],
+                          str(path), unit)
+
+
+@dataclass
+class Block:
+    """Rows read from a file: the raw batch (criteo_tsv: already typed, by its own parser), how its
+    row i is named in a problem (a line, or a Parquet row), and the kept columns' cells."""
+
+    raw: pa.RecordBatch
+    first: int  # the block's first data row in the file
+    typed: bool
+    number: Callable[[int], int]
+    kept: dict[str, list[Any]]
+
+
+class FileRows:
+    """The rows of one input file, in order, in blocks of bounded size."""
+
+    def __init__(self, path: Path, schema: FeatureSchema, keep: Sequence[str] = (), block_rows: int = 65536) -> None:
+        self.path, self.schema, self.keep, self.block_rows = Path(path), schema, list(keep), block_rows
+        if not self.path.is_file():
+            raise RecordError([FieldProblem(0, "", None, "no such file")], str(path), "line")
+        self.kind = file_kind(self.path, schema)
+        self.unit = "row" if self.kind == "parquet" else "line"
+        self.has_label = True  # known once the header is read
+
+    def blocks(self) -> Iterator[Block]:
+        if self.kind == "jsonl":
+            yield from self._jsonl()
+            return
+        names = header_names(self.path, self.schema, self.kind) if self.kind != "criteo_tsv" else \
+            list(self.schema.input.columns or ())
+        check_columns(self.path, self.schema, names, self.keep, self.unit)
+        self.has_label = self.schema.label.column in names
+        wanted = [c for c in self.schema.columns() if c in names]
+        kept = _KeptCells(self._kept_batches(names)) if self.keep else None
+        row = 0
+        for batch in self._raw(wanted):
+            number = self._numbers(batch, row)
+            yield Block(batch, row, self.kind == "criteo_tsv", number, kept.take(batch.num_rows) if kept else {})
+            row += batch.num_rows
+
+    def _raw(self, wanted: list[str]) -> Iterator[pa.RecordBatch]:
+        bad = read.BadLines(strict=True)  # a score per row: a malformed line is an error, not skipped
+        if self.kind == "criteo_tsv":
+            stream = (b for _, _, b in read.read_inputs([self.path], self.schema, bad))
+        elif self.kind == "parquet":
+            stream = read._read_parquet(self.path, wanted)  # noqa: SLF001 - preprocessing's own reader
+        else:
+            stream = read._read_csv(self.path, self.schema, self.kind, wanted, bad)  # noqa: SLF001 - ditto
+        try:
+            while True:
+                try:
+                    batch = next(stream)
+                except StopIteration:
+                    return
+                except DlrmError as e:
+                    raise self.error(e) from None
+                if batch.num_rows:
+                    yield batch
+        finally:
+            stream.close()
+
+    def _numbers(self, batch: pa.RecordBatch, first: int) -> Callable[[int], int]:
+        """Row i of a block -> its line (CSV: found by a re-scan, on the error path only) or Parquet row."""
+        if self.kind == "criteo_tsv":
+            return lambda i: int(batch.column(locate.LINE_FIELD)[i].as_py()) + 1
+        if self.kind == "parquet":
+            return lambda i: first + i + 1
+        return lambda i: locate.line_of_row(self.path, self.schema, first + i) or first + i + 1
+
+    def error(self, e: DlrmError) -> RecordError:
+        """A reader's error (a malformed line, a cell pyarrow does not parse) as a problem of its line."""
+        text = str(e)
+        m = re.search(rf"{re.escape(str(self.path))}(?::| line | row )(\d+)", text)
+        col = _COLUMN.search(text)
+        column = col.group(1) if col and col.group(1) in self.schema.columns() else ""
+        if text.startswith(str(self.path)):
+            text = re.sub(rf"^{re.escape(str(self.path))}(?::\d+| line \d+| row \d+)?(?:, column '[^']*')?:?\s*", "",
+                          text)
+        return RecordError([FieldProblem(int(m.group(1)) if m else 0, column, None, text)], str(self.path), self.unit)
+
+    def _kept_batches(self, names: list[str]) -> Iterator[pa.RecordBatch]:
+        if self.kind == "parquet":
+            yield from pq.ParquetFile(str(self.path)).iter_batches(batch_size=self.block_rows, columns=self.keep)
+            return
+        kind = "tsv" if self.kind == "criteo_tsv" else self.kind
+        opts = pa_csv.ReadOptions(block_size=read.BLOCK_BYTES, use_threads=False,
+                                  column_names=None if self.schema.input.header else names)
+        convert = pa_csv.ConvertOptions(include_columns=self.keep, column_types={c: pa.string() for c in self.keep},
+                                        strings_can_be_null=False)
+        reader = pa_csv.open_csv(str(self.path), read_options=opts, parse_options=_parse_options(kind, self.schema),
+                                 convert_options=convert)
+        try:
+            yield from reader
+        except pa.ArrowInvalid as e:  # a malformed line: the feature read names it (it reads the same lines)
+            raise RecordError([FieldProblem(0, "", None, f"cannot be read ({str(e).splitlines()[0]})")],
+                              str(self.path), self.unit) from None
+        finally:
+            reader.close()
+
+    def _jsonl(self) -> Iterator[Block]:
+        detached_schema = detached(self.schema)
+        lines, records, row = [], [], 0
+        with self.path.open("rb") as f:
+            for number, raw_line in enumerate(f, start=1):
+                text = raw_line.strip()
+                if not text:
+                    continue
+                try:
+                    records.append(json.loads(text))
+                except (ValueError, RecursionError) as e:
+                    raise RecordError([FieldProblem(number, "", text[:80].decode("utf-8", "replace"),
+                                                    f"not a JSON object ({type(e).__name__}: {e})")],
+                                      str(self.path), "line") from None
+                lines.append(number)
+                if len(records) == self.block_rows:
+                    yield self._records_block(records, lines, row, detached_schema)
+                    row += len(records)
+                    lines, records = [], []
+        if records:
+            yield self._records_block(records, lines, row, detached_schema)
+        elif not row:
+            raise RecordError([FieldProblem(0, "", None, "the file holds no rows")], str(self.path), "line")
+
+    def _records_block(self, records: list, lines: list[int], row: int, schema: FeatureSchema) -> Block:
+        batch, problems = records_batch(records, schema, lines)
+        if problems:
+            raise RecordError(problems, str(self.path), "line")
+        self.has_label = self.has_label and all(isinstance(r, Mapping) and r.get(self.schema.label.column) is not None
+                                                for r in records)
+        kept = {c: [r.get(c) for r in records] for c in self.keep}
+        return Block(batch, row, False, lambda i, lines=lines: lines[i], kept)
+
+
+class _KeptCells:
+    """The --keep columns' cells, taken in step with the feature read's batches."""
+
+    def __init__(self, batches: Iterator[pa.RecordBatch]) -> None:
+        self.batches, self.buffer = batches, None
+
+    def take(self, n: int) -> dict[str, list[Any]]:
+        parts, have = [], 0
+        while have < n:
+            if self.buffer is None or not self.buffer.num_rows:
+                self.buffer = next(self.batches, None)
+                if self.buffer is None:
+                    break
+            piece = self.buffer.slice(0, n - have)
+            self.buffer = self.buffer.slice(piece.num_rows)
+            parts.append(piece)
+            have += piece.num_rows
+        table = pa.Table.from_batches(parts) if parts else None
+        return {c: table.column(c).to_pylist() if table is not None else [] for c in (table.schema.names if table else [])}
