@@ -117,11 +117,30 @@ def text_order(texts: pa.Array, first: Optional[np.ndarray] = None) -> np.ndarra
 
 
 # -- distinct texts, each with a dense id -------------------------------------------------------------
+_ID_BITS = np.uint64(40)  # a slot's meta word: id + 1 in the low 40 bits, the text's length (capped) above
+_ID_MASK = np.uint64((1 << 40) - 1)
+_LONG = 0xFFFFFF  # length field of a text too long for it: its length is compared from the text store
+INLINE = 16  # texts up to this many bytes are confirmed from their slot alone (one cache line per probe)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _words(data, lo, size):  # pragma: no cover - compiled
+    """The first 16 bytes of a text as two little-endian words, zero padded."""
+    w0 = np.uint64(0)
+    w1 = np.uint64(0)
+    for k in range(min(size, 8)):
+        w0 |= np.uint64(data[lo + k]) << np.uint64(8 * k)
+    for k in range(8, min(size, 16)):
+        w1 |= np.uint64(data[lo + k]) << np.uint64(8 * (k - 8))
+    return w0, w1
+
+
 @njit(cache=True, nogil=True)
 def _intern(offsets, data, hashes, missing, slots, keys, starts, buf, n, used, out):  # pragma: no cover
     """Ids of a block's texts (-1: missing), new texts appended; returns (n, used, i, j): i >= 0 is
-    a text whose hash is text j's while its bytes are not. A slot holds (hash, id + 1; 0 = empty)
-    side by side: one cache line per probe."""
+    a text whose hash is text j's while its bytes are not. A slot is (hash, id + 1 | length << 40,
+    bytes 0..7, bytes 8..15; meta 0: empty): a text of up to 16 bytes is confirmed byte
+    for byte from its slot, without a second memory access; a longer one from the text store."""
     mask = np.uint64(len(slots) - 1)
     for i in range(len(hashes)):
         if missing[i]:
@@ -130,11 +149,16 @@ def _intern(offsets, data, hashes, missing, slots, keys, starts, buf, n, used, o
         h = hashes[i]
         lo = offsets[i]
         size = offsets[i + 1] - lo
+        w0, w1 = _words(data, lo, size)
+        length = np.uint64(min(size, _LONG))
         s = h & mask
         while True:
-            if slots[s, 1] == 0:
+            meta = slots[s, 1]
+            if meta == 0:
                 slots[s, 0] = h
-                slots[s, 1] = n + 1
+                slots[s, 1] = np.uint64(n + 1) | (length << _ID_BITS)
+                slots[s, 2] = w0
+                slots[s, 3] = w1
                 keys[n] = h
                 buf[used: used + size] = data[lo: lo + size]
                 used += size
@@ -143,13 +167,17 @@ def _intern(offsets, data, hashes, missing, slots, keys, starts, buf, n, used, o
                 n += 1
                 break
             if slots[s, 0] == h:
-                j = np.int64(slots[s, 1]) - 1
-                a = starts[j]
-                if starts[j + 1] - a != size:
+                j = np.int64(meta & _ID_MASK) - 1
+                same = (meta >> _ID_BITS) == length and slots[s, 2] == w0 and slots[s, 3] == w1
+                if same and size > INLINE:
+                    a = starts[j]
+                    same = starts[j + 1] - a == size
+                    k = INLINE
+                    while same and k < size:
+                        same = buf[a + k] == data[lo + k]
+                        k += 1
+                if not same:
                     return n, used, i, j
-                for k in range(size):
-                    if buf[a + k] != data[lo + k]:
-                        return n, used, i, j
                 out[i] = j
                 break
             s = (s + np.uint64(1)) & mask
@@ -172,7 +200,7 @@ class Interner:
 
     def __init__(self) -> None:
         self.n, self.used = 0, 0
-        self.slots = np.zeros((1 << 10, 2), np.uint64)  # (hash, id + 1); 0: empty
+        self.slots = np.zeros((1 << 10, 4), np.uint64)  # (hash, id + 1 | length << 40, bytes 0..15); 0: empty
         self.keys = np.zeros(1 << 9, np.uint64)
         self.starts = np.zeros((1 << 9) + 1, np.int64)
         self.buf = np.zeros(1 << 16, np.uint8)
@@ -198,10 +226,10 @@ class Interner:
         self.keys = _grown(self.keys, self.n + rows)
         self.starts = _grown(self.starts, self.n + rows + 1)
         self.buf = _grown(self.buf, self.used + nbytes)
-        if 2 * (self.n + rows) > len(self.slots):  # rebuilt at twice the size: at most half full
-            size = 1 << int(3 * (self.n + rows) - 1).bit_length()
-            self.slots = np.zeros((size, 2), np.uint64)
-            _reslot(self.keys[: self.n], self.slots)
+        if 2 * (self.n + rows) > len(self.slots):  # rebuilt larger: at most half full
+            slots = np.zeros((1 << int(2 * (self.n + rows) - 1).bit_length(), 4), np.uint64)
+            _reslot(self.slots, slots)
+            self.slots = slots
 
     def text(self, i: int) -> str:
         return bytes(self.buf[self.starts[i]: self.starts[i + 1]]).decode("utf-8", "replace")
@@ -225,14 +253,16 @@ class Collision(Exception):
 
 
 @njit(cache=True, nogil=True)
-def _reslot(keys, slots):  # pragma: no cover - compiled
+def _reslot(old, slots):  # pragma: no cover - compiled
+    """Every used slot of ``old`` moved into the larger, empty ``slots``."""
     mask = np.uint64(len(slots) - 1)
-    for j in range(len(keys)):
-        s = keys[j] & mask
+    for r in range(len(old)):
+        if old[r, 1] == 0:
+            continue
+        s = old[r, 0] & mask
         while slots[s, 1] != 0:
             s = (s + np.uint64(1)) & mask
-        slots[s, 0] = keys[j]
-        slots[s, 1] = j + 1
+        slots[s] = old[r]
 
 
 def _fnv1a_of(offsets: np.ndarray, data: np.ndarray, n: int) -> np.ndarray:

@@ -69,6 +69,8 @@ class Report:
     examples: list[str] = field(default_factory=list)
     seconds: float = 0.0
     up_to_date: bool = False
+    split_fractions: dict[str, float] = field(default_factory=dict)  # a time split's realised shares of the rows
+    warnings: list[str] = field(default_factory=list)
 
 
 # -- the job record -----------------------------------------------------------------------------
@@ -78,8 +80,9 @@ def _job(opts: Options) -> dict[str, Any]:
 
 def _done(out: Path) -> Report:
     meta = layout.read_meta(out)
+    fractions = meta.get("split_fractions") or {}
     return Report(rows_read=meta["rows_read"], rows={s: meta["splits"][s]["rows"] for s in SPLITS},
-                  skipped=meta["skipped"], up_to_date=True)
+                  skipped=meta["skipped"], up_to_date=True, split_fractions={s: fractions[s] for s in fractions and SPLITS})
 
 
 # -- passes ---------------------------------------------------------------------------------------
@@ -87,22 +90,38 @@ def _bar(opts: Options, desc: str) -> tqdm:
     return tqdm(desc=desc, unit=" rows", unit_scale=True, disable=not opts.progress)
 
 
-def _time_cutoffs(opts: Options) -> Optional[tuple[float, float]]:
-    """The times where val and test begin (quantiles of the time column at the fractions)."""
-    s = opts.schema.split
-    if s.by != "time":
+def _time_cutoffs(opts: Options, report: Report) -> Optional[tuple[float, float]]:
+    """The times where val and test begin, from a pass over the time column."""
+    if opts.schema.split.by != "time":
         return None
     times = []
     with _bar(opts, "time split") as bar:
         for _, _, batch in read_inputs(opts.inputs, opts.schema, BadLines(strict=opts.strict), workers=opts.workers):
             times.append(encode.times_of(batch, opts.schema))
             bar.update(batch.num_rows)
-    t = np.concatenate(times) if times else np.zeros(0)
+    return time_cutoffs(opts.schema, np.concatenate(times) if times else np.zeros(0), report)
+
+
+FRACTION_SLACK = 0.02  # a realised time-split fraction further than this from the schema's is warned about
+
+
+def time_cutoffs(schema: FeatureSchema, t: np.ndarray, report: Report) -> tuple[float, float]:
+    """The times where val and test begin: quantiles of every row's time at the fractions. Rows
+    with one time stay in one split, so with ties the realised fractions differ from those asked:
+    they go into ``report`` (``split_fractions``), with a warning for any off by more than 0.02."""
+    s = schema.split
     f = s.fractions
     cutoffs = float(np.quantile(t, f[0])), float(np.quantile(t, f[0] + f[1])) if f[2] > 0 else float("inf")
-    split = (t >= cutoffs[0]).astype(np.int8) + (t >= cutoffs[1]).astype(np.int8)
-    refuse_empty_splits(opts.schema, {name: int((split == k).sum()) for k, name in enumerate(SPLITS)},
-                        f" by time column {s.column!r} (cut-offs {cutoffs[0]:g}, {cutoffs[1]:g}: ties stay together)")
+    val, test = int((t >= cutoffs[0]).sum()), int((t >= cutoffs[1]).sum())
+    rows = {"train": len(t) - val, "val": val - test, "test": test}
+    how = f" by time column {s.column!r} (cut-offs {cutoffs[0]:g}, {cutoffs[1]:g}: ties stay together)"
+    refuse_empty_splits(schema, rows, how)
+    report.split_fractions = {k: n / max(len(t), 1) for k, n in rows.items()}
+    off = [k for k, want in zip(SPLITS, f) if abs(report.split_fractions[k] - want) > FRACTION_SLACK]
+    if off:
+        got = ", ".join(f"{k} {report.split_fractions[k]:.3f} (asked {want:g})" for k, want in zip(SPLITS, f))
+        report.warnings.append(f"the split{how} gives {got}: {off} off by more than {FRACTION_SLACK} because rows "
+                               f"with one time stay in one split; use a finer time column or other fractions")
     return cutoffs
 
 
@@ -312,11 +331,11 @@ def _run(opts: Options) -> Report:
     if staging.supported(opts.schema):  # one read: the cut-offs, the fit and the write from staged columns
         schema, cutoffs, splits, report = staging.run(opts)
     else:
-        cutoffs = _time_cutoffs(opts)
+        report = Report()
+        cutoffs = _time_cutoffs(opts, report)
         days = _days(opts)
         fit = _fit(opts, cutoffs, days)
         schema = opts.schema.with_fitted(fit["vocab_rows"], {k: tuple(v) for k, v in fit["scales"].items()})
-        report = Report()
         splits = _write(opts, schema, cutoffs, report, days)
     report.rows = {s: splits[s]["rows"] for s in SPLITS}
     refuse_empty_splits(opts.schema, report.rows)
@@ -324,6 +343,6 @@ def _run(opts: Options) -> Report:
     layout.write_meta(opts.out_dir, {
         "schema": schema.to_dict(), "splits": splits, "rows_read": report.rows_read,
         "skipped": report.skipped, "malformed_examples": report.examples,
-        "time_cutoffs": list(cutoffs) if cutoffs else None,
+        "time_cutoffs": list(cutoffs) if cutoffs else None, "split_fractions": report.split_fractions or None,
     })
     return report

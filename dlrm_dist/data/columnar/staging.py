@@ -238,17 +238,6 @@ def read_blocks(opts: Any, schema: FeatureSchema, bad: read.BadLines, distinct: 
 
 
 # -- cut-offs and fit ---------------------------------------------------------------------------------
-def time_cutoffs(schema: FeatureSchema, t: np.ndarray, refuse: Callable[..., None]) -> tuple[float, float]:
-    """The times where val and test begin: quantiles of every row's time at the fractions."""
-    s = schema.split
-    f = s.fractions
-    cutoffs = float(np.quantile(t, f[0])), float(np.quantile(t, f[0] + f[1])) if f[2] > 0 else float("inf")
-    val, test = int((t >= cutoffs[0]).sum()), int((t >= cutoffs[1]).sum())
-    refuse(schema, {"train": len(t) - val, "val": val - test, "test": test},
-           f" by time column {s.column!r} (cut-offs {cutoffs[0]:g}, {cutoffs[1]:g}: ties stay together)")
-    return cutoffs
-
-
 class _Vocabulary:
     """A table's vocabulary fitted from the staged ids: counts over the training rows per distinct
     value; ``vocabulary`` orders them as encode's vocabularies are ordered."""
@@ -405,7 +394,7 @@ def _staged(opts: Any, driver: Any, stage: _Stage, done: Optional[dict[str, Any]
     last = stage.blocks[-1] if stage.blocks else None
     rows = last.row0 + last.rows if last else 0
     report.rows_read, report.skipped, report.examples = rows + bad.count, bad.count, bad.examples
-    cutoffs = time_cutoffs(schema, stage.times(), driver.refuse_empty_splits) if schema.split.by == "time" else None
+    cutoffs = driver.time_cutoffs(schema, stage.times(), report) if schema.split.by == "time" else None
     if done is None:
         done, maps = _fit_and_save(opts, driver, stage, cutoffs, distinct)
     else:  # a rerun after the fit: the vocabularies written then
