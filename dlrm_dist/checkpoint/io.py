@@ -34,7 +34,7 @@ from torch.distributed.checkpoint.metadata import Metadata
 
 from dlrm_dist.errors import refusal_text
 from dlrm_dist.checkpoint import integrity, optim_state, reader, store
-from dlrm_dist.checkpoint.manifest import CheckpointError, FileSum, Manifest, RunInfo, schema_changes
+from dlrm_dist.checkpoint.manifest import BestMark, CheckpointError, FileSum, Manifest, RunInfo, schema_changes
 from dlrm_dist.distributed.weights import table_of
 from dlrm_dist.optimizer_registry import DENSE
 
@@ -130,11 +130,12 @@ def verified_metadata(path: Path, manifest: Manifest) -> Metadata:
 
 
 def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: Any,
-                    info: RunInfo, keep_last: int = 3) -> Path:
+                    info: RunInfo, keep_last: int = 3, best: Optional[BestMark] = None) -> Path:
     """Writes and publishes checkpoint ``step`` (a collective: every rank calls it).
 
     ``optimizer`` is the training's CombinedOptimizer; ``info.embedding_optimizer`` names
-    the embedding optimizer (its state names).
+    the embedding optimizer (its state names). ``best`` (early stopping) goes in the
+    manifest, and its step's checkpoint survives the pruning.
     """
     root = Path(root)
     tmp = store.tmp_dir(root, step)
@@ -149,7 +150,7 @@ def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: An
     dist.barrier()  # every rank's files are closed: they are checksummed now
     files = _checksum_files(tmp)
     if dist.get_rank() == 0:
-        manifest = Manifest(step, dist.get_world_size(), tables_of(state["model"]), info, files)
+        manifest = Manifest(step, dist.get_world_size(), tables_of(state["model"]), info, files, best=best)
         store.publish(root, manifest, keep_last)
     dist.barrier()
     return store.step_dir(root, step)

@@ -3,12 +3,15 @@
 The policy (``CheckpointPolicy``, from ``[train]``): where checkpoints go, how often one is
 due, how many are kept, whether a run resumes from the newest one, and which checkpoint a
 run starts from. ``CheckpointManager`` applies it: it says at which steps a save is due,
-saves (publishing atomically and purging old ones), and restores at start-up (after
-clearing what a killed job left half-written). The trainer only asks it.
+saves (publishing atomically and purging old ones, never the best evaluation's), and
+restores at start-up (after clearing what a killed job left half-written). The trainer only
+asks it. ``export_source`` says which checkpoint a run directory or a checkpoint root means
+to dlrm-export: the best evaluation's, unless a step is named.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +20,8 @@ from typing import Any, Optional
 from torch import nn
 
 from dlrm_dist.checkpoint.io import discard_partial_writes, load_checkpoint, save_checkpoint
-from dlrm_dist.checkpoint.manifest import CheckpointError, RunInfo
-from dlrm_dist.checkpoint.store import latest_checkpoint
+from dlrm_dist.checkpoint.manifest import MANIFEST, BestMark, CheckpointError, Manifest, RunInfo
+from dlrm_dist.checkpoint.store import latest_checkpoint, published, step_dir, step_of
 from dlrm_dist.config.sections import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ class CheckpointManager:
 
     def __init__(self, policy: CheckpointPolicy, model: nn.Module, optimizer: Any, info: RunInfo) -> None:
         self.policy, self.model, self.optimizer, self.info = policy, model, optimizer, info
+        self.restored_best: Optional[BestMark] = None  # the best evaluation named by the checkpoint restored
 
     def due_steps(self, total_steps: int) -> list[int]:
         """The steps (up to and including ``total_steps``) after which a checkpoint is written."""
@@ -53,13 +57,27 @@ class CheckpointManager:
             return []
         return sorted(set(range(p.interval, total_steps, p.interval) if p.interval else []) | {total_steps})
 
-    def save(self, step: int) -> Path:
-        """Writes and publishes checkpoint ``step``, then purges all but the last ``keep_last``."""
+    @property
+    def enabled(self) -> bool:
+        """Whether checkpoints are written at all (a checkpoint directory is configured)."""
+        return bool(self.policy.directory)
+
+    def save(self, step: int, best: Optional[BestMark] = None) -> Path:
+        """Writes and publishes checkpoint ``step``, then purges all but the last ``keep_last``
+        (and the checkpoint of ``best``, the best evaluation so far, which its manifest names)."""
         if not self.policy.directory:
             raise CheckpointError("no checkpoint directory is configured (train.checkpoint_dir)")
         path = save_checkpoint(self.policy.directory, step, self.model, self.optimizer, self.info,
-                               keep_last=self.policy.keep_last)
-        logger.info("checkpoint @ step %d: %s", step, path)
+                               keep_last=self.policy.keep_last, best=best)
+        logger.info("checkpoint @ step %d: %s%s", step, path, " (the best evaluation so far)"
+                    if best is not None and best.step == step else "")
+        return path
+
+    def load_weights(self, step: int) -> Path:
+        """Loads the weights of this run's checkpoint ``step`` (the best one, at the end of a run)."""
+        path = step_dir(Path(self.policy.directory or "."), step)
+        load_checkpoint(path, self.model, None, self.info)
+        logger.info("loaded %s (step %d, weights only)", path, step)
         return path
 
     def restore(self, weights_only: bool = False) -> Optional[int]:
@@ -78,6 +96,7 @@ class CheckpointManager:
         if path is None:
             return None
         step = load_checkpoint(path, self.model, None if weights_only else self.optimizer, self.info)
+        self.restored_best = Manifest.read(path).best  # early stopping counts on from where it was
         logger.info("loaded %s (step %d%s)", path, step, ", weights only" if weights_only else "")
         return step
 
@@ -93,3 +112,68 @@ class CheckpointManager:
             else:
                 logger.warning("could not remove %s, a checkpoint a killed job did not finish (%s); "
                                "remove it by hand", path, error)
+
+
+# -- which checkpoint a run directory or checkpoint root means (dlrm-export RUN_OR_CKPT) ---------
+@dataclass(frozen=True)
+class ExportSource:
+    """One checkpoint directory, its step, and why it was chosen (for the user)."""
+
+    path: Path
+    step: int
+    why: str
+
+
+def _run_config(run_dir: Path) -> Path:
+    from dlrm_dist.metrics.runs import CONFIG_FILE  # the run directory's file names have their home there
+
+    return run_dir / CONFIG_FILE
+
+
+def _run_checkpoint_root(run_dir: Path) -> Path:
+    """The checkpoint_dir a run directory's saved config names (CheckpointError if it has none)."""
+    config = _run_config(run_dir)
+    try:
+        root = json.loads(config.read_text())["train"]["checkpoint_dir"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{run_dir} is neither a checkpoint nor a checkpoint directory, and its {CONFIG_FILE} "
+                              f"does not name one ({type(e).__name__}: {e})") from None
+    if not root:
+        raise CheckpointError(f"{run_dir} is a run directory whose run wrote no checkpoints "
+                              "(train.checkpoint_dir was unset): nothing to export")
+    return Path(root)  # as the run wrote it (a relative one: from where the run was started)
+
+
+def export_source(path: str | Path, step: Optional[int] = None) -> ExportSource:
+    """The checkpoint ``path`` means: itself if it is one; in a checkpoint root (or the root a run
+    directory's config names) checkpoint ``step`` if given, else the best evaluation's (its newest
+    manifest names it), else the newest."""
+    p = Path(path)
+    if (p / MANIFEST).is_file():
+        own = Manifest.read(p).step
+        if step is not None and step != own:
+            raise CheckpointError(f"{p} is the checkpoint of step {own}, not {step}: name its directory's parent "
+                                  "(the checkpoint_dir) to choose a step")
+        return ExportSource(p, own, "the checkpoint named")
+    root = p if published(p) or not _run_config(p).is_file() else _run_checkpoint_root(p)
+    found = published(root)
+    if not found:
+        raise CheckpointError(f"no complete checkpoint in {root}" + (f" (the checkpoint_dir of run {p})"
+                                                                      if root != p else ""))
+    steps = {step_of(c): c for c in found}
+    if step is not None:
+        if step not in steps:
+            raise CheckpointError(f"{root} has no checkpoint of step {step}; it has steps "
+                                  f"{', '.join(map(str, sorted(steps)))}")
+        return ExportSource(steps[step], step, "the step named (--step)")
+    best = Manifest.read(found[-1]).best
+    if best is not None and best.step in steps:
+        return ExportSource(steps[best.step], best.step,
+                            f"the best evaluation ({best.metric} {best.value:.4f}; the newest is step {step_of(found[-1])})")
+    why = "the newest checkpoint" + ("" if best is None else f" (the best, step {best.step}, is no longer there)")
+    return ExportSource(found[-1], step_of(found[-1]), why + ("" if best else ": the run kept no best evaluation"))
+
+
+def resolve_export_source(path: str | Path, step: Optional[int] = None) -> Path:
+    """``export_source(path, step).path``: one checkpoint directory for dlrm-export."""
+    return export_source(path, step).path

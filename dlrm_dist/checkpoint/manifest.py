@@ -4,8 +4,10 @@
 it last, so its presence means the checkpoint is complete). It names the step, the world
 size it was written at, every table's shape, the run's identity (optimizers, plan,
 resolved config, whose ``features`` is the fitted feature schema, and that schema's
-fingerprint), and the size and CRC32C of every other file of the checkpoint
-(integrity.py), which every reader verifies before DCP opens a file.
+fingerprint), the size and CRC32C of every other file of the checkpoint (integrity.py),
+which every reader verifies before DCP opens a file, and, under early stopping, the best
+evaluation so far (``best``: its step, metric and value; store.py never prunes that step's
+checkpoint, and dlrm-export exports it unless a step is named).
 
 Version 2 manifests (written before checksums) are still read: their files cannot be
 verified, which the reader says in one warning. They hold nothing else a reader relies on
@@ -16,6 +18,7 @@ allow-list reader, so refusing them would only strand runs that are otherwise so
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -65,6 +68,37 @@ class FileSum:
 
 
 @dataclass(frozen=True)
+class BestMark:
+    """The best evaluation so far and how many evaluations have not improved on it since."""
+
+    step: int
+    metric: str
+    mode: str  # "max" or "min"
+    value: float
+    stale: int = 0  # evaluations since the best without an improvement
+    stopped: bool = False  # the rule said stop (a resumed run does not train on)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "metric": self.metric, "mode": self.mode, "value": self.value,
+                "stale": self.stale, "stopped": self.stopped}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "BestMark":
+        """From a manifest's ``best`` (ValueError/TypeError/KeyError name what is wrong)."""
+        if not isinstance(d, dict):
+            raise TypeError(f"best is {d!r}, not an object")
+        step, stale = d["step"], d.get("stale", 0)
+        if type(step) is not int or step < 0 or type(stale) is not int or stale < 0:
+            raise ValueError(f"best.step and best.stale must be integers >= 0, got {step!r}, {stale!r}")
+        if d["mode"] not in ("max", "min") or not isinstance(d["metric"], str):
+            raise ValueError(f"best.mode must be max or min and best.metric a name, got {d['mode']!r}, {d['metric']!r}")
+        value = d["value"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"best.value must be a finite number, got {value!r}")
+        return cls(step, d["metric"], d["mode"], float(value), stale, bool(d.get("stopped", False)))
+
+
+@dataclass(frozen=True)
 class RunInfo:
     """What identifies the run that writes (or loads) a checkpoint."""
 
@@ -99,6 +133,7 @@ class Manifest:
     info: RunInfo
     files: Optional[dict[str, FileSum]] = field(default_factory=dict)  # name -> size, CRC32C; None: v2 (unverifiable)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+    best: Optional[BestMark] = None  # early stopping: the best evaluation when this checkpoint was written
 
     def to_dict(self) -> dict[str, Any]:
         schema = self.info.schema("this run")
@@ -107,7 +142,8 @@ class Manifest:
                 "embedding_optimizer": self.info.embedding_optimizer, "dense_optimizer": self.info.dense_optimizer,
                 "plan": self.info.plan, "config": self.info.config,
                 "schema_fingerprint": schema.fingerprint() if schema else None,
-                "files": {n: s.to_dict() for n, s in sorted((self.files or {}).items())}}
+                "files": {n: s.to_dict() for n, s in sorted((self.files or {}).items())},
+                "best": self.best.to_dict() if self.best else None}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], origin: str) -> "Manifest":
@@ -116,7 +152,8 @@ class Manifest:
                                   f"v{' or v'.join(map(str, READABLE))}")
         try:
             manifest = cls(_int(d["step"], "step"), _int(d["world_size"], "world_size"), _tables(d["tables"]),
-                           _info(d), _files(d) if d["version"] >= 3 else None, str(d.get("created", "")))
+                           _info(d), _files(d) if d["version"] >= 3 else None, str(d.get("created", "")),
+                           None if d.get("best") is None else BestMark.from_dict(d["best"]))
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
             raise CheckpointError(f"{origin}: the manifest is malformed ({type(e).__name__}: {e})") from None
         manifest._check_fingerprint(d.get("schema_fingerprint"), origin)

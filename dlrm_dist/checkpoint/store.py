@@ -5,7 +5,9 @@
                               (io.discard_partial_writes removes those when a job starts)
 
 A checkpoint is written under a ``.tmp`` name and renamed once every rank has finished and
-the manifest (written last) is in place, so a reader sees a whole checkpoint or none.
+the manifest (written last) is in place, so a reader sees a whole checkpoint or none. After
+publishing, all but the newest ``keep_last`` are removed, except the one the new manifest
+names as the best evaluation's (early stopping): at most ``keep_last + 1`` remain.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def published(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and p.suffix != ".tmp" and (p / MANIFEST).is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return sorted(found, key=step_of)
 
 
 def latest_checkpoint(path: str | Path) -> Optional[Path]:
@@ -57,7 +59,20 @@ def publish(root: Path, manifest: Manifest, keep_last: int) -> Path:
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    if keep_last > 0:
-        for old in published(root)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+    protected = {manifest.best.step} if manifest.best else set()
+    for old in to_prune(published(root), keep_last, protected):
+        shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def step_of(path: Path) -> int:
+    """The step of a checkpoint directory named ``step_NNNNNNNN``."""
+    return int(Path(path).name[len(PREFIX):])
+
+
+def to_prune(found: list[Path], keep_last: int, protected: set[int]) -> list[Path]:
+    """Of ``found`` (published, oldest first), those beyond the newest ``keep_last`` (0: keep all),
+    except the ``protected`` steps (the best evaluation's checkpoint, kept whatever keep_last says)."""
+    if keep_last <= 0:
+        return []
+    return [p for p in found[:-keep_last] if step_of(p) not in protected]

@@ -1,6 +1,7 @@
 """dlrm-export: a checkpoint as an unsharded inference program (torch.export) with its manifest.
 
-    dlrm-export runs/ckpt --out exported/                  # float32 tables
+    dlrm-export runs/ckpt --out exported/                  # float32 tables, the best checkpoint
+    dlrm-export runs/latest --step 400 --out exported/     # a run directory, checkpoint 400
     dlrm-export runs/ckpt --out exported-int8/ --quantize int8 [--data DIR]
 
 int8 scores the float and int8 models on the training config's eval split (from --data on
@@ -26,7 +27,10 @@ DEFAULT_LIMITS = (0.005, 0.01)  # serving.export.CostLimits' defaults (not impor
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("checkpoint", help="a checkpoint (step_NNNNNNNN) or a checkpoint_dir (its newest)")
+    p.add_argument("checkpoint", metavar="RUN_OR_CKPT",
+                   help="a checkpoint (step_NNNNNNNN), a checkpoint_dir or a run directory (its checkpoint_dir): "
+                        "the best evaluation's checkpoint (early stopping), else the newest, unless --step names one")
+    p.add_argument("--step", type=int, metavar="N", help="export checkpoint N of the checkpoint_dir or run")
     p.add_argument("--out", required=True, help="the export directory to write")
     p.add_argument("--quantize", choices=("none", "int8"), default="none", help="table storage (default float32)")
     p.add_argument("--data", help="the preprocessed data directory on this machine (int8 AUC comparison)")
@@ -46,12 +50,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dlrm_dist.checkpoint.manager import export_source
     from dlrm_dist.fileio import DirLock
     from dlrm_dist.serving.export import CostLimits, export_checkpoint  # torch: after argument parsing
 
     limits = CostLimits(args.max_auc_loss, args.max_logloss_increase)
+    source = export_source(args.checkpoint, args.step)  # which checkpoint RUN_OR_CKPT means, and why
+    print(f"exporting step {source.step} ({source.why}): {source.path}", file=sys.stderr if args.json else sys.stdout)
     with DirLock(args.out, f"{PROG} --out"):  # one writer per export directory
-        manifest = export_checkpoint(args.checkpoint, args.out, args.quantize, args.data, not args.no_progress,
+        manifest = export_checkpoint(str(source.path), args.out, args.quantize, args.data, not args.no_progress,
                                      limits)
     shown = manifest.model_dump(mode="json", exclude={"config"})
     if args.json:

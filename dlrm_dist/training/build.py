@@ -9,6 +9,7 @@ weights, builds optimizers.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,11 @@ from dlrm_dist.planning.plan import make_plan
 from dlrm_dist.planning.planfile import PlanFile
 from dlrm_dist.planning.storage import check_job_storage
 from dlrm_dist.planning.types import JobSpec
+from dlrm_dist.training.length import resolve_length
 from dlrm_dist.training.optimizer_setup import LRSchedule, ScheduledLR, build_optimizer, mark_embedding_optimizer
 from dlrm_dist.training.trainer import Trainer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,6 +103,9 @@ def prepare(cfg: Config, env: DistEnv) -> Prepared:
     if cfg.train.checkpoint_dir and not cfg.train.inference_only:
         check_writable(cfg.train.checkpoint_dir, "train.checkpoint_dir", CheckpointError)
     data = build_data(cfg, schema)
+    cfg, decided = resolve_length(cfg, data)  # train.steps from epochs, early stopping's default: the data says
+    for line in decided:
+        logger.info(line)
     model = build_model(spec, seed=cfg.train.seed)
     mark_embedding_optimizer(model, cfg.optim)
     pooling = table_pooling(schema, data)

@@ -3,6 +3,11 @@
 Training runs in segments between evaluations. Each segment is drained through TorchRec's
 ``TrainPipelineSparseDist`` (which starts the next batch's input all-to-all while the
 current one computes), so an evaluation never meets batches in flight.
+
+Under early stopping (training/early_stop.py) each evaluation is judged; one that improves
+is checkpointed (when a checkpoint_dir is set), the run stops after ``patience`` evaluations
+without an improvement, and at the end the best model is loaded and scored once on the test
+split, if the data has one.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dlrm_dist.checkpoint import CheckpointManager
+from dlrm_dist.checkpoint.manifest import BestMark
 from dlrm_dist.config.sections import Config
 from dlrm_dist.data import Dataset, teacher_auc
 from dlrm_dist.data.prefetch import Prefetcher
@@ -26,10 +32,12 @@ from dlrm_dist.distributed.commstats import CommCounter
 from dlrm_dist.distributed.env import DistEnv
 from dlrm_dist.distributed.parallel import restore_optimizer_step, train_pipeline
 from dlrm_dist.errors import EXIT_DIVERGED, DlrmError
-from dlrm_dist.metrics.eval import EvalMetrics, EvalResult
+from dlrm_dist.metrics.eval import METRIC_NAMES, EvalMetrics, EvalResult
 from dlrm_dist.metrics.log import MetricsLog
 from dlrm_dist.features.schema import FeatureSchema
 from dlrm_dist.training.divergence import diverged_fields, diverged_message, find_bad_input
+from dlrm_dist.training.early_stop import StopRule, Verdict, rank0_value
+from dlrm_dist.training.length import split_rows
 from dlrm_dist.training.optimizer_setup import ScheduledLR
 from dlrm_dist.training.timing import WindowTimer
 
@@ -54,10 +62,28 @@ class TrainResult:
     # measured on each rank (train and eval steps both count; see distributed/commstats.py).
     a2a_bytes_per_sample: list[float] = field(default_factory=list)
     teacher_auc: Optional[float] = None  # synthetic data only: the best reachable AUC
+    step: int = 0  # the model's step at the end (the checkpoint's, for --inference-only)
+    # Early stopping (None when it is off):
+    best: Optional[BestMark] = None  # the best evaluation (of this run or, resumed, of an earlier process)
+    best_kept: bool = False  # its checkpoint exists (a checkpoint_dir was set)
+    stopped: Optional[str] = None  # why the run stopped before train.steps
+    test: Optional[EvalResult] = None  # the test split, scored once at the end
+    test_model: Optional[str] = None  # "best" or "last": which model the test score is of
 
     @property
     def final_eval(self) -> Optional[EvalResult]:
         return self.evals[-1] if self.evals else None
+
+    @property
+    def best_eval(self) -> Optional[EvalResult]:
+        """The best evaluation's full metrics, if this process ran it."""
+        return next((e for e in self.evals if self.best and e.step == self.best.step), None)
+
+
+def test_line(result: EvalResult, split: str = "test", model: Optional[str] = None) -> str:
+    """``test (best, step 100): auc 0.9433  ne ...``: a split scored with a named model."""
+    parts = "  ".join(f"{name} {getattr(result, name):.4f}" for name in METRIC_NAMES)
+    return f"{split} ({model or 'last'}, step {result.step}): {parts}  ({result.samples:,} samples)"
 
 
 class Trainer:
@@ -83,6 +109,8 @@ class Trainer:
         self.comms = CommCounter()
         self.train_seconds = 0.0
         self.last_rank_step_ms: list[float] = []  # each rank's mean step time over the last log window
+        es = cfg.train.early_stop
+        self.stop = StopRule(es.metric, es.direction, es.patience, es.min_delta) if es.enabled else None
 
     # -- the loop -----------------------------------------------------------------------
     def train(self) -> TrainResult:
@@ -95,26 +123,41 @@ class Trainer:
     def _train(self) -> TrainResult:
         result = TrainResult(teacher_auc=teacher_auc(self.data, self.cfg.train.global_batch_size))
         if self.cfg.train.inference_only:
-            self.checkpoints.restore(weights_only=True)
+            self.step = self.checkpoints.restore(weights_only=True) or 0  # evaluated at the checkpoint's step
             self.log.start(resumed=False)
             result.evals.append(self.evaluate())
+            result.step = self.step
             return result
         resumed = self.checkpoints.restore()
         if resumed is not None:
             self.step = resumed
             restore_optimizer_step(self.model, resumed)  # fbgemm's Adam step counter is not in the checkpoint
+        self.start_stopping()
         self.log.start(resumed=self.step > 0, step=self.step)
         bar = tqdm(total=self.cfg.train.steps, initial=self.step, desc="train", unit="step",
                    disable=not (self.env.is_main and self.cfg.train.progress))
         for end, actions in self.schedule():
+            if self.stop is not None and self.stop.stopped:
+                result.stopped = self.stop.reason()  # resumed where the run stopped: it stays stopped
+                break
             self.train_segment(end, result, bar)
-            if "checkpoint" in actions:
-                self.checkpoints.save(self.step)
-            if "eval" in actions:
+            verdict = None
+            if "eval" in actions:  # before the checkpoint: its manifest names the best as of this step
                 result.evals.append(self.evaluate())
+                verdict = self.judge(result.evals[-1])
+            if "checkpoint" in actions or (verdict and (verdict.improved or verdict.stop) and self.checkpoints.enabled):
+                self.checkpoints.save(self.step, best=self.stop.best if self.stop else None)
+            if verdict and verdict.stop:
+                result.stopped = self.stop.reason()
+                self.log.write("early_stop", self.step, reason=result.stopped, best_step=self.stop.best_step)
+                logger.info("early stop at step %d: %s", self.step, result.stopped)
+                break
         bar.close()
         if not result.evals:  # resumed at the last step: still report the model
             result.evals.append(self.evaluate())
+        result.step = self.step
+        if self.stop is not None:
+            self.finish_best(result)
         result.samples_per_s = len(result.losses) * self.cfg.train.global_batch_size / max(self.train_seconds, 1e-9)
         result.rank_step_ms = self.rank_step_ms()
         result.a2a_bytes_per_sample = self.exchange_bytes_per_sample()
@@ -163,15 +206,61 @@ class Trainer:
         loss, _, _ = self.pipeline.progress(batches)
         return loss.detach()
 
+    # -- early stopping and the best model ------------------------------------------------
+    def start_stopping(self) -> None:
+        """Takes up the stopping rule's state from the checkpoint resumed, and says what cannot be kept."""
+        if self.stop is None:
+            return
+        self.stop.resume(self.checkpoints.restored_best)
+        if not self.checkpoints.enabled:
+            logger.warning("early stopping without train.checkpoint_dir: the best evaluation is reported, but its "
+                           "model is not kept (a test split is scored with the last model); set "
+                           "train.checkpoint_dir to keep the best model")
+
+    def judge(self, result: EvalResult) -> Verdict:
+        """The stopping rule's verdict on an evaluation (rank 0's value: identical on every rank)."""
+        if self.stop is None:
+            return Verdict(improved=False, stop=False)
+        value = rank0_value(float(getattr(result, self.stop.metric)), self.env.device)
+        verdict = self.stop.observe(result.step, value)
+        best = self.stop.best
+        if verdict.improved:
+            logger.info("best so far: %s %.4f at step %d", self.stop.metric, value, result.step)
+        elif best is not None:
+            logger.info("%s %.4f: no improvement on %.4f (step %d) for %d of %d evaluation(s)", self.stop.metric,
+                        value, best.value, best.step, best.stale, self.stop.patience)
+        return verdict
+
+    def finish_best(self, result: TrainResult) -> None:
+        """Records the best evaluation; scores the test split once with the best model (if kept)."""
+        best = self.stop.best if self.stop else None
+        result.best = best
+        result.best_kept = best is not None and self.checkpoints.enabled
+        test_rows = split_rows(self.data).test if self.cfg.data.eval_split == "val" else None
+        if not test_rows:
+            return
+        if result.best_kept and best.step != self.step:
+            self.checkpoints.load_weights(best.step)
+        label, step = ("best", best.step) if result.best_kept or (best and best.step == self.step) else ("last", self.step)
+        result.test, result.test_model = self.evaluate("test", step, label), label
+
     @torch.no_grad()
-    def evaluate(self) -> EvalResult:
-        """AUC, NE, calibration, log-loss, accuracy and CTR over the whole eval split (all ranks)."""
+    def evaluate(self, split: str = "eval", step: Optional[int] = None, model: Optional[str] = None) -> EvalResult:
+        """AUC, NE, calibration, log-loss, accuracy and CTR over a whole split (all ranks).
+
+        ``split`` "eval" is the configured eval split; "test" is the test split, scored at the
+        end of an early-stopped run with the ``model`` ("best" or "last") of ``step``.
+        """
         self.model.eval()
         gbs = self.cfg.train.global_batch_size
-        count = self.data.eval_batch_count(gbs)
+        step = self.step if step is None else step
+        if split == "eval":
+            count = self.data.eval_batch_count(gbs)
+        else:
+            count = max(1, math.ceil((getattr(split_rows(self.data), split) or 0) / gbs))
         metrics = EvalMetrics(self.env.world_size, self.env.rank, gbs // self.env.world_size, self.env.device,
                               self.cfg.train.auc_max_samples, expected_samples=count * gbs)
-        source = self.data.batches("eval", gbs, self.env.rank, self.env.world_size, count)
+        source = self.data.batches(split, gbs, self.env.rank, self.env.world_size, count)
         batches = Prefetcher(source, pin_memory=self.env.device.type == "cuda")
         try:
             while True:
@@ -183,9 +272,13 @@ class Trainer:
         finally:
             batches.close()
         self.model.train()
-        result = metrics.compute(self.step)
-        self.log.write("eval", self.step, **result.metrics())
-        logger.info(result.line())
+        result = metrics.compute(step)
+        if split == "eval":
+            self.log.write("eval", step, **result.metrics())
+            logger.info(result.line())
+        else:
+            self.log.write(split, step, model=model, **result.metrics())
+            logger.info(test_line(result, split, model))
         if not result.auc_exact:
             logger.warning("the eval split has %d samples, more than train.auc_max_samples=%d: its AUC is binned "
                            "(65,536 thresholds)", result.samples, self.cfg.train.auc_max_samples)

@@ -77,8 +77,8 @@ class ColumnarDataset:
                 raise DataError(f"{self.directory}: the training split has {data.rows} rows, fewer than one "
                                 f"global batch of {global_batch_size}")
             count = num_batches
-        else:
-            per_epoch = self.eval_batch_count(global_batch_size)
+        else:  # the split's own batches (the test split, scored at the end, is not the eval split's size)
+            per_epoch = max(1, math.ceil(data.rows / global_batch_size))
             count = per_epoch if num_batches is None else min(num_batches, per_epoch)
         local = global_batch_size // world_size
         b = start_batch
