@@ -13,6 +13,11 @@ a binned AUC over 65,536 score thresholds (constant memory, within about 1e-4 of
 
 Log-loss is reported in nats (as BCE losses are; TorchRec computes it in bits). Rows
 labelled -1 (padding of a last partial batch) get weight 0 and count nowhere.
+
+The exact AUC's state is every prediction a rank saw, so ranks hold different sizes whenever
+the split does not divide evenly. torchmetrics 1.0's own gather pads those and trims them with
+a list of slices as the index, which torch 2.x deprecates (a UserWarning on every rank at every
+evaluation): the AUC gathers with ``gather_states`` instead, which trims with a tuple.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torchmetrics.classification import BinaryAUROC
 from torchrec.metrics.accuracy import AccuracyMetric
 from torchrec.metrics.calibration import CalibrationMetric
@@ -74,6 +80,28 @@ class EvalResult:
         return f"eval @ step {self.step}: {parts}  ({self.samples:,} samples)"
 
 
+def gather_states(state: torch.Tensor, group: Optional[Any] = None) -> list[torch.Tensor]:
+    """Every rank's ``state``, sizes may differ by rank (torchmetrics' ``dist_sync_fn`` contract).
+
+    As torchmetrics.utilities.distributed.gather_all_tensors: each state padded to the largest
+    size in every dimension, all-gathered, then trimmed back to its rank's size, here by a tuple
+    of slices (a list index is what torch deprecates).
+    """
+    group = group if group is not None else dist.group.WORLD
+    state = state.contiguous()
+    world = dist.get_world_size(group)
+    size = torch.tensor(state.shape, dtype=torch.int64, device=state.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size, group=group)
+    shapes = [tuple(int(n) for n in s.tolist()) for s in sizes]
+    largest = [max(dims) for dims in zip(*shapes)] if state.ndim else []
+    pad = [p for have, want in zip(reversed(state.shape), reversed(largest)) for p in (0, want - have)]
+    padded = F.pad(state, pad) if any(pad) else state
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded, group=group)
+    return [g[tuple(slice(n) for n in shape)] for g, shape in zip(gathered, shapes)]
+
+
 class EvalMetrics:
     """Accumulates a split's predictions on every rank; ``compute()`` is a collective."""
 
@@ -89,7 +117,7 @@ class EvalMetrics:
         self.module = RecMetricModule(batch_size=batch_size, world_size=world_size, rec_tasks=[task],
                                       rec_metrics=RecMetricList(metrics)).to(device)
         self.auc_exact = expected_samples is None or expected_samples <= auc_max_samples
-        self.auc = BinaryAUROC(thresholds=None if self.auc_exact else AUC_BINS).to(device)
+        self.auc = BinaryAUROC(thresholds=None if self.auc_exact else AUC_BINS, dist_sync_fn=gather_states).to(device)
         self.device = device
         self.world_size = world_size
         self.samples = torch.zeros((), dtype=torch.float64, device=device)
