@@ -208,16 +208,22 @@ def main() -> int:
     p.add_argument("--max-wait-ms", type=float, help="the server's --max-wait-ms (default: dlrm-serve's)")
     p.add_argument("--rows", type=int, default=20_000, help="CSV rows when the model is made here")
     p.add_argument("--steps", type=int, default=200, help="training steps when the model is made here")
+    p.add_argument("--work", type=Path, help="where the model is made and kept (default: a temporary folder); "
+                   "a folder holding one already is reused")
     p.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/<date>-serve-latency.json)")
     args = p.parse_args()
     if (args.float_export is None) != (args.int8_export is None) or (args.float_export and not args.csv):
         p.error("give --float-export, --int8-export and --csv together, or none of them")
     with tempfile.TemporaryDirectory(prefix="serve-latency-") as tmp:
+        work = args.work or Path(tmp)
         if args.float_export:
             csv_path, exports = args.csv, (args.float_export, args.int8_export)
+        elif all((work / name / "export.json").is_file() for name in ("export-none", "export-int8")):
+            csv_path, exports = work / "clicks.csv", (work / "export-none", work / "export-int8")
         else:
             print("training a small model on examples/clicks.py's CSV ...", flush=True)
-            csv_path, *made = make_exports(Path(tmp), args.rows, args.steps)
+            work.mkdir(parents=True, exist_ok=True)
+            csv_path, *made = make_exports(work, args.rows, args.steps)
             exports = tuple(made)
         start_load = machine()
         results: dict[str, Any] = {"benchmark": "benchmarks/serve_latency.py " + " ".join(sys.argv[1:]),

@@ -98,18 +98,22 @@ def run(args: argparse.Namespace) -> int:
         sock.close()
 
 
-def serve(args: argparse.Namespace, limits: Any, sock: socket.socket) -> int:
+def make_server(export: str, limits: Any, log_level: str = "info") -> tuple[Any, dict[str, Any]]:
+    """A uvicorn server for the export (checked and loaded here, before anything listens) and its metadata."""
     import uvicorn
 
     from dlrm_dist.serving.predictor import Predictor
     from dlrm_dist.serving.server import build_app
 
-    predictor = Predictor.load(Path(args.export))
-    app = build_app(predictor, limits)
-    config = uvicorn.Config(app, log_level=args.log_level, access_log=args.log_level == "debug",
+    predictor = Predictor.load(Path(export))
+    config = uvicorn.Config(build_app(predictor, limits), log_level=log_level, access_log=log_level == "debug",
                             timeout_graceful_shutdown=GRACEFUL_SECONDS, lifespan="on")
-    server = uvicorn.Server(config)
-    step = predictor.metadata().get("step")
+    return uvicorn.Server(config), predictor.metadata()
+
+
+def serve(args: argparse.Namespace, limits: Any, sock: socket.socket) -> int:
+    server, metadata = make_server(args.export, limits, args.log_level)
+    step = metadata.get("step")
     print(f"{PROG}: serving {args.export}" + (f" (step {step})" if step is not None else "") +
           f" on {url_of(sock)} (POST /predict, GET /healthz, GET /metadata)", flush=True)
     stopped = quiet_signals()
