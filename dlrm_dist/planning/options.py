@@ -29,7 +29,7 @@ from torchrec.distributed.types import CacheParams
 from dlrm_dist.names import COMPUTE_KERNELS, FUSED_DIM_MULTIPLE, SHARDING_TYPES
 from dlrm_dist.planning.storage import check_storage
 from dlrm_dist.planning.types import PERF_FIELDS, Capacity, Option, PlannerInputs, TableSpec
-from dlrm_dist.planning.torchrec_bridge import cache_load_factor, constraints, meta_module, torchrec_topology
+from dlrm_dist.planning.torchrec_bridge import cache_load_factor, constraints, meta_module, perf_estimator, torchrec_topology
 
 PLANNED_KERNELS = COMPUTE_KERNELS  # key-value and virtual tables need SSD/KV backends: not planned
 
@@ -45,7 +45,7 @@ class Enumerator:
         self.module = meta_module(inputs)
         self.sharder = EmbeddingBagCollectionSharder()
         self.sharder_data = build_sharder_data_map({sharder_name(self.sharder.module_type): self.sharder})
-        self.perf_estimator = EmbeddingPerfEstimator(self.topology, constraints=self.constraints)
+        self.perf_estimator = perf_estimator(inputs, self.topology, self.constraints)  # calibrated if the inputs say
         self.storage_estimator = EmbeddingStorageEstimator(self.topology, constraints=self.constraints)
         self.params = self.sharder.shardable_parameters(self.module)
         self._perf_cache: dict[tuple, dict[int, np.ndarray]] = {}
@@ -167,7 +167,8 @@ class Enumerator:
     def _perf(self, table: TableSpec, st: str, kernel: str, so: ShardingOption, distinct: np.ndarray) -> np.ndarray:
         """Per distinct shard size: the 6 perf components (ms)."""
         clf = so.cache_params.load_factor if so.cache_params else None
-        key = (st, kernel, table.dim, table.pooling_factor, clf)
+        # A calibrated kernel cost depends on the rows (cache misses): then the cache is per table size too.
+        key = (st, kernel, table.dim, table.pooling_factor, clf, table.rows if self.inputs.calibration else None)
         cached = self._perf_cache.get(key, {})
         widths = [int(w) for w in distinct[:, 1]]
         if st == "data_parallel" or any(w not in cached for w in widths):
