@@ -15,6 +15,7 @@ from dlrm_dist.config.files import read_data
 from dlrm_dist.metrics.runs import SUMMARY_FILE
 from dlrm_dist.planning.check import read_consistent
 from dlrm_dist.planning.errors import PlanError
+from dlrm_dist.planning.summary import topology_lines
 from dlrm_dist.validation import Strict, joined, validate
 
 HELP = "show a plan per rank and in summary (--json, --html, --measured)"
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=1, sort_keys=True))
         return 0
     t = pf.inputs.topology
+    print("\n".join(topology_lines(pf.inputs, pf.planner.get("assumed", []))))
     print(f"{args.plan}: {len(pf.inputs.tables)} tables on {t.world_size} x {t.device} "
           f"({t.ranks_per_host} per host), planner {pf.planner.get('name', '?')}")
     for note in pf.planner.get("notes", []):

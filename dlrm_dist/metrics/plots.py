@@ -73,7 +73,15 @@ def _positive(values: Optional[list[Any]]) -> list[float]:
 
 
 def _rank_vs_plan(ax: Any, runs: list[RunData]) -> None:
+    """Measured mean step per rank beside the plan's figure for it.
+
+    A calibrated plan predicts the whole step (prediction.py): both go on one linear scale. An
+    uncalibrated plan's estimate covers the embedding part at TorchRec's constant bandwidths,
+    often 100x below the step: a log scale then shows both.
+    """
     width = 0.8 / max(len(runs), 1)
+    shown = [r for r in runs if any(map(_finite, _positive(mean_rank_step_ms(r))))]
+    linear = bool(shown) and all(r.predicted_step_ms for r in shown)
     for i, run in enumerate(runs):
         measured = _positive(mean_rank_step_ms(run))
         if not any(map(_finite, measured)):
@@ -81,19 +89,21 @@ def _rank_vs_plan(ax: Any, runs: list[RunData]) -> None:
         xs = [r + i * width for r in range(len(measured))]
         ax.bar(xs, [0.0 if math.isnan(v) else v for v in measured], width=width * 0.9,
                label=_label(f"{run.name}: measured step"), alpha=0.8)
-        estimate = _positive(run.estimated_rank_ms)[: len(xs)]
+        predicted = run.predicted_step_ms if linear else run.estimated_rank_ms
+        estimate = _positive(predicted)[: len(xs)]
+        what = "predicted step (calibrated)" if linear else "plan estimate (embeddings)"
         if any(map(_finite, estimate)):
-            ax.plot(xs[: len(estimate)], estimate, "k_", markersize=18, mew=2,
-                    label=_label(f"{run.name}: plan estimate (embeddings)"))
+            ax.plot(xs[: len(estimate)], estimate, "k_", markersize=18, mew=2, label=_label(f"{run.name}: {what}"))
     ranks = max((len(mean_rank_step_ms(r) or []) for r in runs), default=0)
     ax.set_xticks([r + width * (len(runs) - 1) / 2 for r in range(ranks)], [str(r) for r in range(ranks)])
     if ax.get_legend_handles_labels()[0]:
-        # Log scale: the estimate covers the embedding part only, often 100x below the whole step.
-        ax.set_yscale("log")
+        if not linear:
+            ax.set_yscale("log")
         low, high = ax.get_ylim()
-        ax.set_ylim(low, high * 30)  # room for the legend above the bars
+        ax.set_ylim(0 if linear else low, high * (1.4 if linear else 30))  # room for the legend above the bars
         ax.legend(fontsize=7, loc="upper center", ncol=2)
-    ax.set_title("mean step time per rank vs the plan's estimate (log)")
+    ax.set_title("mean step time per rank vs the plan's "
+                 + ("predicted step (calibrated, linear)" if linear else "estimate (log)"))
     ax.set_xlabel("rank")
     ax.set_ylabel("ms / step")
     ax.grid(alpha=0.3, axis="y", which="both")
@@ -137,6 +147,7 @@ def summary_rows(runs: list[RunData]) -> list[dict[str, Any]]:
             "samples_per_s": last_train.get("samples_per_s"),
             "max_rank_step_ms": max(measured) if measured else None,
             "plan_estimate_ms": max(estimated) if estimated else None,
+            "predicted_step_ms": max(run.predicted_step_ms) if run.predicted_step_ms else None,
             "diverged": run.diverged.get("message") if run.diverged else None,
             "notes": list(run.notes),
         }))

@@ -37,6 +37,7 @@ class RunData:
     estimated_rank_ms: Optional[list[float]]  # the plan's per-rank cost of the embedding part
     diverged: Optional[dict[str, Any]] = None  # the record a diverged run wrote when it stopped
     notes: list[str] = field(default_factory=list)  # lines skipped or dropped, in words
+    predicted_step_ms: Optional[list[float]] = None  # a calibrated plan's whole step per rank (prediction.py)
 
     @property
     def final_eval(self) -> Optional[dict[str, Any]]:
@@ -96,6 +97,15 @@ def _plan_estimate(path: Path) -> Optional[list[float]]:
         raise RunDirError(str(e)) from None
 
 
+def _plan_prediction(path: Path) -> Optional[list[float]]:
+    if not path.exists():
+        return None
+    from dlrm_dist.planning.prediction import predicted_step_ms
+
+    pf = planfile.read(path)  # already read whole by _plan_estimate: errors were raised there
+    return predicted_step_ms(pf.inputs, pf.estimates)
+
+
 def read_run(run_dir: str | Path, name: Optional[str] = None) -> RunData:
     """Reads ``run_dir``; raises RunDirError naming what is missing or damaged."""
     d = Path(run_dir)
@@ -112,6 +122,7 @@ def read_run(run_dir: str | Path, name: Optional[str] = None) -> RunData:
         evals=[r for r in read.records if r["kind"] == EVAL],
         summary=_json(d / SUMMARY_FILE),
         estimated_rank_ms=_plan_estimate(d / PLAN_FILE),
+        predicted_step_ms=_plan_prediction(d / PLAN_FILE),
         diverged=diverged[-1] if diverged else None,
         notes=list(read.notes),
     )

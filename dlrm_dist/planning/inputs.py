@@ -9,7 +9,12 @@ types.py, built from a validated model; a PlannerInputs built in code is checked
 same model, so one set of rules holds wherever inputs come from. Every problem of a file is
 reported at once in one PlanInputError, each with its path (``tables[3].pooling_factor (t_cat_3): ...``).
 
-It imports nothing from the rest of planning: it is the bottom of the planner's layers.
+An inputs file may also hold a ``calibration`` (calibration.py's file, measured on this machine
+by ``dlrm-plan calibrate``: its costs replace TorchRec's constants) and a ``dense`` part (the
+job's MLP FLOPs and parameters, which a calibrated plan adds to each rank's predicted step).
+
+It imports nothing from the rest of planning but calibration.py's declared format (itself
+importing none of planning): together they are the bottom of the planner's layers.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dlrm_dist.config.files import read_data
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.config.validation import TableName
 from dlrm_dist.names import COMPUTE_KERNELS, EMBEDDING_OPTIMIZERS, SHARDING_TYPES, TABLE_PREFIX
+from dlrm_dist.planning.calibration import CalibrationModel
 from dlrm_dist.validation import Strict, joined, validate
 
 DEVICES = ("cuda", "cpu")
@@ -106,6 +112,13 @@ class TablesFileModel(Strict):
     _unique = field_validator("tables")(_unique_tables)
 
 
+class DenseModel(Strict):
+    """The job's dense part (MLPs, interaction), as a calibrated step prediction needs it."""
+
+    flops_per_sample: float = Field(ge=0, le=1e15)  # forward; backward is counted as twice that
+    parameters: int = Field(ge=0, le=2**50)  # all-reduced every step
+
+
 class InputsModel(Strict):
     """A full inputs file (and a plan file's ``inputs`` section)."""
 
@@ -115,8 +128,17 @@ class InputsModel(Strict):
     budgets: BudgetsModel = BudgetsModel()
     batch_size_per_rank: int = Field(512, ge=1, le=MAX_BATCH_SIZE)
     optimizer: Literal[EMBEDDING_OPTIMIZERS] = "rowwise_adagrad"
+    calibration: Optional[CalibrationModel] = None
+    dense: Optional[DenseModel] = None
 
     _unique = field_validator("tables")(_unique_tables)
+
+    @model_validator(mode="after")
+    def _calibrated_device(self) -> "InputsModel":
+        if self.calibration is not None and self.calibration.device != self.topology.device:
+            raise ValueError(f"calibration: measured on {self.calibration.device}, but topology.device is "
+                             f"{self.topology.device!r}: calibrate on the machine the plan is for")
+        return self
 
 
 def table_labels(data: Any) -> dict[int, str]:

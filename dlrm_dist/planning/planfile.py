@@ -206,6 +206,8 @@ class EstimatesV1Model(EstimatesModel):
 class PlannerModel(Strict):
     name: str = ""
     notes: list[str] = []
+    # Topology fields nobody gave (the inputs format's defaults were assumed); summaries say so first.
+    assumed: list[Literal[tuple(InputsModel.model_fields["topology"].annotation.model_fields)]] = []
 
 
 # -- the whole file -----------------------------------------------------------------------------
@@ -318,7 +320,7 @@ def from_data(d: Any, origin: str = "plan") -> PlanFile:
     problems = estimate_problems(estimates, inputs)
     if problems:
         raise PlanError(joined(origin, problems) + " (edited by hand? remake it with dlrm-plan make)")
-    return PlanFile(inputs, plan, estimates, m.planner.model_dump())
+    return PlanFile(inputs, plan, estimates, m.planner.model_dump(exclude=None if m.planner.assumed else {"assumed"}))
 
 
 def dumps(pf: PlanFile) -> str:

@@ -1,10 +1,39 @@
-"""Human-readable summary of a ShardingPlan: which table is where, by which sharding type."""
+"""Human-readable summary of a plan: the topology it assumed, which table is where, by which type.
+
+Imports no torch or TorchRec (a ShardingPlan is only read through its attributes), so the
+plan inspector prints a summary without them.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
-from torchrec.distributed.types import ShardingPlan
+if TYPE_CHECKING:
+    from torchrec.distributed.types import ShardingPlan
+
+    from dlrm_dist.planning.types import PlannerInputs
+
+_GB = 1024**3
+
+
+def topology_lines(inputs: "PlannerInputs", assumed: Sequence[str] = ()) -> list[str]:
+    """The topology a plan is for, first in every summary: what was assumed, and whose costs."""
+    t = inputs.topology
+    memory = f"DDR {t.ddr_gb:,.2f} GB per host" + (f", HBM {t.hbm_gb:,.2f} GB per device" if t.device == "cuda" else "")
+    lines = [f"topology: {t.world_size} {t.device} rank(s), {t.ranks_per_host} per host "
+             f"({t.world_size // t.ranks_per_host} host(s)); {memory}"]
+    if assumed:
+        lines.append(f"topology: ASSUMED (not given, the inputs format's defaults): {', '.join(assumed)}; "
+                     "give them as flags or use --topology this-machine")
+    if inputs.calibration is not None:
+        from dlrm_dist.planning.calibration import describe
+
+        lines.append(f"costs: measured, {describe(inputs.calibration)}")
+    else:
+        bws = [k for k in ("hbm_bw_gbps", "ddr_bw_gbps", "intra_host_bw_gbps", "inter_host_bw_gbps") if getattr(t, k)]
+        given = f" except {', '.join(bws)} (given)" if bws else ""
+        lines.append(f"costs: TorchRec's constant bandwidths{given} (not this machine's: see dlrm-plan calibrate)")
+    return lines
 
 
 def plan_rows(plan: ShardingPlan) -> list[dict[str, Any]]:

@@ -35,7 +35,10 @@ from torchrec.distributed.planner.enumerators import get_partition_by_type
 from torchrec.distributed.planner.types import Perf
 
 from dlrm_dist.names import TABLE_PREFIX
-from dlrm_dist.planning.inputs import InputsModel, TableModel, read_inputs_file, read_tables_file, validated
+from dlrm_dist.planning.calibration import CalibrationModel
+from dlrm_dist.planning.inputs import (
+    DenseModel, InputsModel, TableModel, read_inputs_file, read_tables_file, validated,
+)
 
 GB = 1024**3
 
@@ -118,14 +121,22 @@ class PlannerInputs:
     budgets: Budgets = field(default_factory=Budgets)
     batch_size_per_rank: int = 512
     optimizer: str = "rowwise_adagrad"
+    # Measured costs (calibration.py's file) in place of TorchRec's constants, and the job's dense
+    # part for a calibrated step prediction; both left out of the file when unset.
+    calibration: Optional[CalibrationModel] = None
+    dense: Optional[DenseModel] = None
 
     def __post_init__(self) -> None:
         # Inputs built in code (a job's tables, CLI flags) obey the file format's rules too.
         validated(InputsModel, self.to_dict(), "planner inputs")
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["tables"] = [t.to_dict() for t in self.tables]
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d.update(tables=[t.to_dict() for t in self.tables], topology=asdict(self.topology), budgets=asdict(self.budgets))
+        for name in ("calibration", "dense"):
+            value = d.pop(name)
+            if value is not None:
+                d[name] = value.model_dump(mode="json")
         return d
 
     @staticmethod
@@ -136,6 +147,8 @@ class PlannerInputs:
             budgets=Budgets(**m.budgets.model_dump()),
             batch_size_per_rank=m.batch_size_per_rank,
             optimizer=m.optimizer,
+            calibration=m.calibration,
+            dense=m.dense,
         )
 
     @staticmethod

@@ -1,0 +1,170 @@
+"""Does a calibrated plan predict the measured step? (issue 22 item 2's validation)
+
+For each job (embedding-heavy: pooling factors 20-100, tables of 1e5-1e7 rows, a small MLP)
+at 2 and 4 CPU ranks over gloo: calibrate this machine at that world size (dlrm-plan
+calibrate's code), make candidate plans with that calibration (ours, TorchRec's default
+planner, table-wise round robin, greedy by size, row-wise, everything on rank 0), train each
+under DistributedModelParallel for a few steps and compare the predicted step (the bottleneck
+rank's: every rank waits for it in the all-to-alls) with the measured one. Reports per plan
+the error, per job the Spearman rank correlation of predicted vs measured order, and whether
+the chosen plan (ours) is the measured fastest or within 5%.
+
+    .venv/bin/python benchmarks/calibrate_validate.py --out benchmarks/results/2026-12-01-calibrate-validate.json
+
+Prints JSON (and writes it with --out), with ``uptime`` before and after: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dlrm_dist.planning import calibration, measure, planfile
+from dlrm_dist.planning.baselines import baseline
+from dlrm_dist.planning.convert import to_sharding_plan
+from dlrm_dist.planning.estimates import estimate
+from dlrm_dist.planning.options import Enumerator
+from dlrm_dist.planning.planfile import PlanFile
+from dlrm_dist.planning.planner import make_plan_file, plan_file_for
+from dlrm_dist.planning.prediction import predicted_step_ms
+from dlrm_dist.planning.types import PlannerInputs, TablePlacement
+
+MODULE_PATH = "ebc"  # measure._Model's EmbeddingBagCollection
+JOBS = {
+    2: measure.StepJob(tables=(("t0", 10_000_000, 16, 20.0), ("t1", 1_000_000, 64, 50.0), ("t2", 100_000, 64, 100.0),
+                               ("t3", 500_000, 32, 20.0), ("t4", 2_000_000, 32, 60.0), ("t5", 200_000, 16, 30.0)),
+                       mlp=(64, 1), batch_per_rank=256),
+    4: measure.StepJob(tables=(("t0", 10_000_000, 16, 30.0), ("t1", 1_000_000, 64, 20.0), ("t2", 100_000, 64, 100.0),
+                               ("t3", 500_000, 32, 40.0), ("t4", 2_000_000, 32, 20.0), ("t5", 200_000, 16, 80.0),
+                               ("t6", 300_000, 64, 50.0), ("t7", 1_000_000, 16, 20.0)),
+                       mlp=(64, 1), batch_per_rank=128),
+}
+CAL_SIZES = measure.Sizes(dims=(16, 32, 64), rows=(100_000, 1_000_000, 10_000_000), pooling_factors=(20.0, 100.0),
+                          batch=256, kernels=("fused",), reps=2, step_count=6)
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def inputs_for(job: measure.StepJob, world: int, cal: calibration.CalibrationModel) -> PlannerInputs:
+    return PlannerInputs.from_dict({
+        "tables": [{"name": n, "rows": r, "dim": d, "pooling_factor": pf} for n, r, d, pf in job.tables],
+        "topology": {"world_size": world, "ranks_per_host": world, "device": "cpu", "ddr_gb": 20.0},
+        "batch_size_per_rank": job.batch_per_rank, "optimizer": job.optimizer, "calibration": cal.to_data(),
+        "dense": {"flops_per_sample": job.dense_flops_per_sample, "parameters": job.dense_parameters},
+    }, "benchmark job")
+
+
+def _package(inputs: PlannerInputs, placed: list[TablePlacement], name: str) -> PlanFile:
+    t = inputs.topology
+    plan = to_sharding_plan(placed, [x.name for x in inputs.tables], t.device, t.ranks_per_host, MODULE_PATH)
+    return PlanFile(inputs, plan, estimate(placed, inputs), {"name": name, "notes": []})
+
+
+def _row_wise(inputs: PlannerInputs) -> PlanFile:
+    from torchrec.distributed.sharding_plan import calculate_shard_sizes_and_offsets
+
+    enum = Enumerator(inputs)
+    w = inputs.topology.world_size
+    placed = []
+    for i, t in enumerate(inputs.tables):
+        sizes, offsets = calculate_shard_sizes_and_offsets(
+            tensor=enum.params[t.name], world_size=w, local_world_size=w, sharding_type="row_wise", col_wise_shard_dim=None)
+        placed.append(TablePlacement(enum.option_for(i, "row_wise", "fused", sizes, offsets, None), np.arange(w)))
+    return _package(inputs, placed, "row_wise")
+
+
+def _on_rank0(inputs: PlannerInputs) -> PlanFile:
+    placed = baseline("round_robin", Enumerator(inputs))
+    return _package(inputs, [TablePlacement(p.option, np.zeros_like(p.ranks)) for p in placed], "unbalanced_rank0")
+
+
+def candidates(inputs: PlannerInputs) -> list[PlanFile]:
+    from dlrm_dist.planning.torchrec_default import plan_with_torchrec
+
+    out = [make_plan_file(inputs, MODULE_PATH)]
+    out.append(plan_file_for(plan_with_torchrec(inputs).plan, inputs, "torchrec_default", MODULE_PATH))
+    for name in ("round_robin", "greedy_by_size"):
+        out.append(_package(inputs, baseline(name, Enumerator(inputs)), name))
+    out += [_row_wise(inputs), _on_rank0(inputs)]
+    return out
+
+
+def _rank_time_plans(job: measure.StepJob, paths: list[str], steps: int) -> list[dict[str, Any]]:
+    import torch.distributed as dist
+
+    out = []
+    for path in paths:
+        result = measure.sharded_step_ms(job, planfile.read(path).plan, steps)
+        out.append({"rank": dist.get_rank(), **result})
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def run_job(world: int, steps: int, timeout: float) -> dict[str, Any]:
+    job = JOBS[world]
+    t0 = time.perf_counter()
+    cal = measure.calibrate(world, sizes=CAL_SIZES, timeout_s=timeout)
+    cal_s = time.perf_counter() - t0
+    inputs = inputs_for(job, world, cal)
+    plans = candidates(inputs)
+    with tempfile.TemporaryDirectory() as d:
+        paths = []
+        for i, pf in enumerate(plans):
+            paths.append(str(Path(d, f"plan{i}.json")))
+            planfile.write(pf, paths[-1])
+        per_rank = measure.run_ranks(_rank_time_plans, world, job, paths, steps, timeout_s=timeout)
+    rows = []
+    for i, pf in enumerate(plans):
+        predicted = predicted_step_ms(pf.inputs, pf.estimates)
+        measured = [per_rank[r][i]["mean_ms"] for r in range(world)]
+        # Every rank waits for the slowest in the all-to-alls: the step is the bottleneck rank's.
+        pred, meas = max(predicted), float(np.median(measured))
+        rows.append({"plan": pf.planner["name"], "predicted_rank_ms": predicted, "measured_rank_ms": measured,
+                     "predicted_step_ms": pred, "measured_step_ms": meas, "error": pred / meas - 1.0,
+                     "embedding_estimate_ms": pf.estimates.summary.estimated_iteration_ms,
+                     "shards": [dict(r.shards_by_type) for r in pf.estimates.per_rank]})
+    pred, meas = [r["predicted_step_ms"] for r in rows], [r["measured_step_ms"] for r in rows]
+    fastest = min(meas)
+    return {"world_size": world, "job": dataclasses.asdict(job), "calibration_seconds": cal_s,
+            "calibration": cal.to_data(), "plans": rows, "spearman": spearman(pred, meas),
+            "chosen_vs_fastest": rows[0]["measured_step_ms"] / fastest - 1.0,
+            "max_abs_error": max(abs(r["error"]) for r in rows)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--worlds", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--timeout", type=float, default=1500.0)
+    p.add_argument("--out")
+    args = p.parse_args()
+    record: dict[str, Any] = {"uptime_before": uptime(), "commit": subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(), "jobs": []}
+    for world in args.worlds:
+        record["jobs"].append(run_job(world, args.steps, args.timeout))
+        print(json.dumps({k: v for k, v in record["jobs"][-1].items() if k not in ("calibration", "job")}, indent=1),
+              file=sys.stderr, flush=True)
+    record["uptime_after"] = uptime()
+    text = json.dumps(record, indent=1, sort_keys=True)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
