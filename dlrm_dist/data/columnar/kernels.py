@@ -269,3 +269,32 @@ def _fnv1a_of(offsets: np.ndarray, data: np.ndarray, n: int) -> np.ndarray:
     out = np.empty(n, np.uint64)
     _fnv1a(offsets, data, out)
     return out
+
+
+@njit(cache=True, nogil=True)
+def count_ids(ids, train, lengths, counts):  # pragma: no cover - compiled
+    """``counts[id] += 1`` for every id >= 0 of a training row; ``lengths`` are the rows' bag
+    lengths (empty: one id per row)."""
+    if len(lengths) == 0:
+        for i in range(len(ids)):
+            if train[i] and ids[i] >= 0:
+                counts[ids[i]] += 1
+        return
+    k = 0
+    for r in range(len(lengths)):
+        for _ in range(lengths[r]):
+            if train[r] and ids[k] >= 0:
+                counts[ids[k]] += 1
+            k += 1
+
+
+@njit(cache=True, nogil=True)
+def model_ids(staged, vocab_ids, hashes, empty, oov_buckets, out):  # pragma: no cover - compiled
+    """Each staged distinct id's model id: ``vocab_ids[id]`` when >= 0, else the OOV bucket
+    ``hash % oov_buckets`` of its text (``empty``'s for a missing value, id -1)."""
+    for i in range(len(staged)):
+        v = staged[i]
+        if 0 <= v < len(vocab_ids) and vocab_ids[v] >= 0:
+            out[i] = vocab_ids[v]
+        else:
+            out[i] = np.int64((hashes[v] if v >= 0 else empty) % oov_buckets)

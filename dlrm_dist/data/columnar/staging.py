@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -56,7 +58,6 @@ from dlrm_dist.fileio import atomic_write_bytes, disk_full
 
 STAGING = ".staging.partial"
 _EMPTY = np.uint64(0xCBF29CE484222325)  # FNV-1a 64 of "" (the offset basis): a missing value's OOV hash
-_CHUNK = 1 << 20  # values per vectorised step of the binary passes (bounded memory)
 _PLAIN = np.ones(256, bool)  # bytes json.dumps writes as themselves inside a string
 _PLAIN[:0x20] = _PLAIN[0x7F:] = _PLAIN[ord('"')] = _PLAIN[ord("\\")] = False
 
@@ -201,36 +202,69 @@ class _Stage:
 
 
 # -- the read pass -------------------------------------------------------------------------------------
-def stage_batch(batch: pa.RecordBatch, schema: FeatureSchema, distinct: dict[str, Interner]) -> _Arrays:
-    """A record batch encoded as far as it can be without fitted state (an empty time or label cell
-    is named by its line here, while the batch still knows where it came from)."""
-    labels = encode.labels_of(batch, schema)
-    if schema.split.by == "time":
-        encode.times_of(batch, schema)
-    numbers = {c: read.numbers(batch, c).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-               for c in read.numeric_columns(schema)}
-    values, lengths = {}, {}
+def _jobs(schema: FeatureSchema) -> list[list[SparseFeature]]:
+    """The sparse features in groups that may run at once: one group per vocabulary table (its
+    distinct ids follow first sight, so its features run in schema order), one per other feature."""
+    groups: dict[str, list[SparseFeature]] = {}
     for f in schema.sparse:
-        bags = encode.bags_of(batch, f)
-        if f.kind == "vocab":
-            values[f.name] = intern(distinct, f.table, bags.values)
-        else:
-            values[f.name] = encode.encode_ids(batch, schema, f, bags, None)
-        lengths[f.name] = bags.lengths
-    return _Arrays(numbers, values, lengths, labels)
+        groups.setdefault(f.table if f.kind == "vocab" else "\0" + f.name, []).append(f)
+    return list(groups.values())
+
+
+def stage_batch(batch: pa.RecordBatch, schema: FeatureSchema, distinct: dict[str, Interner],
+                pool: Optional[Executor] = None) -> _Arrays:
+    """A record batch encoded as far as it can be without fitted state (an empty time or label cell
+    is named by its line here, while the batch still knows where it came from). The sparse
+    features run on ``pool``'s threads (the kernels and pyarrow release the GIL), the numbers here."""
+    def sparse(features: list[SparseFeature]) -> dict[str, tuple[np.ndarray, Optional[np.ndarray]]]:
+        out = {}
+        for f in features:
+            bags = encode.bags_of(batch, f)
+            ids = intern(distinct, f.table, bags.values) if f.kind == "vocab" else \
+                encode.encode_ids(batch, schema, f, bags, None)
+            out[f.name] = ids, bags.lengths
+        return out
+
+    jobs = [(pool or _SERIAL).submit(sparse, group) for group in _jobs(schema)]
+    try:
+        labels = encode.labels_of(batch, schema)
+        if schema.split.by == "time":
+            encode.times_of(batch, schema)
+        numbers = {c: read.numbers(batch, c).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+                   for c in read.numeric_columns(schema)}
+    finally:
+        wait(jobs)  # (none may still touch the tables once this returns or raises)
+    done = {name: v for job in jobs for name, v in job.result().items()}  # (the first error in schema order)
+    return _Arrays(numbers, {f.name: done[f.name][0] for f in schema.sparse},
+                   {f.name: done[f.name][1] for f in schema.sparse}, labels)
+
+
+class _Serial(Executor):
+    """An executor that runs each call at once, in the caller's thread."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - raised again by result(), as a thread's would be
+            future.set_exception(e)
+        return future
+
+
+_SERIAL = _Serial()
+READ_AHEAD = 6  # record batches parsed ahead of the staging (the parse goes on while numba loads its kernels)
 
 
 def read_blocks(opts: Any, schema: FeatureSchema, bad: read.BadLines, distinct: dict[str, Interner],
-                progress: Callable[[int], None]) -> Iterator[tuple[_Block, _Arrays]]:
-    """Every record batch of every input, staged, with its origin. The file is parsed a batch ahead
-    on a reader thread (pyarrow parses without the GIL) while this one stages the last batch: the
-    two cores each do one half of the read pass."""
+                progress: Callable[[int], None], pool: Optional[Executor] = None) -> Iterator[tuple[_Block, _Arrays]]:
+    """Every record batch of every input, staged, with its origin. The file is parsed ahead on a
+    reader thread (pyarrow parses without the GIL) while ``pool``'s threads stage the last batch."""
     row0 = 0
-    batches = Prefetcher(read.read_inputs(opts.inputs, schema, bad), depth=2)
+    batches = Prefetcher(read.read_inputs(opts.inputs, schema, bad), depth=READ_AHEAD)
     try:
         for path, first, batch in batches:
             block = _Block(str(path), first, batch.num_rows, row0)
-            yield block, stage_batch(batch, schema, distinct)
+            yield block, stage_batch(batch, schema, distinct, pool)
             row0 += batch.num_rows
             progress(batch.num_rows)
     finally:
@@ -247,10 +281,10 @@ class _Vocabulary:
         self.counts = np.zeros(distinct.n, np.int64)
         self.kept: Optional[np.ndarray] = None  # the vocabulary's values (their distinct ids), in id order
 
-    def add(self, staged: np.ndarray) -> None:
-        for lo in range(0, len(staged), _CHUNK):
-            ids = np.asarray(staged[lo: lo + _CHUNK])
-            self.counts += np.bincount(ids[ids >= 0], minlength=len(self.counts))
+    def add(self, staged: np.ndarray, train: np.ndarray, lengths: Optional[np.ndarray]) -> None:
+        """Counts the staged ids of a block's training rows (``lengths``: its rows' bag lengths)."""
+        kernels.count_ids(np.asarray(staged), train, np.zeros(0, np.int64) if lengths is None else lengths,
+                          self.counts)
 
     def vocabulary(self, min_count: int) -> pa.Array:
         """The values seen at least ``min_count`` times in id order (frequency: most frequent
@@ -282,9 +316,7 @@ def fit(stage: _Stage, schema: FeatureSchema, cutoffs: Optional[tuple[float, flo
             continue
         for f in schema.sparse:
             if f.kind == "vocab":
-                lengths = arrays.lengths[f.name]
-                keep = train if lengths is None else np.repeat(train, lengths)
-                vocabs[f.table].add(np.asarray(arrays.values[f.name])[keep])
+                vocabs[f.table].add(arrays.values[f.name], train, arrays.lengths[f.name])
         for d in fitted:  # on the whole block, so that an error names the right line
             moments[d.name].add(encode.dense_raw(batch, d, schema)[train])
     return vocabs
@@ -311,30 +343,28 @@ class IdMaps:
         return cls(tables)
 
     def ids(self, f: SparseFeature, staged: np.ndarray) -> np.ndarray:
+        """Model ids of staged distinct ids: the vocabulary's, else (unseen, rare or missing) an OOV
+        bucket by the value's hash (a missing one: the empty text's)."""
         distinct, ids = self.tables[f.table]
-        staged = np.asarray(staged)
-        known = (staged >= 0) & (staged < len(ids))
-        out = np.full(len(staged), -1, np.int64)
-        out[known] = ids[staged[known]]
-        unseen = out < 0
-        if unseen.any():  # unseen, rare or missing: an OOV bucket by its hash (a missing one: the empty text's)
-            v = staged[unseen]
-            h = np.where(v >= 0, distinct.hashes()[np.maximum(v, 0)], _EMPTY)
-            out[unseen] = (h % np.uint64(f.oov_buckets)).astype(np.int64)
+        out = np.empty(len(staged), np.int64)
+        kernels.model_ids(np.asarray(staged), ids, distinct.hashes(), _EMPTY, np.uint64(f.oov_buckets), out)
         return out
 
 
 def finish_block(block: _Block, arrays: _Arrays, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]],
-                 maps: IdMaps, writers: dict[str, Any]) -> None:
-    """A block's rows, fitted steps applied, appended to their splits' files."""
-    batch = numeric_batch(block, arrays.numbers)
-    labels = np.asarray(arrays.labels)  # (encoded as read: a categorical label's text is not staged)
-    split = encode.split_of(batch, schema, block.row0, cutoffs)
-    dense = encode.dense_matrix(batch, schema)
-    ids = {}
-    for f in schema.sparse:
-        values = arrays.values[f.name]
-        ids[f.name] = (maps.ids(f, values) if f.kind == "vocab" else np.asarray(values), arrays.lengths[f.name])
+                 maps: IdMaps, writers: dict[str, Any], pool: Optional[Executor] = None) -> None:
+    """A block's rows, fitted steps applied (the vocabulary ids on ``pool``), appended to their splits' files."""
+    jobs = {f.name: (pool or _SERIAL).submit(maps.ids, f, arrays.values[f.name]) for f in schema.sparse
+            if f.kind == "vocab"}
+    try:
+        batch = numeric_batch(block, arrays.numbers)
+        labels = np.asarray(arrays.labels)  # (encoded as read: a categorical label's text is not staged)
+        split = encode.split_of(batch, schema, block.row0, cutoffs)
+        dense = encode.dense_matrix(batch, schema)
+    finally:
+        wait(jobs.values())
+    ids = {f.name: (jobs[f.name].result() if f.name in jobs else np.asarray(arrays.values[f.name]),
+                    arrays.lengths[f.name]) for f in schema.sparse}
     for k, s in enumerate(SPLITS):
         writers[s].append(split == k, dense, labels, ids)
 
@@ -348,20 +378,21 @@ def run(opts: Any) -> tuple[FeatureSchema, Optional[tuple[float, float]], dict[s
     shutil.rmtree(out / STAGING, ignore_errors=True)  # a killed run's
     done = layout.read_fit(out)
     vocab_tables = [t for t in schema.table_names if schema.features_of(t)[0].kind == "vocab"]
-    if schema.split.by != "time" and (done is not None or not (vocab_tables or any(d.fitted for d in schema.dense))):
-        return _inline(opts, driver, done)
-    stage = _Stage(out, schema)
-    try:
-        return _staged(opts, driver, stage, done, vocab_tables)
-    finally:
-        stage.remove()
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="dlrm_dist-stage") as pool:
+        if schema.split.by != "time" and (done is not None or not (vocab_tables or any(d.fitted for d in schema.dense))):
+            return _inline(opts, driver, done, pool)
+        stage = _Stage(out, schema)
+        try:
+            return _staged(opts, driver, stage, done, vocab_tables, pool)
+        finally:
+            stage.remove()
 
 
 def _fitted(schema: FeatureSchema, fit_result: dict[str, Any]) -> FeatureSchema:
     return schema.with_fitted(fit_result["vocab_rows"], {k: tuple(v) for k, v in fit_result["scales"].items()})
 
 
-def _inline(opts: Any, driver: Any, done: Optional[dict[str, Any]]) -> tuple:
+def _inline(opts: Any, driver: Any, done: Optional[dict[str, Any]], pool: Executor) -> tuple:
     """Fitted state known (or none needed), the split known per row: every block finished as read."""
     if done is None:
         done = {"vocab_rows": {}, "scales": {}}
@@ -374,21 +405,22 @@ def _inline(opts: Any, driver: Any, done: Optional[dict[str, Any]]) -> tuple:
     def rows(opts: Any, schema: FeatureSchema, cutoffs: Any, report: Any, writers: dict[str, Any], days: Any) -> None:
         bad = read.BadLines(strict=opts.strict)
         with driver._bar(opts, "preprocess") as bar:
-            for block, arrays in read_blocks(opts, schema, bad, distinct, bar.update):
-                finish_block(block, arrays, schema, None, maps, writers)
+            for block, arrays in read_blocks(opts, schema, bad, distinct, bar.update, pool):
+                finish_block(block, arrays, schema, None, maps, writers, pool)
                 report.rows_read = block.row0 + block.rows
         report.rows_read, report.skipped, report.examples = report.rows_read + bad.count, bad.count, bad.examples
 
     return schema, None, driver._write(opts, schema, None, report, rows=rows), report
 
 
-def _staged(opts: Any, driver: Any, stage: _Stage, done: Optional[dict[str, Any]], vocab_tables: list[str]) -> tuple:
+def _staged(opts: Any, driver: Any, stage: _Stage, done: Optional[dict[str, Any]], vocab_tables: list[str],
+            pool: Executor) -> tuple:
     """One read into the stage; cut-offs, fit and the write from it."""
     schema, report = opts.schema, driver.Report()
     distinct = {t: Interner() for t in vocab_tables}
     bad = read.BadLines(strict=opts.strict)
     with driver._bar(opts, "read") as bar:
-        for block, arrays in read_blocks(opts, schema, bad, distinct, bar.update):
+        for block, arrays in read_blocks(opts, schema, bad, distinct, bar.update, pool):
             stage.append(block, arrays)
     stage.close()
     last = stage.blocks[-1] if stage.blocks else None
@@ -396,7 +428,7 @@ def _staged(opts: Any, driver: Any, stage: _Stage, done: Optional[dict[str, Any]
     report.rows_read, report.skipped, report.examples = rows + bad.count, bad.count, bad.examples
     cutoffs = driver.time_cutoffs(schema, stage.times(), report) if schema.split.by == "time" else None
     if done is None:
-        done, maps = _fit_and_save(opts, driver, stage, cutoffs, distinct)
+        done, maps = _fit_and_save(opts, driver, stage, cutoffs, distinct, pool)
     else:  # a rerun after the fit: the vocabularies written then
         maps = IdMaps.from_vocabularies(opts.out_dir, schema, distinct)
     fitted = _fitted(schema, done)
@@ -405,7 +437,7 @@ def _staged(opts: Any, driver: Any, stage: _Stage, done: Optional[dict[str, Any]
                         days: Any) -> None:
         with driver._bar(opts, "write") as bar:
             for block in stage.blocks:
-                finish_block(block, stage.arrays(block), schema, cutoffs, maps, writers)
+                finish_block(block, stage.arrays(block), schema, cutoffs, maps, writers, pool)
                 bar.update(block.rows)
 
     return fitted, cutoffs, driver._write(opts, fitted, cutoffs, report, rows=rows_from_stage), report
@@ -426,10 +458,12 @@ def vocab_json(texts: pa.Array) -> bytes:
     return b'["' + joined[0].as_buffer().to_pybytes() + b'"]\n'
 
 
-def _save_vocabularies(opts: Any, vocabs: dict[str, _Vocabulary], result: dict[str, Any]) -> None:
-    """Writes every fitted vocabulary (vocab/<table>.json) and its table's rows into ``result``."""
+def _save_vocabularies(opts: Any, vocabs: dict[str, _Vocabulary], result: dict[str, Any], pool: Executor) -> None:
+    """Writes every fitted vocabulary (vocab/<table>.json, a table per job on ``pool``) and its
+    table's rows into ``result``."""
     (opts.out_dir / layout.VOCAB_DIR).mkdir(exist_ok=True)
-    for table, v in vocabs.items():
+
+    def save(table: str, v: _Vocabulary) -> int:
         f = opts.schema.features_of(table)[0]
         texts = v.vocabulary(f.min_count)
         if not len(texts):
@@ -437,11 +471,17 @@ def _save_vocabularies(opts: Any, vocabs: dict[str, _Vocabulary], result: dict[s
             raise SchemaError(f"vocabulary feature(s) {names} (table {table!r}) have no value seen at least "
                               f"{f.min_count} time(s) in the training split: check the column and min_count")
         atomic_write_bytes(layout.vocab_file(opts.out_dir, table), vocab_json(texts))
-        result["vocab_rows"][table] = f.oov_buckets + len(texts)
+        return f.oov_buckets + len(texts)
+
+    # the largest tables first: they take longest, the others fill the other threads meanwhile
+    jobs = {t: pool.submit(save, t, vocabs[t]) for t in sorted(vocabs, key=lambda t: -vocabs[t].distinct.n)}
+    wait(jobs.values())
+    for table in vocabs:
+        result["vocab_rows"][table] = jobs[table].result()
 
 
 def _fit_and_save(opts: Any, driver: Any, stage: _Stage, cutoffs: Optional[tuple[float, float]],
-                  distinct: dict[str, Interner]) -> tuple[dict[str, Any], IdMaps]:
+                  distinct: dict[str, Interner], pool: Executor) -> tuple[dict[str, Any], IdMaps]:
     """The fit over the staged training rows, saved as the driver's own fit pass saves it; the
     id maps of the vocabularies fitted."""
     schema = opts.schema
@@ -450,7 +490,7 @@ def _fit_and_save(opts: Any, driver: Any, stage: _Stage, cutoffs: Optional[tuple
     result: dict[str, Any] = {"vocab_rows": {}, "scales": {}}
     vocabs = fit(stage, schema, cutoffs, distinct, moments)
     if distinct or fitted:
-        _save_vocabularies(opts, vocabs, result)
+        _save_vocabularies(opts, vocabs, result, pool)
         result["scales"] = {d.name: moments[d.name].scale(d.fitted) for d in fitted}
     layout.write_fit(opts.out_dir, result)
     oov = {t: schema.features_of(t)[0].oov_buckets for t in vocabs}
