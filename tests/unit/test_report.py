@@ -116,3 +116,47 @@ def test_a_resumed_writer_drops_what_the_killed_run_wrote_past_its_checkpoint(tm
 def test_an_empty_metrics_file_is_a_run_with_no_records_yet(tmp_path: Path, capsys) -> None:
     code, rows, _ = _report_json(capsys, str(_run_dir(tmp_path, "")))
     assert code == 0 and rows[0]["step"] is None and rows[0]["auc"] is None
+
+
+def _axis_of_rank_vs_plan(run_dir: Path):
+    from dlrm_dist.metrics import plots
+
+    fig = plots.draw([read_run(run_dir)])
+    return next(ax for ax in fig.axes if ax.get_title().startswith("mean step time per rank"))
+
+
+def _plan_run(tmp_path: Path, capsys, calibrated: bool) -> Path:
+    from dlrm_dist.cli.plan_main import main as plan
+    from tests import calibration_helper as ch
+
+    d = _run_dir(tmp_path, "".join(_line(kind="train", step=s, loss=0.5, samples_per_s=1000.0, rank_step_ms=[40.0, 44.0])
+                                   for s in (1, 2)), name="calibrated" if calibrated else "plain")
+    (tmp_path / "tables.json").write_text(json.dumps({"tables": [{"name": "t0", "rows": 1000, "dim": 16},
+                                                                 {"name": "t1", "rows": 2000, "dim": 16}]}))
+    argv = ["make", "--tables", str(tmp_path / "tables.json"), "--world-size", "2", "--device", "cpu",
+            "-o", str(d / "plan.json")]
+    if calibrated:
+        (tmp_path / "machine.json").write_text(json.dumps(ch.calibration_data()))
+        argv += ["--calibration", str(tmp_path / "machine.json")]
+    assert plan(argv) == 0
+    capsys.readouterr()
+    return d
+
+
+def test_rank_vs_plan_is_linear_with_the_predicted_step_when_calibrated(tmp_path: Path, capsys) -> None:
+    d = _plan_run(tmp_path, capsys, calibrated=True)
+    run = read_run(d)
+    assert run.predicted_step_ms and all(p > e for p, e in zip(run.predicted_step_ms, run.estimated_rank_ms))
+    ax = _axis_of_rank_vs_plan(d)
+    assert ax.get_yscale() == "linear" and "predicted step (calibrated, linear)" in ax.get_title()
+    drawn = [line for line in ax.get_lines() if "predicted step" in line.get_label()]
+    assert list(drawn[0].get_ydata()) == pytest.approx(run.predicted_step_ms)
+    code, rows, _ = _report_json(capsys, str(d))
+    assert code == 0 and rows[0]["predicted_step_ms"] == pytest.approx(max(run.predicted_step_ms))
+
+
+def test_rank_vs_plan_stays_log_for_an_uncalibrated_embedding_estimate(tmp_path: Path, capsys) -> None:
+    d = _plan_run(tmp_path, capsys, calibrated=False)
+    assert read_run(d).predicted_step_ms is None
+    ax = _axis_of_rank_vs_plan(d)
+    assert ax.get_yscale() == "log" and "estimate (log)" in ax.get_title()
