@@ -55,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
     from dlrm_dist.serving.export import CostLimits, export_checkpoint  # torch: after argument parsing
 
     limits = CostLimits(args.max_auc_loss, args.max_logloss_increase)
-    source = export_source(args.checkpoint, args.step)  # which checkpoint RUN_OR_CKPT means, and why
-    print(f"exporting step {source.step} ({source.why}): {source.path}", file=sys.stderr if args.json else sys.stdout)
-    with DirLock(args.out, f"{PROG} --out"):  # one writer per export directory
+    with DirLock(args.out, f"{PROG} --out"):  # one writer per export directory (a busy one refused first)
+        source = export_source(args.checkpoint, args.step)  # which checkpoint RUN_OR_CKPT means, and why
+        print(f"exporting step {source.step} ({source.why}): {source.path}",
+              file=sys.stderr if args.json else sys.stdout, flush=True)
         manifest = export_checkpoint(str(source.path), args.out, args.quantize, args.data, not args.no_progress,
                                      limits)
     shown = manifest.model_dump(mode="json", exclude={"config"})
