@@ -79,9 +79,9 @@ def make_exports(work: Path, rows: int, steps: int) -> tuple[Path, Path, Path]:
 class Server:
     """dlrm-serve in a subprocess on 127.0.0.1 (an ephemeral port), stopped by SIGTERM."""
 
-    def __init__(self, export: Path, max_wait_ms: Optional[float]) -> None:
+    def __init__(self, export: Path, options: list[str]) -> None:
         cmd = [sys.executable, "-m", "dlrm_dist.cli.serve_main", str(export), "--host", "127.0.0.1", "--port", "0",
-               "--log-level", "warning"] + ([] if max_wait_ms is None else ["--max-wait-ms", str(max_wait_ms)])
+               "--log-level", "warning", *options]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.url = self._url(timeout=300)
 
@@ -161,7 +161,9 @@ async def drive(url: str, bodies: list[bytes], rows: int, clients: int, requests
 
 
 def measure(export: Path, csv_path: Path, args: argparse.Namespace) -> list[dict]:
-    server = Server(export, args.max_wait_ms)
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in (("max_wait_ms", args.max_wait_ms), ("threads", args.threads))
+               if v is not None]
+    server = Server(export, options)
     try:
         columns = httpx.get(f"{server.url}/metadata", timeout=30).json()["columns"]
         pool = typed_records(csv_path, columns, 4096)
@@ -206,6 +208,7 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=3000, help="requests per level at most (default 3000)")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per level at most (default 10)")
     p.add_argument("--max-wait-ms", type=float, help="the server's --max-wait-ms (default: dlrm-serve's)")
+    p.add_argument("--threads", type=int, help="the server's --threads (default: dlrm-serve's)")
     p.add_argument("--rows", type=int, default=20_000, help="CSV rows when the model is made here")
     p.add_argument("--steps", type=int, default=200, help="training steps when the model is made here")
     p.add_argument("--work", type=Path, help="where the model is made and kept (default: a temporary folder); "
@@ -229,7 +232,7 @@ def main() -> int:
         results: dict[str, Any] = {"benchmark": "benchmarks/serve_latency.py " + " ".join(sys.argv[1:]),
                                    "date": datetime.date.today().isoformat(), "machine": start_load,
                                    "client": "httpx.AsyncClient on the same machine, one request in flight per client",
-                                   "max_wait_ms": args.max_wait_ms}
+                                   "server_options": {"max_wait_ms": args.max_wait_ms, "threads": args.threads}}
         for name, export in zip(("float", "int8"), exports):
             results[name] = measure(export, csv_path, args)
         results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]

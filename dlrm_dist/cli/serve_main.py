@@ -2,14 +2,16 @@
 
     dlrm-serve exported/ --port 8080
     curl -s localhost:8080/predict -H 'content-type: application/json' \\
-         -d '{"records": [{"user_id": "196", "movie_id": "242", "age": 49}]}'
+         -d '{"records": [{"user_id": 17, "item": "item-5", "city": "city-3", "tags": ["news", "film"],
+                           "price": 12.5, "views": 3}]}'
     curl -s localhost:8080/metadata
 
 POST /predict takes raw feature records (the columns the schema reads, as in the input file)
 and returns {"scores": [...]}, one click probability per record. Concurrent requests are
 scored together (up to --max-batch-rows rows per model call, the oldest waiting at most
 --max-wait-ms). A malformed request gets HTTP 422 naming body.records[i].column; a body over
---max-body-bytes or more than --max-request-rows records gets 413. GET /healthz answers 200
+--max-body-bytes or more than --max-request-rows records gets 413, and more than
+--max-concurrency requests at once get 503 (retry). GET /healthz answers 200
 once the model is loaded; GET /metadata gives the schema, export step, metrics at export,
 quantization and input columns. SIGTERM or Ctrl-C stops taking connections, finishes the
 requests in flight, then exits 0.
@@ -34,6 +36,7 @@ from dlrm_dist.logs import init_logging
 PROG = "dlrm-serve"
 LOG_LEVELS = ("warning", "info", "debug")
 GRACEFUL_SECONDS = 30  # how long requests in flight may take to finish at shutdown
+MAX_CONCURRENCY = 512  # x --max-body-bytes bounds what requests in flight can hold
 # Defaults of serving.server.Limits (not imported: torch and FastAPI load after parsing).
 DEFAULTS = {"max_batch_rows": 1024, "max_wait_ms": 2.0, "max_request_rows": 1024, "max_body_bytes": 4 << 20}
 
@@ -57,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"records per request, 413 beyond (default {DEFAULTS['max_request_rows']})")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULTS["max_body_bytes"], metavar="B",
                    help=f"request body size, 413 beyond (default {DEFAULTS['max_body_bytes']:,})")
+    p.add_argument("--max-concurrency", type=int, default=MAX_CONCURRENCY, metavar="C",
+                   help="connections and requests at once, 503 beyond: bounds memory under overload "
+                        f"(default {MAX_CONCURRENCY})")
+    p.add_argument("--threads", type=int, default=1, metavar="T",
+                   help="torch threads per model call (default 1: a call scores a small batch, and the other "
+                        "cores keep parsing and validating requests)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                    help="debug adds one line per batch and uvicorn's access log")
     return p
@@ -89,8 +98,10 @@ def run(args: argparse.Namespace) -> int:
     from dlrm_dist.serving.server import Limits  # FastAPI: after argument parsing
 
     limits = Limits(args.max_batch_rows, args.max_wait_ms, args.max_request_rows, args.max_body_bytes)
-    if limits.problems():
-        raise ServeError("; ".join(limits.problems()))
+    problems = limits.problems() + [f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1"
+                                    for name in ("max_concurrency", "threads") if getattr(args, name) < 1]
+    if problems:
+        raise ServeError("; ".join(problems))
     sock = listen(args.host, args.port)  # before loading: a port in use is named in a second, not after the load
     try:
         return serve(args, limits, sock)
@@ -98,21 +109,27 @@ def run(args: argparse.Namespace) -> int:
         sock.close()
 
 
-def make_server(export: str, limits: Any, log_level: str = "info") -> tuple[Any, dict[str, Any]]:
+def make_server(export: str, limits: Any, log_level: str = "info", max_concurrency: int = MAX_CONCURRENCY,
+                threads: int = 1) -> tuple[Any, dict[str, Any]]:
     """A uvicorn server for the export (checked and loaded here, before anything listens) and its metadata."""
+    import torch
     import uvicorn
 
     from dlrm_dist.serving.predictor import Predictor
     from dlrm_dist.serving.server import build_app
 
+    # Measured on 2 cores: 2 torch threads made small calls several times slower than 1 whenever
+    # the other core was busy (the event loop, another process): their workers spin and wait.
+    torch.set_num_threads(threads)
     predictor = Predictor.load(Path(export))
     config = uvicorn.Config(build_app(predictor, limits), log_level=log_level, access_log=log_level == "debug",
-                            timeout_graceful_shutdown=GRACEFUL_SECONDS, lifespan="on")
+                            timeout_graceful_shutdown=GRACEFUL_SECONDS, limit_concurrency=max_concurrency,
+                            lifespan="on")
     return uvicorn.Server(config), predictor.metadata()
 
 
 def serve(args: argparse.Namespace, limits: Any, sock: socket.socket) -> int:
-    server, metadata = make_server(args.export, limits, args.log_level)
+    server, metadata = make_server(args.export, limits, args.log_level, args.max_concurrency, args.threads)
     step = metadata.get("step")
     print(f"{PROG}: serving {args.export}" + (f" (step {step})" if step is not None else "") +
           f" on {url_of(sock)} (POST /predict, GET /healthz, GET /metadata)", flush=True)

@@ -112,7 +112,7 @@ def cell_validator(kind: str) -> Callable[[Any], Any]:
         bad = _scalar_problem(value)
         if bad:
             expected = "a number, a string, a list of them or null" if kind == "list" else "a number, a string or null"
-            raise ValueError(f"a {kind} cell is {expected}, not {bad}")
+            raise ValueError(f"give {expected} (as the training file held the cell), not {bad}")
         return value
     return check
 

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from dlrm_dist.cli import serve_main
 from dlrm_dist.serving.batcher import MicroBatcher, RecordsRejected
@@ -296,7 +297,7 @@ def test_an_error_naming_no_row_fails_each_request_alone() -> None:
 # -- the real server and the command line ----------------------------------------------------
 def test_uvicorn_serves_on_an_ephemeral_port(export: Path, predictor: Predictor) -> None:
     sock = serve_main.listen("127.0.0.1", 0)
-    server, metadata = serve_main.make_server(str(export), LIMITS, "warning")
+    server, metadata = serve_main.make_server(str(export), LIMITS, "warning", threads=torch.get_num_threads())
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
