@@ -27,6 +27,9 @@ TABLE = st.from_regex(r"[A-Za-z_][A-Za-z0-9_-]{0,8}", fullmatch=True)
 CHAINS = [[], ["log1p"], ["clip"], ["clip", "log1p"], ["standardize"], ["log1p", "minmax"], ["none"]]
 FINITE = st.floats(-1e6, 1e6, allow_nan=False)
 SPLITS = [[0.8, 0.1, 0.1], [1.0, 0.0, 0.0], [0.5, 0.25, 0.25], [0.9, 0.05, 0.05]]
+# a categorical label's values: no surrounding whitespace (or control characters, which Python and
+# the schema's regex disagree about as whitespace); ">50K", "<=50K.", "ja", "1"
+LABEL_TEXT = st.text(st.characters(blacklist_categories=("Zs", "Zl", "Zp", "Cc", "Cs")), min_size=1, max_size=6)
 
 
 @st.composite
@@ -61,6 +64,25 @@ def sparse(draw: Any, name: str) -> dict[str, Any]:
 
 
 @st.composite
+def label(draw: Any) -> Any:
+    """``label = "col"``, ``{ column, threshold }`` or ``{ column, positive, negative }`` (disjoint)."""
+    column = draw(st.text(min_size=1, max_size=6))
+    form = draw(st.sampled_from(["text", "table", "threshold", "positive", "both"]))
+    if form == "text":
+        return column
+    out: dict[str, Any] = {"column": column}
+    if form == "threshold":
+        out["threshold"] = draw(FINITE)
+    if form in ("positive", "both"):
+        values = draw(st.lists(LABEL_TEXT, min_size=1, max_size=6, unique=True))
+        cut = draw(st.integers(1, len(values)))
+        out["positive"] = values[:cut]
+        if form == "both" and cut < len(values):
+            out["negative"] = values[cut:]
+    return out
+
+
+@st.composite
 def schemas(draw: Any) -> dict[str, Any]:
     names = draw(st.lists(st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,8}", fullmatch=True), min_size=1, max_size=7,
                           unique=True))
@@ -79,9 +101,7 @@ def schemas(draw: Any) -> dict[str, Any]:
         sp[-1] = {**sp[0], "name": sp[-1]["name"], "table": sp[0].get("table", "t_" + sp[0]["name"].replace(".", "_"))}
         sp[0]["table"] = sp[-1]["table"]
     data: dict[str, Any] = {"name": draw(TABLE), "dense": [draw(dense(n)) for n in names[:n_dense]], "sparse": sp,
-                            "label": {"column": draw(st.text(min_size=1, max_size=6))}}
-    if draw(st.booleans()):
-        data["label"]["threshold"] = draw(FINITE)
+                            "label": draw(label())}
     split: dict[str, Any] = {"fractions": draw(st.sampled_from(SPLITS)), "seed": draw(st.integers(0, 2**63 - 1))}
     if draw(st.booleans()):
         split.update(by="time", column="ts")
@@ -106,7 +126,12 @@ def _entries(data: dict[str, Any]) -> list[tuple[Any, ...]]:
     out: list[tuple[Any, ...]] = [(k,) for k in data]
     for section in ("dense", "sparse"):
         out += [(section, i, k) for i, entry in enumerate(data.get(section, [])) for k in entry]
-    out += [(section, k) for section in ("label", "split", "input") for k in data.get(section, {})]
+    out += [(section, k) for section in ("label", "split", "input") if isinstance(data.get(section), dict)
+            for k in data[section]]
+    lab = data.get("label")
+    if isinstance(lab, dict):  # one listed value of a categorical label
+        out += [("label", k, i) for k in ("positive", "negative") if isinstance(lab.get(k), list)
+                for i in range(len(lab[k]))]
     return out
 
 
@@ -129,6 +154,9 @@ def mutated(draw: Any) -> tuple[dict[str, Any], Optional[tuple[Any, ...]]]:
         box[key] = draw(WRONG)
     elif how == "delete":
         del box[key]
+    elif how == "extra" and isinstance(box, list):  # a list has no keys: one more item instead
+        box.append(draw(WRONG))
+        path = path[:-1] + (len(box) - 1,)
     elif how == "extra":  # an unknown key beside the chosen one
         path = path[:-1] + (draw(st.sampled_from(["colour", "buckets_", "Name", "ünïcode", "seed2"])),)
         box[path[-1]] = 1
@@ -155,6 +183,13 @@ def _recheck(s: FeatureSchema) -> None:
     f = s.split.fractions
     assert len(f) == 3 and all(math.isfinite(x) and x >= 0 for x in f) and abs(sum(f) - 1) <= 1e-6 and f[0] > 0
     assert s.label.threshold is None or math.isfinite(s.label.threshold)
+    lab = s.label
+    if lab.categorical:
+        values = list(lab.positive) + list(lab.negative or ())
+        assert lab.threshold is None and lab.positive and all(type(v) is str and v and v == v.strip() for v in values)
+        assert not set(lab.positive) & set(lab.negative or ()) and (lab.negative is None or lab.negative)
+    else:
+        assert lab.negative is None
     for d in s.dense:
         assert math.isfinite(d.fill) and (d.clip is None or (d.clip[0] <= d.clip[1] and "clip" in d.transform))
     for x in s.sparse:
