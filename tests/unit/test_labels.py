@@ -131,7 +131,7 @@ def test_a_text_label_in_the_plain_form_names_the_categorical_form_not_null_valu
     """pyarrow's own conversion (the label-only CSV column) and the cast of a column that is also
     text, and a Parquet string column: each says what a label may be."""
     csv = tmp_path / "d.csv"
-    csv.write_text("id,work,income\n0,w,1\n1,w,>50K\n")
+    csv.write_text("id,work,income\n0,w,1\n1,w, >50K\n")  # (pyarrow names the value trimmed: its line still found)
     parquet = tmp_path / "d.parquet"
     pq.write_table(pa.table({"id": [0.0, 1.0], "work": ["a", "b"], "income": ["0", ">50K"]}), parquet)
     for path in (csv, parquet):
@@ -140,6 +140,7 @@ def test_a_text_label_in_the_plain_form_names_the_categorical_form_not_null_valu
         text = str(e.value)
         assert "'>50K' is not a number" in text and "null_values" not in text, text
         assert "label = { column = 'income', positive = [...] }" in text, text
+        assert (f"{csv} line 3" if path == csv else f"{parquet} row 2") + ", column 'income'" in text, text
 
 
 def test_a_plain_label_not_zero_or_one_names_threshold_and_the_categorical_form(tmp_path: Path) -> None:

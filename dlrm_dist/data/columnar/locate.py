@@ -178,7 +178,8 @@ def _line_of_value(path: Path, schema: FeatureSchema, index: int, value: str) ->
             expected = len(schema.input.columns) if not schema.input.header else len(fields)
             if schema.input.header:
                 continue
-        if len(fields) == expected and index < len(fields) and fields[index] == value:
+        # pyarrow names the value as it parsed it, surrounding spaces trimmed (" >50K" -> ">50K")
+        if len(fields) == expected and index < len(fields) and fields[index].strip(" \t") == value:
             return number
     return None
 
