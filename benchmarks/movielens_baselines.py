@@ -1,6 +1,6 @@
 """Baselines on MovieLens-100k (rating >= 4), all on the same time split and features.
 
-    python -m benchmarks.movielens_baselines [--steps 300] [--out results.json]
+    python -m benchmarks.movielens_baselines [--epochs 8] [--eval-interval 39] [--out results.json]
 
 1. the training split's positive rate for every sample (AUC 0.5 by construction);
 2. logistic regression in plain PyTorch on the same features: one weight per id of every
@@ -9,9 +9,14 @@
 3. dlrm_dist's Embedding+MLP preset (residual units) on 2 CPU ranks through torchrun;
 4. dlrm_dist's DLRM with the dot interaction on 2 CPU ranks.
 
-Models 3 and 4 train a fixed number of steps, checkpoint, and are scored on the test split
-with ``--inference-only``. Every figure is test-split AUC, log-loss and accuracy; the data
-is fetched from PyPI into the cache (see tests/multiprocess/test_own_data.py).
+Models 3 and 4 train for ``--epochs`` with early stopping on the val split (on by default:
+the data has a val split and no step count is given), evaluating every ``--eval-interval``
+steps, checkpointing each improving evaluation (keep_last=1 keeps the newest and the best).
+Each records best vs last: the best evaluation's step and val AUC, the last one's, and the
+test split scored with each model (the best by the run itself at its end, the last by an
+``--inference-only`` run of the newest checkpoint). The headline figure is the best model's.
+Every figure is test-split AUC, log-loss and accuracy unless named val; the data is fetched
+from PyPI into the cache (see tests/multiprocess/test_own_data.py).
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ def prepare() -> Path:
 def _metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     m = EvalMetrics()
     m.update(logits, labels)
-    return m.compute()
+    return m.compute(0).metrics()
 
 
 def positive_rate(ds: ColumnarDataset) -> dict[str, float]:
@@ -104,26 +109,41 @@ def logistic_regression(ds: ColumnarDataset, epochs: int = 8, batch: int = 1024,
     return best[1]
 
 
-def trainer(data: Path, name: str, args: list[str], steps: int) -> dict[str, float]:
-    """dlrm_dist on 2 ranks: train ``steps`` steps, then score the checkpoint on the test split."""
+def _test_metrics(d: dict) -> dict[str, float]:
+    return {k: d[k] for k in ("auc", "logloss", "accuracy")}
+
+
+def trainer(data: Path, name: str, args: list[str], epochs: int, eval_interval: int) -> dict:
+    """dlrm_dist on 2 ranks with early stopping: the best model's test figures, and best vs last."""
     with tempfile.TemporaryDirectory() as tmp:
         base = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "dlrm_dist.train",
-                "--data=columnar", f"--data-dir={data}", "--train.progress=false", "--batch-size=1024", *args]
+                "--data=columnar", f"--data-dir={data}", "--train.progress=false", "--batch-size=1024",
+                "--train.tensorboard=false", *args]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         start = time.perf_counter()
-        subprocess.run(base + [f"--steps={steps}", "--train.eval_interval=0", f"--run-dir={tmp}/train",
-                               f"--checkpoint-dir={tmp}/ckpt"], check=True, cwd=ROOT, env=env, capture_output=True)
+        subprocess.run(base + [f"--train.epochs={epochs}", f"--train.eval_interval={eval_interval}",
+                               "--train.keep_last=1", f"--run-dir={tmp}/train", f"--checkpoint-dir={tmp}/ckpt"],
+                       check=True, cwd=ROOT, env=env, capture_output=True)
         seconds = time.perf_counter() - start
-        subprocess.run(base + ["--data.eval_split=test", "--inference-only", f"--checkpoint={tmp}/ckpt",
-                               f"--run-dir={tmp}/test"], check=True, cwd=ROOT, env=env, capture_output=True)
-        s = json.loads(Path(tmp, "test", "summary.json").read_text())
-    print(f"  {name}: {steps} steps in {seconds:.1f} s (wall clock, 2 ranks, start-up included)")
-    return {"auc": s["eval_auc"], "logloss": s["eval_logloss"], "accuracy": s["eval_accuracy"], "train_s": seconds}
+        s = json.loads(Path(tmp, "train", "summary.json").read_text())
+        subprocess.run(base + ["--data.eval_split=test", "--inference-only",
+                               f"--checkpoint={tmp}/ckpt/step_{s['step']:08d}", f"--run-dir={tmp}/test"],
+                       check=True, cwd=ROOT, env=env, capture_output=True)
+        last_test = json.loads(Path(tmp, "test", "summary.json").read_text())
+    best, last, test = s["best"], s["last"], s["test"]
+    assert test["model"] == "best" and test["step"] == best["step"], test
+    print(f"  {name}: {s['steps']} steps in {seconds:.1f} s (wall clock, 2 ranks, start-up included); "
+          f"best val AUC {best['auc']:.4f} at step {best['step']}, last {last['auc']:.4f} at step {last['step']}"
+          + (f" ({s['stopped_early']})" if s["stopped_early"] else ""))
+    return {**_test_metrics(test), "train_s": seconds, "steps": s["steps"], "stopped_early": s["stopped_early"],
+            "best": {"step": best["step"], "val_auc": best["auc"], "test": _test_metrics(test)},
+            "last": {"step": last["step"], "val_auc": last["auc"], "test": _test_metrics(last_test)}}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=300, help="trainer steps of 1024 samples (78 = one epoch)")
+    p.add_argument("--epochs", type=int, default=8, help="at most this many epochs (78 steps of 1024 samples each)")
+    p.add_argument("--eval-interval", type=int, default=39, help="evaluate (and judge) every N steps (half an epoch)")
     p.add_argument("--out", help="write the figures as JSON here")
     a = p.parse_args()
     data = prepare()
@@ -131,13 +151,19 @@ def main() -> int:
     results = {"positive rate": positive_rate(ds), "logistic regression": logistic_regression(ds)}
     results["Embedding+MLP (dlrm_dist)"] = trainer(data, "Embedding+MLP", [
         "--model.arch=embedding_mlp", "--model.residual_units=2", "--model.residual_hidden=64", "--model.top_mlp=64-1",
-        "--model.embedding_dim=16"], a.steps)
+        "--model.embedding_dim=16"], a.epochs, a.eval_interval)
     results["DLRM dot (dlrm_dist)"] = trainer(data, "DLRM", [
-        "--model.bottom_mlp=2-32-16", "--model.top_mlp=64-32-1", "--model.embedding_dim=16"], a.steps)
+        "--model.bottom_mlp=2-32-16", "--model.top_mlp=64-32-1", "--model.embedding_dim=16"], a.epochs, a.eval_interval)
     print(f"MovieLens-100k, rating >= 4, time split; test rows {ds.splits['test'].rows:,}")
     print(f"{'model':<28} {'AUC':>7} {'log-loss':>9} {'accuracy':>9}")
     for name, r in results.items():
         print(f"{name:<28} {r['auc']:>7.4f} {r['logloss']:>9.4f} {r['accuracy']:>9.4f}")
+    print(f"{'best vs last':<28} {'step':>6} {'val AUC':>8} {'test AUC':>9}")
+    for name, r in results.items():
+        for which in ("best", "last"):
+            if which in r:
+                e = r[which]
+                print(f"  {name[:20] + ' ' + which:<26} {e['step']:>6} {e['val_auc']:>8.4f} {e['test']['auc']:>9.4f}")
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=1) + "\n")
     return 0

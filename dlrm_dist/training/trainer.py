@@ -141,16 +141,7 @@ class Trainer:
                 result.stopped = self.stop.reason()  # resumed where the run stopped: it stays stopped
                 break
             self.train_segment(end, result, bar)
-            verdict = None
-            if "eval" in actions:  # before the checkpoint: its manifest names the best as of this step
-                result.evals.append(self.evaluate())
-                verdict = self.judge(result.evals[-1])
-            if "checkpoint" in actions or (verdict and (verdict.improved or verdict.stop) and self.checkpoints.enabled):
-                self.checkpoints.save(self.step, best=self.stop.best if self.stop else None)
-            if verdict and verdict.stop:
-                result.stopped = self.stop.reason()
-                self.log.write("early_stop", self.step, reason=result.stopped, best_step=self.stop.best_step)
-                logger.info("early stop at step %d: %s", self.step, result.stopped)
+            if self.at_boundary(actions, result):
                 break
         bar.close()
         if not result.evals:  # resumed at the last step: still report the model
@@ -162,6 +153,26 @@ class Trainer:
         result.rank_step_ms = self.rank_step_ms()
         result.a2a_bytes_per_sample = self.exchange_bytes_per_sample()
         return result
+
+    def at_boundary(self, actions: set[str], result: TrainResult) -> bool:
+        """Evaluates, judges and checkpoints as due at a segment's end; True: stop early here.
+
+        The evaluation comes first, so the checkpoint's manifest names the best as of this
+        step; an evaluation that improves (and the one that stops the run) is checkpointed
+        even when no save was due, so the best model can be kept and the stop resumed.
+        """
+        verdict = Verdict(improved=False, stop=False)
+        if "eval" in actions:
+            result.evals.append(self.evaluate())
+            verdict = self.judge(result.evals[-1])
+        if "checkpoint" in actions or ((verdict.improved or verdict.stop) and self.checkpoints.enabled):
+            self.checkpoints.save(self.step, best=self.stop.best if self.stop else None)
+        if verdict.stop:
+            assert self.stop is not None
+            result.stopped = self.stop.reason()
+            self.log.write("early_stop", self.step, reason=result.stopped, best_step=self.stop.best_step)
+            logger.info("early stop at step %d: %s", self.step, result.stopped)
+        return verdict.stop
 
     def schedule(self) -> list[tuple[int, set[str]]]:
         """(step, {"eval", "checkpoint"}) at every boundary still ahead; segments end there."""
