@@ -138,10 +138,6 @@ def run_import_torchrec(args: argparse.Namespace) -> int:
         rate = rows / r.seconds if r.seconds else 0
         print(f"imported {r.days} days, {rows:,} rows in {r.seconds:.1f} s ({rate:,.0f} rows/s) -> {args.out}")
         print("  " + "  ".join(f"{s} {n:,}" for s, n in r.rows.items()))
-    if r.split_fractions:  # a time split: ties move rows between splits, so say what it came to
-        print("  time split fractions: " + "  ".join(f"{s} {x:.3f}" for s, x in r.split_fractions.items()))
-    for w in r.warnings:
-        print(f"dlrm-data: warning: {w}", file=sys.stderr)
     return 0
 
 

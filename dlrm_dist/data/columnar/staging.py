@@ -37,7 +37,7 @@ import contextlib
 import json
 import os
 import shutil
-from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Executor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -212,7 +212,7 @@ def _jobs(schema: FeatureSchema) -> list[list[SparseFeature]]:
 
 
 def stage_batch(batch: pa.RecordBatch, schema: FeatureSchema, distinct: dict[str, Interner],
-                pool: Optional[Executor] = None) -> _Arrays:
+                pool: Executor) -> _Arrays:
     """A record batch encoded as far as it can be without fitted state (an empty time or label cell
     is named by its line here, while the batch still knows where it came from). The sparse
     features run on ``pool``'s threads (the kernels and pyarrow release the GIL), the numbers here."""
@@ -225,7 +225,7 @@ def stage_batch(batch: pa.RecordBatch, schema: FeatureSchema, distinct: dict[str
             out[f.name] = ids, bags.lengths
         return out
 
-    jobs = [(pool or _SERIAL).submit(sparse, group) for group in _jobs(schema)]
+    jobs = [pool.submit(sparse, group) for group in _jobs(schema)]
     try:
         labels = encode.labels_of(batch, schema)
         if schema.split.by == "time":
@@ -239,24 +239,11 @@ def stage_batch(batch: pa.RecordBatch, schema: FeatureSchema, distinct: dict[str
                    {f.name: done[f.name][1] for f in schema.sparse}, labels)
 
 
-class _Serial(Executor):
-    """An executor that runs each call at once, in the caller's thread."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as e:  # noqa: BLE001 - raised again by result(), as a thread's would be
-            future.set_exception(e)
-        return future
-
-
-_SERIAL = _Serial()
 READ_AHEAD = 6  # record batches parsed ahead of the staging (the parse goes on while numba loads its kernels)
 
 
 def read_blocks(opts: Any, schema: FeatureSchema, bad: read.BadLines, distinct: dict[str, Interner],
-                progress: Callable[[int], None], pool: Optional[Executor] = None) -> Iterator[tuple[_Block, _Arrays]]:
+                progress: Callable[[int], None], pool: Executor) -> Iterator[tuple[_Block, _Arrays]]:
     """Every record batch of every input, staged, with its origin. The file is parsed ahead on a
     reader thread (pyarrow parses without the GIL) while ``pool``'s threads stage the last batch."""
     row0 = 0
@@ -352,9 +339,9 @@ class IdMaps:
 
 
 def finish_block(block: _Block, arrays: _Arrays, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]],
-                 maps: IdMaps, writers: dict[str, Any], pool: Optional[Executor] = None) -> None:
+                 maps: IdMaps, writers: dict[str, Any], pool: Executor) -> None:
     """A block's rows, fitted steps applied (the vocabulary ids on ``pool``), appended to their splits' files."""
-    jobs = {f.name: (pool or _SERIAL).submit(maps.ids, f, arrays.values[f.name]) for f in schema.sparse
+    jobs = {f.name: pool.submit(maps.ids, f, arrays.values[f.name]) for f in schema.sparse
             if f.kind == "vocab"}
     try:
         batch = numeric_batch(block, arrays.numbers)
