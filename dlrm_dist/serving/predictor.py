@@ -112,13 +112,22 @@ class Predictor:
     @torch.no_grad()
     def run(self, inputs: ModelInputs) -> np.ndarray:
         """The program on encoded inputs; NaN scores (damaged weights the checks missed) are refused."""
-        if inputs[0].shape[0] == 0:
+        rows = inputs[0].shape[0]
+        if rows == 0:
             return np.zeros(0, np.float64)
-        probs = self.export.module(*inputs).double().numpy()
+        probs = self.export.module(*(_two_rows(inputs) if rows == 1 else inputs)).double().numpy()[:rows]
         if not np.isfinite(probs).all():
             raise ExportError(f"{self.directory}: the model scored {int((~np.isfinite(probs)).sum())} of "
                               f"{len(probs)} rows NaN or infinite; no scores returned")
         return probs
+
+
+def _two_rows(inputs: ModelInputs) -> ModelInputs:
+    """A one-row batch as two copies of it: torch.export specializes a traced size of 1, so the
+    program's guards refuse a batch of one row (and accept any other size)."""
+    dense, ids, offsets = inputs
+    return (torch.cat([dense, dense]), [torch.cat([i, i]) for i in ids],
+            [torch.cat([o, o[1:] + o[-1]]) for o in offsets])
 
 
 def _metrics_at_export(quantization: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
