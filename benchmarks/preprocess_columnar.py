@@ -9,12 +9,18 @@ clock (start-up included) with its peak RSS:
 - ``new``: ``dlrm-data preprocess --schema benchmarks/schemas/columnar19.toml`` (time split,
   vocabularies, fitted dense steps): one read, cut-offs and fit from the staged columns;
 - ``old``: the same job through the driver's three passes over the file (staging disabled),
-  --old-repeats times (it is the slow one).
+  --old-repeats times (it is the slow one);
+- ``criteo``: with --criteo-rows N, the built-in ``criteo:days=7`` job on N non-repeating raw
+  Criteo lines (preprocess_vs_torchrec.make_input, seed 0; or --criteo-input), the same way.
+
+Each run records the 1-minute load average before it (the machine is shared: read the rates
+beside it).
 
 Prints one JSON line per run and writes the medians and their ratio to
 benchmarks/results/preprocess_columnar.json.
 
     .venv/bin/python -m benchmarks.preprocess_columnar [--rows 2000000] [--repeats 3] [--old-repeats 1]
+        [--criteo-rows 2000000]
 """
 
 from __future__ import annotations
@@ -56,17 +62,18 @@ def _timed(cmd: list[str]) -> tuple[float, int]:
     return seconds, usage.ru_maxrss // 1024
 
 
-def run(impl: str, src: Path, out: Path, rows: int) -> dict:
+def run(impl: str, src: Path, out: Path, rows: int, schema: Path = SCHEMA) -> dict:
     py = sys.executable
     if impl == "pyarrow":
         cmd = [py, "-c", PYARROW, str(src)]
     else:
         shutil.rmtree(out, ignore_errors=True)
-        args = ["preprocess", "--schema", str(SCHEMA), "--input", str(src), "--out", str(out), "--no-progress"]
-        cmd = [str(Path(py).parent / "dlrm-data"), *args] if impl == "new" else [py, "-c", OLD, *args]
+        args = ["preprocess", "--schema", str(schema), "--input", str(src), "--out", str(out), "--no-progress"]
+        cmd = [py, "-c", OLD, *args] if impl == "old" else [str(Path(py).parent / "dlrm-data"), *args]
+    load = round(os.getloadavg()[0], 2)
     seconds, rss = _timed(cmd)
     return {"impl": impl, "rows": rows, "wall_seconds": round(seconds, 3), "rows_per_s": round(rows / seconds),
-            "peak_rss_mb": rss}
+            "peak_rss_mb": rss, "load_1min_before": load}
 
 
 def _median(runs: list[dict], impl: str) -> dict:
@@ -76,27 +83,46 @@ def _median(runs: list[dict], impl: str) -> dict:
             "peak_rss_mb": max(r["peak_rss_mb"] for r in mine)}
 
 
+def _criteo_input(a: argparse.Namespace, tmp: Path) -> tuple[Path, Path]:
+    """(the raw Criteo file, the criteo:days=7 schema written as a file)."""
+    from benchmarks import preprocess_vs_torchrec as criteo
+
+    src = a.criteo_input
+    if src is None:
+        src = tmp / "criteo.tsv"
+        criteo.make_input(src, a.criteo_rows)
+    return src, criteo.schema_file(tmp)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=2_000_000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--old-repeats", type=int, default=1)
     p.add_argument("--input", type=Path, help="an existing file of gen_columnar_csv.py's (else one is generated)")
+    p.add_argument("--criteo-rows", type=int, default=0)
+    p.add_argument("--criteo-input", type=Path, help="an existing file of preprocess_vs_torchrec.make_input's")
     p.add_argument("--out", type=Path, default=RESULT)
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         src = a.input or gen_columnar_csv.write(Path(tmp) / "columnar19.csv", a.rows)
+        criteo = _criteo_input(a, Path(tmp)) if a.criteo_rows else None
+        size = src.stat().st_size
         runs = []
         for k in range(max(a.repeats, a.old_repeats)):
             impls = ["pyarrow", "new"] * (k < a.repeats) + ["old"] * (k < a.old_repeats)
             for impl in impls:
                 runs.append(run(impl, src, Path(tmp) / "out", a.rows))
                 print(json.dumps(runs[-1]), flush=True)
-    summary = {impl: _median(runs, impl) for impl in ("pyarrow", "new", "old") if any(r["impl"] == impl for r in runs)}
+            if criteo and k < a.repeats:
+                runs.append(run("criteo", criteo[0], Path(tmp) / "out", a.criteo_rows, criteo[1]))
+                print(json.dumps(runs[-1]), flush=True)
+    impls = ("pyarrow", "new", "old", "criteo")
+    summary = {impl: _median(runs, impl) for impl in impls if any(r["impl"] == impl for r in runs)}
     summary["new_over_pyarrow"] = round(summary["new"]["rows_per_s"] / summary["pyarrow"]["rows_per_s"], 3)
     if "old" in summary:
         summary["new_over_old"] = round(summary["new"]["rows_per_s"] / summary["old"]["rows_per_s"], 2)
-    record = {"file": {"rows": a.rows, "bytes": src.stat().st_size, "columns": 19,
+    record = {"file": {"rows": a.rows, "bytes": size, "columns": 19,
                        "generator": "benchmarks/gen_columnar_csv.py (seed 0)", "schema": str(SCHEMA.relative_to(ROOT))},
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                           "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
