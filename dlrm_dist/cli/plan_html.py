@@ -10,11 +10,16 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 from dlrm_dist.fileio import atomic_write_text
-from dlrm_dist.planning.planfile import PlanFile
 from dlrm_dist.planning.types import COST_PARTS
+
+if TYPE_CHECKING:
+    from dlrm_dist.planning.planfile import PlanFile
+    from dlrm_dist.planning.planview import PlanView
+
+    Plan = Union[PlanFile, PlanView]  # both hold the inputs and estimates drawn here
 
 # The cost bars stack the parts of TorchRec's Perf.total (COST_PARTS): input_dist_comms is
 # shown in the tables but not counted in the cost, so it is not drawn.
@@ -46,7 +51,7 @@ def _bars(title: str, unit: str, per_rank: list[dict[str, float]], parts: list[s
     return "\n".join(out) + f"</svg><p>{legend}</p>"
 
 
-def render(pf: PlanFile, measured: Optional[list[float]] = None) -> str:
+def render(pf: "Plan", measured: Optional[list[float]] = None) -> str:
     est = pf.estimates
     per_rank, s = est.per_rank, est.summary
     cost = [{p: getattr(r.perf, p) for p in COST_PARTS} for r in per_rank]
@@ -74,7 +79,7 @@ def render(pf: PlanFile, measured: Optional[list[float]] = None) -> str:
             + f'<script type="application/json" id="plan-data">{data}</script></body></html>\n')
 
 
-def write_html(pf: PlanFile, path: str, measured: Optional[list[float]] = None) -> None:
+def write_html(pf: "Plan", path: str, measured: Optional[list[float]] = None) -> None:
     atomic_write_text(Path(path), render(pf, measured))
 
 

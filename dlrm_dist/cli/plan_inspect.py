@@ -1,4 +1,8 @@
-"""Inspect a plan file: per-rank costs and memory, a summary, optionally measured times."""
+"""Inspect a plan file: its topology, per-rank costs and memory, a summary, optionally measured times.
+
+Reads the plan without torch or TorchRec (planning/planview.py), so it starts in about a second.
+A calibrated plan (dlrm-plan make --calibration) also shows each rank's predicted training step.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,11 @@ from typing import Annotated, Optional
 
 from pydantic import ConfigDict, Field
 
-from dlrm_dist.cli.plan_html import write_html
 from dlrm_dist.cli.render import rank_table, summary_text
 from dlrm_dist.config.files import read_data
-from dlrm_dist.metrics.runs import SUMMARY_FILE
-from dlrm_dist.planning.check import read_consistent
 from dlrm_dist.planning.errors import PlanError
+from dlrm_dist.planning.planview import PlanView, read_consistent_view
+from dlrm_dist.planning.prediction import predicted_step_ms
 from dlrm_dist.planning.summary import topology_lines
 from dlrm_dist.validation import Strict, joined, validate
 
@@ -37,6 +40,8 @@ class _MeasuredModel(Strict):
 
 def measured_step_ms(run_dir: str, world_size: int) -> list[float]:
     """Per-rank mean step times recorded by dlrm-train in RUN_DIR/summary.json."""
+    from dlrm_dist.metrics.runs import SUMMARY_FILE  # the run directory's layout belongs to metrics/runs.py
+
     path = Path(run_dir) / SUMMARY_FILE
     if not path.is_file():
         raise PlanError(f"{path}: no such file (is {run_dir} a dlrm-train run directory?)")
@@ -50,7 +55,9 @@ def measured_step_ms(run_dir: str, world_size: int) -> list[float]:
     return times
 
 
-def _write_html(pf, path: str, measured: Optional[list[float]]) -> None:
+def _write_html(pf: PlanView, path: str, measured: Optional[list[float]]) -> None:
+    from dlrm_dist.cli.plan_html import write_html
+
     try:
         write_html(pf, path, measured)
     except OSError as e:
@@ -58,8 +65,9 @@ def _write_html(pf, path: str, measured: Optional[list[float]]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    pf = read_consistent(args.plan)
+    pf = read_consistent_view(args.plan)
     est = pf.estimates
+    predicted = predicted_step_ms(pf.inputs, est)
     measured: Optional[list[float]] = None
     if args.measured:
         measured = measured_step_ms(args.measured, pf.inputs.topology.world_size)
@@ -69,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         out = {"plan": args.plan, "planner": pf.planner, "inputs": pf.inputs.to_dict(), **est.describe()}
         if measured:
             out["measured_step_ms"] = measured
+        if predicted:
+            out["predicted_step_ms"] = predicted
         print(json.dumps(out, indent=1, sort_keys=True))
         return 0
     t = pf.inputs.topology
@@ -79,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(rank_table(est, measured))
     print(summary_text(est.summary))
+    if predicted:
+        print("predicted training step per rank (calibrated: embeddings + dense + overhead): "
+              + ", ".join(f"{p:.2f}" for p in predicted) + " ms")
     if measured:
         print("measured: mean training step per rank (dense + embeddings + data) against the embedding "
               "estimate; the ratio's spread across ranks shows imbalance the model did not predict")

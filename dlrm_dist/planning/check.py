@@ -7,12 +7,15 @@ user sees them all at once rather than one per attempt.
 
 from __future__ import annotations
 
-from torchrec.distributed.types import ShardingPlan
+from typing import TYPE_CHECKING
 
-from dlrm_dist.planning import planfile
-from dlrm_dist.planning.convert import table_shardings
 from dlrm_dist.planning.errors import PlanError
 from dlrm_dist.planning.types import ExpectedTable
+
+if TYPE_CHECKING:  # TorchRec only where a ShardingPlan is checked: PlanMismatchError imports without it
+    from torchrec.distributed.types import ShardingPlan
+
+    from dlrm_dist.planning import planfile
 
 
 class PlanMismatchError(PlanError):
@@ -57,6 +60,8 @@ def _table_problems(name: str, ps, exp: ExpectedTable, world_size: int, device: 
 def check_plan(plan: ShardingPlan, tables: list[ExpectedTable], world_size: int, device: str,
                origin: str = "the plan") -> None:
     """Raises PlanMismatchError listing every way ``plan`` does not fit."""
+    from dlrm_dist.planning.convert import table_shardings
+
     shardings = table_shardings(plan)
     expected = {t.name: t for t in tables}
     problems = [f"table {n} is in the model but missing from the plan" for n in expected if n not in shardings]
@@ -74,6 +79,8 @@ def read_consistent(path: str) -> "planfile.PlanFile":
     A hand edit (a shard moved to a rank the topology does not have, a resized shard) breaks
     that agreement, and then the stored estimates describe another plan: refuse to show them.
     """
+    from dlrm_dist.planning import planfile
+
     pf = planfile.read(path)
     t = pf.inputs.topology
     tables = [ExpectedTable(x.name, x.rows, x.dim) for x in pf.inputs.tables]

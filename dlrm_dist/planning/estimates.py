@@ -14,8 +14,8 @@ from collections import defaultdict
 
 import numpy as np
 from torchrec.distributed.planner.shard_estimators import _calculate_shard_io_sizes
-from torchrec.distributed.planner.types import Perf
 
+from dlrm_dist.planning.perf import Perf
 from dlrm_dist.planning.types import (
     PERF_FIELDS, Capacity, PlanEstimates, PlannerInputs, PlanSummary, RankEstimate, TableCost, TablePlacement,
 )

@@ -29,16 +29,20 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torchrec.distributed.planner.enumerators import get_partition_by_type
-from torchrec.distributed.planner.types import Perf
 
 from dlrm_dist.names import TABLE_PREFIX
+# TorchRec's Perf without TorchRec: plan files are read (inspect, validate) without importing it.
+from dlrm_dist.planning.perf import Perf
 from dlrm_dist.planning.calibration import CalibrationModel
 from dlrm_dist.planning.inputs import (
     DenseModel, InputsModel, TableModel, read_inputs_file, read_tables_file, validated,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 GB = 1024**3
 
@@ -215,6 +219,8 @@ class Option:
 
     def __post_init__(self) -> None:
         # Derived once: the partitioner reads these many thousands of times.
+        from torchrec.distributed.planner.enumerators import get_partition_by_type  # only where options are built
+
         self.placement: str = get_partition_by_type(self.sharding_type)  # device | host | uniform
         self.shard_cost: np.ndarray = self.perf @ COST_WEIGHTS  # (S,) ms per shard, as Perf.total
         self.total_cost: float = float(self.shard_cost.sum())

@@ -48,9 +48,12 @@ def _planning_imports(name: str) -> set[str]:
 
 
 def test_the_planner_contracts_sit_below_its_stages() -> None:
-    """inputs.py (declared file formats) -> types.py (the contracts) -> every stage; never back up."""
-    assert _planning_imports("inputs") == set()
-    assert _planning_imports("types") == {"dlrm_dist.planning.inputs"}
+    """calibration.py + inputs.py (declared file formats) and perf.py -> types.py (the contracts) -> every
+    stage; never back up."""
+    assert _planning_imports("calibration") == set() and _planning_imports("perf") == set()
+    assert _planning_imports("inputs") == {"dlrm_dist.planning.calibration"}
+    assert _planning_imports("types") == {"dlrm_dist.planning.inputs", "dlrm_dist.planning.calibration",
+                                          "dlrm_dist.planning.perf"}
 
 
 def test_the_planner_and_the_parallel_wrapping_know_no_model_layout() -> None:

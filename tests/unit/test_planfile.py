@@ -119,7 +119,7 @@ def test_shardings_are_checked_with_their_paths(tmp_path) -> None:
     assert "data_parallel tables are replicated and have no shards" in _damaged(
         tmp_path, sharding(sharding_type="data_parallel"))
     shard = {"offsets": [0, 0], "sizes": [20000, 16], "placement": "rank:0/cpu"}
-    assert f"{table}: shards: Shards " in _damaged(tmp_path, sharding(shards=[shard, shard], ranks=[0, 0]))
+    assert f"{table}: shards: shards 0 and 1 overlap" in _damaged(tmp_path, sharding(shards=[shard, shard], ranks=[0, 0]))
     assert f"{table}.shards[0].placement: must look like rank:N/cpu" in _damaged(
         tmp_path, sharding(shards=[{**shard, "placement": "rank:x"}]))
     lfu = {"dataclass": "torchrec.distributed.types:CacheParams", "fields": {"load_factor": math.nan}}

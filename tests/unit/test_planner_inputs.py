@@ -117,7 +117,7 @@ def test_messages_come_from_the_declared_model() -> None:
     field = TableModel.model_fields["cache_load_factor"]
     assert describe(float, field.metadata) == "a finite number in (0, 1]"
     assert set(InputsModel.model_fields) == {"about", "tables", "topology", "budgets", "batch_size_per_rank",
-                                             "optimizer"}
+                                             "optimizer", "calibration", "dense"}
 
 
 def test_tables_files_written_by_dlrm_data_stats_load(tmp_path) -> None:
