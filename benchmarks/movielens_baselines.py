@@ -137,7 +137,7 @@ def trainer(data: Path, name: str, args: list[str], epochs: int, eval_interval: 
           + (f" ({s['stopped_early']})" if s["stopped_early"] else ""))
     return {**_test_metrics(test), "train_s": seconds, "steps": s["steps"], "stopped_early": s["stopped_early"],
             "best": {"step": best["step"], "val_auc": best["auc"], "test": _test_metrics(test)},
-            "last": {"step": last["step"], "val_auc": last["auc"], "test": _test_metrics(last_test)}}
+            "last": {"step": last["step"], "val_auc": last["auc"], "test": _test_metrics(last_test["last"])}}
 
 
 def main() -> int:
