@@ -10,7 +10,8 @@
                                      (strings, or integers for criteo_tsv's integer fields)
     DIR/<split>/dense.npy            float32 (N, num_dense), transformed
     DIR/<split>/labels.npy           float32 (N,), 0 or 1
-    DIR/<split>/<feature>.ids.npy    int32 (int64 for tables of 2**31 rows or more): one id
+    DIR/<split>/<feature>.ids.npy    int32 (int64 for tables of 2**31 rows or more, and for a
+                                     managed feature's raw ids in [0, 2**63 - 1)): one id
                                      per row, or all ids of all bags for a multi-hot feature
     DIR/<split>/<feature>.offsets.npy  int64 (N + 1,), multi-hot features only
 
@@ -101,7 +102,7 @@ class SplitWriter:
         self.labels = self._open(labels_file(out, split), np.float32, (), tally)
         self.ids, self.offsets, self.nvalues = {}, {}, {}
         for f in schema.sparse:
-            dtype = id_dtype(schema.table_rows(f.table))
+            dtype = id_dtype(schema.id_range(f))
             self.ids[f.name] = self._open(ids_file(out, split, f.name), dtype, (), tally)
             if f.multi_hot:
                 self.offsets[f.name] = self._open(offsets_file(out, split, f.name), np.int64, (), tally)
@@ -174,10 +175,6 @@ def write_splits(directory: Path, schema: FeatureSchema, fill: Callable[[dict[st
         shutil.rmtree(out / s, ignore_errors=True)
         (out / (s + PARTIAL)).rename(out / s)
     return splits
-
-
-def write_vocab(directory: Path, table: str, values: list[str] | list[int]) -> None:
-    atomic_write_json(vocab_file(directory, table), values)
 
 
 def _one_kind(values: list) -> bool:
@@ -274,7 +271,7 @@ def open_split(directory: str | Path, split: str, schema: FeatureSchema, rows: i
     labels = open_checked(labels_file(d, split), np.dtype(np.float32), (rows,))
     ids, offsets = {}, {}
     for f in schema.sparse:
-        ids[f.name], offsets[f.name] = _open_feature(d, split, f, rows, schema.table_rows(f.table))
+        ids[f.name], offsets[f.name] = _open_feature(d, split, f, rows, schema.id_range(f))
     return SplitArrays(rows, dense, labels, ids, offsets)
 
 
