@@ -35,8 +35,12 @@ from dlrm_dist.validation import Strict
 
 DENSE_TRANSFORMS = ("none", "log1p", "clip", "standardize", "minmax")
 FITTED_TRANSFORMS = ("standardize", "minmax")  # statistics from the training split
-SPARSE_KINDS = ("identity", "vocab", "hash")
+SPARSE_KINDS = ("identity", "vocab", "hash", "managed")
 HASHES = ("fnv1a", "int_modulo")  # kind hash: FNV-1a 64 of the text, or the integer value modulo buckets
+# kind managed: raw ids (the same two hashes, modulo MANAGED_ID_SPACE) remapped to rows by TorchRec's
+# MCHManagedCollisionModule, which evicts the least frequently (lfu) or least recently (lru) used id.
+EVICTIONS = ("lfu", "lru")
+MANAGED_ID_SPACE = 2**63 - 1  # TorchRec's input_hash_size; its empty-slot sentinel (2**63 - 1) is never a raw id
 ORDERS = ("frequency", "value")  # kind vocab: most frequent first (ties by value), or ascending by value
 POOLINGS = ("sum", "mean")
 SPLITS = ("train", "val", "test")
@@ -118,6 +122,10 @@ class SparseModel(Strict):
     pooling: Literal[POOLINGS] = "sum"
     dim: Optional[Count] = None
     prefix: Optional[Count] = None
+    eviction: Literal[EVICTIONS] = "lfu"
+    eviction_interval: Count = 1
+    decay_exponent: Annotated[float, Field(gt=0.0, allow_inf_nan=False),
+                              Says("a finite number > 0 (LRU's score: 1 / age ** decay_exponent)")] = 1.0
 
     @property
     def table_name(self) -> str:
@@ -126,7 +134,7 @@ class SparseModel(Strict):
     @model_validator(mode="after")
     def _kind(self) -> "SparseModel":
         found = []
-        if self.kind in ("identity", "hash") and self.buckets is None:
+        if self.kind in ("identity", "hash", "managed") and self.buckets is None:
             found.append((("buckets",), f"kind {self.kind} needs buckets = a positive integer (the table's rows)"))
         if self.kind == "vocab" and self.buckets is not None:
             found.append((("buckets",), "kind vocab takes its rows from the vocabulary; remove buckets "
@@ -134,8 +142,9 @@ class SparseModel(Strict):
         for key in ("min_count", "oov_buckets"):
             if self.kind != "vocab" and getattr(self, key) != 1:
                 found.append(((key,), f"applies to kind vocab only (this feature is kind {self.kind})"))
-        if self.kind != "hash" and self.hash != "fnv1a":
-            found.append((("hash",), f"applies to kind hash only (this feature is kind {self.kind})"))
+        if self.kind not in ("hash", "managed") and self.hash != "fnv1a":
+            found.append((("hash",), f"applies to kinds hash and managed only (this feature is kind {self.kind})"))
+        found += self._managed()
         if self.kind != "vocab" and self.order != "frequency":
             found.append((("order",), f"applies to kind vocab only (this feature is kind {self.kind})"))
         if self.table is None and "." in self.name:
@@ -143,6 +152,24 @@ class SparseModel(Strict):
                                       "cannot hold '.' (TorchRec module names); give table = a name without '.'"))
         problems(found)
         return self
+
+    def _managed(self) -> list:
+        """The remapper's keys apply to kind managed; its table needs a row besides the one TorchRec
+        keeps for ids it has not admitted yet (the last row of each shard)."""
+        found = []
+        defaults = {"eviction": "lfu", "eviction_interval": 1, "decay_exponent": 1.0}
+        if self.kind != "managed":
+            for key, default in defaults.items():
+                if getattr(self, key) != default:
+                    found.append(((key,), f"applies to kind managed only (this feature is kind {self.kind})"))
+            return found
+        if self.buckets is not None and self.buckets < 2:
+            found.append((("buckets",), f"kind managed needs buckets >= 2 (one row holds ids not admitted yet), "
+                                        f"got {self.buckets}"))
+        if self.eviction != "lru" and self.decay_exponent != 1.0:
+            found.append((("decay_exponent",), "applies to eviction = \"lru\" only (this feature's eviction is "
+                                               f"{self.eviction})"))
+        return found
 
 
 LabelText = Annotated[str, Field(min_length=1, pattern=r"^\S(.*\S)?$"),
@@ -308,7 +335,7 @@ class SchemaModel(Strict):
             return []
         found = []
         for i, s in enumerate(self.sparse):
-            if s.kind == "hash" and s.hash == "fnv1a":
+            if s.kind in ("hash", "managed") and s.hash == "fnv1a":
                 found.append((("sparse", i, "hash"), "format criteo_tsv reads categorical fields as integers: "
                                                      "use hash = \"int_modulo\" (MLPerf's value % buckets)"))
             for key in ("delimiter", "prefix"):
@@ -338,12 +365,17 @@ class SchemaModel(Strict):
         for i, s in enumerate(self.sparse):
             by_table.setdefault(s.table_name, []).append(i)
         for table, idx in by_table.items():
-            for attr in ("kind", "hash", "order", "buckets", "min_count", "oov_buckets", "pooling", "dim"):
+            for attr in ("kind", "hash", "order", "buckets", "min_count", "oov_buckets", "pooling", "dim",
+                         "eviction", "eviction_interval", "decay_exponent"):
                 values = {self.sparse[i].name: getattr(self.sparse[i], attr) for i in idx}
                 if len(set(values.values())) > 1:
                     odd = next(i for i in idx if getattr(self.sparse[i], attr) != getattr(self.sparse[idx[0]], attr))
                     found.append((("sparse", odd, attr), f"table {table!r} is shared by features that disagree on "
                                   f"{attr}: " + ", ".join(f"{n}={v!r}" for n, v in values.items())))
+            if len(idx) > 1 and self.sparse[idx[0]].kind == "managed":
+                found.append((("sparse", idx[1], "table"), f"table {table!r} is kind managed: a managed table holds "
+                              "one feature's id space (TorchRec's sharded remapper takes one feature per table); "
+                              "give each managed feature a table of its own"))
         return found
 
     def _vocab_tables(self) -> list:
@@ -390,5 +422,5 @@ def validate_schema(data: Any, origin: str) -> SchemaModel:
     return SchemaModel.model_validate(data)
 
 
-__all__ = ["CRITEO_TSV_FIELDS", "DEFAULT_FRACTIONS", "DenseModel", "HASHES", "IDENTIFIER_TEXT", "ORDERS", "InputModel", "LabelModel", "SchemaModel", "SparseModel",
+__all__ = ["CRITEO_TSV_FIELDS", "DEFAULT_FRACTIONS", "DenseModel", "EVICTIONS", "HASHES", "MANAGED_ID_SPACE", "IDENTIFIER_TEXT", "ORDERS", "InputModel", "LabelModel", "SchemaModel", "SparseModel",
            "SplitModel", "schema_problems", "validate_schema"]

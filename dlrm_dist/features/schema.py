@@ -13,7 +13,11 @@ sparse features a job has.
             or hashed modulo ``buckets`` (``hash`` = fnv1a (FNV-1a 64 of the text) |
             int_modulo (the integer value, base 16 for text, MLPerf's)); ``delimiter`` makes a multi-hot
             list column, pooled by ``sum`` or ``mean``; features naming the same ``table``
-            share it (they must agree on everything that describes the table)
+            share it (they must agree on everything that describes the table);
+            ``managed``: raw ids (FNV-1a 64 of the text, or the integer value with
+            ``hash = "int_modulo"``, modulo 2**63 - 1) that TorchRec's managed-collision
+            module remaps to ``buckets`` rows, a new id to a row of its own, evicting by
+            ``eviction`` = lfu | lru (``decay_exponent``) every ``eviction_interval`` steps
     label   a column (``label = "clicked"``), 0/1 or thresholded (``threshold = 4``: value >= 4 -> 1),
             or categorical: ``{ column = "income", positive = [">50K"] }`` (listed texts -> 1,
             others -> 0; with ``negative = [...]`` a value in neither list is an error)
@@ -42,8 +46,10 @@ from typing import Any, Optional
 from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.features.model import (
     DENSE_TRANSFORMS,
+    EVICTIONS,
     FITTED_TRANSFORMS,
     HASHES,
+    MANAGED_ID_SPACE,
     INPUT_FORMATS,
     ORDERS,
     POOLINGS,
@@ -57,7 +63,7 @@ from dlrm_dist.features.model import (
     validate_schema,
 )
 
-__all__ = ["DENSE_TRANSFORMS", "FITTED_TRANSFORMS", "HASHES", "INPUT_FORMATS", "ORDERS", "POOLINGS", "SPARSE_KINDS", "SPLITS",
+__all__ = ["DENSE_TRANSFORMS", "EVICTIONS", "FITTED_TRANSFORMS", "HASHES", "MANAGED_ID_SPACE", "INPUT_FORMATS", "ORDERS", "POOLINGS", "SPARSE_KINDS", "SPLITS",
            "SPLIT_BY", "DenseFeature", "FeatureSchema", "InputFormat", "Label", "SparseFeature", "SplitSpec",
            "TableDef", "check_schema", "from_dict"]
 
@@ -96,10 +102,23 @@ class SparseFeature:
     pooling: str = "sum"
     dim: Optional[int] = None  # None: the model's embedding_dim
     prefix: Optional[int] = None  # use only the first N characters of each value (e.g. a zip prefix)
+    eviction: str = "lfu"  # managed: lfu | lru (TorchRec's LFU_/LRU_EvictionPolicy)
+    eviction_interval: int = 1  # managed: training steps between the remapper's admissions/evictions
+    decay_exponent: float = 1.0  # managed, lru: TorchRec's LRU decay exponent
 
     @property
     def multi_hot(self) -> bool:
         return self.delimiter is not None
+
+    @property
+    def managed(self) -> bool:
+        """True when the stored ids are raw ids that the model's remapper maps to rows."""
+        return self.kind == "managed"
+
+    @property
+    def integer_ids(self) -> bool:
+        """True when ids come from the integer value (``int_modulo``) rather than the text's hash."""
+        return self.kind in ("hash", "managed") and self.hash == "int_modulo"
 
 
 @dataclass(frozen=True)
@@ -189,6 +208,11 @@ class FeatureSchema:
             )
         return rows
 
+    def id_range(self, f: SparseFeature) -> int:
+        """The ids ``f``'s files hold and the loader hands over lie in [0, id_range): the table's
+        rows, or for a managed feature the raw id space its remapper maps to rows."""
+        return MANAGED_ID_SPACE if f.managed else self.table_rows(f.table)
+
     def features_of(self, table: str) -> list[SparseFeature]:
         return [s for s in self.sparse if s.table == table]
 
@@ -258,7 +282,8 @@ class FeatureSchema:
 
 
 # Entries added after the first stored fingerprints, with the defaults that mean the old behaviour.
-_ADDED = {"sparse": {"hash": "fnv1a", "order": "frequency"}, "split": {"days": None},
+_ADDED = {"sparse": {"hash": "fnv1a", "order": "frequency", "eviction": "lfu", "eviction_interval": 1,
+                     "decay_exponent": 1.0}, "split": {"days": None},
           "label": {"positive": None, "negative": None}}
 
 
@@ -313,7 +338,8 @@ def _sparse(m: SparseModel) -> SparseFeature:
     return SparseFeature(
         name=m.name, column=m.column if m.column is not None else m.name, kind=m.kind, table=m.table_name,
         buckets=m.buckets, hash=m.hash, order=m.order, min_count=m.min_count, oov_buckets=m.oov_buckets, delimiter=m.delimiter,
-        pooling=m.pooling, dim=m.dim, prefix=m.prefix,
+        pooling=m.pooling, dim=m.dim, prefix=m.prefix, eviction=m.eviction, eviction_interval=m.eviction_interval,
+        decay_exponent=m.decay_exponent,
     )
 
 

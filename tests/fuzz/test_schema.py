@@ -48,13 +48,21 @@ def dense(draw: Any, name: str) -> dict[str, Any]:
 
 @st.composite
 def sparse(draw: Any, name: str) -> dict[str, Any]:
-    kind = draw(st.sampled_from(["identity", "vocab", "hash"]))
+    kind = draw(st.sampled_from(["identity", "vocab", "hash", "managed"]))
     s: dict[str, Any] = {"name": name, "kind": kind}
     if kind == "vocab":
         s["min_count"] = draw(st.integers(1, 10))
         s["oov_buckets"] = draw(st.integers(1, 4))
     else:
-        s["buckets"] = draw(st.integers(1, 10**9))
+        s["buckets"] = draw(st.integers(2 if kind == "managed" else 1, 10**9))
+    if kind in ("hash", "managed") and draw(st.booleans()):
+        s["hash"] = draw(st.sampled_from(["fnv1a", "int_modulo"]))
+    if kind == "managed":
+        s["eviction"] = draw(st.sampled_from(["lfu", "lru"]))
+        if draw(st.booleans()):
+            s["eviction_interval"] = draw(st.integers(1, 1000))
+        if s["eviction"] == "lru" and draw(st.booleans()):
+            s["decay_exponent"] = draw(st.floats(0.01, 8.0))
     for key, strategy in (("dim", st.integers(1, 256)), ("prefix", st.integers(1, 9)),
                           ("delimiter", st.sampled_from(["|", ";", "::"])), ("pooling", st.sampled_from(["sum", "mean"])),
                           ("table", TABLE)):
@@ -97,7 +105,8 @@ def schemas(draw: Any) -> dict[str, Any]:
             s.pop("table", None)
             if "." in s["name"]:
                 s["table"] = "t_" + s["name"].replace(".", "_") + "_" + str(names.index(s["name"]))
-    if len(sp) > 1 and draw(st.booleans()):  # a shared table: a copy of a feature under another name
+    if len(sp) > 1 and sp[0]["kind"] != "managed" and draw(st.booleans()):  # a shared table (never a managed one):
+        # a copy of a feature under another name
         sp[-1] = {**sp[0], "name": sp[-1]["name"], "table": sp[0].get("table", "t_" + sp[0]["name"].replace(".", "_"))}
         sp[0]["table"] = sp[-1]["table"]
     data: dict[str, Any] = {"name": draw(TABLE), "dense": [draw(dense(n)) for n in names[:n_dense]], "sparse": sp,
@@ -195,6 +204,10 @@ def _recheck(s: FeatureSchema) -> None:
     for x in s.sparse:
         assert x.kind == "vocab" or (type(x.buckets) is int and x.buckets >= 1)
         assert type(x.min_count) is int and x.min_count >= 1 and type(x.oov_buckets) is int and x.oov_buckets >= 1
+        assert x.eviction in ("lfu", "lru") and type(x.eviction_interval) is int and x.eviction_interval >= 1
+        assert math.isfinite(x.decay_exponent) and x.decay_exponent > 0 and (x.eviction == "lru" or x.decay_exponent == 1)
+        assert x.kind != "managed" or (x.buckets >= 2 and len(s.features_of(x.table)) == 1)
+        assert x.kind == "managed" or (x.eviction, x.eviction_interval, x.decay_exponent) == ("lfu", 1, 1.0)
     for t in s.table_names:
         fs = s.features_of(t)
         assert len({(f.kind, f.buckets, f.pooling, f.dim) for f in fs}) == 1
@@ -217,7 +230,7 @@ def _check(read: Any, origin: str, data: dict[str, Any], path: Optional[tuple[An
         if path is not None:
             entry = _label(path[:2] if path[0] in ("dense", "sparse") else path[:1])
             name = _container(data, path[:2]).get("name") if path[0] in ("dense", "sparse") and len(path) > 2 else None
-            shared = "is shared by features" in msg or "is used twice" in msg
+            shared = "is shared by features" in msg or "is used twice" in msg or "a managed table holds" in msg
             assert entry in msg or (isinstance(name, str) and name in msg) or shared, (path, msg)
         else:
             raise AssertionError(f"an unchanged generated schema was refused: {msg}")

@@ -287,7 +287,7 @@ def test_hash_order_and_days_round_trip_and_builtin_criteo_says_what_runs() -> N
 
 
 @pytest.mark.parametrize("change, words", [
-    ({"sparse": [{"name": "u", "kind": "vocab", "hash": "int_modulo"}]}, "sparse[0].hash: applies to kind hash only"),
+    ({"sparse": [{"name": "u", "kind": "vocab", "hash": "int_modulo"}]}, "sparse[0].hash: applies to kinds hash and managed only"),
     ({"sparse": [{"name": "u", "kind": "hash", "buckets": 9, "order": "value"}]},
      "sparse[0].order: applies to kind vocab only"),
     ({"sparse": [{"name": "u", "kind": "hash", "buckets": 9, "hash": "md5"}]}, "sparse[0].hash"),

@@ -48,7 +48,7 @@ class ColumnarDataset:
                             f"preprocess again with a non-zero {eval_split} fraction")
         self.eval_split, self.seed, self.shuffle = eval_split, seed, shuffle
         self.feature_names = self.schema.sparse_names
-        self._rows = {f.name: self.schema.table_rows(f.table) for f in self.schema.sparse}
+        self._rows = {f.name: self.schema.id_range(f) for f in self.schema.sparse}  # managed: raw ids
         self._offsets = multi_hot_offsets(self.schema, multi_hot, seed)
 
     # -- the dataset interface -----------------------------------------------------------------
@@ -170,5 +170,8 @@ def _per_feature(names: list[str], sizes: list) -> list[int]:
 
 def expand(values: np.ndarray, lengths: np.ndarray, offsets: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Every id x of the bags becomes ``(x + offsets) mod rows``, next to each other (bag order kept)."""
+    if rows > 2**62:  # a managed feature's raw ids: the sum could pass int64's range, not uint64's
+        out = ((values[:, None].astype(np.uint64) + offsets[None, :].astype(np.uint64)) % np.uint64(rows)).astype(np.int64)
+        return out.reshape(-1), lengths * len(offsets)
     out = (values[:, None] + offsets[None, :]) % rows
     return out.reshape(-1), lengths * len(offsets)

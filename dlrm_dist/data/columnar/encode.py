@@ -9,7 +9,8 @@ Vectorised over whole record batches (numpy and pyarrow compute); nothing loops 
   the writer once the day's valid rows are known).
 - hashing: ``fnv1a``, FNV-1a 64 over the value's UTF-8 text (stable across runs and
   machines); ``int_modulo``, the integer value modulo buckets (MLPerf's and TorchRec's:
-  integer columns as they are, text tokens read in base 16), missing -> 0.
+  integer columns as they are, text tokens read in base 16), missing -> 0. Kind managed
+  takes the same hashes modulo 2**63 - 1 (raw ids: the model's remapper maps them to rows).
 - vocabulary: value -> oov_buckets + its position in the vocabulary (most frequent first,
   or ascending by value); unseen or rare values -> an OOV bucket (hashed among them when
   there are several).
@@ -297,10 +298,10 @@ def bags_of(batch: pa.RecordBatch, f: SparseFeature) -> Bags:
 def encode_ids(batch: pa.RecordBatch, schema: FeatureSchema, f: SparseFeature, bags: Bags,
                vocab: Optional[pa.Array]) -> np.ndarray:
     """A feature's text values -> int64 ids in [0, its table's rows); a bad identity id names the line."""
-    values, rows = bags.values, schema.table_rows(f.table)
-    if f.kind == "hash" and f.hash == "int_modulo":
+    values, rows = bags.values, schema.id_range(f)  # managed: raw ids, which the model's remapper maps to rows
+    if f.integer_ids:
         return int_modulo(batch, schema, f, bags, rows)
-    if f.kind == "hash":
+    if f.kind in ("hash", "managed"):
         return (fnv1a(values) % U64(rows)).astype(np.int64)
     if f.kind == "vocab":
         index = pc.index_in(values, value_set=vocab).to_numpy(zero_copy_only=False)
@@ -363,5 +364,5 @@ def encode_batch(batch: pa.RecordBatch, schema: FeatureSchema, vocabs: dict[str,
     for f in schema.sparse:
         bags = bags_of(batch, f)
         ids[f.name] = (encode_ids(batch, schema, f, bags, vocabs.get(f.table)).astype(
-            layout.id_dtype(schema.table_rows(f.table)), copy=False), bags.lengths)  # the stored width
+            layout.id_dtype(schema.id_range(f)), copy=False), bags.lengths)  # the stored width
     return Encoded(labels_of(batch, schema), dense_matrix(batch, schema), ids)

@@ -348,7 +348,7 @@ def _text_read(raw: pa.RecordBatch, schema: FeatureSchema, path: Path, column: s
     if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
         return _to_text(values, path, column)
     users = [f for f in schema.sparse if f.column == column]
-    modulo = [f.name for f in users if f.kind == "hash" and f.hash == "int_modulo"]
+    modulo = [f.name for f in users if f.integer_ids]
     cut = [f.name for f in users if f.name in modulo and (f.multi_hot or f.prefix is not None)]
     if cut:
         raise SchemaError(f"{path}: column {column!r} holds numbers ({values.type}), but int_modulo feature(s) {cut} "

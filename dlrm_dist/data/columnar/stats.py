@@ -28,11 +28,15 @@ def compute_stats(directory: str | Path) -> dict[str, Any]:
     features = []
     for f in schema.sparse:
         rows = schema.table_rows(f.table)
-        seen = np.zeros(rows, dtype=bool)
         ids = train.ids[f.name]
-        for i in range(0, len(ids), BLOCK):
-            seen[np.asarray(ids[i : i + BLOCK])] = True
-        features.append({"feature": f.name, "table": f.table, "table_size": rows, "cardinality": int(seen.sum()),
+        if f.managed:  # raw ids (the remapper maps them to rows): the distinct ids seen, which may pass rows
+            cardinality = int(np.unique(np.asarray(ids)).size)
+        else:
+            seen = np.zeros(rows, dtype=bool)
+            for i in range(0, len(ids), BLOCK):
+                seen[np.asarray(ids[i : i + BLOCK])] = True
+            cardinality = int(seen.sum())
+        features.append({"feature": f.name, "table": f.table, "table_size": rows, "cardinality": cardinality,
                          "pooling_factor": float(meta["splits"]["train"]["bag_lengths"][f.name])})
     return {
         "directory": str(directory), "schema": schema.name, "num_dense": schema.num_dense,
