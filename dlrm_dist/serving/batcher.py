@@ -122,8 +122,12 @@ class MicroBatcher:
     async def _run(self) -> None:
         while self._queue or not self._closing:
             batch = await self._collect()
-            if batch:
+            try:
                 await self._score_batch(batch)
+            except Exception as error:  # noqa: BLE001 - a fault here must not leave requests waiting forever
+                logger.exception("the batcher failed on a batch of %d request(s)", len(batch))
+                for r in batch:
+                    self._fail(r, error, None)
 
     async def _collect(self) -> list[_Request]:
         """The next batch: waits for a first request, then until the batch is full or the oldest's wait is up."""
@@ -156,6 +160,8 @@ class MicroBatcher:
         return batch
 
     async def _score_batch(self, batch: list[_Request]) -> None:
+        if not batch:
+            return
         waited = time.monotonic() - batch[0].arrived
         started = time.monotonic()
         pending = [r for r in batch if not r.future.done()]  # a client that went away is not scored
