@@ -17,6 +17,7 @@ from dlrm_dist.config import load_config
 from dlrm_dist.distributed.env import DistEnv, init_distributed, teardown
 from dlrm_dist.training.build import build_trainer, prepare
 from dlrm_dist.training.trainer import TrainResult
+from tests.dist_helper import one_rank_here
 from tests.small_job import SMALL_JOB
 
 JOB = SMALL_JOB + ["--train.eval_interval=0", "--synthetic.eval_batches=1", "--sharding-type=table_wise",
@@ -28,11 +29,12 @@ def train_here(args: list[str], base: list[str] = JOB) -> TrainResult:
     cfg = load_config(base + args)
     env = DistEnv.from_environ({}, device="cpu")
     prepared = prepare(cfg, env)
-    init_distributed(env, timeout_s=120)
-    try:
-        return build_trainer(env, prepared).train()
-    finally:
-        teardown()
+    with one_rank_here():
+        init_distributed(env, timeout_s=120)
+        try:
+            return build_trainer(env, prepared).train()
+        finally:
+            teardown()
 
 
 def rewrite_file_sum(step_dir: Path, name: str) -> None:

@@ -4,10 +4,13 @@
 environment variables, waits at most ``timeout`` seconds, kills every rank on a timeout,
 and raises with the failing rank's traceback if any rank exits non-zero. ``fn`` must be
 importable (a module-level function) and is called as ``fn(*args)`` in each rank.
+``one_rank_here()`` lets this process itself be a world of one for a while (no process start:
+torch and TorchRec are already loaded here), its rendezvous variables restored after.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import socket
@@ -15,13 +18,31 @@ import time
 import traceback
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+_RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                   "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def one_rank_here() -> Iterator[None]:
+    """This process as rank 0 of a world of one: no rank variables, a free rendezvous port
+    (init_distributed would otherwise leave its own MASTER_ADDR/PORT behind for later tests)."""
+    names = (*_RANK_VARIABLES, "MASTER_ADDR", "MASTER_PORT")
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
+    try:
+        yield
+    finally:
+        for name in names:
+            os.environ.pop(name, None)
+        os.environ.update(saved)
 
 
 def _rank_main(fn: Callable[..., Any], rank: int, world_size: int, port: int, err_dir: str, args: tuple) -> None:

@@ -17,6 +17,7 @@ from dlrm_dist.distributed.env import DistEnv, init_distributed, teardown
 from tests.checkpoint_helper import rewrite_file_sum
 from tests.state_helper import gather_full_state_dict
 from dlrm_dist.training.build import build_trainer, prepare
+from dlrm_dist.training.trainer import TrainResult
 from tests.small_job import SMALL_JOB
 
 SMALL = SMALL_JOB + ["--train.eval_interval=0", "--synthetic.eval_batches=2", "--sharding-type=row_wise"]
@@ -25,11 +26,16 @@ ADAM = ["--sharding-type=data_parallel", "--optim.embedding_optimizer=adam", "--
         "--optim.dense_optimizer=adam"]
 
 
-def _run(env: DistEnv, args: list[str]) -> tuple[list[float], dict]:
+def _trained(env: DistEnv, args: list[str]) -> tuple[TrainResult, dict]:
     cfg = load_config(SMALL + args)
     trainer = build_trainer(env, prepare(cfg, env))
     result = trainer.train()
-    return result.losses, gather_full_state_dict(trainer.model)
+    return result, gather_full_state_dict(trainer.model)
+
+
+def _run(env: DistEnv, args: list[str]) -> tuple[list[float], dict]:
+    result, state = _trained(env, args)
+    return result.losses, state
 
 
 class _Payload:
@@ -69,8 +75,11 @@ def resume_cases(out: str) -> None:
     init_distributed(env, timeout_s=120)
     root = Path(out)
     try:
-        straight, final_a = _run(env, [f"--train.checkpoint_dir={root / 'a'}", "--train.checkpoint_interval=2",
-                                       "--train.keep_last=2", "--train.steps=8", f"--run-dir={root / 'ra'}"])
+        # run a's last checkpoint (row-wise, 2 ranks) is also what the inference and unsharded-export
+        # tests read: its final evaluation is their reference
+        run_a, final_a = _trained(env, [f"--train.checkpoint_dir={root / 'a'}", "--train.checkpoint_interval=2",
+                                        "--train.keep_last=2", "--train.steps=8", f"--run-dir={root / 'ra'}"])
+        straight = run_a.losses
         first, _ = _run(env, [f"--train.checkpoint_dir={root / 'b'}", "--train.steps=4", f"--run-dir={root / 'rb'}"])
         second, final_b = _run(env, [f"--train.checkpoint_dir={root / 'b'}", "--train.steps=8", f"--run-dir={root / 'rb'}"])
         adam = {}  # Adam's state is created lazily by torch; data-parallel tables and MLPs
@@ -98,7 +107,7 @@ def resume_cases(out: str) -> None:
                 errors[name] = str(e)
         errors["marker"] = (root / "marker").exists()
         if env.is_main:
-            torch.save({"straight": straight, "first": first, "second": second, "final_a": final_a,
+            torch.save({"straight": straight, "straight_eval": run_a.final_eval.to_dict(), "first": first, "second": second, "final_a": final_a,
                         "final_b": final_b, "errors": errors, "adam": adam,
                         "kept": sorted(p.name for p in (root / "a").iterdir()),
                         "latest": str(latest_checkpoint(root / "a"))}, root / "result.pt")

@@ -60,19 +60,36 @@ def _phase(env: DistEnv, out: Path, name: str, args: list[str], probe: bool, dro
     dist.barrier()
 
 
-def sources(out: str, layouts: list[tuple[str, str]]) -> None:
+def _sources(env: DistEnv, root: Path, layouts: list[tuple[str, str]]) -> None:
+    for sharding, optimizer in layouts:
+        name = source_name(sharding, optimizer)
+        _phase(env, root, name, _args(sharding, optimizer) + [f"--train.checkpoint_dir={root / name / 'ckpt'}",
+                                                              f"--train.steps={K}"], probe=False)
+        _phase(env, root, f"{name}-continued", _args(sharding, optimizer) + [
+            f"--train.checkpoint={root / name / 'ckpt'}", f"--train.steps={2 * K}"], probe=False)
+
+
+def _resharded(env: DistEnv, root: Path, cases: list[tuple[str, str, str]],
+               control: tuple[str, str, str] | None) -> None:
+    runs = [(case, False) for case in cases] + ([(control, True)] if control else [])
+    for (src, dst, optimizer), drop in runs:
+        ckpt = root / source_name(src, optimizer) / "ckpt"
+        name = f"{src}-to-{dst}-{optimizer}-ws{env.world_size}" + ("-dropped" if drop else "")
+        _phase(env, root, name, _args(dst, optimizer) + [f"--train.checkpoint={ckpt}", f"--train.steps={2 * K}"],
+               probe=True, drop_state=drop)
+
+
+def sources(out: str, layouts: list[tuple[str, str]], cases: list[tuple[str, str, str]] = (),
+            control: tuple[str, str, str] | None = None) -> None:
     """For each (sharding, optimizer): K steps with a checkpoint at K, then K more from it
-    under the same sharding (the run that never reshards)."""
+    under the same sharding (the run that never reshards). Then, in the same process group,
+    ``resharded``'s ``cases`` and ``control`` at this world size (a second spawn of the same
+    world would only add process starts)."""
     env = DistEnv.from_environ(device="cpu")
     init_distributed(env, timeout_s=120)
-    root = Path(out)
     try:
-        for sharding, optimizer in layouts:
-            name = source_name(sharding, optimizer)
-            _phase(env, root, name, _args(sharding, optimizer) + [f"--train.checkpoint_dir={root / name / 'ckpt'}",
-                                                                  f"--train.steps={K}"], probe=False)
-            _phase(env, root, f"{name}-continued", _args(sharding, optimizer) + [
-                f"--train.checkpoint={root / name / 'ckpt'}", f"--train.steps={2 * K}"], probe=False)
+        _sources(env, Path(out), layouts)
+        _resharded(env, Path(out), list(cases), control)
     finally:
         teardown()
 
@@ -83,13 +100,7 @@ def resharded(out: str, cases: list[tuple[str, str, str]], control: tuple[str, s
     such case, named '...-dropped', with the embedding optimizer state zeroed after loading."""
     env = DistEnv.from_environ(device="cpu")
     init_distributed(env, timeout_s=120)
-    root = Path(out)
     try:
-        runs = [(case, False) for case in cases] + ([(control, True)] if control else [])
-        for (src, dst, optimizer), drop in runs:
-            ckpt = root / source_name(src, optimizer) / "ckpt"
-            name = f"{src}-to-{dst}-{optimizer}-ws{env.world_size}" + ("-dropped" if drop else "")
-            _phase(env, root, name, _args(dst, optimizer) + [f"--train.checkpoint={ckpt}", f"--train.steps={2 * K}"],
-                   probe=True, drop_state=drop)
+        _resharded(env, Path(out), cases, control)
     finally:
         teardown()

@@ -4,10 +4,7 @@ other world sizes and plans."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,11 +14,12 @@ from dlrm_dist.checkpoint import Manifest
 from dlrm_dist.checkpoint.integrity import checksum
 from dlrm_dist.checkpoint.manifest import MANIFEST, schema_of
 from dlrm_dist.checkpoint.reader import read_metadata
+from tests.checkpoint_helper import train_here
 from tests.dist_helper import run_ranks
 from tests.multiprocess.checkpoint_worker import SMALL, resume_cases
+from tests.multiprocess.train_worker import train_jobs
 
 pytestmark = pytest.mark.multiprocess
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -93,44 +91,38 @@ def test_bad_checkpoints_are_named(results) -> None:
     assert e["other_optimizer"] and "embedding_optimizer: checkpoint 'adagrad', this run 'sgd'" in e["other_optimizer"]
 
 
-def _train(args: list[str], nproc: int, tmp: Path) -> dict:
-    run_dir = tmp / f"run{nproc}_{len(list(tmp.iterdir()))}"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "dlrm_dist.train", *args, f"--run-dir={run_dir}"]
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((run_dir / "summary.json").read_text())
-
-
-def test_inference_only_at_other_world_sizes(tmp_path) -> None:
+def test_inference_only_at_other_world_sizes_and_plans(results, tmp_path) -> None:
+    """The row-wise checkpoint of 2 ranks evaluated at world size 1 (the planner's placement,
+    in this process) and at world size 4 table-wise: the trained model's AUC and log-loss."""
     base = [a for a in SMALL if not a.startswith("--sharding-type")]
-    ckpt = tmp_path / "ckpt"
-    trained = _train(base + ["--sharding-type=table_wise", f"--checkpoint-dir={ckpt}", "--train.steps=10"], 2, tmp_path)
-    for nproc, extra in ((1, []), (4, ["--sharding-type=row_wise"])):
-        inferred = _train(base + extra + ["--inference-only", "--checkpoint", str(ckpt)], nproc, tmp_path)
-        assert inferred["steps"] == 0 and inferred["world_size"] == nproc
-        assert inferred["eval_auc"] == pytest.approx(trained["eval_auc"], abs=1e-6)
-        assert inferred["eval_logloss"] == pytest.approx(trained["eval_logloss"], abs=1e-6)
+    ckpt = str(Path(results["latest"]).parent)
+    trained = results["straight_eval"]
+    alone = train_here(["--inference-only", "--checkpoint", ckpt, f"--run-dir={tmp_path / 'ws1'}"], base)
+    assert alone.losses == [] and alone.step == 8
+    run_ranks(train_jobs, 4, str(tmp_path), {"ws4": base + ["--sharding-type=table_wise", "--inference-only",
+                                                             "--checkpoint", ckpt]}, timeout=600)
+    four = json.loads((tmp_path / "ws4" / "summary.json").read_text())
+    assert four["steps"] == 0 and four["step"] == 8 and four["world_size"] == 4 and four["inference_only"]
+    for inferred in (alone.final_eval.to_dict(), {k[len("eval_"):]: v for k, v in four.items() if k.startswith("eval_")}):
+        assert inferred["auc"] == pytest.approx(trained["auc"], abs=1e-6)
+        assert inferred["logloss"] == pytest.approx(trained["logloss"], abs=1e-6)
 
 
-def test_export_to_an_unsharded_model(tmp_path) -> None:
+def test_export_to_an_unsharded_model(results) -> None:
+    """The row-wise checkpoint (every table split over the 2 ranks) read into one plain model."""
     from dlrm_dist.checkpoint.unsharded import load_unsharded
     from dlrm_dist.config import load_config
     from dlrm_dist.metrics.eval import EvalMetrics
     from dlrm_dist.data.resolve import build_data
     from dlrm_dist.training.build import resolve
 
-    base = [a for a in SMALL if not a.startswith("--sharding-type")] + ["--sharding-type=row_wise"]
-    ckpt = tmp_path / "ckpt"
-    trained = _train(base + [f"--checkpoint-dir={ckpt}", "--train.steps=10"], 2, tmp_path)
-    model = load_unsharded(ckpt)
+    model = load_unsharded(Path(results["latest"]).parent)
     assert not any(type(t).__name__ == "ShardedTensor" for t in model.state_dict().values())
-    cfg, schema, _ = resolve(load_config(base))
+    cfg, schema, _ = resolve(load_config(SMALL))
     data = build_data(cfg, schema)
     metrics = EvalMetrics()
     with torch.no_grad():
         for batch in data.batches("eval", 64, 0, 1, data.eval_batch_count(64)):
             metrics.update(model.model(batch.dense_features, batch.sparse_features), batch.labels)
-    assert metrics.compute(step=10).auc == pytest.approx(trained["eval_auc"], abs=1e-6)
+    assert metrics.compute(step=8).auc == pytest.approx(results["straight_eval"]["auc"], abs=1e-6)
     assert model.state_dict()["model.sparse_arch.embedding_bags.t_cat_1.weight"].shape == (200, 8)

@@ -18,7 +18,7 @@ import torch
 
 from tests.state_helper import load_embedding_optimizer_state
 from dlrm_dist.checkpoint.store import step_dir
-from tests.dist_helper import run_ranks
+from tests.dist_helper import one_rank_here, run_ranks
 from tests.multiprocess.reshard_worker import K, resharded, source_name, sources
 
 pytestmark = pytest.mark.multiprocess
@@ -47,10 +47,13 @@ CONTROL = ("data_parallel", "table_wise", "adagrad")  # rerun with the optimizer
 def runs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reshard")
     layouts = sorted({(s, o) for s, _, o, _ in CASES})
-    run_ranks(sources, 2, str(out), layouts, timeout=600)
-    for world in sorted({w for *_, w in CASES}):
-        run_ranks(resharded, world, str(out), [(s, d, o) for s, d, o, w in CASES if w == world],
-                  CONTROL if world == 2 else None, timeout=600)
+    at = {world: [(s, d, o) for s, d, o, w in CASES if w == world] for world in (1, 2, 4)}
+    assert sum(map(len, at.values())) == len(CASES)
+    # the world-size-2 cases run in the sources' own process group, the world of one in this process
+    run_ranks(sources, 2, str(out), layouts, at[2], CONTROL, timeout=600)
+    run_ranks(resharded, 4, str(out), at[4], timeout=600)
+    with one_rank_here():
+        resharded(str(out), at[1])
     return out
 
 
