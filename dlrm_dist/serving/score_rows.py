@@ -3,7 +3,7 @@
 One score per input row, in input order. CSV output is ``score`` then the ``--keep`` columns
 (an id passed through), written as the rows are scored; .npy holds the float64 scores. When
 every row carries a label, the metrics of the scores against it are reported too (labels
-derived as preprocessing derives them). Memory is bounded by the batch size (and, for .npy
+derived as preprocessing derives them), when both classes occur. Memory is bounded by the batch size (and, for .npy
 or metrics, 8-12 bytes a row for the scores and labels kept).
 """
 
@@ -123,8 +123,8 @@ def _metrics(scores: np.ndarray, labels: np.ndarray, batch_size: int) -> Optiona
     from dlrm_dist.metrics.eval import EvalMetrics
 
     keep = labels >= 0
-    if not keep.any():
-        return None
+    if not ((labels[keep] == 0).any() and (labels[keep] == 1).any()):
+        return None  # AUC needs both classes (and torchmetrics warns without them)
     metrics = EvalMetrics(batch_size=batch_size, expected_samples=int(keep.sum()))
     for lo in range(0, len(scores), batch_size):
         probs = torch.from_numpy(scores[lo:lo + batch_size]).float()
