@@ -64,7 +64,7 @@ from dlrm_dist.features.model import (
 )
 
 __all__ = ["DENSE_TRANSFORMS", "EVICTIONS", "FITTED_TRANSFORMS", "HASHES", "MANAGED_ID_SPACE", "INPUT_FORMATS", "ORDERS", "POOLINGS", "SPARSE_KINDS", "SPLITS",
-           "SPLIT_BY", "DenseFeature", "FeatureSchema", "InputFormat", "Label", "SparseFeature", "SplitSpec",
+           "SPLIT_BY", "DenseFeature", "Remapper", "FeatureSchema", "InputFormat", "Label", "SparseFeature", "SplitSpec",
            "TableDef", "check_schema", "from_dict"]
 
 
@@ -157,6 +157,15 @@ class InputFormat:
 
 
 @dataclass(frozen=True)
+class Remapper:
+    """A managed table's remapper (TorchRec's MCHManagedCollisionModule): how it admits new ids."""
+
+    eviction: str = "lfu"  # lfu | lru
+    interval: int = 1  # training steps between admissions/evictions
+    decay_exponent: float = 1.0  # lru only
+
+
+@dataclass(frozen=True)
 class TableDef:
     """One embedding table as the model and planner see it."""
 
@@ -165,6 +174,7 @@ class TableDef:
     dim: int
     features: tuple[str, ...]
     pooling: str
+    remapper: Optional[Remapper] = None  # kind managed: raw ids are remapped to the rows first
 
 
 @dataclass(frozen=True)
@@ -225,8 +235,10 @@ class FeatureSchema:
         out = []
         for t in self.table_names:
             fs = self.features_of(t)
-            out.append(TableDef(t, self.table_rows(t), fs[0].dim or default_dim,
-                                tuple(f.name for f in fs), fs[0].pooling))
+            f = fs[0]
+            remapper = Remapper(f.eviction, f.eviction_interval, f.decay_exponent) if f.managed else None
+            out.append(TableDef(t, self.table_rows(t), f.dim or default_dim,
+                                tuple(f.name for f in fs), f.pooling, remapper))
         return out
 
     @property

@@ -3,12 +3,18 @@
     dense ──► bottom MLP ──┐
                            ├─► interaction ──► [residual units] ──► top MLP ──► logit
     sparse ─► EmbeddingBagCollection (pooled per feature) ┘
+              [managed features: remapper (raw id -> row) ─► EmbeddingBagCollection]
 
 Embedding+MLP (Deep Crossing) is the same module with the ``cat`` interaction, no bottom
 layers (dense features enter the concatenation as they are) and optional residual units.
 The EmbeddingBagCollection is built on the meta device: DistributedModelParallel
 materialises only each rank's shards. Embeddings are looked up by feature name, because
 a sharded collection returns its keys in another order than the unsharded one.
+
+Managed features (kind managed) carry raw ids: their tables live in TorchRec's
+ManagedCollisionEmbeddingBagCollection (``managed_arch``), whose remappers map each raw id
+to a row before the lookup; the other tables stay in ``sparse_arch``. The forward splits the
+batch's KeyedJaggedTensor by key between the two and joins their pooled outputs.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, KeyedTensor
 from torchrec.datasets.utils import Batch
+from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingBagCollection
 
 from dlrm_dist.model.interaction import ResidualUnit, build_interaction
 from dlrm_dist.model.spec import ModelSpec
-from dlrm_dist.model.tables import make_tables
+from dlrm_dist.model.tables import make_tables, managed_collection
 
 
 def mlp(sizes: Sequence[int], last_activation: bool) -> nn.Sequential:
@@ -48,12 +55,19 @@ class DLRM(nn.Module):
         interaction: nn.Module,
         residual: Optional[nn.Module] = None,
         device: torch.device = torch.device("meta"),
+        managed: Optional[ManagedCollisionEmbeddingBagCollection] = None,
     ) -> None:
         super().__init__()
         self.feature_names = list(feature_names)
         self._order = tuple(feature_names)
         self._gathers: dict[tuple[str, ...], torch.Tensor] = {}
-        self.sparse_arch = EmbeddingBagCollection(tables=tables, device=device)
+        # (an EmbeddingBagCollection needs a table: none when every table is managed)
+        self.sparse_arch = EmbeddingBagCollection(tables=tables, device=device) if tables else None
+        self.managed_arch = managed
+        plain_keys = tuple(f for t in tables for f in t.feature_names)
+        # the managed collection puts its keys in its own order (TorchRec permutes them on first use)
+        self._split = (plain_keys, tuple(f for f in feature_names if f not in plain_keys))
+        self._permutes: dict[tuple[str, ...], list[int]] = {}
         # No bottom MLP without dense features; an empty Sequential passes them through.
         self.dense_arch = mlp(bottom_mlp, last_activation=True) if bottom_mlp else None
         self.interaction = interaction
@@ -66,11 +80,22 @@ class DLRM(nn.Module):
         self.autocast_device = "cpu"
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        embs = self.ordered(self.sparse_arch(sparse))
+        embs = self.ordered(self.lookup(sparse))
         if self.dense_dtype is None:
             return self.dense_forward(dense, embs)
         with torch.autocast(self.autocast_device, dtype=self.dense_dtype):
             return self.dense_forward(dense, embs).float()
+
+    def lookup(self, sparse: KeyedJaggedTensor) -> KeyedTensor:
+        """Every feature's pooled embedding: plain tables looked up as they are, managed ones
+        after their remappers (which, in training, also count the ids to admit)."""
+        if self.managed_arch is None:
+            return self.sparse_arch(sparse)
+        plain, managed = _split_keys(sparse, self._split, self._permutes)
+        pooled, _ = self.managed_arch(managed)
+        if self.sparse_arch is None:
+            return pooled
+        return _joined(self.sparse_arch(plain), pooled)
 
     def dense_forward(self, dense: torch.Tensor, embs: torch.Tensor) -> torch.Tensor:
         """Bottom MLP, interaction, residual units, top MLP: one logit per sample."""
@@ -117,6 +142,25 @@ def _in_order(pooled: KeyedTensor, order: tuple[str, ...], gathers: dict[tuple[s
         cols = [c for f in order for c in range(offsets[f], offsets[f] + widths[f])]
         index = gathers[keys] = torch.tensor(cols, dtype=torch.long, device=values.device)
     return values.index_select(1, index)
+
+
+@torch.fx.wrap
+def _split_keys(sparse: KeyedJaggedTensor, split: tuple[tuple[str, ...], tuple[str, ...]],
+                permutes: dict[tuple[str, ...], list[int]]) -> list[KeyedJaggedTensor]:
+    """``sparse`` as two KeyedJaggedTensors: the plain tables' keys, then the managed ones'
+    (the permutation depends only on the key order: built once per order)."""
+    keys = tuple(sparse.keys())
+    index = permutes.get(keys)
+    if index is None:
+        index = permutes[keys] = [keys.index(k) for k in split[0] + split[1]]
+    return sparse.permute(index).split([len(split[0]), len(split[1])])
+
+
+@torch.fx.wrap
+def _joined(a: KeyedTensor, b: KeyedTensor) -> KeyedTensor:
+    """Two pooled KeyedTensors as one (keys of ``a`` then ``b``): ``ordered`` then gathers by name."""
+    return KeyedTensor(keys=a.keys() + b.keys(), length_per_key=a.length_per_key() + b.length_per_key(),
+                       values=torch.cat([a.values(), b.values()], dim=1))
 
 
 class DLRMTrain(nn.Module):
@@ -172,6 +216,8 @@ def build_model(spec: ModelSpec, seed: int, device: torch.device = torch.device(
         if spec.residual_units:
             width = interaction.out_features
             residual = nn.Sequential(*[ResidualUnit(width, spec.residual_hidden) for _ in range(spec.residual_units)])
-        model = DLRM(make_tables(spec.tables), spec.feature_names, spec.bottom, spec.top, interaction,
-                     residual, device=device)
+        plain = [t for t in spec.tables if t.remapper is None]
+        managed = [t for t in spec.tables if t.remapper is not None]
+        model = DLRM(make_tables(plain), spec.feature_names, spec.bottom, spec.top, interaction, residual,
+                     device=device, managed=managed_collection(managed, device) if managed else None)
     return DLRMTrain(model, spec.loss)

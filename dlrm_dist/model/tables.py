@@ -1,13 +1,23 @@
-"""Embedding table definitions for TorchRec, from the schema's tables."""
+"""Embedding table definitions for TorchRec, from the schema's tables, and the remappers of
+managed tables (TorchRec's managed-collision modules)."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from torchrec import EmbeddingBagConfig
+import torch
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 from torchrec.modules.embedding_configs import PoolingType
+from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingBagCollection
+from torchrec.modules.mc_modules import (
+    LFU_EvictionPolicy,
+    LRU_EvictionPolicy,
+    ManagedCollisionCollection,
+    MCHEvictionPolicy,
+    MCHManagedCollisionModule,
+)
 
-from dlrm_dist.features.schema import TableDef
+from dlrm_dist.features.schema import MANAGED_ID_SPACE, Remapper, TableDef
 
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
 
@@ -19,3 +29,26 @@ def make_tables(tables: Sequence[TableDef]) -> list[EmbeddingBagConfig]:
                            feature_names=list(t.features), pooling=_POOLING[t.pooling])
         for t in tables
     ]
+
+
+def eviction_policy(r: Remapper) -> MCHEvictionPolicy:
+    """TorchRec's policy for ``r``: LFU evicts the id seen least often, LRU the one seen longest ago."""
+    return LRU_EvictionPolicy(decay_exponent=r.decay_exponent) if r.eviction == "lru" else LFU_EvictionPolicy()
+
+
+def remapper(t: TableDef, device: torch.device) -> MCHManagedCollisionModule:
+    """``t``'s remapper: raw ids in [0, 2**63 - 1) to ``t.rows`` rows (the last row takes ids not
+    admitted yet); every ``interval`` training steps it admits the new ids seen since, evicting
+    the coldest. Raw ids arrive hashed already (preprocessing), so no input hash here."""
+    return MCHManagedCollisionModule(
+        zch_size=t.rows, device=device, eviction_policy=eviction_policy(t.remapper),
+        eviction_interval=t.remapper.interval, input_hash_size=MANAGED_ID_SPACE, name=t.name,
+    )
+
+
+def managed_collection(tables: Sequence[TableDef], device: torch.device) -> ManagedCollisionEmbeddingBagCollection:
+    """The managed tables as TorchRec's ManagedCollisionEmbeddingBagCollection: remappers, then an
+    EmbeddingBagCollection over the rows they give (its sharder shards both, row-wise)."""
+    configs = make_tables(tables)
+    mcc = ManagedCollisionCollection({t.name: remapper(t, device) for t in tables}, configs)
+    return ManagedCollisionEmbeddingBagCollection(EmbeddingBagCollection(tables=configs, device=device), mcc)

@@ -119,3 +119,106 @@ def test_preprocess_writes_raw_ids_and_the_loader_hands_them_over(tmp_path: Path
     data = ColumnarDataset(tmp_path / "out", eval_split="val", seed=0, shuffle=False)
     block = data.block("train", 0, 10)
     assert block.values[0].tolist() == stored[:10].tolist()
+
+
+# -- the model's remapper ------------------------------------------------------------------------------
+def _model(**user: object):
+    import torch
+
+    from dlrm_dist.config.sections import ModelConfig
+    from dlrm_dist.model.dlrm import build_model
+    from dlrm_dist.model.spec import resolve_model
+
+    spec = resolve_model(ModelConfig(embedding_dim=4, top_mlp="8-1", bottom_mlp="1-4"), schema(**user))
+    return build_model(spec, 0, torch.device("cpu"))
+
+
+def _kjt(users: list[int], items: list[int] | None = None):
+    import torch
+    from torchrec import KeyedJaggedTensor
+
+    items = items if items is not None else [1] * len(users)
+    return KeyedJaggedTensor.from_lengths_sync(keys=["item", "user"], values=torch.tensor(items + users),
+                                               lengths=torch.ones(len(items) + len(users), dtype=torch.int64))
+
+
+def _rows(model, users: list[int]) -> list[int]:
+    """The rows the remapper gives ``users`` now (eval mode: nothing counted or admitted)."""
+    from torchrec import KeyedJaggedTensor
+    import torch
+
+    mcc = model.model.managed_arch._managed_collision_collection
+    was = mcc.training
+    mcc.eval()
+    out = mcc(KeyedJaggedTensor.from_lengths_sync(keys=["user"], values=torch.tensor(users),
+                                                  lengths=torch.ones(len(users), dtype=torch.int64))).values()
+    mcc.train(was)
+    return out.tolist()
+
+
+def _step(model, users: list[int]) -> None:
+    import torch
+
+    model.train()
+    model.model(torch.zeros(len(users), 1), _kjt(users))
+
+
+def test_a_new_id_gets_a_row_of_its_own_after_the_interval() -> None:
+    model = _model(eviction_interval=2)
+    raw = [2**62 + 5, 12345, 2**40, 7]  # 64-bit raw ids, far beyond the table's 8 rows
+    assert _rows(model, raw) == [7, 7, 7, 7]  # not admitted yet: the last row (TorchRec's miss row)
+    _step(model, raw)
+    assert _rows(model, raw) == [7, 7, 7, 7]  # counted, admitted only at the interval's end
+    _step(model, raw)
+    rows = _rows(model, raw)
+    assert len(set(rows)) == 4 and all(0 <= r < 7 for r in rows), rows
+    _step(model, raw[::-1])
+    assert _rows(model, raw) == rows  # admitted ids keep their rows
+
+
+@pytest.mark.parametrize("eviction", ["lfu", "lru"])
+def test_a_full_table_evicts_the_coldest_id_for_a_new_one(eviction: str) -> None:
+    """3 rows: 2 for ids, 1 miss row. a (hot) and b are admitted; later c is seen more than b in one
+    interval. LFU evicts b (fewest uses overall), LRU evicts a (seen longest ago)."""
+    model = _model(buckets=3, eviction=eviction)
+    a, b, c = 1001, 2002, 3003
+    _step(model, [a] * 6 + [b] * 3)
+    first = dict(zip((a, b), _rows(model, [a, b])))
+    assert sorted(first.values()) == [0, 1]
+    _step(model, [b])  # b is now the most recent
+    _step(model, [c] * 4 + [b])
+    got = dict(zip((a, b, c), _rows(model, [a, b, c])))
+    if eviction == "lfu":  # counts a 6, b 3 + 1 + 1 = 5, c 4: c is not admitted
+        assert got == {a: first[a], b: first[b], c: 2}
+    else:  # last seen: a at step 1, b and c at step 3: a goes, c takes its row
+        assert got == {a: 2, b: first[b], c: first[a]}
+
+
+def test_the_forward_looks_up_the_remapped_rows_and_the_state_dict_holds_the_remapper() -> None:
+    import torch
+
+    model = _model()
+    raw = [2**62 + 5, 12345, 2**40]
+    _step(model, raw)
+    rows = _rows(model, raw)
+    model.eval()
+    mcebc = model.model.managed_arch
+    pooled, _ = mcebc(_user_kjt(raw))
+    weight = mcebc._embedding_module.embedding_bags["t_user"].weight
+    assert torch.equal(pooled["user"], weight[torch.tensor(rows)])
+    state = model.state_dict()
+    key = "model.managed_arch._managed_collision_collection._managed_collision_modules.t_user._mch_sorted_raw_ids"
+    assert set(raw) <= set(state[key].tolist())
+    fresh = _model()
+    fresh.load_state_dict(state)
+    assert _rows(fresh, raw) == rows  # a restored model maps the raw ids as the saved one did
+    dense = torch.zeros(3, 1)
+    assert torch.equal(fresh.eval().model(dense, _kjt(raw)), model.model(dense, _kjt(raw)))
+
+
+def _user_kjt(users: list[int]):
+    import torch
+    from torchrec import KeyedJaggedTensor
+
+    return KeyedJaggedTensor.from_lengths_sync(keys=["user"], values=torch.tensor(users),
+                                               lengths=torch.ones(len(users), dtype=torch.int64))
