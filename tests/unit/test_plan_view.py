@@ -92,3 +92,13 @@ def test_overlap_refuses_what_torch_refuses() -> None:
         except ValueError:
             torch_refuses = True
         assert (overlapping(shards) is not None) == torch_refuses, layout
+
+
+def test_the_light_command_table_agrees_with_the_commands() -> None:
+    """plan_main lists help texts without importing the commands; the trainer's tables path is repeated."""
+    from dlrm_dist.cli import plan_make
+    from dlrm_dist.cli.plan_main import COMMANDS, command_module
+    from dlrm_dist.model.dlrm import DLRMTrain
+
+    assert {name: command_module(name).HELP for name in COMMANDS} == {name: h for name, (_, h) in COMMANDS.items()}
+    assert plan_make.TABLES_PATH == DLRMTrain.TABLES_PATH
