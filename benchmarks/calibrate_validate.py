@@ -49,7 +49,7 @@ JOBS = {
                        mlp=(64, 1), batch_per_rank=128),
 }
 CAL_SIZES = measure.Sizes(dims=(16, 32, 64), rows=(100_000, 1_000_000, 10_000_000), pooling_factors=(20.0, 100.0),
-                          batch=256, kernels=("fused",), reps=2, step_count=6)
+                          batch=256, kernels=("fused",), reps=3, step_count=6)
 
 
 def uptime() -> str:
@@ -100,13 +100,28 @@ def candidates(inputs: PlannerInputs) -> list[PlanFile]:
     return out
 
 
-def _rank_time_plans(job: measure.StepJob, paths: list[str], steps: int) -> list[dict[str, Any]]:
+def _rank_time_plans(job: measure.StepJob, paths: list[str], steps: int, rounds: int) -> list[dict[str, Any]]:
+    """Every plan's model built once, then ``rounds`` rounds each timing ``steps`` steps of every plan in
+    turn: a load change on the shared machine then moves all plans alike instead of the last ones."""
     import torch.distributed as dist
 
-    out = []
-    for path in paths:
-        result = measure.sharded_step_ms(job, planfile.read(path).plan, steps)
-        out.append({"rank": dist.get_rank(), **result})
+    runners = [measure.ShardedSteps(job, planfile.read(path).plan) for path in paths]
+    for r in runners:
+        r.run(2)  # warm-up
+    means: list[list[float]] = [[] for _ in paths]
+    for _ in range(rounds):
+        for i, r in enumerate(runners):
+            times = r.run(steps)
+            means[i].append(sum(times) / len(times))
+    return [{"rank": dist.get_rank(), "round_means_ms": m, "mean_ms": float(np.median(m))} for m in means]
+
+
+def _placement(pf: PlanFile) -> dict[str, str]:
+    """table -> "sharding_type@ranks" (what the record shows of each plan)."""
+    out = {}
+    for tables in pf.plan.plan.values():
+        for name, ps in tables.items():
+            out[name] = f"{ps.sharding_type}@{','.join(map(str, sorted(set(ps.ranks or []))))}"
     return out
 
 
@@ -115,7 +130,7 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def run_job(world: int, steps: int, timeout: float) -> dict[str, Any]:
+def run_job(world: int, steps: int, rounds: int, timeout: float) -> dict[str, Any]:
     job = JOBS[world]
     t0 = time.perf_counter()
     cal = measure.calibrate(world, sizes=CAL_SIZES, timeout_s=timeout)
@@ -127,7 +142,7 @@ def run_job(world: int, steps: int, timeout: float) -> dict[str, Any]:
         for i, pf in enumerate(plans):
             paths.append(str(Path(d, f"plan{i}.json")))
             planfile.write(pf, paths[-1])
-        per_rank = measure.run_ranks(_rank_time_plans, world, job, paths, steps, timeout_s=timeout)
+        per_rank = measure.run_ranks(_rank_time_plans, world, job, paths, steps, rounds, timeout_s=timeout)
     rows = []
     for i, pf in enumerate(plans):
         predicted = predicted_step_ms(pf.inputs, pf.estimates)
@@ -137,7 +152,7 @@ def run_job(world: int, steps: int, timeout: float) -> dict[str, Any]:
         rows.append({"plan": pf.planner["name"], "predicted_rank_ms": predicted, "measured_rank_ms": measured,
                      "predicted_step_ms": pred, "measured_step_ms": meas, "error": pred / meas - 1.0,
                      "embedding_estimate_ms": pf.estimates.summary.estimated_iteration_ms,
-                     "shards": [dict(r.shards_by_type) for r in pf.estimates.per_rank]})
+                     "placement": _placement(pf), "round_means_ms": [per_rank[r][i]["round_means_ms"] for r in range(world)]})
     pred, meas = [r["predicted_step_ms"] for r in rows], [r["measured_step_ms"] for r in rows]
     fastest = min(meas)
     return {"world_size": world, "job": dataclasses.asdict(job), "calibration_seconds": cal_s,
@@ -149,14 +164,15 @@ def run_job(world: int, steps: int, timeout: float) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--worlds", type=int, nargs="+", default=[2, 4])
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--steps", type=int, default=4, help="steps per plan and round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds over every plan (medians are reported)")
     p.add_argument("--timeout", type=float, default=1500.0)
     p.add_argument("--out")
     args = p.parse_args()
     record: dict[str, Any] = {"uptime_before": uptime(), "commit": subprocess.run(
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(), "jobs": []}
     for world in args.worlds:
-        record["jobs"].append(run_job(world, args.steps, args.timeout))
+        record["jobs"].append(run_job(world, args.steps, args.rounds, args.timeout))
         print(json.dumps({k: v for k, v in record["jobs"][-1].items() if k not in ("calibration", "job")}, indent=1),
               file=sys.stderr, flush=True)
     record["uptime_after"] = uptime()

@@ -13,7 +13,7 @@ Every figure comes from the code a training job runs:
 
 ``calibrate(...)`` spawns the ranks itself (torch.multiprocessing, gloo, a timeout);
 ``measure_in_group(...)`` is the same inside an existing process group (a job calibrating
-itself). ``run_ranks`` and ``sharded_step_ms`` are also what benchmarks/calibrate_validate.py
+itself). ``run_ranks`` and ``ShardedSteps`` are also what benchmarks/calibrate_validate.py
 times plans with.
 """
 
@@ -25,6 +25,7 @@ import multiprocessing as mp
 import os
 import platform
 import socket
+import statistics
 import tempfile
 import time
 import traceback
@@ -161,14 +162,14 @@ def _kernel_module(kernel: str, rows: int, dim: int, optimizer: str) -> tuple[to
 
 def time_kernel(kernel: str, rows: int, dim: int, pooling_factor: float, batch: int, optimizer: str,
                 reps: int) -> tuple[int, float, float]:
-    """(ids per call, fwd ms, bwd ms) of the fastest of ``reps`` calls after a warm-up."""
+    """(ids per call, fwd ms, bwd ms): the median of ``reps`` calls after a warm-up (a job's steady state)."""
     module, opt = _kernel_module(kernel, rows, dim, optimizer)
     per_sample = max(int(round(pooling_factor)), 1)
     ids = batch * per_sample
     gen = torch.Generator().manual_seed(rows + dim)
     indices = torch.randint(0, rows, (ids,), generator=gen)
     offsets = torch.arange(0, batch + 1, dtype=torch.int64) * per_sample
-    best_f = best_b = float("inf")
+    fwd, bwd = [], []
     for i in range(reps + 1):
         t0 = time.perf_counter()
         out = module(indices, offsets)
@@ -179,8 +180,9 @@ def time_kernel(kernel: str, rows: int, dim: int, pooling_factor: float, batch: 
             opt.zero_grad(set_to_none=True)
         t2 = time.perf_counter()
         if i:  # the first call allocates and warms caches
-            best_f, best_b = min(best_f, t1 - t0), min(best_b, t2 - t1)
-    return ids, best_f * 1e3, best_b * 1e3
+            fwd.append(t1 - t0)
+            bwd.append(t2 - t1)
+    return ids, statistics.median(fwd) * 1e3, statistics.median(bwd) * 1e3
 
 
 def measure_kernels(sizes: Sizes) -> list[dict[str, Any]]:
@@ -297,32 +299,47 @@ def _batches(job: StepJob, count: int, seed: int) -> list[Any]:
     return out
 
 
+class ShardedSteps:
+    """``job`` under DistributedModelParallel with ``plan`` (a ShardingPlan) in this process group,
+    trained step by step on a few fixed random batches (fused embedding optimizer, SGD for the MLP)."""
+
+    def __init__(self, job: StepJob, plan: Any) -> None:
+        from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+        from torchrec.distributed.model_parallel import DistributedModelParallel
+        from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+        from dlrm_dist.optimizer_registry import mark_in_backward
+
+        model = _Model(job)
+        mark_in_backward(model.ebc.parameters(), job.optimizer, lr=0.01, eps=1e-8)
+        self.model = DistributedModelParallel(module=model, device=torch.device("cpu"), plan=plan,
+                                              sharders=[EmbeddingBagCollectionSharder()])
+        self.dense = torch.optim.SGD([p for _, p in in_backward_optimizer_filter(self.model.named_parameters())],
+                                     lr=0.01)
+        self.data = _batches(job, 4, seed=1234 + dist.get_rank())
+        self.loss_fn = torch.nn.BCEWithLogitsLoss()
+        self.step = 0
+
+    def run(self, steps: int) -> list[float]:
+        """Each step's wall time (ms) on this rank."""
+        times = []
+        for _ in range(steps):
+            kjt, labels = self.data[self.step % len(self.data)]
+            self.step += 1
+            t0 = time.perf_counter()
+            loss = self.loss_fn(self.model(kjt), labels)
+            loss.backward()
+            self.dense.step()
+            self.dense.zero_grad(set_to_none=True)
+            times.append((time.perf_counter() - t0) * 1e3)
+        return times
+
+
 def sharded_step_ms(job: StepJob, plan: Any, steps: int, warmup: int = 2) -> dict[str, Any]:
-    """Trains ``job`` under DistributedModelParallel with ``plan`` (a ShardingPlan) in this process
-    group; this rank's mean wall time per step (ms) after ``warmup`` steps, and each step's."""
-    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-    from torchrec.distributed.model_parallel import DistributedModelParallel
-    from torchrec.optim.optimizers import in_backward_optimizer_filter
-
-    from dlrm_dist.optimizer_registry import mark_in_backward
-
-    model = _Model(job)
-    mark_in_backward(model.ebc.parameters(), job.optimizer, lr=0.01, eps=1e-8)
-    dmp = DistributedModelParallel(module=model, device=torch.device("cpu"), plan=plan,
-                                   sharders=[EmbeddingBagCollectionSharder()])
-    dense = torch.optim.SGD([p for _, p in in_backward_optimizer_filter(dmp.named_parameters())], lr=0.01)
-    data = _batches(job, 4, seed=1234 + dist.get_rank())
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    times = []
-    for i in range(warmup + steps):
-        kjt, labels = data[i % len(data)]
-        t0 = time.perf_counter()
-        loss = loss_fn(dmp(kjt), labels)
-        loss.backward()
-        dense.step()
-        dense.zero_grad(set_to_none=True)
-        times.append((time.perf_counter() - t0) * 1e3)
-    kept = times[warmup:]
+    """This rank's mean step time (ms) of ``job`` under ``plan`` after ``warmup`` steps, and each step's."""
+    runner = ShardedSteps(job, plan)
+    runner.run(warmup)
+    kept = runner.run(steps)
     return {"mean_ms": sum(kept) / len(kept), "steps_ms": kept}
 
 
