@@ -246,3 +246,24 @@ def test_a_damaged_or_edited_pipeline_file_is_refused_by_name(copy, capsys, dama
     (copy / "rows.jsonl").write_text("{}\n")
     assert predict_main.main([str(copy), "--input", str(copy / "rows.jsonl")]) == EXIT_BAD_STATE
     assert words in capsys.readouterr().err
+
+
+def test_criteo_lines_score_through_criteo_s_own_parser(tmp_path, capsys) -> None:
+    """Criteo's fixed layout (input format criteo_tsv): the last pseudo-day's raw lines score as the
+    preprocessed val and test splits (its halves) do."""
+    from dlrm_dist.data.columnar.preprocess import Options, preprocess
+    from dlrm_dist.features.io import load_schema
+    from tests.sample_data import criteo_sample as sample
+
+    criteo_sample = sample()
+    sizes = "/".join(["100", "200", "50", "80"] * 6 + ["30", "30"])
+    preprocess(Options(load_schema(f"criteo:table_sizes={sizes},days=2"), [criteo_sample], tmp_path / "data",
+                       progress=False))
+    make_export(tmp_path / "export", ["--data.source=columnar", f"--data.data_dir={tmp_path / 'data'}",
+                                      "--model.bottom_mlp=13-8", *MODEL])
+    ref = [_scores(capsys, str(tmp_path / "export"), "--data", str(tmp_path / "data"), "--split", split,
+                   "--out", str(tmp_path / f"{split}.npy"))[0] for split in ("val", "test")]
+    got, report = _scores(capsys, str(tmp_path / "export"), "--input", str(criteo_sample), "--out",
+                          str(tmp_path / "got.npy"))
+    assert report["samples"] == 200 and report["metrics"]["samples"] == 200
+    assert np.abs(got[100:] - np.concatenate(ref)).max() < 1e-6  # lines 101-200: the last of 2 pseudo-days
