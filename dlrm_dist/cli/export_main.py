@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, metavar="N", help="export checkpoint N of the checkpoint_dir or run")
     p.add_argument("--out", required=True, help="the export directory to write")
     p.add_argument("--quantize", choices=("none", "int8"), default="none", help="table storage (default float32)")
-    p.add_argument("--data", help="the preprocessed data directory on this machine (int8 AUC comparison)")
+    p.add_argument("--data", help="the preprocessed data directory on this machine (default: the training config's): its "
+                   "vocabularies are copied into the export (to score raw rows), int8 is compared on its eval split")
     p.add_argument("--max-auc-loss", type=float, default=DEFAULT_LIMITS[0], metavar="X",
                    help=f"int8: fail if its AUC is more than X below float's (default {DEFAULT_LIMITS[0]})")
     p.add_argument("--max-logloss-increase", type=float, default=DEFAULT_LIMITS[1], metavar="X",
