@@ -6,7 +6,9 @@ An export is a directory:
     DIR/model.pt2      the program (torch.export.save)
     DIR/export.json    the manifest (manifest.py): format, version, inputs, feature names,
                        the fitted schema's fingerprint, quantization and what it cost,
-                       the training config (schema included), model.pt2's sha256
+                       the training config (schema included), model.pt2's sha256,
+                       and the pipeline's files with their sha256s
+    DIR/vocab/<table>.json  the vocabularies (raw-row scoring: pipeline.py checks them)
 
 The sha256 is a damage check only: whoever can rewrite model.pt2 can rewrite export.json.
 What keeps a crafted model.pt2 from running code is archive.py: the file is read once, its

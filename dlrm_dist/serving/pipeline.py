@@ -17,6 +17,7 @@ rows as in training), then ids and bag offsets as the exported program takes the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -97,8 +98,6 @@ def copy_vocabularies(schema: FeatureSchema, source: Optional[Path], out: Path) 
 
 
 def _sha256(data: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(data).hexdigest()
 
 

@@ -239,17 +239,6 @@ def file_kind(path: Path, schema: FeatureSchema) -> str:
     return locate.file_format(path, schema)
 
 
-@dataclass
-class RawBlock:
-    """A block of rows from a file: the raw batch (None for criteo_tsv, read typed), its typed reads
-    once made, and the file numbers of its rows (lines; rows for Parquet) for problems."""
-
-    raw: Optional[pa.RecordBatch]
-    typed: Optional[pa.RecordBatch]
-    number: Callable[[int], int]
-    kept: dict[str, list[Any]]
-
-
 def header_names(path: Path, schema: FeatureSchema, kind: str) -> list[str]:
     """The columns a file holds (its header, its Parquet schema, or input.columns)."""
     if kind == "parquet":
