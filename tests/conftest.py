@@ -1,4 +1,4 @@
-"""Shared fixtures, the CUDA skip rule, the CPU pin, the Hypothesis profiles, and the library warnings the suite ignores.
+"""Shared fixtures (the demo run, made once per session), the CUDA skip rule, the CPU pin, the Hypothesis profiles, and the library warnings the suite ignores.
 
 Only the warnings dlrm_dist.logs.KNOWN_WARNINGS names (libraries about themselves) are
 ignored, by message; any other warning, a deprecation in our own use of torch included,
@@ -14,6 +14,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 from dlrm_dist.logs import KNOWN_WARNINGS
+from tests.launch_helper import DemoRun, run_demo
 
 # The fuzzing suite (tests/fuzz/) runs a fixed example budget inside `make test`, derandomized
 # so a CI run is reproducible; DLRM_DIST_FUZZ=long runs a longer, random profile.
@@ -45,6 +46,13 @@ def _cpu_unless_marked_cuda(request: pytest.FixtureRequest, monkeypatch: pytest.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """`make demo`'s 800-step job on 2 ranks, once per session (about half of its tests' time on
+    2 cores): tests/multiprocess/test_cli.py checks its output, test_serving.py its int8 export."""
+    return run_demo(tmp_path_factory.mktemp("demo"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,4 +1,8 @@
-"""Starting the launcher as a user would, and finding a rank's process (launch and fault tests)."""
+"""Starting the launcher as a user would, and finding a rank's process (launch and fault tests).
+
+``run_demo`` runs `make demo`'s job once (the session fixture ``demo_run`` in tests/conftest.py
+shares it: the demo test reads its output, the int8 export test exports its checkpoint).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,3 +66,23 @@ def _pid_of_rank(tag: str, rank: int) -> int | None:
     return None
 
 
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """`make demo`'s job as run once: its run and checkpoint directories and the launcher's result."""
+
+    run_dir: Path
+    checkpoint_dir: Path
+    proc: subprocess.CompletedProcess
+
+
+def run_demo(out: Path, timeout: float = 900) -> DemoRun:
+    """`make demo` for NPROC=2 (2 ranks, the built-in data, the default config, no progress bar), with a checkpoint written at its end: training is the same, the checkpoint is
+    what the export tests read. Checked by the tests, not here (each names its own failure)."""
+    run_dir, ckpt = out / "demo", out / "demo_ckpt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "dlrm_dist.train", f"--run-dir={run_dir}", f"--checkpoint-dir={ckpt}",
+           "--train.progress=false"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return DemoRun(run_dir, ckpt, proc)

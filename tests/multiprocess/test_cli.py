@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dlrm_dist.metrics.log import read_metrics
+from tests.launch_helper import DemoRun
 from tests.sample_data import criteo_sample
 from tests.serving_helper import export_and_predict
 
@@ -28,11 +29,9 @@ def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_demo_reaches_teacher_auc(tmp_path: Path) -> None:
-    """`make demo`'s job: 2 ranks, built-in data; AUC within 0.02 of the teacher's."""
-    run_dir = tmp_path / "demo"
-    proc = _run(TORCHRUN + ["--nproc_per_node=2", "-m", "dlrm_dist.train", f"--run-dir={run_dir}",
-                            "--train.progress=false"], timeout=600)
+def test_demo_reaches_teacher_auc(demo_run: DemoRun) -> None:
+    """`make demo`'s job: 2 ranks, built-in data; AUC within 0.02 of the teacher's (the session's one run)."""
+    run_dir, proc = demo_run.run_dir, demo_run.proc
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "by sharding type:" in out and "t_cat_25" in out  # the plan summary

@@ -1,13 +1,16 @@
 """Serving: a 2-rank checkpoint exported (torch.export), scored, quantized, and refused when damaged.
 
 The sharded model's own scores (2 ranks, the training pipeline, tables split row-wise and
-table-wise) are the reference the exported program must reproduce within 1e-6.
+table-wise) are the reference the exported program must reproduce within 1e-6. dlrm-export and
+dlrm-predict run in this process through their main(argv) (a fresh Python would load torch
+again for each); only the import-isolation test needs a process of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +20,9 @@ import numpy as np
 import pytest
 import torch
 
+from dlrm_dist.cli.predict_main import main as predict_main
 from tests.dist_helper import run_ranks
+from tests.launch_helper import DemoRun
 from tests.small_job import SMALL_JOB
 
 pytestmark = pytest.mark.multiprocess
@@ -28,44 +33,50 @@ JOB = SMALL_JOB + ["--train.eval_interval=0", "--synthetic.eval_batches=3", "--s
                    "--synthetic.variable_pooling=true", "--train.steps=12"]
 
 
-def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _sharded_scores(ckpt: str, out: str) -> None:
-    """Rank side: the sharded model's probabilities on the eval split, in global batch order (rank 0 saves)."""
+def _sharded_scores(env, ckpt: Path, out: Path) -> None:
+    """The sharded model's probabilities on the eval split, in global batch order (rank 0 saves)."""
     import torch.distributed as dist
 
     from dlrm_dist.config import load_config
     from dlrm_dist.data.prefetch import Prefetcher
-    from dlrm_dist.distributed.env import DistEnv, init_distributed, teardown
     from dlrm_dist.training.build import build_trainer, prepare
 
-    env = DistEnv.from_environ(device="cpu")
     cfg = load_config(JOB + ["--inference-only", f"--checkpoint={ckpt}", f"--run-dir={out}/probe"])
     prepared = prepare(cfg, env)
-    init_distributed(env)
+    trainer = build_trainer(env, prepared)
+    trainer.checkpoints.restore(weights_only=True)
+    trainer.model.eval()
+    gbs = cfg.train.global_batch_size
+    source = prepared.data.batches("eval", gbs, env.rank, env.world_size, prepared.data.eval_batch_count(gbs))
+    batches, mine = Prefetcher(source, pin_memory=False), []
+    with torch.no_grad():
+        while True:
+            try:
+                _, logits, labels = trainer.pipeline.progress(batches)
+            except StopIteration:
+                break
+            mine.append((torch.sigmoid(logits), labels))
+    every: list = [None] * env.world_size
+    dist.all_gather_object(every, mine)
+    if env.is_main:  # batch b is rank 0's slice, then rank 1's: the global batch in order
+        probs = torch.cat([every[r][b][0] for b in range(len(mine)) for r in range(env.world_size)])
+        labels = torch.cat([every[r][b][1] for b in range(len(mine)) for r in range(env.world_size)])
+        torch.save({"probs": probs[labels >= 0], "labels": labels[labels >= 0]}, out / "sharded.pt")
+
+
+def _train_and_score(out: str) -> None:
+    """Rank side: the job trained to a checkpoint (the trainer's own entry), then that checkpoint
+    restored into a fresh sharded model and scored, in one process group."""
+    from dlrm_dist.distributed.env import DistEnv, init_distributed, teardown
+    from dlrm_dist.logs import init_logging
+    from tests.multiprocess.train_worker import run_job
+
+    env, root = DistEnv.from_environ(device="cpu"), Path(out)
+    init_logging(env.rank)
+    init_distributed(env, timeout_s=120)
     try:
-        trainer = build_trainer(env, prepared)
-        trainer.checkpoints.restore(weights_only=True)
-        trainer.model.eval()
-        gbs = cfg.train.global_batch_size
-        source = prepared.data.batches("eval", gbs, env.rank, env.world_size, prepared.data.eval_batch_count(gbs))
-        batches, mine = Prefetcher(source, pin_memory=False), []
-        with torch.no_grad():
-            while True:
-                try:
-                    _, logits, labels = trainer.pipeline.progress(batches)
-                except StopIteration:
-                    break
-                mine.append((torch.sigmoid(logits), labels))
-        every: list = [None] * env.world_size
-        dist.all_gather_object(every, mine)
-        if env.is_main:  # batch b is rank 0's slice, then rank 1's: the global batch in order
-            probs = torch.cat([every[r][b][0] for b in range(len(mine)) for r in range(env.world_size)])
-            labels = torch.cat([every[r][b][1] for b in range(len(mine)) for r in range(env.world_size)])
-            torch.save({"probs": probs[labels >= 0], "labels": labels[labels >= 0]}, f"{out}/sharded.pt")
+        run_job(env, root, "run", JOB + [f"--checkpoint-dir={root / 'ckpt'}"])
+        _sharded_scores(env, root / "ckpt", root)
     finally:
         teardown()
 
@@ -74,33 +85,40 @@ def _sharded_scores(ckpt: str, out: str) -> None:
 def trained(tmp_path_factory) -> dict:
     """A 2-rank checkpoint (the planner's mixed placement), its summary, and the sharded model's scores."""
     tmp = tmp_path_factory.mktemp("serving")
-    proc = _cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dlrm_dist.train",
-                *JOB, f"--checkpoint-dir={tmp / 'ckpt'}", f"--run-dir={tmp / 'run'}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run_ranks(_sharded_scores, 2, str(tmp / "ckpt"), str(tmp), timeout=300)
+    run_ranks(_train_and_score, 2, str(tmp), timeout=600)
     return {"dir": tmp, "ckpt": tmp / "ckpt", "summary": json.loads((tmp / "run" / "summary.json").read_text()),
             "sharded": torch.load(tmp / "sharded.pt")}
 
 
+def _in_process(main, *args: str) -> tuple[int, str, str]:
+    """A CLI's ``main(argv)`` run here (torch is loaded already): exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
 @pytest.fixture(scope="module")
 def exported(trained) -> Path:
+    from dlrm_dist.cli.export_main import main as export_main
+
     out = trained["dir"] / "export"
-    proc = _cli("-m", "dlrm_dist.cli.export_main", str(trained["ckpt"]), "--out", str(out), "--no-progress")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "4 table(s)" in proc.stdout, proc.stdout
+    code, stdout, stderr = _in_process(export_main, str(trained["ckpt"]), "--out", str(out), "--no-progress")
+    assert code == 0, stderr[-3000:]
+    assert "4 table(s)" in stdout, stdout
     return out
 
 
 def test_exported_scores_equal_the_sharded_model(trained, exported) -> None:
     preds = trained["dir"] / "preds.npy"
-    proc = _cli("-m", "dlrm_dist.cli.predict_main", str(exported), "--split", "val", "--out", str(preds),
-                "--json", "--no-progress")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, stdout, stderr = _in_process(predict_main, str(exported), "--split", "val", "--out", str(preds),
+                                       "--json", "--no-progress")
+    assert code == 0, stderr[-3000:]
     scores = np.load(preds)
     want = trained["sharded"]["probs"].numpy()
     assert scores.shape == want.shape and len(scores) == 3 * 64
     assert np.abs(scores - want).max() < 1e-6
-    report = json.loads(proc.stdout)
+    report = json.loads(stdout)
     assert report["samples"] == len(scores)
     assert report["metrics"]["auc"] == pytest.approx(trained["summary"]["eval_auc"], abs=1e-6)
     assert report["metrics"]["logloss"] == pytest.approx(trained["summary"]["eval_logloss"], abs=1e-6)
@@ -108,12 +126,12 @@ def test_exported_scores_equal_the_sharded_model(trained, exported) -> None:
 
 def test_predict_writes_csv_with_labels(trained, exported) -> None:
     out = trained["dir"] / "preds.csv"
-    proc = _cli("-m", "dlrm_dist.cli.predict_main", str(exported), "--split", "val", "--out", str(out), "--no-progress")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, stdout, stderr = _in_process(predict_main, str(exported), "--split", "val", "--out", str(out), "--no-progress")
+    assert code == 0, stderr[-3000:]
     table = np.loadtxt(out, delimiter=",", skiprows=1)
     assert table.shape == (192, 2)
     assert np.array_equal(table[:, 1], trained["sharded"]["labels"].numpy())
-    assert "auc 0." in proc.stdout
+    assert "auc 0." in stdout
 
 
 def test_the_export_loads_with_torch_and_pydantic_alone(trained, exported) -> None:
@@ -136,24 +154,23 @@ print("ok")
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
 
 
-def test_int8_auc_within_half_a_point_of_float_on_the_demo_data(tmp_path) -> None:
-    """The demo's model (26 tables, dim 16) trained briefly; int8 tables vs float on its eval split."""
-    ckpt = tmp_path / "ckpt"
-    proc = _cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dlrm_dist.train",
-                "--train.steps=150", "--train.eval_interval=0", "--train.progress=false",
-                f"--checkpoint-dir={ckpt}", f"--run-dir={tmp_path / 'run'}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = _cli("-m", "dlrm_dist.cli.export_main", str(ckpt), "--out", str(tmp_path / "int8"),
-                "--quantize", "int8", "--json", "--no-progress")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    q = json.loads(proc.stdout)["quantization"]
+def test_int8_auc_within_half_a_point_of_float_on_the_demo_data(demo_run: DemoRun, tmp_path) -> None:
+    """The demo's model (26 tables, dim 16; the session's demo run, 800 steps) exported with int8
+    tables vs float on its eval split."""
+    from dlrm_dist.cli.export_main import main as export_main
+
+    assert demo_run.proc.returncode == 0, demo_run.proc.stderr[-3000:]
+    code, stdout, stderr = _in_process(export_main, str(demo_run.checkpoint_dir), "--out", str(tmp_path / "int8"),
+                                       "--quantize", "int8", "--json", "--no-progress")
+    assert code == 0, stderr[-3000:]
+    q = json.loads(stdout)["quantization"]
     assert q["samples"] == 16 * 2048 and q["float_auc"] > 0.75
     assert abs(q["int8_auc"] - q["float_auc"]) <= 0.005, q
     # dlrm-export itself holds int8 to its limits (defaults) and records them with what it measured.
     assert q["measured"] and q["max_auc_loss"] == 0.005 and q["max_logloss_increase"] == 0.01
     assert q["int8_logloss"] - q["float_logloss"] <= 0.01, q
     # The int8 program holds uint8 rows (codes + scale + bias): dim 16 -> 24 bytes a row.
-    assert all(shape[1] == 24 for shape in json.loads(proc.stdout)["tables"].values())
+    assert all(shape[1] == 24 for shape in json.loads(stdout)["tables"].values())
 
 
 @pytest.mark.parametrize("damage, words", [
@@ -186,5 +203,5 @@ def test_a_damaged_or_foreign_export_is_refused_by_name(exported, tmp_path, dama
     with pytest.raises(ExportError) as e:
         load_export(d)
     assert all(w in str(e.value) for w in words), str(e.value)
-    proc = _cli("-m", "dlrm_dist.cli.predict_main", str(d), "--no-progress", timeout=120)
-    assert proc.returncode == 4 and all(w in proc.stderr for w in words), proc.stderr
+    code, _, stderr = _in_process(predict_main, str(d), "--no-progress")
+    assert code == 4 and all(w in stderr for w in words), stderr
