@@ -177,6 +177,10 @@ def write_splits(directory: Path, schema: FeatureSchema, fill: Callable[[dict[st
     return splits
 
 
+def write_vocab(directory: Path, table: str, values: list[str] | list[int]) -> None:
+    atomic_write_json(vocab_file(directory, table), values)
+
+
 def _one_kind(values: list) -> bool:
     """All strings, or all integers (JSON integers load back exactly; a bool is not one)."""
     return all(isinstance(v, str) for v in values) or all(type(v) is int for v in values)

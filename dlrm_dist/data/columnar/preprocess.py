@@ -28,23 +28,24 @@ import math
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 from dlrm_dist.data.columnar import encode, layout
 from dlrm_dist.data.columnar.criteo_tsv import count_lines
 from dlrm_dist.data.columnar.encode import HOLDOUT, Days, Encoded
-from dlrm_dist.data.columnar.kernels import Interner
 from dlrm_dist.data.columnar.read import BadLines, PreprocessError, read_encoded, read_inputs
 from dlrm_dist.data.jobrecord import job_record, lock_out, mark_complete
+from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.features.schema import SPLITS, FeatureSchema
 
+_COMPACT_EVERY = 64  # record batches of vocabulary counts merged at a time
 _HOLDOUT = "holdout"  # split by day: the last day's rows, halved into val and test at the end
 _BLOCK = 1 << 18  # rows copied at a time from the holdout
 
@@ -174,6 +175,32 @@ class _Moments:
         return shift, 1.0 if divisor <= 0 or constant else divisor
 
 
+class _VocabCounts:
+    """Value counts of one table, merged in pyarrow (bounded by the table's distinct values)."""
+
+    def __init__(self) -> None:
+        self.parts: list[pa.Table] = []
+
+    def add(self, values: pa.Array) -> None:
+        vc = pc.value_counts(pc.drop_null(values))
+        self.parts.append(pa.table({"v": vc.field("values"), "c": vc.field("counts")}))
+        if len(self.parts) >= _COMPACT_EVERY:
+            self.parts = [self._merged()]
+
+    def _merged(self) -> pa.Table:
+        if not self.parts:
+            return pa.table({"v": pa.array([], pa.string()), "c": pa.array([], pa.int64())})
+        t = pa.concat_tables(self.parts).group_by("v").aggregate([("c", "sum")])
+        return t.rename_columns(["v", "c"])
+
+    def vocabulary(self, min_count: int, order: str) -> list:
+        t = self._merged()
+        t = t.filter(pc.greater_equal(t["c"], min_count))
+        # most frequent first, ties by value; or by value (the old Criteo --vocab: ids 1..K by value)
+        t = t.sort_by([("c", "descending"), ("v", "ascending")] if order == "frequency" else [("v", "ascending")])
+        return t["v"].to_pylist()
+
+
 def _days(opts: Options) -> Optional[Days]:
     """Which day each row is in (split by day): pseudo-days need the inputs' line counts."""
     s = opts.schema.split
@@ -195,9 +222,7 @@ def _fit(opts: Options, cutoffs: Optional[tuple[float, float]], days: Optional[D
     fitted = [d for d in schema.dense if d.fitted]
     result: dict[str, Any] = {"vocab_rows": {}, "scales": {}}
     if vocab_tables or fitted:
-        from dlrm_dist.data.columnar import staging  # (the one vocabulary fitter; it imports this module)
-
-        vocabs = {t: staging._Vocabulary(schema.features_of(t)[0], Interner()) for t in vocab_tables}
+        counts = {t: _VocabCounts() for t in vocab_tables}
         moments = {d.name: _Moments(d.name) for d in fitted}
         row0 = 0
         with _bar(opts, "fit (train split)") as bar:
@@ -211,17 +236,26 @@ def _fit(opts: Options, cutoffs: Optional[tuple[float, float]], days: Optional[D
                 sub = batch.filter(pa.array(train))
                 for f in schema.sparse:
                     if f.kind == "vocab":
-                        bags = encode.bags_of(sub, f)
-                        v = vocabs[f.table]
-                        v.add(staging.intern({f.table: v.distinct}, f.table, bags.values), np.ones(sub.num_rows, bool),
-                              bags.lengths)
+                        counts[f.table].add(encode.bags_of(sub, f).values)
                 for d in fitted:  # on the whole batch, so that an error names the right line
                     moments[d.name].add(encode.dense_raw(batch, d, schema)[train])
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            staging.save_vocabularies(opts, vocabs, result, pool)
+        _save_vocabularies(opts, counts, result)
         result["scales"] = {d.name: moments[d.name].scale(d.fitted) for d in fitted}
     layout.write_fit(opts.out_dir, result)
     return result
+
+
+def _save_vocabularies(opts: Options, counts: dict[str, "_VocabCounts"], result: dict[str, Any]) -> None:
+    (opts.out_dir / layout.VOCAB_DIR).mkdir(exist_ok=True)
+    for table, c in counts.items():
+        f = opts.schema.features_of(table)[0]
+        vocab = c.vocabulary(f.min_count, f.order)
+        if not vocab:
+            names = [x.name for x in opts.schema.features_of(table)]
+            raise SchemaError(f"vocabulary feature(s) {names} (table {table!r}) have no value seen at least "
+                              f"{f.min_count} time(s) in the training split: check the column and min_count")
+        layout.write_vocab(opts.out_dir, table, vocab)
+        result["vocab_rows"][table] = f.oov_buckets + len(vocab)
 
 
 def _halve_holdout(out: Path, schema: FeatureSchema, writers: dict[str, layout.SplitWriter]) -> None:

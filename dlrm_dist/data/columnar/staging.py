@@ -270,8 +270,6 @@ class _Vocabulary:
 
     def add(self, staged: np.ndarray, train: np.ndarray, lengths: Optional[np.ndarray]) -> None:
         """Counts the staged ids of a block's training rows (``lengths``: its rows' bag lengths)."""
-        if len(self.counts) < self.distinct.n:  # (the driver's fit pass interns as it counts)
-            self.counts = np.concatenate([self.counts, np.zeros(self.distinct.n - len(self.counts), np.int64)])
         kernels.count_ids(np.asarray(staged), train, np.zeros(0, np.int64) if lengths is None else lengths,
                           self.counts)
 
@@ -433,7 +431,7 @@ def _staged(opts: Any, driver: Any, stage: _Stage, done: Optional[dict[str, Any]
 
 
 def vocab_json(texts: pa.Array) -> bytes:
-    """The vocabulary file's bytes for ``texts`` (``json.dumps`` of the list and a newline, as atomic_write_json):
+    """The bytes ``layout.write_vocab`` writes for ``texts`` (``json.dumps`` of the list, a newline):
     built from the Arrow buffers when every byte is printable ASCII other than a quote or a
     backslash (what json.dumps copies as is), else by json.dumps itself."""
     if not len(texts):
@@ -447,7 +445,7 @@ def vocab_json(texts: pa.Array) -> bytes:
     return b'["' + joined[0].as_buffer().to_pybytes() + b'"]\n'
 
 
-def save_vocabularies(opts: Any, vocabs: dict[str, _Vocabulary], result: dict[str, Any], pool: Executor) -> None:
+def _save_vocabularies(opts: Any, vocabs: dict[str, _Vocabulary], result: dict[str, Any], pool: Executor) -> None:
     """Writes every fitted vocabulary (vocab/<table>.json, a table per job on ``pool``) and its
     table's rows into ``result``."""
     (opts.out_dir / layout.VOCAB_DIR).mkdir(exist_ok=True)
@@ -479,7 +477,7 @@ def _fit_and_save(opts: Any, driver: Any, stage: _Stage, cutoffs: Optional[tuple
     result: dict[str, Any] = {"vocab_rows": {}, "scales": {}}
     vocabs = fit(stage, schema, cutoffs, distinct, moments)
     if distinct or fitted:
-        save_vocabularies(opts, vocabs, result, pool)
+        _save_vocabularies(opts, vocabs, result, pool)
         result["scales"] = {d.name: moments[d.name].scale(d.fitted) for d in fitted}
     layout.write_fit(opts.out_dir, result)
     oov = {t: schema.features_of(t)[0].oov_buckets for t in vocabs}
