@@ -8,6 +8,9 @@ size — which is what lets an N-rank run be compared with a single-process refe
 - ids: for each sparse feature of the schema, a bounded power law (Zipf-like) over the rows
   of the table it looks up (shared tables included), scrambled by a fixed bijection so that
   popular ids are spread over the table (as Criteo's hashing does);
+- managed features (kind managed) draw the same way over MANAGED_DRAW x their table's rows,
+  so that there are more distinct ids than rows (the remapper's job), and carry the draw as a
+  raw 64-bit id (splitmix64 of it, modulo 2**63 - 1: spread over every row-wise shard's range);
 - bags: a fixed number of ids per sample, or a length uniform in [1, 2p-1] (mean p);
 - dense: one non-negative, log-transformed value per dense feature of the schema (any number,
   zero included), as Criteo's after preprocessing;
@@ -31,11 +34,12 @@ from torchrec.datasets.utils import Batch
 
 from dlrm_dist.data.batches import SampleBlock, to_batch
 from dlrm_dist.data.hashing import U64, splitmix64, unit_uniform
-from dlrm_dist.features.schema import FeatureSchema
+from dlrm_dist.features.schema import MANAGED_ID_SPACE, FeatureSchema
 
 SPLITS = {"train": 0, "eval": 1}
 _BIAS = -1.0  # teacher logit offset: a click rate around a quarter
 _SCRAMBLE_PRIME = 1_000_003
+MANAGED_DRAW = 4  # a managed feature draws over this many times its table's rows
 
 
 def _hash_uniform(seed: int, table: int, ids: np.ndarray) -> np.ndarray:
@@ -77,7 +81,8 @@ class SyntheticData:
         self.schema = schema
         self.feature_names = schema.sparse_names
         # Rows each feature draws ids from: its table's (a shared table's, for several features).
-        self.feature_rows = [schema.table_rows(f.table) for f in schema.sparse]
+        self.feature_rows = [schema.table_rows(f.table) * (MANAGED_DRAW if f.managed else 1) for f in schema.sparse]
+        self._managed = [f.managed for f in schema.sparse]
         self.eval_batches = eval_batches
         self.max_bag = 2 * spec.pooling_factor - 1 if spec.variable_pooling else spec.pooling_factor
         num_dense = schema.num_dense
@@ -108,6 +113,8 @@ class SyntheticData:
         ids = _power_law(u[:, 1:], rows, self.spec.zipf_alpha)
         prime = _SCRAMBLE_PRIME if math.gcd(_SCRAMBLE_PRIME, rows) == 1 else 1
         ids = (ids * prime + 7919 * (table + 1)) % rows
+        if self._managed[table]:  # a raw id (the teacher's weights follow it as they follow any id)
+            ids = (splitmix64(ids.astype(U64) + U64(table)) % U64(MANAGED_ID_SPACE)).astype(np.int64)
         return ids, lengths
 
     # -- samples ------------------------------------------------------------------------

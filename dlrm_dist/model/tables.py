@@ -26,9 +26,17 @@ def make_tables(tables: Sequence[TableDef]) -> list[EmbeddingBagConfig]:
     """One EmbeddingBagConfig per table; a shared table lists all its features."""
     return [
         EmbeddingBagConfig(name=t.name, embedding_dim=t.dim, num_embeddings=t.rows,
-                           feature_names=list(t.features), pooling=_POOLING[t.pooling])
+                           feature_names=list(t.features), pooling=_POOLING[t.pooling],
+                           **({"init_fn": zero_rows} if t.remapper is not None else {}))
         for t in tables
     ]
+
+
+def zero_rows(rows: torch.Tensor) -> torch.Tensor:
+    """A managed table's ``init_fn``: the sharded collection rewrites the rows of evicted ids with
+    it, so a newly admitted id starts from zeros (deterministic on every rank and world size;
+    TorchRec's default would draw from the global RNG). Initial weights are model/init.py's."""
+    return torch.zeros_like(rows)
 
 
 def eviction_policy(r: Remapper) -> MCHEvictionPolicy:

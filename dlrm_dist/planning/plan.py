@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection
+from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingBagCollection
 from torchrec.distributed.sharding_plan import (
     column_wise,
     construct_module_sharding_plan,
@@ -41,10 +42,23 @@ from dlrm_dist.planning.types import GB, Budgets, ExpectedTable, JobSpec, Planne
 
 
 def find_ebc(model: nn.Module) -> tuple[str, EmbeddingBagCollection]:
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, EmbeddingBagCollection)]
-    if len(found) != 1:
+    """The model's tables as one collection, and the module path plans are keyed by.
+
+    Managed tables (a ManagedCollisionEmbeddingBagCollection's) are planned with the others,
+    under the plain collection's path (the wrapper's ``TABLES_PATH`` when every table is
+    managed): sharding moves their entries to the managed collection (distributed.parallel.split_plan).
+    """
+    managed = [m for _, m in model.named_modules() if isinstance(m, ManagedCollisionEmbeddingBagCollection)]
+    inner = {id(m._embedding_module) for m in managed}
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, EmbeddingBagCollection) and id(m) not in inner]
+    if len(found) > 1 or not (found or managed):
         raise PlanError(f"expected one EmbeddingBagCollection in the model, found {len(found)}")
-    return found[0]
+    if not managed:
+        return found[0]
+    configs = [c for _, m in found for c in m.embedding_bag_configs()]
+    configs += [c for m in managed for c in m._embedding_module.embedding_bag_configs()]
+    path = found[0][0] if found else getattr(model, "TABLES_PATH")
+    return path, EmbeddingBagCollection(tables=configs, device=torch.device("meta"))  # a view: planning only
 
 
 def expected_tables(ebc: EmbeddingBagCollection) -> list[ExpectedTable]:
