@@ -84,6 +84,8 @@ def text_order(texts: pa.Array, first: Optional[np.ndarray] = None) -> np.ndarra
     """
     arr = _flat(texts)
     n = len(arr)
+    if first is not None and n and (first == first[0]).all():  # (all counts 1, say): one integer sort, not two
+        first = None
     offsets, data = buffers(arr)
     lengths = np.diff(offsets)
     key = np.empty(n, np.uint64)
