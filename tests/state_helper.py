@@ -27,7 +27,7 @@ def gather_full_state_dict(model: nn.Module, dst: int = 0) -> dict[str, torch.Te
     for key, value in model.state_dict().items():
         if isinstance(value, ShardedTensor):
             full = torch.empty(value.size(), dtype=value.dtype) if rank == dst else None
-            value.gather(dst=dst, out=full)
+            value.gather(dst=dst, out=full, dtype=value.dtype)  # (default: float32, which rounds int64 buffers)
             if rank == dst:
                 out[key] = full
         elif rank == dst and isinstance(value, torch.Tensor):
