@@ -79,10 +79,13 @@ def copy_vocabularies(schema: FeatureSchema, source: Optional[Path], out: Path) 
     (checked to be as long as the fitted schema says); None, with a warning, when they are not at
     hand (the export then scores preprocessed data only)."""
     tables = vocab_tables(schema)
-    if tables and (source is None or not all(layout.vocab_file(source, t).is_file() for t in tables)):
+    if not tables:
+        return Pipeline()
+    why = _not_usable(schema, source, tables)
+    if why:
         logger.warning("the vocabularies of table(s) %s are not at hand (%s): this export scores preprocessed "
                        "data only; re-export with --data DIR (the preprocessed directory) to score raw rows",
-                       tables, source or "no data directory")
+                       tables, why)
         return None
     entries = {}
     for table in tables:
@@ -95,6 +98,24 @@ def copy_vocabularies(schema: FeatureSchema, source: Optional[Path], out: Path) 
             atomic_write_bytes(target, data)
         entries[table] = VocabularyFile(file=f"{layout.VOCAB_DIR}/{target.name}", sha256=_sha256(data), values=rows)
     return Pipeline(vocabularies=entries)
+
+
+def _not_usable(schema: FeatureSchema, source: Optional[Path], tables: list[str]) -> Optional[str]:
+    """Why ``source`` cannot give this model's vocabularies (None: it can). A directory preprocessed
+    again since training (another fitted schema) would give other ids to the same values."""
+    if source is None:
+        return "no data directory"
+    missing = [t for t in tables if not layout.vocab_file(source, t).is_file()]
+    if missing:
+        return f"{source} has no vocab/ file of {missing}"
+    try:
+        stored = layout.stored_schema(source)
+    except DlrmError as e:
+        return str(e)
+    if stored.fingerprint() != schema.fingerprint():
+        return (f"{source} was preprocessed with another fitted schema (fingerprint {stored.fingerprint()}, the "
+                f"model's {schema.fingerprint()})")
+    return None
 
 
 def _sha256(data: bytes) -> str:
