@@ -14,7 +14,7 @@ import pytest
 from dlrm_dist.metrics.log import read_metrics
 from tests.launch_helper import DemoRun
 from tests.sample_data import criteo_sample
-from tests.serving_helper import export_and_predict
+from tests.cli_helper import export_and_predict_here, ok_here
 
 pytestmark = pytest.mark.multiprocess
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,9 +95,10 @@ def test_train_with_plan_file_then_inspect_measured(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 6 and len(summary["rank_step_ms"]) == 2
-    inspect = _run([sys.executable, "-m", "dlrm_dist.cli.plan_main", "inspect", str(plan), "--measured", str(tmp_path), "--json"], 120)
-    assert inspect.returncode == 0, inspect.stderr
-    assert json.loads(inspect.stdout)["measured_step_ms"] == summary["rank_step_ms"]
+    from dlrm_dist.cli.plan_main import main as plan_main
+
+    inspect = ok_here(plan_main, "inspect", str(plan), "--measured", str(tmp_path), "--json")
+    assert json.loads(inspect)["measured_step_ms"] == summary["rank_step_ms"]
 
 
 def test_mismatched_plan_file_is_refused_before_training(tmp_path: Path) -> None:
@@ -129,6 +130,6 @@ def test_train_on_real_criteo_sample(tmp_path: Path, nproc: int, split: str) -> 
     assert 0.0 <= summary["eval_auc"] <= 1.0 and summary["eval_logloss"] > 0
     assert len(summary["evals"]) == 2
     # served: the export scores the Criteo days as training evaluated them
-    scored = export_and_predict(tmp_path / "ckpt", tmp_path / "export", data, split)
+    scored = export_and_predict_here(tmp_path / "ckpt", tmp_path / "export", data, split)
     assert scored["metrics"]["auc"] == pytest.approx(summary["eval_auc"], abs=1e-6)
     assert scored["metrics"]["logloss"] == pytest.approx(summary["eval_logloss"], abs=1e-6)

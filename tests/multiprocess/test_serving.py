@@ -8,8 +8,6 @@ again for each); only the import-isolation test needs a process of its own.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 import subprocess
@@ -21,6 +19,7 @@ import pytest
 import torch
 
 from dlrm_dist.cli.predict_main import main as predict_main
+from tests.cli_helper import run_here
 from tests.dist_helper import run_ranks
 from tests.launch_helper import DemoRun
 from tests.small_job import SMALL_JOB
@@ -90,20 +89,12 @@ def trained(tmp_path_factory) -> dict:
             "sharded": torch.load(tmp / "sharded.pt")}
 
 
-def _in_process(main, *args: str) -> tuple[int, str, str]:
-    """A CLI's ``main(argv)`` run here (torch is loaded already): exit code, stdout, stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return code, out.getvalue(), err.getvalue()
-
-
 @pytest.fixture(scope="module")
 def exported(trained) -> Path:
     from dlrm_dist.cli.export_main import main as export_main
 
     out = trained["dir"] / "export"
-    code, stdout, stderr = _in_process(export_main, str(trained["ckpt"]), "--out", str(out), "--no-progress")
+    code, stdout, stderr = run_here(export_main, str(trained["ckpt"]), "--out", str(out), "--no-progress")
     assert code == 0, stderr[-3000:]
     assert "4 table(s)" in stdout, stdout
     return out
@@ -111,7 +102,7 @@ def exported(trained) -> Path:
 
 def test_exported_scores_equal_the_sharded_model(trained, exported) -> None:
     preds = trained["dir"] / "preds.npy"
-    code, stdout, stderr = _in_process(predict_main, str(exported), "--split", "val", "--out", str(preds),
+    code, stdout, stderr = run_here(predict_main, str(exported), "--split", "val", "--out", str(preds),
                                        "--json", "--no-progress")
     assert code == 0, stderr[-3000:]
     scores = np.load(preds)
@@ -126,7 +117,7 @@ def test_exported_scores_equal_the_sharded_model(trained, exported) -> None:
 
 def test_predict_writes_csv_with_labels(trained, exported) -> None:
     out = trained["dir"] / "preds.csv"
-    code, stdout, stderr = _in_process(predict_main, str(exported), "--split", "val", "--out", str(out), "--no-progress")
+    code, stdout, stderr = run_here(predict_main, str(exported), "--split", "val", "--out", str(out), "--no-progress")
     assert code == 0, stderr[-3000:]
     table = np.loadtxt(out, delimiter=",", skiprows=1)
     assert table.shape == (192, 2)
@@ -160,7 +151,7 @@ def test_int8_auc_within_half_a_point_of_float_on_the_demo_data(demo_run: DemoRu
     from dlrm_dist.cli.export_main import main as export_main
 
     assert demo_run.proc.returncode == 0, demo_run.proc.stderr[-3000:]
-    code, stdout, stderr = _in_process(export_main, str(demo_run.checkpoint_dir), "--out", str(tmp_path / "int8"),
+    code, stdout, stderr = run_here(export_main, str(demo_run.checkpoint_dir), "--out", str(tmp_path / "int8"),
                                        "--quantize", "int8", "--json", "--no-progress")
     assert code == 0, stderr[-3000:]
     q = json.loads(stdout)["quantization"]
@@ -203,5 +194,5 @@ def test_a_damaged_or_foreign_export_is_refused_by_name(exported, tmp_path, dama
     with pytest.raises(ExportError) as e:
         load_export(d)
     assert all(w in str(e.value) for w in words), str(e.value)
-    code, _, stderr = _in_process(predict_main, str(d), "--no-progress")
+    code, _, stderr = run_here(predict_main, str(d), "--no-progress")
     assert code == 4 and all(w in stderr for w in words), stderr
