@@ -6,7 +6,8 @@ at the end, for each sharding type that runs on CPU, with SGD, Adagrad and (wher
 fused and reference rules are alike) row-wise Adagrad, and with a warmup + decay learning-rate
 schedule; 2 ranks, and 4 ranks for three types. The same over a schema unlike Criteo's
 (5 dense features, dims 8 and 16, a table shared by two features, mean pooling of
-multi-hot bags, the cat interaction), under every sharding type.
+multi-hot bags, the cat interaction), under every sharding type. And managed id spaces
+(TorchRec's managed collisions, row-wise), against their own reference (managed_reference.py).
 
 Row-wise Adagrad is not compared under column-wise sharding: there each column shard
 keeps its own per-row accumulator over only its columns, which by design is not the
@@ -28,6 +29,7 @@ from dlrm_dist.training.build import resolve
 from dlrm_dist.training.optimizer_setup import LRSchedule
 from tests.dist_helper import run_ranks
 from tests.multiprocess.equivalence_worker import case_args, mixed_args, run_cases
+from tests.multiprocess.managed_reference import ARGS as MANAGED_ARGS, check_managed
 from tests.reference_dlrm import ReferenceDLRM, ReferenceOptimizer, train_reference
 
 pytestmark = pytest.mark.multiprocess
@@ -43,6 +45,8 @@ CASES_2.update({f"{st}-{opt}-schedule": case_args(st, opt, opt) + SCHEDULE
 # A schema with 5 dense features, mixed dims, a shared table and mean pooling, under every type.
 CASES_2.update({f"mixed-{st}-adagrad": mixed_args(st, "adagrad") for st in SHARDING_TYPES})
 CASES_2["mixed-row_wise-sgd"] = mixed_args("row_wise", "sgd")
+MANAGED_CASE = "managed-row_wise-sgd"  # checked by its own reference (remappers per shard)
+CASES_2[MANAGED_CASE] = MANAGED_ARGS
 CASES_4 = {f"4ranks-{st}-sgd": case_args(st, "sgd", "sgd") for st in ("row_wise", "table_wise", "column_wise")}
 CASES_4["4ranks-mixed-table_row_wise-sgd"] = mixed_args("table_row_wise", "sgd")
 
@@ -107,9 +111,13 @@ def _check(path: Path) -> None:
     assert moved == len(ref_weights), "some weights never changed during training"
 
 
-@pytest.mark.parametrize("case", sorted(CASES_2))
+@pytest.mark.parametrize("case", sorted(set(CASES_2) - {MANAGED_CASE}))
 def test_two_ranks_match_reference(results_2: Path, case: str) -> None:
     _check(results_2 / f"{case}.pt")
+
+
+def test_two_ranks_with_managed_tables_match_one_process(results_2: Path) -> None:
+    check_managed(torch.load(results_2 / f"{MANAGED_CASE}.pt", weights_only=False))
 
 
 @pytest.mark.parametrize("case", sorted(CASES_4))

@@ -1,6 +1,7 @@
-"""Managed id spaces on 2 ranks equal one process, step by step.
+"""Managed id spaces on 2 ranks equal one process, step by step: the case and its reference.
 
-The model (tests/schemas/managed.toml: an LFU and an LRU managed feature beside a hashed one)
+test_equivalence.py trains the case in its 2-rank run (one process start for every case)
+and checks it here. The model (tests/schemas/managed.toml: an LFU and an LRU managed feature beside a hashed one)
 is trained by the real trainer on 2 gloo ranks, row-wise (the only sharding TorchRec has for
 managed tables). TorchRec routes each raw id to the rank whose block of the id space holds it
 (id // ceil((2**63 - 1) / 2)), and that rank's remapper admits it into its shard's rows. The
@@ -18,7 +19,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 from torchrec.sparse.jagged_tensor import JaggedTensor
@@ -29,11 +29,9 @@ from dlrm_dist.data.resolve import build_data
 from dlrm_dist.features.schema import MANAGED_ID_SPACE
 from dlrm_dist.model.tables import remapper
 from dlrm_dist.training.build import resolve
-from tests.dist_helper import run_ranks
-from tests.multiprocess.equivalence_worker import BASE_ARGS, run_cases
+from tests.multiprocess.equivalence_worker import BASE_ARGS
 from tests.reference_dlrm import ReferenceDLRM, ReferenceOptimizer, bags_from_block
 
-pytestmark = pytest.mark.multiprocess
 TOL = 1e-5
 WORLD = 2
 SCHEMA = str(Path(__file__).resolve().parents[1] / "schemas" / "managed.toml")
@@ -104,14 +102,8 @@ def _reference(saved: dict) -> tuple[list[float], dict[str, torch.Tensor], dict[
     return losses, weights, remappers
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    out = tmp_path_factory.mktemp("managed")
-    run_ranks(run_cases, WORLD, [("managed", ARGS)], str(out), timeout=300)
-    return torch.load(out / "managed.pt", weights_only=False)
-
-
-def test_two_ranks_with_managed_tables_match_one_process(saved: dict) -> None:
+def check_managed(saved: dict) -> None:
+    """The 2-rank run ``saved`` (equivalence_worker's record) against the one-process reference."""
     losses, weights, remappers = _reference(saved)
     assert len(saved["losses"]) == len(losses) == 6
     for step, (a, b) in enumerate(zip(saved["losses"], losses)):
