@@ -77,7 +77,7 @@ class Enumerator:
         TorchRec's sharder does not offer for CPU but which runs there over gloo).
         """
         table = self.inputs.tables[index]
-        out = [self._option(index, table, st, k) for st, k in self.candidates(table)]
+        out = [self.base_option(index, st, k) for st, k in self.candidates(table)]
         if out and not any(self._fits_a_rank(o) for o in out):
             out += self._splits(index, table)
         return out
@@ -140,6 +140,10 @@ class Enumerator:
             self._layouts = {k: v for k, v in self._layouts.items() if k[0] == table.name}  # bounded
             self._layouts[key] = (sizes, offsets, sizes_a, np.asarray(offsets, dtype=np.int64), distinct, rep, inverse.reshape(-1))
         return self._layouts[key]
+
+    def base_option(self, index: int, st: str, kernel: str) -> Option:
+        """Table ``index`` sharded as TorchRec's enumerator would (``st``, ``kernel``, default shard dim)."""
+        return self._option(index, self.inputs.tables[index], st, kernel)
 
     def _option(self, index: int, table: TableSpec, st: str, kernel: str, col_dim: Optional[int] = None) -> Option:
         sizes, offsets, sizes_a, offsets_a, distinct, rep, inverse = self._layout(table, st, col_dim)

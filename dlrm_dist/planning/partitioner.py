@@ -14,6 +14,7 @@ Everything is numpy over TorchRec's per-shard estimates (options.py).
 
 from __future__ import annotations
 
+import heapq
 from typing import Optional
 
 import numpy as np
@@ -32,34 +33,85 @@ def _in_hbm(o: Option) -> bool:
     return o.kernel not in UVM_KERNELS
 
 
-def _min_hbm(opts: list[Option]) -> float:
-    return min(float(o.hbm.sum()) for o in opts)
+def _hbm(o: Option) -> float:
+    return float(o.hbm.sum())
+
+
+def _tier(o: Option) -> int:
+    """How much HBM an option's kind takes: 0 replicated (data_parallel), 1 sharded in HBM,
+    2 UVM-cached (the cache in HBM), 3 plain UVM."""
+    if _in_hbm(o):
+        return 0 if o.sharding_type == "data_parallel" else 1
+    return 2 if o.kernel == "fused_uvm_caching" else 3
+
+
+def _fits_one_rank(o: Option, cap: Capacity) -> bool:
+    return bool(o.hbm.max() <= cap.hbm and o.ddr.max() <= cap.ddr)
+
+
+class _Tiers:
+    """One table's memory tiers: per tier, the cost and HBM of its cheapest placeable option
+    (the one the chooser takes unless a cost cap splits the table further)."""
+
+    def __init__(self, opts: list[Option], cap: Capacity) -> None:
+        placeable = [o for o in opts if _fits_one_rank(o, cap)] or opts
+        best: dict[int, Option] = {}
+        for o in placeable:
+            k = _tier(o)
+            if k not in best or (o.total_cost, _hbm(o)) < (best[k].total_cost, _hbm(best[k])):
+                best[k] = o
+        self.hbm = {k: _hbm(o) for k, o in best.items()}
+        self.cost = {k: o.total_cost for k, o in best.items()}
+        in_hbm = [k for k in best if k <= 1]
+        self.current = min(in_hbm, key=lambda k: self.cost[k]) if in_hbm else min(best)
+
+    def next_step(self) -> Optional[tuple[float, int]]:
+        """(extra cost per HBM byte saved, tier) of the best deeper tier, if any saves HBM."""
+        k = self.current
+        steps = [((self.cost[j] - self.cost[k]) / (self.hbm[k] - self.hbm[j]), j)
+                 for j in self.hbm if j > k and self.hbm[j] < self.hbm[k]]
+        return min(steps) if steps else None
 
 
 def _memory_tiers(options: list[list[Option]], inputs: PlannerInputs, cap: Capacity) -> list[list[Option]]:
     """Per table, the options allowed once enough tables are offloaded to fit memory.
 
-    Tables start on their in-HBM options (or their UVM ones, if constraints allow nothing
-    else); while the smallest possible HBM footprint exceeds the budget, the table whose
-    UVM-cached variant costs least per HBM byte saved is moved to its UVM options.
+    Tables start in their cheapest in-HBM tier (replicated or sharded; UVM if constraints
+    allow nothing else); while the HBM they need exceeds the budget, the table whose next
+    tier (sharded instead of replicated, UVM-cached, plain UVM) costs least per byte of HBM
+    saved moves to it, and keeps only options of that tier or deeper. A tier's HBM is that
+    of the option the chooser will take there: a cached table keeps its cache (the load
+    factor's share of rows) in HBM, a replicated one a copy per rank. Counting every UVM option as the plain UVM
+    kernel's near-zero HBM while the table then takes the cheaper cached kernel offloaded
+    too few tables, and the partitioner's repairs then fell to plain-UVM or row-wise options
+    costing 10-100x (issue 22's 300-table case). Only options whose every shard fits one
+    rank count: a table too big for one rank's host memory has no table-wise UVM tier.
     """
     if inputs.topology.device != "cuda":
         return options  # CPU: every kernel is host memory; the partitioner checks DDR
     budget = 0.97 * cap.hbm * inputs.topology.world_size
     allowed = [[o for o in opts if _in_hbm(o)] or opts for opts in options]
-    demand = sum(_min_hbm(a) for a in allowed)
-    ranked = []
-    for t, opts in enumerate(options):
-        cached = [o for o in opts if not _in_hbm(o)]
-        if cached and len(cached) < len(opts):
-            saved = _min_hbm(allowed[t]) - _min_hbm(cached)
-            penalty = min(o.total_cost for o in cached) - min(o.total_cost for o in allowed[t])
-            ranked.append((penalty / max(saved, 1.0), t, cached, saved))
-    for _, t, cached, saved in sorted(ranked, key=lambda r: r[:2]):
-        if demand <= budget:
-            break
-        allowed[t] = cached
-        demand -= saved
+    tiers = [_Tiers(opts, cap) for opts in options]
+    demand = sum(tt.hbm[tt.current] for tt in tiers)
+    if demand <= budget:
+        return allowed
+    heap = [(step[0], t) for t, tt in enumerate(tiers) if (step := tt.next_step()) is not None]
+    heapq.heapify(heap)
+    moved: set[int] = set()
+    while demand > budget and heap:
+        _, t = heapq.heappop(heap)
+        tt = tiers[t]
+        step = tt.next_step()
+        if step is None:
+            continue
+        demand -= tt.hbm[tt.current] - tt.hbm[step[1]]
+        tt.current = step[1]
+        moved.add(t)
+        nxt = tt.next_step()
+        if nxt is not None:
+            heapq.heappush(heap, (nxt[0], t))
+    for t in moved:
+        allowed[t] = [o for o in options[t] if _tier(o) >= tiers[t].current]
     return allowed
 
 
@@ -159,12 +211,18 @@ def _targets(allowed: list[list[Option]], n: int) -> np.ndarray:
 
 
 def _repair(allowed: list[list[Option]], choice: list[Option], failed: list[int]) -> bool:
-    """For tables that did not fit, take the option with the smallest per-shard memory."""
+    """For tables that did not fit, the cheapest option with smaller shards (one step down).
+
+    Stepping to the cheapest smaller option rather than the smallest one matters: a 70M-row
+    table that does not fit table-wise fits table-row-wise (8 shards, 8 ms) long before it
+    needs row-wise (32 shards, 170 ms, or 7,700 ms in plain UVM); the caller repeats.
+    """
     changed = False
     for t in failed:
-        smaller = [o for o in allowed[t] if (o.hbm.max(), o.ddr.max()) < (choice[t].hbm.max(), choice[t].ddr.max())]
+        here = (choice[t].hbm.max(), choice[t].ddr.max())
+        smaller = [o for o in allowed[t] if (o.hbm.max(), o.ddr.max()) < here]
         if smaller:
-            choice[t] = min(smaller, key=lambda o: (o.hbm.max() + o.ddr.max(), o.total_cost))
+            choice[t] = min(smaller, key=lambda o: (o.total_cost, o.hbm.max() + o.ddr.max()))
             changed = True
     return changed
 

@@ -3,19 +3,30 @@
 Same topology, constraints and memory budget (a FixedPercentageStorageReservation of the
 share our budgets leave out), rated by TorchRec's own perf model (NoopPerfModel: the
 slowest rank's summed shard cost) — the figure our planner's bottleneck is compared with.
+
+``fast=True`` keeps TorchRec's enumerator, proposers, partitioner and perf model but fills
+the search space's estimates from our enumeration (options.py), which reproduces TorchRec's
+estimators shard for shard (tests/unit/test_planner_estimates.py) while estimating one shard
+per distinct size: the same search space in seconds instead of minutes. Options our
+enumeration does not build (none today) fall back to TorchRec's own estimators.
+``timeout_seconds`` is TorchRec's own proposal time limit (best plan so far is kept).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner
+from torchrec.distributed.planner.enumerators import EmbeddingEnumerator
 from torchrec.distributed.planner.perf_models import NoopPerfModel
 from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
+from torchrec.distributed.planner.types import Perf, ShardingOption, Storage
 from torchrec.distributed.types import ShardingPlan
 
+from dlrm_dist.planning.options import Enumerator
 from dlrm_dist.planning.torchrec_bridge import constraints, meta_module, torchrec_topology
 from dlrm_dist.planning.types import PlannerInputs
 
@@ -27,17 +38,49 @@ class DefaultPlannerResult:
     seconds: float
 
 
-def plan_with_torchrec(inputs: PlannerInputs) -> DefaultPlannerResult:
+class OurEstimatesEnumerator(EmbeddingEnumerator):
+    """TorchRec's enumerator whose estimates come from our (equal, cached) enumeration."""
+
+    def __init__(self, inputs: PlannerInputs, **kw) -> None:
+        super().__init__(**kw)
+        self._ours = Enumerator(inputs)
+        self._index = {t.name: i for i, t in enumerate(inputs.tables)}
+
+    def populate_estimates(self, sharding_options: list[ShardingOption]) -> None:
+        rest = []
+        for so in sharding_options:
+            i = self._index.get(so.name)
+            if i is None or (so.sharding_type, so.compute_kernel) not in self._ours.candidates(self._ours.inputs.tables[i]):
+                rest.append(so)
+                continue
+            o = self._ours.base_option(i, so.sharding_type, so.compute_kernel)
+            if [list(s.size) for s in so.shards] != o.sizes.tolist():
+                rest.append(so)  # another layout (e.g. a column-wise shard dim constraint): TorchRec estimates it
+                continue
+            for k, shard in enumerate(so.shards):
+                shard.perf = Perf(*map(float, o.perf[k]))
+                shard.storage = Storage(hbm=int(o.hbm[k]), ddr=int(o.ddr[k]))
+        if rest:
+            super().populate_estimates(rest)
+
+
+def plan_with_torchrec(inputs: PlannerInputs, fast: bool = False,
+                       timeout_seconds: Optional[int] = None) -> DefaultPlannerResult:
     """Runs TorchRec's default planner (all its proposers) and rates its best plan."""
     topology = torchrec_topology(inputs)
     reserve = 1.0 - (inputs.budgets.hbm_share if inputs.topology.device == "cuda" else inputs.budgets.ddr_share)
+    cons = constraints(inputs)
+    start = time.perf_counter()
+    enumerator = (OurEstimatesEnumerator(inputs, topology=topology, batch_size=inputs.batch_size_per_rank,
+                                         constraints=cons) if fast else None)
     planner = EmbeddingShardingPlanner(
         topology=topology,
         batch_size=inputs.batch_size_per_rank,
-        constraints=constraints(inputs),
+        constraints=cons,
         storage_reservation=FixedPercentageStorageReservation(percentage=reserve),
+        enumerator=enumerator,
+        timeout_seconds=timeout_seconds,
     )
-    start = time.perf_counter()
     plan = planner.plan(meta_module(inputs), [EmbeddingBagCollectionSharder()])
     seconds = time.perf_counter() - start
     # The planner keeps its chosen ShardingOptions (with TorchRec's estimates) here.
