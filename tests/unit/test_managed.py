@@ -222,3 +222,34 @@ def _user_kjt(users: list[int]):
 
     return KeyedJaggedTensor.from_lengths_sync(keys=["user"], values=torch.tensor(users),
                                                lengths=torch.ones(len(users), dtype=torch.int64))
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------
+MANAGED_SCHEMA = str(Path(__file__).resolve().parents[1] / "schemas" / "managed.toml")
+MANAGED_JOB = [f"--data.schema={MANAGED_SCHEMA}", "--model.bottom_mlp=2-8", "--model.embedding_dim=8",
+               "--model.top_mlp=16-1", "--train.global_batch_size=64", "--train.progress=false",
+               "--train.eval_interval=0", "--synthetic.eval_batches=1", "--sharding-type=row_wise", "--train.device=cpu"]
+
+
+def test_a_resumed_run_continues_bitwise_with_the_remappers_state(tmp_path: Path) -> None:
+    """A checkpoint at an eviction boundary (step 4; the schema's intervals are 2 and 1) holds each
+    remapper's ids, rows, counts / last access and step: the resumed run's losses are the
+    uninterrupted run's, bit for bit."""
+    from dlrm_dist.checkpoint.io import verified_metadata
+    from dlrm_dist.checkpoint.manifest import Manifest
+    from dlrm_dist.checkpoint.unsharded import find_checkpoint
+    from tests.checkpoint_helper import train_here
+
+    straight = train_here(["--train.steps=7", f"--run-dir={tmp_path / 'a'}"], MANAGED_JOB)
+    ckpt = tmp_path / "ckpt"
+    train_here(["--train.steps=4", f"--train.checkpoint_dir={ckpt}", "--train.checkpoint_interval=4",
+                f"--run-dir={tmp_path / 'b'}"], MANAGED_JOB)
+    found = find_checkpoint(ckpt)
+    keys = set(verified_metadata(found, Manifest.read(found)).state_dict_metadata)
+    for buffer in ("t_user._mch_counts", "t_item._mch_last_access_iter", "t_user._mch_sorted_raw_ids",
+                   "t_item._mch_remapped_ids_mapping", "t_user._current_iter_tensor"):
+        assert any(k.endswith(f"_managed_collision_modules.{buffer}") for k in keys), buffer
+    resumed = train_here(["--train.steps=7", f"--train.checkpoint_dir={ckpt}", f"--run-dir={tmp_path / 'c'}"],
+                         MANAGED_JOB)
+    assert len(straight.losses) == 7
+    assert resumed.losses[-3:] == straight.losses[-3:], (resumed.losses, straight.losses)
