@@ -1,5 +1,8 @@
 """Bring your own data, end to end through the real command lines, on 2 CPU ranks.
 
+Training is started with torchrun; dlrm-data, dlrm-export and dlrm-predict run in this process
+through their main(argv) (tests/cli_helper.py).
+
 - a team's own CSV (examples/clicks.py writes it) with the 20-line examples/clicks.toml;
 - MovieLens-100k, real data no one here wrote, fetched from PyPI into a cache folder that
   later runs reuse (DLRM_DIST_CACHE, default ~/.cache/dlrm_dist). PyPI unreachable is a
@@ -16,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from dlrm_dist.cli.data_main import main as data_main
 from examples.clicks import write_clicks
-from tests.serving_helper import export_and_predict
+from tests.cli_helper import export_and_predict_here, ok_here, run_here
 
 pytestmark = pytest.mark.multiprocess
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,15 +46,15 @@ def test_own_csv_with_a_twenty_line_schema(tmp_path: Path) -> None:
     schema = ROOT / "examples" / "clicks.toml"
     assert len(schema.read_text().splitlines()) <= 20
     csv = write_clicks(tmp_path / "clicks.csv", rows=30_000)
-    out = _run([str(BIN / "dlrm-data"), "preprocess", "--schema", str(schema), "--input", str(csv),
-                "--out", str(tmp_path / "data"), "--no-progress"]).stdout
+    out = ok_here(data_main, "preprocess", "--schema", str(schema), "--input", str(csv),
+                  "--out", str(tmp_path / "data"), "--no-progress")
     assert "rows read 30,000" in out and "skipped 0" in out
     s = _train(tmp_path / "data", tmp_path / "run", "--model.arch=embedding_mlp", "--model.top_mlp=64-32-1",
                "--batch-size=512", "--steps=150", "--train.eval_interval=0", f"--checkpoint-dir={tmp_path / 'ckpt'}")
     # the generator's click model has real signal: far above chance, and above the positive rate's accuracy
     assert s["eval_auc"] > 0.72 and s["eval_accuracy"] > 0.68, s
     # served: the export scores the schema-driven data as training evaluated it
-    scored = export_and_predict(tmp_path / "ckpt", tmp_path / "export", tmp_path / "data", "val")
+    scored = export_and_predict_here(tmp_path / "ckpt", tmp_path / "export", tmp_path / "data", "val")
     assert scored["samples"] > 0 and scored["metrics"]["auc"] == pytest.approx(s["eval_auc"], abs=1e-6)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["features"]["name"] == "clicks" and dict(config["features"]["vocab_rows"])["t_tags"] == 13
@@ -59,16 +63,15 @@ def test_own_csv_with_a_twenty_line_schema(tmp_path: Path) -> None:
 def test_movielens_100k_walkthrough() -> None:
     """fetch -> preprocess -> train (Embedding+MLP with residual units) on 2 ranks; the README's steps."""
     data = CACHE / "movielens-100k"
-    fetched = subprocess.run([str(BIN / "dlrm-data"), "fetch", "movielens-100k", str(data)], cwd=ROOT,
-                             capture_output=True, text=True, timeout=300)
-    if fetched.returncode:
+    code, fetched, err = run_here(data_main, "fetch", "movielens-100k", str(data))
+    if code:
         pytest.fail(f"MovieLens-100k could not be fetched from PyPI (recbole==1.2.1): is PyPI reachable?\n"
-                    f"{fetched.stderr[-2000:]}")
-    assert "GroupLens" in fetched.stdout
+                    f"{err[-2000:]}")
+    assert "GroupLens" in fetched
     pre = CACHE / "movielens-100k-preprocessed"
-    _run([str(BIN / "dlrm-data"), "preprocess", "--schema", str(ROOT / "examples" / "movielens100k.toml"),
-          "--input", str(data / "ratings.tsv"), "--out", str(pre), "--no-progress"])
-    stats = json.loads(_run([str(BIN / "dlrm-data"), "stats", str(pre), "--json"]).stdout)
+    ok_here(data_main, "preprocess", "--schema", str(ROOT / "examples" / "movielens100k.toml"),
+            "--input", str(data / "ratings.tsv"), "--out", str(pre), "--no-progress")
+    stats = json.loads(ok_here(data_main, "stats", str(pre), "--json"))
     assert stats["splits"]["train"]["rows"] + stats["splits"]["val"]["rows"] + stats["splits"]["test"]["rows"] == 100_000
     assert {f["feature"]: f["table_size"] for f in stats["features"]}["user_id"] == 944
     run = CACHE / "movielens-100k-run"
