@@ -119,6 +119,10 @@ def test_preprocess_writes_raw_ids_and_the_loader_hands_them_over(tmp_path: Path
     data = ColumnarDataset(tmp_path / "out", eval_split="val", seed=0, shuffle=False)
     block = data.block("train", 0, 10)
     assert block.values[0].tolist() == stored[:10].tolist()
+    from dlrm_dist.data.columnar.stats import compute_stats
+
+    user = next(f for f in compute_stats(tmp_path / "out")["features"] if f["feature"] == "user")
+    assert user["cardinality"] == len(set(stored.tolist())) and user["table_size"] == 8
 
 
 # -- the model's remapper ------------------------------------------------------------------------------
@@ -253,3 +257,18 @@ def test_a_resumed_run_continues_bitwise_with_the_remappers_state(tmp_path: Path
                          MANAGED_JOB)
     assert len(straight.losses) == 7
     assert resumed.losses[-3:] == straight.losses[-3:], (resumed.losses, straight.losses)
+
+
+# -- plans -----------------------------------------------------------------------------------------------
+def test_a_plan_moves_managed_tables_to_their_collection_row_wise_only() -> None:
+    from dlrm_dist.distributed.parallel import ManagedPlanError, split_plan
+    from dlrm_dist.planning.plan import find_ebc, forced_plan
+
+    model = _model()
+    path, view = find_ebc(model)  # planning sees every table, under the plain collection's path
+    assert path == "model.sparse_arch" and [c.name for c in view.embedding_bag_configs()] == ["t_item", "t_user"]
+    plan = split_plan(forced_plan(model, "row_wise", 2, 2, "cpu"), model)
+    assert set(plan.plan["model.sparse_arch"]) == {"t_item"} and set(plan.plan["model.managed_arch"]) == {"t_user"}
+    assert plan.plan["model.managed_arch"]["t_user"].compute_kernel == "fused"  # evicted rows are rewritten there
+    with pytest.raises(ManagedPlanError, match=r"managed table\(s\) t_user \(table_wise\): .*row-wise only"):
+        split_plan(forced_plan(model, "table_wise", 2, 2, "cpu"), model)
