@@ -93,7 +93,7 @@ def copy_vocabularies(schema: FeatureSchema, source: Optional[Path], out: Path) 
         rows = schema.table_rows(table) - schema.features_of(table)[0].oov_buckets
         _vocabulary(data, table, rows, f"{layout.vocab_file(source, table)}")  # the data's own, checked
         target = layout.vocab_file(out, table)
-        target.parent.mkdir(exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         with disk_full(target, len(data)):
             atomic_write_bytes(target, data)
         entries[table] = VocabularyFile(file=f"{layout.VOCAB_DIR}/{target.name}", sha256=_sha256(data), values=rows)
