@@ -24,25 +24,16 @@ ROOT = Path(__file__).resolve().parents[2]
 GBS, EPOCHS, EVERY, PATIENCE = 256, 20, 6, 2
 
 
-def train_rank(args: list[str], out: str) -> None:
-    """Trains with early stopping, then evaluates the best checkpoint on the test split (inference only)."""
+def train_rank(args: list[str], out: str, name: str) -> None:
+    """One job in this rank (the process group is its own: a second job gets fresh ranks and a port)."""
     import os
-
-    from dlrm_dist.checkpoint.manifest import Manifest
-    from dlrm_dist.checkpoint.store import published
 
     from dlrm_dist.train import run
 
     record = run(args)
-    rank = int(os.environ["RANK"])
-    best = Manifest.read(published(Path(out, "ckpt"))[-1]).best
-    again = run([a for a in args if not a.startswith(("--train.epochs", "--checkpoint-dir", "--run-dir"))]
-                + [f"--run-dir={Path(out, 'infer')}", "--inference-only", "--data.eval_split=test",
-                   f"--checkpoint={Path(out, 'ckpt', f'step_{best.step:08d}')}"])
-    Path(out, f"rank{rank}.json").write_text(json.dumps({"step": record["step"], "steps": record["steps"],
-                                                         "stopped": record["stopped_early"],
-                                                         "inferred_step": again["step"],
-                                                         "inferred_auc": again["eval_auc"]}))
+    Path(out, f"{name}{os.environ['RANK']}.json").write_text(json.dumps(
+        {"step": record["step"], "steps": record["steps"], "stopped": record["stopped_early"],
+         "eval_auc": record["eval_auc"]}))
 
 
 def test_early_stop_keeps_and_tests_the_best(tmp_path: Path) -> None:
@@ -60,9 +51,9 @@ def test_early_stop_keeps_and_tests_the_best(tmp_path: Path) -> None:
             f"--train.epochs={EPOCHS}", f"--train.eval_interval={EVERY}", f"--checkpoint-dir={ckpt}",
             "--train.keep_last=1", f"--train.early_stop.patience={PATIENCE}", "--train.early_stop.min_delta=0.02",
             "--train.tensorboard=false"]  # no train.steps: early stopping is on by default (a val split)
-    run_ranks(train_rank, 2, args, str(tmp_path), timeout=300)
+    run_ranks(train_rank, 2, args, str(tmp_path), "train", timeout=300)
 
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = [json.loads((tmp_path / f"train{r}.json").read_text()) for r in range(2)]
     assert ranks[0] == ranks[1] and ranks[0]["stopped"], ranks  # the same stop on every rank
     summary = json.loads((run_dir / "summary.json").read_text())
     stop, best, last, test = summary["step"], summary["best"], summary["last"], summary["test"]
@@ -77,8 +68,12 @@ def test_early_stop_keeps_and_tests_the_best(tmp_path: Path) -> None:
     assert test["model"] == "best" and test["step"] == best["step"] and test["samples"] == 617
     # an independent score: the best checkpoint evaluated on the test split by --inference-only,
     # which reports the checkpoint's step (not 0)
-    assert ranks[0]["inferred_step"] == best["step"] and ranks[0]["inferred_auc"] == pytest.approx(test["auc"], abs=1e-6)
+    again = [a for a in args if not a.startswith(("--train.epochs", "--checkpoint-dir", "--run-dir"))]
+    best_ckpt = published(ckpt)[0]
+    run_ranks(train_rank, 2, again + [f"--run-dir={tmp_path / 'infer'}", "--inference-only", "--data.eval_split=test",
+                                      f"--checkpoint={best_ckpt}"], str(tmp_path), "infer", timeout=300)
     inferred = json.loads((tmp_path / "infer" / "summary.json").read_text())
+    assert inferred["eval_auc"] == pytest.approx(test["auc"], abs=1e-6)
     assert inferred["inference_only"] and inferred["steps"] == 0 and inferred["step"] == best["step"]
     # keep_last=1 kept the newest and the best; the newest manifest names the best
     assert [step_of(p) for p in published(ckpt)] == [best["step"], stop]
