@@ -99,9 +99,14 @@ def test_raw_test_rows_score_as_the_preprocessed_test_split(request, capsys, nam
     # the rows carry their label: the metrics are the --data path's
     assert report["metrics"]["auc"] == pytest.approx(ref["metrics"]["auc"], abs=1e-6)
     assert report["metrics"]["logloss"] == pytest.approx(ref["metrics"]["logloss"], abs=1e-6)
-    # the Python API on the same rows as records (numbers as numbers, lists for multi-hot, nulls)
+    # the Python API on the same rows as records (numbers as numbers, lists for multi-hot, nulls),
+    # and as a record batch of the file's cells
     records = rh.jsonl_records(case["header"], case["rows"], case["schema"])
     assert np.abs(_predictor(export).score(records) - want).max() < 1e-6
+    nulls = {"", *case["schema"].input.null_values}
+    cells = [{c: (None if v in nulls else v) for c, v in zip(case["header"], r)} for r in case["rows"]]
+    batch = pa.RecordBatch.from_pylist(cells, schema=pa.schema([(c, pa.string()) for c in case["header"]]))
+    assert np.abs(_predictor(export).score_batch(batch) - want).max() < 1e-6
 
 
 def test_jsonl_parquet_and_csv_with_kept_ids_score_alike_without_a_label(every_kind, capsys) -> None:
