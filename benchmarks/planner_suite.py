@@ -7,8 +7,8 @@ same inputs; both plans rated by the same estimator (planner.plan_file_for: Torc
 per-shard estimates, summed per rank). TorchRec's search space is estimated by our
 enumeration (torchrec_default.OurEstimatesEnumerator: equal shard for shard, checked by
 tests/unit/test_planner_estimates.py) and its proposals are capped by its own
-``timeout_seconds`` (its best plan so far is kept; recorded per instance as
-``torchrec_timed_out``), so the suite takes minutes instead of hours.
+``timeout_seconds`` (its best plan so far is kept; ``torchrec_timed_out`` says TorchRec's total
+time, enumeration included, reached that limit), so the suite takes minutes instead of hours.
 
     .venv/bin/python benchmarks/planner_suite.py [--quick] [--count 44] [--torchrec-timeout 20]
         [--out benchmarks/results/planner-suite]
