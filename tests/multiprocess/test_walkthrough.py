@@ -22,6 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from dlrm_dist.cli.predict_main import main as predict_main
+from tests.cli_helper import ok_here
+
 pytestmark = pytest.mark.multiprocess
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -88,6 +91,12 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     # export: that best checkpoint
     manifest = json.loads((tmp_path / "clicks_export/export.json").read_text())
     assert manifest["step"] == best["step"], (manifest["step"], best)
+    config = json.loads((tmp_path / "runs/clicks/config.json").read_text())
+    assert config["features"]["name"] == "clicks" and dict(config["features"]["vocab_rows"])["t_tags"] == 13
+    # the export scores the preprocessed test split as training's end-of-run test evaluation did
+    report = json.loads(ok_here(predict_main, str(tmp_path / "clicks_export"), "--data", str(tmp_path / "clicks_data"),
+                                "--split", "test", "--out", str(tmp_path / "test.npy"), "--no-progress", "--json"))
+    assert report["metrics"]["auc"] == pytest.approx(summary["test"]["auc"], abs=1e-6), (report, summary["test"])
     # predict: one score per raw row, in order, the kept column passed through
     with open(tmp_path / "clicks.csv") as f:
         raw = list(csv.DictReader(f))
