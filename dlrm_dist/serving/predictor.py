@@ -28,8 +28,9 @@ from dlrm_dist.features.schema import FeatureSchema
 from dlrm_dist.serving.load import LoadedExport, load_export
 from dlrm_dist.serving.manifest import ExportError, read_manifest
 from dlrm_dist.serving.pipeline import FeaturePipeline, ModelInputs
-from dlrm_dist.serving.records import (RECORDS, FieldProblem, InputColumn, RecordError, detached, input_columns,
-                                       problems_of, records_batch, typed)
+from dlrm_dist.serving.records import (RECORDS, FieldProblem, InputColumn, RecordError, as_trained, detached,
+                                       input_columns, integer_columns, numeric_columns, problems_of, records_batch,
+                                       typed, unknown_rule)
 
 __all__ = ["FieldProblem", "InputColumn", "Predictor", "RecordError"]
 BATCH_ROWS = 4096  # rows encoded and scored at a time: bounds memory whatever a call is given
@@ -43,6 +44,7 @@ class Predictor:
         self.directory, self.export, self.pipeline, self.batch_rows = directory, export, pipeline, batch_rows
         self.schema = pipeline.schema
         self.row_schema = detached(pipeline.schema)  # rows not from a text file: named by row, never re-scanned
+        self.integers = integer_columns(pipeline.schema)  # what a number in an int_modulo column meant in training
 
     @classmethod
     def load(cls, export_dir: str | Path, batch_rows: int = BATCH_ROWS) -> "Predictor":
@@ -74,7 +76,8 @@ class Predictor:
                                             f"{type(records).__name__}")])
         out = []
         for lo in range(0, len(records), self.batch_rows):
-            raw, problems = records_batch(records[lo:lo + self.batch_rows], self.row_schema, first=lo)
+            raw, problems = records_batch(records[lo:lo + self.batch_rows], self.row_schema, first=lo,
+                                          integers=self.integers)
             if problems:
                 raise RecordError(problems)
             out.append(self.score_raw(raw, RECORDS, "record", lambda i, lo=lo: lo + i))
@@ -100,6 +103,8 @@ class Predictor:
                 already_typed: bool = False, schema: Optional[FeatureSchema] = None) -> tuple[pa.RecordBatch, ModelInputs]:
         """(the typed batch, the program's inputs) of a raw batch; RecordError names the rows refused."""
         schema = schema or self.row_schema
+        if not already_typed:
+            raw = self._numbers_as_trained(raw, number, origin, unit)
         read_rows = (lambda b: b) if already_typed else (lambda b: typed(b, schema, origin, 0))
         step = lambda b: (t := read_rows(b), self.pipeline.inputs(t, schema))  # noqa: E731
         try:
@@ -108,6 +113,16 @@ class Predictor:
             problems = problems_of(step, raw, number, origin, schema)
             raise RecordError(problems or [FieldProblem(number(0), "", None, "refused by the reader")], origin,
                               unit) from None
+
+    def _numbers_as_trained(self, raw: pa.RecordBatch, number: Callable[[int], int], origin: str,
+                            unit: str) -> pa.RecordBatch:
+        """Number columns of int_modulo features read by the rule training used; refused by name when
+        the export cannot tell that rule (records.integer_columns)."""
+        unknown = [c for c, rule in numeric_columns(raw, self.integers).items() if rule == "unknown"]
+        if unknown:
+            raise RecordError([FieldProblem(number(0) if raw.num_rows else 0, c, None, unknown_rule(c, self.schema))
+                               for c in unknown], origin, unit)
+        return as_trained(raw, self.integers)
 
     @torch.no_grad()
     def run(self, inputs: ModelInputs) -> np.ndarray:

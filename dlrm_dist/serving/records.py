@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -112,6 +113,46 @@ def optional_columns(schema: FeatureSchema) -> list[str]:
     return [c for c in dict.fromkeys(cols) if c not in features]
 
 
+# -- what a number means for an int_modulo feature --------------------------------------------------
+def integer_columns(schema: FeatureSchema) -> dict[str, str]:
+    """Columns whose numbers mean something else by the training files' format: those read only by
+    ``int_modulo`` features that neither split nor cut them (read.py ``_text_read``: a Parquet
+    integer column of theirs stays integers, its value the id; a text cell is read in base 16).
+    Each maps to the rule training used for a number: ``value`` (input format parquet), ``text``
+    (csv/tsv/criteo_tsv: the decimal text a CSV cell holds, read in base 16) or ``unknown`` (the
+    format was taken from each file's name, so the export cannot say which files trained it)."""
+    rule = {"parquet": "value", None: "unknown"}.get(schema.input.format, "text")
+    out = {}
+    for c in read.text_columns(schema):
+        users = [f for f in schema.sparse if f.column == c]
+        if users and all(f.integer_ids and not f.multi_hot and f.prefix is None for f in users):
+            out[c] = rule
+    return out
+
+
+def unknown_rule(column: str, schema: FeatureSchema) -> str:
+    """Why a number in ``column`` is refused when the export cannot tell the training format."""
+    names = [f.name for f in schema.sparse if f.column == column]
+    return (f"int_modulo feature(s) {names} take a Parquet integer column's value as the id but read a CSV cell's "
+            "text in base 16, and the schema's input.format is unset (each training file's format came from its "
+            "name), so the export cannot tell which rule trained the model: give the id as a string (read in "
+            "base 16, as a text file's cell), or re-export with input.format set in the schema")
+
+
+def _integer_cell(value: Any) -> tuple[Optional[int], Optional[str]]:
+    """A number as a Parquet integer (or whole-float) column's value, as read.py reads it."""
+    if isinstance(value, (float, np.floating)):
+        x = float(value)
+        if not (np.isfinite(x) and x == np.floor(x) and abs(x) < 2.0**63):
+            return None, (f"{x!r} is not a whole number, but hash = \"int_modulo\" takes the column's values as "
+                          "integer ids")
+        value = int(x)
+    v = int(value)
+    if not -2**63 <= v < 2**63:
+        return None, f"{v} does not fit a 64-bit integer column (the ids training read)"
+    return v, None
+
+
 def detached(schema: FeatureSchema) -> FeatureSchema:
     """``schema`` for rows that are not lines of a text file (records, JSON lines, Parquet): located by
     row, so that an error message never re-scans a file as CSV to find a line."""
@@ -140,11 +181,15 @@ def _cell(value: Any, delimiter: Optional[str]) -> tuple[Optional[str], Optional
 
 
 def records_batch(records: Sequence[Any], schema: FeatureSchema, numbers: Optional[Sequence[int]] = None,
-                  first: int = 0) -> tuple[pa.RecordBatch, list[FieldProblem]]:
+                  first: int = 0, integers: Optional[Mapping[str, str]] = None) -> tuple[pa.RecordBatch, list[FieldProblem]]:
     """The raw batch of ``records`` (one string column per input column; null = missing) and the
     problems found on the way (a record that is not a mapping, a missing key, a value of no cell
-    type). ``numbers`` name the records in problems (default: their index from ``first``)."""
+    type). ``numbers`` name the records in problems (default: their index from ``first``).
+    ``integers`` (integer_columns of the training schema) says what a number means in an int_modulo
+    column: ``value`` makes it an integer column as the Parquet file held it (a batch mixing
+    numbers and strings there is refused), ``unknown`` refuses it, ``text`` keeps its text."""
     numbers = list(numbers) if numbers is not None else list(range(first, first + len(records)))
+    integers = dict(integers or {})
     cols = input_columns(schema)
     nulls = {"", *schema.input.null_values}
     delimiters = {c.name: next(s.delimiter for s in schema.sparse if s.column == c.name and s.multi_hot)
@@ -160,12 +205,62 @@ def records_batch(records: Sequence[Any], schema: FeatureSchema, numbers: Option
             if isinstance(rec, Mapping) and c.required and c.name not in rec:
                 problems.append(FieldProblem(numbers[k], c.name, None, "missing: every record needs this column "
                                              "(null for a missing value)"))
-            text, why = _cell(value, delimiters.get(c.name))
+            number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            rule = integers.get(c.name) if number else None
+            if rule == "unknown":
+                problems.append(FieldProblem(numbers[k], c.name, value, unknown_rule(c.name, schema)))
+                text, why = None, None
+            elif rule == "value":
+                text, why = _integer_cell(value)
+            else:
+                text, why = _cell(value, delimiters.get(c.name))
             if why:
                 problems.append(FieldProblem(numbers[k], c.name, value, why))
-            cells[c.name].append(None if text in nulls else text)
-    batch = pa.RecordBatch.from_arrays([pa.array(v, pa.string()) for v in cells.values()], names=list(cells))
+            cells[c.name].append(None if isinstance(text, str) and text in nulls else text)
+    arrays = [_column(name, values, numbers, problems) for name, values in cells.items()]
+    batch = pa.RecordBatch.from_arrays(arrays, names=list(cells))
     return batch, problems[:MAX_PROBLEMS]
+
+
+def _column(name: str, values: list[Any], numbers: Sequence[int], problems: list[FieldProblem]) -> pa.Array:
+    """A string column, or an int64 one when the cells are integers (an int_modulo column's values,
+    as a Parquet file held them). A Parquet column has one type: numbers and strings together are
+    refused, the records holding the fewer of the two named."""
+    ints = [k for k, v in enumerate(values) if isinstance(v, int)]
+    if not ints:
+        return pa.array(values, pa.string())
+    texts = [k for k, v in enumerate(values) if isinstance(v, str)]
+    if texts:
+        odd, kind = (ints, "a number") if len(ints) <= len(texts) else (texts, "a string")
+        for k in odd:
+            problems.append(FieldProblem(numbers[k], name, values[k], f"{kind} among the batch's "
+                                         f"{'strings' if kind == 'a number' else 'numbers'}: training read one "
+                                         "Parquet column of one type (numbers: their value is the id; strings: read "
+                                         "in base 16); send these records in another batch, or all ids alike"))
+        return pa.nulls(len(values), pa.string())
+    return pa.array(values, pa.int64())
+
+
+def numeric_columns(raw: pa.RecordBatch, integers: Mapping[str, str]) -> dict[str, str]:
+    """The int_modulo columns of a typed batch (a record batch, Parquet) that hold numbers, and their rule."""
+    out = {}
+    for c, rule in integers.items():
+        if c in raw.schema.names:
+            kind = raw.schema.field(c).type
+            if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+                out[c] = rule
+    return out
+
+
+def as_trained(raw: pa.RecordBatch, integers: Mapping[str, str]) -> pa.RecordBatch:
+    """A batch's number columns of int_modulo features read as training read them: a model trained
+    on text files read a cell's decimal text in base 16, so the numbers become that text (``value``
+    keeps them; ``unknown`` is refused by the caller before this)."""
+    for c, rule in numeric_columns(raw, integers).items():
+        if rule == "text":
+            i = raw.schema.get_field_index(c)
+            raw = raw.set_column(i, c, pc.cast(raw.column(c), pa.string()))
+    return raw
 
 
 def typed(raw: pa.RecordBatch, schema: FeatureSchema, origin: str, first: int) -> pa.RecordBatch:
@@ -396,7 +491,7 @@ class FileRows:
             raise RecordError([FieldProblem(0, "", None, "the file holds no rows")], str(self.path), "line")
 
     def _records_block(self, records: list, lines: list[int], row: int, schema: FeatureSchema) -> Block:
-        batch, problems = records_batch(records, schema, lines)
+        batch, problems = records_batch(records, schema, lines, integers=integer_columns(self.schema))
         if problems:
             raise RecordError(problems, str(self.path), "line")
         self.has_label = self.has_label and all(isinstance(r, Mapping) and r.get(self.schema.label.column) is not None
