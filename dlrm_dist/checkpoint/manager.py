@@ -5,7 +5,9 @@ due, how many are kept, whether a run resumes from the newest one, and which che
 run starts from. ``CheckpointManager`` applies it: it says at which steps a save is due,
 saves (publishing atomically and purging old ones, never the best evaluation's), and
 restores at start-up (after clearing what a killed job left half-written). The trainer only
-asks it. ``export_source`` says which checkpoint a run directory or a checkpoint root means
+asks it. A warm start (``train.warm_start``) loads an earlier run's weights and optimizer state
+into a run that starts at step 0, unless this run's own checkpoint_dir already has a checkpoint
+to resume (then that wins: a restarted warm-started run continues itself). ``export_source`` says which checkpoint a run directory or a checkpoint root means
 to dlrm-export: the best evaluation's, unless a step is named.
 """
 
@@ -36,11 +38,17 @@ class CheckpointPolicy:
     keep_last: int = 3  # 0: keep all
     resume: bool = True  # start from the newest checkpoint in ``directory``, if any
     load_from: Optional[str] = None  # start from this checkpoint (or the newest in this directory)
+    warm_start: Optional[str] = None  # weights + optimizer state from this checkpoint, at step 0
 
     @classmethod
     def from_config(cls, train: TrainConfig) -> "CheckpointPolicy":
-        """From a ``TrainConfig`` (its checkpoint_dir, checkpoint_interval, keep_last, resume, checkpoint)."""
-        return cls(train.checkpoint_dir, train.checkpoint_interval, train.keep_last, train.resume, train.checkpoint)
+        """From a ``TrainConfig`` (its checkpoint_dir, checkpoint_interval, keep_last, resume, checkpoint, warm_start)."""
+        return cls(train.checkpoint_dir, train.checkpoint_interval, train.keep_last, train.resume, train.checkpoint,
+                   train.warm_start)
+
+    def own_checkpoint(self) -> Optional[Path]:
+        """The newest checkpoint of this run's own checkpoint_dir that a resume would continue, if any."""
+        return latest_checkpoint(self.directory) if self.directory and self.resume else None
 
 
 class CheckpointManager:
@@ -49,6 +57,7 @@ class CheckpointManager:
     def __init__(self, policy: CheckpointPolicy, model: nn.Module, optimizer: Any, info: RunInfo) -> None:
         self.policy, self.model, self.optimizer, self.info = policy, model, optimizer, info
         self.restored_best: Optional[BestMark] = None  # the best evaluation named by the checkpoint restored
+        self.warm_started: Optional[WarmStart] = None  # set when restore() warm-started the run
 
     def due_steps(self, total_steps: int) -> list[int]:
         """The steps (up to and including ``total_steps``) after which a checkpoint is written."""
@@ -89,6 +98,13 @@ class CheckpointManager:
         p = self.policy
         if p.directory and not weights_only:
             self._discard_partial_writes(p.directory)
+        if p.warm_start and not weights_only and p.own_checkpoint() is None:
+            self.warm_started = self._warm_start(Path(p.warm_start))
+            return None  # the run starts at step 0
+        if p.warm_start and not weights_only:
+            logger.info("train.checkpoint_dir %s already holds this run's own checkpoint: resuming it; "
+                        "train.warm_start (%s) applied when the run began and is not applied again",
+                        p.directory, p.warm_start)
         source = p.load_from or (p.directory if p.resume else None)
         path = latest_checkpoint(source) if source else None
         if p.load_from and path is None:
@@ -99,6 +115,19 @@ class CheckpointManager:
         self.restored_best = Manifest.read(path).best  # early stopping counts on from where it was
         logger.info("loaded %s (step %d%s)", path, step, ", weights only" if weights_only else "")
         return step
+
+    def _warm_start(self, path: Path) -> "WarmStart":
+        """Loads ``path``'s weights and optimizer state (resharded as needed); the run keeps step 0."""
+        source = latest_checkpoint(path)
+        if source is None:
+            raise CheckpointError(f"train.warm_start: no complete checkpoint at {path}")
+        try:
+            step = load_checkpoint(source, self.model, self.optimizer, self.info)
+        except CheckpointError as e:
+            raise CheckpointError(f"train.warm_start: {e}") from None
+        logger.info("warm start from %s (its step %d): weights and optimizer state loaded; this run starts at "
+                    "step 0 with a fresh LR schedule", source, step)
+        return WarmStart(source, step)
 
     def newest(self) -> Optional[Path]:
         """The newest complete checkpoint written by this policy, if any."""
@@ -112,6 +141,43 @@ class CheckpointManager:
             else:
                 logger.warning("could not remove %s, a checkpoint a killed job did not finish (%s); "
                                "remove it by hand", path, error)
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """The checkpoint a run was warm-started from, and that checkpoint's own step."""
+
+    path: Path
+    step: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checkpoint": str(self.path), "step": self.step}
+
+
+def warm_start_source(train: TrainConfig) -> Optional[ExportSource]:
+    """The checkpoint ``train.warm_start`` means (as dlrm-export would pick it), checked before any
+    process group; None when there is no warm start or this run resumes its own checkpoints instead.
+
+    Refused: a warm start from this run's own checkpoint_dir (that is a resume) or from this
+    run's own run_dir (a warm start writes a new run directory).
+    """
+    if not train.warm_start or train.inference_only:
+        return None
+    if CheckpointPolicy.from_config(train).own_checkpoint() is not None:
+        return None  # resume wins; restore() says so
+    given = Path(train.warm_start)
+    if given.resolve() == Path(train.run_dir).resolve():
+        raise CheckpointError(f"train.warm_start={train.warm_start!r} is this run's own train.run_dir: a warm-started "
+                              "run writes a new run directory; set train.run_dir to another one")
+    try:
+        source = export_source(given)
+    except CheckpointError as e:
+        raise CheckpointError(f"train.warm_start={train.warm_start!r}: {e}") from None
+    if train.checkpoint_dir and source.path.parent.resolve() == Path(train.checkpoint_dir).resolve():
+        raise CheckpointError(f"train.warm_start={train.warm_start!r} is in this run's own train.checkpoint_dir "
+                              f"({train.checkpoint_dir}): continue that run with train.resume, or give the new run "
+                              "another train.checkpoint_dir")
+    return source
 
 
 # -- which checkpoint a run directory or checkpoint root means (dlrm-export RUN_OR_CKPT) ---------

@@ -38,6 +38,7 @@ ALIASES = {
     "data": "data.source",
     "checkpoint": "train.checkpoint",
     "checkpoint-dir": "train.checkpoint_dir",
+    "warm-start": "train.warm_start",
     "inference-only": "train.inference_only",
     "data-dir": "data.data_dir",
     "batch-size": "train.global_batch_size",

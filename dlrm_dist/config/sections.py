@@ -256,6 +256,13 @@ class TrainConfig:
     resume: bool = _f(True, "Resume from the newest complete checkpoint in checkpoint_dir, if any.")
     checkpoint: Optional[PathText] = _f(
         None, "Start from this checkpoint (a step directory or a checkpoint_dir).")
+    warm_start: Optional[PathText] = _f(
+        None, "Start a new run from an earlier run's weights and optimizer state: a checkpoint step directory, "
+        "a checkpoint_dir or a run directory (its best checkpoint, else its newest, as dlrm-export picks), at any "
+        "world size or plan. The step counter, the data position and the LR schedule start again at 0 (warm-up "
+        "again), and this run writes its own run_dir. Unlike train.checkpoint (which continues the old run's "
+        "step) and resume (which continues this run): when train.checkpoint_dir already holds this run's own "
+        "checkpoints and resume is on, the run resumes them and warm_start is not applied again.")
     inference_only: bool = _f(False, "Only evaluate the weights of train.checkpoint; no training.")
     mixed_precision: Literal[MIXED_PRECISION] = _f(
         "none", "Dense part (MLPs, interaction) under autocast: none or bf16 (embeddings and the loss stay float32).")
@@ -285,6 +292,13 @@ class TrainConfig:
             found.append((("checkpoint_dir",), f"is required when checkpoint_interval={self.checkpoint_interval}"))
         if self.inference_only and not self.checkpoint:
             found.append((("checkpoint",), "is required when inference_only = true (--checkpoint DIR)"))
+        if self.warm_start and self.checkpoint:
+            found.append((("warm_start",), f"train.warm_start={self.warm_start!r} and train.checkpoint="
+                                           f"{self.checkpoint!r} both say where the run starts: give one of them "
+                                           "(warm_start restarts at step 0, checkpoint continues the old run's step)"))
+        elif self.warm_start and self.inference_only:
+            found.append((("warm_start",), "does not apply to inference_only = true, which trains nothing: "
+                                           "evaluate a checkpoint with train.checkpoint"))
         problems(found)
         return self
 

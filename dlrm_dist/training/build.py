@@ -18,6 +18,7 @@ import torch
 from torchrec.distributed.types import ShardingPlan
 
 from dlrm_dist.checkpoint import CheckpointError, CheckpointManager, CheckpointPolicy, RunInfo
+from dlrm_dist.checkpoint.manager import warm_start_source
 from dlrm_dist.config import Config, ConfigError, validate_for_launch
 from dlrm_dist.config.loader import to_dict
 from dlrm_dist.data import Dataset
@@ -93,6 +94,16 @@ def check_writable(directory: str, what: str, error: type[Exception]) -> None:
                     "choose another directory or fix its permissions") from None
 
 
+def resolve_warm_start(cfg: Config) -> Config:
+    """``train.warm_start`` turned into the one checkpoint directory it means (so the saved config
+    names it), checked before the process group; unchanged when there is none or the run resumes."""
+    source = warm_start_source(cfg.train)
+    if source is None:
+        return cfg
+    logger.info("warm start: step %d of %s, %s", source.step, cfg.train.warm_start, source.why)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, warm_start=str(source.path)))
+
+
 def prepare(cfg: Config, env: DistEnv) -> Prepared:
     """Resolves and validates ``cfg`` for ``env``, opens the data and plans, without a process group."""
     cfg, schema, spec = validate_job(cfg, env.world_size, env.device.type)
@@ -102,6 +113,7 @@ def prepare(cfg: Config, env: DistEnv) -> Prepared:
         check_writable(cfg.train.run_dir, "train.run_dir", ConfigError)
     if cfg.train.checkpoint_dir and not cfg.train.inference_only:
         check_writable(cfg.train.checkpoint_dir, "train.checkpoint_dir", CheckpointError)
+    cfg = resolve_warm_start(cfg)
     data = build_data(cfg, schema)
     cfg, decided = resolve_length(cfg, data)  # train.steps from epochs, early stopping's default: the data says
     for line in decided:

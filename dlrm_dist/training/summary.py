@@ -38,6 +38,7 @@ def summary_record(cfg: Config, env: DistEnv, result: TrainResult) -> dict[str, 
         "best": best_record(result),
         "last": final or None,
         "stopped_early": result.stopped,
+        "warm_start": result.warm_start.to_dict() if result.warm_start else None,
         "test": ({"model": result.test_model, **result.test.to_dict()} if result.test else None),
     }
 
@@ -66,6 +67,9 @@ def final_report(record: dict[str, Any]) -> str:
     else:
         lines = [f"done: {record['steps']} steps x {record['global_batch_size']} samples on {record['world_size']} "
                  f"rank(s)" + (f", stopped early at step {record['step']}" if record.get("stopped_early") else "")]
+    if record.get("warm_start"):
+        ws = record["warm_start"]
+        lines.append(f"  warm start  from {ws['checkpoint']} (its step {ws['step']}; this run began at step 0)")
     if record["steps"]:
         lines.append(f"  loss        {record['first_loss']:.4f} -> {record['final_loss']:.4f}")
     lines += [auc, f"  NE          {record['eval_ne']:.4f}", f"  log-loss    {record['eval_logloss']:.4f}",

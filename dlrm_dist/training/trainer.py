@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dlrm_dist.checkpoint import CheckpointManager
+from dlrm_dist.checkpoint.manager import WarmStart
 from dlrm_dist.checkpoint.manifest import BestMark
 from dlrm_dist.config.sections import Config
 from dlrm_dist.data import Dataset, teacher_auc
@@ -69,6 +70,7 @@ class TrainResult:
     stopped: Optional[str] = None  # why the run stopped before train.steps
     test: Optional[EvalResult] = None  # the test split, scored once at the end
     test_model: Optional[str] = None  # "best" or "last": which model the test score is of
+    warm_start: Optional[WarmStart] = None  # the checkpoint this run was warm-started from
 
     @property
     def final_eval(self) -> Optional[EvalResult]:
@@ -132,8 +134,15 @@ class Trainer:
         if resumed is not None:
             self.step = resumed
             restore_optimizer_step(self.model, resumed)  # fbgemm's Adam step counter is not in the checkpoint
+        warm = result.warm_start = self.checkpoints.warm_started
+        if warm is not None:
+            # The moments loaded are the source's: their bias correction goes on at its step,
+            # while this run's own step (data position, LR schedule) starts again at 0.
+            restore_optimizer_step(self.model, warm.step)
         self.start_stopping()
         self.log.start(resumed=self.step > 0, step=self.step)
+        if warm is not None:
+            self.log.write("warm_start", 0, checkpoint=str(warm.path), source_step=warm.step)
         bar = tqdm(total=self.cfg.train.steps, initial=self.step, desc="train", unit="step",
                    disable=not (self.env.is_main and self.cfg.train.progress))
         for end, actions in self.schedule():
