@@ -38,6 +38,11 @@ MAX_BANDWIDTH_GBPS = 1e6
 MAX_WORLD_SIZE = 2**16
 MAX_BATCH_SIZE = 2**31 - 1  # ids are indexed with int32 offsets per batch
 MAX_POOLING_FACTOR = 1e6  # ids per sample per table
+# The one way a managed table is planned: TorchRec shards a remapper and its rows row-wise only,
+# and distributed/parallel.py's split_plan runs them with the fused kernel (the sharded managed
+# collection resets evicted rows through fbgemm's fused TBE, which the dense kernel lacks).
+MANAGED_SHARDING_TYPE = "row_wise"
+MANAGED_KERNEL = "fused"
 
 ShardingType = Literal[SHARDING_TYPES]
 ComputeKernel = Literal[COMPUTE_KERNELS]
@@ -61,6 +66,21 @@ class TableModel(Strict):
     sharding_types: Optional[list[ShardingType]] = Field(None, min_length=1)
     compute_kernels: Optional[list[ComputeKernel]] = Field(None, min_length=1)
     cache_load_factor: Optional[float] = Field(None, gt=0, le=1)
+    # A managed-collision table (TorchRec's remapper before its rows): sharded row_wise only.
+    # Left out of files for a plain table, so files without it read (and are written) as before.
+    managed: bool = False
+
+    @model_validator(mode="after")
+    def _managed_row_wise(self) -> "TableModel":
+        if not self.managed:
+            return self
+        for key, allowed in (("sharding_types", MANAGED_SHARDING_TYPE), ("compute_kernels", MANAGED_KERNEL)):
+            given = getattr(self, key)
+            if given is not None and given != [allowed]:
+                raise ValueError(f"{key}={given}: a managed table is sharded {MANAGED_SHARDING_TYPE} with the "
+                                 f"{MANAGED_KERNEL} kernel only (TorchRec's managed-collision sharder); "
+                                 f"use [{allowed!r}] or leave {key} out")
+        return self
 
 
 class TopologyModel(Strict):

@@ -27,7 +27,8 @@ from torchrec.distributed.sharding_plan import calculate_shard_sizes_and_offsets
 from torchrec.distributed.types import CacheParams
 
 from dlrm_dist.names import COMPUTE_KERNELS, FUSED_DIM_MULTIPLE, SHARDING_TYPES
-from dlrm_dist.planning.storage import check_storage
+from dlrm_dist.planning.inputs import MANAGED_KERNEL, MANAGED_SHARDING_TYPE
+from dlrm_dist.planning.storage import check_storage, remapper_bytes
 from dlrm_dist.planning.types import PERF_FIELDS, Capacity, Option, PlannerInputs, TableSpec
 from dlrm_dist.planning.torchrec_bridge import cache_load_factor, constraints, meta_module, perf_estimator, torchrec_topology
 
@@ -53,7 +54,14 @@ class Enumerator:
         self._layouts: dict[tuple, tuple] = {}
 
     def candidates(self, table: TableSpec) -> list[tuple[str, str]]:
-        """(sharding type, kernel) pairs allowed by the device, the sharder and the table."""
+        """(sharding type, kernel) pairs allowed by the device, the sharder and the table.
+
+        A managed table has one: row_wise with the fused kernel, the only way TorchRec shards a
+        remapper and the kernel sharding runs it with (distributed/parallel.py's split_plan), on
+        CPU too, where TorchRec's sharder does not list row_wise but it runs over gloo.
+        """
+        if table.managed:
+            return [(MANAGED_SHARDING_TYPE, MANAGED_KERNEL)]
         device = self.inputs.topology.device
         out = []
         for st in self.sharder.sharding_types(device):
@@ -97,7 +105,7 @@ class Enumerator:
                 width = table.dim // k
                 if table.dim % k == 0 and width % FUSED_DIM_MULTIPLE == 0:
                     out.append(self._option(index, table, st, "fused", col_dim=width))
-        if topo.device == "cpu" and (not table.sharding_types or "row_wise" in table.sharding_types):
+        if topo.device == "cpu" and not table.managed and (not table.sharding_types or "row_wise" in table.sharding_types):
             out.append(self._option(index, table, "row_wise", "fused"))
         return out
 
@@ -164,6 +172,12 @@ class Enumerator:
         self.storage_estimator.estimate([so], self.sharder_data)
         hbm = np.array([s.storage.hbm for s in so.shards], dtype=np.int64)[inverse]
         ddr = np.array([s.storage.ddr for s in so.shards], dtype=np.int64)[inverse]
+        if table.managed:  # TorchRec's estimator knows no remapper: its buffers sit on the shard's device
+            extra = remapper_bytes(sizes_a[:, 0])
+            if self.inputs.topology.device == "cuda":
+                hbm = hbm + extra
+            else:
+                ddr = ddr + extra
         perf = self._perf(table, st, kernel, so, distinct)[inverse]
         clf = so.cache_params.load_factor if so.cache_params else None
         return Option(index, st, kernel, clf, sizes_a, offsets_a, perf, hbm, ddr)

@@ -61,6 +61,12 @@ def find_ebc(model: nn.Module) -> tuple[str, EmbeddingBagCollection]:
     return path, EmbeddingBagCollection(tables=configs, device=torch.device("meta"))  # a view: planning only
 
 
+def managed_tables(model: nn.Module) -> frozenset[str]:
+    """The names of the model's managed tables (those inside a ManagedCollisionEmbeddingBagCollection)."""
+    return frozenset(c.name for _, m in model.named_modules() if isinstance(m, ManagedCollisionEmbeddingBagCollection)
+                     for c in m._embedding_module.embedding_bag_configs())
+
+
 def expected_tables(ebc: EmbeddingBagCollection) -> list[ExpectedTable]:
     return [ExpectedTable(c.name, c.num_embeddings, c.embedding_dim) for c in ebc.embedding_bag_configs()]
 
@@ -139,14 +145,16 @@ def _memory_gb(job: JobSpec, reserved: int) -> tuple[float, float]:
     return 0.0, max(host - reserved * job.local_size, 0) / GB
 
 
-def job_inputs(ebc: EmbeddingBagCollection, job: JobSpec, reserved: int = 0) -> PlannerInputs:
-    """Planner inputs describing this job's tables and this machine's topology."""
+def job_inputs(ebc: EmbeddingBagCollection, job: JobSpec, reserved: int = 0,
+               managed: frozenset[str] = frozenset()) -> PlannerInputs:
+    """Planner inputs describing this job's tables (``managed``: the managed ones' names) and this
+    machine's topology."""
     hbm, ddr = _memory_gb(job, reserved)
     configs = ebc.embedding_bag_configs()
     pooling = job.pooling_factors or (1.0,) * len(configs)
     tables = tuple(
         TableSpec(name=c.name, rows=c.num_embeddings, dim=c.embedding_dim, pooling_factor=pf,
-                  feature_names=tuple(c.feature_names))
+                  feature_names=tuple(c.feature_names), managed=c.name in managed)
         for c, pf in zip(configs, pooling)
     )
     topology = TopologySpec(world_size=job.world_size, ranks_per_host=job.local_size, device=job.device.type,
@@ -203,7 +211,7 @@ def make_plan(
     path, ebc = find_ebc(model)
     reserved = resources.dense_reservation_bytes(model, [ebc], job.batch_size_per_rank,
                                                  job.pooling_factors or (1.0,) * len(ebc.embedding_bag_configs()))
-    inputs = job_inputs(ebc, job, reserved)
+    inputs = job_inputs(ebc, job, reserved, managed_tables(model))
     if sharding_type:
         forced = forced_plan(model, sharding_type, job.world_size, job.local_size, job.device.type)
         return plan_file_for(forced, inputs, f"forced:{sharding_type}", module_path=path)

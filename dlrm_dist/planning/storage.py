@@ -25,13 +25,31 @@ WEIGHT_BYTES = 4  # fp32, TorchRec's default embedding data type
 INT64_MAX = 2**63 - 1  # TorchRec and torch size tensors in int64 elements and bytes
 # Optimizer state per table as TorchRec's storage estimator counts it: (floats per row, per element).
 OPTIMIZER_STATE = {"sgd": (0, 0), "rowwise_adagrad": (1, 0), "adagrad": (0, 1), "adam": (0, 2)}
+# A managed table's remapper (torchrec/modules/mc_modules.py, MCHManagedCollisionModule), built per
+# row-wise shard on the shard's device. Per row it registers three int64 buffers of zch_size
+# (the shard's rows): _mch_sorted_raw_ids, _mch_remapped_ids_mapping and the eviction policy's
+# one metadata buffer (_mch_counts for LFU, _mch_last_access_iter for LRU). Per shard, whatever
+# its rows: _output_segments_tensor (1025 int64: up to 1024 row-wise shards' bounds),
+# _current_iter_tensor, _mch_slots and _delimiter (one int64 each). Not counted: the history
+# buffers (_history_accumulator, LRU's _history_last_access_iter), sized at the first batch as
+# 1.25 x the ids seen per batch x eviction_interval, which the planner's inputs do not carry.
+ID_BYTES = 8
+MANAGED_ROW_BYTES = 3 * ID_BYTES
+MANAGED_SHARD_BYTES = (1025 + 3) * ID_BYTES
+
+
+def remapper_bytes(shard_rows: Any) -> Any:
+    """The remapper's memory beside a managed table's shard(s) of ``shard_rows`` rows (int or array)."""
+    return shard_rows * MANAGED_ROW_BYTES + MANAGED_SHARD_BYTES
 
 
 def table_bytes(table: TableSpec, optimizer: str) -> int:
-    """The least memory ``table`` takes in any placement: weights + optimizer state (exact int)."""
+    """The least memory ``table`` takes in any placement: weights + optimizer state, and a managed
+    table's remapper (as one shard) (exact int)."""
     per_row, per_element = OPTIMIZER_STATE.get(optimizer, (0, 0))
     elements = table.rows * table.dim
-    return WEIGHT_BYTES * (elements * (1 + per_element) + table.rows * per_row)
+    weights = WEIGHT_BYTES * (elements * (1 + per_element) + table.rows * per_row)
+    return weights + (remapper_bytes(table.rows) if table.managed else 0)
 
 
 def budget_bytes(inputs: PlannerInputs) -> int:
@@ -102,7 +120,8 @@ def check_job_storage(tables: Sequence[Any], world_size: int, local_size: int, d
     """
     hbm, ddr = _machine_memory_gb(device)
     inputs = PlannerInputs(
-        tables=tuple(TableSpec(name=t.name, rows=t.rows, dim=t.dim) for t in tables),
+        tables=tuple(TableSpec(name=t.name, rows=t.rows, dim=t.dim, managed=getattr(t, "remapper", None) is not None)
+                     for t in tables),
         topology=TopologySpec(world_size=world_size, ranks_per_host=local_size, device=device.type,
                               hbm_gb=min(hbm, MAX_MEMORY_GB), ddr_gb=min(ddr, MAX_MEMORY_GB)),
         budgets=Budgets(hbm_share=1.0, ddr_share=1.0),

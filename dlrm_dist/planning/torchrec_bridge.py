@@ -28,6 +28,7 @@ from torchrec.distributed.types import CacheParams
 
 from dlrm_dist.optimizer_registry import mark_in_backward
 from dlrm_dist.planning.calibration import CalibrationModel, KernelModel
+from dlrm_dist.planning.inputs import MANAGED_KERNEL, MANAGED_SHARDING_TYPE
 from dlrm_dist.planning.types import GB, PlannerInputs, TableSpec
 
 _BW_UNIT = GB / 1000  # TorchRec's bandwidths are bytes per millisecond
@@ -85,6 +86,8 @@ def constraints(inputs: PlannerInputs) -> dict[str, ParameterConstraints]:
             kw["sharding_types"] = list(t.sharding_types)
         if t.compute_kernels:
             kw["compute_kernels"] = list(t.compute_kernels)
+        if t.managed:  # as options.py offers it (TorchRec's CPU sharder lists no row_wise: no CPU plan)
+            kw.update(sharding_types=[MANAGED_SHARDING_TYPE], compute_kernels=[MANAGED_KERNEL])
         if inputs.topology.device == "cuda":
             kw["cache_params"] = CacheParams(load_factor=cache_load_factor(inputs, t))
         out[t.name] = ParameterConstraints(pooling_factors=[t.pooling_factor], **kw)

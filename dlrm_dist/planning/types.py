@@ -67,6 +67,7 @@ class TableSpec:
     sharding_types: Optional[tuple[str, ...]] = None  # allowed types (None = all)
     compute_kernels: Optional[tuple[str, ...]] = None  # allowed kernels (None = all)
     cache_load_factor: Optional[float] = None  # overrides the global cache budget
+    managed: bool = False  # a managed-collision table: row_wise + fused only, its remapper's memory counted
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -75,6 +76,8 @@ class TableSpec:
     def to_dict(self) -> dict[str, Any]:
         """The table as a tables file writes it (unset constraints left out)."""
         d = {k: v for k, v in asdict(self).items() if v not in (None, ())}
+        if not self.managed:  # plain tables' files stay as they were before the key existed
+            del d["managed"]
         for k in ("feature_names", "sharding_types", "compute_kernels"):
             if k in d:
                 d[k] = list(d[k])
@@ -84,7 +87,8 @@ class TableSpec:
     def of(m: TableModel) -> "TableSpec":
         return TableSpec(m.name, m.rows, m.dim, m.pooling_factor, tuple(m.feature_names),
                          tuple(m.sharding_types) if m.sharding_types else None,
-                         tuple(m.compute_kernels) if m.compute_kernels else None, m.cache_load_factor)
+                         tuple(m.compute_kernels) if m.compute_kernels else None, m.cache_load_factor,
+                         m.managed)
 
     @staticmethod
     def load_all(path: str) -> tuple["TableSpec", ...]:

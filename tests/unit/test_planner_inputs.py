@@ -42,7 +42,7 @@ def test_json_and_toml_files(tmp_path) -> None:
     ({"tables": [{"name": "t0", "rows": 1, "dim": 16, "sharding_types": ["diagonal"]}]},
      ["tables[0].sharding_types[0] (t0): must be one of", "row_wise", "got 'diagonal'"]),
     ({"tables": [{"name": "t0", "rows": 1, "dim": 16, "colour": 3}]},
-     ["tables[0].colour (t0): unknown key; valid keys: cache_load_factor, compute_kernels, dim, feature_names, name"]),
+     ["tables[0].colour (t0): unknown key; valid keys: cache_load_factor, compute_kernels, dim, feature_names, managed, name"]),
     ({"tables": [{"name": "t0", "rows": 1, "dim": 4}, {"name": "t0", "rows": 2, "dim": 4}]},
      ["tables: table 't0' appears twice (tables[0] and tables[1])"]),
     ({"tables": [{"name": "a", "rows": 1, "dim": 4, "feature_names": ["f"]},

@@ -43,7 +43,8 @@ def compute_stats(directory: str | Path) -> dict[str, Any]:
         "splits": {s: {"rows": splits[s].rows, "label_rate": _label_rate(splits[s].labels)} for s in SPLITS},
         "features": features,
         "tables": [{"name": t.name, "rows": schema.table_rows(t.name), "dim": schema.features_of(t.name)[0].dim,
-                    "features": [f.name for f in schema.features_of(t.name)]} for t in schema.tables(0)],
+                    "features": [f.name for f in schema.features_of(t.name)],
+                    **({"managed": True} if t.remapper is not None else {})} for t in schema.tables(0)],
     }
 
 
@@ -52,6 +53,7 @@ def tables_file(stats: dict[str, Any], default_dim: int) -> dict[str, Any]:
     pooling = {f["feature"]: f["pooling_factor"] for f in stats["features"]}
     return {"tables": [
         {"name": t["name"], "rows": t["rows"], "dim": t["dim"] or default_dim,
-         "pooling_factor": sum(pooling[f] for f in t["features"]), "feature_names": t["features"]}
+         "pooling_factor": sum(pooling[f] for f in t["features"]), "feature_names": t["features"],
+         **({"managed": True} if t.get("managed") else {})}
         for t in stats["tables"]
     ]}
