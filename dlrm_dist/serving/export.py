@@ -25,7 +25,8 @@ from typing import Any, Optional, Union
 import torch
 from torch.export import Dim
 
-from dlrm_dist.checkpoint.unsharded import read_unsharded
+from dlrm_dist.checkpoint.manifest import BestMark, Manifest, schema_of
+from dlrm_dist.checkpoint.unsharded import find_checkpoint, read_unsharded
 from dlrm_dist.config.loader import to_dict
 from dlrm_dist.config.sections import Config
 from dlrm_dist.errors import EXIT_BAD_INPUT, DlrmError
@@ -34,7 +35,8 @@ from dlrm_dist.fileio import atomic_write_text, disk_full
 from dlrm_dist.metrics.eval import EvalResult
 from dlrm_dist.model.dlrm import DLRM
 from dlrm_dist.serving.load import MANIFEST_FILE, MODEL_FILE, ExportError, sha256
-from dlrm_dist.serving.manifest import SPLITS, ExportManifest, QuantizationCost, QuantizationNotMeasured
+from dlrm_dist.serving.manifest import (SPLITS, BestEvaluation, EvalMetrics, ExportManifest, ExportMetrics,
+                                        QuantizationCost, QuantizationNotMeasured)
 from dlrm_dist.serving.model import ServingDLRM
 from dlrm_dist.serving.pipeline import copy_vocabularies, source_directory
 
@@ -166,16 +168,47 @@ def _write_program(program: torch.export.ExportedProgram, out: Path) -> str:
     return digest
 
 
+def _best(best: Optional[BestMark], config: Config) -> Optional[BestEvaluation]:
+    if best is None:
+        return None
+    return BestEvaluation(split=_eval_split(config), step=best.step, metric=best.metric, mode=best.mode,
+                          value=best.value)
+
+
+def _eval_metrics(measured: Any, config: Config, step: int) -> Optional[EvalMetrics]:
+    """The eval split's metrics measured at export (float's own, or int8's), None when not measured."""
+    if isinstance(measured, QuantizationCost):
+        return EvalMetrics(split=measured.split, step=step, samples=measured.samples, auc=measured.int8_auc,
+                           logloss=measured.int8_logloss)
+    if isinstance(measured, EvalResult) and measured.samples and math.isfinite(measured.auc) \
+            and math.isfinite(measured.logloss):
+        return EvalMetrics(split=_eval_split(config), step=step, samples=measured.samples, auc=measured.auc,
+                           logloss=measured.logloss)
+    return None
+
+
+def check_exportable(schema: FeatureSchema) -> None:
+    """Refuses (ExportError, naming them) a model with managed features: their raw 64-bit ids are
+    mapped to rows by TorchRec's remapper inside the model, which the exported program does not hold yet."""
+    managed = [f.name for f in schema.sparse if f.managed]
+    if managed:
+        raise ExportError(f"the model has managed sparse feature(s) {managed} (kind = \"managed\"): exporting a model "
+                          "with managed features is not supported yet (the exported program has no id remapper); "
+                          "nothing was written")
+
+
 def export_model(dlrm: DLRM, config: Config, out: str | Path, quantize: str = "none", *, step: int = 0,
                  checkpoint: str = "(in memory)", data_dir: Optional[str] = None,
                  limits: CostLimits = CostLimits(), progress: bool = True,
-                 release_float: bool = False) -> ExportManifest:
+                 release_float: bool = False, best: Optional[BestMark] = None) -> ExportManifest:
     """Writes ``out/model.pt2`` and ``out/export.json`` for ``dlrm`` trained with ``config`` (resolved).
 
     ``release_float`` (int8): ``dlrm``'s float tables are freed as they are quantized (the caller's
-    model is consumed; export_checkpoint's own model is).
+    model is consumed; export_checkpoint's own model is). ``best``: the checkpoint manifest's best
+    evaluation, recorded in the manifest's ``metrics`` with what was measured here.
     """
     schema = FeatureSchema.from_dict(config.features, "the checkpoint's schema")
+    check_exportable(schema)
     quantization = None
     if quantize == "int8":
         model, quantization = _int8_model(dlrm, config, data_dir, limits, progress, release_float)
@@ -183,12 +216,13 @@ def export_model(dlrm: DLRM, config: Config, out: str | Path, quantize: str = "n
             raise QuantizationCostError(
                 f"int8 tables cost too much on {quantization.samples:,} {quantization.split} samples: "
                 f"{'; '.join(problems)}. Nothing was written: export float (--quantize none), or raise the limit")
+        measured: Any = quantization
     else:
         model = ServingDLRM(dlrm, quantize).eval()
-        if data_dir:  # the data named must be the model's, even when nothing is measured on it
-            from dlrm_dist.serving.predict import open_split
-
-            open_split(config, data_dir, _eval_split(config), "the checkpoint's model")
+        measured = None
+        if data_dir:  # the data named must be the model's; the float model is scored on its eval split
+            measured = _score_eval_split(model, config, data_dir, progress, "score float")
+    metrics = ExportMetrics(best=_best(best, config), eval=_eval_metrics(measured, config, step))
     program = trace(model, schema.num_dense)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +232,7 @@ def export_model(dlrm: DLRM, config: Config, out: str | Path, quantize: str = "n
         sparse_features=list(model.feature_names),
         tables={name: tuple(getattr(model, f"table_{i}").shape) for i, name in enumerate(model.table_names)},
         schema_fingerprint=schema.fingerprint(), config=to_dict(config),
-        model_sha256=_write_program(program, out), quantization=quantization, pipeline=pipeline,
+        model_sha256=_write_program(program, out), quantization=quantization, pipeline=pipeline, metrics=metrics,
     )
     with disk_full(out / MANIFEST_FILE):
         atomic_write_text(out / MANIFEST_FILE, manifest.to_json())
@@ -209,6 +243,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, quantize: str = "
                       data_dir: Optional[str] = None, progress: bool = True,
                       limits: CostLimits = CostLimits()) -> ExportManifest:
     """Writes ``out/model.pt2`` and ``out/export.json`` for the checkpoint; returns the manifest."""
+    stored = schema_of(Manifest.read(find_checkpoint(checkpoint)))  # refused before any table is read
+    if stored is not None:
+        check_exportable(stored)
     found = read_unsharded(checkpoint)  # the tables read one at a time (checkpoint/unsharded.py)
     return export_model(found.model.model, found.config, out, quantize, step=found.step, checkpoint=str(found.path),
-                        data_dir=data_dir, limits=limits, progress=progress, release_float=True)
+                        data_dir=data_dir, limits=limits, progress=progress, release_float=True,
+                        best=found.manifest.best if found.manifest else None)

@@ -66,6 +66,34 @@ class QuantizationNotMeasured(Strict):
     note: Name
 
 
+class BestEvaluation(Strict):
+    """The best evaluation of the training run when the exported checkpoint was written (early
+    stopping's mark in the checkpoint manifest): its step, metric and value on the eval split."""
+
+    split: Literal["val", "test"]
+    step: Count
+    metric: Name
+    mode: Literal["max", "min"]
+    value: float
+
+
+class EvalMetrics(Strict):
+    """The exported model scored on the eval split at export (float with --data; int8 always tries)."""
+
+    split: Literal["val", "test"]
+    step: Count  # the exported checkpoint's step
+    samples: Annotated[int, Field(ge=1)]
+    auc: Probability
+    logloss: Annotated[float, Field(ge=0.0)]
+
+
+class ExportMetrics(Strict):
+    """What is known of the exported model's quality, each part saying where it came from."""
+
+    best: Optional[BestEvaluation] = None  # from the checkpoint manifest (None: the run had no early stopping)
+    eval: Optional[EvalMetrics] = None  # measured at export (None: the eval split was not scored)
+
+
 class VocabularyFile(Strict):
     """One vocabulary table copied into the export (``vocab/<table>.json``, a JSON array)."""
 
@@ -100,6 +128,7 @@ class ExportManifest(Strict):
     quantization: Optional[Annotated[Union[QuantizationCost, QuantizationNotMeasured],
                                      Field(discriminator="measured")]] = None
     pipeline: Optional[Pipeline] = None  # None: written without its vocabularies (raw rows cannot be scored)
+    metrics: Optional[ExportMetrics] = None  # None: an older dlrm-export
 
     @model_validator(mode="after")
     def _quantization_iff_int8(self) -> "ExportManifest":

@@ -204,9 +204,8 @@ class FeaturePipeline:
         out = {}
         for f in schema.sparse:
             bags = encode.bags_of(batch, f)
-            rows = schema.table_rows(f.table)
             ids = encode.encode_ids(batch, schema, f, bags, self.vocabs.get(f.table)).astype(
-                layout.id_dtype(rows), copy=False).astype(np.int64)  # the stored width, as the loader reads it
+                layout.id_dtype(schema.id_range(f)), copy=False).astype(np.int64)  # the stored width, as the loader reads it
             lengths = np.ones(batch.num_rows, np.int64) if bags.lengths is None else bags.lengths
             out[f.name] = (ids, lengths)
         return self._expanded(out)
@@ -219,7 +218,7 @@ class FeaturePipeline:
         from dlrm_dist.data.columnar.dataset import expand, multi_hot_offsets  # (with the loader: TorchRec)
 
         extra = multi_hot_offsets(self.schema, self.multi_hot, self.seed)
-        rows = {f.name: self.schema.table_rows(f.table) for f in self.schema.sparse}
+        rows = {f.name: self.schema.id_range(f) for f in self.schema.sparse}  # as the loader expands them
         out = {}
         for f, (ids, lengths) in bags.items():
             ids, lengths = expand(ids, lengths, extra[f], rows[f])

@@ -26,7 +26,7 @@ import torch
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.features.schema import FeatureSchema
 from dlrm_dist.serving.load import LoadedExport, load_export
-from dlrm_dist.serving.manifest import ExportError, read_manifest
+from dlrm_dist.serving.manifest import ExportError, ExportManifest, read_manifest
 from dlrm_dist.serving.pipeline import FeaturePipeline, ModelInputs
 from dlrm_dist.serving.records import (RECORDS, FieldProblem, InputColumn, RecordError, as_trained, detached,
                                        input_columns, integer_columns, numeric_columns, problems_of, records_batch,
@@ -65,7 +65,7 @@ class Predictor:
         quantization = m.quantization.model_dump(mode="json") if m.quantization is not None else None
         return {"schema": self.schema.stable_dict(), "schema_fingerprint": m.schema_fingerprint, "step": m.step,
                 "checkpoint": m.checkpoint, "quantize": m.quantize, "quantization": quantization,
-                "metrics": _metrics_at_export(quantization),
+                "metrics": _metrics_at_export(m),
                 "columns": [{"name": c.name, "kind": c.kind, "required": c.required} for c in self.columns]}
 
     # -- scoring -----------------------------------------------------------------------------
@@ -145,10 +145,21 @@ def _two_rows(inputs: ModelInputs) -> ModelInputs:
             [torch.cat([o, o[1:] + o[-1]]) for o in offsets])
 
 
-def _metrics_at_export(quantization: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
-    """The served model's metrics measured at export (int8: on the eval split, with float's)."""
-    if not quantization or not quantization.get("measured"):
-        return None
-    q = quantization
-    return {"split": q["split"], "samples": q["samples"], "auc": q["int8_auc"], "logloss": q["int8_logloss"],
-            "float_auc": q["float_auc"], "float_logloss": q["float_logloss"]}
+def _metrics_at_export(m: ExportManifest) -> dict[str, Any]:
+    """The served model's metrics known at export, each part naming its split and step: ``eval``
+    (measured at export on the eval split: int8, or float with --data; int8 with float's alongside)
+    and ``best`` (the training run's best evaluation, from the checkpoint manifest; ``exported``
+    says whether the export is that step). Empty parts are left out: {} when nothing is known."""
+    out: dict[str, Any] = {}
+    known = m.metrics
+    if known is not None and known.eval is not None:
+        out["eval"] = {"source": "measured at export", **known.eval.model_dump(mode="json")}
+    q = m.quantization
+    if q is not None and q.measured:
+        out.setdefault("eval", {"source": "measured at export", "split": q.split, "step": m.step,
+                                "samples": q.samples, "auc": q.int8_auc, "logloss": q.int8_logloss})
+        out["eval"].update(float_auc=q.float_auc, float_logloss=q.float_logloss)
+    if known is not None and known.best is not None:
+        out["best"] = {"source": "checkpoint manifest (best evaluation of the run)",
+                       **known.best.model_dump(mode="json"), "exported": known.best.step == m.step}
+    return out

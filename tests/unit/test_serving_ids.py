@@ -118,3 +118,69 @@ def test_text_trained_int_modulo_reads_a_number_column_as_its_text(tmp) -> None:
     assert np.abs(text.score_batch(table.to_batches()[0]) - want).max() < 1e-12
     assert np.abs(text.score(_records(table)) - want).max() < 1e-12
     assert np.abs(p.score_batch(table.to_batches()[0]) - want).max() > 1e-6  # the two rules differ here
+
+
+# -- managed features: refused by name before any work ------------------------------------------------
+def test_a_model_with_managed_features_is_refused_before_any_work(tmp_path, monkeypatch) -> None:
+    """Managed features' raw 64-bit ids need TorchRec's remapper, which an export does not hold yet:
+    dlrm-export refuses by name, from the checkpoint manifest, before reading a table or writing."""
+    from dlrm_dist.checkpoint.manifest import Manifest, RunInfo
+    from dlrm_dist.config import load_config
+    from dlrm_dist.config.loader import to_dict
+    from dlrm_dist.serving import export
+    from dlrm_dist.serving.manifest import ExportError
+    from dlrm_dist.training.build import resolve
+
+    cfg, _, _ = resolve(load_config([f"--data.schema={Path(__file__).parents[1] / 'schemas' / 'managed.toml'}",
+                                     "--model.bottom_mlp=2-8", *MODEL[:-1]]))
+    words = r"managed sparse feature\(s\) \['user', 'item'\].*not supported yet"
+    with pytest.raises(ExportError, match=words):
+        export.export_model(None, cfg, tmp_path / "out")  # (the model is never touched)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    Manifest(step=4, world_size=1, tables={}, info=RunInfo("sgd", "sgd", config=to_dict(cfg))).write(ckpt)
+    monkeypatch.setattr(export, "read_unsharded", lambda *a: pytest.fail("a table was read"))
+    with pytest.raises(ExportError, match=words) as e:
+        export.export_checkpoint(ckpt, tmp_path / "out")
+    assert e.value.exit_code == 4 and not (tmp_path / "out").exists()
+
+
+def test_pipeline_ids_keep_the_width_of_their_id_range() -> None:
+    """The pipeline casts ids to the stored width of the feature's id range (schema.id_range), so a
+    managed feature's raw ids past 2**31 are kept whole (int32, a table's width, would cut them)."""
+    from dlrm_dist.serving.pipeline import FeaturePipeline
+
+    schema = from_dict({"name": "m", "label": {"column": "clicked"}, "input": {"format": "parquet"},
+                        "dense": [{"name": "price"}],
+                        "sparse": [{"name": "uid", "kind": "managed", "hash": "int_modulo", "buckets": 8}]})
+    big = [2**40 + 5, 3, 2**33]
+    batch = pa.record_batch({"text:uid": pa.array(big, pa.int64()), "num:price": pa.array([1.0, 2.0, 3.0]),
+                             "num:clicked": pa.array([0.0, 1.0, 0.0])})
+    ids, _ = FeaturePipeline(schema, {}, ("uid",)).bags(batch)["uid"]
+    assert ids.tolist() == big
+
+
+# -- metrics at export ---------------------------------------------------------------------------------
+def test_a_float_export_carries_the_metrics_the_checkpoint_and_its_eval_split_give(tmp, capsys) -> None:
+    """metadata()["metrics"]: the checkpoint manifest's best evaluation (its split, step, metric and
+    value, and whether the export is that step) and, with --data, the float model's metrics on the
+    eval split as dlrm-predict measures them there; {} when neither is known."""
+    from dlrm_dist.checkpoint.manifest import BestMark
+    from dlrm_dist.cli import predict_main
+
+    _export(tmp, "parquet")
+    data, out = tmp / "data-parquet", tmp / "export-metrics"
+    job = ["--data.source=columnar", f"--data.data_dir={data}", *MODEL]
+    make_export(out, job, step=7, data_dir=str(data), best=BestMark(step=5, metric="auc", mode="max", value=0.625))
+    metrics = Predictor.load(out).metadata()["metrics"]
+    assert metrics["best"] == {"source": "checkpoint manifest (best evaluation of the run)", "split": "val",
+                               "step": 5, "metric": "auc", "mode": "max", "value": 0.625, "exported": False}
+    capsys.readouterr()
+    assert predict_main.main([str(out), "--data", str(data), "--split", "val", "--out", str(tmp / "val.npy"),
+                              "--no-progress", "--json"]) == 0
+    ref = __import__("json").loads(capsys.readouterr().out)
+    ev = metrics["eval"]
+    assert (ev["source"], ev["split"], ev["step"], ev["samples"]) == ("measured at export", "val", 7, ref["samples"])
+    assert ev["auc"] == pytest.approx(ref["metrics"]["auc"], abs=1e-9)
+    assert ev["logloss"] == pytest.approx(ref["metrics"]["logloss"], abs=1e-9)
+    assert _export(tmp, None).metadata()["metrics"] == {}  # no best mark, no data scored
