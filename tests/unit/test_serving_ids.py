@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Optional
 
@@ -43,31 +42,40 @@ def _table() -> pa.Table:
                      "city": [f"c{i % 5}" for i in range(ROWS)], "clicked": (rng.random(ROWS) < 0.5).astype(np.int64)})
 
 
-@functools.lru_cache(maxsize=None)
-def _export(tmp: Path, fmt: Optional[str]) -> Predictor:
-    """A model trained (random weights) on a Parquet file whose int_modulo column holds integers."""
-    pq.write_table(_table(), tmp / "rows.parquet")
-    data = tmp / f"data-{fmt}"
-    preprocess(Options(from_dict(_schema(fmt)), [tmp / "rows.parquet"], data, progress=False))
-    make_export(tmp / f"export-{fmt}", ["--data.source=columnar", f"--data.data_dir={data}", *MODEL])
-    return Predictor.load(tmp / f"export-{fmt}")
+BEST = {"step": 5, "metric": "auc", "mode": "max", "value": 0.625}
 
 
 @pytest.fixture(scope="module")
-def tmp(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("ids")
+def trained(tmp_path_factory) -> Predictor:
+    """A model (random weights, step 7, a best evaluation at step 5) of a Parquet file whose int_modulo
+    column holds integers, exported float with --data (its eval split scored at export)."""
+    from dlrm_dist.checkpoint.manifest import BestMark
+
+    tmp = tmp_path_factory.mktemp("ids")
+    pq.write_table(_table(), tmp / "rows.parquet")
+    data = tmp / "data"
+    preprocess(Options(from_dict(_schema("parquet")), [tmp / "rows.parquet"], data, progress=False))
+    make_export(tmp / "export", ["--data.source=columnar", f"--data.data_dir={data}", *MODEL], step=7,
+                data_dir=str(data), best=BestMark(**BEST))
+    return Predictor.load(tmp / "export")
+
+
+def _trained_on(p: Predictor, fmt: Optional[str]) -> Predictor:
+    """The same model as if its schema had said input.format ``fmt`` (None: from each file's name)."""
+    schema = from_dict(_schema(fmt))
+    return Predictor(p.directory, p.export, type(p.pipeline)(schema, p.pipeline.vocabs, p.pipeline.feature_names))
 
 
 def _records(table: pa.Table) -> list[dict]:
     return table.drop(["clicked"]).to_pylist()
 
 
-def test_parquet_trained_int_modulo_records_take_the_integer_value(tmp) -> None:
+def test_parquet_trained_int_modulo_records_take_the_integer_value(trained) -> None:
     """Records and JSON lines give the ids the Parquet file's integer column gave in training (the
     value modulo buckets), so they score as score_batch does on the same Parquet rows; a whole float
     is that integer; a string keeps the text rule (base 16); numbers and strings in one batch are
     refused by record (a Parquet column has one type)."""
-    p, table = _export(tmp, "parquet"), _table()
+    p, table = trained, _table()
     batch = table.to_batches()[0]
     want = p.score_batch(batch)
     uid = p.schema.sparse[0]
@@ -94,10 +102,10 @@ def _records_raw(p: Predictor, records: list[dict]):
     return raw, RECORDS, "record", lambda i: i
 
 
-def test_a_number_is_refused_when_the_export_cannot_tell_the_training_rule(tmp) -> None:
+def test_a_number_is_refused_when_the_export_cannot_tell_the_training_rule(trained) -> None:
     """input.format unset (the format from each file's name): a number for an int_modulo feature is
     refused by name, in records and in a record batch; its text is scored."""
-    p, table = _export(tmp, None), _table()
+    p, table = _trained_on(trained, None), _table()
     with pytest.raises(RecordError, match=r"record 0, column 'uid' .*input.format is unset"):
         p.score(_records(table)[:1])
     with pytest.raises(RecordError, match=r"column 'uid'.*input.format is unset"):
@@ -105,13 +113,10 @@ def test_a_number_is_refused_when_the_export_cannot_tell_the_training_rule(tmp) 
     assert len(p.score([{**r, "uid": format(r["uid"], "x")} for r in _records(table)])) == ROWS
 
 
-def test_text_trained_int_modulo_reads_a_number_column_as_its_text(tmp) -> None:
+def test_text_trained_int_modulo_reads_a_number_column_as_its_text(trained) -> None:
     """A model trained on CSV read '17' in base 16: a record batch's integer column 17 means that cell,
     not the value 17 (read as the Parquet rule would read it)."""
-    p = _export(tmp, "parquet")
-    text_schema = from_dict(_schema("csv"))
-    text = Predictor(p.directory, p.export, type(p.pipeline)(text_schema, p.pipeline.vocabs,
-                                                             p.pipeline.feature_names))
+    p, text = trained, _trained_on(trained, "csv")
     table = _table()
     as_text = table.set_column(1, "uid", pa.array([str(v) for v in table.column("uid").to_pylist()]))
     want = text.score_batch(as_text.to_batches()[0])
@@ -161,26 +166,25 @@ def test_pipeline_ids_keep_the_width_of_their_id_range() -> None:
 
 
 # -- metrics at export ---------------------------------------------------------------------------------
-def test_a_float_export_carries_the_metrics_the_checkpoint_and_its_eval_split_give(tmp, capsys) -> None:
+def test_a_float_export_carries_the_metrics_the_checkpoint_and_its_eval_split_give(trained, capsys) -> None:
     """metadata()["metrics"]: the checkpoint manifest's best evaluation (its split, step, metric and
     value, and whether the export is that step) and, with --data, the float model's metrics on the
-    eval split as dlrm-predict measures them there; {} when neither is known."""
-    from dlrm_dist.checkpoint.manifest import BestMark
-    from dlrm_dist.cli import predict_main
+    eval split as dlrm-predict measures them there; {} when neither is known (an older export.json)."""
+    import json
 
-    _export(tmp, "parquet")
-    data, out = tmp / "data-parquet", tmp / "export-metrics"
-    job = ["--data.source=columnar", f"--data.data_dir={data}", *MODEL]
-    make_export(out, job, step=7, data_dir=str(data), best=BestMark(step=5, metric="auc", mode="max", value=0.625))
-    metrics = Predictor.load(out).metadata()["metrics"]
+    from dlrm_dist.cli import predict_main
+    from dlrm_dist.serving.predictor import _metrics_at_export
+
+    metrics = trained.metadata()["metrics"]
     assert metrics["best"] == {"source": "checkpoint manifest (best evaluation of the run)", "split": "val",
-                               "step": 5, "metric": "auc", "mode": "max", "value": 0.625, "exported": False}
+                               **BEST, "exported": False}
     capsys.readouterr()
-    assert predict_main.main([str(out), "--data", str(data), "--split", "val", "--out", str(tmp / "val.npy"),
-                              "--no-progress", "--json"]) == 0
-    ref = __import__("json").loads(capsys.readouterr().out)
+    out = trained.directory.parent / "val.npy"
+    assert predict_main.main([str(trained.directory), "--data", str(trained.directory.parent / "data"), "--split",
+                              "val", "--out", str(out), "--no-progress", "--json"]) == 0
+    ref = json.loads(capsys.readouterr().out)
     ev = metrics["eval"]
     assert (ev["source"], ev["split"], ev["step"], ev["samples"]) == ("measured at export", "val", 7, ref["samples"])
     assert ev["auc"] == pytest.approx(ref["metrics"]["auc"], abs=1e-9)
     assert ev["logloss"] == pytest.approx(ref["metrics"]["logloss"], abs=1e-9)
-    assert _export(tmp, None).metadata()["metrics"] == {}  # no best mark, no data scored
+    assert _metrics_at_export(trained.export.manifest.model_copy(update={"metrics": None})) == {}
