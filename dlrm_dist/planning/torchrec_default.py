@@ -10,22 +10,28 @@ estimators shard for shard (tests/unit/test_planner_estimates.py) while estimati
 per distinct size: the same search space in seconds instead of minutes. Options our
 enumeration does not build (none today) fall back to TorchRec's own estimators.
 ``timeout_seconds`` is TorchRec's own proposal time limit (best plan so far is kept).
+
+A managed table is constrained to row_wise + fused (torchrec_bridge.constraints). TorchRec's
+sharder lists no row_wise for CPU, so on a CPU topology with managed tables the planner gets a
+sharder that also lists row_wise, and every plain table keeps the CPU types it had.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Optional
 
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.planner import EmbeddingShardingPlanner
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
 from torchrec.distributed.planner.enumerators import EmbeddingEnumerator
 from torchrec.distributed.planner.perf_models import NoopPerfModel
 from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
 from torchrec.distributed.planner.types import Perf, ShardingOption, Storage
 from torchrec.distributed.types import ShardingPlan
 
+from dlrm_dist.planning.inputs import MANAGED_SHARDING_TYPE
 from dlrm_dist.planning.options import Enumerator
 from dlrm_dist.planning.torchrec_bridge import constraints, meta_module, torchrec_topology
 from dlrm_dist.planning.types import PlannerInputs
@@ -64,12 +70,34 @@ class OurEstimatesEnumerator(EmbeddingEnumerator):
             super().populate_estimates(rest)
 
 
+class _CpuRowWiseSharder(EmbeddingBagCollectionSharder):
+    """TorchRec's sharder that also lists row_wise on CPU (where it runs over gloo)."""
+
+    def sharding_types(self, compute_device_type: str) -> list[str]:
+        types = super().sharding_types(compute_device_type)
+        return types + [MANAGED_SHARDING_TYPE] if MANAGED_SHARDING_TYPE not in types else types
+
+
+def _sharder_and_constraints(inputs: PlannerInputs) -> tuple[EmbeddingBagCollectionSharder, dict[str, ParameterConstraints]]:
+    """TorchRec's sharder and our constraints; row_wise listed on CPU for managed tables only."""
+    cons = constraints(inputs)
+    sharder = EmbeddingBagCollectionSharder()
+    if inputs.topology.device != "cpu" or not any(t.managed for t in inputs.tables):
+        return sharder, cons
+    cpu_types = sharder.sharding_types("cpu")
+    for t in inputs.tables:
+        if not t.managed:
+            kept = [st for st in (t.sharding_types or cpu_types) if st in cpu_types]
+            cons[t.name] = dataclasses.replace(cons[t.name], sharding_types=kept or list(t.sharding_types or ()))
+    return _CpuRowWiseSharder(), cons
+
+
 def plan_with_torchrec(inputs: PlannerInputs, fast: bool = False,
                        timeout_seconds: Optional[int] = None) -> DefaultPlannerResult:
     """Runs TorchRec's default planner (all its proposers) and rates its best plan."""
     topology = torchrec_topology(inputs)
     reserve = 1.0 - (inputs.budgets.hbm_share if inputs.topology.device == "cuda" else inputs.budgets.ddr_share)
-    cons = constraints(inputs)
+    sharder, cons = _sharder_and_constraints(inputs)
     start = time.perf_counter()
     enumerator = (OurEstimatesEnumerator(inputs, topology=topology, batch_size=inputs.batch_size_per_rank,
                                          constraints=cons) if fast else None)
@@ -81,7 +109,7 @@ def plan_with_torchrec(inputs: PlannerInputs, fast: bool = False,
         enumerator=enumerator,
         timeout_seconds=timeout_seconds,
     )
-    plan = planner.plan(meta_module(inputs), [EmbeddingBagCollectionSharder()])
+    plan = planner.plan(meta_module(inputs), [sharder])
     seconds = time.perf_counter() - start
     # The planner keeps its chosen ShardingOptions (with TorchRec's estimates) here.
     rating = NoopPerfModel(topology).rate(planner._best_plan)  # noqa: SLF001

@@ -50,6 +50,20 @@ def test_the_default_planner_plans_a_jobs_managed_table_row_wise_and_sharding_ac
     assert set(split.plan["model.managed_arch"]) == {"t_user"}
 
 
+def test_torchrecs_planner_plans_it_row_wise_on_cpu_too() -> None:
+    """TorchRec's CPU sharder lists no row_wise: without ours listing it, its planner raised a
+    RuntimeError for the managed table; the plain table keeps TorchRec's CPU choices."""
+    from dlrm_dist.planning.plan import make_plan
+    from dlrm_dist.planning.types import JobSpec
+
+    job = JobSpec(world_size=2, local_size=2, device=torch.device("cpu"), batch_size_per_rank=64)
+    pf = make_plan(_model(), job, planner="torchrec")
+    (module_plan,) = pf.plan.plan.values()
+    assert (module_plan["t_user"].sharding_type, module_plan["t_user"].compute_kernel) == ("row_wise", "fused")
+    assert module_plan["t_item"].sharding_type != "row_wise"
+    assert pf.estimates.summary.max_ddr_bytes > 0
+
+
 @pytest.mark.parametrize("device", ["cpu", "cuda"], ids=["cpu-topology", "cuda-topology"])  # simulated: no GPU
 def test_only_row_wise_fused_is_offered_for_a_managed_table(device: str) -> None:
     tables = (TableSpec("t_a", 50_000, 64, 4.0, managed=True), TableSpec("t_b", 50_000, 64, 4.0))
