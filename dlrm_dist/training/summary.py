@@ -4,6 +4,7 @@ Under early stopping the record holds the best evaluation (``best``: its step, t
 judged, its metrics when this process ran it, whether its checkpoint was kept), the last one
 (``last``), why the run stopped early (``stopped_early``) and the test split's score
 (``test``: which model, of which step). The ``eval_*`` keys stay the last evaluation's.
+A warm-started run names its source (``warm_start``: the checkpoint directory and its step).
 """
 
 from __future__ import annotations

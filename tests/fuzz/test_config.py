@@ -142,7 +142,7 @@ def _check_loaded(cfg: Any, raw: dict[str, dict[str, Any]], omitted_none: bool,
 
 # The rules across fields: generated values may break them without any mutation.
 CROSS_FIELD = ("is required when", "is inside the warmup", "both say where tables go", "applies to data.source = ",
-               "both say how long to train")
+               "both say how long to train", "both say where the run starts", "does not apply to inference_only")
 
 
 def _check_refused(msg: str, origin: str, mutated: Optional[tuple[str, str]], raw: dict[str, dict[str, Any]]) -> None:

@@ -112,9 +112,26 @@ def test_warm_start_refusals_name_the_key(tmp_path: Path) -> None:
     assert "start again at 0" in text and "resume is on, the run resumes them" in text
 
 
-def test_a_warm_start_from_another_schema_is_refused_by_name(tmp_path: Path) -> None:
+def test_a_warm_start_loads_under_another_plan_and_refuses_another_schema_by_name(tmp_path: Path) -> None:
     src = tmp_path / "src"
-    train_here(["--train.steps=1", f"--train.checkpoint_dir={src}", f"--train.run_dir={tmp_path / 'r0'}"])
+    env = DistEnv.from_environ({}, device="cpu")
+    other_plan = [a for a in JOB if not a.startswith("--sharding-type")] + ["--sharding-type=data_parallel"]
     bigger = [a.replace("table_sizes=100/", "table_sizes=120/") for a in JOB]
-    with pytest.raises(CheckpointError, match=r"train.warm_start: .* is from a different model or data"):
-        train_here(["--train.steps=1", f"--train.warm_start={src}", f"--train.run_dir={tmp_path / 'r1'}"], base=bigger)
+    warm = ["--train.steps=1", f"--train.warm_start={src}", f"--train.run_dir={tmp_path / 'r1'}"]
+    with one_rank_here():
+        init_distributed(env, timeout_s=120)
+        try:
+            source = build_trainer(env, prepare(load_config(
+                JOB + ["--train.steps=2", f"--train.checkpoint_dir={src}", f"--train.run_dir={tmp_path / 'r0'}"]), env))
+            source.train()
+            src_model, _ = _state(source)
+            replicated = build_trainer(env, prepare(load_config(other_plan + warm), env))
+            assert replicated.checkpoints.restore() is None
+            model, _ = _state(replicated)
+            with pytest.raises(CheckpointError, match=r"train.warm_start: .* is from a different model or data"):
+                build_trainer(env, prepare(load_config(bigger + warm), env)).checkpoints.restore()
+        finally:
+            teardown()
+    assert model.keys() == src_model.keys()
+    for k in src_model:  # table-wise shards read into replicated tables: the same weights
+        assert torch.equal(model[k].flatten(), src_model[k].flatten()), k
