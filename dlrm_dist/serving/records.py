@@ -12,6 +12,12 @@ fields, each cell checked: a number must be finite, and so on), exactly as in pr
   text, ``null`` or a key's value in ``input.null_values`` as missing, a list for a multi-hot
   column joined by its delimiter), so a value means what it meant in the training file.
   (JSON lines are parsed line by line, so a problem is named by its line.)
+- a number for an ``int_modulo`` feature (its column read by int_modulo features only, not split
+  or cut) means what it meant in training (``integer_columns``): its value when the schema's input
+  format is parquet (an integer column, as read.py ``_text_read`` keeps it), its decimal text read
+  in base 16 for csv/tsv/criteo_tsv; refused by name when the format is unset (the export cannot
+  tell). A string keeps the text rule. The same holds for a record batch's (or a Parquet input
+  file's) number columns.
 
 The label and the time column are not needed to score: absent, they are read as missing. A
 feature column absent from a file, a record without a feature key (give ``null`` for a
