@@ -13,9 +13,11 @@ from torchrec.distributed.types import ShardingPlan
 from dlrm_dist.planning.baselines import baseline
 from dlrm_dist.planning.convert import from_sharding_plan, to_sharding_plan
 from dlrm_dist.planning.estimates import estimate
+from dlrm_dist.planning.inputs import MANAGED_KERNEL, MANAGED_SHARDING_TYPE
 from dlrm_dist.planning.options import Enumerator
 from dlrm_dist.planning.partitioner import partition
 from dlrm_dist.planning.planfile import PlanFile
+from dlrm_dist.planning.storage import MANAGED_ROW_BYTES, MANAGED_SHARD_BYTES
 from dlrm_dist.planning.types import PlannerInputs, TablePlacement
 
 
@@ -29,6 +31,13 @@ def notes_for(inputs: PlannerInputs) -> list[str]:
             "plain host-memory tables), so every table is planned in host memory (DDR) with the fused or "
             "dense kernel and no cache budget is used"
             + (f"; UVM kernels requested for {asked} were not offered" if asked else "")
+        )
+    managed = [t.name for t in inputs.tables if t.managed]
+    if managed:
+        notes.append(
+            f"managed tables {managed}: planned {MANAGED_SHARDING_TYPE} with the {MANAGED_KERNEL} kernel only "
+            f"(TorchRec shards a managed-collision remapper row-wise); each shard's memory counts its remapper: "
+            f"{MANAGED_ROW_BYTES} bytes per row + {MANAGED_SHARD_BYTES:,} per shard"
         )
     return notes
 

@@ -111,7 +111,8 @@ def _machine_memory_gb(device: torch.device) -> tuple[float, float]:
 
 def check_job_storage(tables: Sequence[Any], world_size: int, local_size: int, device: torch.device,
                       optimizer: str) -> None:
-    """The same check on a training job's tables (anything with name, rows, dim) and this machine.
+    """The same check on a training job's tables (anything with name, rows, dim; a schema TableDef's
+    ``remapper`` marks a managed table) and this machine.
 
     The trainer calls it before it builds the model, so a table of 2**40 columns is refused by
     name, with its bytes and the budget, instead of by an attempt to allocate 140 TB. The

@@ -71,7 +71,9 @@ def test_only_row_wise_fused_is_offered_for_a_managed_table(device: str) -> None
     e = Enumerator(inputs)
     assert {(o.sharding_type, o.kernel) for o in e.options(0)} == {("row_wise", "fused")}
     assert len({o.sharding_type for o in e.options(1)}) > 1  # the plain twin keeps its choices
-    placed = make_plan_file(inputs, module_path="m").plan.plan["m"]
+    pf = make_plan_file(inputs, module_path="m")
+    placed = pf.plan.plan["m"]
+    assert "managed tables ['t_a']: planned row_wise with the fused kernel only" in " ".join(pf.planner["notes"])
     assert (placed["t_a"].sharding_type, placed["t_a"].compute_kernel) == ("row_wise", "fused")
 
 
