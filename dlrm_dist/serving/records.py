@@ -166,10 +166,23 @@ def detached(schema: FeatureSchema) -> FeatureSchema:
     return dataclasses.replace(schema, input=dataclasses.replace(schema.input, format="parquet"), split=split)
 
 
+def text_problem(text: str) -> Optional[str]:
+    """Why ``text`` cannot be a cell (a lone UTF-16 surrogate, as JSON's "\\udfff" or a Python str may
+    hold, has no UTF-8 form, so no training file held it), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (f"not valid UTF-8 text: a lone surrogate {text[e.start]!r} at character {e.start} (a training "
+                "file's cell is UTF-8 text; give the text it held)")
+    return None
+
+
 # -- rows -> raw batches (every column as text, as a CSV file holds it) --------------------------
 def _cell(value: Any, delimiter: Optional[str]) -> tuple[Optional[str], Optional[str]]:
     """(the cell's text, None) or (None, why it is not a cell value)."""
-    if value is None or isinstance(value, str):
+    if isinstance(value, str):
+        return (None, why) if (why := text_problem(value)) else (value, None)
+    if value is None:
         return value, None
     if isinstance(value, bool):
         return None, "true/false is not a cell value: give a number or a string (as the training file held it)"

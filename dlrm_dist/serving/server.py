@@ -88,12 +88,23 @@ CELL_SCHEMAS: dict[str, dict[str, Any]] = {
 
 
 def _scalar_problem(value: Any) -> Optional[str]:
-    if value is None or isinstance(value, str):
+    if isinstance(value, str):
+        return _text_problem(value)
+    if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return _json_type(value)
     if isinstance(value, float) and not math.isfinite(value):
         return f"{value} (NaN and Infinity are not JSON numbers)"
+    return None
+
+
+def _text_problem(text: str) -> Optional[str]:
+    """A string with no UTF-8 form (JSON's "\\udfff": a lone surrogate) was never a training file's cell."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"text that is not valid UTF-8 (a lone surrogate {text[e.start]!r} at character {e.start})"
     return None
 
 
@@ -177,7 +188,9 @@ ECHO_CHARS = 500  # an error's "input" is echoed back up to this size (the whole
 
 def _jsonable(value: Any) -> Any:
     """``value`` as strict JSON: NaN/Infinity (which the request's JSON parser accepts) as text."""
-    if value is None or isinstance(value, (bool, int, str)):
+    if isinstance(value, str):  # a lone surrogate has no UTF-8 form: echoed as its escape
+        return value if _text_problem(value) is None else value.encode("utf-8", "backslashreplace").decode()
+    if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")

@@ -330,3 +330,15 @@ def test_cli_refuses_bad_arguments_by_name(tmp_path: Path, capsys) -> None:
     assert f"dlrm-serve: error: cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
     assert serve_main.main([str(tmp_path), "--port", "70000"]) == 2
     assert Limits() == Limits(**serve_main.DEFAULTS)  # the CLI's defaults are the server's
+
+
+def test_a_lone_surrogate_is_a_422_naming_its_cell_not_a_500(served) -> None:
+    client, model = served
+    before = len(model.calls)
+    for cell, loc in (("\udfff", "a"), (["x", "\ud800"], "g1")):
+        text = json.dumps({"records": [record(0), {**record(1), loc: cell}]})  # ASCII JSON: the escape as sent
+        reply = client.post("/predict", content=text, headers={"content-type": "application/json"})
+        assert reply.status_code == 422, reply.text
+        detail = reply.json()["detail"]
+        assert [d["loc"] for d in detail] == [["body", "records", 1, loc]] and "not valid UTF-8" in detail[0]["msg"]
+    assert len(model.calls) == before
