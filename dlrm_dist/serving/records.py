@@ -365,11 +365,54 @@ def header_names(path: Path, schema: FeatureSchema, kind: str) -> list[str]:
     try:
         reader = pa_csv.open_csv(str(path), read_options=pa_csv.ReadOptions(block_size=1 << 16, use_threads=False),
                                  parse_options=_parse_options(kind, schema))
-        names = reader.schema.names
-        reader.close()
-    except (pa.ArrowInvalid, OSError) as e:
-        raise RecordError([FieldProblem(1, "", None, f"cannot be read as {kind.upper()} ({e})")], str(path), "line") from None
+        try:
+            names = reader.schema.names
+        finally:
+            reader.close()
+    except UnicodeDecodeError:  # the header's names are not UTF-8 (e.g. a UTF-16 file)
+        raise RecordError([FieldProblem(1, "", None, not_utf8(path))], str(path), "line") from None
+    except (pa.ArrowInvalid, OSError) as e:  # the first block's lines are parsed with the header
+        raise RecordError([csv_problem(path, schema, kind, e)], str(path), "line") from None
     return names
+
+
+def not_utf8(path: Path) -> str:
+    """Where a text file stops being UTF-8 (its first bad byte's offset, for a plain file)."""
+    where = ""
+    if not path.name.lower().endswith(".gz"):
+        with path.open("rb") as f:
+            head = f.read(1 << 16)
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as u:
+            where = f" (byte 0x{head[u.start]:02x} at offset {u.start})"
+    return f"not UTF-8 text{where}: scoring reads text files as UTF-8, as preprocessing did; save the file as UTF-8"
+
+
+_ROW = re.compile(r"Row #(\d+)")
+_COLUMN_INDEX = re.compile(r"column #(\d+)")
+
+
+def csv_problem(path: Path, schema: FeatureSchema, kind: str, e: "BaseException | str",
+                names: Optional[Sequence[str]] = None) -> FieldProblem:
+    """pyarrow's error reading a text file as the problem of its line and column: pyarrow names the
+    record ("Row #N", 1-based, the header included) and the 0-based column; the line is found by
+    preprocessing's own re-scan (locate.lines_of_records: a quoted cell may span lines)."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    row = _ROW.search(text)
+    line = locate.lines_of_records(path, schema, {int(row.group(1))}).get(int(row.group(1))) if row else None
+    col = _COLUMN_INDEX.search(text)
+    if names is None and col:
+        names = _header_fields(path, schema)
+    column = names[int(col.group(1))] if col and names and int(col.group(1)) < len(names) else ""
+    return FieldProblem(line or 0, column, None, f"cannot be read as {kind.upper()} ({text})")
+
+
+def _header_fields(path: Path, schema: FeatureSchema) -> Optional[list[str]]:
+    if not schema.input.header:
+        return list(schema.input.columns or ())
+    return next((fields for _, fields in locate._records(path, schema) if fields and fields != [""]),  # noqa: SLF001
+                None)
 
 
 def _parse_options(kind: str, schema: FeatureSchema) -> pa_csv.ParseOptions:
@@ -461,6 +504,9 @@ class FileRows:
         m = re.search(rf"{re.escape(str(self.path))}(?::| line | row )(\d+)", text)
         col = _COLUMN.search(text)
         column = col.group(1) if col and col.group(1) in self.schema.columns() else ""
+        if not m and _ROW.search(text) and self.unit == "line":  # pyarrow's record number, not yet a line
+            return RecordError([csv_problem(self.path, self.schema, self.kind, _inner(text, str(self.path)))],
+                               str(self.path), self.unit)
         if text.startswith(str(self.path)):
             text = re.sub(rf"^{re.escape(str(self.path))}(?::\d+| line \d+| row \d+)?(?:, column '[^']*')?:?\s*", "",
                           text)
@@ -479,9 +525,8 @@ class FileRows:
                                  convert_options=convert)
         try:
             yield from reader
-        except pa.ArrowInvalid as e:  # a malformed line: the feature read names it (it reads the same lines)
-            raise RecordError([FieldProblem(0, "", None, f"cannot be read ({str(e).splitlines()[0]})")],
-                              str(self.path), self.unit) from None
+        except pa.ArrowInvalid as e:  # a malformed line or a cell that is not UTF-8, named by its line
+            raise RecordError([csv_problem(self.path, self.schema, kind, e, names)], str(self.path), self.unit) from None
         finally:
             reader.close()
 
@@ -517,6 +562,12 @@ class FileRows:
                                                 for r in records)
         kept = {c: [r.get(c) for r in records] for c in self.keep}
         return Block(batch, row, False, lambda i, lines=lines: lines[i], kept)
+
+
+def _inner(text: str, path: str) -> str:
+    """pyarrow's own words inside a reader's "FILE: cannot be read as CSV (...)"."""
+    m = re.match(rf"^{re.escape(path)}: cannot be read as \w+ \((.*)\)$", text, re.S)
+    return m.group(1) if m else text
 
 
 class _KeptCells:

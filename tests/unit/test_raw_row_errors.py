@@ -40,3 +40,33 @@ def test_a_lone_surrogate_is_a_record_error_naming_record_and_column(good, tmp_p
     with pytest.raises(RecordError, match=r"sur.jsonl line 2, column 'city'.*not valid UTF-8") as e:
         _read(path)
     assert e.value.exit_code == EXIT_BAD_INPUT
+
+
+def _lines(good) -> list[str]:
+    return good["csv"].read_text().splitlines()
+
+
+def test_a_csv_that_is_not_utf8_is_named_with_its_byte_offset(good, tmp_path) -> None:
+    path = tmp_path / "utf16.csv"
+    path.write_bytes(b"\xff\xfe" + "\n".join(_lines(good)).encode() + b"\n")
+    with pytest.raises(RecordError, match=r"utf16.csv line 1: not UTF-8 text \(byte 0xff at offset 0\)") as e:
+        _read(path)
+    assert e.value.exit_code == EXIT_BAD_INPUT
+
+
+def test_malformed_csv_lines_are_named_at_their_line_and_column(good, tmp_path) -> None:
+    lines = _lines(good)
+    extra = tmp_path / "extra.csv"  # an extra field on line 3 (the header is line 1)
+    extra.write_text("\n".join([*lines[:2], lines[2] + ",EXTRA", *lines[3:]]) + "\n")
+    with pytest.raises(RecordError, match=r"extra.csv line 3: cannot be read as CSV \(.*Expected"):
+        _read(extra)
+    cells = lines[4].split(",")
+    city = rh.EVERY_KIND_COLUMNS.index("city")
+    cells[city] = "x"
+    bad = tmp_path / "badutf.csv"  # a data cell that is not UTF-8 on line 5
+    bad.write_bytes("\n".join(lines[:4]).encode() + b"\n" + ",".join(cells).encode().replace(b",x,", b",\xff,")
+                    + b"\n" + "\n".join(lines[5:]).encode() + b"\n")
+    for keep in ((), ("row_id",)):
+        with pytest.raises(RecordError) as e:
+            _read(bad, keep)
+        assert [(p.record, p.column) for p in e.value.problems] == [(5, "city")], str(e.value)
