@@ -79,7 +79,9 @@ class RecordError(DlrmError):
                                   if more > 0 else ""))
 
     def describe(self, p: FieldProblem) -> str:
-        at = f"{self.origin} {self.unit} {p.record}" if self.origin != RECORDS else f"record {p.record}"
+        # record 0 of a file: the whole file (its lines and rows are 1-based)
+        at = f"record {p.record}" if self.origin == RECORDS else \
+            f"{self.origin} {self.unit} {p.record}" if p.record else self.origin
         cell = f", column {p.column!r}" if p.column else ""
         value = f" (value {_short(p.value)})" if p.value is not None else ""
         return f"{at}{cell}{value}: {p.message}"
@@ -468,6 +470,12 @@ class FileRows:
             number = self._numbers(batch, row)
             yield Block(batch, row, self.kind == "criteo_tsv", number, kept.take(batch.num_rows) if kept else {})
             row += batch.num_rows
+        if not row:
+            raise self.no_rows()
+
+    def no_rows(self) -> RecordError:
+        """A file with nothing to score (empty, a header only, blank lines) is refused, whatever its kind."""
+        return RecordError([FieldProblem(0, "", None, "the file holds no rows to score")], str(self.path), self.unit)
 
     def _raw(self, wanted: list[str]) -> Iterator[pa.RecordBatch]:
         bad = read.BadLines(strict=True)  # a score per row: a malformed line is an error, not skipped
@@ -552,10 +560,18 @@ class FileRows:
         if records:
             yield self._records_block(records, lines, row, detached_schema)
         elif not row:
-            raise RecordError([FieldProblem(0, "", None, "the file holds no rows")], str(self.path), "line")
+            raise self.no_rows()
+
+    def _kept_missing(self, records: list, lines: list[int]) -> list[FieldProblem]:
+        """A --keep column a line lacks is refused by name, as a CSV file without the column is (an
+        empty output cell would look like a kept value)."""
+        return [FieldProblem(lines[k], c, None, f"no key {c!r}: every line needs each --keep column (null for an "
+                             "empty cell)") for k, r in enumerate(records) if isinstance(r, Mapping)
+                for c in self.keep if c not in r][:MAX_PROBLEMS]
 
     def _records_block(self, records: list, lines: list[int], row: int, schema: FeatureSchema) -> Block:
         batch, problems = records_batch(records, schema, lines, integers=integer_columns(self.schema))
+        problems = (problems + self._kept_missing(records, lines))[:MAX_PROBLEMS]
         if problems:
             raise RecordError(problems, str(self.path), "line")
         self.has_label = self.has_label and all(isinstance(r, Mapping) and r.get(self.schema.label.column) is not None

@@ -70,3 +70,24 @@ def test_malformed_csv_lines_are_named_at_their_line_and_column(good, tmp_path) 
         with pytest.raises(RecordError) as e:
             _read(bad, keep)
         assert [(p.record, p.column) for p in e.value.problems] == [(5, "city")], str(e.value)
+
+
+def test_keep_with_json_lines_refuses_a_line_without_the_column(good, tmp_path) -> None:
+    recs = good["records"]
+    path = rh.write_jsonl(tmp_path / "keep.jsonl", [{**recs[0], "order": 1}, recs[1]])
+    with pytest.raises(RecordError, match=r"keep.jsonl line 2, column 'order'.*--keep"):
+        _read(path, ("order",))
+    assert _read(path) == 2
+    with pytest.raises(RecordError, match=r"keep.jsonl line 1, column 'nosuch'"):
+        _read(path, ("nosuch",))
+
+
+@pytest.mark.parametrize("name, text", [("header.csv", None), ("empty.jsonl", "\n\n"), ("blank.csv", "")])
+def test_an_input_with_no_rows_is_refused_naming_the_file(good, tmp_path, name, text) -> None:
+    path = tmp_path / name
+    path.write_text(_lines(good)[0] + "\n" if text is None else text)
+    with pytest.raises(RecordError) as e:
+        _read(path)
+    assert str(e.value).startswith(f"{path}: ") and "line 0" not in str(e.value), str(e.value)
+    with pytest.raises(RecordError, match=rf"^{tmp_path / 'nothere.csv'}: no such file$"):
+        _read(tmp_path / "nothere.csv")
