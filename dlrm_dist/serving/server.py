@@ -14,8 +14,8 @@ uvicorn is the standard, maintained ASGI server (h11, graceful shutdown on SIGTE
 
 Bad input is never a 500: a body over ``max_body_bytes`` is refused with 413 from its
 Content-Length, or while it streams in, before anything is parsed; more than
-``max_request_rows`` records is a 413 too; malformed JSON and wrong types are 422s from
-pydantic; cells the model's feature pipeline refuses (the Predictor's RecordError) are 422s
+``max_request_rows`` records is a 413 too; a body not sent as ``application/json`` is a 415;
+malformed JSON (nested too deeply too) and wrong types are 422s from pydantic; cells the model's feature pipeline refuses (the Predictor's RecordError) are 422s
 in the same shape, naming record and column.
 """
 
@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import math
+import sys
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, AsyncIterator, Callable, Optional, Protocol, Sequence
 
@@ -166,10 +167,30 @@ class BoundedRequest(Request):
             self._body = b"".join(chunks)
         return self._body
 
+    async def json(self) -> Any:
+        """The body as JSON; any body Python's parser cannot read is a JSONDecodeError, which FastAPI
+        turns into the documented 422 (json_invalid), not a 400 with no detail."""
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                self._json = json.loads(body)
+            except RecursionError:
+                raise json.JSONDecodeError(f"nested deeper than Python's JSON parser reads (its recursion limit "
+                                           f"{sys.getrecursionlimit():,}); a record is one object of cells", "", 0) from None
+            except UnicodeDecodeError as e:
+                raise json.JSONDecodeError(f"the body is not UTF-8 (byte offset {e.start})", "", e.start) from None
+        return self._json
+
 
 def too_large(what: str, limit: int) -> HTTPException:
     return HTTPException(413, f"{what}; this server takes at most {limit:,} (dlrm-serve --max-body-bytes): "
                               "send the records in several requests")
+
+
+def is_json(content_type: str) -> bool:
+    """application/json or application/*+json, parameters (charset) allowed: what FastAPI parses as JSON."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
 
 
 class BoundedRoute(APIRoute):
@@ -177,6 +198,11 @@ class BoundedRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def bounded(request: Request) -> Response:
+            if request.method == "POST" and not is_json(request.headers.get("content-type", "")):
+                return JSONResponse({"detail": f"send the body as JSON with the header content-type: application/json "
+                                               f"(this request's content-type is "
+                                               f"{request.headers.get('content-type', '')[:100] or 'not given'})"},
+                                    status_code=415)
             return await handler(BoundedRequest(request.scope, request.receive))
 
         return bounded
@@ -229,9 +255,15 @@ async def validation_error(request: Request, error: RequestValidationError) -> R
         if e.get("type") == "too_long" and tuple(e.get("loc", ())) == ("body", "records"):
             return JSONResponse({"detail": f"a request holds at most {limit:,} records (dlrm-serve "
                                            "--max-request-rows); send more in several requests"}, status_code=413)
-    return JSONResponse({"detail": [error_entry(e.get("loc", ()), str(e.get("msg", "")).removeprefix("Value error, "),
-                                                e.get("input"), str(e.get("type", "")))
+    return JSONResponse({"detail": [error_entry(e.get("loc", ()), _message(e), e.get("input"), str(e.get("type", "")))
                                     for e in errors]}, status_code=422)
+
+
+def _message(error: dict[str, Any]) -> str:
+    """pydantic's message; a JSON decode error says what the parser said (FastAPI keeps it in ctx)."""
+    msg = str(error.get("msg", "")).removeprefix("Value error, ")
+    why = (error.get("ctx") or {}).get("error")
+    return f"{msg}: {why}" if error.get("type") == "json_invalid" and why else msg
 
 
 # -- the app ----------------------------------------------------------------------------------

@@ -342,3 +342,20 @@ def test_a_lone_surrogate_is_a_422_naming_its_cell_not_a_500(served) -> None:
         detail = reply.json()["detail"]
         assert [d["loc"] for d in detail] == [["body", "records", 1, loc]] and "not valid UTF-8" in detail[0]["msg"]
     assert len(model.calls) == before
+
+
+def test_a_body_not_sent_as_json_is_415_and_deep_nesting_is_422(served) -> None:
+    client, model = served
+    before = len(model.calls)
+    text = json.dumps({"records": [record(0)]})
+    for headers in ({"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}, {}):
+        reply = client.post("/predict", content=text, headers=headers)
+        assert reply.status_code == 415 and "application/json" in reply.json()["detail"], (headers, reply.text)
+        assert text not in reply.text  # the body is not echoed
+    reply = client.post("/predict", content=text, headers={"content-type": "application/json; charset=utf-8"})
+    assert reply.status_code == 200, reply.text
+    reply = client.post("/predict", content="[" * 10_000, headers={"content-type": "application/json"})
+    assert reply.status_code == 422, reply.text
+    detail = reply.json()["detail"]
+    assert detail[0]["type"] == "json_invalid" and "nested deeper" in detail[0]["msg"]
+    assert len(model.calls) == before + 1
