@@ -207,7 +207,31 @@ def _run_checkpoint_root(run_dir: Path) -> Path:
     if not root:
         raise CheckpointError(f"{run_dir} is a run directory whose run wrote no checkpoints "
                               "(train.checkpoint_dir was unset): nothing to export")
-    return Path(root)  # as the run wrote it (a relative one: from where the run was started)
+    return _as_the_run_saw_it(Path(root), run_dir, json.loads(config.read_text())["train"].get("run_dir"))
+
+
+def _as_the_run_saw_it(root: Path, run_dir: Path, saved_run_dir: Optional[str]) -> Path:
+    """A relative checkpoint_dir is relative to where the run was started, which need not be here:
+    when the saved (relative) run_dir is the tail of ``run_dir``, the start directory is what
+    precedes it, and the checkpoint_dir is taken from there."""
+    if root.is_absolute() or not saved_run_dir or Path(saved_run_dir).is_absolute():
+        return root
+    here, tail = run_dir.resolve(), Path(saved_run_dir).parts
+    if len(here.parts) > len(tail) and here.parts[-len(tail):] == tail:
+        return Path(*here.parts[:-len(tail)]) / root
+    return root
+
+
+def _summary_best_step(run_dir: Path) -> Optional[int]:
+    """The best evaluation's step a finished run's summary.json names (None: no summary, or no best)."""
+    from dlrm_dist.metrics.runs import SUMMARY_FILE
+
+    try:
+        best = json.loads((run_dir / SUMMARY_FILE).read_text()).get("best")
+    except (OSError, ValueError, AttributeError):
+        return None
+    step = best.get("step") if isinstance(best, dict) and best.get("checkpoint_kept") else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def export_source(path: str | Path, step: Optional[int] = None) -> ExportSource:
@@ -233,6 +257,11 @@ def export_source(path: str | Path, step: Optional[int] = None) -> ExportSource:
                                   f"{', '.join(map(str, sorted(steps)))}")
         return ExportSource(steps[step], step, "the step named (--step)")
     best = Manifest.read(found[-1]).best
+    recorded = _summary_best_step(p) if root != p else None
+    if recorded is not None and recorded not in steps:
+        raise CheckpointError(f"run {p} recorded its best evaluation at step {recorded} (its summary.json), but {root} "
+                              f"no longer holds that checkpoint (it has steps {', '.join(map(str, sorted(steps)))}): "
+                              "name one with --step")
     if best is not None and best.step in steps:
         return ExportSource(steps[best.step], best.step,
                             f"the best evaluation ({best.metric} {best.value:.4f}; the newest is step {step_of(found[-1])})")

@@ -241,8 +241,8 @@ class TrainConfig:
     steps: Optional[Count] = _f(
         None, f"Training steps (a maximum under early stopping); unset: from train.epochs, else {DEFAULT_STEPS}.")
     epochs: Optional[Count] = _f(
-        None, "columnar: train this many passes over the train split (steps = epochs x its rows // "
-        "global_batch_size; the log says how many); not together with train.steps.")
+        None, "columnar: train this many passes over the train split (steps = epochs x (its rows // "
+        "global_batch_size): full batches only; the log says how many); not together with train.steps.")
     eval_interval: NonNegative = _f(200, "Evaluate every N steps (0 = only at the end).")
     log_interval: Count = _f(50, "Write a metrics line every N steps.")
     seed: Seed = _f(0, "Seed of the model's initial weights.")

@@ -133,6 +133,30 @@ def test_export_source_without_a_best_is_the_newest(tmp_path: Path) -> None:
     assert source.step == 20 and "newest" in source.why and "no best" in source.why
 
 
+def test_a_run_started_elsewhere_finds_its_relative_checkpoint_dir(tmp_path: Path, monkeypatch) -> None:
+    """The README's run saves run_dir "runs/clicks" and checkpoint_dir "runs/clicks/ckpt", relative to where it
+    started: exporting the run directory from anywhere else finds that checkpoint_dir under the start directory."""
+    start = tmp_path / "work"
+    _publish(start / "runs/clicks/ckpt", 10, BestMark(10, "auc", "max", 0.7))
+    (start / "runs/clicks/config.json").write_text(json.dumps(
+        {"train": {"run_dir": "runs/clicks", "checkpoint_dir": "runs/clicks/ckpt"}}))
+    monkeypatch.chdir(tmp_path)  # not the start directory
+    assert export_source(start / "runs/clicks").path == step_dir(start / "runs/clicks/ckpt", 10)
+
+
+def test_a_deleted_best_checkpoint_is_named_not_replaced(tmp_path: Path) -> None:
+    """summary.json names the best; when its checkpoint is gone (the newest manifests cannot know it), the run
+    directory's export is refused naming the step, instead of exporting an older 'best'."""
+    ckpt, run = tmp_path / "ckpt", tmp_path / "run"
+    _publish(ckpt, 10, BestMark(10, "auc", "max", 0.7), keep_last=0)
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"train": {"checkpoint_dir": str(ckpt)}}))
+    (run / "summary.json").write_text(json.dumps({"best": {"step": 20, "checkpoint_kept": True}}))
+    with pytest.raises(CheckpointError, match="best evaluation at step 20 .* no longer holds that checkpoint"):
+        export_source(run)
+    assert export_source(run, 10).step == 10  # --step still chooses one
+
+
 # -- epochs and the defaults the data decides --------------------------------------------------
 def _data(train: int, val: int, test: int) -> SimpleNamespace:
     return SimpleNamespace(splits={s: SimpleNamespace(rows=n) for s, n in (("train", train), ("val", val),
