@@ -565,9 +565,15 @@ class FileRows:
     def _kept_missing(self, records: list, lines: list[int]) -> list[FieldProblem]:
         """A --keep column a line lacks is refused by name, as a CSV file without the column is (an
         empty output cell would look like a kept value)."""
-        return [FieldProblem(lines[k], c, None, f"no key {c!r}: every line needs each --keep column (null for an "
-                             "empty cell)") for k, r in enumerate(records) if isinstance(r, Mapping)
-                for c in self.keep if c not in r][:MAX_PROBLEMS]
+        out = []
+        for k, r in enumerate(records):
+            for c in self.keep if isinstance(r, Mapping) else ():
+                if c not in r:
+                    out.append(FieldProblem(lines[k], c, None, f"no key {c!r}: every line needs each --keep column "
+                                            "(null for an empty cell)"))
+                elif isinstance(r[c], str) and (why := text_problem(r[c])):
+                    out.append(FieldProblem(lines[k], c, r[c], why))  # (the output file is UTF-8 too)
+        return out[:MAX_PROBLEMS]
 
     def _records_block(self, records: list, lines: list[int], row: int, schema: FeatureSchema) -> Block:
         batch, problems = records_batch(records, schema, lines, integers=integer_columns(self.schema))

@@ -44,7 +44,7 @@ class _CsvOut:
 
     def __init__(self, path: Path, keep: Sequence[str]) -> None:
         self.path, self.tmp = path, path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        self.file = self.tmp.open("w", newline="")
+        self.file = self.tmp.open("w", newline="", encoding="utf-8")  # (not the locale's: cells are UTF-8)
         self.writer = csv.writer(self.file)
         self.writer.writerow(["score", *keep])
         self.keep = list(keep)

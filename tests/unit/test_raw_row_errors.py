@@ -78,7 +78,10 @@ def test_keep_with_json_lines_refuses_a_line_without_the_column(good, tmp_path) 
     with pytest.raises(RecordError, match=r"keep.jsonl line 2, column 'order'.*--keep"):
         _read(path, ("order",))
     assert _read(path) == 2
-    with pytest.raises(RecordError, match=r"keep.jsonl line 1, column 'nosuch'"):
+    path = rh.write_jsonl(tmp_path / "keep2.jsonl", [{**recs[0], "order": 1}, {**recs[1], "order": "\udfff"}])
+    with pytest.raises(RecordError, match=r"keep2.jsonl line 2, column 'order'.*not valid UTF-8"):
+        _read(path, ("order",))
+    with pytest.raises(RecordError, match=r"keep2.jsonl line 1, column 'nosuch'"):
         _read(path, ("nosuch",))
 
 
