@@ -41,7 +41,8 @@ def predictor(tmp_path_factory) -> Predictor:
 CELLS = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True, allow_infinity=True)
          | st.text(alphabet="0123456789abcdefxyz|;.-e+ ", max_size=8) | st.sampled_from(["", "c1", "news|film", "k1;k2"])
          | st.lists(st.text(alphabet="ab|;", max_size=3) | st.integers(0, 9), max_size=3)
-         | st.dictionaries(st.text(max_size=2), st.integers(), max_size=1))
+         | st.dictionaries(st.text(max_size=2), st.integers(), max_size=1)
+         | st.sampled_from(["\udfff", "a\ud800", ["x", "\udc80"]]))  # lone surrogates: no UTF-8 form
 COLUMNS = [c for c in rh.EVERY_KIND_COLUMNS if c != "row_id"] + ["foreign"]
 
 
