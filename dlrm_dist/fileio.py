@@ -196,3 +196,17 @@ def disk_full(path: str | Path, needed_bytes: Optional[int] = None) -> Iterator[
         path = Path(path)
         need = f" (needed about {needed_bytes / 2**20:.1f} MB)" if needed_bytes else ""
         raise DiskFullError(f"no space left on {_device_of(path)} writing {path}{need}") from None
+
+
+def publish_file(path: str | Path, text: str, what: str, example: str, error: type[DlrmError]) -> None:
+    """Writes a user-named file (a plan, a calibration) atomically, creating its directory: a directory at
+    ``path``, a full disk or an unwritable place is ``error`` naming ``what`` ("plan file") and the path."""
+    target = Path(path)
+    if target.is_dir():
+        raise error(f"{what} {str(path)!r} is a directory; give a file name such as {str(target / example)!r}")
+    try:
+        with disk_full(target, len(text)):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(target, text)
+    except OSError as e:
+        raise error(f"cannot write {what} {str(path)!r}: {e.strerror or e}") from None

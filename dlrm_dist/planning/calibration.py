@@ -35,7 +35,7 @@ from pydantic import Field, model_validator
 
 from dlrm_dist.config.files import read_data
 from dlrm_dist.errors import DlrmError
-from dlrm_dist.fileio import atomic_write_text, disk_full
+from dlrm_dist.fileio import publish_file
 from dlrm_dist.validation import Strict, joined, validate
 
 FORMAT = "dlrm_dist.calibration"
@@ -170,16 +170,7 @@ def dumps(cal: CalibrationModel) -> str:
 
 def write(cal: CalibrationModel, path: str | Path) -> None:
     """Writes atomically; a path that cannot be written is a CalibrationError."""
-    target, text = Path(path), dumps(cal)
-    if target.is_dir():
-        raise CalibrationError(f"calibration file {str(path)!r} is a directory; give a file name such as "
-                               f"{str(target / 'machine.json')!r}")
-    try:
-        with disk_full(target, len(text)):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(target, text)
-    except OSError as e:
-        raise CalibrationError(f"cannot write calibration file {str(path)!r}: {e.strerror or e}") from None
+    publish_file(path, dumps(cal), "calibration file", "machine.json", CalibrationError)
 
 
 # -- fitting --------------------------------------------------------------------------------

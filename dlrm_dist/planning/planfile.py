@@ -35,7 +35,7 @@ from torch.distributed._shard.sharding_spec import EnumerableShardingSpec, Shard
 from torchrec.distributed.types import EmbeddingModuleShardingPlan, ParameterSharding, ShardingPlan
 
 from dlrm_dist.config.files import read_data
-from dlrm_dist.fileio import atomic_write_text, disk_full
+from dlrm_dist.fileio import publish_file
 from dlrm_dist.planning.codec import encode
 from dlrm_dist.planning.errors import PlanError
 # The declared models live in planformat.py (no torch); the names are kept importable from here.
@@ -115,15 +115,7 @@ def dumps(pf: PlanFile) -> str:
 
 def write(pf: PlanFile, path: str | Path) -> None:
     """Writes atomically (a reader never sees half a plan); a path that cannot be written is a PlanError."""
-    target, text = Path(path), dumps(pf)
-    if target.is_dir():
-        raise PlanError(f"plan file {str(path)!r} is a directory; give a file name such as {str(target / 'plan.json')!r}")
-    try:
-        with disk_full(target, len(text)):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(target, text)
-    except OSError as e:
-        raise PlanError(f"cannot write plan file {str(path)!r}: {e.strerror or e}") from None
+    publish_file(path, dumps(pf), "plan file", "plan.json", PlanError)
 
 
 def read(path: str | Path) -> PlanFile:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dlrm_dist.planning.check import PlanMismatchError
+from dlrm_dist.planning.check import PlanMismatchError, ShardFacts, plan_problems
 from dlrm_dist.planning.planformat import ShardingModel, checked_parts
 from dlrm_dist.config.files import read_data
 from dlrm_dist.planning.errors import PlanError
@@ -43,45 +43,12 @@ def read_view(path: str | Path) -> PlanView:
     return PlanView(parts.inputs, parts.estimates, parts.planner, dict(parts.model.plan))
 
 
-def _device_of(placement: str) -> str:
-    return placement.split("/", 1)[1].split(":", 1)[0]  # "rank:3/cuda:3" -> "cuda"
-
-
-def _table_problems(name: str, ps: ShardingModel, exp: ExpectedTable, world_size: int, device: str) -> list[str]:
-    problems = []
-    if ps.ranks and max(ps.ranks) >= world_size:
-        problems.append(f"table {name}: placed on rank {max(ps.ranks)}, but the world size is {world_size}")
-    if ps.shards is None:
-        return problems
-    area = 0
-    for s in ps.shards:
-        (r0, c0), (nr, nc) = s.offsets, s.sizes
-        if r0 + nr > exp.rows or c0 + nc > exp.dim:
-            problems.append(
-                f"table {name}: shard at rows {r0}+{nr}, cols {c0}+{nc} lies outside the model's "
-                f"{exp.rows} x {exp.dim} table (different rows or dim)"
-            )
-        area += nr * nc
-        if s.rank >= world_size:
-            problems.append(f"table {name}: shard on rank {s.rank}, but the world size is {world_size}")
-        if _device_of(s.placement) != device:
-            problems.append(f"table {name}: shard placed on {_device_of(s.placement)}, but this job runs on {device}")
-    if area != exp.rows * exp.dim and not any("outside" in p for p in problems):
-        problems.append(f"table {name}: shards cover {area} of the model's {exp.rows * exp.dim} weights "
-                        f"({exp.rows} x {exp.dim}): different rows or dim")
-    return problems
-
-
 def view_problems(view: PlanView, tables: list[ExpectedTable], world_size: int, device: str) -> list[str]:
     """Every way the plan does not fit ``tables`` on ``world_size`` x ``device`` (check.check_plan's list)."""
-    shardings = view.table_shardings()
-    expected = {t.name: t for t in tables}
-    problems = [f"table {n} is in the model but missing from the plan" for n in expected if n not in shardings]
-    problems += [f"table {n} is in the plan but not in the model" for n in shardings if n not in expected]
-    for name, ps in shardings.items():
-        if name in expected:
-            problems += _table_problems(name, ps, expected[name], world_size, device)
-    return problems
+    facts = {name: (ps.ranks, None if ps.shards is None else
+                    [ShardFacts(tuple(s.offsets), tuple(s.sizes), s.rank, s.placement) for s in ps.shards])
+             for name, ps in view.table_shardings().items()}
+    return plan_problems(facts, tables, world_size, device)
 
 
 def read_consistent_view(path: str) -> PlanView:
