@@ -88,7 +88,8 @@ def test_records_score_row_by_row_or_are_refused_by_record_and_column(predictor:
         outcome = "refused"
     else:
         assert scores.shape == (len(rows),) and scores.dtype == np.float64
-        assert all(0 < s < 1 for s in scores)
+        # probabilities; an extreme dense value (views = -1313) saturates float32's sigmoid to exactly 0 or 1
+        assert all(0.0 <= s <= 1.0 for s in scores)
         for i, rec in enumerate(rows):  # the independent check: each row scores alone as in the batch
             assert abs(predictor.score([rec])[0] - scores[i]) < 1e-6
         outcome = "scored"
