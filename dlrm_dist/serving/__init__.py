@@ -7,8 +7,8 @@ export.json, archive.py proves model.pt2 is data before torch.export.load reads 
 predict.py (batch scoring of a data directory checked against the model's schema).
 
 Raw rows: export.py also copies the fitted pipeline's vocabularies into the export
-(pipeline.py, checked at load); records.py reads raw rows (a list of dicts, JSON lines, or a
+(pipeline.py, checked at load); records.py reads raw rows (a list of dicts; row_files.py: JSON lines, or a
 CSV/TSV/Parquet file) as preprocessing read them; predictor.py (``Predictor``, no TorchRec)
 encodes them with data/columnar/encode.py and scores them; score_rows.py is dlrm-predict
---input's streaming loop. The CLIs are dlrm-export and dlrm-predict (cli/).
+--input's streaming loop. server.py + batcher.py serve them over HTTP. The CLIs are dlrm-export, dlrm-predict and dlrm-serve (cli/).
 """

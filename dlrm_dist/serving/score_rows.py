@@ -23,7 +23,7 @@ from tqdm import tqdm
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.fileio import atomic_write_bytes, disk_full
 from dlrm_dist.serving.predictor import Predictor
-from dlrm_dist.serving.records import Block, FileRows
+from dlrm_dist.serving.row_files import Block, FileRows
 
 
 @dataclass

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from dlrm_dist.errors import EXIT_BAD_INPUT
-from dlrm_dist.serving.records import FileRows, RecordError, records_batch
+from dlrm_dist.serving.records import RecordError, records_batch
+from dlrm_dist.serving.row_files import FileRows
 from tests import rows_helper as rh
 
 SCHEMA = rh.schema_of("every_kind")
