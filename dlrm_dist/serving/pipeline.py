@@ -130,8 +130,7 @@ def _vocabulary(data: bytes, table: str, rows: int, where: str) -> pa.Array:
         values = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ExportError(f"{where} is damaged: not a readable JSON array ({type(e).__name__})") from None
-    if not isinstance(values, list) or not (all(isinstance(v, str) for v in values)
-                                            or all(type(v) is int for v in values)):
+    if not isinstance(values, list) or not layout.one_kind(values):  # the layout's rule for a vocabulary
         raise ExportError(f"{where} is damaged: a vocabulary is a JSON array of strings, or of integers")
     if len(values) != rows:
         raise ExportError(f"{where} holds {len(values):,} values; table {table!r} of the fitted schema has "

@@ -181,7 +181,7 @@ def write_vocab(directory: Path, table: str, values: list[str] | list[int]) -> N
     atomic_write_json(vocab_file(directory, table), values)
 
 
-def _one_kind(values: list) -> bool:
+def one_kind(values: list) -> bool:
     """All strings, or all integers (JSON integers load back exactly; a bool is not one)."""
     return all(isinstance(v, str) for v in values) or all(type(v) is int for v in values)
 
@@ -192,7 +192,7 @@ def read_vocab(directory: Path, table: str) -> list[str] | list[int]:
     values = read_record(path, list, START_OVER)
     if values is None:
         raise DataError(f"{path}: missing (the fit pass wrote no vocabulary for table {table!r}); {START_OVER}")
-    if not _one_kind(values):
+    if not one_kind(values):
         raise DataError(f"{path}: damaged (a vocabulary is a JSON array of strings, or of integers); {START_OVER}")
     return values
 
