@@ -19,7 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.preprocess_vs_torchrec import make_input
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or as -m benchmarks.X
+from benchmarks.preprocess_vs_torchrec import make_input  # noqa: E402
 from dlrm_dist.data.columnar.dataset import ColumnarDataset
 from dlrm_dist.data.columnar.preprocess import Options, preprocess
 from dlrm_dist.features.builtin import criteo_schema

@@ -37,7 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import gen_columnar_csv
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or as -m benchmarks.X
+from benchmarks import gen_columnar_csv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "benchmarks" / "schemas" / "columnar19.toml"
