@@ -10,8 +10,16 @@ tests/unit/test_planner_estimates.py) and its proposals are capped by its own
 ``timeout_seconds`` (its best plan so far is kept; ``torchrec_timed_out`` says TorchRec's total
 time, enumeration included, reached that limit), so the suite takes minutes instead of hours.
 
+TorchRec runs in a worker process with a hard wall-clock limit per instance
+(``--torchrec-limit``): its enumeration is not covered by its own proposal timeout, and one
+instance must not eat the whole run. An instance over the limit is recorded as
+``torchrec_error: "over the N s limit"`` (no comparison) and the worker is restarted. While the
+worker plans TorchRec's side, this process plans ours (two processes, so both plan times
+are taken under the same sharing of the machine). Rows are written to OUT.json / OUT.md after
+every instance, so an interrupted run is still a record, and ``--resume`` continues one.
+
     .venv/bin/python benchmarks/planner_suite.py [--quick] [--count 44] [--torchrec-timeout 20]
-        [--out benchmarks/results/planner-suite]
+        [--torchrec-limit 300] [--out benchmarks/results/planner-suite] [--resume]
 
 Goal (issue 22): never worse than TorchRec on any instance, median ratio ours/TorchRec <= 0.9.
 """
@@ -21,15 +29,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing as mp
+import os
 import statistics
+import subprocess
 import sys
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.planner_instances import Instance, suite  # noqa: E402
+from dlrm_dist.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from dlrm_dist.logs import quiet_libraries  # noqa: E402
 from dlrm_dist.planning.errors import PlanError  # noqa: E402
 from dlrm_dist.planning.planner import make_plan_file, plan_file_for  # noqa: E402
@@ -65,10 +78,69 @@ def _torchrec(inst: Instance, timeout: Optional[int]) -> dict[str, Any]:
             "torchrec_timed_out": bool(timeout and result.seconds >= timeout)}
 
 
-def run_instance(inst: Instance, timeout: Optional[int]) -> dict[str, Any]:
-    row = {**inst.describe(), **_ours(inst), **_torchrec(inst, timeout)}
+def _worker(conn: Connection) -> None:
+    """TorchRec's side, one instance per request, until the parent closes the pipe."""
+    quiet_libraries()
+    logging.disable(logging.WARNING)
+    while True:
+        try:
+            inst, timeout = conn.recv()
+        except EOFError:
+            return
+        conn.send(_torchrec(inst, timeout))
+
+
+class TorchRecWorker:
+    """A spawned process planning TorchRec's side, killed and replaced when over the limit."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self._ctx = mp.get_context("spawn")  # no fork of a process holding torch's thread pools
+        self._start()
+
+    def _start(self) -> None:
+        self._conn, child = self._ctx.Pipe()
+        self._proc = self._ctx.Process(target=_worker, args=(child,), daemon=True)
+        self._proc.start()
+        child.close()
+
+    def submit(self, inst: Instance, timeout: Optional[int]) -> None:
+        self._sent = time.perf_counter()
+        self._conn.send((inst, timeout))
+
+    def result(self) -> dict[str, Any]:
+        left = self.limit - (time.perf_counter() - self._sent)
+        if left > 0 and self._conn.poll(left):
+            try:
+                return self._conn.recv()
+            except EOFError:
+                pass  # the worker died (killed from outside, out of memory): recorded below
+        waited = round(time.perf_counter() - self._sent, 3)
+        died = not self._proc.is_alive()
+        self.close()
+        self._start()
+        what = "the TorchRec worker died" if died else f"over the {self.limit:g} s limit"
+        return {"torchrec_seconds": waited, "torchrec_error": what}
+
+    def close(self) -> None:
+        if self._proc.is_alive():
+            self._proc.kill()
+        self._proc.join()
+        self._conn.close()
+
+
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def run_instance(inst: Instance, worker: TorchRecWorker, timeout: Optional[int]) -> dict[str, Any]:
+    before = _uptime()
+    worker.submit(inst, timeout)
+    row = {**inst.describe(), **_ours(inst)}
+    row.update(worker.result())
     if "ours_bottleneck_ms" in row and "torchrec_bottleneck_ms" in row:
         row["ratio_ours_over_torchrec"] = row["ours_bottleneck_ms"] / row["torchrec_bottleneck_ms"]
+    row["uptime_before"], row["uptime_after"] = before, _uptime()
     return row
 
 
@@ -96,29 +168,54 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write(out: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    summary = summarize(rows)
+    atomic_write_json(out + ".json", {"meta": meta, "rows": rows, "summary": summary}, indent=1)
+    atomic_write_text(out + ".md", markdown(rows, summary))
+
+
+def _previous(out: Optional[str], resume: bool) -> list[dict[str, Any]]:
+    if not (out and resume and Path(out + ".json").exists()):
+        return []
+    return json.loads(Path(out + ".json").read_text())["rows"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help=f"only the first {QUICK} instances")
     p.add_argument("--count", type=int, default=44, help="generated instances (besides issue 22's)")
-    p.add_argument("--torchrec-timeout", type=int, default=20, help="TorchRec's proposal time limit per instance (s)")
+    p.add_argument("--torchrec-timeout", type=int, default=20, help="TorchRec's own proposal time limit per instance (s)")
+    p.add_argument("--torchrec-limit", type=float, default=300.0,
+                   help="hard wall-clock limit for TorchRec's whole planning of one instance (s)")
     p.add_argument("--only", help="comma-separated instance names")
-    p.add_argument("--out", help="write OUT.json and OUT.md")
+    p.add_argument("--out", help="write OUT.json and OUT.md (after every instance)")
+    p.add_argument("--resume", action="store_true", help="keep OUT.json's rows and plan only the instances it lacks")
     args = p.parse_args()
     quiet_libraries()
     logging.disable(logging.WARNING)
     instances = suite(args.count)[: QUICK if args.quick else None]
     if args.only:
         instances = [i for i in instances if i.name in args.only.split(",")]
-    rows = []
-    for inst in instances:
-        row = run_instance(inst, args.torchrec_timeout)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    summary = summarize(rows)
-    print(json.dumps(summary), flush=True)
+    rows = _previous(args.out, args.resume)
+    done = {r["name"] for r in rows}
+    meta = {"argv": sys.argv[1:], "torchrec_timeout_s": args.torchrec_timeout, "torchrec_limit_s": args.torchrec_limit,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "uptime_start": _uptime(), "pid": os.getpid()}
+    worker = TorchRecWorker(args.torchrec_limit)
+    try:
+        for inst in instances:
+            if inst.name in done:
+                continue
+            row = run_instance(inst, worker, args.torchrec_timeout)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if args.out:
+                _write(args.out, rows, meta)
+    finally:
+        worker.close()
+    meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     if args.out:
-        Path(args.out + ".json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=1) + "\n")
-        Path(args.out + ".md").write_text(markdown(rows, summary))
+        _write(args.out, rows, meta)
+    print(json.dumps(summarize(rows)), flush=True)
 
 
 if __name__ == "__main__":
