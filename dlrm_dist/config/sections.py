@@ -264,6 +264,11 @@ class TrainConfig:
         "step) and resume (which continues this run): when train.checkpoint_dir already holds this run's own "
         "checkpoints and resume is on, the run resumes them and warm_start is not applied again.")
     inference_only: bool = _f(False, "Only evaluate the weights of train.checkpoint; no training.")
+    progressive_validation: Optional[bool] = _f(
+        None, "Progressive (\"next-day\") validation: when training visits day partitions in time order "
+        "(data.partitions), each partition is first scored by the model as it stands, before training on it "
+        "(metrics.jsonl records of kind progressive, TensorBoard, summary.json, dlrm-report). Unset: on exactly when "
+        "the run trains over partitions; true: on (refused for data without partitions); false: off.")
     mixed_precision: Literal[MIXED_PRECISION] = _f(
         "none", "Dense part (MLPs, interaction) under autocast: none or bf16 (embeddings and the loss stay float32).")
     device: Literal[DEVICES] = _f(
@@ -292,6 +297,9 @@ class TrainConfig:
             found.append((("checkpoint_dir",), f"is required when checkpoint_interval={self.checkpoint_interval}"))
         if self.inference_only and not self.checkpoint:
             found.append((("checkpoint",), "is required when inference_only = true (--checkpoint DIR)"))
+        if self.progressive_validation and self.inference_only:
+            found.append((("progressive_validation",), "is true, which scores each partition before training on "
+                                                       "it: inference_only = true trains nothing"))
         if self.warm_start and self.checkpoint:
             found.append((("warm_start",), f"train.warm_start={self.warm_start!r} and train.checkpoint="
                                            f"{self.checkpoint!r} both say where the run starts: give one of them "
