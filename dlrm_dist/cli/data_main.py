@@ -17,10 +17,35 @@ from dlrm_dist.errors import run_cli
 from dlrm_dist.fileio import atomic_write_json
 
 
+def _partition_number(text: str) -> int:
+    from dlrm_dist.data.partition_list import MAX_PARTITION
+
+    value = int(text) if text.strip().isascii() and text.strip().isdigit() else -1
+    if not 0 <= value <= MAX_PARTITION:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a partition number (an integer in [0, {MAX_PARTITION}])")
+    return value
+
+
 def _preprocess_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--schema", required=True,
-                   help="a feature schema: a TOML/JSON file, or a built-in name with parameters, e.g. "
-                        "criteo:days=7 (Kaggle's train.txt in 7 pseudo-days) or criteo (one day per input file)")
+    p.add_argument("--schema",
+                   help="a feature schema: a TOML/JSON file, a built-in name with parameters, e.g. "
+                        "criteo:days=7 (Kaggle's train.txt in 7 pseudo-days) or criteo (one day per input file), "
+                        "or a preprocessed directory (its schema as written, fitted statistics dropped); "
+                        "required, except with --append (the directory's fitted schema)")
+    p.add_argument("--partition", type=_partition_number, metavar="N",
+                   help="a dataset that grows by day: every row of --input becomes day partition N (folder "
+                        "partition_N) instead of train/val/test splits (the schema's [split] is not used). "
+                        "Without --append: a new dataset, its schema fitted on these rows. With --append: "
+                        "default the largest partition + 1")
+    p.add_argument("--append", action="store_true",
+                   help="add a partition to --out (a directory started with --partition) with its fitted schema: "
+                        "nothing is refitted (values no vocabulary holds go to the OOV rows, dense statistics stay "
+                        "the first fit's, hash and managed ids as always). Rerun with the same input: a no-op; "
+                        "another input for a partition that exists: refused")
+    p.add_argument("--refit", action="store_true",
+                   help="make a new dataset instead of appending: the schema as written (--schema, e.g. the old "
+                        "directory) fitted anew on --input, which becomes partition N of --out (default: the "
+                        "old directory's next number, else 1); --out must not hold a complete dataset")
     p.add_argument("--input", nargs="+", required=True, type=Path,
                    help="CSV/TSV (plain or .gz) or Parquet files; criteo: train.txt, or day_0 .. day_N in day order "
                         "(plain or gzip)")
@@ -40,13 +65,61 @@ def _stats_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dim", type=int, default=128, help="--tables-out: embedding dim of tables whose schema gives none")
 
 
+def _schema_of(text: str):
+    """--schema: a schema file or built-in name, or a preprocessed directory's schema as written."""
+    from dlrm_dist.data.columnar import layout
+    from dlrm_dist.features.io import load_schema
+
+    if Path(text).is_dir() and (Path(text) / layout.META).is_file():
+        return layout.stored_schema(text).without_fitted()
+    return load_schema(text)
+
+
+def run_partition(args: argparse.Namespace) -> int:
+    """--partition / --append / --refit: one day partition of a dataset that grows by day."""
+    from dlrm_dist.data.columnar.partitions import PartitionOptions, append, new_dataset
+
+    if args.refit and args.append:
+        raise ConfigError("--append --refit: --append adds a partition with the directory's fitted schema; --refit "
+                          "makes a new dataset fitted on the input (in a new --out): choose one")
+    if args.refit and not args.schema:
+        raise ConfigError("--refit needs --schema: the schema to fit anew (a schema file, or the directory whose "
+                          "schema as written to refit)")
+    schema = _schema_of(args.schema) if args.schema else None
+    source = Path(args.schema) if args.refit and args.schema and Path(args.schema).is_dir() else None
+    opts = PartitionOptions(inputs=list(args.input), out_dir=args.out, schema=schema, partition=args.partition,
+                            append=args.append, refit=args.refit, schema_source=source, strict=args.strict,
+                            overwrite=args.overwrite, progress=not args.no_progress, workers=args.workers)
+    r = append(opts) if args.append else new_dataset(opts)
+    from dlrm_dist.data.partition_list import format_partitions
+
+    held = format_partitions(r.partitions)
+    if r.up_to_date:
+        print(f"{args.out}: partition {r.partition} is complete from this input: nothing to do "
+              f"({r.rows:,} rows; the directory holds partitions {held})")
+        return 0
+    rate = r.rows_read / r.seconds if r.seconds else 0
+    how = "the schema fitted on it" if r.fitted else "encoded with the directory's fitted schema"
+    print(f"partition {r.partition}: {r.rows:,} rows (read {r.rows_read:,}, skipped {r.skipped:,}) in "
+          f"{r.seconds:.1f} s ({rate:,.0f} rows/s), {how} -> {args.out} (partitions {held})")
+    if r.skipped:
+        print(f"malformed lines (first {len(r.examples)} of {r.skipped}):")
+        for e in r.examples:
+            print(f"  {e}")
+    return 0
+
+
 def run_preprocess(args: argparse.Namespace) -> int:
     from dlrm_dist.data.columnar.preprocess import Options, preprocess
-    from dlrm_dist.features.io import load_schema
 
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: must be >= 1 (processes parsing criteo_tsv inputs)")
-    opts = Options(schema=load_schema(args.schema), inputs=list(args.input), out_dir=args.out, strict=args.strict,
+    if args.partition is not None or args.append or args.refit:
+        return run_partition(args)
+    if not args.schema:
+        raise ConfigError("--schema is required (a schema file, a built-in name such as criteo, or a preprocessed "
+                          "directory), except with --append")
+    opts = Options(schema=_schema_of(args.schema), inputs=list(args.input), out_dir=args.out, strict=args.strict,
                    overwrite=args.overwrite, progress=not args.no_progress, workers=args.workers)
     r = preprocess(opts)
     if r.up_to_date:

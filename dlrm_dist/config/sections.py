@@ -20,7 +20,8 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
 
-from dlrm_dist.config.validation import STRICT, Count, PathText, Says, count, finite, problems
+from dlrm_dist.config.validation import (STRICT, Count, PartitionList, PathText, Says, count, finite,
+                                         partition_list_problem, problems)
 from dlrm_dist.names import DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS, SHARDING_TYPES
 
 ARCHS = ("dlrm", "embedding_mlp")
@@ -97,13 +98,40 @@ class DataConfig:
         "day). Early stopping needs val; a test split is then scored once, with the best model, at the end.")
     shuffle: bool = _f(True, "columnar: visit training batches in a seeded permutation each epoch.")
     seed: Seed = _f(1234, "synthetic: seed of the generator and of its hidden teacher; columnar: of the shuffle.")
+    partitions: Optional[PartitionList] = _f(
+        None, "columnar, a directory of day partitions (`dlrm-data preprocess --partition N` / `--append`): the "
+        "partitions to train on, in time order, e.g. '1-7' or '1,3,5-7' (increasing; each must exist). Training "
+        "visits partition 1's batches, then 2's, ... (shuffled within each, each dropping its last partial "
+        "batch); epochs repeat the sequence. Unset: the directory's train/val/test splits.")
+    eval_partition: Optional[Annotated[int, Field(ge=0, le=999_999_999)]] = _f(
+        None, "columnar, with data.partitions: the partition to evaluate on (not one trained on); unset: the "
+        "first partition after the last one trained on.")
 
     @model_validator(mode="after")
     def _needs_dir(self) -> "DataConfig":
         if self.source == "columnar" and not self.data_dir:
             problems([(("data_dir",), f"is required when source = {self.source!r} "
                                       "(the output of `dlrm-data preprocess`)")])
+        problems(self._partition_problems())
         return self
+
+    def _partition_problems(self) -> list[tuple[tuple[str, ...], str]]:
+        from dlrm_dist.data.partition_list import parse_partitions
+
+        if self.partitions is None:
+            return [(("eval_partition",), "needs data.partitions (the partitions to train on, e.g. "
+                                          "--data.partitions=1-7)")] if self.eval_partition is not None else []
+        problem = partition_list_problem(self.partitions)
+        if problem:
+            return [(("partitions",), f"{self.partitions!r}: {problem}")]
+        found = []
+        if self.eval_partition is not None and self.eval_partition in parse_partitions(self.partitions):
+            found.append((("eval_partition",), f"{self.eval_partition} is also in data.partitions={self.partitions!r}: "
+                                               "evaluate on a partition the run does not train on"))
+        if self.eval_split != "val":
+            found.append((("eval_split",), f"{self.eval_split!r} applies to a directory of train/val/test splits; "
+                                           "with data.partitions the eval split is data.eval_partition"))
+        return found
 
 
 @dataclass(**SECTION)
@@ -137,6 +165,8 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "data.data_dir": ("columnar",),
     "data.eval_split": ("columnar",),
     "data.shuffle": ("columnar",),
+    "data.partitions": ("columnar",),
+    "data.eval_partition": ("columnar",),
     "train.epochs": ("columnar",),
 }
 

@@ -28,7 +28,8 @@ from dlrm_dist import validation
 from dlrm_dist.validation import INT64_MAX, STRICT, Says, joined, problems
 
 __all__ = ["INT64_MAX", "STRICT", "Says", "joined", "problems", "messages", "unwrap", "count", "finite",
-           "Count", "Finite", "Identifier", "IDENTIFIER_RE", "IDENTIFIER_TEXT", "TableName", "TABLE_RE", "PathText"]
+           "Count", "Finite", "Identifier", "IDENTIFIER_RE", "IDENTIFIER_TEXT", "TableName", "TABLE_RE", "PathText",
+           "PartitionList", "partition_list_problem"]
 
 MAPPING = "table"  # what a config or schema message calls a key-value mapping (TOML's word)
 
@@ -72,6 +73,22 @@ def _fspath(value: Any) -> Any:
 # A path a job reads or writes: any non-empty text without NUL (which no file system takes).
 PathText = Annotated[str, BeforeValidator(_fspath), Field(pattern=r"^[^\x00]+$"),
                      Says("a path (non-empty, no NUL character)")]
+
+
+# data.partitions: day partitions as text, "1-7" or "1,3,5-7" (data/partition_list.py reads it; the
+# order and range rules are DataConfig's check, which names the item that breaks them).
+PartitionList = Annotated[str, Says("partition numbers and ranges joined by commas, as text, e.g. '1-7' or '1,3,5-7'")]
+
+
+def partition_list_problem(text: str) -> Optional[str]:
+    """What is wrong with a partition list (order, ranges, bounds), or None."""
+    from dlrm_dist.data.partition_list import PartitionListError, parse_partitions
+
+    try:
+        parse_partitions(text)
+    except PartitionListError as e:
+        return str(e)
+    return None
 
 
 def unwrap(typ: Any) -> tuple[Any, bool]:

@@ -2,7 +2,9 @@
 small JSON records a preprocessing directory holds.
 
 ``DIR/job.json`` holds the inputs (absolute path, size, modification time), every setting,
-and ``complete`` (false until the job's last file is published). The rules a rerun follows
+and ``complete`` (false until the job's last file is published). A directory of day partitions
+also holds one record per partition (``DIR/partition_<N>.job.json``, the same fields), to which
+the same rules apply partition by partition. The rules a rerun follows
 (applied by each preprocessing command under its directory lock):
 
 - the same job resumes an incomplete directory, or reports a complete one as done;
@@ -98,9 +100,10 @@ def read_record(path: Path, expected: type, remedy: str) -> Any:
     return value
 
 
-def read_job(directory: Path) -> Optional[dict[str, Any]]:
-    """The directory's job record, or None; a damaged one is a DataError naming job.json."""
-    path = Path(directory) / JOB
+def read_job(directory: Path, name: str = JOB) -> Optional[dict[str, Any]]:
+    """The directory's job record (or the one named ``name``, e.g. a partition's), or None; a
+    damaged one is a DataError naming the file."""
+    path = Path(directory) / name
     job = read_record(path, dict, START_OVER)
     if job is None:
         return None
@@ -119,14 +122,15 @@ def is_complete(job: dict[str, Any], meta_written: bool) -> bool:
     return bool(job.get(COMPLETE)) or meta_written
 
 
-def write_job(directory: Path, record: dict[str, Any], complete: bool = False) -> None:
-    """Records ``record`` as the directory's job, incomplete until ``complete`` (atomically)."""
-    atomic_write_json(Path(directory) / JOB, {**_without_state(record), COMPLETE: complete}, indent=1)
+def write_job(directory: Path, record: dict[str, Any], complete: bool = False, name: str = JOB) -> None:
+    """Records ``record`` as the directory's job (or as the record ``name``), incomplete until
+    ``complete`` (atomically)."""
+    atomic_write_json(Path(directory) / name, {**_without_state(record), COMPLETE: complete}, indent=1)
 
 
-def mark_complete(directory: Path) -> None:
-    """Records that the directory's job finished: its last file is published."""
-    job = read_job(directory)
+def mark_complete(directory: Path, name: str = JOB) -> None:
+    """Records that the directory's job (or the job of record ``name``) finished: its last file is published."""
+    job = read_job(directory, name)
     if job is None:
-        raise DataError(f"{Path(directory) / JOB}: missing at the end of the job; {START_OVER}")
-    write_job(directory, job, complete=True)
+        raise DataError(f"{Path(directory) / name}: missing at the end of the job; {START_OVER}")
+    write_job(directory, job, complete=True, name=name)

@@ -4,7 +4,8 @@ The schema is resolved once, here, before any process group exists, and passed d
 preprocessed directory's (columnar data carries its fitted schema, Criteo days included; a
 schema also given must agree with it), else ``data.schema`` (a file, or a built-in name with
 parameters such as ``demo:table_sizes=100/200/300``), else the config's ``[features]``
-section, else the built-in demo. ``build_data`` opens the source for that resolved schema.
+section, else the built-in demo. ``build_data`` opens the source for that resolved schema (a directory
+of day partitions with ``data.partitions``: a PartitionedDataset over them, in time order).
 """
 
 from __future__ import annotations
@@ -80,6 +81,12 @@ def check_multi_hot(sizes: Optional[Sequence[int]], schema: FeatureSchema) -> No
 def build_data(cfg: Config, schema: FeatureSchema) -> Dataset:
     """The configured data source, serving the resolved ``schema``'s features."""
     d = cfg.data
+    if d.source == "columnar" and d.partitions is not None:  # day partitions, trained in time order
+        from dlrm_dist.data.columnar.dataset import PartitionedDataset
+        from dlrm_dist.data.partition_list import parse_partitions
+
+        return PartitionedDataset(d.data_dir, parse_partitions(d.partitions), eval_partition=d.eval_partition,
+                                  seed=d.seed, shuffle=d.shuffle, multi_hot=cfg.multi_hot.sizes)
     if d.source == "columnar":
         from dlrm_dist.data.columnar.dataset import ColumnarDataset
 

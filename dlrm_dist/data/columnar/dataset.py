@@ -7,6 +7,16 @@ split's first row) that the metrics ignore. Ids are checked against their table'
 every batch (one max per feature): an id out of range fails with the file and feature
 named, never clamped.
 
+A directory of day partitions (``dlrm-data preprocess --partition`` / ``--append``) is read by
+``PartitionedDataset``: it trains over the partitions chosen (``data.partitions``) in that
+(time) order -- partition 1's batches, then 2's, ... -- each partition dropping its own last
+partial batch and shuffled within itself only, by (seed, partition, epoch); epochs repeat the
+whole sequence. Global batch ``b`` is epoch ``b // P`` (P: the partitions' batches together),
+then the partition whose span holds ``b % P``: a pure function of ``b``, so a resumed run and
+every rank and world size read the batches a single process would. ``partition_spans`` says
+where each partition starts (``HasPartitions``); each partition's split name
+(``partition_<N>``) evaluates its rows, and the eval split is ``data.eval_partition``.
+
 Multi-hot expansion (``multi_hot``, MLPerf DLRM-DCNv2's synthetic multi-hot Criteo): every
 id x of feature f becomes the h_f ids {(x + o_fk) mod rows_f : k < h_f}, with o_f0 = 0 and
 the other offsets drawn once from the seed (feature by feature, in schema order), so a
@@ -16,17 +26,21 @@ of n * h_f. ``bag_lengths`` reports the expanded lengths to the planner.
 
 from __future__ import annotations
 
+import bisect
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 from torchrec.datasets.utils import Batch
 
+from dlrm_dist.data import PartitionSpan
 from dlrm_dist.data.batches import SampleBlock, batch_position, to_batch
 from dlrm_dist.data.columnar import layout
 from dlrm_dist.data.columnar.layout import SplitArrays
 from dlrm_dist.data.errors import DataError
+from dlrm_dist.data.partition_list import format_partitions
 from dlrm_dist.features.schema import FeatureSchema
 
 
@@ -35,8 +49,13 @@ class ColumnarDataset:
 
     def __init__(self, directory: str | Path, eval_split: str = "val", seed: int = 0, shuffle: bool = True,
                  multi_hot: Optional[Sequence[int]] = None) -> None:
-        self.directory = Path(directory)
-        self.meta, self.schema, self.splits = layout.check_directory(self.directory)
+        self._open(directory, seed, shuffle, multi_hot)
+        published = layout.partitions_of(self.meta, self.directory)
+        if layout.is_partitioned(self.meta):
+            raise DataError(f"{self.directory} holds day partitions ({_listing(published)}), not train/val/test "
+                            "splits: choose the partitions to train on and the one to evaluate, e.g. "
+                            f"--data.partitions={_listing(list(published)[:-1] or list(published))} "
+                            f"--data.eval_partition={list(published)[-1] if published else 'N'}")
         if eval_split not in ("val", "test"):
             raise DataError(f"eval split {eval_split!r}: choose val or test")
         if self.splits["train"].rows == 0:
@@ -46,22 +65,35 @@ class ColumnarDataset:
             raise DataError(f"{self.directory}: the {eval_split} split is empty, so there is nothing to evaluate on; "
                             f"evaluate on {other} (data.eval_split={other}, {self.splits[other].rows} rows) or "
                             f"preprocess again with a non-zero {eval_split} fraction")
-        self.eval_split, self.seed, self.shuffle = eval_split, seed, shuffle
+        self.eval_split = eval_split
+
+    def _open(self, directory: str | Path, seed: int, shuffle: bool, multi_hot: Optional[Sequence[int]]) -> None:
+        """The directory, every split checked (layout.check_directory), and what batches need."""
+        self.directory = Path(directory)
+        self.meta, self.schema, self.splits = layout.check_directory(self.directory)
+        self.arrays: dict[str, SplitArrays] = dict(self.splits)  # split name -> its files
+        self.seed, self.shuffle = seed, shuffle
         self.feature_names = self.schema.sparse_names
         self._rows = {f.name: self.schema.id_range(f) for f in self.schema.sparse}  # managed: raw ids
         self._offsets = multi_hot_offsets(self.schema, multi_hot, seed)
 
     # -- the dataset interface -----------------------------------------------------------------
     def split(self, name: str) -> SplitArrays:
-        return self.splits[self.eval_split if name == "eval" else name]
+        found = self.arrays.get(self.split_name(name))
+        if found is None:
+            raise DataError(f"{self.directory}: no split {name!r} here; the splits are {sorted(self.arrays)}")
+        return found
 
     def eval_batch_count(self, global_batch_size: int) -> int:
         return max(1, math.ceil(self.split("eval").rows / global_batch_size))
 
     def bag_lengths(self) -> dict[str, float]:
         """Mean ids per training sample of each feature, after the multi-hot expansion."""
-        stored = self.meta["splits"]["train"]["bag_lengths"]
+        stored = self._train_bag_lengths()
         return {f: float(stored[f]) * self._bag_factor(f) for f in self.feature_names}
+
+    def _train_bag_lengths(self) -> dict[str, float]:
+        return self.meta["splits"]["train"]["bag_lengths"]
 
     def _bag_factor(self, feature: str) -> int:
         offsets = self._offsets.get(feature)
@@ -134,6 +166,123 @@ class ColumnarDataset:
 
     def split_name(self, split: str) -> str:
         return self.eval_split if split == "eval" else split
+
+
+def _listing(numbers: Sequence[int]) -> str:
+    return format_partitions(list(numbers)) if numbers else "none"
+
+
+@dataclass(frozen=True)
+class StreamRows:
+    """What a run's length is computed from (training/length.py reads ``splits["train"].rows``):
+    the rows of the partitions it trains over."""
+
+    rows: int
+
+
+class PartitionedDataset(ColumnarDataset):
+    """A directory of day partitions, trained over ``partitions`` in time order (module docstring)."""
+
+    def __init__(self, directory: str | Path, partitions: Sequence[int], eval_partition: Optional[int] = None,
+                 seed: int = 0, shuffle: bool = True, multi_hot: Optional[Sequence[int]] = None) -> None:
+        self._open(directory, seed, shuffle, multi_hot)
+        published = layout.partitions_of(self.meta, self.directory)
+        self.partitions = self._chosen(published, list(partitions))
+        self.eval_partition = self._eval_partition(published, eval_partition)
+        self.eval_split = layout.partition_split(self.eval_partition)
+        self.entries = {n: published[n] for n in (*self.partitions, self.eval_partition)}
+        # what the trainer's length and final-test logic read: the training rows, and no val/test split
+        self.splits = {"train": StreamRows(sum(published[n]["rows"] for n in self.partitions)),
+                       **{layout.partition_split(n): self.arrays[layout.partition_split(n)] for n in self.entries}}
+        self._permutation: tuple[tuple[int, int, int], np.ndarray] = ((-1, -1, -1), np.zeros(0, np.int64))
+
+    def _chosen(self, published: dict[int, Any], partitions: list[int]) -> list[int]:
+        where, asked = self.directory, _listing(partitions)
+        if not published:
+            raise DataError(f"data.partitions={asked}: {where} holds train/val/test splits, no day partitions: drop "
+                            "data.partitions and data.eval_partition, or preprocess day by day "
+                            "(`dlrm-data preprocess --partition N`, then `--append`)")
+        if not partitions:
+            raise DataError(f"{where}: no partition chosen to train on; it holds partitions {_listing(published)}")
+        if partitions != sorted(set(partitions)):
+            raise DataError(f"data.partitions={asked}: list each partition once, in increasing (time) order")
+        missing = [n for n in partitions if n not in published]
+        if missing:
+            raise DataError(f"data.partitions={asked}: partition(s) {_listing(missing)} do not exist in {where}; "
+                            f"it holds partitions {_listing(published)}")
+        return partitions
+
+    def _eval_partition(self, published: dict[int, Any], eval_partition: Optional[int]) -> int:
+        where = self.directory
+        if eval_partition is None:  # the next day after the last one trained on
+            later = [n for n in published if n > self.partitions[-1]]
+            if not later:
+                raise DataError(f"data.partitions={_listing(self.partitions)} leaves no later partition of {where} to "
+                                f"evaluate on (it holds {_listing(published)}): give data.eval_partition")
+            return later[0]
+        if eval_partition not in published:
+            raise DataError(f"data.eval_partition={eval_partition}: no such partition in {where}; it holds partitions "
+                            f"{_listing(published)}")
+        if eval_partition in self.partitions:
+            raise DataError(f"data.eval_partition={eval_partition} is also in data.partitions="
+                            f"{_listing(self.partitions)}: evaluate on a partition the run does not train on")
+        return eval_partition
+
+    # -- HasPartitions ---------------------------------------------------------------------------
+    def partition_spans(self, global_batch_size: int) -> list[PartitionSpan]:
+        """Each training partition's place in the training stream (first epoch), in training order."""
+        spans, start = [], 0
+        for n in self.partitions:
+            rows = int(self.entries[n]["rows"])
+            batches = rows // global_batch_size
+            spans.append(PartitionSpan(n, start, batches, rows, layout.partition_split(n)))
+            start += batches
+        return spans
+
+    def _train_bag_lengths(self) -> dict[str, float]:
+        """The training partitions' mean bag lengths, weighted by their rows."""
+        rows = {n: int(self.entries[n]["rows"]) for n in self.partitions}
+        total = max(sum(rows.values()), 1)
+        return {f: sum(float(self.entries[n]["bag_lengths"][f]) * rows[n] for n in self.partitions) / total
+                for f in self.feature_names}
+
+    # -- the training stream ---------------------------------------------------------------------
+    def batches(self, split: str, global_batch_size: int, rank: int, world_size: int,
+                num_batches: Optional[int] = None, start_batch: int = 0) -> Iterator[Batch]:
+        """This rank's slice of global batches ``start_batch, ...`` of ``split``: "train" is the
+        stream over the partitions (module docstring); any other split is read as an eval split."""
+        if split != "train":
+            return super().batches(split, global_batch_size, rank, world_size, num_batches, start_batch)
+        return self._stream(global_batch_size, rank, world_size, num_batches, start_batch)
+
+    def _stream(self, global_batch_size: int, rank: int, world_size: int, num_batches: Optional[int],
+                start_batch: int) -> Iterator[Batch]:
+        spans = [s for s in self.partition_spans(global_batch_size) if s.batches]
+        per_epoch = sum(s.batches for s in spans)
+        if per_epoch == 0:
+            rows = ", ".join(f"{n}: {self.entries[n]['rows']}" for n in self.partitions)
+            raise DataError(f"{self.directory}: no training partition has a full global batch of {global_batch_size} "
+                            f"rows (rows per partition {rows}): lower the batch size or train on more partitions")
+        starts = [s.start_batch for s in spans]
+        local = global_batch_size // world_size
+        b = start_batch
+        while num_batches is None or b < start_batch + num_batches:
+            epoch, i = divmod(b, per_epoch)
+            span = spans[bisect.bisect_right(starts, i) - 1]
+            position = self._position(span.partition, epoch, i - span.start_batch, span.batches)
+            yield to_batch(self.block(span.split, position * global_batch_size + rank * local, local),
+                           self.feature_names)
+            b += 1
+
+    def _position(self, partition: int, epoch: int, i: int, batches: int) -> int:
+        """Which of the partition's batches its ``i``-th of this epoch reads: a permutation seeded by
+        (seed, partition, epoch) when shuffling (the same for every world size)."""
+        if not self.shuffle:
+            return i
+        key = (partition, epoch, batches)
+        if self._permutation[0] != key:  # (the stream walks a partition's batches in a row: one draw each)
+            self._permutation = key, np.random.default_rng([self.seed, partition, epoch]).permutation(batches)
+        return int(self._permutation[1][i])
 
 
 # -- multi-hot expansion ---------------------------------------------------------------------------

@@ -15,8 +15,25 @@
                                      per row, or all ids of all bags for a multi-hot feature
     DIR/<split>/<feature>.offsets.npy  int64 (N + 1,), multi-hot features only
 
+A directory that grows by day holds day partitions instead of the three splits (``dlrm-data
+preprocess --partition N``, then ``--append``; partitions.py writes them):
+
+    DIR/meta.json                    as above, with "splits": {} and "partitions": {"N": {"rows",
+                                     "bag_lengths", "inputs", "rows_read", "skipped", ...}} (every
+                                     published partition) and "fitted_on": the partition whose rows
+                                     fitted the schema (vocabularies, dense statistics)
+    DIR/job.json                     the dataset's job: the first partition's, which fitted the schema
+    DIR/partition_<N>.job.json       partition N's own job record (inputs with size and mtime, options)
+    DIR/partition_<N>/...            the files of a split (dense.npy, labels.npy, <feature>.ids.npy,
+                                     <feature>.offsets.npy), every row of partition N's input
+
+A partition is written under ``partition_<N>.partial``, renamed to ``partition_<N>``, and only
+then added to meta.json (rewritten atomically, last): a reader that reads meta.json never sees a
+partition that is not complete. ``partition_<N>`` is also the split name that ``batches`` takes.
+
 Every file is a plain .npy, memory-mapped at load time. ``check_directory`` validates every
-file against meta.json and each other before any process group exists.
+file against meta.json and each other before any process group exists: every split, every
+partition.
 
 Every path below is built with ``fileio.inside``: a feature or table name that would leave
 the directory (``../x``, an absolute name) is refused even if it got past the schema. The
@@ -177,6 +194,42 @@ def write_splits(directory: Path, schema: FeatureSchema, fill: Callable[[dict[st
     return splits
 
 
+def write_partition(directory: Path, schema: FeatureSchema, number: int,
+                    fill: Callable[["SplitWriter"], None]) -> dict[str, Any]:
+    """Writes partition ``number``'s files through one :class:`SplitWriter` under
+    ``partition_<N>.partial`` (filled by ``fill``) and renames the folder to ``partition_<N>``;
+    meta.json is not touched (``publish_partition`` adds it there, last). On any failure the
+    partial folder is removed. Returns its rows and bag lengths.
+
+    The caller holds the directory's lock and has checked that ``number`` is not in meta.json: a
+    ``partition_<N>`` folder already there is a killed run's, renamed but never published."""
+    out, name = Path(directory), partition_split(number)
+    remove_partials(out, (name,))
+    tally, writer = Tally(), None
+    try:
+        writer = SplitWriter(out, name + PARTIAL, schema, tally)
+        fill(writer)
+        written = writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        remove_partials(out, (name,))
+        raise
+    shutil.rmtree(out / name, ignore_errors=True)
+    (out / (name + PARTIAL)).rename(out / name)
+    return written
+
+
+def publish_partition(directory: Path, meta: dict[str, Any], number: int, entry: dict[str, Any]) -> dict[str, Any]:
+    """meta.json with partition ``number`` added (written atomically: from now on readers see it)."""
+    partitions = {str(n): e for n, e in partitions_of(meta, directory).items()}
+    partitions[str(int(number))] = entry
+    new = {k: v for k, v in meta.items() if k not in ("format", "version")}
+    new["partitions"] = dict(sorted(partitions.items(), key=lambda kv: int(kv[0])))
+    write_meta(directory, new)
+    return read_meta(directory)
+
+
 def write_vocab(directory: Path, table: str, values: list[str] | list[int]) -> None:
     atomic_write_json(vocab_file(directory, table), values)
 
@@ -280,11 +333,71 @@ def open_split(directory: str | Path, split: str, schema: FeatureSchema, rows: i
 
 
 def check_directory(directory: str | Path) -> tuple[dict[str, Any], FeatureSchema, dict[str, SplitArrays]]:
-    """meta.json, the stored schema and every split, all files checked; raises DataError naming the file."""
+    """meta.json, the stored schema and every split (a partitioned directory's: every partition,
+    by its split name ``partition_<N>``), all files checked; raises DataError naming the file."""
     meta = read_meta(directory)
     schema = from_dict(meta["schema"], f"{Path(directory) / META}")
-    splits = {s: open_split(directory, s, schema, int(meta["splits"][s]["rows"])) for s in SPLITS}
-    return meta, schema, splits
+    rows = {s: _rows_of(meta, directory, s) for s in split_names(meta, directory)}
+    return meta, schema, {s: open_split(directory, s, schema, n) for s, n in rows.items()}
+
+
+# -- day partitions ---------------------------------------------------------------------------------
+PARTITION = "partition_"  # partition N's folder, and its split name: partition_<N>
+
+
+def partition_split(number: int) -> str:
+    """The split name (and folder) of partition ``number``."""
+    return f"{PARTITION}{int(number)}"
+
+
+def partition_job(number: int) -> str:
+    """The file name of partition ``number``'s job record."""
+    return f"{partition_split(number)}.job.json"
+
+
+def partitions_of(meta: dict[str, Any], directory: str | Path = "") -> dict[int, dict[str, Any]]:
+    """The published partitions of a directory's meta.json, by number in increasing order ({} for a
+    directory of train/val/test splits); a damaged entry is a DataError naming meta.json."""
+    found = meta.get("partitions")
+    if found is None:
+        return {}
+    where = Path(directory) / META
+    if not isinstance(found, dict):
+        raise DataError(f"{where}: damaged (\"partitions\" is not an object); preprocess again (--overwrite)")
+    out = {}
+    for key, entry in found.items():
+        if not (key.isascii() and key.isdigit() and str(int(key)) == key and isinstance(entry, dict)
+                and type(entry.get("rows")) is int and entry["rows"] >= 0 and isinstance(entry.get("bag_lengths"), dict)):
+            raise DataError(f"{where}: damaged (partition entry {key!r} is not a number with rows and bag_lengths); "
+                            "preprocess again (--overwrite)")
+        out[int(key)] = entry
+    return dict(sorted(out.items()))
+
+
+def is_partitioned(meta: dict[str, Any]) -> bool:
+    """A directory of day partitions (``--partition`` / ``--append``) rather than train/val/test splits."""
+    return "partitions" in meta
+
+
+def split_names(meta: dict[str, Any], directory: str | Path = "") -> list[str]:
+    """Every split a complete directory holds: train/val/test, or each partition's ``partition_<N>``."""
+    if is_partitioned(meta):
+        return [partition_split(n) for n in partitions_of(meta, directory)]
+    return list(SPLITS)
+
+
+def split_entry(meta: dict[str, Any], split: str, directory: str | Path = "") -> dict[str, Any]:
+    """meta.json's record of one split or partition (rows, bag lengths)."""
+    if split.startswith(PARTITION) and is_partitioned(meta):
+        return partitions_of(meta, directory)[int(split[len(PARTITION):])]
+    entry = meta.get("splits", {}).get(split) if isinstance(meta.get("splits"), dict) else None
+    if not isinstance(entry, dict) or type(entry.get("rows")) is not int:
+        raise DataError(f"{Path(directory) / META}: damaged (no rows for split {split!r}); preprocess again (--overwrite)")
+    return entry
+
+
+def _rows_of(meta: dict[str, Any], directory: str | Path, split: str) -> int:
+    return int(split_entry(meta, split, directory)["rows"])
 
 
 # -- a job's claim on its output directory ------------------------------------------------------
@@ -297,13 +410,20 @@ def _leftovers(directory: Path) -> list[Path]:
 
 
 def clear(directory: Path) -> None:
-    """Removes what a job writing this layout writes: its records, vocab/, the splits and every
-    ``<name>.partial`` staging folder (other files stay)."""
-    for path in [*(directory / name for name in _RECORDS), *_leftovers(directory)]:
+    """Removes what a job writing this layout writes: its records (partitions' too), vocab/, the
+    splits, the partitions and every ``<name>.partial`` staging folder (other files stay)."""
+    for path in [*(directory / name for name in _RECORDS), *_leftovers(directory), *_partition_records(directory)]:
         path.unlink(missing_ok=True)
-    for d in [directory / VOCAB_DIR, *(directory / s for s in SPLITS), *directory.glob("*.partial")]:
+    folders = [directory / VOCAB_DIR, *(directory / s for s in SPLITS), *directory.glob("*.partial"),
+               *(d for d in directory.glob(PARTITION + "*") if d.name[len(PARTITION):].isdigit())]
+    for d in folders:
         if d.is_dir():
             shutil.rmtree(d)
+
+
+def _partition_records(directory: Path) -> list[Path]:
+    """Partitions' job records and a kill's temporaries of them."""
+    return [*directory.glob(f"{PARTITION}*.job.json"), *directory.glob(f".{PARTITION}*.job.json.*.tmp")]
 
 
 def _foreign(directory: Path) -> bool:

@@ -1,0 +1,290 @@
+"""Datasets that grow by day: a columnar directory of day partitions (layout.py), whose first
+partition fits the schema and whose later partitions are appended with that fitted schema.
+
+    dlrm-data preprocess --schema S --input day1.csv --out DIR --partition 1
+        a new dataset: every row of day1.csv is partition 1, and the schema is fitted on those
+        rows (vocabularies, dense statistics: fit.json, vocab/); the schema's [split] is not used
+    dlrm-data preprocess --append --out DIR --input day2.csv [--partition N]
+        partition N (default: the largest so far + 1) from every row of day2.csv, encoded with
+        DIR's fitted schema: nothing is refitted (a value no vocabulary holds goes to an OOV row,
+        dense values are scaled by the first fit's statistics, hash and managed ids as always)
+    dlrm-data preprocess --refit --schema DIR --input day8.csv --out NEW [--partition N]
+        a new dataset, as the first form: the schema as written (DIR's, its fitted statistics
+        dropped, or a schema file) fitted anew on day8.csv's rows, which become partition N
+        (default: DIR's next number, or 1). NEW must not hold a complete dataset (not DIR, not
+        another one): ids of the two datasets are not comparable (other vocabularies, statistics)
+
+Under the output directory's writer lock (fileio.DirLock) for the whole run, by jobrecord.py's rules:
+
+- ``job.json`` is the dataset's job (the first partition's inputs, the schema as written, its
+  number, options): rerun once complete it is a no-op; another such job is refused over a
+  complete directory, naming what differs, unless ``--overwrite`` (which starts the whole
+  directory over), and starts over in an incomplete one;
+- ``partition_<N>.job.json`` is partition N's (inputs with size and mtime, options): the same
+  append again is a no-op that says so; another input for a published partition is refused
+  naming both; an input already published as another partition is refused naming that partition;
+  an append that did not complete is started over, whatever it was (its partial folder removed).
+
+A partition is published last: its folder renamed from ``.partial``, then meta.json rewritten
+atomically with it (layout.write_partition / publish_partition), then its record marked complete.
+A reader that opens the directory meanwhile sees the partitions it had.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from dlrm_dist.data.columnar import layout
+from dlrm_dist.data.errors import PreprocessError
+from dlrm_dist.data.jobrecord import (differences, is_complete, job_record, lock_out, mark_complete, read_job,
+                                      write_job)
+from dlrm_dist.data.partition_list import MAX_PARTITION, format_partitions
+from dlrm_dist.features.schema import FeatureSchema, SplitSpec
+
+ALL_ROWS = SplitSpec(by="random", fractions=(1.0, 0.0, 0.0))  # every row of a partition's input is its row
+
+
+@dataclass
+class PartitionOptions:
+    inputs: list[Path]
+    out_dir: Path
+    schema: Optional[FeatureSchema] = None  # first partition / refit: the schema as written; append: None or DIR's
+    partition: Optional[int] = None  # unset: 1 (a new dataset), the largest + 1 (append), the source's next (refit)
+    append: bool = False
+    refit: bool = False
+    schema_source: Optional[Path] = None  # refit: the directory the schema came from
+    strict: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    workers: int = max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class PartitionReport:
+    partition: int
+    rows: int = 0
+    rows_read: int = 0
+    skipped: int = 0
+    examples: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    up_to_date: bool = False
+    fitted: bool = False  # this run fitted the schema (a new dataset's first partition)
+    partitions: list[int] = field(default_factory=list)  # the directory's partitions after the run
+
+
+def for_partitions(schema: FeatureSchema) -> FeatureSchema:
+    """``schema`` as partitions encode with it: every row of the input in one split (its [split]
+    is not used), the rest unchanged."""
+    return dataclasses.replace(schema, split=ALL_ROWS)
+
+
+def _records_options(opts: PartitionOptions) -> dict[str, Any]:
+    return {"options": {"strict": opts.strict}}
+
+
+def _check_number(number: int) -> int:
+    if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= MAX_PARTITION:
+        raise PreprocessError(f"--partition {number!r}: a partition number is an integer in [0, {MAX_PARTITION}] "
+                              "(e.g. the day: 1, 2, ... or 20261201)")
+    return number
+
+
+def _check_inputs(opts: PartitionOptions) -> None:
+    missing = [str(p) for p in opts.inputs if not Path(p).is_file()]
+    if missing or not opts.inputs:
+        raise PreprocessError(f"input file(s) not found: {missing or 'none given'}")
+
+
+# -- reading what a directory holds ---------------------------------------------------------------
+def _listing(numbers: Any) -> str:
+    numbers = list(numbers)
+    return format_partitions(numbers) if numbers else "none"
+
+
+def partitioned_meta(out: Path, doing: str) -> dict[str, Any]:
+    """A complete partitioned directory's meta.json, or a PreprocessError saying what ``doing`` needs."""
+    if not (out / layout.META).is_file():
+        raise PreprocessError(f"{out} holds no complete dataset to {doing}: write its first partition with "
+                              f"`dlrm-data preprocess --schema S --input DAY_FILE --out {out} --partition 1`")
+    meta = layout.read_meta(out)
+    if not layout.is_partitioned(meta):
+        raise PreprocessError(f"{out} was preprocessed into train/val/test splits, not day partitions, so there is "
+                              f"nothing to {doing}: start a dataset that grows by day with --partition N "
+                              "(in another --out)")
+    return meta
+
+
+def _done(out: Path, number: int) -> PartitionReport:
+    meta = layout.read_meta(out)
+    published = layout.partitions_of(meta, out)
+    entry = published.get(number, {})
+    return PartitionReport(number, rows=entry.get("rows", 0), rows_read=entry.get("rows_read", 0),
+                           skipped=entry.get("skipped", 0), up_to_date=True, partitions=list(published))
+
+
+# -- writing one partition --------------------------------------------------------------------------
+def _write(opts: PartitionOptions, fitted: FeatureSchema, number: int, meta: dict[str, Any]) -> PartitionReport:
+    """Partition ``number`` from every row of the inputs, encoded by ``fitted``, published into
+    ``meta`` (meta.json rewritten, last); its record marked complete."""
+    from dlrm_dist.data.columnar import preprocess as driver  # (the driver's reader and encoder)
+
+    started = time.perf_counter()
+    encoding = for_partitions(fitted)
+    popts = driver.Options(schema=encoding, inputs=list(opts.inputs), out_dir=opts.out_dir, strict=opts.strict,
+                           progress=opts.progress, workers=opts.workers)
+    report = driver.Report()
+
+    def fill(writer: layout.SplitWriter) -> None:
+        driver._write_rows(popts, encoding, None, report, {"train": writer})
+        if writer.labels.rows == 0:
+            raise PreprocessError(f"{', '.join(map(str, opts.inputs))}: no valid rows ({report.skipped} malformed "
+                                  f"line(s)), so partition {number} would be empty")
+
+    written = layout.write_partition(opts.out_dir, encoding, number, fill)
+    entry = {**written, "inputs": [str(Path(p).resolve()) for p in opts.inputs], "rows_read": report.rows_read,
+             "skipped": report.skipped, "malformed_examples": report.examples}
+    published = layout.publish_partition(opts.out_dir, meta, number, entry)
+    mark_complete(opts.out_dir, layout.partition_job(number))
+    return PartitionReport(number, rows=written["rows"], rows_read=report.rows_read, skipped=report.skipped,
+                           examples=report.examples, seconds=time.perf_counter() - started,
+                           partitions=list(layout.partitions_of(published, opts.out_dir)))
+
+
+def _partition_record(opts: PartitionOptions, number: int) -> dict[str, Any]:
+    return job_record(opts.inputs, {"partition": number, **_records_options(opts)})
+
+
+# -- a new dataset: the first partition fits the schema -----------------------------------------------
+def _first_number(opts: PartitionOptions) -> int:
+    if opts.partition is not None:
+        return _check_number(opts.partition)
+    if opts.refit and opts.schema_source is not None and (opts.schema_source / layout.META).is_file():
+        meta = layout.read_meta(opts.schema_source)
+        published = layout.partitions_of(meta, opts.schema_source)
+        return max(published) + 1 if published else 1
+    return 1
+
+
+def _refuse_refit_into(out: Path, job: dict[str, Any], source: Optional[Path]) -> None:
+    """--refit writes a new dataset: not into a complete one (unless it is this very job, done)."""
+    if source is not None and out.resolve() == Path(source).resolve():
+        raise PreprocessError(f"--refit --out {out}: that is the directory the schema comes from; --refit writes a "
+                              "new dataset fitted on the input: give a new --out (to add a day with its fitted "
+                              f"schema instead: --append --out {out})")
+    if not (out / layout.META).is_file():
+        return
+    old = read_job(out)
+    if old is not None and not differences(old, job):
+        return  # the same refit, complete: a no-op (begin_job says so)
+    meta = layout.read_meta(out)
+    held = (f"partitions {_listing(layout.partitions_of(meta, out))}" if layout.is_partitioned(meta)
+            else "train/val/test splits")
+    raise PreprocessError(f"--refit --out {out}: it holds a complete dataset ({held}); --refit writes a new dataset "
+                          "fitted on the input, never into an existing one: give a new --out")
+
+
+def new_dataset(opts: PartitionOptions) -> PartitionReport:
+    """``--partition N`` (or ``--refit``): a new dataset whose partition N is every row of the inputs,
+    the schema fitted on them; or, rerun, a no-op once complete (jobrecord.py's rules)."""
+    from dlrm_dist.data.columnar import preprocess as driver
+
+    if opts.schema is None:
+        raise PreprocessError("a new dataset needs --schema (a schema file, a built-in name, or a directory whose "
+                              "schema as written to use)")
+    _check_inputs(opts)
+    number, out = _first_number(opts), Path(opts.out_dir)
+    schema = opts.schema.without_fitted()
+    layout.output_files(out, schema, (layout.partition_split(number),))  # every path checked before any is written
+    job = job_record(opts.inputs, {"schema": schema.stable_dict(), "partition": number, **_records_options(opts)})
+    with lock_out(out, "dlrm-data preprocess --partition"):
+        if opts.refit:
+            _refuse_refit_into(out, job, opts.schema_source)
+        if layout.begin_job(out, job, opts.overwrite):
+            return _done(out, number)
+        started = time.perf_counter()
+        fit_opts = driver.Options(schema=for_partitions(schema), inputs=list(opts.inputs), out_dir=out,
+                                  strict=opts.strict, progress=opts.progress, workers=opts.workers)
+        fit = driver._fit(fit_opts, None, None)  # (over every row: the partition is all "train")
+        fitted = schema.with_fitted(fit["vocab_rows"], {k: tuple(v) for k, v in fit["scales"].items()})
+        write_job(out, _partition_record(opts, number), name=layout.partition_job(number))
+        meta = {"schema": fitted.to_dict(), "splits": {}, "partitions": {}, "fitted_on": number}
+        report = _write(opts, fitted, number, meta)
+        mark_complete(out)
+    report.fitted, report.seconds = True, time.perf_counter() - started
+    return report
+
+
+# -- a later day: appended with the directory's fitted schema ------------------------------------------
+def _same_schema(out: Path, given: Optional[FeatureSchema], stored: FeatureSchema) -> None:
+    if given is None:
+        return
+    from dlrm_dist.data.resolve import schema_differences
+
+    diffs = schema_differences(given, stored)
+    if diffs:
+        raise PreprocessError(f"--append --schema: the schema differs from the one {out} was fitted with "
+                              f"({'; '.join(diffs)}); an appended partition is encoded with the directory's fitted "
+                              "schema: drop --schema, or start a new dataset with --refit")
+
+
+def _refuse_published_input(out: Path, published: dict[int, dict[str, Any]], record: dict[str, Any],
+                            number: int) -> None:
+    """An input file (same path, size and modification time) already published as another partition."""
+    mine = {(i["path"], i["size"], i["mtime_ns"]) for i in record["inputs"]}
+    for other in published:
+        if other == number:
+            continue
+        old = read_job(out, layout.partition_job(other)) or {}
+        same = [i["path"] for i in old.get("inputs", []) if (i.get("path"), i.get("size"), i.get("mtime_ns")) in mine]
+        if same:
+            raise PreprocessError(f"{same[0]} is partition {other}'s input already (same size and modification time): "
+                                  f"appending it as partition {number} would train on its rows twice; give the "
+                                  "next day's file")
+
+
+def _refuse_other_input(out: Path, number: int, old: dict[str, Any], record: dict[str, Any]) -> None:
+    was = [i.get("path") for i in old.get("inputs", [])]
+    raise PreprocessError(f"partition {number} of {out} was written from {was}; this append's input differs "
+                          f"({'; '.join(differences(old, record))}): a published partition is never rewritten "
+                          "(a run may be reading it); append this file as another partition (--partition M), or "
+                          "start a new dataset")
+
+
+def append(opts: PartitionOptions) -> PartitionReport:
+    """``--append``: partition N of an existing partitioned directory from every row of the inputs,
+    encoded by its fitted schema (nothing refitted); a no-op if that partition is complete from
+    the same input, refused if it holds another's."""
+    if opts.overwrite:
+        raise PreprocessError("--append --overwrite: --overwrite starts a whole directory over and does not apply "
+                              "to --append (a published partition is never rewritten: a run may be reading it)")
+    if opts.refit:
+        raise PreprocessError("--append --refit: --append adds a partition with the directory's fitted schema; "
+                              "--refit makes a new dataset fitted on the input (a new --out): choose one")
+    _check_inputs(opts)
+    out = Path(opts.out_dir)
+    if not out.is_dir():  # (before the lock, which would create it)
+        partitioned_meta(out, "append to")
+    with lock_out(out, "dlrm-data preprocess --append"):
+        meta = partitioned_meta(out, "append to")
+        stored = layout.stored_schema(out)
+        _same_schema(out, opts.schema, stored)
+        published = layout.partitions_of(meta, out)
+        number = _check_number(opts.partition) if opts.partition is not None else max(published, default=0) + 1
+        layout.output_files(out, stored, (layout.partition_split(number),))
+        record, name = _partition_record(opts, number), layout.partition_job(number)
+        old = read_job(out, name)
+        if old is not None and is_complete(old, number in published):
+            if differences(old, record):
+                _refuse_other_input(out, number, old, record)
+            return _done(out, number)
+        if old is None and number in published:
+            raise PreprocessError(f"partition {number} of {out} exists but has no job record ({name}); a published "
+                                  "partition is never rewritten: append this file as another partition (--partition M)")
+        _refuse_published_input(out, published, record, number)
+        write_job(out, record, name=name)  # (an append that did not complete starts over: write_partition clears it)
+        return _write(opts, stored, number, meta)
