@@ -4,6 +4,11 @@
     dlrm-report runs/a --out report.png             # the figure alone
     dlrm-report runs/a --json                       # the summary table as JSON on stdout
 
+A run over day partitions with progressive validation also gets its next-day AUC per partition
+(each partition scored by the model before training on it): a table after the summary, a
+row of panels in the figure, ``progressive`` in --json, and ``next_day_auc`` (their mean after
+the first partition) in the summary.
+
 A run still writing (or killed) may leave its last line cut short: it is skipped, with a
 note on stderr, as are the lines a restart from a checkpoint logged again. Damage elsewhere
 is named (file, line, field) with exit 2. Non-finite numbers are null in --json.
@@ -19,6 +24,7 @@ from typing import Optional, Sequence
 
 from dlrm_dist.errors import run_cli
 from dlrm_dist.fileio import atomic_write_bytes, atomic_write_text
+from dlrm_dist.metrics.progressive import partition_table
 from dlrm_dist.metrics.runs import RunDirError, read_run
 
 PROG = "dlrm-report"
@@ -37,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _table(rows: list[dict]) -> str:
     keys = ["run", "step", "auc", "ne", "logloss", "calibration", "samples_per_s", "max_rank_step_ms"]
+    if any(row.get("next_day_auc") is not None for row in rows):
+        keys.append("next_day_auc")
     lines = ["  ".join(f"{k:>16}" for k in keys)]
     for row in rows:
         cells = []
@@ -45,7 +53,21 @@ def _table(rows: list[dict]) -> str:
             cells.append(f"{v:>16.4f}" if isinstance(v, float) else f"{'' if v is None else v!s:>16}")
         lines.append("  ".join(cells))
     lines += [f"{row['run']}: diverged: {row['diverged']}" for row in rows if row.get("diverged")]
-    return "\n".join(lines)
+    return "\n".join(lines + _partition_lines(rows))
+
+
+def _partition_lines(rows: list[dict]) -> list[str]:
+    """Next-day AUC by partition, one column per run with progressive records (none: no lines)."""
+    names, body = partition_table(rows)
+    if not names:
+        return []
+    width = max(16, *(len(n) for n in names[1:]))
+    out = ["", "next-day AUC by partition (each scored before training on it):",
+           f"{names[0]:>9}  " + "  ".join(f"{n:>{width}}" for n in names[1:])]
+    for partition, *aucs in body:
+        out.append(f"{partition:>9}  " + "  ".join(f"{a:>{width}.4f}" if isinstance(a, float) else f"{'-':>{width}}"
+                                                   for a in aucs))
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,12 @@ becomes ``<kind>/<name>/rank<i>``) under ``run_dir/tensorboard``. The lines are 
 a non-finite number is written as null. A resumed run first drops the lines a killed run
 wrote past the checkpoint it resumes from (and a line it left cut short), as TensorBoard
 purges its events. ``read_metrics`` reads the JSONL back (metrics/records.py: dlrm-report, tests).
+
+A series indexed by something other than the step (progressive validation's scores by
+partition) goes to its own TensorBoard run, ``run_dir/tensorboard/<series>``, whose x axis is
+that index (``write_series``): TensorBoard shows it as one more run beside the main one, and
+the main run's purge on resume (by step) does not touch it. Its index must increase within a
+run; a resumed process purges the series from the first index it writes again.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ class MetricsLog:
         self.path = Path(run_dir) / METRICS_FILE if on else None
         self.tb_dir = Path(run_dir) / TENSORBOARD_DIR if on and tensorboard else None
         self._writer: Any = None
+        self._series: dict[str, Any] = {}  # write_series' TensorBoard writers, by series
+        self._resumed = False
 
     def start(self, resumed: bool, step: int = 0) -> None:
         """A fresh run starts the file; a resumed one (e.g. after a restart) appends to it.
@@ -42,6 +50,7 @@ class MetricsLog:
         """
         if self.path is None:
             return
+        self._resumed = resumed
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not resumed or not self.path.exists():
             self.path.write_text("")
@@ -95,10 +104,34 @@ class MetricsLog:
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             self._writer.add_scalar(tag, value, step)
 
+    def write_series(self, series: str, x: int, **values: Any) -> None:
+        """TensorBoard scalars ``<name>`` at index ``x`` in the run ``tensorboard/<series>`` (no JSONL line)."""
+        if self.tb_dir is None or self.path is None:
+            return
+        writer = self._series.get(series)
+        if writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # A resumed process writes again from x on: what a killed one wrote there is dropped.
+            writer = self._series[series] = SummaryWriter(str(self.tb_dir / series),
+                                                          purge_step=x if self._resumed else None)
+        for name, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                writer.add_scalar(name, value, x)
+
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        """The records of ``kind`` in this log's file so far ([] when this process writes none)."""
+        if self.path is None or not self.path.exists():
+            return []
+        return [r for r in read_records(self.path).records if r["kind"] == kind]
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        for writer in self._series.values():
+            writer.close()
+        self._series = {}
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

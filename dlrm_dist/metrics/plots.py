@@ -2,7 +2,9 @@
 
 Six panels: training loss and eval AUC / NE (runs overlaid), throughput over steps, each
 rank's step time over steps, and each rank's mean step time beside the plan's estimate of
-its embedding work (the part of a step the planner models). Matplotlib's object API with
+its embedding work (the part of a step the planner models). A run over day partitions with
+progressive validation adds a row: next-day AUC, NE and log-loss by partition (each partition
+scored before training on it), runs overlaid; the tables list them per partition too. Matplotlib's object API with
 the Agg canvas: no pyplot state, no display needed.
 """
 
@@ -18,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dlrm_dist.metrics.eval import METRIC_NAMES
+from dlrm_dist.metrics.progressive import SHOWN, mean_after_first, partition_table
 from dlrm_dist.metrics.records import finite_or_none, is_number
 from dlrm_dist.metrics.runs import RunData, mean_rank_step_ms
 
@@ -109,11 +112,34 @@ def _rank_vs_plan(ax: Any, runs: list[RunData]) -> None:
     ax.grid(alpha=0.3, axis="y", which="both")
 
 
+def _by_partition(ax: Any, runs: list[RunData], key: str, title: str, ylabel: str) -> None:
+    """A next-day metric by partition, one line per run (progressive validation)."""
+    partitions: set[int] = set()
+    for run in runs:
+        pts = [(r["partition"], r[key]) for r in sorted(run.progressive, key=lambda r: r["step"]) if _finite(r.get(key))]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=4, label=_label(run.name))
+            partitions.update(p[0] for p in pts)
+    ax.set_title(title)
+    ax.set_xlabel("partition (scored before training on it)")
+    ax.set_ylabel(ylabel)
+    if partitions:
+        ax.set_xticks(sorted(partitions))
+    ax.grid(alpha=0.3)
+    if len(runs) > 1 and ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
 def draw(runs: list[RunData]) -> Figure:
-    """The report figure (2 x 3 panels) for ``runs``."""
-    fig = Figure(figsize=(16, 9), dpi=100, layout="constrained")
+    """The report figure (2 x 3 panels, 3 x 3 with next-day scores) for ``runs``."""
+    progressive = any(r.progressive for r in runs)
+    fig = Figure(figsize=(16, 13.5 if progressive else 9), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 3)
+    axes = fig.subplots(3 if progressive else 2, 3)
+    if progressive:
+        _by_partition(axes[2][0], runs, "auc", "next-day AUC by partition", "AUC")
+        _by_partition(axes[2][1], runs, "ne", "next-day NE by partition (lower is better)", "NE")
+        _by_partition(axes[2][2], runs, "logloss", "next-day log-loss by partition", "log-loss (nats)")
     _curves(axes[0][0], runs, "train", "loss", "training loss (mean over ranks)", "loss")
     _curves(axes[0][1], runs, "eval", "auc", "eval AUC", "AUC")
     _curves(axes[0][2], runs, "eval", "ne", "eval normalised entropy (lower is better)", "NE")
@@ -148,8 +174,11 @@ def summary_rows(runs: list[RunData]) -> list[dict[str, Any]]:
             "max_rank_step_ms": max(measured) if measured else None,
             "plan_estimate_ms": max(estimated) if estimated else None,
             "predicted_step_ms": max(run.predicted_step_ms) if run.predicted_step_ms else None,
+            "next_day_auc": (mean_after_first(run.progressive) or {}).get("auc"),
             "diverged": run.diverged.get("message") if run.diverged else None,
             "notes": list(run.notes),
+            "progressive": [{k: r.get(k) for k in ("partition", "step", "rows", *SHOWN)}
+                            for r in sorted(run.progressive, key=lambda r: r["step"])],
         }))
     return rows
 
@@ -162,9 +191,15 @@ def _cell(value: Any) -> str:
 
 def html_page(runs: list[RunData], png: bytes) -> str:
     """A self-contained page: the figure inlined as a data URI, and the summary table."""
-    rows = [{k: v for k, v in row.items() if k != "notes"} for row in summary_rows(runs)]
+    full = summary_rows(runs)
+    rows = [{k: v for k, v in row.items() if k not in ("notes", "progressive")} for row in full]
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row.values()) + "</tr>" for row in rows)
+    names, cells = partition_table(full)
+    by_partition = ("<h2>Next-day AUC by partition (progressive validation)</h2><table><tr>"
+                    + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>"
+                    + "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in line) + "</tr>" for line in cells)
+                    + "</table>") if names else ""
     notes = [html.escape(note) for run in runs for note in run.notes]
     listed = "<ul>" + "".join(f"<li>{note}</li>" for note in notes) + "</ul>" if notes else ""
     image = base64.b64encode(png).decode()
@@ -173,10 +208,11 @@ def html_page(runs: list[RunData], png: bytes) -> str:
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} th{{background:#f4f4f4}}</style></head>
 <body><h1>dlrm_dist run report</h1>
-<table><tr>{head}</tr>{body}</table>{listed}
+<table><tr>{head}</tr>{body}</table>{by_partition}{listed}
 <p>Log-loss in nats; NE = log-loss / entropy of the split's CTR; calibration = mean prediction / CTR.
 Step time per rank is each rank's own time before it waits for the others; the plan's estimate
-covers the embedding work only (lookups, all-to-all), not the MLPs.</p>
+covers the embedding work only (lookups, all-to-all), not the MLPs. Next-day scores: each day
+partition scored by the model before training on it; next_day_auc is their mean after the first.</p>
 <img alt="run curves" style="max-width:100%" src="data:image/png;base64,{image}">
 </body></html>
 """

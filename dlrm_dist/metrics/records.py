@@ -10,10 +10,11 @@ The file is written one line per record by ``MetricsLog`` (metrics/log.py). A re
 - non-finite numbers (``NaN``/``Infinity`` tokens, which older files hold): read as None;
 - damage (a line that is not UTF-8, not JSON or not an object, no integer ``step``, no
   ``kind``, a metric that is not a number, a ``rank_step_ms`` that is not a list of
-  numbers): ``RunDirError`` naming the file, the line and the field.
+  numbers, a ``progressive`` record without an integer ``partition``): ``RunDirError``
+  naming the file, the line and the field.
 
-Records of kinds other than ``train``, ``eval`` and ``diverged`` are kept and ignored by the
-report (a newer writer may add kinds).
+Records of kinds other than ``train``, ``eval``, ``progressive`` (metrics/progressive.py) and
+``diverged`` are kept and ignored by the report (a newer writer may add kinds).
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from typing import Any
 
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.metrics.eval import METRIC_NAMES
+from dlrm_dist.metrics.progressive import NUMBER_FIELDS, PROGRESSIVE
 
 TRAIN, EVAL, DIVERGED = "train", "eval", "diverged"
 # The numeric fields the report reads, by kind; each must be a number or null.
 NUMBERS = {TRAIN: ("loss", "samples_per_s", "lr_factor", "dense_lr", "embedding_lr"),
-           EVAL: METRIC_NAMES + ("samples",)}
+           EVAL: METRIC_NAMES + ("samples",), PROGRESSIVE: NUMBER_FIELDS}
 RANK_STEP_MS = "rank_step_ms"
 
 
@@ -101,6 +103,11 @@ def check_record(value: Any, where: str) -> dict[str, Any]:
     for name in NUMBERS.get(kind, ()):
         if name in value and value[name] is not None and not is_number(value[name]):
             raise ValueError(f"{where}: \"{name}\" is {_short(value[name])}, expected a number or null")
+    if kind == PROGRESSIVE:
+        partition = value.get("partition")
+        if not isinstance(partition, int) or isinstance(partition, bool):
+            raise ValueError(f"{where}: \"partition\" is {_short(partition) if 'partition' in value else 'missing'}, "
+                             "expected the partition's number (an integer)")
     if kind == TRAIN and value.get(RANK_STEP_MS) is not None:
         times = value[RANK_STEP_MS]
         if not isinstance(times, list) or not all(t is None or is_number(t) for t in times):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from dlrm_dist.metrics.log import METRICS_FILE
+from dlrm_dist.metrics.progressive import PROGRESSIVE
 from dlrm_dist.metrics.records import DIVERGED, EVAL, RANK_STEP_MS, TRAIN, RunDirError, is_number, read_records
 from dlrm_dist.planning import planfile
 from dlrm_dist.planning.errors import PlanError
@@ -38,6 +39,7 @@ class RunData:
     diverged: Optional[dict[str, Any]] = None  # the record a diverged run wrote when it stopped
     notes: list[str] = field(default_factory=list)  # lines skipped or dropped, in words
     predicted_step_ms: Optional[list[float]] = None  # a calibrated plan's whole step per rank (prediction.py)
+    progressive: list[dict[str, Any]] = field(default_factory=list)  # next-day scores by partition (progressive.py)
 
     @property
     def final_eval(self) -> Optional[dict[str, Any]]:
@@ -125,6 +127,7 @@ def read_run(run_dir: str | Path, name: Optional[str] = None) -> RunData:
         predicted_step_ms=_plan_prediction(d / PLAN_FILE),
         diverged=diverged[-1] if diverged else None,
         notes=list(read.notes),
+        progressive=[r for r in read.records if r["kind"] == PROGRESSIVE],
     )
     note = rank_note(run)
     if note:

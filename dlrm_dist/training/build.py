@@ -37,6 +37,7 @@ from dlrm_dist.planning.planfile import PlanFile
 from dlrm_dist.planning.storage import check_job_storage
 from dlrm_dist.planning.types import JobSpec
 from dlrm_dist.training.length import resolve_length
+from dlrm_dist.training.progressive import resolve_progressive
 from dlrm_dist.training.optimizer_setup import LRSchedule, ScheduledLR, build_optimizer, mark_embedding_optimizer
 from dlrm_dist.training.trainer import Trainer
 
@@ -116,6 +117,8 @@ def prepare(cfg: Config, env: DistEnv) -> Prepared:
     cfg = resolve_warm_start(cfg)
     data = build_data(cfg, schema)
     cfg, decided = resolve_length(cfg, data)  # train.steps from epochs, early stopping's default: the data says
+    cfg, progressive = resolve_progressive(cfg, data)
+    decided += progressive
     for line in decided:
         logger.info(line)
     model = build_model(spec, seed=cfg.train.seed)

@@ -2,7 +2,9 @@
 
 ``train.steps`` may be left unset in the config: it then comes from ``train.epochs`` (a
 columnar train split's rows and the global batch size; the loader drops a last partial
-batch, so an epoch is ``rows // global_batch_size`` steps), else the default
+batch, so an epoch is ``rows // global_batch_size`` steps; a run over day partitions
+(``data.partitions``) asks the data for each partition's batches instead, since each
+partition drops its own last partial batch), else the default
 (``DEFAULT_STEPS``), and the resolved config holds that number (not the epochs). ``train.early_stop.enabled`` may be unset: it is then on exactly when
 the data has a non-empty val split that the run evaluates and no step count was given
 (the user said "train until it stops improving", not "train N steps"). ``resolve_length``
@@ -18,6 +20,8 @@ from typing import Optional
 
 from dlrm_dist.config.errors import ConfigError
 from dlrm_dist.config.sections import DEFAULT_STEPS, Config
+from dlrm_dist.data import PartitionSpan
+from dlrm_dist.training.progressive import partition_spans
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,22 @@ def epoch_steps(epochs: int, train_rows: int, global_batch_size: int) -> tuple[i
     return steps, line
 
 
+def partition_epoch_steps(epochs: int, spans: list[PartitionSpan], global_batch_size: int) -> tuple[int, str]:
+    """(steps, the log line) for ``epochs`` passes over day partitions (each its own full batches)."""
+    per_epoch, rows = sum(s.batches for s in spans), sum(s.rows for s in spans)
+    names = ", ".join(str(s.partition) for s in spans)
+    if per_epoch == 0:
+        raise ConfigError(f"train.epochs={epochs}: partitions {names} have {rows:,} rows, and none has a full global "
+                          f"batch of train.global_batch_size={global_batch_size:,}: lower the batch size")
+    steps = epochs * per_epoch
+    dropped = rows - per_epoch * global_batch_size
+    line = (f"epochs={epochs}: {epochs} x {per_epoch:,} steps of {global_batch_size:,} rows over partitions {names} "
+            f"= {steps:,} steps" + (f" (each partition's last partial batch is left out: {dropped:,} of {rows:,} "
+                                   "rows; each epoch visits another permutation within each partition)"
+                                   if dropped else ""))
+    return steps, line
+
+
 def early_stop_default(cfg: Config, rows: SplitRows, steps_given: bool) -> tuple[bool, Optional[str]]:
     """(on, why) for an unset ``train.early_stop.enabled``; ``why`` is None when nothing needs saying."""
     t = cfg.train
@@ -71,7 +91,11 @@ def resolve_length(cfg: Config, data: object) -> tuple[Config, list[str]]:
     """``cfg`` with ``train.steps`` and ``train.early_stop.enabled`` decided, and the lines to log."""
     t, rows, lines = cfg.train, split_rows(data), []
     steps = t.steps
-    if t.epochs is not None:
+    spans = partition_spans(data, t.global_batch_size)
+    if t.epochs is not None and spans:
+        steps, line = partition_epoch_steps(t.epochs, spans, t.global_batch_size)
+        lines.append(line)
+    elif t.epochs is not None:
         if rows.train is None:  # the loader refuses train.epochs for synthetic data by name already
             raise ConfigError("train.epochs needs data with a train split of known rows (data.source = columnar)")
         steps, line = epoch_steps(t.epochs, rows.train, t.global_batch_size)

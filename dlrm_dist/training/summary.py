@@ -5,6 +5,10 @@ judged, its metrics when this process ran it, whether its checkpoint was kept), 
 (``last``), why the run stopped early (``stopped_early``) and the test split's score
 (``test``: which model, of which step). The ``eval_*`` keys stay the last evaluation's.
 A warm-started run names its source (``warm_start``: the checkpoint directory and its step).
+A run over day partitions with progressive validation lists each partition's next-day score
+(``progressive``, metrics/progressive.py; a resumed run's list includes the earlier processes')
+and their mean over the partitions after the first (``progressive_mean``); the console lines
+end with the per-partition table.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any, Optional
 from dlrm_dist.config.sections import Config
 from dlrm_dist.distributed.env import DistEnv
 from dlrm_dist.metrics.eval import METRIC_NAMES
+from dlrm_dist.metrics.progressive import mean_after_first, table_lines
 from dlrm_dist.training.trainer import TrainResult
 
 
@@ -41,6 +46,8 @@ def summary_record(cfg: Config, env: DistEnv, result: TrainResult) -> dict[str, 
         "stopped_early": result.stopped,
         "warm_start": result.warm_start.to_dict() if result.warm_start else None,
         "test": ({"model": result.test_model, **result.test.to_dict()} if result.test else None),
+        "progressive": [dict(r) for r in result.progressive] if cfg.train.progressive_validation else None,
+        "progressive_mean": mean_after_first(result.progressive),
     }
 
 
@@ -83,6 +90,9 @@ def final_report(record: dict[str, Any]) -> str:
         if record.get("a2a_bytes_per_sample"):
             lines.append("  all-to-all bytes received per sample (measured): "
                          + ", ".join(f"{b:,.0f}" for b in record["a2a_bytes_per_sample"]))
+    if record.get("progressive"):
+        lines.append("  next-day scores (progressive validation: each partition before training on it):")
+        lines += table_lines(record["progressive"], indent="    ")
     return "\n".join(lines)
 
 

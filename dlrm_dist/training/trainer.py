@@ -8,6 +8,10 @@ Under early stopping (training/early_stop.py) each evaluation is judged; one tha
 is checkpointed (when a checkpoint_dir is set), the run stops after ``patience`` evaluations
 without an improvement, and at the end the best model is loaded and scored once on the test
 split, if the data has one.
+
+A run over day partitions scores each partition before training on it (progressive validation,
+training/progressive.py): a segment ends at each partition's first step, and the partition is
+scored there after the periodic evaluation and before that step's checkpoint.
 """
 
 from __future__ import annotations
@@ -35,11 +39,13 @@ from dlrm_dist.distributed.parallel import restore_optimizer_step, train_pipelin
 from dlrm_dist.errors import EXIT_DIVERGED, DlrmError
 from dlrm_dist.metrics.eval import METRIC_NAMES, EvalMetrics, EvalResult
 from dlrm_dist.metrics.log import MetricsLog
+from dlrm_dist.metrics.progressive import PROGRESSIVE
 from dlrm_dist.features.schema import FeatureSchema
 from dlrm_dist.training.divergence import diverged_fields, diverged_message, find_bad_input
 from dlrm_dist.training.early_stop import StopRule, Verdict, rank0_value
 from dlrm_dist.training.length import split_rows
 from dlrm_dist.training.optimizer_setup import ScheduledLR
+from dlrm_dist.training.progressive import ProgressiveSchedule, partition_spans, score_record
 from dlrm_dist.training.timing import WindowTimer
 
 logger = logging.getLogger(__name__)
@@ -71,6 +77,9 @@ class TrainResult:
     test: Optional[EvalResult] = None  # the test split, scored once at the end
     test_model: Optional[str] = None  # "best" or "last": which model the test score is of
     warm_start: Optional[WarmStart] = None  # the checkpoint this run was warm-started from
+    # Progressive validation: each partition's record (metrics/progressive.py), scored before training on it;
+    # a resumed run's list starts with the earlier processes' records (read back from metrics.jsonl).
+    progressive: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def final_eval(self) -> Optional[EvalResult]:
@@ -113,6 +122,7 @@ class Trainer:
         self.last_rank_step_ms: list[float] = []  # each rank's mean step time over the last log window
         es = cfg.train.early_stop
         self.stop = StopRule(es.metric, es.direction, es.patience, es.min_delta) if es.enabled else None
+        self.progressive: Optional[ProgressiveSchedule] = None  # set when training starts (it needs the step)
 
     # -- the loop -----------------------------------------------------------------------
     def train(self) -> TrainResult:
@@ -143,6 +153,8 @@ class Trainer:
         self.log.start(resumed=self.step > 0, step=self.step)
         if warm is not None:
             self.log.write("warm_start", 0, checkpoint=str(warm.path), source_step=warm.step)
+        self.start_progressive(result)
+        self.score_partitions(result)  # a fresh run's first partition, before its first step
         bar = tqdm(total=self.cfg.train.steps, initial=self.step, desc="train", unit="step",
                    disable=not (self.env.is_main and self.cfg.train.progress))
         for end, actions in self.schedule():
@@ -174,6 +186,8 @@ class Trainer:
         if "eval" in actions:
             result.evals.append(self.evaluate())
             verdict = self.judge(result.evals[-1])
+        if "progressive" in actions:  # before the checkpoint: a run resumed here does not score it again
+            self.score_partitions(result)
         if "checkpoint" in actions or ((verdict.improved or verdict.stop) and self.checkpoints.enabled):
             self.checkpoints.save(self.step, best=self.stop.best if self.stop else None)
         if verdict.stop:
@@ -191,6 +205,8 @@ class Trainer:
             boundaries.setdefault(s, set()).add("eval")
         for s in self.checkpoints.due_steps(t.steps):
             boundaries.setdefault(s, set()).add("checkpoint")
+        for s in self.progressive.steps() if self.progressive else ():
+            boundaries.setdefault(s, set()).add("progressive")
         return [(s, a) for s, a in sorted(boundaries.items()) if s > self.step]
 
     def train_segment(self, end: int, result: TrainResult, bar: tqdm) -> None:
@@ -271,13 +287,26 @@ class Trainer:
         ``split`` "eval" is the configured eval split; "test" is the test split, scored at the
         end of an early-stopped run with the ``model`` ("best" or "last") of ``step``.
         """
-        self.model.eval()
         gbs = self.cfg.train.global_batch_size
         step = self.step if step is None else step
         if split == "eval":
             count = self.data.eval_batch_count(gbs)
         else:
             count = max(1, math.ceil((getattr(split_rows(self.data), split) or 0) / gbs))
+        result = self.score(split, count, step)
+        if split == "eval":
+            self.log.write("eval", step, **result.metrics())
+            logger.info(result.line())
+        else:
+            self.log.write(split, step, model=model, **result.metrics())
+            logger.info(test_line(result, split, model))
+        return result
+
+    @torch.no_grad()
+    def score(self, split: str, count: int, step: int) -> EvalResult:
+        """The metrics of ``count`` global batches of ``split`` (padding rows ignored), on every rank."""
+        self.model.eval()
+        gbs = self.cfg.train.global_batch_size
         metrics = EvalMetrics(self.env.world_size, self.env.rank, gbs // self.env.world_size, self.env.device,
                               self.cfg.train.auc_max_samples, expected_samples=count * gbs)
         source = self.data.batches(split, gbs, self.env.rank, self.env.world_size, count)
@@ -293,16 +322,55 @@ class Trainer:
             batches.close()
         self.model.train()
         result = metrics.compute(step)
-        if split == "eval":
-            self.log.write("eval", step, **result.metrics())
-            logger.info(result.line())
-        else:
-            self.log.write(split, step, model=model, **result.metrics())
-            logger.info(test_line(result, split, model))
         if not result.auc_exact:
-            logger.warning("the eval split has %d samples, more than train.auc_max_samples=%d: its AUC is binned "
-                           "(65,536 thresholds)", result.samples, self.cfg.train.auc_max_samples)
+            logger.warning("split %s has %d samples, more than train.auc_max_samples=%d: its AUC is binned "
+                           "(65,536 thresholds)", split, result.samples, self.cfg.train.auc_max_samples)
         return result
+
+    # -- progressive validation -----------------------------------------------------------
+    def start_progressive(self, result: TrainResult) -> None:
+        """Lists the partitions this process scores; a resumed run takes up the earlier records."""
+        if not self.cfg.train.progressive_validation:
+            return
+        gbs = self.cfg.train.global_batch_size
+        self.progressive = ProgressiveSchedule(partition_spans(self.data, gbs), self.cfg.train.steps, self.step)
+        skipped = self.progressive.skipped_line(gbs)
+        if skipped:
+            logger.warning(skipped)
+        if self.step > 0:
+            result.progressive = self.earlier_progressive()
+
+    def earlier_progressive(self) -> list[dict[str, Any]]:
+        """The progressive records earlier processes of this run wrote (up to this step), on every rank.
+
+        Rank 0 reads them back from metrics.jsonl (already cut to this step by MetricsLog.start);
+        the others receive them, so the summary is the same on every rank. Unreadable: none, said.
+        """
+        mine: list[Any] = [None]
+        if self.env.is_main:
+            try:
+                mine[0] = [r for r in self.log.records(PROGRESSIVE) if r["step"] <= self.step]
+            except DlrmError as e:
+                logger.warning("the earlier progressive validation records are not listed in the summary: %s", e)
+                mine[0] = []
+        if self.env.world_size > 1:
+            dist.broadcast_object_list(mine, src=0)
+        return list(mine[0] or [])
+
+    def score_partitions(self, result: TrainResult) -> None:
+        """Scores the partitions that start at this step with the model as it stands (all ranks)."""
+        if self.progressive is None:
+            return
+        gbs = self.cfg.train.global_batch_size
+        for span in self.progressive.due(self.step):
+            scored = self.score(span.split, max(1, math.ceil(span.rows / gbs)), self.step)
+            record = score_record(span, scored)
+            result.progressive.append(record)
+            self.log.write(PROGRESSIVE, self.step, **{k: v for k, v in record.items() if k != "step"})
+            self.log.write_series(PROGRESSIVE, span.partition, **scored.metrics())
+            logger.info("next-day (partition %d, before training on it) @ step %d: %s  (%s rows)", span.partition,
+                        self.step, "  ".join(f"{n} {getattr(scored, n):.4f}" for n in METRIC_NAMES),
+                        f"{span.rows:,}")
 
     # -- helpers ------------------------------------------------------------------------
     def train_batches(self, count: int) -> Prefetcher:
