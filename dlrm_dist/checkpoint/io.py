@@ -33,7 +33,8 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata
 
 from dlrm_dist.errors import refusal_text
-from dlrm_dist.checkpoint import integrity, optim_state, reader, store
+from dlrm_dist.checkpoint import integrity, optim_state, reader, remappers, store
+from dlrm_dist.checkpoint.managed import ManagedLoad
 from dlrm_dist.checkpoint.manifest import BestMark, CheckpointError, FileSum, Manifest, RunInfo, schema_changes
 from dlrm_dist.distributed.weights import table_of
 from dlrm_dist.optimizer_registry import DENSE
@@ -142,6 +143,9 @@ def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: An
     state = _state(model, step)
     state[optim_state.SECTION] = optim_state.save_view(optim_state.slots(optimizer, info.embedding_optimizer))
     state["optim"] = _dense_optimizer(optimizer).state_dict()
+    managed = remappers.save_view(model, _on_every_rank)  # what the remappers counted since their last admission
+    if managed:
+        state[remappers.SECTION] = managed
     pickled = non_tensor_keys(state)  # the same on every rank: the state's structure is the model's
     if pickled:
         raise CheckpointError("refusing to save values that are not tensors (DCP would store them as pickles, "
@@ -216,6 +220,11 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Optional[Any]
     manifest = _check_manifest(path, state["model"], info, optimizers=optimizer is not None)
     metadata = verified_metadata(path, manifest)
     finish: Callable[[], None] = lambda: None
+    managed = ManagedLoad(path, state["model"], model, metadata, _rank_and_world()[0], _on_every_rank)
+    request_state = {**state, "model": managed.model_request()}
+    if managed.pending_request:
+        request_state[remappers.SECTION] = managed.pending_request
+    slots: list[optim_state.Slot] = []
     if optimizer is not None:
         slots = optim_state.slots(optimizer, info.embedding_optimizer)
         request, finish, missing = optim_state.load_view(slots, metadata)
@@ -224,17 +233,19 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Optional[Any]
             raise CheckpointError(f"{path} has no embedding optimizer state for:\n" + "\n".join(f"  - {m}" for m in missing))
         # SGD keeps no state, and DCP saves an empty section as nothing: asking for it on load
         # would be a missing key.
+        managed.redirect_optimizer(request)
         if request:
-            state[optim_state.SECTION] = request
+            request_state[optim_state.SECTION] = request
         dense = _dense_optimizer(optimizer).state_dict()
         if _has_leaves(dense):
-            state["optim"] = dense
-    read_state(path, state, metadata)
-    model.load_state_dict(state["model"])
+            request_state["optim"] = state["optim"] = dense
+    read_state(path, request_state, metadata)
+    model.load_state_dict(state["model"])  # (a resharded managed table's tensors: written by managed.finish)
     step = int(state["train"]["step"])
     if step != manifest.step:
         raise CheckpointError(f"{path}: manifest says step {manifest.step}, data says {step}")
     finish()
+    managed.finish(slots)
     if optimizer is not None:
         if "optim" in state:
             _dense_optimizer(optimizer).load_state_dict(state["optim"])

@@ -235,28 +235,49 @@ MANAGED_JOB = [f"--data.schema={MANAGED_SCHEMA}", "--model.bottom_mlp=2-8", "--m
                "--train.eval_interval=0", "--synthetic.eval_batches=1", "--sharding-type=row_wise", "--train.device=cpu"]
 
 
-def test_a_resumed_run_continues_bitwise_with_the_remappers_state(tmp_path: Path) -> None:
-    """A checkpoint at an eviction boundary (step 4; the schema's intervals are 2 and 1) holds each
-    remapper's ids, rows, counts / last access and step: the resumed run's losses are the
-    uninterrupted run's, bit for bit."""
-    from dlrm_dist.checkpoint.io import verified_metadata
+def _mid_interval_schema(tmp_path: Path) -> str:
+    """managed.toml with the LRU feature's eviction_interval 4 (LFU's is 2): step 3 is inside both intervals."""
+    text = Path(MANAGED_SCHEMA).read_text().replace('eviction = "lru"', 'eviction = "lru"\neviction_interval = 4')
+    path = tmp_path / "managed_mid.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_run_killed_at_any_step_resumes_bitwise_with_the_remappers_state(tmp_path: Path) -> None:
+    """A checkpoint inside both eviction intervals (step 3; intervals 2 and 4) holds each remapper's
+    ids, rows, counts / last access and step, and what it counted since its last admission (the
+    ids, their last access, its clock): the resumed run's losses are the uninterrupted run's, bit
+    for bit. (Without the pending ids a resume diverged from the first resumed step.)"""
+    import torch
+
+    from dlrm_dist.checkpoint.io import read_state, verified_metadata
     from dlrm_dist.checkpoint.manifest import Manifest
     from dlrm_dist.checkpoint.unsharded import find_checkpoint
     from tests.checkpoint_helper import train_here
 
-    straight = train_here(["--train.steps=7", f"--run-dir={tmp_path / 'a'}"], MANAGED_JOB)
+    job = MANAGED_JOB + [f"--data.schema={_mid_interval_schema(tmp_path)}"]
+    straight = train_here(["--train.steps=7", f"--run-dir={tmp_path / 'a'}"], job)
     ckpt = tmp_path / "ckpt"
-    train_here(["--train.steps=4", f"--train.checkpoint_dir={ckpt}", "--train.checkpoint_interval=4",
-                f"--run-dir={tmp_path / 'b'}"], MANAGED_JOB)
+    train_here(["--train.steps=3", f"--train.checkpoint_dir={ckpt}", "--train.checkpoint_interval=3",
+                f"--run-dir={tmp_path / 'b'}"], job)
     found = find_checkpoint(ckpt)
-    keys = set(verified_metadata(found, Manifest.read(found)).state_dict_metadata)
+    metadata = verified_metadata(found, Manifest.read(found))
+    keys = set(metadata.state_dict_metadata)
     for buffer in ("t_user._mch_counts", "t_item._mch_last_access_iter", "t_user._mch_sorted_raw_ids",
                    "t_item._mch_remapped_ids_mapping", "t_user._current_iter_tensor"):
         assert any(k.endswith(f"_managed_collision_modules.{buffer}") for k in keys), buffer
-    resumed = train_here(["--train.steps=7", f"--train.checkpoint_dir={ckpt}", f"--run-dir={tmp_path / 'c'}"],
-                         MANAGED_JOB)
-    assert len(straight.losses) == 7
-    assert resumed.losses[-3:] == straight.losses[-3:], (resumed.losses, straight.losses)
+    saved = {k: torch.zeros(tuple(metadata.state_dict_metadata[f"managed.{k}"].size), dtype=torch.int64)
+             for k in ("t_user.clock", "t_user.pending_ids", "t_item.clock", "t_item.pending_ids",
+                       "t_item.pending_last_access_iter")}
+    read_state(found, {"managed": saved}, metadata)
+    # (pending, capacity, last admission, iteration): 1 step counted for LFU (admitted at 2), 3 for LRU
+    assert saved["t_user.clock"][0, [0, 2, 3]].tolist()[1:] == [2, 3] and saved["t_user.clock"][0, 0] > 0
+    assert saved["t_item.clock"][0, [2, 3]].tolist() == [0, 3] and saved["t_item.clock"][0, 0] > 0
+    pending = int(saved["t_item.clock"][0, 0])
+    assert set(saved["t_item.pending_last_access_iter"][0, :pending].tolist()) == {1, 2, 3}
+    resumed = train_here(["--train.steps=7", f"--train.checkpoint_dir={ckpt}", f"--run-dir={tmp_path / 'c'}"], job)
+    assert len(straight.losses) == 7 and len(resumed.losses) == 4
+    assert resumed.losses == straight.losses[-4:], (resumed.losses, straight.losses)
 
 
 # -- plans -----------------------------------------------------------------------------------------------
