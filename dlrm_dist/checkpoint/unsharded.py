@@ -76,11 +76,14 @@ def read_unsharded(path: str | Path) -> Unsharded:
     model, cfg = _model_of(found, manifest)
     metadata = verified_metadata(found, manifest)
     state = model.state_dict()
-    dense = {key: value for key, value in state.items() if not table_of(key)}
+    # (a managed table's remapper buffers are built on the meta device with its table: given storage here)
+    dense = {key: torch.empty(value.shape, dtype=value.dtype) if value.is_meta else value
+             for key, value in state.items() if not table_of(key)}
     step = {"step": torch.tensor(0)}
     read_state(found, {"model": dense, "train": step}, metadata)
     if int(step["step"]) != manifest.step:
         raise CheckpointError(f"{found}: manifest says step {manifest.step}, data says {int(step['step'])}")
+    state.update(dense)
     for key in [k for k in state if table_of(k)]:  # one table at a time: see the module docstring
         state[key] = torch.empty(state[key].shape, dtype=state[key].dtype)
         read_state(found, {"model": {key: state[key]}}, metadata)

@@ -25,8 +25,8 @@ from typing import Any, Optional, Union
 import torch
 from torch.export import Dim
 
-from dlrm_dist.checkpoint.manifest import BestMark, Manifest, schema_of
-from dlrm_dist.checkpoint.unsharded import find_checkpoint, read_unsharded
+from dlrm_dist.checkpoint.manifest import BestMark
+from dlrm_dist.checkpoint.unsharded import Unsharded, read_unsharded
 from dlrm_dist.config.loader import to_dict
 from dlrm_dist.config.sections import Config
 from dlrm_dist.errors import EXIT_BAD_INPUT, DlrmError
@@ -36,7 +36,7 @@ from dlrm_dist.metrics.eval import EvalResult
 from dlrm_dist.model.dlrm import DLRM
 from dlrm_dist.serving.load import MANIFEST_FILE, MODEL_FILE, ExportError, sha256
 from dlrm_dist.serving.manifest import (SPLITS, BestEvaluation, EvalMetrics, ExportManifest, ExportMetrics,
-                                        QuantizationCost, QuantizationNotMeasured)
+                                        FrozenRemapper, QuantizationCost, QuantizationNotMeasured)
 from dlrm_dist.serving.model import ServingDLRM
 from dlrm_dist.serving.pipeline import copy_vocabularies, source_directory
 
@@ -123,11 +123,13 @@ def _int8_cost(float_metrics: Union[Optional[EvalResult], QuantizationNotMeasure
 
 
 def _int8_model(dlrm: DLRM, config: Config, data_dir: Optional[str], limits: CostLimits, progress: bool,
-                release_float: bool) -> tuple[ServingDLRM, Union[QuantizationCost, QuantizationNotMeasured]]:
+                release_float: bool, shards: Optional[dict[str, list[int]]]
+                ) -> tuple[ServingDLRM, Union[QuantizationCost, QuantizationNotMeasured]]:
     """The int8 model and its measured cost: float is scored first, then each table is quantized (and,
     with ``release_float``, its float copy freed), so float and int8 tables never all coexist."""
-    float_metrics = _score_eval_split(ServingDLRM(dlrm, "none").eval(), config, data_dir, progress, "score float")
-    model = ServingDLRM(dlrm, "int8", release_float=release_float).eval()
+    float_metrics = _score_eval_split(ServingDLRM(dlrm, "none", shards=shards).eval(), config, data_dir, progress,
+                                      "score float")
+    model = ServingDLRM(dlrm, "int8", release_float=release_float, shards=shards).eval()
     int8_metrics = None  # (not scored when float could not be: _int8_cost says why)
     if not isinstance(float_metrics, QuantizationNotMeasured):
         int8_metrics = _score_eval_split(model, config, data_dir, progress, "score int8")
@@ -187,38 +189,65 @@ def _eval_metrics(measured: Any, config: Config, step: int) -> Optional[EvalMetr
     return None
 
 
-def check_exportable(schema: FeatureSchema) -> None:
-    """Refuses (ExportError, naming them) a model with managed features: their raw 64-bit ids are
-    mapped to rows by TorchRec's remapper inside the model, which the exported program does not hold yet."""
-    managed = [f.name for f in schema.sparse if f.managed]
-    if managed:
-        raise ExportError(f"the model has managed sparse feature(s) {managed} (kind = \"managed\"): exporting a model "
-                          "with managed features is not supported yet (the exported program has no id remapper); "
-                          "nothing was written")
+def remapper_entries(model: ServingDLRM, schema: FeatureSchema) -> dict[str, FrozenRemapper]:
+    """The manifest's description of the program's frozen remappers, one per managed table."""
+    return {t: FrozenRemapper(feature=schema.features_of(t)[0].name, eviction=schema.features_of(t)[0].eviction,
+                              shard_offsets=offsets, admitted=model.remap_admitted[t])
+            for t, offsets in model.remap_shards.items()}
+
+
+def checkpoint_shards(found: Unsharded, schema: FeatureSchema) -> dict[str, list[int]]:
+    """Per managed table, the row offsets of the shards its remapper had in training: the chunks its
+    buffers were saved in (one per rank: each rank's remapper owns a block of the id space and of the
+    rows). Refused by name unless they tile the table, one per rank of the checkpoint's world."""
+    from dlrm_dist.checkpoint.reader import read_metadata
+
+    managed = [t for t in schema.table_names if schema.features_of(t)[0].managed]
+    if not managed:
+        return {}
+    saved = read_metadata(found.path, found.manifest.files if found.manifest else None).state_dict_metadata
+    out = {}
+    for table in managed:
+        suffix = f"_managed_collision_modules.{table}._mch_sorted_raw_ids"
+        key = next((k for k in saved if k.endswith(suffix)), None)
+        if key is None:
+            raise ExportError(f"{found.path}: the checkpoint has no remapper state for managed table {table!r} "
+                              f"(no *{suffix}); nothing was written")
+        chunks = sorted((int(c.offsets[0]), int(c.sizes[0])) for c in saved[key].chunks)
+        offsets = [0] + [lo + n for lo, n in chunks]
+        rows = schema.table_rows(table)
+        world = found.manifest.world_size if found.manifest else len(chunks)
+        if [lo for lo, _ in chunks] != offsets[:-1] or offsets[-1] != rows or len(chunks) != world:
+            raise ExportError(f"{found.path}: managed table {table!r}'s remapper was saved in chunks {chunks}, not "
+                              f"{world} row-wise shards tiling its {rows} rows; nothing was written")
+        out[table] = offsets
+    return out
 
 
 def export_model(dlrm: DLRM, config: Config, out: str | Path, quantize: str = "none", *, step: int = 0,
                  checkpoint: str = "(in memory)", data_dir: Optional[str] = None,
                  limits: CostLimits = CostLimits(), progress: bool = True,
-                 release_float: bool = False, best: Optional[BestMark] = None) -> ExportManifest:
+                 release_float: bool = False, best: Optional[BestMark] = None,
+                 shards: Optional[dict[str, list[int]]] = None) -> ExportManifest:
     """Writes ``out/model.pt2`` and ``out/export.json`` for ``dlrm`` trained with ``config`` (resolved).
 
     ``release_float`` (int8): ``dlrm``'s float tables are freed as they are quantized (the caller's
     model is consumed; export_checkpoint's own model is). ``best``: the checkpoint manifest's best
-    evaluation, recorded in the manifest's ``metrics`` with what was measured here.
+    evaluation, recorded in the manifest's ``metrics`` with what was measured here. ``shards``: per
+    managed table, its training shards' row offsets (checkpoint_shards; default one shard, as an
+    unsharded model's own remapper is).
     """
     schema = FeatureSchema.from_dict(config.features, "the checkpoint's schema")
-    check_exportable(schema)
     quantization = None
     if quantize == "int8":
-        model, quantization = _int8_model(dlrm, config, data_dir, limits, progress, release_float)
+        model, quantization = _int8_model(dlrm, config, data_dir, limits, progress, release_float, shards)
         if isinstance(quantization, QuantizationCost) and (problems := cost_problems(quantization)):
             raise QuantizationCostError(
                 f"int8 tables cost too much on {quantization.samples:,} {quantization.split} samples: "
                 f"{'; '.join(problems)}. Nothing was written: export float (--quantize none), or raise the limit")
         measured: Any = quantization
     else:
-        model = ServingDLRM(dlrm, quantize).eval()
+        model = ServingDLRM(dlrm, quantize, shards=shards).eval()
         measured = None
         if data_dir:  # the data named must be the model's; the float model is scored on its eval split
             measured = _score_eval_split(model, config, data_dir, progress, "score float")
@@ -233,6 +262,7 @@ def export_model(dlrm: DLRM, config: Config, out: str | Path, quantize: str = "n
         tables={name: tuple(getattr(model, f"table_{i}").shape) for i, name in enumerate(model.table_names)},
         schema_fingerprint=schema.fingerprint(), config=to_dict(config),
         model_sha256=_write_program(program, out), quantization=quantization, pipeline=pipeline, metrics=metrics,
+        remappers=remapper_entries(model, schema),
     )
     with disk_full(out / MANIFEST_FILE):
         atomic_write_text(out / MANIFEST_FILE, manifest.to_json())
@@ -243,10 +273,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, quantize: str = "
                       data_dir: Optional[str] = None, progress: bool = True,
                       limits: CostLimits = CostLimits()) -> ExportManifest:
     """Writes ``out/model.pt2`` and ``out/export.json`` for the checkpoint; returns the manifest."""
-    stored = schema_of(Manifest.read(find_checkpoint(checkpoint)))  # refused before any table is read
-    if stored is not None:
-        check_exportable(stored)
     found = read_unsharded(checkpoint)  # the tables read one at a time (checkpoint/unsharded.py)
+    shards = checkpoint_shards(found, FeatureSchema.from_dict(found.config.features, "the checkpoint's schema"))
     return export_model(found.model.model, found.config, out, quantize, step=found.step, checkpoint=str(found.path),
                         data_dir=data_dir, limits=limits, progress=progress, release_float=True,
-                        best=found.manifest.best if found.manifest else None)
+                        best=found.manifest.best if found.manifest else None, shards=shards)

@@ -10,6 +10,10 @@ An export is a directory:
                        and the pipeline's files with their sha256s
     DIR/vocab/<table>.json  the vocabularies (raw-row scoring: pipeline.py checks them)
 
+A managed table's frozen remapper (serving/remap.py) is four int64 buffers of the program,
+described by export.json's ``remappers``; they are checked on load (``check_remappers``) to be a
+state TorchRec's remapper could have held, so an edited array is refused by table and array.
+
 The sha256 is a damage check only: whoever can rewrite model.pt2 can rewrite export.json.
 What keeps a crafted model.pt2 from running code is archive.py: the file is read once, its
 entries are checked to be plain tensors and a program of PyTorch operators, and exactly
@@ -27,6 +31,7 @@ import torch
 from dlrm_dist.serving.archive import load_checked
 from dlrm_dist.serving.manifest import (FORMAT, MANIFEST_FILE, MODEL_FILE, VERSION, ExportError, ExportManifest,
                                         read_manifest)
+from dlrm_dist.serving.remap import ARRAYS, check_frozen, state_name
 
 __all__ = ["FORMAT", "MANIFEST_FILE", "MODEL_FILE", "VERSION", "ExportError", "LoadedExport", "load_export",
            "read_manifest", "sha256", "sha256_bytes"]
@@ -66,6 +71,7 @@ def disagreements(program: torch.export.ExportedProgram, manifest: ExportManifes
     else:
         out += [f"tables.{tables[k]}: {list(manifest.tables[tables[k]])} in the manifest, {list(shape)} in the program"
                 for k, shape in sorted(held.items()) if tuple(manifest.tables[tables[k]]) != shape]
+    out += _remapper_disagreements(program, manifest, tables)
     inputs = program.graph_signature.user_inputs
     if len(inputs) != 1 + 2 * len(manifest.sparse_features):
         out.append(f"sparse_features: {len(manifest.sparse_features)} in the manifest, the program takes "
@@ -76,6 +82,30 @@ def disagreements(program: torch.export.ExportedProgram, manifest: ExportManifes
     if width != manifest.dense_features:
         out.append(f"dense_features: {manifest.dense_features} in the manifest, {width} in the program")
     return out
+
+
+def _remapper_disagreements(program: torch.export.ExportedProgram, manifest: ExportManifest,
+                            tables: dict[str, str]) -> list[str]:
+    """Where the program's frozen remappers (remap_<i>_*) differ from manifest.remappers'."""
+    index = {name: k.removeprefix("table_") for k, name in tables.items()}
+    want = {state_name(int(index[t]), a) for t in manifest.remappers if t in index for a in ARRAYS}
+    held = {k for k in program.state_dict if k.startswith("remap_")}
+    if held != want:
+        return [f"remappers: the manifest names {len(manifest.remappers)} managed table(s), the program holds "
+                f"{len(held) // len(ARRAYS)} remapper(s)"]
+    return []
+
+
+def check_remappers(module: torch.nn.Module, manifest: ExportManifest, where: Path) -> None:
+    """Refuses (ExportError naming the table and array) frozen remappers that are not a state TorchRec's
+    could have held: with the rows they give the program looks up, a tampered array scores other rows."""
+    buffers = dict(module.named_buffers())
+    index = {name: i for i, name in enumerate(sorted(manifest.tables))}
+    problems = [p for t, r in sorted(manifest.remappers.items())
+                for p in check_frozen(t, {a: buffers[state_name(index[t], a)] for a in ARRAYS}, r.shard_offsets,
+                                      r.admitted)]
+    if problems:
+        raise ExportError(f"{where} is damaged or edited: {'; '.join(problems)} (re-run dlrm-export)")
 
 
 def load_export(directory: str | Path) -> LoadedExport:
@@ -102,6 +132,7 @@ def load_export(directory: str | Path) -> LoadedExport:
     except Exception as e:  # noqa: BLE001 - an inconsistent program that passed inspection is still damaged
         raise ExportError(f"{model}: the program cannot be rebuilt ({type(e).__name__}: {str(e)[:300]})") from None
     _check_finite(module, model)
+    check_remappers(module, manifest, model)
     return LoadedExport(module, manifest)
 
 

@@ -108,6 +108,25 @@ class Pipeline(Strict):
     vocabularies: dict[Name, VocabularyFile] = {}
 
 
+class FrozenRemapper(Strict):
+    """A managed table's remapper as the program holds it, frozen (serving/remap.py): its training's
+    row-wise shards (row offsets; shard s owned block s of the id space) and the ids it had admitted."""
+
+    feature: Name
+    eviction: Literal["lfu", "lru"]  # (how training admitted ids; serving admits none)
+    shard_offsets: Annotated[list[Count], Field(min_length=2)]  # [0, ..., rows]
+    admitted: Count
+
+    @model_validator(mode="after")
+    def _offsets_ascend(self) -> "FrozenRemapper":
+        o = self.shard_offsets
+        if o[0] != 0 or any(b <= a for a, b in zip(o, o[1:])):
+            raise ValueError(f"shard_offsets {o[:6]} must start at 0 and ascend")
+        if self.admitted > o[-1]:
+            raise ValueError(f"admitted {self.admitted} is more than the table's {o[-1]} rows")
+        return self
+
+
 class ExportManifest(Strict):
     """``export.json``: what the program in ``model.pt2`` is, was made from, and takes."""
 
@@ -129,6 +148,7 @@ class ExportManifest(Strict):
                                      Field(discriminator="measured")]] = None
     pipeline: Optional[Pipeline] = None  # None: written without its vocabularies (raw rows cannot be scored)
     metrics: Optional[ExportMetrics] = None  # None: an older dlrm-export
+    remappers: dict[Name, FrozenRemapper] = {}  # managed tables (raw ids remapped in the program)
 
     @model_validator(mode="after")
     def _quantization_iff_int8(self) -> "ExportManifest":
@@ -136,6 +156,11 @@ class ExportManifest(Strict):
             raise ValueError("quantization is given exactly when quantize is 'int8'")
         if len(set(self.sparse_features)) != len(self.sparse_features):
             raise ValueError("sparse_features names a feature twice")
+        for table, r in self.remappers.items():
+            if table not in self.tables or self.tables[table][0] != r.shard_offsets[-1]:
+                raise ValueError(f"remappers.{table}: not a table of {r.shard_offsets[-1]} rows in tables")
+            if r.feature not in self.sparse_features:
+                raise ValueError(f"remappers.{table}.feature {r.feature!r} is not one of sparse_features")
         return self
 
     @property

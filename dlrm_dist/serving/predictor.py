@@ -47,11 +47,18 @@ class Predictor:
         self.integers = integer_columns(pipeline.schema)  # what a number in an int_modulo column meant in training
 
     @classmethod
-    def load(cls, export_dir: str | Path, batch_rows: int = BATCH_ROWS) -> "Predictor":
-        """The export at ``export_dir``, every file checked (ExportError naming what is wrong)."""
+    def load(cls, export_dir: str | Path, batch_rows: int = BATCH_ROWS, *,
+             deltas: Sequence[str | Path] = ()) -> "Predictor":
+        """The export at ``export_dir``, every file checked (ExportError naming what is wrong); with
+        ``deltas``, that chain of delta exports applied to it in order (serving/delta.py checks each link)."""
         directory = Path(export_dir)
         pipeline = FeaturePipeline.load(directory, read_manifest(directory))
-        return cls(directory, load_export(directory), pipeline, batch_rows)
+        loaded = load_export(directory)
+        if deltas:
+            from dlrm_dist.serving.delta import apply_deltas  # (only a chain needs it)
+
+            loaded = apply_deltas(directory, loaded, [Path(d) for d in deltas])
+        return cls(directory, loaded, pipeline, batch_rows)
 
     # -- what it serves ----------------------------------------------------------------------
     @property

@@ -4,7 +4,7 @@
   (an integer column), their decimal text in base 16 when it was trained on text files, and are
   refused by name when the export cannot tell (input.format unset): records, JSON lines and
   record batches alike.
-- ``dlrm-export`` refuses a model with managed features by name, before any work.
+- A managed feature's raw 64-bit ids keep their width through the pipeline (int64, never int32).
 - ``Predictor.metadata()["metrics"]`` of a float export says what the checkpoint knew.
 """
 
@@ -125,31 +125,7 @@ def test_text_trained_int_modulo_reads_a_number_column_as_its_text(trained) -> N
     assert np.abs(p.score_batch(table.to_batches()[0]) - want).max() > 1e-6  # the two rules differ here
 
 
-# -- managed features: refused by name before any work ------------------------------------------------
-def test_a_model_with_managed_features_is_refused_before_any_work(tmp_path, monkeypatch) -> None:
-    """Managed features' raw 64-bit ids need TorchRec's remapper, which an export does not hold yet:
-    dlrm-export refuses by name, from the checkpoint manifest, before reading a table or writing."""
-    from dlrm_dist.checkpoint.manifest import Manifest, RunInfo
-    from dlrm_dist.config import load_config
-    from dlrm_dist.config.loader import to_dict
-    from dlrm_dist.serving import export
-    from dlrm_dist.serving.manifest import ExportError
-    from dlrm_dist.training.build import resolve
-
-    cfg, _, _ = resolve(load_config([f"--data.schema={Path(__file__).parents[1] / 'schemas' / 'managed.toml'}",
-                                     "--model.bottom_mlp=2-8", *MODEL[:-1]]))
-    words = r"managed sparse feature\(s\) \['user', 'item'\].*not supported yet"
-    with pytest.raises(ExportError, match=words):
-        export.export_model(None, cfg, tmp_path / "out")  # (the model is never touched)
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    Manifest(step=4, world_size=1, tables={}, info=RunInfo("sgd", "sgd", config=to_dict(cfg))).write(ckpt)
-    monkeypatch.setattr(export, "read_unsharded", lambda *a: pytest.fail("a table was read"))
-    with pytest.raises(ExportError, match=words) as e:
-        export.export_checkpoint(ckpt, tmp_path / "out")
-    assert e.value.exit_code == 4 and not (tmp_path / "out").exists()
-
-
+# -- managed features (their export and scoring: tests/unit/test_managed_export.py) ---------------------
 def test_pipeline_ids_keep_the_width_of_their_id_range() -> None:
     """The pipeline casts ids to the stored width of the feature's id range (schema.id_range), so a
     managed feature's raw ids past 2**31 are kept whole (int32, a table's width, would cut them)."""
