@@ -236,12 +236,21 @@ class ShardingConfig:
                                  "bf16 (forward and backward); cuts the bytes exchanged by half.")
     planner: Literal[PLANNERS] = _f(
         "dlrm_dist", "Planner when neither a plan nor a sharding type is given: dlrm_dist or torchrec.")
+    calibration: Optional[PathText] = _f(
+        None, "Plan with this machine's measured costs (planning/job_calibration.py): auto = measure in the "
+              "job's process group before planning, kept as RUN_DIR/calibration.json and reused by a run that "
+              "matches it; a path = that calibration file, measured and written there if it does not exist.")
 
     @model_validator(mode="after")
     def _one_placement(self) -> "ShardingConfig":
         if self.plan and self.sharding_type:
             problems([(("plan",), f"sharding.plan={self.plan!r} and sharding.sharding_type={self.sharding_type!r} "
                                   "both say where tables go: give one of them")])
+        fixed = ("plan", self.plan) if self.plan else ("sharding_type", self.sharding_type)
+        if self.calibration and fixed[1]:
+            problems([(("calibration",), f"sharding.calibration={self.calibration!r} chooses a plan by measured "
+                                         f"costs, but sharding.{fixed[0]}={fixed[1]!r} already fixes it: give one "
+                                         "of them")])
         return self
 
 
