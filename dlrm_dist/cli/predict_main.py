@@ -3,6 +3,7 @@
     dlrm-predict exported/ --input rows.csv --out scores.csv --keep user_id   # raw rows (.csv .tsv .parquet .jsonl)
     dlrm-predict exported/ --data data/criteo --split test --out preds.npy    # a preprocessed split
     dlrm-predict exported/ --split val --out preds.csv --json      # demo data: no --data needed
+    dlrm-predict exported/ --delta delta-1/ --delta delta-2/ --input rows.csv   # a chain of deltas applied
 
 --input reads rows in the schema's input format and encodes them as preprocessing did (the
 export carries the fitted pipeline: vocabularies, hash settings, dense statistics): one
@@ -11,7 +12,9 @@ A missing column or a bad cell is named by file, line and column.
 
 The export is checked before it is loaded (its manifest, and model.pt2 inspected to hold
 only tensors and PyTorch operators: nothing in it is unpickled or run as Python); --data
-must have been preprocessed with the export's schema (each difference is named).
+must have been preprocessed with the export's schema (each difference is named). --delta
+applies deltas (dlrm-export --since) to the export in chain order, each link checked: a delta
+of another export, out of order, after a missing link, or damaged is refused by name (exit 4).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("model", help="an export directory (dlrm-export)")
+    p.add_argument("--delta", action="append", default=[], metavar="DELTA",
+                   help="a delta (dlrm-export --since) applied to the export; repeat in chain order")
     p.add_argument("--input", help="raw rows to score: .csv/.tsv (the schema's input format), .parquet or .jsonl")
     p.add_argument("--keep", nargs="+", default=[], metavar="COL",
                    help="--input: columns copied into the .csv output beside the score (e.g. an id)")
@@ -71,10 +76,11 @@ def run(args: argparse.Namespace) -> int:
         return run_input(args)
     if args.keep:
         raise PredictError("--keep applies to --input (raw rows); a preprocessed split holds no other columns")
-    from dlrm_dist.serving.load import load_export
+    from dlrm_dist.serving.delta import load_chain
     from dlrm_dist.serving.predict import export_config, open_split, score
 
-    loaded = load_export(args.model)
+    loaded = load_chain(args.model, args.delta)
+    _say_chain(args, loaded.manifest.step)
     cfg = export_config(loaded.manifest)
     data = open_split(cfg, args.data, args.split, f"the export {args.model}")
     batch_size = args.batch_size or cfg.train.global_batch_size
@@ -100,7 +106,8 @@ def run_input(args: argparse.Namespace) -> int:
     from dlrm_dist.serving.predictor import Predictor
     from dlrm_dist.serving.score_rows import score_file
 
-    predictor = Predictor.load(args.model)
+    predictor = Predictor.load(args.model, deltas=args.delta)
+    _say_chain(args, predictor.export.manifest.step)
     out = Path(args.out) if args.out else None
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -114,6 +121,12 @@ def run_input(args: argparse.Namespace) -> int:
             m = result.metrics
             print("  " + "  ".join(f"{k} {m[k]:.4f}" for k in ("auc", "ne", "logloss", "calibration", "accuracy", "ctr")))
     return 0
+
+
+def _say_chain(args: argparse.Namespace, step: int) -> None:
+    if args.delta:
+        print(f"applied {len(args.delta)} delta(s) to {args.model}: the model of step {step}",
+              file=sys.stderr if args.json else sys.stdout, flush=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,6 +1,7 @@
 """dlrm-serve: an exported model as an HTTP scoring endpoint (FastAPI on uvicorn).
 
     dlrm-serve exported/ --port 8080
+    dlrm-serve exported/ --delta delta-1/ --delta delta-2/ --port 8080   # a chain of deltas applied
     curl -s localhost:8080/predict -H 'content-type: application/json' \\
          -d '{"records": [{"user_id": 17, "item": "item-5", "city": "city-3", "tags": ["news", "film"],
                            "price": 12.5, "views": 3}]}'
@@ -16,8 +17,9 @@ once the model is loaded; GET /metadata gives the schema, export step, metrics a
 quantization and input columns. SIGTERM or Ctrl-C stops taking connections, finishes the
 requests in flight, then exits 0.
 
-The export is checked before anything listens (a damaged or foreign export exits 4); the
-server binds --host 127.0.0.1 unless told otherwise.
+The export is checked before anything listens (a damaged or foreign export exits 4, and so
+does a --delta chain that is damaged, out of order, missing a link or of another export);
+the server binds --host 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("export", help="an export directory (dlrm-export)")
+    p.add_argument("--delta", action="append", default=[], metavar="DELTA",
+                   help="a delta (dlrm-export --since) applied to the export; repeat in chain order")
     p.add_argument("--port", type=int, required=True, help="TCP port (0: any free port, printed at start)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--max-batch-rows", type=int, default=DEFAULTS["max_batch_rows"], metavar="N",
@@ -110,8 +114,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def make_server(export: str, limits: Any, log_level: str = "info", max_concurrency: int = MAX_CONCURRENCY,
-                threads: int = 1) -> tuple[Any, dict[str, Any]]:
-    """A uvicorn server for the export (checked and loaded here, before anything listens) and its metadata."""
+                threads: int = 1, deltas: Sequence[str] = ()) -> tuple[Any, dict[str, Any]]:
+    """A uvicorn server for the export with its ``deltas`` applied (checked and loaded here, before anything
+    listens) and its metadata."""
     import torch
     import uvicorn
 
@@ -121,7 +126,7 @@ def make_server(export: str, limits: Any, log_level: str = "info", max_concurren
     # Measured on 2 cores: 2 torch threads made small calls several times slower than 1 whenever
     # the other core was busy (the event loop, another process): their workers spin and wait.
     torch.set_num_threads(threads)
-    predictor = Predictor.load(Path(export))
+    predictor = Predictor.load(Path(export), deltas=deltas)
     config = uvicorn.Config(build_app(predictor, limits), log_level=log_level, access_log=log_level == "debug",
                             timeout_graceful_shutdown=GRACEFUL_SECONDS, limit_concurrency=max_concurrency,
                             lifespan="on")
@@ -129,9 +134,11 @@ def make_server(export: str, limits: Any, log_level: str = "info", max_concurren
 
 
 def serve(args: argparse.Namespace, limits: Any, sock: socket.socket) -> int:
-    server, metadata = make_server(args.export, limits, args.log_level, args.max_concurrency, args.threads)
+    server, metadata = make_server(args.export, limits, args.log_level, args.max_concurrency, args.threads,
+                                   args.delta)
     step = metadata.get("step")
-    print(f"{PROG}: serving {args.export}" + (f" (step {step})" if step is not None else "") +
+    chain = f" + {len(args.delta)} delta(s)" if args.delta else ""
+    print(f"{PROG}: serving {args.export}{chain}" + (f" (step {step})" if step is not None else "") +
           f" on {url_of(sock)} (POST /predict, GET /healthz, GET /metadata)", flush=True)
     stopped = quiet_signals()
     server.run(sockets=[sock])

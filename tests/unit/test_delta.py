@@ -1,0 +1,160 @@
+"""Delta publishing (issue 23 item 4): base export + a chain of deltas scores as a full export does.
+
+One small run (one rank, in this process) trains 12 steps with a checkpoint every 4: the
+base is exported at step 4, and the run continues after it: delta 1 (step 8) since the base,
+delta 2 (step 12) since the base with delta 1 applied. Their scores, through dlrm-predict and
+through Predictor.load(base, deltas=...), equal a full export of step 12 bit for bit (float
+and int8); the rows a delta says it carries are those that changed between the two
+checkpoints (counted here from the checkpoints themselves). Chains in the wrong order, with
+a missing link, a delta given twice or a delta of another export are refused by name (exit
+4); a precision other than the base's, an --out in the chain, --delta without --since are
+bad arguments (exit 2); a model of another schema or other table shapes is refused by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dlrm_dist.checkpoint.store import step_dir
+from dlrm_dist.checkpoint.unsharded import read_unsharded
+from dlrm_dist.cli import export_main, predict_main, serve_main
+from dlrm_dist.errors import EXIT_BAD_INPUT, EXIT_BAD_STATE
+from dlrm_dist.serving.delta import check_chain
+from dlrm_dist.serving.delta_format import DELTA_FILE, DeltaError, export_identity, read_head
+from dlrm_dist.serving.delta_write import delta_of_model
+from dlrm_dist.serving.load import load_export
+from dlrm_dist.serving.predictor import Predictor
+from tests.checkpoint_helper import train_here
+from tests.serving_helper import build_dlrm
+from tests.small_job import SMALL_JOB
+
+STEPS, EVERY = 12, 4
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> dict[str, Path]:
+    """The run's checkpoints, the float base (step 4), its two deltas (8, 12) and a full export of step 12."""
+    root = tmp_path_factory.mktemp("delta")
+    ckpt = root / "ckpt"
+    train_here([f"--train.checkpoint_dir={ckpt}", f"--train.steps={STEPS}", f"--train.checkpoint_interval={EVERY}",
+                "--train.keep_last=0", f"--run-dir={root / 'run'}"])
+    p = {"root": root, "ckpt": ckpt, "base": root / "base", "d1": root / "d1", "d2": root / "d2",
+         "full": root / "full"}
+    assert export_main.main([str(ckpt), "--step", "4", "--out", str(p["base"]), "--no-progress"]) == 0
+    assert export_main.main([str(ckpt), "--step", "12", "--out", str(p["full"]), "--no-progress"]) == 0
+    for name, step, chain in (("d1", 8, ()), ("d2", 12, ("d1",))):
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            assert _delta(p, step, name, *chain) == 0
+        p[f"{name}.out"] = printed.getvalue()
+    return p
+
+
+def _delta(p: dict[str, Path], step: int, out: str, *chain: str, extra: tuple[str, ...] = ()) -> int:
+    args = [str(p["ckpt"]), "--step", str(step), "--since", str(p["base"]), "--out", str(p["root"] / out)]
+    for d in chain:
+        args += ["--delta", str(p["root"] / d)]
+    return export_main.main(args + list(extra))
+
+
+def _changed_rows(ckpt: Path, a: int, b: int) -> dict[str, int]:
+    """Per table, the rows that differ between checkpoints a and b (read from the checkpoints)."""
+    old, new = (read_unsharded(step_dir(ckpt, s)).model.model.sparse_arch.embedding_bags for s in (a, b))
+    return {name: int((old[name].weight != new[name].weight).any(dim=1).sum()) for name in old}
+
+
+def _scores(p: dict[str, Path], model: Path, *deltas: Path, name: str) -> bytes:
+    out = p["root"] / f"{name}.npy"
+    args = [str(model)] + [a for d in deltas for a in ("--delta", str(d))]
+    assert predict_main.main(args + ["--split", "val", "--out", str(out), "--no-progress"]) == 0
+    return np.load(out).tobytes()
+
+
+def test_base_plus_deltas_scores_equal_a_full_export(run) -> None:
+    # What each delta says it carries: exactly the rows that changed between the checkpoints.
+    for text, (a, b) in ((run["d1.out"], (4, 8)), (run["d2.out"], (8, 12))):
+        for table, n in _changed_rows(run["ckpt"], a, b).items():
+            assert f"  {table}: {n:,} of " in text, text
+        assert "rows compared exact" in text and "% of a full export" in text
+    d2 = read_head(run["d2"]).manifest
+    assert (d2.link, d2.step, d2.applies_to.identity) == (2, 12, read_head(run["d1"]).identity)
+    chain = _scores(run, run["base"], run["d1"], run["d2"], name="chain")
+    assert chain == _scores(run, run["full"], name="full")  # bit for bit
+    assert chain != _scores(run, run["base"], name="base")  # (the deltas changed the model)
+    # Predictor.load's chain (what dlrm-serve uses) holds the same state as the full export.
+    chained = Predictor.load(run["base"], deltas=[run["d1"], run["d2"]])
+    full = load_export(run["full"]).module.state_dict()
+    assert all(torch.equal(v, full[k]) for k, v in chained.export.module.state_dict().items())
+    assert chained.metadata()["step"] == 12
+
+
+def test_int8_chain_is_compared_quantized_and_equals_a_full_int8_export(run, capsys) -> None:
+    r = run["root"]
+    for step, out in ((4, "base8"), (12, "full8")):
+        assert export_main.main([str(run["ckpt"]), "--step", str(step), "--out", str(r / out), "--quantize", "int8",
+                                 "--no-progress"]) == 0
+    capsys.readouterr()
+    args = [str(run["ckpt"]), "--step", "12", "--since", str(r / "base8"), "--out"]
+    assert export_main.main(args + [str(r / "d8")]) == 0
+    assert "rows compared quantized" in capsys.readouterr().out
+    assert read_head(r / "d8").manifest.quantize == "int8"
+    assert _scores(run, r / "base8", r / "d8", name="chain8") == _scores(run, r / "full8", name="full8")
+    # A precision other than the base's is a bad argument, named; so is a float delta on the int8 base.
+    assert export_main.main(args + [str(r / "d8f"), "--quantize", "none"]) == EXIT_BAD_INPUT
+    assert "a delta is in its base's precision" in capsys.readouterr().err
+    assert not (r / "d8f" / DELTA_FILE).exists()
+    with pytest.raises(DeltaError, match="is a delta of another export"):
+        check_chain(r / "base8", load_export(r / "base8").manifest, export_identity(r / "base8"), [read_head(run["d1"])])
+
+
+BROKEN = [
+    (["d2"], "which is not given: the chain is missing link(s) 1..1 after the export"),
+    (["d2", "d1"], "which is given after it: give the deltas in their chain's order"),
+    (["d1", "d1"], "is given twice"),
+    (["d1", "d1c"], "does not follow it (deltas made from the same link are alternatives"),
+]
+
+
+def test_a_broken_chain_is_refused_by_name(run, capsys) -> None:
+    r = run["root"]
+    assert _delta(run, 12, "d1c") == 0  # a delta of step 12 on the export itself: an alternative to d1
+    base = load_export(run["base"]).manifest
+    for chain, says in BROKEN:  # the links alone decide (no tensor is read)
+        with pytest.raises(DeltaError) as e:
+            check_chain(run["base"], base, export_identity(run["base"]), [read_head(r / d) for d in chain])
+        assert says in str(e.value) and str(r / chain[0]) in str(e.value), (chain, str(e.value))
+    capsys.readouterr()
+    # Through the CLIs: one line naming the delta, exit 4; dlrm-serve refuses before it listens.
+    args = [str(run["base"]), "--delta", str(r / "d2"), "--delta", str(r / "d1")]
+    assert predict_main.main(args + ["--split", "val", "--no-progress"]) == EXIT_BAD_STATE
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dlrm-predict: error: ") and BROKEN[1][1] in err and len(err.splitlines()) == 1, err
+    assert serve_main.main([str(run["base"]), "--delta", str(r / "d2"), "--port", "0"]) == EXIT_BAD_STATE
+    assert BROKEN[0][1] in capsys.readouterr().err
+
+
+def test_bad_arguments_are_exit_2(run, capsys) -> None:
+    ckpt, r = str(run["ckpt"]), run["root"]
+    cases = [([ckpt, "--delta", str(r / "d1"), "--out", str(r / "x")], "give its base export with --since"),
+             ([ckpt, "--since", str(run["base"]), "--out", str(run["base"])], "part of the chain"),
+             ([ckpt, "--since", str(run["base"]), "--out", str(run["full"])], "already holds an export"),
+             ([ckpt, "--since", str(run["base"]), "--out", str(r / "x"), "--data", str(r)], "apply to a full export")]
+    for args, says in cases:
+        assert export_main.main(args) == EXIT_BAD_INPUT, args
+        assert says in capsys.readouterr().err
+
+
+def test_a_model_of_another_schema_or_shape_is_refused_by_name(run, tmp_path) -> None:
+    cfg, dlrm = build_dlrm(SMALL_JOB + ["--data.schema=demo:table_sizes=100/200/50/81"])
+    with pytest.raises(DeltaError, match=r"the model has schema [0-9a-f]{16}, the export it would apply to"):
+        delta_of_model(dlrm, cfg, run["base"], tmp_path / "x")
+    other_dim = [a for a in SMALL_JOB if "embedding_dim" not in a and "bottom_mlp" not in a]
+    cfg, dlrm = build_dlrm(other_dim + ["--model.embedding_dim=4", "--model.bottom_mlp=13-16-4"])
+    with pytest.raises(DeltaError, match=r"table_0: float32 \[100, 4\] in the checkpoint, float32 \[100, 8\]"):
+        delta_of_model(dlrm, cfg, run["base"], tmp_path / "y")
+    assert not (tmp_path / "x" / DELTA_FILE).exists() and not (tmp_path / "y" / DELTA_FILE).exists()
