@@ -58,9 +58,17 @@ def _preprocess_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+STATS_HELP = ("rows, label rate, cardinality, pooling factor; a directory of day partitions: per partition rows, "
+              "positive rate and new-id rate (the share of the partition's ids equal to no id of the same feature "
+              "in any lower-numbered partition, compared as stored: managed raw ids, hash buckets, vocabulary "
+              "rows; per feature and pooled), and for vocabulary features the OOV share (ids in the OOV rows)")
+
+
 def _stats_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print every figure as JSON (per partition: rows, label_rate, "
+                                                       "new_id_rate, and per feature ids, new_ids, new_distinct, "
+                                                       "new_id_rate, oov_rate)")
     p.add_argument("--tables-out", help="also write a planner tables file (dlrm-plan make --tables)")
     p.add_argument("--dim", type=int, default=128, help="--tables-out: embedding dim of tables whose schema gives none")
 
@@ -160,12 +168,46 @@ def run_stats(args: argparse.Namespace) -> int:
     s = compute_stats(args.directory)
     if _write_outputs(args, s, tables_file):
         return 0
+    if "partitions" in s:
+        _print_partitions(s)
+        _print_features(s)
+        return _said_tables(args)
     rows = "  ".join(f"{k} {v['rows']:,} (positive rate {v['label_rate']:.4f})" for k, v in s["splits"].items())
     print(f"{s['directory']} (schema {s['schema']}): {rows}")
+    _print_features(s)
+    return _said_tables(args)
+
+
+def _print_features(s: dict) -> None:
     print(f"{'feature':<16} {'table':<16} {'rows':>10} {'seen':>10} {'pooling':>8}")
     for f in s["features"]:
         print(f"{f['feature']:<16} {f['table']:<16} {f['table_size']:>10,} {f['cardinality']:>10,} {f['pooling_factor']:>8.2f}")
-    return _said_tables(args)
+
+
+def _share(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _print_partitions(s: dict) -> None:
+    """Per partition: rows, positive rate, new-id rate; then the new-id rate (OOV share) by feature."""
+    from dlrm_dist.data.partition_list import format_partitions
+
+    parts = s["partitions"]
+    print(f"{s['directory']} (schema {s['schema']}): {len(parts)} partition(s) "
+          f"({format_partitions([p['partition'] for p in parts])}), schema fitted on partition {s['fitted_on']}")
+    print(f"{'partition':>10} {'rows':>12} {'positive':>9} {'new ids':>8}")
+    for p in parts:
+        print(f"{p['partition']:>10} {p['rows']:>12,} {p['label_rate']:>9.4f} {_share(p['new_id_rate']):>8}")
+    names = [f["feature"] for f in s["features"]]
+    cells = {p["partition"]: [_share(p["features"][n]["new_id_rate"]) + (
+        f" oov {p['features'][n]['oov_rate']:.3f}" if p["features"][n].get("oov_rate") is not None else "")
+        for n in names] for p in parts}
+    width = [max(len(n), *(len(c[i]) for c in cells.values())) for i, n in enumerate(names)]
+    print("new-id rate by feature (vocabulary features: and the OOV share):")
+    print(f"{'partition':>10} " + " ".join(f"{n:>{w}}" for n, w in zip(names, width)))
+    for number, row in cells.items():
+        print(f"{number:>10} " + " ".join(f"{c:>{w}}" for c, w in zip(row, width)))
+    print("new-id rate: " + s["new_id_rate"])
 
 
 def run_fetch(args: argparse.Namespace) -> int:
@@ -218,7 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="dlrm-data", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _preprocess_args(sub.add_parser("preprocess", help="raw files -> memory-mapped arrays, by a schema"))
-    _stats_args(sub.add_parser("stats", help="rows, label rate, cardinality, pooling factor"))
+    _stats_args(sub.add_parser("stats", help=STATS_HELP, description=STATS_HELP))
     _import_args(sub.add_parser("import-torchrec", help="TorchRec-layout Criteo days (day_<i>_*.npy) -> a "
                                                         "columnar directory, once"))
     fetch = sub.add_parser("fetch", help="download an example dataset from PyPI (movielens-100k)")
