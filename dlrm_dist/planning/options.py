@@ -11,16 +11,24 @@ TorchRec's own enumerator, make it cheap:
 - a shard's perf does not depend on the table's row count (except for data_parallel,
   whose gradient all-reduce does), so perf is cached per (sharding type, kernel, dim,
   pooling factor, cache load factor, shard width). Storage is estimated per table.
+
+Storage is TorchRec's formula in closed form (shard_storage.py, equal to its estimator byte for
+byte), and a TorchRec ShardingOption is built only when the perf cache misses. No model is
+built: TorchRec's estimators read a table's shape and element size from a meta tensor of that
+shape, and the module only for its type (one stand-in EmbeddingBagCollection of one tiny table).
+Building a meta EmbeddingBagCollection of every table ran each table's weight initialiser, about
+a fifth of planning 1,000 tables.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner.enumerators import get_partition_by_type
-from torchrec.distributed.planner.shard_estimators import EmbeddingPerfEstimator, EmbeddingStorageEstimator
+import torch
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 from torchrec.distributed.planner.types import Shard, ShardingOption
 from torchrec.distributed.planner.utils import build_sharder_data_map, sharder_name
 from torchrec.distributed.sharding_plan import calculate_shard_sizes_and_offsets
@@ -28,9 +36,10 @@ from torchrec.distributed.types import CacheParams
 
 from dlrm_dist.names import COMPUTE_KERNELS, FUSED_DIM_MULTIPLE, SHARDING_TYPES
 from dlrm_dist.planning.inputs import MANAGED_KERNEL, MANAGED_SHARDING_TYPE
+from dlrm_dist.planning.shard_storage import shard_storages
 from dlrm_dist.planning.storage import check_storage, remapper_bytes
 from dlrm_dist.planning.types import PERF_FIELDS, Capacity, Option, PlannerInputs, TableSpec
-from dlrm_dist.planning.torchrec_bridge import cache_load_factor, constraints, meta_module, perf_estimator, torchrec_topology
+from dlrm_dist.planning.torchrec_bridge import cache_load_factor, constraints, perf_estimator, torchrec_topology
 
 PLANNED_KERNELS = COMPUTE_KERNELS  # key-value and virtual tables need SSD/KV backends: not planned
 
@@ -43,15 +52,24 @@ class Enumerator:
         self.inputs = inputs
         self.topology = torchrec_topology(inputs)
         self.constraints = constraints(inputs)
-        self.module = meta_module(inputs)
         self.sharder = EmbeddingBagCollectionSharder()
         self.sharder_data = build_sharder_data_map({sharder_name(self.sharder.module_type): self.sharder})
         self.perf_estimator = perf_estimator(inputs, self.topology, self.constraints)  # calibrated if the inputs say
-        self.storage_estimator = EmbeddingStorageEstimator(self.topology, constraints=self.constraints)
-        self.params = self.sharder.shardable_parameters(self.module)
+        self._module = _stand_in_module()
+        self._tensors: dict[str, torch.Tensor] = {}
         self._perf_cache: dict[tuple, dict[int, np.ndarray]] = {}
         self.capacity = Capacity.of(inputs)
         self._layouts: dict[tuple, tuple] = {}
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        """Each table's weight as a meta tensor (its shape and dtype: all TorchRec's estimators read)."""
+        return {t.name: self._tensor(t) for t in self.inputs.tables}
+
+    def _tensor(self, table: TableSpec) -> torch.Tensor:
+        if table.name not in self._tensors:
+            self._tensors[table.name] = torch.empty((table.rows, table.dim), dtype=torch.float32, device="meta")
+        return self._tensors[table.name]
 
     def candidates(self, table: TableSpec) -> list[tuple[str, str]]:
         """(sharding type, kernel) pairs allowed by the device, the sharder and the table.
@@ -115,13 +133,11 @@ class Enumerator:
     # -- internals ------------------------------------------------------------------------
     def _sharding_option(self, table: TableSpec, st: str, kernel: str, sizes: list, offsets: list,
                          load_factor: Optional[float] = None) -> ShardingOption:
-        clf = None
-        if kernel == "fused_uvm_caching":
-            clf = load_factor if load_factor is not None else cache_load_factor(self.inputs, table)
+        clf = self._load_factor(table, kernel, load_factor)
         return ShardingOption(
             name=table.name,
-            tensor=self.params[table.name],
-            module=("", self.module),
+            tensor=self._tensor(table),
+            module=("", self._module),
             input_lengths=[table.pooling_factor],
             batch_size=self.inputs.batch_size_per_rank,
             compute_kernel=kernel,
@@ -139,7 +155,7 @@ class Enumerator:
         if key not in self._layouts:
             topo = self.inputs.topology
             sizes, offsets = calculate_shard_sizes_and_offsets(
-                tensor=self.params[table.name], world_size=topo.world_size,
+                tensor=self._tensor(table), world_size=topo.world_size,
                 local_world_size=topo.ranks_per_host, sharding_type=st, col_wise_shard_dim=col_dim,
             )
             sizes_a = np.asarray(sizes, dtype=np.int64)
@@ -166,30 +182,41 @@ class Enumerator:
         return self._estimate(index, table, st, kernel, sizes, offsets, sizes_a, offsets_a, sizes_a[rep], rep,
                               inverse.reshape(-1), load_factor)
 
+    def _load_factor(self, table: TableSpec, kernel: str, load_factor: Optional[float]) -> Optional[float]:
+        """The cache load factor of a cached kernel's option (the table's, else the budget's); None otherwise."""
+        if kernel != "fused_uvm_caching":
+            return None
+        return load_factor if load_factor is not None else cache_load_factor(self.inputs, table)
+
     def _estimate(self, index, table, st, kernel, sizes, offsets, sizes_a, offsets_a, distinct, rep, inverse,
                   load_factor: Optional[float]) -> Option:
-        so = self._sharding_option(table, st, kernel, [sizes[i] for i in rep], [offsets[i] for i in rep], load_factor)
-        self.storage_estimator.estimate([so], self.sharder_data)
-        hbm = np.array([s.storage.hbm for s in so.shards], dtype=np.int64)[inverse]
-        ddr = np.array([s.storage.ddr for s in so.shards], dtype=np.int64)[inverse]
+        clf = self._load_factor(table, kernel, load_factor)
+        topo = self.inputs.topology
+        storage = shard_storages([sizes[i] for i in rep], table.rows, table.dim, st, kernel, topo.device,
+                                 self.inputs.optimizer, table.pooling_factor, self.inputs.batch_size_per_rank,
+                                 topo.world_size, topo.ranks_per_host, clf)
+        hbm = np.array([h for h, _ in storage], dtype=np.int64)[inverse]
+        ddr = np.array([d for _, d in storage], dtype=np.int64)[inverse]
         if table.managed:  # TorchRec's estimator knows no remapper: its buffers sit on the shard's device
             extra = remapper_bytes(sizes_a[:, 0])
             if self.inputs.topology.device == "cuda":
                 hbm = hbm + extra
             else:
                 ddr = ddr + extra
-        perf = self._perf(table, st, kernel, so, distinct)[inverse]
-        clf = so.cache_params.load_factor if so.cache_params else None
+        perf = self._perf(table, st, kernel, clf, distinct,
+                          lambda: self._sharding_option(table, st, kernel, [sizes[i] for i in rep],
+                                                        [offsets[i] for i in rep], load_factor))[inverse]
         return Option(index, st, kernel, clf, sizes_a, offsets_a, perf, hbm, ddr)
 
-    def _perf(self, table: TableSpec, st: str, kernel: str, so: ShardingOption, distinct: np.ndarray) -> np.ndarray:
-        """Per distinct shard size: the 6 perf components (ms)."""
-        clf = so.cache_params.load_factor if so.cache_params else None
+    def _perf(self, table: TableSpec, st: str, kernel: str, clf: Optional[float], distinct: np.ndarray,
+              build: Callable[[], ShardingOption]) -> np.ndarray:
+        """Per distinct shard size: the 6 perf components (ms); ``build`` makes TorchRec's option on a miss."""
         # A calibrated kernel cost depends on the rows (cache misses): then the cache is per table size too.
         key = (st, kernel, table.dim, table.pooling_factor, clf, table.rows if self.inputs.calibration else None)
         cached = self._perf_cache.get(key, {})
         widths = [int(w) for w in distinct[:, 1]]
         if st == "data_parallel" or any(w not in cached for w in widths):
+            so = build()
             self.perf_estimator.estimate([so], self.sharder_data)
             values = [np.array([getattr(s.perf, f) for f in PERF_FIELDS]) for s in so.shards]
             if st == "data_parallel":  # depends on the table's size: never shared
@@ -197,3 +224,10 @@ class Enumerator:
             cached.update(dict(zip(widths, values)))
             self._perf_cache[key] = cached
         return np.stack([cached[w] for w in widths])
+
+
+def _stand_in_module() -> EmbeddingBagCollection:
+    """The module a ShardingOption names: TorchRec's estimators read only its type (the sharder's key),
+    whether it is weighted and whether it has feature processors; never its tables."""
+    one = EmbeddingBagConfig(name="stand_in", embedding_dim=4, num_embeddings=1, feature_names=["stand_in"])
+    return EmbeddingBagCollection(tables=[one], device=torch.device("meta"))

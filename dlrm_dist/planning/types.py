@@ -52,6 +52,10 @@ PERF_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Perf))
 COST_PARTS: tuple[str, ...] = tuple(f for f in PERF_FIELDS if f != "input_dist_comms")
 # A shard's cost is TorchRec's Perf.total: the perf columns it counts, weighted 1.
 COST_WEIGHTS = np.array([1.0 if f in COST_PARTS else 0.0 for f in PERF_FIELDS])
+# Where each sharding type's shards may go, as TorchRec's enumerators.get_partition_by_type says
+# (a test keeps them equal): any rank (device), the ranks of one host (host), or fixed (uniform).
+PARTITION_BY: dict[str, str] = {"data_parallel": "uniform", "table_wise": "device", "column_wise": "device",
+                                "row_wise": "uniform", "table_row_wise": "host", "table_column_wise": "host"}
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -223,9 +227,7 @@ class Option:
 
     def __post_init__(self) -> None:
         # Derived once: the partitioner reads these many thousands of times.
-        from torchrec.distributed.planner.enumerators import get_partition_by_type  # only where options are built
-
-        self.placement: str = get_partition_by_type(self.sharding_type)  # device | host | uniform
+        self.placement: str = PARTITION_BY[self.sharding_type]  # device | host | uniform
         self.shard_cost: np.ndarray = self.perf @ COST_WEIGHTS  # (S,) ms per shard, as Perf.total
         self.total_cost: float = float(self.shard_cost.sum())
         self.max_cost: float = float(self.shard_cost.max())
