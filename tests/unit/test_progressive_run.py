@@ -11,7 +11,7 @@ training batches ``[3d, 3d + 3)`` and its split is those same rows), so the trai
   checkpoint left in metrics.jsonl) writes each partition's record once, and they equal the
   uninterrupted run's; its summary lists all of them.
 - Periodic evaluation and early stopping's judgement run beside it (an eval at a partition's
-  first step comes first, the partition's score second).
+  first step comes first, the partition's score second); a run with it off trains the same losses.
 """
 
 from __future__ import annotations
@@ -60,13 +60,14 @@ class Days(SyntheticData):
         return super().batches("train", global_batch_size, rank, world_size, count, span.start_batch + start_batch)
 
 
-def _prepared(args: list[str]) -> Prepared:
+def _prepared(args: list[str], progressive: Optional[bool] = None) -> Prepared:
+    """The small job on ``Days``, with train.progressive_validation as ``progressive`` says (unset: on)."""
     env = DistEnv.from_environ({}, device="cpu")
     prepared = prepare(load_config(JOB + args), env)
     data = Days(prepared.data)
-    unset = dataclasses.replace(prepared.cfg, train=dataclasses.replace(prepared.cfg.train, progressive_validation=None))
-    cfg, _ = resolve_progressive(unset, data)  # unset: on, since the data trains over partitions
-    assert cfg.train.progressive_validation is True
+    train = dataclasses.replace(prepared.cfg.train, progressive_validation=progressive)
+    cfg, _ = resolve_progressive(dataclasses.replace(prepared.cfg, train=train), data)
+    assert cfg.train.progressive_validation is (progressive is not False)
     return dataclasses.replace(prepared, cfg=cfg, data=data)
 
 
@@ -123,6 +124,8 @@ def test_next_day_scores_are_the_model_of_each_partitions_first_step_and_survive
                 f.write(json.dumps({"kind": "progressive", "step": 6, "partition": 3, "rows": 192, "auc": 0.1}) + "\n")
             resumed_prepared = _prepared(["--train.steps=9", *part])
             resumed = build_trainer(env, resumed_prepared).train()
+            off = build_trainer(env, _prepared(["--train.steps=9", f"--train.run_dir={tmp_path / 'off'}"],
+                                               progressive=False)).train()
         finally:
             teardown()
 
@@ -143,6 +146,8 @@ def test_next_day_scores_are_the_model_of_each_partitions_first_step_and_survive
     assert kinds == [("progressive", 0), ("eval", 3), ("progressive", 3), ("eval", 6), ("progressive", 6),
                      ("eval", 9), ("progressive", 9)]
     assert [e.step for e in result.evals] == [3, 6, 9] and result.best is not None and result.stopped is None
+    # Scoring changes nothing in training: a run without it has the same losses, and no records.
+    assert off.losses == result.losses and off.progressive == [] and _records(tmp_path / "off", "progressive") == []
 
     # Resumed: each partition once, the killed process's line gone, every score the uninterrupted run's.
     again = _records(split_run, "progressive")
