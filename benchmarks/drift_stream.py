@@ -220,14 +220,16 @@ def _day_line(r: dict) -> str:
     return line
 
 
-def schema_toml(ids: str, buckets: int, eviction: str = "lru", min_count: int = 1) -> str:
+def schema_toml(ids: str, buckets: int | dict[str, int], eviction: str = "lru", min_count: int = 1) -> str:
     """The stream's feature schema; user and item ids ``managed`` (TorchRec managed collisions, LRU or LFU),
-    ``hash`` (FNV-1a into ``buckets`` rows) or ``vocab`` (fitted on the first partition, frozen after)."""
+    ``hash`` (FNV-1a into ``buckets`` rows) or ``vocab`` (fitted on the first partition, frozen after).
+    ``buckets`` is one table size for both id features, or one per feature (``{"user_id": .., "item": ..}``)."""
     def id_entry(name: str) -> str:
+        rows = buckets[name] if isinstance(buckets, dict) else buckets
         if ids == "managed":
-            return f'{{ name = "{name}", kind = "managed", buckets = {buckets}, eviction = "{eviction}" }}'
+            return f'{{ name = "{name}", kind = "managed", buckets = {rows}, eviction = "{eviction}" }}'
         if ids == "hash":
-            return f'{{ name = "{name}", kind = "hash", buckets = {buckets} }}'
+            return f'{{ name = "{name}", kind = "hash", buckets = {rows} }}'
         if ids == "vocab":
             return f'{{ name = "{name}", kind = "vocab", min_count = {min_count} }}'
         raise ValueError(f"ids must be managed, hash or vocab, got {ids!r}")
