@@ -7,7 +7,8 @@
   that never receives it is left out (it maps to its own block's miss row, as in training).
 - A model trained on a CSV (an int_modulo managed feature past 2**31, an fnv1a one, a hashed one)
   exported float and int8 scores as the trained model evaluates: ``dlrm-predict --data --split``,
-  ``--input rows.csv`` (ids never seen included), ``Predictor.score`` and ``dlrm-serve``'s /predict.
+  ``--input rows.csv`` (ids never seen included), ``Predictor.score`` (also where torchrec and
+  fbgemm_gpu cannot be imported) and ``dlrm-serve``'s /predict.
 - A 1-rank checkpoint (the trainer under DMP, in this process) exported float and int8 scores its
   eval split and rows of ids never seen in training as the DMP model does in eval mode.
 """
@@ -206,13 +207,14 @@ def test_raw_rows_with_ids_never_seen_score_as_the_trained_model_evaluates_them(
         assert inputs[1][uid].dtype == torch.int64 and set(inputs[1][uid][20:].tolist()) <= set(fresh.tolist())
         want = _evaluated(csv_trained["dlrm"], inputs)
         scored = p.score(table.drop(["clicked"]).to_pylist())
+        float_scores = scored if quantize == "none" else float_scores
         assert np.abs(scored - want).max() < tol, (quantize, np.abs(scored - want).max())
         out = csv_trained["tmp"] / f"rows-{quantize}.npy"
         assert predict_main.main([str(csv_trained[quantize]), "--input", str(csv_path), "--out", str(out),
                                   "--no-progress"]) == 0, capsys.readouterr().err
         assert np.abs(np.load(out) - want).max() < tol
-    rows_of = p.export.module  # the last (int8) program: unseen uids take their block's miss row
-    del rows_of
+    records = table.drop(["clicked"]).to_pylist()
+    assert np.abs(np.asarray(_scored_without_torchrec(csv_trained["none"], records)) - float_scores).max() < 1e-12
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
         from fastapi.testclient import TestClient
@@ -220,6 +222,25 @@ def test_raw_rows_with_ids_never_seen_score_as_the_trained_model_evaluates_them(
         reply = client.post("/predict", json={"records": table.drop(["clicked"]).to_pylist()})
     assert reply.status_code == 200, reply.text
     assert np.abs(np.asarray(reply.json()["scores"]) - want).max() < INT8_TOL
+
+
+def _scored_without_torchrec(export: Path, records: list[dict]) -> list[float]:
+    """Predictor.load(export).score(records) in a process where torchrec and fbgemm_gpu cannot be imported."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"""
+import json, sys
+sys.modules['torchrec'] = None
+sys.modules['fbgemm_gpu'] = None
+from dlrm_dist.serving.predictor import Predictor
+print(json.dumps(Predictor.load({str(export)!r}).score(json.loads({json.dumps(json.dumps(records))})).tolist()))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.splitlines()[-1])
 
 
 def test_a_tampered_remapper_is_refused_by_table_and_array(csv_trained, tmp_path) -> None:
