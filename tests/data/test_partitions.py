@@ -187,7 +187,15 @@ def test_a_half_written_partition_is_never_seen(grown: Path, tmp_path: Path, mon
 
 def test_append_refusals_name_what_is_wrong(grown: Path, tmp_path: Path, capsys) -> None:
     day4 = str(days.write_day(tmp_path, 4))
+    (tmp_path / "s.json").write_text(json.dumps(days.schema_dict()))
+    other = days.schema_dict()
+    other["sparse"][0]["buckets"] = 999
+    (tmp_path / "other.json").write_text(json.dumps(other))
     cases = [
+        (["--schema", str(tmp_path / "s.json"), "--input", day4, "--out", str(grown), "--partition", "4"],
+         "is a complete dataset of partitions 1-3 (fitted on partition 1), started by another job"),
+        (["--append", "--schema", str(tmp_path / "other.json"), "--input", day4, "--out", str(grown)],
+         "the schema differs from the one"),
         (["--append", "--out", str(tmp_path / "nowhere"), "--input", day4], "holds no complete dataset to append to"),
         (["--append", "--refit", "--out", str(grown), "--input", day4], "choose one"),
         (["--append", "--overwrite", "--out", str(grown), "--input", day4], "does not apply to --append"),

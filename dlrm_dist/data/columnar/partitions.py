@@ -188,6 +188,20 @@ def _refuse_refit_into(out: Path, job: dict[str, Any], source: Optional[Path]) -
                           "fitted on the input, never into an existing one: give a new --out")
 
 
+def _refuse_another_first_partition(out: Path, job: dict[str, Any]) -> None:
+    """A complete dataset that grows by day, given another first partition: most likely a day that
+    was meant to be appended (begin_job would refuse it too, without saying so)."""
+    old = read_job(out)
+    if old is None or not (out / layout.META).is_file() or not differences(old, job):
+        return
+    meta = layout.read_meta(out)
+    if layout.is_partitioned(meta):
+        raise PreprocessError(f"{out} is a complete dataset of partitions {_listing(layout.partitions_of(meta, out))} "
+                              f"(fitted on partition {meta.get('fitted_on')}), started by another job "
+                              f"({'; '.join(differences(old, job))}): to add this day with its fitted schema use "
+                              "--append; to start the directory over, --overwrite")
+
+
 def new_dataset(opts: PartitionOptions) -> PartitionReport:
     """``--partition N`` (or ``--refit``): a new dataset whose partition N is every row of the inputs,
     the schema fitted on them; or, rerun, a no-op once complete (jobrecord.py's rules)."""
@@ -204,6 +218,8 @@ def new_dataset(opts: PartitionOptions) -> PartitionReport:
     with lock_out(out, "dlrm-data preprocess --partition"):
         if opts.refit:
             _refuse_refit_into(out, job, opts.schema_source)
+        elif not opts.overwrite:
+            _refuse_another_first_partition(out, job)
         if layout.begin_job(out, job, opts.overwrite):
             return _done(out, number)
         started = time.perf_counter()

@@ -20,6 +20,10 @@ reports it complete); a different job starts over in the directory of a job that
 complete, and is refused over a completed one, naming what differs, unless ``overwrite``.
 Every path is checked to stay inside ``--out`` before anything is written; every JSON file
 is written atomically; a full disk is named and this run's ``.partial`` files are removed.
+
+A dataset that grows by day (``--partition N``, ``--append``, ``--refit``) is written by
+partitions.py, through this module's fit pass and row writer: every row of a day's input is one
+partition, encoded with the schema fitted on the first.
 """
 
 from __future__ import annotations
