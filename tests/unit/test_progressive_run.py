@@ -1,5 +1,10 @@
 """Progressive validation in the trainer: one 1-rank process group in this process.
 
+End to end on a real appended directory (days 1-3 trained, 4 evaluated; ``train.epochs=1``
+counted as each partition's full batches): each next-day record equals ``--inference-only``'s
+evaluation of the checkpoint of that partition's first step with that partition as the eval
+partition, and summary.json lists the records and their mean after the first.
+
 The data is the synthetic generator cut into day partitions (``Days``: partition d is the
 training batches ``[3d, 3d + 3)`` and its split is those same rows), so the trainer meets the
 ``HasPartitions`` protocol exactly as a columnar directory with ``data.partitions`` offers it.
@@ -30,6 +35,7 @@ from dlrm_dist.config import load_config
 from dlrm_dist.data import PartitionSpan
 from dlrm_dist.data.synthetic import SyntheticData
 from dlrm_dist.distributed.env import DistEnv, init_distributed, teardown
+from dlrm_dist.train import train as run_job
 from dlrm_dist.training.build import Prepared, build_trainer, prepare
 from dlrm_dist.training.progressive import resolve_progressive
 from dlrm_dist.training.summary import summary_record
@@ -159,3 +165,60 @@ def test_next_day_scores_are_the_model_of_each_partitions_first_step_and_survive
     assert [r["partition"] for r in summary["progressive"]] == [1, 2, 3, 4]  # the earlier two read back
     assert summary["progressive_mean"]["auc"] == pytest.approx(np.mean([r["auc"] for r in scores[1:]]))
     assert math.isfinite(summary["progressive_mean"]["logloss"])
+
+
+def _appended_days(where: Path, rows: dict[int, int]) -> Path:
+    """A columnar directory of day partitions (day 1 fitted, the others appended; tests/data/days.py's
+    drifting days), without the schema's managed feature (not what is tested here)."""
+    from dlrm_dist.data.columnar.partitions import PartitionOptions, append, new_dataset
+    from dlrm_dist.features.schema import from_dict
+    from tests.data import days
+
+    spec = days.schema_dict()
+    spec["sparse"] = [f for f in spec["sparse"] if f["kind"] != "managed"]
+    schema = from_dict(spec, "the days schema without its managed feature")
+    out = where / "D"
+    for day, n in rows.items():
+        path = days.write_day(where, day, n)
+        options = PartitionOptions([path], out, schema if day == 1 else None, append=day > 1, progress=False, workers=1)
+        (new_dataset if day == 1 else append)(options)
+    return out
+
+
+def test_on_an_appended_directory_next_day_auc_is_the_checkpoints_score_of_that_partition(tmp_path: Path) -> None:
+    # 40, 37 and 45 rows at batch 16: 2 full batches each, 6 steps an epoch (122 // 16 would say 7).
+    data_dir = _appended_days(tmp_path, {1: 40, 2: 37, 3: 45, 4: 30})
+    ckpt, run = tmp_path / "ckpt", tmp_path / "run"
+    base = ["--data.source=columnar", f"--data.data_dir={data_dir}", "--model.embedding_dim=8", "--model.top_mlp=16-1",
+            "--train.global_batch_size=16", "--train.progress=false", "--train.device=cpu", "--train.eval_interval=0"]
+    train = ["--data.partitions=1-3", "--train.epochs=1", "--train.checkpoint_interval=2", "--train.keep_last=0",
+             f"--train.checkpoint_dir={ckpt}", f"--train.run_dir={run}"]
+    env = DistEnv.from_environ({}, device="cpu")
+    with one_rank_here():
+        init_distributed(env, timeout_s=120)
+        try:
+            prepared = prepare(load_config(base + train), env)
+            summary = run_job(prepared, env)  # dlrm-train's own path: summary.json, the end-of-run lines
+            # dlrm-train --inference-only of the checkpoint of partition p's first step, p as the eval partition
+            checked = {}
+            for step, partition in ((2, 2), (4, 3)):
+                args = [f"--data.partitions={partition - 1}", f"--data.eval_partition={partition}",
+                        "--train.inference_only=true", f"--train.checkpoint={ckpt / f'step_{step:08d}'}",
+                        f"--train.run_dir={tmp_path / f'check{step}'}"]
+                checked[step] = build_trainer(env, prepare(load_config(base + args), env)).train().evals[0]
+        finally:
+            teardown()
+    assert prepared.cfg.train.steps == 6 and prepared.cfg.train.progressive_validation is True  # decided by the data
+    scores = _records(run, "progressive")
+    assert [(r["partition"], r["step"], r["rows"], r["samples"]) for r in scores] == [
+        (1, 0, 40, 40), (2, 2, 37, 37), (3, 4, 45, 45)]
+    for r in scores[1:]:
+        independent = checked[r["step"]]
+        assert independent.samples == r["samples"]
+        for name in ("auc", "ne", "logloss"):
+            assert r[name] == pytest.approx(getattr(independent, name), rel=1e-6, abs=1e-9), (r["partition"], name)
+    written = json.loads((run / "summary.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    assert [r["partition"] for r in written["progressive"]] == [1, 2, 3] and written["progressive"][1]["auc"] == scores[1]["auc"]
+    assert written["progressive_mean"]["partitions"] == [2, 3]
+    assert written["progressive_mean"]["auc"] == pytest.approx((scores[1]["auc"] + scores[2]["auc"]) / 2)
