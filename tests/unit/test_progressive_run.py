@@ -5,9 +5,9 @@ counted as each partition's full batches): each next-day record equals ``--infer
 evaluation of the checkpoint of that partition's first step with that partition as the eval
 partition, and summary.json lists the records and their mean after the first.
 
-The data is the synthetic generator cut into day partitions (``Days``: partition d is the
+On the synthetic generator cut into day partitions (``Days``: partition d is the
 training batches ``[3d, 3d + 3)`` and its split is those same rows), so the trainer meets the
-``HasPartitions`` protocol exactly as a columnar directory with ``data.partitions`` offers it.
+``HasPartitions`` protocol exactly as a columnar directory with ``data.partitions`` offers it:
 
 - Each partition's next-day record equals an independent score of the model of that step
   (the checkpoint of the partition's first step, or the initial weights for the first): the
