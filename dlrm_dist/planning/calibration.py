@@ -8,11 +8,12 @@ is a declared, versioned pydantic model like the other file formats::
     {"format": "dlrm_dist.calibration", "version": 1,
      "machine":   {host, cpu, cores, threads_per_rank, torch, fbgemm, created},
      "device": "cpu", "backend": "gloo", "world_size": 2,
-     "embedding": [{kernel, optimizer, dim, rows, pooling_factor, ids, fwd_ms, bwd_ms}, ...],
+     "embedding": [{kernel, optimizer, dim, rows, pooling_factor, ids, fwd_ms, bwd_ms,
+                    fwd_cpu_ms, bwd_cpu_ms}, ...],
      "all_to_all": {latency_ms, bandwidth_gbps, points: [{bytes, ms}, ...]},
      "all_reduce": {...},
      "dense": {gemm_gflops, points: [{m, n, k, ms}, ...]},
-     "step": {fixed_ms, per_table_ms}}
+     "step": {fixed_ms, per_table_ms, cpu_fixed_ms, cpu_per_table_ms}}
 
 The model (pure arithmetic, no torch, so a plan file with a calibration reads without it):
 an embedding kernel call costs ``c0 + c1 * ids`` (fwd and bwd apart; bwd includes fbgemm's
@@ -22,6 +23,15 @@ pooling factors measured and interpolated in log(dim) and log(rows) between meas
 3 x its forward FLOPs (forward + backward) at the measured GEMM rate plus an all-reduce of its
 gradients. ``step`` is what a sharded training step costs beyond all of that (TorchRec's input
 distribution, KJT handling, optimizer bookkeeping), measured on a tiny sharded model.
+
+Work, not waiting: each kernel and step figure is also measured in CPU time (the rank process's
+``time.process_time``; the ``*_cpu_ms`` fields). On a shared machine the wall time of a call is
+its CPU time stretched by whatever else wants the core (measured on this 2-core VM at load 10:
+fbgemm's fused backward 93-139 ms wall for 21-28 ms of CPU, the same CPU time alone or beside a
+second rank), so a calibration taken under load is several times too slow in wall time but right
+in CPU time. With one thread per rank the model therefore costs kernels and the step overhead by
+their CPU time when the file has it (``cost_basis`` says which), and prediction.py turns the
+ranks' work into a wall-clock step by sharing the host's cores among its ranks.
 """
 
 from __future__ import annotations
@@ -76,6 +86,8 @@ class KernelPoint(Strict):
     ids: Count  # per call (batch x pooling factor)
     fwd_ms: Ms
     bwd_ms: Ms  # backward with the fused optimizer update (fused) or + the optimizer step (dense)
+    fwd_cpu_ms: Optional[Ms] = None  # the same calls' CPU time (absent in files from before it was measured)
+    bwd_cpu_ms: Optional[Ms] = None
 
 
 class CommPoint(Strict):
@@ -111,6 +123,8 @@ class StepFit(Strict):
 
     fixed_ms: float = Field(ge=0, le=MAX_MS)
     per_table_ms: float = Field(ge=0, le=MAX_MS)
+    cpu_fixed_ms: Optional[float] = Field(None, ge=0, le=MAX_MS)  # the same in CPU time
+    cpu_per_table_ms: Optional[float] = Field(None, ge=0, le=MAX_MS)
 
 
 class CalibrationModel(Strict):
@@ -140,7 +154,16 @@ class CalibrationModel(Strict):
         return self
 
     def to_data(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", exclude_none=True)
+
+    @property
+    def cost_basis(self) -> Literal["cpu", "wall"]:
+        """What the model costs work by: CPU time with one thread per rank when every figure has it
+        (a rank's CPU time is its wall time on a core of its own, whatever the load was while
+        measuring), else the wall times measured."""
+        has_cpu = all(p.fwd_cpu_ms is not None and p.bwd_cpu_ms is not None for p in self.embedding)
+        has_cpu = has_cpu and self.step.cpu_fixed_ms is not None and self.step.cpu_per_table_ms is not None
+        return "cpu" if has_cpu and self.machine.threads_per_rank == 1 else "wall"
 
 
 def from_data(data: Any, origin: str) -> CalibrationModel:
@@ -213,9 +236,14 @@ def _interp(x: float, xs: Sequence[float], ys: Sequence[float]) -> float:
 
 
 class KernelModel:
-    """The embedding kernels' cost: ``c0 + c1 * ids`` per call, interpolated over dim and rows."""
+    """The embedding kernels' cost: ``c0 + c1 * ids`` per call, interpolated over dim and rows.
 
-    def __init__(self, points: Sequence[KernelPoint]) -> None:
+    ``basis="cpu"`` fits the points' CPU times (every point must have them), ``"wall"`` their wall times.
+    """
+
+    def __init__(self, points: Sequence[KernelPoint], basis: Literal["cpu", "wall"] = "wall") -> None:
+        if basis == "cpu" and any(p.fwd_cpu_ms is None or p.bwd_cpu_ms is None for p in points):
+            raise CalibrationError("a CPU-time kernel model needs every point's fwd_cpu_ms and bwd_cpu_ms")
         groups: dict[tuple, list[KernelPoint]] = defaultdict(list)
         for p in points:
             groups[(p.kernel, p.optimizer, p.rows, p.dim)].append(p)
@@ -223,8 +251,9 @@ class KernelModel:
         self._fits: dict[tuple[str, str], dict[int, dict[int, tuple[float, ...]]]] = defaultdict(lambda: defaultdict(dict))
         for (kernel, opt, rows, dim), ps in groups.items():
             ids = [float(p.ids) for p in ps]
-            self._fits[(kernel, opt)][rows][dim] = (*fit_line(ids, [p.fwd_ms for p in ps]),
-                                                    *fit_line(ids, [p.bwd_ms for p in ps]))
+            fwd = [p.fwd_cpu_ms if basis == "cpu" else p.fwd_ms for p in ps]
+            bwd = [p.bwd_cpu_ms if basis == "cpu" else p.bwd_ms for p in ps]
+            self._fits[(kernel, opt)][rows][dim] = (*fit_line(ids, fwd), *fit_line(ids, bwd))
 
     def kernels(self) -> set[str]:
         return {k for k, _ in self._fits}
@@ -252,6 +281,11 @@ class KernelModel:
 BYTES_PER_PARAM = 4
 
 
+def kernel_model(cal: CalibrationModel) -> KernelModel:
+    """The calibration's kernel costs on its cost basis (what the planner and the prediction use)."""
+    return KernelModel(cal.embedding, cal.cost_basis)
+
+
 def dense_ms(cal: CalibrationModel, flops_per_sample: float, parameters: int, batch_per_rank: int) -> float:
     """Per rank and step: forward + backward GEMMs (3 x forward FLOPs) and the gradient all-reduce."""
     compute = 3.0 * flops_per_sample * batch_per_rank / (cal.dense.gemm_gflops * 1e9) * 1e3
@@ -266,7 +300,11 @@ def step_overhead_ms(cal: CalibrationModel, num_tables: int, collectives: int,
     ``collectives``: all-to-alls per step (each pays the measured latency; their bytes are in
     the shards' comms estimates); ``dense``: (forward FLOPs per sample, parameters) or None.
     """
-    extra = cal.step.fixed_ms + cal.step.per_table_ms * num_tables + collectives * cal.all_to_all.latency_ms
+    if cal.cost_basis == "cpu":
+        fixed, per_table = cal.step.cpu_fixed_ms or 0.0, cal.step.cpu_per_table_ms or 0.0
+    else:
+        fixed, per_table = cal.step.fixed_ms, cal.step.per_table_ms
+    extra = fixed + per_table * num_tables + collectives * cal.all_to_all.latency_ms
     if dense is not None:
         extra += dense_ms(cal, dense[0], dense[1], batch_per_rank)
     return extra
@@ -280,4 +318,4 @@ def describe(cal: CalibrationModel) -> str:
             f"{cal.all_to_all.bandwidth_gbps:.3g} GB/s + {cal.all_to_all.latency_ms:.3g} ms, all-reduce "
             f"{cal.all_reduce.bandwidth_gbps:.3g} GB/s + {cal.all_reduce.latency_ms:.3g} ms, GEMM "
             f"{cal.dense.gemm_gflops:.3g} GFLOP/s, step overhead {cal.step.fixed_ms:.3g} ms + "
-            f"{cal.step.per_table_ms:.3g} ms per table")
+            f"{cal.step.per_table_ms:.3g} ms per table; kernels costed by {cal.cost_basis} time")

@@ -1,6 +1,7 @@
 """Measuring this machine for a calibration file (``dlrm-plan calibrate``), and timing sharded steps.
 
-Every figure comes from the code a training job runs:
+Every figure comes from the code a training job runs, in wall time and in the rank process's CPU
+time (``time.process_time``: the work, whatever else shares the core; calibration.py says why):
 - embedding kernels: fbgemm's ``SplitTableBatchedEmbeddingBagsCodegen`` on CPU host memory with
   the fused optimizer (the ``fused`` kernel TorchRec's sharded EBC uses) and fbgemm's
   ``DenseTableBatchedEmbeddingBagsCodegen`` plus a torch optimizer step (``dense``), per dim,
@@ -160,29 +161,42 @@ def _kernel_module(kernel: str, rows: int, dim: int, optimizer: str) -> tuple[to
     return module, torch.optim.Adagrad(module.parameters(), lr=0.01)
 
 
+@dataclass(frozen=True)
+class KernelTime:
+    """One kernel setting's medians over the timed calls: wall and CPU ms, forward and backward."""
+
+    ids: int
+    fwd_ms: float
+    bwd_ms: float
+    fwd_cpu_ms: float
+    bwd_cpu_ms: float
+
+
 def time_kernel(kernel: str, rows: int, dim: int, pooling_factor: float, batch: int, optimizer: str,
-                reps: int) -> tuple[int, float, float]:
-    """(ids per call, fwd ms, bwd ms): the median of ``reps`` calls after a warm-up (a job's steady state)."""
+                reps: int) -> KernelTime:
+    """The median of ``reps`` calls after a warm-up (a job's steady state), wall and CPU time."""
     module, opt = _kernel_module(kernel, rows, dim, optimizer)
     per_sample = max(int(round(pooling_factor)), 1)
     ids = batch * per_sample
     gen = torch.Generator().manual_seed(rows + dim)
     indices = torch.randint(0, rows, (ids,), generator=gen)
     offsets = torch.arange(0, batch + 1, dtype=torch.int64) * per_sample
-    fwd, bwd = [], []
+    fwd, bwd, fwd_cpu, bwd_cpu = [], [], [], []
     for i in range(reps + 1):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = module(indices, offsets)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         out.backward(torch.ones_like(out))
         if opt is not None:
             opt.step()
             opt.zero_grad(set_to_none=True)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         if i:  # the first call allocates and warms caches
             fwd.append(t1 - t0)
             bwd.append(t2 - t1)
-    return ids, statistics.median(fwd) * 1e3, statistics.median(bwd) * 1e3
+            fwd_cpu.append(c1 - c0)
+            bwd_cpu.append(c2 - c1)
+    return KernelTime(ids, *(statistics.median(x) * 1e3 for x in (fwd, bwd, fwd_cpu, bwd_cpu)))
 
 
 def measure_kernels(sizes: Sizes) -> list[dict[str, Any]]:
@@ -195,10 +209,11 @@ def measure_kernels(sizes: Sizes) -> list[dict[str, Any]]:
                 if rows * dim * 4 > sizes.max_table_bytes:
                     continue
                 for pf in sizes.pooling_factors:
-                    ids, fwd, bwd = time_kernel(kernel, rows, dim, pf, sizes.batch, sizes.optimizer, sizes.reps)
+                    t = time_kernel(kernel, rows, dim, pf, sizes.batch, sizes.optimizer, sizes.reps)
                     points.append({"kernel": kernel, "optimizer": sizes.optimizer, "dim": dim, "rows": rows,
-                                   "pooling_factor": float(pf), "ids": ids, "fwd_ms": max(fwd, 1e-6),
-                                   "bwd_ms": max(bwd, 1e-6)})
+                                   "pooling_factor": float(pf), "ids": t.ids, "fwd_ms": max(t.fwd_ms, 1e-6),
+                                   "bwd_ms": max(t.bwd_ms, 1e-6), "fwd_cpu_ms": max(t.fwd_cpu_ms, 1e-6),
+                                   "bwd_cpu_ms": max(t.bwd_cpu_ms, 1e-6)})
     return points
 
 
@@ -319,19 +334,21 @@ class ShardedSteps:
         self.data = _batches(job, 4, seed=1234 + dist.get_rank())
         self.loss_fn = torch.nn.BCEWithLogitsLoss()
         self.step = 0
+        self.cpu_ms: list[float] = []  # the last run's steps in this process's CPU time
 
     def run(self, steps: int) -> list[float]:
-        """Each step's wall time (ms) on this rank."""
-        times = []
+        """Each step's wall time (ms) on this rank (CPU times in ``cpu_ms``)."""
+        times, self.cpu_ms = [], []
         for _ in range(steps):
             kjt, labels = self.data[self.step % len(self.data)]
             self.step += 1
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             loss = self.loss_fn(self.model(kjt), labels)
             loss.backward()
             self.dense.step()
             self.dense.zero_grad(set_to_none=True)
             times.append((time.perf_counter() - t0) * 1e3)
+            self.cpu_ms.append((time.process_time() - c0) * 1e3)
         return times
 
 
@@ -340,7 +357,7 @@ def sharded_step_ms(job: StepJob, plan: Any, steps: int, warmup: int = 2) -> dic
     runner = ShardedSteps(job, plan)
     runner.run(warmup)
     kept = runner.run(steps)
-    return {"mean_ms": sum(kept) / len(kept), "steps_ms": kept}
+    return {"mean_ms": sum(kept) / len(kept), "steps_ms": kept, "steps_cpu_ms": runner.cpu_ms}
 
 
 def _tw_plan(job: StepJob, world_size: int) -> Any:
@@ -364,9 +381,9 @@ def measure_step(sizes: Sizes) -> dict[str, Any]:
     for count in sizes.step_tables:
         job = StepJob(tables=tuple((f"t{i}", 1000, 16, 1.0) for i in range(count)), mlp=(8, 1), batch_per_rank=64)
         result = sharded_step_ms(job, _tw_plan(job, world), sizes.step_count)
-        slowest = torch.tensor([min(result["steps_ms"])])
+        slowest = torch.tensor([min(result["steps_ms"]), statistics.median(result["steps_cpu_ms"])])
         dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-        out.append({"tables": count, "ms": float(slowest.item())})
+        out.append({"tables": count, "ms": float(slowest[0].item()), "cpu_ms": float(slowest[1].item())})
     return {"points": out}
 
 
@@ -406,6 +423,9 @@ def _slowest_kernels(per_rank: Sequence[list[dict[str, Any]]]) -> list[dict[str,
         p = dict(points[0])
         p["fwd_ms"] = max(q["fwd_ms"] for q in points)
         p["bwd_ms"] = max(q["bwd_ms"] for q in points)
+        for key in ("fwd_cpu_ms", "bwd_cpu_ms"):
+            if all(key in q for q in points):
+                p[key] = max(q[key] for q in points)
         out.append(p)
     return out
 
@@ -430,15 +450,20 @@ def _step_fit(points: list[dict[str, Any]], embedding: list[dict[str, Any]], lat
     """fixed + per_table x tables: the probe's step time less its (tiny) kernels and collective latencies."""
     from dlrm_dist.planning.calibration import KernelPoint
 
-    kernels = KernelModel([KernelPoint(**p) for p in embedding])
-    xs, ys = [], []
-    for p in points:
-        fwd, bwd = kernels.ms("fused", embedding[0]["optimizer"], 16, 1000, 64.0)
-        modeled = p["tables"] * (fwd + bwd) + 4 * latency_ms
-        xs.append(float(p["tables"]))
-        ys.append(max(p["ms"] - modeled, 0.0))
-    c0, c1 = fit_line(xs, ys)
-    return {"fixed_ms": c0, "per_table_ms": c1}
+    kernel_points = [KernelPoint(**p) for p in embedding]
+    has_cpu = all("cpu_ms" in p for p in points) and all(q.fwd_cpu_ms is not None for q in kernel_points)
+    out = {}
+    for basis, key, names in (("wall", "ms", ("fixed_ms", "per_table_ms")),
+                              ("cpu", "cpu_ms", ("cpu_fixed_ms", "cpu_per_table_ms"))):
+        if basis == "cpu" and not has_cpu:
+            continue
+        fwd, bwd = KernelModel(kernel_points, basis).ms("fused", embedding[0]["optimizer"], 16, 1000, 64.0)
+        xs = [float(p["tables"]) for p in points]
+        # the collectives' latency is waiting (not CPU work) but part of the wall-clock probe
+        ys = [max(p[key] - p["tables"] * (fwd + bwd) - (4 * latency_ms if basis == "wall" else 0.0), 0.0)
+              for p in points]
+        out.update(zip(names, fit_line(xs, ys)))
+    return out
 
 
 def _rank_measure(sizes: Sizes) -> dict[str, Any]:

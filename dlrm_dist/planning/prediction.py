@@ -1,12 +1,18 @@
 """A calibrated plan's predicted training step per rank (no torch: read from the plan file alone).
 
-A rank's step = its embedding shards' estimated cost (Perf.total: kernels from the calibration,
-all-to-all bytes over the measured bandwidth) + what every rank pays alike: the calibration's
-step overhead (fixed + per table), the latency of the all-to-alls beyond the one sharding group
-the overhead was measured with (input ids, forward and backward embeddings, and the splits:
-four per group), and the dense part (the inputs' ``dense``: GEMMs at the measured rate, the
-gradient all-reduce). Without a calibration there is no step prediction: TorchRec's constant
-bandwidths estimate the embedding part only, often 100x below a CPU step.
+A rank's work per step = its embedding shards' estimated cost (Perf.total: kernels from the
+calibration, all-to-all bytes over the measured bandwidth) + what every rank pays alike: the
+calibration's step overhead (fixed + per table), the latency of the all-to-alls beyond the one
+sharding group the overhead was measured with (input ids, forward and backward embeddings, and
+the splits: four per group), and the dense part (the inputs' ``dense``: GEMMs at the measured
+rate, the gradient all-reduce). Without a calibration there is no step prediction: TorchRec's
+constant bandwidths estimate the embedding part only, often 100x below a CPU step.
+
+The wall-clock step shares each host's cores among its ranks: with more busy ranks than cores
+(4 ranks on this 2-core machine) a rank runs at ``cores / busy ranks`` of a core until the
+others finish (processor sharing, as the kernel's scheduler does), so its step is longer than
+its work; with a core per rank the two are equal. The calibration's ``machine.cores`` is the
+host's core count.
 """
 
 from __future__ import annotations
@@ -24,8 +30,22 @@ def sharding_groups(shards_by_type: Sequence[dict[str, int]]) -> int:
     return len({t for by_type in shards_by_type for t, n in by_type.items() if n and t != "data_parallel"})
 
 
-def predicted_step_ms(inputs: PlannerInputs, estimates: PlanEstimates) -> Optional[list[float]]:
-    """Per rank: the predicted training step (ms), or None when the plan was not calibrated."""
+def shared_cores_ms(work_ms: Sequence[float], cores: int) -> list[float]:
+    """When each rank of one host finishes ``work_ms`` (CPU ms) if the host's ``cores`` are shared
+    fairly among the ranks still working (``n`` busy ranks each run at ``min(1, cores / n)``)."""
+    order = sorted(range(len(work_ms)), key=lambda i: work_ms[i])
+    finish = [0.0] * len(work_ms)
+    now, done, busy = 0.0, 0.0, len(work_ms)
+    for i in order:
+        rate = min(1.0, cores / busy)
+        now += (work_ms[i] - done) / rate
+        done, finish[i], busy = work_ms[i], now, busy - 1
+    return finish
+
+
+def predicted_work_ms(inputs: PlannerInputs, estimates: PlanEstimates) -> Optional[list[float]]:
+    """Per rank: the predicted work of one training step (ms on a core of its own), or None
+    when the plan was not calibrated."""
     cal = inputs.calibration
     if cal is None:
         return None
@@ -34,3 +54,16 @@ def predicted_step_ms(inputs: PlannerInputs, estimates: PlanEstimates) -> Option
     extra = step_overhead_ms(cal, len(inputs.tables), COLLECTIVES_PER_GROUP * max(groups - 1, 0), dense,
                              inputs.batch_size_per_rank)
     return [r.cost_ms + extra for r in estimates.per_rank]
+
+
+def predicted_step_ms(inputs: PlannerInputs, estimates: PlanEstimates) -> Optional[list[float]]:
+    """Per rank: the predicted wall-clock training step (ms), its host's cores shared among its
+    ranks, or None when the plan was not calibrated."""
+    work = predicted_work_ms(inputs, estimates)
+    if work is None:
+        return None
+    cal, per_host = inputs.calibration, inputs.topology.ranks_per_host
+    out: list[float] = []
+    for start in range(0, len(work), per_host):
+        out += shared_cores_ms(work[start:start + per_host], cal.machine.cores)
+    return out

@@ -27,7 +27,7 @@ from torchrec.distributed.planner.types import ShardingOption
 from torchrec.distributed.types import CacheParams
 
 from dlrm_dist.optimizer_registry import mark_in_backward
-from dlrm_dist.planning.calibration import CalibrationModel, KernelModel
+from dlrm_dist.planning.calibration import CalibrationModel, kernel_model
 from dlrm_dist.planning.inputs import MANAGED_KERNEL, MANAGED_SHARDING_TYPE
 from dlrm_dist.planning.types import GB, PlannerInputs, TableSpec
 
@@ -40,7 +40,7 @@ _ROW_SPLIT = {"row_wise": "world", "table_row_wise": "host", "grid_shard": "host
 
 def calibrated_bandwidths(cal: CalibrationModel, optimizer: str) -> dict[str, float]:
     """TorchRec Topology arguments (bytes/ms, ratios) that the calibration measured."""
-    kernels = KernelModel(cal.embedding)
+    kernels = kernel_model(cal)
     dim, rows, batch, pf = 64, 1_000_000, 512, 20.0  # a typical shard: the bandwidth is a single figure
     ids = batch * pf
     fwd, bwd = kernels.ms("fused", optimizer, dim, rows, ids)
@@ -126,7 +126,7 @@ class CalibratedPerfEstimator(EmbeddingPerfEstimator):
         super().__init__(topology, constraints=constraints)
         assert inputs.calibration is not None
         self._inputs = inputs
-        self._kernels = KernelModel(inputs.calibration.embedding)
+        self._kernels = kernel_model(inputs.calibration)
 
     def estimate(self, sharding_options: list[ShardingOption], sharder_data_map: Any = None) -> None:
         super().estimate(sharding_options, sharder_data_map)  # comms: bytes over the measured bandwidth
