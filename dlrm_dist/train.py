@@ -25,6 +25,7 @@ from dlrm_dist.metrics.runs import CONFIG_FILE, PLAN_FILE, SUMMARY_FILE
 from dlrm_dist.planning import format_plan, planfile
 from dlrm_dist.training.summary import final_report, summary_record
 from dlrm_dist.training.build import Prepared, build_trainer, prepare
+from dlrm_dist.planning.job_calibration import with_job_calibration
 from dlrm_dist.training.run_lock import RunLocks
 from dlrm_dist.errors import run_cli
 
@@ -50,6 +51,8 @@ def run(args: Sequence[str], env: Optional[DistEnv] = None) -> dict:
 
 def train(prepared: Prepared, env: DistEnv) -> dict:
     """Writes the run's plan and config, trains, writes the summary (the process group exists)."""
+    # sharding.calibration: this machine measured over the job's group (or a matching file), then planned again
+    prepared = with_job_calibration(prepared, env)
     cfg = prepared.cfg
     logger.info("dlrm_dist: %d rank(s), backend %s, device %s", env.world_size, env.backend, env.device.type)
     logger.info(format_plan(prepared.plan))

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dlrm_dist.cli.plan_main import main
 from dlrm_dist.planning import calibration, planfile
 from dlrm_dist.planning.calibration import CalibrationError, KernelModel, KernelPoint, fit_collective, fit_line
-from dlrm_dist.planning.prediction import predicted_step_ms
+from dlrm_dist.planning.prediction import predicted_step_ms, predicted_work_ms, shared_cores_ms
 from tests import calibration_helper as ch
 
 BATCH = 64
@@ -132,6 +133,112 @@ def test_an_uncalibrated_plan_has_no_step_prediction_and_says_whose_costs(tmp_pa
     assert code == 0 and predicted_step_ms(pf.inputs, pf.estimates) is None
     assert "costs: TorchRec's constant bandwidths" in out
     assert "calibration" not in json.loads(plan.read_text())["inputs"]  # unset: left out of the file
+
+
+def _with_cpu(data: dict, share: float = 0.25, threads: int = 1) -> dict:
+    """``data`` whose kernels and step also carry CPU times: ``share`` of the wall times."""
+    for point in data["embedding"]:
+        point.update(fwd_cpu_ms=point["fwd_ms"] * share, bwd_cpu_ms=point["bwd_ms"] * share)
+    data["step"].update(cpu_fixed_ms=ch.FIXED_MS * share, cpu_per_table_ms=ch.PER_TABLE_MS * share)
+    data["machine"]["threads_per_rank"] = threads
+    return data
+
+
+def test_work_is_costed_by_cpu_time_when_every_figure_has_it() -> None:
+    """Measured under load, a kernel's wall time is its CPU time stretched by the other processes:
+    the model takes the CPU time (one thread per rank), the wall time only when that is all there is."""
+    cal = calibration.from_data(_with_cpu(ch.calibration_data()), "synthetic")
+    assert cal.cost_basis == "cpu"
+    fwd, bwd = calibration.kernel_model(cal).ms("fused", "rowwise_adagrad", 16, 1000, 1000)
+    assert (fwd, bwd) == pytest.approx((0.25 * (ch.F0 + ch.F1 * 1000), 0.25 * (ch.B0 + ch.B1 * 1000)))
+    assert calibration.step_overhead_ms(cal, 2, 0, None, BATCH) == pytest.approx(0.25 * (ch.FIXED_MS + 2 * ch.PER_TABLE_MS))
+    assert calibration.from_data(ch.calibration_data(), "old file").cost_basis == "wall"  # files from before
+    threads = calibration.from_data(_with_cpu(ch.calibration_data(), threads=2), "two threads")
+    assert threads.cost_basis == "wall"  # CPU time of 2 threads is not one rank's wall time on its cores
+    assert calibration.kernel_model(threads).ms("fused", "rowwise_adagrad", 16, 1000, 1000) == pytest.approx(
+        (ch.F0 + ch.F1 * 1000, ch.B0 + ch.B1 * 1000))
+    with pytest.raises(CalibrationError, match="fwd_cpu_ms"):
+        KernelModel(calibration.from_data(ch.calibration_data(), "old").embedding, "cpu")
+
+
+def test_ranks_share_their_hosts_cores() -> None:
+    assert shared_cores_ms([10.0, 20.0], 2) == pytest.approx([10.0, 20.0])  # a core each: the work itself
+    assert shared_cores_ms([10.0] * 4, 2) == pytest.approx([20.0] * 4)  # 4 ranks on 2 cores: half a core each
+    # all four at half speed until the three short ones finish (t = 20), then the long one alone
+    assert shared_cores_ms([10.0, 30.0, 10.0, 10.0], 2) == pytest.approx([20.0, 40.0, 20.0, 20.0])
+    assert shared_cores_ms([12.0, 0.0, 0.0, 0.0], 2) == pytest.approx([12.0, 0.0, 0.0, 0.0])  # idle ranks take no core
+
+
+def test_a_four_rank_plan_on_two_cores_predicts_the_shared_step(tmp_path: Path, capsys) -> None:
+    cal = _write(tmp_path, ch.calibration_data(world_size=4))
+    plan = tmp_path / "p.json"
+    code, out, _ = _run(capsys, "make", "--tables", str(_tables(tmp_path)), "--calibration", str(cal), "--device", "cpu",
+                        "--ranks-per-host", "4", "--batch-size-per-rank", str(BATCH), "-o", str(plan))
+    assert code == 0, out
+    pf = planfile.read(plan)
+    work = predicted_work_ms(pf.inputs, pf.estimates)
+    assert work is not None and len(work) == 4
+    assert predicted_step_ms(pf.inputs, pf.estimates) == pytest.approx(shared_cores_ms(work, 2))
+    assert max(predicted_step_ms(pf.inputs, pf.estimates)) > max(work)  # more ranks than cores: slower than the work
+
+
+# -- calibration inside a job (sharding.calibration) ---------------------------------------------
+def _job_cal(tmp_path: Path, **machine: Any) -> Path:
+    import socket
+
+    import fbgemm_gpu
+    import torch
+
+    data = ch.calibration_data()
+    data["machine"].update({"host": socket.gethostname(), "torch": torch.__version__,
+                            "fbgemm": getattr(fbgemm_gpu, "__version__", "?"), **machine})
+    return _write(tmp_path, data, f"job-{len(machine)}.json")
+
+
+def test_a_job_reuses_a_matching_file_and_refuses_a_named_one_of_another_shape(tmp_path: Path) -> None:
+    from dlrm_dist.planning.job_calibration import _decide, calibration_path
+
+    path = _job_cal(tmp_path)
+    data, error = _decide(path, True, 2, "gloo", "cpu", "rowwise_adagrad")
+    assert error is None and data == calibration.read(path).to_data()  # reused as it is
+    data, error = _decide(path, True, 4, "gloo", "cpu", "rowwise_adagrad")
+    assert data is None and "world_size is 2, this job's is 4" in error and str(path) in error
+    _, error = _decide(path, True, 2, "gloo", "cpu", "adam")
+    assert "measured with rowwise_adagrad, this job's optimizer is 'adam'" in error
+    # auto's own file: another shape is measured again (None, None), as is a missing or damaged file
+    assert _decide(path, False, 4, "gloo", "cpu", "rowwise_adagrad") == (None, None)
+    assert _decide(tmp_path / "none.json", True, 2, "gloo", "cpu", "rowwise_adagrad") == (None, None)
+    (tmp_path / "bad.json").write_text("{")
+    assert _decide(tmp_path / "bad.json", False, 2, "gloo", "cpu", "rowwise_adagrad") == (None, None)
+    _, error = _decide(tmp_path / "bad.json", True, 2, "gloo", "cpu", "rowwise_adagrad")
+    assert "bad.json" in error
+    other = _job_cal(tmp_path, host="elsewhere")
+    assert "machine.host is 'elsewhere'" in _decide(other, True, 2, "gloo", "cpu", "rowwise_adagrad")[1]
+    assert calibration_path("auto", "runs/a") == Path("runs/a/calibration.json")
+    assert calibration_path("m.json", "runs/a") == Path("m.json")
+
+
+def test_a_job_measures_its_own_tables() -> None:
+    from dlrm_dist.planning.job_calibration import job_sizes
+    from dlrm_dist.planning.types import TableSpec
+
+    tables = [TableSpec("a", 100, 8, 1.0), TableSpec("b", 10**9, 64, 30.0), TableSpec("c", 5000, 16, 0.5),
+              TableSpec("d", 700, 16, 4.0)]
+    sizes = job_sizes(tables, world_size=2, batch_per_rank=128, optimizer="adagrad")
+    assert sizes.dims == (8, 16, 64) and sizes.pooling_factors == (1.0, 30.0) and sizes.batch == 256
+    cap = sizes.max_table_bytes // (4 * 64)  # no grid table larger than a rank may allocate at the widest dim
+    assert sizes.rows == (100, 5000, cap) and sizes.kernels == ("fused",) and sizes.optimizer == "adagrad"
+    assert 256 * (8 + 64 + 16 + 16) * 4 in sizes.comm_bytes
+
+
+def test_calibration_beside_a_fixed_plan_is_refused_by_name() -> None:
+    from dlrm_dist.config import load_config
+    from dlrm_dist.config.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"sharding.calibration='auto' chooses a plan by measured costs, but "
+                                          r"sharding.sharding_type='row_wise' already fixes it"):
+        load_config(["--sharding.calibration=auto", "--sharding.sharding_type=row_wise"])
+    assert load_config(["--sharding.calibration=auto"]).sharding.calibration == "auto"
 
 
 # -- topology honesty -------------------------------------------------------------------------
