@@ -59,7 +59,9 @@ class MetricsLog:
         if self.tb_dir is not None:
             from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
 
-            self._writer = SummaryWriter(str(self.tb_dir), purge_step=step if resumed else None)
+            # TensorBoard purges the events at purge_step and later; the records at ``step`` itself
+            # (its train line, eval, next-day score: written before its checkpoint) are kept, as in the JSONL.
+            self._writer = SummaryWriter(str(self.tb_dir), purge_step=step + 1 if resumed else None)
 
     def _drop_past(self, step: int) -> None:
         """Rewrites the file without the records past ``step`` and without a cut last line.

@@ -215,3 +215,23 @@ def test_the_series_by_partition_is_its_own_tensorboard_run(tmp_path: Path) -> N
     main.Reload()
     assert [e.step for e in main.Scalars("progressive/auc")] == [4, 8]  # also by step in the main run
     assert [r["partition"] for r in log.records("progressive")] == [1, 2]
+
+
+def test_a_resumed_log_keeps_the_tensorboard_events_of_its_checkpoint_step(tmp_path: Path) -> None:
+    """The JSONL keeps the records at the resumed step (written before its checkpoint, not written
+    again); TensorBoard kept them too only from purge_step = step + 1 (it purged step 4's eval)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = MetricsLog(tmp_path, enabled=True)
+    log.start(resumed=False)
+    for step in (2, 4, 6):  # 6: past the checkpoint of step 4, written by a process killed after it
+        log.write("eval", step, auc=step / 10)
+    log.close()
+    resumed = MetricsLog(tmp_path, enabled=True)
+    resumed.start(resumed=True, step=4)
+    resumed.write("eval", 6, auc=0.65)
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, round(e.value, 4)) for e in events.Scalars("eval/auc")] == [(2, 0.2), (4, 0.4), (6, 0.65)]
+    assert [(r["step"], r["auc"]) for r in resumed.records("eval")] == [(2, 0.2), (4, 0.4), (6, 0.65)]
