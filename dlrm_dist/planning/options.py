@@ -159,10 +159,10 @@ class Enumerator:
                 local_world_size=topo.ranks_per_host, sharding_type=st, col_wise_shard_dim=col_dim,
             )
             sizes_a = np.asarray(sizes, dtype=np.int64)
-            _, rep, inverse = np.unique(sizes_a, axis=0, return_index=True, return_inverse=True)
+            rep, inverse = distinct_rows(sizes)
             distinct = sizes_a[rep]
             self._layouts = {k: v for k, v in self._layouts.items() if k[0] == table.name}  # bounded
-            self._layouts[key] = (sizes, offsets, sizes_a, np.asarray(offsets, dtype=np.int64), distinct, rep, inverse.reshape(-1))
+            self._layouts[key] = (sizes, offsets, sizes_a, np.asarray(offsets, dtype=np.int64), distinct, rep, inverse)
         return self._layouts[key]
 
     def base_option(self, index: int, st: str, kernel: str) -> Option:
@@ -177,10 +177,10 @@ class Enumerator:
                    load_factor: Optional[float]) -> Option:
         """The option of an explicit shard layout (e.g. another planner's), estimated alike."""
         sizes_a, offsets_a = np.asarray(sizes, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
-        _, rep, inverse = np.unique(sizes_a, axis=0, return_index=True, return_inverse=True)
+        rep, inverse = distinct_rows(sizes)
         table = self.inputs.tables[index]
         return self._estimate(index, table, st, kernel, sizes, offsets, sizes_a, offsets_a, sizes_a[rep], rep,
-                              inverse.reshape(-1), load_factor)
+                              inverse, load_factor)
 
     def _load_factor(self, table: TableSpec, kernel: str, load_factor: Optional[float]) -> Optional[float]:
         """The cache load factor of a cached kernel's option (the table's, else the budget's); None otherwise."""
@@ -231,3 +231,18 @@ def _stand_in_module() -> EmbeddingBagCollection:
     whether it is weighted and whether it has feature processors; never its tables."""
     one = EmbeddingBagConfig(name="stand_in", embedding_dim=4, num_embeddings=1, feature_names=["stand_in"])
     return EmbeddingBagCollection(tables=[one], device=torch.device("meta"))
+
+
+def distinct_rows(sizes: list) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(sizes, axis=0, return_index=True, return_inverse=True)``'s index and inverse, without its
+    sort of the whole array: the first occurrence of each distinct shard size, in ascending order of the
+    sizes, and each shard's position among them. A layout has one to three distinct sizes among up to
+    hundreds of shards, and np.unique along an axis cost 0.3 ms per option."""
+    rows = [tuple(int(x) for x in r) for r in sizes]
+    first: dict[tuple, int] = {}
+    for i, r in enumerate(rows):
+        first.setdefault(r, i)
+    ordered = sorted(first)
+    position = {r: j for j, r in enumerate(ordered)}
+    return (np.array([first[r] for r in ordered], dtype=np.intp),
+            np.array([position[r] for r in rows], dtype=np.intp))

@@ -122,6 +122,7 @@ class _Placer:
         self.n = inputs.topology.world_size
         self.local = inputs.topology.ranks_per_host
         self.cap = cap
+        self._uniform_loads: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}  # by id(option)
 
     def place(self, choice: list[Option]) -> tuple[Optional[list[TablePlacement]], list[int]]:
         load, hbm, ddr = np.zeros(self.n), np.zeros(self.n), np.zeros(self.n)
@@ -129,8 +130,7 @@ class _Placer:
         failed: list[int] = []
         for t, o in enumerate(choice):  # fixed placements first
             if o.placement == "uniform":
-                ranks = np.arange(len(o.sizes)) % self.n
-                dl, dh, dd = (np.bincount(ranks, w, minlength=self.n) for w in (o.shard_cost, o.hbm, o.ddr))
+                ranks, dl, dh, dd = self._uniform(o)
                 if not self._fits(hbm, ddr, dh, dd).all():
                     failed.append(t)
                     continue
@@ -150,6 +150,15 @@ class _Placer:
         if failed:
             return None, failed
         return placed, []  # type: ignore[return-value]
+
+    def _uniform(self, o: Option) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """A fixed-placement option's ranks and per-rank load, HBM and DDR: the same for every target, so
+        computed once per option (the partitioner places each choice of up to 50 targets)."""
+        if id(o) not in self._uniform_loads:
+            ranks = np.arange(len(o.sizes)) % self.n
+            self._uniform_loads[id(o)] = (ranks, *(np.bincount(ranks, w, minlength=self.n)
+                                                   for w in (o.shard_cost, o.hbm, o.ddr)))
+        return self._uniform_loads[id(o)]
 
     def _fits(self, hbm: np.ndarray, ddr: np.ndarray, dh: float, dd: float) -> np.ndarray:
         return (hbm + dh <= self.cap.hbm + 1e-6) & (ddr + dd <= self.cap.ddr + 1e-6)
@@ -270,14 +279,23 @@ def partition(options: list[list[Option]], inputs: PlannerInputs) -> list[TableP
     best: Optional[list[TablePlacement]] = None
     best_cost = np.inf
     last_failed: list[int] = []
+    failures: dict[tuple[int, ...], list[int]] = {}
+    tried: set[tuple[int, ...]] = set()
     for target in _targets(allowed, n):
         choice = _choose(allowed, float(target))
+        # Neighbouring targets often choose the same options; placing is deterministic, so a choice
+        # already placed gives the same placement (not better than itself) or the same failure.
+        key = tuple(id(o) for o in choice)
+        if key in tried:
+            last_failed = failures.get(key, last_failed)
+            continue
+        tried.add(key)
         for _ in range(len(choice) + 1):
             placed, failed = placer.place(choice)
             if placed is not None or not _repair(allowed, choice, failed):
                 break
         if placed is None:
-            last_failed = failed
+            last_failed = failures[key] = failed
             continue
         cost = bottleneck(placed, n)
         if cost < best_cost - 1e-12:

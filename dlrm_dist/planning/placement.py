@@ -19,6 +19,14 @@ def rank_totals(tables: list[TablePlacement], world_size: int) -> tuple[np.ndarr
     return load, hbm, ddr
 
 
+def rank_loads(tables: list[TablePlacement], world_size: int) -> np.ndarray:
+    """Load (ms) per rank: rank_totals' first array, summed in the same order (the same floats)."""
+    load = np.zeros(world_size)
+    for tp in tables:
+        load += np.bincount(tp.ranks, tp.option.shard_cost, minlength=world_size)
+    return load
+
+
 def bottleneck(tables: list[TablePlacement], world_size: int) -> float:
     """TorchRec's rating of a plan: the slowest rank's summed shard cost (ms)."""
-    return float(rank_totals(tables, world_size)[0].max())
+    return float(rank_loads(tables, world_size).max())

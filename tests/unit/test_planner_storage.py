@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import itertools
 
+import numpy as np
 import pytest
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import Topology
@@ -25,7 +26,7 @@ from torchrec.distributed.types import CacheParams
 
 from dlrm_dist.names import SHARDING_TYPES
 from dlrm_dist.planning.calibration import CalibrationModel
-from dlrm_dist.planning.options import Enumerator
+from dlrm_dist.planning.options import Enumerator, distinct_rows
 from dlrm_dist.planning.shard_storage import shard_storages
 from dlrm_dist.planning.torchrec_bridge import meta_module
 from tests.calibration_helper import calibration_data
@@ -131,3 +132,13 @@ def test_enumerated_estimates_equal_torchrec(which: int) -> None:
             if len({tuple(s) for s in o.sizes.tolist()}) == len({int(w) for w in o.sizes[:, 1]}):
                 want = [[getattr(s.perf, f) for f in PERF_FIELDS] for s in so.shards]
                 assert o.perf.tolist() == want, where
+
+
+def test_distinct_rows_equals_numpy_unique() -> None:
+    rng = np.random.default_rng(0)
+    cases = [[[5, 4]], [[3, 8]] * 7 + [[2, 8]] * 3, [[0, 16], [4, 16], [4, 16], [3, 16], [0, 16]]]
+    cases += [rng.integers(0, 4, size=(int(rng.integers(1, 40)), 2)).tolist() for _ in range(50)]
+    for sizes in cases:
+        _, rep, inverse = np.unique(np.asarray(sizes, dtype=np.int64), axis=0, return_index=True, return_inverse=True)
+        got_rep, got_inverse = distinct_rows(sizes)
+        assert got_rep.tolist() == rep.tolist() and got_inverse.tolist() == inverse.reshape(-1).tolist(), sizes
