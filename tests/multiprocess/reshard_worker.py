@@ -1,5 +1,9 @@
 """Rank-side code of the resharding tests: training phases that save, or resume from, a
-checkpoint under a given sharding, at the world size of the calling ``run_ranks``."""
+checkpoint under a given sharding, at the world size of the calling ``run_ranks``.
+
+A sharding named ``managed...`` is the managed-collision schema (tests/schemas/managed_reshard.toml),
+row-wise (TorchRec's only sharding for it); ``managed-ws1`` is its source trained on one rank, and
+a target named ``managed-warm`` starts from the source through ``--train.warm_start``."""
 
 from __future__ import annotations
 
@@ -19,9 +23,15 @@ from tests.small_job import SMALL_JOB
 K = 4  # steps before the checkpoint, and steps after it
 BASE = SMALL_JOB + ["--train.eval_interval=0", "--synthetic.eval_batches=2", "--optim.embedding_lr=0.05",
                     "--optim.dense_lr=0.01"]
+MANAGED = "managed"
+WARM = "-warm"  # a target that warm-starts from the source instead of continuing it
+MANAGED_SCHEMA = str(Path(__file__).resolve().parents[1] / "schemas" / "managed_reshard.toml")
 
 
 def _args(sharding: str, optimizer: str) -> list[str]:
+    if sharding.startswith(MANAGED):
+        return BASE + [f"--data.schema={MANAGED_SCHEMA}", "--model.bottom_mlp=2-16-8", "--sharding-type=row_wise",
+                       f"--optim.embedding_optimizer={optimizer}"]
     return BASE + [f"--sharding-type={sharding}", f"--optim.embedding_optimizer={optimizer}"]
 
 
@@ -41,7 +51,7 @@ def _phase(env: DistEnv, out: Path, name: str, args: list[str], probe: bool, dro
     loaded = None
     if probe:
         (out / name).mkdir(exist_ok=True)  # the metrics log's directory (train() makes it later)
-        trainer.step = trainer.checkpoints.restore()
+        trainer.step = trainer.checkpoints.restore() or 0  # (a warm start: step 0)
         loaded = trainer.evaluate()
         save_checkpoint(out / name / "probe", trainer.step, trainer.model, trainer.optimizer,
                         trainer.checkpoints.info, keep_last=0)
@@ -51,7 +61,7 @@ def _phase(env: DistEnv, out: Path, name: str, args: list[str], probe: bool, dro
                     for t in [slot.live] if slot.replicated else [s.tensor for s in slot.live.local_shards()]:
                         t.zero_()
         # loaded: train() must not load it again
-        trainer.checkpoints.policy = replace(trainer.checkpoints.policy, load_from=None)
+        trainer.checkpoints.policy = replace(trainer.checkpoints.policy, load_from=None, warm_start=None)
     result = trainer.train()
     weights = gather_full_state_dict(trainer.model)
     if env.is_main:
@@ -65,6 +75,8 @@ def _sources(env: DistEnv, root: Path, layouts: list[tuple[str, str]]) -> None:
         name = source_name(sharding, optimizer)
         _phase(env, root, name, _args(sharding, optimizer) + [f"--train.checkpoint_dir={root / name / 'ckpt'}",
                                                               f"--train.steps={K}"], probe=False)
+        if sharding.startswith(MANAGED):
+            continue  # no never-resharded run to follow: at another world size ids are remapped otherwise
         _phase(env, root, f"{name}-continued", _args(sharding, optimizer) + [
             f"--train.checkpoint={root / name / 'ckpt'}", f"--train.steps={2 * K}"], probe=False)
 
@@ -75,8 +87,9 @@ def _resharded(env: DistEnv, root: Path, cases: list[tuple[str, str, str]],
     for (src, dst, optimizer), drop in runs:
         ckpt = root / source_name(src, optimizer) / "ckpt"
         name = f"{src}-to-{dst}-{optimizer}-ws{env.world_size}" + ("-dropped" if drop else "")
-        _phase(env, root, name, _args(dst, optimizer) + [f"--train.checkpoint={ckpt}", f"--train.steps={2 * K}"],
-               probe=True, drop_state=drop)
+        start = [f"--train.warm_start={ckpt}", f"--train.steps={K}"] if dst.endswith(WARM) else [
+            f"--train.checkpoint={ckpt}", f"--train.steps={2 * K}"]
+        _phase(env, root, name, _args(dst, optimizer) + start, probe=True, drop_state=drop)
 
 
 def sources(out: str, layouts: list[tuple[str, str]], cases: list[tuple[str, str, str]] = (),
