@@ -293,3 +293,109 @@ def test_a_plan_moves_managed_tables_to_their_collection_row_wise_only() -> None
     assert plan.plan["model.managed_arch"]["t_user"].compute_kernel == "fused"  # evicted rows are rewritten there
     with pytest.raises(ManagedPlanError, match=r"managed table\(s\) t_user \(table_wise\): .*row-wise only"):
         split_plan(forced_plan(model, "table_wise", 2, 2, "cpu"), model)
+
+
+# -- resharding a managed table (checkpoint/id_reshard.py: pure, no process group) -------------------
+def _saved_shards(per_shard: list[list[tuple[int, int]]], rows: int):
+    """Concatenated remapper buffers of len(per_shard) row-wise shards of ``rows`` rows each, each
+    shard holding [(raw id, score)] in its first rows (its last row free: the miss row)."""
+    import torch
+
+    from dlrm_dist.checkpoint.id_reshard import EMPTY, Block
+
+    blocks = [Block(k * rows, rows) for k in range(len(per_shard))]
+    ids = torch.full((rows * len(blocks),), EMPTY, dtype=torch.int64)
+    score = torch.zeros_like(ids)
+    mapping = torch.arange(rows * len(blocks))
+    for b, entries in zip(blocks, per_shard):
+        for slot, (raw, s) in enumerate(sorted(entries)):
+            ids[b.offset + slot], score[b.offset + slot] = raw, s
+    return ids, mapping, score, blocks
+
+
+@pytest.mark.parametrize("keep_by", ["counts", "last_access_iter"])
+def test_a_full_new_shard_keeps_ids_in_the_eviction_policys_order(keep_by: str) -> None:
+    """1 shard of 8 rows -> 2 shards of 4 (3 ids each). Block 0 of 2 receives 5 ids: it keeps the 3
+    with the highest score (LFU count or LRU last access; a tie goes to the lower raw id), each with
+    its embedding row; block 1 receives 2 and keeps both. Kept ids take the shard's first rows in
+    raw id order; the miss rows take the old miss row."""
+    import torch
+
+    from dlrm_dist.checkpoint.id_reshard import Block, admitted, describe, id_block, place
+
+    half = id_block(2)
+    low = [(10, 5), (11, 9), (12, 5), (13, 1), (14, 7)]  # (raw id, score): block 0 of 2
+    high = [(half + 3, 2), (half + 1, 4)]
+    ids, mapping, score, old = _saved_shards([low + high], 8)
+    adm, problems = admitted(ids, mapping, {keep_by: score}, old)
+    assert problems == [] and sorted(adm.ids.tolist()) == sorted(i for i, _ in low + high)
+    new = [Block(0, 4), Block(4, 4)]
+    p0, p1 = place(adm, old, new, keep_by)
+    assert p0.ids.tolist() == [10, 11, 14] and p0.dropped_ids.tolist() == [12, 13]  # 9, 7, then 5 (10 < 12)
+    assert p1.ids.tolist() == [half + 1, half + 3] and p1.dropped_ids.numel() == 0
+    weights = torch.arange(8.0).view(8, 1) * 10  # old row r holds 10 r
+    slot = {raw: s for s, raw in enumerate(sorted(i for i, _ in low + high))}  # old rows, in sorted order
+    assert p0.rows_of(weights).flatten().tolist() == [10 * slot[10], 10 * slot[11], 10 * slot[14], 70.0]
+    assert p1.rows_of(weights).flatten().tolist() == [10 * slot[half + 1], 10 * slot[half + 3], 0.0, 70.0]
+    sorted_ids, rows, meta = p0.slots()
+    assert rows.tolist() == [0, 1, 2, 3] and meta[keep_by].tolist() == [5, 9, 7, 0]
+    assert sorted_ids[:3].tolist() == [10, 11, 14]
+    lines = describe("t_user", [p0, p1], 1, keep_by)
+    assert "from 1 to 2 shard(s): 5 of 7 admitted ids kept" in lines[0] and len(lines) == 2
+    assert "shard 0 (rows 0-3): 5 ids for 3 rows" in lines[1] and "dropped 2" in lines[1]
+
+
+def test_two_shards_merge_into_one_keeping_every_id_and_a_miss_row() -> None:
+    import torch
+
+    from dlrm_dist.checkpoint.id_reshard import Block, admitted, id_block, place
+
+    half = id_block(2)
+    ids, mapping, score, old = _saved_shards([[(5, 1), (3, 2)], [(half + 9, 3)]], 4)
+    adm, problems = admitted(ids, mapping, {"counts": score}, old)
+    assert problems == []
+    (merged,) = place(adm, old, [Block(0, 8)], "counts")
+    assert merged.ids.tolist() == [3, 5, half + 9] and merged.dropped_ids.numel() == 0
+    weights = torch.arange(8.0).view(8, 1)
+    assert merged.rows_of(weights).flatten().tolist() == [0.0, 1.0, 4.0, 0.0, 0.0, 0.0, 0.0, 3.0]
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("twice", "an id is admitted twice"),
+    ("row", "maps an id to row 3, outside its rows"),
+    ("owner", "is held by a shard that does not own its block"),
+    ("full", "has no free slot for its miss row"),
+])
+def test_damaged_remapper_buffers_are_named(damage: str, words: str) -> None:
+    from dlrm_dist.checkpoint.id_reshard import admitted, id_block
+
+    ids, mapping, score, old = _saved_shards([[(5, 1), (7, 1)], [(id_block(2) + 1, 1)]], 4)
+    if damage == "twice":
+        ids[4] = 5
+    elif damage == "row":
+        mapping[0] = 3  # shard 0's miss row
+    elif damage == "owner":
+        ids[4] = 6  # block 0's id in shard 1
+    else:
+        ids[2:4] = 9
+    _, problems = admitted(ids, mapping, {"counts": score}, old)
+    assert any(words in p for p in problems), problems
+
+
+def test_pending_ids_go_to_their_new_ranks_and_a_bad_clock_is_named() -> None:
+    import torch
+
+    from dlrm_dist.checkpoint.id_reshard import id_block
+    from dlrm_dist.checkpoint.managed import _routed
+    from dlrm_dist.checkpoint.remappers import Clock, Pending, clock_problems
+
+    half = id_block(2)
+    saved = [Pending(Clock(3, 10, 6, 7), torch.tensor([4, half + 2, 9]), {"last_access_iter": torch.tensor([7, 7, 6])})]
+    low, high = (_routed(saved, saved[0].clock, 2, r) for r in (0, 1))
+    assert low.ids.tolist() == [4, 9] and low.history["last_access_iter"].tolist() == [7, 6]
+    assert high.ids.tolist() == [half + 2] and (low.clock.capacity, high.clock.capacity) == (5, 5)
+    assert (high.clock.last_admission, high.clock.iteration, high.clock.pending) == (6, 7, 1)
+    assert clock_problems(Clock(3, 10, 6, 7), 3, interval=3, iteration=7) == []
+    assert "pending 4 ids with a history capacity of 3" in clock_problems(Clock(4, 3, 6, 7), 4, 3, 7)[0]
+    assert "the eviction_interval is 3" in clock_problems(Clock(0, 3, 2, 7), 1, 3, 7)[0]
+    assert "_current_iter_tensor says 8" in clock_problems(Clock(0, 3, 6, 7), 1, 3, 8)[0]
