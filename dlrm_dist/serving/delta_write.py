@@ -165,11 +165,13 @@ def export_delta(checkpoint: str | Path, since: str | Path, out: str | Path, del
 
 
 def delta_of_model(dlrm: "DLRM", config: "Config", since: str | Path, out: str | Path,
-                   deltas: Sequence[str | Path] = (), *, step: int = 0,
-                   checkpoint: str = "(in memory)") -> DeltaReport:
-    """The same for a model in memory (``dlrm`` trained with ``config``, resolved), in the base's precision."""
+                   deltas: Sequence[str | Path] = (), *, step: int = 0, checkpoint: str = "(in memory)",
+                   shards: Optional[dict[str, list[int]]] = None) -> DeltaReport:
+    """The same for a model in memory (``dlrm`` trained with ``config``, resolved), in the base's precision;
+    ``shards`` as export_model takes them (default: one remapper shard per managed table)."""
     base = _base(since, out, deltas, None)
-    new = serving_state(dlrm, config, base.manifest.quantize, "the model", base.manifest.schema_fingerprint)
+    new = serving_state(dlrm, config, base.manifest.quantize, "the model", base.manifest.schema_fingerprint,
+                        shards=shards)
     return write_delta(new, base, since, out, step, checkpoint)
 
 

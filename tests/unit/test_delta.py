@@ -14,7 +14,9 @@ bad arguments (exit 2); a model of another schema or other table shapes is refus
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ from dlrm_dist.errors import EXIT_BAD_INPUT, EXIT_BAD_STATE
 from dlrm_dist.serving.delta import check_chain
 from dlrm_dist.serving.delta_format import DELTA_FILE, DeltaError, export_identity, read_head
 from dlrm_dist.serving.delta_write import delta_of_model
-from dlrm_dist.serving.load import load_export
+from dlrm_dist.serving.load import ExportError, load_export
 from dlrm_dist.serving.predictor import Predictor
 from tests.checkpoint_helper import train_here
 from tests.serving_helper import build_dlrm
@@ -158,3 +160,54 @@ def test_a_model_of_another_schema_or_shape_is_refused_by_name(run, tmp_path) ->
     with pytest.raises(DeltaError, match=r"table_0: float32 \[100, 4\] in the checkpoint, float32 \[100, 8\]"):
         delta_of_model(dlrm, cfg, run["base"], tmp_path / "y")
     assert not (tmp_path / "x" / DELTA_FILE).exists() and not (tmp_path / "y" / DELTA_FILE).exists()
+
+
+def _admit(dlrm, cfg, first_batch: int, batches: int) -> None:
+    """Train-mode forwards over synthetic batches: the managed remappers count, admit and evict ids."""
+    from dlrm_dist.data.resolve import build_data
+    from dlrm_dist.features.schema import from_dict
+
+    data = build_data(cfg, from_dict(cfg.features))
+    dlrm.train()
+    with torch.no_grad():
+        for i, batch in enumerate(data.batches("train", 64, 0, 1, first_batch + batches)):
+            if i >= first_batch:
+                dlrm(batch.dense_features, batch.sparse_features)
+    dlrm.eval()
+
+
+def test_a_managed_tables_remapper_is_carried_in_full_and_checked(tmp_path) -> None:
+    from dlrm_dist.serving.export import export_model
+    from dlrm_dist.serving.model import ServingDLRM
+    from tests.managed_serving_helper import MANAGED_JOB
+
+    cfg, dlrm = build_dlrm(MANAGED_JOB)
+    _admit(dlrm, cfg, 0, 2)
+    export_model(dlrm, cfg, tmp_path / "base", progress=False)
+    loaded = load_export(tmp_path / "base")
+    base, before = loaded.manifest.remappers, loaded.module.state_dict()
+    _admit(dlrm, cfg, 2, 4)  # more ids admitted (and some evicted) after the export
+    with torch.no_grad():
+        for p in dlrm.over_arch.parameters():
+            p.add_(0.01)
+    report = delta_of_model(dlrm, cfg, tmp_path / "base", tmp_path / "d1", step=6)
+    m = report.manifest
+    managed = [i for i, t in enumerate(sorted(m.rows[b].table for b in m.rows)) if t in base]  # item, user
+    assert managed == [0, 2] and {k for k in m.state if k.startswith("remap_")} == {
+        f"remap_{i}_{a}" for i in managed for a in ("ids", "rows", "starts", "miss")}
+    chained = Predictor.load(tmp_path / "base", deltas=[tmp_path / "d1"])
+    want = ServingDLRM(dlrm).state_dict()
+    got = chained.export.module.state_dict()
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert chained.export.manifest.remappers == m.remappers and set(base) == set(m.remappers)
+    assert not all(torch.equal(before[k], want[k]) for k in m.state if k.endswith("_ids"))  # ids were evicted
+    # A delta whose remapper arrays TorchRec could not have written is refused by table, as an export's is.
+    ids = m.state["remap_2_ids"].data
+    raw = bytearray((tmp_path / "d1" / ids.file).read_bytes())
+    raw[:8], raw[8:16] = raw[8:16], raw[:8]  # two admitted ids swapped: no longer sorted
+    edited = json.loads((tmp_path / "d1" / DELTA_FILE).read_text())
+    edited["state"]["remap_2_ids"]["data"]["sha256"] = hashlib.sha256(bytes(raw)).hexdigest()
+    (tmp_path / "d1" / ids.file).write_bytes(bytes(raw))
+    (tmp_path / "d1" / DELTA_FILE).write_text(json.dumps(edited))
+    with pytest.raises(ExportError, match=r"d1 is damaged or edited: .*user"):
+        Predictor.load(tmp_path / "base", deltas=[tmp_path / "d1"])
