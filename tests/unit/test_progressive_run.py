@@ -69,7 +69,7 @@ class Days(SyntheticData):
 def _prepared(args: list[str], progressive: Optional[bool] = None) -> Prepared:
     """The small job on ``Days``, with train.progressive_validation as ``progressive`` says (unset: on)."""
     env = DistEnv.from_environ({}, device="cpu")
-    prepared = prepare(load_config(JOB + args), env)
+    prepared = prepare(load_config(JOB + ["--train.tensorboard=false", *args]), env)  # (tested in test_progressive)
     data = Days(prepared.data)
     train = dataclasses.replace(prepared.cfg.train, progressive_validation=progressive)
     cfg, _ = resolve_progressive(dataclasses.replace(prepared.cfg, train=train), data)
@@ -190,7 +190,8 @@ def test_on_an_appended_directory_next_day_auc_is_the_checkpoints_score_of_that_
     data_dir = _appended_days(tmp_path, {1: 40, 2: 37, 3: 45, 4: 30})
     ckpt, run = tmp_path / "ckpt", tmp_path / "run"
     base = ["--data.source=columnar", f"--data.data_dir={data_dir}", "--model.embedding_dim=8", "--model.top_mlp=16-1",
-            "--train.global_batch_size=16", "--train.progress=false", "--train.device=cpu", "--train.eval_interval=0"]
+            "--train.global_batch_size=16", "--train.progress=false", "--train.device=cpu", "--train.eval_interval=0",
+            "--train.tensorboard=false"]
     train = ["--data.partitions=1-3", "--train.epochs=1", "--train.checkpoint_interval=2", "--train.keep_last=0",
              f"--train.checkpoint_dir={ckpt}", f"--train.run_dir={run}"]
     env = DistEnv.from_environ({}, device="cpu")
