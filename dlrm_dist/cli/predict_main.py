@@ -72,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
         raise PredictError(f"--out {args.out!r}: write scores as {' or '.join(OUTPUTS)}")
     if args.batch_size is not None and args.batch_size < 1:
         raise PredictError(f"--batch-size {args.batch_size} must be >= 1")
+    from dlrm_dist.serving.delta import check_base
+
+    check_base(args.model)  # a delta given as the model is named as such
     if args.input:
         return run_input(args)
     if args.keep:

@@ -120,12 +120,14 @@ def make_server(export: str, limits: Any, log_level: str = "info", max_concurren
     import torch
     import uvicorn
 
+    from dlrm_dist.serving.delta import check_base
     from dlrm_dist.serving.predictor import Predictor
     from dlrm_dist.serving.server import build_app
 
     # Measured on 2 cores: 2 torch threads made small calls several times slower than 1 whenever
     # the other core was busy (the event loop, another process): their workers spin and wait.
     torch.set_num_threads(threads)
+    check_base(export)  # a delta given as the export is named as such
     predictor = Predictor.load(Path(export), deltas=deltas)
     config = uvicorn.Config(build_app(predictor, limits), log_level=log_level, access_log=log_level == "debug",
                             timeout_graceful_shutdown=GRACEFUL_SECONDS, limit_concurrency=max_concurrency,

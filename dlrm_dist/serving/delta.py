@@ -30,13 +30,13 @@ from typing import Any, Sequence
 
 import torch
 
-from dlrm_dist.serving.delta_format import (DeltaError, DeltaHead, DeltaManifest, DeltaTensors, export_identity,
-                                            read_head, read_tensors, shape_problem)
+from dlrm_dist.serving.delta_format import (DELTA_FILE, DeltaArgumentError, DeltaError, DeltaHead, DeltaManifest,
+                                            DeltaTensors, export_identity, read_head, read_tensors, shape_problem)
 from dlrm_dist.serving.load import LoadedExport, check_remappers, load_export
-from dlrm_dist.serving.manifest import ExportManifest
+from dlrm_dist.serving.manifest import MANIFEST_FILE, ExportManifest
 
-__all__ = ["AppliedDelta", "ChainedExport", "DeltaError", "apply_deltas", "chain_metadata", "check_chain",
-           "load_chain", "table_buffers"]
+__all__ = ["AppliedDelta", "ChainedExport", "DeltaError", "apply_deltas", "chain_metadata", "check_base",
+           "check_chain", "load_chain", "table_buffers"]
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,16 @@ def chained_manifest(base: ExportManifest, last: DeltaManifest) -> ExportManifes
 
 def load_chain(base_dir: str | Path, delta_dirs: Sequence[str | Path] = ()) -> ChainedExport:
     """The export at ``base_dir`` (checked as load_export checks it) with the chain ``delta_dirs`` applied."""
+    check_base(base_dir)
     return apply_deltas(base_dir, load_export(base_dir), delta_dirs)
+
+
+def check_base(base_dir: str | Path) -> None:
+    """Refuses (exit 2) a delta given where the chain's base export belongs, saying what to give instead."""
+    d = Path(base_dir)
+    if (d / DELTA_FILE).is_file() and not (d / MANIFEST_FILE).is_file():
+        raise DeltaArgumentError(f"{d} is a delta, not an export: give the chain's base export first and this delta "
+                                 "after it (--delta), with the deltas before it in order")
 
 
 def chain_metadata(export: LoadedExport) -> dict[str, Any]:

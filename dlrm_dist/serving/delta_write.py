@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import torch
 
 from dlrm_dist.fileio import atomic_write_bytes, atomic_write_text, disk_full
-from dlrm_dist.serving.delta import ChainedExport, load_chain, table_buffers
+from dlrm_dist.serving.delta import ChainedExport, check_base, load_chain, table_buffers
 from dlrm_dist.serving.delta_format import (COMPARED, DELTA_FILE, DTYPE_NAMES, ChangedRows, DataFile,
                                             DeltaArgumentError, DeltaError, DeltaManifest, FullTensor, Link,
                                             sha256_bytes, tensor_bytes)
@@ -59,7 +59,9 @@ def _resolved(path: str | Path) -> Path:
 
 
 def check_out(out: str | Path, since: str | Path, deltas: Sequence[str | Path]) -> None:
-    """Refuses (exit 2) an --out that is the base or a link of the chain, or already holds an export or a delta."""
+    """Refuses (exit 2) an --out that is the base or a link of the chain, or already holds an export or a delta,
+    and a delta given as --since."""
+    check_base(since)
     target = _resolved(out)
     for used in [since, *deltas]:
         if _resolved(used) == target:

@@ -145,10 +145,15 @@ def test_bad_arguments_are_exit_2(run, capsys) -> None:
     cases = [([ckpt, "--delta", str(r / "d1"), "--out", str(r / "x")], "give its base export with --since"),
              ([ckpt, "--since", str(run["base"]), "--out", str(run["base"])], "part of the chain"),
              ([ckpt, "--since", str(run["base"]), "--out", str(run["full"])], "already holds an export"),
-             ([ckpt, "--since", str(run["base"]), "--out", str(r / "x"), "--data", str(r)], "apply to a full export")]
+             ([ckpt, "--since", str(run["base"]), "--out", str(r / "x"), "--data", str(r)], "apply to a full export"),
+             ([ckpt, "--since", str(run["d1"]), "--out", str(r / "x")], "is a delta, not an export")]
     for args, says in cases:
         assert export_main.main(args) == EXIT_BAD_INPUT, args
         assert says in capsys.readouterr().err
+    assert predict_main.main([str(run["d1"]), "--split", "val"]) == EXIT_BAD_INPUT
+    assert "is a delta, not an export: give the chain's base export first" in capsys.readouterr().err
+    assert predict_main.main([str(run["base"]), "--delta", str(run["full"]), "--split", "val"]) == EXIT_BAD_STATE
+    assert "has no delta.json (it is a full export: give it as the base" in capsys.readouterr().err
 
 
 def test_a_model_of_another_schema_or_shape_is_refused_by_name(run, tmp_path) -> None:
