@@ -353,8 +353,7 @@ class Trainer:
             except DlrmError as e:
                 logger.warning("the earlier progressive validation records are not listed in the summary: %s", e)
                 mine[0] = []
-        if self.env.world_size > 1:
-            dist.broadcast_object_list(mine, src=0)
+        dist.broadcast_object_list(mine, src=0)  # (also at world size 1: the tested path is the multi-rank one)
         return list(mine[0] or [])
 
     def score_partitions(self, result: TrainResult) -> None:
