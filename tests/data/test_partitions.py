@@ -185,6 +185,54 @@ def test_a_half_written_partition_is_never_seen(grown: Path, tmp_path: Path, mon
     assert json.loads((grown / layout.partition_job(4)).read_text())["complete"] is True
 
 
+def test_refused_input_leaves_the_directory_as_it_was(grown: Path, tmp_path: Path) -> None:
+    before = days.snapshot(grown)
+    header_only = tmp_path / "empty.csv"
+    header_only.write_text(days.HEADER + "\n")
+    with pytest.raises(DlrmError, match="empty.csv: it has no data rows"):
+        append(PartitionOptions([header_only], grown, append=True, progress=False))
+    malformed = tmp_path / "malformed.csv"
+    malformed.write_text(days.HEADER + "\n1,it1\n2,it2\n")
+    with pytest.raises(DlrmError, match=r"malformed.csv: all of its 2 data line\(s\) are malformed"):
+        append(PartitionOptions([malformed], grown, append=True, progress=False))
+    bad = tmp_path / "bad.csv"
+    bad.write_text(days.HEADER + "\n1,it1,2.0,t1,1\n2,it2\n")
+    with pytest.raises(DlrmError, match="bad.csv"):
+        append(PartitionOptions([bad], grown, append=True, strict=True, progress=False))
+    assert days.snapshot(grown) == before
+
+
+def test_an_interrupted_first_partition_resumes_with_its_fit(tmp_path: Path, monkeypatch) -> None:
+    from dlrm_dist.data.columnar import preprocess
+
+    day1, out = days.write_day(tmp_path, 1, 30), tmp_path / "D"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(layout, "publish_partition", killed)
+    with pytest.raises(KeyboardInterrupt):
+        new_dataset(PartitionOptions([day1], out, days.schema(), partition=1, progress=False))
+    monkeypatch.undo()
+    assert (out / layout.FIT).is_file() and not (out / layout.META).exists()
+    fits = []
+    real_fit = preprocess._fit
+    monkeypatch.setattr(preprocess, "_fit", lambda *a: fits.append(1) or real_fit(*a))
+    r = new_dataset(PartitionOptions([day1], out, days.schema(), partition=1, progress=False))
+    assert (r.rows, r.up_to_date, fits) == (30, False, [1])  # the fit pass reads fit.json instead of refitting
+    assert json.loads((out / layout.JOB).read_text())["complete"] is True
+    # another first partition over the incomplete directory of a failed job starts over (job.json's rule)
+    shutil.rmtree(out)
+    monkeypatch.setattr(layout, "publish_partition", killed)
+    with pytest.raises(KeyboardInterrupt):
+        new_dataset(PartitionOptions([day1], out, days.schema(), partition=1, progress=False))
+    monkeypatch.undo()
+    day2 = days.write_day(tmp_path, 2, 25)
+    r = new_dataset(PartitionOptions([day2], out, days.schema(), partition=2, progress=False))
+    assert (r.partition, r.rows, r.partitions) == (2, 25, [2]) and not (out / "partition_1").exists()
+    assert set(layout.read_vocab(out, "t_item")) == {x["item"] for x in days.day_rows(2, 25)}
+
+
 def test_append_refusals_name_what_is_wrong(grown: Path, tmp_path: Path, capsys) -> None:
     day4 = str(days.write_day(tmp_path, 4))
     (tmp_path / "s.json").write_text(json.dumps(days.schema_dict()))

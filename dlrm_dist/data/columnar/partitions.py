@@ -23,7 +23,9 @@ Under the output directory's writer lock (fileio.DirLock) for the whole run, by 
 - ``partition_<N>.job.json`` is partition N's (inputs with size and mtime, options): the same
   append again is a no-op that says so; another input for a published partition is refused
   naming both; an input already published as another partition is refused naming that partition;
-  an append that did not complete is started over, whatever it was (its partial folder removed).
+  an append that did not complete is started over, whatever it was (its partial folder removed);
+  one refused for its input (a malformed line with --strict, no valid row, a full disk) leaves
+  no record behind, so the directory is as it was.
 
 A partition is published last: its folder renamed from ``.partial``, then meta.json rewritten
 atomically with it (layout.write_partition / publish_partition), then its record marked complete.
@@ -44,6 +46,7 @@ from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.data.jobrecord import (differences, is_complete, job_record, lock_out, mark_complete, read_job,
                                       write_job)
 from dlrm_dist.data.partition_list import MAX_PARTITION, format_partitions
+from dlrm_dist.errors import DlrmError
 from dlrm_dist.features.schema import FeatureSchema, SplitSpec
 
 ALL_ROWS = SplitSpec(by="random", fractions=(1.0, 0.0, 0.0))  # every row of a partition's input is its row
@@ -303,4 +306,8 @@ def append(opts: PartitionOptions) -> PartitionReport:
                                   "partition is never rewritten: append this file as another partition (--partition M)")
         _refuse_published_input(out, published, record, number)
         write_job(out, record, name=name)  # (an append that did not complete starts over: write_partition clears it)
-        return _write(opts, stored, number, meta)
+        try:
+            return _write(opts, stored, number, meta)
+        except DlrmError:  # refused input (bad lines, no rows, a full disk): nothing was published, no record kept
+            (out / name).unlink(missing_ok=True)
+            raise
