@@ -237,31 +237,41 @@ def _repair(allowed: list[list[Option]], choice: list[Option], failed: list[int]
 
 
 def _refine(placed: list[TablePlacement], n: int, cap: Capacity) -> None:
-    """Moves single device-placed shards off the bottleneck rank while it helps."""
+    """Moves single device-placed shards off the bottleneck rank while it helps.
+
+    Each move takes the shard with the largest gain (the first such in table, then shard order)
+    to the least-loaded rank with room for it; all shards on the bottleneck are rated at once.
+    """
     load, hbm, ddr = rank_totals(placed, n)
+    movable = [(tp, s) for tp in placed if tp.option.placement == "device" for s in range(len(tp.ranks))]
+    if not movable:
+        return
+    rank = np.array([tp.ranks[s] for tp, s in movable], dtype=np.int64)
+    cost = np.array([tp.option.shard_cost[s] for tp, s in movable])
+    shard_hbm = np.array([tp.option.hbm[s] for tp, s in movable], dtype=np.float64)
+    shard_ddr = np.array([tp.option.ddr[s] for tp, s in movable], dtype=np.float64)
     for _ in range(REFINE_MOVES):
         top = int(np.argmax(load))
-        best = None
-        for tp in placed:
-            if tp.option.placement != "device":
-                continue
-            for s in np.flatnonzero(tp.ranks == top):
-                c, dh, dd = tp.option.shard_cost[s], tp.option.hbm[s], tp.option.ddr[s]
-                ok = (hbm + dh <= cap.hbm + 1e-6) & (ddr + dd <= cap.ddr + 1e-6)
-                ok[top] = False
-                if not ok.any():
-                    continue
-                r = int(np.argmin(np.where(ok, load, np.inf)))
-                gain = load[top] - max(load[top] - c, load[r] + c)
-                if gain > 1e-12 and (best is None or gain > best[0]):
-                    best = (gain, tp, s, r)
-        if best is None:
+        here = np.flatnonzero(rank == top)
+        if not len(here):
             return
-        _, tp, s, r = best
+        c = cost[here]
+        ok = (hbm + shard_hbm[here, None] <= cap.hbm + 1e-6) & (ddr + shard_ddr[here, None] <= cap.ddr + 1e-6)
+        ok[:, top] = False
+        room = ok.any(axis=1)
+        to = np.argmin(np.where(ok, load, np.inf), axis=1)
+        gain = load[top] - np.maximum(load[top] - c, load[to] + c)
+        gain = np.where(room & (gain > 1e-12), gain, -np.inf)
+        k = int(np.argmax(gain))
+        if gain[k] == -np.inf:
+            return
+        j, r = int(here[k]), int(to[k])
+        tp, s = movable[j]
         for arr, v in ((load, tp.option.shard_cost[s]), (hbm, tp.option.hbm[s]), (ddr, tp.option.ddr[s])):
             arr[top] -= v
             arr[r] += v
         tp.ranks[s] = r
+        rank[j] = r
 
 
 def partition(options: list[list[Option]], inputs: PlannerInputs) -> list[TablePlacement]:
