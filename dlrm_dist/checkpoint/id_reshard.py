@@ -56,37 +56,43 @@ class Admitted:
     meta: dict[str, torch.Tensor]
 
 
+def shard_problems(ids: torch.Tensor, rows: torch.Tensor, block: Block, k: int, shards: int) -> list[str]:
+    """What is wrong with shard ``k``'s remapper buffers (its slots: sorted raw ids and their rows).
+
+    An admitted id must be a raw id, unique, of this shard's block of the id space, and map to one
+    of the shard's rows other than its miss row, no two ids to one row; one slot stays free (the
+    miss row's).
+    """
+    problems = []
+    taken = ids != EMPTY
+    if taken.all():
+        problems.append(f"shard {k} ({block}) has no free slot for its miss row")
+    held, at = ids[taken], rows[taken]
+    outside = (at < block.offset) | (at >= block.miss)
+    if outside.any():
+        problems.append(f"shard {k} ({block}) maps an id to row {int(at[outside][0])}, outside its rows "
+                        "(its miss row excluded)")
+    if ((held < 0) | (held >= MANAGED_ID_SPACE)).any():
+        problems.append(f"shard {k} ({block}) holds an id outside [0, 2**63 - 1)")
+    if held.unique().numel() != held.numel():
+        problems.append(f"shard {k} ({block}): an id is admitted twice")
+    if at.unique().numel() != at.numel():
+        problems.append(f"shard {k} ({block}): two ids share a row")
+    foreign = (held // id_block(shards)) != k
+    if foreign.any():
+        problems.append(f"shard {k} ({block}): id {int(held[foreign][0])} is held by a shard that does not own "
+                        "its block of the id space")
+    return problems
+
+
 def admitted(ids: torch.Tensor, rows: torch.Tensor, meta: dict[str, torch.Tensor],
              blocks: list[Block]) -> tuple[Admitted, list[str]]:
-    """The admitted ids of the whole (concatenated) remapper buffers, and what is wrong with them.
-
-    Each old shard's slots are its rows' positions; a slot holding ``EMPTY`` is free. An admitted
-    id must be a raw id, unique, held by the shard that owns its block, and map to one of that
-    shard's rows other than its miss row.
-    """
-    problems: list[str] = []
+    """The admitted ids of the whole (concatenated) remapper buffers, and what is wrong with them
+    (:func:`shard_problems` of each old shard: its slots are its rows' positions)."""
+    problems = [p for k, b in enumerate(blocks) for p in shard_problems(
+        ids[b.offset:b.offset + b.rows], rows[b.offset:b.offset + b.rows], b, k, len(blocks))]
     taken = ids != EMPTY
-    owner = torch.empty_like(ids)
-    for k, b in enumerate(blocks):
-        owner[b.offset:b.offset + b.rows] = k
-        mine = slice(b.offset, b.offset + b.rows)
-        if taken[mine].all():
-            problems.append(f"shard {k} ({b}) has no free slot for its miss row")
-        out = taken[mine] & ((rows[mine] < b.offset) | (rows[mine] >= b.miss))
-        if out.any():
-            problems.append(f"shard {k} ({b}) maps an id to row {int(rows[mine][out][0])}, outside its rows "
-                            "(its miss row excluded)")
-    kept_ids, kept_rows = ids[taken], rows[taken]
-    if ((kept_ids < 0) | (kept_ids >= MANAGED_ID_SPACE)).any():
-        problems.append("an admitted id is outside [0, 2**63 - 1)")
-    if kept_ids.unique().numel() != kept_ids.numel():
-        problems.append("an id is admitted twice")
-    if kept_rows.unique().numel() != kept_rows.numel():
-        problems.append("two ids share a row")
-    wrong_owner = (kept_ids // id_block(len(blocks))) != owner[taken]
-    if wrong_owner.any():
-        problems.append(f"id {int(kept_ids[wrong_owner][0])} is held by a shard that does not own its block of the id space")
-    return Admitted(kept_ids, kept_rows, {n: v[taken] for n, v in meta.items()}), problems
+    return Admitted(ids[taken], rows[taken], {n: v[taken] for n, v in meta.items()}), problems
 
 
 @dataclass

@@ -188,18 +188,10 @@ class ManagedLoad:
     @staticmethod
     @torch.no_grad()
     def _write_rows(live: Any, whole: torch.Tensor, p: Placement) -> None:
-        rows = p.rows_of(whole)
-        shards = live.local_shards() if isinstance(live, ShardedTensor) else []
-        if not isinstance(live, ShardedTensor):
-            live[p.block.offset:p.block.offset + p.block.rows].copy_(rows.view_as(
-                live[p.block.offset:p.block.offset + p.block.rows]))
-        for shard in shards:
-            r0, n = shard.metadata.shard_offsets[0], shard.metadata.shard_sizes[0]
-            part = rows[r0 - p.block.offset:r0 - p.block.offset + n]
-            if len(shard.metadata.shard_offsets) > 1:  # a column range of the rows (not row-wise: never here)
-                c0, width = shard.metadata.shard_offsets[1], shard.metadata.shard_sizes[1]
-                part = part[:, c0:c0 + width]
-            shard.tensor.copy_(part.view_as(shard.tensor))
+        """This rank's rows of a per-row tensor (row-wise: its local shard is the placement's block)."""
+        local = live.local_shards()[0].tensor if isinstance(live, ShardedTensor) else \
+            live[p.block.offset:p.block.offset + p.block.rows]
+        local.copy_(p.rows_of(whole).view_as(local))
 
     def _pending(self, t: _Table, placements: Optional[list[Placement]]) -> list[str]:
         """Restores (or, resharded, routes) what the remappers had counted since their last admission."""
@@ -226,22 +218,14 @@ class ManagedLoad:
             remappers.set_pending(t.module, _routed(saved, clock, len(placements), self.rank))
         return []
 
-    def _local_problems(self, t: _Table) -> list[str]:
+    @staticmethod
+    def _local_problems(t: _Table) -> list[str]:
         """This rank's loaded remapper buffers, checked as a resharded table's are."""
         m = t.module
         block = Block(m._output_global_offset, m._zch_size)
-        meta = {n: m._mch_metadata[n] for n in t.meta_names}
-        shards = t.blocks
-        ids = torch.full((sum(b.rows for b in shards),), id_reshard.EMPTY, dtype=torch.int64)
-        rows = torch.zeros_like(ids)
-        ids[block.offset:block.offset + block.rows] = m._mch_sorted_raw_ids
-        rows[block.offset:block.offset + block.rows] = m._mch_remapped_ids_mapping
-        # the other shards' slots stay free: only this rank's are checked here
-        for b in shards:
-            if b != block:
-                rows[b.offset:b.offset + b.rows] = torch.arange(b.offset, b.offset + b.rows)
-        _, problems = id_reshard.admitted(ids, rows, {n: torch.zeros_like(ids) for n in meta}, shards)
-        return [f"{self.path}: {t.name}: {p}" for p in problems]
+        k = t.blocks.index(block) if block in t.blocks else -1
+        return [f"{t.name}: {p}" for p in id_reshard.shard_problems(m._mch_sorted_raw_ids, m._mch_remapped_ids_mapping,
+                                                                   block, k, len(t.blocks))]
 
 
 def _routed(saved: list[Pending], clock: remappers.Clock, ranks: int, rank: int) -> Pending:

@@ -371,7 +371,7 @@ def test_damaged_remapper_buffers_are_named(damage: str, words: str) -> None:
 
     ids, mapping, score, old = _saved_shards([[(5, 1), (7, 1)], [(id_block(2) + 1, 1)]], 4)
     if damage == "twice":
-        ids[4] = 5
+        ids[1] = 5  # shard 0 holds 5 in two slots
     elif damage == "row":
         mapping[0] = 3  # shard 0's miss row
     elif damage == "owner":
