@@ -81,7 +81,9 @@ def _link_name(head: DeltaHead, heads: Sequence[DeltaHead]) -> str:
     if target.kind == "export":
         return f"the export itself (step {target.step})"
     named = next((h for h in heads if h.identity == target.identity), None)
-    return named.name if named else f"link {target.link} (step {target.step}, delta.json sha256 {target.identity[:12]}...)"
+    if named:
+        return named.name
+    return f"link {target.link} (step {target.step}, delta.json sha256 {target.identity[:12]}...)"
 
 
 def _link_problem(i: int, heads: Sequence[DeltaHead], base_dir: Path, base: ExportManifest, base_identity: str,
@@ -128,8 +130,7 @@ def check_chain(base_dir: Path, base: ExportManifest, base_identity: str, heads:
         previous = head.identity
 
 
-def _fit_problems(head: DeltaHead, tensors: DeltaTensors, state: dict[str, torch.Tensor],
-                  tables: dict[str, str]) -> list[str]:
+def _fit_problems(head: DeltaHead, state: dict[str, torch.Tensor], tables: dict[str, str]) -> list[str]:
     """Where the delta's tensors do not cover or fit the program's state (empty: they do)."""
     m = head.manifest
     problems = []
@@ -142,7 +143,8 @@ def _fit_problems(head: DeltaHead, tensors: DeltaTensors, state: dict[str, torch
     for buffer, entry in m.rows.items():
         if buffer in state:
             if tables.get(buffer) != entry.table:
-                problems.append(f"{buffer} is table {tables.get(buffer)!r} in the program, {entry.table!r} in the delta")
+                problems.append(f"{buffer} is table {tables.get(buffer)!r} in the program, {entry.table!r} in the "
+                                "delta")
             problems.append(shape_problem(buffer, state[buffer], entry.dtype, [entry.rows, entry.width]) or "")
     for name, entry in m.state.items():
         if name in state:
@@ -160,7 +162,7 @@ def _write(tensors: DeltaTensors, state: dict[str, torch.Tensor]) -> None:
 
 
 def apply_deltas(base_dir: str | Path, export: LoadedExport, delta_dirs: Sequence[str | Path]) -> ChainedExport:
-    """``export`` (loaded from ``base_dir``) with the chain ``delta_dirs`` applied, in place; see the module docstring."""
+    """``export`` (loaded from ``base_dir``) with the chain ``delta_dirs`` applied in place (module docstring)."""
     base_dir = Path(base_dir)
     base = export.manifest
     base_identity = export_identity(base_dir)
@@ -171,7 +173,7 @@ def apply_deltas(base_dir: str | Path, export: LoadedExport, delta_dirs: Sequenc
     applied = []
     for head in heads:
         tensors = read_tensors(head)
-        problems = _fit_problems(head, tensors, state, tables)
+        problems = _fit_problems(head, state, tables)
         if problems:
             raise DeltaError(f"{head.name} does not fit the export {base_dir}'s program: {'; '.join(problems[:5])}")
         _write(tensors, state)

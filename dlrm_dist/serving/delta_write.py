@@ -119,7 +119,8 @@ def _shape_problems(new: dict[str, torch.Tensor], old: dict[str, torch.Tensor]) 
     out += [f"{k}: only in the export's program" for k in sorted(set(old) - set(new), key=order)]
     out += [f"{k}: {DTYPE_NAMES.get(new[k].dtype)} {list(new[k].shape)} in the checkpoint, "
             f"{DTYPE_NAMES.get(old[k].dtype)} {list(old[k].shape)} in the export"
-            for k in sorted(set(new) & set(old), key=order) if (new[k].dtype, new[k].shape) != (old[k].dtype, old[k].shape)]
+            for k in sorted(set(new) & set(old), key=order)
+            if (new[k].dtype, new[k].shape) != (old[k].dtype, old[k].shape)]
     return out
 
 
@@ -182,8 +183,8 @@ def _base(since: str | Path, out: str | Path, deltas: Sequence[str | Path], quan
     check_out(out, since, deltas)
     base = load_chain(since, deltas)
     if quantize is not None and quantize != base.manifest.quantize:
-        raise DeltaArgumentError(f"--quantize {quantize}: the export {since} is {base.manifest.quantize} and a delta is "
-                                 f"in its base's precision (give --quantize {base.manifest.quantize}, or none at all)")
+        raise DeltaArgumentError(f"--quantize {quantize}: the export {since} is {base.manifest.quantize} and a delta "
+                                 f"is in its base's precision (give --quantize {base.manifest.quantize}, or none at all)")
     return base
 
 
@@ -225,5 +226,6 @@ def _manifest(base: ChainedExport, since: str | Path, checkpoint: str, step: int
     quantize = base.manifest.quantize
     return DeltaManifest(base=root, applies_to=applies_to, link=base.link + 1, checkpoint=checkpoint, step=step,
                          quantize=quantize, compared=COMPARED[quantize],
-                         schema_fingerprint=base.manifest.schema_fingerprint, rows=rows, state=state, remappers=remappers,
+                         schema_fingerprint=base.manifest.schema_fingerprint, rows=rows, state=state,
+                         remappers=remappers,
                          full_export_bytes=os.path.getsize(Path(since) / MODEL_FILE))

@@ -90,7 +90,8 @@ def made(tmp_path_factory) -> Made:
         states[name] = {n: t.clone() for n, t in ServingDLRM(dlrm).state_dict().items()}
     loaded = load_export(root / "base")
     pristine = {k: v.clone() for k, v in loaded.module.state_dict().items()}
-    return Made(root=root, loaded=loaded, states=states, pristine=pristine, steps={"base": 0, "d1": 1, "d2": 2, "alt": 3})
+    steps = {"base": 0, "d1": 1, "d2": 2, "alt": 3}
+    return Made(root=root, loaded=loaded, states=states, pristine=pristine, steps=steps)
 
 
 def _fresh_base(made: Made) -> LoadedExport:

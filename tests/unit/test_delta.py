@@ -111,7 +111,8 @@ def test_int8_chain_is_compared_quantized_and_equals_a_full_int8_export(run, cap
     assert "a delta is in its base's precision" in capsys.readouterr().err
     assert not (r / "d8f" / DELTA_FILE).exists()
     with pytest.raises(DeltaError, match="is a delta of another export"):
-        check_chain(r / "base8", load_export(r / "base8").manifest, export_identity(r / "base8"), [read_head(run["d1"])])
+        check_chain(r / "base8", load_export(r / "base8").manifest, export_identity(r / "base8"),
+                    [read_head(run["d1"])])
 
 
 BROKEN = [
