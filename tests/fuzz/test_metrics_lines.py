@@ -1,6 +1,6 @@
 """Generated metrics.jsonl files through dlrm-report, in-process.
 
-Files hold valid train and eval records (NaN/inf values, unicode fields, duplicate and
+Files hold valid train, eval and progressive (next-day, by partition) records (NaN/inf values, unicode fields, duplicate and
 decreasing steps, rank_step_ms of varying length), damaged lines (not objects, no step, a
 step or metric of the wrong type, a cut line followed by more), blank lines, a cut last line,
 or nothing. Property: dlrm-report either exits 0 with strict JSON (no NaN) whose figures
@@ -10,7 +10,8 @@ file and the first damaged line; never a traceback.
 The independent reading: a cut last line is skipped; a record whose step does not exceed
 an earlier one of its kind restarts there (earlier records at that step or later dropped);
 figures come from the last eval and the last train record left; per-rank step times from
-the train records with as many ranks as the last one, finite values averaged.
+the train records with as many ranks as the last one, finite values averaged; next-day AUC
+is the mean of the finite AUCs of the progressive records left after the first.
 """
 
 from __future__ import annotations
@@ -54,11 +55,20 @@ def eval_record(draw) -> dict[str, Any]:
     return {"kind": "eval", "step": draw(steps), **{n: draw(st.one_of(numbers, st.none())) for n in names}}
 
 
+@st.composite
+def progressive_record(draw) -> dict[str, Any]:
+    names = draw(st.lists(st.sampled_from(METRICS + ("rows", "samples")), unique=True))
+    return {"kind": "progressive", "step": draw(steps), "partition": draw(st.integers(0, 10)),
+            **{n: draw(st.one_of(numbers, st.none())) for n in names}}
+
+
 damaged = st.sampled_from([
     "[1, 2]", '"a string"', "17", "null", '{"kind": "train"}', '{"kind": "eval", "step": -1}',
     '{"kind": "train", "step": 2.0}', '{"kind": "train", "step": true}', '{"step": 3}', '{"kind": 5, "step": 3}',
     '{"kind": "train", "step": 3, "loss": "0.5"}', '{"kind": "train", "step": 3, "rank_step_ms": {"0": 1}}',
     '{"kind": "train", "step": 3, "rank_step_ms": ["1"]}', '{"kind": "eval", "step": 3, "auc": [1]}',
+    '{"kind": "progressive", "step": 3, "auc": 0.5}', '{"kind": "progressive", "step": 3, "partition": "1"}',
+    '{"kind": "progressive", "step": 3, "partition": 1, "ne": "x"}', '{"kind": "progressive", "step": 3, "partition": false}',
     '{"kind": "train", "st', "not json at all", "{\"kind\": \"tr\u00e9in\", \"step\": 1, \"x\": NaN}",
 ])  # the last one is valid: an unknown kind is kept and ignored
 
@@ -67,7 +77,7 @@ damaged = st.sampled_from([
 def metrics_file(draw, allow_damage: bool = True) -> tuple[list[str], bool]:
     """The file's lines (without newlines) and whether the last one is cut short."""
     ranks = draw(st.integers(1, 4))
-    kinds = st.one_of(train_record(ranks), eval_record())
+    kinds = st.one_of(train_record(ranks), eval_record(), progressive_record())
     entries = draw(st.lists(st.one_of(kinds, damaged) if allow_damage else kinds, max_size=12))
     lines = [e if isinstance(e, str) else json.dumps(e, ensure_ascii=draw(st.booleans())) for e in entries]
     if lines and draw(st.booleans()):
@@ -96,6 +106,9 @@ def _first_damage(lines: list[str], cut: bool) -> Optional[int]:
             ok = ok and (t is None or (isinstance(t, list) and all(x is None or type(x) in (int, float) for x in t)))
         if ok and value["kind"] == "eval":
             ok = all(value.get(n) is None or type(value[n]) in (int, float) for n in METRICS + ("samples",))
+        if ok and value["kind"] == "progressive":
+            ok = type(value.get("partition")) is int and all(
+                value.get(n) is None or type(value[n]) in (int, float) for n in METRICS + ("samples", "rows"))
         if not ok:
             return number
     return None
@@ -122,12 +135,18 @@ def expected_row(lines: list[str], cut: bool) -> dict[str, Any]:
         column = [x for x in column if x is not None]
         means.append(sum(column) / len(column) if column else None)
     means = [m for m in means if m is not None and math.isfinite(m)]
+    progressive = [r for r in kept if r["kind"] == "progressive"]
+    later = [_finite(r.get("auc")) for r in progressive[1:]]
+    later = [x for x in later if x is not None]
     return {
         "step": final.get("step", last_train.get("step")),
         **{n: _finite(final.get(n)) for n in METRICS},
         "final_loss": _finite(last_train.get("loss")),
         "samples_per_s": _finite(last_train.get("samples_per_s")),
         "max_rank_step_ms": max(means) if means else None,
+        "next_day_auc": sum(later) / len(later) if later else None,
+        "progressive": [{k: _finite(r.get(k)) if k not in ("partition", "step") else r[k]
+                         for k in ("partition", "step", "rows", "auc", "ne", "logloss")} for r in progressive],
     }
 
 
