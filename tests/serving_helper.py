@@ -2,6 +2,7 @@
 
 ``make_export`` builds a model from a job's arguments (random weights, no checkpoint, no
 process group) and writes it with dlrm-export's own code (serving.export.export_model);
+``make_managed_export`` does so for a model with managed features whose remappers admitted ids;
 ``export_and_predict`` runs the two CLIs as a user would.
 """
 
@@ -43,6 +44,29 @@ def make_export(out: Path, args: Optional[list[str]] = None, quantize: str = "no
 
     cfg, dlrm = build_dlrm(args or MIXED_JOB)
     return export_model(dlrm, cfg, out, quantize, progress=False, **kw)
+
+
+MANAGED_SCHEMA = ROOT / "tests" / "schemas" / "managed.toml"
+# An LFU and an LRU managed feature (raw 64-bit ids, remapped) beside a hashed one.
+MANAGED_JOB = [f"--data.schema={MANAGED_SCHEMA}", "--model.bottom_mlp=2-8", "--model.embedding_dim=8",
+               "--model.top_mlp=16-1", "--train.global_batch_size=32", "--synthetic.eval_batches=2",
+               "--train.progress=false"]
+
+
+def make_managed_export(out: Path, quantize: str = "none", steps: int = 6, **kw):
+    """An export of a managed model whose remappers admitted ids: ``steps`` training-mode forwards of the
+    synthetic stream (ids counted, admitted, evicted; an unsharded model: one shard per table)."""
+    from dlrm_dist.data.resolve import build_data
+    from dlrm_dist.features.schema import FeatureSchema
+    from dlrm_dist.serving.export import export_model
+
+    cfg, dlrm = build_dlrm(MANAGED_JOB)
+    data = build_data(cfg, FeatureSchema.from_dict(cfg.features))
+    dlrm.train()
+    with torch.no_grad():
+        for batch in data.batches("train", cfg.train.global_batch_size, 0, 1, steps):
+            dlrm(batch.dense_features, batch.sparse_features)
+    return export_model(dlrm.eval(), cfg, out, quantize, progress=False, **kw)
 
 
 def _cli(module: str, *args: str) -> str:

@@ -14,7 +14,10 @@ shard s, else shard s's last row -- whether v was counted but not admitted, or n
 Frozen, the S shards become four int64 arrays (``Frozen``), one search for all shards: every
 admitted id that its own shard can reach (an id held by a shard whose block does not hold it is
 never routed there: it is left out), globally sorted (blocks are disjoint and ordered), with its
-row; each block's first id; each shard's miss row. ``remap`` is plain torch (searchsorted,
+row; each block's first id; each shard's miss row. Which shard holds an (id, row) pair is told by
+its row, not its slot: a checkpoint read into an unsharded module has its shards' buffers
+concatenated and then re-sorted as one (the module's load hook, ``validate_state``), which moves
+ids between the shards' slot ranges but keeps every id with its row. ``remap`` is plain torch (searchsorted,
 bucketize, where) traced into the exported program; ``check_frozen`` refuses arrays that are not
 such a state (a tampered export). Needs torch and numpy only: no TorchRec.
 """
@@ -61,36 +64,37 @@ class Frozen:
         return int((self.ids != EMPTY).sum())
 
 
+def _holders(rows: np.ndarray, offsets: Sequence[int]) -> np.ndarray:
+    """The shard owning each row (shard s owns rows ``offsets[s]:offsets[s+1]``)."""
+    return np.searchsorted(np.asarray(offsets[1:]), rows, side="right")
+
+
 def shard_problems(table: str, sorted_ids: np.ndarray, mapping: np.ndarray, offsets: Sequence[int]) -> list[str]:
-    """What keeps the concatenated per-shard buffers from being TorchRec remappers' state (empty: none)."""
+    """What keeps the buffers from being TorchRec remappers' state (empty: none): every row held by one
+    slot (each shard's mapping is a permutation of its rows), no id admitted twice by one shard."""
     rows = offsets[-1]
     if sorted_ids.shape != (rows,) or mapping.shape != (rows,):
         return [f"table {table!r}: remapper buffers of {sorted_ids.shape}/{mapping.shape} entries for {rows} rows"]
-    out = []
-    for s, (lo, hi) in enumerate(zip(offsets[:-1], offsets[1:])):
-        if np.any(np.diff(sorted_ids[lo:hi]) < 0):
-            out.append(f"table {table!r} shard {s}: _mch_sorted_raw_ids is not sorted")
-        if not np.array_equal(np.sort(mapping[lo:hi]), np.arange(lo, hi)):
-            out.append(f"table {table!r} shard {s}: _mch_remapped_ids_mapping is not a permutation of rows {lo}-{hi - 1}")
-    return out
+    if not np.array_equal(np.sort(mapping), np.arange(rows)):
+        return [f"table {table!r}: _mch_remapped_ids_mapping does not hold each of the rows 0-{rows - 1} once"]
+    pairs = np.stack([_holders(mapping, offsets), sorted_ids], axis=1)[sorted_ids != EMPTY]
+    if len(np.unique(pairs, axis=0)) != len(pairs):
+        return [f"table {table!r}: a shard's _mch_sorted_raw_ids admits an id twice"]
+    return []
 
 
 def freeze(table: str, sorted_ids: torch.Tensor, mapping: torch.Tensor, offsets: Sequence[int]) -> Frozen:
-    """The frozen form of table ``table``'s S remappers, whose buffers are concatenated in shard order
-    (shard s at rows ``offsets[s]:offsets[s+1]``, as a checkpoint reassembles them); ExportError names
-    a state TorchRec could not have written."""
+    """The frozen form of table ``table``'s S remappers, from their buffers concatenated (as a checkpoint
+    reassembles them; shard s owns rows ``offsets[s]:offsets[s+1]``). Slot order does not matter: an
+    unsharded module re-sorts the concatenation when it loads it, so each (id, row) pair is placed
+    by its row's shard. ExportError names a state TorchRec could not have written."""
     ids, rows = sorted_ids.detach().cpu().numpy().astype(np.int64), mapping.detach().cpu().numpy().astype(np.int64)
     problems = shard_problems(table, ids, rows, offsets)
     if problems:
         raise ExportError(f"the checkpoint's remapper state is damaged: {'; '.join(problems)}; nothing was written")
     starts = np.asarray(block_starts(len(offsets) - 1), np.int64)
-    holder = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))  # the shard holding each slot
     admitted = ids != EMPTY
-    reachable = admitted & (np.searchsorted(starts, ids, side="right") - 1 == holder)
-    # TorchRec's search finds an id's first slot in its shard: a repeat (never written by it) is unreachable.
-    first = np.ones(len(ids), bool)
-    first[1:] = (ids[1:] != ids[:-1]) | (holder[1:] != holder[:-1])
-    keep = reachable & first
+    keep = admitted & (np.searchsorted(starts, ids, side="right") - 1 == _holders(rows, offsets))
     if (unreachable := int((admitted & ~keep).sum())):
         logger.warning("table %r: %d admitted id(s) sit in a shard that never receives them (not its block of the "
                        "id space): they are left out, as the trained model never looks them up", table, unreachable)

@@ -1,5 +1,8 @@
 """Serving: a 2-rank checkpoint exported (torch.export), scored, quantized, and refused when damaged.
 
+The same process group also trains a model with managed features (tests/managed_serving_helper.py)
+and scores it with the sharded model in eval mode: its export (float and int8) must score alike.
+
 The sharded model's own scores (2 ranks, the training pipeline, tables split row-wise and
 table-wise) are the reference the exported program must reproduce within 1e-6. dlrm-export and
 dlrm-predict run in this process through their main(argv) (a fresh Python would load torch
@@ -22,6 +25,7 @@ from dlrm_dist.cli.predict_main import main as predict_main
 from tests.cli_helper import run_here
 from tests.dist_helper import run_ranks
 from tests.launch_helper import DemoRun
+from tests.managed_serving_helper import train_and_score
 from tests.small_job import SMALL_JOB
 
 pytestmark = pytest.mark.multiprocess
@@ -76,6 +80,9 @@ def _train_and_score(out: str) -> None:
     try:
         run_job(env, root, "run", JOB + [f"--checkpoint-dir={root / 'ckpt'}"])
         _sharded_scores(env, root / "ckpt", root)
+        managed = train_and_score(env, root / "managed")  # (managed features: row-wise, remappers per rank)
+        if env.is_main:
+            torch.save(managed, root / "managed" / "dmp_scores.pt")
     finally:
         teardown()
 
@@ -138,11 +145,43 @@ out = loaded.module(torch.zeros(3, loaded.manifest.dense_features), [torch.tenso
 assert out.shape == (3,) and bool(((out > 0) & (out < 1)).all())
 extra = sorted(k for k in sys.modules if k.startswith(("torchrec", "fbgemm_gpu", "dlrm_dist.")))
 assert extra == ["dlrm_dist.errors", "dlrm_dist.serving", "dlrm_dist.serving.archive", "dlrm_dist.serving.load",
-                 "dlrm_dist.serving.manifest", "dlrm_dist.validation"], extra
+                 "dlrm_dist.serving.manifest", "dlrm_dist.serving.remap", "dlrm_dist.validation"], extra
 print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_a_two_rank_managed_checkpoint_exports_scoring_as_the_dmp_model_evaluates(trained) -> None:
+    """Managed features trained on 2 ranks (each rank's remapper owns a block of the id space and half
+    the rows), exported float and int8: the program scores each rank's eval batches, and a batch of
+    ids never seen in training, as the sharded model does in eval mode; dlrm-predict --split val
+    scores the eval split as the sharded model did, in global batch order."""
+    from dlrm_dist.cli.export_main import main as export_main
+    from dlrm_dist.serving.load import load_export
+
+    root = trained["dir"] / "managed"
+    record = torch.load(root / "dmp_scores.pt", weights_only=False)
+    per_rank = len(record["batches"]) // 2  # each rank: its eval batches, then its batch of new ids
+    for quantize, tol in (("none", 1e-6), ("int8", 2e-3)):
+        out = root / f"export-{quantize}"
+        code, _, stderr = run_here(export_main, str(root / "ckpt"), "--out", str(out), "--quantize", quantize,
+                                   "--no-progress")
+        assert code == 0, stderr[-3000:]
+        loaded = load_export(out)
+        assert {t: r.shard_offsets for t, r in loaded.manifest.remappers.items()} == {"t_item": [0, 5, 10],
+                                                                                     "t_user": [0, 6, 12]}
+        with torch.no_grad():
+            for inputs, probs in record["batches"]:
+                assert (loaded.module(*inputs) - probs).abs().max() < tol, quantize
+        preds = root / f"val-{quantize}.npy"
+        code, _, stderr = run_here(predict_main, str(out), "--split", "val", "--out", str(preds), "--no-progress")
+        assert code == 0, stderr[-3000:]
+        in_order = [record["batches"][r * per_rank + b][1] for b in range(per_rank - 1) for r in range(2)]
+        assert np.abs(np.load(preds) - torch.cat(in_order).numpy()).max() < tol, quantize
+    admitted = dict(loaded.module.named_buffers())[f"remap_{sorted(loaded.manifest.tables).index('t_user')}_ids"]
+    fresh = [record["batches"][r * per_rank + per_rank - 1][0][1][0][::2] for r in range(2)]
+    assert loaded.feature_names[0] == "user" and not any(torch.isin(f, admitted).any() for f in fresh)
 
 
 def test_int8_auc_within_half_a_point_of_float_on_the_demo_data(demo_run: DemoRun, tmp_path) -> None:
