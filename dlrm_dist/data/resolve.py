@@ -85,6 +85,12 @@ def build_data(cfg: Config, schema: FeatureSchema) -> Dataset:
         from dlrm_dist.data.columnar.dataset import PartitionedDataset
         from dlrm_dist.data.partition_list import parse_partitions
 
+        if d.eval_split != "val":  # (here, not in DataConfig: a config copied with another eval_split is no crash)
+            raise ConfigError(f"data.eval_split={d.eval_split!r}: a run over day partitions (data.partitions="
+                              f"{d.partitions!r}) has no val or test split; it evaluates data.eval_partition "
+                              "(unset: the partition after the last one trained on); dlrm-predict: --split val "
+                              "scores that partition, --input scores raw rows")
+
         return PartitionedDataset(d.data_dir, parse_partitions(d.partitions), eval_partition=d.eval_partition,
                                   seed=d.seed, shuffle=d.shuffle, multi_hot=cfg.multi_hot.sizes)
     if d.source == "columnar":

@@ -4,6 +4,7 @@ time order (PartitionedDataset). No process group: CLIs in-process, datasets rea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -387,3 +388,7 @@ def test_build_data_opens_the_partitions_the_config_names(grown: Path) -> None:
     cfg = load_config(["--data.source=columnar", f"--data.data_dir={grown}", "--data.partitions=1,2"])
     data = build_data(cfg, job_schema(cfg))
     assert isinstance(data, PartitionedDataset) and (data.partitions, data.eval_partition) == ([1, 2], 3)
+    # a config copied with another eval split (dlrm-predict --split test) is refused by name, not a traceback
+    test = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_split="test"))
+    with pytest.raises(DlrmError, match="data.eval_split='test': a run over day partitions .* has no val or test"):
+        build_data(test, job_schema(test))
