@@ -32,6 +32,7 @@ from dlrm_dist.serving.delta_format import DELTA_FILE, DeltaError, export_identi
 from dlrm_dist.serving.delta_write import delta_of_model
 from dlrm_dist.serving.load import ExportError, load_export
 from dlrm_dist.serving.predictor import Predictor
+from dlrm_dist.serving.server import Limits
 from tests.checkpoint_helper import train_here
 from tests.serving_helper import build_dlrm
 from tests.small_job import SMALL_JOB
@@ -93,6 +94,9 @@ def test_base_plus_deltas_scores_equal_a_full_export(run) -> None:
     full = load_export(run["full"]).module.state_dict()
     assert all(torch.equal(v, full[k]) for k, v in chained.export.module.state_dict().items())
     assert chained.metadata()["step"] == 12
+    # dlrm-serve's server is built on the same chain (what /metadata reports).
+    _, metadata = serve_main.make_server(str(run["base"]), Limits(), deltas=[str(run["d1"]), str(run["d2"])])
+    assert metadata["step"] == 12 and metadata["checkpoint"].endswith("step_00000012")
 
 
 def test_int8_chain_is_compared_quantized_and_equals_a_full_int8_export(run, capsys) -> None:
