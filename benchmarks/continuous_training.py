@@ -147,24 +147,44 @@ def _numel(size: Any) -> int:
 
 
 def run_variant(variant: str, stream: Path, work: Path, days: int, rows: dict[str, int] | None,
-                args: argparse.Namespace, log: Path, env: dict[str, str]) -> dict[str, Any]:
+                args: argparse.Namespace, log: Path, env: dict[str, str]) -> None:
+    """Preprocess and train one variant; its stats and the loads around its training are kept in ``work``."""
     ids, eviction = ("managed", "lfu") if variant == "managed_lfu" else (variant, "lru")
     schema = work / "schemas" / f"{variant}.toml"
     schema.parent.mkdir(parents=True, exist_ok=True)
     schema.write_text(schema_toml(ids, rows or 2, eviction))
     print(f"{variant}: {LABELS[variant]}", flush=True)
     stats = build_directory(variant, stream, schema, work / "data" / variant, days, log, env)
+    (work / "data" / f"{variant}.stats.json").write_text(json.dumps(stats))
     run_dir = work / "runs" / variant
+    before = _uptime()
     train(variant, work / "data" / variant, run_dir, days, args, log, env)
+    (work / "runs" / f"{variant}.uptime.json").write_text(json.dumps({"before": before, "after": _uptime()}))
+
+
+def window_step_ms(run_dir: Path) -> float:
+    """The median over the run's log windows of rank 0's step time (robust to a busy moment)."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    times = sorted(r["rank_step_ms"][0] for r in map(json.loads, filter(None, lines))
+                   if r.get("kind") == "train" and r.get("rank_step_ms"))
+    return times[len(times) // 2] if times else float("nan")
+
+
+def collect_variant(variant: str, work: Path, days: int) -> dict[str, Any]:
+    """One variant's figures, read from its run directory, checkpoint and stats."""
+    run_dir = work / "runs" / variant
+    stats = json.loads((work / "data" / f"{variant}.stats.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     scores = next_day_scores(run_dir, days)
     memory = id_table_bytes(run_dir)
-    return {"label": LABELS[variant], "schema": schema.read_text(), "table_rows": table_rows(stats),
-            "next_day": scores, "mean_auc": sum(s["auc"] for s in scores) / len(scores),
+    return {"label": LABELS[variant], "schema": (work / "schemas" / f"{variant}.toml").read_text(),
+            "table_rows": table_rows(stats), "next_day": scores,
+            "mean_auc": sum(s["auc"] for s in scores) / len(scores),
             "mean_logloss": sum(s["logloss"] for s in scores) / len(scores),
-            "step_ms": summary["rank_step_ms"], "samples_per_s": summary["samples_per_s"],
-            "steps": summary["steps"], "memory_bytes": memory,
+            "step_ms": summary["rank_step_ms"], "step_ms_median_window": window_step_ms(run_dir),
+            "samples_per_s": summary["samples_per_s"], "steps": summary["steps"], "memory_bytes": memory,
             "memory_total_bytes": sum(sum(v.values()) for v in memory.values()),
+            "uptime": json.loads((work / "runs" / f"{variant}.uptime.json").read_text()),
             "partitions": stats.get("partitions")}
 
 
@@ -195,15 +215,20 @@ def write_markdown(record: dict[str, Any], path: Path) -> None:
                      + " |")
     lines.append("| mean | | | " + " | ".join(f"**{variants[n]['mean_auc']:.4f}**" for n in names) + " |")
     lines += ["", "## Cost", "",
-              "| variant | rows (user_id / item) | id tables: rows + optimizer + remapper, bytes | step ms | samples/s |"
-              " mean next-day log-loss |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+              "| variant | rows (user_id / item) | id tables: rows + optimizer + remapper, bytes | step ms (mean; "
+              "median of log windows) | samples/s | mean next-day log-loss |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for n in names:
         v = variants[n]
         mem = v["memory_bytes"]
         parts = " + ".join(f"{sum(mem[f][k] for f in ID_FEATURES):,}" for k in ("table", "optimizer", "remapper"))
         lines.append(f"| {n}: {v['label']} | {v['table_rows']['user_id']:,} / {v['table_rows']['item']:,} | "
-                     f"{parts} = {v['memory_total_bytes']:,} | {' / '.join(f'{x:.1f}' for x in v['step_ms'])} | "
+                     f"{parts} = {v['memory_total_bytes']:,} | {' / '.join(f'{x:.1f}' for x in v['step_ms'])}; "
+                     f"{v['step_ms_median_window']:.1f} | "
                      f"{v['samples_per_s']:,.0f} | {v['mean_logloss']:.4f} |")
+    lines += ["", "Load around each training run (`uptime`):", ""]
+    lines += [f"- {n}: before `{variants[n]['uptime']['before']}`, after `{variants[n]['uptime']['after']}`"
+              for n in names]
     lines += ["", "## Verdict", "", record["verdict"], ""]
     path.write_text("\n".join(lines))
 
@@ -218,7 +243,8 @@ def verdict(variants: dict[str, Any]) -> str:
     return (f"Managed collisions (LRU) {word} hashing here: mean next-day AUC {m['mean_auc']:.4f} vs "
             f"{h['mean_auc']:.4f} ({diff:+.4f}), higher on {wins} of {len(m['next_day'])} days, with the same "
             f"table rows; the remapper costs {sum(m['memory_bytes'][f]['remapper'] for f in ID_FEATURES):,} bytes "
-            f"beside the tables and step time {m['step_ms'][0]:.1f} vs {h['step_ms'][0]:.1f} ms.")
+            f"beside the tables and step time {m['step_ms_median_window']:.1f} vs {h['step_ms_median_window']:.1f} ms "
+            "(medians of the log windows).")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--work", type=Path, default=Path("/tmp/dlrm_continuous"))
     p.add_argument("--out", type=Path, default=None, help="results prefix (default benchmarks/results/DATE-continuous-training)")
+    p.add_argument("--collect", action="store_true",
+                   help="only read the figures of an earlier run in --work (same --days and --variants)")
     a = p.parse_args(argv)
     variants = [v for v in a.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -242,21 +270,26 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     a.work.mkdir(parents=True, exist_ok=True)
     log = a.work / "steps.log"
-    log.write_text("")
+    if not a.collect:
+        log.write_text("")
     stream = a.work / "stream"
     record: dict[str, Any] = {"date": dt.date.today().isoformat(), "commit": _commit(),
                               "argv": shlex.join(argv if argv is not None else sys.argv[1:]),
                               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                               "nproc": a.nproc, "threads": a.threads, "batch_size": a.batch_size,
                               "uptime_before": _uptime()}
-    print(f"generating {a.days} days x {a.rows:,} rows into {stream}", flush=True)
-    record["stream"] = generate(StreamSpec(days=a.days, rows=a.rows, seed=a.seed, users=max(a.rows // 16, 1)), stream)
-    results: dict[str, Any] = {}
-    rows = None
-    for variant in variants:
-        results[variant] = run_variant(variant, stream, a.work, a.days, rows, a, log, env)
-        rows = rows or results["vocab"]["table_rows"]
+    if a.collect:  # figures from an earlier run's work directory (its runs and checkpoints)
+        record["stream"] = json.loads((stream / "stream.json").read_text())
+    else:
+        print(f"generating {a.days} days x {a.rows:,} rows into {stream}", flush=True)
+        record["stream"] = generate(StreamSpec(days=a.days, rows=a.rows, seed=a.seed, users=max(a.rows // 16, 1)),
+                                    stream)
+        rows = None
+        for variant in variants:
+            run_variant(variant, stream, a.work, a.days, rows, a, log, env)
+            rows = rows or table_rows(json.loads((a.work / "data" / "vocab.stats.json").read_text()))
     record["uptime_after"] = _uptime()
+    results = {v: collect_variant(v, a.work, a.days) for v in variants}
     record["variants"] = results
     record["verdict"] = verdict(results)
     prefix = a.out or ROOT / "benchmarks" / "results" / f"{record['date']}-continuous-training"
