@@ -115,32 +115,41 @@ def _rate(part: int, whole: int) -> Optional[float]:
     return part / whole if whole else None
 
 
+def _feature_by_partition(f: Any, id_range: int, arrays: list[layout.SplitArrays]) -> tuple[list[dict[str, Any]], int]:
+    """One feature's ids, new ids and OOV share in each partition (in order), and its distinct ids
+    over all of them (one feature at a time: a table's flags are its rows in bytes)."""
+    seen, out = _Seen(f, id_range), []
+    for k, data in enumerate(arrays):
+        ids = data.ids[f.name]
+        new, distinct = seen.add(ids)
+        row: dict[str, Any] = {"ids": len(ids), "new_ids": new, "new_distinct": distinct,
+                               "new_id_rate": _rate(new, len(ids)) if k else None}
+        if f.kind == "vocab":
+            oov = sum(int((np.asarray(ids[i : i + BLOCK]) < f.oov_buckets).sum()) for i in range(0, len(ids), BLOCK))
+            row["oov_rate"] = _rate(oov, len(ids))
+        out.append(row)
+    return out, seen.count()
+
+
 def _partitioned_stats(directory: str | Path, meta: dict[str, Any], schema: Any,
                        splits: dict[str, layout.SplitArrays]) -> dict[str, Any]:
     """Per partition rows, positive rate, new-id and OOV rates (module docstring); per feature over all of them."""
     entries = layout.partitions_of(meta, directory)
-    seen = {f.name: _Seen(f, schema.id_range(f)) for f in schema.sparse}
+    arrays = [splits[layout.partition_split(n)] for n in entries]
+    by_feature, cardinality = {}, {}
+    for f in schema.sparse:
+        by_feature[f.name], cardinality[f.name] = _feature_by_partition(f, schema.id_range(f), arrays)
     parts = []
     for k, (number, entry) in enumerate(entries.items()):
-        data = splits[layout.partition_split(number)]
-        features, new_total, ids_total = {}, 0, 0
-        for f in schema.sparse:
-            ids = data.ids[f.name]
-            new, distinct = seen[f.name].add(ids)
-            row: dict[str, Any] = {"ids": len(ids), "new_ids": new, "new_distinct": distinct,
-                                   "new_id_rate": _rate(new, len(ids)) if k else None}
-            if f.kind == "vocab":
-                oov = sum(int((np.asarray(ids[i : i + BLOCK]) < f.oov_buckets).sum()) for i in range(0, len(ids), BLOCK))
-                row["oov_rate"] = _rate(oov, len(ids))
-            features[f.name] = row
-            new_total, ids_total = new_total + new, ids_total + len(ids)
-        parts.append({"partition": number, "split": layout.partition_split(number), "rows": data.rows,
-                      "label_rate": _label_rate(data.labels), "inputs": entry.get("inputs", []),
-                      "new_id_rate": _rate(new_total, ids_total) if k else None, "features": features})
+        features = {name: rows[k] for name, rows in by_feature.items()}
+        new, ids = sum(v["new_ids"] for v in features.values()), sum(v["ids"] for v in features.values())
+        parts.append({"partition": number, "split": layout.partition_split(number), "rows": arrays[k].rows,
+                      "label_rate": _label_rate(arrays[k].labels), "inputs": entry.get("inputs", []),
+                      "new_id_rate": _rate(new, ids) if k else None, "features": features})
     rows = {n: int(e["rows"]) for n, e in entries.items()}
     total = max(sum(rows.values()), 1)
     features = [{"feature": f.name, "table": f.table, "table_size": schema.table_rows(f.table),
-                 "cardinality": seen[f.name].count(),
+                 "cardinality": cardinality[f.name],
                  "pooling_factor": sum(float(e["bag_lengths"][f.name]) * rows[n] for n, e in entries.items()) / total}
                 for f in schema.sparse]
     return {"directory": str(directory), "schema": schema.name, "num_dense": schema.num_dense, "splits": {},
