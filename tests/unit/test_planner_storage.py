@@ -1,11 +1,13 @@
 """shard_storage.py's closed-form storage equals TorchRec's EmbeddingStorageEstimator, byte for byte.
 
-The grid crosses table sizes (1 row to beyond 2**31 rows, dims the fused kernel can and cannot
+The grid crosses table sizes (7 rows to beyond 2**31 rows, dims the fused kernel can and cannot
 split), every planned sharding type with TorchRec's own shard layouts (uneven row-wise splits
 included), every kernel, both devices, every embedding optimizer, pooling factors below and above
 one, load factors (and none: TorchRec's 0.2), and world sizes of one and several hosts. The
 TorchRec side is built the way the planner used to build it: a meta EmbeddingBagCollection whose
-weights carry the in-backward optimizer (how TorchRec learns the optimizer state's size).
+weights carry the in-backward optimizer (how TorchRec learns the optimizer state's size). Also
+here: every enumerated option's estimates equal TorchRec's estimators' (calibrated ones included),
+and the enumeration's distinct-shard helper and partition map equal the numpy / TorchRec ones.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from dlrm_dist.planning.calibration import CalibrationModel
 from dlrm_dist.planning.options import Enumerator, distinct_rows
 from dlrm_dist.planning.shard_storage import shard_storages
 from dlrm_dist.planning.torchrec_bridge import meta_module
-from tests.calibration_helper import calibration_data
 from dlrm_dist.planning.types import PARTITION_BY, PERF_FIELDS, PlannerInputs, TableSpec, TopologySpec
+from tests.calibration_helper import calibration_data
 
 SHAPES = ((7, 20), (123_457, 64), (60_000_001, 128), (2**31 + 11, 8))
 KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching")
