@@ -132,10 +132,20 @@ def test_predict_writes_csv_with_labels(trained, exported) -> None:
     assert "auc 0." in stdout
 
 
-def test_the_export_loads_with_torch_and_pydantic_alone(trained, exported) -> None:
-    """load_export (manifest validated, archive inspected) needs no TorchRec and nothing of training."""
+def test_the_export_loads_with_torch_and_pydantic_alone(trained, exported, managed_exports) -> None:
+    """load_export (manifest validated, archive inspected, remappers checked) needs no TorchRec and
+    nothing of training; a managed export scores raw 64-bit ids there as here."""
+    from dlrm_dist.serving.load import load_export
+
+    raw = [0, 2**62 + 7, 2**63 - 2, 12345]  # managed features' raw ids (mostly never seen: miss rows)
+    here = load_export(managed_exports["none"])
+    with torch.no_grad():
+        want = here.module(torch.zeros(3, 2), [torch.tensor(raw)] * 2 + [torch.tensor([0, 1, 2, 3])],
+                           [torch.tensor([0, 2, 2, 4])] * 3).tolist()
     code = f"""
 import sys, torch
+sys.modules['torchrec'] = None
+sys.modules['fbgemm_gpu'] = None
 from dlrm_dist.serving.load import load_export
 loaded = load_export({str(exported)!r})
 n = len(loaded.feature_names)
@@ -143,6 +153,10 @@ n = len(loaded.feature_names)
 out = loaded.module(torch.zeros(3, loaded.manifest.dense_features), [torch.tensor([0, 1, 2, 3]) for _ in range(n)],
                     [torch.tensor([0, 2, 2, 4]) for _ in range(n)])
 assert out.shape == (3,) and bool(((out > 0) & (out < 1)).all())
+managed = load_export({str(managed_exports["none"])!r})
+got = managed.module(torch.zeros(3, 2), [torch.tensor({raw!r})] * 2 + [torch.tensor([0, 1, 2, 3])],
+                     [torch.tensor([0, 2, 2, 4])] * 3).tolist()
+assert got == {want!r}, got
 extra = sorted(k for k in sys.modules if k.startswith(("torchrec", "fbgemm_gpu", "dlrm_dist.")))
 assert extra == ["dlrm_dist.errors", "dlrm_dist.serving", "dlrm_dist.serving.archive", "dlrm_dist.serving.load",
                  "dlrm_dist.serving.manifest", "dlrm_dist.serving.remap", "dlrm_dist.validation"], extra
@@ -152,22 +166,32 @@ print("ok")
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
 
 
-def test_a_two_rank_managed_checkpoint_exports_scoring_as_the_dmp_model_evaluates(trained) -> None:
+@pytest.fixture(scope="module")
+def managed_exports(trained) -> dict[str, Path]:
+    """The 2-rank managed checkpoint exported float and int8 (dlrm-export in this process)."""
+    from dlrm_dist.cli.export_main import main as export_main
+
+    root, out = trained["dir"] / "managed", {}
+    for quantize in ("none", "int8"):
+        out[quantize] = root / f"export-{quantize}"
+        code, _, stderr = run_here(export_main, str(root / "ckpt"), "--out", str(out[quantize]), "--quantize",
+                                   quantize, "--no-progress")
+        assert code == 0, stderr[-3000:]
+    return out
+
+
+def test_a_two_rank_managed_checkpoint_exports_scoring_as_the_dmp_model_evaluates(trained, managed_exports) -> None:
     """Managed features trained on 2 ranks (each rank's remapper owns a block of the id space and half
     the rows), exported float and int8: the program scores each rank's eval batches, and a batch of
     ids never seen in training, as the sharded model does in eval mode; dlrm-predict --split val
     scores the eval split as the sharded model did, in global batch order."""
-    from dlrm_dist.cli.export_main import main as export_main
     from dlrm_dist.serving.load import load_export
 
     root = trained["dir"] / "managed"
     record = torch.load(root / "dmp_scores.pt", weights_only=False)
     per_rank = len(record["batches"]) // 2  # each rank: its eval batches, then its batch of new ids
     for quantize, tol in (("none", 1e-6), ("int8", 2e-3)):
-        out = root / f"export-{quantize}"
-        code, _, stderr = run_here(export_main, str(root / "ckpt"), "--out", str(out), "--quantize", quantize,
-                                   "--no-progress")
-        assert code == 0, stderr[-3000:]
+        out = managed_exports[quantize]
         loaded = load_export(out)
         assert {t: r.shard_offsets for t, r in loaded.manifest.remappers.items()} == {"t_item": [0, 5, 10],
                                                                                      "t_user": [0, 6, 12]}

@@ -7,8 +7,9 @@
   that never receives it is left out (it maps to its own block's miss row, as in training).
 - A model trained on a CSV (an int_modulo managed feature past 2**31, an fnv1a one, a hashed one)
   exported float and int8 scores as the trained model evaluates: ``dlrm-predict --data --split``,
-  ``--input rows.csv`` (ids never seen included), ``Predictor.score`` (also where torchrec and
-  fbgemm_gpu cannot be imported) and ``dlrm-serve``'s /predict.
+  ``--input rows.csv`` (ids never seen included), ``Predictor.score`` and ``dlrm-serve``'s /predict.
+  (Where torchrec and fbgemm_gpu cannot be imported: tests/multiprocess/test_serving.py loads a managed
+  export and scores raw ids there.)
 - A 1-rank checkpoint (the trainer under DMP, in this process) exported float and int8 scores its
   eval split and rows of ids never seen in training as the DMP model does in eval mode.
 """
@@ -164,7 +165,7 @@ def _evaluated(dlrm, inputs: tuple) -> np.ndarray:
 @pytest.fixture(scope="module")
 def csv_trained(tmp_path_factory) -> dict:
     """A model of the CSV, its remappers trained on the training split (train mode: ids counted and
-    admitted, some evicted), exported float and int8 with --data."""
+    admitted, some evicted), exported float with --data (int8 of a managed checkpoint: the 1-rank test)."""
     from dlrm_dist.data.columnar.preprocess import Options, preprocess
     from dlrm_dist.data.resolve import build_data
     from dlrm_dist.features.schema import from_dict
@@ -181,10 +182,8 @@ def csv_trained(tmp_path_factory) -> dict:
     with torch.no_grad():
         for batch in dataset.batches("train", 32, 0, 1, 8):
             dlrm(batch.dense_features, batch.sparse_features)
-    out = {}
-    for quantize in ("none", "int8"):
-        export_model(dlrm, cfg, tmp / quantize, quantize, data_dir=str(data), progress=False)
-    return {"tmp": tmp, "data": data, "dlrm": dlrm.eval(), "none": tmp / "none", "int8": tmp / "int8", **out}
+    export_model(dlrm, cfg, tmp / "none", data_dir=str(data), progress=False)
+    return {"tmp": tmp, "data": data, "dlrm": dlrm.eval(), "none": tmp / "none"}
 
 
 def test_dlrm_predict_scores_the_eval_split_as_the_trained_model_evaluates_it(csv_trained, capsys) -> None:
@@ -199,12 +198,11 @@ def test_dlrm_predict_scores_the_eval_split_as_the_trained_model_evaluates_it(cs
     data = open_split(export_config(loaded.manifest), str(csv_trained["data"]), "val")
     want = np.concatenate([_evaluated(csv_trained["dlrm"], model_inputs(b, loaded.feature_names))[b.labels.numpy() >= 0]
                            for b in data.batches("eval", 32, 0, 1, data.eval_batch_count(32))])
-    for quantize, tol in (("none", 1e-6), ("int8", INT8_TOL)):
-        out = csv_trained["tmp"] / f"val-{quantize}.npy"
-        assert predict_main.main([str(csv_trained[quantize]), "--data", str(csv_trained["data"]), "--split", "val",
-                                  "--out", str(out), "--no-progress"]) == 0, capsys.readouterr().err
-        got = np.load(out)
-        assert got.shape == want.shape and np.abs(got - want).max() < tol, (quantize, np.abs(got - want).max())
+    out = csv_trained["tmp"] / "val.npy"
+    assert predict_main.main([str(csv_trained["none"]), "--data", str(csv_trained["data"]), "--split", "val",
+                              "--out", str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    got = np.load(out)
+    assert got.shape == want.shape and np.abs(got - want).max() < 1e-6, np.abs(got - want).max()
 
 
 def test_raw_rows_with_ids_never_seen_score_as_the_trained_model_evaluates_them(csv_trained, capsys) -> None:
@@ -220,47 +218,23 @@ def test_raw_rows_with_ids_never_seen_score_as_the_trained_model_evaluates_them(
                                                   for i, v in enumerate(table.column("item").to_pylist())]))
     csv_path = csv_trained["tmp"] / "new_rows.csv"
     pacsv.write_csv(table, csv_path)
-    for quantize, tol in (("none", 1e-6), ("int8", INT8_TOL)):
-        p = Predictor.load(csv_trained[quantize])
-        inputs = _encoded(p, table)
-        uid = p.pipeline.feature_names.index("uid")
-        assert inputs[1][uid].dtype == torch.int64 and set(inputs[1][uid][20:].tolist()) <= set(fresh.tolist())
-        want = _evaluated(csv_trained["dlrm"], inputs)
-        scored = p.score(table.drop(["clicked"]).to_pylist())
-        float_scores = scored if quantize == "none" else float_scores
-        assert np.abs(scored - want).max() < tol, (quantize, np.abs(scored - want).max())
-        out = csv_trained["tmp"] / f"rows-{quantize}.npy"
-        assert predict_main.main([str(csv_trained[quantize]), "--input", str(csv_path), "--out", str(out),
-                                  "--no-progress"]) == 0, capsys.readouterr().err
-        assert np.abs(np.load(out) - want).max() < tol
-    records = table.drop(["clicked"]).to_pylist()
-    assert np.abs(np.asarray(_scored_without_torchrec(csv_trained["none"], records)) - float_scores).max() < 1e-12
+    p = Predictor.load(csv_trained["none"])
+    inputs = _encoded(p, table)
+    uid = p.pipeline.feature_names.index("uid")
+    assert inputs[1][uid].dtype == torch.int64 and set(inputs[1][uid][20:].tolist()) <= set(fresh.tolist())
+    want = _evaluated(csv_trained["dlrm"], inputs)
+    assert np.abs(p.score(table.drop(["clicked"]).to_pylist()) - want).max() < 1e-6
+    out = csv_trained["tmp"] / "rows.npy"
+    assert predict_main.main([str(csv_trained["none"]), "--input", str(csv_path), "--out", str(out),
+                              "--no-progress"]) == 0, capsys.readouterr().err
+    assert np.abs(np.load(out) - want).max() < 1e-6
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
         from fastapi.testclient import TestClient
     with TestClient(build_app(p, Limits(max_batch_rows=64, max_wait_ms=1.0, max_request_rows=64))) as client:
         reply = client.post("/predict", json={"records": table.drop(["clicked"]).to_pylist()})
     assert reply.status_code == 200, reply.text
-    assert np.abs(np.asarray(reply.json()["scores"]) - want).max() < INT8_TOL
-
-
-def _scored_without_torchrec(export: Path, records: list[dict]) -> list[float]:
-    """Predictor.load(export).score(records) in a process where torchrec and fbgemm_gpu cannot be imported."""
-    import os
-    import subprocess
-    import sys
-
-    code = f"""
-import json, sys
-sys.modules['torchrec'] = None
-sys.modules['fbgemm_gpu'] = None
-from dlrm_dist.serving.predictor import Predictor
-print(json.dumps(Predictor.load({str(export)!r}).score(json.loads({json.dumps(json.dumps(records))})).tolist()))
-"""
-    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.splitlines()[-1])
+    assert np.abs(np.asarray(reply.json()["scores"]) - want).max() < 1e-6
 
 
 def test_a_tampered_remapper_is_refused_by_table_and_array(csv_trained, tmp_path) -> None:
