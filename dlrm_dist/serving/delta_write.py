@@ -30,6 +30,8 @@ from dlrm_dist.serving.delta_format import (COMPARED, DELTA_FILE, DTYPE_NAMES, C
                                             sha256_bytes, tensor_bytes)
 from dlrm_dist.serving.manifest import MANIFEST_FILE, MODEL_FILE, FrozenRemapper
 
+COMPARE_CHUNK = 64 << 20  # bytes of rows compared at once
+
 if TYPE_CHECKING:  # the training stack is imported where a checkpoint or model is read
     from dlrm_dist.config.sections import Config
     from dlrm_dist.model.dlrm import DLRM
@@ -124,12 +126,16 @@ def _shape_problems(new: dict[str, torch.Tensor], old: dict[str, torch.Tensor]) 
     return out
 
 
-def changed_rows(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+def changed_rows(new: torch.Tensor, old: torch.Tensor, chunk_bytes: int = COMPARE_CHUNK) -> torch.Tensor:
     """Row numbers (int64, increasing) where ``new`` and ``old`` differ in any byte: bit-exact for
-    float rows (-0.0 against 0.0 is a change: the delta reproduces the export bit for bit)."""
+    float rows (-0.0 against 0.0 is a change: the delta reproduces the export bit for bit). Compared a
+    block of rows at a time, so the comparison's own memory stays ~``chunk_bytes`` whatever the table."""
     a = new.detach().contiguous().reshape(new.shape[0], -1).view(torch.uint8)
     b = old.detach().contiguous().reshape(old.shape[0], -1).view(torch.uint8)
-    return (a != b).any(dim=1).nonzero().reshape(-1).to(torch.int64)
+    step = max(1, chunk_bytes // max(a.shape[1], 1))
+    found = [(a[lo:lo + step] != b[lo:lo + step]).any(dim=1).nonzero().reshape(-1) + lo
+             for lo in range(0, a.shape[0], step)]
+    return torch.cat(found).to(torch.int64) if found else torch.zeros(0, dtype=torch.int64)
 
 
 class _Files:

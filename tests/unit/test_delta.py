@@ -221,3 +221,19 @@ def test_a_managed_tables_remapper_is_carried_in_full_and_checked(tmp_path) -> N
     (tmp_path / "d1" / DELTA_FILE).write_text(json.dumps(edited))
     with pytest.raises(ExportError, match=r"d1 is damaged or edited: .*user"):
         Predictor.load(tmp_path / "base", deltas=[tmp_path / "d1"])
+
+
+def test_changed_rows_are_those_differing_in_any_bit_whatever_the_block_size() -> None:
+    from dlrm_dist.serving.delta_write import changed_rows
+
+    old = torch.randn(1000, 8, generator=torch.Generator().manual_seed(0))
+    new = old.clone()
+    new[[3, 500, 999]] += 1
+    new[7, 2] = torch.nextafter(old[7, 2], torch.tensor(9.0))  # one ulp
+    zeros = torch.zeros(4, 8)
+    signed = zeros.clone()
+    signed[1, 0] = -0.0  # equal as numbers, another bit pattern: a full export would hold -0.0
+    for block in (1, 100, 1 << 26):  # bytes per comparison block: rows one by one, a few, all at once
+        assert changed_rows(new, old, block).tolist() == [3, 7, 500, 999]
+        assert changed_rows(signed, zeros, block).tolist() == [1]
+    assert changed_rows(old, old).tolist() == [] and changed_rows(old, old).dtype == torch.int64
