@@ -184,6 +184,16 @@ def test_a_half_written_partition_is_never_seen(grown: Path, tmp_path: Path, mon
     assert (r.partition, r.rows, r.up_to_date) == (4, 50, False)
     assert list(np.asarray(_arrays(grown, 4).labels)) == [x["clicked"] for x in days.day_rows(4, 50)]
     assert json.loads((grown / layout.partition_job(4)).read_text())["complete"] is True
+    # what a killed append of another partition left is removed by the next append, whichever it is
+    monkeypatch.setattr(layout, "publish_partition", killed_before_publishing)
+    with pytest.raises(KeyboardInterrupt):
+        append(PartitionOptions([days.write_day(tmp_path, 6)], grown, partition=6, append=True, progress=False))
+    monkeypatch.undo()
+    (grown / "partition_7.partial").mkdir()
+    assert (grown / "partition_6").is_dir() and (grown / layout.partition_job(6)).is_file()
+    assert append(PartitionOptions([days.write_day(tmp_path, 5)], grown, append=True, progress=False)).partition == 5
+    assert sorted(p.name for p in grown.glob("partition_*")) == [
+        f"partition_{n}{suffix}" for n in (1, 2, 3, 4, 5) for suffix in ("", ".job.json")]
 
 
 def test_refused_input_leaves_the_directory_as_it_was(grown: Path, tmp_path: Path) -> None:

@@ -421,6 +421,23 @@ def clear(directory: Path) -> None:
             shutil.rmtree(d)
 
 
+def clear_unpublished(directory: Path, published: Any) -> None:
+    """Removes what killed appends left (the caller holds the lock, so no write of ours is in
+    flight): partition folders and job records of partitions meta.json does not list, every
+    ``partition_<N>.partial`` folder, and the temporaries of record writes."""
+    keep = {partition_split(n) for n in published}
+    for d in directory.glob(PARTITION + "*"):
+        name = d.name.removesuffix(PARTIAL)
+        number = name[len(PARTITION):]
+        if d.is_dir() and number.isascii() and number.isdigit() and (d.name != name or name not in keep):
+            shutil.rmtree(d)
+    for record in directory.glob(f"{PARTITION}*.job.json"):
+        if record.name.removesuffix(".job.json") not in keep:
+            record.unlink(missing_ok=True)
+    for tmp in [*_leftovers(directory), *directory.glob(f".{PARTITION}*.job.json.*.tmp")]:
+        tmp.unlink(missing_ok=True)
+
+
 def _partition_records(directory: Path) -> list[Path]:
     """Partitions' job records and a kill's temporaries of them."""
     return [*directory.glob(f"{PARTITION}*.job.json"), *directory.glob(f".{PARTITION}*.job.json.*.tmp")]

@@ -23,7 +23,8 @@ Under the output directory's writer lock (fileio.DirLock) for the whole run, by 
 - ``partition_<N>.job.json`` is partition N's (inputs with size and mtime, options): the same
   append again is a no-op that says so; another input for a published partition is refused
   naming both; an input already published as another partition is refused naming that partition;
-  an append that did not complete is started over, whatever it was (its partial folder removed);
+  an append that did not complete is started over, whatever it was: the next append removes what
+  it left (folders and records of partitions meta.json does not list);
   one refused for its input (a malformed line with --strict, no valid row, a full disk) leaves
   no record behind, so the directory is as it was.
 
@@ -305,7 +306,8 @@ def append(opts: PartitionOptions) -> PartitionReport:
             raise PreprocessError(f"partition {number} of {out} exists but has no job record ({name}); a published "
                                   "partition is never rewritten: append this file as another partition (--partition M)")
         _refuse_published_input(out, published, record, number)
-        write_job(out, record, name=name)  # (an append that did not complete starts over: write_partition clears it)
+        layout.clear_unpublished(out, published)  # (an append that did not complete starts over, whichever it was)
+        write_job(out, record, name=name)
         try:
             return _write(opts, stored, number, meta)
         except DlrmError:  # refused input (bad lines, no rows, a full disk): nothing was published, no record kept
