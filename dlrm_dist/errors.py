@@ -17,6 +17,8 @@ returns for it, from the constants below; ``run_cli`` prints and maps, for every
 
 from __future__ import annotations
 
+import io
+import os
 import pickle
 import re
 import sys
@@ -25,6 +27,7 @@ from typing import Callable
 EXIT_BAD_INPUT = 2  # the user's input (config, schema, plan, data, paths) is wrong
 EXIT_DIVERGED = 3  # training stopped: the loss became NaN/inf
 EXIT_BAD_STATE = 4  # stored state (checkpoint, export) is missing, damaged or foreign
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of our stdout went away (`dlrm-data stats DIR | head`)
 
 
 class DlrmError(Exception):
@@ -50,3 +53,16 @@ def run_cli(prog: str, body: Callable[[], int]) -> int:
     except DlrmError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except BrokenPipeError:
+        # `dlrm-data stats DIR | head`: the reader left. Python's own advice: point stdout at devnull so the
+        # interpreter's final flush does not raise again, and exit like a process killed by SIGPIPE.
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # stdout replaced by an object without a descriptor
+        pass

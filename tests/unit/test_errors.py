@@ -29,3 +29,19 @@ def test_a_refused_pickle_is_named_without_the_advice_to_unpickle_it_anyway(prot
 
 def test_other_errors_keep_their_first_line() -> None:
     assert refusal_text(ValueError("bad\nmore")) == "ValueError: bad"
+
+
+def test_a_reader_that_leaves_early_is_no_traceback() -> None:
+    """`dlrm-data stats DIR | head`: the CLI exits 141 (SIGPIPE's) quietly, not with a BrokenPipeError."""
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom dlrm_dist.errors import run_cli\n"
+              "def body():\n    for i in range(200000):\n        print('row', i)\n    return 0\n"
+              "sys.exit(run_cli('dlrm-x', body))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b"row 0\n"
+    proc.stdout.close()  # the reader goes away, like head after its lines
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
