@@ -1,4 +1,4 @@
-"""``dlrm-data``: fetch example data, preprocess raw files by a schema (Criteo's built in), describe the result.
+"""``dlrm-data``: fetch example data, preprocess raw files by a schema (Criteo's built in; or day by day, a partition per day appended to a dataset that grows), describe the result.
 
 Imports are deferred to each subcommand, so that the CLI starts without loading torch.
 """
@@ -10,11 +10,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from dlrm_dist.config.errors import ConfigError
 from dlrm_dist.errors import run_cli
 from dlrm_dist.fileio import atomic_write_json
+
+if TYPE_CHECKING:
+    from dlrm_dist.features.schema import FeatureSchema
 
 
 def _partition_number(text: str) -> int:
@@ -73,7 +76,7 @@ def _stats_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dim", type=int, default=128, help="--tables-out: embedding dim of tables whose schema gives none")
 
 
-def _schema_of(text: str):
+def _schema_of(text: str) -> "FeatureSchema":
     """--schema: a schema file or built-in name, or a preprocessed directory's schema as written."""
     from dlrm_dist.data.columnar import layout
     from dlrm_dist.features.io import load_schema
@@ -86,6 +89,7 @@ def _schema_of(text: str):
 def run_partition(args: argparse.Namespace) -> int:
     """--partition / --append / --refit: one day partition of a dataset that grows by day."""
     from dlrm_dist.data.columnar.partitions import PartitionOptions, append, new_dataset
+    from dlrm_dist.data.partition_list import format_partitions
 
     if args.refit and args.append:
         raise ConfigError("--append --refit: --append adds a partition with the directory's fitted schema; --refit "
@@ -99,8 +103,6 @@ def run_partition(args: argparse.Namespace) -> int:
                             append=args.append, refit=args.refit, schema_source=source, strict=args.strict,
                             overwrite=args.overwrite, progress=not args.no_progress, workers=args.workers)
     r = append(opts) if args.append else new_dataset(opts)
-    from dlrm_dist.data.partition_list import format_partitions
-
     held = format_partitions(r.partitions)
     if r.up_to_date:
         print(f"{args.out}: partition {r.partition} is complete from this input: nothing to do "
