@@ -67,13 +67,18 @@ class Predictor:
         return input_columns(self.schema)
 
     def metadata(self) -> dict[str, Any]:
-        """What a client may want to know, JSON-able: the schema, the step, quantization and its cost."""
+        """What a client may want to know, JSON-able: the schema, the step, quantization and its cost,
+        the managed tables' frozen remappers, and the chain of deltas applied (if any)."""
+        from dlrm_dist.serving.delta import chain_metadata  # ({} for an export without deltas)
+
         m = self.export.manifest
         quantization = m.quantization.model_dump(mode="json") if m.quantization is not None else None
         return {"schema": self.schema.stable_dict(), "schema_fingerprint": m.schema_fingerprint, "step": m.step,
                 "checkpoint": m.checkpoint, "quantize": m.quantize, "quantization": quantization,
                 "metrics": _metrics_at_export(m),
-                "columns": [{"name": c.name, "kind": c.kind, "required": c.required} for c in self.columns]}
+                "remappers": {t: r.model_dump(mode="json") for t, r in m.remappers.items()},
+                "columns": [{"name": c.name, "kind": c.kind, "required": c.required} for c in self.columns],
+                **chain_metadata(self.export)}
 
     # -- scoring -----------------------------------------------------------------------------
     def score(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:

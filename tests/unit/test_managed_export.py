@@ -207,7 +207,8 @@ def test_dlrm_predict_scores_the_eval_split_as_the_trained_model_evaluates_it(cs
 
 def test_raw_rows_with_ids_never_seen_score_as_the_trained_model_evaluates_them(csv_trained, capsys) -> None:
     """Rows whose uids are half the training's, half never seen (and items never seen), through
-    Predictor.score, dlrm-predict --input rows.csv and dlrm-serve's /predict."""
+    Predictor.score, dlrm-predict --input rows.csv and dlrm-serve's /predict (its /metadata names the
+    frozen remappers)."""
     from dlrm_dist.cli import predict_main
     from dlrm_dist.serving.predictor import Predictor
     from dlrm_dist.serving.server import Limits, build_app
@@ -233,6 +234,9 @@ def test_raw_rows_with_ids_never_seen_score_as_the_trained_model_evaluates_them(
         from fastapi.testclient import TestClient
     with TestClient(build_app(p, Limits(max_batch_rows=64, max_wait_ms=1.0, max_request_rows=64))) as client:
         reply = client.post("/predict", json={"records": table.drop(["clicked"]).to_pylist()})
+        meta = client.get("/metadata").json()
+    assert meta["remappers"]["t_uid"] == {"feature": "uid", "eviction": "lfu", "shard_offsets": [0, 16],
+                                          "admitted": p.export.manifest.remappers["t_uid"].admitted}
     assert reply.status_code == 200, reply.text
     assert np.abs(np.asarray(reply.json()["scores"]) - want).max() < 1e-6
 
