@@ -141,7 +141,8 @@ def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: An
     root = Path(root)
     tmp = store.tmp_dir(root, step)
     state = _state(model, step)
-    state[optim_state.SECTION] = optim_state.save_view(optim_state.slots(optimizer, info.embedding_optimizer))
+    state[optim_state.SECTION] = optim_state.save_view(optim_state.slots(optimizer, info.embedding_optimizer,
+                                                                         state["model"]))
     state["optim"] = _dense_optimizer(optimizer).state_dict()
     managed = remappers.save_view(model, _on_every_rank)  # what the remappers counted since their last admission
     if managed:
@@ -226,7 +227,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: Optional[Any]
         request_state[remappers.SECTION] = managed.pending_request
     slots: list[optim_state.Slot] = []
     if optimizer is not None:
-        slots = optim_state.slots(optimizer, info.embedding_optimizer)
+        slots = optim_state.slots(optimizer, info.embedding_optimizer, state["model"])
         request, finish, missing = optim_state.load_view(slots, metadata)
         missing = _on_any_rank(missing)  # every rank raises, or none: a lone raise would hang the rest
         if missing:

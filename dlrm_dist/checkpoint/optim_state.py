@@ -20,6 +20,12 @@ optimizers.EMBEDDING_STATES):
 (A fused state with no torch name keeps fbgemm's name and shape: it loads into the same
 layout only. Data-parallel tables' step counts are not stored: they equal the global step.)
 
+A sharded table with a non-fused kernel (row-wise on CPU gets the ``dense`` one) keeps its
+state in the torch optimizer beside the data-parallel tables', as a plain tensor of this rank's
+shard only; given the model state, ``slots`` lays it out like the table's weight (a ShardedTensor
+of the table's logical shape), so it is saved whole and reshards like a fused table's, instead
+of being taken for a replicated table's (which DCP saves from one rank only).
+
 The saved tensors alias the live state, so saving copies nothing and loading a checkpoint of
 the same layout writes in place. Across layouts, the only conversion is of per-column-shard
 row-wise state: each shard accumulates the mean squared gradient over its own columns, so
@@ -29,7 +35,7 @@ whole row, and a column shard starts from that whole-row value.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
@@ -100,11 +106,39 @@ def _column_widths(weight: Live) -> tuple[int, ...]:
     return _widths((m.shard_offsets, m.shard_sizes) for m in weight.metadata().shards_metadata)
 
 
-def slots(optimizer: Any, embedding_optimizer: str) -> list[Slot]:
-    """This rank's embedding optimizer state tensors, from the combined training optimizer."""
+def _like_weight(value: torch.Tensor, weight: ShardedTensor) -> Optional[ShardedTensor]:
+    """A non-fused sharded table's torch-optimizer state (this rank's shard, a plain tensor) as a
+    ShardedTensor laid out like the table's weight: the weight shard's shape, or one value per row
+    (row-wise state of a row-sharded table, as (rows,)); None for any other shape."""
+    local = weight.local_shards()
+    meta = weight.metadata()
+    if len(local) != 1:
+        return None
+    mine = local[0].metadata
+    if tuple(value.shape) == tuple(mine.shard_sizes):
+        shards, size, tensor = list(meta.shards_metadata), meta.size, value
+    elif value.numel() == mine.shard_sizes[0] and all(tuple(m.shard_sizes[1:]) == tuple(meta.size[1:])
+                                                     for m in meta.shards_metadata):
+        shards = [ShardMetadata([m.shard_offsets[0]], [m.shard_sizes[0]], m.placement) for m in meta.shards_metadata]
+        size, tensor = torch.Size([meta.size[0]]), value.view(-1)
+        mine = ShardMetadata([mine.shard_offsets[0]], [mine.shard_sizes[0]], mine.placement)
+    else:
+        return None
+    properties = replace(meta.tensor_properties, dtype=value.dtype, requires_grad=False)
+    return ShardedTensor._init_from_local_shards_and_global_metadata(
+        [Shard(tensor, mine)], ShardedTensorMetadata(shards, size, properties))
+
+
+def slots(optimizer: Any, embedding_optimizer: str, model_state: Optional[dict[str, Any]] = None) -> list[Slot]:
+    """This rank's embedding optimizer state tensors, from the combined training optimizer.
+
+    ``model_state`` (the model's state dict) tells a sharded table with a non-fused kernel from a
+    data-parallel one: its weight there is a ShardedTensor (see the module docstring).
+    """
     names = EMBEDDING_STATES[embedding_optimizer]
     fused_name = {v: k for k, v in names.items()}
     parts = dict(optimizer.optimizers)
+    sharded = {table_of(k): v for k, v in (model_state or {}).items() if table_of(k) and isinstance(v, ShardedTensor)}
     out: list[Slot] = []
     for part, replicated in ((FUSED, False), (REPLICATED_TABLES, True)):
         if part not in parts:
@@ -114,7 +148,13 @@ def slots(optimizer: Any, embedding_optimizer: str) -> list[Slot]:
             table, weight = table_of(param_key), params[param_key]
             for state_key, value in state.items():
                 raw = state_key if replicated else state_key.rsplit(".", 1)[-1]
-                if table is not None and raw != "step":
+                if table is None or raw == "step":
+                    continue
+                live = _like_weight(value, sharded[table]) if replicated and table in sharded else None
+                if live is not None:
+                    out.append(Slot(table, fused_name.get(raw, raw), param_key, live, False,
+                                    sharded[table].size()[0], _column_widths(sharded[table])))
+                else:
                     out.append(Slot(table, fused_name.get(raw, raw), param_key, value, replicated,
                                     weight.size()[0], _column_widths(weight)))
     return sorted(out, key=lambda s: s.key)

@@ -57,7 +57,8 @@ def _phase(env: DistEnv, out: Path, name: str, args: list[str], probe: bool, dro
                         trainer.checkpoints.info, keep_last=0)
         if drop_state:
             with torch.no_grad():
-                for slot in optim_state.slots(trainer.optimizer, cfg.optim.embedding_optimizer):
+                for slot in optim_state.slots(trainer.optimizer, cfg.optim.embedding_optimizer,
+                                              trainer.model.state_dict()):
                     for t in [slot.live] if slot.replicated else [s.tensor for s in slot.live.local_shards()]:
                         t.zero_()
         # loaded: train() must not load it again

@@ -125,6 +125,7 @@ def test_dropping_the_optimizer_state_would_be_caught(runs: Path) -> None:
 REMAPPER = "model.model.managed_arch._managed_collision_collection._managed_collision_modules."
 WEIGHT = "model.model.managed_arch._embedding_module.embedding_bags."
 MANAGED_TABLES = {"t_user": "counts", "t_item": "last_access_iter"}
+PLAIN = "t_site"
 
 
 def _read(ckpt: Path, keys: list[str]) -> dict[str, torch.Tensor]:
@@ -188,5 +189,10 @@ def test_a_managed_table_reshards_by_raw_id(runs: Path, case: tuple) -> None:
             assert after[i][2] == before[i][2], (table, i)
         assert max(before[i][1].abs().max() for i in expected) > 0  # the state is real: K steps of gradients
         assert waiting_before and sorted(waiting_after) == sorted(waiting_before), table  # inside the interval
+    # the plain table beside them (row-wise, dense kernel: torch-optimizer state) is saved whole and resharded
+    plain = f"emb_optim.{PLAIN}.sum"
+    saved, loaded = _read(source_ckpt, [plain])[plain], _read(probe, [plain])[plain]
+    assert saved.shape == loaded.shape == (16, 8) and saved.abs().sum(1).gt(0).sum() > 8
+    torch.testing.assert_close(loaded, saved, rtol=0, atol=0)
     target = torch.load(runs / f"{name}.pt", weights_only=False)
     assert len(target["losses"]) == K and all(math.isfinite(x) for x in target["losses"])  # training goes on
