@@ -10,16 +10,21 @@ tests/unit/test_planner_estimates.py) and its proposals are capped by its own
 ``timeout_seconds`` (its best plan so far is kept; ``torchrec_timed_out`` says TorchRec's total
 time, enumeration included, reached that limit), so the suite takes minutes instead of hours.
 
-TorchRec runs in a worker process with a hard wall-clock limit per instance
-(``--torchrec-limit``): its enumeration is not covered by its own proposal timeout, and one
-instance must not eat the whole run. An instance over the limit is recorded as
-``torchrec_error: "over the N s limit"`` (no comparison) and the worker is restarted. While the
+TorchRec runs in a worker process with a hard limit per instance in CPU seconds
+(``--torchrec-limit``; wall clock would depend on the load of the shared machine, which left a
+niced worker a few percent of a core at load 17): its enumeration is not covered by its own
+proposal timeout, and one instance must not eat the whole run. An instance over the limit (or
+over ``--torchrec-wall-limit`` wall seconds, a backstop) is recorded as ``torchrec_error: "over
+the N CPU-s limit"`` (no comparison) and the worker is restarted. TorchRec's own proposal
+timeout (``--torchrec-timeout``) is counted in the worker's CPU seconds too (the clock of
+TorchRec's planner module is replaced in the worker), so the load does not decide how many
+proposals TorchRec evaluates. While the
 worker plans TorchRec's side, this process plans ours (two processes, so both plan times
 are taken under the same sharing of the machine). Rows are written to OUT.json / OUT.md after
 every instance, so an interrupted run is still a record, and ``--resume`` continues one.
 
     .venv/bin/python benchmarks/planner_suite.py [--quick] [--count 44] [--torchrec-timeout 20]
-        [--torchrec-limit 300] [--out benchmarks/results/planner-suite] [--resume]
+        [--torchrec-limit 150] [--out benchmarks/results/planner-suite] [--resume]
 
 Goal (issue 22): never worse than TorchRec on any instance, median ratio ours/TorchRec <= 0.9.
 """
@@ -52,14 +57,18 @@ QUICK = 8  # issue 22's instance + the first 7 generated ones
 
 
 def _ours(inst: Instance) -> dict[str, Any]:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
+
+    def took() -> dict[str, float]:
+        return {"ours_seconds": round(time.perf_counter() - start, 3), "ours_cpu_seconds": round(time.process_time() - cpu, 3)}
+
     try:
         pf = make_plan_file(inst.inputs, MODULE)
     except PlanError as e:
-        return {"ours_seconds": round(time.perf_counter() - start, 3), "ours_error": str(e)[:300]}
+        return {**took(), "ours_error": str(e)[:300]}
     s = pf.estimates.summary
-    return {"ours_seconds": round(time.perf_counter() - start, 3), "ours_bottleneck_ms": s.estimated_iteration_ms,
-            "ours_fits": s.fits, "ours_imbalance": s.cost_imbalance}
+    return {**took(), "ours_bottleneck_ms": s.estimated_iteration_ms, "ours_fits": s.fits,
+            "ours_imbalance": s.cost_imbalance}
 
 
 def _torchrec(inst: Instance, timeout: Optional[int]) -> dict[str, Any]:
@@ -78,10 +87,27 @@ def _torchrec(inst: Instance, timeout: Optional[int]) -> dict[str, Any]:
             "torchrec_timed_out": bool(timeout and result.seconds >= timeout)}
 
 
+class _CpuClock:
+    """``time`` for TorchRec's planner module whose ``time()`` is this process's CPU time."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def time() -> float:
+        return time.process_time()
+
+
 def _worker(conn: Connection) -> None:
     """TorchRec's side, one instance per request, until the parent closes the pipe."""
     quiet_libraries()
     logging.disable(logging.WARNING)
+    import torchrec.distributed.planner.planners as planners
+
+    import dlrm_dist.planning.torchrec_default  # noqa: F401 - imported before the first instance's clock starts
+
+    planners.time = _CpuClock()  # its proposal timeout: CPU seconds, whatever the machine's load
+    conn.send("ready")
     while True:
         try:
             inst, timeout = conn.recv()
@@ -93,8 +119,8 @@ def _worker(conn: Connection) -> None:
 class TorchRecWorker:
     """A spawned process planning TorchRec's side, killed and replaced when over the limit."""
 
-    def __init__(self, limit: float) -> None:
-        self.limit = limit
+    def __init__(self, limit: float, wall_limit: float) -> None:
+        self.limit, self.wall_limit = limit, wall_limit
         self._ctx = mp.get_context("spawn")  # no fork of a process holding torch's thread pools
         self._start()
 
@@ -103,24 +129,39 @@ class TorchRecWorker:
         self._proc = self._ctx.Process(target=_worker, args=(child,), daemon=True)
         self._proc.start()
         child.close()
+        if not self._conn.poll(self.wall_limit) or self._conn.recv() != "ready":
+            raise RuntimeError("the TorchRec worker did not start")
 
     def submit(self, inst: Instance, timeout: Optional[int]) -> None:
-        self._sent = time.perf_counter()
+        self._sent, self._start_cpu = time.perf_counter(), self._cpu_seconds()
         self._conn.send((inst, timeout))
 
+    def _cpu_seconds(self) -> float:
+        """The worker's CPU time (user + system) so far, from /proc."""
+        try:
+            fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def result(self) -> dict[str, Any]:
-        left = self.limit - (time.perf_counter() - self._sent)
-        if left > 0 and self._conn.poll(left):
-            try:
-                return self._conn.recv()
-            except EOFError:
-                pass  # the worker died (killed from outside, out of memory): recorded below
-        waited = round(time.perf_counter() - self._sent, 3)
+        start_cpu = self._start_cpu
+        while True:
+            wall = time.perf_counter() - self._sent
+            cpu = self._cpu_seconds() - start_cpu
+            if cpu > self.limit or wall > self.wall_limit or not self._proc.is_alive():
+                break
+            if self._conn.poll(1.0):
+                try:
+                    return {**self._conn.recv(), "torchrec_cpu_seconds": round(self._cpu_seconds() - start_cpu, 3)}
+                except EOFError:
+                    break  # the worker died (killed from outside, out of memory): recorded below
         died = not self._proc.is_alive()
         self.close()
         self._start()
-        what = "the TorchRec worker died" if died else f"over the {self.limit:g} s limit"
-        return {"torchrec_seconds": waited, "torchrec_error": what}
+        what = ("the TorchRec worker died" if died else f"over the {self.limit:g} CPU-s limit" if cpu > self.limit
+                else f"over the {self.wall_limit:g} s wall limit")
+        return {"torchrec_seconds": round(wall, 3), "torchrec_cpu_seconds": round(cpu, 3), "torchrec_error": what}
 
     def close(self) -> None:
         if self._proc.is_alive():
@@ -155,14 +196,15 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
-    lines = ["| instance | tables | ranks | HBM GB | UVM | ours ms | TorchRec ms | ours / TorchRec | ours s | TorchRec s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| instance | tables | ranks | HBM GB | UVM | ours ms | TorchRec ms | ours / TorchRec | ours s (CPU s) "
+             "| TorchRec s (CPU s) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ours = f"{r['ours_bottleneck_ms']:.3f}" if "ours_bottleneck_ms" in r else "no fit"
         theirs = f"{r['torchrec_bottleneck_ms']:.3f}" if "torchrec_bottleneck_ms" in r else "failed"
         ratio = f"{r['ratio_ours_over_torchrec']:.3f}" if "ratio_ours_over_torchrec" in r else "-"
         lines.append(f"| {r['name']} | {r['tables']} | {r['world_size']} | {r['hbm_gb']:g} | {'yes' if r['uvm'] else 'no'} "
-                     f"| {ours} | {theirs} | {ratio} | {r['ours_seconds']} | {r.get('torchrec_seconds', '-')} |")
+                     f"| {ours} | {theirs} | {ratio} | {r['ours_seconds']} ({r.get('ours_cpu_seconds', '-')}) "
+                     f"| {r.get('torchrec_seconds', '-')} ({r.get('torchrec_cpu_seconds', '-')}) |")
     lines.append("")
     lines.append(f"summary: {json.dumps(summary)}")
     return "\n".join(lines) + "\n"
@@ -185,8 +227,10 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help=f"only the first {QUICK} instances")
     p.add_argument("--count", type=int, default=44, help="generated instances (besides issue 22's)")
     p.add_argument("--torchrec-timeout", type=int, default=20, help="TorchRec's own proposal time limit per instance (s)")
-    p.add_argument("--torchrec-limit", type=float, default=300.0,
-                   help="hard wall-clock limit for TorchRec's whole planning of one instance (s)")
+    p.add_argument("--torchrec-limit", type=float, default=150.0,
+                   help="hard limit for TorchRec's whole planning of one instance (CPU seconds)")
+    p.add_argument("--torchrec-wall-limit", type=float, default=1200.0,
+                   help="a backstop: TorchRec's planning of one instance stopped after this many wall seconds")
     p.add_argument("--only", help="comma-separated instance names")
     p.add_argument("--out", help="write OUT.json and OUT.md (after every instance)")
     p.add_argument("--resume", action="store_true", help="keep OUT.json's rows and plan only the instances it lacks")
@@ -198,9 +242,10 @@ def main() -> None:
         instances = [i for i in instances if i.name in args.only.split(",")]
     rows = _previous(args.out, args.resume)
     done = {r["name"] for r in rows}
-    meta = {"argv": sys.argv[1:], "torchrec_timeout_s": args.torchrec_timeout, "torchrec_limit_s": args.torchrec_limit,
+    meta = {"argv": sys.argv[1:], "torchrec_timeout_s": args.torchrec_timeout, "torchrec_limit_cpu_s": args.torchrec_limit,
+            "torchrec_wall_limit_s": args.torchrec_wall_limit,
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "uptime_start": _uptime(), "pid": os.getpid()}
-    worker = TorchRecWorker(args.torchrec_limit)
+    worker = TorchRecWorker(args.torchrec_limit, args.torchrec_wall_limit)
     try:
         for inst in instances:
             if inst.name in done:
