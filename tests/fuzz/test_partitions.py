@@ -12,7 +12,8 @@
    file: each operation succeeds, is a no-op, or is refused with a one-line DlrmError naming the
    partition or file; meta.json lists exactly the model's partitions with their rows, the schema
    stays fitted on the first one, every file checks (layout.check_directory), no ``.partial``
-   folder is left, and a refused operation changes no file.
+   folder is left, a refused operation changes no file, and no operation writes outside the output
+   directory.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ def _grow(where: Path, first: int, ops: list[tuple[str, int, int]]) -> None:
             "other_file": (fresh, min(model)), "rerun": last,
         }[op]
         target = max(model) + 1 if asked is None else asked
+        outside = _outside(where)
         try:
             r = append(PartitionOptions([path], out, partition=asked, append=True, progress=False))
         except DlrmError as e:
@@ -125,8 +127,9 @@ def _grow(where: Path, first: int, ops: list[tuple[str, int, int]]) -> None:
             assert "\n" not in message and (f"partition {target}" in message or path.name in message), message
             same_file = [n for n, (p, _) in model.items() if p == path]
             assert (target in model and model[target][0] != path) or (same_file and target not in same_file), message
-            assert days.snapshot(out) == before
+            assert days.snapshot(out) == before and _outside(where) == outside
             continue
+        assert _outside(where) == outside  # never a write outside the output directory
         event(f"{'no-op' if r.up_to_date else 'appended'}: {op}")
         if r.up_to_date:
             assert model[target][0] == path and days.snapshot(out) == before
@@ -142,6 +145,10 @@ def _grow(where: Path, first: int, ops: list[tuple[str, int, int]]) -> None:
     assert not list(out.glob("*.partial"))
     for n in model:
         assert '"complete": true' in (out / layout.partition_job(n)).read_text()
+
+
+def _outside(where: Path) -> dict[str, bytes]:
+    return {k: v for k, v in days.snapshot(where).items() if not k.startswith("D/") and k != "D"}
 
 
 @pytest.mark.parametrize("text, numbers", [("1-7", [1, 2, 3, 4, 5, 6, 7]), ("1,3,5-7", [1, 3, 5, 6, 7]),
