@@ -120,7 +120,8 @@ class ServingDLRM(nn.Module):
 
 def _tables_of(dlrm: DLRM) -> tuple[dict[str, nn.Module], dict[str, object], dict[str, nn.Module]]:
     """(embedding bag, config) of every table by name, plain and managed, and the managed tables' remappers."""
-    collections = [c for c in (dlrm.sparse_arch, getattr(dlrm.managed_arch, "_embedding_module", None)) if c is not None]
+    managed = getattr(dlrm.managed_arch, "_embedding_module", None)  # (the managed collection's own EBC)
+    collections = [c for c in (dlrm.sparse_arch, managed) if c is not None]
     bags = {name: bag for c in collections for name, bag in c.embedding_bags.items()}
     configs = {cfg.name: cfg for c in collections for cfg in c.embedding_bag_configs()}
     remappers = {} if dlrm.managed_arch is None else \

@@ -224,7 +224,8 @@ def _refused_or_confirmed(load, table: str) -> None:
     try:
         loaded = load()
     except ExportError as e:
-        assert "\n" not in str(e) and any(w in str(e) for w in ("remappers", f"the remapper of table {table!r}")), str(e)
+        words = ("remappers", f"the remapper of table {table!r}")
+        assert "\n" not in str(e) and any(w in str(e) for w in words), str(e)
         assert e.exit_code == 4
     else:
         for t in loaded.manifest.remappers:

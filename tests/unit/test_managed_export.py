@@ -56,7 +56,8 @@ def _read_unsharded(mcs, eviction: str):
     from dlrm_dist.model.tables import remapper
 
     module = remapper(_table(eviction), torch.device("cpu"))
-    state = {k: _concatenated(mcs, k) if v.shape == (12,) else getattr(mcs[0], k) for k, v in module.state_dict().items()}
+    state = {k: _concatenated(mcs, k) if v.shape == (12,) else getattr(mcs[0], k)
+             for k, v in module.state_dict().items()}
     module.load_state_dict(state)
     return module
 
@@ -86,8 +87,8 @@ def test_the_frozen_remapper_maps_every_id_as_torchrecs_shards_do_in_eval_mode(w
     pool = rng.integers(0, ID_SPACE, 40)  # more ids than rows: evictions, and ids counted but never admitted
     for _ in range(10):
         _route(mcs, torch.from_numpy(rng.choice(pool, 24)), training=True)
-    frozen = freeze("t_user", _concatenated(mcs, "_mch_sorted_raw_ids"), _concatenated(mcs, "_mch_remapped_ids_mapping"),
-                    offsets)
+    frozen = freeze("t_user", _concatenated(mcs, "_mch_sorted_raw_ids"),
+                    _concatenated(mcs, "_mch_remapped_ids_mapping"), offsets)
     read = _read_unsharded(mcs, eviction)
     assert world == 1 or not torch.equal(read._mch_sorted_raw_ids, _concatenated(mcs, "_mch_sorted_raw_ids"))
     assert all(torch.equal(getattr(frozen, a), getattr(freeze("t_user", read._mch_sorted_raw_ids,
@@ -135,18 +136,16 @@ MODEL = ["--model.embedding_dim=8", "--model.top_mlp=16-1", "--model.bottom_mlp=
 def _rows(n: int, seed: int, uids: np.ndarray = UIDS) -> pa.Table:
     rng = np.random.default_rng(seed)
     return pa.table({"price": rng.random(n).round(3), "uid": [format(int(u), "x") for u in rng.choice(uids, n)],
-                     "item": [f"item-{i}" for i in rng.integers(0, 20, n)], "city": [f"c{i}" for i in rng.integers(0, 9, n)],
+                     "item": [f"item-{i}" for i in rng.integers(0, 20, n)],
+                     "city": [f"c{i}" for i in rng.integers(0, 9, n)],
                      "clicked": (rng.random(n) < 0.4).astype(np.int64)})
 
 
 def _encoded(p, table: pa.Table) -> tuple:
-    from dlrm_dist.serving.row_files import FileRows  # noqa: F401 - (the CSV reader dlrm-predict uses)
-    from dlrm_dist.serving.records import RECORDS
+    """The program's inputs for ``table``'s rows as records, encoded by the Predictor's pipeline."""
+    from dlrm_dist.serving.records import RECORDS, records_batch
 
-    records = table.drop(["clicked"]).to_pylist()
-    from dlrm_dist.serving.records import records_batch
-
-    raw, problems = records_batch(records, p.row_schema, integers=p.integers)
+    raw, problems = records_batch(table.drop(["clicked"]).to_pylist(), p.row_schema, integers=p.integers)
     assert not problems
     return p.prepare(raw, RECORDS, "record", lambda i: i)[1]
 
@@ -284,7 +283,8 @@ def test_a_one_rank_checkpoint_exports_scoring_as_the_dmp_model_evaluates(tmp_pa
         with torch.no_grad():
             for inputs, probs in record["batches"]:
                 got = loaded.module(*inputs)
-                assert got.shape == probs.shape and (got - probs).abs().max() < tol, (quantize, (got - probs).abs().max())
+                worst = (got - probs).abs().max()
+                assert got.shape == probs.shape and worst < tol, (quantize, worst)
     buffers, tables = dict(loaded.module.named_buffers()), sorted(loaded.manifest.tables)
     for f, name in enumerate(loaded.feature_names):
         if name in ("user", "item"):  # the managed ones: their new ids were admitted nowhere
