@@ -8,6 +8,7 @@ time to write it against a full export's. At the end the chain's scores on the v
 checked bit for bit against the full export's (dlrm-predict).
 
     .venv/bin/python benchmarks/delta_size.py [--tables 100000/50000/20000/5000] [--days 4] [--quantize int8]
+        [--out benchmarks/results/DATE-delta-size.jsonl]   # (appends its lines)
 
 How many rows a day changes is the number of distinct ids its batches look up (sparse
 optimizer updates touch only those rows), so the ratio depends on ids per day against table
@@ -49,6 +50,22 @@ def train(work: Path, a: argparse.Namespace) -> Path:
     return ckpt
 
 
+def emitter(out: Path | None):
+    """Prints a record as a JSON line, and appends it to ``out`` when given."""
+    def emit(record: dict) -> None:
+        line = json.dumps(record)
+        print(line, flush=True)
+        if out is not None:
+            with out.open("a") as f:
+                f.write(line + "\n")
+    return emit
+
+
+def commit() -> str:
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return proc.stdout.strip() or "unknown"
+
+
 def cli(main, args: list[str]) -> tuple[float, str]:
     """(seconds, stdout) of an in-process CLI run, which must succeed."""
     out = io.StringIO()
@@ -69,14 +86,17 @@ def main() -> None:
     p.add_argument("--days", type=int, default=4)
     p.add_argument("--quantize", choices=("none", "int8"), default="none")
     p.add_argument("--work", type=Path, default=Path("/tmp/dlrm_delta_size"))
+    p.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     a = p.parse_args()
+    emit = emitter(a.out)
     shutil.rmtree(a.work, ignore_errors=True)
     a.work.mkdir(parents=True)
     start = time.perf_counter()
     ckpt = train(a.work, a)
-    print(json.dumps({"kind": "setup", "tables": a.tables, "dim": a.dim, "batch": a.batch, "day_steps": a.day_steps,
-                      "days": a.days, "quantize": a.quantize, "train_seconds": round(time.perf_counter() - start, 1),
-                      "machine": platform.machine(), "cpus": os.cpu_count(), "load": os.getloadavg()}), flush=True)
+    emit({"kind": "setup", "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M"), "tables": a.tables,
+          "dim": a.dim, "batch": a.batch, "day_steps": a.day_steps, "days": a.days, "quantize": a.quantize,
+          "train_seconds": round(time.perf_counter() - start, 1), "machine": platform.machine(),
+          "cpus": os.cpu_count(), "load": os.getloadavg()})
     q = ["--quantize", a.quantize, "--no-progress"]
     base = a.work / "day1"
     cli(export_main.main, [str(ckpt), "--step", str(a.day_steps), "--out", str(base), *q])
@@ -87,21 +107,22 @@ def main() -> None:
         args = [str(ckpt), "--step", str(step), "--since", str(base), "--out", str(out), "--json"]
         seconds, text = cli(export_main.main, args + [x for d in chain for x in ("--delta", d)])
         report = json.loads(text)
-        full_seconds, _ = cli(export_main.main, [str(ckpt), "--step", str(step), "--out", str(a.work / f"full{day}"), *q])
-        full_bytes = sum(f.stat().st_size for f in (a.work / f"full{day}").rglob("*") if f.is_file())
-        print(json.dumps({"kind": "day", "day": day, "step": step, "link": report["link"],
-                          "changed_rows": {t: v["changed"] for t, v in report["tables"].items()},
-                          "table_rows": {t: v["rows"] for t, v in report["tables"].items()},
-                          "delta_bytes": report["bytes"], "full_export_bytes": full_bytes,
-                          "ratio": round(report["bytes"] / full_bytes, 4), "delta_seconds": round(seconds, 2),
-                          "full_export_seconds": round(full_seconds, 2)}), flush=True)
+        full = a.work / f"full{day}"
+        full_seconds, _ = cli(export_main.main, [str(ckpt), "--step", str(step), "--out", str(full), *q])
+        full_bytes = sum(f.stat().st_size for f in full.rglob("*") if f.is_file())
+        emit({"kind": "day", "day": day, "step": step, "link": report["link"],
+              "changed_rows": {t: v["changed"] for t, v in report["tables"].items()},
+              "table_rows": {t: v["rows"] for t, v in report["tables"].items()},
+              "delta_bytes": report["bytes"], "full_export_bytes": full_bytes,
+              "ratio": round(report["bytes"] / full_bytes, 4), "delta_seconds": round(seconds, 2),
+              "full_export_seconds": round(full_seconds, 2), "load": os.getloadavg()})
         chain.append(str(out))
     scores = {}
     for name, args in (("chain", [str(base), *[x for d in chain for x in ("--delta", d)]]),
                        ("full", [str(a.work / f"full{a.days}")])):
         cli(predict_main.main, args + ["--split", "val", "--out", str(a.work / f"{name}.npy"), "--no-progress"])
         scores[name] = (a.work / f"{name}.npy").read_bytes()
-    print(json.dumps({"kind": "check", "chain_scores_equal_full_export_bitwise": scores["chain"] == scores["full"]}))
+    emit({"kind": "check", "chain_scores_equal_full_export_bitwise": scores["chain"] == scores["full"]})
 
 
 if __name__ == "__main__":
