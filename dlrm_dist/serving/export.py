@@ -218,8 +218,8 @@ def checkpoint_shards(found: Unsharded, schema: FeatureSchema) -> dict[str, list
         rows = schema.table_rows(table)
         world = found.manifest.world_size if found.manifest else len(chunks)
         if [lo for lo, _ in chunks] != offsets[:-1] or offsets[-1] != rows or len(chunks) != world:
-            raise ExportError(f"{found.path}: managed table {table!r}'s remapper was saved in chunks {chunks}, not "
-                              f"{world} row-wise shards tiling its {rows} rows; nothing was written")
+            raise ExportError(f"{found.path}: managed table {table!r}: its remapper was saved in chunks {chunks}, "
+                              f"not {world} row-wise shards tiling its {rows} rows; nothing was written")
         out[table] = offsets
     return out
 

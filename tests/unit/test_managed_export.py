@@ -3,7 +3,8 @@
 - The frozen remapper (serving/remap.py) gives every id the row TorchRec's per-shard remappers give
   it in eval mode (1, 2 and 3 row-wise shards, blocks of the id space routed as TorchRec routes
   them): admitted ids, ids counted but not admitted, ids never seen, ids at block boundaries.
-- A state TorchRec could not have written is refused by name at export; an id held by a shard
+- A state TorchRec could not have written, or checkpoint chunks that are not one row-wise shard a
+  rank, are refused by name at export; an id held by a shard
   that never receives it is left out (it maps to its own block's miss row, as in training).
 - A model trained on a CSV (an int_modulo managed feature past 2**31, an fnv1a one, a hashed one)
   exported float and int8 scores as the trained model evaluates: ``dlrm-predict --data --split``,
@@ -291,3 +292,35 @@ def test_a_one_rank_checkpoint_exports_scoring_as_the_dmp_model_evaluates(tmp_pa
             admitted = buffers[f"remap_{tables.index('t_' + name)}_ids"]
             assert loaded.manifest.remappers["t_" + name].admitted > 0
             assert not torch.isin(fresh[f][::2], admitted).any() and torch.isin(fresh[f][1::2], admitted).any()
+
+
+def test_the_shards_of_a_checkpoint_are_its_saved_chunks_one_per_rank_or_refused_by_name(monkeypatch) -> None:
+    """checkpoint_shards: each managed table's row offsets from the chunks its remapper buffers were saved
+    in; chunks that are not one per rank of the checkpoint's world tiling the rows, or no remapper
+    state at all, are refused by name before anything is written."""
+    from types import SimpleNamespace
+
+    from dlrm_dist.checkpoint import reader
+    from dlrm_dist.features.schema import from_dict
+    from dlrm_dist.serving.export import checkpoint_shards
+
+    schema = from_dict(SCHEMA)
+    key = "model.model.managed_arch._managed_collision_collection._managed_collision_modules.{}._mch_sorted_raw_ids"
+    chunks = {"t_uid": [(8, 8), (0, 8)], "t_item": [(0, 4), (4, 4)]}
+
+    def saved(world: int):
+        entries = {key.format(t): SimpleNamespace(chunks=[SimpleNamespace(offsets=[o], sizes=[n]) for o, n in c])
+                   for t, c in chunks.items()}
+        metadata = SimpleNamespace(state_dict_metadata=entries)
+        monkeypatch.setattr(reader, "read_metadata", lambda path, files=None: metadata)
+        return SimpleNamespace(path=Path("ckpt"), manifest=SimpleNamespace(world_size=world, files=None))
+
+    assert checkpoint_shards(saved(2), schema) == {"t_uid": [0, 8, 16], "t_item": [0, 4, 8]}
+    with pytest.raises(ExportError, match=r"managed table 't_uid': .*not 3 row-wise shards tiling its 16 rows"):
+        checkpoint_shards(saved(3), schema)
+    chunks["t_item"] = [(0, 4), (5, 3)]
+    with pytest.raises(ExportError, match=r"'t_item'.*chunks \[\(0, 4\), \(5, 3\)\]"):
+        checkpoint_shards(saved(2), schema)
+    del chunks["t_item"]
+    with pytest.raises(ExportError, match=r"no remapper state for managed table 't_item'"):
+        checkpoint_shards(saved(2), schema)
