@@ -4,10 +4,10 @@
   it in eval mode (1, 2 and 3 row-wise shards, blocks of the id space routed as TorchRec routes
   them): admitted ids, ids counted but not admitted, ids never seen, ids at block boundaries.
 - A state TorchRec could not have written, or checkpoint chunks that are not one row-wise shard a
-  rank, are refused by name at export; an id held by a shard
-  that never receives it is left out (it maps to its own block's miss row, as in training).
+  rank, are refused by name at export; an id held by a shard that never receives it is left out
+  (it maps to its own block's miss row, as in training).
 - A model trained on a CSV (an int_modulo managed feature past 2**31, an fnv1a one, a hashed one)
-  exported float and int8 scores as the trained model evaluates: ``dlrm-predict --data --split``,
+  exported float scores as the trained model evaluates: ``dlrm-predict --data --split``,
   ``--input rows.csv`` (ids never seen included), ``Predictor.score`` and ``dlrm-serve``'s /predict.
   (Where torchrec and fbgemm_gpu cannot be imported: tests/multiprocess/test_serving.py loads a managed
   export and scores raw ids there.)
