@@ -11,6 +11,11 @@ is checked against the checkpoint's schema first (predict.check_data_schema). Th
 pipeline's vocabularies are copied from the data directory (``--data``, else the training
 config's) into ``DIR/vocab/`` with their checksums (pipeline.py), so that raw rows can be
 scored (predictor.py); without them at hand the export scores preprocessed data only.
+
+Managed tables (kind managed) carry their remappers frozen (serving/remap.py): the program takes
+their raw ids. Training sharded each row-wise, one remapper per rank owning a block of the id
+space; ``checkpoint_shards`` reads those shards' row offsets from the chunks the checkpoint saved
+the remapper buffers in, and the manifest's ``remappers`` describes what was frozen.
 """
 
 from __future__ import annotations
