@@ -97,6 +97,9 @@ def test_base_plus_deltas_scores_equal_a_full_export(run) -> None:
     # dlrm-serve's server is built on the same chain (what /metadata reports).
     _, metadata = serve_main.make_server(str(run["base"]), Limits(), deltas=[str(run["d1"]), str(run["d2"])])
     assert metadata["step"] == 12 and metadata["checkpoint"].endswith("step_00000012")
+    chain_seen = [(d["link"], d["step"], d["identity"]) for d in metadata["deltas"]]
+    assert chain_seen == [(1, 8, read_head(run["d1"]).identity), (2, 12, read_head(run["d2"]).identity)]
+    assert metadata["base_identity"] == export_identity(run["base"])
 
 
 def test_int8_chain_is_compared_quantized_and_equals_a_full_int8_export(run, capsys) -> None:
