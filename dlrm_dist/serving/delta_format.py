@@ -6,7 +6,8 @@ chain of them (delta.py):
 
     DELTA/delta.json      the manifest (DeltaManifest): the identity of what it applies to and of
                           the chain's base export, its checkpoint and step, its precision, how
-                          rows were compared, and every data file with its size and sha256
+                          rows were compared, every data file with its size and sha256, and the
+                          managed tables' new export.json remapper entries (ids admitted since)
     DELTA/data/<n>.bin    raw little-endian tensor bytes: per table with changed rows, the row
                           numbers (int64, strictly increasing) and those rows (the table's own
                           dtype: float32, or fbgemm's int8 row-wise bytes); every other tensor of
