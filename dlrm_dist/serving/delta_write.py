@@ -7,7 +7,8 @@ far is applied (delta.py). A table row is carried if it differs in any bit (floa
 byte of its quantized form (int8: codes, scale and bias), so applying the delta reproduces
 exactly what a full export holds; every other tensor (the dense weights, a managed table's
 remapper state) is carried in full. A checkpoint of another schema or other table shapes is
-refused by name before its tables are read.
+refused by name before its tables are read, and so is a model section (interaction, MLPs, arch...)
+other than the base's: the delta's tensors are written into the base's program.
 
 The delta names the identity of the last link it applies to and of the base export
 (delta_format.py); its data files are written first and delta.json last (atomically), so a
@@ -16,6 +17,7 @@ directory is a delta only once complete.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ from dlrm_dist.serving.delta import ChainedExport, check_base, load_chain, table
 from dlrm_dist.serving.delta_format import (COMPARED, DELTA_FILE, DTYPE_NAMES, ChangedRows, DataFile,
                                             DeltaArgumentError, DeltaError, DeltaManifest, FullTensor, Link,
                                             sha256_bytes, tensor_bytes)
-from dlrm_dist.serving.manifest import MANIFEST_FILE, MODEL_FILE, FrozenRemapper
+from dlrm_dist.serving.manifest import MANIFEST_FILE, MODEL_FILE, ExportManifest, FrozenRemapper
 
 COMPARE_CHUNK = 64 << 20  # bytes of rows compared at once
 
@@ -93,19 +95,35 @@ class ServingState:
     remappers: dict[str, FrozenRemapper]
 
 
-def serving_state(dlrm: "DLRM", config: "Config", quantize: str, origin: str, fingerprint: str,
-                  release_float: bool = False, shards: Optional[dict[str, list[int]]] = None) -> ServingState:
-    """The program state a full export of ``dlrm`` in ``quantize`` holds (serving/model.py's ServingDLRM, the
-    managed tables' remappers over their training ``shards``), refused by name when its schema is not the
-    base's (``fingerprint``)."""
+def serving_state(dlrm: "DLRM", config: "Config", base: ExportManifest, origin: str, release_float: bool = False,
+                  shards: Optional[dict[str, list[int]]] = None) -> ServingState:
+    """The program state a full export of ``dlrm`` in the base's precision holds (serving/model.py's ServingDLRM,
+    the managed tables' remappers over their training ``shards``), refused by name when its schema or its
+    model section is not the base's."""
     from dlrm_dist.features.schema import FeatureSchema
     from dlrm_dist.serving.export import remapper_entries
     from dlrm_dist.serving.model import ServingDLRM
 
     schema = FeatureSchema.from_dict(config.features, f"{origin}'s schema")
-    _same_schema(schema.fingerprint(), fingerprint, origin)
-    model = ServingDLRM(dlrm, quantize, release_float=release_float, shards=shards).eval()
+    _same_schema(schema.fingerprint(), base.schema_fingerprint, origin)
+    _same_model(config, base, origin)
+    model = ServingDLRM(dlrm, base.quantize, release_float=release_float, shards=shards).eval()
     return ServingState(model.state_dict(), remapper_entries(model, schema))
+
+
+def _same_model(config: "Config", base: ExportManifest, origin: str) -> None:
+    """The delta's weights go into the base's program: a model section that could build another program
+    (another interaction, arch, MLP, even with tensors of the same shapes) is refused, each key named."""
+    from dlrm_dist.config.loader import to_dict
+
+    ours = json.loads(json.dumps(to_dict(config).get("model", {})))
+    theirs = base.config.get("model", {})
+    changed = [f"model.{k}: {theirs.get(k)!r} in the export, {ours.get(k)!r} in {origin}"
+               for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
+    if changed:
+        raise DeltaError(f"{origin}'s model is configured otherwise than the export's ({'; '.join(changed[:5])}): a "
+                         "delta carries weights for the export's program; make a full export (dlrm-export without "
+                         "--since)")
 
 
 def _same_schema(found: str, base: str, origin: str) -> None:
@@ -168,8 +186,7 @@ def export_delta(checkpoint: str | Path, since: str | Path, out: str | Path, del
     _stored_schema_check(checkpoint, base.manifest.schema_fingerprint)
     found = read_unsharded(checkpoint)
     shards = checkpoint_shards(found, FeatureSchema.from_dict(found.config.features, f"{origin}'s schema"))
-    new = serving_state(found.model.model, found.config, base.manifest.quantize, origin,
-                        base.manifest.schema_fingerprint, release_float=True, shards=shards)
+    new = serving_state(found.model.model, found.config, base.manifest, origin, release_float=True, shards=shards)
     return write_delta(new, base, since, out, found.step, str(found.path))
 
 
@@ -179,8 +196,7 @@ def delta_of_model(dlrm: "DLRM", config: "Config", since: str | Path, out: str |
     """The same for a model in memory (``dlrm`` trained with ``config``, resolved), in the base's precision;
     ``shards`` as export_model takes them (default: one remapper shard per managed table)."""
     base = _base(since, out, deltas, None)
-    new = serving_state(dlrm, config, base.manifest.quantize, "the model", base.manifest.schema_fingerprint,
-                        shards=shards)
+    new = serving_state(dlrm, config, base.manifest, "the model", shards=shards)
     return write_delta(new, base, since, out, step, checkpoint)
 
 

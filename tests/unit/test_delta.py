@@ -27,9 +27,9 @@ from dlrm_dist.checkpoint.store import step_dir
 from dlrm_dist.checkpoint.unsharded import read_unsharded
 from dlrm_dist.cli import export_main, predict_main, serve_main
 from dlrm_dist.errors import EXIT_BAD_INPUT, EXIT_BAD_STATE
-from dlrm_dist.serving.delta import check_chain
+from dlrm_dist.serving.delta import check_chain, load_chain
 from dlrm_dist.serving.delta_format import DELTA_FILE, DeltaError, export_identity, read_head
-from dlrm_dist.serving.delta_write import delta_of_model
+from dlrm_dist.serving.delta_write import ServingState, delta_of_model, write_delta
 from dlrm_dist.serving.load import ExportError, load_export
 from dlrm_dist.serving.predictor import Predictor
 from dlrm_dist.serving.server import Limits
@@ -170,9 +170,20 @@ def test_a_model_of_another_schema_or_shape_is_refused_by_name(run, tmp_path) ->
         delta_of_model(dlrm, cfg, run["base"], tmp_path / "x")
     other_dim = [a for a in SMALL_JOB if "embedding_dim" not in a and "bottom_mlp" not in a]
     cfg, dlrm = build_dlrm(other_dim + ["--model.embedding_dim=4", "--model.bottom_mlp=13-16-4"])
-    with pytest.raises(DeltaError, match=r"table_0: float32 \[100, 4\] in the checkpoint, float32 \[100, 8\]"):
+    with pytest.raises(DeltaError, match=r"model.bottom_mlp: '13-16-8' in the export, '13-16-4' in the model; "
+                                         r"model.embedding_dim: 8 in the export, 4 in the model"):
         delta_of_model(dlrm, cfg, run["base"], tmp_path / "y")
-    assert not (tmp_path / "x" / DELTA_FILE).exists() and not (tmp_path / "y" / DELTA_FILE).exists()
+    # Any other model key is refused too (the delta's tensors go into the export's program), shapes or not.
+    cfg, dlrm = build_dlrm(SMALL_JOB + ["--model.loss=mse"])
+    with pytest.raises(DeltaError, match=r"model.loss: 'bce' in the export, 'mse' in the model"):
+        delta_of_model(dlrm, cfg, run["base"], tmp_path / "z")
+    # A program state of other shapes (e.g. remappers of another shard count) is named tensor by tensor.
+    base = load_chain(run["base"])
+    state = {k: v.clone() for k, v in base.module.state_dict().items()}
+    state["table_1"] = torch.zeros(7, 8)
+    with pytest.raises(DeltaError, match=r"table_1: float32 \[7, 8\] in the checkpoint, float32 \[200, 8\] in"):
+        write_delta(ServingState(state, {}), base, run["base"], tmp_path / "w", 0, "crafted")
+    assert not any((tmp_path / d / DELTA_FILE).exists() for d in "xyzw")
 
 
 def _admit(dlrm, cfg, first_batch: int, batches: int) -> None:
