@@ -68,6 +68,10 @@ def valid_value(typ: Any) -> st.SearchStrategy:
         out = st.sampled_from(typing.get_args(bare))
     elif typing.get_origin(bare) is list:
         out = st.lists(st.integers(1, 100), min_size=1, max_size=4)
+    elif "partition numbers and ranges" in repr(typ):  # data.partitions: increasing numbers, runs as ranges
+        from dlrm_dist.data.partition_list import format_partitions
+
+        out = st.lists(st.integers(0, 40), min_size=1, max_size=5, unique=True).map(lambda n: format_partitions(sorted(n)))
     elif "bottom_mlp" in repr(typ) or "layer widths" in repr(typ):
         out = st.lists(st.integers(1, 64), min_size=1, max_size=4).map(lambda w: "-".join(map(str, w)))
     else:  # a path: any text without NUL (and not one a command line reads as "unset")
@@ -142,7 +146,8 @@ def _check_loaded(cfg: Any, raw: dict[str, dict[str, Any]], omitted_none: bool,
 
 # The rules across fields: generated values may break them without any mutation.
 CROSS_FIELD = ("is required when", "is inside the warmup", "both say where tables go", "applies to data.source = ",
-               "both say how long to train", "both say where the run starts", "does not apply to inference_only")
+               "both say how long to train", "both say where the run starts", "does not apply to inference_only",
+               "needs data.partitions", "is also in data.partitions")
 
 
 def _check_refused(msg: str, origin: str, mutated: Optional[tuple[str, str]], raw: dict[str, dict[str, Any]]) -> None:
