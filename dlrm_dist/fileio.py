@@ -210,3 +210,21 @@ def publish_file(path: str | Path, text: str, what: str, example: str, error: ty
             atomic_write_text(target, text)
     except OSError as e:
         raise error(f"cannot write {what} {str(path)!r}: {e.strerror or e}") from None
+
+
+_CRC_CHUNK = 4 << 20
+
+
+def crc32c_of(path: str | Path) -> tuple[int, str]:
+    """``path``'s size and CRC32C (8 hex digits), read in 4 MB chunks (GB/s: cheap beside any parse)."""
+    import crc32c  # here, not at the top: most users of fileio never checksum
+
+    value, size = 0, 0
+    buffer = bytearray(_CRC_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb") as f:
+        while n := f.readinto(buffer):
+            value = crc32c.crc32c(view[:n], value)
+            size += n
+    return size, f"{value:08x}"
+

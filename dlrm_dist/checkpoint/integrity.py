@@ -19,24 +19,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Mapping
 
-import crc32c
-
 from dlrm_dist.checkpoint.manifest import MANIFEST, CheckpointError, FileSum
+from dlrm_dist.fileio import crc32c_of
 
-_CHUNK = 4 << 20
 NOT_CHECKED = {MANIFEST}  # the manifest holds the checksums; it is checked by parsing
 
 
 def checksum(path: Path) -> FileSum:
     """``path``'s size and CRC32C, read in 4 MB chunks."""
-    value, size = 0, 0
-    buffer = bytearray(_CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb") as f:
-        while n := f.readinto(buffer):
-            value = crc32c.crc32c(view[:n], value)
-            size += n
-    return FileSum(size, f"{value:08x}")
+    return FileSum(*crc32c_of(path))
 
 
 def listed(directory: Path) -> list[str]:

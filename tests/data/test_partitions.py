@@ -120,6 +120,12 @@ def test_another_file_for_a_partition_is_refused_by_name(grown: Path, tmp_path: 
     code, _, err = _cli(capsys, "--append", "--out", str(grown), "--input", str(tmp_path / "day2.csv"))
     assert code == 2 and "day2.csv is partition 2's input already" in err
     assert days.snapshot(grown) == before
+    # a copy of day 2 under another name (cp -p keeps its size and mtime): the same bytes, refused
+    copy = tmp_path / "copy_of_day2.csv"
+    shutil.copy2(tmp_path / "day2.csv", copy)
+    code, _, err = _cli(capsys, "--append", "--out", str(grown), "--input", str(copy))
+    assert code == 2 and "copy_of_day2.csv holds the same bytes as" in err and "partition 2's input" in err, err
+    assert days.snapshot(grown) == before
     # a file changed since (another size) for its own partition is refused too
     assert _cli(capsys, "--append", "--out", str(grown), "--input", str(other))[0] == 0
     appended = days.snapshot(grown)

@@ -48,6 +48,7 @@ from dlrm_dist.data.jobrecord import (differences, is_complete, job_record, lock
                                       write_job)
 from dlrm_dist.data.partition_list import MAX_PARTITION, format_partitions
 from dlrm_dist.errors import DlrmError
+from dlrm_dist.fileio import crc32c_of
 from dlrm_dist.features.schema import FeatureSchema, SplitSpec
 
 ALL_ROWS = SplitSpec(by="random", fractions=(1.0, 0.0, 0.0))  # every row of a partition's input is its row
@@ -160,7 +161,10 @@ def _write(opts: PartitionOptions, fitted: FeatureSchema, number: int, meta: dic
 
 
 def _partition_record(opts: PartitionOptions, number: int) -> dict[str, Any]:
-    return job_record(opts.inputs, {"partition": number, **_records_options(opts)})
+    """The partition's job record; ``contents`` (size and CRC32C of each input) finds a day's file
+    appended again under another name or path, which path, size and mtime alone do not."""
+    contents = [dict(zip(("size", "crc32c"), crc32c_of(p))) for p in opts.inputs]
+    return job_record(opts.inputs, {"partition": number, "contents": contents, **_records_options(opts)})
 
 
 # -- a new dataset: the first partition fits the schema -----------------------------------------------
@@ -254,8 +258,10 @@ def _same_schema(out: Path, given: Optional[FeatureSchema], stored: FeatureSchem
 
 def _refuse_published_input(out: Path, published: dict[int, dict[str, Any]], record: dict[str, Any],
                             number: int) -> None:
-    """An input file (same path, size and modification time) already published as another partition."""
+    """An input file already published as another partition: the same file (path, size and
+    modification time) or the same bytes under another name (size and CRC32C: a copy of a day)."""
     mine = {(i["path"], i["size"], i["mtime_ns"]) for i in record["inputs"]}
+    my_bytes = {(c["size"], c["crc32c"]): path for c, path in zip(record["contents"], record["inputs"])}
     for other in published:
         if other == number:
             continue
@@ -265,6 +271,12 @@ def _refuse_published_input(out: Path, published: dict[int, dict[str, Any]], rec
             raise PreprocessError(f"{same[0]} is partition {other}'s input already (same size and modification time): "
                                   f"appending it as partition {number} would train on its rows twice; give the "
                                   "next day's file")
+        old_bytes = [(c.get("size"), c.get("crc32c")) for c in old.get("contents", []) if isinstance(c, dict)]
+        for (size, crc), path in zip(old_bytes, old.get("inputs", [])):
+            if (size, crc) in my_bytes:
+                raise PreprocessError(f"{my_bytes[size, crc]['path']} holds the same bytes as {path.get('path')}, "
+                                      f"partition {other}'s input ({size:,} bytes, CRC32C {crc}): appending it as "
+                                      f"partition {number} would train on those rows twice; give the next day's file")
 
 
 def _refuse_other_input(out: Path, number: int, old: dict[str, Any], record: dict[str, Any]) -> None:
