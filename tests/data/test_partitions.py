@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -372,7 +373,7 @@ def test_partition_spans_and_the_training_stream(grown: Path) -> None:
         sum(len(x["tags"].split("|")) if x["tags"] else 0 for d in (1, 2) for x in days.day_rows(d, ROWS[d])) / 77)
 
 
-def test_partition_selection_refusals(grown: Path, tmp_path: Path) -> None:
+def test_partition_selection_refusals(grown: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(DataError, match=r"holds day partitions \(1-3\).*--data.partitions=1-2 --data.eval_partition=3"):
         ColumnarDataset(grown)
     with pytest.raises(DataError, match=r"partition\(s\) 5,7 do not exist .* it holds partitions 1-3"):
@@ -384,6 +385,9 @@ def test_partition_selection_refusals(grown: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="eval_partition=2 is also in data.partitions"):
         PartitionedDataset(grown, [1, 2], eval_partition=2)
     assert PartitionedDataset(grown, [1]).eval_partition == 2  # unset: the next day
+    with caplog.at_level(logging.WARNING, logger="dlrm_dist.data.columnar.dataset"):
+        assert PartitionedDataset(grown, [1, 3], eval_partition=2).eval_partition == 2  # a past day: allowed, said
+    assert "data.eval_partition=2 is earlier than partition 3 the run trains on" in caplog.text
     with pytest.raises(DataError, match="no training partition has a full global batch"):
         next(PartitionedDataset(grown, [1, 2]).batches("train", 64, 0, 1, 1))
     for argv, message in [

@@ -27,6 +27,7 @@ of n * h_f. ``bag_lengths`` reports the expanded lengths to the planner.
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ from dlrm_dist.data.errors import DataError
 from dlrm_dist.data.partition_list import format_partitions
 from dlrm_dist.features.schema import FeatureSchema
 
+
+log = logging.getLogger(__name__)
 
 class ColumnarDataset:
     """A preprocessed directory's splits as TorchRec batches for one rank."""
@@ -226,6 +229,10 @@ class PartitionedDataset(ColumnarDataset):
         if eval_partition in self.partitions:
             raise DataError(f"data.eval_partition={eval_partition} is also in data.partitions="
                             f"{_listing(self.partitions)}: evaluate on a partition the run does not train on")
+        if eval_partition < self.partitions[-1]:  # allowed (a held-out day), but rarely meant: say so
+            log.warning("data.eval_partition=%d is earlier than partition %d the run trains on: the eval scores a "
+                        "past day with a model that has seen later days (the next-day score is the eval on the "
+                        "day after the last one trained)", eval_partition, self.partitions[-1])
         return eval_partition
 
     # -- HasPartitions ---------------------------------------------------------------------------
