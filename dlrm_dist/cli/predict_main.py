@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", action="append", default=[], metavar="DELTA",
                    help="a delta (dlrm-export --since) applied to the export; repeat in chain order")
     p.add_argument("--input", help="raw rows to score: .csv/.tsv (the schema's input format), .parquet or .jsonl")
-    p.add_argument("--keep", nargs="+", default=[], metavar="COL",
-                   help="--input: columns copied into the .csv output beside the score (e.g. an id)")
+    p.add_argument("--keep", nargs="+", action="extend", default=[], metavar="COL",
+                   help="--input: columns copied into the .csv output beside the score (e.g. an id); repeat or list several")
     p.add_argument("--data", help="preprocessed data directory (default: the training config's)")
     p.add_argument("--split", choices=("val", "test"), default="test")
     p.add_argument("--out", help="scores: .npy (probabilities) or .csv (score,label; with --input: score and "

@@ -95,3 +95,11 @@ def test_an_input_with_no_rows_is_refused_naming_the_file(good, tmp_path, name, 
     assert str(e.value).startswith(f"{path}: ") and "line 0" not in str(e.value), str(e.value)
     with pytest.raises(RecordError, match=rf"^{tmp_path / 'nothere.csv'}: no such file$"):
         _read(tmp_path / "nothere.csv")
+
+
+def test_keep_repeated_keeps_every_column() -> None:
+    """`--keep user_id --keep item` keeps both (a repeated option used to replace the earlier one)."""
+    from dlrm_dist.cli.predict_main import build_parser
+
+    args = build_parser().parse_args(["EXPORT", "--input", "rows.csv", "--keep", "user_id", "--keep", "item", "ts"])
+    assert args.keep == ["user_id", "item", "ts"]
