@@ -37,3 +37,14 @@ def export_and_predict_here(ckpt: Path, out: Path, data_dir: Path, split: str) -
     ok_here(export_main, str(ckpt), "--out", str(out), "--no-progress")
     return json.loads(ok_here(predict_main, str(out), "--data", str(data_dir), "--split", split,
                               "--out", str(out / "scores.npy"), "--no-progress", "--json"))
+
+
+def readme_block_commands(readme: str, mark: str) -> list[list[str]]:
+    """The bash block after ``mark`` in the README as argv lists (continuations joined, comments dropped):
+    the walk-through tests run the README's commands as written."""
+    import shlex
+
+    block = readme.split(mark, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [argv for argv in (shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines())
+            if argv]
+

@@ -43,32 +43,30 @@ def split_rows(data: object) -> SplitRows:
 
 def epoch_steps(epochs: int, train_rows: int, global_batch_size: int) -> tuple[int, str]:
     """(steps, the log line) for ``epochs`` passes over a train split of ``train_rows`` rows."""
-    per_epoch = train_rows // global_batch_size
-    if per_epoch == 0:
-        raise ConfigError(f"train.epochs={epochs}: the train split has {train_rows:,} rows, fewer than one global "
-                          f"batch of train.global_batch_size={global_batch_size:,}: lower the batch size")
-    steps = epochs * per_epoch
-    dropped = train_rows - per_epoch * global_batch_size
-    line = (f"epochs={epochs}: {epochs} x {per_epoch:,} steps of {global_batch_size:,} rows = {steps:,} steps"
-            + (f" (the last {dropped:,} of {train_rows:,} rows make no full batch: each epoch visits "
-               "another permutation)" if dropped else ""))
-    return steps, line
+    return _epochs(epochs, train_rows // global_batch_size, train_rows, global_batch_size,
+                   what=f"the train split has {train_rows:,} rows, fewer than one global batch", over="",
+                   dropped_note="the last {dropped:,} of {rows:,} rows make no full batch: each epoch visits "
+                                "another permutation")
 
 
 def partition_epoch_steps(epochs: int, spans: list[PartitionSpan], global_batch_size: int) -> tuple[int, str]:
     """(steps, the log line) for ``epochs`` passes over day partitions (each its own full batches)."""
-    per_epoch, rows = sum(s.batches for s in spans), sum(s.rows for s in spans)
-    names = ", ".join(str(s.partition) for s in spans)
+    rows, names = sum(s.rows for s in spans), ", ".join(str(s.partition) for s in spans)
+    return _epochs(epochs, sum(s.batches for s in spans), rows, global_batch_size,
+                   what=f"partitions {names} have {rows:,} rows, and none has a full global batch",
+                   over=f" over partitions {names}",
+                   dropped_note="each partition's last partial batch is left out: {dropped:,} of {rows:,} rows; each "
+                                "epoch visits another permutation within each partition")
+
+
+def _epochs(epochs: int, per_epoch: int, rows: int, global_batch_size: int, what: str, over: str,
+            dropped_note: str) -> tuple[int, str]:
     if per_epoch == 0:
-        raise ConfigError(f"train.epochs={epochs}: partitions {names} have {rows:,} rows, and none has a full global "
-                          f"batch of train.global_batch_size={global_batch_size:,}: lower the batch size")
-    steps = epochs * per_epoch
-    dropped = rows - per_epoch * global_batch_size
-    line = (f"epochs={epochs}: {epochs} x {per_epoch:,} steps of {global_batch_size:,} rows over partitions {names} "
-            f"= {steps:,} steps" + (f" (each partition's last partial batch is left out: {dropped:,} of {rows:,} "
-                                   "rows; each epoch visits another permutation within each partition)"
-                                   if dropped else ""))
-    return steps, line
+        raise ConfigError(f"train.epochs={epochs}: {what} of train.global_batch_size={global_batch_size:,}: "
+                          "lower the batch size")
+    steps, dropped = epochs * per_epoch, rows - per_epoch * global_batch_size
+    line = f"epochs={epochs}: {epochs} x {per_epoch:,} steps of {global_batch_size:,} rows{over} = {steps:,} steps"
+    return steps, line + (f" ({dropped_note.format(dropped=dropped, rows=rows)})" if dropped else "")
 
 
 def early_stop_default(cfg: Config, rows: SplitRows, steps_given: bool) -> tuple[bool, Optional[str]]:

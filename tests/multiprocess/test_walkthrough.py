@@ -23,19 +23,16 @@ from pathlib import Path
 import pytest
 
 from dlrm_dist.cli.predict_main import main as predict_main
-from tests.cli_helper import ok_here
+from tests.cli_helper import ok_here, readme_block_commands
 
 pytestmark = pytest.mark.multiprocess
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-MARK = "<!-- walkthrough:"
+MARK = "<!-- walkthrough: tests/multiprocess/test_walkthrough.py"
 
 
 def walkthrough_commands(readme: str) -> list[list[str]]:
-    """The marked bash block's commands as argv lists (continuations joined, comments dropped)."""
-    block = readme.split(MARK, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
-    return [argv for argv in (shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines())
-            if argv]
+    return readme_block_commands(readme, MARK)
 
 
 def _free_port() -> int:
