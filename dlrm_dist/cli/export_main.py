@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(shown, indent=2, sort_keys=True))
         return 0
     print(f"wrote {args.out}: step {manifest.step} of {manifest.checkpoint}, {len(manifest.tables)} table(s) "
-          f"({args.quantize}), {manifest.dense_features} dense + {len(manifest.sparse_features)} sparse features")
+          f"({manifest.quantize}), {manifest.dense_features} dense + {len(manifest.sparse_features)} sparse features")
     q = shown.get("quantization")
     if q and q["measured"]:
         print(f"int8 vs float on {q['samples']:,} {q['split']} samples: AUC {q['int8_auc']:.5f} vs "

@@ -49,7 +49,9 @@ def run(tmp_path_factory) -> dict[str, Path]:
                 "--train.keep_last=0", f"--run-dir={root / 'run'}"])
     p = {"root": root, "ckpt": ckpt, "base": root / "base", "d1": root / "d1", "d2": root / "d2",
          "full": root / "full"}
-    assert export_main.main([str(ckpt), "--step", "4", "--out", str(p["base"]), "--no-progress"]) == 0
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert export_main.main([str(ckpt), "--step", "4", "--out", str(p["base"]), "--no-progress"]) == 0
+    p["base.out"] = printed.getvalue()
     assert export_main.main([str(ckpt), "--step", "12", "--out", str(p["full"]), "--no-progress"]) == 0
     for name, step, chain in (("d1", 8, ()), ("d2", 12, ("d1",))):
         with contextlib.redirect_stdout(io.StringIO()) as printed:
@@ -79,6 +81,7 @@ def _scores(p: dict[str, Path], model: Path, *deltas: Path, name: str) -> bytes:
 
 
 def test_base_plus_deltas_scores_equal_a_full_export(run) -> None:
+    assert "4 table(s) (none)," in run["base.out"], run["base.out"]  # (a full export's precision, not None)
     # What each delta says it carries: exactly the rows that changed between the checkpoints.
     for text, (a, b) in ((run["d1.out"], (4, 8)), (run["d2.out"], (8, 12))):
         for table, n in _changed_rows(run["ckpt"], a, b).items():
