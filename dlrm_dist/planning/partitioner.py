@@ -90,8 +90,11 @@ def _memory_tiers(options: list[list[Option]], inputs: PlannerInputs, cap: Capac
     if inputs.topology.device != "cuda":
         return options  # CPU: every kernel is host memory; the partitioner checks DDR
     budget = 0.97 * cap.hbm * inputs.topology.world_size
-    allowed = [[o for o in opts if _in_hbm(o)] or opts for opts in options]
     tiers = [_Tiers(opts, cap) for opts in options]
+    # A table none of whose in-HBM options fits one rank starts in the (UVM) tier it can be placed in:
+    # keeping only its in-HBM options left it unplaceable whenever the other tables fit HBM (suite s1019).
+    allowed = [([o for o in opts if _in_hbm(o)] or opts) if tt.current <= 1
+               else [o for o in opts if _tier(o) >= tt.current] for opts, tt in zip(options, tiers)]
     demand = sum(tt.hbm[tt.current] for tt in tiers)
     if demand <= budget:
         return allowed

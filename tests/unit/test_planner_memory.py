@@ -45,3 +45,15 @@ def test_plan_fits_with_cached_tables_and_no_plain_uvm() -> None:
     assert pf.estimates.summary.fits
     assert "fused_uvm" not in kernels  # plain UVM costs ~6x the cached kernel here
     assert kernels.count("fused_uvm_caching") >= 12
+
+
+def test_a_table_too_big_for_any_ranks_hbm_starts_in_the_uvm_tier_that_fits() -> None:
+    """Planner suite s1019: t111 (664 GB) fits one rank only as row_wise/fused_uvm (332 GB of DDR per shard);
+    the other tables fit HBM, so no table is offloaded, and t111 must still get its UVM options (it was a
+    no-fit where TorchRec's planner found a plan)."""
+    from benchmarks.planner_instances import generate
+
+    pf = make_plan_file(generate(1019).inputs, "sparse")
+    assert pf.estimates.summary.fits
+    (tables,) = pf.plan.plan.values()
+    assert tables["t111"].compute_kernel == "fused_uvm"
