@@ -24,10 +24,12 @@ FBGEMM_cuda := fbgemm-gpu
 PIN = $(shell $(PYTHON) -c "import tomllib;p=tomllib.load(open('pyproject.toml','rb'))['project'];print($(1))")
 TORCH_PIN    = $(call PIN,[d for d in p['dependencies'] if d.startswith('torch==')][0])
 TORCHREC_PIN = $(call PIN,p['optional-dependencies']['torchrec'][0])
-# DEVICE=cpu takes torch's CPU build from PyTorch's CPU wheel index, whose address has one
-# home: the Dockerfile's TORCH_CPU_INDEX. TORCH_CPU_INDEX= (empty) uses only pip's configured
-# indexes (a mirror that serves the +cpu wheel); either way the stack check below verifies it.
-TORCH_CPU_INDEX ?= $(shell sed -n 's/^ARG TORCH_CPU_INDEX=//p' Dockerfile 2>/dev/null)
+# DEVICE=cpu: torch's CPU build. By default only pip's configured indexes are asked (PyPI, and
+# a local wheel where the machine has one): `make` contacts no other host. Where pip would find
+# only PyPI's CUDA build, give PyTorch's CPU wheel index, whose address has one home, the
+# Dockerfile's ARG TORCH_CPU_INDEX (the image passes it): `make install TORCH_CPU_INDEX=URL`.
+# Either way the stack check below verifies the build.
+TORCH_CPU_INDEX ?=
 TORCH_INDEX_cpu  := $(if $(strip $(TORCH_CPU_INDEX)),--extra-index-url $(strip $(TORCH_CPU_INDEX)))
 TORCH_INDEX_cuda :=
 TORCH_IS_cpu  := import torch, sys; sys.exit(torch.version.cuda is not None)
