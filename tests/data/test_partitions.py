@@ -234,8 +234,8 @@ def test_an_interrupted_first_partition_resumes_with_its_fit(tmp_path: Path, mon
     monkeypatch.undo()
     assert (out / layout.FIT).is_file() and not (out / layout.META).exists()
     fits = []
-    real_fit = preprocess._fit
-    monkeypatch.setattr(preprocess, "_fit", lambda *a: fits.append(1) or real_fit(*a))
+    real_fit = preprocess.fit_pass
+    monkeypatch.setattr(preprocess, "fit_pass", lambda *a: fits.append(1) or real_fit(*a))
     r = new_dataset(PartitionOptions([day1], out, days.schema(), partition=1, progress=False))
     assert (r.rows, r.up_to_date, fits) == (30, False, [1])  # the fit pass reads fit.json instead of refitting
     assert json.loads((out / layout.JOB).read_text())["complete"] is True

@@ -145,7 +145,7 @@ def _write(opts: PartitionOptions, fitted: FeatureSchema, number: int, meta: dic
     report = driver.Report()
 
     def fill(writer: layout.SplitWriter) -> None:
-        driver._write_rows(popts, encoding, None, report, {"train": writer})
+        driver.write_rows(popts, encoding, None, report, {"train": writer})
         if writer.labels.rows == 0:
             raise PreprocessError(f"{', '.join(map(str, opts.inputs))}: no valid rows ({report.skipped} malformed "
                                   f"line(s)), so partition {number} would be empty")
@@ -233,7 +233,7 @@ def new_dataset(opts: PartitionOptions) -> PartitionReport:
         started = time.perf_counter()
         fit_opts = driver.Options(schema=for_partitions(schema), inputs=list(opts.inputs), out_dir=out,
                                   strict=opts.strict, progress=opts.progress, workers=opts.workers)
-        fit = driver._fit(fit_opts, None, None)  # (over every row: the partition is all "train")
+        fit = driver.fit_pass(fit_opts, None, None)  # (over every row: the partition is all "train")
         fitted = schema.with_fitted(fit["vocab_rows"], {k: tuple(v) for k, v in fit["scales"].items()})
         write_job(out, _partition_record(opts, number), name=layout.partition_job(number))
         meta = {"schema": fitted.to_dict(), "splits": {}, "partitions": {}, "fitted_on": number}

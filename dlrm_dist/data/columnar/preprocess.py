@@ -216,8 +216,9 @@ def _days(opts: Options) -> Optional[Days]:
     return Days.cut(opts.inputs, count_lines(opts.inputs, opts.workers) if s.days else None, s.days)
 
 
-def _fit(opts: Options, cutoffs: Optional[tuple[float, float]], days: Optional[Days] = None) -> dict[str, Any]:
-    """Vocabularies and dense statistics of the training split."""
+def fit_pass(opts: Options, cutoffs: Optional[tuple[float, float]], days: Optional[Days] = None) -> dict[str, Any]:
+    """The fit pass: vocabularies and dense statistics of the training split (fit.json, if a run
+    already wrote it)."""
     done = layout.read_fit(opts.out_dir)
     if done is not None:
         return done
@@ -286,7 +287,7 @@ def _write(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, 
     """Writes and publishes the splits (layout.write_splits); a day split's last day goes to a holdout
     folder first, halved into val and test at the end."""
     def fill(writers: dict[str, layout.SplitWriter]) -> None:
-        (rows or _write_rows)(opts, schema, cutoffs, report, writers, days)  # (staging.py passes its own)
+        (rows or write_rows)(opts, schema, cutoffs, report, writers, days)  # (staging.py passes its own)
         if days is not None:
             _halve_holdout(opts.out_dir, schema, writers)
 
@@ -294,8 +295,10 @@ def _write(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, 
     return layout.write_splits(opts.out_dir, schema, fill, extra=(_HOLDOUT,) if days is not None else ())
 
 
-def _write_rows(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report,
+def write_rows(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report,
                 writers: dict[str, layout.SplitWriter], days: Optional[Days] = None) -> None:
+    """The write pass: every row of the inputs encoded by ``schema`` (its vocabularies read from the
+    directory) into its split's writer (partitions.py passes one writer, its partition's)."""
     vocabs = {t: pa.array(layout.read_vocab(opts.out_dir, t))
               for t in schema.table_names if schema.features_of(t)[0].kind == "vocab"}
     encoder = lambda batch: encode.encode_batch(batch, schema, vocabs)  # noqa: E731 (run by workers: fork)
@@ -338,7 +341,7 @@ def _run(opts: Options) -> Report:
         report = Report()
         cutoffs = _time_cutoffs(opts, report)
         days = _days(opts)
-        fit = _fit(opts, cutoffs, days)
+        fit = fit_pass(opts, cutoffs, days)
         schema = opts.schema.with_fitted(fit["vocab_rows"], {k: tuple(v) for k, v in fit["scales"].items()})
         splits = _write(opts, schema, cutoffs, report, days)
     report.rows = {s: splits[s]["rows"] for s in SPLITS}
