@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dlrm_dist.features.model import managed_id_block as id_block  # the rule's one home
 from dlrm_dist.features.schema import MANAGED_ID_SPACE
 
 EMPTY = torch.iinfo(torch.int64).max  # TorchRec's value of a free slot in _mch_sorted_raw_ids
@@ -41,6 +40,11 @@ class Block:
 
     def __str__(self) -> str:
         return f"rows {self.offset}-{self.offset + self.rows - 1}"
+
+
+def id_block(ranks: int) -> int:
+    """The width of each rank's block of the id space (TorchRec's row-wise bucketization)."""
+    return -(-MANAGED_ID_SPACE // ranks)  # integers: a float quotient would round 2**63 - 1 up to 2**63
 
 
 @dataclass

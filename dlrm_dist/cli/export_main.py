@@ -135,8 +135,7 @@ def run_delta(args: argparse.Namespace) -> int:
 
 
 def _identity(delta_dir: str) -> str:
-    from dlrm_dist.serving.delta_format import DELTA_FILE
-    from dlrm_dist.serving.load import sha256_bytes
+    from dlrm_dist.serving.delta_format import DELTA_FILE, sha256_bytes
 
     with open(f"{delta_dir}/{DELTA_FILE}", "rb") as f:
         return sha256_bytes(f.read())

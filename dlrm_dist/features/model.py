@@ -41,14 +41,6 @@ HASHES = ("fnv1a", "int_modulo")  # kind hash: FNV-1a 64 of the text, or the int
 # MCHManagedCollisionModule, which evicts the least frequently (lfu) or least recently (lru) used id.
 EVICTIONS = ("lfu", "lru")
 MANAGED_ID_SPACE = 2**63 - 1  # TorchRec's input_hash_size; its empty-slot sentinel (2**63 - 1) is never a raw id
-
-
-def managed_id_block(ranks: int) -> int:
-    """The width of each rank's block of the managed id space (TorchRec's row-wise bucketization):
-    rank r's remapper owns the raw ids [r * block, (r + 1) * block)."""
-    return -(-MANAGED_ID_SPACE // ranks)  # integers: a float quotient would round 2**63 - 1 up to 2**63
-
-
 ORDERS = ("frequency", "value")  # kind vocab: most frequent first (ties by value), or ascending by value
 POOLINGS = ("sum", "mean")
 SPLITS = ("train", "val", "test")

@@ -24,6 +24,7 @@ need, and its bytes must have the recorded sha256. Needs torch and pydantic (no 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,6 @@ from pydantic import Field, ValidationError, model_validator
 
 from dlrm_dist.errors import EXIT_BAD_INPUT, DlrmError
 from dlrm_dist.fileio import UnsafePathError, inside
-from dlrm_dist.serving.load import sha256_bytes
 from dlrm_dist.serving.manifest import ExportError, FrozenRemapper
 from dlrm_dist.validation import Strict, joined, messages
 
@@ -166,6 +166,10 @@ class DeltaTensors:
 
     rows: dict[str, tuple[torch.Tensor, torch.Tensor]]  # buffer -> (ids int64 [n], values [n, width])
     state: dict[str, torch.Tensor]
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def export_identity(export_dir: str | Path) -> str:

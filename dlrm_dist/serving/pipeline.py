@@ -17,6 +17,7 @@ rows as in training), then ids and bag offsets as the exported program takes the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -33,7 +34,6 @@ from dlrm_dist.data.columnar import encode, layout
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.features.schema import FeatureSchema
 from dlrm_dist.fileio import atomic_write_bytes, disk_full
-from dlrm_dist.serving.load import sha256_bytes
 from dlrm_dist.serving.manifest import MANIFEST_FILE, ExportError, ExportManifest, Pipeline, VocabularyFile
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def copy_vocabularies(schema: FeatureSchema, source: Optional[Path], out: Path) 
         target.parent.mkdir(parents=True, exist_ok=True)
         with disk_full(target, len(data)):
             atomic_write_bytes(target, data)
-        entries[table] = VocabularyFile(file=f"{layout.VOCAB_DIR}/{target.name}", sha256=sha256_bytes(data), values=rows)
+        entries[table] = VocabularyFile(file=f"{layout.VOCAB_DIR}/{target.name}", sha256=_sha256(data), values=rows)
     return Pipeline(vocabularies=entries)
 
 
@@ -116,6 +116,10 @@ def _not_usable(schema: FeatureSchema, source: Optional[Path], tables: list[str]
         return (f"{source} was preprocessed with another fitted schema (fingerprint {stored.fingerprint()}, the "
                 f"model's {schema.fingerprint()})")
     return None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 # -- loading: every file checked ---------------------------------------------------------------
@@ -164,8 +168,8 @@ def _checked_file(directory: Path, table: str, entry: VocabularyFile, schema: Fe
     if path.stat().st_size > MAX_VOCAB_BYTES:
         raise ExportError(f"{path} is {path.stat().st_size:,} bytes, more than a vocabulary of ours")
     data = path.read_bytes()
-    if sha256_bytes(data) != entry.sha256:
-        raise ExportError(f"{path} is damaged or edited: its sha256 {sha256_bytes(data)[:12]}... is not export.json's "
+    if _sha256(data) != entry.sha256:
+        raise ExportError(f"{path} is damaged or edited: its sha256 {_sha256(data)[:12]}... is not export.json's "
                           f"{entry.sha256[:12]}... (re-run dlrm-export)")
     return _vocabulary(data, table, rows, str(path))
 

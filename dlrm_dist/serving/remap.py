@@ -31,17 +31,17 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from dlrm_dist.features.model import managed_id_block
 from dlrm_dist.serving.manifest import ExportError
 
 logger = logging.getLogger(__name__)
+ID_SPACE = 2**63 - 1  # TorchRec's input_hash_size for our managed tables (features.schema.MANAGED_ID_SPACE)
 EMPTY = int(np.iinfo(np.int64).max)  # an empty remapper slot (TorchRec fills _mch_sorted_raw_ids with it)
 ARRAYS = ("ids", "rows", "starts", "miss")
 
 
 def block_starts(shards: int) -> list[int]:
     """The first raw id of each of ``shards`` blocks of the id space, as TorchRec routes ids row-wise."""
-    block = managed_id_block(shards)
+    block = -(-ID_SPACE // shards)
     return [s * block for s in range(shards)]
 
 

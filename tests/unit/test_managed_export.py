@@ -28,8 +28,7 @@ import pytest
 import torch
 
 from dlrm_dist.serving.manifest import ExportError
-from dlrm_dist.features.model import MANAGED_ID_SPACE as ID_SPACE
-from dlrm_dist.serving.remap import ARRAYS, EMPTY, block_starts, check_frozen, freeze, remap
+from dlrm_dist.serving.remap import ARRAYS, EMPTY, ID_SPACE, block_starts, check_frozen, freeze, remap
 
 INT8_TOL = 2e-3  # int8 against float probabilities (tests/unit/test_export_trust.py's bound)
 ROWS = 240
