@@ -17,6 +17,7 @@ This module imports nothing heavy: the config's validation uses it.
 from __future__ import annotations
 
 import re
+from typing import Iterable
 
 MAX_PARTITION = 999_999_999  # (9 digits: a date as YYYYMMDD fits)
 MAX_RANGE = 100_000  # numbers one range may stand for (a typo such as 1-20261201 is not a list of 20 million)
@@ -58,6 +59,12 @@ def parse_partitions(text: str) -> list[int]:
                                      "in the order listed (time order), so list each once, in increasing order")
         out.extend(range(lo, hi + 1))
     return out
+
+
+def listing(numbers: Iterable[int]) -> str:
+    """``format_partitions`` of ``numbers`` for a message: "none" when there are none."""
+    numbers = list(numbers)
+    return format_partitions(numbers) if numbers else "none"
 
 
 def format_partitions(numbers: list[int]) -> str:

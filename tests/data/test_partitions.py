@@ -19,7 +19,7 @@ from dlrm_dist.config.loader import load_config
 from dlrm_dist.data import HasPartitions, PartitionSpan
 from dlrm_dist.data.columnar import layout
 from dlrm_dist.data.columnar.dataset import ColumnarDataset, PartitionedDataset
-from dlrm_dist.data.columnar.partitions import PartitionOptions, append, new_dataset
+from dlrm_dist.data.columnar.partitions import PartitionOptions, append, for_partitions, new_dataset
 from dlrm_dist.data.columnar.stats import compute_stats
 from dlrm_dist.data.errors import DataError
 from dlrm_dist.errors import DlrmError
@@ -221,8 +221,6 @@ def test_refused_input_leaves_the_directory_as_it_was(grown: Path, tmp_path: Pat
 
 
 def test_an_interrupted_first_partition_resumes_with_its_fit(tmp_path: Path, monkeypatch) -> None:
-    from dlrm_dist.data.columnar import preprocess
-
     day1, out = days.write_day(tmp_path, 1, 30), tmp_path / "D"
 
     def killed(*args, **kwargs):
@@ -233,11 +231,12 @@ def test_an_interrupted_first_partition_resumes_with_its_fit(tmp_path: Path, mon
         new_dataset(PartitionOptions([day1], out, days.schema(), partition=1, progress=False))
     monkeypatch.undo()
     assert (out / layout.FIT).is_file() and not (out / layout.META).exists()
-    fits = []
-    real_fit = preprocess.fit_pass
-    monkeypatch.setattr(preprocess, "fit_pass", lambda *a: fits.append(1) or real_fit(*a))
+    fitted = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in [out / layout.FIT, *(out / "vocab").iterdir()]}
     r = new_dataset(PartitionOptions([day1], out, days.schema(), partition=1, progress=False))
-    assert (r.rows, r.up_to_date, fits) == (30, False, [1])  # the fit pass reads fit.json instead of refitting
+    assert (r.rows, r.up_to_date) == (30, False)
+    # the rerun encodes with the fit.json and vocabularies of the killed run instead of refitting
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in [out / layout.FIT, *(out / "vocab").iterdir()]} \
+        == fitted
     assert json.loads((out / layout.JOB).read_text())["complete"] is True
     # another first partition over the incomplete directory of a failed job starts over (job.json's rule)
     shutil.rmtree(out)
@@ -249,6 +248,26 @@ def test_an_interrupted_first_partition_resumes_with_its_fit(tmp_path: Path, mon
     r = new_dataset(PartitionOptions([day2], out, days.schema(), partition=2, progress=False))
     assert (r.partition, r.rows, r.partitions) == (2, 25, [2]) and not (out / "partition_1").exists()
     assert set(layout.read_vocab(out, "t_item")) == {x["item"] for x in days.day_rows(2, 25)}
+
+
+def test_a_day_is_read_once_and_encoded_as_preprocess_encodes_it(tmp_path: Path, monkeypatch) -> None:
+    """A partition goes through preprocess's one dispatcher: a CSV day is read once (staging's one
+    read: fit and write from the staged columns, not a fit pass and a write pass over the file),
+    and its arrays are those ``dlrm-data preprocess`` writes for the same rows as its train split."""
+    from dlrm_dist.data.columnar import read
+    from dlrm_dist.data.columnar.preprocess import Options, preprocess
+
+    day1, reads, real = days.write_day(tmp_path, 1, 30), [], read.read_file
+    monkeypatch.setattr(read, "read_file", lambda path, *a, **k: reads.append(Path(path).name) or real(path, *a, **k))
+    new_dataset(PartitionOptions([day1], tmp_path / "D", days.schema(), partition=1, progress=False))
+    day2 = days.write_day(tmp_path, 2, 25)
+    append(PartitionOptions([day2], tmp_path / "D", append=True, progress=False))
+    assert reads == ["day1.csv", "day2.csv"]
+    preprocess(Options(for_partitions(days.schema()), [day1], tmp_path / "P", progress=False))  # (all rows: train)
+    got = layout.check_directory(tmp_path / "D")[2]["partition_1"]
+    want = layout.check_directory(tmp_path / "P")[2]["train"]
+    assert np.array_equal(got.dense, want.dense) and np.array_equal(got.labels, want.labels)
+    assert all(np.array_equal(got.ids[f], want.ids[f]) for f in want.ids)
 
 
 def test_append_refusals_name_what_is_wrong(grown: Path, tmp_path: Path, capsys) -> None:

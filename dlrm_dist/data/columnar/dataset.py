@@ -41,7 +41,7 @@ from dlrm_dist.data.batches import SampleBlock, batch_position, to_batch
 from dlrm_dist.data.columnar import layout
 from dlrm_dist.data.columnar.layout import SplitArrays
 from dlrm_dist.data.errors import DataError
-from dlrm_dist.data.partition_list import format_partitions
+from dlrm_dist.data.partition_list import listing
 from dlrm_dist.features.schema import FeatureSchema
 
 
@@ -55,9 +55,9 @@ class ColumnarDataset:
         self._open(directory, seed, shuffle, multi_hot)
         published = layout.partitions_of(self.meta, self.directory)
         if layout.is_partitioned(self.meta):
-            raise DataError(f"{self.directory} holds day partitions ({_listing(published)}), not train/val/test "
+            raise DataError(f"{self.directory} holds day partitions ({listing(published)}), not train/val/test "
                             "splits: choose the partitions to train on and the one to evaluate, e.g. "
-                            f"--data.partitions={_listing(list(published)[:-1] or list(published))} "
+                            f"--data.partitions={listing(list(published)[:-1] or list(published))} "
                             f"--data.eval_partition={list(published)[-1] if published else 'N'}")
         if eval_split not in ("val", "test"):
             raise DataError(f"eval split {eval_split!r}: choose val or test")
@@ -171,10 +171,6 @@ class ColumnarDataset:
         return self.eval_split if split == "eval" else split
 
 
-def _listing(numbers: Sequence[int]) -> str:
-    return format_partitions(list(numbers)) if numbers else "none"
-
-
 @dataclass(frozen=True)
 class StreamRows:
     """What a run's length is computed from (training/length.py reads ``splits["train"].rows``):
@@ -200,19 +196,19 @@ class PartitionedDataset(ColumnarDataset):
         self._permutation: tuple[tuple[int, int, int], np.ndarray] = ((-1, -1, -1), np.zeros(0, np.int64))
 
     def _chosen(self, published: dict[int, Any], partitions: list[int]) -> list[int]:
-        where, asked = self.directory, _listing(partitions)
+        where, asked = self.directory, listing(partitions)
         if not published:
             raise DataError(f"data.partitions={asked}: {where} holds train/val/test splits, no day partitions: drop "
                             "data.partitions and data.eval_partition, or preprocess day by day "
                             "(`dlrm-data preprocess --partition N`, then `--append`)")
         if not partitions:
-            raise DataError(f"{where}: no partition chosen to train on; it holds partitions {_listing(published)}")
+            raise DataError(f"{where}: no partition chosen to train on; it holds partitions {listing(published)}")
         if partitions != sorted(set(partitions)):
             raise DataError(f"data.partitions={asked}: list each partition once, in increasing (time) order")
         missing = [n for n in partitions if n not in published]
         if missing:
-            raise DataError(f"data.partitions={asked}: partition(s) {_listing(missing)} do not exist in {where}; "
-                            f"it holds partitions {_listing(published)}")
+            raise DataError(f"data.partitions={asked}: partition(s) {listing(missing)} do not exist in {where}; "
+                            f"it holds partitions {listing(published)}")
         return partitions
 
     def _eval_partition(self, published: dict[int, Any], eval_partition: Optional[int]) -> int:
@@ -220,15 +216,15 @@ class PartitionedDataset(ColumnarDataset):
         if eval_partition is None:  # the next day after the last one trained on
             later = [n for n in published if n > self.partitions[-1]]
             if not later:
-                raise DataError(f"data.partitions={_listing(self.partitions)} leaves no later partition of {where} to "
-                                f"evaluate on (it holds {_listing(published)}): give data.eval_partition")
+                raise DataError(f"data.partitions={listing(self.partitions)} leaves no later partition of {where} to "
+                                f"evaluate on (it holds {listing(published)}): give data.eval_partition")
             return later[0]
         if eval_partition not in published:
             raise DataError(f"data.eval_partition={eval_partition}: no such partition in {where}; it holds partitions "
-                            f"{_listing(published)}")
+                            f"{listing(published)}")
         if eval_partition in self.partitions:
             raise DataError(f"data.eval_partition={eval_partition} is also in data.partitions="
-                            f"{_listing(self.partitions)}: evaluate on a partition the run does not train on")
+                            f"{listing(self.partitions)}: evaluate on a partition the run does not train on")
         if eval_partition < self.partitions[-1]:  # allowed (a held-out day), but rarely meant: say so
             log.warning("data.eval_partition=%d is earlier than partition %d the run trains on: the eval scores a "
                         "past day with a model that has seen later days (the next-day score is the eval on the "

@@ -168,55 +168,30 @@ def remove_partials(directory: Path, names: tuple[str, ...] = SPLITS) -> None:
 
 
 def write_splits(directory: Path, schema: FeatureSchema, fill: Callable[[dict[str, "SplitWriter"]], None],
-                 extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The one way splits are written: a :class:`SplitWriter` per split (and per ``extra`` folder,
-    which ``fill`` must close and pop), filled by ``fill``, then published together (renamed from
-    their ``.partial`` names). On any failure (a full disk, bad data, an interrupt) this run's partial
-    files are removed and what earlier runs completed is kept. Returns each split's rows and bag lengths."""
+                 names: tuple[str, ...] = SPLITS, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The one way split folders are written: a :class:`SplitWriter` per name (train/val/test, or
+    one partition's ``partition_<N>``) and per ``extra`` folder (which ``fill`` must close and pop),
+    filled by ``fill``, then published together (renamed from their ``.partial`` names over any
+    folder of that name: a killed run's, or the previous job's). On any failure (a full disk, bad
+    data, an interrupt) this run's partial files are removed and what earlier runs completed is
+    kept. meta.json is not touched. Returns each folder's rows and bag lengths."""
     out = Path(directory)
-    names = (*SPLITS, *extra)
-    remove_partials(out, names)  # a killed run's leftovers
+    remove_partials(out, (*names, *extra))  # a killed run's leftovers
     writers: dict[str, SplitWriter] = {}
     try:
         tally = Tally()
-        for s in names:
+        for s in (*names, *extra):
             writers[s] = SplitWriter(out, s + PARTIAL, schema, tally)
         fill(writers)
-        splits = {s: w.close() for s, w in writers.items()}
+        written = {s: w.close() for s, w in writers.items()}
     except BaseException:
         for w in writers.values():
             w.abort()
-        remove_partials(out, names)
+        remove_partials(out, (*names, *extra))
         raise
-    for s in SPLITS:
+    for s in names:
         shutil.rmtree(out / s, ignore_errors=True)
         (out / (s + PARTIAL)).rename(out / s)
-    return splits
-
-
-def write_partition(directory: Path, schema: FeatureSchema, number: int,
-                    fill: Callable[["SplitWriter"], None]) -> dict[str, Any]:
-    """Writes partition ``number``'s files through one :class:`SplitWriter` under
-    ``partition_<N>.partial`` (filled by ``fill``) and renames the folder to ``partition_<N>``;
-    meta.json is not touched (``publish_partition`` adds it there, last). On any failure the
-    partial folder is removed. Returns its rows and bag lengths.
-
-    The caller holds the directory's lock and has checked that ``number`` is not in meta.json: a
-    ``partition_<N>`` folder already there is a killed run's, renamed but never published."""
-    out, name = Path(directory), partition_split(number)
-    remove_partials(out, (name,))
-    tally, writer = Tally(), None
-    try:
-        writer = SplitWriter(out, name + PARTIAL, schema, tally)
-        fill(writer)
-        written = writer.close()
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        remove_partials(out, (name,))
-        raise
-    shutil.rmtree(out / name, ignore_errors=True)
-    (out / (name + PARTIAL)).rename(out / name)
     return written
 
 
@@ -261,16 +236,6 @@ def read_fit(directory: Path) -> Optional[dict[str, Any]]:
     if fit is not None and not (isinstance(fit.get("vocab_rows"), dict) and isinstance(fit.get("scales"), dict)):
         raise DataError(f"{path}: damaged (no vocab_rows and scales objects); {START_OVER}")
     return fit
-
-
-def is_columnar(directory: str | Path) -> bool:
-    """A directory written (or being written) by ``dlrm-data preprocess --schema``."""
-    p = Path(directory) / META
-    if p.is_file():
-        meta = read_record(p, dict, "preprocess again (--overwrite)")
-        return meta.get("format") == FORMAT
-    job = read_job(Path(directory))  # a half-written directory: its job record says whose it is
-    return job is not None and "schema" in job
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
@@ -337,7 +302,7 @@ def check_directory(directory: str | Path) -> tuple[dict[str, Any], FeatureSchem
     by its split name ``partition_<N>``), all files checked; raises DataError naming the file."""
     meta = read_meta(directory)
     schema = from_dict(meta["schema"], f"{Path(directory) / META}")
-    rows = {s: _rows_of(meta, directory, s) for s in split_names(meta, directory)}
+    rows = {s: int(split_entry(meta, s, directory)["rows"]) for s in split_names(meta, directory)}
     return meta, schema, {s: open_split(directory, s, schema, n) for s, n in rows.items()}
 
 
@@ -394,10 +359,6 @@ def split_entry(meta: dict[str, Any], split: str, directory: str | Path = "") ->
     if not isinstance(entry, dict) or type(entry.get("rows")) is not int:
         raise DataError(f"{Path(directory) / META}: damaged (no rows for split {split!r}); preprocess again (--overwrite)")
     return entry
-
-
-def _rows_of(meta: dict[str, Any], directory: str | Path, split: str) -> int:
-    return int(split_entry(meta, split, directory)["rows"])
 
 
 # -- a job's claim on its output directory ------------------------------------------------------

@@ -29,8 +29,11 @@ Under the output directory's writer lock (fileio.DirLock) for the whole run, by 
   no record behind, so the directory is as it was.
 
 A partition is published last: its folder renamed from ``.partial``, then meta.json rewritten
-atomically with it (layout.write_partition / publish_partition), then its record marked complete.
+atomically with it (layout.write_splits / publish_partition), then its record marked complete.
 A reader that opens the directory meanwhile sees the partitions it had.
+
+A partition's rows are read and encoded by preprocess.py's one dispatcher (``run_passes``, with
+``Options.partition``): a CSV day by staging's one read, a criteo_tsv day by its workers.
 """
 
 from __future__ import annotations
@@ -43,10 +46,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from dlrm_dist.data.columnar import layout
-from dlrm_dist.data.errors import PreprocessError
-from dlrm_dist.data.jobrecord import (differences, is_complete, job_record, lock_out, mark_complete, read_job,
-                                      write_job)
-from dlrm_dist.data.partition_list import MAX_PARTITION, format_partitions
+from dlrm_dist.data.errors import DataError, PreprocessError
+from dlrm_dist.data.jobrecord import (START_OVER, differences, is_complete, job_record, lock_out, mark_complete,
+                                      read_job, write_job)
+from dlrm_dist.data.partition_list import MAX_PARTITION, listing
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.fileio import crc32c_of
 from dlrm_dist.features.schema import FeatureSchema, SplitSpec
@@ -99,18 +102,7 @@ def _check_number(number: int) -> int:
     return number
 
 
-def _check_inputs(opts: PartitionOptions) -> None:
-    missing = [str(p) for p in opts.inputs if not Path(p).is_file()]
-    if missing or not opts.inputs:
-        raise PreprocessError(f"input file(s) not found: {missing or 'none given'}")
-
-
 # -- reading what a directory holds ---------------------------------------------------------------
-def _listing(numbers: Any) -> str:
-    numbers = list(numbers)
-    return format_partitions(numbers) if numbers else "none"
-
-
 def partitioned_meta(out: Path, doing: str) -> dict[str, Any]:
     """A complete partitioned directory's meta.json, or a PreprocessError saying what ``doing`` needs."""
     if not (out / layout.META).is_file():
@@ -133,29 +125,26 @@ def _done(out: Path, number: int) -> PartitionReport:
 
 
 # -- writing one partition --------------------------------------------------------------------------
-def _write(opts: PartitionOptions, fitted: FeatureSchema, number: int, meta: dict[str, Any]) -> PartitionReport:
-    """Partition ``number`` from every row of the inputs, encoded by ``fitted``, published into
-    ``meta`` (meta.json rewritten, last); its record marked complete."""
-    from dlrm_dist.data.columnar import preprocess as driver  # (the driver's reader and encoder)
+def _write(opts: PartitionOptions, schema: FeatureSchema, number: int) -> tuple[dict[str, Any], Any]:
+    """Partition ``number``'s folder from every row of the inputs, by preprocess.py's dispatcher:
+    encoded by the directory's fit (fit.json, vocab/: an append), or, a new dataset's first, with
+    ``schema`` fitted on them first. Returns (its entry for meta.json, the driver's report)."""
+    from dlrm_dist.data.columnar import preprocess as driver
 
-    started = time.perf_counter()
-    encoding = for_partitions(fitted)
-    popts = driver.Options(schema=encoding, inputs=list(opts.inputs), out_dir=opts.out_dir, strict=opts.strict,
-                           progress=opts.progress, workers=opts.workers)
-    report = driver.Report()
+    popts = driver.Options(schema=for_partitions(schema), inputs=list(opts.inputs), out_dir=opts.out_dir,
+                           strict=opts.strict, progress=opts.progress, workers=opts.workers, partition=number)
+    _, _, written, report = driver.run_passes(popts)
+    entry = {**written[layout.partition_split(number)], "inputs": [str(Path(p).resolve()) for p in opts.inputs],
+             "rows_read": report.rows_read, "skipped": report.skipped, "malformed_examples": report.examples}
+    return entry, report
 
-    def fill(writer: layout.SplitWriter) -> None:
-        driver.write_rows(popts, encoding, None, report, {"train": writer})
-        if writer.labels.rows == 0:
-            raise PreprocessError(f"{', '.join(map(str, opts.inputs))}: no valid rows ({report.skipped} malformed "
-                                  f"line(s)), so partition {number} would be empty")
 
-    written = layout.write_partition(opts.out_dir, encoding, number, fill)
-    entry = {**written, "inputs": [str(Path(p).resolve()) for p in opts.inputs], "rows_read": report.rows_read,
-             "skipped": report.skipped, "malformed_examples": report.examples}
+def _publish(opts: PartitionOptions, meta: dict[str, Any], number: int, entry: dict[str, Any], report: Any,
+             started: float) -> PartitionReport:
+    """Partition ``number`` added to meta.json (rewritten, last), its record marked complete."""
     published = layout.publish_partition(opts.out_dir, meta, number, entry)
     mark_complete(opts.out_dir, layout.partition_job(number))
-    return PartitionReport(number, rows=written["rows"], rows_read=report.rows_read, skipped=report.skipped,
+    return PartitionReport(number, rows=entry["rows"], rows_read=report.rows_read, skipped=report.skipped,
                            examples=report.examples, seconds=time.perf_counter() - started,
                            partitions=list(layout.partitions_of(published, opts.out_dir)))
 
@@ -190,7 +179,7 @@ def _refuse_refit_into(out: Path, job: dict[str, Any], source: Optional[Path]) -
     if old is not None and not differences(old, job):
         return  # the same refit, complete: a no-op (begin_job says so)
     meta = layout.read_meta(out)
-    held = (f"partitions {_listing(layout.partitions_of(meta, out))}" if layout.is_partitioned(meta)
+    held = (f"partitions {listing(layout.partitions_of(meta, out))}" if layout.is_partitioned(meta)
             else "train/val/test splits")
     raise PreprocessError(f"--refit --out {out}: it holds a complete dataset ({held}); --refit writes a new dataset "
                           "fitted on the input, never into an existing one: give a new --out")
@@ -204,7 +193,7 @@ def _refuse_another_first_partition(out: Path, job: dict[str, Any]) -> None:
         return
     meta = layout.read_meta(out)
     if layout.is_partitioned(meta):
-        raise PreprocessError(f"{out} is a complete dataset of partitions {_listing(layout.partitions_of(meta, out))} "
+        raise PreprocessError(f"{out} is a complete dataset of partitions {listing(layout.partitions_of(meta, out))} "
                               f"(fitted on partition {meta.get('fitted_on')}), started by another job "
                               f"({'; '.join(differences(old, job))}): to add this day with its fitted schema use "
                               "--append; to start the directory over, --overwrite")
@@ -218,7 +207,7 @@ def new_dataset(opts: PartitionOptions) -> PartitionReport:
     if opts.schema is None:
         raise PreprocessError("a new dataset needs --schema (a schema file, a built-in name, or a directory whose "
                               "schema as written to use)")
-    _check_inputs(opts)
+    driver.check_inputs(opts.inputs)
     number, out = _first_number(opts), Path(opts.out_dir)
     schema = opts.schema.without_fitted()
     layout.output_files(out, schema, (layout.partition_split(number),))  # every path checked before any is written
@@ -231,13 +220,11 @@ def new_dataset(opts: PartitionOptions) -> PartitionReport:
         if layout.begin_job(out, job, opts.overwrite):
             return _done(out, number)
         started = time.perf_counter()
-        fit_opts = driver.Options(schema=for_partitions(schema), inputs=list(opts.inputs), out_dir=out,
-                                  strict=opts.strict, progress=opts.progress, workers=opts.workers)
-        fit = driver.fit_pass(fit_opts, None, None)  # (over every row: the partition is all "train")
-        fitted = schema.with_fitted(fit["vocab_rows"], {k: tuple(v) for k, v in fit["scales"].items()})
         write_job(out, _partition_record(opts, number), name=layout.partition_job(number))
+        entry, driver_report = _write(opts, schema, number)  # (fitted over every row: all "train")
+        fitted = driver.fitted_schema(schema, layout.read_fit(out))  # (with its own [split], as written)
         meta = {"schema": fitted.to_dict(), "splits": {}, "partitions": {}, "fitted_on": number}
-        report = _write(opts, fitted, number, meta)
+        report = _publish(opts, meta, number, entry, driver_report, started)
         mark_complete(out)
     report.fitted, report.seconds = True, time.perf_counter() - started
     return report
@@ -297,13 +284,18 @@ def append(opts: PartitionOptions) -> PartitionReport:
     if opts.refit:
         raise PreprocessError("--append --refit: --append adds a partition with the directory's fitted schema; "
                               "--refit makes a new dataset fitted on the input (a new --out): choose one")
-    _check_inputs(opts)
+    from dlrm_dist.data.columnar import preprocess as driver
+
+    driver.check_inputs(opts.inputs)
     out = Path(opts.out_dir)
     if not out.is_dir():  # (before the lock, which would create it)
         partitioned_meta(out, "append to")
     with lock_out(out, "dlrm-data preprocess --append"):
         meta = partitioned_meta(out, "append to")
         stored = layout.stored_schema(out)
+        if layout.read_fit(out) is None:  # (the passes would fit this day instead: other vocabularies)
+            raise DataError(f"{out / layout.FIT}: missing, and an appended partition is encoded with the fit of "
+                            f"partition {meta.get('fitted_on')} it holds; {START_OVER}")
         _same_schema(out, opts.schema, stored)
         published = layout.partitions_of(meta, out)
         number = _check_number(opts.partition) if opts.partition is not None else max(published, default=0) + 1
@@ -320,8 +312,10 @@ def append(opts: PartitionOptions) -> PartitionReport:
         _refuse_published_input(out, published, record, number)
         layout.clear_unpublished(out, published)  # (an append that did not complete starts over, whichever it was)
         write_job(out, record, name=name)
+        started = time.perf_counter()
         try:
-            return _write(opts, stored, number, meta)
+            entry, report = _write(opts, stored, number)
+            return _publish(opts, meta, number, entry, report, started)
         except DlrmError:  # refused input (bad lines, no rows, a full disk): nothing was published, no record kept
             (out / name).unlink(missing_ok=True)
             raise

@@ -1,16 +1,21 @@
-"""``dlrm-data preprocess --schema``: any CSV/TSV/Parquet input -> the columnar layout (layout.py).
+"""``dlrm-data preprocess --schema``: any CSV/TSV/Parquet/Criteo TSV input -> the columnar layout (layout.py).
 
-Streaming in bounded memory (one record batch at a time), in up to three passes:
+One dispatcher (``run_passes``) picks how the inputs are read, by what the schema's input and
+split need, and every job (train/val/test splits here, a day partition for partitions.py) goes
+through it, into the one writer (layout.write_splits):
 
-1. ``time`` split with fractions: read the time column to find the cut-offs
-   (8 bytes per row held: the one pass whose memory grows with the data);
-   ``day`` split with ``days``: count the inputs' lines (worker processes, at disk speed);
-2. fit, when the schema has vocabularies or standardize/minmax: count values and moments
-   over the training split only (saved to fit.json, so a rerun does not redo it);
-3. write: encode every row (encode.encode_batch; criteo_tsv's reader runs it in its
-   workers) and append it to its split's files, under ``.partial`` names renamed at the
-   end; by day, the last day's rows go to a holdout whose first ceil(n/2) rows become val
-   and the rest test once n is known; meta.json is written last.
+- CSV, TSV and Parquet split by random or time: staging.py's one read (the time cut-offs, the fit
+  and the write from the staged columns);
+- ``criteo_tsv`` inputs and splits by day: streaming passes in bounded memory (one record batch
+  at a time). ``time`` split: read the time column for the cut-offs (8 bytes per row held);
+  ``day`` split with ``days``: count the inputs' lines (worker processes, at disk speed); then the
+  fit, when the schema has vocabularies or standardize/minmax (the training split only); then
+  the write: every row encoded (encode.encode_batch; criteo_tsv's reader runs it in its worker
+  processes) and appended to its split's files; by day, the last day's rows go to a holdout whose
+  first ceil(n/2) rows become val and the rest test once n is known.
+
+Either way the fit is saved (fit.json, vocab/) so that a rerun does not redo it, the folders are
+written under ``.partial`` names renamed at the end, and meta.json is written last.
 
 A run holds ``--out``'s writer lock (fileio.DirLock) from before it reads anything there
 until its last file is published: a second job into the same directory is refused naming
@@ -20,10 +25,6 @@ reports it complete); a different job starts over in the directory of a job that
 complete, and is refused over a completed one, naming what differs, unless ``overwrite``.
 Every path is checked to stay inside ``--out`` before anything is written; every JSON file
 is written atomically; a full disk is named and this run's ``.partial`` files are removed.
-
-A dataset that grows by day (``--partition N``, ``--append``, ``--refit``) is written by
-partitions.py, through this module's fit pass and row writer: every row of a day's input is one
-partition, encoded with the schema fitted on the first.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from dlrm_dist.data.columnar import encode, layout
+from dlrm_dist.data.columnar import encode, layout, staging
 from dlrm_dist.data.columnar.criteo_tsv import count_lines
 from dlrm_dist.data.columnar.encode import HOLDOUT, Days, Encoded
 from dlrm_dist.data.columnar.read import BadLines, PreprocessError, read_encoded, read_inputs
@@ -63,6 +64,7 @@ class Options:
     overwrite: bool = False
     progress: bool = True
     workers: int = max(1, os.cpu_count() or 1)  # criteo_tsv: parsing and encoding processes
+    partition: Optional[int] = None  # write this day partition's folder (partitions.py) instead of the splits
 
 
 @dataclass
@@ -75,6 +77,12 @@ class Report:
     up_to_date: bool = False
     split_fractions: dict[str, float] = field(default_factory=dict)  # a time split's realised shares of the rows
     warnings: list[str] = field(default_factory=list)
+
+
+def check_inputs(inputs: list[Path]) -> None:
+    missing = [str(p) for p in inputs if not Path(p).is_file()]
+    if missing or not inputs:
+        raise PreprocessError(f"input file(s) not found: {missing or 'none given'}")
 
 
 # -- the job record -----------------------------------------------------------------------------
@@ -90,8 +98,9 @@ def _done(out: Path) -> Report:
 
 
 # -- passes ---------------------------------------------------------------------------------------
-def _bar(opts: Options, desc: str) -> tqdm:
-    return tqdm(desc=desc, unit=" rows", unit_scale=True, disable=not opts.progress)
+def bar(opts: Any, desc: str, total: Optional[int] = None) -> tqdm:
+    """The progress bar of a pass over rows (off without ``opts.progress``)."""
+    return tqdm(desc=desc, total=total, unit=" rows", unit_scale=True, disable=not opts.progress)
 
 
 def _time_cutoffs(opts: Options, report: Report) -> Optional[tuple[float, float]]:
@@ -99,10 +108,10 @@ def _time_cutoffs(opts: Options, report: Report) -> Optional[tuple[float, float]
     if opts.schema.split.by != "time":
         return None
     times = []
-    with _bar(opts, "time split") as bar:
+    with bar(opts, "time split") as shown:
         for _, _, batch in read_inputs(opts.inputs, opts.schema, BadLines(strict=opts.strict), workers=opts.workers):
             times.append(encode.times_of(batch, opts.schema))
-            bar.update(batch.num_rows)
+            shown.update(batch.num_rows)
     return time_cutoffs(opts.schema, np.concatenate(times) if times else np.zeros(0), report)
 
 
@@ -141,7 +150,7 @@ def refuse_empty_splits(schema: FeatureSchema, rows: dict[str, int], how: str = 
                               "or a fraction of 0 for a split you do not want")
 
 
-class _Moments:
+class Moments:
     """Count, mean, sum of squared deviations (merged per batch: no catastrophic sum of squares),
     minimum and maximum of one dense feature over the training split."""
 
@@ -216,7 +225,7 @@ def _days(opts: Options) -> Optional[Days]:
     return Days.cut(opts.inputs, count_lines(opts.inputs, opts.workers) if s.days else None, s.days)
 
 
-def fit_pass(opts: Options, cutoffs: Optional[tuple[float, float]], days: Optional[Days] = None) -> dict[str, Any]:
+def _fit_pass(opts: Options, cutoffs: Optional[tuple[float, float]], days: Optional[Days]) -> dict[str, Any]:
     """The fit pass: vocabularies and dense statistics of the training split (fit.json, if a run
     already wrote it)."""
     done = layout.read_fit(opts.out_dir)
@@ -228,14 +237,14 @@ def fit_pass(opts: Options, cutoffs: Optional[tuple[float, float]], days: Option
     result: dict[str, Any] = {"vocab_rows": {}, "scales": {}}
     if vocab_tables or fitted:
         counts = {t: _VocabCounts() for t in vocab_tables}
-        moments = {d.name: _Moments(d.name) for d in fitted}
+        moments = {d.name: Moments(d.name) for d in fitted}
         row0 = 0
-        with _bar(opts, "fit (train split)") as bar:
+        with bar(opts, "fit (train split)") as shown:
             for path, first, batch in read_inputs(opts.inputs, schema, BadLines(strict=opts.strict),
                                                   workers=opts.workers):
                 train = encode.split_of(batch, schema, row0, cutoffs, days) == 0
                 row0 += batch.num_rows
-                bar.update(batch.num_rows)
+                shown.update(batch.num_rows)
                 if not train.any():
                     continue
                 sub = batch.filter(pa.array(train))
@@ -282,12 +291,34 @@ def _halve_holdout(out: Path, schema: FeatureSchema, writers: dict[str, layout.S
     shutil.rmtree(out / (_HOLDOUT + layout.PARTIAL))
 
 
-def _write(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report,
-           days: Optional[Days] = None, rows: Optional[Callable[..., None]] = None) -> dict[str, Any]:
-    """Writes and publishes the splits (layout.write_splits); a day split's last day goes to a holdout
-    folder first, halved into val and test at the end."""
+class _NoRows:
+    """A partition's val and test writers: its schema's split (every row "train") gives them none."""
+
+    def append(self, keep: np.ndarray, *arrays: Any) -> None:
+        if np.any(keep):
+            raise AssertionError("a partition's schema put a row outside its one split")
+
+
+def write_outputs(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report,
+                  days: Optional[Days] = None, rows: Optional[Callable[..., None]] = None) -> dict[str, Any]:
+    """Writes and publishes the job's folders (layout.write_splits), filled by ``rows`` (this
+    module's write pass; staging.py passes its own), which appends each row to ``writers[split]``:
+    the three splits (a day split's last day to a holdout folder first, halved into val and test
+    at the end), or with ``opts.partition`` that partition's one folder, as "train"."""
+    write = rows or _write_rows
+    if opts.partition is not None:
+        name = layout.partition_split(opts.partition)
+
+        def fill_partition(writers: dict[str, layout.SplitWriter]) -> None:
+            write(opts, schema, cutoffs, report, {"train": writers[name], "val": _NoRows(), "test": _NoRows()}, days)
+            if writers[name].labels.rows == 0:
+                raise PreprocessError(f"{', '.join(map(str, opts.inputs))}: no valid rows ({report.skipped} malformed "
+                                      f"line(s)), so partition {opts.partition} would be empty")
+
+        return layout.write_splits(opts.out_dir, schema, fill_partition, names=(name,))
+
     def fill(writers: dict[str, layout.SplitWriter]) -> None:
-        (rows or write_rows)(opts, schema, cutoffs, report, writers, days)  # (staging.py passes its own)
+        write(opts, schema, cutoffs, report, writers, days)
         if days is not None:
             _halve_holdout(opts.out_dir, schema, writers)
 
@@ -295,10 +326,10 @@ def _write(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, 
     return layout.write_splits(opts.out_dir, schema, fill, extra=(_HOLDOUT,) if days is not None else ())
 
 
-def write_rows(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report,
-                writers: dict[str, layout.SplitWriter], days: Optional[Days] = None) -> None:
-    """The write pass: every row of the inputs encoded by ``schema`` (its vocabularies read from the
-    directory) into its split's writer (partitions.py passes one writer, its partition's)."""
+def _write_rows(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report,
+                writers: dict[str, Any], days: Optional[Days] = None) -> None:
+    """The streaming write pass: every row of the inputs encoded by ``schema`` (its vocabularies
+    read from the directory) into its split's writer."""
     vocabs = {t: pa.array(layout.read_vocab(opts.out_dir, t))
               for t in schema.table_names if schema.features_of(t)[0].kind == "vocab"}
     encoder = lambda batch: encode.encode_batch(batch, schema, vocabs)  # noqa: E731 (run by workers: fork)
@@ -306,22 +337,38 @@ def write_rows(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[flo
     targets = {**dict(enumerate(SPLITS)), HOLDOUT: _HOLDOUT}  # split code -> writer
     bad = BadLines(strict=opts.strict)
     row0 = 0
-    with _bar(opts, "preprocess") as bar:
+    with bar(opts, "preprocess") as shown:
         for path, first, batch, enc in read_encoded(opts.inputs, schema, bad, encoder, from_arrays, opts.workers):
             split = encode.split_of(batch, schema, row0, cutoffs, days)
             for k, s in targets.items():
                 if s in writers:
                     writers[s].append(split == k, enc.dense, enc.labels, enc.ids)
             row0 += batch.num_rows
-            bar.update(batch.num_rows)
+            shown.update(batch.num_rows)
     report.rows_read, report.skipped, report.examples = row0 + bad.count, bad.count, bad.examples
+
+
+def fitted_schema(schema: FeatureSchema, fit: dict[str, Any]) -> FeatureSchema:
+    """``schema`` with a fit pass's result (fit.json: vocabulary rows, dense scales)."""
+    return schema.with_fitted(fit["vocab_rows"], {k: tuple(v) for k, v in fit["scales"].items()})
+
+
+def run_passes(opts: Options) -> tuple[FeatureSchema, Optional[tuple[float, float]], dict[str, Any], Report]:
+    """The conversion of a (locked, checked) job, by the passes its inputs and split need (module
+    docstring); writes fit.json, vocab/ and the folders, not meta.json. Returns (fitted schema,
+    time cut-offs, each folder's rows and bag lengths, report)."""
+    if staging.supported(opts.schema):
+        return staging.run(opts)
+    report = Report()
+    cutoffs = _time_cutoffs(opts, report)
+    days = _days(opts)
+    schema = fitted_schema(opts.schema, _fit_pass(opts, cutoffs, days))
+    return schema, cutoffs, write_outputs(opts, schema, cutoffs, report, days), report
 
 
 def preprocess(opts: Options) -> Report:
     """Runs (or resumes, or confirms) the whole conversion; returns what was read and written."""
-    missing = [str(p) for p in opts.inputs if not p.is_file()]
-    if missing or not opts.inputs:
-        raise PreprocessError(f"input file(s) not found: {missing or 'none given'}")
+    check_inputs(opts.inputs)
     layout.output_files(opts.out_dir, opts.schema)  # every path it would write, checked before any is
     with lock_out(opts.out_dir, "dlrm-data preprocess"):
         if layout.begin_job(opts.out_dir, _job(opts), opts.overwrite):
@@ -332,18 +379,8 @@ def preprocess(opts: Options) -> Report:
 
 
 def _run(opts: Options) -> Report:
-    from dlrm_dist.data.columnar import staging  # (it builds on this module's writers and moments)
-
     started = time.perf_counter()
-    if staging.supported(opts.schema):  # one read: the cut-offs, the fit and the write from staged columns
-        schema, cutoffs, splits, report = staging.run(opts)
-    else:
-        report = Report()
-        cutoffs = _time_cutoffs(opts, report)
-        days = _days(opts)
-        fit = fit_pass(opts, cutoffs, days)
-        schema = opts.schema.with_fitted(fit["vocab_rows"], {k: tuple(v) for k, v in fit["scales"].items()})
-        splits = _write(opts, schema, cutoffs, report, days)
+    schema, cutoffs, splits, report = run_passes(opts)
     report.rows = {s: splits[s]["rows"] for s in SPLITS}
     refuse_empty_splits(opts.schema, report.rows)
     report.seconds = time.perf_counter() - started
@@ -353,3 +390,7 @@ def _run(opts: Options) -> Report:
         "time_cutoffs": list(cutoffs) if cutoffs else None, "split_fractions": report.split_fractions or None,
     })
     return report
+
+
+# staging.py's old names of bar, write_outputs and Moments: they go once it calls the new ones
+_bar, _write, _Moments = bar, write_outputs, Moments
