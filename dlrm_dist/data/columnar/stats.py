@@ -45,25 +45,19 @@ def compute_stats(directory: str | Path) -> dict[str, Any]:
     if layout.is_partitioned(meta):
         return _partitioned_stats(directory, meta, schema, splits)
     train = splits["train"]
-    features = []
-    for f in schema.sparse:
-        rows = schema.table_rows(f.table)
-        ids = train.ids[f.name]
-        if f.managed:  # raw ids (the remapper maps them to rows): the distinct ids seen, which may pass rows
-            cardinality = int(np.unique(np.asarray(ids)).size)
-        else:
-            seen = np.zeros(rows, dtype=bool)
-            for i in range(0, len(ids), BLOCK):
-                seen[np.asarray(ids[i : i + BLOCK])] = True
-            cardinality = int(seen.sum())
-        features.append({"feature": f.name, "table": f.table, "table_size": rows, "cardinality": cardinality,
-                         "pooling_factor": float(meta["splits"]["train"]["bag_lengths"][f.name])})
+    cardinality = {f.name: _Seen(f, schema.id_range(f)).added(train.ids[f.name]) for f in schema.sparse}
     return {
         "directory": str(directory), "schema": schema.name, "num_dense": schema.num_dense,
         "splits": {s: {"rows": splits[s].rows, "label_rate": _label_rate(splits[s].labels)} for s in SPLITS},
-        "features": features,
+        "features": _features(schema, cardinality, meta["splits"]["train"]["bag_lengths"]),
         "tables": _tables(schema),
     }
+
+
+def _features(schema: Any, cardinality: dict[str, int], pooling: dict[str, float]) -> list[dict[str, Any]]:
+    """Per sparse feature: its table, the table's rows, distinct ids seen, mean bag length."""
+    return [{"feature": f.name, "table": f.table, "table_size": schema.table_rows(f.table),
+             "cardinality": cardinality[f.name], "pooling_factor": float(pooling[f.name])} for f in schema.sparse]
 
 
 def _tables(schema: Any) -> list[dict[str, Any]]:
@@ -83,6 +77,11 @@ class _Seen:
 
     def count(self) -> int:
         return int(self.sorted.size if self.managed else self.flags.sum())
+
+    def added(self, ids: np.ndarray) -> int:
+        """The distinct ids seen once ``ids`` are added."""
+        self.add(ids)
+        return self.count()
 
     def add(self, ids: np.ndarray) -> tuple[int, int]:
         """Adds a partition's ids; (its ids seen in no earlier partition, distinct such ids)."""
@@ -148,13 +147,11 @@ def _partitioned_stats(directory: str | Path, meta: dict[str, Any], schema: Any,
                       "new_id_rate": _rate(new, ids) if k else None, "features": features})
     rows = {n: int(e["rows"]) for n, e in entries.items()}
     total = max(sum(rows.values()), 1)
-    features = [{"feature": f.name, "table": f.table, "table_size": schema.table_rows(f.table),
-                 "cardinality": cardinality[f.name],
-                 "pooling_factor": sum(float(e["bag_lengths"][f.name]) * rows[n] for n, e in entries.items()) / total}
-                for f in schema.sparse]
+    pooling = {f.name: sum(float(e["bag_lengths"][f.name]) * rows[n] for n, e in entries.items()) / total
+               for f in schema.sparse}
     return {"directory": str(directory), "schema": schema.name, "num_dense": schema.num_dense, "splits": {},
             "fitted_on": meta.get("fitted_on"), "new_id_rate": NEW_ID_RATE, "partitions": parts,
-            "features": features, "tables": _tables(schema)}
+            "features": _features(schema, cardinality, pooling), "tables": _tables(schema)}
 
 
 def tables_file(stats: dict[str, Any], default_dim: int) -> dict[str, Any]:
