@@ -31,7 +31,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 from torchrec.datasets.utils import Batch
@@ -104,24 +104,30 @@ class ColumnarDataset:
 
     def batches(self, split: str, global_batch_size: int, rank: int, world_size: int,
                 num_batches: Optional[int] = None, start_batch: int = 0) -> Iterator[Batch]:
-        """This rank's slice of global batches ``start_batch, ...`` of ``split``."""
-        data = self.split(split)
+        """This rank's slice of global batches ``start_batch, ...`` of ``split`` ("train": the
+        training order, ``_train_order``; any other split: its own batches in order, each once)."""
         if split == "train":
-            per_epoch = data.rows // global_batch_size
-            if per_epoch == 0:
-                raise DataError(f"{self.directory}: the training split has {data.rows} rows, fewer than one "
-                                f"global batch of {global_batch_size}")
-            count = num_batches
+            count, (_, position) = num_batches, self._train_order(global_batch_size)
         else:  # the split's own batches (the test split, scored at the end, is not the eval split's size)
-            per_epoch = max(1, math.ceil(data.rows / global_batch_size))
+            per_epoch = max(1, math.ceil(self.split(split).rows / global_batch_size))
             count = per_epoch if num_batches is None else min(num_batches, per_epoch)
+            position = lambda b: (split, b % per_epoch)  # noqa: E731
         local = global_batch_size // world_size
         b = start_batch
         while count is None or b < start_batch + count:
-            position = batch_position(b, per_epoch, self.seed, self.shuffle and split == "train")
-            lo = position * global_batch_size + rank * local
-            yield to_batch(self.block(split, lo, local), self.feature_names)
+            name, at = position(b)
+            yield to_batch(self.block(name, at * global_batch_size + rank * local, local), self.feature_names)
             b += 1
+
+    def _train_order(self, global_batch_size: int) -> tuple[int, Callable[[int], tuple[str, int]]]:
+        """(global batches per epoch, global batch b -> (split, which of its batches)): the training
+        split's batches in a seeded permutation per epoch, its last partial batch dropped."""
+        rows = self.split("train").rows
+        per_epoch = rows // global_batch_size
+        if per_epoch == 0:
+            raise DataError(f"{self.directory}: the training split has {rows} rows, fewer than one "
+                            f"global batch of {global_batch_size}")
+        return per_epoch, lambda b: ("train", batch_position(b, per_epoch, self.seed, self.shuffle))
 
     # -- reading -------------------------------------------------------------------------------
     def block(self, split: str, lo: int, count: int) -> SampleBlock:
@@ -250,16 +256,9 @@ class PartitionedDataset(ColumnarDataset):
                 for f in self.feature_names}
 
     # -- the training stream ---------------------------------------------------------------------
-    def batches(self, split: str, global_batch_size: int, rank: int, world_size: int,
-                num_batches: Optional[int] = None, start_batch: int = 0) -> Iterator[Batch]:
-        """This rank's slice of global batches ``start_batch, ...`` of ``split``: "train" is the
-        stream over the partitions (module docstring); any other split is read as an eval split."""
-        if split != "train":
-            return super().batches(split, global_batch_size, rank, world_size, num_batches, start_batch)
-        return self._stream(global_batch_size, rank, world_size, num_batches, start_batch)
-
-    def _stream(self, global_batch_size: int, rank: int, world_size: int, num_batches: Optional[int],
-                start_batch: int) -> Iterator[Batch]:
+    def _train_order(self, global_batch_size: int) -> tuple[int, Callable[[int], tuple[str, int]]]:
+        """The stream over the partitions (module docstring): global batch b is epoch b // P, then the
+        partition whose span holds b % P, shuffled within that partition only."""
         spans = [s for s in self.partition_spans(global_batch_size) if s.batches]
         per_epoch = sum(s.batches for s in spans)
         if per_epoch == 0:
@@ -267,15 +266,13 @@ class PartitionedDataset(ColumnarDataset):
             raise DataError(f"{self.directory}: no training partition has a full global batch of {global_batch_size} "
                             f"rows (rows per partition {rows}): lower the batch size or train on more partitions")
         starts = [s.start_batch for s in spans]
-        local = global_batch_size // world_size
-        b = start_batch
-        while num_batches is None or b < start_batch + num_batches:
+
+        def position(b: int) -> tuple[str, int]:
             epoch, i = divmod(b, per_epoch)
             span = spans[bisect.bisect_right(starts, i) - 1]
-            position = self._position(span.partition, epoch, i - span.start_batch, span.batches)
-            yield to_batch(self.block(span.split, position * global_batch_size + rank * local, local),
-                           self.feature_names)
-            b += 1
+            return span.split, self._position(span.partition, epoch, i - span.start_batch, span.batches)
+
+        return per_epoch, position
 
     def _position(self, partition: int, epoch: int, i: int, batches: int) -> int:
         """Which of the partition's batches its ``i``-th of this epoch reads: a permutation seeded by
