@@ -13,26 +13,20 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
-from torchrec.distributed.planner.shard_estimators import _calculate_shard_io_sizes
 
 from dlrm_dist.planning.perf import Perf
+from dlrm_dist.planning.shard_storage import io_sizes
 from dlrm_dist.planning.types import (
     PERF_FIELDS, Capacity, PlanEstimates, PlannerInputs, PlanSummary, RankEstimate, TableCost, TablePlacement,
 )
 
-ID_BYTES, EMB_BYTES = 8, 4  # int64 ids in, fp32 pooled embeddings out
-
-
 def _io_bytes(tp: TablePlacement, inputs: PlannerInputs) -> tuple[np.ndarray, np.ndarray]:
-    """Per shard: input (ids) and output (embeddings) bytes per iteration, TorchRec's model."""
+    """Per shard: input (ids) and output (embeddings) bytes per iteration, TorchRec's model
+    (its _calculate_shard_io_sizes for int64 ids and fp32 outputs, in closed form: shard_storage.io_sizes)."""
     t = inputs.topology
     table = inputs.tables[tp.option.table]
-    ins, outs = _calculate_shard_io_sizes(
-        sharding_type=tp.option.sharding_type, batch_sizes=[inputs.batch_size_per_rank],
-        world_size=t.world_size, local_world_size=t.ranks_per_host, input_lengths=[table.pooling_factor],
-        emb_dim=table.dim, shard_sizes=[list(s) for s in tp.option.sizes], input_data_type_size=ID_BYTES,
-        output_data_type_size=EMB_BYTES, num_poolings=[1.0], is_pooled=True,
-    )
+    ins, outs = io_sizes(tp.option.sharding_type, tp.option.sizes.tolist(), table.dim, table.pooling_factor,
+                         inputs.batch_size_per_rank, t.world_size, t.ranks_per_host)
     return np.asarray(ins, dtype=np.float64), np.asarray(outs, dtype=np.float64)
 
 

@@ -1,47 +1,64 @@
 """Enumeration and estimation: every way each table may be sharded, with TorchRec's costs.
 
-This wraps two stages of TorchRec's planner. The *estimates* are TorchRec's own
-(EmbeddingPerfEstimator and EmbeddingStorageEstimator, run on TorchRec ShardingOptions),
-so a plan's cost means exactly what it means to TorchRec's planner. The *enumeration* is
-ours, because TorchRec's builds and estimates every shard of every option (0.3 ms per
-shard: hours for 1,000 tables on 512 ranks). Two facts, both checked by tests against
+This is two stages of TorchRec's planner. The *estimates* are TorchRec's own models, so a plan's
+cost means exactly what it means to TorchRec's planner: its default perf estimator
+(EmbeddingPerfEstimator) in closed form (shard_perf.py) and its storage estimator
+(EmbeddingStorageEstimator) in closed form (shard_storage.py), both equal to TorchRec's float for
+float and byte for byte (tests/unit/test_planner_perf.py, test_planner_storage.py), with TorchRec's
+shard layouts (shard_layout.py). So planning imports neither TorchRec nor torch: importing them
+took longer than planning 1,000 tables. Calibrated inputs keep TorchRec's path
+(torchrec_bridge.CalibratedPerfEstimator on a TorchRec ShardingOption, built only on a cache miss).
+The *enumeration* is ours, because TorchRec's builds and estimates every shard of every option
+(0.3 ms per shard: hours for 1,000 tables on 512 ranks). Two facts, both checked by tests against
 TorchRec's own enumerator, make it cheap:
 - within an option, shards of equal size get equal estimates, so only one shard per
   distinct size is estimated;
 - a shard's perf does not depend on the table's row count (except for data_parallel,
   whose gradient all-reduce does), so perf is cached per (sharding type, kernel, dim,
   pooling factor, cache load factor, shard width). Storage is estimated per table.
-
-Storage is TorchRec's formula in closed form (shard_storage.py, equal to its estimator byte for
-byte), and a TorchRec ShardingOption is built only when the perf cache misses. No model is
-built: TorchRec's estimators read a table's shape and element size from a meta tensor of that
-shape, and the module only for its type (one stand-in EmbeddingBagCollection of one tiny table).
-Building a meta EmbeddingBagCollection of every table ran each table's weight initialiser, about
-a fifth of planning 1,000 tables.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
-from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.planner.enumerators import get_partition_by_type
-import torch
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
-from torchrec.distributed.planner.types import Shard, ShardingOption
-from torchrec.distributed.planner.utils import build_sharder_data_map, sharder_name
-from torchrec.distributed.sharding_plan import calculate_shard_sizes_and_offsets
-from torchrec.distributed.types import CacheParams
 
 from dlrm_dist.names import COMPUTE_KERNELS, FUSED_DIM_MULTIPLE, SHARDING_TYPES
 from dlrm_dist.planning.inputs import MANAGED_KERNEL, MANAGED_SHARDING_TYPE
+from dlrm_dist.planning.shard_layout import shard_layout
+from dlrm_dist.planning.shard_perf import Bandwidths, ShardContext, device_bw, shard_perf
 from dlrm_dist.planning.shard_storage import shard_storages
 from dlrm_dist.planning.storage import check_storage, remapper_bytes
-from dlrm_dist.planning.types import PERF_FIELDS, Capacity, Option, PlannerInputs, TableSpec
-from dlrm_dist.planning.torchrec_bridge import cache_load_factor, constraints, perf_estimator, torchrec_topology
+from dlrm_dist.planning.types import PARTITION_BY, PERF_FIELDS, Capacity, Option, PlannerInputs, TableSpec
+
+if TYPE_CHECKING:
+    import torch
+    from torchrec.distributed.planner.types import ShardingOption
 
 PLANNED_KERNELS = COMPUTE_KERNELS  # key-value and virtual tables need SSD/KV backends: not planned
+# TorchRec's EmbeddingBagCollectionSharder: its sharding types per device, in its order (a test keeps them equal).
+SHARDER_TYPES: dict[str, tuple[str, ...]] = {
+    "cpu": ("data_parallel", "table_wise", "column_wise", "table_column_wise"),
+    "cuda": ("data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise",
+             "grid_shard"),
+}
+_CUDA_MODEL_PARALLEL_KERNELS = ("fused", "fused_uvm", "fused_uvm_caching", "key_value", "ssd_virtual_table",
+                                "dram_virtual_table", "dram_ssd_virtual_table")
+
+
+def sharder_kernels(sharding_type: str, device: str) -> tuple[str, ...]:
+    """TorchRec's EmbeddingBagCollectionSharder.compute_kernels: dense for data parallel; fused (and on cuda
+    the UVM, key-value and virtual-table kernels) otherwise."""
+    if sharding_type == "data_parallel":
+        return ("dense",)
+    return _CUDA_MODEL_PARALLEL_KERNELS if device == "cuda" else ("fused",)
+
+
+def cache_load_factor(inputs: PlannerInputs, table: TableSpec) -> float:
+    """The table's cache load factor, else the budget's (torchrec_bridge.cache_load_factor's rule; a test keeps
+    them equal)."""
+    return table.cache_load_factor if table.cache_load_factor is not None else inputs.budgets.cache_load_factor
 
 
 class Enumerator:
@@ -50,26 +67,41 @@ class Enumerator:
     def __init__(self, inputs: PlannerInputs) -> None:
         check_storage(inputs)  # before anything is built: a 2**40-wide table must not be enumerated
         self.inputs = inputs
-        self.topology = torchrec_topology(inputs)
-        self.constraints = constraints(inputs)
-        self.sharder = EmbeddingBagCollectionSharder()
-        self.sharder_data = build_sharder_data_map({sharder_name(self.sharder.module_type): self.sharder})
-        self.perf_estimator = perf_estimator(inputs, self.topology, self.constraints)  # calibrated if the inputs say
-        self._module = _stand_in_module()
-        self._tensors: dict[str, torch.Tensor] = {}
+        # Uncalibrated estimates are TorchRec's default model in closed form (shard_perf.py): no TorchRec import.
+        self._bandwidths = Bandwidths.of(inputs) if inputs.calibration is None else None
+        self._torchrec: Optional[_TorchRecEstimator] = None
         self._perf_cache: dict[tuple, dict[int, np.ndarray]] = {}
         self.capacity = Capacity.of(inputs)
         self._layouts: dict[tuple, tuple] = {}
 
+    # -- TorchRec's side, built only when used (calibrated inputs, tests, benchmarks) ---------------
     @property
-    def params(self) -> dict[str, torch.Tensor]:
-        """Each table's weight as a meta tensor (its shape and dtype: all TorchRec's estimators read)."""
-        return {t.name: self._tensor(t) for t in self.inputs.tables}
+    def torchrec(self) -> "_TorchRecEstimator":
+        """TorchRec's topology, constraints, sharder data and perf estimator (calibrated if the inputs say)."""
+        if self._torchrec is None:
+            self._torchrec = _TorchRecEstimator(self.inputs)
+        return self._torchrec
 
-    def _tensor(self, table: TableSpec) -> torch.Tensor:
-        if table.name not in self._tensors:
-            self._tensors[table.name] = torch.empty((table.rows, table.dim), dtype=torch.float32, device="meta")
-        return self._tensors[table.name]
+    @property
+    def topology(self) -> Any:
+        return self.torchrec.topology
+
+    @property
+    def constraints(self) -> Any:
+        return self.torchrec.constraints
+
+    @property
+    def sharder_data(self) -> Any:
+        return self.torchrec.sharder_data
+
+    @property
+    def perf_estimator(self) -> Any:
+        return self.torchrec.perf_estimator
+
+    @property
+    def params(self) -> dict[str, "torch.Tensor"]:
+        """Each table's weight as a meta tensor (its shape and dtype: all TorchRec's estimators read)."""
+        return {t.name: self.torchrec.tensor(t) for t in self.inputs.tables}
 
     def candidates(self, table: TableSpec) -> list[tuple[str, str]]:
         """(sharding type, kernel) pairs allowed by the device, the sharder and the table.
@@ -82,12 +114,12 @@ class Enumerator:
             return [(MANAGED_SHARDING_TYPE, MANAGED_KERNEL)]
         device = self.inputs.topology.device
         out = []
-        for st in self.sharder.sharding_types(device):
+        for st in SHARDER_TYPES[device]:
             if st not in SHARDING_TYPES:  # e.g. grid_shard: not planned here
                 continue
             if table.sharding_types and st not in table.sharding_types:
                 continue
-            kernels = [k for k in self.sharder.compute_kernels(st, device) if k in PLANNED_KERNELS]
+            kernels = [k for k in sharder_kernels(st, device) if k in PLANNED_KERNELS]
             if table.compute_kernels:
                 kernels = [k for k in kernels if k in table.compute_kernels]
             if "fused" in kernels and "dense" in kernels:
@@ -131,33 +163,12 @@ class Enumerator:
         return [self.options(i) for i in range(len(self.inputs.tables))]
 
     # -- internals ------------------------------------------------------------------------
-    def _sharding_option(self, table: TableSpec, st: str, kernel: str, sizes: list, offsets: list,
-                         load_factor: Optional[float] = None) -> ShardingOption:
-        clf = self._load_factor(table, kernel, load_factor)
-        return ShardingOption(
-            name=table.name,
-            tensor=self._tensor(table),
-            module=("", self._module),
-            input_lengths=[table.pooling_factor],
-            batch_size=self.inputs.batch_size_per_rank,
-            compute_kernel=kernel,
-            sharding_type=st,
-            partition_by=get_partition_by_type(st),
-            shards=[Shard(size=list(s), offset=list(o)) for s, o in zip(sizes, offsets)],
-            cache_params=CacheParams(load_factor=clf) if clf is not None else None,
-            is_pooled=True,
-            feature_names=list(table.features),
-        )
-
     def _layout(self, table: TableSpec, st: str, col_dim: Optional[int] = None) -> tuple:
         """Shard sizes/offsets (TorchRec's own split) and their distinct sizes, per type."""
         key = (table.name, st, col_dim)
         if key not in self._layouts:
             topo = self.inputs.topology
-            sizes, offsets = calculate_shard_sizes_and_offsets(
-                tensor=self._tensor(table), world_size=topo.world_size,
-                local_world_size=topo.ranks_per_host, sharding_type=st, col_wise_shard_dim=col_dim,
-            )
+            sizes, offsets = shard_layout(table.rows, table.dim, topo.world_size, topo.ranks_per_host, st, col_dim)
             sizes_a = np.asarray(sizes, dtype=np.int64)
             rep, inverse = distinct_rows(sizes)
             distinct = sizes_a[rep]
@@ -204,31 +215,103 @@ class Enumerator:
             else:
                 ddr = ddr + extra
         perf = self._perf(table, st, kernel, clf, distinct,
-                          lambda: self._sharding_option(table, st, kernel, [sizes[i] for i in rep],
-                                                        [offsets[i] for i in rep], load_factor))[inverse]
+                          lambda: self.torchrec.estimate(table, st, kernel, [sizes[i] for i in rep],
+                                                         [offsets[i] for i in rep], clf))[inverse]
         return Option(index, st, kernel, clf, sizes_a, offsets_a, perf, hbm, ddr)
 
     def _perf(self, table: TableSpec, st: str, kernel: str, clf: Optional[float], distinct: np.ndarray,
-              build: Callable[[], ShardingOption]) -> np.ndarray:
-        """Per distinct shard size: the 6 perf components (ms); ``build`` makes TorchRec's option on a miss."""
+              torchrec: Callable[[], list[np.ndarray]]) -> np.ndarray:
+        """Per distinct shard size: the 6 perf components (ms); ``torchrec`` estimates them with TorchRec's
+        (calibrated) estimator on a miss when the inputs carry a calibration."""
         # A calibrated kernel cost depends on the rows (cache misses): then the cache is per table size too.
         key = (st, kernel, table.dim, table.pooling_factor, clf, table.rows if self.inputs.calibration else None)
         cached = self._perf_cache.get(key, {})
         widths = [int(w) for w in distinct[:, 1]]
         if st == "data_parallel" or any(w not in cached for w in widths):
-            so = build()
-            self.perf_estimator.estimate([so], self.sharder_data)
-            values = [np.array([getattr(s.perf, f) for f in PERF_FIELDS]) for s in so.shards]
+            values = self._closed_form(table, st, kernel, clf, distinct) if self._bandwidths is not None else torchrec()
             if st == "data_parallel":  # depends on the table's size: never shared
                 return np.stack(values)
             cached.update(dict(zip(widths, values)))
             self._perf_cache[key] = cached
         return np.stack([cached[w] for w in widths])
 
+    def _closed_form(self, table: TableSpec, st: str, kernel: str, clf: Optional[float],
+                     distinct: np.ndarray) -> list[np.ndarray]:
+        """TorchRec's default estimate of each distinct shard (shard_perf.py, equal to its estimator)."""
+        topo, bw = self.inputs.topology, self._bandwidths
+        assert bw is not None
+        kernel_bw = device_bw(topo.device, kernel, bw, clf)
+        return [np.array(shard_perf(ShardContext(st, int(rows), int(cols), table.pooling_factor,
+                                                 self.inputs.batch_size_per_rank, topo.world_size,
+                                                 topo.ranks_per_host, kernel_bw, bw)), dtype=np.float64)
+                for rows, cols in distinct]
 
-def _stand_in_module() -> EmbeddingBagCollection:
+
+class _TorchRecEstimator:
+    """TorchRec's estimator on ShardingOptions built like its enumerator's: for calibrated inputs (whose
+    kernel costs CalibratedPerfEstimator replaces) and for the tests that hold the closed form to TorchRec's.
+
+    No model is built: TorchRec's estimators read a table's shape and element size from a meta tensor
+    of that shape, and the module only for its type (one stand-in EmbeddingBagCollection of one tiny
+    table). Importing it costs seconds, so it is built only when used.
+    """
+
+    def __init__(self, inputs: PlannerInputs) -> None:
+        from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+        from torchrec.distributed.planner.utils import build_sharder_data_map, sharder_name
+
+        from dlrm_dist.planning.torchrec_bridge import constraints, perf_estimator, torchrec_topology
+
+        self.inputs = inputs
+        self.topology = torchrec_topology(inputs)
+        self.constraints = constraints(inputs)
+        sharder = EmbeddingBagCollectionSharder()
+        self.sharder_data = build_sharder_data_map({sharder_name(sharder.module_type): sharder})
+        self.perf_estimator = perf_estimator(inputs, self.topology, self.constraints)  # calibrated if the inputs say
+        self._module = _stand_in_module()
+        self._tensors: dict[str, "torch.Tensor"] = {}
+
+    def tensor(self, table: TableSpec) -> "torch.Tensor":
+        import torch
+
+        if table.name not in self._tensors:
+            self._tensors[table.name] = torch.empty((table.rows, table.dim), dtype=torch.float32, device="meta")
+        return self._tensors[table.name]
+
+    def sharding_option(self, table: TableSpec, st: str, kernel: str, sizes: list, offsets: list,
+                        clf: Optional[float]) -> "ShardingOption":
+        from torchrec.distributed.planner.types import Shard, ShardingOption
+        from torchrec.distributed.types import CacheParams
+
+        return ShardingOption(
+            name=table.name,
+            tensor=self.tensor(table),
+            module=("", self._module),
+            input_lengths=[table.pooling_factor],
+            batch_size=self.inputs.batch_size_per_rank,
+            compute_kernel=kernel,
+            sharding_type=st,
+            partition_by=PARTITION_BY[st],
+            shards=[Shard(size=list(s), offset=list(o)) for s, o in zip(sizes, offsets)],
+            cache_params=CacheParams(load_factor=clf) if clf is not None else None,
+            is_pooled=True,
+            feature_names=list(table.features),
+        )
+
+    def estimate(self, table: TableSpec, st: str, kernel: str, sizes: list, offsets: list,
+                 clf: Optional[float]) -> list[np.ndarray]:
+        """The 6 perf components of each shard of ``sizes``, by TorchRec's (calibrated) estimator."""
+        so = self.sharding_option(table, st, kernel, sizes, offsets, clf)
+        self.perf_estimator.estimate([so], self.sharder_data)
+        return [np.array([getattr(s.perf, f) for f in PERF_FIELDS]) for s in so.shards]
+
+
+def _stand_in_module() -> Any:
     """The module a ShardingOption names: TorchRec's estimators read only its type (the sharder's key),
     whether it is weighted and whether it has feature processors; never its tables."""
+    import torch
+    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+
     one = EmbeddingBagConfig(name="stand_in", embedding_dim=4, num_embeddings=1, feature_names=["stand_in"])
     return EmbeddingBagCollection(tables=[one], device=torch.device("meta"))
 

@@ -29,14 +29,11 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
-
-from torch.distributed._shard.sharding_spec import EnumerableShardingSpec, ShardMetadata
-from torchrec.distributed.types import EmbeddingModuleShardingPlan, ParameterSharding, ShardingPlan
+from typing import TYPE_CHECKING, Any, Optional
 
 from dlrm_dist.config.files import read_data
 from dlrm_dist.fileio import publish_file
-from dlrm_dist.planning.codec import encode
+from dlrm_dist.planning.codec import decode, encode
 from dlrm_dist.planning.errors import PlanError
 # The declared models live in planformat.py (no torch); the names are kept importable from here.
 from dlrm_dist.planning.planformat import (  # noqa: F401
@@ -45,21 +42,84 @@ from dlrm_dist.planning.planformat import (  # noqa: F401
 )
 from dlrm_dist.planning.types import PlanEstimates, PlannerInputs
 
+if TYPE_CHECKING:
+    from torch.distributed._shard.sharding_spec import EnumerableShardingSpec
+    from torchrec.distributed.types import ParameterSharding, ShardingPlan
+
 _SPEC_FIELD = "sharding_spec"
-_PS_FIELDS = tuple(f.name for f in dataclasses.fields(ParameterSharding) if f.name != _SPEC_FIELD)
+
+
+@dataclass(frozen=True)
+class EncodedPlan:
+    """A plan already in the plan file's form, ``{module path: {table: entry}}`` (what ``to_data`` writes
+    under "plan"): the planner writes it without importing TorchRec (convert.plan_entries)."""
+
+    entries: dict[str, dict[str, dict[str, Any]]]
+
+    def sharding_plan(self) -> "ShardingPlan":
+        from torchrec.distributed.types import EmbeddingModuleShardingPlan, ShardingPlan
+
+        return ShardingPlan({path: EmbeddingModuleShardingPlan({t: _sharding_of_entry(e) for t, e in tables.items()})
+                             for path, tables in self.entries.items()})
 
 
 @dataclass
 class PlanFile:
-    """A plan with its provenance; ``plan`` is TorchRec's ShardingPlan."""
+    """A plan with its provenance; ``plan`` is TorchRec's ShardingPlan.
+
+    ``plan`` may be given as an :class:`EncodedPlan` (``dlrm-plan make``'s, which imports no TorchRec):
+    it then becomes a ShardingPlan the first time it is read, and a file written before that is
+    written from the encoded form, which is the same text (tests/unit/test_planner_perf.py).
+    """
 
     inputs: PlannerInputs
-    plan: ShardingPlan
+    plan: "ShardingPlan"
     estimates: PlanEstimates
     planner: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.plan, EncodedPlan):
+            self.__dict__["_encoded"] = self.plan
+            del self.__dict__["plan"]  # read through __getattr__, converted once
 
-def _encode_sharding(ps: ParameterSharding) -> dict[str, Any]:
+    def __getattr__(self, name: str) -> Any:
+        encoded = self.__dict__.get("_encoded")
+        if name != "plan" or encoded is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        plan = encoded.sharding_plan()
+        self.__dict__["plan"] = plan
+        return plan
+
+    def plan_data(self) -> dict[str, Any]:
+        """The "plan" part of the file: the encoded form while the ShardingPlan was never built, else encoded
+        from it (it may have been replaced)."""
+        if "plan" not in self.__dict__:
+            return self.__dict__["_encoded"].entries
+        return {path: {table: _encode_sharding(ps) for table, ps in module_plan.items()}
+                for path, module_plan in self.plan.plan.items()}
+
+
+def _ps_fields() -> tuple[str, ...]:
+    from torchrec.distributed.types import ParameterSharding
+
+    return tuple(f.name for f in dataclasses.fields(ParameterSharding) if f.name != _SPEC_FIELD)
+
+
+def _sharding_of_entry(entry: dict[str, Any]) -> "ParameterSharding":
+    """TorchRec's ParameterSharding of one encoded entry (its shards as an EnumerableShardingSpec)."""
+    from torch.distributed._shard.sharding_spec import EnumerableShardingSpec, ShardMetadata
+    from torchrec.distributed.types import ParameterSharding
+
+    shards = entry["shards"]
+    spec = None if shards is None else EnumerableShardingSpec([
+        ShardMetadata(shard_offsets=list(s["offsets"]), shard_sizes=list(s["sizes"]), placement=s["placement"])
+        for s in shards])
+    return ParameterSharding(**{f: decode(entry[f]) for f in _ps_fields()}, sharding_spec=spec)
+
+
+def _encode_sharding(ps: "ParameterSharding") -> dict[str, Any]:
+    from torch.distributed._shard.sharding_spec import EnumerableShardingSpec
+
     out: dict[str, Any] = {}
     for f in dataclasses.fields(ps):
         value = getattr(ps, f.name)
@@ -76,15 +136,13 @@ def _encode_sharding(ps: ParameterSharding) -> dict[str, Any]:
 
 
 def to_data(pf: PlanFile) -> dict[str, Any]:
-    plan = {
-        path: {table: _encode_sharding(ps) for table, ps in module_plan.items()}
-        for path, module_plan in pf.plan.plan.items()
-    }
-    return {"format": FORMAT, "version": VERSION, "inputs": pf.inputs.to_dict(), "plan": plan,
+    return {"format": FORMAT, "version": VERSION, "inputs": pf.inputs.to_dict(), "plan": pf.plan_data(),
             "estimates": pf.estimates.to_dict(), "planner": pf.planner}
 
 
-def sharding_spec(m: ShardingModel) -> Optional[EnumerableShardingSpec]:
+def sharding_spec(m: ShardingModel) -> Optional["EnumerableShardingSpec"]:
+    from torch.distributed._shard.sharding_spec import EnumerableShardingSpec, ShardMetadata
+
     if m.shards is None:
         return None
     return EnumerableShardingSpec([
@@ -93,13 +151,17 @@ def sharding_spec(m: ShardingModel) -> Optional[EnumerableShardingSpec]:
     ])
 
 
-def parameter_sharding(m: ShardingModel) -> ParameterSharding:
-    kept = {f: getattr(m, f) for f in _PS_FIELDS}
+def parameter_sharding(m: ShardingModel) -> "ParameterSharding":
+    from torchrec.distributed.types import ParameterSharding
+
+    kept = {f: getattr(m, f) for f in _ps_fields()}
     return ParameterSharding(**kept, sharding_spec=sharding_spec(m))
 
 
 def from_data(d: Any, origin: str = "plan") -> PlanFile:
     """A PlanFile from parsed data; every problem in one PlanError naming ``origin``."""
+    from torchrec.distributed.types import EmbeddingModuleShardingPlan, ShardingPlan
+
     parts = checked_parts(d, origin)
     plan = ShardingPlan({
         path: EmbeddingModuleShardingPlan({table: parameter_sharding(ps) for table, ps in tables.items()})

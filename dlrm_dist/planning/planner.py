@@ -8,10 +8,10 @@ module path its caller gives (the model's to say: DLRMTrain.TABLES_PATH for the 
 
 from __future__ import annotations
 
-from torchrec.distributed.types import ShardingPlan
+from typing import TYPE_CHECKING
 
 from dlrm_dist.planning.baselines import baseline
-from dlrm_dist.planning.convert import from_sharding_plan, to_sharding_plan
+from dlrm_dist.planning.convert import from_sharding_plan, plan_entries
 from dlrm_dist.planning.estimates import estimate
 from dlrm_dist.planning.inputs import MANAGED_KERNEL, MANAGED_SHARDING_TYPE
 from dlrm_dist.planning.options import Enumerator
@@ -19,6 +19,9 @@ from dlrm_dist.planning.partitioner import partition
 from dlrm_dist.planning.planfile import PlanFile
 from dlrm_dist.planning.storage import MANAGED_ROW_BYTES, MANAGED_SHARD_BYTES
 from dlrm_dist.planning.types import PlannerInputs, TablePlacement
+
+if TYPE_CHECKING:  # planning imports no TorchRec: a plan becomes a ShardingPlan when read (planfile.PlanFile)
+    from torchrec.distributed.types import ShardingPlan
 
 
 def notes_for(inputs: PlannerInputs) -> list[str]:
@@ -45,7 +48,7 @@ def notes_for(inputs: PlannerInputs) -> list[str]:
 def _package(inputs: PlannerInputs, placed: list[TablePlacement], name: str, module_path: str) -> PlanFile:
     names = [t.name for t in inputs.tables]
     t = inputs.topology
-    plan = to_sharding_plan(placed, names, t.device, t.ranks_per_host, module_path)
+    plan = plan_entries(placed, names, t.device, t.ranks_per_host, module_path)
     return PlanFile(inputs, plan, estimate(placed, inputs), {"name": name, "notes": notes_for(inputs)})
 
 

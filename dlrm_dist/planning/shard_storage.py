@@ -40,7 +40,7 @@ def optimizer_multiplier(optimizer: str, dim: int) -> float:
     return 1  # adagrad, and TorchRec's default for any other class
 
 
-def _io_sizes(sharding_type: str, sizes: Sequence[Sequence[int]], dim: int, pooling_factor: float,
+def io_sizes(sharding_type: str, sizes: Sequence[Sequence[int]], dim: int, pooling_factor: float,
               batch_size: int, world_size: int, ranks_per_host: int) -> tuple[list[int], list[int]]:
     """Per shard: ids in and pooled embeddings out per iteration (TorchRec's _calculate_*_shard_io_sizes)."""
     inputs = sum([pooling_factor * NUM_POOLINGS * batch_size])
@@ -78,7 +78,7 @@ def shard_storages(sizes: Sequence[Sequence[int]], rows: int, dim: int, sharding
     ``caching_ratio`` is the cache load factor of a ``fused_uvm_caching`` option (TorchRec's
     UVM_CACHING_RATIO, 0.2, when None); other kernels ignore it, as TorchRec does.
     """
-    ins, outs = _io_sizes(sharding_type, sizes, dim, pooling_factor, batch_size, world_size, ranks_per_host)
+    ins, outs = io_sizes(sharding_type, sizes, dim, pooling_factor, batch_size, world_size, ranks_per_host)
     weights = rows * dim * WEIGHT_BYTES
     on_host = kernel in UVM_KERNELS or device == "cpu"
     hbm, ddr = (0, weights) if on_host else (weights, 0)

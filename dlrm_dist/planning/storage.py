@@ -12,14 +12,14 @@ is named with its size in bytes, the budget and what would hold it.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
-
-from dlrm_dist.distributed import resources
 from dlrm_dist.planning.errors import NoFitError
 from dlrm_dist.planning.inputs import MAX_MEMORY_GB, MAX_WORLD_SIZE
 from dlrm_dist.planning.types import GB, Budgets, Capacity, PlannerInputs, TableSpec, TopologySpec
+
+if TYPE_CHECKING:  # planning (dlrm-plan make) imports no torch: only the job check below uses it
+    import torch
 
 WEIGHT_BYTES = 4  # fp32, TorchRec's default embedding data type
 INT64_MAX = 2**63 - 1  # TorchRec and torch size tensors in int64 elements and bytes
@@ -106,6 +106,8 @@ def check_storage(inputs: PlannerInputs) -> None:
 
 def _machine_memory_gb(device: torch.device) -> tuple[float, float]:
     """(device memory per rank, host memory this process may use) in GB: an upper bound of any budget here."""
+    from dlrm_dist.distributed import resources
+
     return resources.device_memory_bytes(device) / GB, resources.host_memory_bytes() / GB
 
 
