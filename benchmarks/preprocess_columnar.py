@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or as -m benchmarks.X
@@ -50,39 +51,48 @@ OLD = ("import sys; from dlrm_dist.data.columnar import staging; staging.support
        "from dlrm_dist.cli.data_main import main; sys.argv[0] = 'dlrm-data'; sys.exit(main(sys.argv[1:]))")
 
 
-def _timed(cmd: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS in MB) of a command in a new process (its own rusage, by wait4)."""
+def _timed(cmd: list[str], cwd: Optional[Path] = None, env: Optional[dict] = None) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS in MB, CPU seconds) of a command in a new process (its own rusage, by wait4)."""
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=cwd, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode:
             err.seek(0)
             raise SystemExit(f"{cmd[:3]} failed ({proc.returncode}): {err.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss // 1024
+    return seconds, usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime
 
 
-def run(impl: str, src: Path, out: Path, rows: int, schema: Path = SCHEMA) -> dict:
-    py = sys.executable
+def run(impl: str, src: Path, out: Path, rows: int, schema: Path = SCHEMA, base: Optional[Path] = None) -> dict:
+    """One timed run of ``impl``: pyarrow, new (this tree), old (this tree, staging disabled),
+    base (the tree ``base``: the code a change is measured against) or criteo."""
+    py, cwd, env = sys.executable, None, None
     if impl == "pyarrow":
         cmd = [py, "-c", PYARROW, str(src)]
     else:
         shutil.rmtree(out, ignore_errors=True)
         args = ["preprocess", "--schema", str(schema), "--input", str(src), "--out", str(out), "--no-progress"]
-        cmd = [py, "-c", OLD, *args] if impl == "old" else [str(Path(py).parent / "dlrm-data"), *args]
+        if impl == "old":
+            cmd = [py, "-c", OLD, *args]
+        elif impl == "base":  # that tree's package first on the path (python -m puts the working directory first)
+            cmd, cwd, env = [py, "-m", "dlrm_dist.cli.data_main", *args], base, {**os.environ, "PYTHONPATH": str(base)}
+        else:
+            cmd = [str(Path(py).parent / "dlrm-data"), *args]
     load = round(os.getloadavg()[0], 2)
-    seconds, rss = _timed(cmd)
+    seconds, rss, cpu = _timed(cmd, cwd, env)
     return {"impl": impl, "rows": rows, "wall_seconds": round(seconds, 3), "rows_per_s": round(rows / seconds),
-            "peak_rss_mb": rss, "load_1min_before": load}
+            "cpu_seconds": round(cpu, 2), "peak_rss_mb": rss, "load_1min_before": load}
 
 
 def _median(runs: list[dict], impl: str) -> dict:
     mine = [r for r in runs if r["impl"] == impl]
     seconds = statistics.median(r["wall_seconds"] for r in mine)
     return {"runs": len(mine), "wall_seconds": round(seconds, 3), "rows_per_s": round(mine[0]["rows"] / seconds),
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in mine)}
+            "cpu_seconds": round(statistics.median(r["cpu_seconds"] for r in mine), 2),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in mine),
+            "load_1min_before": [min(r["load_1min_before"] for r in mine), max(r["load_1min_before"] for r in mine)]}
 
 
 def _criteo_input(a: argparse.Namespace, tmp: Path) -> tuple[Path, Path]:
@@ -104,6 +114,8 @@ def main() -> None:
     p.add_argument("--input", type=Path, help="an existing file of gen_columnar_csv.py's (else one is generated)")
     p.add_argument("--criteo-rows", type=int, default=0)
     p.add_argument("--criteo-input", type=Path, help="an existing file of preprocess_vs_torchrec.make_input's")
+    p.add_argument("--base", type=Path, help="a worktree of the code to compare with (e.g. the session start's): "
+                   "run as impl 'base', alternating with the others, --repeats times; its numba cache is warmed first")
     p.add_argument("--out", type=Path, default=RESULT)
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,24 +123,31 @@ def main() -> None:
         criteo = _criteo_input(a, Path(tmp)) if a.criteo_rows else None
         size = src.stat().st_size
         runs = []
+        if a.base:  # compiles its numba cache (not counted)
+            run("base", src, Path(tmp) / "out", a.rows, base=a.base)
         for k in range(max(a.repeats, a.old_repeats)):
-            impls = ["pyarrow", "new"] * (k < a.repeats) + ["old"] * (k < a.old_repeats)
+            impls = ["pyarrow", "new"] * (k < a.repeats) + ["base"] * (k < a.repeats and a.base is not None)
+            impls += ["old"] * (k < a.old_repeats)
             for impl in impls:
-                runs.append(run(impl, src, Path(tmp) / "out", a.rows))
+                runs.append(run(impl, src, Path(tmp) / "out", a.rows, base=a.base))
                 print(json.dumps(runs[-1]), flush=True)
             if criteo and k < a.repeats:
                 runs.append(run("criteo", criteo[0], Path(tmp) / "out", a.criteo_rows, criteo[1]))
                 print(json.dumps(runs[-1]), flush=True)
-    impls = ("pyarrow", "new", "old", "criteo")
+    impls = ("pyarrow", "new", "base", "old", "criteo")
     summary = {impl: _median(runs, impl) for impl in impls if any(r["impl"] == impl for r in runs)}
     summary["new_over_pyarrow"] = round(summary["new"]["rows_per_s"] / summary["pyarrow"]["rows_per_s"], 3)
+    if "base" in summary:
+        summary["base_over_pyarrow"] = round(summary["base"]["rows_per_s"] / summary["pyarrow"]["rows_per_s"], 3)
+        summary["new_over_base"] = round(summary["new"]["rows_per_s"] / summary["base"]["rows_per_s"], 2)
     if "old" in summary:
         summary["new_over_old"] = round(summary["new"]["rows_per_s"] / summary["old"]["rows_per_s"], 2)
     record = {"file": {"rows": a.rows, "bytes": size, "columns": 19,
                        "generator": "benchmarks/gen_columnar_csv.py (seed 0)", "schema": str(SCHEMA.relative_to(ROOT))},
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                           "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
-              "date": time.strftime("%Y-%m-%d"), "summary": summary, "runs": runs}
+              "date": time.strftime("%Y-%m-%d"), "base": str(a.base) if a.base else None, "summary": summary,
+              "runs": runs}
     print(json.dumps(summary))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(record, indent=1) + "\n")

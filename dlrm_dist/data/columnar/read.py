@@ -1,6 +1,10 @@
 """Streaming the schema's columns out of CSV/TSV (plain or gzip) and Parquet files with pyarrow.
 
-Files are read in record batches of bounded size, only the columns the schema names. Each
+Files are read in record batches of bounded size, only the columns the schema names. A plain
+CSV/TSV file of several blocks is cut in byte ranges after newlines (where pyarrow's streaming
+reader ends its blocks, so the batches are the same) and the ranges are parsed on all cores,
+a few ahead, and handed on in file order (``_read_csv_chunks``); a gzip file, or a CSV holding
+a quote character (a quoted cell may hold a newline), is read by one streaming reader. Each
 *use* of a column gets its own typed read (``numbers`` / ``texts``): a column may be a dense
 feature and a sparse one, or the time column and a sparse feature. A CSV column with numeric
 uses only is parsed by pyarrow as numbers; one that is also text is read as text and its
@@ -31,8 +35,13 @@ go of its handlers (``_Handlers.wait_released``).
 
 from __future__ import annotations
 
+import itertools
+import mmap
+import os
 import threading
 import weakref
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -48,6 +57,7 @@ from dlrm_dist.data.columnar.locate import (ORIGIN_FIRST, ORIGIN_PATH, at_record
                                             delimiter_of, file_format, first_fields, lines_of_records, origin,
                                             read_as_number, where)
 from dlrm_dist.data.errors import PreprocessError
+from dlrm_dist.errors import DlrmError
 from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.features.schema import FeatureSchema
 
@@ -252,6 +262,141 @@ def _read_csv(path: Path, schema: FeatureSchema, fmt: str, wanted: list[str], ba
         handlers.wait_released()
 
 
+# -- CSV in byte ranges, parsed on all cores --------------------------------------------------------
+CHUNK_WORKERS = max(1, os.cpu_count() or 1)
+CHUNKS_AHEAD = 2  # byte ranges in flight per worker: bounds memory (each about BLOCK_BYTES parsed)
+
+
+def _cuts(path: Path, schema: FeatureSchema, fmt: str) -> Optional[list[tuple[int, int]]]:
+    """The byte ranges of a plain CSV/TSV file's data rows, cut after a newline at most BLOCK_BYTES
+    apart (where pyarrow's streaming reader ends its blocks: the same record batches), or None
+    when the file cannot be cut: gzip, a CSV holding a quote character (a quoted cell may hold a
+    newline, and only a read from the start knows which newlines are inside quotes), a file
+    without newlines for several blocks (CR line ends), or a file of one block."""
+    if path.name.lower().endswith(".gz"):
+        return None
+    with open(path, "rb") as f:
+        if f.read(2) == b"\x1f\x8b":
+            return None
+        size = os.fstat(f.fileno()).st_size
+        if size <= BLOCK_BYTES or size == 0:
+            return None
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            if fmt == "csv" and m.find(b'"') >= 0:
+                return None
+            start = 0
+            if schema.input.header:  # the header: the first line that is not empty (no quotes here)
+                while start < size and m[start: start + 1] in (b"\n", b"\r"):
+                    start += 1
+                end = m.find(b"\n", start)
+                if end < 0:
+                    return None
+                start = end + 1
+            cuts, limit = [], 0
+            while start < size:
+                limit += BLOCK_BYTES  # pyarrow reads the file in blocks, each parsed to its last newline
+                end = size if limit >= size else m.rfind(b"\n", start, limit) + 1
+                if end > start:
+                    cuts.append((start, end))
+                    start = end
+                elif limit - start > 4 * BLOCK_BYTES:  # no newline for that long: not lines of text
+                    return None
+    return cuts
+
+
+@dataclass
+class _Chunk:
+    """One byte range parsed: its record batches (typed, origin to be stamped, or raw when the
+    typed read failed: it is redone where the origin is known, and raises there), its malformed
+    records (record numbers within the range, why) and the error that stopped its parse."""
+
+    batches: list[pa.RecordBatch]
+    typed: bool
+    malformed: list[tuple[int, str]]
+    error: Optional[Exception] = None
+
+
+class _ChunkHandler:
+    """A byte range's invalid-row callback: records the malformed record (strict: stops the parse)."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict, self.malformed = strict, []
+
+    def __call__(self, row: pa_csv.InvalidRow) -> str:
+        self.malformed.append((row.number, f"{row.actual_columns} fields, expected {row.expected_columns}"))
+        return "error" if self.strict else "skip"
+
+
+def _parse_chunk(path: Path, schema: FeatureSchema, data: pa.Buffer, read_opts: pa_csv.ReadOptions,
+                 convert: pa_csv.ConvertOptions, delimiter: str, quote: Any, strict: bool) -> _Chunk:
+    """Parses one byte range (a worker's job: pyarrow parses without the GIL)."""
+    handler = _ChunkHandler(strict)
+    parse = pa_csv.ParseOptions(delimiter=delimiter, invalid_row_handler=handler, quote_char=quote)
+    try:
+        table = pa_csv.read_csv(pa.BufferReader(data), read_options=read_opts, parse_options=parse,
+                                convert_options=convert)
+    except (pa.ArrowInvalid, OSError) as e:
+        return _Chunk([], False, handler.malformed, e)
+    finally:
+        del parse
+    raw = [b for b in table.to_batches() if b.num_rows]
+    try:
+        return _Chunk([_typed(b, schema, path, 0) for b in raw], True, handler.malformed)
+    except DlrmError:  # redone with the batch's origin, where the error can name its line
+        return _Chunk(raw, False, handler.malformed)
+
+
+def _read_csv_chunks(path: Path, schema: FeatureSchema, fmt: str, wanted: list[str], bad: BadLines,
+                     cuts: list[tuple[int, int]]) -> Iterator[tuple[pa.RecordBatch, bool]]:
+    """(batch, typed) of a file cut in byte ranges, parsed CHUNK_WORKERS at a time and yielded in
+    file order. A range's malformed records are counted in ``bad`` in file order, numbered over
+    the file: every record before the range is a row or a malformed line (no quotes: one record
+    per non-empty line), so the count of both so far is the range's first record number."""
+    handlers = _Handlers(path, schema, fmt, bad)
+    try:
+        handlers.names = names = _csv_names(path, schema, handlers)
+    finally:
+        handlers.wait_released()
+    _check_columns(path, names, wanted)
+    text = set(text_columns(schema))
+    read_opts = pa_csv.ReadOptions(block_size=BLOCK_BYTES + (1 << 16), use_threads=False, column_names=names)
+    convert = pa_csv.ConvertOptions(include_columns=wanted, column_types={c: pa.string() if c in text else pa.float64()
+                                                                          for c in wanted},
+                                    null_values=["", *schema.input.null_values],
+                                    strings_can_be_null=True, quoted_strings_can_be_null=False)
+    quote = '"' if fmt == "csv" else False
+    source = pa.memory_map(str(path))
+    data = source.read_buffer()
+    records = 1 if schema.input.header else 0
+    pending: deque = deque()
+    with ThreadPoolExecutor(CHUNK_WORKERS, thread_name_prefix="dlrm_dist-csv") as pool:
+        try:
+            ranges = iter(cuts)
+            for a, b in itertools.islice(ranges, CHUNK_WORKERS * CHUNKS_AHEAD):
+                pending.append(pool.submit(_parse_chunk, path, schema, data.slice(a, b - a), read_opts, convert,
+                                           handlers.delimiter, quote, bad.strict))
+            while pending:
+                chunk = pending.popleft().result()
+                for a, b in itertools.islice(ranges, 1):
+                    pending.append(pool.submit(_parse_chunk, path, schema, data.slice(a, b - a), read_opts, convert,
+                                               handlers.delimiter, quote, bad.strict))
+                for number, why in chunk.malformed:
+                    bad.add(path, schema, None if number is None else records + number, why)
+                    if bad.fatal:
+                        raise PreprocessError(bad.fatal)
+                if chunk.error is not None:
+                    raise handlers.error(chunk.error) from None
+                for batch in chunk.batches:
+                    yield batch, chunk.typed
+                records += sum(b.num_rows for b in chunk.batches) + len(chunk.malformed)
+        finally:
+            for job in pending:
+                job.cancel()
+            pool.shutdown(wait=True)
+            data = None
+            source.close()
+
+
 def _check_columns(path: Path, have: list[str], wanted: list[str]) -> None:
     missing = [c for c in wanted if c not in have]
     if missing:
@@ -372,18 +517,27 @@ def _typed(raw: pa.RecordBatch, schema: FeatureSchema, path: Path, first: int) -
     return pa.RecordBatch.from_arrays(arrays, names=names).replace_schema_metadata(raw.schema.metadata)
 
 
+def _stamped(batch: pa.RecordBatch, path: Path, first: int) -> pa.RecordBatch:
+    return batch.replace_schema_metadata({ORIGIN_PATH: str(path), ORIGIN_FIRST: str(first)})
+
+
 def read_file(path: Path, schema: FeatureSchema, bad: BadLines, first_row: int = 0) -> Iterator[pa.RecordBatch]:
     """The schema's typed reads of ``path`` in record batches; a file without data rows is refused."""
     check_uses(schema)
     wanted = schema.columns()
     fmt = file_format(path, schema)
     skipped_before = bad.count
-    raw = _read_parquet(path, wanted) if fmt == "parquet" else _read_csv(path, schema, fmt, wanted, bad)
+    cuts = None if fmt == "parquet" else _cuts(path, schema, fmt)
+    if cuts:
+        raw = _read_csv_chunks(path, schema, fmt, wanted, bad, cuts)
+    else:
+        raw = ((b, False) for b in (_read_parquet(path, wanted) if fmt == "parquet"
+                                    else _read_csv(path, schema, fmt, wanted, bad)))
     row = first_row
     try:
-        for batch in raw:
+        for batch, typed in raw:
             if batch.num_rows:
-                yield _typed(batch, schema, path, row)
+                yield _stamped(batch, path, row) if typed else _typed(batch, schema, path, row)
                 row += batch.num_rows
     finally:
         raw.close()
