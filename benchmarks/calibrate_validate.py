@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -106,21 +107,27 @@ def candidates(inputs: PlannerInputs) -> list[PlanFile]:
     return out
 
 
-def _timed_round(runner: measure.ShardedSteps, steps: int) -> tuple[float, float]:
-    """(the group's step ms, this rank's mean CPU ms per step) of ``steps`` steps started together.
+def _timed_round(runner: measure.ShardedSteps, steps: int) -> tuple[float, float, float, float]:
+    """(the group's step ms, this rank's mean CPU ms per step, its main thread's CPU ms and
+    run-queue wait ms per step) of ``steps`` steps started together.
 
     Every rank enters the round at a barrier and leaves it at one, so the group's figure is the
     step every rank experiences (the bottleneck's). Without the barriers a rank that finished the
     previous plan early counts its wait for the other ranks into this plan's first step. The CPU
     time is the rank's own work (waiting in a collective costs none), whatever else shares the core.
+    The main thread's step splits into its CPU time, its run-queue wait (runnable, but the core was
+    another thread's: the machine's other load, or this job's other ranks when they outnumber the
+    cores) and the rest, blocked (waiting for the other ranks in a collective).
     """
     import torch.distributed as dist
 
     dist.barrier()
-    t0 = time.perf_counter()
+    s0, t0 = measure.thread_sched_ms(), time.perf_counter()
     runner.run(steps)
     dist.barrier()
-    return (time.perf_counter() - t0) * 1e3 / steps, sum(runner.cpu_ms) / steps
+    t1, s1 = time.perf_counter(), measure.thread_sched_ms()
+    run, wait = ((s1[0] - s0[0]) / steps, (s1[1] - s0[1]) / steps) if s0 and s1 else (math.nan, math.nan)
+    return (t1 - t0) * 1e3 / steps, sum(runner.cpu_ms) / steps, run, wait
 
 
 def _rank_time_plans(job: measure.StepJob, paths: list[str], steps: int, rounds: int) -> list[dict[str, Any]]:
@@ -131,15 +138,17 @@ def _rank_time_plans(job: measure.StepJob, paths: list[str], steps: int, rounds:
     runners = [measure.ShardedSteps(job, planfile.read(path).plan) for path in paths]
     for r in runners:
         r.run(2)  # warm-up
-    group: list[list[float]] = [[] for _ in paths]
-    own: list[list[float]] = [[] for _ in paths]
+    rows: list[list[tuple[float, ...]]] = [[] for _ in paths]
     for _ in range(rounds):
         for i, r in enumerate(runners):
-            g, o = _timed_round(r, steps)
-            group[i].append(g)
-            own[i].append(o)
-    return [{"rank": dist.get_rank(), "round_means_ms": g, "mean_ms": float(np.median(g)),
-             "cpu_round_means_ms": o, "cpu_ms": float(np.median(o))} for g, o in zip(group, own)]
+            rows[i].append(_timed_round(r, steps))
+    out = []
+    for timed in rows:
+        g, o, run, wait = (list(x) for x in zip(*timed))
+        out.append({"rank": dist.get_rank(), "round_means_ms": g, "mean_ms": float(np.median(g)),
+                    "cpu_round_means_ms": o, "cpu_ms": float(np.median(o)),
+                    "thread_cpu_ms": float(np.median(run)), "runq_ms": float(np.median(wait))})
+    return out
 
 
 def _placement(pf: PlanFile) -> dict[str, str]:
@@ -178,7 +187,15 @@ def run_job(world: int, steps: int, rounds: int, timeout: float) -> dict[str, An
         # Every rank waits for the slowest in the all-to-alls: the step is the bottleneck rank's
         # (measured between barriers, so every rank's figure is the group's).
         pred, meas = max(predicted), max(measured)
+        runq = [per_rank[r][i]["runq_ms"] for r in range(world)]
+        thread = [per_rank[r][i]["thread_cpu_ms"] for r in range(world)]
+        blocked = [m - c - q for m, c, q in zip(measured, thread, runq)]
+        critical = min(range(world), key=lambda r: blocked[r])  # the rank the others wait for
         rows.append({"plan": pf.planner["name"], "predicted_rank_ms": predicted, "measured_rank_ms": measured,
+                     "measured_rank_thread_cpu_ms": thread, "measured_rank_runq_ms": runq,
+                     "measured_rank_blocked_ms": blocked, "critical_rank": critical,
+                     # the step less the critical rank's waits for a core (an estimate of the quiet step)
+                     "measured_step_less_core_waits_ms": max(measured) - runq[critical],
                      "predicted_rank_work_ms": work, "measured_rank_cpu_ms": cpu,
                      "rank_work_errors": [w / c - 1.0 for w, c in zip(work, cpu)],
                      "predicted_step_ms": pred, "measured_step_ms": meas, "error": pred / meas - 1.0,
@@ -194,6 +211,10 @@ def run_job(world: int, steps: int, rounds: int, timeout: float) -> dict[str, An
                                       [max(r["measured_rank_cpu_ms"]) for r in rows]),
             "chosen_vs_fastest": rows[0]["measured_step_ms"] / fastest - 1.0,
             "max_abs_error": max(abs(r["error"]) for r in rows),
+            # the same judged on the steps less the critical rank's waits for a core (the other load)
+            "max_abs_error_less_core_waits": max(abs(r["predicted_step_ms"] / r["measured_step_less_core_waits_ms"] - 1.0)
+                                                 for r in rows),
+            "spearman_less_core_waits": spearman(pred, [r["measured_step_less_core_waits_ms"] for r in rows]),
             "max_abs_rank_work_error": max(abs(e) for r in rows for e in r["rank_work_errors"]),
             "cost_basis": cal.cost_basis, "uptime_after_calibration": cal_uptime}
 

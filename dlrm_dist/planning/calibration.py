@@ -13,7 +13,8 @@ is a declared, versioned pydantic model like the other file formats::
      "all_to_all": {latency_ms, bandwidth_gbps, points: [{bytes, ms}, ...]},
      "all_reduce": {...},
      "dense": {gemm_gflops, points: [{m, n, k, ms}, ...]},
-     "step": {fixed_ms, per_table_ms, cpu_fixed_ms, cpu_per_table_ms}}
+     "step": {fixed_ms, per_table_ms, cpu_fixed_ms, cpu_per_table_ms,
+              receive_fixed_ms, receive_per_id_ms, receive_per_value_ms}}
 
 The model (pure arithmetic, no torch, so a plan file with a calibration reads without it):
 an embedding kernel call costs ``c0 + c1 * ids`` (fwd and bwd apart; bwd includes fbgemm's
@@ -22,7 +23,9 @@ pooling factors measured and interpolated in log(dim) and log(rows) between meas
 (clamped at the edges). A collective costs ``latency + bytes / bandwidth``. The dense part costs
 3 x its forward FLOPs (forward + backward) at the measured GEMM rate plus an all-reduce of its
 gradients. ``step`` is what a sharded training step costs beyond all of that (TorchRec's input
-distribution, KJT handling, optimizer bookkeeping), measured on a tiny sharded model.
+distribution, KJT handling, optimizer bookkeeping), measured on a tiny sharded model, and the
+receiving side of the all-to-alls (per step, per id a rank's batch sends out, per pooled value it
+gets back), measured on the ranks of probes whose tables are all on rank 0.
 
 Work, not waiting: each kernel and step figure is also measured in CPU time (the rank process's
 ``time.process_time``; the ``*_cpu_ms`` fields). On a shared machine the wall time of a call is
@@ -119,12 +122,19 @@ class DenseFit(Strict):
 
 
 class StepFit(Strict):
-    """A sharded step's cost beyond kernels, collectives and GEMMs: ``fixed + per_table x tables``."""
+    """A sharded step's cost beyond kernels, collectives and GEMMs: ``fixed + per_table x tables``,
+    plus the receiving side of the all-to-alls that every rank pays whatever it holds, in CPU time:
+    ``receive_fixed_ms`` per step, ``receive_per_id_ms`` per id its batch sends to the tables'
+    owners and ``receive_per_value_ms`` per pooled embedding value it gets back (and returns the
+    gradient of)."""
 
     fixed_ms: float = Field(ge=0, le=MAX_MS)
     per_table_ms: float = Field(ge=0, le=MAX_MS)
     cpu_fixed_ms: Optional[float] = Field(None, ge=0, le=MAX_MS)  # the same in CPU time
     cpu_per_table_ms: Optional[float] = Field(None, ge=0, le=MAX_MS)
+    receive_fixed_ms: Optional[float] = Field(None, ge=0, le=MAX_MS)  # absent in files from before it was measured
+    receive_per_id_ms: Optional[float] = Field(None, ge=0, le=MAX_MS)
+    receive_per_value_ms: Optional[float] = Field(None, ge=0, le=MAX_MS)
 
 
 class CalibrationModel(Strict):
@@ -214,6 +224,44 @@ def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     return c0, c1
 
 
+def _solve(a: list[list[float]], b: list[float]) -> Optional[list[float]]:
+    """``a x = b`` by Gaussian elimination with partial pivoting; None when ``a`` is singular."""
+    n = len(b)
+    m = [row[:] + [v] for row, v in zip(a, b)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
+        if abs(m[pivot][col]) < 1e-12 * max(abs(m[r][c]) for r in range(n) for c in range(n)):
+            return None
+        m[col], m[pivot] = m[pivot], m[col]
+        for r in range(col + 1, n):
+            f = m[r][col] / m[col][col]
+            m[r] = [x - f * y for x, y in zip(m[r], m[col])]
+    x = [0.0] * n
+    for r in reversed(range(n)):
+        x[r] = (m[r][n] - sum(m[r][c] * x[c] for c in range(r + 1, n))) / m[r][r]
+    return x
+
+
+def fit_nonnegative(columns: Sequence[Sequence[float]], ys: Sequence[float]) -> list[float]:
+    """Least-squares ``y = sum_k c_k x_k`` (no constant) with every ``c_k >= 0``, for the few terms a
+    calibration fits: the best fit over every subset of terms left free (the others 0)."""
+    k = len(columns)
+    best, best_residual = [0.0] * k, sum(y * y for y in ys)
+    for mask in range(1, 1 << k):
+        free = [i for i in range(k) if mask >> i & 1]
+        gram = [[sum(a * b for a, b in zip(columns[i], columns[j])) for j in free] for i in free]
+        coef = _solve(gram, [sum(a * y for a, y in zip(columns[i], ys)) for i in free])
+        if coef is None or any(c < 0 for c in coef):
+            continue
+        full = [0.0] * k
+        for i, c in zip(free, coef):
+            full[i] = c
+        residual = sum((y - sum(full[i] * columns[i][n] for i in range(k))) ** 2 for n, y in enumerate(ys))
+        if residual < best_residual - 1e-15:
+            best, best_residual = full, residual
+    return best
+
+
 def fit_collective(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
     """(latency ms, bandwidth GB/s) of ``(bytes, ms)`` points."""
     c0, c1 = fit_line([float(b) for b, _ in points], [ms for _, ms in points])
@@ -293,18 +341,37 @@ def dense_ms(cal: CalibrationModel, flops_per_sample: float, parameters: int, ba
     return compute + reduce
 
 
+def receive_ms(cal: CalibrationModel, ids: float, values: float) -> float:
+    """A rank's receiving side of one step's all-to-alls (none without one: ``ids`` and ``values``
+    0): the ``ids`` of its batch sent to the tables' owners, the ``values`` (pooled embedding
+    floats) received and their gradients sent back, and what taking part costs at all.
+
+    The owners' side is in their shards' comms estimates (TorchRec's: bytes over the measured
+    bandwidth); this is the rest, which a rank pays for its own batch wherever the tables are
+    (measured: a 2-rank rank holding no tables 8-9 ms of CPU where fixed + dense predicted 3 ms).
+    0 for a one-rank calibration (no all-to-all) and for files from before it was measured.
+    """
+    step = cal.step
+    if not ids and not values:
+        return 0.0
+    return ((step.receive_fixed_ms or 0.0) + (step.receive_per_id_ms or 0.0) * ids
+            + (step.receive_per_value_ms or 0.0) * values)
+
+
 def step_overhead_ms(cal: CalibrationModel, num_tables: int, collectives: int,
-                     dense: Optional[tuple[float, int]], batch_per_rank: int) -> float:
+                     dense: Optional[tuple[float, int]], batch_per_rank: int,
+                     received: tuple[float, float] = (0.0, 0.0)) -> float:
     """What a rank's step costs besides its embedding shards' estimates (the same on every rank).
 
     ``collectives``: all-to-alls per step (each pays the measured latency; their bytes are in
-    the shards' comms estimates); ``dense``: (forward FLOPs per sample, parameters) or None.
+    the shards' comms estimates); ``dense``: (forward FLOPs per sample, parameters) or None;
+    ``received``: (ids, pooled values) of the rank's batch that go through the all-to-alls.
     """
     if cal.cost_basis == "cpu":
         fixed, per_table = cal.step.cpu_fixed_ms or 0.0, cal.step.cpu_per_table_ms or 0.0
     else:
         fixed, per_table = cal.step.fixed_ms, cal.step.per_table_ms
-    extra = fixed + per_table * num_tables + collectives * cal.all_to_all.latency_ms
+    extra = fixed + per_table * num_tables + collectives * cal.all_to_all.latency_ms + receive_ms(cal, *received)
     if dense is not None:
         extra += dense_ms(cal, dense[0], dense[1], batch_per_rank)
     return extra
@@ -318,4 +385,10 @@ def describe(cal: CalibrationModel) -> str:
             f"{cal.all_to_all.bandwidth_gbps:.3g} GB/s + {cal.all_to_all.latency_ms:.3g} ms, all-reduce "
             f"{cal.all_reduce.bandwidth_gbps:.3g} GB/s + {cal.all_reduce.latency_ms:.3g} ms, GEMM "
             f"{cal.dense.gemm_gflops:.3g} GFLOP/s, step overhead {cal.step.fixed_ms:.3g} ms + "
-            f"{cal.step.per_table_ms:.3g} ms per table; kernels costed by {cal.cost_basis} time")
+            f"{cal.step.per_table_ms:.3g} ms per table, receiving side {_ms(cal.step.receive_fixed_ms)} ms + "
+            f"{_ms(cal.step.receive_per_id_ms, 1e6)} ms per 1e6 ids + {_ms(cal.step.receive_per_value_ms, 1e6)} ms "
+            f"per 1e6 values; kernels costed by {cal.cost_basis} time")
+
+
+def _ms(figure: Optional[float], per: float = 1.0) -> str:
+    return "?" if figure is None else f"{figure * per:.3g}"

@@ -3,7 +3,9 @@
 Before the job's plan is final, the job measures this machine over its own process group (its
 backend and world size: measure.measure_in_group) on a grid made from its own tables (their
 dims, row counts and pooling factors, at the job's global batch), or reuses a calibration file
-that matches it, and then plans again with the measured costs in the planner inputs. ``auto``
+that matches it, and then plans again with the measured costs in the planner inputs, and with the
+job's dense part (its MLPs and interaction: FLOPs per sample and parameters, counted from the
+model) so that the plan predicts the whole step (prediction.py), not its embeddings only. ``auto``
 keeps the file as RUN_DIR/calibration.json (a resumed or repeated run reuses it; one that no
 longer matches is measured again and overwritten); a path names a file the user keeps: reused
 if it matches, measured and written there if it does not exist, refused by name if it was
@@ -24,6 +26,7 @@ from typing import Any, Optional, Sequence
 
 from dlrm_dist.planning import calibration
 from dlrm_dist.planning.calibration import CalibrationError, CalibrationModel
+from dlrm_dist.planning.inputs import DenseModel
 from dlrm_dist.planning.planfile import PlanFile
 from dlrm_dist.planning.types import PlannerInputs, TableSpec
 
@@ -162,12 +165,34 @@ def _keyed(plan: Any, module_path: str) -> Any:
     return ShardingPlan({module_path: EmbeddingModuleShardingPlan(tables)})
 
 
-def replan(pf: PlanFile, cal: CalibrationModel, planner: str) -> PlanFile:
-    """``pf``'s job planned again by ``planner`` with ``cal``'s measured costs in its inputs."""
+def dense_part(modules: Sequence[Any]) -> DenseModel:
+    """The dense part of a model from its data-parallel ``modules`` (DLRM.dense_modules): the
+    parameters all-reduced every step, and the forward FLOPs per sample.
+
+    Every weight matrix (a parameter of two or more dimensions: Linear layers, DCN's low-rank
+    factors) costs one multiply-add per element per sample; a dot interaction adds its pairwise
+    products (a batched n x d by d x n matrix product per sample). Biases and element-wise work are
+    left out: small beside the GEMMs this costs at the calibrated rate.
+    """
+    from dlrm_dist.model.interaction import DotInteraction
+
+    params = [p for m in modules for p in m.parameters()]
+    flops = sum(2.0 * p.numel() for p in params if p.dim() >= 2)
+    for m in modules:
+        for sub in m.modules():
+            if isinstance(sub, DotInteraction):
+                n = sub.num_sparse + (1 if sub.out_features > len(sub.pairs) else 0)
+                flops += 2.0 * n * n * sub.dim
+    return DenseModel(flops_per_sample=flops, parameters=sum(p.numel() for p in params))
+
+
+def replan(pf: PlanFile, cal: CalibrationModel, planner: str, dense: Optional[DenseModel] = None) -> PlanFile:
+    """``pf``'s job planned again by ``planner`` with ``cal``'s measured costs in its inputs, and
+    ``dense`` (the job's dense part) when given."""
     from dlrm_dist.planning.planner import make_plan_file, plan_file_for
     from dlrm_dist.planning.torchrec_default import plan_with_torchrec
 
-    inputs = dataclasses.replace(pf.inputs, calibration=cal)
+    inputs = dataclasses.replace(pf.inputs, calibration=cal, dense=dense if dense is not None else pf.inputs.dense)
     (module_path,) = pf.plan.plan.keys()
     if planner == "torchrec":
         return plan_file_for(_keyed(plan_with_torchrec(inputs).plan, module_path), inputs, "torchrec_default",
@@ -176,19 +201,21 @@ def replan(pf: PlanFile, cal: CalibrationModel, planner: str) -> PlanFile:
 
 
 def calibrated_plan(pf: PlanFile, setting: Optional[str], run_dir: str, rank: int, world_size: int,
-                    backend: str, device: str, planner: str) -> PlanFile:
-    """The job's plan made with its calibration (``setting`` unset: ``pf`` unchanged). Needs the
-    process group: every rank takes part in measuring."""
+                    backend: str, device: str, planner: str, dense: Optional[DenseModel] = None) -> PlanFile:
+    """The job's plan made with its calibration and ``dense`` part (``setting`` unset: ``pf``
+    unchanged). Needs the process group: every rank takes part in measuring."""
     if not setting:
         return pf
     cal = calibrate_job(setting, run_dir, pf.inputs, world_size, rank, backend, device)
-    return replan(pf, cal, planner)
+    return replan(pf, cal, planner, dense)
 
 
 def with_job_calibration(prepared: Any, env: Any) -> Any:
     """A prepared job (training/build.Prepared) whose plan was made with ``sharding.calibration``'s
     figures; unchanged when the job has none. ``env``: the job's DistEnv (the group exists)."""
     cfg = prepared.cfg
+    if not cfg.sharding.calibration:
+        return prepared
     pf = calibrated_plan(prepared.plan_file, cfg.sharding.calibration, cfg.train.run_dir, env.rank, env.world_size,
-                         env.backend, env.device.type, cfg.sharding.planner)
+                         env.backend, env.device.type, cfg.sharding.planner, dense_part(prepared.model.dense_modules()))
     return prepared if pf is prepared.plan_file else dataclasses.replace(prepared, plan_file=pf)

@@ -10,7 +10,10 @@ time (``time.process_time``: the work, whatever else shares the core; calibratio
 - all-to-all and all-reduce over the job's backend and world size, per message size;
 - the dense part's GEMM rate (float32 matmul of the sizes small MLPs use);
 - the rest of a sharded training step (TorchRec's input distribution, KJT handling, the
-  optimizer), from a tiny DistributedModelParallel model stepped with 1 and 4 tables.
+  optimizer), from a tiny DistributedModelParallel model stepped with 1 and 4 tables;
+- the receiving side of the all-to-alls: the CPU time of the ranks holding no table when every
+  table is on rank 0, for three probes (a base, many ids, many pooled values), so the cost per
+  step, per id sent and per pooled value received can be told apart.
 
 ``calibrate(...)`` spawns the ranks itself (torch.multiprocessing, gloo, a timeout);
 ``measure_in_group(...)`` is the same inside an existing process group (a job calibrating
@@ -38,7 +41,7 @@ import torch
 import torch.distributed as dist
 
 from dlrm_dist.planning.calibration import (
-    VERSION, FORMAT, CalibrationError, CalibrationModel, fit_collective, fit_line, KernelModel,
+    VERSION, FORMAT, CalibrationError, CalibrationModel, fit_collective, fit_line, fit_nonnegative, KernelModel,
 )
 
 RANK_TIMEOUT_S = 600.0
@@ -61,10 +64,14 @@ class Sizes:
     reps: int = 3
     step_tables: tuple[int, ...] = (1, 4)
     step_count: int = 8
+    # the receiving-side probes: (dim, pooling factor, batch per rank) of 4 small tables all on rank 0:
+    # a base, many ids, many pooled values
+    receive_probes: tuple[tuple[int, float, int], ...] = ((8, 4.0, 256), (8, 64.0, 256), (64, 4.0, 256))
 
 
 TINY = Sizes(dims=(8, 16), rows=(1000, 4000), pooling_factors=(1.0, 4.0), batch=32, comm_bytes=(256, 4096),
-             gemm=((64, 64, 32),), reps=1, step_tables=(1, 2), step_count=2, dense_max_rows=4000)
+             gemm=((64, 64, 32),), reps=1, step_tables=(1, 2), step_count=2, dense_max_rows=4000,
+             receive_probes=((4, 2.0, 32), (4, 8.0, 32), (16, 2.0, 32)))
 
 
 # -- spawning ranks -----------------------------------------------------------------------------
@@ -314,6 +321,17 @@ def _batches(job: StepJob, count: int, seed: int) -> list[Any]:
     return out
 
 
+def thread_sched_ms() -> Optional[tuple[float, float]]:
+    """(ms on a CPU, ms runnable but waiting for one) of the calling thread so far, from Linux's
+    /proc/thread-self/schedstat; None where there is none. The wait is the core given to other
+    threads: on a shared machine, the other processes' load."""
+    try:
+        run_ns, wait_ns, _ = Path("/proc/thread-self/schedstat").read_text().split()[:3]
+    except (OSError, ValueError):
+        return None
+    return int(run_ns) / 1e6, int(wait_ns) / 1e6
+
+
 class ShardedSteps:
     """``job`` under DistributedModelParallel with ``plan`` (a ShardingPlan) in this process group,
     trained step by step on a few fixed random batches (fused embedding optimizer, SGD for the MLP)."""
@@ -360,8 +378,9 @@ def sharded_step_ms(job: StepJob, plan: Any, steps: int, warmup: int = 2) -> dic
     return {"mean_ms": sum(kept) / len(kept), "steps_ms": kept, "steps_cpu_ms": runner.cpu_ms}
 
 
-def _tw_plan(job: StepJob, world_size: int) -> Any:
-    """Table-wise, tables round-robin over ranks (the step-overhead probe's plan)."""
+def _tw_plan(job: StepJob, world_size: int, on_rank0: bool = False) -> Any:
+    """Table-wise, tables round-robin over ranks (the step-overhead probe's plan), or all on rank 0
+    (the receiving-side probe's)."""
     from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
     from torchrec.distributed.sharding_plan import construct_module_sharding_plan, table_wise
     from torchrec.distributed.types import ShardingPlan
@@ -369,7 +388,8 @@ def _tw_plan(job: StepJob, world_size: int) -> Any:
     ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(name=n, embedding_dim=d, num_embeddings=r,
                                                              feature_names=[f"f_{n}"]) for n, r, d, _ in job.tables],
                                  device=torch.device("meta"))
-    per = {n: table_wise(rank=i % world_size, compute_kernel="fused") for i, (n, _, _, _) in enumerate(job.tables)}
+    per = {n: table_wise(rank=0 if on_rank0 else i % world_size, compute_kernel="fused")
+           for i, (n, _, _, _) in enumerate(job.tables)}
     return ShardingPlan({"ebc": construct_module_sharding_plan(ebc, per, local_size=world_size,
                                                                world_size=world_size, device_type="cpu")})
 
@@ -384,7 +404,30 @@ def measure_step(sizes: Sizes) -> dict[str, Any]:
         slowest = torch.tensor([min(result["steps_ms"]), statistics.median(result["steps_cpu_ms"])])
         dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
         out.append({"tables": count, "ms": float(slowest[0].item()), "cpu_ms": float(slowest[1].item())})
-    return {"points": out}
+    return {"points": out, "receive": measure_receive(sizes)}
+
+
+RECEIVE_TABLES = 4
+
+
+def measure_receive(sizes: Sizes) -> list[dict[str, Any]]:
+    """The receiving side of the all-to-alls: every table on rank 0, the other ranks' CPU time per
+    step (the slowest's); their own batch's ids go out and its pooled embeddings come back. One
+    rank has no all-to-all: nothing to measure."""
+    world = dist.get_world_size()
+    if world == 1:
+        return []
+    out = []
+    for dim, pf, batch in sizes.receive_probes:
+        job = StepJob(tables=tuple((f"t{i}", 1000, dim, pf) for i in range(RECEIVE_TABLES)), mlp=(8, 1),
+                      batch_per_rank=batch)
+        result = sharded_step_ms(job, _tw_plan(job, world, on_rank0=True), sizes.step_count)
+        mine = torch.tensor([statistics.median(result["steps_cpu_ms"]) if dist.get_rank() else 0.0])
+        dist.all_reduce(mine, op=dist.ReduceOp.MAX)
+        per = max(int(round(pf)), 1)
+        out.append({"tables": RECEIVE_TABLES, "ids": batch * per * RECEIVE_TABLES,
+                    "values": batch * dim * RECEIVE_TABLES, "cpu_ms": float(mine.item())})
+    return out
 
 
 # -- the whole calibration --------------------------------------------------------------------
@@ -440,6 +483,7 @@ def build(raw: Sequence[dict[str, Any]], world_size: int, backend: str) -> Calib
         fits[kind] = {"latency_ms": latency, "bandwidth_gbps": bandwidth, "points": first[kind]}
     gflops = [2.0 * p["m"] * p["n"] * p["k"] / (p["ms"] * 1e-3) / 1e9 for p in first["gemm"]]
     step = _step_fit(first["step"]["points"], embedding, fits["all_to_all"]["latency_ms"])
+    step.update(_receive_fit(first["step"].get("receive", []), step))
     data = {"format": FORMAT, "version": VERSION, "machine": _machine(world_size), "device": "cpu",
             "backend": backend, "world_size": world_size, "embedding": embedding, **fits,
             "dense": {"gemm_gflops": sorted(gflops)[len(gflops) // 2], "points": first["gemm"]}, "step": step}
@@ -464,6 +508,17 @@ def _step_fit(points: list[dict[str, Any]], embedding: list[dict[str, Any]], lat
               for p in points]
         out.update(zip(names, fit_line(xs, ys)))
     return out
+
+
+def _receive_fit(points: list[dict[str, Any]], step: dict[str, float]) -> dict[str, float]:
+    """receive_fixed_ms, _per_id_ms and _per_value_ms: the probes' CPU time on a rank holding no
+    table, less the step overhead every rank pays (fixed + per table), fitted over ids and values."""
+    if not points or "cpu_fixed_ms" not in step:
+        return {}
+    ys = [max(p["cpu_ms"] - step["cpu_fixed_ms"] - step["cpu_per_table_ms"] * p["tables"], 0.0) for p in points]
+    columns = [[1.0] * len(points)] + [[float(p[k]) for p in points] for k in ("ids", "values")]
+    fixed, per_id, per_value = fit_nonnegative(columns, ys)
+    return {"receive_fixed_ms": fixed, "receive_per_id_ms": per_id, "receive_per_value_ms": per_value}
 
 
 def _rank_measure(sizes: Sizes) -> dict[str, Any]:

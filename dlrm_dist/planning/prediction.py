@@ -1,10 +1,12 @@
 """A calibrated plan's predicted training step per rank (no torch: read from the plan file alone).
 
 A rank's work per step = its embedding shards' estimated cost (Perf.total: kernels from the
-calibration, all-to-all bytes over the measured bandwidth) + what every rank pays alike: the
-calibration's step overhead (fixed + per table), the latency of the all-to-alls beyond the one
-sharding group the overhead was measured with (input ids, forward and backward embeddings, and
-the splits: four per group), and the dense part (the inputs' ``dense``: GEMMs at the measured
+calibration, all-to-all bytes over the measured bandwidth: the owner's side) + what every rank
+pays alike: the calibration's step overhead (fixed + per table), the latency of the all-to-alls
+beyond the one sharding group the overhead was measured with (input ids, forward and backward
+embeddings, and the splits: four per group), the receiving side of the all-to-alls (its own
+batch's ids sent out, its pooled embeddings received and their gradients returned: a rank pays
+it wherever the tables are) and the dense part (the inputs' ``dense``: GEMMs at the measured
 rate, the gradient all-reduce). Without a calibration there is no step prediction: TorchRec's
 constant bandwidths estimate the embedding part only, often 100x below a CPU step.
 
@@ -43,6 +45,18 @@ def shared_cores_ms(work_ms: Sequence[float], cores: int) -> list[float]:
     return finish
 
 
+def received(inputs: PlannerInputs, groups: int) -> tuple[float, float]:
+    """(ids, pooled values) one rank's batch puts through the all-to-alls per step: every id goes
+    to a table's owner and every feature's pooled embedding comes back (none when no table is
+    sharded: data-parallel tables are looked up locally)."""
+    if groups == 0:
+        return 0.0, 0.0
+    batch = inputs.batch_size_per_rank
+    # ids: the table's pooling factor, as its shards' estimates take it; a dim-wide row per feature
+    return (batch * sum(t.pooling_factor for t in inputs.tables),
+            float(batch * sum(t.dim * len(t.features) for t in inputs.tables)))
+
+
 def predicted_work_ms(inputs: PlannerInputs, estimates: PlanEstimates) -> Optional[list[float]]:
     """Per rank: the predicted work of one training step (ms on a core of its own), or None
     when the plan was not calibrated."""
@@ -52,7 +66,7 @@ def predicted_work_ms(inputs: PlannerInputs, estimates: PlanEstimates) -> Option
     groups = sharding_groups([r.shards_by_type for r in estimates.per_rank])
     dense = (inputs.dense.flops_per_sample, inputs.dense.parameters) if inputs.dense is not None else None
     extra = step_overhead_ms(cal, len(inputs.tables), COLLECTIVES_PER_GROUP * max(groups - 1, 0), dense,
-                             inputs.batch_size_per_rank)
+                             inputs.batch_size_per_rank, received(inputs, groups))
     return [r.cost_ms + extra for r in estimates.per_rank]
 
 

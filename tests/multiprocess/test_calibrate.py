@@ -8,7 +8,8 @@ a step above the embedding estimate.
 
 In a job (one process group, two trainings through the trainer's own entry): ``auto`` measures
 the job's own tables over its 2 ranks, keeps RUN_DIR/calibration.json and trains the plan made
-with it (the run's plan.json carries the calibration and costs its shards with it); a second job
+with it (the run's plan.json carries the calibration and the job's dense part, and costs its
+shards with the calibration); a second job
 naming that file reuses it (no new measurement: the file is unchanged, the log says so).
 """
 
@@ -21,7 +22,7 @@ import pytest
 
 from dlrm_dist.cli.plan_main import main
 from dlrm_dist.planning import calibration, measure, planfile
-from dlrm_dist.planning.prediction import predicted_step_ms
+from dlrm_dist.planning.prediction import predicted_step_ms, predicted_work_ms
 from tests.dist_helper import run_ranks
 from tests.multiprocess.train_worker import train_jobs
 from tests.small_job import SMALL_JOB
@@ -42,6 +43,7 @@ def test_calibrate_on_two_ranks_then_plan_with_it(tmp_path: Path, capsys) -> Non
     assert settings == {(k, d, r, int(tiny.batch * pf)) for k in tiny.kernels for r in tiny.rows for d in tiny.dims
                         for pf in tiny.pooling_factors}
     assert all(p.fwd_cpu_ms and p.bwd_cpu_ms for p in cal.embedding) and cal.step.cpu_fixed_ms is not None
+    assert None not in (cal.step.receive_fixed_ms, cal.step.receive_per_id_ms, cal.step.receive_per_value_ms)
     assert [p.bytes for p in cal.all_to_all.points] == list(tiny.comm_bytes) and cal.dense.gemm_gflops > 0
     assert "wrote" in printed.out and "all-to-all" in printed.out
 
@@ -70,6 +72,11 @@ def test_a_job_calibrates_itself_then_a_second_reuses_the_file(tmp_path: Path) -
     for name in ("auto", "reuse"):
         pf = planfile.read(tmp_path / name / "plan.json")
         assert pf.inputs.calibration == cal, name  # the plan trained was made with the measured costs
+        dense = pf.inputs.dense  # and with the job's dense part, counted from its model: the whole step predicted
+        assert dense is not None and dense.parameters > 0 and dense.flops_per_sample > 0, name
+        dense_ms = calibration.dense_ms(cal, dense.flops_per_sample, dense.parameters, pf.inputs.batch_size_per_rank)
+        work = predicted_work_ms(pf.inputs, pf.estimates)
+        assert all(w >= r.cost_ms + dense_ms for w, r in zip(work, pf.estimates.per_rank)), name
         assert json.loads((tmp_path / name / "summary.json").read_text())["steps"] == 4
         (tables,) = pf.plan.plan.values()
         specs = {t.name: t for t in pf.inputs.tables}

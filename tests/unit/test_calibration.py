@@ -182,6 +182,66 @@ def test_a_four_rank_plan_on_two_cores_predicts_the_shared_step(tmp_path: Path, 
     assert max(predicted_step_ms(pf.inputs, pf.estimates)) > max(work)  # more ranks than cores: slower than the work
 
 
+def test_nonnegative_fits_in_closed_form() -> None:
+    ones = [1.0, 1.0, 1.0]
+    assert calibration.fit_nonnegative([ones, [0.0, 10.0, 0.0], [0.0, 0.0, 10.0]], [2.0, 5.0, 12.0]) == pytest.approx(
+        [2.0, 0.3, 1.0])  # exact: 2 + 0.3 x ids + 1.0 x values
+    # a term that would fit negative (noise) is 0 and the others are fitted without it
+    assert calibration.fit_nonnegative([ones, [0.0, 10.0, 20.0]], [5.0, 4.0, 3.0]) == pytest.approx([4.0, 0.0])
+    assert calibration.fit_nonnegative([[1.0, 2.0]], [-1.0, -2.0]) == [0.0]
+
+
+def test_the_receive_side_is_fitted_from_the_probes_less_the_step_overhead() -> None:
+    from dlrm_dist.planning.measure import _receive_fit
+
+    step = {"cpu_fixed_ms": 2.0, "cpu_per_table_ms": 0.5}
+    points = [{"tables": 4, "ids": ids, "values": values, "cpu_ms": 2.0 + 4 * 0.5 + 3.0 + 1e-4 * ids + 2e-4 * values}
+              for ids, values in ((4096, 8192), (65536, 8192), (4096, 65536))]
+    fit = _receive_fit(points, step)
+    assert fit == pytest.approx({"receive_fixed_ms": 3.0, "receive_per_id_ms": 1e-4, "receive_per_value_ms": 2e-4})
+    assert _receive_fit([], step) == {} and _receive_fit(points, {"fixed_ms": 1.0}) == {}  # 1 rank; no CPU times
+
+
+def test_every_rank_pays_the_receiving_side_of_the_all_to_alls(tmp_path: Path, capsys) -> None:
+    """Measured at 2 ranks: a rank holding no table used 8-9 ms of CPU per step where the overhead and the
+    dense part predicted 3 ms. Its batch's ids go out and its pooled embeddings come back wherever the
+    tables are: every rank pays it, by the calibration's receive_* figures."""
+    data = ch.calibration_data()
+    data["step"].update(receive_fixed_ms=2.0, receive_per_id_ms=1e-3, receive_per_value_ms=5e-4)
+    plans = {}
+    for name, d in (("new", data), ("old", ch.calibration_data())):
+        plan = tmp_path / f"{name}.json"
+        code, out, _ = _run(capsys, "make", "--tables", str(_tables(tmp_path)), "--calibration", str(_write(tmp_path, d, f"{name}-cal.json")),
+                            "--device", "cpu", "--batch-size-per-rank", str(BATCH), "-o", str(plan))
+        assert code == 0, out
+        plans[name] = planfile.read(plan)
+    ids, values = BATCH * (4 + 10), BATCH * (16 + 64)  # t_a: pooling 4, dim 16; t_b: pooling 10, dim 64
+    new, old = (predicted_work_ms(pf.inputs, pf.estimates) for pf in (plans["new"], plans["old"]))
+    assert new == pytest.approx([w + 2.0 + 1e-3 * ids + 5e-4 * values for w in old])  # old files: no receive figures
+    assert "receiving side 2 ms + 1e+03 ms per 1e6 ids + 500 ms per 1e6 values" in calibration.describe(
+        calibration.from_data(data, "x"))
+    cal = calibration.from_data(data, "x")
+    assert calibration.receive_ms(cal, 0.0, 0.0) == 0.0  # no all-to-all (one rank, data-parallel tables): nothing
+
+
+def test_a_job_counts_its_dense_part_from_the_model() -> None:
+    import torch
+
+    from dlrm_dist.model.interaction import DotInteraction
+    from dlrm_dist.planning.job_calibration import dense_part
+
+    with torch.device("meta"):
+        bottom = torch.nn.Sequential(torch.nn.Linear(13, 8), torch.nn.ReLU())
+        dot = DotInteraction(num_sparse=3, dim=8, dense_dim=8)  # [dense, 3 embeddings]: n = 4
+        top = torch.nn.Sequential(torch.nn.Linear(dot.out_features, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    dense = dense_part([bottom, dot, top])
+    weights = 13 * 8 + dot.out_features * 16 + 16
+    assert dense.parameters == weights + 8 + 16 + 1  # weights and biases: all all-reduced
+    assert dense.flops_per_sample == pytest.approx(2 * weights + 2 * 4 * 4 * 8)  # + the interaction's x x^T
+    no_dense = DotInteraction(num_sparse=3, dim=8, dense_dim=0)
+    assert dense_part([no_dense]).flops_per_sample == pytest.approx(2 * 3 * 3 * 8)
+
+
 # -- calibration inside a job (sharding.calibration) ---------------------------------------------
 def _job_cal(tmp_path: Path, **machine: Any) -> Path:
     import socket
