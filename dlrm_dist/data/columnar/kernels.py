@@ -10,6 +10,8 @@ least that long) costs about 50 ns per byte, this about 1. The kernel releases t
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 from typing import Optional
 
 import numpy as np
@@ -123,35 +125,35 @@ _ID_BITS = np.uint64(40)  # a slot's meta word: id + 1 in the low 40 bits, the t
 _ID_MASK = np.uint64((1 << 40) - 1)
 _LONG = 0xFFFFFF  # length field of a text too long for it: its length is compared from the text store
 INLINE = 16  # texts up to this many bytes are confirmed from their slot alone (one cache line per probe)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _words(data, lo, size):  # pragma: no cover - compiled
-    """The first 16 bytes of a text as two little-endian words, zero padded."""
-    w0 = np.uint64(0)
-    w1 = np.uint64(0)
-    for k in range(min(size, 8)):
-        w0 |= np.uint64(data[lo + k]) << np.uint64(8 * k)
-    for k in range(8, min(size, 16)):
-        w1 |= np.uint64(data[lo + k]) << np.uint64(8 * (k - 8))
-    return w0, w1
+_HUGE_FROM = 4 << 20  # slot tables from this size on ask for huge pages
 
 
 @njit(cache=True, nogil=True)
-def _intern(offsets, data, hashes, missing, slots, keys, starts, buf, n, used, out):  # pragma: no cover
+def _intern(offsets, data, missing, hash_mask, slots, keys, starts, buf, n, used, out):  # pragma: no cover
     """Ids of a block's texts (-1: missing), new texts appended; returns (n, used, i, j): i >= 0 is
-    a text whose hash is text j's while its bytes are not. A slot is (hash, id + 1 | length << 40,
-    bytes 0..7, bytes 8..15; meta 0: empty): a text of up to 16 bytes is confirmed byte
-    for byte from its slot, without a second memory access; a longer one from the text store."""
+    a text whose hash is text j's while its bytes are not. One pass over each text's bytes gives
+    its FNV-1a 64 (``& hash_mask``: all ones but in tests) and its first 16 bytes as two words. A
+    slot is (hash, id + 1 | length << 40, bytes 0..7, bytes 8..15; meta 0: empty): a text of up
+    to 16 bytes is confirmed byte for byte from its slot, without a second memory access; a
+    longer one from the text store."""
     mask = np.uint64(len(slots) - 1)
-    for i in range(len(hashes)):
+    for i in range(len(out)):
         if missing[i]:
             out[i] = -1
             continue
-        h = hashes[i]
         lo = offsets[i]
         size = offsets[i + 1] - lo
-        w0, w1 = _words(data, lo, size)
+        h = _FNV_OFFSET
+        w0 = np.uint64(0)
+        w1 = np.uint64(0)
+        for k in range(size):
+            c = np.uint64(data[lo + k])
+            h = (h ^ c) * _FNV_PRIME
+            if k < 8:
+                w0 |= c << np.uint64(8 * k)
+            elif k < INLINE:
+                w1 |= c << np.uint64(8 * (k - 8))
+        h &= hash_mask
         length = np.uint64(min(size, _LONG))
         s = h & mask
         while True:
@@ -186,6 +188,18 @@ def _intern(offsets, data, hashes, missing, slots, keys, starts, buf, n, used, o
     return n, used, -1, -1
 
 
+def _table(slots: int) -> np.ndarray:
+    """An empty slot table; one of several MB on transparent huge pages where the kernel offers them
+    (a lookup in a table of 2M values is a cache miss, and with 4 kB pages a TLB miss too)."""
+    nbytes = slots * 32
+    if nbytes < _HUGE_FROM or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return np.zeros((slots, 4), np.uint64)
+    area = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # (zeroed by the kernel)
+    with contextlib.suppress(OSError):
+        area.madvise(mmap.MADV_HUGEPAGE)
+    return np.frombuffer(area, np.uint64).reshape(slots, 4)  # (the array keeps the mapping alive)
+
+
 def _grown(arr: np.ndarray, need: int) -> np.ndarray:
     if need <= len(arr):
         return arr
@@ -199,6 +213,8 @@ class Interner:
     sight), looked up by FNV-1a 64 in an open-addressing table and confirmed byte for byte: two
     texts with one hash are reported (``Collision``), never merged. Memory: the distinct texts'
     bytes, their hashes and the table (at most half full)."""
+
+    HASH_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)  # (tests narrow it to make collisions)
 
     def __init__(self) -> None:
         self.n, self.used = 0, 0
@@ -216,8 +232,8 @@ class Interner:
         offsets, data = buffers(arr)
         missing = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else np.zeros(len(arr), bool)
         self._reserve(len(arr), int(offsets[-1] - offsets[0]))
-        n, used, i, j = _intern(offsets, data, _fnv1a_of(offsets, data, len(arr)), missing, self.slots, self.keys,
-                                self.starts, self.buf, self.n, self.used, out)
+        n, used, i, j = _intern(offsets, data, missing, self.HASH_MASK, self.slots, self.keys, self.starts, self.buf,
+                                self.n, self.used, out)
         self.n, self.used = n, used
         if i >= 0:
             raise Collision(self.text(j), bytes(data[offsets[i]: offsets[i + 1]]).decode("utf-8", "replace"),
@@ -229,7 +245,7 @@ class Interner:
         self.starts = _grown(self.starts, self.n + rows + 1)
         self.buf = _grown(self.buf, self.used + nbytes)
         if 2 * (self.n + rows) > len(self.slots):  # rebuilt larger: at most half full
-            slots = np.zeros((1 << int(2 * (self.n + rows) - 1).bit_length(), 4), np.uint64)
+            slots = _table(1 << int(2 * (self.n + rows) - 1).bit_length())
             _reslot(self.slots, slots)
             self.slots = slots
 
@@ -265,12 +281,6 @@ def _reslot(old, slots):  # pragma: no cover - compiled
         while slots[s, 1] != 0:
             s = (s + np.uint64(1)) & mask
         slots[s] = old[r]
-
-
-def _fnv1a_of(offsets: np.ndarray, data: np.ndarray, n: int) -> np.ndarray:
-    out = np.empty(n, np.uint64)
-    _fnv1a(offsets, data, out)
-    return out
 
 
 @njit(cache=True, nogil=True)
