@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from dlrm_dist.config.errors import ConfigError
 from dlrm_dist.errors import run_cli
@@ -91,10 +91,7 @@ def run_partition(args: argparse.Namespace) -> int:
     from dlrm_dist.data.columnar.partitions import PartitionOptions, append, new_dataset
     from dlrm_dist.data.partition_list import format_partitions
 
-    if args.refit and args.append:
-        raise ConfigError("--append --refit: --append adds a partition with the directory's fitted schema; --refit "
-                          "makes a new dataset fitted on the input (in a new --out): choose one")
-    if args.refit and not args.schema:
+    if args.refit and not args.append and not args.schema:  # (--append --refit: append() refuses the pair)
         raise ConfigError("--refit needs --schema: the schema to fit anew (a schema file, or the directory whose "
                           "schema as written to refit)")
     schema = _schema_of(args.schema) if args.schema else None
@@ -112,6 +109,11 @@ def run_partition(args: argparse.Namespace) -> int:
     how = "the schema fitted on it" if r.fitted else "encoded with the directory's fitted schema"
     print(f"partition {r.partition}: {r.rows:,} rows (read {r.rows_read:,}, skipped {r.skipped:,}) in "
           f"{r.seconds:.1f} s ({rate:,.0f} rows/s), {how} -> {args.out} (partitions {held})")
+    return _print_malformed(r)
+
+
+def _print_malformed(r: Any) -> int:
+    """The first malformed lines a preprocessing run skipped (a partition's or the splits')."""
     if r.skipped:
         print(f"malformed lines (first {len(r.examples)} of {r.skipped}):")
         for e in r.examples:
@@ -142,11 +144,7 @@ def run_preprocess(args: argparse.Namespace) -> int:
         print("  time split fractions: " + "  ".join(f"{s} {x:.3f}" for s, x in r.split_fractions.items()))
     for w in r.warnings:
         print(f"dlrm-data: warning: {w}", file=sys.stderr)
-    if r.skipped:
-        print(f"malformed lines (first {len(r.examples)} of {r.skipped}):")
-        for e in r.examples:
-            print(f"  {e}")
-    return 0
+    return _print_malformed(r)
 
 
 def _write_outputs(args: argparse.Namespace, stats: dict, tables_file) -> bool:
