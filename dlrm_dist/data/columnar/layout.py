@@ -373,19 +373,18 @@ def _leftovers(directory: Path) -> list[Path]:
 def clear(directory: Path) -> None:
     """Removes what a job writing this layout writes: its records (partitions' too), vocab/, the
     splits, the partitions and every ``<name>.partial`` staging folder (other files stay)."""
-    for path in [*(directory / name for name in _RECORDS), *_leftovers(directory), *_partition_records(directory)]:
-        path.unlink(missing_ok=True)
-    folders = [directory / VOCAB_DIR, *(directory / s for s in SPLITS), *directory.glob("*.partial"),
-               *(d for d in directory.glob(PARTITION + "*") if d.name[len(PARTITION):].isdigit())]
-    for d in folders:
+    clear_unpublished(directory, ())
+    for name in _RECORDS:
+        (directory / name).unlink(missing_ok=True)
+    for d in [directory / VOCAB_DIR, *(directory / s for s in SPLITS), *directory.glob("*.partial")]:
         if d.is_dir():
             shutil.rmtree(d)
 
 
 def clear_unpublished(directory: Path, published: Any) -> None:
     """Removes what killed appends left (the caller holds the lock, so no write of ours is in
-    flight): partition folders and job records of partitions meta.json does not list, every
-    ``partition_<N>.partial`` folder, and the temporaries of record writes."""
+    flight): partition folders and job records of partitions not in ``published`` (meta.json's),
+    every ``partition_<N>.partial`` folder, and the temporaries of record writes."""
     keep = {partition_split(n) for n in published}
     for d in directory.glob(PARTITION + "*"):
         name = d.name.removesuffix(PARTIAL)
@@ -397,11 +396,6 @@ def clear_unpublished(directory: Path, published: Any) -> None:
             record.unlink(missing_ok=True)
     for tmp in [*_leftovers(directory), *directory.glob(f".{PARTITION}*.job.json.*.tmp")]:
         tmp.unlink(missing_ok=True)
-
-
-def _partition_records(directory: Path) -> list[Path]:
-    """Partitions' job records and a kill's temporaries of them."""
-    return [*directory.glob(f"{PARTITION}*.job.json"), *directory.glob(f".{PARTITION}*.job.json.*.tmp")]
 
 
 def _foreign(directory: Path) -> bool:
