@@ -25,6 +25,13 @@ every instance, so an interrupted run is still a record, and ``--resume`` contin
 
     .venv/bin/python benchmarks/planner_suite.py [--quick] [--count 44] [--torchrec-timeout 20]
         [--torchrec-limit 150] [--out benchmarks/results/planner-suite] [--resume]
+        [--torchrec-from benchmarks/results/2026-12-01-planner-suite-full.json]
+
+``--torchrec-from RECORD.json`` plans only our side and takes TorchRec's figures from an earlier record's
+row of the same instance (its inputs compared field by field; an instance whose inputs differ is refused).
+TorchRec's plan does not depend on our partitioner (its search space comes from options.py's estimates,
+its proposers and partitioner are its own), so after a change to partitioner.py alone this re-rates every
+instance in the time of our side; the row says ``torchrec_from`` and keeps the earlier run's uptimes.
 
 Goal (issue 22): never worse than TorchRec on any instance, median ratio ours/TorchRec <= 0.9.
 """
@@ -185,6 +192,32 @@ def run_instance(inst: Instance, worker: TorchRecWorker, timeout: Optional[int])
     return row
 
 
+_TORCHREC_KEYS = ("torchrec_seconds", "torchrec_cpu_seconds", "torchrec_bottleneck_ms", "torchrec_own_rating_ms",
+                  "torchrec_fits", "torchrec_imbalance", "torchrec_timed_out", "torchrec_error")
+
+
+def recorded_torchrec(inst: Instance, record: dict[str, dict[str, Any]], path: str) -> dict[str, Any]:
+    """TorchRec's figures for ``inst`` from an earlier record's row (``record``: rows by name)."""
+    prev = record.get(inst.name)
+    if prev is None:
+        raise SystemExit(f"planner_suite.py: error: {path} has no row for instance {inst.name}")
+    differ = {k: (v, prev.get(k)) for k, v in inst.describe().items() if prev.get(k) != v}
+    if differ:
+        raise SystemExit(f"planner_suite.py: error: {path}'s row {inst.name} was planned from other inputs: "
+                         + ", ".join(f"{k} {b!r} there, {a!r} now" for k, (a, b) in differ.items()))
+    return {**{k: prev[k] for k in _TORCHREC_KEYS if k in prev}, "torchrec_from": path,
+            "torchrec_uptime_before": prev.get("uptime_before"), "torchrec_uptime_after": prev.get("uptime_after")}
+
+
+def run_ours_only(inst: Instance, record: dict[str, dict[str, Any]], path: str) -> dict[str, Any]:
+    before = _uptime()
+    row = {**inst.describe(), **_ours(inst), **recorded_torchrec(inst, record, path)}
+    if "ours_bottleneck_ms" in row and "torchrec_bottleneck_ms" in row:
+        row["ratio_ours_over_torchrec"] = row["ours_bottleneck_ms"] / row["torchrec_bottleneck_ms"]
+    row["uptime_before"], row["uptime_after"] = before, _uptime()
+    return row
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ratios = [r["ratio_ours_over_torchrec"] for r in rows if "ratio_ours_over_torchrec" in r]
     return {"instances": len(rows), "compared": len(ratios),
@@ -234,6 +267,8 @@ def main() -> None:
     p.add_argument("--only", help="comma-separated instance names")
     p.add_argument("--out", help="write OUT.json and OUT.md (after every instance)")
     p.add_argument("--resume", action="store_true", help="keep OUT.json's rows and plan only the instances it lacks")
+    p.add_argument("--torchrec-from", metavar="RECORD.json",
+                   help="plan only our side; TorchRec's figures from this earlier record's rows of the same inputs")
     args = p.parse_args()
     quiet_libraries()
     logging.disable(logging.WARNING)
@@ -245,18 +280,22 @@ def main() -> None:
     meta = {"argv": sys.argv[1:], "torchrec_timeout_s": args.torchrec_timeout, "torchrec_limit_cpu_s": args.torchrec_limit,
             "torchrec_wall_limit_s": args.torchrec_wall_limit,
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "uptime_start": _uptime(), "pid": os.getpid()}
-    worker = TorchRecWorker(args.torchrec_limit, args.torchrec_wall_limit)
+    record = ({r["name"]: r for r in json.loads(Path(args.torchrec_from).read_text())["rows"]}
+              if args.torchrec_from else None)
+    worker = None if record is not None else TorchRecWorker(args.torchrec_limit, args.torchrec_wall_limit)
     try:
         for inst in instances:
             if inst.name in done:
                 continue
-            row = run_instance(inst, worker, args.torchrec_timeout)
+            row = (run_ours_only(inst, record, args.torchrec_from) if record is not None
+                   else run_instance(inst, worker, args.torchrec_timeout))
             rows.append(row)
             print(json.dumps(row), flush=True)
             if args.out:
                 _write(args.out, rows, meta)
     finally:
-        worker.close()
+        if worker is not None:
+            worker.close()
     meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     if args.out:
         _write(args.out, rows, meta)

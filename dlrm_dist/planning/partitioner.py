@@ -6,8 +6,11 @@
 2. Cost: for a series of targets T, each table takes its cheapest option (total cost over
    shards) whose largest shard costs at most T — so big tables get split only as far as
    balance needs — and shards are placed largest first on the least loaded rank with room
-   (LPT). The best placement over all targets is kept.
-3. Refinement: shards are moved off the bottleneck rank while that lowers it.
+   (LPT). Where that order leaves a table no room, the same choice is also placed the way
+   TorchRec's greedy partitioner does, largest storage first, before tables are split
+   further (see ``partition``). The best placement over all targets is kept.
+3. Refinement: shards are moved off the bottleneck rank, or swapped with a cheaper shard of
+   another rank, while that lowers it.
 
 Everything is numpy over TorchRec's per-shard estimates (options.py).
 """
@@ -27,6 +30,7 @@ from dlrm_dist.planning.types import Capacity, Option, PlannerInputs, TablePlace
 NUM_TARGETS = 24
 NUM_BREAKS = 16
 REFINE_MOVES = 2000
+SWAP_PARTNERS = 4  # a swap pairs the bottleneck rank with one of this many least-loaded ranks
 
 
 def _in_hbm(o: Option) -> bool:
@@ -127,7 +131,10 @@ class _Placer:
         self.cap = cap
         self._uniform_loads: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}  # by id(option)
 
-    def place(self, choice: list[Option]) -> tuple[Optional[list[TablePlacement]], list[int]]:
+    def place(self, choice: list[Option], by_storage: bool = False) -> tuple[Optional[list[TablePlacement]], list[int]]:
+        """Places fixed (uniform) options, then the others largest cost first (LPT), or with ``by_storage``
+        largest storage first (TorchRec's GreedyPerfPartitioner's order). None and the failed tables when
+        some table has no room."""
         load, hbm, ddr = np.zeros(self.n), np.zeros(self.n), np.zeros(self.n)
         placed: list[Optional[TablePlacement]] = [None] * len(choice)
         failed: list[int] = []
@@ -142,7 +149,8 @@ class _Placer:
                 hbm += dh
                 ddr += dd
         movable = [t for t, o in enumerate(choice) if o.placement != "uniform"]
-        movable.sort(key=lambda t: -choice[t].max_cost)
+        movable.sort(key=(lambda t: (-_hbm(choice[t]), -float(choice[t].ddr.sum()))) if by_storage
+                     else (lambda t: -choice[t].max_cost))
         for t in movable:
             o = choice[t]
             ranks = self._place_host(o, load, hbm, ddr) if o.placement == "host" else self._place_device(o, load, hbm, ddr)
@@ -239,27 +247,32 @@ def _repair(allowed: list[list[Option]], choice: list[Option], failed: list[int]
     return changed
 
 
-def _refine(placed: list[TablePlacement], n: int, cap: Capacity) -> None:
-    """Moves single device-placed shards off the bottleneck rank while it helps.
+class _Refiner:
+    """Local search on a placement: single device-placed shards moved, or pairs swapped, off the bottleneck rank."""
 
-    Each move takes the shard with the largest gain (the first such in table, then shard order)
-    to the least-loaded rank with room for it; all shards on the bottleneck are rated at once.
-    """
-    load, hbm, ddr = rank_totals(placed, n)
-    movable = [(tp, s) for tp in placed if tp.option.placement == "device" for s in range(len(tp.ranks))]
-    if not movable:
-        return
-    rank = np.array([tp.ranks[s] for tp, s in movable], dtype=np.int64)
-    cost = np.array([tp.option.shard_cost[s] for tp, s in movable])
-    shard_hbm = np.array([tp.option.hbm[s] for tp, s in movable], dtype=np.float64)
-    shard_ddr = np.array([tp.option.ddr[s] for tp, s in movable], dtype=np.float64)
-    for _ in range(REFINE_MOVES):
+    def __init__(self, placed: list[TablePlacement], n: int, cap: Capacity) -> None:
+        self.cap = cap
+        self.load, self.hbm, self.ddr = rank_totals(placed, n)
+        self.movable = [(tp, s) for tp in placed if tp.option.placement == "device" for s in range(len(tp.ranks))]
+        self.rank = np.array([tp.ranks[s] for tp, s in self.movable], dtype=np.int64)
+        self.cost = np.array([tp.option.shard_cost[s] for tp, s in self.movable])
+        self.shard_hbm = np.array([tp.option.hbm[s] for tp, s in self.movable], dtype=np.float64)
+        self.shard_ddr = np.array([tp.option.ddr[s] for tp, s in self.movable], dtype=np.float64)
+
+    def _room(self, r: np.ndarray, dh: np.ndarray, dd: np.ndarray) -> np.ndarray:
+        return (self.hbm[r] + dh <= self.cap.hbm + 1e-6) & (self.ddr[r] + dd <= self.cap.ddr + 1e-6)
+
+    def move(self) -> bool:
+        """The move with the largest gain (the first such in table, then shard order) of a shard on the
+        bottleneck to the least-loaded rank with room for it; False if none lowers the bottleneck."""
+        load = self.load
         top = int(np.argmax(load))
-        here = np.flatnonzero(rank == top)
+        here = np.flatnonzero(self.rank == top)
         if not len(here):
-            return
-        c = cost[here]
-        ok = (hbm + shard_hbm[here, None] <= cap.hbm + 1e-6) & (ddr + shard_ddr[here, None] <= cap.ddr + 1e-6)
+            return False
+        c = self.cost[here]
+        ok = ((self.hbm + self.shard_hbm[here, None] <= self.cap.hbm + 1e-6)
+              & (self.ddr + self.shard_ddr[here, None] <= self.cap.ddr + 1e-6))
         ok[:, top] = False
         room = ok.any(axis=1)
         to = np.argmin(np.where(ok, load, np.inf), axis=1)
@@ -267,14 +280,66 @@ def _refine(placed: list[TablePlacement], n: int, cap: Capacity) -> None:
         gain = np.where(room & (gain > 1e-12), gain, -np.inf)
         k = int(np.argmax(gain))
         if gain[k] == -np.inf:
+            return False
+        self._shift(int(here[k]), top, int(to[k]))
+        return True
+
+    def swap(self) -> bool:
+        """The swap with the largest gain of a shard on the bottleneck with a cheaper one on one of the
+        SWAP_PARTNERS least-loaded ranks; False if none lowers the bottleneck. A move cannot balance two
+        ranks whose difference is smaller than every shard's cost; a swap moves only the difference of two."""
+        load = self.load
+        top = int(np.argmax(load))
+        here = np.flatnonzero(self.rank == top)
+        partners = [r for r in np.argsort(load, kind="stable")[:SWAP_PARTNERS] if r != top]
+        there = np.flatnonzero(np.isin(self.rank, partners))
+        if not len(here) or not len(there):
+            return False
+        d = self.cost[here, None] - self.cost[None, there]  # what the bottleneck sheds
+        to = self.rank[there][None, :]
+        gain = load[top] - np.maximum(load[top] - d, load[to] + d)
+        dh = self.shard_hbm[here, None] - self.shard_hbm[None, there]
+        dd = self.shard_ddr[here, None] - self.shard_ddr[None, there]
+        ok = self._room(np.full_like(to, top), -dh, -dd) & self._room(to, dh, dd) & (gain > 1e-12)
+        gain = np.where(ok, gain, -np.inf)
+        i, j = np.unravel_index(int(np.argmax(gain)), gain.shape)
+        if gain[i, j] == -np.inf:
+            return False
+        a, b = int(here[i]), int(there[j])
+        r = int(self.rank[b])
+        self._shift(a, top, r)
+        self._shift(b, r, top)
+        return True
+
+    def _shift(self, j: int, frm: int, to: int) -> None:
+        tp, s = self.movable[j]
+        for arr, v in ((self.load, tp.option.shard_cost[s]), (self.hbm, tp.option.hbm[s]), (self.ddr, tp.option.ddr[s])):
+            arr[frm] -= v
+            arr[to] += v
+        tp.ranks[s] = to
+        self.rank[j] = to
+
+
+def _place_repaired(placer: _Placer, allowed: list[list[Option]], choice: list[Option],
+                    by_storage: bool) -> tuple[Optional[list[TablePlacement]], list[int], bool]:
+    """Places ``choice`` (changed in place), repairing tables that found no room until all fit or no
+    table can shrink; and whether any repair was needed."""
+    for attempt in range(len(choice) + 1):
+        placed, failed = placer.place(choice, by_storage)
+        if placed is not None or not _repair(allowed, choice, failed):
+            break
+    return placed, failed, attempt > 0 or placed is None
+
+
+def _refine(placed: list[TablePlacement], n: int, cap: Capacity) -> None:
+    """Moves single device-placed shards off the bottleneck rank while it helps; when no move does, one
+    swap, then moves again (at most REFINE_MOVES steps in all)."""
+    r = _Refiner(placed, n, cap)
+    if not r.movable:
+        return
+    for _ in range(REFINE_MOVES):
+        if not (r.move() or r.swap()):
             return
-        j, r = int(here[k]), int(to[k])
-        tp, s = movable[j]
-        for arr, v in ((load, tp.option.shard_cost[s]), (hbm, tp.option.hbm[s]), (ddr, tp.option.ddr[s])):
-            arr[top] -= v
-            arr[r] += v
-        tp.ranks[s] = r
-        rank[j] = r
 
 
 def partition(options: list[list[Option]], inputs: PlannerInputs) -> list[TablePlacement]:
@@ -303,16 +368,20 @@ def partition(options: list[list[Option]], inputs: PlannerInputs) -> list[TableP
             last_failed = failures.get(key, last_failed)
             continue
         tried.add(key)
-        for _ in range(len(choice) + 1):
-            placed, failed = placer.place(choice)
-            if placed is not None or not _repair(allowed, choice, failed):
-                break
-        if placed is None:
-            last_failed = failures[key] = failed
-            continue
-        cost = bottleneck(placed, n)
-        if cost < best_cost - 1e-12:
-            best, best_cost = placed, cost
+        # LPT by cost places the cheap but large shards last, into memory the others have fragmented
+        # (suite s1034: big one-hot tables table-row-wise found no host with room on all its ranks,
+        # and the repairs split them row-wise at 44x the cost). So where the cost order leaves a table
+        # no room, the unrepaired choice is also placed largest storage first (TorchRec's order); both
+        # are repaired as needed and the better kept: a superset of the cost order's candidates.
+        for by_storage in (False, True):
+            placed, failed, repaired = _place_repaired(placer, allowed, list(choice), by_storage)
+            if placed is None:
+                if not by_storage:
+                    last_failed = failures[key] = failed
+            elif (cost := bottleneck(placed, n)) < best_cost - 1e-12:
+                best, best_cost = placed, cost
+            if placed is not None and not repaired:
+                break  # the cost order placed the choice as chosen
     if best is None:
         raise NoFitError(fit_report(options, inputs, cap, last_failed))
     _refine(best, n, cap)
