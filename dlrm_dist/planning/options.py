@@ -20,7 +20,8 @@ TorchRec's own enumerator, make it cheap:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -71,6 +72,7 @@ class Enumerator:
         self._bandwidths = Bandwidths.of(inputs) if inputs.calibration is None else None
         self._torchrec: Optional[_TorchRecEstimator] = None
         self._perf_cache: dict[tuple, dict[int, np.ndarray]] = {}
+        self._perf_rows: dict[tuple, np.ndarray] = {}  # (cache key, distinct widths) -> their perf rows
         self.capacity = Capacity.of(inputs)
         self._layouts: dict[tuple, tuple] = {}
 
@@ -163,17 +165,14 @@ class Enumerator:
         return [self.options(i) for i in range(len(self.inputs.tables))]
 
     # -- internals ------------------------------------------------------------------------
-    def _layout(self, table: TableSpec, st: str, col_dim: Optional[int] = None) -> tuple:
+    def _layout(self, table: TableSpec, st: str, col_dim: Optional[int] = None) -> "_Layout":
         """Shard sizes/offsets (TorchRec's own split) and their distinct sizes, per type."""
         key = (table.name, st, col_dim)
         if key not in self._layouts:
             topo = self.inputs.topology
             sizes, offsets = shard_layout(table.rows, table.dim, topo.world_size, topo.ranks_per_host, st, col_dim)
-            sizes_a = np.asarray(sizes, dtype=np.int64)
-            rep, inverse = distinct_rows(sizes)
-            distinct = sizes_a[rep]
             self._layouts = {k: v for k, v in self._layouts.items() if k[0] == table.name}  # bounded
-            self._layouts[key] = (sizes, offsets, sizes_a, np.asarray(offsets, dtype=np.int64), distinct, rep, inverse)
+            self._layouts[key] = _Layout.of(sizes, offsets)
         return self._layouts[key]
 
     def base_option(self, index: int, st: str, kernel: str) -> Option:
@@ -181,17 +180,12 @@ class Enumerator:
         return self._option(index, self.inputs.tables[index], st, kernel)
 
     def _option(self, index: int, table: TableSpec, st: str, kernel: str, col_dim: Optional[int] = None) -> Option:
-        sizes, offsets, sizes_a, offsets_a, distinct, rep, inverse = self._layout(table, st, col_dim)
-        return self._estimate(index, table, st, kernel, sizes, offsets, sizes_a, offsets_a, distinct, rep, inverse, None)
+        return self._estimate(index, table, st, kernel, self._layout(table, st, col_dim), None)
 
     def option_for(self, index: int, st: str, kernel: str, sizes: list, offsets: list,
                    load_factor: Optional[float]) -> Option:
         """The option of an explicit shard layout (e.g. another planner's), estimated alike."""
-        sizes_a, offsets_a = np.asarray(sizes, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
-        rep, inverse = distinct_rows(sizes)
-        table = self.inputs.tables[index]
-        return self._estimate(index, table, st, kernel, sizes, offsets, sizes_a, offsets_a, sizes_a[rep], rep,
-                              inverse, load_factor)
+        return self._estimate(index, self.inputs.tables[index], st, kernel, _Layout.of(sizes, offsets), load_factor)
 
     def _load_factor(self, table: TableSpec, kernel: str, load_factor: Optional[float]) -> Optional[float]:
         """The cache load factor of a cached kernel's option (the table's, else the budget's); None otherwise."""
@@ -199,44 +193,48 @@ class Enumerator:
             return None
         return load_factor if load_factor is not None else cache_load_factor(self.inputs, table)
 
-    def _estimate(self, index, table, st, kernel, sizes, offsets, sizes_a, offsets_a, distinct, rep, inverse,
+    def _estimate(self, index: int, table: TableSpec, st: str, kernel: str, layout: "_Layout",
                   load_factor: Optional[float]) -> Option:
         clf = self._load_factor(table, kernel, load_factor)
         topo = self.inputs.topology
-        storage = shard_storages([sizes[i] for i in rep], table.rows, table.dim, st, kernel, topo.device,
-                                 self.inputs.optimizer, table.pooling_factor, self.inputs.batch_size_per_rank,
-                                 topo.world_size, topo.ranks_per_host, clf)
-        hbm = np.array([h for h, _ in storage], dtype=np.int64)[inverse]
-        ddr = np.array([d for _, d in storage], dtype=np.int64)[inverse]
+        storage = np.array(shard_storages(layout.distinct, table.rows, table.dim, st, kernel, topo.device,
+                                          self.inputs.optimizer, table.pooling_factor, self.inputs.batch_size_per_rank,
+                                          topo.world_size, topo.ranks_per_host, clf), dtype=np.int64)
+        hbm, ddr = storage[layout.inverse, 0], storage[layout.inverse, 1]
         if table.managed:  # TorchRec's estimator knows no remapper: its buffers sit on the shard's device
-            extra = remapper_bytes(sizes_a[:, 0])
+            extra = remapper_bytes(layout.sizes_a[:, 0])
             if self.inputs.topology.device == "cuda":
                 hbm = hbm + extra
             else:
                 ddr = ddr + extra
-        perf = self._perf(table, st, kernel, clf, distinct,
-                          lambda: self.torchrec.estimate(table, st, kernel, [sizes[i] for i in rep],
-                                                         [offsets[i] for i in rep], clf))[inverse]
-        return Option(index, st, kernel, clf, sizes_a, offsets_a, perf, hbm, ddr)
+        perf = self._perf(table, st, kernel, clf, layout)[layout.inverse]
+        return Option(index, st, kernel, clf, layout.sizes_a, layout.offsets_a, perf, hbm, ddr)
 
-    def _perf(self, table: TableSpec, st: str, kernel: str, clf: Optional[float], distinct: np.ndarray,
-              torchrec: Callable[[], list[np.ndarray]]) -> np.ndarray:
-        """Per distinct shard size: the 6 perf components (ms); ``torchrec`` estimates them with TorchRec's
-        (calibrated) estimator on a miss when the inputs carry a calibration."""
+    def _perf(self, table: TableSpec, st: str, kernel: str, clf: Optional[float], layout: "_Layout") -> np.ndarray:
+        """Per distinct shard size: the 6 perf components (ms); TorchRec's (calibrated) estimator on a miss when
+        the inputs carry a calibration, else the closed form."""
         # A calibrated kernel cost depends on the rows (cache misses): then the cache is per table size too.
         key = (st, kernel, table.dim, table.pooling_factor, clf, table.rows if self.inputs.calibration else None)
+        closed = self._bandwidths is not None
+        if closed and st != "data_parallel":  # the closed form is a function of the key and widths: memoised whole
+            hit = self._perf_rows.get((key, layout.widths))
+            if hit is not None:
+                return hit
         cached = self._perf_cache.get(key, {})
-        widths = [int(w) for w in distinct[:, 1]]
-        if st == "data_parallel" or any(w not in cached for w in widths):
-            values = self._closed_form(table, st, kernel, clf, distinct) if self._bandwidths is not None else torchrec()
+        if st == "data_parallel" or any(w not in cached for w in layout.widths):
+            values = (self._closed_form(table, st, kernel, clf, layout.distinct) if closed else
+                      self.torchrec.estimate(table, st, kernel, layout.distinct, layout.distinct_offsets, clf))
             if st == "data_parallel":  # depends on the table's size: never shared
                 return np.stack(values)
-            cached.update(dict(zip(widths, values)))
+            cached.update(dict(zip(layout.widths, values)))
             self._perf_cache[key] = cached
-        return np.stack([cached[w] for w in widths])
+        rows = np.stack([cached[w] for w in layout.widths])
+        if closed:
+            self._perf_rows[(key, layout.widths)] = rows
+        return rows
 
     def _closed_form(self, table: TableSpec, st: str, kernel: str, clf: Optional[float],
-                     distinct: np.ndarray) -> list[np.ndarray]:
+                     distinct: list) -> list[np.ndarray]:
         """TorchRec's default estimate of each distinct shard (shard_perf.py, equal to its estimator)."""
         topo, bw = self.inputs.topology, self._bandwidths
         assert bw is not None
@@ -245,6 +243,26 @@ class Enumerator:
                                                  self.inputs.batch_size_per_rank, topo.world_size,
                                                  topo.ranks_per_host, kernel_bw, bw)), dtype=np.float64)
                 for rows, cols in distinct]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """One shard layout: sizes and offsets (lists and int64 arrays) and its distinct shard sizes, in ascending
+    order, with each shard's position among them (``inverse``) and their widths."""
+
+    sizes_a: np.ndarray
+    offsets_a: np.ndarray
+    distinct: list
+    distinct_offsets: list
+    inverse: np.ndarray
+    widths: tuple[int, ...]
+
+    @classmethod
+    def of(cls, sizes: list, offsets: list) -> "_Layout":
+        rep, inverse = distinct_rows(sizes)
+        distinct = [list(sizes[i]) for i in rep]
+        return cls(np.asarray(sizes, dtype=np.int64), np.asarray(offsets, dtype=np.int64), distinct,
+                   [list(offsets[i]) for i in rep], inverse, tuple(int(c) for _, c in distinct))
 
 
 class _TorchRecEstimator:
@@ -321,7 +339,7 @@ def distinct_rows(sizes: list) -> tuple[np.ndarray, np.ndarray]:
     sort of the whole array: the first occurrence of each distinct shard size, in ascending order of the
     sizes, and each shard's position among them. A layout has one to three distinct sizes among up to
     hundreds of shards, and np.unique along an axis cost 0.3 ms per option."""
-    rows = [tuple(int(x) for x in r) for r in sizes]
+    rows = [tuple(r) for r in sizes]  # python ints (ours, ShardMetadata's) or numpy ints: both hash as ints
     first: dict[tuple, int] = {}
     for i, r in enumerate(rows):
         first.setdefault(r, i)

@@ -17,6 +17,7 @@ sizes, sharding types, kernels, devices, optimizers, pooling factors and load fa
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence
 
@@ -59,6 +60,14 @@ def io_sizes(sharding_type: str, sizes: Sequence[Sequence[int]], dim: int, pooli
     raise ValueError(f"no storage formula for sharding type {sharding_type!r}")
 
 
+@functools.lru_cache(maxsize=4096)
+def _io_totals(sharding_type: str, sizes: tuple[tuple[int, int], ...], dim: int, pooling_factor: float,
+               batch_size: int, world_size: int, ranks_per_host: int) -> tuple[int, ...]:
+    """Per shard: input + output bytes (the IO buffers' storage), shared by a layout's kernels (cached)."""
+    ins, outs = io_sizes(sharding_type, sizes, dim, pooling_factor, batch_size, world_size, ranks_per_host)
+    return tuple(i + o for i, o in zip(ins, outs))
+
+
 def _specific_sizes(storage: int, rows: int, dim: int, sizes: Sequence[Sequence[int]], sharding_type: str,
                     multiplier: float, clf: Optional[float]) -> list[int]:
     """Weights + optimizer state + cache bookkeeping per shard (TorchRec's _calculate_storage_specific_sizes)."""
@@ -78,7 +87,8 @@ def shard_storages(sizes: Sequence[Sequence[int]], rows: int, dim: int, sharding
     ``caching_ratio`` is the cache load factor of a ``fused_uvm_caching`` option (TorchRec's
     UVM_CACHING_RATIO, 0.2, when None); other kernels ignore it, as TorchRec does.
     """
-    ins, outs = io_sizes(sharding_type, sizes, dim, pooling_factor, batch_size, world_size, ranks_per_host)
+    io = _io_totals(sharding_type, tuple(map(tuple, sizes)), dim, pooling_factor, batch_size, world_size,
+                    ranks_per_host)
     weights = rows * dim * WEIGHT_BYTES
     on_host = kernel in UVM_KERNELS or device == "cpu"
     hbm, ddr = (0, weights) if on_host else (weights, 0)
@@ -89,7 +99,6 @@ def shard_storages(sizes: Sequence[Sequence[int]], rows: int, dim: int, sharding
     multiplier = optimizer_multiplier(optimizer, dim)
     hbm_specific = _specific_sizes(hbm, rows, dim, sizes, sharding_type, multiplier, ratio if cached else None)
     ddr_specific = _specific_sizes(ddr, rows, dim, sizes, sharding_type, multiplier, None)
-    io = [i + o for i, o in zip(ins, outs)]
     hbm_sizes = [h + b if device == "cuda" else 0 for h, b in zip(hbm_specific, io)]
     ddr_sizes = [d + b if device == "cpu" else d for d, b in zip(ddr_specific, io)]
     return list(zip(hbm_sizes, ddr_sizes))
