@@ -327,12 +327,15 @@ class _ChunkHandler:
         return "error" if self.strict else "skip"
 
 
-def _parse_chunk(path: Path, schema: FeatureSchema, data: pa.Buffer, read_opts: pa_csv.ReadOptions,
+def _parse_chunk(path: Path, schema: FeatureSchema, fd: int, cut: tuple[int, int], read_opts: pa_csv.ReadOptions,
                  convert: pa_csv.ConvertOptions, delimiter: str, quote: Any, strict: bool) -> _Chunk:
-    """Parses one byte range (a worker's job: pyarrow parses without the GIL)."""
+    """Reads and parses one byte range (a worker's job: the read and pyarrow's parse release the
+    GIL). The range is read into memory of its own, not mapped: memory stays bounded by the ranges
+    in flight, whatever the file's size."""
     handler = _ChunkHandler(strict)
     parse = pa_csv.ParseOptions(delimiter=delimiter, invalid_row_handler=handler, quote_char=quote)
     try:
+        data = os.pread(fd, cut[1] - cut[0], cut[0])
         table = pa_csv.read_csv(pa.BufferReader(data), read_options=read_opts, parse_options=parse,
                                 convert_options=convert)
     except (pa.ArrowInvalid, OSError) as e:
@@ -365,21 +368,20 @@ def _read_csv_chunks(path: Path, schema: FeatureSchema, fmt: str, wanted: list[s
                                     null_values=["", *schema.input.null_values],
                                     strings_can_be_null=True, quoted_strings_can_be_null=False)
     quote = '"' if fmt == "csv" else False
-    source = pa.memory_map(str(path))
-    data = source.read_buffer()
     records = 1 if schema.input.header else 0
     pending: deque = deque()
-    with ThreadPoolExecutor(CHUNK_WORKERS, thread_name_prefix="dlrm_dist-csv") as pool:
+    with open(path, "rb") as source, ThreadPoolExecutor(CHUNK_WORKERS, thread_name_prefix="dlrm_dist-csv") as pool:
+        def submit(cut: tuple[int, int]) -> None:
+            pending.append(pool.submit(_parse_chunk, path, schema, source.fileno(), cut, read_opts, convert,
+                                       handlers.delimiter, quote, bad.strict))
         try:
             ranges = iter(cuts)
-            for a, b in itertools.islice(ranges, CHUNK_WORKERS * CHUNKS_AHEAD):
-                pending.append(pool.submit(_parse_chunk, path, schema, data.slice(a, b - a), read_opts, convert,
-                                           handlers.delimiter, quote, bad.strict))
+            for cut in itertools.islice(ranges, CHUNK_WORKERS * CHUNKS_AHEAD):
+                submit(cut)
             while pending:
                 chunk = pending.popleft().result()
-                for a, b in itertools.islice(ranges, 1):
-                    pending.append(pool.submit(_parse_chunk, path, schema, data.slice(a, b - a), read_opts, convert,
-                                               handlers.delimiter, quote, bad.strict))
+                for cut in itertools.islice(ranges, 1):
+                    submit(cut)
                 for number, why in chunk.malformed:
                     bad.add(path, schema, None if number is None else records + number, why)
                     if bad.fatal:
@@ -392,9 +394,7 @@ def _read_csv_chunks(path: Path, schema: FeatureSchema, fmt: str, wanted: list[s
         finally:
             for job in pending:
                 job.cancel()
-            pool.shutdown(wait=True)
-            data = None
-            source.close()
+            pool.shutdown(wait=True)  # (before the file closes: no worker reads it any more)
 
 
 def _check_columns(path: Path, have: list[str], wanted: list[str]) -> None:
