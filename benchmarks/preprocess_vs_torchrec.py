@@ -10,7 +10,14 @@ cores, --repeats times, by the wall clock; TorchRec's ``BinaryCriteoUtils.tsv_to
 converts a --torchrec-rows prefix in process. Prints one JSON line per run; --json-out
 also writes them all to a file (benchmarks/results/).
 
+--reference DIR runs another checkout of this repository (e.g. ``git worktree add DIR REV``)
+the same way, interleaved with ours (reference first, then ours, then the other order) after
+one untimed run of each (numba's caches and the page cache filled), each run with the load
+averages (``os.getloadavg``) before it: the machine's other work is in the figures.
+--input reuses a file made by ``make_input`` (its rows are counted from the output).
+
     .venv/bin/python benchmarks/preprocess_vs_torchrec.py [--rows 4000000] [--repeats 3] [--json-out F]
+        [--reference DIR] [--input FILE] [--torchrec-rows 0]
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -68,18 +76,35 @@ def schema_file(directory: Path) -> Path:
     return path
 
 
-def run_ours(src: Path, out: Path, schema: Path, impl: str = "dlrm_dist") -> dict:
-    """The CLI in a fresh process, timed by the wall clock (start-up included)."""
+def run_ours(src: Path, out: Path, schema: Path, impl: str = "dlrm_dist", tree: Optional[Path] = None) -> dict:
+    """The CLI in a fresh process, timed by the wall clock (start-up included); ``tree``: the
+    dlrm_dist of that checkout instead of this one (put first on the path)."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [str(Path(sys.executable).parent / "dlrm-data"), "preprocess", "--schema", str(schema), "--input", str(src),
            "--out", str(out), "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(tree)) if tree else None
+    load = [round(x, 2) for x in os.getloadavg()]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     seconds = time.perf_counter() - start
     rows = int(proc.stdout.split("rows read ")[1].split()[0].replace(",", ""))
     reported = int(proc.stdout.split("(")[1].split(" rows/s")[0].replace(",", ""))
+    shutil.rmtree(out, ignore_errors=True)
     return {"impl": impl, "rows": rows, "wall_seconds": round(seconds, 3), "rows_per_s": round(rows / seconds),
-            "tool_reported_rows_per_s": reported, "workers": os.cpu_count()}
+            "tool_reported_rows_per_s": reported, "workers": os.cpu_count(), "load_before": load}
+
+
+def side_by_side(src: Path, out: Path, schema: Path, reference: Path, repeats: int) -> list[dict]:
+    """Ours and the reference alternating (ABBA...), after an untimed run of each."""
+    runs = [("reference", reference), ("dlrm_dist", None)]
+    for impl, tree in runs:
+        run_ours(src, out, schema, impl, tree)
+    records = []
+    for k in range(repeats):
+        for impl, tree in runs if k % 2 == 0 else runs[::-1]:
+            records.append(run_ours(src, out, schema, impl, tree))
+            print(json.dumps(records[-1]), flush=True)
+    return records
 
 
 def run_torchrec(src: Path, rows: int, out: Path) -> dict:
@@ -99,8 +124,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=4_000_000)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--torchrec-rows", type=int, default=100_000)
+    p.add_argument("--torchrec-rows", type=int, default=100_000, help="0: skip TorchRec's tsv_to_npys")
     p.add_argument("--json-out", type=Path, help="also write every record to this JSON file")
+    p.add_argument("--reference", type=Path, help="a checkout of another commit to run side by side")
+    p.add_argument("--input", type=Path, help="an existing file of make_input's (instead of --rows new lines)")
     args = p.parse_args()
     records = []
 
@@ -109,15 +136,21 @@ def main() -> None:
         print(json.dumps(r), flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "train.txt"
-        make_input(src, args.rows)
+        src = args.input or Path(tmp) / "train.txt"
+        if not args.input:
+            make_input(src, args.rows)
         schema = schema_file(Path(tmp))
-        for _ in range(args.repeats):
-            record(run_ours(src, Path(tmp) / "out", schema))
-        record(run_torchrec(src, args.torchrec_rows, Path(tmp)))
+        if args.reference:
+            records += side_by_side(src, Path(tmp) / "out", schema, args.reference.resolve(), args.repeats)
+        else:
+            for _ in range(args.repeats):
+                record(run_ours(src, Path(tmp) / "out", schema))
+        if args.torchrec_rows:
+            record(run_torchrec(src, args.torchrec_rows, Path(tmp)))
     if args.json_out:
-        args.json_out.write_text(json.dumps({"benchmark": "preprocess_vs_torchrec", "rows": args.rows,
-                                             "cpus": os.cpu_count(), "runs": records}, indent=1) + "\n")
+        args.json_out.write_text(json.dumps({"benchmark": "preprocess_vs_torchrec", "rows": records[0]["rows"],
+                                             "cpus": os.cpu_count(), "reference": str(args.reference or ""),
+                                             "runs": records}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

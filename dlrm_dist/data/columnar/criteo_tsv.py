@@ -16,6 +16,14 @@ names a row in errors (``locate.where``) and cuts pseudo-days (``encode.Days``).
   of a batch and the fitted schema) on their chunk, so that the main process only writes.
   An encoder error in a worker is raised again by the main process on the same chunk, which
   knows its line numbers: the message names the file and line like any other.
+- The fused path: when the schema's steps are only those the compiled kernel runs (``fused_plan``:
+  labels 0/1, dense chains of clip/log1p/standardize/minmax, ``int_modulo`` ids, split by day
+  or at random), the workers parse and encode in one pass (tsv_kernel.fused_chunk) straight
+  into the shared-memory block the main process writes from. The plan is computed BY the
+  encoder: each dense chain's results for the counts 0..65535 and for a missing count come
+  from encode.dense_matrix, and the counts outside that table go through it too, so the
+  output is the encoder's to the byte (tests/data/test_criteo_fused.py); a chunk it cannot
+  encode (an error) is encoded again the generic way, which names the line.
 - Malformed lines are counted in ``BadLines`` with file:line; ``strict`` stops at the first.
 """
 
@@ -27,6 +35,7 @@ import mmap
 import multiprocessing as mp
 import os
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
@@ -36,7 +45,8 @@ import numpy as np
 import pyarrow as pa
 
 from dlrm_dist.data.columnar.locate import LINE_FIELD, ORIGIN_FIRST, ORIGIN_PATH
-from dlrm_dist.data.columnar.tsv_kernel import NUM_DENSE, ParsedChunk, parse_chunk
+from dlrm_dist.data.columnar.tsv_kernel import (NUM_DENSE, TABLE_SIZE, FusedChunk, FusedOutput, FusedPlan,
+                                                ParsedChunk, count_newlines, fused_chunk, parse_chunk, row_capacity)
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.builtin import criteo_columns
 from dlrm_dist.features.errors import SchemaError
@@ -109,20 +119,41 @@ def chunks(path: Path) -> Iterator[Chunk]:
     return _gzip_chunks(path) if is_gzip(path) else _plain_chunks(path)
 
 
-def _count(chunk: Chunk) -> tuple[int, bool]:
-    data = chunk.read()
-    return data.count(b"\n"), data.endswith(b"\n")
+def _count_plain(path: Path, threads: int) -> int:
+    """Newlines of a plain file, counted in place (mapped, not copied) by ``threads`` threads."""
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        mapped.madvise(mmap.MADV_SEQUENTIAL)
+        buf = np.frombuffer(mapped, np.uint8)
+        cuts = [size * k // threads for k in range(threads + 1)]
+        try:
+            if threads == 1:
+                total = count_newlines(buf)
+            else:  # the kernel releases the GIL
+                with ThreadPoolExecutor(threads) as ex:
+                    total = sum(ex.map(lambda k: count_newlines(buf[cuts[k] : cuts[k + 1]]), range(threads)))
+            return total + (buf[-1] != 10)  # a last line without newline counts
+        finally:
+            del buf  # (the map cannot close while an array holds it)
 
 
 def count_lines(paths: list[Path], workers: int) -> list[int]:
-    """Lines of each file (a last line without newline counts), counted by worker processes."""
-    with mp.get_context("fork").Pool(workers) as pool:
-        counts = []
-        for path in paths:
-            total, ends_with_newline = 0, True
-            for n, ends_with_newline in pool.imap(_count, chunks(path)):
-                total += n
-            counts.append(total + (not ends_with_newline))
+    """Lines of each file (a last line without newline counts): a plain file's counted where the
+    page cache holds it (~5 GB/s a thread, so no worker processes), a gzip file's as it is
+    decompressed."""
+    counts = []
+    for path in paths:
+        if not is_gzip(path):
+            counts.append(_count_plain(path, max(1, min(workers, 4))))
+            continue
+        total, last = 0, b"\n"
+        for chunk in _gzip_chunks(path):
+            data = np.frombuffer(chunk.data, np.uint8)
+            total += count_newlines(data)
+            last = chunk.data[-1:]
+        counts.append(total + (last != b"\n"))
     return counts
 
 
@@ -144,6 +175,32 @@ def _pack(arrays: list[np.ndarray]) -> tuple[str, list[tuple[str, tuple[int, ...
     return shm.name, [(a.dtype.str, a.shape) for a in arrays]
 
 
+def _new_block(specs: list[tuple[str, tuple[int, ...]]]) -> tuple[str, list[np.ndarray]]:
+    """A new shared-memory block (in a worker) holding arrays of ``specs``, for a kernel to write
+    into: (its name, the arrays). Its pages are allocated as they are written, so an array sized
+    for the most rows a chunk could hold costs only the rows it gets. The main process unlinks it."""
+    name = _JOB["prefix"] + secrets.token_hex(8)
+    size = sum(np.dtype(d).itemsize * int(np.prod(shape, dtype=np.int64)) for d, shape in specs)
+    fd = _posixshmem.shm_open("/" + name, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode=0o600)
+    try:
+        os.ftruncate(fd, max(1, size))
+        mapped = mmap.mmap(fd, max(1, size))
+    finally:
+        os.close(fd)
+    return name, _views(mapped, specs)
+
+
+def _views(mapped: mmap.mmap, specs: list[tuple[str, tuple[int, ...]]]) -> list[np.ndarray]:
+    """The arrays of ``specs`` laid end to end in ``mapped`` (they keep the mapping alive)."""
+    out, offset = [], 0
+    for dtype, shape in specs:
+        dt = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        out.append(np.frombuffer(mapped, dt, count, offset).reshape(shape))
+        offset += count * dt.itemsize
+    return out
+
+
 def _unpack(name: str, specs: list[tuple[str, tuple[int, ...]]]) -> list[np.ndarray]:
     """The arrays of a block, without a copy: the block is mapped, its name removed at once, and
     the mapping lives as long as the arrays do (numpy holds the mmap; the last array frees it)."""
@@ -154,13 +211,7 @@ def _unpack(name: str, specs: list[tuple[str, tuple[int, ...]]]) -> list[np.ndar
     finally:
         os.close(fd)
         _posixshmem.shm_unlink("/" + name.lstrip("/"))
-    out, offset = [], 0
-    for dtype, shape in specs:
-        dt = np.dtype(dtype)
-        count = int(np.prod(shape, dtype=np.int64))
-        out.append(np.frombuffer(mapped, dt, count, offset).reshape(shape))
-        offset += count * dt.itemsize
-    return out
+    return _views(mapped, specs)
 
 
 # -- which field of a line each use reads ---------------------------------------------------------
@@ -203,8 +254,117 @@ def _batch(parsed: ParsedChunk, positions: dict, path: str, first_row: int, firs
     return pa.RecordBatch.from_arrays(arrays, names=names).replace_schema_metadata(meta)
 
 
+# -- the fused path ---------------------------------------------------------------------------------
+# Dense steps that act on each value alone (so a table of their results per count is exact). A
+# step not listed here (a new kind) keeps the schema on the generic encoder until it is added.
+_ELEMENTWISE = frozenset({"none", "clip", "log1p", "standardize", "minmax"})
+
+
+@dataclass(frozen=True)
+class Fused:
+    """A schema's fused plan, and where each id feature's ids are in the kernel's output."""
+
+    schema: FeatureSchema
+    plan: FusedPlan
+    id_slots: dict[str, tuple[int, int]]  # feature -> (0: the int32 ids, 1: the int64 ones; row)
+
+
+def unfusable(schema: FeatureSchema, positions: dict[tuple[str, str], int]) -> Optional[str]:
+    """Why the fused kernel cannot run ``schema`` (None: it can, with the encoder's results)."""
+    label = schema.label
+    if schema.split.by not in ("day", "random"):
+        return f"split by {schema.split.by} reads its column in the main process"
+    if label.categorical or label.threshold is not None or positions.get((NUM, label.column)) != 0:
+        return "the label is not the 0/1 label field"
+    for d in schema.dense:
+        if not set(d.transform) <= _ELEMENTWISE or (d.fitted and d.scale is None):
+            return f"dense feature {d.name!r} has the chain {list(d.transform)}"
+    for f in schema.sparse:
+        if not f.integer_ids or f.multi_hot or f.prefix is not None:
+            return f"sparse feature {f.name!r} is not a single int_modulo id of the whole value"
+    return None
+
+
+def _dense_batch(columns: dict[str, tuple[np.ndarray, Optional[np.ndarray]]], length: int) -> pa.RecordBatch:
+    """``length`` rows of the numeric reads the encoder's dense step takes: (values, missing) per column."""
+    names = [f"{NUM}:{c}" for c in columns] + [LINE_FIELD]
+    arrays = [pa.array(v, mask=m) for v, m in columns.values()] + [pa.array(np.zeros(length, np.int64))]
+    return pa.RecordBatch.from_arrays(arrays, names=names).replace_schema_metadata(
+        {ORIGIN_PATH: "(the fused plan's table)", ORIGIN_FIRST: "0"})
+
+
+def fused_plan(schema: FeatureSchema, positions: dict[tuple[str, str], int]) -> Optional[Fused]:
+    """The fused kernel's plan for ``schema`` (the encoder's own results: its dense chains on the
+    counts 0..TABLE_SIZE-1 and on a missing one), or None when the generic encoder must run
+    (``unfusable``, or a chain that fails on those values: the generic path names the line)."""
+    from dlrm_dist.data.columnar import encode, layout  # (encode imports read, which imports this module)
+
+    if unfusable(schema, positions) is not None:
+        return None
+    missing = np.zeros(TABLE_SIZE + 1, bool)
+    missing[-1] = True
+    counts = np.arange(TABLE_SIZE + 1, dtype=np.float64)
+    try:
+        results = encode.dense_matrix(_dense_batch({d.column: (counts, missing) for d in schema.dense},
+                                                            TABLE_SIZE + 1), schema)
+    except (PreprocessError, SchemaError):
+        return None
+    dense_field = np.array([positions[(NUM, d.column)] - 1 for d in schema.dense], np.int64)
+    tables: dict[bytes, int] = {}  # one table per distinct chain (Criteo's 13 share one)
+    table_of = np.array([tables.setdefault(results[:-1, j].tobytes(), len(tables)) for j in range(len(schema.dense))],
+                        np.int64)
+    wide = [layout.id_dtype(schema.id_range(f)) != np.int32 for f in schema.sparse]
+    order = sorted(range(len(schema.sparse)), key=lambda k: wide[k])  # the int32 ones first
+    num_int32 = wide.count(False)
+    plan = FusedPlan(
+        dense_field=dense_field,
+        dense_first=np.array([list(dense_field).index(f) == j for j, f in enumerate(dense_field)], np.bool_),
+        table_of=table_of,
+        tables=np.stack([np.frombuffer(t, np.float32) for t in tables]) if tables else np.zeros((0, TABLE_SIZE), np.float32),
+        fills=np.ascontiguousarray(results[-1], np.float32),
+        id_field=np.array([positions[(TEXT, schema.sparse[k].column)] - 1 - NUM_DENSE for k in order], np.int64),
+        id_modulo=(modulo := np.array([schema.id_range(schema.sparse[k]) for k in order], np.int64)),
+        id_inverse=1.0 / modulo,
+        num_int32=num_int32)
+    slots = {schema.sparse[k].name: (0, i) if i < num_int32 else (1, i - num_int32) for i, k in enumerate(order)}
+    return Fused(schema, plan, slots)
+
+
+_NO_LENGTHS = np.zeros(0, np.int64)  # (Encoded.arrays' entry for a single-hot feature)
+
+
+def _fused_specs(fused: Fused, cap: int) -> list[tuple[str, tuple[int, ...]]]:
+    """The block of one chunk: line of each row, int64 ids, labels, dense, int32 ids (8-byte ones first)."""
+    p = fused.plan
+    return [("<i8", (cap,)), ("<i8", (len(p.id_field) - p.num_int32, cap)), ("<f4", (cap,)),
+            ("<f4", (cap, len(p.dense_field))), ("<i4", (p.num_int32, cap))]
+
+
+def _encode_outliers(fused: Fused, found: FusedChunk, dense: np.ndarray) -> None:
+    """The dense slots the tables left (counts outside them): the encoder's chains on those counts."""
+    if not len(found.over_row):
+        return
+    from dlrm_dist.data.columnar import encode
+
+    fields = fused.plan.dense_field
+    at = {int(f): np.flatnonzero(found.over_field == f) for f in np.unique(found.over_field)}
+    length = max(len(ix) for ix in at.values())
+    columns = {}
+    for j, d in enumerate(fused.schema.dense):
+        values = np.zeros(length)  # (0: a count every chain takes, the plan's table has it)
+        ix = at.get(int(fields[j]))
+        if ix is not None:
+            values[: len(ix)] = found.over_value[ix]
+        columns[d.column] = (values, None)
+    results = encode.dense_matrix(_dense_batch(columns, length), fused.schema)
+    for j in range(len(fields)):
+        ix = at.get(int(fields[j]))
+        if ix is not None:
+            dense[found.over_row[ix], j] = results[: len(ix), j]
+
+
 # -- worker side ----------------------------------------------------------------------------------
-_JOB: dict[str, Any] = {}  # set before the fork: the positions and the encoder
+_JOB: dict[str, Any] = {}  # set before the fork: the positions, the encoder and the fused plan
 
 
 @dataclass
@@ -217,7 +377,48 @@ class _Result:
     num_bad: int
 
 
+def encode_fused(data: bytes, fused: Fused, arrays: Optional[list[np.ndarray]] = None
+                 ) -> tuple[FusedChunk, list[np.ndarray]]:
+    """Parses and encodes whole lines by the fused plan into ``arrays`` (laid out as
+    ``_fused_specs`` says; new ones when None). ``rows`` is -1 when the chain of a count outside
+    the tables fails: the caller encodes the chunk again the generic way, which names the line."""
+    if arrays is None:
+        arrays = [np.empty(shape, dtype) for dtype, shape in _fused_specs(fused, row_capacity(len(data)))]
+    rows, ids64, labels, dense, ids32 = arrays
+    found = fused_chunk(data, fused.plan, FusedOutput(labels, dense, ids32, ids64, rows))
+    try:
+        _encode_outliers(fused, found, dense)
+    except (PreprocessError, SchemaError):
+        found.rows = -1
+    return found, arrays
+
+
+def fused_encoded(fused: Fused, rows: int, arrays: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(line of each valid row in its chunk, the flat arrays ``Encoded.from_arrays`` takes) of a
+    fused chunk's ``rows`` valid rows."""
+    lines, ids64, labels, dense, ids32 = arrays
+    flat = [labels[:rows], dense[:rows]]
+    for f in fused.schema.sparse:
+        wide, k = fused.id_slots[f.name]
+        flat += [(ids64 if wide else ids32)[k, :rows], _NO_LENGTHS]
+    return lines[:rows], flat
+
+
+def _work_fused(chunk: Chunk, fused: Fused) -> _Result:
+    """Parses and encodes a chunk in one pass into a new shared-memory block."""
+    data = chunk.read()
+    specs = _fused_specs(fused, row_capacity(len(data)))
+    name, arrays = _new_block(specs)
+    found, _ = encode_fused(data, fused, arrays)
+    if found.rows <= 0:
+        _posixshmem.shm_unlink("/" + name)
+    return _Result(chunk, (name, specs) if found.rows > 0 else None, found.num_lines, found.rows, found.bad,
+                   found.num_bad)
+
+
 def _work(chunk: Chunk) -> _Result:
+    if _JOB["fused"] is not None:
+        return _work_fused(chunk, _JOB["fused"])
     parsed = parse_chunk(chunk.read())
     rows = len(parsed.labels)
     encoder: Optional[Callable] = _JOB["encoder"]
@@ -297,6 +498,18 @@ def _decoder(from_arrays: Callable) -> Callable:
     return decode
 
 
+def _fused_decoder(from_arrays: Callable) -> Callable:
+    """Rebuilds (batch of the split's fields, encoded) from a fused worker's block."""
+    fused = _JOB["fused"]
+
+    def decode(result: _Result, path: Path, row: int, line: int) -> tuple:
+        lines, flat = fused_encoded(fused, result.rows, _unpack(*result.block))
+        batch = pa.RecordBatch.from_arrays([pa.array(lines + line)], names=[LINE_FIELD]).replace_schema_metadata(
+            {ORIGIN_PATH: str(path), ORIGIN_FIRST: str(row)})
+        return batch, from_arrays(flat)
+    return decode
+
+
 def read_inputs(paths: list[Path], schema: FeatureSchema, bad, on_file: Optional[Callable[[Path], None]] = None,
                 encoder: Optional[Callable] = None, from_arrays: Optional[Callable] = None,
                 workers: Optional[int] = None) -> Iterator[tuple[Path, int, pa.RecordBatch, Any]]:
@@ -304,12 +517,16 @@ def read_inputs(paths: list[Path], schema: FeatureSchema, bad, on_file: Optional
 
     Without ``encoder`` the batch holds every use of a column (encoded is None); with it the
     workers encode, and the batch holds only what the split needs (``line:``, the time column),
-    ``from_arrays`` rebuilding the encoded result from its arrays.
+    ``from_arrays`` rebuilding the encoded result from its arrays. ``encoder`` is the one
+    encoder for ``schema`` (encode.encode_batch with its vocabularies): where ``fused_plan``
+    has a plan for the schema, the workers run that instead, which gives the same arrays.
     """
     prefix = f"dlrm_dist_{os.getpid()}_{secrets.token_hex(4)}_"
-    _JOB.update(positions=_positions(schema), encoder=encoder, prefix=prefix,
+    positions = _positions(schema)
+    fused = fused_plan(schema, positions) if encoder is not None else None
+    _JOB.update(positions=positions, encoder=encoder, prefix=prefix, fused=fused,
                 time=schema.split.column if schema.split.by == "time" else None)
-    decode = _decoder(from_arrays) if encoder is not None else None
+    decode = None if encoder is None else _fused_decoder(from_arrays) if fused else _decoder(from_arrays)
     try:
         with mp.get_context("fork").Pool(workers or max(1, os.cpu_count() or 1)) as pool:
             for path in paths:

@@ -1,0 +1,146 @@
+"""The fused criteo_tsv path (parse and encode in one compiled pass) against the generic encoder.
+
+The fused kernel runs only the steps a schema names (criteo_tsv.fused_plan); its output must be
+encode.encode_batch's on the parsed chunk, byte for byte: counts around the plan's table bounds,
+negative, 19-digit and missing counts, upper-case and missing categories, int32 and int64 ids,
+fitted chains; and whole preprocessing runs through worker processes write the same files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlrm_dist.data.columnar import criteo_tsv
+from dlrm_dist.data.columnar.encode import Encoded, encode_batch
+from dlrm_dist.data.columnar.preprocess import Options, preprocess
+from dlrm_dist.data.columnar.tsv_kernel import TABLE_SIZE, parse_chunk
+from dlrm_dist.data.errors import PreprocessError
+from dlrm_dist.features.builtin import criteo_schema
+from dlrm_dist.features.schema import DenseFeature, FeatureSchema, SparseFeature, SplitSpec
+
+COUNTS = ["", "0", "1", "2", "-0", "-1", "-7", str(TABLE_SIZE - 1), str(TABLE_SIZE), str(TABLE_SIZE + 1), "123456789",
+          "999999999999999999", "9223372036854775807", "00017"]
+
+
+def _lines(sample: Path, extra: int = 400, seed: int = 0) -> bytes:
+    """The real sample, then lines of edge-case counts and categories (and a bad line)."""
+    rng = np.random.default_rng(seed)
+    out = [sample.read_bytes()]
+    for _ in range(extra):
+        fields = [str(rng.integers(0, 2))] + [COUNTS[rng.integers(len(COUNTS))] for _ in range(13)]
+        for _ in range(26):
+            v = f"{int(rng.integers(0, 2**32)):08x}"
+            fields.append(["", v, v.upper(), "ffffffff", "00000000"][rng.integers(5)])
+        out.append(("\t".join(fields) + "\n").encode())
+    out.append(b"1\t2\t3\n")  # malformed: skipped by both
+    return b"".join(out)
+
+
+def _with_dense(schema: FeatureSchema, **changes) -> FeatureSchema:
+    return dataclasses.replace(schema, dense=tuple(dataclasses.replace(d, **changes) for d in schema.dense))
+
+
+def _schemas() -> dict[str, FeatureSchema]:
+    base = criteo_schema(buckets=97, days=2)
+    managed = dataclasses.replace(base, sparse=tuple(dataclasses.replace(f, kind="managed") for f in base.sparse))
+    fitted = dataclasses.replace(base, dense=tuple(
+        DenseFeature(d.name, d.column, ("clip", "log1p", "standardize"), clip=(0.0, float("inf")), fill=3.0,
+                     scale=(1.25 + j, 0.5 + j)) for j, d in enumerate(base.dense)))
+    mixed = dataclasses.replace(fitted, dense=tuple(
+        DenseFeature(d.name, d.column, chain, clip=clip) for d, (chain, clip) in zip(
+            base.dense, [(("clip",), (1.0, 1000.0)), (("none",), None), (("clip", "log1p"), (0.0, 5.0))] * 5)))
+    return {
+        "builtin": base,
+        "random_split": dataclasses.replace(base, split=SplitSpec("random", seed=3)),
+        "int64_ids": criteo_schema(buckets=2**33, days=2),
+        "int32_and_int64_ids": criteo_schema([2**31 + k if k % 3 == 0 else 1000 + k for k in range(26)], days=2),
+        "managed": managed,
+        "fitted_chain_and_fill": fitted,
+        "mixed_chains_one_column_twice": dataclasses.replace(
+            mixed, dense=mixed.dense + (DenseFeature("again", mixed.dense[1].column, ("clip", "log1p"), clip=(0.0, 9.0)),)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_schemas()))
+def test_fused_plan_gives_the_generic_encoders_arrays(criteo_sample, name: str) -> None:
+    schema = _schemas()[name].with_fitted({}, {})
+    data = _lines(criteo_sample)
+    positions = criteo_tsv._positions(schema)
+    parsed = parse_chunk(data)
+    generic = encode_batch(criteo_tsv._batch(parsed, positions, "x.tsv", 0, 0), schema, {})
+    fused = criteo_tsv.fused_plan(schema, positions)
+    assert fused is not None, criteo_tsv.unfusable(schema, positions)
+    found, arrays = criteo_tsv.encode_fused(data, fused)
+    lines, flat = criteo_tsv.fused_encoded(fused, found.rows, arrays)
+    got = Encoded.from_arrays(schema, flat)
+    assert found.rows == len(parsed.labels) == 600 and found.bad == parsed.bad == [(600, "3 fields instead of 40")]
+    assert len(found.over_row) > 0  # counts outside the table went through the chain itself
+    np.testing.assert_array_equal(lines, parsed.rows)
+    for a, b in [(got.labels, generic.labels), (got.dense, generic.dense)] + [
+            (got.ids[f.name][0], generic.ids[f.name][0]) for f in schema.sparse]:
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def test_schemas_with_other_steps_keep_the_generic_encoder() -> None:
+    base = criteo_schema(buckets=97, days=2)
+    vocab = criteo_schema(vocab_min_count=2, days=2)
+    identity = dataclasses.replace(base, sparse=(SparseFeature("i", base.sparse[0].column, "identity", "t_i",
+                                                               buckets=2**33), *base.sparse[1:]))
+    threshold = dataclasses.replace(base, label=dataclasses.replace(base.label, threshold=1.0))
+    by_time = dataclasses.replace(base, split=SplitSpec("time", column="int_0"))
+    for schema in (vocab, identity, threshold, by_time):  # (the schema refuses fnv1a, prefix, lists here)
+        assert criteo_tsv.fused_plan(schema, criteo_tsv._positions(schema)) is None
+    unfitted = _schemas()["fitted_chain_and_fill"]  # standardize without its fitted scale yet
+    assert criteo_tsv.fused_plan(_with_dense(unfitted, scale=None), criteo_tsv._positions(unfitted)) is None
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.npy"))}
+
+
+def test_preprocessing_writes_the_same_files_fused_and_generic(criteo_sample, tmp_path, monkeypatch) -> None:
+    """Through worker processes and shared memory, many chunks, a day cut inside one."""
+    src = tmp_path / "train.txt"
+    src.write_bytes(_lines(criteo_sample, extra=300, seed=1))
+    monkeypatch.setattr(criteo_tsv, "CHUNK_BYTES", 16 << 10)
+    schema = criteo_schema([2**31 + k if k % 5 == 0 else 1000 + k for k in range(26)], days=3)
+    fused = preprocess(Options(schema, [src], tmp_path / "fused", progress=False, workers=2))
+    monkeypatch.setattr(criteo_tsv, "fused_plan", lambda *a: None)
+    generic = preprocess(Options(schema, [src], tmp_path / "generic", progress=False, workers=2))
+    assert fused.rows == generic.rows and fused.skipped == generic.skipped == 1
+    a, b = _files(tmp_path / "fused"), _files(tmp_path / "generic")
+    assert len(a) == 3 * 28 and a == b
+
+
+def test_a_chain_failing_on_a_count_outside_the_table_names_the_line(criteo_sample, tmp_path) -> None:
+    """log1p without clip: -7 is refused by the encoder, found again where the line is known."""
+    src = tmp_path / "train.txt"
+    lines = criteo_sample.read_bytes().splitlines(keepends=True)
+    fields = lines[120].split(b"\t")
+    fields[4] = b"-7"
+    lines[120] = b"\t".join(fields)
+    src.write_bytes(b"".join(lines))
+    base = criteo_schema(buckets=97, days=2)  # int_3 (I4) has no negative count in the sample
+    schema = dataclasses.replace(base, dense=tuple(
+        dataclasses.replace(d, transform=("log1p",), clip=None) if d.name == "int_3" else d for d in base.dense))
+    assert criteo_tsv.fused_plan(schema, criteo_tsv._positions(schema)) is not None
+    with pytest.raises(PreprocessError, match=r"train.txt line 121: dense feature 'int_3' .*log1p of -7.0"):
+        preprocess(Options(schema, [src], tmp_path / "o", progress=False, workers=2))
+
+
+def test_line_counts_of_plain_and_gzip_files(criteo_sample, tmp_path) -> None:
+    text = criteo_sample.read_bytes()
+    files = {"plain": text, "no_final_newline": text.rstrip(b"\n"), "empty": b"", "blank_lines": b"\n\n\n"}
+    paths = []
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        (tmp_path / f"{name}.gz").write_bytes(gzip.compress(data))
+        paths += [tmp_path / name, tmp_path / f"{name}.gz"]
+    expected = [200, 200, 200, 200, 0, 0, 3, 3]
+    assert criteo_tsv.count_lines(paths, workers=1) == expected
+    assert criteo_tsv.count_lines(paths, workers=3) == expected
