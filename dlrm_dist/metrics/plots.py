@@ -105,8 +105,9 @@ def _rank_vs_plan(ax: Any, runs: list[RunData]) -> None:
         low, high = ax.get_ylim()
         ax.set_ylim(0 if linear else low, high * (1.4 if linear else 30))  # room for the legend above the bars
         ax.legend(fontsize=7, loc="upper center", ncol=2)
-    ax.set_title("mean step time per rank vs the plan's "
-                 + ("predicted step (calibrated, linear)" if linear else "estimate (log)"))
+    # short enough for a third of the figure's width (the longer title was cut off)
+    ax.set_title("mean step per rank vs " + ("predicted step (calibrated, linear)" if linear
+                                             else "the plan's estimate (log)"))
     ax.set_xlabel("rank")
     ax.set_ylabel("ms / step")
     ax.grid(alpha=0.3, axis="y", which="both")

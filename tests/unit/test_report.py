@@ -122,7 +122,7 @@ def _axis_of_rank_vs_plan(run_dir: Path):
     from dlrm_dist.metrics import plots
 
     fig = plots.draw([read_run(run_dir)])
-    return next(ax for ax in fig.axes if ax.get_title().startswith("mean step time per rank"))
+    return next(ax for ax in fig.axes if ax.get_title().startswith("mean step per rank"))
 
 
 def _plan_run(tmp_path: Path, capsys, calibrated: bool) -> Path:
@@ -149,6 +149,9 @@ def test_rank_vs_plan_is_linear_with_the_predicted_step_when_calibrated(tmp_path
     assert run.predicted_step_ms and all(p > e for p, e in zip(run.predicted_step_ms, run.estimated_rank_ms))
     ax = _axis_of_rank_vs_plan(d)
     assert ax.get_yscale() == "linear" and "predicted step (calibrated, linear)" in ax.get_title()
+    fig = ax.figure  # the whole title on the figure (the longer one was cut off at its right edge)
+    fig.canvas.draw()
+    assert ax.title.get_window_extent().x1 <= fig.bbox.x1
     drawn = [line for line in ax.get_lines() if "predicted step" in line.get_label()]
     assert list(drawn[0].get_ydata()) == pytest.approx(run.predicted_step_ms)
     code, rows, _ = _report_json(capsys, str(d))
