@@ -185,7 +185,8 @@ class Enumerator:
     def option_for(self, index: int, st: str, kernel: str, sizes: list, offsets: list,
                    load_factor: Optional[float]) -> Option:
         """The option of an explicit shard layout (e.g. another planner's), estimated alike."""
-        return self._estimate(index, self.inputs.tables[index], st, kernel, _Layout.of(sizes, offsets), load_factor)
+        layout = _Layout.of([list(s) for s in sizes], [list(o) for o in offsets])
+        return self._estimate(index, self.inputs.tables[index], st, kernel, layout, load_factor)
 
     def _load_factor(self, table: TableSpec, kernel: str, load_factor: Optional[float]) -> Optional[float]:
         """The cache load factor of a cached kernel's option (the table's, else the budget's); None otherwise."""
@@ -259,10 +260,22 @@ class _Layout:
 
     @classmethod
     def of(cls, sizes: list, offsets: list) -> "_Layout":
-        rep, inverse = distinct_rows(sizes)
+        if sizes.count(sizes[0]) == len(sizes):  # one size (table-, column-wise, data parallel): no search
+            rep, inverse = np.zeros(1, dtype=np.intp), np.zeros(len(sizes), dtype=np.intp)
+        else:
+            rep, inverse = distinct_rows(sizes)
         distinct = [list(sizes[i]) for i in rep]
-        return cls(np.asarray(sizes, dtype=np.int64), np.asarray(offsets, dtype=np.int64), distinct,
-                   [list(offsets[i]) for i in rep], inverse, tuple(int(c) for _, c in distinct))
+        return cls(_int_array(sizes), _int_array(offsets), distinct, [list(offsets[i]) for i in rep], inverse,
+                   tuple(int(c) for _, c in distinct))
+
+
+def _int_array(rows: list) -> np.ndarray:
+    """``np.asarray(rows, dtype=np.int64)``; a repeated row (a data-parallel layout's 64) broadcast, not parsed."""
+    if len(rows) > 1 and rows.count(rows[0]) == len(rows):
+        out = np.empty((len(rows), len(rows[0])), dtype=np.int64)
+        out[:] = rows[0]
+        return out
+    return np.asarray(rows, dtype=np.int64)
 
 
 class _TorchRecEstimator:
