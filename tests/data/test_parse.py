@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dlrm_dist.data.columnar.tsv_kernel import parse_chunk
+from dlrm_dist.data.columnar.tsv_kernel import padded, parse_chunk
 
 
 def _reference(text: str) -> tuple[np.ndarray, ...]:
@@ -78,3 +78,15 @@ def test_counts_up_to_64_bits(criteo_sample) -> None:
     parsed = parse_chunk((fits + over).encode())
     assert parsed.num_bad == 1 and parsed.dense[0, 0] == float(9223372036854775807)
     assert parsed.bad[0][1] == "I1 is an integer beyond 64 bits"
+
+
+def test_padded_arrays_parse_like_bytes_and_unpadded_ones_are_refused(criteo_sample) -> None:
+    """The reader hands the parser its bytes with a 0 end marker (no bounds test per byte); a
+    0 byte inside a line is data like any other (here: a malformed category)."""
+    raw = criteo_sample.read_bytes()
+    a, b = parse_chunk(raw), parse_chunk(padded(raw))
+    assert a.num_lines == b.num_lines == 200 and np.array_equal(a.sparse, b.sparse) and np.array_equal(a.dense, b.dense)
+    zero = _corrupt(raw, 4, 20, b"\x00bcd1234")
+    assert parse_chunk(padded(zero)).bad == [(4, "C7 is not 8 hex digits")]
+    with pytest.raises(ValueError, match="padded"):
+        parse_chunk(np.frombuffer(raw, np.uint8))

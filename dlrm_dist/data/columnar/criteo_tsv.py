@@ -46,7 +46,8 @@ import pyarrow as pa
 
 from dlrm_dist.data.columnar.locate import LINE_FIELD, ORIGIN_FIRST, ORIGIN_PATH
 from dlrm_dist.data.columnar.tsv_kernel import (NUM_DENSE, TABLE_SIZE, FusedChunk, FusedOutput, FusedPlan,
-                                                ParsedChunk, count_newlines, fused_chunk, parse_chunk, row_capacity)
+                                                ParsedChunk, count_newlines, fused_chunk, padded, parse_chunk,
+                                                row_capacity)
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.builtin import criteo_columns
 from dlrm_dist.features.errors import SchemaError
@@ -70,6 +71,22 @@ class Chunk:
         with open(self.path, "rb") as f:
             f.seek(self.start)
             return f.read(self.end - self.start)
+
+    def read_padded(self) -> np.ndarray:
+        """The bytes and a 0 byte after them (the parser's end marker), read into one array."""
+        if self.data is not None:
+            return padded(self.data)
+        buf = np.empty(self.end - self.start + 1, np.uint8)
+        view, got = memoryview(buf)[:-1], 0
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self.start)
+            while got < len(view) and (n := f.readinto(view[got:])):
+                got += n
+        if got < len(view):
+            raise PreprocessError(f"{self.path}: shorter than when it was opened (bytes {self.start}..{self.end} "
+                                  "expected); it changed while being read")
+        buf[-1] = 0
+        return buf
 
 
 def is_gzip(path: Path) -> bool:
@@ -406,8 +423,8 @@ def fused_encoded(fused: Fused, rows: int, arrays: list[np.ndarray]) -> tuple[np
 
 def _work_fused(chunk: Chunk, fused: Fused) -> _Result:
     """Parses and encodes a chunk in one pass into a new shared-memory block."""
-    data = chunk.read()
-    specs = _fused_specs(fused, row_capacity(len(data)))
+    data = chunk.read_padded()
+    specs = _fused_specs(fused, row_capacity(len(data) - 1))
     name, arrays = _new_block(specs)
     found, _ = encode_fused(data, fused, arrays)
     if found.rows <= 0:
@@ -419,7 +436,7 @@ def _work_fused(chunk: Chunk, fused: Fused) -> _Result:
 def _work(chunk: Chunk) -> _Result:
     if _JOB["fused"] is not None:
         return _work_fused(chunk, _JOB["fused"])
-    parsed = parse_chunk(chunk.read())
+    parsed = parse_chunk(chunk.read_padded())
     rows = len(parsed.labels)
     encoder: Optional[Callable] = _JOB["encoder"]
     if not rows:

@@ -151,31 +151,36 @@ def _line_general(buf, i, n, ints, imiss, hexes, hmiss):  # pragma: no cover - c
 def _line_common(buf, i, n, ints, imiss, hexes, hmiss):  # pragma: no cover - compiled
     """The common well-formed line from byte ``i`` in one read of each byte: (next line's
     start, label), or (-1, 0) for any line it does not take (``_line_general`` decides it).
-    Every line taken here is one ``_line_general`` accepts with the same values."""
-    if i + 1 >= n or (buf[i] != 48 and buf[i] != 49) or buf[i + 1] != 9:
+    Every line taken here is one ``_line_general`` accepts with the same values.
+
+    ``buf[n]`` is a 0 byte (see ``padded``): a field's scan stops there without a bounds test
+    per byte (0 is neither a digit nor a separator, so a 0 byte in the data goes the general way).
+    """
+    if (buf[i] != 48 and buf[i] != 49) or buf[i + 1] != 9:
         return -1, 0
     label = buf[i] - 48
     i += 2
     for f in range(NUM_DENSE):
         s = i
-        neg = i < n and buf[i] == 45
+        neg = buf[i] == 45
         if neg:
             i += 1
         p = i
         v = 0
-        while i < n:
+        while True:
             d = np.int64(buf[i]) - 48
             if d < 0 or d > 9:
                 break
             v = v * 10 + d
             i += 1
-        if i >= n or buf[i] != 9 or i - p >= 19 or (neg and i == p):
+        if buf[i] != 9 or i - p >= 19 or (neg and i == p):
             return -1, 0
         ints[f] = -v if neg else v
         imiss[f] = i == s
         i += 1
     for k in range(NUM_SPARSE):
-        if i < n and buf[i] != 9 and buf[i] != 10:
+        c = buf[i]
+        if c != 9 and c != 10 and c != 0:
             if i + 8 > n:
                 return -1, 0
             # 8 independent look-ups (no chain through v); -1 (not a hex digit) sets the sign bit
@@ -190,7 +195,7 @@ def _line_common(buf, i, n, ints, imiss, hexes, hmiss):  # pragma: no cover - co
             hexes[k] = 0
             hmiss[k] = True
         if k < NUM_SPARSE - 1:
-            if i >= n or buf[i] != 9:
+            if buf[i] != 9:
                 return -1, 0
         elif i < n and buf[i] != 10:  # the last field ends the line (LF, or the end of the bytes)
             return -1, 0
@@ -209,8 +214,8 @@ def _line(buf, i, n, ints, imiss, hexes, hmiss):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _scan(buf, dense, dmiss, sparse, smiss, labels, rows, bad_line, bad_code, bad_arg):  # pragma: no cover
-    """One pass over whole lines, the values as read; returns (lines, valid rows, bad lines)."""
-    n = len(buf)
+    """One pass over whole lines (``buf`` padded), the values as read; returns (lines, valid rows, bad lines)."""
+    n = len(buf) - 1
     ints, hexes = np.zeros(NUM_DENSE, np.int64), np.zeros(NUM_SPARSE, np.int64)
     imiss, hmiss = np.zeros(NUM_DENSE, np.bool_), np.zeros(NUM_SPARSE, np.bool_)
     i = np.int64(0)
@@ -240,8 +245,8 @@ def _scan(buf, dense, dmiss, sparse, smiss, labels, rows, bad_line, bad_code, ba
 @njit(cache=True, nogil=True)
 def _scan_fused(buf, dense_field, dense_first, table_of, tables, fills, id_field, id_modulo, id_inverse, ids32,
                 ids64, labels, dense, rows, over_row, over_field, over_value, bad_line, bad_code, bad_arg):  # pragma: no cover
-    """One pass over whole lines, each valid row encoded by the plan as it is read; returns
-    (lines, valid rows, bad lines, counts left to the caller).
+    """One pass over whole lines (``buf`` padded), each valid row encoded by the plan as it is
+    read; returns (lines, valid rows, bad lines, counts left to the caller).
 
     Dense feature j reads count field ``dense_field[j]``: a missing count is ``fills[j]``, one in
     [0, TABLE_SIZE) ``tables[table_of[j], count]``; any other is recorded once per (row, field)
@@ -249,7 +254,7 @@ def _scan_fused(buf, dense_field, dense_first, table_of, tables, fills, id_field
     k reads category field ``id_field[k]``: ``value % id_modulo[k]`` (missing: 0) into row k of
     ``ids32`` (its first len(ids32) features) or of ``ids64`` (the rest).
     """
-    n = len(buf)
+    n = len(buf) - 1
     ints, hexes = np.zeros(NUM_DENSE, np.int64), np.zeros(NUM_SPARSE, np.int64)
     imiss, hmiss = np.zeros(NUM_DENSE, np.bool_), np.zeros(NUM_SPARSE, np.bool_)
     n32 = ids32.shape[0]
@@ -322,10 +327,27 @@ def row_capacity(nbytes: int) -> int:
     return nbytes // MIN_LINE_BYTES + 1
 
 
-def parse_chunk(data: bytes) -> ParsedChunk:
-    """Parses whole lines of raw Criteo TSV (the values as read, column-major)."""
-    buf = np.frombuffer(data, dtype=np.uint8)
-    cap = data.count(b"\n") + 1
+def padded(data: bytes) -> np.ndarray:
+    """``data`` and a 0 byte after it, as the kernels take bytes (criteo_tsv reads chunks so)."""
+    buf = np.empty(len(data) + 1, np.uint8)
+    buf[:-1] = np.frombuffer(data, np.uint8)
+    buf[-1] = 0
+    return buf
+
+
+def _padded(data: bytes | np.ndarray) -> np.ndarray:
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8 or data.ndim != 1 or not len(data) or data[-1] != 0:
+            raise ValueError("a chunk given as an array must be padded(...)'s: uint8 bytes and a 0 after them")
+        return data
+    return padded(data)
+
+
+def parse_chunk(data: bytes | np.ndarray) -> ParsedChunk:
+    """Parses whole lines of raw Criteo TSV (the values as read, column-major); ``data`` is bytes
+    or ``padded``'s array of them."""
+    buf = _padded(data)
+    cap = count_newlines(buf) + 1
     dense, sparse = np.zeros((NUM_DENSE, cap), np.float64), np.zeros((NUM_SPARSE, cap), np.int64)
     dmiss, smiss = np.zeros((NUM_DENSE, cap), np.bool_), np.zeros((NUM_SPARSE, cap), np.bool_)
     labels = np.zeros(cap, np.int32)
@@ -377,8 +399,9 @@ class FusedChunk:
 
 
 def fused_chunk(data: bytes | np.ndarray, plan: FusedPlan, out: FusedOutput) -> FusedChunk:
-    """Parses whole lines of raw Criteo TSV, encoding each valid row by ``plan`` into ``out``."""
-    buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+    """Parses whole lines of raw Criteo TSV (bytes, or ``padded``'s array of them), encoding each
+    valid row by ``plan`` into ``out``."""
+    buf = _padded(data)
     over = len(buf) // MIN_LINE_BYTES * NUM_DENSE + NUM_DENSE  # at most one per count field of a row
     over_row, over_field, over_value = np.empty(over, np.int64), np.empty(over, np.int64), np.empty(over, np.int64)
     bad = _bad_buffers()
