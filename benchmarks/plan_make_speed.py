@@ -6,11 +6,15 @@ imports, reading the tables, planning, writing the plan), on a seeded tables fil
 and W cuda ranks with the inputs format's default memory. With ``--old-tree DIR`` (a
 ``git worktree`` of an earlier commit) the same command runs from that tree, interleaved with
 the current one, so both see the same machine load; their plan files must be byte-identical
-(plans hold no timings). Also measured: the start-up alone (importing what ``make`` imports).
-The machine's load average is recorded beside every figure: on a shared machine it moves them.
+(plans hold no timings) unless a deliberate plan change came between them: then
+``--same-plans-tree DIR`` (e.g. the old tree with the changed partitioner copied in) is run too, and its
+plans must equal the current tree's. Also measured: the start-up alone (importing what ``make``
+imports), and each run's CPU seconds (user + system), which the machine's load moves less than wall
+time. The load average is recorded beside every figure: on a shared machine it moves them.
 
     .venv/bin/python benchmarks/plan_make_speed.py --sizes 1000 10000 --world-size 64 \\
-        --old-tree /tmp/old --repeats 2 --out benchmarks/results/2026-12-01-plan-make-speed
+        --old-tree /tmp/old --same-plans-tree /tmp/old_new_partitioner --repeats 2 \\
+        --out benchmarks/results/2026-12-01-plan-make-speed
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -53,27 +58,33 @@ def _commit(tree: Path) -> str:
     return out.stdout.strip() or "unknown"
 
 
-def _run(tree: Path, args: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+def _cpu_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run(tree: Path, args: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Wall and CPU seconds (user + system: less moved by the machine's load than wall) of one subprocess."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    start = time.perf_counter()
+    cpu, start = _cpu_children(), time.perf_counter()
     done = subprocess.run([sys.executable, *args], cwd=tree, env=env, capture_output=True, text=True)
-    return time.perf_counter() - start, done
+    return time.perf_counter() - start, _cpu_children() - cpu, done
 
 
 def make_once(tree: Path, tables: Path, world_size: int, out: Path) -> dict[str, Any]:
     """One ``dlrm-plan make`` from ``tree``: wall seconds, the planner's own seconds, the load around it."""
     before = _load()
-    wall, done = _run(tree, ["-m", "dlrm_dist.cli.plan_main", "make", "--tables", str(tables),
-                             "--world-size", str(world_size), "-o", str(out), "--json"])
+    wall, cpu, done = _run(tree, ["-m", "dlrm_dist.cli.plan_main", "make", "--tables", str(tables),
+                                  "--world-size", str(world_size), "-o", str(out), "--json"])
     if done.returncode != 0:
         raise SystemExit(f"dlrm-plan make from {tree} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     summary = json.loads(done.stdout[done.stdout.index("{"):])
-    return {"wall_s": round(wall, 2), "planning_s": round(summary["seconds"], 2),
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "planning_s": round(summary["seconds"], 2),
             "bottleneck_ms": summary["estimated_iteration_ms"], "load_before": before, "load_after": _load()}
 
 
 def startup_once(tree: Path) -> float:
-    wall, done = _run(tree, ["-c", IMPORTS])
+    wall, _, done = _run(tree, ["-c", IMPORTS])
     if done.returncode != 0:
         raise SystemExit(f"importing the planner from {tree} failed: {done.stderr.strip()[-2000:]}")
     return round(wall, 2)
@@ -93,11 +104,14 @@ def measure(trees: dict[str, Path], sizes: list[int], world_size: int, repeats: 
             for name, tree in trees.items():
                 run = make_once(tree, tables, world_size, work / f"plan_{n}_{name}_{r}.json")
                 row["runs"][name].append(run)
-                print(f"{n} tables / {world_size} ranks, {name}: {run['wall_s']} s wall "
+                print(f"{n} tables / {world_size} ranks, {name}: {run['wall_s']} s wall, {run['cpu_s']} s CPU "
                       f"({run['planning_s']} s planning), load {run['load_before']}", flush=True)
-        texts = {(name, r): (work / f"plan_{n}_{name}_{r}.json").read_bytes()
-                 for name in trees for r in range(repeats)}
-        row["plans_identical"] = len(set(texts.values())) == 1
+        texts = {name: {(work / f"plan_{n}_{name}_{r}.json").read_bytes() for r in range(repeats)} for name in trees}
+        # Each tree's plans against the current tree's: the reference for identity is --same-plans-tree if given
+        # (the old tree's plans may differ on purpose), else the old tree.
+        row["same_as_current"] = {name: texts[name] == texts["current"] and len(texts[name]) == 1 for name in trees}
+        reference = "same_plans" if "same_plans" in trees else "old" if "old" in trees else "current"
+        row["plans_identical"] = row["same_as_current"][reference]
         results["make"].append(row)
     return results
 
@@ -106,14 +120,16 @@ def markdown(record: dict[str, Any]) -> str:
     trees = list(record["trees"])
     lines = [f"# `dlrm-plan make` speed ({record['date']})", "",
              f"Machine: {record['machine']}; trees: " + ", ".join(f"{k} = {v['commit']}" for k, v in record["trees"].items()),
-             "", "Wall seconds per run, start-up included (planning seconds in brackets), load average (1/5/15 min) "
-             "before each run.", "",
-             "| tables x ranks | " + " | ".join(trees) + " | plans identical |", "|---|" + "---|" * len(trees) + "---|"]
+             "", "Wall seconds per run, start-up included, then CPU seconds (user + system; planning seconds in "
+             "brackets), load average (1/5/15 min) before each run.", "",
+             "| tables x ranks | " + " | ".join(trees) + " | plan file equal to current's |", "|---|" + "---|" * len(trees) + "---|"]
     for row in record["results"]["make"]:
-        cells = ["<br>".join(f"{r['wall_s']} ({r['planning_s']}) @ {'/'.join(map(str, r['load_before']))}"
+        cells = ["<br>".join(f"{r['wall_s']} / {r.get('cpu_s', '-')} CPU ({r['planning_s']}) @ "
+                             f"{'/'.join(map(str, r['load_before']))}"
                              for r in row["runs"][t]) for t in trees]
         lines.append(f"| {row['tables']:,} x {row['world_size']} | " + " | ".join(cells)
-                     + f" | {'yes' if row['plans_identical'] else 'NO'} |")
+                     + " | " + ", ".join(f"{t}: {'yes' if same else 'NO'}" for t, same in row["same_as_current"].items()
+                                         if t != "current") + " |")
     lines += ["", "Start-up alone (importing what `make` imports), seconds: "
               + "; ".join(f"{t}: {record['results']['startup_s'][t]}" for t in trees), ""]
     return "\n".join(lines)
@@ -125,9 +141,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--world-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--old-tree", type=Path, help="a git worktree of an older commit, run beside this one")
+    p.add_argument("--same-plans-tree", type=Path,
+                   help="a tree whose plans must equal this one's (e.g. the old code with a deliberately changed "
+                        "partitioner), run beside it too")
     p.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     args = p.parse_args(argv)
-    trees = {"current": ROOT, **({"old": args.old_tree.resolve()} if args.old_tree else {})}
+    trees = {"current": ROOT, **({"old": args.old_tree.resolve()} if args.old_tree else {}),
+             **({"same_plans": args.same_plans_tree.resolve()} if args.same_plans_tree else {})}
     with tempfile.TemporaryDirectory(prefix="plan_make_speed_") as tmp:
         results = measure(trees, args.sizes, args.world_size, args.repeats, Path(tmp))
     record = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": f"{platform.node()}, {os.cpu_count()} cores",
