@@ -83,7 +83,9 @@ def job_sizes(tables: Sequence[TableSpec], world_size: int, batch_per_rank: int,
                          pooling_factors=tuple(sorted({min(pooling), max(pooling)})),
                          batch=batch_per_rank * world_size, kernels=("fused",), optimizer=optimizer,
                          comm_bytes=tuple(sorted({1 << 10, exchanged, 8 * exchanged})), gemm=((512, 512, 256),),
-                         reps=3, step_count=4)
+                         reps=3, step_count=4,
+                         # the receiving side at the job's own batch per rank
+                         receive_probes=tuple((d, pf, batch_per_rank) for d, pf, _ in measure.Sizes.receive_probes))
 
 
 def _measure(inputs: PlannerInputs, world_size: int, backend: str) -> Optional[CalibrationModel]:

@@ -289,6 +289,7 @@ def test_a_job_measures_its_own_tables() -> None:
     cap = sizes.max_table_bytes // (4 * 64)  # no grid table larger than a rank may allocate at the widest dim
     assert sizes.rows == (100, 5000, cap) and sizes.kernels == ("fused",) and sizes.optimizer == "adagrad"
     assert 256 * (8 + 64 + 16 + 16) * 4 in sizes.comm_bytes
+    assert {batch for _, _, batch in sizes.receive_probes} == {128}  # the receiving side at the job's batch per rank
 
 
 def test_calibration_beside_a_fixed_plan_is_refused_by_name() -> None:
