@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module; this file only wires argparse. Only the chosen
 subcommand's module is imported (the others are listed by name and help), so ``inspect`` and
-``validate``, which read a plan without TorchRec, start without loading it. Nothing here
+``validate``, which read a plan without TorchRec, start without loading it, and ``make`` plans
+without it (except with ``--calibration``). Nothing here
 creates a process group or imports the trainer.
 """
 

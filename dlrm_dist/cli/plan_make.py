@@ -7,6 +7,11 @@ of it says so at the top (a 512 GB host assumed on a 23 GB machine is not silent
 ``--calibration F`` (``dlrm-plan calibrate``) replaces TorchRec's constant costs with this
 machine's measured ones; ``--dense-flops-per-sample`` / ``--dense-parameters`` add the job's
 dense part to a calibrated plan's predicted step.
+
+Planning imports neither TorchRec nor torch (their import took longer than planning 1,000 tables):
+TorchRec's estimators are computed in closed form (planning/shard_perf.py, shard_storage.py) and
+the plan file is written from our placements (convert.plan_entries). Only ``--calibration`` loads
+TorchRec, for its calibrated estimator.
 """
 
 from __future__ import annotations
@@ -138,7 +143,7 @@ def assumed_fields(inputs: PlannerInputs, given: set[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dlrm_dist.planning.planner import make_plan_file  # TorchRec: only when planning
+    from dlrm_dist.planning.planner import make_plan_file  # imports no TorchRec or torch (uncalibrated)
 
     inputs, assumed = inputs_and_assumed(args)
     start = time.perf_counter()
