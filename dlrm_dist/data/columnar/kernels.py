@@ -77,7 +77,8 @@ def _byte_key(offsets, data, rows, start, out):  # pragma: no cover - compiled
 
 def text_order(texts: pa.Array, first: Optional[np.ndarray] = None) -> np.ndarray:
     """The permutation that sorts ``texts`` (no nulls) by ``first`` (an int64 key, ascending) and
-    then by their UTF-8 bytes, as Arrow's and Python's sorts order them (a prefix first).
+    then by their UTF-8 bytes, as Arrow's and Python's sorts order them (a prefix first). Equal
+    texts (a vocabulary has none) come in an unspecified, but deterministic, order.
 
     Integer sorts, 8 bytes at a time: the first orders everything by (first, bytes 0..7); each
     further round re-sorts only the runs still tied by their next 8 bytes (zero padded) and, past
@@ -92,7 +93,9 @@ def text_order(texts: pa.Array, first: Optional[np.ndarray] = None) -> np.ndarra
     lengths = np.diff(offsets)
     key = np.empty(n, np.uint64)
     _byte_key(offsets, data, np.arange(n), 0, key)
-    order = np.lexsort((key, first)) if first is not None else np.argsort(key, kind="stable")
+    # (round one need not be stable: every later round re-sorts what it left tied, until only equal
+    # texts are: quicksort is 3x faster than a stable sort of 2M keys)
+    order = np.lexsort((key, first)) if first is not None else np.argsort(key)
     change = np.ones(n, bool)
     change[1:] = key[order][1:] != key[order][:-1]
     if first is not None:

@@ -58,8 +58,7 @@ from dlrm_dist.fileio import atomic_write_bytes, disk_full
 
 STAGING = ".staging.partial"
 _EMPTY = np.uint64(0xCBF29CE484222325)  # FNV-1a 64 of "" (the offset basis): a missing value's OOV hash
-_PLAIN = np.ones(256, bool)  # bytes json.dumps writes as themselves inside a string
-_PLAIN[:0x20] = _PLAIN[0x7F:] = _PLAIN[ord('"')] = _PLAIN[ord("\\")] = False
+_PLAIN = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\')  # bytes json.dumps writes as themselves in a string
 
 
 def supported(schema: FeatureSchema) -> bool:
@@ -438,7 +437,8 @@ def vocab_json(texts: pa.Array) -> bytes:
         return b"[]\n"
     offsets, data = kernels.buffers(texts)
     body = data[offsets[0]: offsets[-1]]
-    if len(body) > 1 << 30 or not _PLAIN[body].all():  # (one Arrow string holds under 2 GB)
+    # (bytes.translate deleting the plain bytes leaves the others: 2-3x faster than a table lookup)
+    if len(body) > 1 << 30 or body.tobytes().translate(None, _PLAIN):  # (one Arrow string holds under 2 GB)
         return (json.dumps(texts.to_pylist(), allow_nan=False) + "\n").encode()
     texts = pc.cast(texts, pa.string())  # (under 1 GB: a plain string array holds it)
     joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(texts)], pa.int32()), texts), '", "')
