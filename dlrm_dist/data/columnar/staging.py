@@ -19,8 +19,9 @@ same blocks: the dense moments merge block by block exactly as a pass over the i
 scales are bit-for-bit the same) and an error still names the file and line.
 
 After the read: the time cut-offs from the staged times (8 bytes per row: exact quantiles), the
-fit over the training rows (vocabulary counts by ``np.bincount`` of the staged ids, ordered by
-kernels.text_order; dense moments), then the finishing pass: model ids from the distinct ids
+fit over the training rows (dense moments block by block; then one job per vocabulary table on
+the thread pool: its counts by kernels.count_ids over the staged ids, its order by
+kernels.text_order, its file), then the finishing pass: model ids from the distinct ids
 (values not in the vocabulary to an OOV bucket by the same ``fnv1a % oov_buckets`` rule as
 encode.py), fitted scales applied, each row to its split's files (layout.SplitWriter). The
 staging directory is removed at the end, on failure too. A run whose fitted state is already
@@ -290,22 +291,30 @@ class _Vocabulary:
 
 
 def fit(stage: _Stage, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]],
-        distinct: dict[str, Interner], moments: dict[str, Any]) -> dict[str, _Vocabulary]:
-    """Vocabulary counts and dense moments over the training rows, block by block."""
+        distinct: dict[str, Interner], moments: dict[str, Any]) -> tuple[dict[str, _Vocabulary], list[np.ndarray]]:
+    """The dense moments over the training rows, block by block (here: they merge in block order),
+    and every block's training rows; the vocabularies, to be counted (``count``) table by table."""
     vocabs = {t: _Vocabulary(schema.features_of(t)[0], distinct[t]) for t in distinct}
     fitted = [d for d in schema.dense if d.fitted]
+    trains = []
     for block in stage.blocks:
-        arrays = stage.arrays(block)
-        batch = numeric_batch(block, arrays.numbers)
-        train = encode.split_of(batch, schema, block.row0, cutoffs) == 0
-        if not train.any():
-            continue
-        for f in schema.sparse:
-            if f.kind == "vocab":
-                vocabs[f.table].add(arrays.values[f.name], train, arrays.lengths[f.name])
-        for d in fitted:  # on the whole block, so that an error names the right line
-            moments[d.name].add(encode.dense_raw(batch, d, schema)[train])
-    return vocabs
+        batch = numeric_batch(block, stage.arrays(block).numbers)
+        trains.append(encode.split_of(batch, schema, block.row0, cutoffs) == 0)
+        if trains[-1].any():
+            for d in fitted:  # on the whole block, so that an error names the right line
+                moments[d.name].add(encode.dense_raw(batch, d, schema)[trains[-1]])
+    return vocabs, trains
+
+
+def count(stage: _Stage, schema: FeatureSchema, table: str, vocab: _Vocabulary, trains: list[np.ndarray]) -> None:
+    """A table's vocabulary counts over every block's training rows (one job per table: the
+    tables' counts run at once)."""
+    features = schema.features_of(table)
+    for block, train in zip(stage.blocks, trains):
+        if train.any():
+            arrays = stage.arrays(block)
+            for f in features:
+                vocab.add(arrays.values[f.name], train, arrays.lengths[f.name])
 
 
 # -- the finishing pass ----------------------------------------------------------------------------------
@@ -445,12 +454,14 @@ def vocab_json(texts: pa.Array) -> bytes:
     return b'["' + joined[0].as_buffer().to_pybytes() + b'"]\n'
 
 
-def _save_vocabularies(opts: Any, vocabs: dict[str, _Vocabulary], result: dict[str, Any], pool: Executor) -> None:
-    """Writes every fitted vocabulary (vocab/<table>.json, a table per job on ``pool``) and its
-    table's rows into ``result``."""
+def _save_vocabularies(opts: Any, stage: _Stage, vocabs: dict[str, _Vocabulary], trains: list[np.ndarray],
+                       result: dict[str, Any], pool: Executor) -> None:
+    """Counts and writes every fitted vocabulary (vocab/<table>.json; a table per job on ``pool``,
+    counted, ordered and written) and its table's rows into ``result``."""
     (opts.out_dir / layout.VOCAB_DIR).mkdir(exist_ok=True)
 
     def save(table: str, v: _Vocabulary) -> int:
+        count(stage, opts.schema, table, v, trains)
         f = opts.schema.features_of(table)[0]
         texts = v.vocabulary(f.min_count)
         if not len(texts):
@@ -463,7 +474,7 @@ def _save_vocabularies(opts: Any, vocabs: dict[str, _Vocabulary], result: dict[s
     # the largest tables first: they take longest, the others fill the other threads meanwhile
     jobs = {t: pool.submit(save, t, vocabs[t]) for t in sorted(vocabs, key=lambda t: -vocabs[t].distinct.n)}
     wait(jobs.values())
-    for table in vocabs:
+    for table in vocabs:  # (the first error in table order)
         result["vocab_rows"][table] = jobs[table].result()
 
 
@@ -475,9 +486,9 @@ def _fit_and_save(opts: Any, driver: Any, stage: _Stage, cutoffs: Optional[tuple
     fitted = [d for d in schema.dense if d.fitted]
     moments = {d.name: driver._Moments(d.name) for d in fitted}
     result: dict[str, Any] = {"vocab_rows": {}, "scales": {}}
-    vocabs = fit(stage, schema, cutoffs, distinct, moments)
+    vocabs, trains = fit(stage, schema, cutoffs, distinct, moments)
     if distinct or fitted:
-        _save_vocabularies(opts, vocabs, result, pool)
+        _save_vocabularies(opts, stage, vocabs, trains, result, pool)
         result["scales"] = {d.name: moments[d.name].scale(d.fitted) for d in fitted}
     layout.write_fit(opts.out_dir, result)
     oov = {t: schema.features_of(t)[0].oov_buckets for t in vocabs}
