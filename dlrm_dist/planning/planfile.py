@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from json.encoder import encode_basestring_ascii as _json_string  # json.dumps' escaping (ensure_ascii)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -172,7 +173,90 @@ def from_data(d: Any, origin: str = "plan") -> PlanFile:
 
 def dumps(pf: PlanFile) -> str:
     """Deterministic text: sorted keys, fixed indentation, trailing newline."""
-    return json.dumps(to_data(pf), indent=1, sort_keys=True) + "\n"
+    return sorted_json(to_data(pf)) + "\n"
+
+
+class _NotPlain(Exception):
+    """A value sorted_json does not write itself (json.dumps then writes or refuses it)."""
+
+
+def sorted_json(value: Any) -> str:
+    """``json.dumps(value, indent=1, sort_keys=True)``, the same text, about three times faster.
+
+    The standard library writes indented JSON with its pure-Python encoder (its C encoder does no
+    indentation), and a 10,000-table plan file is 8 MB of one-number lines. Plain data (dicts with
+    string keys, lists, tuples, strings, ints, floats, bools, None) is written here with the standard
+    library's own string escaping and number formats; anything else goes to json.dumps.
+    """
+    out: list[str] = []
+    try:
+        _write(value, "\n", out)
+    except _NotPlain:
+        return json.dumps(value, indent=1, sort_keys=True)
+    return "".join(out)
+
+
+def _float_text(x: float) -> str:
+    if x != x:
+        return "NaN"
+    if x in (_INF, -_INF):
+        return "Infinity" if x > 0 else "-Infinity"
+    return float.__repr__(x)
+
+
+_INF = float("inf")
+
+
+def _write(v: Any, newline: str, out: list[str]) -> None:
+    """Appends ``v``'s text at the indentation ``newline`` ends with (json.encoder._make_iterencode's layout)."""
+    t = type(v)
+    if t is str:
+        out.append(_json_string(v))
+    elif t is int:
+        out.append(int.__repr__(v))
+    elif t is float:
+        out.append(_float_text(v))
+    elif isinstance(v, str):
+        out.append(_json_string(v))
+    elif v is None:
+        out.append("null")
+    elif v is True:
+        out.append("true")
+    elif v is False:
+        out.append("false")
+    elif isinstance(v, int):
+        out.append(int.__repr__(v))
+    elif isinstance(v, float):
+        out.append(_float_text(v))
+    elif isinstance(v, dict):
+        if not v:
+            out.append("{}")
+            return
+        if not all(isinstance(k, str) for k in v):
+            raise _NotPlain  # json's key coercion and sorting of mixed keys: left to it
+        inner = newline + " "
+        out.append("{")
+        for i, k in enumerate(sorted(v)):
+            out.append("," + inner if i else inner)
+            out.append(_json_string(k))
+            out.append(": ")
+            _write(v[k], inner, out)
+        out.append(newline + "}")
+    elif isinstance(v, (list, tuple)):
+        if not v:
+            out.append("[]")
+            return
+        inner = newline + " "
+        if all(type(x) is int for x in v):  # shard sizes, offsets, ranks: most of a plan file's lines
+            out.append("[" + inner + ("," + inner).join(map(int.__repr__, v)) + newline + "]")
+            return
+        out.append("[")
+        for i, x in enumerate(v):
+            out.append("," + inner if i else inner)
+            _write(x, inner, out)
+        out.append(newline + "]")
+    else:
+        raise _NotPlain
 
 
 def write(pf: PlanFile, path: str | Path) -> None:

@@ -202,3 +202,38 @@ def test_make_imports_no_torch_or_torchrec(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "loaded: []" in done.stdout
     assert (tmp_path / "there.json").read_bytes() == (tmp_path / "here.json").read_bytes()
+
+
+def test_sorted_json_equals_json_dumps() -> None:
+    """planfile.dumps' writer gives json.dumps(indent=1, sort_keys=True)'s text, on plans and on odd values."""
+    import enum
+    import random
+
+    class Kind(enum.IntEnum):
+        A = 3
+
+    rng = random.Random(0)
+    leaves = [0, -1, 2**70, 1.0, -0.0, 5e-324, 1e300, 0.1 + 0.2, float("nan"), float("inf"), -float("inf"), True,
+              False, None, "", "plain", "quote\" back\\ slash \n tab\t", "\u00e9\u4e2d\U0001f600", "\x00\x1f", Kind.A]
+
+    def value(depth: int):
+        r = rng.random()
+        if depth > 3 or r < 0.4:
+            return rng.choice(leaves)
+        if r < 0.6:
+            return [value(depth + 1) for _ in range(rng.randrange(4))]
+        if r < 0.7:
+            return tuple(rng.randrange(-5, 10**12) for _ in range(rng.randrange(5)))
+        return {rng.choice(["a", "b", "z", "é", "A", "shards", ""]) + str(rng.randrange(3)): value(depth + 1)
+                for _ in range(rng.randrange(5))}
+
+    cases = [value(0) for _ in range(300)] + [{1: "int key"}, {"k": {2.5: None}}, {"x": object}]
+    cases += [planfile.to_data(make_plan_file(inputs, "m.ebc")) for inputs in _identity_like()]
+    for case in cases:
+        try:
+            want = json.dumps(case, indent=1, sort_keys=True)
+        except TypeError:
+            with pytest.raises(TypeError):
+                planfile.sorted_json(case)
+            continue
+        assert planfile.sorted_json(case) == want, case
