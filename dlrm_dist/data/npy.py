@@ -51,9 +51,11 @@ class Tally:
 class NpyWriter:
     """Appends rows to a .npy file without knowing the final row count (bounded memory)."""
 
-    def __init__(self, path: Path, dtype: np.dtype, row_shape: tuple[int, ...], tally: Optional[Tally] = None) -> None:
+    def __init__(self, path: Path, dtype: np.dtype, row_shape: tuple[int, ...], tally: Optional[Tally] = None,
+                 durable: bool = True) -> None:
         self.path, self.dtype, self.row_shape = Path(path), np.dtype(dtype), row_shape
         self.tally = tally if tally is not None else Tally()
+        self.durable = durable  # False: a run's scratch file, removed before the run ends (no writeback, no fsync)
         self.rows = 0
         self.written = self.kicked = 0  # bytes handed to the file; of those, whose writeback was started
         with disk_full(self.path, _HEADER_BYTES):
@@ -73,7 +75,7 @@ class NpyWriter:
             self.file.write(data)
         self.tally.bytes += len(data)
         self.written += len(data)
-        if self.written - self.kicked >= WRITEBACK_EVERY:  # the disk works while the rest is produced
+        if self.durable and self.written - self.kicked >= WRITEBACK_EVERY:  # the disk works meanwhile
             start_writeback(self.file.fileno(), self.kicked, self.written - self.kicked)
             self.kicked = self.written
 
@@ -85,14 +87,16 @@ class NpyWriter:
         self.rows += len(rows)
 
     def close(self) -> None:
-        """Completes the file (header with the final shape) and makes it durable before any rename."""
+        """Completes the file (header with the final shape) and, unless it is scratch, makes it
+        durable before any rename."""
         # Buffered bytes reach the disk at flush: ENOSPC can surface here, not at write().
         with disk_full(self.path, self.tally.bytes):
             self.file.flush()
             self.file.seek(0)
             self.file.write(self._header())
             self.file.flush()
-            os.fsync(self.file.fileno())
+            if self.durable:
+                os.fsync(self.file.fileno())
         self.file.close()
 
     def abort(self) -> None:

@@ -400,3 +400,20 @@ def test_tables_out_is_written_atomically(tmp_path: Path, capsys) -> None:
     assert data_main(["stats", str(out), "--tables-out", str(tables)]) == 0
     assert [t["name"] for t in json.loads(tables.read_text())["tables"]] == ["t_uid", "t_color", "t_color_h", "t_tags"]
     assert not list(tmp_path.glob(".tables.json.*"))
+
+
+def test_a_day_splits_holdout_is_scratch_every_published_file_is_fsynced(criteo_sample: Path, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    """The last day goes to holdout.partial, is copied into val and test and removed: its files are
+    never fsynced (disk time for a file about to go), while every published split file is."""
+    synced: list[str] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
+    out = tmp_path / "days"
+    r = columnar_preprocess(ColumnarOptions(criteo_schema(days=7, buckets=100), [criteo_sample], out, workers=1,
+                                            progress=False))
+    assert r.rows["val"] > 0 and r.rows["test"] > 0
+    assert not [p for p in synced if Path(p).parent.name == "holdout" + layout.PARTIAL], synced
+    for split in ("train", "val", "test"):  # (fsynced under their .partial names, then renamed)
+        written = {f.name for f in (out / split).iterdir()}
+        assert written == {Path(p).name for p in synced if Path(p).parent.name == split + layout.PARTIAL}, split

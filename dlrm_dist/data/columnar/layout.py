@@ -111,9 +111,9 @@ def output_files(directory: Path, schema: FeatureSchema, splits: tuple[str, ...]
 class SplitWriter:
     """The files of one split, appended block by block under ``DIR/<split>.partial``."""
 
-    def __init__(self, out: Path, split: str, schema: FeatureSchema, tally: Tally) -> None:
+    def __init__(self, out: Path, split: str, schema: FeatureSchema, tally: Tally, durable: bool = True) -> None:
         (out / split).mkdir(parents=True, exist_ok=True)
-        self.schema = schema
+        self.schema, self.durable = schema, durable
         self.writers: list[NpyWriter] = []
         self.dense = self._open(dense_file(out, split), np.float32, (schema.num_dense,), tally)
         self.labels = self._open(labels_file(out, split), np.float32, (), tally)
@@ -127,7 +127,7 @@ class SplitWriter:
             self.nvalues[f.name] = 0
 
     def _open(self, path: Path, dtype: np.dtype, row_shape: tuple[int, ...], tally: Tally) -> NpyWriter:
-        self.writers.append(NpyWriter(path, dtype, row_shape, tally))
+        self.writers.append(NpyWriter(path, dtype, row_shape, tally, durable=self.durable))
         return self.writers[-1]
 
     def append(self, keep: np.ndarray, dense: np.ndarray, labels: np.ndarray, ids: dict[str, tuple]) -> None:
@@ -170,8 +170,8 @@ def remove_partials(directory: Path, names: tuple[str, ...] = SPLITS) -> None:
 def write_splits(directory: Path, schema: FeatureSchema, fill: Callable[[dict[str, "SplitWriter"]], None],
                  names: tuple[str, ...] = SPLITS, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """The one way split folders are written: a :class:`SplitWriter` per name (train/val/test, or
-    one partition's ``partition_<N>``) and per ``extra`` folder (which ``fill`` must close and pop),
-    filled by ``fill``, then published together (renamed from their ``.partial`` names over any
+    one partition's ``partition_<N>``) and per ``extra`` folder (scratch, never published, so not
+    fsynced: ``fill`` must close and pop it), filled by ``fill``, then published together (renamed from their ``.partial`` names over any
     folder of that name: a killed run's, or the previous job's). On any failure (a full disk, bad
     data, an interrupt) this run's partial files are removed and what earlier runs completed is
     kept. meta.json is not touched. Returns each folder's rows and bag lengths."""
@@ -181,7 +181,7 @@ def write_splits(directory: Path, schema: FeatureSchema, fill: Callable[[dict[st
     try:
         tally = Tally()
         for s in (*names, *extra):
-            writers[s] = SplitWriter(out, s + PARTIAL, schema, tally)
+            writers[s] = SplitWriter(out, s + PARTIAL, schema, tally, durable=s in names)
         fill(writers)
         written = {s: w.close() for s, w in writers.items()}
     except BaseException:
