@@ -277,7 +277,9 @@ class _Vocabulary:
         """The values seen at least ``min_count`` times in id order (frequency: most frequent
         first, ties by value, as encode's vocabularies; value: ascending)."""
         kept = np.flatnonzero(self.counts >= min_count)
-        texts = pc.take(self.distinct.texts(), pa.array(kept))
+        texts = self.distinct.texts()
+        if len(kept) < len(texts):  # (every value kept, as in a table of distinct ids: no copy)
+            texts = pc.take(texts, pa.array(kept))
         by = -self.counts[kept] if self.order == "frequency" else None
         order = text_order(texts, by)
         self.kept = kept[order]
