@@ -69,7 +69,8 @@ def _text_lines(path: Path) -> io.TextIOBase:
 
 
 def _records(path: Path, schema: FeatureSchema) -> Iterator[tuple[int, list[str]]]:
-    """(first line, fields) of every record, as pyarrow splits them (quotes, embedded newlines)."""
+    """(first line, fields) of every non-empty record, as pyarrow splits them (quotes, embedded
+    newlines) and counts them (it skips empty lines)."""
     fmt = file_format(path, schema)
     quoting = {"quotechar": '"', "doublequote": True} if fmt == "csv" else {"quoting": csv.QUOTE_NONE}
     with _text_lines(path) as text:
@@ -77,7 +78,8 @@ def _records(path: Path, schema: FeatureSchema) -> Iterator[tuple[int, list[str]
         start = 1
         try:
             for fields in reader:
-                yield start, fields
+                if fields and fields != [""]:
+                    yield start, fields
                 start = reader.line_num + 1
         except (csv.Error, OSError, EOFError):
             return
@@ -87,9 +89,7 @@ def lines_of_records(path: Path, schema: FeatureSchema, records: set[int]) -> di
     """First line of each pyarrow record number (1-based over non-empty records, the header included)."""
     found: dict[int, int] = {}
     k = 0
-    for number, fields in _records(path, schema):
-        if not fields or fields == [""]:
-            continue
+    for number, _ in _records(path, schema):
         k += 1
         if k in records:
             found[k] = number
@@ -109,8 +109,6 @@ def record_of_row(path: Path, schema: FeatureSchema, data_row: int) -> Optional[
     names: Optional[list[str]] = list(schema.input.columns) if not schema.input.header else None
     row = 0
     for number, fields in _records(path, schema):
-        if not fields or fields == [""]:
-            continue  # pyarrow skips empty lines
         if names is None:
             names = fields
             continue
@@ -135,18 +133,11 @@ def cell_text(batch: pa.RecordBatch, schema: FeatureSchema, column: str, row: in
         found = record_of_row(path, schema, first + row)
         if found and column in found[1]:
             return found[1][column]
-    return read_value(batch, column, row)
-
-
-def read_value(batch: pa.RecordBatch, column: str, row: int) -> object:
     return batch.column(column)[row].as_py()
 
 
 def first_fields(path: Path, schema: FeatureSchema) -> Optional[int]:
-    for _, fields in _records(path, schema):
-        if fields and fields != [""]:
-            return len(fields)
-    return None
+    return next((len(fields) for _, fields in _records(path, schema)), None)
 
 
 # -- CSV -------------------------------------------------------------------------------------------
@@ -172,8 +163,6 @@ def _line_of_value(path: Path, schema: FeatureSchema, index: int, value: str) ->
         return _line_of_quoted(path, schema, value)
     expected = None
     for number, fields in _records(path, schema):
-        if not fields or fields == [""]:
-            continue
         if expected is None:
             expected = len(schema.input.columns) if not schema.input.header else len(fields)
             if schema.input.header:
