@@ -250,10 +250,7 @@ class PartitionedDataset(ColumnarDataset):
 
     def _train_bag_lengths(self) -> dict[str, float]:
         """The training partitions' mean bag lengths, weighted by their rows."""
-        rows = {n: int(self.entries[n]["rows"]) for n in self.partitions}
-        total = max(sum(rows.values()), 1)
-        return {f: sum(float(self.entries[n]["bag_lengths"][f]) * rows[n] for n in self.partitions) / total
-                for f in self.feature_names}
+        return layout.pooled_bag_lengths([self.entries[n] for n in self.partitions], self.feature_names)
 
     # -- the training stream ---------------------------------------------------------------------
     def _train_order(self, global_batch_size: int) -> tuple[int, Callable[[int], tuple[str, int]]]:

@@ -339,6 +339,12 @@ def partitions_of(meta: dict[str, Any], directory: str | Path = "") -> dict[int,
     return dict(sorted(out.items()))
 
 
+def pooled_bag_lengths(entries: list[dict[str, Any]], features: list[str]) -> dict[str, float]:
+    """Each feature's mean bag length over several partitions' meta.json entries, weighted by their rows."""
+    total = max(sum(int(e["rows"]) for e in entries), 1)
+    return {f: sum(float(e["bag_lengths"][f]) * int(e["rows"]) for e in entries) / total for f in features}
+
+
 def is_partitioned(meta: dict[str, Any]) -> bool:
     """A directory of day partitions (``--partition`` / ``--append``) rather than train/val/test splits."""
     return "partitions" in meta

@@ -145,10 +145,7 @@ def _partitioned_stats(directory: str | Path, meta: dict[str, Any], schema: Any,
         parts.append({"partition": number, "split": layout.partition_split(number), "rows": arrays[k].rows,
                       "label_rate": _label_rate(arrays[k].labels), "inputs": entry.get("inputs", []),
                       "new_id_rate": _rate(new, ids) if k else None, "features": features})
-    rows = {n: int(e["rows"]) for n, e in entries.items()}
-    total = max(sum(rows.values()), 1)
-    pooling = {f.name: sum(float(e["bag_lengths"][f.name]) * rows[n] for n, e in entries.items()) / total
-               for f in schema.sparse}
+    pooling = layout.pooled_bag_lengths(list(entries.values()), schema.sparse_names)
     return {"directory": str(directory), "schema": schema.name, "num_dense": schema.num_dense, "splits": {},
             "fitted_on": meta.get("fitted_on"), "new_id_rate": NEW_ID_RATE, "partitions": parts,
             "features": _features(schema, cardinality, pooling), "tables": _tables(schema)}
