@@ -544,6 +544,7 @@ def read_inputs(paths: list[Path], schema: FeatureSchema, bad, on_file: Optional
     _JOB.update(positions=positions, encoder=encoder, prefix=prefix, fused=fused,
                 time=schema.split.column if schema.split.by == "time" else None)
     decode = None if encoder is None else _fused_decoder(from_arrays) if fused else _decoder(from_arrays)
+    encode_fused(b"", fused) if fused else parse_chunk(b"")  # compiled code loaded once, before the fork
     try:
         with mp.get_context("fork").Pool(workers or max(1, os.cpu_count() or 1)) as pool:
             for path in paths:
