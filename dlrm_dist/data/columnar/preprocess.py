@@ -390,7 +390,3 @@ def _run(opts: Options) -> Report:
         "time_cutoffs": list(cutoffs) if cutoffs else None, "split_fractions": report.split_fractions or None,
     })
     return report
-
-
-# staging.py's old names of bar, write_outputs and Moments: they go once it calls the new ones
-_bar, _write, _Moments = bar, write_outputs, Moments

@@ -401,13 +401,13 @@ def _inline(opts: Any, driver: Any, done: Optional[dict[str, Any]], pool: Execut
 
     def rows(opts: Any, schema: FeatureSchema, cutoffs: Any, report: Any, writers: dict[str, Any], days: Any) -> None:
         bad = read.BadLines(strict=opts.strict)
-        with driver._bar(opts, "preprocess") as bar:
+        with driver.bar(opts, "preprocess") as bar:
             for block, arrays in read_blocks(opts, schema, bad, distinct, bar.update, pool):
                 finish_block(block, arrays, schema, None, maps, writers, pool)
                 report.rows_read = block.row0 + block.rows
         report.rows_read, report.skipped, report.examples = report.rows_read + bad.count, bad.count, bad.examples
 
-    return schema, None, driver._write(opts, schema, None, report, rows=rows), report
+    return schema, None, driver.write_outputs(opts, schema, None, report, rows=rows), report
 
 
 def _staged(opts: Any, driver: Any, stage: _Stage, done: Optional[dict[str, Any]], vocab_tables: list[str],
@@ -416,7 +416,7 @@ def _staged(opts: Any, driver: Any, stage: _Stage, done: Optional[dict[str, Any]
     schema, report = opts.schema, driver.Report()
     distinct = {t: Interner() for t in vocab_tables}
     bad = read.BadLines(strict=opts.strict)
-    with driver._bar(opts, "read") as bar:
+    with driver.bar(opts, "read") as bar:
         for block, arrays in read_blocks(opts, schema, bad, distinct, bar.update, pool):
             stage.append(block, arrays)
     stage.close()
@@ -432,12 +432,12 @@ def _staged(opts: Any, driver: Any, stage: _Stage, done: Optional[dict[str, Any]
 
     def rows_from_stage(opts: Any, schema: FeatureSchema, cutoffs: Any, report: Any, writers: dict[str, Any],
                         days: Any) -> None:
-        with driver._bar(opts, "write") as bar:
+        with driver.bar(opts, "write") as bar:
             for block in stage.blocks:
                 finish_block(block, stage.arrays(block), schema, cutoffs, maps, writers, pool)
                 bar.update(block.rows)
 
-    return fitted, cutoffs, driver._write(opts, fitted, cutoffs, report, rows=rows_from_stage), report
+    return fitted, cutoffs, driver.write_outputs(opts, fitted, cutoffs, report, rows=rows_from_stage), report
 
 
 def vocab_json(texts: pa.Array) -> bytes:
@@ -486,7 +486,7 @@ def _fit_and_save(opts: Any, driver: Any, stage: _Stage, cutoffs: Optional[tuple
     id maps of the vocabularies fitted."""
     schema = opts.schema
     fitted = [d for d in schema.dense if d.fitted]
-    moments = {d.name: driver._Moments(d.name) for d in fitted}
+    moments = {d.name: driver.Moments(d.name) for d in fitted}
     result: dict[str, Any] = {"vocab_rows": {}, "scales": {}}
     vocabs, trains = fit(stage, schema, cutoffs, distinct, moments)
     if distinct or fitted:
