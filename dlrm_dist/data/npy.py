@@ -20,7 +20,7 @@ from dlrm_dist.data.errors import DataError
 from dlrm_dist.fileio import disk_full
 
 _HEADER_BYTES = 128  # room for any shape; rewritten in place at close
-WRITEBACK_EVERY = 16 << 20  # bytes a writer hands over before it asks the kernel to start writing them
+WRITEBACK_EVERY = 2 << 20  # bytes a writer hands over before it asks the kernel to start writing them
 
 
 def _sync_file_range() -> Optional[Callable[..., int]]:

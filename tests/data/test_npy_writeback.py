@@ -7,10 +7,10 @@ import numpy as np
 from dlrm_dist.data import npy
 
 
-def test_writeback_is_started_every_16_mb_and_the_file_is_unchanged(tmp_path, monkeypatch) -> None:
+def test_writeback_is_started_as_the_file_grows_and_the_file_is_unchanged(tmp_path, monkeypatch) -> None:
     started: list[tuple[int, int]] = []
     monkeypatch.setattr(npy, "start_writeback", lambda fd, offset, length: started.append((offset, length)))
-    rows = np.arange(3 << 20, dtype=np.int64)  # 24 MB a block
+    rows = np.arange(npy.WRITEBACK_EVERY * 3 // 2 // 8, dtype=np.int64)  # 1.5 times the step a block
     w = npy.NpyWriter(tmp_path / "a.npy", np.int64, ())
     for _ in range(3):
         w.append(rows)
