@@ -10,7 +10,8 @@ is a declared, versioned pydantic model like the other file formats::
      "device": "cpu", "backend": "gloo", "world_size": 2,
      "embedding": [{kernel, optimizer, dim, rows, pooling_factor, ids, fwd_ms, bwd_ms,
                     fwd_cpu_ms, bwd_cpu_ms}, ...],
-     "all_to_all": {latency_ms, bandwidth_gbps, points: [{bytes, ms}, ...]},
+     "all_to_all": {latency_ms, bandwidth_gbps, cpu_latency_ms, cpu_bandwidth_gbps,
+                    points: [{bytes, ms, cpu_ms}, ...]},
      "all_reduce": {...},
      "dense": {gemm_gflops, points: [{m, n, k, ms}, ...]},
      "step": {fixed_ms, per_table_ms, cpu_fixed_ms, cpu_per_table_ms,
@@ -96,17 +97,33 @@ class KernelPoint(Strict):
 class CommPoint(Strict):
     bytes: int = Field(ge=0, le=MAX_COUNT)  # per rank
     ms: Ms
+    cpu_ms: Optional[Ms] = None  # the slowest rank's CPU time of the same call (absent in older files)
 
 
 class CollectiveFit(Strict):
-    """``latency_ms + bytes / bandwidth``, fitted to ``points``."""
+    """``latency_ms + bytes / bandwidth``, fitted to ``points``; ``cpu_*`` the same fitted to the
+    points' CPU times (the work of a collective; the rest of its wall time is waiting for the other
+    ranks, which with more ranks than cores is their turn on the core: prediction.py shares the
+    cores for that, so counting it again as work would count it twice)."""
 
     latency_ms: float = Field(ge=0, le=MAX_MS)
     bandwidth_gbps: float = Field(gt=0, le=1e6)  # 1e9 bytes/s per rank
     points: list[CommPoint] = Field(min_length=1)
+    cpu_latency_ms: Optional[float] = Field(None, ge=0, le=MAX_MS)
+    cpu_bandwidth_gbps: Optional[float] = Field(None, gt=0, le=1e6)
 
     def ms(self, nbytes: float) -> float:
         return self.latency_ms + nbytes / (self.bandwidth_gbps * 1e9) * 1e3
+
+    def on(self, basis: Literal["cpu", "wall"]) -> tuple[float, float]:
+        """(latency ms, bandwidth GB/s) on ``basis``: the CPU-time fit when asked and measured, else the wall one."""
+        if basis == "cpu" and self.cpu_latency_ms is not None and self.cpu_bandwidth_gbps is not None:
+            return self.cpu_latency_ms, self.cpu_bandwidth_gbps
+        return self.latency_ms, self.bandwidth_gbps
+
+    def cost_ms(self, basis: Literal["cpu", "wall"], nbytes: float) -> float:
+        latency, bandwidth = self.on(basis)
+        return latency + nbytes / (bandwidth * 1e9) * 1e3
 
 
 class GemmPoint(Strict):
@@ -337,7 +354,7 @@ def kernel_model(cal: CalibrationModel) -> KernelModel:
 def dense_ms(cal: CalibrationModel, flops_per_sample: float, parameters: int, batch_per_rank: int) -> float:
     """Per rank and step: forward + backward GEMMs (3 x forward FLOPs) and the gradient all-reduce."""
     compute = 3.0 * flops_per_sample * batch_per_rank / (cal.dense.gemm_gflops * 1e9) * 1e3
-    reduce = cal.all_reduce.ms(parameters * BYTES_PER_PARAM) if cal.world_size > 1 or parameters else 0.0
+    reduce = cal.all_reduce.cost_ms(cal.cost_basis, parameters * BYTES_PER_PARAM) if cal.world_size > 1 or parameters else 0.0
     return compute + reduce
 
 
@@ -371,7 +388,8 @@ def step_overhead_ms(cal: CalibrationModel, num_tables: int, collectives: int,
         fixed, per_table = cal.step.cpu_fixed_ms or 0.0, cal.step.cpu_per_table_ms or 0.0
     else:
         fixed, per_table = cal.step.fixed_ms, cal.step.per_table_ms
-    extra = fixed + per_table * num_tables + collectives * cal.all_to_all.latency_ms + receive_ms(cal, *received)
+    latency = cal.all_to_all.on(cal.cost_basis)[0]
+    extra = fixed + per_table * num_tables + collectives * latency + receive_ms(cal, *received)
     if dense is not None:
         extra += dense_ms(cal, dense[0], dense[1], batch_per_rank)
     return extra

@@ -7,7 +7,8 @@ time (``time.process_time``: the work, whatever else shares the core; calibratio
   ``DenseTableBatchedEmbeddingBagsCodegen`` plus a torch optimizer step (``dense``), per dim,
   rows and pooling factor; measured on every rank at once, so a rank sees the contention its
   job will (4 ranks on 2 cores get half a core each);
-- all-to-all and all-reduce over the job's backend and world size, per message size;
+- all-to-all and all-reduce over the job's backend and world size, per message size (wall and CPU
+  time: a collective's CPU time is its work, the rest waiting for the other ranks);
 - the dense part's GEMM rate (float32 matmul of the sizes small MLPs use);
 - the rest of a sharded training step (TorchRec's input distribution, KJT handling, the
   optimizer), from a tiny DistributedModelParallel model stepped with 1 and 4 tables;
@@ -225,30 +226,36 @@ def measure_kernels(sizes: Sizes) -> list[dict[str, Any]]:
 
 
 # -- collectives and GEMMs --------------------------------------------------------------------
-def _time_collective(kind: str, nbytes: int, reps: int) -> float:
-    """The slowest rank's best time (ms) of one collective of ``nbytes`` per rank."""
+def _time_collective(kind: str, nbytes: int, reps: int) -> tuple[float, float]:
+    """The slowest rank's best wall and CPU time (ms) of one collective of ``nbytes`` per rank."""
     world = dist.get_world_size()
     numel = max(nbytes // 4, world)
     numel -= numel % world
     x, y = torch.ones(numel), torch.empty(numel)
-    best = float("inf")
+    best, best_cpu = float("inf"), float("inf")
     for i in range(reps + 1):
         dist.barrier()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if kind == "all_to_all":
             dist.all_to_all_single(y, x)
         else:
             dist.all_reduce(x)
         if i:
             best = min(best, time.perf_counter() - t0)
-    slowest = torch.tensor([best * 1e3])
+            best_cpu = min(best_cpu, time.process_time() - c0)
+    slowest = torch.tensor([best * 1e3, best_cpu * 1e3])
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-    return float(slowest.item())
+    return float(slowest[0].item()), float(slowest[1].item())
 
 
 def measure_collectives(sizes: Sizes) -> dict[str, list[dict[str, Any]]]:
-    return {kind: [{"bytes": b, "ms": max(_time_collective(kind, b, max(sizes.reps, 3)), 1e-6)}
-                   for b in sizes.comm_bytes] for kind in ("all_to_all", "all_reduce")}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for kind in ("all_to_all", "all_reduce"):
+        out[kind] = []
+        for b in sizes.comm_bytes:
+            wall, cpu = _time_collective(kind, b, max(sizes.reps, 3))
+            out[kind].append({"bytes": b, "ms": max(wall, 1e-6), "cpu_ms": max(cpu, 1e-6)})
+    return out
 
 
 def measure_gemm(sizes: Sizes) -> list[dict[str, Any]]:
@@ -481,6 +488,9 @@ def build(raw: Sequence[dict[str, Any]], world_size: int, backend: str) -> Calib
     for kind in ("all_to_all", "all_reduce"):
         latency, bandwidth = fit_collective([(p["bytes"], p["ms"]) for p in first[kind]])
         fits[kind] = {"latency_ms": latency, "bandwidth_gbps": bandwidth, "points": first[kind]}
+        if all("cpu_ms" in p for p in first[kind]):
+            cpu_latency, cpu_bandwidth = fit_collective([(p["bytes"], p["cpu_ms"]) for p in first[kind]])
+            fits[kind].update(cpu_latency_ms=cpu_latency, cpu_bandwidth_gbps=cpu_bandwidth)
     gflops = [2.0 * p["m"] * p["n"] * p["k"] / (p["ms"] * 1e-3) / 1e9 for p in first["gemm"]]
     step = _step_fit(first["step"]["points"], embedding, fits["all_to_all"]["latency_ms"])
     step.update(_receive_fit(first["step"].get("receive", []), step))

@@ -45,7 +45,7 @@ def calibrated_bandwidths(cal: CalibrationModel, optimizer: str) -> dict[str, fl
     ids = batch * pf
     fwd, bwd = kernels.ms("fused", optimizer, dim, rows, ids)
     fwd_bytes = ids * _ID_BYTES + ids * dim * _EMB_BYTES + batch * dim * _EMB_BYTES
-    comms = cal.all_to_all.bandwidth_gbps * _BYTES_PER_GB / 1000
+    comms = cal.all_to_all.on(cal.cost_basis)[1] * _BYTES_PER_GB / 1000  # the work of the bytes on the cost basis
     return {"ddr_mem_bw": fwd_bytes / fwd, "intra_host_bw": comms, "inter_host_bw": comms,
             "bwd_compute_multiplier": bwd / fwd}
 

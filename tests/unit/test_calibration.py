@@ -224,6 +224,26 @@ def test_every_rank_pays_the_receiving_side_of_the_all_to_alls(tmp_path: Path, c
     assert calibration.receive_ms(cal, 0.0, 0.0) == 0.0  # no all-to-all (one rank, data-parallel tables): nothing
 
 
+def test_collectives_cost_their_cpu_time_as_work_and_their_wall_time_otherwise() -> None:
+    """4 ranks on 2 cores: an all-reduce's wall time (5.4 ms latency measured) is mostly waiting for the
+    other ranks' turn on a core, which the predicted step already shares the cores for; its work is its
+    CPU time. Files without CPU figures, and the wall basis, keep the wall fit."""
+    data = _with_cpu(ch.calibration_data())
+    for kind in ("all_to_all", "all_reduce"):
+        data[kind].update(cpu_latency_ms=0.1, cpu_bandwidth_gbps=4.0)
+    cal = calibration.from_data(data, "cpu collectives")
+    assert cal.all_reduce.on("cpu") == (0.1, 4.0) and cal.all_reduce.on("wall") == (ch.LATENCY_MS, ch.BANDWIDTH_GBPS)
+    compute = 3 * 1e6 * BATCH / (ch.GFLOPS * 1e9) * 1e3
+    assert calibration.dense_ms(cal, 1e6, 100_000, BATCH) == pytest.approx(compute + 0.1 + 4e5 / 4e9 * 1e3)
+    assert calibration.step_overhead_ms(cal, 0, 4, None, BATCH) == pytest.approx(0.25 * ch.FIXED_MS + 4 * 0.1)
+    wall = calibration.from_data(_with_cpu(ch.calibration_data()), "wall collectives")  # no cpu_* figures
+    assert calibration.dense_ms(wall, 1e6, 100_000, BATCH) == pytest.approx(
+        compute + ch.LATENCY_MS + 4e5 / (ch.BANDWIDTH_GBPS * 1e9) * 1e3)
+    from dlrm_dist.planning.torchrec_bridge import calibrated_bandwidths
+
+    assert calibrated_bandwidths(cal, "rowwise_adagrad")["intra_host_bw"] == pytest.approx(4.0 * 1e9 / 1000)
+
+
 def test_a_job_counts_its_dense_part_from_the_model() -> None:
     import torch
 
