@@ -144,3 +144,18 @@ def test_line_counts_of_plain_and_gzip_files(criteo_sample, tmp_path) -> None:
     expected = [200, 200, 200, 200, 0, 0, 3, 3]
     assert criteo_tsv.count_lines(paths, workers=1) == expected
     assert criteo_tsv.count_lines(paths, workers=3) == expected
+
+
+def test_the_cli_freezes_the_heap_for_its_exit(criteo_sample, tmp_path, monkeypatch) -> None:
+    """The interpreter's last collection is skipped for what the job imported (0.4-0.6 s of a
+    2M-line job's wall time here): dlrm-data registers gc.freeze to run at exit."""
+    import atexit
+    import gc
+
+    from dlrm_dist.cli import data_main
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", lambda fn, *a, **k: registered.append(fn))
+    assert data_main.main(["preprocess", "--schema", "criteo:days=7,buckets=100", "--input", str(criteo_sample),
+                           "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    assert gc.freeze in registered
