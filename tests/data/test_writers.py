@@ -103,14 +103,14 @@ import pathlib, sys, time
 from dlrm_dist.data.columnar import preprocess as pp
 from dlrm_dist.cli.data_main import main
 holding, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-write = pp._write
+write = pp.write_outputs
 def paused(*args, **kwargs):  # the lock is held and the fit is done: wait for the test's second job
     holding.touch()
     deadline = time.time() + 60
     while not go.exists() and time.time() < deadline:
         time.sleep(0.02)
     return write(*args, **kwargs)
-pp._write = paused
+pp.write_outputs = paused
 sys.exit(main(sys.argv[3:]))
 """
 
