@@ -7,6 +7,7 @@ every file), and the line numbers are also worked out here from the text.
 from __future__ import annotations
 
 import gzip
+import random
 import threading
 from pathlib import Path
 
@@ -140,3 +141,120 @@ def test_a_read_closed_early_stops_its_workers(tmp_path: Path, monkeypatch) -> N
     assert isinstance(next(batches), pa.RecordBatch)
     batches.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("dlrm_dist-csv")]
+
+
+# -- line ends: pyarrow ends a line (and a block) at \n, \r or \r\n --------------------------------------
+def _crlf_cut_between(lines: list[str]) -> bytes:
+    """A CRLF file whose every block limit falls between a line's \\r and its \\n: pyarrow ends each
+    block after that \\r, so the line is the block's last (a cut after \\n only moves it on). The
+    line whose \\r\\n would straddle a limit has its text cell widened to put the \\r on the limit's
+    last byte."""
+    out, end, limit = [], len("x,c,t,y\r\n"), BLOCK
+    for i, line in enumerate(lines):
+        following = len(lines[i + 1]) + 2 if i + 1 < len(lines) else 0
+        if end + len(line) + 2 + following > limit:  # the next line would not end in this block
+            pad = limit - 1 - (end + len(line))
+            assert pad >= 0
+            x, c, rest = line.split(",", 2)
+            line, limit = f"{x},{c}{'z' * pad},{rest}", limit + BLOCK
+        out.append(line)
+        end += len(line) + 2
+    text = ("x,c,t,y\r\n" + "\r\n".join(out) + "\r\n").encode()
+    assert all(text[k * BLOCK - 1: k * BLOCK + 1] == b"\r\n" for k in range(1, len(text) // BLOCK))
+    return text
+
+
+@pytest.mark.parametrize("what", ["CR header, LF lines", "CR lines, one LF", "CRLF cut between CR and LF"])
+def test_cr_line_ends_give_the_streaming_batches(tmp_path: Path, monkeypatch, what: str) -> None:
+    lines = _lines(900)
+    if what == "CR header, LF lines":
+        data = ("x,c,t,y\r" + "\n".join(lines) + "\n").encode()
+    elif what == "CR lines, one LF":
+        data = ("x,c,t,y\r" + "\r".join(lines[:450]) + "\n" + "\r".join(lines[450:]) + "\r").encode()
+    else:
+        data = _crlf_cut_between(lines)
+    path = tmp_path / "d.csv"
+    path.write_bytes(data)
+    schema = _schema()
+    chunked, bad = _read(path, schema, False, monkeypatch)
+    streamed, _ = _read(path, schema, True, monkeypatch)
+    assert sum(len(b["num:x"]) for _, b in streamed) == 900 and len(chunked) > 5
+    assert [first for first, _ in chunked] == [first for first, _ in streamed]  # the same batch boundaries
+    assert chunked == streamed and bad.count == 0
+    assert chunked[0][1]["num:x"][0] == 0.0 and chunked[-1][1]["num:x"][-1] == 899 * 0.5
+
+
+def test_a_crlf_file_gives_the_streaming_fit(tmp_path: Path, monkeypatch) -> None:
+    """Dense moments are merged per batch: other batch boundaries change a standardize scale's last bits."""
+    from dlrm_dist.data.columnar.preprocess import Options, preprocess
+
+    rng = random.Random(0)
+    lines = [f"{rng.uniform(0, 1e5):.6f},k{i % 7},a,{i % 2}" for i in range(900)]
+    path = tmp_path / "d.csv"
+    path.write_bytes(_crlf_cut_between(lines))
+    spec = {**SCHEMA, "dense": [{"name": "x", "transform": "standardize"}]}
+    fits = []
+    for streaming in (False, True):
+        with monkeypatch.context() as m:
+            if streaming:
+                m.setattr(read, "_cuts", lambda *a: None)
+            out = tmp_path / f"out{streaming}"
+            preprocess(Options(from_dict(spec), [path], out, progress=False))
+            fits.append((out / "fit.json").read_bytes())
+    assert fits[0] == fits[1] and b'"x"' in fits[0]
+
+
+# -- errors from a later range ------------------------------------------------------------------------
+@pytest.mark.parametrize("malformed_before", [False, True])
+@pytest.mark.parametrize("header", [True, False])
+def test_pyarrow_errors_in_a_later_range_count_rows_over_the_file(tmp_path: Path, monkeypatch,
+                                                                  malformed_before: bool, header: bool) -> None:
+    lines = _lines(900, {10: "1,k", 30: "1,k,a,1,extra"} if malformed_before else {})
+    lines[20] = ""  # an empty line: pyarrow does not count it as a row (malformed lines it does)
+    path = _write(tmp_path, lines, "x,c,t,y" if header else "")
+    path.write_bytes(path.read_bytes().replace(b"\n350.0,k0,", b"\n350.0,k\xff,"))  # invalid UTF-8: data line 701
+    schema = _schema() if header else _schema(header=False, columns=["x", "c", "t", "y"])
+    errors = []
+    for streaming in (False, True):
+        with pytest.raises(PreprocessError) as e:
+            _read(path, schema, streaming, monkeypatch)
+        errors.append(str(e.value))
+    assert errors[0] == errors[1]
+    row = header + 700  # pyarrow's 1-based row over the file: the header, 700 data lines before, less the empty one
+    assert f"Row #{row}: CSV conversion error to string: invalid UTF8 data" in errors[0]
+
+
+def test_a_file_that_shrinks_while_read_is_refused_not_read_short(tmp_path: Path, monkeypatch) -> None:
+    path = _write(tmp_path, _lines(900))
+    size = path.stat().st_size
+    cuts = read._cuts
+
+    def cut_then_shrink(*args):
+        ranges = cuts(*args)
+        with open(path, "r+b") as f:
+            f.truncate(size // 2)  # another process rewrites the file after it was cut
+        return ranges
+
+    monkeypatch.setattr(read, "_cuts", cut_then_shrink)
+    with pytest.raises(PreprocessError, match=rf"^{path}: shorter than when it was opened \(bytes \d+\.\.\d+ expected"):
+        list(read.read_file(path, _schema(), read.BadLines()))
+
+
+# -- threads ---------------------------------------------------------------------------------------------
+def test_parse_threads_follow_the_affinity_mask_and_are_capped(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(read.os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert read.cpu_threads() == read.MAX_CHUNK_WORKERS == 8  # 64 cores: 16 ranges in flight, not 128
+    monkeypatch.delattr(read.os, "sched_getaffinity")
+    monkeypatch.setattr(read.os, "cpu_count", lambda: 3)
+    assert read.cpu_threads() == 3  # no affinity masks on this platform
+    monkeypatch.setattr(read.os, "sched_getaffinity", lambda pid: {0}, raising=False)  # taskset -c 0
+    seen = set()
+    parse = read._parse_chunk
+
+    def recording(*args):
+        seen.add(threading.current_thread().name)
+        return parse(*args)
+
+    monkeypatch.setattr(read, "_parse_chunk", recording)
+    rows = sum(b.num_rows for b in read.read_file(_write(tmp_path, _lines(3000)), _schema(), read.BadLines()))
+    assert rows == 3000 and len(seen) == 1

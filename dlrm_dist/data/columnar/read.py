@@ -1,10 +1,11 @@
 """Streaming the schema's columns out of CSV/TSV (plain or gzip) and Parquet files with pyarrow.
 
 Files are read in record batches of bounded size, only the columns the schema names. A plain
-CSV/TSV file of several blocks is cut in byte ranges after newlines (where pyarrow's streaming
-reader ends its blocks, so the batches are the same) and the ranges are parsed on all cores,
-a few ahead, and handed on in file order (``_read_csv_chunks``); a gzip file, or a CSV holding
-a quote character (a quoted cell may hold a newline), is read by one streaming reader. Each
+CSV/TSV file of several blocks is cut in byte ranges after line ends (LF or CR, where
+pyarrow's streaming reader ends its blocks, so the batches are the same) and the ranges are
+parsed on the cores this process may use (at most MAX_CHUNK_WORKERS), a few ahead, and handed on
+in file order (``_read_csv_chunks``); a gzip file, or a CSV holding a quote character (a quoted
+cell may hold a newline), is read by one streaming reader. Each
 *use* of a column gets its own typed read (``numbers`` / ``texts``): a column may be a dense
 feature and a sparse one, or the time column and a sparse feature. A CSV column with numeric
 uses only is parsed by pyarrow as numbers; one that is also text is read as text and its
@@ -38,6 +39,7 @@ from __future__ import annotations
 import itertools
 import mmap
 import os
+import re
 import threading
 import weakref
 from collections import deque
@@ -263,16 +265,45 @@ def _read_csv(path: Path, schema: FeatureSchema, fmt: str, wanted: list[str], ba
 
 
 # -- CSV in byte ranges, parsed on all cores --------------------------------------------------------
-CHUNK_WORKERS = max(1, os.cpu_count() or 1)
-CHUNKS_AHEAD = 2  # byte ranges in flight per worker: bounds memory (each about BLOCK_BYTES parsed)
+MAX_CHUNK_WORKERS = 8  # parse threads at most, whatever the host: bounds the memory in flight (below)
+CHUNKS_AHEAD = 2  # byte ranges in flight per worker (each at most BLOCK_BYTES of text, plus its parse)
+_LINE_END = re.compile(rb"[\r\n]")
+_ROW_NUMBER = re.compile(r"Row #(\d+)")
+
+
+def cpu_threads(cap: int = MAX_CHUNK_WORKERS) -> int:
+    """Threads for CPU-bound work: the CPUs this process may run on (its affinity mask, which
+    taskset and cgroup cpusets narrow; os.cpu_count() where the platform has no mask), at most
+    ``cap``. The byte-range reader keeps CHUNKS_AHEAD ranges per thread in flight, so with the
+    default cap at most 16 ranges of BLOCK_BYTES (128 MB of CSV text, plus their parsed tables)
+    are held at once however many cores the host has (a cgroup CPU quota, which no mask shows,
+    is covered by the cap too)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # (no affinity masks on this platform)
+        n = os.cpu_count() or 1
+    return max(1, min(n, cap))
+
+
+def _after_line_end(m: mmap.mmap, start: int, limit: int) -> int:
+    r"""The offset after the last line end (``\n`` or ``\r``, as pyarrow's block chunker takes
+    them) in m[start:limit], or ``start`` if there is none. A ``\r\n`` cut between its two bytes
+    is cut there, as pyarrow does (the ``\n`` is an empty line at the next range's start). The
+    ``\r`` search covers only the bytes after the last ``\n``: one pass over an LF file, not two."""
+    lf = m.rfind(b"\n", start, limit)
+    cr = m.rfind(b"\r", max(start, lf + 1), limit)
+    return max(lf, cr) + 1 if max(lf, cr) >= 0 else start
 
 
 def _cuts(path: Path, schema: FeatureSchema, fmt: str) -> Optional[list[tuple[int, int]]]:
-    """The byte ranges of a plain CSV/TSV file's data rows, cut after a newline at most BLOCK_BYTES
-    apart (where pyarrow's streaming reader ends its blocks: the same record batches), or None
-    when the file cannot be cut: gzip, a CSV holding a quote character (a quoted cell may hold a
-    newline, and only a read from the start knows which newlines are inside quotes), a file
-    without newlines for several blocks (CR line ends), or a file of one block."""
+    r"""The byte ranges of a plain CSV/TSV file's data rows, cut after a line end at most
+    BLOCK_BYTES apart (where pyarrow's streaming reader ends its blocks: the same record batches),
+    or None when the file cannot be cut: gzip, a CSV holding a quote character (a quoted cell may
+    hold a newline, and only a read from the start knows which newlines are inside quotes), a
+    file without a line end for several blocks (not lines of text), or a file of one block.
+
+    A line ends at ``\n``, ``\r`` or ``\r\n`` (pyarrow's rule): the header ends at the first of
+    ``\r`` and ``\n`` (with the ``\n`` of a ``\r\n``), and each range after its last one."""
     if path.name.lower().endswith(".gz"):
         return None
     with open(path, "rb") as f:
@@ -288,14 +319,14 @@ def _cuts(path: Path, schema: FeatureSchema, fmt: str) -> Optional[list[tuple[in
             if schema.input.header:  # the header: the first line that is not empty (no quotes here)
                 while start < size and m[start: start + 1] in (b"\n", b"\r"):
                     start += 1
-                end = m.find(b"\n", start)
-                if end < 0:
+                found = _LINE_END.search(m, start)
+                if found is None:
                     return None
-                start = end + 1
+                start = found.end() + (m[found.start(): found.start() + 2] == b"\r\n")
             cuts, limit = [], 0
             while start < size:
-                limit += BLOCK_BYTES  # pyarrow reads the file in blocks, each parsed to its last newline
-                end = size if limit >= size else m.rfind(b"\n", start, limit) + 1
+                limit += BLOCK_BYTES  # pyarrow reads the file in blocks, each parsed to its last line end
+                end = size if limit >= size else _after_line_end(m, start, limit)
                 if end > start:
                     cuts.append((start, end))
                     start = end
@@ -335,7 +366,7 @@ def _parse_chunk(path: Path, schema: FeatureSchema, fd: int, cut: tuple[int, int
     handler = _ChunkHandler(strict)
     parse = pa_csv.ParseOptions(delimiter=delimiter, invalid_row_handler=handler, quote_char=quote)
     try:
-        data = os.pread(fd, cut[1] - cut[0], cut[0])
+        data = _read_range(path, fd, cut)
         table = pa_csv.read_csv(pa.BufferReader(data), read_options=read_opts, parse_options=parse,
                                 convert_options=convert)
     except (pa.ArrowInvalid, OSError) as e:
@@ -349,9 +380,29 @@ def _parse_chunk(path: Path, schema: FeatureSchema, fd: int, cut: tuple[int, int
         return _Chunk(raw, False, handler.malformed)
 
 
+def _read_range(path: Path, fd: int, cut: tuple[int, int]) -> bytes:
+    """The bytes of one range; a file that shrank since it was cut is refused (as criteo_tsv's
+    ranges are), not parsed short: its missing rows would be lost without a word."""
+    start, end = cut
+    data = os.pread(fd, end - start, start)
+    if len(data) != end - start:
+        raise PreprocessError(f"{path}: shorter than when it was opened (bytes {start}..{end} expected, "
+                              f"{start + len(data)} there); it changed while being read")
+    return data
+
+
+def _renumbered(e: Exception, records: int) -> Exception:
+    """pyarrow's error from a range, its ``Row #N`` (counted from the range's start) counted from
+    the file's start as a streaming read counts it: ``records`` rows and malformed lines (and the
+    header) come before the range."""
+    text = str(e)
+    renumbered = _ROW_NUMBER.sub(lambda m: f"Row #{records + int(m.group(1))}", text)
+    return e if renumbered == text else pa.ArrowInvalid(renumbered)
+
+
 def _read_csv_chunks(path: Path, schema: FeatureSchema, fmt: str, wanted: list[str], bad: BadLines,
                      cuts: list[tuple[int, int]]) -> Iterator[tuple[pa.RecordBatch, bool]]:
-    """(batch, typed) of a file cut in byte ranges, parsed CHUNK_WORKERS at a time and yielded in
+    """(batch, typed) of a file cut in byte ranges, parsed cpu_threads() at a time and yielded in
     file order. A range's malformed records are counted in ``bad`` in file order, numbered over
     the file: every record before the range is a row or a malformed line (no quotes: one record
     per non-empty line), so the count of both so far is the range's first record number."""
@@ -370,13 +421,14 @@ def _read_csv_chunks(path: Path, schema: FeatureSchema, fmt: str, wanted: list[s
     quote = '"' if fmt == "csv" else False
     records = 1 if schema.input.header else 0
     pending: deque = deque()
-    with open(path, "rb") as source, ThreadPoolExecutor(CHUNK_WORKERS, thread_name_prefix="dlrm_dist-csv") as pool:
+    workers = cpu_threads()
+    with open(path, "rb") as source, ThreadPoolExecutor(workers, thread_name_prefix="dlrm_dist-csv") as pool:
         def submit(cut: tuple[int, int]) -> None:
             pending.append(pool.submit(_parse_chunk, path, schema, source.fileno(), cut, read_opts, convert,
                                        handlers.delimiter, quote, bad.strict))
         try:
             ranges = iter(cuts)
-            for cut in itertools.islice(ranges, CHUNK_WORKERS * CHUNKS_AHEAD):
+            for cut in itertools.islice(ranges, workers * CHUNKS_AHEAD):
                 submit(cut)
             while pending:
                 chunk = pending.popleft().result()
@@ -387,7 +439,7 @@ def _read_csv_chunks(path: Path, schema: FeatureSchema, fmt: str, wanted: list[s
                     if bad.fatal:
                         raise PreprocessError(bad.fatal)
                 if chunk.error is not None:
-                    raise handlers.error(chunk.error) from None
+                    raise handlers.error(_renumbered(chunk.error, records)) from None
                 for batch in chunk.batches:
                     yield batch, chunk.typed
                 records += sum(b.num_rows for b in chunk.batches) + len(chunk.malformed)

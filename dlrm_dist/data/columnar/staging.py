@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 from concurrent.futures import Executor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -375,7 +374,7 @@ def run(opts: Any) -> tuple[FeatureSchema, Optional[tuple[float, float]], dict[s
     shutil.rmtree(out / STAGING, ignore_errors=True)  # a killed run's
     done = layout.read_fit(out)
     vocab_tables = [t for t in schema.table_names if schema.features_of(t)[0].kind == "vocab"]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="dlrm_dist-stage") as pool:
+    with ThreadPoolExecutor(max_workers=read.cpu_threads(), thread_name_prefix="dlrm_dist-stage") as pool:
         if schema.split.by != "time" and (done is not None or not (vocab_tables or any(d.fitted for d in schema.dense))):
             return _inline(opts, driver, done, pool)
         stage = _Stage(out, schema)
