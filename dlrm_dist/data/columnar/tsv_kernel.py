@@ -222,6 +222,16 @@ def _line(buf, i, n, ints, imiss, hexes, hmiss):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
+def _record_bad(bad_line, bad_code, bad_arg, nbad, line, code, arg):  # pragma: no cover
+    """Record bad line ``line`` (its reason ``code``/``arg``) while there is room; the new count."""
+    if nbad < len(bad_line):
+        bad_line[nbad] = line
+        bad_code[nbad] = code
+        bad_arg[nbad] = arg
+    return nbad + 1
+
+
+@njit(cache=True, nogil=True)
 def _scan(buf, dense, dmiss, sparse, smiss, labels, rows, bad_line, bad_code, bad_arg):  # pragma: no cover
     """One pass over whole lines (``buf`` padded), the values as read; returns (lines, valid rows, bad lines)."""
     n = len(buf) - 1
@@ -242,11 +252,7 @@ def _scan(buf, dense, dmiss, sparse, smiss, labels, rows, bad_line, bad_code, ba
             rows[out] = line
             out += 1
         else:
-            if nbad < len(bad_line):
-                bad_line[nbad] = line
-                bad_code[nbad] = code
-                bad_arg[nbad] = arg
-            nbad += 1
+            nbad = _record_bad(bad_line, bad_code, bad_arg, nbad, line, code, arg)
         line += 1
     return line, out, nbad
 
@@ -302,11 +308,7 @@ def _scan_fused(buf, dense_field, dense_first, table_of, tables, fills, id_field
             rows[out] = line
             out += 1
         else:
-            if nbad < len(bad_line):
-                bad_line[nbad] = line
-                bad_code[nbad] = code
-                bad_arg[nbad] = arg
-            nbad += 1
+            nbad = _record_bad(bad_line, bad_code, bad_arg, nbad, line, code, arg)
         line += 1
     return line, out, nbad, nover
 
