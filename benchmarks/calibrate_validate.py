@@ -42,7 +42,7 @@ from dlrm_dist.planning.estimates import estimate
 from dlrm_dist.planning.options import Enumerator
 from dlrm_dist.planning.planfile import PlanFile
 from dlrm_dist.planning.planner import make_plan_file, plan_file_for
-from dlrm_dist.planning.prediction import predicted_step_ms, predicted_work_ms
+from dlrm_dist.planning.prediction import local_tables, predicted_step_ms, predicted_work_ms
 from dlrm_dist.planning.types import PlannerInputs, TablePlacement
 
 MODULE_PATH = "ebc"  # measure._Model's EmbeddingBagCollection
@@ -180,8 +180,9 @@ def run_job(world: int, steps: int, rounds: int, timeout: float) -> dict[str, An
         per_rank = measure.run_ranks(_rank_time_plans, world, job, paths, steps, rounds, timeout_s=timeout)
     rows = []
     for i, pf in enumerate(plans):
-        predicted = predicted_step_ms(pf.inputs, pf.estimates)
-        work = predicted_work_ms(pf.inputs, pf.estimates)
+        local = local_tables(pf.plan_data())
+        predicted = predicted_step_ms(pf.inputs, pf.estimates, local)
+        work = predicted_work_ms(pf.inputs, pf.estimates, local)
         cpu = [per_rank[r][i]["cpu_ms"] for r in range(world)]
         measured = [per_rank[r][i]["mean_ms"] for r in range(world)]
         # Every rank waits for the slowest in the all-to-alls: the step is the bottleneck rank's

@@ -17,7 +17,7 @@ from dlrm_dist.cli.render import rank_table, summary_text
 from dlrm_dist.config.files import read_data
 from dlrm_dist.planning.errors import PlanError
 from dlrm_dist.planning.planview import PlanView, read_consistent_view
-from dlrm_dist.planning.prediction import predicted_step_ms
+from dlrm_dist.planning.prediction import local_tables, predicted_step_ms
 from dlrm_dist.planning.summary import topology_lines
 from dlrm_dist.validation import Strict, joined, validate
 
@@ -67,7 +67,7 @@ def _write_html(pf: PlanView, path: str, measured: Optional[list[float]]) -> Non
 def run(args: argparse.Namespace) -> int:
     pf = read_consistent_view(args.plan)
     est = pf.estimates
-    predicted = predicted_step_ms(pf.inputs, est)
+    predicted = predicted_step_ms(pf.inputs, est, local_tables(pf.shardings))
     measured: Optional[list[float]] = None
     if args.measured:
         measured = measured_step_ms(args.measured, pf.inputs.topology.world_size)

@@ -102,10 +102,10 @@ def _plan_estimate(path: Path) -> Optional[list[float]]:
 def _plan_prediction(path: Path) -> Optional[list[float]]:
     if not path.exists():
         return None
-    from dlrm_dist.planning.prediction import predicted_step_ms
+    from dlrm_dist.planning.prediction import local_tables, predicted_step_ms
 
     pf = planfile.read(path)  # already read whole by _plan_estimate: errors were raised there
-    return predicted_step_ms(pf.inputs, pf.estimates)
+    return predicted_step_ms(pf.inputs, pf.estimates, local_tables(pf.plan_data()))
 
 
 def read_run(run_dir: str | Path, name: Optional[str] = None) -> RunData:

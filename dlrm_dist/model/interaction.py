@@ -31,6 +31,12 @@ class DotInteraction(nn.Module):
         # index_add, a third cheaper here than advanced indexing's index_put.
         self.register_buffer("pairs", rows * n + cols, persistent=False)
         self.out_features = dense_dim + rows.numel()
+        self.vectors = n
+
+    def flops_per_sample(self) -> float:
+        """Forward FLOPs per sample of the products (a batched n x d by d x n matrix product), which the
+        planner's calibrated dense cost counts beside the MLPs' weights (planning/job_calibration.py)."""
+        return 2.0 * self.vectors * self.vectors * self.dim
 
     def forward(self, dense: Optional[torch.Tensor], embs: torch.Tensor) -> torch.Tensor:
         x = embs.view(-1, self.num_sparse, self.dim)

@@ -173,18 +173,17 @@ def dense_part(modules: Sequence[Any]) -> DenseModel:
 
     Every weight matrix (a parameter of two or more dimensions: Linear layers, DCN's low-rank
     factors) costs one multiply-add per element per sample; a dot interaction adds its pairwise
-    products (a batched n x d by d x n matrix product per sample). Biases and element-wise work are
-    left out: small beside the GEMMs this costs at the calibrated rate.
+    products (a batched n x d by d x n matrix product per sample: any submodule with a
+    ``flops_per_sample()`` says its own, so the planner knows no model class). Biases and
+    element-wise work are left out: small beside the GEMMs this costs at the calibrated rate.
     """
-    from dlrm_dist.model.interaction import DotInteraction
-
     params = [p for m in modules for p in m.parameters()]
     flops = sum(2.0 * p.numel() for p in params if p.dim() >= 2)
     for m in modules:
         for sub in m.modules():
-            if isinstance(sub, DotInteraction):
-                n = sub.num_sparse + (1 if sub.out_features > len(sub.pairs) else 0)
-                flops += 2.0 * n * n * sub.dim
+            own = getattr(sub, "flops_per_sample", None)
+            if callable(own):
+                flops += float(own())
     return DenseModel(flops_per_sample=flops, parameters=sum(p.numel() for p in params))
 
 

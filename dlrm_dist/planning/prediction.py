@@ -19,7 +19,7 @@ host's core count.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Collection, Mapping, Optional, Sequence
 
 from dlrm_dist.planning.calibration import step_overhead_ms
 from dlrm_dist.planning.types import PlanEstimates, PlannerInputs
@@ -45,35 +45,49 @@ def shared_cores_ms(work_ms: Sequence[float], cores: int) -> list[float]:
     return finish
 
 
-def received(inputs: PlannerInputs, groups: int) -> tuple[float, float]:
-    """(ids, pooled values) one rank's batch puts through the all-to-alls per step: every id goes
-    to a table's owner and every feature's pooled embedding comes back (none when no table is
-    sharded: data-parallel tables are looked up locally)."""
+def local_tables(shardings: Mapping[str, Mapping[str, Any]]) -> frozenset[str]:
+    """The data-parallel tables of a plan, ``{module path: {table: sharding}}`` (``PlanFile.plan_data()``'s
+    entries, or ``PlanView.shardings``' models): looked up on every rank, so none of their ids or
+    embeddings goes through an all-to-all."""
+    def kind(sharding: Any) -> str:
+        return sharding["sharding_type"] if isinstance(sharding, Mapping) else sharding.sharding_type
+
+    return frozenset(table for tables in shardings.values() for table, sharding in tables.items()
+                     if kind(sharding) == "data_parallel")
+
+
+def received(inputs: PlannerInputs, groups: int, local: Collection[str] = ()) -> tuple[float, float]:
+    """(ids, pooled values) one rank's batch puts through the all-to-alls per step: every id of a
+    sharded table goes to its owner and every such feature's pooled embedding comes back (none when
+    no table is sharded; ``local``: the data-parallel tables, looked up locally)."""
     if groups == 0:
         return 0.0, 0.0
     batch = inputs.batch_size_per_rank
+    sharded = [t for t in inputs.tables if t.name not in local]
     # ids: the table's pooling factor, as its shards' estimates take it; a dim-wide row per feature
-    return (batch * sum(t.pooling_factor for t in inputs.tables),
-            float(batch * sum(t.dim * len(t.features) for t in inputs.tables)))
+    return (batch * sum(t.pooling_factor for t in sharded),
+            float(batch * sum(t.dim * len(t.features) for t in sharded)))
 
 
-def predicted_work_ms(inputs: PlannerInputs, estimates: PlanEstimates) -> Optional[list[float]]:
+def predicted_work_ms(inputs: PlannerInputs, estimates: PlanEstimates,
+                      local: Collection[str] = ()) -> Optional[list[float]]:
     """Per rank: the predicted work of one training step (ms on a core of its own), or None
-    when the plan was not calibrated."""
+    when the plan was not calibrated; ``local``: the plan's data-parallel tables (local_tables)."""
     cal = inputs.calibration
     if cal is None:
         return None
     groups = sharding_groups([r.shards_by_type for r in estimates.per_rank])
     dense = (inputs.dense.flops_per_sample, inputs.dense.parameters) if inputs.dense is not None else None
     extra = step_overhead_ms(cal, len(inputs.tables), COLLECTIVES_PER_GROUP * max(groups - 1, 0), dense,
-                             inputs.batch_size_per_rank, received(inputs, groups))
+                             inputs.batch_size_per_rank, received(inputs, groups, local))
     return [r.cost_ms + extra for r in estimates.per_rank]
 
 
-def predicted_step_ms(inputs: PlannerInputs, estimates: PlanEstimates) -> Optional[list[float]]:
+def predicted_step_ms(inputs: PlannerInputs, estimates: PlanEstimates,
+                      local: Collection[str] = ()) -> Optional[list[float]]:
     """Per rank: the predicted wall-clock training step (ms), its host's cores shared among its
-    ranks, or None when the plan was not calibrated."""
-    work = predicted_work_ms(inputs, estimates)
+    ranks, or None when the plan was not calibrated; ``local`` as for predicted_work_ms."""
+    work = predicted_work_ms(inputs, estimates, local)
     if work is None:
         return None
     cal, per_host = inputs.calibration, inputs.topology.ranks_per_host

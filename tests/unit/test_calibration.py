@@ -21,7 +21,7 @@ import pytest
 from dlrm_dist.cli.plan_main import main
 from dlrm_dist.planning import calibration, planfile
 from dlrm_dist.planning.calibration import CalibrationError, KernelModel, KernelPoint, fit_collective, fit_line
-from dlrm_dist.planning.prediction import predicted_step_ms, predicted_work_ms, shared_cores_ms
+from dlrm_dist.planning.prediction import local_tables, predicted_step_ms, predicted_work_ms, received, shared_cores_ms
 from tests import calibration_helper as ch
 
 BATCH = 64
@@ -222,6 +222,14 @@ def test_every_rank_pays_the_receiving_side_of_the_all_to_alls(tmp_path: Path, c
         calibration.from_data(data, "x"))
     cal = calibration.from_data(data, "x")
     assert calibration.receive_ms(cal, 0.0, 0.0) == 0.0  # no all-to-all (one rank, data-parallel tables): nothing
+    # a data-parallel table is looked up on every rank: its ids and embeddings go through no all-to-all
+    pf = plans["new"]
+    assert local_tables(pf.plan_data()) == frozenset()
+    assert received(pf.inputs, 1, local={"t_a"}) == (BATCH * 10, BATCH * 64)
+    entries = {"m": {"t_a": {"sharding_type": "data_parallel"}, "t_b": {"sharding_type": "table_wise"}}}
+    assert local_tables(entries) == {"t_a"}
+    fewer = predicted_work_ms(pf.inputs, pf.estimates, local={"t_a"})
+    assert fewer == pytest.approx([w - 1e-3 * BATCH * 4 - 5e-4 * BATCH * 16 for w in new])
 
 
 def test_collectives_cost_their_cpu_time_as_work_and_their_wall_time_otherwise() -> None:
