@@ -43,17 +43,18 @@ from dlrm_dist.planning.options import Enumerator
 from dlrm_dist.planning.planfile import PlanFile
 from dlrm_dist.planning.planner import make_plan_file, plan_file_for
 from dlrm_dist.planning.prediction import local_tables, predicted_step_ms, predicted_work_ms
+from dlrm_dist.planning.sharded_steps import ShardedSteps, StepJob, thread_sched_ms
 from dlrm_dist.planning.types import PlannerInputs, TablePlacement
 
-MODULE_PATH = "ebc"  # measure._Model's EmbeddingBagCollection
+MODULE_PATH = "ebc"  # sharded_steps._Model's EmbeddingBagCollection
 JOBS = {
-    2: measure.StepJob(tables=(("t0", 10_000_000, 16, 20.0), ("t1", 1_000_000, 64, 50.0), ("t2", 100_000, 64, 100.0),
-                               ("t3", 500_000, 32, 20.0), ("t4", 2_000_000, 32, 60.0), ("t5", 200_000, 16, 30.0)),
-                       mlp=(64, 1), batch_per_rank=256),
-    4: measure.StepJob(tables=(("t0", 10_000_000, 16, 30.0), ("t1", 1_000_000, 64, 20.0), ("t2", 100_000, 64, 100.0),
-                               ("t3", 500_000, 32, 40.0), ("t4", 2_000_000, 32, 20.0), ("t5", 200_000, 16, 80.0),
-                               ("t6", 300_000, 64, 50.0), ("t7", 1_000_000, 16, 20.0)),
-                       mlp=(64, 1), batch_per_rank=128),
+    2: StepJob(tables=(("t0", 10_000_000, 16, 20.0), ("t1", 1_000_000, 64, 50.0), ("t2", 100_000, 64, 100.0),
+                       ("t3", 500_000, 32, 20.0), ("t4", 2_000_000, 32, 60.0), ("t5", 200_000, 16, 30.0)),
+               mlp=(64, 1), batch_per_rank=256),
+    4: StepJob(tables=(("t0", 10_000_000, 16, 30.0), ("t1", 1_000_000, 64, 20.0), ("t2", 100_000, 64, 100.0),
+                       ("t3", 500_000, 32, 40.0), ("t4", 2_000_000, 32, 20.0), ("t5", 200_000, 16, 80.0),
+                       ("t6", 300_000, 64, 50.0), ("t7", 1_000_000, 16, 20.0)),
+               mlp=(64, 1), batch_per_rank=128),
 }
 CAL_SIZES = measure.Sizes(dims=(16, 32, 64), rows=(100_000, 1_000_000, 10_000_000), pooling_factors=(20.0, 100.0),
                           batch=256, kernels=("fused",), reps=3, step_count=6)
@@ -63,7 +64,7 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-def inputs_for(job: measure.StepJob, world: int, cal: calibration.CalibrationModel) -> PlannerInputs:
+def inputs_for(job: StepJob, world: int, cal: calibration.CalibrationModel) -> PlannerInputs:
     return PlannerInputs.from_dict({
         "tables": [{"name": n, "rows": r, "dim": d, "pooling_factor": pf} for n, r, d, pf in job.tables],
         "topology": {"world_size": world, "ranks_per_host": world, "device": "cpu", "ddr_gb": 20.0},
@@ -107,7 +108,7 @@ def candidates(inputs: PlannerInputs) -> list[PlanFile]:
     return out
 
 
-def _timed_round(runner: measure.ShardedSteps, steps: int) -> tuple[float, float, float, float]:
+def _timed_round(runner: ShardedSteps, steps: int) -> tuple[float, float, float, float]:
     """(the group's step ms, this rank's mean CPU ms per step, its main thread's CPU ms and
     run-queue wait ms per step) of ``steps`` steps started together.
 
@@ -122,20 +123,20 @@ def _timed_round(runner: measure.ShardedSteps, steps: int) -> tuple[float, float
     import torch.distributed as dist
 
     dist.barrier()
-    s0, t0 = measure.thread_sched_ms(), time.perf_counter()
+    s0, t0 = thread_sched_ms(), time.perf_counter()
     runner.run(steps)
     dist.barrier()
-    t1, s1 = time.perf_counter(), measure.thread_sched_ms()
+    t1, s1 = time.perf_counter(), thread_sched_ms()
     run, wait = ((s1[0] - s0[0]) / steps, (s1[1] - s0[1]) / steps) if s0 and s1 else (math.nan, math.nan)
     return (t1 - t0) * 1e3 / steps, sum(runner.cpu_ms) / steps, run, wait
 
 
-def _rank_time_plans(job: measure.StepJob, paths: list[str], steps: int, rounds: int) -> list[dict[str, Any]]:
+def _rank_time_plans(job: StepJob, paths: list[str], steps: int, rounds: int) -> list[dict[str, Any]]:
     """Every plan's model built once, then ``rounds`` rounds each timing ``steps`` steps of every plan in
     turn: a load change on the shared machine then moves all plans alike instead of the last ones."""
     import torch.distributed as dist
 
-    runners = [measure.ShardedSteps(job, planfile.read(path).plan) for path in paths]
+    runners = [ShardedSteps(job, planfile.read(path).plan) for path in paths]
     for r in runners:
         r.run(2)  # warm-up
     rows: list[list[tuple[float, ...]]] = [[] for _ in paths]
