@@ -1,6 +1,6 @@
 """The fused criteo_tsv path (parse and encode in one compiled pass) against the generic encoder.
 
-The fused kernel runs only the steps a schema names (criteo_tsv.fused_plan); its output must be
+The fused kernel runs only the steps a schema names (criteo_fused.fused_plan); its output must be
 encode.encode_batch's on the parsed chunk, byte for byte: counts around the plan's table bounds,
 negative, 19-digit and missing counts, upper-case and missing categories, int32 and int64 ids,
 fitted chains; and whole preprocessing runs through worker processes write the same files.
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlrm_dist.data.columnar import criteo_tsv
+from dlrm_dist.data.columnar import criteo_fused, criteo_tsv
 from dlrm_dist.data.columnar.encode import Encoded, encode_batch
 from dlrm_dist.data.columnar.preprocess import Options, preprocess
 from dlrm_dist.data.columnar.tsv_kernel import TABLE_SIZE, parse_chunk
@@ -73,10 +73,10 @@ def test_fused_plan_gives_the_generic_encoders_arrays(criteo_sample, name: str) 
     positions = criteo_tsv._positions(schema)
     parsed = parse_chunk(data)
     generic = encode_batch(criteo_tsv._batch(parsed, positions, "x.tsv", 0, 0), schema, {})
-    fused = criteo_tsv.fused_plan(schema, positions)
-    assert fused is not None, criteo_tsv.unfusable(schema, positions)
-    found, arrays = criteo_tsv.encode_fused(data, fused)
-    lines, flat = criteo_tsv.fused_encoded(fused, found.rows, arrays)
+    fused = criteo_fused.fused_plan(schema, positions)
+    assert fused is not None, criteo_fused.unfusable(schema, positions)
+    found, arrays = criteo_fused.encode_fused(data, fused)
+    lines, flat = criteo_fused.fused_encoded(fused, found.rows, arrays)
     got = Encoded.from_arrays(schema, flat)
     assert found.rows == len(parsed.labels) == 600 and found.bad == parsed.bad == [(600, "3 fields instead of 40")]
     assert len(found.over_row) > 0  # counts outside the table went through the chain itself
@@ -94,9 +94,9 @@ def test_schemas_with_other_steps_keep_the_generic_encoder() -> None:
     threshold = dataclasses.replace(base, label=dataclasses.replace(base.label, threshold=1.0))
     by_time = dataclasses.replace(base, split=SplitSpec("time", column="int_0"))
     for schema in (vocab, identity, threshold, by_time):  # (the schema refuses fnv1a, prefix, lists here)
-        assert criteo_tsv.fused_plan(schema, criteo_tsv._positions(schema)) is None
+        assert criteo_fused.fused_plan(schema, criteo_tsv._positions(schema)) is None
     unfitted = _schemas()["fitted_chain_and_fill"]  # standardize without its fitted scale yet
-    assert criteo_tsv.fused_plan(_with_dense(unfitted, scale=None), criteo_tsv._positions(unfitted)) is None
+    assert criteo_fused.fused_plan(_with_dense(unfitted, scale=None), criteo_tsv._positions(unfitted)) is None
 
 
 def _files(out: Path) -> dict[str, bytes]:
@@ -128,7 +128,7 @@ def test_a_chain_failing_on_a_count_outside_the_table_names_the_line(criteo_samp
     base = criteo_schema(buckets=97, days=2)  # int_3 (I4) has no negative count in the sample
     schema = dataclasses.replace(base, dense=tuple(
         dataclasses.replace(d, transform=("log1p",), clip=None) if d.name == "int_3" else d for d in base.dense))
-    assert criteo_tsv.fused_plan(schema, criteo_tsv._positions(schema)) is not None
+    assert criteo_fused.fused_plan(schema, criteo_tsv._positions(schema)) is not None
     with pytest.raises(PreprocessError, match=r"train.txt line 121: dense feature 'int_3' .*log1p of -7.0"):
         preprocess(Options(schema, [src], tmp_path / "o", progress=False, workers=2))
 

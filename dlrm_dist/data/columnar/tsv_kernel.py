@@ -9,7 +9,7 @@ Two kernels share one line parser (so they accept and reject exactly the same li
 
 - ``parse_chunk`` returns the values as they are (and which are missing), column-major, for
   the one encoder (encode.py) to transform;
-- ``fused_chunk`` runs a fused plan (criteo_tsv.fused_plan, built from the schema by the
+- ``fused_chunk`` runs a fused plan (criteo_fused.fused_plan, built from the schema by the
   generic encoder itself) as it parses: labels as float32, each dense feature through a
   table of its chain's results for the counts 0 .. TABLE_SIZE - 1 (other counts are left to
   the caller, which runs the generic chain on them), ids as ``value % buckets``, written
@@ -371,7 +371,7 @@ def parse_chunk(data: bytes | np.ndarray) -> ParsedChunk:
 
 @dataclass(frozen=True)
 class FusedPlan:
-    """What ``fused_chunk`` computes per row (criteo_tsv.fused_plan builds it from a schema)."""
+    """What ``fused_chunk`` computes per row (criteo_fused.fused_plan builds it from a schema)."""
 
     dense_field: np.ndarray  # (dense features,) int64: the count field (0..12) each reads
     dense_first: np.ndarray  # bool: the first feature reading its field (records its outliers)
