@@ -1,6 +1,6 @@
-"""CSV/TSV files read in byte ranges on all cores (read._read_csv_chunks) give what one streaming
+"""CSV/TSV files read in byte ranges on all cores (byte_ranges.read_ranges) give what one streaming
 read from the start gives: the same record batches, the same malformed lines by file and line,
-the same errors. The reference is the streaming reader itself (read._cuts patched to refuse
+the same errors. The reference is the streaming reader itself (byte_ranges.cut_ranges patched to refuse
 every file), and the line numbers are also worked out here from the text.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from dlrm_dist.data.columnar import encode, read
+from dlrm_dist.data.columnar import byte_ranges, encode, read
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.schema import from_dict
 
@@ -48,9 +48,10 @@ def _read(path: Path, schema, streaming: bool, monkeypatch, strict: bool = False
     bad = read.BadLines(strict=strict)
     with monkeypatch.context() as m:
         if streaming:
-            m.setattr(read, "_cuts", lambda *a: None)
+            m.setattr(byte_ranges, "cut_ranges", lambda *a: None)
         else:
-            assert read._cuts(path, schema, read.file_format(path, schema)), "the file is cut in byte ranges"
+            cuts = byte_ranges.cut_ranges(path, schema, read.file_format(path, schema))
+            assert cuts, "the file is cut in byte ranges"
         batches = [(read.origin(b)[1], b.to_pydict()) for b in read.read_file(path, schema, bad)]
     return batches, bad
 
@@ -130,7 +131,7 @@ def test_files_that_cannot_be_cut_are_read_from_the_start(tmp_path: Path, monkey
         path = tmp_path / "d.csv.gz"
         path.write_bytes(gzip.compress((tmp_path / "d.csv").read_bytes()))
     schema = _schema()
-    assert read._cuts(path, schema, read.file_format(path, schema)) is None
+    assert byte_ranges.cut_ranges(path, schema, read.file_format(path, schema)) is None
     rows = sum(b.num_rows for b in read.read_file(path, schema, read.BadLines()))
     assert rows == len(lines)
 
@@ -197,7 +198,7 @@ def test_a_crlf_file_gives_the_streaming_fit(tmp_path: Path, monkeypatch) -> Non
     for streaming in (False, True):
         with monkeypatch.context() as m:
             if streaming:
-                m.setattr(read, "_cuts", lambda *a: None)
+                m.setattr(byte_ranges, "cut_ranges", lambda *a: None)
             out = tmp_path / f"out{streaming}"
             preprocess(Options(from_dict(spec), [path], out, progress=False))
             fits.append((out / "fit.json").read_bytes())
@@ -227,7 +228,7 @@ def test_pyarrow_errors_in_a_later_range_count_rows_over_the_file(tmp_path: Path
 def test_a_file_that_shrinks_while_read_is_refused_not_read_short(tmp_path: Path, monkeypatch) -> None:
     path = _write(tmp_path, _lines(900))
     size = path.stat().st_size
-    cuts = read._cuts
+    cuts = byte_ranges.cut_ranges
 
     def cut_then_shrink(*args):
         ranges = cuts(*args)
@@ -235,26 +236,26 @@ def test_a_file_that_shrinks_while_read_is_refused_not_read_short(tmp_path: Path
             f.truncate(size // 2)  # another process rewrites the file after it was cut
         return ranges
 
-    monkeypatch.setattr(read, "_cuts", cut_then_shrink)
+    monkeypatch.setattr(byte_ranges, "cut_ranges", cut_then_shrink)
     with pytest.raises(PreprocessError, match=rf"^{path}: shorter than when it was opened \(bytes \d+\.\.\d+ expected"):
         list(read.read_file(path, _schema(), read.BadLines()))
 
 
 # -- threads ---------------------------------------------------------------------------------------------
 def test_parse_threads_follow_the_affinity_mask_and_are_capped(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(read.os, "sched_getaffinity", lambda pid: set(range(64)))
-    assert read.cpu_threads() == read.MAX_CHUNK_WORKERS == 8  # 64 cores: 16 ranges in flight, not 128
-    monkeypatch.delattr(read.os, "sched_getaffinity")
-    monkeypatch.setattr(read.os, "cpu_count", lambda: 3)
-    assert read.cpu_threads() == 3  # no affinity masks on this platform
-    monkeypatch.setattr(read.os, "sched_getaffinity", lambda pid: {0}, raising=False)  # taskset -c 0
+    monkeypatch.setattr(byte_ranges.os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert byte_ranges.cpu_threads() == byte_ranges.MAX_CHUNK_WORKERS == 8  # 64 cores: 16 ranges in flight, not 128
+    monkeypatch.delattr(byte_ranges.os, "sched_getaffinity")
+    monkeypatch.setattr(byte_ranges.os, "cpu_count", lambda: 3)
+    assert byte_ranges.cpu_threads() == 3  # no affinity masks on this platform
+    monkeypatch.setattr(byte_ranges.os, "sched_getaffinity", lambda pid: {0}, raising=False)  # taskset -c 0
     seen = set()
-    parse = read._parse_chunk
+    parse = byte_ranges._parse_chunk
 
     def recording(*args):
         seen.add(threading.current_thread().name)
         return parse(*args)
 
-    monkeypatch.setattr(read, "_parse_chunk", recording)
+    monkeypatch.setattr(byte_ranges, "_parse_chunk", recording)
     rows = sum(b.num_rows for b in read.read_file(_write(tmp_path, _lines(3000)), _schema(), read.BadLines()))
     assert rows == 3000 and len(seen) == 1

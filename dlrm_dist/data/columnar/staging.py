@@ -46,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dlrm_dist.data.columnar import encode, kernels, layout, read
+from dlrm_dist.data.columnar import byte_ranges, encode, kernels, layout, read
 from dlrm_dist.data.columnar.kernels import Collision, Interner, text_order
 from dlrm_dist.data.columnar.locate import ORIGIN_FIRST, ORIGIN_PATH
 from dlrm_dist.data.errors import PreprocessError
@@ -374,7 +374,7 @@ def run(opts: Any) -> tuple[FeatureSchema, Optional[tuple[float, float]], dict[s
     shutil.rmtree(out / STAGING, ignore_errors=True)  # a killed run's
     done = layout.read_fit(out)
     vocab_tables = [t for t in schema.table_names if schema.features_of(t)[0].kind == "vocab"]
-    with ThreadPoolExecutor(max_workers=read.cpu_threads(), thread_name_prefix="dlrm_dist-stage") as pool:
+    with ThreadPoolExecutor(max_workers=byte_ranges.cpu_threads(), thread_name_prefix="dlrm_dist-stage") as pool:
         if schema.split.by != "time" and (done is not None or not (vocab_tables or any(d.fitted for d in schema.dense))):
             return _inline(opts, driver, done, pool)
         stage = _Stage(out, schema)
