@@ -85,22 +85,6 @@ class Enumerator:
         return self._torchrec
 
     @property
-    def topology(self) -> Any:
-        return self.torchrec.topology
-
-    @property
-    def constraints(self) -> Any:
-        return self.torchrec.constraints
-
-    @property
-    def sharder_data(self) -> Any:
-        return self.torchrec.sharder_data
-
-    @property
-    def perf_estimator(self) -> Any:
-        return self.torchrec.perf_estimator
-
-    @property
     def params(self) -> dict[str, "torch.Tensor"]:
         """Each table's weight as a meta tensor (its shape and dtype: all TorchRec's estimators read)."""
         return {t.name: self.torchrec.tensor(t) for t in self.inputs.tables}

@@ -120,7 +120,7 @@ def test_enumerated_estimates_equal_torchrec(which: int) -> None:
     enum = Enumerator(inputs)
     ebc = meta_module(inputs)
     params = EmbeddingBagCollectionSharder().shardable_parameters(ebc)
-    storage = EmbeddingStorageEstimator(enum.topology, constraints=enum.constraints)
+    storage = EmbeddingStorageEstimator(enum.torchrec.topology, constraints=enum.torchrec.constraints)
     for i, t in enumerate(inputs.tables):
         for o in enum.options(i):
             so = ShardingOption(name=t.name, tensor=params[t.name], module=("", ebc), input_lengths=[t.pooling_factor],
@@ -130,8 +130,8 @@ def test_enumerated_estimates_equal_torchrec(which: int) -> None:
                                         for s, f in zip(o.sizes, o.offsets)],
                                 cache_params=CacheParams(load_factor=o.cache_load_factor) if o.cache_load_factor else None,
                                 is_pooled=True, feature_names=list(t.features))
-            storage.estimate([so], enum.sharder_data)
-            enum.perf_estimator.estimate([so], enum.sharder_data)
+            storage.estimate([so], enum.torchrec.sharder_data)
+            enum.torchrec.perf_estimator.estimate([so], enum.torchrec.sharder_data)
             where = (t.name, o.sharding_type, o.kernel, len(o.sizes))
             assert o.hbm.tolist() == [s.storage.hbm for s in so.shards], where
             assert o.ddr.tolist() == [s.storage.ddr for s in so.shards], where
