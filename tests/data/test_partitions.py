@@ -21,7 +21,7 @@ from dlrm_dist.data.columnar import layout
 from dlrm_dist.data.columnar.dataset import ColumnarDataset, PartitionedDataset
 from dlrm_dist.data.columnar.partitions import PartitionOptions, append, for_partitions, new_dataset
 from dlrm_dist.data.columnar.stats import compute_stats
-from dlrm_dist.data.errors import DataError
+from dlrm_dist.data.errors import DataError, PreprocessError
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.fileio import DirectoryBusyError, DirLock
 from tests.data import days
@@ -431,3 +431,13 @@ def test_build_data_opens_the_partitions_the_config_names(grown: Path) -> None:
     test = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_split="test"))
     with pytest.raises(DlrmError, match="data.eval_split='test': a run over day partitions .* has no val or test"):
         build_data(test, job_schema(test))
+
+
+def test_a_row_outside_a_partitions_split_is_a_named_error() -> None:
+    """An internal invariant (every row of a partition is "train"), said as the other errors are."""
+    from dlrm_dist.data.columnar.preprocess import _NoRows
+
+    writer = _NoRows(7, "val")
+    writer.append(np.zeros(4, bool))
+    with pytest.raises(PreprocessError, match=r"partition 7: row 6 of the inputs was put in split 'val'"):
+        writer.append(np.array([False, True, True]))

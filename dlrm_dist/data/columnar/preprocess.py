@@ -292,11 +292,19 @@ def _halve_holdout(out: Path, schema: FeatureSchema, writers: dict[str, layout.S
 
 
 class _NoRows:
-    """A partition's val and test writers: its schema's split (every row "train") gives them none."""
+    """A partition's val and test writers: its schema's split (every row "train") gives them none.
+    A row sent here is an internal error, named by the partition and the row (over all inputs)."""
+
+    def __init__(self, partition: int, split: str) -> None:
+        self.partition, self.split, self.rows = partition, split, 0
 
     def append(self, keep: np.ndarray, *arrays: Any) -> None:
         if np.any(keep):
-            raise AssertionError("a partition's schema put a row outside its one split")
+            row = self.rows + int(np.flatnonzero(keep)[0])
+            raise PreprocessError(f"partition {self.partition}: row {row + 1} of the inputs was put in split "
+                                  f"{self.split!r}, but every row of a partition is its own (an internal error "
+                                  "of dlrm_dist's split: please report it)")
+        self.rows += len(keep)
 
 
 def write_outputs(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report,
@@ -310,7 +318,7 @@ def write_outputs(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[
         name = layout.partition_split(opts.partition)
 
         def fill_partition(writers: dict[str, layout.SplitWriter]) -> None:
-            write(opts, schema, cutoffs, report, {"train": writers[name], "val": _NoRows(), "test": _NoRows()}, days)
+            write(opts, schema, cutoffs, report, {"train": writers[name], **{s: _NoRows(opts.partition, s) for s in SPLITS[1:]}}, days)
             if writers[name].labels.rows == 0:
                 raise PreprocessError(f"{', '.join(map(str, opts.inputs))}: no valid rows ({report.skipped} malformed "
                                       f"line(s)), so partition {opts.partition} would be empty")
