@@ -129,6 +129,7 @@ _ID_MASK = np.uint64((1 << 40) - 1)
 _LONG = 0xFFFFFF  # length field of a text too long for it: its length is compared from the text store
 INLINE = 16  # texts up to this many bytes are confirmed from their slot alone (one cache line per probe)
 _HUGE_FROM = 4 << 20  # slot tables from this size on ask for huge pages
+_AHEAD = 4096  # texts hashed, and their slots loaded, ahead of their probes (a few hundred kB of slots: in L2)
 
 
 @njit(cache=True, nogil=True)
@@ -140,23 +141,19 @@ def _intern(offsets, data, missing, hash_mask, slots, keys, starts, buf, n, used
     to 16 bytes is confirmed byte for byte from its slot, without a second memory access; a
     longer one from the text store."""
     mask = np.uint64(len(slots) - 1)
+    words = np.empty((min(len(out), _AHEAD), 3), np.uint64)
+    touched = np.uint64(0)
     for i in range(len(out)):
+        if i % _AHEAD == 0:  # the next _AHEAD texts' hashes and first words; their slots loaded
+            touched += _prepare(offsets, data, hash_mask, slots, mask, i, min(len(out), i + _AHEAD), words)
         if missing[i]:
             out[i] = -1
             continue
         lo = offsets[i]
         size = offsets[i + 1] - lo
-        h = _FNV_OFFSET
-        w0 = np.uint64(0)
-        w1 = np.uint64(0)
-        for k in range(size):
-            c = np.uint64(data[lo + k])
-            h = (h ^ c) * _FNV_PRIME
-            if k < 8:
-                w0 |= c << np.uint64(8 * k)
-            elif k < INLINE:
-                w1 |= c << np.uint64(8 * (k - 8))
-        h &= hash_mask
+        h = words[i % _AHEAD, 0]
+        w0 = words[i % _AHEAD, 1]
+        w1 = words[i % _AHEAD, 2]
         length = np.uint64(min(size, _LONG))
         s = h & mask
         while True:
@@ -188,7 +185,41 @@ def _intern(offsets, data, missing, hash_mask, slots, keys, starts, buf, n, used
                 out[i] = j
                 break
             s = (s + np.uint64(1)) & mask
+    if touched == np.uint64(1):  # (never in practice: keeps the loads of _prepare from being optimised away)
+        out[0] = out[0]
     return n, used, -1, -1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prepare(offsets, data, hash_mask, slots, mask, lo_row, hi_row, words):  # pragma: no cover - compiled
+    """The FNV-1a 64 (``& hash_mask``) and the first 16 bytes (two words) of texts lo_row..hi_row
+    into ``words``, and the meta word of each one's first slot loaded (summed into the return):
+    the loads do not depend on one another, so the processor has many cache misses in flight
+    at once, where the probe loop, one branchy text after another, waits for each in turn. A
+    table of a million values is far larger than the caches; the probes then find their slots
+    in cache."""
+    touched = np.uint64(0)
+    for i in range(lo_row, hi_row):
+        lo = offsets[i]
+        size = offsets[i + 1] - lo
+        h = _FNV_OFFSET
+        w0 = np.uint64(0)
+        w1 = np.uint64(0)
+        for k in range(size):
+            c = np.uint64(data[lo + k])
+            h = (h ^ c) * _FNV_PRIME
+            if k < 8:
+                w0 |= c << np.uint64(8 * k)
+            elif k < INLINE:
+                w1 |= c << np.uint64(8 * (k - 8))
+        h &= hash_mask
+        r = i - lo_row
+        words[r, 0] = h
+        words[r, 1] = w0
+        words[r, 2] = w1
+    for r in range(hi_row - lo_row):  # (a loop of loads only: as many misses in flight as the core allows)
+        touched += slots[words[r, 0] & mask, 1]
+    return touched
 
 
 def _table(slots: int) -> np.ndarray:
