@@ -14,7 +14,7 @@ fields, each cell checked: a number must be finite, and so on), exactly as in pr
   (JSON lines are parsed line by line, so a problem is named by its line.)
 - a number for an ``int_modulo`` feature (its column read by int_modulo features only, not split
   or cut) means what it meant in training (``integer_columns``): its value when the schema's input
-  format is parquet (an integer column, as read.py ``_text_read`` keeps it), its decimal text read
+  format is parquet (an integer column, as columns.py ``_text_read`` keeps it), its decimal text read
   in base 16 for csv/tsv/criteo_tsv; refused by name when the format is unset (the export cannot
   tell). A string keeps the text rule. The same holds for a record batch's (or a Parquet input
   file's) number columns.
@@ -122,7 +122,7 @@ def optional_columns(schema: FeatureSchema) -> list[str]:
 # -- what a number means for an int_modulo feature --------------------------------------------------
 def integer_columns(schema: FeatureSchema) -> dict[str, str]:
     """Columns whose numbers mean something else by the training files' format: those read only by
-    ``int_modulo`` features that neither split nor cut them (read.py ``_text_read``: a Parquet
+    ``int_modulo`` features that neither split nor cut them (columns.py ``_text_read``: a Parquet
     integer column of theirs stays integers, its value the id; a text cell is read in base 16).
     Each maps to the rule training used for a number: ``value`` (input format parquet), ``text``
     (csv/tsv/criteo_tsv: the decimal text a CSV cell holds, read in base 16) or ``unknown`` (the
@@ -288,7 +288,7 @@ def typed(raw: pa.RecordBatch, schema: FeatureSchema, origin: str, first: int) -
         if c not in raw.schema.names:
             kind = pa.string() if c in read.text_columns(schema) else pa.float64()
             raw = raw.append_column(c, pa.nulls(raw.num_rows, kind))
-    return read._typed(raw, schema, Path(origin), first)  # noqa: SLF001 - the one typed read of a batch
+    return read.typed(raw, schema, Path(origin), first)  # the one typed read of a batch
 
 
 # -- which row and column failed -----------------------------------------------------------------

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from dlrm_dist.data.columnar import locate, read
+from dlrm_dist.data.columnar import columns, locate, read
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.features.schema import FeatureSchema
 from dlrm_dist.serving.records import (COLUMN_NAMED, JSONL, MAX_PROBLEMS, PARQUET, FieldProblem, RecordError, detached,
@@ -207,7 +207,7 @@ class FileRows:
             yield from pq.ParquetFile(str(self.path)).iter_batches(batch_size=self.block_rows, columns=self.keep)
             return
         kind = "tsv" if self.kind == "criteo_tsv" else self.kind
-        opts = pa_csv.ReadOptions(block_size=read.BLOCK_BYTES, use_threads=False,
+        opts = pa_csv.ReadOptions(block_size=columns.BLOCK_BYTES, use_threads=False,
                                   column_names=None if self.schema.input.header else names)
         convert = pa_csv.ConvertOptions(include_columns=self.keep, column_types={c: pa.string() for c in self.keep},
                                         strings_can_be_null=False)

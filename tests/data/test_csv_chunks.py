@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from dlrm_dist.data.columnar import byte_ranges, encode, read
+from dlrm_dist.data.columnar import byte_ranges, columns, encode, read
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.schema import from_dict
 
@@ -58,7 +58,7 @@ def _read(path: Path, schema, streaming: bool, monkeypatch, strict: bool = False
 
 @pytest.fixture(autouse=True)
 def _small_blocks(monkeypatch) -> None:
-    monkeypatch.setattr(read, "BLOCK_BYTES", BLOCK)
+    monkeypatch.setattr(columns, "BLOCK_BYTES", BLOCK)
 
 
 @pytest.mark.parametrize("sep, end, header", [(",", "\n", True), (",", "\r\n", True), ("\t", "\n", True),

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dlrm_dist.cli.data_main import main as data_main
-from dlrm_dist.data.columnar import locate, read
+from dlrm_dist.data.columnar import columns, locate, read
 from dlrm_dist.data.columnar.dataset import ColumnarDataset
 from dlrm_dist.data.columnar.preprocess import Options, preprocess
 from dlrm_dist.data.errors import DataError, PreprocessError
@@ -100,7 +100,7 @@ def test_a_non_finite_label_or_time_is_refused(tmp_path: Path, column: str, row:
 
 
 def test_the_line_is_found_past_embedded_newlines_malformed_lines_and_blocks(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(read, "BLOCK_BYTES", 1 << 12)  # many record batches: the bad cell is in a later one
+    monkeypatch.setattr(columns, "BLOCK_BYTES", 1 << 12)  # many record batches: the bad cell is in a later one
     lines = ["x,c,y", '1,"two\nlines",0', "2,a", *[f"{i},k,{i % 2}" for i in range(3, 600)], "oops,k,1", "9,k,0"]
     data = _csv(tmp_path, "\n".join(lines) + "\n")
     bad_line = 1 + 1 + lines.index("oops,k,1")  # physical lines: the quoted cell spans two
@@ -243,7 +243,7 @@ def test_a_read_ends_only_once_arrow_has_dropped_its_python_handler(tmp_path: Pa
     is destroyed on Arrow's IO thread, which then needs the GIL for our row handler. A read that
     returns (here: closed after one batch, as on an error) must leave Arrow holding no handler."""
     data = _csv(tmp_path, _rows(20000))
-    monkeypatch.setattr(read, "BLOCK_BYTES", 1 << 14)
+    monkeypatch.setattr(columns, "BLOCK_BYTES", 1 << 14)
     handlers: list[weakref.ref] = []
     real_parse, real_open = pa_csv.ParseOptions, pa_csv.open_csv
 

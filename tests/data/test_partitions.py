@@ -435,7 +435,7 @@ def test_build_data_opens_the_partitions_the_config_names(grown: Path) -> None:
 
 def test_a_row_outside_a_partitions_split_is_a_named_error() -> None:
     """An internal invariant (every row of a partition is "train"), said as the other errors are."""
-    from dlrm_dist.data.columnar.preprocess import _NoRows
+    from dlrm_dist.data.columnar.job import _NoRows
 
     writer = _NoRows(7, "val")
     writer.append(np.zeros(4, bool))

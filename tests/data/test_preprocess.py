@@ -94,11 +94,11 @@ def test_a_rerun_after_a_failed_write_completes_it_and_other_jobs_are_refused(cr
     out = tmp_path / "out"
     reference_dir = tmp_path / "ref"
     _pre([criteo_sample], reference_dir, days=7, buckets=1000)
-    from dlrm_dist.data.columnar import preprocess as driver
+    from dlrm_dist.data.columnar import job
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # as if the process was stopped halfway through the write pass
-    monkeypatch.setattr(driver, "_halve_holdout", killed)
+    monkeypatch.setattr(job, "_halve_holdout", killed)
     with pytest.raises(KeyboardInterrupt):
         _pre([criteo_sample], out, days=7, buckets=1000)
     assert not (out / layout.META).exists() and not list(out.glob("*.partial"))

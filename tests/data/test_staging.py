@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dlrm_dist.data.columnar import kernels, read, staging
+from dlrm_dist.data.columnar import columns, kernels, staging
 from dlrm_dist.data.columnar.preprocess import Options, preprocess
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.schema import from_dict
@@ -80,7 +80,7 @@ def _files(out: Path) -> dict[str, object]:
 
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(read, "BLOCK_BYTES", 4096)  # many record batches: moments merge across them
+    monkeypatch.setattr(columns, "BLOCK_BYTES", 4096)  # many record batches: moments merge across them
 
 
 @pytest.mark.parametrize("split", [TIME, RANDOM], ids=["time", "random"])

@@ -15,7 +15,8 @@ import pytest
 
 from dlrm_dist.cli.data_main import main as data_main
 from dlrm_dist.data.columnar import layout, staging
-from dlrm_dist.data.columnar.preprocess import FRACTION_SLACK, Options, preprocess
+from dlrm_dist.data.columnar.job import FRACTION_SLACK
+from dlrm_dist.data.columnar.preprocess import Options, preprocess
 from dlrm_dist.features.schema import SPLITS, from_dict
 
 FRACTIONS = [0.8, 0.1, 0.1]

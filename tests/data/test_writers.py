@@ -100,7 +100,7 @@ def test_a_split_folder_symlinked_out_is_not_followed(tmp_path: Path) -> None:
 # -- item 4: one writer per directory --------------------------------------------------------------
 _HOLDER = """
 import pathlib, sys, time
-from dlrm_dist.data.columnar import preprocess as pp
+from dlrm_dist.data.columnar import job as pp
 from dlrm_dist.cli.data_main import main
 holding, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 write = pp.write_outputs

@@ -66,3 +66,43 @@ def test_the_planner_and_the_parallel_wrapping_know_no_model_layout() -> None:
             assert not bad, (path.name, bad)
             for attr in ('"sparse_arch"', '"dense_arch"', '"over_arch"', '"residual_arch"', '"model.sparse_arch"'):
                 assert attr not in text, (path.name, attr)
+
+
+# The preprocessing stack, bottom up: a module imports only modules before it, and only at its top
+# (no import inside a function to get round a cycle). Readers below staging below the dispatcher
+# below partitions; the CLI imports them lazily (it starts without loading them).
+DATA_STACK = ("locate", "layout", "kernels", "tsv_kernel", "columns", "encode", "criteo_fused", "criteo_tsv",
+              "csv_kernel", "byte_ranges", "read", "job", "staging", "preprocess", "partitions")
+
+
+def _stack_imports(path: Path) -> tuple[set[str], set[str]]:
+    """(columnar modules imported at module top, columnar modules imported anywhere else)."""
+    prefix = "dlrm_dist.data.columnar"
+    tree = ast.parse(path.read_text())
+    top = {id(n) for n in tree.body}
+
+    def named(node: ast.AST) -> set[str]:
+        if isinstance(node, ast.ImportFrom) and node.module == prefix:
+            return {a.name for a in node.names}
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(prefix + "."):
+            return {node.module.removeprefix(prefix + ".").split(".")[0]}
+        if isinstance(node, ast.Import):
+            return {a.name.removeprefix(prefix + ".").split(".")[0] for a in node.names if a.name.startswith(prefix + ".")}
+        return set()
+
+    at_top, inside = set(), set()
+    for node in ast.walk(tree):
+        (at_top if id(node) in top else inside).update(named(node))
+    return at_top, inside
+
+
+def test_the_data_stack_imports_one_way_at_module_top() -> None:
+    columnar = PACKAGE / "data" / "columnar"
+    for i, name in enumerate(DATA_STACK):
+        path = columnar / f"{name}.py"
+        if not path.exists():  # (a module of the list not written yet)
+            continue
+        at_top, inside = _stack_imports(path)
+        assert not inside, (name, "imports inside a function", inside)
+        upward = {m for m in at_top if m in DATA_STACK and DATA_STACK.index(m) >= i}
+        assert not upward, (name, "imports a module at or above it", upward)

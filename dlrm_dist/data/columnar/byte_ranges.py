@@ -9,8 +9,8 @@ file (``read_ranges``). A file that cannot be cut (gzip, a CSV holding a quote c
 file of one block) is read by read.py's streaming reader instead. ``cpu_threads`` (the parse
 threads this process may use) is also staging's thread count.
 
-It is built on read.py's pieces (the CSV handlers, the column checks, the typed reads), so it
-imports read.py; read.py imports it only inside ``read_file``, where it chooses the path.
+It is built on columns.py's pieces (the CSV handlers, the column checks, the typed reads), as
+read.py is; read.py imports it (where it chooses the path), never the other way round.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, Iterator, Optional
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from dlrm_dist.data.columnar import read  # (read at call time: read.BLOCK_BYTES is one knob for both readers)
+from dlrm_dist.data.columnar import columns  # (read at call time: columns.BLOCK_BYTES is one knob for both readers)
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.features.schema import FeatureSchema
@@ -78,7 +78,7 @@ def cut_ranges(path: Path, schema: FeatureSchema, fmt: str) -> Optional[list[tup
         if f.read(2) == b"\x1f\x8b":
             return None
         size = os.fstat(f.fileno()).st_size
-        if size <= read.BLOCK_BYTES or size == 0:
+        if size <= columns.BLOCK_BYTES or size == 0:
             return None
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             if fmt == "csv" and m.find(b'"') >= 0:
@@ -93,12 +93,12 @@ def cut_ranges(path: Path, schema: FeatureSchema, fmt: str) -> Optional[list[tup
                 start = found.end() + (m[found.start(): found.start() + 2] == b"\r\n")
             cuts, limit = [], 0
             while start < size:
-                limit += read.BLOCK_BYTES  # pyarrow reads the file in blocks, each parsed to its last line end
+                limit += columns.BLOCK_BYTES  # pyarrow reads the file in blocks, each parsed to its last line end
                 end = size if limit >= size else _after_line_end(m, start, limit)
                 if end > start:
                     cuts.append((start, end))
                     start = end
-                elif limit - start > 4 * read.BLOCK_BYTES:  # no newline for that long: not lines of text
+                elif limit - start > 4 * columns.BLOCK_BYTES:  # no newline for that long: not lines of text
                     return None
     return cuts
 
@@ -143,7 +143,7 @@ def _parse_chunk(path: Path, schema: FeatureSchema, fd: int, cut: tuple[int, int
         del parse
     raw = [b for b in table.to_batches() if b.num_rows]
     try:
-        return _Chunk([read._typed(b, schema, path, 0) for b in raw], True, handler.malformed)
+        return _Chunk([columns.typed(b, schema, path, 0) for b in raw], True, handler.malformed)
     except DlrmError:  # redone with the batch's origin, where the error can name its line
         return _Chunk(raw, False, handler.malformed)
 
@@ -168,20 +168,20 @@ def _renumbered(e: Exception, records: int) -> Exception:
     return e if renumbered == text else pa.ArrowInvalid(renumbered)
 
 
-def read_ranges(path: Path, schema: FeatureSchema, fmt: str, wanted: list[str], bad: read.BadLines,
+def read_ranges(path: Path, schema: FeatureSchema, fmt: str, wanted: list[str], bad: columns.BadLines,
                      cuts: list[tuple[int, int]]) -> Iterator[tuple[pa.RecordBatch, bool]]:
     """(batch, typed) of a file cut in byte ranges, parsed cpu_threads() at a time and yielded in
     file order. A range's malformed records are counted in ``bad`` in file order, numbered over
     the file: every record before the range is a row or a malformed line (no quotes: one record
     per non-empty line), so the count of both so far is the range's first record number."""
-    handlers = read._Handlers(path, schema, fmt, bad)
+    handlers = columns.Handlers(path, schema, fmt, bad)
     try:
-        handlers.names = names = read._csv_names(path, schema, handlers)
+        handlers.names = names = columns.csv_names(path, schema, handlers)
     finally:
         handlers.wait_released()
-    read._check_columns(path, names, wanted)
-    text = set(read.text_columns(schema))
-    read_opts = pa_csv.ReadOptions(block_size=read.BLOCK_BYTES + (1 << 16), use_threads=False, column_names=names)
+    columns.check_columns(path, names, wanted)
+    text = set(columns.text_columns(schema))
+    read_opts = pa_csv.ReadOptions(block_size=columns.BLOCK_BYTES + (1 << 16), use_threads=False, column_names=names)
     convert = pa_csv.ConvertOptions(include_columns=wanted, column_types={c: pa.string() if c in text else pa.float64()
                                                                           for c in wanted},
                                     null_values=["", *schema.input.null_values],

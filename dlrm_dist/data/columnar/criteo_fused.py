@@ -23,14 +23,14 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
+from dlrm_dist.data.columnar import encode, layout
+from dlrm_dist.data.columnar.columns import NUM, TEXT
 from dlrm_dist.data.columnar.locate import LINE_FIELD, ORIGIN_FIRST, ORIGIN_PATH
 from dlrm_dist.data.columnar.tsv_kernel import (NUM_DENSE, TABLE_SIZE, FusedChunk, FusedOutput, FusedPlan,
                                                 fused_chunk, row_capacity)
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.features.schema import FeatureSchema
-
-NUM, TEXT = "num", "text"  # as read.py names its typed reads (criteo_tsv.py takes them from here)
 
 
 # -- the plan ---------------------------------------------------------------------------------------
@@ -76,7 +76,6 @@ def fused_plan(schema: FeatureSchema, positions: dict[tuple[str, str], int]) -> 
     """The fused kernel's plan for ``schema`` (the encoder's own results: its dense chains on the
     counts 0..TABLE_SIZE-1 and on a missing one), or None when the generic encoder must run
     (``unfusable``, or a chain that fails on those values: the generic path names the line)."""
-    from dlrm_dist.data.columnar import encode, layout  # (encode imports read, which imports criteo_tsv, so this module)
 
     if unfusable(schema, positions) is not None:
         return None
@@ -124,8 +123,6 @@ def _encode_outliers(fused: Fused, found: FusedChunk, dense: np.ndarray) -> None
     """The dense slots the tables left (counts outside them): the encoder's chains on those counts."""
     if not len(found.over_row):
         return
-    from dlrm_dist.data.columnar import encode
-
     fields = fused.plan.dense_field
     at = {int(f): np.flatnonzero(found.over_field == f) for f in np.unique(found.over_field)}
     length = max(len(ix) for ix in at.values())

@@ -39,8 +39,8 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 import pyarrow as pa
 
-from dlrm_dist.data.columnar.criteo_fused import (NUM, TEXT, Fused, encode_fused, fused_encoded, fused_plan,
-                                                  fused_specs)
+from dlrm_dist.data.columnar.columns import NUM, TEXT, uses
+from dlrm_dist.data.columnar.criteo_fused import Fused, encode_fused, fused_encoded, fused_plan, fused_specs
 from dlrm_dist.data.columnar.locate import LINE_FIELD, ORIGIN_FIRST, ORIGIN_PATH
 from dlrm_dist.data.columnar.tsv_kernel import (NUM_DENSE, ParsedChunk, count_newlines, padded, parse_chunk,
                                                 row_capacity)
@@ -229,8 +229,6 @@ def _unpack(name: str, specs: list[tuple[str, tuple[int, ...]]]) -> list[np.ndar
 # -- which field of a line each use reads ---------------------------------------------------------
 def _positions(schema: FeatureSchema) -> dict[tuple[str, str], int]:
     """(use, column) -> field index; a use the fixed layout cannot serve is a SchemaError."""
-    from dlrm_dist.data.columnar.read import uses  # (read.py imports this module)
-
     names = list(schema.input.columns or criteo_columns())
     found, problems = {}, []
     for use, column in uses(schema):

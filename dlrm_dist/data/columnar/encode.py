@@ -18,7 +18,7 @@ Vectorised over whole record batches (numpy and pyarrow compute); nothing loops 
   otherwise id 0 (identity/hash) or an OOV bucket (vocab).
 - every dense value written is a finite float32: a fill, a log1p of a value <= -1, or a
   chain whose result leaves float32's range is an error naming the feature, file, line,
-  cell and step (read.py has already refused non-finite cells).
+  cell and step (columns.py has already refused non-finite cells).
 
 Errors name the line of the offending row: each batch carries its origin (locate.origin).
 """
@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dlrm_dist.data.columnar import layout, locate, read
+from dlrm_dist.data.columnar import columns, layout, locate
 from dlrm_dist.data.columnar.kernels import fnv1a  # noqa: F401 (the encoder's hash, used below)
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.data.hashing import U64, splitmix64, unit_uniform
@@ -91,7 +91,7 @@ def int_modulo(batch: pa.RecordBatch, schema: FeatureSchema, f: SparseFeature, b
 
 # -- labels and splits -----------------------------------------------------------------------
 def _filled(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(float64 values with nulls as NaN, missing mask): read.py has refused every non-finite cell,
+    """(float64 values with nulls as NaN, missing mask): columns.py has refused every non-finite cell,
     so NaN here means missing and nothing else."""
     if not values.null_count:
         return np.array(values.to_numpy(zero_copy_only=False), dtype=np.float64), np.zeros(len(values), bool)
@@ -107,13 +107,13 @@ def labels_of(batch: pa.RecordBatch, schema: FeatureSchema, where: str = "", fir
     """0/1 labels; a missing label, a numeric one not 0/1 (without a threshold) or a categorical one
     in neither list (when ``negative`` is given) is an error naming the file, line and value.
 
-    A categorical label (``positive``) is read as text (read.text_columns) and compared, whitespace
+    A categorical label (``positive``) is read as text (columns.text_columns) and compared, whitespace
     trimmed, with the listed texts: a number in a Parquet/JSON column by its text as Arrow writes it
     (1 -> "1", 0.5 -> "0.5", true -> "true"). (``where`` and ``first_row`` are kept for callers that
     pass them: the batch knows its origin.)
     """
     label = schema.label
-    raw = read.texts(batch, label.column) if label.categorical else read.numbers(batch, label.column)
+    raw = columns.texts(batch, label.column) if label.categorical else columns.numbers(batch, label.column)
     if raw.null_count:
         missing = raw.is_null().to_numpy(zero_copy_only=False)
         i = int(np.flatnonzero(missing)[0])
@@ -148,7 +148,7 @@ def labels_of(batch: pa.RecordBatch, schema: FeatureSchema, where: str = "", fir
 def times_of(batch: pa.RecordBatch, schema: FeatureSchema) -> np.ndarray:
     """The time column; an empty cell is an error naming the file and line."""
     column = schema.split.column
-    t, missing = _filled(read.numbers(batch, column))
+    t, missing = _filled(columns.numbers(batch, column))
     if missing.any():
         i = int(np.flatnonzero(missing)[0])
         raise PreprocessError(f"{locate.where(batch, schema, i)}: time column {column!r} is empty; every row "
@@ -208,15 +208,15 @@ def split_of(batch: pa.RecordBatch, schema: FeatureSchema, row0: int, cutoffs: O
 
 # -- dense -------------------------------------------------------------------------------------
 def _raw_cell(batch: pa.RecordBatch, d: DenseFeature, i: int) -> str:
-    v = read.numbers(batch, d.column)[i].as_py()
+    v = columns.numbers(batch, d.column)[i].as_py()
     return "an empty cell (fill = {})".format(d.fill) if v is None else repr(v)
 
 
 def dense_raw(batch: pa.RecordBatch, d: DenseFeature, schema: FeatureSchema) -> np.ndarray:
     """The column before any fitted step: filled, clipped and log1p'd as the chain says; every
     value finite (a step that would make one non-finite is an error naming the line)."""
-    x, missing = _filled(read.numbers(batch, d.column))
-    # The cells are finite (read.py refuses others) and so is the fill (the schema's rule): only
+    x, missing = _filled(columns.numbers(batch, d.column))
+    # The cells are finite (columns.py refuses others) and so is the fill (the schema's rule): only
     # the steps below can leave the finite numbers, and each is checked where it can.
     x[missing] = d.fill
     for t in d.transform:  # in place: this runs over every value of every dense column
@@ -278,7 +278,7 @@ class Bags:
 
 
 def bags_of(batch: pa.RecordBatch, f: SparseFeature) -> Bags:
-    col = read.texts(batch, f.column)
+    col = columns.texts(batch, f.column)
     if f.prefix is not None:
         col = pc.utf8_slice_codeunits(col, 0, f.prefix)
     if not f.multi_hot:
@@ -320,7 +320,7 @@ def _identity_ids(batch: pa.RecordBatch, schema: FeatureSchema, f: SparseFeature
     try:
         ids = as_int(filled).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        i = read.first_failing(filled, as_int)
+        i = columns.first_failing(filled, as_int)
         raise PreprocessError(f"{locate.where(batch, schema, bags.row_of(i))}: identity feature {f.name!r} (column "
                               f"{f.column!r}) holds {filled[i].as_py()!r}, not an integer id") from None
     out = np.flatnonzero((ids < 0) | (ids >= rows))

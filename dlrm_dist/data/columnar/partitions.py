@@ -45,11 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from dlrm_dist.data.columnar import layout
+from dlrm_dist.data.columnar import layout, preprocess
 from dlrm_dist.data.errors import DataError, PreprocessError
 from dlrm_dist.data.jobrecord import (START_OVER, differences, is_complete, job_record, lock_out, mark_complete,
                                       read_job, write_job)
 from dlrm_dist.data.partition_list import MAX_PARTITION, listing
+from dlrm_dist.data.resolve import schema_differences
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.fileio import crc32c_of
 from dlrm_dist.features.schema import FeatureSchema, SplitSpec
@@ -129,11 +130,9 @@ def _write(opts: PartitionOptions, schema: FeatureSchema, number: int) -> tuple[
     """Partition ``number``'s folder from every row of the inputs, by preprocess.py's dispatcher:
     encoded by the directory's fit (fit.json, vocab/: an append), or, a new dataset's first, with
     ``schema`` fitted on them first. Returns (its entry for meta.json, the driver's report)."""
-    from dlrm_dist.data.columnar import preprocess as driver
-
-    popts = driver.Options(schema=for_partitions(schema), inputs=list(opts.inputs), out_dir=opts.out_dir,
+    popts = preprocess.Options(schema=for_partitions(schema), inputs=list(opts.inputs), out_dir=opts.out_dir,
                            strict=opts.strict, progress=opts.progress, workers=opts.workers, partition=number)
-    _, _, written, report = driver.run_passes(popts)
+    _, _, written, report = preprocess.run_passes(popts)
     entry = {**written[layout.partition_split(number)], "inputs": [str(Path(p).resolve()) for p in opts.inputs],
              "rows_read": report.rows_read, "skipped": report.skipped, "malformed_examples": report.examples}
     return entry, report
@@ -202,12 +201,10 @@ def _refuse_another_first_partition(out: Path, job: dict[str, Any]) -> None:
 def new_dataset(opts: PartitionOptions) -> PartitionReport:
     """``--partition N`` (or ``--refit``): a new dataset whose partition N is every row of the inputs,
     the schema fitted on them; or, rerun, a no-op once complete (jobrecord.py's rules)."""
-    from dlrm_dist.data.columnar import preprocess as driver
-
     if opts.schema is None:
         raise PreprocessError("a new dataset needs --schema (a schema file, a built-in name, or a directory whose "
                               "schema as written to use)")
-    driver.check_inputs(opts.inputs)
+    preprocess.check_inputs(opts.inputs)
     number, out = _first_number(opts), Path(opts.out_dir)
     schema = opts.schema.without_fitted()
     layout.output_files(out, schema, (layout.partition_split(number),))  # every path checked before any is written
@@ -222,7 +219,7 @@ def new_dataset(opts: PartitionOptions) -> PartitionReport:
         started = time.perf_counter()
         write_job(out, _partition_record(opts, number), name=layout.partition_job(number))
         entry, driver_report = _write(opts, schema, number)  # (fitted over every row: all "train")
-        fitted = driver.fitted_schema(schema, layout.read_fit(out))  # (with its own [split], as written)
+        fitted = preprocess.fitted_schema(schema, layout.read_fit(out))  # (with its own [split], as written)
         meta = {"schema": fitted.to_dict(), "splits": {}, "partitions": {}, "fitted_on": number}
         report = _publish(opts, meta, number, entry, driver_report, started)
         mark_complete(out)
@@ -234,8 +231,6 @@ def new_dataset(opts: PartitionOptions) -> PartitionReport:
 def _same_schema(out: Path, given: Optional[FeatureSchema], stored: FeatureSchema) -> None:
     if given is None:
         return
-    from dlrm_dist.data.resolve import schema_differences
-
     diffs = schema_differences(given, stored)
     if diffs:
         raise PreprocessError(f"--append --schema: the schema differs from the one {out} was fitted with "
@@ -284,9 +279,7 @@ def append(opts: PartitionOptions) -> PartitionReport:
     if opts.refit:
         raise PreprocessError("--append --refit: --append adds a partition with the directory's fitted schema; "
                               "--refit makes a new dataset fitted on the input (a new --out): choose one")
-    from dlrm_dist.data.columnar import preprocess as driver
-
-    driver.check_inputs(opts.inputs)
+    preprocess.check_inputs(opts.inputs)
     out = Path(opts.out_dir)
     if not out.is_dir():  # (before the lock, which would create it)
         partitioned_meta(out, "append to")

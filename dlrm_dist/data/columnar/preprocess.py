@@ -29,54 +29,27 @@ is written atomically; a full disk is named and this run's ``.partial`` files ar
 
 from __future__ import annotations
 
-import math
-import os
-import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
-from dlrm_dist.data.columnar import encode, layout, staging
+from dlrm_dist.data.columnar import encode, job, layout, staging
 from dlrm_dist.data.columnar.criteo_tsv import count_lines
 from dlrm_dist.data.columnar.encode import HOLDOUT, Days, Encoded
-from dlrm_dist.data.columnar.read import BadLines, PreprocessError, read_encoded, read_inputs
+from dlrm_dist.data.columnar.job import HOLDOUT as _HOLDOUT
+from dlrm_dist.data.columnar.job import Options, Report, bar, fitted_schema, refuse_empty_splits, time_cutoffs
+from dlrm_dist.data.columnar.read import BadLines, read_encoded, read_inputs
+from dlrm_dist.data.columnar.staging import Moments
+from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.data.jobrecord import job_record, lock_out, mark_complete
 from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.features.schema import SPLITS, FeatureSchema
 
 _COMPACT_EVERY = 64  # record batches of vocabulary counts merged at a time
-_HOLDOUT = "holdout"  # split by day: the last day's rows, halved into val and test at the end
-_BLOCK = 1 << 18  # rows copied at a time from the holdout
-
-
-@dataclass
-class Options:
-    schema: FeatureSchema
-    inputs: list[Path]
-    out_dir: Path
-    strict: bool = False
-    overwrite: bool = False
-    progress: bool = True
-    workers: int = max(1, os.cpu_count() or 1)  # criteo_tsv: parsing and encoding processes
-    partition: Optional[int] = None  # write this day partition's folder (partitions.py) instead of the splits
-
-
-@dataclass
-class Report:
-    rows_read: int = 0
-    rows: dict[str, int] = field(default_factory=dict)
-    skipped: int = 0
-    examples: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    up_to_date: bool = False
-    split_fractions: dict[str, float] = field(default_factory=dict)  # a time split's realised shares of the rows
-    warnings: list[str] = field(default_factory=list)
 
 
 def check_inputs(inputs: list[Path]) -> None:
@@ -98,11 +71,6 @@ def _done(out: Path) -> Report:
 
 
 # -- passes ---------------------------------------------------------------------------------------
-def bar(opts: Any, desc: str, total: Optional[int] = None) -> tqdm:
-    """The progress bar of a pass over rows (off without ``opts.progress``)."""
-    return tqdm(desc=desc, total=total, unit=" rows", unit_scale=True, disable=not opts.progress)
-
-
 def _time_cutoffs(opts: Options, report: Report) -> Optional[tuple[float, float]]:
     """The times where val and test begin, from a pass over the time column."""
     if opts.schema.split.by != "time":
@@ -113,79 +81,6 @@ def _time_cutoffs(opts: Options, report: Report) -> Optional[tuple[float, float]
             times.append(encode.times_of(batch, opts.schema))
             shown.update(batch.num_rows)
     return time_cutoffs(opts.schema, np.concatenate(times) if times else np.zeros(0), report)
-
-
-FRACTION_SLACK = 0.02  # a realised time-split fraction further than this from the schema's is warned about
-
-
-def time_cutoffs(schema: FeatureSchema, t: np.ndarray, report: Report) -> tuple[float, float]:
-    """The times where val and test begin: quantiles of every row's time at the fractions. Rows
-    with one time stay in one split, so with ties the realised fractions differ from those asked:
-    they go into ``report`` (``split_fractions``), with a warning for any off by more than 0.02."""
-    s = schema.split
-    f = s.fractions
-    cutoffs = float(np.quantile(t, f[0])), float(np.quantile(t, f[0] + f[1])) if f[2] > 0 else float("inf")
-    val, test = int((t >= cutoffs[0]).sum()), int((t >= cutoffs[1]).sum())
-    rows = {"train": len(t) - val, "val": val - test, "test": test}
-    how = f" by time column {s.column!r} (cut-offs {cutoffs[0]:g}, {cutoffs[1]:g}: ties stay together)"
-    refuse_empty_splits(schema, rows, how)
-    report.split_fractions = {k: n / max(len(t), 1) for k, n in rows.items()}
-    off = [k for k, want in zip(SPLITS, f) if abs(report.split_fractions[k] - want) > FRACTION_SLACK]
-    if off:
-        got = ", ".join(f"{k} {report.split_fractions[k]:.3f} (asked {want:g})" for k, want in zip(SPLITS, f))
-        report.warnings.append(f"the split{how} gives {got}: {off} off by more than {FRACTION_SLACK} because rows "
-                               f"with one time stay in one split; use a finer time column or other fractions")
-    return cutoffs
-
-
-def refuse_empty_splits(schema: FeatureSchema, rows: dict[str, int], how: str = "") -> None:
-    """A split given a share of the rows that ends up with none is an error now, at preprocessing,
-    rather than at the evaluation that would read it after training."""
-    f = dict(zip(SPLITS, schema.split.fractions))
-    empty = [s for s in SPLITS if f[s] > 0 and rows.get(s, 0) == 0]
-    if empty:
-        counts = ", ".join(f"{s} {rows.get(s, 0)}" for s in SPLITS)
-        raise PreprocessError(f"split(s) {empty} would be empty ({counts} rows of {sum(rows.values())}{how}, "
-                              f"fractions {list(schema.split.fractions)}): give more rows, other fractions, "
-                              "or a fraction of 0 for a split you do not want")
-
-
-class Moments:
-    """Count, mean, sum of squared deviations (merged per batch: no catastrophic sum of squares),
-    minimum and maximum of one dense feature over the training split."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.n, self.mean, self.m2, self.min, self.max = 0, 0.0, 0.0, np.inf, -np.inf
-
-    def add(self, x: np.ndarray) -> None:
-        if not x.size:
-            return
-        with np.errstate(over="ignore", invalid="ignore"):
-            n, mean = x.size, float(x.mean())
-            m2 = float(((x - mean) ** 2).sum())
-            total = self.n + n
-            delta = mean - self.mean
-            self.m2 += m2 + delta * delta * self.n * n / total
-            self.mean += delta * n / total
-        self.n = total
-        self.min, self.max = min(self.min, float(x.min())), max(self.max, float(x.max()))
-
-    def scale(self, kind: str) -> tuple[float, float]:
-        """(shift, divisor) of standardize/minmax; a constant feature keeps divisor 1."""
-        if self.n == 0:
-            return 0.0, 1.0
-        with np.errstate(over="ignore", invalid="ignore"):
-            shift, divisor = (self.min, self.max - self.min) if kind == "minmax" else \
-                (self.mean, float(np.sqrt(max(self.m2 / self.n, 0.0))))
-        if not (np.isfinite(shift) and np.isfinite(divisor)):
-            raise PreprocessError(
-                f"dense feature {self.name!r}: its {kind} statistics over the training split overflow (values "
-                f"from {self.min:g} to {self.max:g}); add log1p or clip = [lo, hi] before {kind}")
-        # A constant feature's std comes out as rounding noise (~1e-16 of its mean), which would
-        # blow that noise up to +-1: below float precision of the values it counts as zero.
-        constant = divisor <= 1e-12 * max(abs(shift), abs(self.min), abs(self.max))
-        return shift, 1.0 if divisor <= 0 or constant else divisor
 
 
 class _VocabCounts:
@@ -272,68 +167,6 @@ def _save_vocabularies(opts: Options, counts: dict[str, "_VocabCounts"], result:
         result["vocab_rows"][table] = f.oov_buckets + len(vocab)
 
 
-def _halve_holdout(out: Path, schema: FeatureSchema, writers: dict[str, layout.SplitWriter]) -> None:
-    """The last day's first ceil(n/2) valid rows -> val, the rest -> test (TorchRec's convention),
-    copied in blocks from the closed holdout files."""
-    rows = writers.pop(_HOLDOUT).close()["rows"]
-    held = layout.open_split(out, _HOLDOUT + layout.PARTIAL, schema, rows)
-    half = math.ceil(rows / 2)
-    for split, lo, hi in (("val", 0, half), ("test", half, rows)):
-        for a in range(lo, hi, _BLOCK):
-            b = min(a + _BLOCK, hi)
-            ids = {}
-            for f in schema.sparse:
-                off = held.offsets[f.name]
-                ids[f.name] = (held.ids[f.name][a:b], None) if off is None else \
-                    (held.ids[f.name][off[a]:off[b]], np.diff(off[a : b + 1]))
-            writers[split].append(np.ones(b - a, bool), held.dense[a:b], held.labels[a:b], ids)
-    del held
-    shutil.rmtree(out / (_HOLDOUT + layout.PARTIAL))
-
-
-class _NoRows:
-    """A partition's val and test writers: its schema's split (every row "train") gives them none.
-    A row sent here is an internal error, named by the partition and the row (over all inputs)."""
-
-    def __init__(self, partition: int, split: str) -> None:
-        self.partition, self.split, self.rows = partition, split, 0
-
-    def append(self, keep: np.ndarray, *arrays: Any) -> None:
-        if np.any(keep):
-            row = self.rows + int(np.flatnonzero(keep)[0])
-            raise PreprocessError(f"partition {self.partition}: row {row + 1} of the inputs was put in split "
-                                  f"{self.split!r}, but every row of a partition is its own (an internal error "
-                                  "of dlrm_dist's split: please report it)")
-        self.rows += len(keep)
-
-
-def write_outputs(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report,
-                  days: Optional[Days] = None, rows: Optional[Callable[..., None]] = None) -> dict[str, Any]:
-    """Writes and publishes the job's folders (layout.write_splits), filled by ``rows`` (this
-    module's write pass; staging.py passes its own), which appends each row to ``writers[split]``:
-    the three splits (a day split's last day to a holdout folder first, halved into val and test
-    at the end), or with ``opts.partition`` that partition's one folder, as "train"."""
-    write = rows or _write_rows
-    if opts.partition is not None:
-        name = layout.partition_split(opts.partition)
-
-        def fill_partition(writers: dict[str, layout.SplitWriter]) -> None:
-            write(opts, schema, cutoffs, report, {"train": writers[name], **{s: _NoRows(opts.partition, s) for s in SPLITS[1:]}}, days)
-            if writers[name].labels.rows == 0:
-                raise PreprocessError(f"{', '.join(map(str, opts.inputs))}: no valid rows ({report.skipped} malformed "
-                                      f"line(s)), so partition {opts.partition} would be empty")
-
-        return layout.write_splits(opts.out_dir, schema, fill_partition, names=(name,))
-
-    def fill(writers: dict[str, layout.SplitWriter]) -> None:
-        write(opts, schema, cutoffs, report, writers, days)
-        if days is not None:
-            _halve_holdout(opts.out_dir, schema, writers)
-
-    layout.remove_partials(opts.out_dir, (_HOLDOUT,))  # a killed day-split run's holdout
-    return layout.write_splits(opts.out_dir, schema, fill, extra=(_HOLDOUT,) if days is not None else ())
-
-
 def _write_rows(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report,
                 writers: dict[str, Any], days: Optional[Days] = None) -> None:
     """The streaming write pass: every row of the inputs encoded by ``schema`` (its vocabularies
@@ -356,11 +189,6 @@ def _write_rows(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[fl
     report.rows_read, report.skipped, report.examples = row0 + bad.count, bad.count, bad.examples
 
 
-def fitted_schema(schema: FeatureSchema, fit: dict[str, Any]) -> FeatureSchema:
-    """``schema`` with a fit pass's result (fit.json: vocabulary rows, dense scales)."""
-    return schema.with_fitted(fit["vocab_rows"], {k: tuple(v) for k, v in fit["scales"].items()})
-
-
 def run_passes(opts: Options) -> tuple[FeatureSchema, Optional[tuple[float, float]], dict[str, Any], Report]:
     """The conversion of a (locked, checked) job, by the passes its inputs and split need (module
     docstring); writes fit.json, vocab/ and the folders, not meta.json. Returns (fitted schema,
@@ -371,7 +199,7 @@ def run_passes(opts: Options) -> tuple[FeatureSchema, Optional[tuple[float, floa
     cutoffs = _time_cutoffs(opts, report)
     days = _days(opts)
     schema = fitted_schema(opts.schema, _fit_pass(opts, cutoffs, days))
-    return schema, cutoffs, write_outputs(opts, schema, cutoffs, report, days), report
+    return schema, cutoffs, job.write_outputs(opts, schema, cutoffs, report, _write_rows, days), report
 
 
 def preprocess(opts: Options) -> Report:

@@ -46,7 +46,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dlrm_dist.data.columnar import byte_ranges, encode, kernels, layout, read
+from dlrm_dist.data.columnar import byte_ranges, encode, job, kernels, layout, read
+from dlrm_dist.data.columnar.job import Report, bar, fitted_schema, time_cutoffs
 from dlrm_dist.data.columnar.kernels import Collision, Interner, text_order
 from dlrm_dist.data.columnar.locate import ORIGIN_FIRST, ORIGIN_PATH
 from dlrm_dist.data.errors import PreprocessError
@@ -258,6 +259,44 @@ def read_blocks(opts: Any, schema: FeatureSchema, bad: read.BadLines, distinct: 
 
 
 # -- cut-offs and fit ---------------------------------------------------------------------------------
+class Moments:
+    """Count, mean, sum of squared deviations (merged per batch: no catastrophic sum of squares),
+    minimum and maximum of one dense feature over the training split."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.n, self.mean, self.m2, self.min, self.max = 0, 0.0, 0.0, np.inf, -np.inf
+
+    def add(self, x: np.ndarray) -> None:
+        if not x.size:
+            return
+        with np.errstate(over="ignore", invalid="ignore"):
+            n, mean = x.size, float(x.mean())
+            m2 = float(((x - mean) ** 2).sum())
+            total = self.n + n
+            delta = mean - self.mean
+            self.m2 += m2 + delta * delta * self.n * n / total
+            self.mean += delta * n / total
+        self.n = total
+        self.min, self.max = min(self.min, float(x.min())), max(self.max, float(x.max()))
+
+    def scale(self, kind: str) -> tuple[float, float]:
+        """(shift, divisor) of standardize/minmax; a constant feature keeps divisor 1."""
+        if self.n == 0:
+            return 0.0, 1.0
+        with np.errstate(over="ignore", invalid="ignore"):
+            shift, divisor = (self.min, self.max - self.min) if kind == "minmax" else \
+                (self.mean, float(np.sqrt(max(self.m2 / self.n, 0.0))))
+        if not (np.isfinite(shift) and np.isfinite(divisor)):
+            raise PreprocessError(
+                f"dense feature {self.name!r}: its {kind} statistics over the training split overflow (values "
+                f"from {self.min:g} to {self.max:g}); add log1p or clip = [lo, hi] before {kind}")
+        # A constant feature's std comes out as rounding noise (~1e-16 of its mean), which would
+        # blow that noise up to +-1: below float precision of the values it counts as zero.
+        constant = divisor <= 1e-12 * max(abs(shift), abs(self.min), abs(self.max))
+        return shift, 1.0 if divisor <= 0 or constant else divisor
+
+
 class _Vocabulary:
     """A table's vocabulary fitted from the staged ids: counts over the training rows per distinct
     value; ``vocabulary`` orders them as encode's vocabularies are ordered."""
@@ -368,75 +407,69 @@ def finish_block(block: _Block, arrays: _Arrays, schema: FeatureSchema, cutoffs:
 # -- the passes -------------------------------------------------------------------------------------------
 def run(opts: Any) -> tuple[FeatureSchema, Optional[tuple[float, float]], dict[str, Any], Any]:
     """The whole conversion of a (locked, checked) job: (fitted schema, cut-offs, splits, report)."""
-    from dlrm_dist.data.columnar import preprocess as driver  # (the driver imports this module lazily)
-
     out, schema = opts.out_dir, opts.schema
     shutil.rmtree(out / STAGING, ignore_errors=True)  # a killed run's
     done = layout.read_fit(out)
     vocab_tables = [t for t in schema.table_names if schema.features_of(t)[0].kind == "vocab"]
     with ThreadPoolExecutor(max_workers=byte_ranges.cpu_threads(), thread_name_prefix="dlrm_dist-stage") as pool:
         if schema.split.by != "time" and (done is not None or not (vocab_tables or any(d.fitted for d in schema.dense))):
-            return _inline(opts, driver, done, pool)
+            return _inline(opts, done, pool)
         stage = _Stage(out, schema)
         try:
-            return _staged(opts, driver, stage, done, vocab_tables, pool)
+            return _staged(opts, stage, done, vocab_tables, pool)
         finally:
             stage.remove()
 
 
-def _fitted(schema: FeatureSchema, fit_result: dict[str, Any]) -> FeatureSchema:
-    return schema.with_fitted(fit_result["vocab_rows"], {k: tuple(v) for k, v in fit_result["scales"].items()})
-
-
-def _inline(opts: Any, driver: Any, done: Optional[dict[str, Any]], pool: Executor) -> tuple:
+def _inline(opts: Any, done: Optional[dict[str, Any]], pool: Executor) -> tuple:
     """Fitted state known (or none needed), the split known per row: every block finished as read."""
     if done is None:
         done = {"vocab_rows": {}, "scales": {}}
         layout.write_fit(opts.out_dir, done)
-    schema = _fitted(opts.schema, done)
+    schema = fitted_schema(opts.schema, done)
     distinct = {t: Interner() for t in schema.table_names if schema.features_of(t)[0].kind == "vocab"}
     maps = IdMaps.from_vocabularies(opts.out_dir, schema, distinct)  # (the vocabulary's values first: ids 0..)
-    report = driver.Report()
+    report = Report()
 
     def rows(opts: Any, schema: FeatureSchema, cutoffs: Any, report: Any, writers: dict[str, Any], days: Any) -> None:
         bad = read.BadLines(strict=opts.strict)
-        with driver.bar(opts, "preprocess") as bar:
-            for block, arrays in read_blocks(opts, schema, bad, distinct, bar.update, pool):
+        with bar(opts, "preprocess") as shown:
+            for block, arrays in read_blocks(opts, schema, bad, distinct, shown.update, pool):
                 finish_block(block, arrays, schema, None, maps, writers, pool)
                 report.rows_read = block.row0 + block.rows
         report.rows_read, report.skipped, report.examples = report.rows_read + bad.count, bad.count, bad.examples
 
-    return schema, None, driver.write_outputs(opts, schema, None, report, rows=rows), report
+    return schema, None, job.write_outputs(opts, schema, None, report, rows), report
 
 
-def _staged(opts: Any, driver: Any, stage: _Stage, done: Optional[dict[str, Any]], vocab_tables: list[str],
+def _staged(opts: Any, stage: _Stage, done: Optional[dict[str, Any]], vocab_tables: list[str],
             pool: Executor) -> tuple:
     """One read into the stage; cut-offs, fit and the write from it."""
-    schema, report = opts.schema, driver.Report()
+    schema, report = opts.schema, Report()
     distinct = {t: Interner() for t in vocab_tables}
     bad = read.BadLines(strict=opts.strict)
-    with driver.bar(opts, "read") as bar:
-        for block, arrays in read_blocks(opts, schema, bad, distinct, bar.update, pool):
+    with bar(opts, "read") as shown:
+        for block, arrays in read_blocks(opts, schema, bad, distinct, shown.update, pool):
             stage.append(block, arrays)
     stage.close()
     last = stage.blocks[-1] if stage.blocks else None
     rows = last.row0 + last.rows if last else 0
     report.rows_read, report.skipped, report.examples = rows + bad.count, bad.count, bad.examples
-    cutoffs = driver.time_cutoffs(schema, stage.times(), report) if schema.split.by == "time" else None
+    cutoffs = time_cutoffs(schema, stage.times(), report) if schema.split.by == "time" else None
     if done is None:
-        done, maps = _fit_and_save(opts, driver, stage, cutoffs, distinct, pool)
+        done, maps = _fit_and_save(opts, stage, cutoffs, distinct, pool)
     else:  # a rerun after the fit: the vocabularies written then
         maps = IdMaps.from_vocabularies(opts.out_dir, schema, distinct)
-    fitted = _fitted(schema, done)
+    fitted = fitted_schema(schema, done)
 
     def rows_from_stage(opts: Any, schema: FeatureSchema, cutoffs: Any, report: Any, writers: dict[str, Any],
                         days: Any) -> None:
-        with driver.bar(opts, "write") as bar:
+        with bar(opts, "write") as shown:
             for block in stage.blocks:
                 finish_block(block, stage.arrays(block), schema, cutoffs, maps, writers, pool)
-                bar.update(block.rows)
+                shown.update(block.rows)
 
-    return fitted, cutoffs, driver.write_outputs(opts, fitted, cutoffs, report, rows=rows_from_stage), report
+    return fitted, cutoffs, job.write_outputs(opts, fitted, cutoffs, report, rows_from_stage), report
 
 
 def vocab_json(texts: pa.Array) -> bytes:
@@ -479,13 +512,13 @@ def _save_vocabularies(opts: Any, stage: _Stage, vocabs: dict[str, _Vocabulary],
         result["vocab_rows"][table] = jobs[table].result()
 
 
-def _fit_and_save(opts: Any, driver: Any, stage: _Stage, cutoffs: Optional[tuple[float, float]],
+def _fit_and_save(opts: Any, stage: _Stage, cutoffs: Optional[tuple[float, float]],
                   distinct: dict[str, Interner], pool: Executor) -> tuple[dict[str, Any], IdMaps]:
     """The fit over the staged training rows, saved as the driver's own fit pass saves it; the
     id maps of the vocabularies fitted."""
     schema = opts.schema
     fitted = [d for d in schema.dense if d.fitted]
-    moments = {d.name: driver.Moments(d.name) for d in fitted}
+    moments = {d.name: Moments(d.name) for d in fitted}
     result: dict[str, Any] = {"vocab_rows": {}, "scales": {}}
     vocabs, trains = fit(stage, schema, cutoffs, distinct, moments)
     if distinct or fitted:
