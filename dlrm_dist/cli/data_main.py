@@ -19,6 +19,7 @@ from dlrm_dist.errors import run_cli
 from dlrm_dist.fileio import atomic_write_json
 
 if TYPE_CHECKING:
+    from dlrm_dist.data.columnar.job import Options
     from dlrm_dist.features.schema import FeatureSchema
 
 
@@ -88,19 +89,11 @@ def _schema_of(text: str) -> "FeatureSchema":
     return load_schema(text)
 
 
-def run_partition(args: argparse.Namespace) -> int:
+def run_partition(args: argparse.Namespace, opts: "Options") -> int:
     """--partition / --append / --refit: one day partition of a dataset that grows by day."""
-    from dlrm_dist.data.columnar.partitions import PartitionOptions, append, new_dataset
+    from dlrm_dist.data.columnar.partitions import append, new_dataset
     from dlrm_dist.data.partition_list import format_partitions
 
-    if args.refit and not args.append and not args.schema:  # (--append --refit: append() refuses the pair)
-        raise ConfigError("--refit needs --schema: the schema to fit anew (a schema file, or the directory whose "
-                          "schema as written to refit)")
-    schema = _schema_of(args.schema) if args.schema else None
-    source = Path(args.schema) if args.refit and args.schema and Path(args.schema).is_dir() else None
-    opts = PartitionOptions(inputs=list(args.input), out_dir=args.out, schema=schema, partition=args.partition,
-                            append=args.append, refit=args.refit, schema_source=source, strict=args.strict,
-                            overwrite=args.overwrite, progress=not args.no_progress, workers=args.workers)
     r = append(opts) if args.append else new_dataset(opts)
     held = format_partitions(r.partitions)
     if r.up_to_date:
@@ -123,18 +116,31 @@ def _print_malformed(r: Any) -> int:
     return 0
 
 
-def run_preprocess(args: argparse.Namespace) -> int:
-    from dlrm_dist.data.columnar.preprocess import Options, preprocess
+def _options(args: argparse.Namespace) -> "Options":
+    """The one job options of ``dlrm-data preprocess`` (splits, or a day partition)."""
+    from dlrm_dist.data.columnar.job import Options
 
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: must be >= 1 (processes parsing criteo_tsv inputs)")
-    if args.partition is not None or args.append or args.refit:
-        return run_partition(args)
-    if not args.schema:
+    partitioned = args.partition is not None or args.append or args.refit
+    if args.refit and not args.append and not args.schema:  # (--append --refit: append() refuses the pair)
+        raise ConfigError("--refit needs --schema: the schema to fit anew (a schema file, or the directory whose "
+                          "schema as written to refit)")
+    if not partitioned and not args.schema:
         raise ConfigError("--schema is required (a schema file, a built-in name such as criteo, or a preprocessed "
                           "directory), except with --append")
-    opts = Options(schema=_schema_of(args.schema), inputs=list(args.input), out_dir=args.out, strict=args.strict,
-                   overwrite=args.overwrite, progress=not args.no_progress, workers=args.workers)
+    source = Path(args.schema) if args.refit and args.schema and Path(args.schema).is_dir() else None
+    return Options(_schema_of(args.schema) if args.schema else None, list(args.input), args.out, strict=args.strict,
+                   overwrite=args.overwrite, progress=not args.no_progress, workers=args.workers,
+                   partition=args.partition, append=args.append, refit=args.refit, schema_source=source)
+
+
+def run_preprocess(args: argparse.Namespace) -> int:
+    from dlrm_dist.data.columnar.preprocess import preprocess
+
+    opts = _options(args)
+    if args.partition is not None or args.append or args.refit:
+        return run_partition(args, opts)
     r = preprocess(opts)
     if r.up_to_date:
         print(f"{args.out} is complete for this job: nothing to do (--overwrite starts over)")

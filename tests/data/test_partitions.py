@@ -19,7 +19,7 @@ from dlrm_dist.config.loader import load_config
 from dlrm_dist.data import HasPartitions, PartitionSpan
 from dlrm_dist.data.columnar import layout
 from dlrm_dist.data.columnar.dataset import ColumnarDataset, PartitionedDataset
-from dlrm_dist.data.columnar.partitions import PartitionOptions, append, for_partitions, new_dataset
+from dlrm_dist.data.columnar.partitions import Options, append, for_partitions, new_dataset
 from dlrm_dist.data.columnar.stats import compute_stats
 from dlrm_dist.data.errors import DataError, PreprocessError
 from dlrm_dist.errors import DlrmError
@@ -37,9 +37,9 @@ def grown_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for day, n in ROWS.items():
         path = days.write_day(where, day, n)
         if day == 1:
-            new_dataset(PartitionOptions([path], where / "D", days.schema(), partition=1, progress=False))
+            new_dataset(Options(days.schema(), [path], where / "D", partition=1, progress=False))
         else:
-            append(PartitionOptions([path], where / "D", append=True, progress=False))
+            append(Options(None, [path], where / "D", append=True, progress=False))
     return where / "D"
 
 
@@ -92,12 +92,12 @@ def test_append_encodes_with_the_first_fit(grown: Path, tmp_path: Path) -> None:
 
 def test_the_first_partition_is_every_row_fitted_on_them(tmp_path: Path) -> None:
     path = days.write_day(tmp_path, 1, 50)
-    r = new_dataset(PartitionOptions([path], tmp_path / "D", days.schema(), partition=7, progress=False))
+    r = new_dataset(Options(days.schema(), [path], tmp_path / "D", partition=7, progress=False))
     assert (r.partition, r.rows, r.fitted, r.partitions) == (7, 50, True, [7])
     labels = np.asarray(_arrays(tmp_path / "D", 7).labels)
     assert list(labels) == [x["clicked"] for x in days.day_rows(1, 50)]  # every row, in order: no split
     # the next append numbers itself after the largest partition
-    r2 = append(PartitionOptions([days.write_day(tmp_path, 2)], tmp_path / "D", append=True, progress=False))
+    r2 = append(Options(None, [days.write_day(tmp_path, 2)], tmp_path / "D", append=True, progress=False))
     assert (r2.partition, r2.fitted, r2.partitions) == (8, False, [7, 8])
 
 
@@ -140,7 +140,7 @@ def test_append_holds_the_directory_lock(grown: Path, tmp_path: Path, monkeypatc
     day4 = days.write_day(tmp_path, 4)
     with DirLock(grown, "another writer"):
         with pytest.raises(DirectoryBusyError, match="another writer"):
-            append(PartitionOptions([day4], grown, append=True, progress=False))
+            append(Options(None, [day4], grown, append=True, progress=False))
     held = []
     publish = layout.publish_partition
 
@@ -151,7 +151,7 @@ def test_append_holds_the_directory_lock(grown: Path, tmp_path: Path, monkeypatc
         return publish(*args, **kwargs)
 
     monkeypatch.setattr(layout, "publish_partition", publish_checking_the_lock)
-    assert append(PartitionOptions([day4], grown, append=True, progress=False)).partition == 4 and held
+    assert append(Options(None, [day4], grown, append=True, progress=False)).partition == 4 and held
 
 
 def test_a_half_written_partition_is_never_seen(grown: Path, tmp_path: Path, monkeypatch) -> None:
@@ -167,7 +167,7 @@ def test_a_half_written_partition_is_never_seen(grown: Path, tmp_path: Path, mon
 
     monkeypatch.setattr(layout.SplitWriter, "append", killed_after_one_block)
     with pytest.raises(KeyboardInterrupt):
-        append(PartitionOptions([day4], grown, append=True, progress=False))
+        append(Options(None, [day4], grown, append=True, progress=False))
     monkeypatch.undo()
     assert calls and (grown / layout.META).read_bytes() == meta_before
     assert not (grown / "partition_4").exists() and not (grown / "partition_4.partial").exists()
@@ -181,24 +181,24 @@ def test_a_half_written_partition_is_never_seen(grown: Path, tmp_path: Path, mon
 
     monkeypatch.setattr(layout, "publish_partition", killed_before_publishing)
     with pytest.raises(KeyboardInterrupt):
-        append(PartitionOptions([day4], grown, append=True, progress=False))
+        append(Options(None, [day4], grown, append=True, progress=False))
     monkeypatch.undo()
     assert (grown / "partition_4").is_dir() and (grown / layout.META).read_bytes() == meta_before
     assert sorted(layout.partitions_of(layout.read_meta(grown))) == [1, 2, 3]
     layout.check_directory(grown)
     # the rerun starts the append over and publishes it
-    r = append(PartitionOptions([day4], grown, append=True, progress=False))
+    r = append(Options(None, [day4], grown, append=True, progress=False))
     assert (r.partition, r.rows, r.up_to_date) == (4, 50, False)
     assert list(np.asarray(_arrays(grown, 4).labels)) == [x["clicked"] for x in days.day_rows(4, 50)]
     assert json.loads((grown / layout.partition_job(4)).read_text())["complete"] is True
     # what a killed append of another partition left is removed by the next append, whichever it is
     monkeypatch.setattr(layout, "publish_partition", killed_before_publishing)
     with pytest.raises(KeyboardInterrupt):
-        append(PartitionOptions([days.write_day(tmp_path, 6)], grown, partition=6, append=True, progress=False))
+        append(Options(None, [days.write_day(tmp_path, 6)], grown, partition=6, append=True, progress=False))
     monkeypatch.undo()
     (grown / "partition_7.partial").mkdir()
     assert (grown / "partition_6").is_dir() and (grown / layout.partition_job(6)).is_file()
-    assert append(PartitionOptions([days.write_day(tmp_path, 5)], grown, append=True, progress=False)).partition == 5
+    assert append(Options(None, [days.write_day(tmp_path, 5)], grown, append=True, progress=False)).partition == 5
     assert sorted(p.name for p in grown.glob("partition_*")) == [
         f"partition_{n}{suffix}" for n in (1, 2, 3, 4, 5) for suffix in ("", ".job.json")]
 
@@ -208,15 +208,15 @@ def test_refused_input_leaves_the_directory_as_it_was(grown: Path, tmp_path: Pat
     header_only = tmp_path / "empty.csv"
     header_only.write_text(days.HEADER + "\n")
     with pytest.raises(DlrmError, match="empty.csv: it has no data rows"):
-        append(PartitionOptions([header_only], grown, append=True, progress=False))
+        append(Options(None, [header_only], grown, append=True, progress=False))
     malformed = tmp_path / "malformed.csv"
     malformed.write_text(days.HEADER + "\n1,it1\n2,it2\n")
     with pytest.raises(DlrmError, match=r"malformed.csv: all of its 2 data line\(s\) are malformed"):
-        append(PartitionOptions([malformed], grown, append=True, progress=False))
+        append(Options(None, [malformed], grown, append=True, progress=False))
     bad = tmp_path / "bad.csv"
     bad.write_text(days.HEADER + "\n1,it1,2.0,t1,1\n2,it2\n")
     with pytest.raises(DlrmError, match="bad.csv"):
-        append(PartitionOptions([bad], grown, append=True, strict=True, progress=False))
+        append(Options(None, [bad], grown, append=True, strict=True, progress=False))
     assert days.snapshot(grown) == before
 
 
@@ -228,11 +228,11 @@ def test_an_interrupted_first_partition_resumes_with_its_fit(tmp_path: Path, mon
 
     monkeypatch.setattr(layout, "publish_partition", killed)
     with pytest.raises(KeyboardInterrupt):
-        new_dataset(PartitionOptions([day1], out, days.schema(), partition=1, progress=False))
+        new_dataset(Options(days.schema(), [day1], out, partition=1, progress=False))
     monkeypatch.undo()
     assert (out / layout.FIT).is_file() and not (out / layout.META).exists()
     fitted = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in [out / layout.FIT, *(out / "vocab").iterdir()]}
-    r = new_dataset(PartitionOptions([day1], out, days.schema(), partition=1, progress=False))
+    r = new_dataset(Options(days.schema(), [day1], out, partition=1, progress=False))
     assert (r.rows, r.up_to_date) == (30, False)
     # the rerun encodes with the fit.json and vocabularies of the killed run instead of refitting
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in [out / layout.FIT, *(out / "vocab").iterdir()]} \
@@ -242,10 +242,10 @@ def test_an_interrupted_first_partition_resumes_with_its_fit(tmp_path: Path, mon
     shutil.rmtree(out)
     monkeypatch.setattr(layout, "publish_partition", killed)
     with pytest.raises(KeyboardInterrupt):
-        new_dataset(PartitionOptions([day1], out, days.schema(), partition=1, progress=False))
+        new_dataset(Options(days.schema(), [day1], out, partition=1, progress=False))
     monkeypatch.undo()
     day2 = days.write_day(tmp_path, 2, 25)
-    r = new_dataset(PartitionOptions([day2], out, days.schema(), partition=2, progress=False))
+    r = new_dataset(Options(days.schema(), [day2], out, partition=2, progress=False))
     assert (r.partition, r.rows, r.partitions) == (2, 25, [2]) and not (out / "partition_1").exists()
     assert set(layout.read_vocab(out, "t_item")) == {x["item"] for x in days.day_rows(2, 25)}
 
@@ -255,13 +255,13 @@ def test_a_day_is_read_once_and_encoded_as_preprocess_encodes_it(tmp_path: Path,
     read: fit and write from the staged columns, not a fit pass and a write pass over the file),
     and its arrays are those ``dlrm-data preprocess`` writes for the same rows as its train split."""
     from dlrm_dist.data.columnar import read
-    from dlrm_dist.data.columnar.preprocess import Options, preprocess
+    from dlrm_dist.data.columnar.preprocess import preprocess
 
     day1, reads, real = days.write_day(tmp_path, 1, 30), [], read.read_file
     monkeypatch.setattr(read, "read_file", lambda path, *a, **k: reads.append(Path(path).name) or real(path, *a, **k))
-    new_dataset(PartitionOptions([day1], tmp_path / "D", days.schema(), partition=1, progress=False))
+    new_dataset(Options(days.schema(), [day1], tmp_path / "D", partition=1, progress=False))
     day2 = days.write_day(tmp_path, 2, 25)
-    append(PartitionOptions([day2], tmp_path / "D", append=True, progress=False))
+    append(Options(None, [day2], tmp_path / "D", append=True, progress=False))
     assert reads == ["day1.csv", "day2.csv"]
     preprocess(Options(for_partitions(days.schema()), [day1], tmp_path / "P", progress=False))  # (all rows: train)
     got = layout.check_directory(tmp_path / "D")[2]["partition_1"]

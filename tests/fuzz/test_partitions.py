@@ -28,7 +28,7 @@ from hypothesis import event, given, strategies as st
 from dlrm_dist.config.errors import ConfigError
 from dlrm_dist.config.loader import load_config
 from dlrm_dist.data.columnar import layout
-from dlrm_dist.data.columnar.partitions import PartitionOptions, append, new_dataset
+from dlrm_dist.data.columnar.partitions import Options, append, new_dataset
 from dlrm_dist.data.partition_list import MAX_PARTITION, MAX_RANGE, PartitionListError, format_partitions, parse_partitions
 from dlrm_dist.errors import DlrmError
 from tests.data import days
@@ -107,7 +107,7 @@ def _grow(where: Path, first: int, ops: list[tuple[str, int, int]]) -> None:
     out = where / "D"
     day1 = days.write_day(where, 1, 6, name="f0.csv")
     model: dict[int, tuple[Path, int]] = {first: (day1, 6)}  # partition -> (its file, rows)
-    new_dataset(PartitionOptions([day1], out, days.schema(), partition=first, progress=False))
+    new_dataset(Options(days.schema(), [day1], out, partition=first, progress=False))
     last: tuple[Path, int] = (day1, first)
     for k, (op, number, rows) in enumerate(ops, start=1):
         before = days.snapshot(out)
@@ -120,7 +120,7 @@ def _grow(where: Path, first: int, ops: list[tuple[str, int, int]]) -> None:
         target = max(model) + 1 if asked is None else asked
         outside = _outside(where)
         try:
-            r = append(PartitionOptions([path], out, partition=asked, append=True, progress=False))
+            r = append(Options(None, [path], out, partition=asked, append=True, progress=False))
         except DlrmError as e:
             message = str(e)
             event(f"refused: {op}")

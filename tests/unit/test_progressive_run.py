@@ -170,7 +170,7 @@ def test_next_day_scores_are_the_model_of_each_partitions_first_step_and_survive
 def _appended_days(where: Path, rows: dict[int, int]) -> Path:
     """A columnar directory of day partitions (day 1 fitted, the others appended; tests/data/days.py's
     drifting days), without the schema's managed feature (not what is tested here)."""
-    from dlrm_dist.data.columnar.partitions import PartitionOptions, append, new_dataset
+    from dlrm_dist.data.columnar.partitions import Options, append, new_dataset
     from dlrm_dist.features.schema import from_dict
     from tests.data import days
 
@@ -180,7 +180,7 @@ def _appended_days(where: Path, rows: dict[int, int]) -> Path:
     out = where / "D"
     for day, n in rows.items():
         path = days.write_day(where, day, n)
-        options = PartitionOptions([path], out, schema if day == 1 else None, append=day > 1, progress=False, workers=1)
+        options = Options(schema if day == 1 else None, [path], out, append=day > 1, progress=False, workers=1)
         (new_dataset if day == 1 else append)(options)
     return out
 

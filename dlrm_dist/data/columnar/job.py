@@ -28,14 +28,21 @@ FRACTION_SLACK = 0.02  # a realised time-split fraction further than this from t
 
 @dataclass
 class Options:
-    schema: FeatureSchema
+    """One ``dlrm-data preprocess`` job (the CLI builds it): train/val/test splits (preprocess.py),
+    or with ``partition`` / ``append`` / ``refit`` a day partition of a dataset that grows by day
+    (partitions.py)."""
+
+    schema: Optional[FeatureSchema]  # the schema as written; --append: None (the directory's fitted one)
     inputs: list[Path]
     out_dir: Path
     strict: bool = False
     overwrite: bool = False
     progress: bool = True
     workers: int = max(1, os.cpu_count() or 1)  # criteo_tsv: parsing and encoding processes
-    partition: Optional[int] = None  # write this day partition's folder (partitions.py) instead of the splits
+    partition: Optional[int] = None  # the day partition to write (partitions.py; unset there: the next number)
+    append: bool = False  # add the partition with the directory's fitted schema
+    refit: bool = False  # a new dataset, the schema as written fitted anew on the inputs
+    schema_source: Optional[Path] = None  # refit: the directory the schema came from
 
 
 @dataclass

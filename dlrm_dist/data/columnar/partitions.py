@@ -39,13 +39,13 @@ A partition's rows are read and encoded by preprocess.py's one dispatcher (``run
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from dlrm_dist.data.columnar import layout, preprocess
+from dlrm_dist.data.columnar.job import Options
 from dlrm_dist.data.errors import DataError, PreprocessError
 from dlrm_dist.data.jobrecord import (START_OVER, differences, is_complete, job_record, lock_out, mark_complete,
                                       read_job, write_job)
@@ -56,21 +56,6 @@ from dlrm_dist.fileio import crc32c_of
 from dlrm_dist.features.schema import FeatureSchema, SplitSpec
 
 ALL_ROWS = SplitSpec(by="random", fractions=(1.0, 0.0, 0.0))  # every row of a partition's input is its row
-
-
-@dataclass
-class PartitionOptions:
-    inputs: list[Path]
-    out_dir: Path
-    schema: Optional[FeatureSchema] = None  # first partition / refit: the schema as written; append: None or DIR's
-    partition: Optional[int] = None  # unset: 1 (a new dataset), the largest + 1 (append), the source's next (refit)
-    append: bool = False
-    refit: bool = False
-    schema_source: Optional[Path] = None  # refit: the directory the schema came from
-    strict: bool = False
-    overwrite: bool = False
-    progress: bool = True
-    workers: int = max(1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -92,7 +77,7 @@ def for_partitions(schema: FeatureSchema) -> FeatureSchema:
     return dataclasses.replace(schema, split=ALL_ROWS)
 
 
-def _records_options(opts: PartitionOptions) -> dict[str, Any]:
+def _records_options(opts: Options) -> dict[str, Any]:
     return {"options": {"strict": opts.strict}}
 
 
@@ -126,19 +111,18 @@ def _done(out: Path, number: int) -> PartitionReport:
 
 
 # -- writing one partition --------------------------------------------------------------------------
-def _write(opts: PartitionOptions, schema: FeatureSchema, number: int) -> tuple[dict[str, Any], Any]:
+def _write(opts: Options, schema: FeatureSchema, number: int) -> tuple[dict[str, Any], Any]:
     """Partition ``number``'s folder from every row of the inputs, by preprocess.py's dispatcher:
     encoded by the directory's fit (fit.json, vocab/: an append), or, a new dataset's first, with
     ``schema`` fitted on them first. Returns (its entry for meta.json, the driver's report)."""
-    popts = preprocess.Options(schema=for_partitions(schema), inputs=list(opts.inputs), out_dir=opts.out_dir,
-                           strict=opts.strict, progress=opts.progress, workers=opts.workers, partition=number)
-    _, _, written, report = preprocess.run_passes(popts)
+    job = dataclasses.replace(opts, schema=for_partitions(schema), inputs=list(opts.inputs), partition=number)
+    _, _, written, report = preprocess.run_passes(job)
     entry = {**written[layout.partition_split(number)], "inputs": [str(Path(p).resolve()) for p in opts.inputs],
              "rows_read": report.rows_read, "skipped": report.skipped, "malformed_examples": report.examples}
     return entry, report
 
 
-def _publish(opts: PartitionOptions, meta: dict[str, Any], number: int, entry: dict[str, Any], report: Any,
+def _publish(opts: Options, meta: dict[str, Any], number: int, entry: dict[str, Any], report: Any,
              started: float) -> PartitionReport:
     """Partition ``number`` added to meta.json (rewritten, last), its record marked complete."""
     published = layout.publish_partition(opts.out_dir, meta, number, entry)
@@ -148,7 +132,7 @@ def _publish(opts: PartitionOptions, meta: dict[str, Any], number: int, entry: d
                            partitions=list(layout.partitions_of(published, opts.out_dir)))
 
 
-def _partition_record(opts: PartitionOptions, number: int) -> dict[str, Any]:
+def _partition_record(opts: Options, number: int) -> dict[str, Any]:
     """The partition's job record; ``contents`` (size and CRC32C of each input) finds a day's file
     appended again under another name or path, which path, size and mtime alone do not."""
     contents = [dict(zip(("size", "crc32c"), crc32c_of(p))) for p in opts.inputs]
@@ -156,7 +140,7 @@ def _partition_record(opts: PartitionOptions, number: int) -> dict[str, Any]:
 
 
 # -- a new dataset: the first partition fits the schema -----------------------------------------------
-def _first_number(opts: PartitionOptions) -> int:
+def _first_number(opts: Options) -> int:
     if opts.partition is not None:
         return _check_number(opts.partition)
     if opts.refit and opts.schema_source is not None and (opts.schema_source / layout.META).is_file():
@@ -198,7 +182,7 @@ def _refuse_another_first_partition(out: Path, job: dict[str, Any]) -> None:
                               "--append; to start the directory over, --overwrite")
 
 
-def new_dataset(opts: PartitionOptions) -> PartitionReport:
+def new_dataset(opts: Options) -> PartitionReport:
     """``--partition N`` (or ``--refit``): a new dataset whose partition N is every row of the inputs,
     the schema fitted on them; or, rerun, a no-op once complete (jobrecord.py's rules)."""
     if opts.schema is None:
@@ -269,7 +253,7 @@ def _refuse_other_input(out: Path, number: int, old: dict[str, Any], record: dic
                           "start a new dataset")
 
 
-def append(opts: PartitionOptions) -> PartitionReport:
+def append(opts: Options) -> PartitionReport:
     """``--append``: partition N of an existing partitioned directory from every row of the inputs,
     encoded by its fitted schema (nothing refitted); a no-op if that partition is complete from
     the same input, refused if it holds another's."""
