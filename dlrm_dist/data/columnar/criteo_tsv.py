@@ -25,6 +25,7 @@ names a row in errors (``locate.where``) and cuts pseudo-days (``encode.Days``).
 from __future__ import annotations
 
 import _posixshmem
+import gc
 import gzip
 import mmap
 import multiprocessing as mp
@@ -67,11 +68,12 @@ class Chunk:
             f.seek(self.start)
             return f.read(self.end - self.start)
 
-    def read_padded(self) -> np.ndarray:
-        """The bytes and a 0 byte after them (the parser's end marker), read into one array."""
+    def read_padded(self, reuse: bool = False) -> np.ndarray:
+        """The bytes and a 0 byte after them (the parser's end marker), read into one array;
+        ``reuse``: into this process's read buffer (valid until its next such read)."""
         if self.data is not None:
             return padded(self.data)
-        buf = np.empty(self.end - self.start + 1, np.uint8)
+        buf = _read_buffer(self.end - self.start + 1) if reuse else np.empty(self.end - self.start + 1, np.uint8)
         view, got = memoryview(buf)[:-1], 0
         with open(self.path, "rb", buffering=0) as f:
             f.seek(self.start)
@@ -82,6 +84,17 @@ class Chunk:
                                   "expected); it changed while being read")
         buf[-1] = 0
         return buf
+
+
+_READ_BUFFER: list[np.ndarray] = []  # a worker's buffer for its chunks' bytes
+
+
+def _read_buffer(nbytes: int) -> np.ndarray:
+    """``nbytes`` of this process's read buffer, grown when too small. Reused from chunk to chunk,
+    its pages stay mapped: a new 8 MB array per chunk is 2,048 page faults, each zeroing a page."""
+    if not _READ_BUFFER or len(_READ_BUFFER[0]) < nbytes:
+        _READ_BUFFER[:] = [np.empty(max(nbytes, CHUNK_BYTES + (1 << 20)), np.uint8)]
+    return _READ_BUFFER[0][:nbytes]
 
 
 def is_gzip(path: Path) -> bool:
@@ -279,8 +292,9 @@ class _Result:
 
 
 def _work_fused(chunk: Chunk, fused: Fused) -> _Result:
-    """Parses and encodes a chunk in one pass into a new shared-memory block."""
-    data = chunk.read_padded()
+    """Parses and encodes a chunk in one pass into a new shared-memory block (the chunk's bytes are
+    read into the worker's reused buffer: nothing refers to them once the kernel has run)."""
+    data = chunk.read_padded(reuse=True)
     specs = fused_specs(fused, row_capacity(len(data) - 1))
     name, arrays = _new_block(specs)
     found, _ = encode_fused(data, fused, arrays)
@@ -384,6 +398,18 @@ def _fused_decoder(from_arrays: Callable) -> Callable:
     return decode
 
 
+def _forked_pool(workers: int) -> Any:
+    """The worker processes, forked with every object the reading process holds frozen out of the
+    garbage collector (gc.freeze, as Python's documentation advises before a fork): a collection
+    in a worker then never walks the millions of objects it inherited (numba's, pyarrow's,
+    pydantic's), nor copies their pages by touching them. The reading process unfreezes at once."""
+    gc.freeze()
+    try:
+        return mp.get_context("fork").Pool(workers)
+    finally:
+        gc.unfreeze()
+
+
 def read_inputs(paths: list[Path], schema: FeatureSchema, bad, on_file: Optional[Callable[[Path], None]] = None,
                 encoder: Optional[Callable] = None, from_arrays: Optional[Callable] = None,
                 workers: Optional[int] = None) -> Iterator[tuple[Path, int, pa.RecordBatch, Any]]:
@@ -403,7 +429,7 @@ def read_inputs(paths: list[Path], schema: FeatureSchema, bad, on_file: Optional
     decode = None if encoder is None else _fused_decoder(from_arrays) if fused else _decoder(from_arrays)
     encode_fused(b"", fused) if fused else parse_chunk(b"")  # compiled code loaded once, before the fork
     try:
-        with mp.get_context("fork").Pool(workers or max(1, os.cpu_count() or 1)) as pool:
+        with _forked_pool(workers or max(1, os.cpu_count() or 1)) as pool:
             for path in paths:
                 if on_file:
                     on_file(path)
