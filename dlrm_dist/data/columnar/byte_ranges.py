@@ -28,13 +28,14 @@ from typing import Any, Iterator, Optional
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from dlrm_dist.data.columnar import columns  # (read at call time: columns.BLOCK_BYTES is one knob for both readers)
+from dlrm_dist.data.columnar import columns, csv_kernel  # (read at call time: columns.BLOCK_BYTES is one knob for both readers)
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.features.schema import FeatureSchema
 
 MAX_CHUNK_WORKERS = 8  # parse threads at most, whatever the host: bounds the memory in flight (below)
 CHUNKS_AHEAD = 2  # byte ranges in flight per worker (each at most BLOCK_BYTES of text, plus its parse)
+TOKENIZER = True  # csv_kernel's tokenizer first on each range (tests turn it off to compare with pyarrow's parse)
 _LINE_END = re.compile(rb"[\r\n]")
 _ROW_NUMBER = re.compile(r"Row #(\d+)")
 
@@ -127,14 +128,19 @@ class _ChunkHandler:
 
 
 def _parse_chunk(path: Path, schema: FeatureSchema, fd: int, cut: tuple[int, int], read_opts: pa_csv.ReadOptions,
-                 convert: pa_csv.ConvertOptions, delimiter: str, quote: Any, strict: bool) -> _Chunk:
-    """Reads and parses one byte range (a worker's job: the read and pyarrow's parse release the
-    GIL). The range is read into memory of its own, not mapped: memory stays bounded by the ranges
-    in flight, whatever the file's size."""
+                 convert: pa_csv.ConvertOptions, delimiter: str, quote: Any, strict: bool,
+                 tokens: Optional[csv_kernel.Plan] = None) -> _Chunk:
+    """Reads and parses one byte range (a worker's job: the read, the tokenizer and pyarrow's
+    parse release the GIL): by csv_kernel's tokenizer when ``tokens`` is its plan and it serves
+    the range, else by pyarrow. The range is read into memory of its own, not mapped: memory
+    stays bounded by the ranges in flight, whatever the file's size."""
     handler = _ChunkHandler(strict)
     parse = pa_csv.ParseOptions(delimiter=delimiter, invalid_row_handler=handler, quote_char=quote)
     try:
         data = _read_range(path, fd, cut)
+        fast = csv_kernel.parse(tokens, data) if tokens is not None else None
+        if fast is not None:  # (else a line or cell it does not serve: pyarrow reads the range)
+            return _Chunk([fast], True, [])
         table = pa_csv.read_csv(pa.BufferReader(data), read_options=read_opts, parse_options=parse,
                                 convert_options=convert)
     except (pa.ArrowInvalid, OSError) as e:
@@ -187,13 +193,14 @@ def read_ranges(path: Path, schema: FeatureSchema, fmt: str, wanted: list[str], 
                                     null_values=["", *schema.input.null_values],
                                     strings_can_be_null=True, quoted_strings_can_be_null=False)
     quote = '"' if fmt == "csv" else False
+    tokens = csv_kernel.plan(schema, names, handlers.delimiter) if TOKENIZER else None
     records = 1 if schema.input.header else 0
     pending: deque = deque()
     workers = cpu_threads()
     with open(path, "rb") as source, ThreadPoolExecutor(workers, thread_name_prefix="dlrm_dist-csv") as pool:
         def submit(cut: tuple[int, int]) -> None:
             pending.append(pool.submit(_parse_chunk, path, schema, source.fileno(), cut, read_opts, convert,
-                                       handlers.delimiter, quote, bad.strict))
+                                       handlers.delimiter, quote, bad.strict, tokens))
         try:
             ranges = iter(cuts)
             for cut in itertools.islice(ranges, workers * CHUNKS_AHEAD):
