@@ -1,23 +1,30 @@
-"""Criteo raw TSV -> binary: dlrm_dist's preprocessing beside TorchRec's tsv_to_npys.
+"""Criteo raw TSV -> binary: dlrm_dist's preprocessing beside other trees of it and TorchRec's tsv_to_npys.
 
-The input is --rows Kaggle-format lines that never repeat: every categorical value is a
-fresh random 32-bit hex id (or empty, at the real sample's per-column missing rate), and the
-13 counts are drawn column by column from the real 200-row sample (shared/data), so field
-widths and missing values follow real data. Ours is timed as a user meets it: the
-`dlrm-data preprocess --schema criteo:days=7` job (the built-in schema, written to a file)
-in a new process (start-up, line count, parse, encode, write the columnar splits) with all
-cores, --repeats times, by the wall clock; TorchRec's ``BinaryCriteoUtils.tsv_to_npys``
-converts a --torchrec-rows prefix in process. Prints one JSON line per run; --json-out
-also writes them all to a file (benchmarks/results/).
+The input is --rows Kaggle-format lines that never repeat: every categorical value a fresh
+random 32-bit hex id (or empty, at the real sample's per-column missing rate), the 13 counts
+drawn column by column from the real 200-row sample (shared/data), so field widths and missing
+values follow real data. Each implementation is timed as a user meets it: its CLI in a new
+process (start-up, line count, parse, encode, write, exit) with all cores, by the wall clock,
+with its CPU seconds and peak RSS (wait4's rusage of it and its workers) and the load averages
+before it (the machine's other work is in the figures):
 
---reference DIR runs another checkout of this repository (e.g. ``git worktree add DIR REV``)
-the same way, interleaved with ours (reference first, then ours, then the other order) after
-one untimed run of each (numba's caches and the page cache filled), each run with the load
-averages (``os.getloadavg``) before it: the machine's other work is in the figures.
---input reuses a file made by ``make_input`` (its rows are counted from the output).
+- ``dlrm_dist``: the checkout this file is in, ``dlrm-data preprocess --schema criteo:days=7``
+  (the built-in schema, written to a file);
+- ``reference``: --reference DIR, another checkout of this repository (e.g. the session
+  start's ``git worktree add --detach DIR REV``), the same command;
+- ``old_stack``: --old-stack DIR, a checkout from before the Criteo stack was folded into the
+  columnar one (2722061^: ``dlrm-data preprocess --dataset kaggle --max-ind-range 40000000``,
+  TorchRec's day files, the same ids and dense values);
+
+each after one untimed run (numba's caches and the page cache filled), then --repeats rounds,
+the order rotated every round. A checkout runs as ``python -m dlrm_dist.cli.data_main`` from its
+own directory with PYTHONPATH set to it. TorchRec's ``BinaryCriteoUtils.tsv_to_npys`` converts a
+--torchrec-rows prefix in process. Prints one JSON line per run; --json-out also writes them all,
+with per-implementation medians, to a file (benchmarks/results/). --input reuses a file made by
+``make_input`` (its lines are counted).
 
     .venv/bin/python benchmarks/preprocess_vs_torchrec.py [--rows 4000000] [--repeats 3] [--json-out F]
-        [--reference DIR] [--input FILE] [--torchrec-rows 0]
+        [--reference DIR] [--old-stack DIR] [--input FILE] [--torchrec-rows 0]
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +44,7 @@ from typing import Optional
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]  # the checkout this file is in: what "dlrm_dist" runs
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "criteo_sample_200.tsv"
 
 
@@ -76,35 +86,73 @@ def schema_file(directory: Path) -> Path:
     return path
 
 
-def run_ours(src: Path, out: Path, schema: Path, impl: str = "dlrm_dist", tree: Optional[Path] = None) -> dict:
-    """The CLI in a fresh process, timed by the wall clock (start-up included); ``tree``: the
-    dlrm_dist of that checkout instead of this one (put first on the path)."""
+def _command(impl: str, src: Path, out: Path, schema: Path, tree: Optional[Path]) -> tuple[list[str], dict]:
+    """(argv, subprocess options) of one implementation's preprocessing job."""
+    if impl == "old_stack":  # before 2722061: the Criteo stack's own options (MLPerf's 40M hash range)
+        args = ["preprocess", "--dataset", "kaggle", "--input", str(src), "--out", str(out),
+                "--max-ind-range", "40000000", "--no-progress"]
+    else:
+        args = ["preprocess", "--schema", str(schema), "--input", str(src), "--out", str(out), "--no-progress"]
+    tree = tree or ROOT  # that tree's package first (python -m puts the working directory first on the path)
+    return [sys.executable, "-m", "dlrm_dist.cli.data_main", *args], {
+        "cwd": tree, "env": {**os.environ, "PYTHONPATH": str(tree)}}
+
+
+def run_ours(src: Path, out: Path, schema: Path, impl: str = "dlrm_dist", tree: Optional[Path] = None,
+             rows: Optional[int] = None) -> dict:
+    """One implementation's job in a fresh process: wall clock (start-up and exit included), CPU
+    seconds and peak RSS of it and its workers (wait4), the load averages before it."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [str(Path(sys.executable).parent / "dlrm-data"), "preprocess", "--schema", str(schema), "--input", str(src),
-           "--out", str(out), "--no-progress"]
-    env = dict(os.environ, PYTHONPATH=str(tree)) if tree else None
+    cmd, where = _command(impl, src, out, schema, tree)
     load = [round(x, 2) for x in os.getloadavg()]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    seconds = time.perf_counter() - start
-    rows = int(proc.stdout.split("rows read ")[1].split()[0].replace(",", ""))
-    reported = int(proc.stdout.split("(")[1].split(" rows/s")[0].replace(",", ""))
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, **where)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status):
+            err.seek(0)
+            raise SystemExit(f"{impl} failed: {err.read().decode()[-2000:]}")
     shutil.rmtree(out, ignore_errors=True)
+    rows = rows if rows is not None else count_lines(src)
     return {"impl": impl, "rows": rows, "wall_seconds": round(seconds, 3), "rows_per_s": round(rows / seconds),
-            "tool_reported_rows_per_s": reported, "workers": os.cpu_count(), "load_before": load}
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2), "peak_rss_mb": usage.ru_maxrss // 1024,
+            "workers": os.cpu_count(), "load_before": load}
 
 
-def side_by_side(src: Path, out: Path, schema: Path, reference: Path, repeats: int) -> list[dict]:
-    """Ours and the reference alternating (ABBA...), after an untimed run of each."""
-    runs = [("reference", reference), ("dlrm_dist", None)]
-    for impl, tree in runs:
-        run_ours(src, out, schema, impl, tree)
-    records = []
+def count_lines(path: Path) -> int:
+    n = 0
+    with open(path, "rb") as f:
+        while block := f.read(64 << 20):
+            n += block.count(b"\n")
+    return n
+
+
+def side_by_side(src: Path, out: Path, schema: Path, trees: dict[str, Optional[Path]], repeats: int) -> list[dict]:
+    """Every implementation once untimed, then ``repeats`` rounds, the order rotated each round."""
+    rows = count_lines(src)
+    for impl, tree in trees.items():
+        run_ours(src, out, schema, impl, tree, rows)
+    order, records = list(trees.items()), []
     for k in range(repeats):
-        for impl, tree in runs if k % 2 == 0 else runs[::-1]:
-            records.append(run_ours(src, out, schema, impl, tree))
+        for impl, tree in order[k % len(order):] + order[: k % len(order)]:
+            records.append(run_ours(src, out, schema, impl, tree, rows))
             print(json.dumps(records[-1]), flush=True)
     return records
+
+
+def summary(records: list[dict]) -> dict:
+    """Per implementation: the runs' median wall clock, rows/s at it, median CPU-s, peak RSS and loads."""
+    out = {}
+    for impl in dict.fromkeys(r["impl"] for r in records if "wall_seconds" in r):
+        mine = [r for r in records if r["impl"] == impl]
+        wall = statistics.median(r["wall_seconds"] for r in mine)
+        out[impl] = {"runs": len(mine), "wall_seconds": round(wall, 3), "rows_per_s": round(mine[0]["rows"] / wall),
+                     "rows_per_s_range": [min(r["rows_per_s"] for r in mine), max(r["rows_per_s"] for r in mine)],
+                     "cpu_seconds": round(statistics.median(r["cpu_seconds"] for r in mine), 2),
+                     "peak_rss_mb": max(r["peak_rss_mb"] for r in mine),
+                     "load_1min_before": [min(r["load_before"][0] for r in mine), max(r["load_before"][0] for r in mine)]}
+    return out
 
 
 def run_torchrec(src: Path, rows: int, out: Path) -> dict:
@@ -127,6 +175,7 @@ def main() -> None:
     p.add_argument("--torchrec-rows", type=int, default=100_000, help="0: skip TorchRec's tsv_to_npys")
     p.add_argument("--json-out", type=Path, help="also write every record to this JSON file")
     p.add_argument("--reference", type=Path, help="a checkout of another commit to run side by side")
+    p.add_argument("--old-stack", type=Path, help="a checkout of 2722061^ (the Criteo stack before the columnar one)")
     p.add_argument("--input", type=Path, help="an existing file of make_input's (instead of --rows new lines)")
     args = p.parse_args()
     records = []
@@ -140,17 +189,25 @@ def main() -> None:
         if not args.input:
             make_input(src, args.rows)
         schema = schema_file(Path(tmp))
+        trees: dict[str, Optional[Path]] = {"dlrm_dist": None}
         if args.reference:
-            records += side_by_side(src, Path(tmp) / "out", schema, args.reference.resolve(), args.repeats)
+            trees["reference"] = args.reference.resolve()
+        if args.old_stack:
+            trees["old_stack"] = args.old_stack.resolve()
+        if len(trees) > 1:
+            records += side_by_side(src, Path(tmp) / "out", schema, trees, args.repeats)
         else:
             for _ in range(args.repeats):
                 record(run_ours(src, Path(tmp) / "out", schema))
         if args.torchrec_rows:
             record(run_torchrec(src, args.torchrec_rows, Path(tmp)))
     if args.json_out:
-        args.json_out.write_text(json.dumps({"benchmark": "preprocess_vs_torchrec", "rows": records[0]["rows"],
-                                             "cpus": os.cpu_count(), "reference": str(args.reference or ""),
-                                             "runs": records}, indent=1) + "\n")
+        args.json_out.write_text(json.dumps({
+            "benchmark": "preprocess_vs_torchrec", "rows": records[0]["rows"], "cpus": os.cpu_count(),
+            "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "reference": str(args.reference or ""), "old_stack": str(args.old_stack or ""),
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "summary": summary(records), "runs": records}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
