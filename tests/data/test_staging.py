@@ -1,14 +1,19 @@
-"""The one-read driver (data/columnar/staging.py) against the three-pass one, and its kernels.
+"""The one fit (data/columnar/staging.py's one read) against the session-start code's outputs, and
+its kernels.
 
 The equivalence: the mixed schema (tests/schemas/mixed.toml) with vocabularies, fitted dense
-steps and a time (or random) split added, over a CSV cut into many small record batches, gives
-every output file byte for byte as the driver's own passes give it (fit.json as JSON: the old
-driver orders its vocab_rows by a set). The kernels are checked against the definitions
-(tests/data/reference.py's FNV-1a, Python's sort, json.dumps).
+steps and a time, random or day split added, over CSVs cut into many small record batches, and
+the built-in Criteo schema with vocabularies and fitted dense steps over the committed sample in
+many chunks, give every output file byte for byte as the session-start code gave it (its digests:
+SESSION_START; until then the day split and criteo_tsv were fitted by the driver's own passes,
+compared with staging here before they were deleted). The kernels are checked against the
+definitions (tests/data/reference.py's FNV-1a, Python's sort, json.dumps).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import random
 import tomllib
@@ -18,10 +23,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dlrm_dist.data.columnar import columns, kernels, staging
+from dlrm_dist.data.columnar import columns, criteo_tsv, kernels, staging
 from dlrm_dist.data.columnar.preprocess import Options, preprocess
 from dlrm_dist.data.errors import PreprocessError
-from dlrm_dist.features.schema import from_dict
+from dlrm_dist.features.builtin import criteo_schema
+from dlrm_dist.features.schema import FeatureSchema, from_dict
 from dlrm_dist.fileio import LOCK_FILE
 from tests.data.reference import fnv1a as reference_fnv1a
 
@@ -66,7 +72,11 @@ def _write_csv(path: Path, n: int, seed: int = 0) -> Path:
 
 
 def _run(data: Path, out: Path, schema: dict, **kw) -> None:
-    preprocess(Options(from_dict(schema), [data], out, progress=False, **kw))
+    _run_all([data], out, schema, **kw)
+
+
+def _run_all(inputs: list[Path], out: Path, schema: dict, **kw) -> None:
+    preprocess(Options(from_dict(schema), inputs, out, progress=False, workers=2, **kw))
 
 
 def _files(out: Path) -> dict[str, object]:
@@ -83,20 +93,48 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(columns, "BLOCK_BYTES", 4096)  # many record batches: moments merge across them
 
 
-@pytest.mark.parametrize("split", [TIME, RANDOM], ids=["time", "random"])
-def test_one_read_gives_the_three_pass_files_byte_for_byte(tmp_path: Path, small_blocks, split: dict,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    data = _write_csv(tmp_path / "data.csv", 1500)
-    schema = _schema(split)
-    _run(data, tmp_path / "new", schema)
-    with monkeypatch.context() as m:
-        m.setattr(staging, "supported", lambda schema: False)  # the driver's own three passes
-        _run(data, tmp_path / "old", schema)
-    new, old = _files(tmp_path / "new"), _files(tmp_path / "old")
-    assert new.keys() == old.keys() and "vocab/t_v.json" in new and "train/w.offsets.npy" in new
-    assert [k for k in old if new[k] != old[k]] == []
-    assert not (tmp_path / "new" / staging.STAGING).exists()
-    assert len(json.loads(new["vocab/t_v.json"])) < len(json.loads(new["vocab/t_v_by_value.json"]))  # min_count
+def _digest(out: Path) -> tuple[str, int]:
+    """(a digest of every output file's bytes, the number of files): fit.json as sorted JSON (the
+    three-pass driver wrote its vocab_rows in set order), job.json aside (input paths and mtimes)."""
+    got = {}
+    for rel, data in _files(out).items():
+        if rel != "job.json":
+            raw = json.dumps(data, sort_keys=True).encode() if rel == "fit.json" else data
+            got[rel] = hashlib.sha256(raw).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(got, sort_keys=True).encode()).hexdigest()[:20], len(got)
+
+
+def _criteo_fitted() -> FeatureSchema:
+    """The built-in Criteo schema with vocabularies and fitted dense steps (standardize, minmax)."""
+    s = criteo_schema(days=5, vocab_min_count=2)
+    fitted = ("standardize", "minmax")
+    return dataclasses.replace(s, dense=tuple(dataclasses.replace(d, transform=(*d.transform, fitted[i % 2])) if i < 6
+                                              else d for i, d in enumerate(s.dense)))
+
+
+# Digests of the session-start code's outputs (commit 32f3e5b: its three-pass driver fitted every split
+# but random/time CSV, its staging those), by the same inputs: one fit now serves all four.
+SESSION_START = {"time": ("267ef9fdf373bdeaa564", 47), "random": ("099b5dc5adbca34828a5", 47),
+                 "day": ("f5cd7de963bfdd9dd9eb", 47), "criteo": ("3d2bbf8052bede44a4f5", 112)}
+
+
+@pytest.mark.parametrize("case", list(SESSION_START))
+def test_the_one_fit_gives_the_session_start_files_byte_for_byte(tmp_path: Path, small_blocks, case: str,
+                                                                 criteo_sample: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """CSV split by time, random, and by day (one day per file), and criteo_tsv with vocabularies and
+    fitted dense steps in pseudo-days: vocabularies, ids, dense values, fit.json and meta.json as
+    the session-start code wrote them (its criteo_tsv and day-split fit: the driver's own passes)."""
+    monkeypatch.setattr(criteo_tsv, "CHUNK_BYTES", 2048)  # many chunks: moments merge across them
+    if case == "criteo":
+        preprocess(Options(_criteo_fitted(), [criteo_sample], tmp_path / "out", progress=False, workers=2))
+    else:
+        split = {"time": TIME, "random": RANDOM, "day": {"by": "day"}}[case]
+        inputs = [_write_csv(tmp_path / "data.csv", 1500)] if case != "day" else \
+            [_write_csv(tmp_path / f"day{d}.csv", 400, seed=d) for d in range(3)]
+        _run_all(inputs, tmp_path / "out", _schema(split))
+    assert _digest(tmp_path / "out") == SESSION_START[case]
+    assert not (tmp_path / "out" / staging.STAGING).exists()
 
 
 @pytest.mark.parametrize("split", [TIME, RANDOM], ids=["time", "random"])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dlrm_dist.cli.data_main import main as data_main
-from dlrm_dist.data.columnar import layout, staging
+from dlrm_dist.data.columnar import layout
 from dlrm_dist.data.columnar.job import FRACTION_SLACK
 from dlrm_dist.data.columnar.preprocess import Options, preprocess
 from dlrm_dist.features.schema import SPLITS, from_dict
@@ -43,11 +43,7 @@ TIED = [0] * 60 + [1] * 30 + [2] * 10  # the 0.8 quantile is time 1: train gets 
 DISTINCT = list(range(100))
 
 
-@pytest.mark.parametrize("one_read", [True, False], ids=["one-read", "three-pass"])
-def test_ties_report_the_realised_fractions_and_warn(tmp_path: Path, one_read: bool,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    if not one_read:
-        monkeypatch.setattr(staging, "supported", lambda schema: False)
+def test_ties_report_the_realised_fractions_and_warn(tmp_path: Path) -> None:
     out = tmp_path / "out"
     report = preprocess(Options(from_dict(_schema()), [_csv(tmp_path / "d.csv", TIED)], out, progress=False))
     assert report.split_fractions == pytest.approx(_realised(out)) == {"train": 0.6, "val": 0.3, "test": 0.1}

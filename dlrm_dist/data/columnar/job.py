@@ -16,12 +16,14 @@ from typing import Any, Callable, Optional
 import numpy as np
 from tqdm import tqdm
 
-from dlrm_dist.data.columnar import layout
+from dlrm_dist.data.columnar import encode, layout
+from dlrm_dist.data.columnar.criteo_tsv import count_lines
 from dlrm_dist.data.columnar.encode import Days
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.schema import SPLITS, FeatureSchema
 
 HOLDOUT = "holdout"  # split by day: the last day's rows, halved into val and test at the end
+TARGETS = {**dict(enumerate(SPLITS)), encode.HOLDOUT: HOLDOUT}  # encode.split_of's codes -> writer names
 _BLOCK = 1 << 18  # rows copied at a time from the holdout
 FRACTION_SLACK = 0.02  # a realised time-split fraction further than this from the schema's is warned about
 
@@ -60,6 +62,28 @@ class Report:
 def bar(opts: Any, desc: str, total: Optional[int] = None) -> tqdm:
     """The progress bar of a pass over rows (off without ``opts.progress``)."""
     return tqdm(desc=desc, total=total, unit=" rows", unit_scale=True, disable=not opts.progress)
+
+
+def days_of(opts: Options) -> Optional[Days]:
+    """Which day each row is in (split by day): pseudo-days need the inputs' line counts."""
+    s = opts.schema.split
+    if s.by != "day":
+        return None
+    if s.days is None and len(opts.inputs) < 2:
+        raise PreprocessError(f"split by day with one day per input file needs at least two files (the last is val "
+                              f"and test), got {len(opts.inputs)}; give split.days to cut one file into pseudo-days")
+    return Days.cut(opts.inputs, count_lines(opts.inputs, opts.workers) if s.days else None, s.days)
+
+
+def known_fit(opts: Options) -> Optional[dict[str, Any]]:
+    """The job's fitted state when no fit is to run: fit.json (a rerun after the fit), or, for a
+    schema with nothing to fit, the empty fit (written now, as a fit would be); None: fit."""
+    done = layout.read_fit(opts.out_dir)
+    schema = opts.schema
+    if done is None and not (any(f.kind == "vocab" for f in schema.sparse) or any(d.fitted for d in schema.dense)):
+        done = {"vocab_rows": {}, "scales": {}}
+        layout.write_fit(opts.out_dir, done)
+    return done
 
 
 def time_cutoffs(schema: FeatureSchema, t: np.ndarray, report: Report) -> tuple[float, float]:

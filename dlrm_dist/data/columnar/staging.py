@@ -14,22 +14,24 @@ The read pass runs the one encoder (encode.py) on every record batch and appends
   with one FNV-1a 64 hash are an error naming both), and, for multi-hot features, every row's
   bag length.
 
-Every record batch's origin (file, first row, row count) is kept, so the later passes walk the
-same blocks: the dense moments merge block by block exactly as a pass over the input would (the
-scales are bit-for-bit the same) and an error still names the file and line.
+Every record batch's origin (file, first row, row count; criteo_tsv rows: their lines) is kept,
+so the later passes walk the same blocks: the dense moments merge block by block exactly as a
+pass over the input would (the scales are bit-for-bit the same) and an error still names the
+file and line.
 
 After the read: the time cut-offs from the staged times (8 bytes per row: exact quantiles), the
 fit over the training rows (dense moments block by block; then one job per vocabulary table on
 the thread pool: its counts by kernels.count_ids over the staged ids, its order by
-kernels.text_order, its file), then the finishing pass: model ids from the distinct ids
-(values not in the vocabulary to an OOV bucket by the same ``fnv1a % oov_buckets`` rule as
-encode.py), fitted scales applied, each row to its split's files (layout.SplitWriter). The
-staging directory is removed at the end, on failure too. A run whose fitted state is already
-known (a rerun after fit.json, or a schema with nothing to fit) and whose split needs no
-cut-offs finishes every block as it is read, with no staging at all.
+kernels.text_order, or as numbers for criteo_tsv's integer values, its file), then the finishing
+pass: model ids from the distinct ids (values not in the vocabulary to an OOV bucket by the same
+``fnv1a % oov_buckets`` rule as encode.py), fitted scales applied, each row to its split's files
+(layout.SplitWriter; by day, the last day's to the holdout). The staging directory is removed at
+the end, on failure too. A run whose fitted state is already known (a rerun after fit.json, or a
+schema with nothing to fit) and whose split needs no cut-offs finishes every block as it is read,
+with no staging at all.
 
-``supported`` says which schemas this path serves (text inputs split by random or time); the
-driver runs the others' passes itself.
+This is the one fit of every input format and split (random, time, day with pseudo-days, a day
+partition); preprocess.py's dispatcher streams only criteo_tsv jobs with nothing to fit.
 """
 
 from __future__ import annotations
@@ -47,25 +49,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dlrm_dist.data.columnar import byte_ranges, encode, job, kernels, layout, read
-from dlrm_dist.data.columnar.job import Report, bar, fitted_schema, time_cutoffs
+from dlrm_dist.data.columnar.encode import Days
+from dlrm_dist.data.columnar.job import TARGETS, Options, Report, bar, fitted_schema, known_fit, time_cutoffs
 from dlrm_dist.data.columnar.kernels import Collision, Interner, text_order
-from dlrm_dist.data.columnar.locate import ORIGIN_FIRST, ORIGIN_PATH
+from dlrm_dist.data.columnar.locate import LINE_FIELD, ORIGIN_FIRST, ORIGIN_PATH
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.data.npy import Tally
 from dlrm_dist.data.prefetch import Prefetcher
 from dlrm_dist.features.errors import SchemaError
-from dlrm_dist.features.schema import SPLITS, FeatureSchema, SparseFeature
+from dlrm_dist.features.schema import FeatureSchema, SparseFeature
 from dlrm_dist.fileio import atomic_write_bytes, disk_full
 
 STAGING = ".staging.partial"
 _EMPTY = np.uint64(0xCBF29CE484222325)  # FNV-1a 64 of "" (the offset basis): a missing value's OOV hash
 _PLAIN = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\')  # bytes json.dumps writes as themselves in a string
-
-
-def supported(schema: FeatureSchema) -> bool:
-    """Schemas whose passes this module runs: text inputs, split by random or time (criteo_tsv and
-    the day split keep the driver's passes: their split needs line numbers and counts first)."""
-    return schema.input.format in (None, "csv", "tsv", "parquet") and schema.split.by in ("random", "time")
 
 
 # -- distinct values of a vocabulary table ----------------------------------------------------------
@@ -106,8 +103,9 @@ class _Arrays:
 def numeric_batch(block: _Block, numbers: dict[str, np.ndarray]) -> pa.RecordBatch:
     """The numeric reads of a block as read.py gave them (NaN back to null), with its origin: the
     encoder's functions (labels, split, dense) run on it as on the batch read from the file."""
-    arrays = [pa.array(np.asarray(x, np.float64), from_pandas=True) for x in numbers.values()]
-    names = [read.field_name(read.NUM, c) for c in numbers]
+    arrays = [pa.array(np.asarray(x, np.int64 if c == LINE_FIELD else np.float64), from_pandas=True)
+              for c, x in numbers.items()]  # (criteo_tsv's rows: their lines too, under their own name)
+    names = [c if c == LINE_FIELD else read.field_name(read.NUM, c) for c in numbers]
     meta = {ORIGIN_PATH: block.path, ORIGIN_FIRST: str(block.first)}
     if not arrays:
         return pa.RecordBatch.from_arrays([pa.nulls(block.rows)], names=["_"]).replace_schema_metadata(meta)
@@ -149,7 +147,8 @@ class _Stage:
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir()
         self.schema = schema
-        self.columns = read.numeric_columns(schema)
+        # criteo_tsv rows carry their lines (pseudo-days are cut by line; errors name the line)
+        self.columns = read.numeric_columns(schema) + ([LINE_FIELD] if schema.input.format == "criteo_tsv" else [])
         tally = Tally()
         self.numbers = {c: _Column(self.dir / f"num{i}", np.float64, tally) for i, c in enumerate(self.columns)}
         self.labels = _Column(self.dir / "labels", np.float32, tally)
@@ -232,6 +231,8 @@ def stage_batch(batch: pa.RecordBatch, schema: FeatureSchema, distinct: dict[str
             encode.times_of(batch, schema)
         numbers = {c: read.numbers(batch, c).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
                    for c in read.numeric_columns(schema)}
+        if LINE_FIELD in batch.schema.names:  # criteo_tsv: each row's line (pseudo-days; errors name it)
+            numbers[LINE_FIELD] = batch.column(LINE_FIELD).to_numpy()
     finally:
         wait(jobs)  # (none may still touch the tables once this returns or raises)
     done = {name: v for job in jobs for name, v in job.result().items()}  # (the first error in schema order)
@@ -247,7 +248,7 @@ def read_blocks(opts: Any, schema: FeatureSchema, bad: read.BadLines, distinct: 
     """Every record batch of every input, staged, with its origin. The file is parsed ahead on a
     reader thread (pyarrow parses without the GIL) while ``pool``'s threads stage the last batch."""
     row0 = 0
-    batches = Prefetcher(read.read_inputs(opts.inputs, schema, bad), depth=READ_AHEAD)
+    batches = Prefetcher(read.read_inputs(opts.inputs, schema, bad, workers=opts.workers), depth=READ_AHEAD)
     try:
         for path, first, batch in batches:
             block = _Block(str(path), first, batch.num_rows, row0)
@@ -299,10 +300,11 @@ class Moments:
 
 class _Vocabulary:
     """A table's vocabulary fitted from the staged ids: counts over the training rows per distinct
-    value; ``vocabulary`` orders them as encode's vocabularies are ordered."""
+    value; ``vocabulary`` orders them as encode's vocabularies are ordered. ``integer``: the values
+    are integers (criteo_tsv's hex fields, interned by their decimal text), ordered as numbers."""
 
-    def __init__(self, f: SparseFeature, distinct: Interner) -> None:
-        self.order, self.distinct = f.order, distinct
+    def __init__(self, f: SparseFeature, distinct: Interner, integer: bool = False) -> None:
+        self.order, self.distinct, self.integer = f.order, distinct, integer
         self.counts = np.zeros(distinct.n, np.int64)
         self.kept: Optional[np.ndarray] = None  # the vocabulary's values (their distinct ids), in id order
 
@@ -319,7 +321,12 @@ class _Vocabulary:
         if len(kept) < len(texts):  # (every value kept, as in a table of distinct ids: no copy)
             texts = pc.take(texts, pa.array(kept))
         by = -self.counts[kept] if self.order == "frequency" else None
-        order = text_order(texts, by)
+        if self.integer:
+            texts = pc.cast(texts, pa.int64())
+            values = texts.to_numpy(zero_copy_only=False)
+            order = np.lexsort((values, by)) if by is not None else np.argsort(values, kind="stable")
+        else:
+            order = text_order(texts, by)
         self.kept = kept[order]
         return pc.take(texts, pa.array(order))
 
@@ -330,16 +337,17 @@ class _Vocabulary:
         return ids
 
 
-def fit(stage: _Stage, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]],
+def fit(stage: _Stage, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], days: Optional[Days],
         distinct: dict[str, Interner], moments: dict[str, Any]) -> tuple[dict[str, _Vocabulary], list[np.ndarray]]:
     """The dense moments over the training rows, block by block (here: they merge in block order),
     and every block's training rows; the vocabularies, to be counted (``count``) table by table."""
-    vocabs = {t: _Vocabulary(schema.features_of(t)[0], distinct[t]) for t in distinct}
+    integer = schema.input.format == "criteo_tsv"  # (its text reads are the hex fields' integer values)
+    vocabs = {t: _Vocabulary(schema.features_of(t)[0], distinct[t], integer) for t in distinct}
     fitted = [d for d in schema.dense if d.fitted]
     trains = []
     for block in stage.blocks:
         batch = numeric_batch(block, stage.arrays(block).numbers)
-        trains.append(encode.split_of(batch, schema, block.row0, cutoffs) == 0)
+        trains.append(encode.split_of(batch, schema, block.row0, cutoffs, days) == 0)
         if trains[-1].any():
             for d in fitted:  # on the whole block, so that an error names the right line
                 moments[d.name].add(encode.dense_raw(batch, d, schema)[trains[-1]])
@@ -371,7 +379,8 @@ class IdMaps:
         tables = {}
         for t, d in distinct.items():
             f = schema.features_of(t)[0]
-            vocab = intern(distinct, t, pa.array(layout.read_vocab(out, t), pa.string()))
+            values = pa.array(layout.read_vocab(out, t))  # (texts, or criteo_tsv's integers: interned as their text)
+            vocab = intern(distinct, t, values if pa.types.is_string(values.type) else pc.cast(values, pa.string()))
             ids = np.full(d.n, -1, np.int64)
             ids[vocab] = f.oov_buckets + np.arange(len(vocab), dtype=np.int64)
             tables[t] = (d, ids)
@@ -387,63 +396,63 @@ class IdMaps:
 
 
 def finish_block(block: _Block, arrays: _Arrays, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]],
-                 maps: IdMaps, writers: dict[str, Any], pool: Executor) -> None:
-    """A block's rows, fitted steps applied (the vocabulary ids on ``pool``), appended to their splits' files."""
+                 days: Optional[Days], maps: IdMaps, writers: dict[str, Any], pool: Executor) -> None:
+    """A block's rows, fitted steps applied (the vocabulary ids on ``pool``), appended to their splits'
+    files (a day split's last day to the holdout's)."""
     jobs = {f.name: pool.submit(maps.ids, f, arrays.values[f.name]) for f in schema.sparse
             if f.kind == "vocab"}
     try:
         batch = numeric_batch(block, arrays.numbers)
         labels = np.asarray(arrays.labels)  # (encoded as read: a categorical label's text is not staged)
-        split = encode.split_of(batch, schema, block.row0, cutoffs)
+        split = encode.split_of(batch, schema, block.row0, cutoffs, days)
         dense = encode.dense_matrix(batch, schema)
     finally:
         wait(jobs.values())
     ids = {f.name: (jobs[f.name].result() if f.name in jobs else np.asarray(arrays.values[f.name]),
                     arrays.lengths[f.name]) for f in schema.sparse}
-    for k, s in enumerate(SPLITS):
-        writers[s].append(split == k, dense, labels, ids)
+    for k, s in TARGETS.items():
+        if s in writers:
+            writers[s].append(split == k, dense, labels, ids)
 
 
 # -- the passes -------------------------------------------------------------------------------------------
-def run(opts: Any) -> tuple[FeatureSchema, Optional[tuple[float, float]], dict[str, Any], Any]:
+def run(opts: Options, days: Optional[Days]) -> tuple[FeatureSchema, Optional[tuple[float, float]], dict[str, Any], Report]:
     """The whole conversion of a (locked, checked) job: (fitted schema, cut-offs, splits, report)."""
     out, schema = opts.out_dir, opts.schema
     shutil.rmtree(out / STAGING, ignore_errors=True)  # a killed run's
-    done = layout.read_fit(out)
+    done = known_fit(opts)
     vocab_tables = [t for t in schema.table_names if schema.features_of(t)[0].kind == "vocab"]
     with ThreadPoolExecutor(max_workers=byte_ranges.cpu_threads(), thread_name_prefix="dlrm_dist-stage") as pool:
-        if schema.split.by != "time" and (done is not None or not (vocab_tables or any(d.fitted for d in schema.dense))):
-            return _inline(opts, done, pool)
+        if schema.split.by != "time" and done is not None:
+            return _inline(opts, done, days, pool)
         stage = _Stage(out, schema)
         try:
-            return _staged(opts, stage, done, vocab_tables, pool)
+            return _staged(opts, stage, done, days, vocab_tables, pool)
         finally:
             stage.remove()
 
 
-def _inline(opts: Any, done: Optional[dict[str, Any]], pool: Executor) -> tuple:
+def _inline(opts: Options, done: dict[str, Any], days: Optional[Days], pool: Executor) -> tuple:
     """Fitted state known (or none needed), the split known per row: every block finished as read."""
-    if done is None:
-        done = {"vocab_rows": {}, "scales": {}}
-        layout.write_fit(opts.out_dir, done)
     schema = fitted_schema(opts.schema, done)
     distinct = {t: Interner() for t in schema.table_names if schema.features_of(t)[0].kind == "vocab"}
     maps = IdMaps.from_vocabularies(opts.out_dir, schema, distinct)  # (the vocabulary's values first: ids 0..)
     report = Report()
 
-    def rows(opts: Any, schema: FeatureSchema, cutoffs: Any, report: Any, writers: dict[str, Any], days: Any) -> None:
+    def rows(opts: Options, schema: FeatureSchema, cutoffs: Any, report: Report, writers: dict[str, Any],
+             days: Optional[Days]) -> None:
         bad = read.BadLines(strict=opts.strict)
         with bar(opts, "preprocess") as shown:
             for block, arrays in read_blocks(opts, schema, bad, distinct, shown.update, pool):
-                finish_block(block, arrays, schema, None, maps, writers, pool)
+                finish_block(block, arrays, schema, None, days, maps, writers, pool)
                 report.rows_read = block.row0 + block.rows
         report.rows_read, report.skipped, report.examples = report.rows_read + bad.count, bad.count, bad.examples
 
-    return schema, None, job.write_outputs(opts, schema, None, report, rows), report
+    return schema, None, job.write_outputs(opts, schema, None, report, rows, days), report
 
 
-def _staged(opts: Any, stage: _Stage, done: Optional[dict[str, Any]], vocab_tables: list[str],
-            pool: Executor) -> tuple:
+def _staged(opts: Options, stage: _Stage, done: Optional[dict[str, Any]], days: Optional[Days],
+            vocab_tables: list[str], pool: Executor) -> tuple:
     """One read into the stage; cut-offs, fit and the write from it."""
     schema, report = opts.schema, Report()
     distinct = {t: Interner() for t in vocab_tables}
@@ -457,27 +466,31 @@ def _staged(opts: Any, stage: _Stage, done: Optional[dict[str, Any]], vocab_tabl
     report.rows_read, report.skipped, report.examples = rows + bad.count, bad.count, bad.examples
     cutoffs = time_cutoffs(schema, stage.times(), report) if schema.split.by == "time" else None
     if done is None:
-        done, maps = _fit_and_save(opts, stage, cutoffs, distinct, pool)
+        done, maps = _fit_and_save(opts, stage, cutoffs, days, distinct, pool)
     else:  # a rerun after the fit: the vocabularies written then
         maps = IdMaps.from_vocabularies(opts.out_dir, schema, distinct)
     fitted = fitted_schema(schema, done)
 
-    def rows_from_stage(opts: Any, schema: FeatureSchema, cutoffs: Any, report: Any, writers: dict[str, Any],
-                        days: Any) -> None:
+    def rows_from_stage(opts: Options, schema: FeatureSchema, cutoffs: Any, report: Report,
+                        writers: dict[str, Any], days: Optional[Days]) -> None:
         with bar(opts, "write") as shown:
             for block in stage.blocks:
-                finish_block(block, stage.arrays(block), schema, cutoffs, maps, writers, pool)
+                finish_block(block, stage.arrays(block), schema, cutoffs, days, maps, writers, pool)
                 shown.update(block.rows)
 
-    return fitted, cutoffs, job.write_outputs(opts, fitted, cutoffs, report, rows_from_stage), report
+    return fitted, cutoffs, job.write_outputs(opts, fitted, cutoffs, report, rows_from_stage, days), report
 
 
 def vocab_json(texts: pa.Array) -> bytes:
     """The bytes ``layout.write_vocab`` writes for ``texts`` (``json.dumps`` of the list, a newline):
-    built from the Arrow buffers when every byte is printable ASCII other than a quote or a
-    backslash (what json.dumps copies as is), else by json.dumps itself."""
+    built from the Arrow buffers for integers, or for texts whose every byte is printable ASCII other
+    than a quote or a backslash (what json.dumps copies as is), else by json.dumps itself."""
     if not len(texts):
         return b"[]\n"
+    if pa.types.is_integer(texts.type):  # (json.dumps writes an integer as its decimal text)
+        joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(texts)], pa.int32()),
+                                                         pc.cast(texts, pa.string())), ", ")
+        return b"[" + joined[0].as_buffer().to_pybytes() + b"]\n"
     offsets, data = kernels.buffers(texts)
     body = data[offsets[0]: offsets[-1]]
     # (bytes.translate deleting the plain bytes leaves the others: 2-3x faster than a table lookup)
@@ -512,15 +525,15 @@ def _save_vocabularies(opts: Any, stage: _Stage, vocabs: dict[str, _Vocabulary],
         result["vocab_rows"][table] = jobs[table].result()
 
 
-def _fit_and_save(opts: Any, stage: _Stage, cutoffs: Optional[tuple[float, float]],
+def _fit_and_save(opts: Options, stage: _Stage, cutoffs: Optional[tuple[float, float]], days: Optional[Days],
                   distinct: dict[str, Interner], pool: Executor) -> tuple[dict[str, Any], IdMaps]:
-    """The fit over the staged training rows, saved as the driver's own fit pass saves it; the
-    id maps of the vocabularies fitted."""
+    """The fit over the staged training rows, saved (vocab/, fit.json); the id maps of the
+    vocabularies fitted."""
     schema = opts.schema
     fitted = [d for d in schema.dense if d.fitted]
     moments = {d.name: Moments(d.name) for d in fitted}
     result: dict[str, Any] = {"vocab_rows": {}, "scales": {}}
-    vocabs, trains = fit(stage, schema, cutoffs, distinct, moments)
+    vocabs, trains = fit(stage, schema, cutoffs, days, distinct, moments)
     if distinct or fitted:
         _save_vocabularies(opts, stage, vocabs, trains, result, pool)
         result["scales"] = {d.name: moments[d.name].scale(d.fitted) for d in fitted}
