@@ -344,3 +344,56 @@ def model_ids(staged, vocab_ids, hashes, empty, oov_buckets, out):  # pragma: no
             out[i] = vocab_ids[v]
         else:
             out[i] = np.int64((hashes[v] if v >= 0 else empty) % oov_buckets)
+
+
+# -- multi-hot bags ---------------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def _split(offsets, data, missing, delim, out_offsets, out, counts):  # pragma: no cover - compiled
+    """The non-empty pieces of each row's text between ``delim`` bytes, copied end to end into
+    ``out`` (``out_offsets``: where each begins, and the end), and each row's count (a missing
+    row: none). Returns the pieces' count."""
+    o = 0
+    k = 0
+    out_offsets[0] = 0
+    for r in range(len(counts)):
+        n = 0
+        if not missing[r]:
+            begun = o
+            for i in range(offsets[r], offsets[r + 1]):
+                c = data[i]
+                if c == delim:
+                    if o > begun:
+                        k += 1
+                        out_offsets[k] = o
+                        n += 1
+                        begun = o
+                else:
+                    out[o] = c
+                    o += 1
+            if o > begun:
+                k += 1
+                out_offsets[k] = o
+                n += 1
+        counts[r] = n
+    return k
+
+
+def split_bags(texts: pa.Array, delimiter: str) -> Optional[tuple[pa.Array, np.ndarray]]:
+    """A multi-hot column's values and per-row counts as encode.bags_of gives them (each text
+    split at ``delimiter``, empty pieces dropped, a missing text no value), in one pass over the
+    bytes where pyarrow's split, flatten and filter take several; None unless the delimiter is
+    one ASCII byte (which never occurs inside a UTF-8 sequence: splitting the bytes there splits
+    the text)."""
+    if len(delimiter) != 1 or ord(delimiter) >= 128:
+        return None
+    arr = _flat(texts)
+    offsets, data = buffers(arr)
+    rows = len(arr)
+    missing = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else np.zeros(rows, bool)
+    nbytes = int(offsets[-1] - offsets[0]) if rows else 0
+    out_offsets, out, counts = np.empty(nbytes // 2 + rows + 2, np.int64), np.empty(max(nbytes, 1), np.uint8), \
+        np.empty(rows, np.int64)
+    k = _split(offsets, data, missing, ord(delimiter), out_offsets, out, counts)
+    values = pa.LargeStringArray.from_buffers(k, pa.py_buffer(out_offsets[: k + 1]),
+                                              pa.py_buffer(out[: int(out_offsets[k])]))
+    return values, counts
