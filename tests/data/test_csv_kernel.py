@@ -124,3 +124,10 @@ def test_a_file_in_byte_ranges_reads_the_same_with_and_without_the_tokenizer(tmp
     for (_, a), (_, b) in zip(ours, theirs):
         assert_same(a, b)
         assert a.schema.metadata == b.schema.metadata  # (the origin: file and first row)
+
+
+def test_a_range_of_tiny_cells_is_served_too() -> None:
+    raw = "".join(f"{i % 2},,{i % 10},,,{i % 3}\n" for i in range(500)).encode()  # (2 bytes a cell: ends recounted)
+    ours = tokens(raw)
+    assert ours is not None and ours.num_rows == 500
+    assert_same(ours, pyarrow_read(raw))

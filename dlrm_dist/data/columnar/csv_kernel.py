@@ -224,13 +224,19 @@ def parse(p: Plan, raw: bytes) -> Optional[pa.RecordBatch]:
     """The typed reads (columns.uses order, columns.field_name names) of one byte range of data
     lines, or None when a line or cell is not of the shape this tokenizer serves (or there is
     no line)."""
+    if len(raw) >= 1 << 31:  # (offsets within a range are int32)
+        return None
     data = np.frombuffer(raw, np.uint8)
     ncols = len(p.kinds)
-    cap = raw.count(b"\n") + 1
-    ends = np.empty(cap * ncols + 2, np.int64)
-    cells = _ends(data, _special(p.delimiter), ends)
+    special = _special(p.delimiter)
+    ends = np.empty(len(raw) // 4 + 2, np.int32)  # (a cell of 4 bytes on average at least: else counted below)
+    cells = _ends(data, special, ends)
+    if cells == ROWS:
+        ends = np.empty(int(special[data].sum()) + 2, np.int32)
+        cells = _ends(data, special, ends)
     if cells < 0:
         return None
+    cap = cells // ncols + 1
     nums = np.empty((len(p.numbers), cap), np.float64)
     valid = np.empty((len(p.numbers), cap), np.uint8)
     starts = np.empty((cap, len(p.texts)), np.int64)
