@@ -87,7 +87,8 @@ def _stack_imports(path: Path) -> tuple[set[str], set[str]]:
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(prefix + "."):
             return {node.module.removeprefix(prefix + ".").split(".")[0]}
         if isinstance(node, ast.Import):
-            return {a.name.removeprefix(prefix + ".").split(".")[0] for a in node.names if a.name.startswith(prefix + ".")}
+            inner = [a.name.removeprefix(prefix + ".") for a in node.names if a.name.startswith(prefix + ".")]
+            return {name.split(".")[0] for name in inner}
         return set()
 
     at_top, inside = set(), set()

@@ -103,14 +103,13 @@ def _filled(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return np.array(values.to_numpy(zero_copy_only=False), dtype=np.float64), missing  # (a writable copy)
 
 
-def labels_of(batch: pa.RecordBatch, schema: FeatureSchema, where: str = "", first_row: int = 0) -> np.ndarray:
+def labels_of(batch: pa.RecordBatch, schema: FeatureSchema) -> np.ndarray:
     """0/1 labels; a missing label, a numeric one not 0/1 (without a threshold) or a categorical one
     in neither list (when ``negative`` is given) is an error naming the file, line and value.
 
     A categorical label (``positive``) is read as text (columns.text_columns) and compared, whitespace
     trimmed, with the listed texts: a number in a Parquet/JSON column by its text as Arrow writes it
-    (1 -> "1", 0.5 -> "0.5", true -> "true"). (``where`` and ``first_row`` are kept for callers that
-    pass them: the batch knows its origin.)
+    (1 -> "1", 0.5 -> "0.5", true -> "true"). A bad label's line comes from the batch's origin.
     """
     label = schema.label
     raw = columns.texts(batch, label.column) if label.categorical else columns.numbers(batch, label.column)

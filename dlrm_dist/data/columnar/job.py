@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dlrm_dist.data.columnar import encode, layout
+from dlrm_dist.data.columnar.columns import BadLines
 from dlrm_dist.data.columnar.criteo_tsv import count_lines
 from dlrm_dist.data.columnar.encode import Days
 from dlrm_dist.data.errors import PreprocessError
@@ -49,6 +50,8 @@ class Options:
 
 @dataclass
 class Report:
+    """What a run read and wrote (the CLI prints it; meta.json records it)."""
+
     rows_read: int = 0
     rows: dict[str, int] = field(default_factory=dict)
     skipped: int = 0
@@ -58,10 +61,14 @@ class Report:
     split_fractions: dict[str, float] = field(default_factory=dict)  # a time split's realised shares of the rows
     warnings: list[str] = field(default_factory=list)
 
+    def read(self, rows: int, bad: BadLines) -> None:
+        """What the read came to: ``rows`` valid rows and ``bad``'s malformed lines."""
+        self.rows_read, self.skipped, self.examples = rows + bad.count, bad.count, bad.examples
 
-def bar(opts: Any, desc: str, total: Optional[int] = None) -> tqdm:
+
+def bar(opts: Options, desc: str) -> tqdm:
     """The progress bar of a pass over rows (off without ``opts.progress``)."""
-    return tqdm(desc=desc, total=total, unit=" rows", unit_scale=True, disable=not opts.progress)
+    return tqdm(desc=desc, unit=" rows", unit_scale=True, disable=not opts.progress)
 
 
 def days_of(opts: Options) -> Optional[Days]:
@@ -75,12 +82,16 @@ def days_of(opts: Options) -> Optional[Days]:
     return Days.cut(opts.inputs, count_lines(opts.inputs, opts.workers) if s.days else None, s.days)
 
 
+def vocab_tables(schema: FeatureSchema) -> list[str]:
+    """The tables whose ids are a fitted vocabulary (kind vocab)."""
+    return [t for t in schema.table_names if schema.features_of(t)[0].kind == "vocab"]
+
+
 def known_fit(opts: Options) -> Optional[dict[str, Any]]:
     """The job's fitted state when no fit is to run: fit.json (a rerun after the fit), or, for a
     schema with nothing to fit, the empty fit (written now, as a fit would be); None: fit."""
     done = layout.read_fit(opts.out_dir)
-    schema = opts.schema
-    if done is None and not (any(f.kind == "vocab" for f in schema.sparse) or any(d.fitted for d in schema.dense)):
+    if done is None and not (vocab_tables(opts.schema) or any(d.fitted for d in opts.schema.dense)):
         done = {"vocab_rows": {}, "scales": {}}
         layout.write_fit(opts.out_dir, done)
     return done

@@ -35,11 +35,11 @@ from typing import Any, Optional
 
 import pyarrow as pa
 
-from dlrm_dist.data.columnar import encode, job, layout, staging
+from dlrm_dist.data.columnar import criteo_tsv, encode, job, layout, staging
+from dlrm_dist.data.columnar.columns import BadLines, check_uses
 from dlrm_dist.data.columnar.encode import Days, Encoded
 from dlrm_dist.data.columnar.job import (TARGETS, Options, Report, bar, days_of, fitted_schema,
-                                         known_fit, refuse_empty_splits)
-from dlrm_dist.data.columnar.read import BadLines, read_encoded
+                                         known_fit, refuse_empty_splits, vocab_tables)
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.data.jobrecord import job_record, lock_out, mark_complete
 from dlrm_dist.features.schema import SPLITS, FeatureSchema
@@ -64,26 +64,28 @@ def _done(out: Path) -> Report:
 
 
 # -- passes ---------------------------------------------------------------------------------------
-def _write_rows(opts: Options, schema: FeatureSchema, cutoffs: None, report: Report, writers: dict[str, Any],
-                days: Optional[Days]) -> None:
-    """The streaming write pass: every row of the inputs encoded by ``schema`` (its vocabularies
-    read from the directory: a rerun after the fit) into its split's writer, by criteo_tsv's
-    workers."""
-    vocabs = {t: pa.array(layout.read_vocab(opts.out_dir, t))
-              for t in schema.table_names if schema.features_of(t)[0].kind == "vocab"}
+def _write_rows(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report,
+                writers: dict[str, Any], days: Optional[Days]) -> None:
+    """The streaming write pass of a criteo_tsv job with nothing to fit: every row encoded by
+    ``schema`` (its vocabularies read from the directory: a rerun after the fit) in criteo_tsv's
+    workers, appended to its split's writer."""
+    vocabs = {t: pa.array(layout.read_vocab(opts.out_dir, t)) for t in vocab_tables(schema)}
     encoder = lambda batch: encode.encode_batch(batch, schema, vocabs)  # noqa: E731 (run by workers: fork)
     from_arrays = lambda arrays: Encoded.from_arrays(schema, arrays)  # noqa: E731
     bad = BadLines(strict=opts.strict)
+    check_uses(schema)
+    stream = criteo_tsv.read_inputs(opts.inputs, schema, bad, encoder=encoder, from_arrays=from_arrays,
+                                    workers=opts.workers)
     row0 = 0
     with bar(opts, "preprocess") as shown:
-        for path, first, batch, enc in read_encoded(opts.inputs, schema, bad, encoder, from_arrays, opts.workers):
+        for _, _, batch, enc in stream:
             split = encode.split_of(batch, schema, row0, cutoffs, days)
             for k, s in TARGETS.items():
                 if s in writers:
                     writers[s].append(split == k, enc.dense, enc.labels, enc.ids)
             row0 += batch.num_rows
             shown.update(batch.num_rows)
-    report.rows_read, report.skipped, report.examples = row0 + bad.count, bad.count, bad.examples
+    report.read(row0, bad)
 
 
 def run_passes(opts: Options) -> tuple[FeatureSchema, Optional[tuple[float, float]], dict[str, Any], Report]:

@@ -1,6 +1,6 @@
 """Reading the inputs: the schema's columns out of CSV/TSV (plain or gzip), Parquet and Criteo TSV
 files as record batches of bounded size, in input order (``read_file`` / ``read_inputs`` /
-``read_encoded``).
+``read_inputs``).
 
 Only the columns the schema names are read, each use typed and checked by columns.py. A
 plain CSV/TSV file of several blocks is read in byte ranges on several cores (byte_ranges.py);
@@ -13,8 +13,7 @@ Every batch carries its origin (file, first data row) in its schema metadata, so
 encoders can name the line of a bad value without being told where the batch came from.
 
 Input format ``criteo_tsv`` is read by its own parallel parser (criteo_tsv.py) into the same
-stream; ``read_encoded`` is the stream with the encoder already run on each batch (by that
-reader's workers, or here for the other formats).
+stream (its workers can also run the encoder: preprocess.py's streaming write calls it so).
 
 The typed-read names (``NUM``/``TEXT``, ``field_name``, ``numbers``, ``numeric_columns``,
 ``text_columns``, ``BadLines``) are columns.py's, imported here for the readers' callers.
@@ -23,7 +22,7 @@ The typed-read names (``NUM``/``TEXT``, ``field_name``, ``numbers``, ``numeric_c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -89,7 +88,7 @@ def _stamped(batch: pa.RecordBatch, path: Path, first: int) -> pa.RecordBatch:
     return batch.replace_schema_metadata({ORIGIN_PATH: str(path), ORIGIN_FIRST: str(first)})
 
 
-def read_file(path: Path, schema: FeatureSchema, bad: BadLines, first_row: int = 0) -> Iterator[pa.RecordBatch]:
+def read_file(path: Path, schema: FeatureSchema, bad: BadLines) -> Iterator[pa.RecordBatch]:
     """The schema's typed reads of ``path`` in record batches; a file without data rows is refused."""
     check_uses(schema)
     wanted = schema.columns()
@@ -101,7 +100,7 @@ def read_file(path: Path, schema: FeatureSchema, bad: BadLines, first_row: int =
     else:
         raw = ((b, False) for b in (_read_parquet(path, wanted) if fmt == "parquet"
                                     else _read_csv(path, schema, fmt, wanted, bad)))
-    row = first_row
+    row = 0
     try:
         for batch, is_typed in raw:
             if batch.num_rows:
@@ -110,7 +109,7 @@ def read_file(path: Path, schema: FeatureSchema, bad: BadLines, first_row: int =
     finally:
         raw.close()
     bad.resolve(path, schema)
-    if row == first_row:
+    if row == 0:
         skipped = bad.count - skipped_before
         why = (f"all of its {skipped} data line(s) are malformed (see the malformed lines reported)" if skipped
                else "it has no data rows (a header only)")
@@ -118,36 +117,17 @@ def read_file(path: Path, schema: FeatureSchema, bad: BadLines, first_row: int =
 
 
 def read_inputs(paths: list[Path], schema: FeatureSchema, bad: BadLines,
-                on_file: Optional[Callable[[Path], None]] = None,
                 workers: Optional[int] = None) -> Iterator[tuple[Path, int, pa.RecordBatch]]:
     """(file, index of the batch's first valid row in that file, batch) over every input in order."""
     if schema.input.format == "criteo_tsv":
         check_uses(schema)
-        for path, first, batch, _ in criteo_tsv.read_inputs(paths, schema, bad, on_file, workers=workers):
+        for path, first, batch, _ in criteo_tsv.read_inputs(paths, schema, bad, workers=workers):
             yield path, first, batch
         return
     for path in paths:
-        if on_file:
-            on_file(path)
         batches = read_file(path, schema, bad)
         try:
             for batch in batches:
                 yield path, origin(batch)[1], batch
         finally:
             batches.close()  # an early stop (an error downstream) ends the file's read here, not at exit
-
-
-def read_encoded(paths: list[Path], schema: FeatureSchema, bad: BadLines, encoder: Callable[[pa.RecordBatch], Any],
-                 from_arrays: Callable[[list], Any], workers: Optional[int] = None,
-                 on_file: Optional[Callable[[Path], None]] = None) -> Iterator[tuple[Path, int, pa.RecordBatch, Any]]:
-    """(file, first valid row, batch, ``encoder(batch)``) over every input in order.
-
-    criteo_tsv runs the encoder in its worker processes (the batch then holds the fields the
-    split reads: ``line:`` and the time column); ``from_arrays`` rebuilds its result there.
-    """
-    if schema.input.format == "criteo_tsv":
-        check_uses(schema)
-        yield from criteo_tsv.read_inputs(paths, schema, bad, on_file, encoder, from_arrays, workers)
-        return
-    for path, first, batch in read_inputs(paths, schema, bad, on_file):
-        yield path, first, batch, encoder(batch)
