@@ -145,10 +145,10 @@ def _tokenize(data, delim, ends, cells, kinds, slots, nums, valid, starts, sizes
 
 
 @njit(cache=True, nogil=True)
-def _gather(data, starts, sizes, offsets, out):  # pragma: no cover - compiled
+def _gather(data, starts, sizes, offsets, base, out):  # pragma: no cover - compiled
     """Every text column's cells (``starts``/``sizes``: a row per line, a column per text
-    column) copied end to end into its ``out`` row, where ``offsets`` (a row per line and the
-    end) says each begins; a row of ``out`` holds COPY bytes more than its cells. One pass over
+    column) copied end to end into its region of ``out`` (from ``base[column]``, COPY bytes
+    longer than its cells), where ``offsets`` (a row per line and the end) says each begins. One pass over
     the lines in order, each array walked in memory order (column by column would be a pass
     per column over a range larger than the caches). Cells are copied COPY bytes at a time,
     the bytes past a cell's end overwritten by the next cell: a copy of fixed length per cell."""
@@ -165,10 +165,10 @@ def _gather(data, starts, sizes, offsets, out):  # pragma: no cover - compiled
             while done < size:
                 if a + done + COPY <= n:
                     for k in range(COPY):
-                        out[s, o + done + k] = data[a + done + k]
+                        out[base[s] + o + done + k] = data[a + done + k]
                 else:
                     for k in range(min(COPY, n - a - done)):
-                        out[s, o + done + k] = data[a + done + k]
+                        out[base[s] + o + done + k] = data[a + done + k]
                 done += COPY
             at[s] = o + size
     for s in range(texts):
@@ -211,12 +211,14 @@ def _text_arrays(data: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> lis
     empty cell null."""
     rows, texts = sizes.shape
     totals = sizes.sum(axis=0, dtype=np.int64)
+    base = np.zeros(texts + 1, np.int64)  # (each column's region: its bytes and COPY of slack)
+    np.cumsum(totals + COPY, out=base[1:])
     offsets = np.empty((rows + 1, texts), np.int32)
-    out = np.empty((texts, (int(totals.max()) if texts else 0) + COPY), np.uint8)
-    _gather(data, starts, sizes, offsets, out)
+    out = np.empty(int(base[-1]), np.uint8)
+    _gather(data, starts, sizes, offsets, base, out)
     offsets = np.ascontiguousarray(offsets.T)
     present = np.ascontiguousarray((sizes > 0).T)
-    return [pa.StringArray.from_buffers(rows, pa.py_buffer(offsets[s]), pa.py_buffer(out[s, : totals[s]]),
+    return [pa.StringArray.from_buffers(rows, pa.py_buffer(offsets[s]), pa.py_buffer(out[base[s]: base[s] + totals[s]]),
                                         _validity(present[s])) for s in range(texts)]
 
 
