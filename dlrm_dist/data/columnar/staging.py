@@ -67,6 +67,16 @@ _PLAIN = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\')  # bytes json.du
 
 
 # -- distinct values of a vocabulary table ----------------------------------------------------------
+def interners(schema: FeatureSchema) -> dict[str, Interner]:
+    """An interner per vocabulary table of texts; criteo_tsv's tables hold integers, staged as they are."""
+    return {} if schema.input.format == "criteo_tsv" else {t: Interner() for t in vocab_tables(schema)}
+
+
+def staged_integers(values: pa.Array) -> np.ndarray:
+    """Integer vocabulary values as staged: int64, -1 for a missing one (criteo_tsv's are >= 0)."""
+    return (pc.fill_null(values, -1) if values.null_count else values).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 def intern(tables: dict[str, Interner], table: str, values: pa.Array) -> np.ndarray:
     """The ids of ``values`` among their table's distinct texts (-1: missing); two texts with one
     hash are an error naming both."""
@@ -239,8 +249,10 @@ def stage_batch(batch: pa.RecordBatch, schema: FeatureSchema, distinct: dict[str
         out = {}
         for f in features:
             bags = _bags(batch, f)
-            ids = intern(distinct, f.table, bags.values) if f.kind == "vocab" else \
-                encode.encode_ids(batch, schema, f, bags, None)
+            if f.kind != "vocab":
+                ids = encode.encode_ids(batch, schema, f, bags, None)
+            else:  # (criteo_tsv's integer values: no interner, staged as they are)
+                ids = intern(distinct, f.table, bags.values) if f.table in distinct else staged_integers(bags.values)
             out[f.name] = ids, bags.lengths
         return out
 
@@ -320,13 +332,16 @@ class Moments:
 
 class _Vocabulary:
     """A table's vocabulary fitted from the staged ids: counts over the training rows per distinct
-    value; ``vocabulary`` orders them as encode's vocabularies are ordered. ``integer``: the values
-    are integers (criteo_tsv's hex fields, interned by their decimal text), ordered as numbers."""
+    value; ``vocabulary`` orders them as encode's vocabularies are ordered."""
 
-    def __init__(self, f: SparseFeature, distinct: Interner, integer: bool = False) -> None:
-        self.order, self.distinct, self.integer = f.order, distinct, integer
+    def __init__(self, f: SparseFeature, distinct: Interner) -> None:
+        self.order, self.distinct = f.order, distinct
         self.counts = np.zeros(distinct.n, np.int64)
         self.kept: Optional[np.ndarray] = None  # the vocabulary's values (their distinct ids), in id order
+
+    @property
+    def size(self) -> int:
+        return self.distinct.n
 
     def add(self, staged: np.ndarray, train: np.ndarray, lengths: Optional[np.ndarray]) -> None:
         """Counts the staged ids of a block's training rows (``lengths``: its rows' bag lengths)."""
@@ -340,29 +355,64 @@ class _Vocabulary:
         texts = self.distinct.texts()
         if len(kept) < len(texts):  # (every value kept, as in a table of distinct ids: no copy)
             texts = pc.take(texts, pa.array(kept))
-        by = -self.counts[kept] if self.order == "frequency" else None
-        if self.integer:
-            texts = pc.cast(texts, pa.int64())
-            values = texts.to_numpy(zero_copy_only=False)
-            order = np.lexsort((values, by)) if by is not None else np.argsort(values, kind="stable")
-        else:
-            order = text_order(texts, by)
+        order = text_order(texts, -self.counts[kept] if self.order == "frequency" else None)
         self.kept = kept[order]
         return pc.take(texts, pa.array(order))
 
-    def id_map(self, oov_buckets: int) -> np.ndarray:
-        """The id of each distinct value: oov_buckets + its vocabulary position, or -1 (to an OOV bucket)."""
+    def id_map(self, oov_buckets: int) -> "_Interned":
+        """The model id of each distinct value: oov_buckets + its vocabulary position, or -1 (OOV)."""
         ids = np.full(len(self.counts), -1, np.int64)
         ids[self.kept] = oov_buckets + np.arange(len(self.kept))
-        return ids
+        return _Interned(self.distinct, ids)
+
+
+class _IntVocabulary:
+    """A vocabulary of integer values (criteo_tsv's hex fields, staged as they are, -1 missing):
+    counted block by block and merged as (value, count) pairs, 16 bytes a distinct value (an
+    interner of their texts would hold several times that); ordered as numbers."""
+
+    MERGE_EVERY = 64  # blocks' counts held before they are merged
+
+    def __init__(self, f: SparseFeature) -> None:
+        self.order = f.order
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self.values = np.zeros(0, np.int64)  # the vocabulary, in id order
+
+    @property
+    def size(self) -> int:
+        return sum(len(u) for u, _ in self.parts)
+
+    def add(self, staged: np.ndarray, train: np.ndarray, lengths: Optional[np.ndarray]) -> None:
+        v = np.asarray(staged)[train if lengths is None else np.repeat(train, lengths)]
+        self.parts.append(np.unique(v[v >= 0], return_counts=True))
+        if len(self.parts) >= self.MERGE_EVERY:
+            self.parts = [self._merged()]
+
+    def _merged(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        values, where = np.unique(np.concatenate([u for u, _ in self.parts]), return_inverse=True)
+        counts = np.bincount(where, weights=np.concatenate([c for _, c in self.parts]), minlength=len(values))
+        return values, counts.astype(np.int64)
+
+    def vocabulary(self, min_count: int) -> pa.Array:
+        """As ``_Vocabulary.vocabulary``, the values compared as numbers."""
+        values, counts = self._merged()
+        keep = counts >= min_count
+        values, counts = values[keep], counts[keep]
+        self.values = values[np.lexsort((values, -counts))] if self.order == "frequency" else values  # (ascending)
+        return pa.array(self.values)
+
+    def id_map(self, oov_buckets: int) -> "_Integers":
+        return _Integers(self.values, oov_buckets)
 
 
 def fit(stage: _Stage, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], days: Optional[Days],
         distinct: dict[str, Interner], moments: dict[str, Any]) -> tuple[dict[str, _Vocabulary], list[np.ndarray]]:
     """The dense moments over the training rows, block by block (here: they merge in block order),
     and every block's training rows; the vocabularies, to be counted (``count``) table by table."""
-    integer = schema.input.format == "criteo_tsv"  # (its text reads are the hex fields' integer values)
-    vocabs = {t: _Vocabulary(schema.features_of(t)[0], distinct[t], integer) for t in distinct}
+    vocabs = {t: _Vocabulary(schema.features_of(t)[0], distinct[t]) if t in distinct else
+              _IntVocabulary(schema.features_of(t)[0]) for t in vocab_tables(schema)}
     fitted = [d for d in schema.dense if d.fitted]
     trains = []
     for block in stage.blocks:
@@ -386,33 +436,64 @@ def count(stage: _Stage, schema: FeatureSchema, table: str, vocab: _Vocabulary, 
 
 
 # -- the finishing pass ----------------------------------------------------------------------------------
-class IdMaps:
-    """Every vocabulary table's distinct id -> model id map (-1, or past its end: not in the
-    vocabulary, to an OOV bucket by the value's hash)."""
+class _Interned:
+    """A text table's distinct id -> model id (-1: not in the vocabulary, to an OOV bucket by the
+    value's hash; a missing value, -1: the empty text's)."""
 
-    def __init__(self, tables: dict[str, tuple[Interner, np.ndarray]]) -> None:
+    def __init__(self, distinct: Interner, ids: np.ndarray) -> None:
+        self.distinct, self.model = distinct, ids
+
+    def ids(self, staged: np.ndarray, oov_buckets: int) -> np.ndarray:
+        out = np.empty(len(staged), np.int64)
+        kernels.model_ids(staged, self.model, self.distinct.hashes(), _EMPTY, np.uint64(oov_buckets), out)
+        return out
+
+
+class _Integers:
+    """An integer table's value -> model id (oov_buckets + its vocabulary position), found by a
+    binary search; a value not in it goes to an OOV bucket by the FNV-1a of its decimal text, a
+    missing one (-1) by the empty text's, as encode.encode_ids does."""
+
+    def __init__(self, values: np.ndarray, oov_buckets: int) -> None:
+        order = np.argsort(values)
+        self.sorted, self.model = values[order], oov_buckets + order
+
+    def ids(self, staged: np.ndarray, oov_buckets: int) -> np.ndarray:
+        at = np.minimum(np.searchsorted(self.sorted, staged), max(len(self.sorted) - 1, 0))
+        found = (staged >= 0) & (self.sorted[at] == staged) if len(self.sorted) else np.zeros(len(staged), bool)
+        out = np.where(found, self.model[at] if len(self.sorted) else 0, 0).astype(np.int64)
+        other = staged[~found]
+        texts = pc.cast(pa.array(other, mask=other < 0), pa.string())
+        out[~found] = (kernels.fnv1a(texts) % np.uint64(oov_buckets)).astype(np.int64)
+        return out
+
+
+class IdMaps:
+    """Every vocabulary table's staged value -> model id map (``_Interned`` or ``_Integers``)."""
+
+    def __init__(self, tables: dict[str, Any]) -> None:
         self.tables = tables
 
     @classmethod
     def from_vocabularies(cls, out: Path, schema: FeatureSchema, distinct: dict[str, Interner]) -> "IdMaps":
-        """From the written vocabularies (a rerun after the fit), their values interned among ``distinct``."""
+        """From the written vocabularies (a rerun after the fit): text values interned among
+        ``distinct`` (ids 0..: first), integer ones as they are."""
         tables = {}
-        for t, d in distinct.items():
-            f = schema.features_of(t)[0]
-            values = pa.array(layout.read_vocab(out, t))  # (texts, or criteo_tsv's integers: interned as their text)
-            vocab = intern(distinct, t, values if pa.types.is_string(values.type) else pc.cast(values, pa.string()))
-            ids = np.full(d.n, -1, np.int64)
+        for t in vocab_tables(schema):
+            f, values = schema.features_of(t)[0], layout.read_vocab(out, t)
+            if t not in distinct:
+                tables[t] = _Integers(np.array(values, np.int64), f.oov_buckets)
+                continue
+            vocab = intern(distinct, t, pa.array(values, pa.string()))
+            ids = np.full(distinct[t].n, -1, np.int64)
             ids[vocab] = f.oov_buckets + np.arange(len(vocab), dtype=np.int64)
-            tables[t] = (d, ids)
+            tables[t] = _Interned(distinct[t], ids)
         return cls(tables)
 
     def ids(self, f: SparseFeature, staged: np.ndarray) -> np.ndarray:
-        """Model ids of staged distinct ids: the vocabulary's, else (unseen, rare or missing) an OOV
-        bucket by the value's hash (a missing one: the empty text's)."""
-        distinct, ids = self.tables[f.table]
-        out = np.empty(len(staged), np.int64)
-        kernels.model_ids(np.asarray(staged), ids, distinct.hashes(), _EMPTY, np.uint64(f.oov_buckets), out)
-        return out
+        """Model ids of a feature's staged values: the vocabulary's, else (unseen, rare or missing)
+        an OOV bucket by the value's hash."""
+        return self.tables[f.table].ids(np.asarray(staged), f.oov_buckets)
 
 
 def finish_block(block: _Block, arrays: _Arrays, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]],
@@ -454,7 +535,7 @@ def run(opts: Options, days: Optional[Days]) -> tuple[FeatureSchema, Optional[tu
 def _inline(opts: Options, done: dict[str, Any], days: Optional[Days], pool: Executor) -> tuple:
     """Fitted state known (or none needed), the split known per row: every block finished as read."""
     schema = fitted_schema(opts.schema, done)
-    distinct = {t: Interner() for t in vocab_tables(schema)}
+    distinct = interners(schema)
     maps = IdMaps.from_vocabularies(opts.out_dir, schema, distinct)  # (the vocabulary's values first: ids 0..)
     report = Report()
 
@@ -475,7 +556,7 @@ def _staged(opts: Options, stage: _Stage, done: Optional[dict[str, Any]], days: 
             pool: Executor) -> tuple:
     """One read into the stage; cut-offs, fit and the write from it."""
     schema, report = opts.schema, Report()
-    distinct = {t: Interner() for t in vocab_tables(schema)}
+    distinct = interners(schema)
     bad = read.BadLines(strict=opts.strict)
     with bar(opts, "read") as shown:
         for block, arrays in read_blocks(opts, schema, bad, distinct, shown.update, pool):
@@ -539,7 +620,7 @@ def _save_vocabularies(opts: Options, stage: _Stage, vocabs: dict[str, _Vocabula
         return f.oov_buckets + len(texts)
 
     # the largest tables first: they take longest, the others fill the other threads meanwhile
-    jobs = {t: pool.submit(save, t, vocabs[t]) for t in sorted(vocabs, key=lambda t: -vocabs[t].distinct.n)}
+    jobs = {t: pool.submit(save, t, vocabs[t]) for t in sorted(vocabs, key=lambda t: -vocabs[t].size)}
     wait(jobs.values())
     for table in vocabs:  # (the first error in table order)
         result["vocab_rows"][table] = jobs[table].result()
@@ -554,9 +635,9 @@ def _fit_and_save(opts: Options, stage: _Stage, cutoffs: Optional[tuple[float, f
     moments = {d.name: Moments(d.name) for d in fitted}
     result: dict[str, Any] = {"vocab_rows": {}, "scales": {}}
     vocabs, trains = fit(stage, schema, cutoffs, days, distinct, moments)
-    if distinct or fitted:
+    if vocabs or fitted:
         _save_vocabularies(opts, stage, vocabs, trains, result, pool)
         result["scales"] = {d.name: moments[d.name].scale(d.fitted) for d in fitted}
     layout.write_fit(opts.out_dir, result)
     oov = {t: schema.features_of(t)[0].oov_buckets for t in vocabs}
-    return result, IdMaps({t: (v.distinct, v.id_map(oov[t])) for t, v in vocabs.items()})
+    return result, IdMaps({t: v.id_map(oov[t]) for t, v in vocabs.items()})
