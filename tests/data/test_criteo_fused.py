@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from dlrm_dist.data.columnar import criteo_fused, criteo_tsv
+from dlrm_dist.data.columnar.columns import BadLines
 from dlrm_dist.data.columnar.encode import Encoded, encode_batch
 from dlrm_dist.data.columnar.preprocess import Options, preprocess
 from dlrm_dist.data.columnar.tsv_kernel import TABLE_SIZE, parse_chunk
@@ -115,6 +116,40 @@ def test_preprocessing_writes_the_same_files_fused_and_generic(criteo_sample, tm
     assert fused.rows == generic.rows and fused.skipped == generic.skipped == 1
     a, b = _files(tmp_path / "fused"), _files(tmp_path / "generic")
     assert len(a) == 3 * 28 and a == b
+
+
+def _rows(enc: Encoded, schema: FeatureSchema) -> np.ndarray:
+    """One chunk's encoded rows as one float64 table (labels, dense, every id)."""
+    return np.column_stack([enc.labels, enc.dense, *(enc.ids[f.name][0] for f in schema.sparse)]).astype(np.float64)
+
+
+def test_recycled_blocks_never_change_arrays_a_caller_keeps(criteo_sample, tmp_path, monkeypatch) -> None:
+    """The fused read writes chunk after chunk into recycled shared-memory blocks, each handed back
+    to the workers only once no array of it is left: batches a caller keeps stay as they were read."""
+    src = tmp_path / "train.txt"
+    src.write_bytes(_lines(criteo_sample, extra=300, seed=2))
+    monkeypatch.setattr(criteo_tsv, "CHUNK_BYTES", 4 << 10)
+    schema = criteo_schema(buckets=97, days=2)
+    unpacked, unpack = [], criteo_tsv._unpack
+    monkeypatch.setattr(criteo_tsv, "_unpack", lambda name, specs, recycle=None: unpacked.append(
+        (name, recycle is not None)) or unpack(name, specs, recycle))
+
+    def read() -> list[Encoded]:
+        return criteo_tsv.read_inputs([src], schema, BadLines(), encoder=lambda b: encode_batch(b, schema, {}),
+                                      from_arrays=lambda a: Encoded.from_arrays(schema, a), workers=2)
+
+    copied = [_rows(enc, schema) for *_, enc in read()]  # each copied as it comes: its block goes back
+    chunks = len(copied)
+    assert chunks > 20 and all(pooled for _, pooled in unpacked)
+    in_flight = criteo_tsv.AHEAD * 2 + 1  # (a block each) and the few the loops above hold
+    assert len({name for name, _ in unpacked}) <= in_flight + 3 < chunks  # blocks were written again
+    unpacked.clear()
+    kept = [enc for *_, enc in read()]  # every batch kept: no block can go back while it is
+    assert len({name for name, _ in unpacked}) == chunks
+    assert all(np.array_equal(_rows(enc, schema), rows) for enc, rows in zip(kept, copied))
+    expected = np.concatenate([_rows(encode_batch(batch, schema, {}), schema) for *_, batch, _ in
+                               criteo_tsv.read_inputs([src], schema, BadLines(), workers=2)])
+    assert np.array_equal(np.concatenate(copied), expected)  # and what was read is the encoder's
 
 
 def test_a_chain_failing_on_a_count_outside_the_table_names_the_line(criteo_sample, tmp_path) -> None:
