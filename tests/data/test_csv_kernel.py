@@ -110,6 +110,7 @@ def test_a_file_in_byte_ranges_reads_the_same_with_and_without_the_tokenizer(tmp
     lines[300], lines[700], lines[901] = "1,s,1e3,k,a,300", "0,s,5,ké,a,700", ""  # three ranges left to pyarrow
     path = tmp_path / "d.csv"
     path.write_text("y,skip,x,c,t,ts\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    csv_kernel.warm(csv_kernel.plan(SCHEMA, NAMES, ",")).wait()  # (loaded: every range is offered to the tokenizer)
     served: list[bool] = []
     parse = csv_kernel.parse
     monkeypatch.setattr(csv_kernel, "parse", lambda p, raw: served.append(parse(p, raw) is not None) or parse(p, raw))
@@ -131,3 +132,31 @@ def test_a_range_of_tiny_cells_is_served_too() -> None:
     ours = tokens(raw)
     assert ours is not None and ours.num_rows == 500
     assert_same(ours, pyarrow_read(raw))
+
+
+class _Loading:
+    """csv_kernel's ready event while its kernels are still loading (and the wait at a read's end)."""
+
+    def is_set(self) -> bool:
+        return False
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        return True
+
+
+def test_ranges_read_while_the_kernels_load_are_parsed_by_pyarrow(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(columns, "BLOCK_BYTES", 1 << 11)
+    path = tmp_path / "d.csv"
+    path.write_text("y,skip,x,c,t,ts\n" + "".join(f"{i % 2},s,{i},k{i % 5},a|b,{i}\n" for i in range(600)))
+    csv_kernel.warm(csv_kernel.plan(SCHEMA, NAMES, ",")).wait()
+    reference = list(read.read_file(path, SCHEMA, read.BadLines()))  # (every range by the tokenizer)
+    offered: list[bool] = []
+    parse_chunk = byte_ranges._parse_chunk
+    monkeypatch.setattr(byte_ranges, "_parse_chunk", lambda *a: offered.append(a[-1] is not None) or parse_chunk(*a))
+    monkeypatch.setattr(csv_kernel, "_WARM", _Loading())
+    batches = list(read.read_file(path, SCHEMA, read.BadLines()))
+    assert len(offered) > 5 and not any(offered)
+    assert len(batches) == len(reference)
+    for a, b in zip(batches, reference):
+        assert_same(a, b)
+        assert a.schema.metadata == b.schema.metadata

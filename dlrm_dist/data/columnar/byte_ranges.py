@@ -194,13 +194,14 @@ def read_ranges(path: Path, schema: FeatureSchema, fmt: str, wanted: list[str], 
                                     strings_can_be_null=True, quoted_strings_can_be_null=False)
     quote = '"' if fmt == "csv" else False
     tokens = csv_kernel.plan(schema, names, handlers.delimiter) if TOKENIZER else None
+    warm = csv_kernel.warm(tokens) if tokens is not None else None  # (pyarrow parses until the kernels are loaded)
     records = 1 if schema.input.header else 0
     pending: deque = deque()
     workers = cpu_threads()
     with open(path, "rb") as source, ThreadPoolExecutor(workers, thread_name_prefix="dlrm_dist-csv") as pool:
         def submit(cut: tuple[int, int]) -> None:
             pending.append(pool.submit(_parse_chunk, path, schema, source.fileno(), cut, read_opts, convert,
-                                       handlers.delimiter, quote, bad.strict, tokens))
+                                       handlers.delimiter, quote, bad.strict, tokens if warm and warm.is_set() else None))
         try:
             ranges = iter(cuts)
             for cut in itertools.islice(ranges, workers * CHUNKS_AHEAD):
@@ -222,3 +223,5 @@ def read_ranges(path: Path, schema: FeatureSchema, fmt: str, wanted: list[str], 
             for job in pending:
                 job.cancel()
             pool.shutdown(wait=True)  # (before the file closes: no worker reads it any more)
+            if warm is not None:  # (no read ends, nor the process, while numba loads on its thread)
+                warm.wait()

@@ -25,11 +25,14 @@ Three passes, each branch-light: ``_ends`` finds every cell's end (a store and a
 byte, no jump per cell), ``_tokenize`` walks the cells line by line (numbers parsed, text
 cells' spans noted), ``_gather`` copies each text column's cells end to end, 16 bytes at a
 time, in line order. About 0.7 s per core for 340 MB here, where pyarrow's parse and string
-building take 2.8 s. The kernels release the GIL.
+building take 2.8 s. The kernels release the GIL. Loading them (numba's cache; its compiler
+set up, ~0.3 s the first time in a process) runs on a thread of its own (``warm``) while
+pyarrow parses the first ranges.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -258,3 +261,28 @@ def _special(delimiter: int) -> np.ndarray:
     special = np.zeros(256, np.int64)
     special[[delimiter, 10, 13]] = 1
     return special
+
+
+_WARM = threading.Event()  # set once the kernels are loaded in this process
+_WARM_LOCK = threading.Lock()
+_warming: list[threading.Thread] = []
+
+
+def warm(p: Plan) -> threading.Event:
+    """Starts loading the kernels (once per process) on a thread of its own, by a parse of one
+    line of ``p``'s shape (the types of every real call: nothing is compiled twice); the event
+    is set when they are loaded. Until then byte_ranges has pyarrow parse the ranges."""
+    with _WARM_LOCK:
+        if not _warming:
+            line = ",".join("0" if k == NUMBER else "a" if k == TEXT else "" for k in p.kinds.tolist())
+            sample = (line.replace(",", chr(p.delimiter)) + "\n").encode()
+            _warming.append(threading.Thread(target=_load, args=(p, sample), name="dlrm_dist-csv-warm", daemon=True))
+            _warming[0].start()
+    return _WARM
+
+
+def _load(p: Plan, sample: bytes) -> None:
+    try:
+        parse(p, sample)
+    finally:
+        _WARM.set()
