@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +169,7 @@ def test_a_chain_failing_on_a_count_outside_the_table_names_the_line(criteo_samp
         preprocess(Options(schema, [src], tmp_path / "o", progress=False, workers=2))
 
 
-def test_line_counts_of_plain_and_gzip_files(criteo_sample, tmp_path) -> None:
+def test_line_counts_of_plain_and_gzip_files(criteo_sample, tmp_path, monkeypatch) -> None:
     text = criteo_sample.read_bytes()
     files = {"plain": text, "no_final_newline": text.rstrip(b"\n"), "empty": b"", "blank_lines": b"\n\n\n"}
     paths = []
@@ -178,6 +179,8 @@ def test_line_counts_of_plain_and_gzip_files(criteo_sample, tmp_path) -> None:
         paths += [tmp_path / name, tmp_path / f"{name}.gz"]
     expected = [200, 200, 200, 200, 0, 0, 3, 3]
     assert criteo_tsv.count_lines(paths, workers=1) == expected
+    assert criteo_tsv.count_lines(paths, workers=3) == expected
+    monkeypatch.setattr(criteo_tsv, "COUNT_WINDOW", mmap.ALLOCATIONGRANULARITY)  # a plain file in many windows
     assert criteo_tsv.count_lines(paths, workers=3) == expected
 
 

@@ -147,24 +147,31 @@ def chunks(path: Path) -> Iterator[Chunk]:
     return _gzip_chunks(path) if is_gzip(path) else _plain_chunks(path)
 
 
+COUNT_WINDOW = 128 << 20  # bytes of a plain file mapped at a time by the line count
+
+
 def _count_plain(path: Path, threads: int) -> int:
-    """Newlines of a plain file, counted in place (mapped, not copied) by ``threads`` threads."""
+    """Newlines of a plain file, counted in place (mapped, not copied) by ``threads`` threads, a
+    window of COUNT_WINDOW bytes at a time: mapped pages count as the process's memory (its peak
+    RSS would be the file's size) until the window is unmapped."""
     size = path.stat().st_size
     if size == 0:
         return 0
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        mapped.madvise(mmap.MADV_SEQUENTIAL)
-        buf = np.frombuffer(mapped, np.uint8)
-        cuts = [size * k // threads for k in range(threads + 1)]
-        try:
-            if threads == 1:
-                total = count_newlines(buf)
-            else:  # the kernel releases the GIL
-                with ThreadPoolExecutor(threads) as ex:
-                    total = sum(ex.map(lambda k: count_newlines(buf[cuts[k] : cuts[k + 1]]), range(threads)))
-            return total + (buf[-1] != 10)  # a last line without newline counts
-        finally:
-            del buf  # (the map cannot close while an array holds it)
+    total, last = 0, 10
+    with open(path, "rb") as f, ThreadPoolExecutor(threads) as ex:
+        for start in range(0, size, COUNT_WINDOW):  # (a multiple of mmap.ALLOCATIONGRANULARITY)
+            length = min(COUNT_WINDOW, size - start)
+            with mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=start) as mapped:
+                mapped.madvise(mmap.MADV_SEQUENTIAL)
+                buf = np.frombuffer(mapped, np.uint8)
+                try:
+                    cuts = [length * k // threads for k in range(threads + 1)]
+                    # the kernel releases the GIL
+                    total += sum(ex.map(lambda k: count_newlines(buf[cuts[k] : cuts[k + 1]]), range(threads)))
+                    last = int(buf[-1])
+                finally:
+                    del buf  # (the map cannot close while an array holds it)
+    return total + (last != 10)  # a last line without newline counts
 
 
 def count_lines(paths: list[Path], workers: int) -> list[int]:
