@@ -8,8 +8,6 @@ clock (start-up included) with its peak RSS:
 - ``pyarrow``: ``pyarrow.csv.read_csv(FILE)`` (all cores, types inferred): the read alone;
 - ``new``: ``dlrm-data preprocess --schema benchmarks/schemas/columnar19.toml`` (time split,
   vocabularies, fitted dense steps): one read, cut-offs and fit from the staged columns;
-- ``old``: the same job through the driver's three passes over the file (staging disabled),
-  --old-repeats times (it is the slow one);
 - ``criteo``: with --criteo-rows N, the built-in ``criteo:days=7`` job on N non-repeating raw
   Criteo lines (preprocess_vs_torchrec.make_input, seed 0; or --criteo-input), the same way.
 
@@ -19,7 +17,7 @@ beside it).
 Prints one JSON line per run and writes the medians and their ratio to
 benchmarks/results/preprocess_columnar.json.
 
-    .venv/bin/python -m benchmarks.preprocess_columnar [--rows 2000000] [--repeats 3] [--old-repeats 1]
+    .venv/bin/python -m benchmarks.preprocess_columnar [--rows 2000000] [--repeats 3] [--base DIR]
         [--criteo-rows 2000000]
 """
 
@@ -47,8 +45,6 @@ SCHEMA = ROOT / "benchmarks" / "schemas" / "columnar19.toml"
 RESULT = ROOT / "benchmarks" / "results" / "preprocess_columnar.json"
 
 PYARROW = "import sys, pyarrow.csv as c; t = c.read_csv(sys.argv[1]); print(t.num_rows)"
-OLD = ("import sys; from dlrm_dist.data.columnar import staging; staging.supported = lambda schema: False; "
-       "from dlrm_dist.cli.data_main import main; sys.argv[0] = 'dlrm-data'; sys.exit(main(sys.argv[1:]))")
 
 
 def _timed(cmd: list[str], cwd: Optional[Path] = None, env: Optional[dict] = None) -> tuple[float, int, float]:
@@ -66,17 +62,15 @@ def _timed(cmd: list[str], cwd: Optional[Path] = None, env: Optional[dict] = Non
 
 
 def run(impl: str, src: Path, out: Path, rows: int, schema: Path = SCHEMA, base: Optional[Path] = None) -> dict:
-    """One timed run of ``impl``: pyarrow, new (this tree), old (this tree, staging disabled),
-    base (the tree ``base``: the code a change is measured against) or criteo."""
+    """One timed run of ``impl``: pyarrow, new (this tree), base (the tree ``base``: the code a
+    change is measured against) or criteo."""
     py, cwd, env = sys.executable, None, None
     if impl == "pyarrow":
         cmd = [py, "-c", PYARROW, str(src)]
     else:
         shutil.rmtree(out, ignore_errors=True)
         args = ["preprocess", "--schema", str(schema), "--input", str(src), "--out", str(out), "--no-progress"]
-        if impl == "old":
-            cmd = [py, "-c", OLD, *args]
-        elif impl == "base":  # that tree's package first on the path (python -m puts the working directory first)
+        if impl == "base":  # that tree's package first on the path (python -m puts the working directory first)
             cmd, cwd, env = [py, "-m", "dlrm_dist.cli.data_main", *args], base, {**os.environ, "PYTHONPATH": str(base)}
         else:
             cmd = [str(Path(py).parent / "dlrm-data"), *args]
@@ -110,7 +104,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=2_000_000)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--old-repeats", type=int, default=1)
+    p.add_argument("--old-repeats", type=int, default=0, choices=[0],
+                   help="(the driver's three-pass path it ran is gone since session 6: 0 only, kept for old commands)")
     p.add_argument("--input", type=Path, help="an existing file of gen_columnar_csv.py's (else one is generated)")
     p.add_argument("--criteo-rows", type=int, default=0)
     p.add_argument("--criteo-input", type=Path, help="an existing file of preprocess_vs_torchrec.make_input's")
@@ -125,23 +120,20 @@ def main() -> None:
         runs = []
         if a.base:  # compiles its numba cache (not counted)
             run("base", src, Path(tmp) / "out", a.rows, base=a.base)
-        for k in range(max(a.repeats, a.old_repeats)):
+        for k in range(a.repeats):
             impls = ["pyarrow", "new"] * (k < a.repeats) + ["base"] * (k < a.repeats and a.base is not None)
-            impls += ["old"] * (k < a.old_repeats)
             for impl in impls:
                 runs.append(run(impl, src, Path(tmp) / "out", a.rows, base=a.base))
                 print(json.dumps(runs[-1]), flush=True)
             if criteo and k < a.repeats:
                 runs.append(run("criteo", criteo[0], Path(tmp) / "out", a.criteo_rows, criteo[1]))
                 print(json.dumps(runs[-1]), flush=True)
-    impls = ("pyarrow", "new", "base", "old", "criteo")
+    impls = ("pyarrow", "new", "base", "criteo")
     summary = {impl: _median(runs, impl) for impl in impls if any(r["impl"] == impl for r in runs)}
     summary["new_over_pyarrow"] = round(summary["new"]["rows_per_s"] / summary["pyarrow"]["rows_per_s"], 3)
     if "base" in summary:
         summary["base_over_pyarrow"] = round(summary["base"]["rows_per_s"] / summary["pyarrow"]["rows_per_s"], 3)
         summary["new_over_base"] = round(summary["new"]["rows_per_s"] / summary["base"]["rows_per_s"], 2)
-    if "old" in summary:
-        summary["new_over_old"] = round(summary["new"]["rows_per_s"] / summary["old"]["rows_per_s"], 2)
     record = {"file": {"rows": a.rows, "bytes": size, "columns": 19,
                        "generator": "benchmarks/gen_columnar_csv.py (seed 0)", "schema": str(SCHEMA.relative_to(ROOT))},
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
