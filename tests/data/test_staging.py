@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dlrm_dist.data.columnar import columns, criteo_tsv, kernels, staging
+from dlrm_dist.data.columnar import columns, criteo_tsv, fit, kernels, staging
 from dlrm_dist.data.columnar.preprocess import Options, preprocess
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.builtin import criteo_schema
@@ -216,4 +216,4 @@ def test_interner_gives_dense_ids_and_refuses_a_collision(monkeypatch: pytest.Mo
 
 @pytest.mark.parametrize("texts", [[], ["a", "b c", "t~"], ["é", "x"], ['q"', "\\"], ["\n", "\x7f"]])
 def test_vocab_json_is_json_dumps(texts: list[str]) -> None:
-    assert staging.vocab_json(pa.array(texts, pa.string())) == (json.dumps(texts) + "\n").encode()
+    assert fit.vocab_json(pa.array(texts, pa.string())) == (json.dumps(texts) + "\n").encode()

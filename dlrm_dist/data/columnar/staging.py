@@ -32,12 +32,12 @@ with no staging at all.
 
 This is the one fit of every input format and split (random, time, day with pseudo-days, a day
 partition); preprocess.py's dispatcher streams only criteo_tsv jobs with nothing to fit.
+The fit's state (moments, vocabularies, id maps, the vocabulary files) is fit.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 from concurrent.futures import Executor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -46,15 +46,15 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from dlrm_dist.data.columnar import byte_ranges, columns, encode, job, kernels, layout, read
 from dlrm_dist.data.columnar.encode import Days
 from dlrm_dist.data.columnar.job import (TARGETS, Options, Report, bar, fitted_schema, known_fit, time_cutoffs,
                                          vocab_tables)
-from dlrm_dist.data.columnar.kernels import Collision, Interner, text_order
+from dlrm_dist.data.columnar.fit import (IdMaps, IntVocabulary, Moments, Vocabulary, intern, interners, staged_integers,
+                                         vocab_json)
+from dlrm_dist.data.columnar.kernels import Interner
 from dlrm_dist.data.columnar.locate import LINE_FIELD, ORIGIN_FIRST, ORIGIN_PATH
-from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.data.npy import Tally
 from dlrm_dist.data.prefetch import Prefetcher
 from dlrm_dist.features.errors import SchemaError
@@ -62,30 +62,6 @@ from dlrm_dist.features.schema import FeatureSchema, SparseFeature
 from dlrm_dist.fileio import atomic_write_bytes, disk_full
 
 STAGING = ".staging.partial"
-_EMPTY = np.uint64(0xCBF29CE484222325)  # FNV-1a 64 of "" (the offset basis): a missing value's OOV hash
-_PLAIN = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\')  # bytes json.dumps writes as themselves in a string
-
-
-# -- distinct values of a vocabulary table ----------------------------------------------------------
-def interners(schema: FeatureSchema) -> dict[str, Interner]:
-    """An interner per vocabulary table of texts; criteo_tsv's tables hold integers, staged as they are."""
-    return {} if schema.input.format == "criteo_tsv" else {t: Interner() for t in vocab_tables(schema)}
-
-
-def staged_integers(values: pa.Array) -> np.ndarray:
-    """Integer vocabulary values as staged: int64, -1 for a missing one (criteo_tsv's are >= 0)."""
-    return (pc.fill_null(values, -1) if values.null_count else values).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-def intern(tables: dict[str, Interner], table: str, values: pa.Array) -> np.ndarray:
-    """The ids of ``values`` among their table's distinct texts (-1: missing); two texts with one
-    hash are an error naming both."""
-    try:
-        return tables[table].ids(values)
-    except Collision as c:
-        raise PreprocessError(f"vocabulary table {table!r}: the values {c.first!r} and {c.second!r} have the same "
-                              f"FNV-1a 64 hash ({c.hash:#018x}), which preprocessing tells values apart by; rename "
-                              "one of them in the data, or make the feature kind = \"hash\"") from None
 
 
 # -- the staged columns -------------------------------------------------------------------------------
@@ -292,127 +268,12 @@ def read_blocks(opts: Any, schema: FeatureSchema, bad: read.BadLines, distinct: 
 
 
 # -- cut-offs and fit ---------------------------------------------------------------------------------
-class Moments:
-    """Count, mean, sum of squared deviations (merged per batch: no catastrophic sum of squares),
-    minimum and maximum of one dense feature over the training split."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.n, self.mean, self.m2, self.min, self.max = 0, 0.0, 0.0, np.inf, -np.inf
-
-    def add(self, x: np.ndarray) -> None:
-        if not x.size:
-            return
-        with np.errstate(over="ignore", invalid="ignore"):
-            n, mean = x.size, float(x.mean())
-            m2 = float(((x - mean) ** 2).sum())
-            total = self.n + n
-            delta = mean - self.mean
-            self.m2 += m2 + delta * delta * self.n * n / total
-            self.mean += delta * n / total
-        self.n = total
-        self.min, self.max = min(self.min, float(x.min())), max(self.max, float(x.max()))
-
-    def scale(self, kind: str) -> tuple[float, float]:
-        """(shift, divisor) of standardize/minmax; a constant feature keeps divisor 1."""
-        if self.n == 0:
-            return 0.0, 1.0
-        with np.errstate(over="ignore", invalid="ignore"):
-            shift, divisor = (self.min, self.max - self.min) if kind == "minmax" else \
-                (self.mean, float(np.sqrt(max(self.m2 / self.n, 0.0))))
-        if not (np.isfinite(shift) and np.isfinite(divisor)):
-            raise PreprocessError(
-                f"dense feature {self.name!r}: its {kind} statistics over the training split overflow (values "
-                f"from {self.min:g} to {self.max:g}); add log1p or clip = [lo, hi] before {kind}")
-        # A constant feature's std comes out as rounding noise (~1e-16 of its mean), which would
-        # blow that noise up to +-1: below float precision of the values it counts as zero.
-        constant = divisor <= 1e-12 * max(abs(shift), abs(self.min), abs(self.max))
-        return shift, 1.0 if divisor <= 0 or constant else divisor
-
-
-class _Vocabulary:
-    """A table's vocabulary fitted from the staged ids: counts over the training rows per distinct
-    value; ``vocabulary`` orders them as encode's vocabularies are ordered."""
-
-    def __init__(self, f: SparseFeature, distinct: Interner) -> None:
-        self.order, self.distinct = f.order, distinct
-        self.counts = np.zeros(distinct.n, np.int64)
-        self.kept: Optional[np.ndarray] = None  # the vocabulary's values (their distinct ids), in id order
-
-    @property
-    def size(self) -> int:
-        return self.distinct.n
-
-    def add(self, staged: np.ndarray, train: np.ndarray, lengths: Optional[np.ndarray]) -> None:
-        """Counts the staged ids of a block's training rows (``lengths``: its rows' bag lengths)."""
-        kernels.count_ids(np.asarray(staged), train, np.zeros(0, np.int64) if lengths is None else lengths,
-                          self.counts)
-
-    def vocabulary(self, min_count: int) -> pa.Array:
-        """The values seen at least ``min_count`` times in id order (frequency: most frequent
-        first, ties by value, as encode's vocabularies; value: ascending)."""
-        kept = np.flatnonzero(self.counts >= min_count)
-        texts = self.distinct.texts()
-        if len(kept) < len(texts):  # (every value kept, as in a table of distinct ids: no copy)
-            texts = pc.take(texts, pa.array(kept))
-        order = text_order(texts, -self.counts[kept] if self.order == "frequency" else None)
-        self.kept = kept[order]
-        return pc.take(texts, pa.array(order))
-
-    def id_map(self, oov_buckets: int) -> "_Interned":
-        """The model id of each distinct value: oov_buckets + its vocabulary position, or -1 (OOV)."""
-        ids = np.full(len(self.counts), -1, np.int64)
-        ids[self.kept] = oov_buckets + np.arange(len(self.kept))
-        return _Interned(self.distinct, ids)
-
-
-class _IntVocabulary:
-    """A vocabulary of integer values (criteo_tsv's hex fields, staged as they are, -1 missing):
-    counted block by block and merged as (value, count) pairs, 16 bytes a distinct value (an
-    interner of their texts would hold several times that); ordered as numbers."""
-
-    MERGE_EVERY = 64  # blocks' counts held before they are merged
-
-    def __init__(self, f: SparseFeature) -> None:
-        self.order = f.order
-        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
-        self.values = np.zeros(0, np.int64)  # the vocabulary, in id order
-
-    @property
-    def size(self) -> int:
-        return sum(len(u) for u, _ in self.parts)
-
-    def add(self, staged: np.ndarray, train: np.ndarray, lengths: Optional[np.ndarray]) -> None:
-        v = np.asarray(staged)[train if lengths is None else np.repeat(train, lengths)]
-        self.parts.append(np.unique(v[v >= 0], return_counts=True))
-        if len(self.parts) >= self.MERGE_EVERY:
-            self.parts = [self._merged()]
-
-    def _merged(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self.parts:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        values, where = np.unique(np.concatenate([u for u, _ in self.parts]), return_inverse=True)
-        counts = np.bincount(where, weights=np.concatenate([c for _, c in self.parts]), minlength=len(values))
-        return values, counts.astype(np.int64)
-
-    def vocabulary(self, min_count: int) -> pa.Array:
-        """As ``_Vocabulary.vocabulary``, the values compared as numbers."""
-        values, counts = self._merged()
-        keep = counts >= min_count
-        values, counts = values[keep], counts[keep]
-        self.values = values[np.lexsort((values, -counts))] if self.order == "frequency" else values  # (ascending)
-        return pa.array(self.values)
-
-    def id_map(self, oov_buckets: int) -> "_Integers":
-        return _Integers(self.values, oov_buckets)
-
-
 def fit(stage: _Stage, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], days: Optional[Days],
-        distinct: dict[str, Interner], moments: dict[str, Any]) -> tuple[dict[str, _Vocabulary], list[np.ndarray]]:
+        distinct: dict[str, Interner], moments: dict[str, Any]) -> tuple[dict[str, Vocabulary], list[np.ndarray]]:
     """The dense moments over the training rows, block by block (here: they merge in block order),
     and every block's training rows; the vocabularies, to be counted (``count``) table by table."""
-    vocabs = {t: _Vocabulary(schema.features_of(t)[0], distinct[t]) if t in distinct else
-              _IntVocabulary(schema.features_of(t)[0]) for t in vocab_tables(schema)}
+    vocabs = {t: Vocabulary(schema.features_of(t)[0], distinct[t]) if t in distinct else
+              IntVocabulary(schema.features_of(t)[0]) for t in vocab_tables(schema)}
     fitted = [d for d in schema.dense if d.fitted]
     trains = []
     for block in stage.blocks:
@@ -424,7 +285,7 @@ def fit(stage: _Stage, schema: FeatureSchema, cutoffs: Optional[tuple[float, flo
     return vocabs, trains
 
 
-def count(stage: _Stage, schema: FeatureSchema, table: str, vocab: _Vocabulary, trains: list[np.ndarray]) -> None:
+def count(stage: _Stage, schema: FeatureSchema, table: str, vocab: Vocabulary, trains: list[np.ndarray]) -> None:
     """A table's vocabulary counts over every block's training rows (one job per table: the
     tables' counts run at once)."""
     features = schema.features_of(table)
@@ -436,66 +297,6 @@ def count(stage: _Stage, schema: FeatureSchema, table: str, vocab: _Vocabulary, 
 
 
 # -- the finishing pass ----------------------------------------------------------------------------------
-class _Interned:
-    """A text table's distinct id -> model id (-1: not in the vocabulary, to an OOV bucket by the
-    value's hash; a missing value, -1: the empty text's)."""
-
-    def __init__(self, distinct: Interner, ids: np.ndarray) -> None:
-        self.distinct, self.model = distinct, ids
-
-    def ids(self, staged: np.ndarray, oov_buckets: int) -> np.ndarray:
-        out = np.empty(len(staged), np.int64)
-        kernels.model_ids(staged, self.model, self.distinct.hashes(), _EMPTY, np.uint64(oov_buckets), out)
-        return out
-
-
-class _Integers:
-    """An integer table's value -> model id (oov_buckets + its vocabulary position), found by a
-    binary search; a value not in it goes to an OOV bucket by the FNV-1a of its decimal text, a
-    missing one (-1) by the empty text's, as encode.encode_ids does."""
-
-    def __init__(self, values: np.ndarray, oov_buckets: int) -> None:
-        order = np.argsort(values)
-        self.sorted, self.model = values[order], oov_buckets + order
-
-    def ids(self, staged: np.ndarray, oov_buckets: int) -> np.ndarray:
-        at = np.minimum(np.searchsorted(self.sorted, staged), max(len(self.sorted) - 1, 0))
-        found = (staged >= 0) & (self.sorted[at] == staged) if len(self.sorted) else np.zeros(len(staged), bool)
-        out = np.where(found, self.model[at] if len(self.sorted) else 0, 0).astype(np.int64)
-        other = staged[~found]
-        texts = pc.cast(pa.array(other, mask=other < 0), pa.string())
-        out[~found] = (kernels.fnv1a(texts) % np.uint64(oov_buckets)).astype(np.int64)
-        return out
-
-
-class IdMaps:
-    """Every vocabulary table's staged value -> model id map (``_Interned`` or ``_Integers``)."""
-
-    def __init__(self, tables: dict[str, Any]) -> None:
-        self.tables = tables
-
-    @classmethod
-    def from_vocabularies(cls, out: Path, schema: FeatureSchema, distinct: dict[str, Interner]) -> "IdMaps":
-        """From the written vocabularies (a rerun after the fit): text values interned among
-        ``distinct`` (ids 0..: first), integer ones as they are."""
-        tables = {}
-        for t in vocab_tables(schema):
-            f, values = schema.features_of(t)[0], layout.read_vocab(out, t)
-            if t not in distinct:
-                tables[t] = _Integers(np.array(values, np.int64), f.oov_buckets)
-                continue
-            vocab = intern(distinct, t, pa.array(values, pa.string()))
-            ids = np.full(distinct[t].n, -1, np.int64)
-            ids[vocab] = f.oov_buckets + np.arange(len(vocab), dtype=np.int64)
-            tables[t] = _Interned(distinct[t], ids)
-        return cls(tables)
-
-    def ids(self, f: SparseFeature, staged: np.ndarray) -> np.ndarray:
-        """Model ids of a feature's staged values: the vocabulary's, else (unseen, rare or missing)
-        an OOV bucket by the value's hash."""
-        return self.tables[f.table].ids(np.asarray(staged), f.oov_buckets)
-
-
 def finish_block(block: _Block, arrays: _Arrays, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]],
                  days: Optional[Days], maps: IdMaps, writers: dict[str, Any], pool: Executor) -> None:
     """A block's rows, fitted steps applied (the vocabulary ids on ``pool``), appended to their splits'
@@ -582,33 +383,13 @@ def _staged(opts: Options, stage: _Stage, done: Optional[dict[str, Any]], days: 
     return fitted, cutoffs, job.write_outputs(opts, fitted, cutoffs, report, rows_from_stage, days), report
 
 
-def vocab_json(texts: pa.Array) -> bytes:
-    """The bytes ``layout.write_vocab`` writes for ``texts`` (``json.dumps`` of the list, a newline):
-    built from the Arrow buffers for integers, or for texts whose every byte is printable ASCII other
-    than a quote or a backslash (what json.dumps copies as is), else by json.dumps itself."""
-    if not len(texts):
-        return b"[]\n"
-    if pa.types.is_integer(texts.type):  # (json.dumps writes an integer as its decimal text)
-        joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(texts)], pa.int32()),
-                                                         pc.cast(texts, pa.string())), ", ")
-        return b"[" + joined[0].as_buffer().to_pybytes() + b"]\n"
-    offsets, data = kernels.buffers(texts)
-    body = data[offsets[0]: offsets[-1]]
-    # (bytes.translate deleting the plain bytes leaves the others: 2-3x faster than a table lookup)
-    if len(body) > 1 << 30 or body.tobytes().translate(None, _PLAIN):  # (one Arrow string holds under 2 GB)
-        return (json.dumps(texts.to_pylist(), allow_nan=False) + "\n").encode()
-    texts = pc.cast(texts, pa.string())  # (under 1 GB: a plain string array holds it)
-    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(texts)], pa.int32()), texts), '", "')
-    return b'["' + joined[0].as_buffer().to_pybytes() + b'"]\n'
-
-
-def _save_vocabularies(opts: Options, stage: _Stage, vocabs: dict[str, _Vocabulary], trains: list[np.ndarray],
+def _save_vocabularies(opts: Options, stage: _Stage, vocabs: dict[str, Vocabulary], trains: list[np.ndarray],
                        result: dict[str, Any], pool: Executor) -> None:
     """Counts and writes every fitted vocabulary (vocab/<table>.json; a table per job on ``pool``,
     counted, ordered and written) and its table's rows into ``result``."""
     (opts.out_dir / layout.VOCAB_DIR).mkdir(exist_ok=True)
 
-    def save(table: str, v: _Vocabulary) -> int:
+    def save(table: str, v: Vocabulary) -> int:
         count(stage, opts.schema, table, v, trains)
         f = opts.schema.features_of(table)[0]
         texts = v.vocabulary(f.min_count)
