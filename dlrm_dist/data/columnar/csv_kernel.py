@@ -23,7 +23,7 @@ no quoting, and a ``"`` is an ordinary byte there, as in pyarrow's TSV read).
 
 Three passes, each branch-light: ``_ends`` finds every cell's end (a store and an add per
 byte, no jump per cell), ``_tokenize`` walks the cells line by line (numbers parsed, text
-cells' spans noted), ``_gather`` copies each text column's cells end to end, 16 bytes at a
+cells' spans noted), ``_gather`` copies each text column's cells end to end, 8 bytes at a
 time, in line order. About 0.7 s per core for 340 MB here, where pyarrow's parse and string
 building take 2.8 s. The kernels release the GIL. Loading them (numba's cache; its compiler
 set up, ~0.3 s the first time in a process) runs on a thread of its own (``warm``) while
@@ -48,7 +48,7 @@ _MANTISSA_LIMIT = 1 << 53  # mantissas below it are exact doubles
 _POW10 = np.array([10.0 ** k for k in range(23)])  # 10**0 .. 10**22: exact doubles
 # Return codes below 0: the range is not served (pyarrow reads it).
 FIELDS, CR, NUMBER_FORM, NON_ASCII, ROWS = -1, -2, -3, -4, -5
-COPY = 16  # bytes a text cell is copied in at a time
+WORD = 8  # bytes a text cell is copied in at a time
 
 
 @njit(cache=True, nogil=True)
@@ -150,12 +150,11 @@ def _tokenize(data, delim, ends, cells, kinds, slots, nums, valid, starts, sizes
 @njit(cache=True, nogil=True)
 def _gather(data, starts, sizes, offsets, base, out):  # pragma: no cover - compiled
     """Every text column's cells (``starts``/``sizes``: a row per line, a column per text
-    column) copied end to end into its region of ``out`` (from ``base[column]``, COPY bytes
-    longer than its cells), where ``offsets`` (a row per line and the end) says each begins. One pass over
-    the lines in order, each array walked in memory order (column by column would be a pass
-    per column over a range larger than the caches). Cells are copied COPY bytes at a time,
-    the bytes past a cell's end overwritten by the next cell: a copy of fixed length per cell."""
-    n = len(data)
+    column) copied end to end into its region of ``out`` (from ``base[column]``), where
+    ``offsets`` (a row per line and the end) says each begins. One pass over the lines in
+    order, each array walked in memory order (column by column would be a pass per column over
+    a range larger than the caches). A cell is copied WORD bytes at a time by a loop of fixed
+    length, then its tail: 1.5x faster than a loop of the cell's length over its bytes."""
     texts = sizes.shape[1]
     at = np.zeros(texts, np.int64)
     for i in range(sizes.shape[0]):
@@ -164,15 +163,15 @@ def _gather(data, starts, sizes, offsets, base, out):  # pragma: no cover - comp
             o = at[s]
             offsets[i, s] = o
             size = sizes[i, s]
-            done = 0
-            while done < size:
-                if a + done + COPY <= n:
-                    for k in range(COPY):
-                        out[base[s] + o + done + k] = data[a + done + k]
-                else:
-                    for k in range(min(COPY, n - a - done)):
-                        out[base[s] + o + done + k] = data[a + done + k]
-                done += COPY
+            b = base[s] + o
+            q = 0
+            while q + WORD <= size:
+                for r in range(WORD):
+                    out[b + q + r] = data[a + q + r]
+                q += WORD
+            while q < size:
+                out[b + q] = data[a + q]
+                q += 1
             at[s] = o + size
     for s in range(texts):
         offsets[sizes.shape[0], s] = at[s]
@@ -214,8 +213,8 @@ def _text_arrays(data: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> lis
     empty cell null."""
     rows, texts = sizes.shape
     totals = sizes.sum(axis=0, dtype=np.int64)
-    base = np.zeros(texts + 1, np.int64)  # (each column's region: its bytes and COPY of slack)
-    np.cumsum(totals + COPY, out=base[1:])
+    base = np.zeros(texts + 1, np.int64)  # (each column's region of ``out``)
+    np.cumsum(totals, out=base[1:])
     offsets = np.empty((rows + 1, texts), np.int32)
     out = np.empty(int(base[-1]), np.uint8)
     _gather(data, starts, sizes, offsets, base, out)
