@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dlrm_dist.data.columnar import columns, criteo_tsv, fit, kernels, staging
+from dlrm_dist.data.columnar import columns, criteo_tsv, encode, fit, kernels, staging
 from dlrm_dist.data.columnar.preprocess import Options, preprocess
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.builtin import criteo_schema
@@ -217,3 +217,29 @@ def test_interner_gives_dense_ids_and_refuses_a_collision(monkeypatch: pytest.Mo
 @pytest.mark.parametrize("texts", [[], ["a", "b c", "t~"], ["é", "x"], ['q"', "\\"], ["\n", "\x7f"]])
 def test_vocab_json_is_json_dumps(texts: list[str]) -> None:
     assert fit.vocab_json(pa.array(texts, pa.string())) == (json.dumps(texts) + "\n").encode()
+
+
+def test_integer_vocabularies_give_the_encoders_ids() -> None:
+    """criteo_tsv's integer values, staged as they are (-1: missing), counted and mapped by fit.py, against
+    encode.encode_ids with the same vocabulary (its ids and its OOV buckets: FNV-1a of the decimal text)."""
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 200, 500)  # (many seen once in train: rare, to an OOV bucket)
+    present = rng.random(500) > 0.1
+    train = rng.random(500) < 0.7
+    for order in ("frequency", "value"):
+        schema = from_dict({"label": "y", "sparse": [{"name": "c", "kind": "vocab", "order": order, "min_count": 2,
+                                                        "oov_buckets": 3}]})
+        f = schema.sparse[0]
+        vocab = fit.IntVocabulary(f)
+        for part in range(0, 500, 128):  # blocks, merged
+            block = slice(part, part + 128)
+            vocab.add(np.where(present, values, -1)[block], train[block], None)
+        got = vocab.vocabulary(2).to_pylist()
+        counts = {v: int(((values == v) & present & train).sum()) for v in set(values[present & train].tolist())}
+        kept = [v for v in counts if counts[v] >= 2]
+        assert got == (sorted(kept, key=lambda v: (-counts[v], v)) if order == "frequency" else sorted(kept))
+        ids = vocab.id_map(3).ids(np.where(present, values, -1), 3)
+        batch = pa.record_batch({"text:c": pa.array(values, mask=~present)})
+        fitted = schema.with_fitted({f.table: 3 + len(got)}, {})
+        want = encode.encode_ids(batch, fitted, f, encode.Bags(batch.column(0), None), pa.array(got))
+        assert ids.tolist() == want.tolist() and (ids < 3).sum() > 50  # (OOV rows: missing, rare, unseen)
