@@ -197,3 +197,25 @@ def test_the_cli_freezes_the_heap_for_its_exit(criteo_sample, tmp_path, monkeypa
     assert data_main.main(["preprocess", "--schema", "criteo:days=7,buckets=100", "--input", str(criteo_sample),
                            "--out", str(tmp_path / "o"), "--no-progress"]) == 0
     assert gc.freeze in registered
+
+
+def test_a_read_removes_the_blocks_of_killed_reads_only(criteo_sample, tmp_path) -> None:
+    """Blocks a SIGKILLed read left in /dev/shm are unlinked by the next read; those of live
+    processes (this one, pid 1) and names that are not a read's block stay."""
+    import _posixshmem
+    import os
+
+    dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process can have this pid
+    names = {"dead": f"dlrm_dist_{dead}_0123abcd_0123456789abcdef", "ours": f"dlrm_dist_{os.getpid()}_0123abcd_00",
+             "pid1": "dlrm_dist_1_0123abcd_00", "other": f"dlrm_dist_{dead}_not_a_block"}
+    for name in names.values():
+        os.close(_posixshmem.shm_open("/" + name, os.O_RDWR | os.O_CREAT, mode=0o600))
+    try:
+        list(criteo_tsv.read_inputs([criteo_sample], criteo_schema(days=7, buckets=100), BadLines(), workers=1))
+        left = {n for n in names.values() if (criteo_tsv.SHM_DIR / n).exists()}
+        assert left == {names["ours"], names["pid1"], names["other"]}
+        assert criteo_tsv.remove_stale_blocks() == 0
+    finally:
+        for name in names.values():
+            if (criteo_tsv.SHM_DIR / name).exists():
+                _posixshmem.shm_unlink("/" + name)

@@ -31,6 +31,7 @@ import mmap
 import multiprocessing as mp
 import os
 import queue
+import re
 import secrets
 import weakref
 from collections import deque
@@ -194,6 +195,36 @@ def count_lines(paths: list[Path], workers: int) -> list[int]:
 
 # -- shared-memory handoff ------------------------------------------------------------------------
 SHM_DIR = Path("/dev/shm")  # where Linux keeps POSIX shared memory: a stopped read's blocks are removed there
+_BLOCK_NAME = re.compile(r"dlrm_dist_(\d+)_[0-9a-f]+_[0-9a-f]+")  # dlrm_dist_<reading pid>_<read>_<block>
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's counts: signalling it is refused, not unknown)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_blocks(shm_dir: Path = SHM_DIR) -> int:
+    """Unlinks the blocks of reads whose process is gone; how many. A read removes its own blocks
+    when it ends, also on an error, but a killed one (SIGKILL, the OOM killer) cannot: its blocks
+    would hold their memory until reboot. Blocks of live processes (ours included) are left alone;
+    a pid reused since only delays the removal to a later read."""
+    removed = 0
+    for entry in shm_dir.glob("dlrm_dist_*"):
+        match = _BLOCK_NAME.fullmatch(entry.name)
+        if match is None or int(match.group(1)) == os.getpid() or _alive(int(match.group(1))):
+            continue
+        try:
+            _posixshmem.shm_unlink("/" + entry.name)
+            removed += 1
+        except FileNotFoundError:  # another read removed it first
+            pass
+    return removed
 
 
 def _pack(arrays: list[np.ndarray]) -> tuple[str, list[tuple[str, tuple[int, ...]]]]:
@@ -505,6 +536,7 @@ def read_inputs(paths: list[Path], schema: FeatureSchema, bad, on_file: Optional
     has a plan for the schema, the workers run that instead, which gives the same arrays (in
     recycled shared-memory blocks: one goes back to the workers when no array of it is left).
     """
+    remove_stale_blocks()
     prefix = f"dlrm_dist_{os.getpid()}_{secrets.token_hex(4)}_"
     positions = _positions(schema)
     fused = fused_plan(schema, positions) if encoder is not None else None
