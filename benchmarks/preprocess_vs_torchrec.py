@@ -12,6 +12,7 @@ before it (the machine's other work is in the figures):
   (the built-in schema, written to a file);
 - ``reference``: --reference DIR, another checkout of this repository (e.g. the session
   start's ``git worktree add --detach DIR REV``), the same command;
+- ``NAME``: --tree NAME=DIR (repeatable), more checkouts, the same command;
 - ``old_stack``: --old-stack DIR, a checkout from before the Criteo stack was folded into the
   columnar one (2722061^: ``dlrm-data preprocess --dataset kaggle --max-ind-range 40000000``,
   TorchRec's day files, the same ids and dense values);
@@ -24,7 +25,7 @@ with per-implementation medians, to a file (benchmarks/results/). --input reuses
 ``make_input`` (its lines are counted).
 
     .venv/bin/python benchmarks/preprocess_vs_torchrec.py [--rows 4000000] [--repeats 3] [--json-out F]
-        [--reference DIR] [--old-stack DIR] [--input FILE] [--torchrec-rows 0]
+        [--reference DIR] [--tree NAME=DIR ...] [--old-stack DIR] [--input FILE] [--torchrec-rows 0]
 """
 
 from __future__ import annotations
@@ -94,8 +95,10 @@ def _command(impl: str, src: Path, out: Path, schema: Path, tree: Optional[Path]
     else:
         args = ["preprocess", "--schema", str(schema), "--input", str(src), "--out", str(out), "--no-progress"]
     tree = tree or ROOT  # that tree's package first (python -m puts the working directory first on the path)
-    return [sys.executable, "-m", "dlrm_dist.cli.data_main", *args], {
-        "cwd": tree, "env": {**os.environ, "PYTHONPATH": str(tree)}}
+    # Bytecode written and read as an installed package's is (pip compiles it): a PYTHONDONTWRITEBYTECODE
+    # environment would charge every run ~0.15 s of compiling the tree's sources.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return [sys.executable, "-m", "dlrm_dist.cli.data_main", *args], {"cwd": tree, "env": {**env, "PYTHONPATH": str(tree)}}
 
 
 def run_ours(src: Path, out: Path, schema: Path, impl: str = "dlrm_dist", tree: Optional[Path] = None,
@@ -175,6 +178,8 @@ def main() -> None:
     p.add_argument("--torchrec-rows", type=int, default=100_000, help="0: skip TorchRec's tsv_to_npys")
     p.add_argument("--json-out", type=Path, help="also write every record to this JSON file")
     p.add_argument("--reference", type=Path, help="a checkout of another commit to run side by side")
+    p.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
+                   help="more checkouts to run side by side, each under its NAME (repeatable)")
     p.add_argument("--old-stack", type=Path, help="a checkout of 2722061^ (the Criteo stack before the columnar one)")
     p.add_argument("--input", type=Path, help="an existing file of make_input's (instead of --rows new lines)")
     args = p.parse_args()
@@ -194,6 +199,9 @@ def main() -> None:
             trees["reference"] = args.reference.resolve()
         if args.old_stack:
             trees["old_stack"] = args.old_stack.resolve()
+        for named in args.tree:
+            name, _, directory = named.partition("=")
+            trees[name] = Path(directory).resolve()
         if len(trees) > 1:
             records += side_by_side(src, Path(tmp) / "out", schema, trees, args.repeats)
         else:
@@ -205,7 +213,7 @@ def main() -> None:
         args.json_out.write_text(json.dumps({
             "benchmark": "preprocess_vs_torchrec", "rows": records[0]["rows"], "cpus": os.cpu_count(),
             "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M"),
-            "reference": str(args.reference or ""), "old_stack": str(args.old_stack or ""),
+            "reference": str(args.reference or ""), "old_stack": str(args.old_stack or ""), "trees": args.tree,
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "summary": summary(records), "runs": records}, indent=1) + "\n")
 
