@@ -163,6 +163,27 @@ def test_a_run_killed_after_the_fit_is_completed_by_the_rerun(tmp_path: Path, sm
     assert _files(out) == _files(tmp_path / "clean")
 
 
+def test_a_killed_runs_stage_is_removed_when_the_rerun_streams(tmp_path: Path, criteo_sample: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A criteo_tsv vocabulary job killed in its write leaves fit.json (and, after a SIGKILL, its stage):
+    the rerun streams through the workers (nothing left to fit) and must still remove the stage."""
+    opts = Options(criteo_schema(days=5, vocab_min_count=2), [criteo_sample], tmp_path / "out", progress=False,
+                   workers=1)
+
+    def killed(*args, **kw):
+        raise KeyboardInterrupt  # a kill in the write, after fit.json
+
+    monkeypatch.setattr(staging, "finish_block", killed)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess(opts)
+    assert (opts.out_dir / "fit.json").is_file() and not (opts.out_dir / "meta.json").exists()
+    (opts.out_dir / staging.STAGING).mkdir()  # what a SIGKILL leaves (it skips the run's own removal)
+    (opts.out_dir / staging.STAGING / "sparse0").write_bytes(b"\0" * 64)
+    monkeypatch.undo()
+    preprocess(opts)
+    assert (opts.out_dir / "meta.json").is_file() and not (opts.out_dir / staging.STAGING).exists()
+
+
 def test_two_values_with_one_hash_are_refused_naming_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = _write_csv(tmp_path / "data.csv", 200)
     monkeypatch.setattr(kernels.Interner, "HASH_MASK", np.uint64(3))  # 4 hashes for all values

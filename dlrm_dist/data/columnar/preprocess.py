@@ -29,6 +29,7 @@ is written atomically; a full disk is named and this run's ``.partial`` files ar
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -92,6 +93,9 @@ def run_passes(opts: Options) -> tuple[FeatureSchema, Optional[tuple[float, floa
     """The conversion of a (locked, checked) job, by the passes its inputs and split need (module
     docstring); writes fit.json, vocab/ and the folders, not meta.json. Returns (fitted schema,
     time cut-offs, each folder's rows and bag lengths, report)."""
+    # A killed run's stage (a SIGKILL skips its removal), whichever pass this run takes: a rerun after
+    # the fit streams and would never reach staging.run.
+    shutil.rmtree(opts.out_dir / staging.STAGING, ignore_errors=True)
     days = days_of(opts)
     if opts.schema.input.format == "criteo_tsv" and opts.schema.split.by != "time":
         done = known_fit(opts)

@@ -321,7 +321,6 @@ def finish_block(block: _Block, arrays: _Arrays, schema: FeatureSchema, cutoffs:
 def run(opts: Options, days: Optional[Days]) -> tuple[FeatureSchema, Optional[tuple[float, float]], dict[str, Any], Report]:
     """The whole conversion of a (locked, checked) job: (fitted schema, cut-offs, splits, report)."""
     out, schema = opts.out_dir, opts.schema
-    shutil.rmtree(out / STAGING, ignore_errors=True)  # a killed run's
     done = known_fit(opts)
     with ThreadPoolExecutor(max_workers=byte_ranges.cpu_threads(), thread_name_prefix="dlrm_dist-stage") as pool:
         if schema.split.by != "time" and done is not None:
