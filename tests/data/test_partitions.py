@@ -105,6 +105,9 @@ def test_rerun_of_an_append_is_a_no_op_that_says_so(grown: Path, tmp_path: Path,
     before = days.snapshot(grown)
     code, out, _ = _cli(capsys, "--append", "--out", str(grown), "--input", str(tmp_path / "day3.csv"), "--partition", "3")
     assert code == 0 and "partition 3 is complete from this input: nothing to do" in out
+    # the same command as the one that appended day 3 (no --partition: "the largest + 1" then, 4 now)
+    code, out, _ = _cli(capsys, "--append", "--out", str(grown), "--input", str(tmp_path / "day3.csv"))
+    assert code == 0 and "partition 3 is complete from this input: nothing to do" in out
     (tmp_path / "s.json").write_text(json.dumps(days.schema_dict()))  # the first partition's job, again
     code, out, _ = _cli(capsys, "--schema", str(tmp_path / "s.json"), "--input", str(tmp_path / "day1.csv"),
                         "--out", str(grown), "--partition", "1")

@@ -245,6 +245,17 @@ def _refuse_published_input(out: Path, published: dict[int, dict[str, Any]], rec
                                       f"partition {number} would train on those rows twice; give the next day's file")
 
 
+def _last_from_this_input(out: Path, published: dict[int, dict[str, Any]], record: dict[str, Any]) -> Optional[int]:
+    """The largest partition, when an ``--append`` without ``--partition`` has its complete job's input
+    and options (``record`` is this append's, for the next number): the same command run again."""
+    if not published:
+        return None
+    last = max(published)
+    old = read_job(out, layout.partition_job(last))
+    same = old is not None and is_complete(old, True) and not differences(old, {**record, "partition": last})
+    return last if same else None
+
+
 def _refuse_other_input(out: Path, number: int, old: dict[str, Any], record: dict[str, Any]) -> None:
     was = [i.get("path") for i in old.get("inputs", [])]
     raise PreprocessError(f"partition {number} of {out} was written from {was}; this append's input differs "
@@ -278,6 +289,8 @@ def append(opts: Options) -> PartitionReport:
         number = _check_number(opts.partition) if opts.partition is not None else max(published, default=0) + 1
         layout.output_files(out, stored, (layout.partition_split(number),))
         record, name = _partition_record(opts, number), layout.partition_job(number)
+        if opts.partition is None and (last := _last_from_this_input(out, published, record)) is not None:
+            return _done(out, last)  # a rerun of the append that made it (its number was "the largest + 1")
         old = read_job(out, name)
         if old is not None and is_complete(old, number in published):
             if differences(old, record):
