@@ -268,20 +268,24 @@ def run_import_torchrec(args: argparse.Namespace) -> int:
     return 0
 
 
-# What each subcommand imports (the modules that take the time: numpy, pyarrow, pydantic, numba).
-_MODULES = {"preprocess": ("dlrm_dist.data.columnar.preprocess", "dlrm_dist.data.columnar.partitions",
-                           "dlrm_dist.features.io"),
-            "stats": ("dlrm_dist.data.columnar.stats",), "import-torchrec": ("dlrm_dist.data.columnar.import_torchrec",),
-            "fetch": ("dlrm_dist.data.movielens",)}
+def _modules(args: argparse.Namespace) -> tuple[str, ...]:
+    """What the subcommand imports (the modules that take the time: numpy, pyarrow, pydantic, numba);
+    a day partition's job also needs partitions.py (and through it the training config's sections)."""
+    if args.command == "preprocess":
+        partitioned = args.partition is not None or args.append or args.refit
+        return ("dlrm_dist.data.columnar.preprocess", "dlrm_dist.features.io",
+                *(("dlrm_dist.data.columnar.partitions",) if partitioned else ()))
+    return {"stats": ("dlrm_dist.data.columnar.stats",), "import-torchrec": ("dlrm_dist.data.columnar.import_torchrec",),
+            "fetch": ("dlrm_dist.data.movielens",)}[args.command]
 
 
-def _import_quietly(command: str) -> None:
-    """Imports ``command``'s modules with the collector off, then freezes what they built: no
+def _import_quietly(args: argparse.Namespace) -> None:
+    """Imports the subcommand's modules with the collector off, then freezes what they built: no
     collection walks it again (nor copies its pages in a forked worker)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
-        for name in _MODULES[command]:
+        for name in _modules(args):
             importlib.import_module(name)
     finally:
         gc.freeze()
@@ -300,7 +304,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     fetch.add_argument("dataset", choices=("movielens-100k",))
     fetch.add_argument("directory")
     args = parser.parse_args(argv)
-    _import_quietly(args.command)
+    _import_quietly(args)
     commands = {"preprocess": run_preprocess, "stats": run_stats, "fetch": run_fetch,
                 "import-torchrec": run_import_torchrec}
     # At exit the interpreter's last collection walks every object of numpy, pyarrow, pydantic and

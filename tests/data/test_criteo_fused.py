@@ -238,4 +238,6 @@ def test_the_cli_imports_its_modules_with_the_collector_off(criteo_sample, tmp_p
     assert data_main.main(["preprocess", "--schema", "criteo:days=7,buckets=100", "--input", str(criteo_sample),
                            "--out", str(tmp_path / "o"), "--no-progress"]) == 0
     assert ("dlrm_dist.data.columnar.preprocess", False) in imported
+    # a split job does not load the day-partition module (nor, through it, the training config)
+    assert "dlrm_dist.data.columnar.partitions" not in {name for name, _ in imported}
     assert frozen[0] is False and gc.isenabled()
