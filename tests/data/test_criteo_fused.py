@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlrm_dist.data.columnar import criteo_fused, criteo_tsv
+from dlrm_dist.data.columnar import criteo_fused, criteo_tsv, shared_blocks
 from dlrm_dist.data.columnar.columns import BadLines
 from dlrm_dist.data.columnar.encode import Encoded, encode_batch
 from dlrm_dist.data.columnar.preprocess import Options, preprocess
@@ -131,8 +131,8 @@ def test_recycled_blocks_never_change_arrays_a_caller_keeps(criteo_sample, tmp_p
     src.write_bytes(_lines(criteo_sample, extra=300, seed=2))
     monkeypatch.setattr(criteo_tsv, "CHUNK_BYTES", 4 << 10)
     schema = criteo_schema(buckets=97, days=2)
-    unpacked, unpack = [], criteo_tsv._unpack
-    monkeypatch.setattr(criteo_tsv, "_unpack", lambda name, specs, recycle=None: unpacked.append(
+    unpacked, unpack = [], shared_blocks.unpack
+    monkeypatch.setattr(shared_blocks, "unpack", lambda name, specs, recycle=None: unpacked.append(
         (name, recycle is not None)) or unpack(name, specs, recycle))
 
     def read() -> list[Encoded]:
@@ -215,12 +215,12 @@ def test_a_read_removes_the_blocks_of_killed_reads_only(criteo_sample, tmp_path)
         os.close(_posixshmem.shm_open("/" + name, os.O_RDWR | os.O_CREAT, mode=0o600))
     try:
         list(criteo_tsv.read_inputs([criteo_sample], criteo_schema(days=7, buckets=100), BadLines(), workers=1))
-        left = {n for n in names.values() if (criteo_tsv.SHM_DIR / n).exists()}
+        left = {n for n in names.values() if (shared_blocks.SHM_DIR / n).exists()}
         assert left == {names["ours"], names["pid1"], names["other"]}
-        assert criteo_tsv.remove_stale_blocks() == 0
+        assert shared_blocks.remove_stale_blocks() == 0
     finally:
         for name in names.values():
-            if (criteo_tsv.SHM_DIR / name).exists():
+            if (shared_blocks.SHM_DIR / name).exists():
                 _posixshmem.shm_unlink("/" + name)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from dlrm_dist.cli.data_main import main as data_main
-from dlrm_dist.data.columnar import criteo_tsv, layout
+from dlrm_dist.data.columnar import criteo_tsv, layout, shared_blocks
 from dlrm_dist.data.columnar.preprocess import Options, PreprocessError, preprocess
 from dlrm_dist.features.builtin import criteo_schema, criteo_sparse_names
 from tests.data import reference
@@ -68,10 +68,10 @@ def test_a_stopped_read_leaves_no_shared_memory(criteo_sample, tmp_path, monkeyp
     bad = tmp_path / "train.txt"
     bad.write_bytes(b"1\t2\t3\n" + criteo_sample.read_bytes() * 5)
     monkeypatch.setattr(criteo_tsv, "CHUNK_BYTES", 2048)  # many chunks in flight when the first one stops it
-    before = set(criteo_tsv.SHM_DIR.iterdir())
+    before = set(shared_blocks.SHM_DIR.iterdir())
     with pytest.raises(PreprocessError, match="--strict"):
         _pre([bad], tmp_path / "strict", days=7, buckets=100, strict=True)
-    new = {p.name for p in set(criteo_tsv.SHM_DIR.iterdir()) - before}
+    new = {p.name for p in set(shared_blocks.SHM_DIR.iterdir()) - before}
     assert not {n for n in new if n.startswith(("psm_", f"dlrm_dist_{os.getpid()}_"))}, new
 
 

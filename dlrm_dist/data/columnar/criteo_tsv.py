@@ -10,7 +10,7 @@ names a row in errors (``locate.where``) and cuts pseudo-days (``encode.Days``).
 
 - Plain files are cut into byte ranges ending at line ends, which worker processes (fork)
   read themselves; gzip files are decompressed here and their chunks handed out as bytes.
-- Workers return arrays through shared memory (pickling tens of MB per chunk through a pipe
+- Workers return arrays through shared memory (shared_blocks.py; pickling tens of MB per chunk through a pipe
   made the reading process the bottleneck); chunks come back in file order.
 - ``encoder``: the workers also run the ONE encoder (encode.encode_batch, a pure function
   of a batch and the fitted schema) on their chunk, so that the main process only writes.
@@ -24,26 +24,22 @@ names a row in errors (``locate.where``) and cuts pseudo-days (``encode.Days``).
 
 from __future__ import annotations
 
-import _posixshmem
 import gc
 import gzip
 import mmap
 import multiprocessing as mp
 import os
-import queue
-import re
 import secrets
-import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
 
+from dlrm_dist.data.columnar import shared_blocks as blocks
 from dlrm_dist.data.columnar.columns import NUM, TEXT, uses
 from dlrm_dist.data.columnar.criteo_fused import Fused, encode_fused, fused_encoded, fused_plan, fused_specs
 from dlrm_dist.data.columnar.locate import LINE_FIELD, ORIGIN_FIRST, ORIGIN_PATH
@@ -193,145 +189,11 @@ def count_lines(paths: list[Path], workers: int) -> list[int]:
     return counts
 
 
-# -- shared-memory handoff ------------------------------------------------------------------------
-SHM_DIR = Path("/dev/shm")  # where Linux keeps POSIX shared memory: a stopped read's blocks are removed there
-_BLOCK_NAME = re.compile(r"dlrm_dist_(\d+)_[0-9a-f]+_[0-9a-f]+")  # dlrm_dist_<reading pid>_<read>_<block>
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (another user's counts: signalling it is refused, not unknown)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_blocks(shm_dir: Path = SHM_DIR) -> int:
-    """Unlinks the blocks of reads whose process is gone; how many. A read removes its own blocks
-    when it ends, also on an error, but a killed one (SIGKILL, the OOM killer) cannot: its blocks
-    would hold their memory until reboot. Blocks of live processes (ours included) are left alone;
-    a pid reused since only delays the removal to a later read."""
-    removed = 0
-    for entry in shm_dir.glob("dlrm_dist_*"):
-        match = _BLOCK_NAME.fullmatch(entry.name)
-        if match is None or int(match.group(1)) == os.getpid() or _alive(int(match.group(1))):
-            continue
-        try:
-            _posixshmem.shm_unlink("/" + entry.name)
-            removed += 1
-        except FileNotFoundError:  # another read removed it first
-            pass
-    return removed
-
-
-def _pack(arrays: list[np.ndarray]) -> tuple[str, list[tuple[str, tuple[int, ...]]]]:
-    """Copies ``arrays`` into a new shared-memory block (in a worker); the main process owns it.
-    Blocks are named after the read, so that those still in flight when it stops can be removed."""
-    shm = shared_memory.SharedMemory(name=_JOB["prefix"] + secrets.token_hex(8), create=True,
-                                     size=max(1, sum(a.nbytes for a in arrays)))
-    offset = 0
-    for a in arrays:
-        np.ndarray(a.shape, a.dtype, buffer=shm.buf, offset=offset)[...] = a
-        offset += a.nbytes
-    resource_tracker.unregister(shm._name, "shared_memory")  # noqa: SLF001 - the main process unlinks it
-    shm.close()
-    return shm.name, [(a.dtype.str, a.shape) for a in arrays]
-
-
-def _nbytes(specs: list[tuple[str, tuple[int, ...]]]) -> int:
-    return max(1, sum(np.dtype(d).itemsize * int(np.prod(shape, dtype=np.int64)) for d, shape in specs))
-
-
-def _new_block(specs: list[tuple[str, tuple[int, ...]]]) -> tuple[str, list[np.ndarray]]:
-    """A new shared-memory block (in a worker) holding arrays of ``specs``, for a kernel to write
-    into: (its name, the arrays). Its pages are allocated as they are written, so an array sized
-    for the most rows a chunk could hold costs only the rows it gets. The main process unlinks it."""
-    name, mapped = _create(_nbytes(specs))
-    return name, _views(mapped, specs)
-
-
-def _create(size: int) -> tuple[str, mmap.mmap]:
-    name = _JOB["prefix"] + secrets.token_hex(8)
-    fd = _posixshmem.shm_open("/" + name, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode=0o600)
-    try:
-        os.ftruncate(fd, size)
-        return name, mmap.mmap(fd, size)
-    finally:
-        os.close(fd)
-
-
-def _mapped(name: str) -> mmap.mmap:
-    fd = _posixshmem.shm_open("/" + name.lstrip("/"), os.O_RDWR, mode=0o600)
-    try:
-        return mmap.mmap(fd, os.fstat(fd).st_size)
-    finally:
-        os.close(fd)
-
-
-# Recycled blocks (the fused path). A new block's pages are allocated, zeroed and mapped as the
-# kernel first writes them: measured at ~0.2 us of a worker's CPU per row, a fifth of the fused
-# parse. So the main process hands a block back (its name on the ``free`` queue) once no array of
-# it is left (weakref.finalize on its mapping: a consumer that keeps a batch keeps its block),
-# and a worker writes the next chunk into it, through the mapping it kept.
-_WORKER_MAPS: dict[str, mmap.mmap] = {}  # a worker's mappings of recycled blocks, kept from use to use
-
-
+# -- shared-memory blocks (shared_blocks.py) ----------------------------------------------------
 def pooled_capacity() -> int:
     """Rows of a recycled block: every chunk of whole lines up to CHUNK_BYTES + 1 MB fits (so one
     layout serves them all, and the pages a use writes are those the last one did)."""
     return row_capacity(CHUNK_BYTES + (1 << 20))
-
-
-def _pooled_block(specs: list[tuple[str, tuple[int, ...]]]) -> tuple[str, list[np.ndarray]]:
-    """A block for ``specs`` (a recycled block's): one the main process handed back, else a new one."""
-    try:
-        name = _JOB["free"].get_nowait()
-    except queue.Empty:
-        name, mapped = _create(_nbytes(specs))
-    else:
-        mapped = _WORKER_MAPS.get(name) or _mapped(name)
-    _WORKER_MAPS[name] = mapped
-    return name, _views(mapped, specs)
-
-
-class _Recycler:
-    """Hands blocks back to the workers while the read runs (and not after: the queue is closed then)."""
-
-    def __init__(self, free: Any) -> None:
-        self.free, self.open = free, True
-
-    def __call__(self, name: str) -> None:
-        if self.open:
-            self.free.put(name)
-
-
-def _views(mapped: mmap.mmap, specs: list[tuple[str, tuple[int, ...]]]) -> list[np.ndarray]:
-    """The arrays of ``specs`` laid end to end in ``mapped`` (they keep the mapping alive)."""
-    out, offset = [], 0
-    for dtype, shape in specs:
-        dt = np.dtype(dtype)
-        count = int(np.prod(shape, dtype=np.int64))
-        out.append(np.frombuffer(mapped, dt, count, offset).reshape(shape))
-        offset += count * dt.itemsize
-    return out
-
-
-def _unpack(name: str, specs: list[tuple[str, tuple[int, ...]]], recycle: Optional[_Recycler] = None
-            ) -> list[np.ndarray]:
-    """The arrays of a block, without a copy: the block is mapped and the mapping lives as long as
-    the arrays do (numpy holds the mmap; the last array frees it). Its name is removed at once,
-    or with ``recycle`` handed back to the workers when the last array goes."""
-    try:
-        mapped = _mapped(name)
-    finally:
-        if recycle is None:
-            _posixshmem.shm_unlink("/" + name.lstrip("/"))
-    if recycle is not None:
-        weakref.finalize(mapped, recycle, name)
-    return _views(mapped, specs)
 
 
 # -- which field of a line each use reads ---------------------------------------------------------
@@ -394,10 +256,11 @@ def _work_fused(chunk: Chunk, fused: Fused) -> _Result:
     cap = row_capacity(len(data) - 1)
     pooled = cap <= pooled_capacity()  # (a chunk of one line longer than 1 MB gets a block of its own)
     specs = fused_specs(fused, pooled_capacity() if pooled else cap)
-    name, arrays = _pooled_block(specs) if pooled else _new_block(specs)
+    name, arrays = (blocks.pooled_block(specs, _JOB["prefix"], _JOB["free"]) if pooled
+                    else blocks.new_block(specs, _JOB["prefix"]))
     found, _ = encode_fused(data, fused, arrays)
     if found.rows <= 0:
-        _JOB["free"].put(name) if pooled else _posixshmem.shm_unlink("/" + name)
+        _JOB["free"].put(name) if pooled else blocks.unlink(name)
     return _Result(chunk, (name, specs) if found.rows > 0 else None, found.num_lines, found.rows, found.bad,
                    found.num_bad, pooled)
 
@@ -418,7 +281,7 @@ def _work(chunk: Chunk) -> _Result:
         except (PreprocessError, SchemaError):  # the main process runs it again and says where
             return _Result(chunk, None, parsed.num_lines, -1, parsed.bad, parsed.num_bad)
         arrays = [parsed.rows, *_split_fields(parsed, _JOB["positions"], _JOB["time"]), *encoded.arrays()]
-    return _Result(chunk, _pack(arrays), parsed.num_lines, rows, parsed.bad, parsed.num_bad)
+    return _Result(chunk, blocks.pack(arrays, _JOB["prefix"]), parsed.num_lines, rows, parsed.bad, parsed.num_bad)
 
 
 def _split_fields(parsed: ParsedChunk, positions: dict, time_column: Optional[str]) -> list[np.ndarray]:
@@ -432,7 +295,7 @@ def _split_fields(parsed: ParsedChunk, positions: dict, time_column: Optional[st
 
 # -- main side ------------------------------------------------------------------------------------
 def _unpacked(result: _Result) -> ParsedChunk:
-    labels, dense, dmiss, sparse, smiss, rows = _unpack(*result.block)
+    labels, dense, dmiss, sparse, smiss, rows = blocks.unpack(*result.block)
     return ParsedChunk(dense, dmiss, sparse, smiss, labels, result.lines, result.bad, result.num_bad, rows)
 
 
@@ -487,7 +350,7 @@ def _decoder(from_arrays: Callable) -> Callable:
     time_column = _JOB["time"]
 
     def decode(result: _Result, path: Path, row: int, line: int) -> tuple:
-        arrays = _unpack(*result.block)
+        arrays = blocks.unpack(*result.block)
         lines, rest = arrays[0] + line, arrays[1:]
         fields, names = [pa.array(lines)], [LINE_FIELD]
         if time_column is not None:
@@ -505,7 +368,7 @@ def _fused_decoder(from_arrays: Callable) -> Callable:
     fused, recycle = _JOB["fused"], _JOB["recycle"]
 
     def decode(result: _Result, path: Path, row: int, line: int) -> tuple:
-        lines, flat = fused_encoded(fused, result.rows, _unpack(*result.block, recycle if result.pooled else None))
+        lines, flat = fused_encoded(fused, result.rows, blocks.unpack(*result.block, recycle if result.pooled else None))
         batch = pa.RecordBatch.from_arrays([pa.array(lines + line)], names=[LINE_FIELD]).replace_schema_metadata(
             {ORIGIN_PATH: str(path), ORIGIN_FIRST: str(row)})
         return batch, from_arrays(flat)
@@ -536,12 +399,12 @@ def read_inputs(paths: list[Path], schema: FeatureSchema, bad, on_file: Optional
     has a plan for the schema, the workers run that instead, which gives the same arrays (in
     recycled shared-memory blocks: one goes back to the workers when no array of it is left).
     """
-    remove_stale_blocks()
+    blocks.remove_stale_blocks()
     prefix = f"dlrm_dist_{os.getpid()}_{secrets.token_hex(4)}_"
     positions = _positions(schema)
     fused = fused_plan(schema, positions) if encoder is not None else None
     free = mp.get_context("fork").Queue() if fused else None  # names of blocks handed back
-    recycle = _Recycler(free) if fused else None
+    recycle = blocks.Recycler(free) if fused else None
     _JOB.update(positions=positions, encoder=encoder, prefix=prefix, fused=fused, free=free, recycle=recycle,
                 time=schema.split.column if schema.split.by == "time" else None)
     decode = None if encoder is None else _fused_decoder(from_arrays) if fused else _decoder(from_arrays)
@@ -559,5 +422,5 @@ def read_inputs(paths: list[Path], schema: FeatureSchema, bad, on_file: Optional
             recycle.open = False
             free.close()
             free.cancel_join_thread()
-        for leftover in SHM_DIR.glob(prefix + "*"):
-            _posixshmem.shm_unlink("/" + leftover.name)
+        for leftover in blocks.SHM_DIR.glob(prefix + "*"):
+            blocks.unlink(leftover.name)
