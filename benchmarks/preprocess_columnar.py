@@ -39,6 +39,7 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or as -m benchmarks.X
 from benchmarks import gen_columnar_csv  # noqa: E402
+from benchmarks.preprocess_vs_torchrec import installed_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "benchmarks" / "schemas" / "columnar19.toml"
@@ -64,14 +65,14 @@ def _timed(cmd: list[str], cwd: Optional[Path] = None, env: Optional[dict] = Non
 def run(impl: str, src: Path, out: Path, rows: int, schema: Path = SCHEMA, base: Optional[Path] = None) -> dict:
     """One timed run of ``impl``: pyarrow, new (this tree), base (the tree ``base``: the code a
     change is measured against) or criteo."""
-    py, cwd, env = sys.executable, None, None
+    py, cwd, env = sys.executable, None, installed_env(ROOT)
     if impl == "pyarrow":
         cmd = [py, "-c", PYARROW, str(src)]
     else:
         shutil.rmtree(out, ignore_errors=True)
         args = ["preprocess", "--schema", str(schema), "--input", str(src), "--out", str(out), "--no-progress"]
         if impl == "base":  # that tree's package first on the path (python -m puts the working directory first)
-            cmd, cwd, env = [py, "-m", "dlrm_dist.cli.data_main", *args], base, {**os.environ, "PYTHONPATH": str(base)}
+            cmd, cwd, env = [py, "-m", "dlrm_dist.cli.data_main", *args], base, installed_env(base)
         else:
             cmd = [str(Path(py).parent / "dlrm-data"), *args]
     load = round(os.getloadavg()[0], 2)

@@ -95,10 +95,15 @@ def _command(impl: str, src: Path, out: Path, schema: Path, tree: Optional[Path]
     else:
         args = ["preprocess", "--schema", str(schema), "--input", str(src), "--out", str(out), "--no-progress"]
     tree = tree or ROOT  # that tree's package first (python -m puts the working directory first on the path)
-    # Bytecode written and read as an installed package's is (pip compiles it): a PYTHONDONTWRITEBYTECODE
-    # environment would charge every run ~0.15 s of compiling the tree's sources.
+    return [sys.executable, "-m", "dlrm_dist.cli.data_main", *args], {"cwd": tree, "env": installed_env(tree)}
+
+
+def installed_env(tree: Path) -> dict[str, str]:
+    """A timed run's environment: ``tree``'s package first on the path, bytecode written and read as
+    an installed package's is (pip compiles it): a PYTHONDONTWRITEBYTECODE environment would charge
+    every run ~0.15 s of compiling the tree's sources."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    return [sys.executable, "-m", "dlrm_dist.cli.data_main", *args], {"cwd": tree, "env": {**env, "PYTHONPATH": str(tree)}}
+    return {**env, "PYTHONPATH": str(tree)}
 
 
 def run_ours(src: Path, out: Path, schema: Path, impl: str = "dlrm_dist", tree: Optional[Path] = None,
