@@ -313,7 +313,10 @@ def _in_order(pool, tasks: Iterator[Chunk]) -> Iterator[_Result]:
     waits, and a bound on the blocks (and gzip bytes) alive when the reading process is the slower."""
     pending: deque = deque()
     window = AHEAD * pool._processes + 1  # noqa: SLF001 - the pool's size, as it was made
+    recycle = _JOB.get("recycle")
     for task in tasks:
+        if recycle is not None:
+            recycle.drain()  # the blocks freed since: the workers' next chunks go into them
         pending.append(pool.apply_async(_work, (task,)))
         if len(pending) >= window:
             yield pending.popleft().get()
@@ -409,6 +412,7 @@ def read_inputs(paths: list[Path], schema: FeatureSchema, bad, on_file: Optional
                 time=schema.split.column if schema.split.by == "time" else None)
     decode = None if encoder is None else _fused_decoder(from_arrays) if fused else _decoder(from_arrays)
     encode_fused(b"", fused) if fused else parse_chunk(b"")  # compiled code loaded once, before the fork
+    lock = blocks.hold_read_lock(prefix)  # before any block exists: other reads' sweeps leave ours
     try:
         with _forked_pool(workers or max(1, os.cpu_count() or 1)) as pool:
             for path in paths:
@@ -422,5 +426,6 @@ def read_inputs(paths: list[Path], schema: FeatureSchema, bad, on_file: Optional
             recycle.open = False
             free.close()
             free.cancel_join_thread()
-        for leftover in blocks.SHM_DIR.glob(prefix + "*"):
+        for leftover in blocks.SHM_DIR.glob(prefix + "*"):  # (the lock file too)
             blocks.unlink(leftover.name)
+        os.close(lock)

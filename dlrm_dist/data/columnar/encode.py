@@ -184,8 +184,14 @@ class Days:
         file = self.files.index(str(locate.origin(batch)[0]))
         if self.bounds is None:
             return np.full(batch.num_rows, file, np.int64)
-        lines = batch.column(locate.LINE_FIELD).to_numpy() + self.first_lines[file]
-        return np.searchsorted(np.asarray(self.bounds), lines, side="right") - 1
+        lines = batch.column(locate.LINE_FIELD).to_numpy()
+        counted = (self.first_lines[file + 1] if file + 1 < len(self.first_lines) else self.bounds[-1]) - \
+            self.first_lines[file]
+        if len(lines) and (last := int(lines.max())) >= counted:  # its rows would land in another day
+            raise PreprocessError(f"{self.files[file]}: line {last + 1:,} is past the {counted:,} lines "
+                                  "counted for the pseudo-days before the read: the file grew while being read; "
+                                  "preprocess a file that no longer changes")
+        return np.searchsorted(np.asarray(self.bounds), lines + self.first_lines[file], side="right") - 1
 
 
 def split_of(batch: pa.RecordBatch, schema: FeatureSchema, row0: int, cutoffs: Optional[tuple[float, float]],

@@ -12,20 +12,26 @@ never the other way round).
 from __future__ import annotations
 
 import _posixshmem
+import fcntl
 import mmap
 import os
 import queue
 import re
 import secrets
 import weakref
+from collections import deque
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
+from dlrm_dist.data.errors import PreprocessError
+
 SHM_DIR = Path("/dev/shm")  # where Linux keeps POSIX shared memory: a stopped read's blocks are removed there
-_BLOCK_NAME = re.compile(r"dlrm_dist_(\d+)_[0-9a-f]+_[0-9a-f]+")  # dlrm_dist_<reading pid>_<read>_<block>
+# dlrm_dist_<reading pid>_<read>_<block>, and each read's lock file dlrm_dist_<reading pid>_<read>_lock
+_ENTRY = re.compile(r"(dlrm_dist_(\d+)_[0-9a-f]+_)(?:[0-9a-f]+|lock)")
+LOCK = "lock"
 
 
 def _alive(pid: int) -> bool:
@@ -39,21 +45,57 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def hold_read_lock(prefix: str, shm_dir: Path = SHM_DIR) -> int:
+    """Takes the read ``prefix``'s lock (an flock on ``<prefix>lock`` in ``shm_dir``) and returns its
+    descriptor, held until closed (the forked workers share it). Other reads' sweeps leave the blocks
+    of a read whose lock is held: an flock is seen from every pid namespace that shares /dev/shm,
+    where the pid in a block's name may mean another process. The file is locked under a temporary
+    name and renamed, so a sweep never finds it unlocked."""
+    temporary = shm_dir / f"{prefix}{secrets.token_hex(4)}.new"
+    fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.rename(temporary, shm_dir / (prefix + LOCK))
+    return fd
+
+
+def _in_use(shm_dir: Path, prefix: str, pid: int) -> bool:
+    """Whether read ``prefix`` may still use its blocks: its lock is held (or is another user's); a
+    read without a lock file (an older version's) by whether its pid is alive."""
+    try:
+        fd = os.open(shm_dir / (prefix + LOCK), os.O_RDWR)
+    except FileNotFoundError:
+        return _alive(pid)
+    except PermissionError:  # another user's read: theirs to remove
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # (releases the probe's lock, if it got it)
+
+
 def remove_stale_blocks(shm_dir: Path = SHM_DIR) -> int:
-    """Unlinks the blocks of reads whose process is gone; how many. A read removes its own blocks
-    when it ends, also on an error, but a killed one (SIGKILL, the OOM killer) cannot: its blocks
-    would hold their memory until reboot. Blocks of live processes (ours included) are left alone;
-    a pid reused since only delays the removal to a later read."""
-    removed = 0
+    """Unlinks the blocks (and lock files) of reads that are gone; how many blocks. A read removes its
+    own when it ends, also on an error, but a killed one (SIGKILL, the OOM killer) cannot: its blocks
+    would hold their memory until reboot. A read whose lock is held (this one's included), or
+    another user's, is left alone."""
+    reads: dict[str, list[str]] = {}
     for entry in shm_dir.glob("dlrm_dist_*"):
-        match = _BLOCK_NAME.fullmatch(entry.name)
-        if match is None or int(match.group(1)) == os.getpid() or _alive(int(match.group(1))):
+        match = _ENTRY.fullmatch(entry.name)
+        if match is not None and int(match.group(2)) != os.getpid():
+            reads.setdefault(match.group(1), []).append(entry.name)
+    removed = 0
+    for prefix, names in reads.items():
+        if _in_use(shm_dir, prefix, int(_ENTRY.fullmatch(names[0]).group(2))):
             continue
-        try:
-            _posixshmem.shm_unlink("/" + entry.name)
-            removed += 1
-        except FileNotFoundError:  # another read removed it first
-            pass
+        for name in sorted(names, key=lambda n: n.endswith(LOCK)):  # (the lock last: a sweep meanwhile still sees it)
+            try:
+                _posixshmem.shm_unlink("/" + name)
+                removed += not name.endswith(LOCK)
+            except (FileNotFoundError, PermissionError):  # removed meanwhile; another user's (sticky /dev/shm)
+                pass
     return removed
 
 
@@ -94,7 +136,11 @@ def create(size: int, prefix: str) -> tuple[str, mmap.mmap]:
 
 
 def mapped_block(name: str) -> mmap.mmap:
-    fd = _posixshmem.shm_open("/" + name.lstrip("/"), os.O_RDWR, mode=0o600)
+    try:
+        fd = _posixshmem.shm_open("/" + name.lstrip("/"), os.O_RDWR, mode=0o600)
+    except FileNotFoundError:
+        raise PreprocessError(f"shared-memory block /dev/shm/{name.lstrip('/')} of this read vanished: another "
+                              "process removed it (a tool cleaning /dev/shm?); run the job again") from None
     try:
         return mmap.mmap(fd, os.fstat(fd).st_size)
     finally:
@@ -123,14 +169,21 @@ def pooled_block(specs: list[tuple[str, tuple[int, ...]]], prefix: str, free: An
 
 
 class Recycler:
-    """Hands blocks back to the workers while the read runs (and not after: the queue is closed then)."""
+    """Hands blocks back to the workers while the read runs (and not after: the queue is closed then).
+
+    Called from weakref callbacks, which may run inside the garbage collector, in the middle of any
+    code of this thread: the callback only appends to a deque (no lock), and the reading loop puts
+    the names on the queue (``drain``), whose put takes a lock a callback must not take again."""
 
     def __init__(self, free: Any) -> None:
-        self.free, self.open = free, True
+        self.free, self.open, self.names = free, True, deque()
 
     def __call__(self, name: str) -> None:
-        if self.open:
-            self.free.put(name)
+        self.names.append(name)
+
+    def drain(self) -> None:
+        while self.open and self.names:
+            self.free.put(self.names.popleft())
 
 
 def views(mapped: mmap.mmap, specs: list[tuple[str, tuple[int, ...]]]) -> list[np.ndarray]:
