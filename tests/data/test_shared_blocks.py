@@ -7,15 +7,18 @@ import _posixshmem
 import os
 import queue
 import secrets
+import signal
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from dlrm_dist.data.columnar import shared_blocks
+from dlrm_dist.data.columnar import criteo_tsv, shared_blocks
+from dlrm_dist.data.columnar.columns import BadLines
 from dlrm_dist.data.columnar.encode import Days
 from dlrm_dist.data.columnar.locate import LINE_FIELD, ORIGIN_FIRST, ORIGIN_PATH
 from dlrm_dist.data.errors import PreprocessError
+from dlrm_dist.features.builtin import criteo_schema
 
 SHM = shared_blocks.SHM_DIR
 
@@ -101,3 +104,25 @@ def test_a_file_that_grew_after_its_lines_were_counted_is_refused() -> None:
         days.of(batch("a.tsv", [9, 10]))
     with pytest.raises(PreprocessError, match=r"b.tsv: line 6 is past the 5 lines counted"):
         days.of(batch("b.tsv", [5]))
+
+
+def _killed(chunk: object) -> None:
+    """A worker's task that dies as the OOM killer would kill it (pickled by name: forked workers)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_worker_is_an_error_not_a_read_that_waits_forever(criteo_sample: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def hung(signum: int, frame: object) -> None:
+        raise TimeoutError("the read waited for a dead worker's task")
+
+    monkeypatch.setattr(criteo_tsv, "_work", _killed)
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        with pytest.raises(PreprocessError, match="a worker process died"):
+            list(criteo_tsv.read_inputs([criteo_sample], criteo_schema(days=7, buckets=100), BadLines(), workers=1))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not list(SHM.glob(f"dlrm_dist_{os.getpid()}_*"))

@@ -313,15 +313,33 @@ def _in_order(pool, tasks: Iterator[Chunk]) -> Iterator[_Result]:
     waits, and a bound on the blocks (and gzip bytes) alive when the reading process is the slower."""
     pending: deque = deque()
     window = AHEAD * pool._processes + 1  # noqa: SLF001 - the pool's size, as it was made
+    workers = _worker_pids(pool)
     recycle = _JOB.get("recycle")
     for task in tasks:
         if recycle is not None:
             recycle.drain()  # the blocks freed since: the workers' next chunks go into them
-        pending.append(pool.apply_async(_work, (task,)))
+        pending.append((task, pool.apply_async(_work, (task,))))
         if len(pending) >= window:
-            yield pending.popleft().get()
+            yield _result(pool, workers, *pending.popleft())
     while pending:
-        yield pending.popleft().get()
+        yield _result(pool, workers, *pending.popleft())
+
+
+def _worker_pids(pool) -> set[int]:
+    return {p.pid for p in pool._pool}  # noqa: SLF001 - multiprocessing.Pool has no public list of its workers
+
+
+def _result(pool, workers: set[int], task: Chunk, pending: Any) -> _Result:
+    """A task's result; a worker killed meanwhile (the OOM killer, a signal) is an error: the pool
+    replaces it silently and the task it held would never finish, so the read would wait forever."""
+    while True:
+        try:
+            return pending.get(timeout=1.0)
+        except mp.TimeoutError:
+            if _worker_pids(pool) != workers:
+                raise PreprocessError(f"{task.path}: a worker process died (killed by a signal or the OOM killer?) "
+                                      f"while the read had bytes {task.start}..{task.end} in flight; nothing was "
+                                      "published: run it again (with fewer --workers if memory is short)") from None
 
 
 def read_file(pool, path: Path, schema: FeatureSchema, bad, encoder: Optional[Callable] = None,
