@@ -142,11 +142,8 @@ def test_recycled_blocks_never_change_arrays_a_caller_keeps(criteo_sample, tmp_p
     copied = [_rows(enc, schema) for *_, enc in read()]  # each copied as it comes: its block goes back
     chunks = len(copied)
     assert chunks > 20 and all(pooled for _, pooled in unpacked)
-    in_flight = criteo_tsv.AHEAD * 2 + 1  # (a block each)
-    # A worker makes a new block only when none is free: every block is then in a task, held by the
-    # loops above, or on its way back through the queue's feeder thread (at most a window's worth,
-    # by timing: 8-12 of 32 chunks' blocks measured, so a tighter bound was flaky)
-    assert len({name for name, _ in unpacked}) <= 2 * in_flight < chunks  # blocks were written again
+    # (How many blocks a read writes again depends on timing: a worker takes a new block when the queue's
+    # feeder thread has not delivered a freed one yet; test_shared_blocks.py tests the reuse itself.)
     unpacked.clear()
     kept = [enc for *_, enc in read()]  # every batch kept: no block can go back while it is
     assert len({name for name, _ in unpacked}) == chunks

@@ -89,6 +89,25 @@ def test_freed_blocks_reach_the_queue_from_the_reading_loop_only() -> None:
     assert free.empty()
 
 
+def test_a_freed_block_is_written_again_by_the_next_chunk() -> None:
+    """A worker takes a block the reading process handed back (drained onto the queue) before making a new
+    one, and writes through the mapping it kept."""
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    recycle, prefix, specs = shared_blocks.Recycler(free), _dead_prefix(), [("<i4", (8,))]
+    first, (a,) = shared_blocks.pooled_block(specs, prefix, free)
+    try:
+        a[:] = 7
+        second, _ = shared_blocks.pooled_block(specs, prefix, free)  # none free yet: a new block
+        recycle(first)
+        recycle.drain()
+        again, (b,) = shared_blocks.pooled_block(specs, prefix, free)
+        assert second != first and again == first and b.tolist() == [7] * 8
+    finally:
+        for name in {first, second}:
+            shared_blocks.unlink(name)
+            shared_blocks._WORKER_MAPS.pop(name, None)  # noqa: SLF001 - this process is not a worker
+
+
 def test_a_file_that_grew_after_its_lines_were_counted_is_refused() -> None:
     """Pseudo-days are cut from line counts taken before the read: lines past a file's count would land
     in another file's day (or in train past the last), silently; they are a named error instead."""
