@@ -43,8 +43,8 @@ from dlrm_dist.data.columnar import shared_blocks as blocks
 from dlrm_dist.data.columnar.columns import NUM, TEXT, uses
 from dlrm_dist.data.columnar.criteo_fused import Fused, encode_fused, fused_encoded, fused_plan, fused_specs
 from dlrm_dist.data.columnar.locate import LINE_FIELD, ORIGIN_FIRST, ORIGIN_PATH
-from dlrm_dist.data.columnar.tsv_kernel import (NUM_DENSE, ParsedChunk, count_newlines, padded, parse_chunk,
-                                                row_capacity)
+from dlrm_dist.data.columnar.tsv_kernel import (COMPILED, NUM_DENSE, ParsedChunk, count_newlines, padded,
+                                                parse_chunk, row_capacity)
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.builtin import criteo_columns
 from dlrm_dist.features.errors import SchemaError
@@ -178,7 +178,8 @@ def count_lines(paths: list[Path], workers: int) -> list[int]:
     counts = []
     for path in paths:
         if not is_gzip(path):
-            counts.append(_count_plain(path, max(1, min(workers, 4))))
+            # (the ahead-of-time build holds the GIL: threads would only take turns)
+            counts.append(_count_plain(path, 1 if COMPILED else max(1, min(workers, 4))))
             continue
         total, last = 0, b"\n"
         for chunk in _gzip_chunks(path):

@@ -24,8 +24,15 @@ reads each byte once; anything else is re-read by the exact general state machin
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
 
+import llvmlite.binding as llvm
+import numba
 import numpy as np
 from numba import njit
 
@@ -239,7 +246,7 @@ def _record_bad(bad_line, bad_code, bad_arg, nbad, line, code, arg):  # pragma: 
 
 
 @njit(**_ROW_CODE)
-def _scan(buf, dense, dmiss, sparse, smiss, labels, rows, bad_line, bad_code, bad_arg, ints, imiss, hexes,
+def scan_jit(buf, dense, dmiss, sparse, smiss, labels, rows, bad_line, bad_code, bad_arg, ints, imiss, hexes,
           hmiss):  # pragma: no cover
     """One pass over whole lines (``buf`` padded), the values as read; returns (lines, valid rows, bad lines).
     ``ints``, ``imiss``, ``hexes``, ``hmiss``: one line's fields (``_scratch``)."""
@@ -265,7 +272,7 @@ def _scan(buf, dense, dmiss, sparse, smiss, labels, rows, bad_line, bad_code, ba
 
 
 @njit(**_ROW_CODE)
-def _scan_fused(buf, dense_field, dense_first, table_of, tables, fills, id_field, id_modulo, id_inverse, ids32,
+def scan_fused_jit(buf, dense_field, dense_first, table_of, tables, fills, id_field, id_modulo, id_inverse, ids32,
                 ids64, labels, dense, rows, over_row, over_field, over_value, bad_line, bad_code, bad_arg, ints, imiss,
                 hexes, hmiss):  # pragma: no cover
     """One pass over whole lines (``buf`` padded), each valid row encoded by the plan as it is
@@ -377,7 +384,7 @@ def parse_chunk(data: bytes | np.ndarray) -> ParsedChunk:
     labels = np.zeros(cap, np.int32)
     rows = np.zeros(cap, np.int64)
     bad = _bad_buffers()
-    lines, out, nbad = _scan(buf, dense, dmiss, sparse, smiss, labels, rows, *bad, *_scratch())
+    lines, out, nbad = _KERNELS.scan(buf, dense, dmiss, sparse, smiss, labels, rows, *bad, *_scratch())
     return ParsedChunk(dense[:, :out], dmiss[:, :out], sparse[:, :out], smiss[:, :out], labels[:out], int(lines),
                        _bad_list(*bad, nbad), int(nbad), rows[:out])
 
@@ -429,7 +436,7 @@ def fused_chunk(data: bytes | np.ndarray, plan: FusedPlan, out: FusedOutput) -> 
     over = len(buf) // MIN_LINE_BYTES * NUM_DENSE + NUM_DENSE  # at most one per count field of a row
     over_row, over_field, over_value = np.empty(over, np.int64), np.empty(over, np.int64), np.empty(over, np.int64)
     bad = _bad_buffers()
-    lines, rows, nbad, nover = _scan_fused(buf, plan.dense_field, plan.dense_first, plan.table_of, plan.tables,
+    lines, rows, nbad, nover = _KERNELS.scan_fused(buf, plan.dense_field, plan.dense_first, plan.table_of, plan.tables,
                                            plan.fills, plan.id_field, plan.id_modulo, plan.id_inverse, out.ids32, out.ids64,
                                            out.labels, out.dense, out.rows, over_row, over_field, over_value, *bad,
                                            *_scratch())
@@ -438,9 +445,51 @@ def fused_chunk(data: bytes | np.ndarray, plan: FusedPlan, out: FusedOutput) -> 
 
 
 @njit(cache=True, nogil=True)
-def count_newlines(buf) -> int:  # pragma: no cover - compiled
+def count_newlines_jit(buf) -> int:  # pragma: no cover - compiled
     """LF bytes in ``buf`` (vectorised by LLVM: several GB/s)."""
     total = 0
     for b in buf:
         total += b == 10
     return total
+
+
+def count_newlines(buf: np.ndarray) -> int:
+    """LF bytes in ``buf`` (a contiguous uint8 array)."""
+    return _KERNELS.count_newlines(buf)
+
+
+# -- the same kernels compiled ahead of time (build_kernels.py) -------------------------------------
+COMPILED_PREFIX = "_tsv_compiled_"
+_SOURCES = ("tsv_kernel.py", "build_kernels.py")
+
+
+def compiled_name(sources: Optional[Path] = None) -> str:
+    """The module name of a build of these kernels: a digest of what makes it (this file and the
+    build's signatures, as in ``sources``, by default this package; numba's version; the CPU it
+    targets), so that no other build is ever loaded."""
+    digest = hashlib.sha256()
+    for source in _SOURCES:
+        digest.update(((sources or Path(__file__).parent) / source).read_bytes())
+    cpu = llvm.get_host_cpu_name() + llvm.get_host_cpu_features().flatten()
+    digest.update(f"{numba.__version__}|{cpu}".encode())
+    return COMPILED_PREFIX + digest.hexdigest()[:20]
+
+
+class _Jit:
+    """The kernels as numba's JIT compiles (or loads from its cache) them on first use."""
+
+    count_newlines, scan, scan_fused = count_newlines_jit, scan_jit, scan_fused_jit
+
+
+def _kernels() -> ModuleType | type:
+    """The build of exactly this source for this CPU where there is one, else the JIT's."""
+    built: Optional[ModuleType] = None
+    try:
+        built = importlib.import_module(f"{__package__}.{compiled_name()}")
+    except (ImportError, OSError):  # never built, or built from other sources (compiled_name differs), or
+        pass  # no sources to hash (an install without them): the JIT's
+    return built if built is not None else _Jit
+
+
+_KERNELS = _kernels()
+COMPILED = _KERNELS is not _Jit
