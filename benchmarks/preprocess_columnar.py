@@ -39,7 +39,7 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or as -m benchmarks.X
 from benchmarks import gen_columnar_csv  # noqa: E402
-from benchmarks.preprocess_vs_torchrec import installed_env  # noqa: E402
+from benchmarks.preprocess_vs_torchrec import cpu_model, installed_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "benchmarks" / "schemas" / "columnar19.toml"
@@ -137,7 +137,7 @@ def main() -> None:
         summary["new_over_base"] = round(summary["new"]["rows_per_s"] / summary["base"]["rows_per_s"], 2)
     record = {"file": {"rows": a.rows, "bytes": size, "columns": 19,
                        "generator": "benchmarks/gen_columnar_csv.py (seed 0)", "schema": str(SCHEMA.relative_to(ROOT))},
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "cpu_model": cpu_model(),
                           "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
               "date": time.strftime("%Y-%m-%d"), "base": str(a.base) if a.base else None, "summary": summary,
               "runs": runs}

@@ -98,6 +98,18 @@ def _command(impl: str, src: Path, out: Path, schema: Path, tree: Optional[Path]
     return [sys.executable, "-m", "dlrm_dist.cli.data_main", *args], {"cwd": tree, "env": installed_env(tree)}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux): rates from different machines are not comparable (the
+    2026-11-23 record ran on an AMD EPYC, later ones on an Intel Xeon at 2.0 GHz)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def installed_env(tree: Path) -> dict[str, str]:
     """A timed run's environment: ``tree``'s package first on the path, bytecode written and read as
     an installed package's is (pip compiles it): a PYTHONDONTWRITEBYTECODE environment would charge
@@ -217,7 +229,7 @@ def main() -> None:
     if args.json_out:
         args.json_out.write_text(json.dumps({
             "benchmark": "preprocess_vs_torchrec", "rows": records[0]["rows"], "cpus": os.cpu_count(),
-            "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "platform": platform.platform(), "cpu_model": cpu_model(), "date": time.strftime("%Y-%m-%d %H:%M"),
             "reference": str(args.reference or ""), "old_stack": str(args.old_stack or ""), "trees": args.tree,
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "summary": summary(records), "runs": records}, indent=1) + "\n")
