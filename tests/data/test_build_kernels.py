@@ -62,7 +62,8 @@ def test_the_build_parses_as_the_jit_does(compiled, criteo_sample, monkeypatch) 
 
 def test_the_build_encodes_as_the_jit_does(compiled, criteo_sample, monkeypatch) -> None:
     data = _bad_lines(criteo_sample.read_bytes())
-    for schema in (criteo_schema(days=2), criteo_schema([2**31 + k if k % 3 == 0 else 1000 + k for k in range(26)], days=2)):
+    wide = criteo_schema([2**31 + k if k % 3 == 0 else 1000 + k for k in range(26)], days=2)  # int64 ids too
+    for schema in (criteo_schema(days=2), wide):
         schema = schema.with_fitted({}, {})
         fused = criteo_fused.fused_plan(schema, criteo_tsv._positions(schema))
         jit_found, jit = _with(tsv_kernel._Jit, monkeypatch, criteo_fused.encode_fused, data, fused)
