@@ -12,7 +12,8 @@ ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS source
 # A C compiler: torch.compile (--train.compile) builds inductor's C++ kernels on CPU and
-# Triton's launcher stubs on CUDA.
+# Triton's launcher stubs on CUDA; `make install` compiles the Criteo parser ahead of time for
+# the CPU the image is built on (on another kind of CPU numba's JIT runs it: see the README).
 RUN apt-get update && apt-get install -y --no-install-recommends make build-essential \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/dlrm_dist

@@ -87,9 +87,35 @@ def test_only_a_build_of_this_source_is_loaded(tmp_path, monkeypatch) -> None:
     assert tsv_kernel._kernels() is tsv_kernel._Jit  # no build of that source: the JIT's kernels
 
 
-def test_without_a_compiler_the_build_says_so_and_the_jit_serves(monkeypatch, capsys) -> None:
+def test_without_a_compiler_the_build_says_so_and_the_jit_serves(tmp_path, monkeypatch, capsys) -> None:
     def no_compiler(directory=None):
-        raise OSError("gcc: not found")
+        raise build_kernels.NoToolchain("RuntimeError: no compiler")
     monkeypatch.setattr(build_kernels, "build", no_compiler)
-    assert build_kernels.main([]) == 0
-    assert "not compiled ahead of time (OSError: gcc: not found)" in capsys.readouterr().err
+    stamp = tmp_path / "stamp"
+    assert build_kernels.main(["--stamp", str(stamp)]) == 0 and not stamp.exists()  # (make tries again)
+    assert "not compiled ahead of time (RuntimeError: no compiler)" in capsys.readouterr().err
+
+    def bug(directory=None):
+        raise TypeError("a bug in the build")
+    monkeypatch.setattr(build_kernels, "build", bug)
+    with pytest.raises(TypeError, match="a bug"):  # (not taken for a missing compiler)
+        build_kernels.main(["--stamp", str(stamp)])
+    assert not stamp.exists()
+
+
+def test_the_build_is_never_given_what_it_cannot_read(compiled, monkeypatch) -> None:
+    """The build does not check its arguments (it would read them as raw memory): every call is checked first."""
+    monkeypatch.setattr(tsv_kernel, "_KERNELS", compiled)
+    monkeypatch.setattr(tsv_kernel, "COMPILED", True)
+    buf = padded(b"1" + b"\t" * 39 + b"\n")
+    assert tsv_kernel.count_newlines(buf) == 1
+    for wrong in (b"\n\n", np.zeros(4, np.float64), np.zeros((2, 2), np.uint8), np.zeros(8, np.uint8)[::2],
+                  np.zeros(4, np.int8)):
+        with pytest.raises(TypeError, match="count_newlines: argument 0 must be a C-contiguous 1-d uint8 array"):
+            tsv_kernel.count_newlines(wrong)
+    with pytest.raises(ValueError, match="padded"):  # a strided view of padded bytes
+        tsv_kernel.parse_chunk(np.concatenate([buf, buf])[::2])
+    with pytest.raises(TypeError, match="scan_fused: argument 9 must be a C-contiguous 2-d int32 array"):
+        tsv_kernel._run("scan_fused", *[np.zeros(1, np.uint8)], *[np.zeros((1,) * nd, code)
+                                                                for code, nd in tsv_kernel.ARGS["scan_fused"][1:9]],
+                        np.zeros((2, 4), np.int64))

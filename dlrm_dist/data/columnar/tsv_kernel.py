@@ -368,7 +368,7 @@ def padded(data: bytes) -> np.ndarray:
 
 def _padded(data: bytes | np.ndarray) -> np.ndarray:
     if isinstance(data, np.ndarray):
-        if data.dtype != np.uint8 or data.ndim != 1 or not len(data) or data[-1] != 0:
+        if data.dtype != np.uint8 or data.ndim != 1 or not data.flags.c_contiguous or not len(data) or data[-1] != 0:
             raise ValueError("a chunk given as an array must be padded(...)'s: uint8 bytes and a 0 after them")
         return data
     return padded(data)
@@ -384,7 +384,7 @@ def parse_chunk(data: bytes | np.ndarray) -> ParsedChunk:
     labels = np.zeros(cap, np.int32)
     rows = np.zeros(cap, np.int64)
     bad = _bad_buffers()
-    lines, out, nbad = _KERNELS.scan(buf, dense, dmiss, sparse, smiss, labels, rows, *bad, *_scratch())
+    lines, out, nbad = _run("scan", buf, dense, dmiss, sparse, smiss, labels, rows, *bad, *_scratch())
     return ParsedChunk(dense[:, :out], dmiss[:, :out], sparse[:, :out], smiss[:, :out], labels[:out], int(lines),
                        _bad_list(*bad, nbad), int(nbad), rows[:out])
 
@@ -436,7 +436,7 @@ def fused_chunk(data: bytes | np.ndarray, plan: FusedPlan, out: FusedOutput) -> 
     over = len(buf) // MIN_LINE_BYTES * NUM_DENSE + NUM_DENSE  # at most one per count field of a row
     over_row, over_field, over_value = np.empty(over, np.int64), np.empty(over, np.int64), np.empty(over, np.int64)
     bad = _bad_buffers()
-    lines, rows, nbad, nover = _KERNELS.scan_fused(buf, plan.dense_field, plan.dense_first, plan.table_of, plan.tables,
+    lines, rows, nbad, nover = _run("scan_fused", buf, plan.dense_field, plan.dense_first, plan.table_of, plan.tables,
                                            plan.fills, plan.id_field, plan.id_modulo, plan.id_inverse, out.ids32, out.ids64,
                                            out.labels, out.dense, out.rows, over_row, over_field, over_value, *bad,
                                            *_scratch())
@@ -454,24 +454,38 @@ def count_newlines_jit(buf) -> int:  # pragma: no cover - compiled
 
 
 def count_newlines(buf: np.ndarray) -> int:
-    """LF bytes in ``buf`` (a contiguous uint8 array)."""
-    return _KERNELS.count_newlines(buf)
+    """LF bytes in ``buf`` (a uint8 array)."""
+    return _run("count_newlines", buf)
 
 
 # -- the same kernels compiled ahead of time (build_kernels.py) -------------------------------------
 COMPILED_PREFIX = "_tsv_compiled_"
 _SOURCES = ("tsv_kernel.py", "build_kernels.py")
+# Each kernel's arguments as the build takes them, in order: (dtype, dimensions), C-contiguous. The
+# one home of the build's signatures and of the checks before a call into it: the build does not
+# check what it is given (a wrong dtype, rank or strided view would be read as raw memory).
+_BAD_ARGS = (("i8", 1),) * 3  # bad_line, bad_code, bad_arg
+_LINE_ARGS = (("i8", 1), ("b1", 1), ("i8", 1), ("b1", 1))  # _scratch()
+ARGS = {
+    "count_newlines": (("u1", 1),),
+    "scan": (("u1", 1), ("f8", 2), ("b1", 2), ("i8", 2), ("b1", 2), ("i4", 1), ("i8", 1), *_BAD_ARGS, *_LINE_ARGS),
+    "scan_fused": (("u1", 1), ("i8", 1), ("b1", 1), ("i8", 1), ("f4", 2), ("f4", 1), ("i8", 1), ("i8", 1), ("f8", 1),
+                   ("i4", 2), ("i8", 2), ("f4", 1), ("f4", 2), ("i8", 1), ("i8", 1), ("i8", 1), ("i8", 1),
+                   *_BAD_ARGS, *_LINE_ARGS),
+}
+RESULTS = {"count_newlines": "i8", "scan": "UniTuple(i8, 3)", "scan_fused": "UniTuple(i8, 4)"}
 
 
 def compiled_name(sources: Optional[Path] = None) -> str:
     """The module name of a build of these kernels: a digest of what makes it (this file and the
-    build's signatures, as in ``sources``, by default this package; numba's version; the CPU it
-    targets), so that no other build is ever loaded."""
+    build's, as in ``sources``, by default this package; the constants compiled in; numba's and
+    numpy's versions; the CPU it targets), so that no other build is ever loaded."""
     digest = hashlib.sha256()
     for source in _SOURCES:
         digest.update(((sources or Path(__file__).parent) / source).read_bytes())
-    cpu = llvm.get_host_cpu_name() + llvm.get_host_cpu_features().flatten()
-    digest.update(f"{numba.__version__}|{cpu}".encode())
+    cpu = (numba.config.CPU_NAME or llvm.get_host_cpu_name(),
+           numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten())
+    digest.update(repr((NUM_DENSE, NUM_SPARSE, TABLE_SIZE, numba.__version__, np.__version__, cpu)).encode())
     return COMPILED_PREFIX + digest.hexdigest()[:20]
 
 
@@ -489,6 +503,19 @@ def _kernels() -> ModuleType | type:
     except (ImportError, OSError):  # never built, or built from other sources (compiled_name differs), or
         pass  # no sources to hash (an install without them): the JIT's
     return built if built is not None else _Jit
+
+
+def _run(kernel: str, *args: np.ndarray):
+    """``kernel`` of the build (its arguments checked first: TypeError naming the one that is not
+    as the build takes it) or of the JIT."""
+    if COMPILED:
+        for i, (a, (code, ndim)) in enumerate(zip(args, ARGS[kernel])):
+            if not (isinstance(a, np.ndarray) and a.dtype == np.dtype(code) and a.ndim == ndim
+                    and a.flags.c_contiguous):
+                got = f"{a.dtype} {a.ndim}-d, contiguous: {a.flags.c_contiguous}" if isinstance(a, np.ndarray) else type(a)
+                raise TypeError(f"{kernel}: argument {i} must be a C-contiguous {ndim}-d {np.dtype(code)} array, "
+                                f"got {got}")
+    return getattr(_KERNELS, kernel)(*args)
 
 
 _KERNELS = _kernels()
