@@ -62,7 +62,7 @@ $(STAMP): pyproject.toml Makefile
 # a command loads them in milliseconds instead of paying numba's ~0.6 s set-up. Rebuilt when
 # their sources change; a build of other sources is never loaded (numba's JIT runs them instead).
 # Without a C compiler it says so and leaves no stamp: the install goes on, the next make retries.
-$(KERNELS): $(STAMP) dlrm_dist/data/columnar/tsv_kernel.py dlrm_dist/data/columnar/build_kernels.py
+$(KERNELS): $(STAMP) $(addprefix dlrm_dist/data/columnar/,tsv_rows.py tsv_kernel.py build_kernels.py)
 	$(PY) -m dlrm_dist.data.columnar.build_kernels --stamp $@
 
 # The default global batch rounded down to a multiple of NPROC, so `make demo NPROC=3` runs

@@ -92,7 +92,7 @@ def build(directory: Optional[Path] = None) -> Path:
     name = k.compiled_name()
     cc = _compiler(name)
     cc.target_cpu = "host"  # (the name says which CPU: another one never loads it)
-    cc.use_nrt = False  # nothing allocates in the kernels: no reference counts to keep (tsv_kernel._ROW_CODE)
+    cc.use_nrt = False  # nothing allocates in the kernels: no reference counts to keep (tsv_rows._ROW_CODE)
     cc.verbose = False
     for kernel, jit in JIT.items():
         cc.export(kernel, signature(kernel))(jit.py_func)
