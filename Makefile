@@ -18,7 +18,6 @@ $(error DEVICE=$(DEVICE): choose cpu (fbgemm-gpu-cpu, torch's CPU build) or cuda
 endif
 OTHER   := $(if $(filter cuda,$(DEVICE)),cpu,cuda)
 STAMP   := $(VENV)/.installed-$(DEVICE)
-KERNELS := $(VENV)/.kernels
 FBGEMM_cpu  := fbgemm-gpu-cpu
 FBGEMM_cuda := fbgemm-gpu
 # The pins are read from pyproject.toml so that they have a single home.
@@ -40,9 +39,9 @@ TORCH_IS_cuda := import torch, sys; sys.exit(torch.version.cuda is None)
 STACK_GPU_CHECK ?= 1
 NPROC   ?= 2
 
-.PHONY: install demo test plans clean
+.PHONY: install kernels demo test plans clean
 
-install: $(STAMP) $(KERNELS)
+install: $(STAMP) kernels
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -59,20 +58,21 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 # The criteo_tsv reader's kernels compiled ahead of time (dlrm_dist/data/columnar/build_kernels.py):
-# a command loads them in milliseconds instead of paying numba's ~0.6 s set-up. Rebuilt when
-# their sources change; a build of other sources is never loaded (numba's JIT runs them instead).
-# Without a C compiler it says so and leaves no stamp: the install goes on, the next make retries.
-$(KERNELS): $(STAMP) $(addprefix dlrm_dist/data/columnar/,tsv_rows.py tsv_kernel.py build_kernels.py)
-	$(PY) -m dlrm_dist.data.columnar.build_kernels --stamp $@
+# a command loads them in milliseconds instead of paying numba's ~0.6 s set-up. Built whenever no
+# build of the current sources for this CPU loads (edited kernels, a moved checkout, a deleted
+# module: a second's check otherwise); a build of other sources is never loaded (numba's JIT runs
+# them instead). Without C/C++ compilers it says so and the install goes on.
+kernels: $(STAMP)
+	$(PY) -m dlrm_dist.data.columnar.build_kernels --if-missing
 
 # The default global batch rounded down to a multiple of NPROC, so `make demo NPROC=3` runs
 # (the default itself lives in dlrm_dist/config/sections.py); ARGS may still set --batch-size.
 DEMO_BATCH = $(shell $(PY) -c "from dlrm_dist.config.sections import TrainConfig; b = TrainConfig().global_batch_size; print(b - b % $(NPROC))")
 
-demo: $(STAMP) $(KERNELS)
+demo: $(STAMP) kernels
 	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m dlrm_dist.train --batch-size=$(DEMO_BATCH) $(ARGS)
 
-test: $(STAMP) $(KERNELS)
+test: $(STAMP) kernels
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 # Regenerate every committed plan in sharding_plans/ from its inputs (a test checks they match).

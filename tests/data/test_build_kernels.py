@@ -87,20 +87,21 @@ def test_only_a_build_of_this_source_is_loaded(tmp_path, monkeypatch) -> None:
     assert tsv_kernel._kernels() is tsv_kernel._Jit  # no build of that source: the JIT's kernels
 
 
-def test_without_a_compiler_the_build_says_so_and_the_jit_serves(tmp_path, monkeypatch, capsys) -> None:
+def test_without_a_compiler_the_build_says_so_and_the_jit_serves(monkeypatch, capsys) -> None:
     def no_compiler(directory=None):
         raise build_kernels.NoToolchain("RuntimeError: no compiler")
     monkeypatch.setattr(build_kernels, "build", no_compiler)
-    stamp = tmp_path / "stamp"
-    assert build_kernels.main(["--stamp", str(stamp)]) == 0 and not stamp.exists()  # (make tries again)
+    monkeypatch.setattr(tsv_kernel, "COMPILED", False)
+    assert build_kernels.main(["--if-missing"]) == 0  # (the install goes on; the next make tries again)
     assert "not compiled ahead of time (RuntimeError: no compiler)" in capsys.readouterr().err
 
     def bug(directory=None):
         raise TypeError("a bug in the build")
     monkeypatch.setattr(build_kernels, "build", bug)
     with pytest.raises(TypeError, match="a bug"):  # (not taken for a missing compiler)
-        build_kernels.main(["--stamp", str(stamp)])
-    assert not stamp.exists()
+        build_kernels.main([])
+    monkeypatch.setattr(tsv_kernel, "COMPILED", True)
+    assert build_kernels.main(["--if-missing"]) == 0  # a build of these sources loads: nothing to do
 
 
 def test_the_build_is_never_given_what_it_cannot_read(compiled, monkeypatch) -> None:
@@ -115,7 +116,21 @@ def test_the_build_is_never_given_what_it_cannot_read(compiled, monkeypatch) -> 
             tsv_kernel.count_newlines(wrong)
     with pytest.raises(ValueError, match="padded"):  # a strided view of padded bytes
         tsv_kernel.parse_chunk(np.concatenate([buf, buf])[::2])
-    with pytest.raises(TypeError, match="scan_fused: argument 9 must be a C-contiguous 2-d int32 array"):
-        tsv_kernel._run("scan_fused", *[np.zeros(1, np.uint8)], *[np.zeros((1,) * nd, code)
-                                                                for code, nd in tsv_kernel.ARGS["scan_fused"][1:9]],
-                        np.zeros((2, 4), np.int64))
+    args = [np.zeros((1,) * nd, code) for code, nd in tsv_kernel.ARGS["scan_fused"]]
+    with pytest.raises(TypeError, match="scan_fused: argument 9 must be a C-contiguous writeable 2-d int32 array"):
+        tsv_kernel._run("scan_fused", *args[:9], np.zeros((2, 4), np.int64), *args[10:])
+    readonly = np.zeros(1, np.float32)
+    readonly.flags.writeable = False  # (an output the build would write through: a segfault on a mapped file)
+    with pytest.raises(TypeError, match="argument 11 must be a C-contiguous writeable 1-d float32 array"):
+        tsv_kernel._run("scan_fused", *args[:11], readonly, *args[12:])
+    with pytest.raises(ValueError):  # (a wrong number of arguments)
+        tsv_kernel._run("scan_fused", *args[:-1])
+
+
+def test_fused_outputs_too_small_for_the_chunk_are_refused(criteo_sample) -> None:
+    schema = criteo_schema(days=2).with_fitted({}, {})
+    fused = criteo_fused.fused_plan(schema, criteo_tsv._positions(schema))
+    data = criteo_sample.read_bytes()
+    small = [np.zeros(shape, dtype) for dtype, shape in criteo_fused.fused_specs(fused, 10)]
+    with pytest.raises(ValueError, match="fused_chunk: outputs of"):  # (the kernel would write past their end)
+        criteo_fused.encode_fused(data, fused, small)

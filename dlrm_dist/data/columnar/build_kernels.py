@@ -1,4 +1,4 @@
-"""Compiles the criteo_tsv reader's kernels (tsv_kernel.py) ahead of time into an extension module.
+"""Compiles the criteo_tsv reader's kernels (tsv_rows.py) ahead of time into an extension module.
 
 Loading a numba-cached function costs every process about 0.6 s of numba's own set-up (its
 typing and lowering registries) before the first call: a third of a Criteo command's start-up.
@@ -6,15 +6,15 @@ The same functions compiled here by ``numba.pycc`` load in milliseconds and run 
 speed (their outputs are compared in tests/data/test_build_kernels.py).
 
 ``make install`` (and so ``make test``, ``make demo`` and the Dockerfile) runs
-``python -m dlrm_dist.data.columnar.build_kernels --stamp FILE``. The module is written next to
-tsv_kernel.py under the name ``tsv_kernel.compiled_name()`` gives: a digest of both sources, the
-constants compiled in, numba's and numpy's versions and the CPU it was compiled for. tsv_kernel.py
+``python -m dlrm_dist.data.columnar.build_kernels --if-missing``. The module is written next to
+tsv_kernel.py under the name ``tsv_kernel.compiled_name()`` gives: a digest of the three sources
+(tsv_rows.py, tsv_kernel.py, this file), the constants compiled in, numba's and numpy's versions and the CPU it was compiled for. tsv_kernel.py
 imports only the build of its own source on this kind of CPU; any other (an edited kernel, another
 numba, an image built on another machine) is never loaded, and the JIT compiles the same functions
 instead: slower to start, never stale. A build is installed only after a new process has run it
 on Criteo lines and got the JIT's results (an instruction the CPU lacks fails there, not in a job).
-Without a C compiler (or pycc) the build says so and exits 0 without the stamp: the JIT serves,
-and the next ``make`` tries again.
+Without C and C++ compilers (or pycc) the build says so and exits 0: the JIT serves, and the next
+``make`` tries again.
 """
 
 from __future__ import annotations
@@ -46,19 +46,26 @@ def signature(kernel: str) -> str:
     return f"{k.RESULTS[kernel]}({', '.join(arrays)})"
 
 
-# A new process runs the candidate build on Criteo lines (good, bad, CRLF) and compares with the JIT.
-_SMOKE = """
+# A new process runs the candidate build's three kernels on Criteo lines (good, bad, CRLF; the fused
+# encode by the built-in schema) and compares them with the JIT's.
+_SMOKE = r"""
 import importlib.util, sys
 import numpy as np
-from dlrm_dist.data.columnar import tsv_kernel as k
+from dlrm_dist.data.columnar import criteo_fused, criteo_tsv, tsv_kernel as k
+from dlrm_dist.features.builtin import criteo_schema
 spec = importlib.util.spec_from_file_location(sys.argv[1], sys.argv[2])
 built = importlib.util.module_from_spec(spec); spec.loader.exec_module(built)
-line = "1\\t" + "\\t".join(str(i * 7) for i in range(13)) + "\\t" + "\\t".join(f"{i * 2654435761 % 2**32:08x}" for i in range(26))
-data = "\\n".join([line, line.replace("\\t7\\t", "\\t\\t", 1), "2" + line[1:], line[:50], line + "\\r", line]).encode()
+line = "1\t" + "\t".join(str(i * 7) for i in range(13)) + "\t" + "\t".join(f"{i * 2654435761 % 2**32:08x}" for i in range(26))
+data = "\n".join([line, line.replace("\t7\t", "\t\t", 1), "2" + line[1:], line[:50], line + "\r", line]).encode()
 buf = k.padded(data)
+schema = criteo_schema(days=2).with_fitted({}, {})
+fused = criteo_fused.fused_plan(schema, criteo_tsv._positions(schema))
 def run(kernels):
     k._KERNELS = kernels
-    return k.count_newlines(buf), repr(k.parse_chunk(buf))
+    found, arrays = criteo_fused.encode_fused(buf, fused)
+    lines, flat = criteo_fused.fused_encoded(fused, found.rows, arrays)
+    return (k.count_newlines(buf), repr(k.parse_chunk(buf)), found.rows, found.bad, lines.tobytes(),
+            [None if a is None else a.tobytes() for a in flat])
 sys.exit(0 if run(built) == run(k._Jit) else 3)
 """
 
@@ -82,7 +89,8 @@ def _compiler(name: str):
             from numba.pycc import CC  # noqa: PLC0415 - here, so that a numba without pycc is a said failure
         return CC(name)
     except (ImportError, RuntimeError) as e:  # (CC() raises RuntimeError when it finds no compiler)
-        raise NoToolchain(f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
+        raise NoToolchain(f"{type(e).__name__}: {str(e).splitlines()[0].removesuffix(' If using conda try:')}; "
+                          "it needs a C and a C++ compiler ($CC, $CXX; gcc and g++ by default)") from e
 
 
 def build(directory: Optional[Path] = None) -> Path:
@@ -116,8 +124,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dlrm_dist.data.columnar.build_kernels", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="directory to write the module to (default: the package's)")
-    parser.add_argument("--stamp", type=Path, help="a file touched once the build is installed (make's target)")
+    parser.add_argument("--if-missing", action="store_true",
+                        help="build only where no build of these sources for this CPU is loaded (make's step)")
     args = parser.parse_args(argv)
+    if args.if_missing and k.COMPILED and args.out is None:
+        return 0
     started = time.perf_counter()
     try:
         path = build(args.out)
@@ -125,8 +136,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"criteo_tsv kernels not compiled ahead of time ({e}); numba's JIT "
               "compiles them on first use instead (about 0.6 s more start-up per command)", file=sys.stderr)
         return 0
-    if args.stamp:
-        args.stamp.touch()
     print(f"compiled the criteo_tsv kernels ahead of time in {time.perf_counter() - started:.1f} s: {path}")
     return 0
 

@@ -158,10 +158,23 @@ class FusedChunk:
     over_value: np.ndarray
 
 
+def _fits(buf: np.ndarray, plan: FusedPlan, out: FusedOutput) -> None:
+    """``out`` has room for every row the bytes may hold, laid out as ``plan`` writes (the kernel
+    does not check its indices: a smaller array would be written past its end)."""
+    cap, n32 = row_capacity(len(buf) - 1), plan.num_int32
+    rows = (len(out.labels), len(out.rows), out.dense.shape[0], out.ids32.shape[-1], out.ids64.shape[-1])
+    if (min(rows) < cap or out.ids32.shape[0] != n32 or out.ids64.shape[0] != len(plan.id_field) - n32
+            or out.dense.shape[-1] != len(plan.dense_field)):
+        raise ValueError(f"fused_chunk: outputs of {rows} rows, {out.ids32.shape[0]}+{out.ids64.shape[0]} id and "
+                         f"{out.dense.shape[-1]} dense features for {cap} possible rows and the plan's "
+                         f"{n32}+{len(plan.id_field) - n32} and {len(plan.dense_field)}")
+
+
 def fused_chunk(data: bytes | np.ndarray, plan: FusedPlan, out: FusedOutput) -> FusedChunk:
     """Parses whole lines of raw Criteo TSV (bytes, or ``padded``'s array of them), encoding each
     valid row by ``plan`` into ``out``."""
     buf = _padded(data)
+    _fits(buf, plan, out)
     over = len(buf) // MIN_LINE_BYTES * NUM_DENSE + NUM_DENSE  # at most one per count field of a row
     over_row, over_field, over_value = np.empty(over, np.int64), np.empty(over, np.int64), np.empty(over, np.int64)
     bad = _bad_buffers()
@@ -196,11 +209,12 @@ ARGS = {
                    *_BAD_ARGS, *_LINE_ARGS),
 }
 RESULTS = {"count_newlines": "i8", "scan": "UniTuple(i8, 3)", "scan_fused": "UniTuple(i8, 4)"}
+INPUTS = {"count_newlines": 1, "scan": 1, "scan_fused": 9}  # leading arguments only read; the rest are written
 
 
 def compiled_name(sources: Optional[Path] = None) -> str:
-    """The module name of a build of these kernels: a digest of what makes it (this file and the
-    build's, as in ``sources``, by default this package; the constants compiled in; numba's and
+    """The module name of a build of these kernels: a digest of what makes it (the kernels' code,
+    this front and the build's, as in ``sources``, by default this package; the constants compiled in; numba's and
     numpy's versions; the CPU it targets), so that no other build is ever loaded."""
     digest = hashlib.sha256()
     for source in _SOURCES:
@@ -231,13 +245,19 @@ def _run(kernel: str, *args: np.ndarray):
     """``kernel`` of the build (its arguments checked first: TypeError naming the one that is not
     as the build takes it) or of the JIT."""
     if COMPILED:
-        for i, (a, (code, ndim)) in enumerate(zip(args, ARGS[kernel])):
-            if not (isinstance(a, np.ndarray) and a.dtype == np.dtype(code) and a.ndim == ndim
-                    and a.flags.c_contiguous):
-                got = f"{a.dtype} {a.ndim}-d, contiguous: {a.flags.c_contiguous}" if isinstance(a, np.ndarray) else type(a)
-                raise TypeError(f"{kernel}: argument {i} must be a C-contiguous {ndim}-d {np.dtype(code)} array, "
-                                f"got {got}")
+        for i, (a, (code, ndim)) in enumerate(zip(args, ARGS[kernel], strict=True)):
+            _check(kernel, i, a, code, ndim, written=i >= INPUTS[kernel])
     return getattr(_KERNELS, kernel)(*args)
+
+
+def _check(kernel: str, i: int, a: object, code: str, ndim: int, written: bool) -> None:
+    if (isinstance(a, np.ndarray) and a.dtype == np.dtype(code) and a.ndim == ndim and a.flags.c_contiguous
+            and (a.flags.writeable or not written)):
+        return
+    got = (f"{a.dtype} {a.ndim}-d, contiguous: {a.flags.c_contiguous}, writeable: {a.flags.writeable}"
+           if isinstance(a, np.ndarray) else type(a).__name__)
+    raise TypeError(f"{kernel}: argument {i} must be a C-contiguous{' writeable' if written else ''} {ndim}-d "
+                    f"{np.dtype(code)} array, got {got}")
 
 
 _KERNELS = _kernels()
