@@ -37,7 +37,6 @@ try:  # what a compiler or linker that fails to run raises (distutils' errors); 
     _LINK_ERRORS: tuple[type[BaseException], ...] = (OSError, CCompilerError, DistutilsError)
 except ImportError:  # (no setuptools: _compiler says so first)
     _LINK_ERRORS = (OSError,)
-JIT = {"count_newlines": k.count_newlines_jit, "scan": k.scan_jit, "scan_fused": k.scan_fused_jit}
 
 
 def signature(kernel: str) -> str:
@@ -102,8 +101,8 @@ def build(directory: Optional[Path] = None) -> Path:
     cc.target_cpu = "host"  # (the name says which CPU: another one never loads it)
     cc.use_nrt = False  # nothing allocates in the kernels: no reference counts to keep (tsv_rows._ROW_CODE)
     cc.verbose = False
-    for kernel, jit in JIT.items():
-        cc.export(kernel, signature(kernel))(jit.py_func)
+    for kernel in k.ARGS:  # (the JIT's dispatchers: their Python functions are what pycc compiles)
+        cc.export(kernel, signature(kernel))(getattr(k._Jit, kernel).py_func)
     with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as scratch:
         cc.output_dir = scratch  # linked and checked there, then renamed: no process imports half a file
         try:

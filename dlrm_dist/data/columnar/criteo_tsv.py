@@ -1,8 +1,8 @@
 """The ``criteo_tsv`` input reader: raw Criteo TSV (plain or gzip) in parallel, as record batches.
 
 Criteo lines have a fixed layout (label, 13 integer columns, 26 8-hex-digit columns, tab, no
-header) that the compiled parser (tsv_kernel.py, its code in tsv_rows.py) reads faster than pyarrow's
-CSV reader could. This module feeds it and hands its output on as the same stream every
+header) that the compiled parser (tsv_kernel.py, its code in tsv_rows.py) reads faster than
+pyarrow's CSV reader could. This module feeds it and hands its output on as the same stream every
 other input gives (``read.read_inputs``): ``(file, first valid row, RecordBatch)`` with a
 field per use of a column, ``num:<col>`` float64 and ``text:<col>`` int64 (the hex value),
 null where a field is empty; and ``line:`` the 0-based line of each row in its file, which

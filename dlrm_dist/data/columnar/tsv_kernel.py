@@ -186,8 +186,6 @@ def fused_chunk(data: bytes | np.ndarray, plan: FusedPlan, out: FusedOutput) -> 
                       over_value[:nover])
 
 
-
-
 def count_newlines(buf: np.ndarray) -> int:
     """LF bytes in ``buf`` (a uint8 array)."""
     return _run("count_newlines", buf)
@@ -214,8 +212,8 @@ INPUTS = {"count_newlines": 1, "scan": 1, "scan_fused": 9}  # leading arguments 
 
 def compiled_name(sources: Optional[Path] = None) -> str:
     """The module name of a build of these kernels: a digest of what makes it (the kernels' code,
-    this front and the build's, as in ``sources``, by default this package; the constants compiled in; numba's and
-    numpy's versions; the CPU it targets), so that no other build is ever loaded."""
+    this front and the build's, as in ``sources``, by default this package; the constants compiled
+    in; numba's and numpy's versions; the CPU it targets), so that no other build is ever loaded."""
     digest = hashlib.sha256()
     for source in _SOURCES:
         digest.update(((sources or Path(__file__).parent) / source).read_bytes())
@@ -233,12 +231,10 @@ class _Jit:
 
 def _kernels() -> ModuleType | type:
     """The build of exactly this source for this CPU where there is one, else the JIT's."""
-    built: Optional[ModuleType] = None
     try:
-        built = importlib.import_module(f"{__package__}.{compiled_name()}")
+        return importlib.import_module(f"{__package__}.{compiled_name()}")
     except (ImportError, OSError):  # never built, or built from other sources (compiled_name differs), or
-        pass  # no sources to hash (an install without them): the JIT's
-    return built if built is not None else _Jit
+        return _Jit  # no sources to hash (an install without them)
 
 
 def _run(kernel: str, *args: np.ndarray):
