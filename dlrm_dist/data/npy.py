@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -43,9 +44,15 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
 
 @dataclass
 class Tally:
-    """Bytes written by every writer of one run: the "needed about" figure of a full disk."""
+    """Bytes written by every writer of one run: the "needed about" figure of a full disk (its
+    writers may append from several threads: staging.py writes its columns at once)."""
 
     bytes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.bytes += n
 
 
 class NpyWriter:
@@ -73,7 +80,7 @@ class NpyWriter:
     def _write(self, data: bytes | memoryview) -> None:
         with disk_full(self.path, self.tally.bytes + len(data)):
             self.file.write(data)
-        self.tally.bytes += len(data)
+        self.tally.add(len(data))
         self.written += len(data)
         if self.durable and self.written - self.kicked >= WRITEBACK_EVERY:  # the disk works meanwhile
             start_writeback(self.file.fileno(), self.kicked, self.written - self.kicked)

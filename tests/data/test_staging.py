@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dlrm_dist.data.columnar import columns, criteo_tsv, encode, fit, kernels, staging
+from dlrm_dist.data.columnar import columns, criteo_tsv, encode, fit, kernels, staged, staging
 from dlrm_dist.data.columnar.preprocess import Options, preprocess
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.builtin import criteo_schema
@@ -134,7 +134,7 @@ def test_the_one_fit_gives_the_session_start_files_byte_for_byte(tmp_path: Path,
             [_write_csv(tmp_path / f"day{d}.csv", 400, seed=d) for d in range(3)]
         _run_all(inputs, tmp_path / "out", _schema(split))
     assert _digest(tmp_path / "out") == SESSION_START[case]
-    assert not (tmp_path / "out" / staging.STAGING).exists()
+    assert not (tmp_path / "out" / staged.STAGING).exists()
 
 
 @pytest.mark.parametrize("split", [TIME, RANDOM], ids=["time", "random"])
@@ -144,21 +144,22 @@ def test_a_run_killed_after_the_fit_is_completed_by_the_rerun(tmp_path: Path, sm
     schema = _schema(split)
     _run(data, tmp_path / "clean", schema)
     out = tmp_path / "out"
-    finish = staging.finish_block
+    write = staging.write_feature
     calls = []
 
-    def killed(*args, **kw):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # a kill in the write, after fit.json
-        return finish(*args, **kw)
+    def killed(stage, f, *args, **kw):
+        if f.kind == "vocab":  # (its ids are written once fit.json is)
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt  # a kill in the write, after fit.json
+        return write(stage, f, *args, **kw)
 
-    monkeypatch.setattr(staging, "finish_block", killed)
+    monkeypatch.setattr(staging, "write_feature", killed)
     with pytest.raises(KeyboardInterrupt):
         _run(data, out, schema)
     assert (out / "fit.json").is_file() and not (out / "meta.json").exists()
     assert not [p.name for p in out.iterdir() if p.name.endswith(".partial")]  # staging and splits removed
-    monkeypatch.setattr(staging, "finish_block", finish)
+    monkeypatch.setattr(staging, "write_feature", write)
     _run(data, out, schema)  # the rerun: the fit kept (a random split reads once, finishing as it reads)
     assert _files(out) == _files(tmp_path / "clean")
 
@@ -170,18 +171,22 @@ def test_a_killed_runs_stage_is_removed_when_the_rerun_streams(tmp_path: Path, c
     opts = Options(criteo_schema(days=5, vocab_min_count=2), [criteo_sample], tmp_path / "out", progress=False,
                    workers=1)
 
-    def killed(*args, **kw):
-        raise KeyboardInterrupt  # a kill in the write, after fit.json
+    write = staging.write_feature
 
-    monkeypatch.setattr(staging, "finish_block", killed)
+    def killed(stage, f, *args, **kw):
+        if f.kind == "vocab":  # (its ids are written once fit.json is)
+            raise KeyboardInterrupt  # a kill in the write, after fit.json
+        return write(stage, f, *args, **kw)
+
+    monkeypatch.setattr(staging, "write_feature", killed)
     with pytest.raises(KeyboardInterrupt):
         preprocess(opts)
     assert (opts.out_dir / "fit.json").is_file() and not (opts.out_dir / "meta.json").exists()
-    (opts.out_dir / staging.STAGING).mkdir()  # what a SIGKILL leaves (it skips the run's own removal)
-    (opts.out_dir / staging.STAGING / "sparse0").write_bytes(b"\0" * 64)
+    (opts.out_dir / staged.STAGING).mkdir()  # what a SIGKILL leaves (it skips the run's own removal)
+    (opts.out_dir / staged.STAGING / "sparse0").write_bytes(b"\0" * 64)
     monkeypatch.undo()
     preprocess(opts)
-    assert (opts.out_dir / "meta.json").is_file() and not (opts.out_dir / staging.STAGING).exists()
+    assert (opts.out_dir / "meta.json").is_file() and not (opts.out_dir / staged.STAGING).exists()
 
 
 def test_two_values_with_one_hash_are_refused_naming_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -190,7 +195,7 @@ def test_two_values_with_one_hash_are_refused_naming_both(tmp_path: Path, monkey
     with pytest.raises(PreprocessError, match=r"vocabulary table 't_\w+': the values '[^']*' and '[^']*' have "
                                               r"the same FNV-1a 64 hash .* kind = \"hash\""):
         _run(data, tmp_path / "out", _schema(RANDOM))
-    assert not (tmp_path / "out" / staging.STAGING).exists()
+    assert not (tmp_path / "out" / staged.STAGING).exists()
 
 
 # -- kernels ----------------------------------------------------------------------------------------------

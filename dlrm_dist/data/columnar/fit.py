@@ -112,6 +112,10 @@ class Vocabulary:
         kernels.count_ids(np.asarray(staged), train, np.zeros(0, np.int64) if lengths is None else lengths,
                           self.counts)
 
+    def kept_count(self, min_count: int) -> int:
+        """How many values the vocabulary keeps: those seen at least ``min_count`` times."""
+        return int(np.count_nonzero(self.counts >= min_count))
+
     def vocabulary(self, min_count: int) -> pa.Array:
         """The values seen at least ``min_count`` times in id order (frequency: most frequent
         first, ties by value, as encode's vocabularies; value: ascending)."""
@@ -152,9 +156,16 @@ class IntVocabulary:
         if len(self.parts) >= self.MERGE_EVERY:
             self.parts = [self._merged()]
 
+    def kept_count(self, min_count: int) -> int:
+        """As ``Vocabulary.kept_count`` (the counts merged once: ``vocabulary`` finds them so)."""
+        self.parts = [self._merged()]
+        return int(np.count_nonzero(self.parts[0][1] >= min_count))
+
     def _merged(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.parts:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        if len(self.parts) == 1:  # (np.unique's, or a merge's: already distinct and sorted)
+            return self.parts[0]
         values, where = np.unique(np.concatenate([u for u, _ in self.parts]), return_inverse=True)
         counts = np.bincount(where, weights=np.concatenate([c for _, c in self.parts]), minlength=len(values))
         return values, counts.astype(np.int64)

@@ -153,15 +153,26 @@ class _NoRows:
     A row sent here is an internal error, named by the partition and the row (over all inputs)."""
 
     def __init__(self, partition: int, split: str) -> None:
-        self.partition, self.split, self.rows = partition, split, 0
+        self.partition, self.split = partition, split
+        self.seen: dict[str, int] = {}  # rows passed over so far, per file kind (the rows', each feature's)
 
     def append(self, keep: np.ndarray, *arrays: Any) -> None:
+        self.append_rows(keep)
+
+    def append_rows(self, keep: np.ndarray, *arrays: Any) -> None:
+        self._none(keep, "")
+
+    def append_ids(self, keep: np.ndarray, name: str, *arrays: Any) -> None:
+        self._none(keep, name)
+
+    def _none(self, keep: np.ndarray, kind: str) -> None:
+        rows = self.seen.get(kind, 0)
         if np.any(keep):
-            row = self.rows + int(np.flatnonzero(keep)[0])
+            row = rows + int(np.flatnonzero(keep)[0])
             raise PreprocessError(f"partition {self.partition}: row {row + 1} of the inputs was put in split "
                                   f"{self.split!r}, but every row of a partition is its own (an internal error "
                                   "of dlrm_dist's split: please report it)")
-        self.rows += len(keep)
+        self.seen[kind] = rows + len(keep)
 
 
 def write_outputs(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[float, float]], report: Report,

@@ -108,6 +108,14 @@ def output_files(directory: Path, schema: FeatureSchema, splits: tuple[str, ...]
     return files
 
 
+def _kept(keep: np.ndarray) -> Optional[np.ndarray | slice]:
+    """A block's rows to keep: None for none, every row as a slice (a block wholly in one split,
+    as by day nearly always: no copies), else the mask."""
+    if not keep.any():
+        return None
+    return slice(None) if keep.all() else keep
+
+
 class SplitWriter:
     """The files of one split, appended block by block under ``DIR/<split>.partial``."""
 
@@ -131,21 +139,34 @@ class SplitWriter:
         return self.writers[-1]
 
     def append(self, keep: np.ndarray, dense: np.ndarray, labels: np.ndarray, ids: dict[str, tuple]) -> None:
-        if not keep.any():
-            return
-        if keep.all():  # (a block wholly in one split, as by day nearly always: no copies)
-            keep = slice(None)
-        self.dense.append(dense[keep])
-        self.labels.append(labels[keep])
+        """The rows ``keep`` selects of a block: dense matrix, labels and every feature's (ids, bag
+        lengths or None)."""
+        self.append_rows(keep, dense, labels)
         for name, (values, lengths) in ids.items():
-            if lengths is None:
-                self.ids[name].append(values[keep])
-                self.nvalues[name] += len(values[keep])
-                continue
-            kept_lengths = lengths[keep]
-            self.ids[name].append(values if isinstance(keep, slice) else values[np.repeat(keep, lengths)])
-            self.offsets[name].append(self.nvalues[name] + np.cumsum(kept_lengths))
-            self.nvalues[name] += int(kept_lengths.sum())
+            self.append_ids(keep, name, values, lengths)
+
+    def append_rows(self, keep: np.ndarray, dense: np.ndarray, labels: np.ndarray) -> None:
+        """A block's dense rows and labels (``keep``: which go here). The files of one feature
+        (``append_ids``) and those of the rows are independent: different threads may append to
+        them at once, each in block order."""
+        keep = _kept(keep)
+        if keep is not None:
+            self.dense.append(dense[keep])
+            self.labels.append(labels[keep])
+
+    def append_ids(self, keep: np.ndarray, name: str, values: np.ndarray, lengths: Optional[np.ndarray]) -> None:
+        """A block's ids of feature ``name`` (``lengths``: its rows' bag lengths; None: one id a row)."""
+        whole = _kept(keep)
+        if whole is None:
+            return
+        if lengths is None:
+            self.ids[name].append(values[whole])
+            self.nvalues[name] += len(values[whole])
+            return
+        kept_lengths = lengths[whole]
+        self.ids[name].append(values if isinstance(whole, slice) else values[np.repeat(keep, lengths)])
+        self.offsets[name].append(self.nvalues[name] + np.cumsum(kept_lengths))
+        self.nvalues[name] += int(kept_lengths.sum())
 
     def close(self) -> dict[str, Any]:
         for w in self.writers:

@@ -36,7 +36,7 @@ from typing import Any, Optional
 
 import pyarrow as pa
 
-from dlrm_dist.data.columnar import criteo_tsv, encode, job, layout, staging
+from dlrm_dist.data.columnar import criteo_tsv, encode, job, layout, staged, staging
 from dlrm_dist.data.columnar.columns import BadLines, check_uses
 from dlrm_dist.data.columnar.encode import Days, Encoded
 from dlrm_dist.data.columnar.job import (TARGETS, Options, Report, bar, days_of, fitted_schema,
@@ -95,7 +95,7 @@ def run_passes(opts: Options) -> tuple[FeatureSchema, Optional[tuple[float, floa
     time cut-offs, each folder's rows and bag lengths, report)."""
     # A killed run's stage (a SIGKILL skips its removal), whichever pass this run takes: a rerun after
     # the fit streams and would never reach staging.run.
-    shutil.rmtree(opts.out_dir / staging.STAGING, ignore_errors=True)
+    shutil.rmtree(opts.out_dir / staged.STAGING, ignore_errors=True)
     days = days_of(opts)
     if opts.schema.input.format == "criteo_tsv" and opts.schema.split.by != "time":
         done = known_fit(opts)
