@@ -57,8 +57,8 @@ $(STAMP): pyproject.toml Makefile
 	echo $(DEVICE) > $(VENV)/.device
 	touch $@
 
-# The data stack's kernels compiled ahead of time (dlrm_dist/data/columnar/build_kernels.py): a
-# command loads them in milliseconds instead of paying numba's ~0.5 s import and set-up. Built whenever no
+# The criteo_tsv reader's kernels compiled ahead of time (dlrm_dist/data/columnar/build_kernels.py):
+# a command loads them in milliseconds instead of paying numba's ~0.6 s set-up. Built whenever no
 # build of the current sources for this CPU loads (edited kernels, a moved checkout, a deleted
 # module: a second's check otherwise); a build of other sources is never loaded (numba's JIT runs
 # them instead). Without C/C++ compilers it says so and the install goes on.
@@ -81,4 +81,4 @@ plans: $(STAMP)
 	  $(VENV)/bin/dlrm-plan make --inputs $$f -o sharding_plans/$$(basename $$f) || exit 1; done
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache dlrm_dist/data/columnar/_compiled_kernels_* dlrm_dist/data/columnar/_tsv_compiled_* dlrm_dist/data/columnar/.build-*
+	rm -rf $(VENV) runs .pytest_cache dlrm_dist/data/columnar/_tsv_compiled_* dlrm_dist/data/columnar/.build-*

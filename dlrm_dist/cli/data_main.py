@@ -269,7 +269,7 @@ def run_import_torchrec(args: argparse.Namespace) -> int:
 
 
 def _modules(args: argparse.Namespace) -> tuple[str, ...]:
-    """What the subcommand imports (the modules that take the time: numpy, pyarrow, pydantic; numba without the kernels' build);
+    """What the subcommand imports (the modules that take the time: numpy, pyarrow, pydantic, numba);
     a day partition's job also needs partitions.py (and through it the training config's sections)."""
     if args.command == "preprocess":
         partitioned = args.partition is not None or args.append or args.refit

@@ -1,21 +1,20 @@
-"""Compiles the data stack's kernels (compiled.KERNELS: the criteo_tsv parser's in tsv_rows.py,
-the strings' and the CSV tokenizer's in text_rows.py) ahead of time into one extension module.
+"""Compiles the criteo_tsv reader's kernels (tsv_rows.py) ahead of time into an extension module.
 
-Loading numba-cached functions costs every process about 0.5 s of numba's own import and set-up
-(its typing and lowering registries) before the first call: a large part of a preprocessing
-command's start-up. The same functions compiled here by ``numba.pycc`` load in milliseconds,
-import no numba and run at the JIT's speed (their outputs are compared in
-tests/data/test_build_kernels.py).
+Loading a numba-cached function costs every process about 0.6 s of numba's own set-up (its
+typing and lowering registries) before the first call: a third of a Criteo command's start-up.
+The same functions compiled here by ``numba.pycc`` load in milliseconds and run at the JIT's
+speed (their outputs are compared in tests/data/test_build_kernels.py).
 
 ``make install`` (and so ``make test``, ``make demo`` and the Dockerfile) runs
 ``python -m dlrm_dist.data.columnar.build_kernels --if-missing``. The module is written next to
-compiled.py under the name ``compiled.compiled_name()`` gives (a digest of the sources, numba's
-and numpy's versions and the CPU it was compiled for): compiled.py imports only the build of its
-own sources on this kind of CPU; any other is never loaded, and the JIT compiles the same
-functions instead: slower to start, never stale. A build is installed only after a new process
-has run it on Criteo lines and CSV text and got the JIT's results (an instruction the CPU lacks
-fails there, not in a job). Without C and C++ compilers (or pycc) the build says so and exits 0:
-the JIT serves, and the next ``make`` tries again.
+tsv_kernel.py under the name ``tsv_kernel.compiled_name()`` gives: a digest of the three sources
+(tsv_rows.py, tsv_kernel.py, this file), the constants compiled in, numba's and numpy's versions and the CPU it was compiled for. tsv_kernel.py
+imports only the build of its own source on this kind of CPU; any other (an edited kernel, another
+numba, an image built on another machine) is never loaded, and the JIT compiles the same functions
+instead: slower to start, never stale. A build is installed only after a new process has run it
+on Criteo lines and got the JIT's results (an instruction the CPU lacks fails there, not in a job).
+Without C and C++ compilers (or pycc) the build says so and exits 0: the JIT serves, and the next
+``make`` tries again.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-from dlrm_dist.data.columnar import compiled
+from dlrm_dist.data.columnar import tsv_kernel as k
 
 try:  # what a compiler or linker that fails to run raises (distutils' errors); anything else is a bug
     from setuptools._distutils.errors import CCompilerError, DistutilsError
@@ -40,13 +39,18 @@ except ImportError:  # (no setuptools: _compiler says so first)
     _LINK_ERRORS = (OSError,)
 
 
-# A new process runs the candidate build's kernels and the JIT's on Criteo lines (good, bad, CRLF; the
-# fused encode by the built-in schema) and on CSV text (the tokenizer, the interner, the orders, the
-# hashes, the bags, the counts and model ids), and compares what they give.
+def signature(kernel: str) -> str:
+    """The exported signature of ``kernel``, from tsv_kernel.ARGS (C-contiguous arrays)."""
+    arrays = [f"{code}[{', '.join([':'] * (ndim - 1) + ['::1'])}]" for code, ndim in k.ARGS[kernel]]
+    return f"{k.RESULTS[kernel]}({', '.join(arrays)})"
+
+
+# A new process runs the candidate build's three kernels on Criteo lines (good, bad, CRLF; the fused
+# encode by the built-in schema) and compares them with the JIT's.
 _SMOKE = r"""
 import importlib.util, sys
-import numpy as np, pyarrow as pa
-from dlrm_dist.data.columnar import compiled, criteo_fused, criteo_tsv, csv_kernel, kernels, tsv_kernel as k
+import numpy as np
+from dlrm_dist.data.columnar import criteo_fused, criteo_tsv, tsv_kernel as k
 from dlrm_dist.features.builtin import criteo_schema
 spec = importlib.util.spec_from_file_location(sys.argv[1], sys.argv[2])
 built = importlib.util.module_from_spec(spec); spec.loader.exec_module(built)
@@ -55,25 +59,13 @@ data = "\n".join([line, line.replace("\t7\t", "\t\t", 1), "2" + line[1:], line[:
 buf = k.padded(data)
 schema = criteo_schema(days=2).with_fitted({}, {})
 fused = criteo_fused.fused_plan(schema, criteo_tsv._positions(schema))
-plan = csv_kernel.Plan(ord(","), np.array([1, 2, 0, 2], np.int8), np.array([0, 0, 0, 1], np.int64), ["n"], ["a", "b"])
-csv = b"1.5,x|y,z,abcdefghijklmnopqrstu\n-2,,q,b\n,y||x,,abcdefghijklmnopqrstu\n"
-texts = pa.array(["b", "a", None, "abcdefghijklmnopqrstu", "b", "", "a|b||c"] * 700)
-def run(build):
-    compiled.BUILD = build
+def run(kernels):
+    k._KERNELS = kernels
     found, arrays = criteo_fused.encode_fused(buf, fused)
     lines, flat = criteo_fused.fused_encoded(fused, found.rows, arrays)
-    interner = kernels.Interner()
-    ids = interner.ids(texts)
-    counts = np.zeros(interner.n, np.int64)
-    kernels.count_ids(ids, np.arange(len(ids)) % 3 > 0, np.zeros(0, np.int64), counts)
-    out = np.empty(len(ids), np.int64)
-    kernels.model_ids(ids, np.arange(interner.n) - 2, interner.hashes(), np.uint64(7), np.uint64(5), out)
-    values, bags = kernels.split_bags(texts, "|")
     return (k.count_newlines(buf), repr(k.parse_chunk(buf)), found.rows, found.bad, lines.tobytes(),
-            [None if a is None else a.tobytes() for a in flat], repr(csv_kernel.parse(plan, csv)), ids.tobytes(),
-            interner.texts().to_pylist(), counts.tobytes(), out.tobytes(), kernels.fnv1a(texts).tobytes(),
-            kernels.text_order(interner.texts()).tobytes(), values.to_pylist(), bags.tobytes())
-sys.exit(0 if run(built) == run(None) else 3)
+            [None if a is None else a.tobytes() for a in flat])
+sys.exit(0 if run(built) == run(k._Jit) else 3)
 """
 
 
@@ -101,16 +93,16 @@ def _compiler(name: str):
 
 
 def build(directory: Optional[Path] = None) -> Path:
-    """Compiles, checks and installs the kernels in ``directory`` (compiled.py's own by default),
+    """Compiles, checks and installs the kernels in ``directory`` (tsv_kernel.py's own by default),
     removing that directory's builds of other sources for this Python; returns the module's path."""
-    out = Path(directory or Path(compiled.__file__).parent)
-    name = compiled.compiled_name()
+    out = Path(directory or Path(k.__file__).parent)
+    name = k.compiled_name()
     cc = _compiler(name)
     cc.target_cpu = "host"  # (the name says which CPU: another one never loads it)
     cc.use_nrt = False  # nothing allocates in the kernels: no reference counts to keep (tsv_rows._ROW_CODE)
     cc.verbose = False
-    for kernel in compiled.KERNELS:  # (the JIT's dispatchers: their Python functions are what pycc compiles)
-        cc.export(kernel, compiled.signature(kernel))(compiled.jit(kernel).py_func)
+    for kernel in k.ARGS:  # (the JIT's dispatchers: their Python functions are what pycc compiles)
+        cc.export(kernel, signature(kernel))(getattr(k._Jit, kernel).py_func)
     with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as scratch:
         cc.output_dir = scratch  # linked and checked there, then renamed: no process imports half a file
         try:
@@ -121,7 +113,7 @@ def build(directory: Optional[Path] = None) -> Path:
         built = out / cc.output_file
         os.replace(Path(scratch) / cc.output_file, built)
     suffix = sysconfig.get_config_var("EXT_SUFFIX")  # (another Python's or venv's builds are theirs)
-    for old in out.glob(compiled.PREFIX + "*" + suffix):
+    for old in out.glob(k.COMPILED_PREFIX + "*" + suffix):
         if old.name != built.name:
             old.unlink()
     return built
@@ -134,16 +126,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--if-missing", action="store_true",
                         help="build only where no build of these sources for this CPU is loaded (make's step)")
     args = parser.parse_args(argv)
-    if args.if_missing and compiled.BUILD is not None and args.out is None:
+    if args.if_missing and k.COMPILED and args.out is None:
         return 0
     started = time.perf_counter()
     try:
         path = build(args.out)
     except NoToolchain as e:
-        print(f"data kernels not compiled ahead of time ({e}); numba's JIT "
-              "compiles them on first use instead (about 0.5 s more start-up per command)", file=sys.stderr)
+        print(f"criteo_tsv kernels not compiled ahead of time ({e}); numba's JIT "
+              "compiles them on first use instead (about 0.6 s more start-up per command)", file=sys.stderr)
         return 0
-    print(f"compiled the data kernels ahead of time in {time.perf_counter() - started:.1f} s: {path}")
+    print(f"compiled the criteo_tsv kernels ahead of time in {time.perf_counter() - started:.1f} s: {path}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""A compiled tokenizer (its numba code in text_rows.py) for the byte ranges of plain CSV/TSV files: the typed reads of
+"""A compiled tokenizer (numba) for the byte ranges of plain CSV/TSV files: the typed reads of
 one range (columns.py's ``num:``/``text:`` fields) straight from its bytes, without pyarrow's parse.
 
 byte_ranges.py cuts a file into ranges after line ends and parses each on a worker thread;
@@ -21,13 +21,13 @@ what it accepts it reads exactly as pyarrow does:
 Quotes never reach it: byte_ranges does not cut a CSV holding a quote character (a TSV has
 no quoting, and a ``"`` is an ordinary byte there, as in pyarrow's TSV read).
 
-Three passes, each branch-light: ``ends`` finds every cell's end (a store and an add per
-byte, no jump per cell), ``tokenize`` walks the cells line by line (numbers parsed, text
-cells' spans noted), ``gather`` copies each text column's cells end to end, 8 bytes at a
+Three passes, each branch-light: ``_ends`` finds every cell's end (a store and an add per
+byte, no jump per cell), ``_tokenize`` walks the cells line by line (numbers parsed, text
+cells' spans noted), ``_gather`` copies each text column's cells end to end, 8 bytes at a
 time, in line order. About 0.7 s per core for 340 MB here, where pyarrow's parse and string
-building take 2.8 s. The kernels release the GIL. Without a build (compiled.py), loading them
-from numba's cache (its compiler set up, ~0.3 s the first time in a process) runs on a
-thread of its own (``warm``) while pyarrow parses the first ranges.
+building take 2.8 s. The kernels release the GIL. Loading them (numba's cache; its compiler
+set up, ~0.3 s the first time in a process) runs on a thread of its own (``warm``) while
+pyarrow parses the first ranges.
 """
 
 from __future__ import annotations
@@ -38,15 +38,143 @@ from typing import Optional
 
 import numpy as np
 import pyarrow as pa
-from dlrm_dist.data.columnar import columns, compiled
+from numba import njit
+
+from dlrm_dist.data.columnar import columns
 from dlrm_dist.features.schema import FeatureSchema
 
 SKIP, NUMBER, TEXT = 0, 1, 2  # what the tokenizer does with a file column
-MANTISSA_LIMIT = 1 << 53  # mantissas below it are exact doubles
+_MANTISSA_LIMIT = 1 << 53  # mantissas below it are exact doubles
 _POW10 = np.array([10.0 ** k for k in range(23)])  # 10**0 .. 10**22: exact doubles
 # Return codes below 0: the range is not served (pyarrow reads it).
 FIELDS, CR, NUMBER_FORM, NON_ASCII, ROWS = -1, -2, -3, -4, -5
 WORD = 8  # bytes a text cell is copied in at a time
+
+
+@njit(cache=True, nogil=True)
+def _number(data, a, b, pow10):  # pragma: no cover - compiled
+    """(value, ok) of the cell data[a:b] when it is ``-?D+(.D+)?`` with an exact mantissa."""
+    i = a
+    neg = data[i] == 45  # '-'
+    if neg:
+        i += 1
+    m = np.int64(0)
+    whole = 0
+    frac = 0
+    dot = False
+    while i < b:
+        c = data[i]
+        if 48 <= c <= 57:
+            if whole + frac >= 18:  # (a mantissa of 18 digits cannot overflow int64; longer: not served)
+                return 0.0, False
+            m = m * 10 + (c - 48)
+            if dot:
+                frac += 1
+            else:
+                whole += 1
+        elif c == 46 and not dot:  # '.'
+            dot = True
+        else:
+            return 0.0, False
+        i += 1
+    if whole == 0 or (dot and frac == 0) or m >= _MANTISSA_LIMIT or frac > 22:
+        return 0.0, False
+    v = np.float64(m) / pow10[frac]
+    return (-v if neg else v), True
+
+
+@njit(cache=True, nogil=True)
+def _ends(data, special, ends):  # pragma: no cover - compiled
+    """Where each cell ends (the offset of its delimiter, line end or ``\r``), branch-free: a
+    write per byte and a count, no jump per cell. Returns the count, or a code below 0: more
+    cells than ``ends`` holds, or a byte that is not ASCII anywhere in the range (pyarrow
+    validates UTF-8 text: such a range is left to it)."""
+    k = 0
+    high = 0
+    limit = len(ends) - 1
+    for i in range(len(data)):
+        c = data[i]
+        ends[k] = i
+        k += special[c]
+        high |= c
+        if k >= limit:
+            return ROWS
+    if high >= 128:
+        return NON_ASCII
+    if len(data) and data[len(data) - 1] != 10:  # (the last line without its line end)
+        ends[k] = len(data)
+        k += 1
+    return k
+
+
+@njit(cache=True, nogil=True)
+def _tokenize(data, delim, ends, cells, kinds, slots, nums, valid, starts, sizes, pow10):  # pragma: no cover - compiled
+    """Rows of ``data`` tokenized from its cells' ends: numbers into nums/valid, text cells'
+    (start, size) into starts/sizes (by their column's slot); returns the row count or a code
+    below 0 (a line of another field count, an empty line, a ``\r``, a number not served)."""
+    ncols = len(kinds)
+    if cells % ncols:
+        return FIELDS
+    rows = cells // ncols
+    n = len(data)
+    a = 0
+    for row in range(rows):
+        base = row * ncols
+        for col in range(ncols):
+            e = ends[base + col]
+            c = data[e] if e < n else 10
+            if c != (10 if col == ncols - 1 else delim):
+                return CR if c == 13 else FIELDS
+            if col == 0 and c == 10 and e == a:  # an empty line (pyarrow skips it) in a file of one column
+                return FIELDS
+            k = kinds[col]
+            if k == 1:
+                s = slots[col]
+                if e == a:
+                    valid[s, row] = 0
+                    nums[s, row] = 0.0
+                else:
+                    v, ok = _number(data, a, e, pow10)
+                    if not ok:
+                        return NUMBER_FORM
+                    nums[s, row] = v
+                    valid[s, row] = 1
+            elif k == 2:
+                s = slots[col]
+                starts[row, s] = a
+                sizes[row, s] = e - a
+            a = e + 1
+    return rows
+
+
+@njit(cache=True, nogil=True)
+def _gather(data, starts, sizes, offsets, base, out):  # pragma: no cover - compiled
+    """Every text column's cells (``starts``/``sizes``: a row per line, a column per text
+    column) copied end to end into its region of ``out`` (from ``base[column]``), where
+    ``offsets`` (a row per line and the end) says each begins. One pass over the lines in
+    order, each array walked in memory order (column by column would be a pass per column over
+    a range larger than the caches). A cell is copied WORD bytes at a time by a loop of fixed
+    length, then its tail: 1.5x faster than a loop of the cell's length over its bytes."""
+    texts = sizes.shape[1]
+    at = np.zeros(texts, np.int64)
+    for i in range(sizes.shape[0]):
+        for s in range(texts):
+            a = starts[i, s]
+            o = at[s]
+            offsets[i, s] = o
+            size = sizes[i, s]
+            b = base[s] + o
+            q = 0
+            while q + WORD <= size:
+                for r in range(WORD):
+                    out[b + q + r] = data[a + q + r]
+                q += WORD
+            while q < size:
+                out[b + q] = data[a + q]
+                q += 1
+            at[s] = o + size
+    for s in range(texts):
+        offsets[sizes.shape[0], s] = at[s]
 
 
 @dataclass(frozen=True)
@@ -89,7 +217,7 @@ def _text_arrays(data: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> lis
     np.cumsum(totals, out=base[1:])
     offsets = np.empty((rows + 1, texts), np.int32)
     out = np.empty(int(base[-1]), np.uint8)
-    compiled.run("gather", data, starts, sizes, offsets, base, out, np.zeros(texts, np.int64))
+    _gather(data, starts, sizes, offsets, base, out)
     offsets = np.ascontiguousarray(offsets.T)
     present = np.ascontiguousarray((sizes > 0).T)
     return [pa.StringArray.from_buffers(rows, pa.py_buffer(offsets[s]), pa.py_buffer(out[base[s]: base[s] + totals[s]]),
@@ -106,10 +234,10 @@ def parse(p: Plan, raw: bytes) -> Optional[pa.RecordBatch]:
     ncols = len(p.kinds)
     special = _special(p.delimiter)
     ends = np.empty(len(raw) // 4 + 2, np.int32)  # (a cell of 4 bytes on average at least: else counted below)
-    cells = compiled.run("ends", data, special, ends)
+    cells = _ends(data, special, ends)
     if cells == ROWS:
         ends = np.empty(int(special[data].sum()) + 2, np.int32)
-        cells = compiled.run("ends", data, special, ends)
+        cells = _ends(data, special, ends)
     if cells < 0:
         return None
     cap = cells // ncols + 1
@@ -117,7 +245,7 @@ def parse(p: Plan, raw: bytes) -> Optional[pa.RecordBatch]:
     valid = np.empty((len(p.numbers), cap), np.uint8)
     starts = np.empty((cap, len(p.texts)), np.int64)
     sizes = np.empty((cap, len(p.texts)), np.int32)
-    rows = compiled.run("tokenize", data, p.delimiter, ends, cells, p.kinds, p.slots, nums, valid, starts, sizes, _POW10)
+    rows = _tokenize(data, p.delimiter, ends, cells, p.kinds, p.slots, nums, valid, starts, sizes, _POW10)
     if rows <= 0:  # (no rows: pyarrow says what such a range is)
         return None
     texts = _text_arrays(data, starts[:rows], sizes[:rows])
@@ -134,9 +262,7 @@ def _special(delimiter: int) -> np.ndarray:
     return special
 
 
-_WARM = threading.Event()  # set once the kernels are loaded in this process (a build's: at once)
-if compiled.BUILD is not None:
-    _WARM.set()
+_WARM = threading.Event()  # set once the kernels are loaded in this process
 _WARM_LOCK = threading.Lock()
 _warming: list[threading.Thread] = []
 
@@ -144,10 +270,9 @@ _warming: list[threading.Thread] = []
 def warm(p: Plan) -> threading.Event:
     """Starts loading the kernels (once per process) on a thread of its own, by a parse of one
     line of ``p``'s shape (the types of every real call: nothing is compiled twice); the event
-    is set when they are loaded (at once with a build: nothing to load). Until then byte_ranges
-    has pyarrow parse the ranges."""
+    is set when they are loaded. Until then byte_ranges has pyarrow parse the ranges."""
     with _WARM_LOCK:
-        if compiled.BUILD is None and not _warming:
+        if not _warming:
             line = ",".join("0" if k == NUMBER else "a" if k == TEXT else "" for k in p.kinds.tolist())
             sample = (line.replace(",", chr(p.delimiter)) + "\n").encode()
             _warming.append(threading.Thread(target=_load, args=(p, sample), name="dlrm_dist-csv-warm", daemon=True))

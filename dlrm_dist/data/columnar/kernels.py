@@ -1,5 +1,4 @@
-"""The staging path's compiled kernels (their numba code in text_rows.py, run by compiled.py: a
-build made ahead of time, or numba's JIT): FNV-1a 64 of Arrow strings (the hash of every
+"""Compiled kernels (numba) of the staging path: FNV-1a 64 of Arrow strings (the hash of every
 ``kind = "hash"`` id and OOV bucket), the byte order of texts by integer sorts, and the distinct
 texts of a vocabulary table with dense ids (``Interner``).
 
@@ -18,10 +17,18 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numba import njit
 
-from dlrm_dist.data.columnar import compiled
+_FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
 
-FNV_OFFSET, FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+
+@njit(cache=True, nogil=True)
+def _fnv1a(offsets, data, out):  # pragma: no cover - compiled
+    for i in range(len(out)):
+        h = _FNV_OFFSET
+        for k in range(offsets[i], offsets[i + 1]):
+            h = (h ^ np.uint64(data[k])) * _FNV_PRIME
+        out[i] = h
 
 
 def buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -47,13 +54,27 @@ def fnv1a(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
     out = np.empty(len(arr), np.uint64)
     if not len(arr):
         return out
-    compiled.run("fnv1a", *buffers(arr), out)
+    _fnv1a(*buffers(arr), out)
     if arr.null_count:  # a null's offsets may span bytes (Arrow leaves them unspecified): empty text
-        out[arr.is_null().to_numpy(zero_copy_only=False)] = FNV_OFFSET
+        out[arr.is_null().to_numpy(zero_copy_only=False)] = _FNV_OFFSET
     return out
 
 
 # -- ordering texts --------------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def _byte_key(offsets, data, rows, start, out):  # pragma: no cover - compiled
+    """Bytes [start, start + 8) of each row's text as a big-endian integer, zero padded."""
+    for i in range(len(rows)):
+        lo = offsets[rows[i]] + start
+        hi = offsets[rows[i] + 1]
+        k = np.uint64(0)
+        for p in range(lo, lo + 8):
+            k = k << np.uint64(8)
+            if p < hi:
+                k = k | np.uint64(data[p])
+        out[i] = k
+
+
 def text_order(texts: pa.Array, first: Optional[np.ndarray] = None) -> np.ndarray:
     """The permutation that sorts ``texts`` (no nulls) by ``first`` (an int64 key, ascending) and
     then by their UTF-8 bytes, as Arrow's and Python's sorts order them (a prefix first). Equal
@@ -71,7 +92,7 @@ def text_order(texts: pa.Array, first: Optional[np.ndarray] = None) -> np.ndarra
     offsets, data = buffers(arr)
     lengths = np.diff(offsets)
     key = np.empty(n, np.uint64)
-    compiled.run("byte_key", offsets, data, np.arange(n), 0, key)
+    _byte_key(offsets, data, np.arange(n), 0, key)
     # (round one need not be stable: every later round re-sorts what it left tied, until only equal
     # texts are: quicksort is 3x faster than a stable sort of 2M keys)
     order = np.lexsort((key, first)) if first is not None else np.argsort(key)
@@ -92,7 +113,7 @@ def text_order(texts: pa.Array, first: Optional[np.ndarray] = None) -> np.ndarra
         by_length = start >= int(lengths[rows].max())
         nxt = lengths[rows].astype(np.uint64) if by_length else np.empty(len(rows), np.uint64)
         if not by_length:
-            compiled.run("byte_key", offsets, data, rows, start, nxt)
+            _byte_key(offsets, data, rows, start, nxt)
         sub = np.lexsort((nxt, run[at]))
         order[at] = rows[sub]
         nxt = nxt[sub]
@@ -103,12 +124,102 @@ def text_order(texts: pa.Array, first: Optional[np.ndarray] = None) -> np.ndarra
 
 
 # -- distinct texts, each with a dense id -------------------------------------------------------------
-ID_BITS = np.uint64(40)  # a slot's meta word: id + 1 in the low 40 bits, the text's length (capped) above
-ID_MASK = np.uint64((1 << 40) - 1)
-LONG = 0xFFFFFF  # length field of a text too long for it: its length is compared from the text store
+_ID_BITS = np.uint64(40)  # a slot's meta word: id + 1 in the low 40 bits, the text's length (capped) above
+_ID_MASK = np.uint64((1 << 40) - 1)
+_LONG = 0xFFFFFF  # length field of a text too long for it: its length is compared from the text store
 INLINE = 16  # texts up to this many bytes are confirmed from their slot alone (one cache line per probe)
 _HUGE_FROM = 4 << 20  # slot tables from this size on ask for huge pages
-AHEAD = 4096  # texts hashed, and their slots loaded, ahead of their probes (a few hundred kB of slots: in L2)
+_AHEAD = 4096  # texts hashed, and their slots loaded, ahead of their probes (a few hundred kB of slots: in L2)
+
+
+@njit(cache=True, nogil=True)
+def _intern(offsets, data, missing, hash_mask, slots, keys, starts, buf, n, used, out):  # pragma: no cover
+    """Ids of a block's texts (-1: missing), new texts appended; returns (n, used, i, j): i >= 0 is
+    a text whose hash is text j's while its bytes are not. One pass over each text's bytes gives
+    its FNV-1a 64 (``& hash_mask``: all ones but in tests) and its first 16 bytes as two words. A
+    slot is (hash, id + 1 | length << 40, bytes 0..7, bytes 8..15; meta 0: empty): a text of up
+    to 16 bytes is confirmed byte for byte from its slot, without a second memory access; a
+    longer one from the text store."""
+    mask = np.uint64(len(slots) - 1)
+    words = np.empty((min(len(out), _AHEAD), 3), np.uint64)
+    touched = np.uint64(0)
+    for i in range(len(out)):
+        if i % _AHEAD == 0:  # the next _AHEAD texts' hashes and first words; their slots loaded
+            touched += _prepare(offsets, data, hash_mask, slots, mask, i, min(len(out), i + _AHEAD), words)
+        if missing[i]:
+            out[i] = -1
+            continue
+        lo = offsets[i]
+        size = offsets[i + 1] - lo
+        h = words[i % _AHEAD, 0]
+        w0 = words[i % _AHEAD, 1]
+        w1 = words[i % _AHEAD, 2]
+        length = np.uint64(min(size, _LONG))
+        s = h & mask
+        while True:
+            meta = slots[s, 1]
+            if meta == 0:
+                slots[s, 0] = h
+                slots[s, 1] = np.uint64(n + 1) | (length << _ID_BITS)
+                slots[s, 2] = w0
+                slots[s, 3] = w1
+                keys[n] = h
+                buf[used: used + size] = data[lo: lo + size]
+                used += size
+                starts[n + 1] = used
+                out[i] = n
+                n += 1
+                break
+            if slots[s, 0] == h:
+                j = np.int64(meta & _ID_MASK) - 1
+                same = (meta >> _ID_BITS) == length and slots[s, 2] == w0 and slots[s, 3] == w1
+                if same and size > INLINE:
+                    a = starts[j]
+                    same = starts[j + 1] - a == size
+                    k = INLINE
+                    while same and k < size:
+                        same = buf[a + k] == data[lo + k]
+                        k += 1
+                if not same:
+                    return n, used, i, j
+                out[i] = j
+                break
+            s = (s + np.uint64(1)) & mask
+    if touched == np.uint64(1):  # (never in practice: keeps the loads of _prepare from being optimised away)
+        out[0] = out[0]
+    return n, used, -1, -1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _prepare(offsets, data, hash_mask, slots, mask, lo_row, hi_row, words):  # pragma: no cover - compiled
+    """The FNV-1a 64 (``& hash_mask``) and the first 16 bytes (two words) of texts lo_row..hi_row
+    into ``words``, and the meta word of each one's first slot loaded (summed into the return):
+    the loads do not depend on one another, so the processor has many cache misses in flight
+    at once, where the probe loop, one branchy text after another, waits for each in turn. A
+    table of a million values is far larger than the caches; the probes then find their slots
+    in cache."""
+    touched = np.uint64(0)
+    for i in range(lo_row, hi_row):
+        lo = offsets[i]
+        size = offsets[i + 1] - lo
+        h = _FNV_OFFSET
+        w0 = np.uint64(0)
+        w1 = np.uint64(0)
+        for k in range(size):
+            c = np.uint64(data[lo + k])
+            h = (h ^ c) * _FNV_PRIME
+            if k < 8:
+                w0 |= c << np.uint64(8 * k)
+            elif k < INLINE:
+                w1 |= c << np.uint64(8 * (k - 8))
+        h &= hash_mask
+        r = i - lo_row
+        words[r, 0] = h
+        words[r, 1] = w0
+        words[r, 2] = w1
+    for r in range(hi_row - lo_row):  # (a loop of loads only: as many misses in flight as the core allows)
+        touched += slots[words[r, 0] & mask, 1]
+    return touched
 
 
 def _table(slots: int) -> np.ndarray:
@@ -155,9 +266,8 @@ class Interner:
         offsets, data = buffers(arr)
         missing = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else np.zeros(len(arr), bool)
         self._reserve(len(arr), int(offsets[-1] - offsets[0]))
-        words = np.empty((min(len(out), AHEAD), 3), np.uint64)  # (the kernel's scratch: hashes and first words)
-        n, used, i, j = compiled.run("intern", offsets, data, missing, self.HASH_MASK, self.slots, self.keys, self.starts,
-                                     self.buf, self.n, self.used, out, words)
+        n, used, i, j = _intern(offsets, data, missing, self.HASH_MASK, self.slots, self.keys, self.starts, self.buf,
+                                self.n, self.used, out)
         self.n, self.used = n, used
         if i >= 0:
             raise Collision(self.text(j), bytes(data[offsets[i]: offsets[i + 1]]).decode("utf-8", "replace"),
@@ -170,7 +280,7 @@ class Interner:
         self.buf = _grown(self.buf, self.used + nbytes)
         if 2 * (self.n + rows) > len(self.slots):  # rebuilt larger: at most half full
             slots = _table(1 << int(2 * (self.n + rows) - 1).bit_length())
-            compiled.run("reslot", self.slots, slots)
+            _reslot(self.slots, slots)
             self.slots = slots
 
     def text(self, i: int) -> str:
@@ -194,20 +304,80 @@ class Collision(Exception):
         self.first, self.second, self.hash = first, second, h
 
 
-def count_ids(ids: np.ndarray, train: np.ndarray, lengths: np.ndarray, counts: np.ndarray) -> None:
-    """``counts[id] += 1`` for every id >= 0 of a training row (``train``); ``lengths`` are the
-    rows' bag lengths (empty: one id per row)."""
-    compiled.run("count_ids", ids, train, lengths, counts)
+@njit(cache=True, nogil=True)
+def _reslot(old, slots):  # pragma: no cover - compiled
+    """Every used slot of ``old`` moved into the larger, empty ``slots``."""
+    mask = np.uint64(len(slots) - 1)
+    for r in range(len(old)):
+        if old[r, 1] == 0:
+            continue
+        s = old[r, 0] & mask
+        while slots[s, 1] != 0:
+            s = (s + np.uint64(1)) & mask
+        slots[s] = old[r]
 
 
-def model_ids(staged: np.ndarray, vocab_ids: np.ndarray, hashes: np.ndarray, empty: np.uint64, oov_buckets: np.uint64,
-              out: np.ndarray) -> None:
-    """Each staged distinct id's model id into ``out``: ``vocab_ids[id]`` when >= 0, else the OOV
-    bucket ``hash % oov_buckets`` of its text (``empty``'s for a missing value, id -1)."""
-    compiled.run("model_ids", staged, vocab_ids, hashes, empty, oov_buckets, out)
+@njit(cache=True, nogil=True)
+def count_ids(ids, train, lengths, counts):  # pragma: no cover - compiled
+    """``counts[id] += 1`` for every id >= 0 of a training row; ``lengths`` are the rows' bag
+    lengths (empty: one id per row)."""
+    if len(lengths) == 0:
+        for i in range(len(ids)):
+            if train[i] and ids[i] >= 0:
+                counts[ids[i]] += 1
+        return
+    k = 0
+    for r in range(len(lengths)):
+        for _ in range(lengths[r]):
+            if train[r] and ids[k] >= 0:
+                counts[ids[k]] += 1
+            k += 1
+
+
+@njit(cache=True, nogil=True)
+def model_ids(staged, vocab_ids, hashes, empty, oov_buckets, out):  # pragma: no cover - compiled
+    """Each staged distinct id's model id: ``vocab_ids[id]`` when >= 0, else the OOV bucket
+    ``hash % oov_buckets`` of its text (``empty``'s for a missing value, id -1)."""
+    for i in range(len(staged)):
+        v = staged[i]
+        if 0 <= v < len(vocab_ids) and vocab_ids[v] >= 0:
+            out[i] = vocab_ids[v]
+        else:
+            out[i] = np.int64((hashes[v] if v >= 0 else empty) % oov_buckets)
 
 
 # -- multi-hot bags ---------------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def _split(offsets, data, missing, delim, out_offsets, out, counts):  # pragma: no cover - compiled
+    """The non-empty pieces of each row's text between ``delim`` bytes, copied end to end into
+    ``out`` (``out_offsets``: where each begins, and the end), and each row's count (a missing
+    row: none). Returns the pieces' count."""
+    o = 0
+    k = 0
+    out_offsets[0] = 0
+    for r in range(len(counts)):
+        n = 0
+        if not missing[r]:
+            begun = o
+            for i in range(offsets[r], offsets[r + 1]):
+                c = data[i]
+                if c == delim:
+                    if o > begun:
+                        k += 1
+                        out_offsets[k] = o
+                        n += 1
+                        begun = o
+                else:
+                    out[o] = c
+                    o += 1
+            if o > begun:
+                k += 1
+                out_offsets[k] = o
+                n += 1
+        counts[r] = n
+    return k
+
+
 def split_bags(texts: pa.Array, delimiter: str) -> Optional[tuple[pa.Array, np.ndarray]]:
     """A multi-hot column's values and per-row counts as encode.bags_of gives them (each text
     split at ``delimiter``, empty pieces dropped, a missing text no value), in one pass over the
@@ -223,7 +393,7 @@ def split_bags(texts: pa.Array, delimiter: str) -> Optional[tuple[pa.Array, np.n
     nbytes = int(offsets[-1] - offsets[0]) if rows else 0
     out_offsets, out, counts = np.empty(nbytes // 2 + rows + 2, np.int64), np.empty(max(nbytes, 1), np.uint8), \
         np.empty(rows, np.int64)
-    k = compiled.run("split", offsets, data, missing, ord(delimiter), out_offsets, out, counts)
+    k = _split(offsets, data, missing, ord(delimiter), out_offsets, out, counts)
     values = pa.LargeStringArray.from_buffers(k, pa.py_buffer(out_offsets[: k + 1]),
                                               pa.py_buffer(out[: int(out_offsets[k])]))
     return values, counts

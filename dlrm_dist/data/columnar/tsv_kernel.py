@@ -24,21 +24,20 @@ reads each byte once; anything else is re-read by the exact general state machin
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
 
+import llvmlite.binding as llvm
+import numba
 import numpy as np
 
-from dlrm_dist.data.columnar import compiled
-from dlrm_dist.features.builtin import CRITEO_NUM_DENSE, CRITEO_NUM_SPARSE
-
-# The constants compiled into the kernels (tsv_rows.py).
-NUM_DENSE, NUM_SPARSE = CRITEO_NUM_DENSE, CRITEO_NUM_SPARSE
-NUM_FIELDS = 1 + NUM_DENSE + NUM_SPARSE
-MAX_REPORTED = 1000
-MIN_LINE_BYTES = NUM_FIELDS  # a valid line: a 1-digit label and 39 tabs (its newline aside)
-TABLE_SIZE = 1 << 16  # counts 0..65535 looked up (~99% of Criteo's); others go through the chain itself
-# Reason codes written by the kernel.
-BAD_FIELD_COUNT, BAD_LABEL, BAD_INT, BAD_HEX, BAD_BIG = 1, 2, 3, 4, 5
+from dlrm_dist.data.columnar.tsv_rows import (BAD_BIG, BAD_FIELD_COUNT, BAD_INT, BAD_LABEL, MAX_REPORTED,
+                                              MIN_LINE_BYTES, NUM_DENSE, NUM_FIELDS, NUM_SPARSE, TABLE_SIZE,
+                                              count_newlines_jit, scan_fused_jit, scan_jit)
 
 
 @dataclass
@@ -114,7 +113,7 @@ def parse_chunk(data: bytes | np.ndarray) -> ParsedChunk:
     labels = np.zeros(cap, np.int32)
     rows = np.zeros(cap, np.int64)
     bad = _bad_buffers()
-    lines, out, nbad = compiled.run("scan", buf, dense, dmiss, sparse, smiss, labels, rows, *bad, *_scratch())
+    lines, out, nbad = _run("scan", buf, dense, dmiss, sparse, smiss, labels, rows, *bad, *_scratch())
     return ParsedChunk(dense[:, :out], dmiss[:, :out], sparse[:, :out], smiss[:, :out], labels[:out], int(lines),
                        _bad_list(*bad, nbad), int(nbad), rows[:out])
 
@@ -179,7 +178,7 @@ def fused_chunk(data: bytes | np.ndarray, plan: FusedPlan, out: FusedOutput) -> 
     over = len(buf) // MIN_LINE_BYTES * NUM_DENSE + NUM_DENSE  # at most one per count field of a row
     over_row, over_field, over_value = np.empty(over, np.int64), np.empty(over, np.int64), np.empty(over, np.int64)
     bad = _bad_buffers()
-    lines, rows, nbad, nover = compiled.run("scan_fused", buf, plan.dense_field, plan.dense_first, plan.table_of, plan.tables,
+    lines, rows, nbad, nover = _run("scan_fused", buf, plan.dense_field, plan.dense_first, plan.table_of, plan.tables,
                                            plan.fills, plan.id_field, plan.id_modulo, plan.id_inverse, out.ids32, out.ids64,
                                            out.labels, out.dense, out.rows, over_row, over_field, over_value, *bad,
                                            *_scratch())
@@ -189,4 +188,73 @@ def fused_chunk(data: bytes | np.ndarray, plan: FusedPlan, out: FusedOutput) -> 
 
 def count_newlines(buf: np.ndarray) -> int:
     """LF bytes in ``buf`` (a uint8 array)."""
-    return compiled.run("count_newlines", buf)
+    return _run("count_newlines", buf)
+
+
+# -- the same kernels compiled ahead of time (build_kernels.py) -------------------------------------
+COMPILED_PREFIX = "_tsv_compiled_"
+_SOURCES = ("tsv_rows.py", "tsv_kernel.py", "build_kernels.py")
+# Each kernel's arguments as the build takes them, in order: (dtype, dimensions), C-contiguous. The
+# one home of the build's signatures and of the checks before a call into it: the build does not
+# check what it is given (a wrong dtype, rank or strided view would be read as raw memory).
+_BAD_ARGS = (("i8", 1),) * 3  # bad_line, bad_code, bad_arg
+_LINE_ARGS = (("i8", 1), ("b1", 1), ("i8", 1), ("b1", 1))  # _scratch()
+ARGS = {
+    "count_newlines": (("u1", 1),),
+    "scan": (("u1", 1), ("f8", 2), ("b1", 2), ("i8", 2), ("b1", 2), ("i4", 1), ("i8", 1), *_BAD_ARGS, *_LINE_ARGS),
+    "scan_fused": (("u1", 1), ("i8", 1), ("b1", 1), ("i8", 1), ("f4", 2), ("f4", 1), ("i8", 1), ("i8", 1), ("f8", 1),
+                   ("i4", 2), ("i8", 2), ("f4", 1), ("f4", 2), ("i8", 1), ("i8", 1), ("i8", 1), ("i8", 1),
+                   *_BAD_ARGS, *_LINE_ARGS),
+}
+RESULTS = {"count_newlines": "i8", "scan": "UniTuple(i8, 3)", "scan_fused": "UniTuple(i8, 4)"}
+INPUTS = {"count_newlines": 1, "scan": 1, "scan_fused": 9}  # leading arguments only read; the rest are written
+
+
+def compiled_name(sources: Optional[Path] = None) -> str:
+    """The module name of a build of these kernels: a digest of what makes it (the kernels' code,
+    this front and the build's, as in ``sources``, by default this package; the constants compiled
+    in; numba's and numpy's versions; the CPU it targets), so that no other build is ever loaded."""
+    digest = hashlib.sha256()
+    for source in _SOURCES:
+        digest.update(((sources or Path(__file__).parent) / source).read_bytes())
+    cpu = (numba.config.CPU_NAME or llvm.get_host_cpu_name(),
+           numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten())
+    digest.update(repr((NUM_DENSE, NUM_SPARSE, TABLE_SIZE, numba.__version__, np.__version__, cpu)).encode())
+    return COMPILED_PREFIX + digest.hexdigest()[:20]
+
+
+class _Jit:
+    """The kernels as numba's JIT compiles (or loads from its cache) them on first use."""
+
+    count_newlines, scan, scan_fused = count_newlines_jit, scan_jit, scan_fused_jit
+
+
+def _kernels() -> ModuleType | type:
+    """The build of exactly this source for this CPU where there is one, else the JIT's."""
+    try:
+        return importlib.import_module(f"{__package__}.{compiled_name()}")
+    except (ImportError, OSError):  # never built, or built from other sources (compiled_name differs), or
+        return _Jit  # no sources to hash (an install without them)
+
+
+def _run(kernel: str, *args: np.ndarray):
+    """``kernel`` of the build (its arguments checked first: TypeError naming the one that is not
+    as the build takes it) or of the JIT."""
+    if COMPILED:
+        for i, (a, (code, ndim)) in enumerate(zip(args, ARGS[kernel], strict=True)):
+            _check(kernel, i, a, code, ndim, written=i >= INPUTS[kernel])
+    return getattr(_KERNELS, kernel)(*args)
+
+
+def _check(kernel: str, i: int, a: object, code: str, ndim: int, written: bool) -> None:
+    if (isinstance(a, np.ndarray) and a.dtype == np.dtype(code) and a.ndim == ndim and a.flags.c_contiguous
+            and (a.flags.writeable or not written)):
+        return
+    got = (f"{a.dtype} {a.ndim}-d, contiguous: {a.flags.c_contiguous}, writeable: {a.flags.writeable}"
+           if isinstance(a, np.ndarray) else type(a).__name__)
+    raise TypeError(f"{kernel}: argument {i} must be a C-contiguous{' writeable' if written else ''} {ndim}-d "
+                    f"{np.dtype(code)} array, got {got}")
+
+
+_KERNELS = _kernels()
+COMPILED = _KERNELS is not _Jit

@@ -10,8 +10,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from dlrm_dist.data.columnar.tsv_kernel import (BAD_BIG, BAD_FIELD_COUNT, BAD_HEX, BAD_INT, BAD_LABEL, MAX_REPORTED,
-                                                NUM_DENSE, NUM_FIELDS, NUM_SPARSE, TABLE_SIZE)
+from dlrm_dist.features.builtin import CRITEO_NUM_DENSE, CRITEO_NUM_SPARSE
+
+NUM_DENSE, NUM_SPARSE = CRITEO_NUM_DENSE, CRITEO_NUM_SPARSE
+NUM_FIELDS = 1 + NUM_DENSE + NUM_SPARSE
+MAX_REPORTED = 1000
+MIN_LINE_BYTES = NUM_FIELDS  # a valid line: a 1-digit label and 39 tabs (its newline aside)
+TABLE_SIZE = 1 << 16  # counts 0..65535 looked up (~99% of Criteo's); others go through the chain itself
+# Reason codes written by the kernel.
+BAD_FIELD_COUNT, BAD_LABEL, BAD_INT, BAD_HEX, BAD_BIG = 1, 2, 3, 4, 5
+
 
 
 # Value of each byte as a hex digit, -1 for any other byte: one table look-up per character.
