@@ -41,8 +41,9 @@ class Block:
 
 @dataclass
 class Arrays:
-    """A block's staged arrays: numeric columns as read, sparse values (finished ids, or hashes of
-    vocabulary values), bag lengths (None: one value per row) and the encoded labels."""
+    """A block's staged arrays: numeric columns as read, sparse values (finished ids; a vocabulary
+    value's id among its table's distinct texts, or criteo_tsv's integer as it is), bag lengths
+    (None: one value per row) and the encoded labels."""
 
     numbers: dict[str, np.ndarray]
     values: dict[str, np.ndarray]
@@ -161,12 +162,6 @@ class Stage:
         lengths = np.asarray(self.mapped["lengths"][f.name][self._rows(block)])
         v0 = block.values[f.name]
         return self.mapped["values"][f.name][v0: v0 + int(lengths.sum())], lengths
-
-    def arrays(self, block: Block) -> Arrays:
-        """A block's staged arrays (memory-mapped slices)."""
-        sparse = {f.name: self.sparse(block, f) for f in self.schema.sparse}
-        return Arrays(self.numbers_of(block), {n: v for n, (v, _) in sparse.items()},
-                       {n: lengths for n, (_, lengths) in sparse.items()}, self.labels_of(block))
 
     def times(self) -> np.ndarray:
         return np.asarray(self.mapped["numbers"][self.schema.split.column])

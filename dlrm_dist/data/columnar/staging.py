@@ -115,7 +115,7 @@ def stage_batch(batch: pa.RecordBatch, schema: FeatureSchema, distinct: dict[str
         wait(jobs)  # (none may still touch the tables once this returns or raises)
     done = {name: v for job in jobs for name, v in job.result().items()}  # (the first error in schema order)
     return Arrays(numbers, {f.name: done[f.name][0] for f in schema.sparse},
-                   {f.name: done[f.name][1] for f in schema.sparse}, labels)
+                  {f.name: done[f.name][1] for f in schema.sparse}, labels)
 
 
 READ_AHEAD = 6  # record batches parsed ahead of the staging (the parse goes on while numba loads its kernels)
