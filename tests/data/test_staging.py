@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dlrm_dist.data.columnar import columns, criteo_tsv, encode, fit, kernels, staged, staging
+from dlrm_dist.data.columnar import columns, criteo_tsv, encode, fit, kernels, layout, staged, staging
 from dlrm_dist.data.columnar.preprocess import Options, preprocess
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.builtin import criteo_schema
@@ -162,6 +162,59 @@ def test_a_run_killed_after_the_fit_is_completed_by_the_rerun(tmp_path: Path, sm
     monkeypatch.setattr(staging, "write_feature", write)
     _run(data, out, schema)  # the rerun: the fit kept (a random split reads once, finishing as it reads)
     assert _files(out) == _files(tmp_path / "clean")
+
+
+@pytest.fixture
+def appends(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """A one-thread pool (the jobs run one after another, in order: what they do after a failure is
+    deterministic), and the write's appends counted by kind."""
+    monkeypatch.setattr(staging.byte_ranges, "cpu_threads", lambda: 1)
+    counts = {"rows": 0, "ids": 0}
+    for kind in counts:
+        append = getattr(layout.SplitWriter, f"append_{kind}")
+
+        def counted(self, *args, _append=append, _kind=kind, **kw):
+            counts[_kind] += 1
+            return _append(self, *args, **kw)
+
+        monkeypatch.setattr(layout.SplitWriter, f"append_{kind}", counted)
+    return counts
+
+
+def test_a_failing_write_job_stops_the_others(tmp_path: Path, small_blocks, appends: dict[str, int],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows' job fails on its first block: no feature's ids are written after it (the others
+    stop at their next block, the jobs not started do nothing), and its error is the one raised."""
+    data = _write_csv(tmp_path / "data.csv", 600, seed=2)
+
+    def failing(batch, schema):
+        raise PreprocessError("data.csv line 2: the dense matrix failed")
+
+    monkeypatch.setattr(staging.encode, "dense_matrix", failing)
+    with pytest.raises(PreprocessError, match="the dense matrix failed"):
+        _run(data, tmp_path / "out", _schema(TIME))
+    assert appends == {"rows": 0, "ids": 0}
+    out = tmp_path / "out"
+    assert not (out / "meta.json").exists() and not [p.name for p in out.iterdir() if p.name.endswith(".partial")]
+
+
+def test_an_interrupt_during_the_fit_stops_the_write_jobs(tmp_path: Path, small_blocks, appends: dict[str, int],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C on the main thread as fit.json is written: the running job stops at its next block
+    (one block's appends at most), the others never start, and the interrupt is raised."""
+    data = _write_csv(tmp_path / "data.csv", 600, seed=3)
+    blocks = []
+    monkeypatch.setattr(staged.Stage, "close_splits", lambda self, _c=staged.Stage.close_splits: (
+        blocks.append(len(self.blocks)), _c(self))[1])
+
+    def interrupted(out, fit):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(layout, "write_fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(data, tmp_path / "out", _schema(TIME))
+    assert blocks[0] > 3 and appends["ids"] == 0 and appends["rows"] <= 3  # (one block: its three splits)
+    assert not (tmp_path / "out" / "fit.json").exists() and not (tmp_path / "out" / staged.STAGING).exists()
 
 
 def test_a_killed_runs_stage_is_removed_when_the_rerun_streams(tmp_path: Path, criteo_sample: Path,

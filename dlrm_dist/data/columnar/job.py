@@ -29,6 +29,11 @@ _BLOCK = 1 << 18  # rows copied at a time from the holdout
 FRACTION_SLACK = 0.02  # a realised time-split fraction further than this from the schema's is warned about
 
 
+def targets(writers: dict[str, Any]) -> list[tuple[int, Any]]:
+    """(encode.split_of's code, its writer) for every split this run writes (a partition writes one)."""
+    return [(k, writers[s]) for k, s in TARGETS.items() if s in writers]
+
+
 @dataclass
 class Options:
     """One ``dlrm-data preprocess`` job (the CLI builds it): train/val/test splits (preprocess.py),

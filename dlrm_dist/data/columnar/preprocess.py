@@ -39,8 +39,8 @@ import pyarrow as pa
 from dlrm_dist.data.columnar import criteo_tsv, encode, job, layout, staged, staging
 from dlrm_dist.data.columnar.columns import BadLines, check_uses
 from dlrm_dist.data.columnar.encode import Days, Encoded
-from dlrm_dist.data.columnar.job import (TARGETS, Options, Report, bar, days_of, fitted_schema,
-                                         known_fit, refuse_empty_splits, vocab_tables)
+from dlrm_dist.data.columnar.job import (Options, Report, bar, days_of, fitted_schema, known_fit, refuse_empty_splits,
+                                         targets, vocab_tables)
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.data.jobrecord import job_record, lock_out, mark_complete
 from dlrm_dist.features.schema import SPLITS, FeatureSchema
@@ -81,9 +81,8 @@ def _write_rows(opts: Options, schema: FeatureSchema, cutoffs: Optional[tuple[fl
     with bar(opts, "preprocess") as shown:
         for _, _, batch, enc in stream:
             split = encode.split_of(batch, schema, row0, cutoffs, days)
-            for k, s in TARGETS.items():
-                if s in writers:
-                    writers[s].append(split == k, enc.dense, enc.labels, enc.ids)
+            for k, writer in targets(writers):
+                writer.append(split == k, enc.dense, enc.labels, enc.ids)
             row0 += batch.num_rows
             shown.update(batch.num_rows)
     report.read(row0, bad)

@@ -135,8 +135,8 @@ class Stage:
 
     def close(self) -> None:
         self.mapped = {kind: {name: column.close() for name, column in group.items()}
-                       for kind, group in (("numbers", self.numbers), ("values", self.values), ("lengths", self.lengths),
-                                           ("labels", {"": self.labels}))}
+                       for kind, group in (("numbers", self.numbers), ("values", self.values),
+                                           ("lengths", self.lengths), ("labels", {"": self.labels}))}
 
     def close_splits(self) -> None:
         self.split_of = self.splits.close()

@@ -54,7 +54,7 @@ import pyarrow as pa
 
 from dlrm_dist.data.columnar import byte_ranges, columns, encode, job, kernels, layout, read
 from dlrm_dist.data.columnar.encode import Days
-from dlrm_dist.data.columnar.job import (TARGETS, Options, Report, bar, fitted_schema, known_fit, time_cutoffs,
+from dlrm_dist.data.columnar.job import (Options, Report, bar, fitted_schema, known_fit, targets, time_cutoffs,
                                          vocab_tables)
 from dlrm_dist.data.columnar.fit import (IdMaps, IntVocabulary, Moments, Vocabulary, intern, interners, staged_integers,
                                          vocab_json)
@@ -183,34 +183,45 @@ def finish_block(block: Block, arrays: Arrays, schema: FeatureSchema, cutoffs: O
         wait(jobs.values())
     ids = {f.name: (jobs[f.name].result() if f.name in jobs else np.asarray(arrays.values[f.name]),
                     arrays.lengths[f.name]) for f in schema.sparse}
-    for k, s in TARGETS.items():
-        if s in writers:
-            writers[s].append(split == k, dense, labels, ids)
+    for k, writer in targets(writers):
+        writer.append(split == k, dense, labels, ids)
 
 
-def write_rows(stage: Stage, schema: FeatureSchema, writers: dict[str, Any], progress: Callable[[int], None]) -> None:
+class _Stopped(Exception):
+    """A write job ended early: another job failed, or the run was interrupted (that error is the one
+    reported)."""
+
+
+def _blocks(stage: Stage, stop: threading.Event) -> Iterator[Block]:
+    """The stage's blocks in order, for a write job: it ends at the next block once ``stop`` is set."""
+    for block in stage.blocks:
+        if stop.is_set():
+            raise _Stopped
+        yield block
+
+
+def write_rows(stage: Stage, schema: FeatureSchema, writers: dict[str, Any], progress: Callable[[int], None],
+               stop: threading.Event) -> None:
     """Every block's dense rows (fitted steps applied) and labels (encoded as read: a categorical
     label's text is not staged) to their splits' files (a day split's last day to the holdout's)."""
-    for block in stage.blocks:
+    for block in _blocks(stage, stop):
         dense = encode.dense_matrix(numeric_batch(block, stage.numbers_of(block)), schema)
         labels, split = np.asarray(stage.labels_of(block)), stage.split(block)
-        for k, s in TARGETS.items():
-            if s in writers:
-                writers[s].append_rows(split == k, dense, labels)
+        for k, writer in targets(writers):
+            writer.append_rows(split == k, dense, labels)
         progress(block.rows)
 
 
 def write_feature(stage: Stage, f: SparseFeature, maps: Optional[IdMaps], writers: dict[str, Any],
-                  progress: Callable[[int], None]) -> None:
+                  progress: Callable[[int], None], stop: threading.Event) -> None:
     """Every block's ids of ``f`` to their splits' files: a vocabulary feature's model ids by
-    ``maps``, any other's as staged (finished at the read)."""
-    for block in stage.blocks:
+    ``maps``, any other's (``maps`` None) as staged (finished at the read)."""
+    for block in _blocks(stage, stop):
         values, lengths = stage.sparse(block, f)
         ids = maps.ids(f, values) if maps is not None else np.asarray(values)
         split = stage.split(block)
-        for k, s in TARGETS.items():
-            if s in writers:
-                writers[s].append_ids(split == k, f.name, ids, lengths)
+        for k, writer in targets(writers):
+            writer.append_ids(split == k, f.name, ids, lengths)
         progress(block.rows)
 
 
@@ -228,28 +239,57 @@ class _Progress:
 def _write(stage: Stage, schema: FeatureSchema, fitting: Optional["_Fit"], maps: Optional[IdMaps],
            writers: dict[str, Any], pool: Executor, progress: Callable[[int], None]) -> None:
     """The write pass from the stage, a job per file kind on ``pool``: the rows (dense, labels) and
-    each feature's ids, every job in block order. A fit's vocabularies are ordered and written first
-    (the largest first: they take longest) while the rows and the features without one are
-    written; then fit.json, then the vocabulary features, the smallest table first. Returns once
-    no job runs (the writers are closed, or aborted, after this)."""
+    each feature's ids, every job in block order. With a fit (``fitting``; else ``maps``, the
+    vocabularies a rerun read), the vocabularies are ordered and written first (the largest first:
+    they take longest) while the rows and the features without one are written; then fit.json,
+    then the vocabulary features.
+
+    ``pool`` must run jobs in the order given (a ThreadPoolExecutor does) and this must not run on
+    it: a job waits only on jobs submitted before it, so none can wait on one not yet started. The
+    first job to fail stops the others at their next block and the jobs not started are cancelled,
+    as on an interrupt; the error raised is the first in job order (a vocabulary's first). Returns
+    once no job runs (the writers are closed, or aborted, after this)."""
+    stop = threading.Event()
+
+    def on_done(job: Future) -> None:
+        if not job.cancelled() and job.exception() is not None:
+            stop.set()
+
     jobs: list[Future] = []
+
+    def submit(fn: Callable[..., None], *args: Any) -> None:
+        jobs.append(pool.submit(fn, *args, stop))
+        jobs[-1].add_done_callback(on_done)
+
+    saves = fitting.saves if fitting is not None else {}
     try:
         if fitting is not None:
-            fitting.save()  # (submitted first: the pool takes jobs in order, so they start first)
-        jobs.append(pool.submit(write_rows, stage, schema, writers, progress))
-        jobs += [pool.submit(write_feature, stage, f, None, writers, progress) for f in schema.sparse if f.kind != "vocab"]
+            fitting.save(on_done)  # (submitted first: the pool takes jobs in order, so they start first)
+        submit(write_rows, stage, schema, writers, progress)
+        for f in schema.sparse:
+            if f.kind != "vocab":
+                submit(write_feature, stage, f, None, writers, progress)
         if fitting is not None:
-            maps = fitting.saved()
-        for f in sorted((f for f in schema.sparse if f.kind == "vocab"), key=schema.id_range):
-            jobs.append(pool.submit(write_feature, stage, f, maps, writers, progress))
+            maps = fitting.saved(stop)
+        for f in schema.sparse:
+            if f.kind == "vocab" and not stop.is_set():
+                submit(write_feature, stage, f, maps, writers, progress)
+    except BaseException:
+        stop.set()
+        for job in [*saves.values(), *jobs]:
+            job.cancel()
+        raise
     finally:
-        wait([*jobs, *(fitting.saves.values() if fitting is not None else ())])
-    for done in jobs:  # (the first error in job order)
-        done.result()
+        wait([*jobs, *saves.values()])
+    for job in [*saves.values(), *jobs]:  # (the first error in job order; the stopped jobs' ends are not errors)
+        error = None if job.cancelled() else job.exception()
+        if error is not None and not isinstance(error, _Stopped):
+            raise error
 
 
 # -- the passes -------------------------------------------------------------------------------------------
-def run(opts: Options, days: Optional[Days]) -> tuple[FeatureSchema, Optional[tuple[float, float]], dict[str, Any], Report]:
+def run(opts: Options, days: Optional[Days]) -> tuple[FeatureSchema, Optional[tuple[float, float]], dict[str, Any],
+                                                     Report]:
     """The whole conversion of a (locked, checked) job: (fitted schema, cut-offs, splits, report)."""
     out, schema = opts.out_dir, opts.schema
     done = known_fit(opts)
@@ -328,7 +368,9 @@ class _Fit:
         self.result: dict[str, Any] = {"vocab_rows": {}, "scales": {}}
         self.saves: dict[str, Future] = {}
 
-    def _largest_first(self) -> list[str]:  # (they take longest: the others fill the other threads meanwhile)
+    def _largest_first(self) -> list[str]:
+        """The tables by their distinct values, the most first (they take longest: the others fill the
+        other threads meanwhile); an integer table's are known once counted (before: table order)."""
         return sorted(self.vocabs, key=lambda t: -self.vocabs[t].size)
 
     def count(self) -> dict[str, Any]:
@@ -348,20 +390,27 @@ class _Fit:
         self.result["scales"] = {d.name: self.moments[d.name].scale(d.fitted) for d in schema.dense if d.fitted}
         return self.result
 
-    def save(self) -> None:
-        """Orders and writes every vocabulary (vocab/<table>.json), a job per table on the pool."""
+    def save(self, on_done: Callable[[Future], None]) -> None:
+        """Submits every vocabulary's ordering and file (vocab/<table>.json), a job per table on the
+        pool, each reporting to ``on_done`` when it ends."""
         (self.opts.out_dir / layout.VOCAB_DIR).mkdir(exist_ok=True)
-        self.saves = {t: self.pool.submit(self._save, t) for t in self._largest_first()}
+        for t in self._largest_first():  # (each kept as submitted: an interrupt here still waits for it)
+            self.saves[t] = self.pool.submit(self._save, t)
+            self.saves[t].add_done_callback(on_done)
 
     def _save(self, table: str) -> Any:
+        """Orders and writes a table's vocabulary; its id map."""
         f = self.opts.schema.features_of(table)[0]
-        atomic_write_bytes(layout.vocab_file(self.opts.out_dir, table), vocab_json(self.vocabs[table].vocabulary(f.min_count)))
+        vocab = self.vocabs[table].vocabulary(f.min_count)
+        atomic_write_bytes(layout.vocab_file(self.opts.out_dir, table), vocab_json(vocab))
         return self.vocabs[table].id_map(f.oov_buckets)
 
-    def saved(self) -> IdMaps:
+    def saved(self, stop: threading.Event) -> Optional[IdMaps]:
         """Waits for ``save``'s jobs, then writes fit.json (the fit complete: a rerun does not redo
-        it); every table's id map."""
+        it) unless ``stop`` is set (a write job failed); every table's id map."""
         wait(self.saves.values())
         maps = IdMaps({t: self.saves[t].result() for t in self.vocabs})  # (the first error in table order)
+        if stop.is_set():
+            return None
         layout.write_fit(self.opts.out_dir, self.result)
         return maps
