@@ -304,6 +304,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     fetch.add_argument("dataset", choices=("movielens-100k",))
     fetch.add_argument("directory")
     args = parser.parse_args(argv)
+    if args.command == "preprocess":  # (before any thread starts: arenas are chosen at a thread's first allocation)
+        from dlrm_dist.data.allocator import keep_freed_memory
+
+        keep_freed_memory()
     _import_quietly(args)
     commands = {"preprocess": run_preprocess, "stats": run_stats, "fetch": run_fetch,
                 "import-torchrec": run_import_torchrec}

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import random
+import threading
 import tomllib
 from pathlib import Path
 
@@ -207,7 +208,13 @@ def test_an_interrupt_during_the_fit_stops_the_write_jobs(tmp_path: Path, small_
     monkeypatch.setattr(staged.Stage, "close_splits", lambda self, _c=staged.Stage.close_splits: (
         blocks.append(len(self.blocks)), _c(self))[1])
 
+    now = threading.Event()  # the rows' job waits at its first append for the interrupt (else it may finish first)
+    append_rows = layout.SplitWriter.append_rows
+    monkeypatch.setattr(layout.SplitWriter, "append_rows",
+                        lambda self, *args: (now.wait(timeout=30), append_rows(self, *args))[1])
+
     def interrupted(out, fit):
+        now.set()
         raise KeyboardInterrupt
 
     monkeypatch.setattr(layout, "write_fit", interrupted)
@@ -281,8 +288,10 @@ def test_interner_gives_dense_ids_and_refuses_a_collision(monkeypatch: pytest.Mo
     rng = random.Random(2)
     interner = kernels.Interner()
     seen: dict[str, int] = {}
-    for _ in range(20):  # blocks, growing the table and the text store past their first sizes
-        block = [None if rng.random() < 0.1 else f"v{rng.randint(0, 3000)}" for _ in range(rng.randint(0, 400))]
+    # blocks growing the table and the text store past their first sizes; the last ones, of more rows
+    # than _AHEAD, make the table grow (and the intern go on) inside a window of prefetched texts
+    for size in [rng.randint(0, 400) for _ in range(20)] + [3 * kernels._AHEAD + 7, 9000]:
+        block = [None if rng.random() < 0.1 else f"v{rng.randint(0, 3 * size + 3000)}" for _ in range(size)]
         want = [-1 if t is None else seen.setdefault(t, len(seen)) for t in block]
         assert interner.ids(pa.array(block, pa.string())).tolist() == want
     assert interner.texts().to_pylist() == list(seen)

@@ -129,13 +129,16 @@ _ID_MASK = np.uint64((1 << 40) - 1)
 _LONG = 0xFFFFFF  # length field of a text too long for it: its length is compared from the text store
 INLINE = 16  # texts up to this many bytes are confirmed from their slot alone (one cache line per probe)
 _HUGE_FROM = 4 << 20  # slot tables from this size on ask for huge pages
+FULL = -2  # _intern's j when the table is full
 _AHEAD = 4096  # texts hashed, and their slots loaded, ahead of their probes (a few hundred kB of slots: in L2)
 
 
 @njit(cache=True, nogil=True)
-def _intern(offsets, data, missing, hash_mask, slots, keys, starts, buf, n, used, out):  # pragma: no cover
-    """Ids of a block's texts (-1: missing), new texts appended; returns (n, used, i, j): i >= 0 is
-    a text whose hash is text j's while its bytes are not. One pass over each text's bytes gives
+def _intern(offsets, data, missing, hash_mask, slots, keys, starts, buf, n, used, start, out):  # pragma: no cover
+    """Ids of a block's texts from row ``start`` on (-1: missing), new texts appended; returns (n,
+    used, i, j): i >= 0 is a text whose hash is text j's while its bytes are not, or, with j ==
+    FULL, the first text not interned because the table holds as many as it may (half its slots:
+    the caller grows it and goes on from there). One pass over each text's bytes gives
     its FNV-1a 64 (``& hash_mask``: all ones but in tests) and its first 16 bytes as two words. A
     slot is (hash, id + 1 | length << 40, bytes 0..7, bytes 8..15; meta 0: empty): a text of up
     to 16 bytes is confirmed byte for byte from its slot, without a second memory access; a
@@ -143,9 +146,11 @@ def _intern(offsets, data, missing, hash_mask, slots, keys, starts, buf, n, used
     mask = np.uint64(len(slots) - 1)
     words = np.empty((min(len(out), _AHEAD), 3), np.uint64)
     touched = np.uint64(0)
-    for i in range(len(out)):
-        if i % _AHEAD == 0:  # the next _AHEAD texts' hashes and first words; their slots loaded
-            touched += _prepare(offsets, data, hash_mask, slots, mask, i, min(len(out), i + _AHEAD), words)
+    limit = len(slots) // 2
+    for i in range(start, len(out)):
+        if i % _AHEAD == 0 or i == start:  # the texts to the next multiple of _AHEAD: hashes, first words, slots
+            touched += _prepare(offsets, data, hash_mask, slots, mask, i, min(len(out), (i // _AHEAD + 1) * _AHEAD),
+                                words)
         if missing[i]:
             out[i] = -1
             continue
@@ -159,6 +164,8 @@ def _intern(offsets, data, missing, hash_mask, slots, keys, starts, buf, n, used
         while True:
             meta = slots[s, 1]
             if meta == 0:
+                if n == limit:
+                    return n, used, i, FULL
                 slots[s, 0] = h
                 slots[s, 1] = np.uint64(n + 1) | (length << _ID_BITS)
                 slots[s, 2] = w0
@@ -213,12 +220,12 @@ def _prepare(offsets, data, hash_mask, slots, mask, lo_row, hi_row, words):  # p
             elif k < INLINE:
                 w1 |= c << np.uint64(8 * (k - 8))
         h &= hash_mask
-        r = i - lo_row
+        r = i % _AHEAD  # (lo_row..hi_row lie in one window of _AHEAD rows)
         words[r, 0] = h
         words[r, 1] = w0
         words[r, 2] = w1
-    for r in range(hi_row - lo_row):  # (a loop of loads only: as many misses in flight as the core allows)
-        touched += slots[words[r, 0] & mask, 1]
+    for i in range(lo_row, hi_row):  # (a loop of loads only: as many misses in flight as the core allows)
+        touched += slots[words[i % _AHEAD, 0] & mask, 1]
     return touched
 
 
@@ -266,22 +273,29 @@ class Interner:
         offsets, data = buffers(arr)
         missing = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else np.zeros(len(arr), bool)
         self._reserve(len(arr), int(offsets[-1] - offsets[0]))
-        n, used, i, j = _intern(offsets, data, missing, self.HASH_MASK, self.slots, self.keys, self.starts, self.buf,
-                                self.n, self.used, out)
-        self.n, self.used = n, used
+        i = 0
+        while True:
+            self.n, self.used, i, j = _intern(offsets, data, missing, self.HASH_MASK, self.slots, self.keys,
+                                              self.starts, self.buf, self.n, self.used, i, out)
+            if j != FULL:
+                break
+            self._resize(2 * len(self.slots))  # (at most half full: rebuilt twice as large, on from text i)
         if i >= 0:
             raise Collision(self.text(j), bytes(data[offsets[i]: offsets[i + 1]]).decode("utf-8", "replace"),
                             int(self.keys[j]))
         return out
 
     def _reserve(self, rows: int, nbytes: int) -> None:
+        """Room for ``rows`` new texts of ``nbytes`` in the text store (reserved, touched only as
+        used); the slot table grows as it fills (every slot of it is touched: no larger than needed)."""
         self.keys = _grown(self.keys, self.n + rows)
         self.starts = _grown(self.starts, self.n + rows + 1)
         self.buf = _grown(self.buf, self.used + nbytes)
-        if 2 * (self.n + rows) > len(self.slots):  # rebuilt larger: at most half full
-            slots = _table(1 << int(2 * (self.n + rows) - 1).bit_length())
-            _reslot(self.slots, slots)
-            self.slots = slots
+
+    def _resize(self, size: int) -> None:
+        slots = _table(size)
+        _reslot(self.slots, slots)
+        self.slots = slots
 
     def text(self, i: int) -> str:
         return bytes(self.buf[self.starts[i]: self.starts[i + 1]]).decode("utf-8", "replace")
