@@ -262,6 +262,15 @@ def test_two_values_with_one_hash_are_refused_naming_both(tmp_path: Path, monkey
 TEXTS = ["", "a", "b", "ab", "a\x00", "é", "ü", "\x7f", "zz" * 9, "user_0000000000", "user_0000000001", "user_00000000"]
 
 
+def test_a_table_past_the_int32_ids_is_refused_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _write_csv(tmp_path / "data.csv", 200)
+    monkeypatch.setattr(kernels.Interner, "MAX_IDS", 5)  # (ids are staged as int32: 2^31 - 1 distinct texts)
+    with pytest.raises(PreprocessError, match=r"vocabulary table 't_\w+': more than 5 distinct values in one "
+                                              r"vocabulary table; make the feature kind = \"hash\""):
+        _run(data, tmp_path / "out", _schema(RANDOM))
+    assert not (tmp_path / "out" / staged.STAGING).exists()
+
+
 def test_fnv1a_is_the_definition() -> None:
     rng = random.Random(0)
     texts = [None, *TEXTS, *("".join(rng.choice(TEXTS) for _ in range(rng.randint(0, 5))) for _ in range(300))]

@@ -83,14 +83,16 @@ def staged_integers(values: pa.Array) -> np.ndarray:
 
 
 def intern(tables: dict[str, Interner], table: str, values: pa.Array) -> np.ndarray:
-    """The ids of ``values`` among their table's distinct texts (-1: missing); two texts with one
-    hash are an error naming both."""
+    """The ids of ``values`` among their table's distinct texts (int32, -1: missing); two texts with
+    one hash are an error naming both, as is a table past Interner.MAX_IDS texts."""
     try:
         return tables[table].ids(values)
     except Collision as c:
         raise PreprocessError(f"vocabulary table {table!r}: the values {c.first!r} and {c.second!r} have the same "
                               f"FNV-1a 64 hash ({c.hash:#018x}), which preprocessing tells values apart by; rename "
                               "one of them in the data, or make the feature kind = \"hash\"") from None
+    except OverflowError as e:
+        raise PreprocessError(f"vocabulary table {table!r}: {e}; make the feature kind = \"hash\"") from None
 
 
 # -- vocabularies ---------------------------------------------------------------------------------

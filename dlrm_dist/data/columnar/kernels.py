@@ -256,6 +256,7 @@ class Interner:
     bytes, their hashes and the table (at most half full)."""
 
     HASH_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)  # (tests narrow it to make collisions)
+    MAX_IDS = (1 << 31) - 1  # ids are int32: half the staged bytes of int64, for a table of 2 billion texts
 
     def __init__(self) -> None:
         self.n, self.used = 0, 0
@@ -265,9 +266,10 @@ class Interner:
         self.buf = np.zeros(1 << 16, np.uint8)
 
     def ids(self, texts: pa.Array) -> np.ndarray:
-        """Each text's id (-1 for a null), new texts interned; raises Collision."""
+        """Each text's id (int32; -1 for a null), new texts interned; raises Collision, or
+        OverflowError past MAX_IDS distinct texts."""
         arr = _flat(texts)
-        out = np.empty(len(arr), np.int64)
+        out = np.empty(len(arr), np.int32)
         if not len(arr):
             return out
         offsets, data = buffers(arr)
@@ -280,6 +282,8 @@ class Interner:
             if j != FULL:
                 break
             self._resize(2 * len(self.slots))  # (at most half full: rebuilt twice as large, on from text i)
+        if self.n > self.MAX_IDS:  # (their ids would not fit the int32 they are staged as)
+            raise OverflowError(f"more than {self.MAX_IDS:,} distinct values in one vocabulary table")
         if i >= 0:
             raise Collision(self.text(j), bytes(data[offsets[i]: offsets[i + 1]]).decode("utf-8", "replace"),
                             int(self.keys[j]))

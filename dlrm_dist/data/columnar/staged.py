@@ -14,7 +14,7 @@ import contextlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Collection, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -46,7 +46,7 @@ class Arrays:
     (None: one value per row) and the encoded labels."""
 
     numbers: dict[str, np.ndarray]
-    values: dict[str, np.ndarray]
+    values: dict[str, np.ndarray]  # (a text vocabulary's: int32)
     lengths: dict[str, Optional[np.ndarray]]
     labels: np.ndarray
 
@@ -102,7 +102,9 @@ class Stage:
     """The staged columns of one run under ``DIR/.staging.partial`` (files by index, not by name:
     column names are data)."""
 
-    def __init__(self, out: Path, schema: FeatureSchema) -> None:
+    def __init__(self, out: Path, schema: FeatureSchema, interned: Collection[str] = ()) -> None:
+        """The stage of ``schema``'s columns; ``interned``: the vocabulary tables of texts (their
+        features' values staged as kernels.Interner's int32 ids; any other sparse value as int64)."""
         self.dir = out / STAGING
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir()
@@ -114,7 +116,8 @@ class Stage:
         self.labels = Column(self.dir / "labels", np.float32, tally)
         self.values, self.lengths = {}, {}
         for j, f in enumerate(schema.sparse):
-            self.values[f.name] = Column(self.dir / f"sparse{j}", np.int64, tally)
+            dtype = np.int32 if f.kind == "vocab" and f.table in interned else np.int64
+            self.values[f.name] = Column(self.dir / f"sparse{j}", dtype, tally)
             if f.multi_hot:
                 self.lengths[f.name] = Column(self.dir / f"lengths{j}", np.int64, tally)
         self.blocks: list[Block] = []

@@ -9,7 +9,7 @@ The read pass runs the one encoder (encode.py) on every record batch and appends
 - every row's label as encode.labels_of gave it (float32 0/1: a categorical label's text is
   not among the numeric columns);
 - each identity/hash feature's finished ids (int64);
-- each vocabulary feature's values as their ids among the table's distinct texts (int64, -1 for
+- each vocabulary feature's values as their ids among the table's distinct texts (int32, -1 for
   a missing value; kernels.Interner: bounded by the distinct values, not the rows; two texts
   with one FNV-1a 64 hash are an error naming both), and, for multi-hot features, every row's
   bag length.
@@ -296,9 +296,10 @@ def run(opts: Options, days: Optional[Days]) -> tuple[FeatureSchema, Optional[tu
     with ThreadPoolExecutor(max_workers=byte_ranges.cpu_threads(), thread_name_prefix="dlrm_dist-stage") as pool:
         if schema.split.by != "time" and done is not None:
             return _inline(opts, done, days, pool)
-        stage = Stage(out, schema)
+        distinct = interners(schema)
+        stage = Stage(out, schema, set(distinct))
         try:
-            return _staged(opts, stage, done, days, pool)
+            return _staged(opts, stage, distinct, done, days, pool)
         finally:
             stage.remove()
 
@@ -323,11 +324,10 @@ def _inline(opts: Options, done: dict[str, Any], days: Optional[Days], pool: Exe
     return schema, None, job.write_outputs(opts, schema, None, report, rows, days), report
 
 
-def _staged(opts: Options, stage: Stage, done: Optional[dict[str, Any]], days: Optional[Days],
-            pool: Executor) -> tuple:
+def _staged(opts: Options, stage: Stage, distinct: dict[str, Interner], done: Optional[dict[str, Any]],
+            days: Optional[Days], pool: Executor) -> tuple:
     """One read into the stage; the cut-offs, every row's split, the fit and the write from it."""
     schema, report = opts.schema, Report()
-    distinct = interners(schema)
     bad = read.BadLines(strict=opts.strict)
     with bar(opts, "read") as shown:
         for block, arrays in read_blocks(opts, schema, bad, distinct, shown.update, pool):
