@@ -159,7 +159,8 @@ class IntVocabulary:
             self.parts = [self._merged()]
 
     def kept_count(self, min_count: int) -> int:
-        """As ``Vocabulary.kept_count`` (the counts merged once: ``vocabulary`` finds them so)."""
+        """As ``Vocabulary.kept_count``. Merges the blocks' counts into one part first (kept so:
+        ``vocabulary`` then finds them merged and does not merge again)."""
         self.parts = [self._merged()]
         return int(np.count_nonzero(self.parts[0][1] >= min_count))
 

@@ -355,7 +355,7 @@ def _staged(opts: Options, stage: Stage, distinct: dict[str, Interner], done: Op
 
 
 class _Fit:
-    """A job's fit over the staged training rows: the dense moments (``split_rows`` adds to them),
+    """The fit of a run over its staged training rows: the dense moments (``split_rows`` adds to them),
     every vocabulary table's counts (``count``: their sizes, so the writers can open), then each
     table's order and file (``save``, during the write) and fit.json once all are written."""
 
