@@ -304,10 +304,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     fetch.add_argument("dataset", choices=("movielens-100k",))
     fetch.add_argument("directory")
     args = parser.parse_args(argv)
-    if args.command == "preprocess":  # (before any thread starts: arenas are chosen at a thread's first allocation)
-        from dlrm_dist.data.allocator import keep_freed_memory
-
-        keep_freed_memory()
     _import_quietly(args)
     commands = {"preprocess": run_preprocess, "stats": run_stats, "fetch": run_fetch,
                 "import-torchrec": run_import_torchrec}
@@ -317,5 +313,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run_cli(f"dlrm-data {args.command}", lambda: commands[args.command](args))
 
 
+def entry() -> int:
+    """The ``dlrm-data`` command: ``main`` in a process of its own, whose allocator preprocessing
+    may set first (before any thread starts: arenas are chosen at a thread's first allocation)."""
+    if sys.argv[1:2] == ["preprocess"]:
+        from dlrm_dist.data.allocator import keep_freed_memory
+
+        keep_freed_memory()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -199,6 +199,24 @@ def test_a_failing_write_job_stops_the_others(tmp_path: Path, small_blocks, appe
     assert not (out / "meta.json").exists() and not [p.name for p in out.iterdir() if p.name.endswith(".partial")]
 
 
+def test_a_failing_vocabulary_stops_the_others(tmp_path: Path, small_blocks, appends: dict[str, int],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first vocabulary's order fails: no other table is ordered or written after it, no id is
+    written, and its error is the one raised."""
+    data = _write_csv(tmp_path / "data.csv", 600, seed=4)
+    ordered = []
+
+    def failing(self, min_count):
+        ordered.append(1)
+        raise PreprocessError("the first vocabulary failed")
+
+    monkeypatch.setattr(fit.Vocabulary, "vocabulary", failing)
+    with pytest.raises(PreprocessError, match="the first vocabulary failed"):
+        _run(data, tmp_path / "out", _schema(TIME))
+    assert len(ordered) == 1 and appends["ids"] == 0 and not (tmp_path / "out" / "fit.json").exists()
+    assert not list((tmp_path / "out" / "vocab").glob("*.json"))
+
+
 def test_an_interrupt_during_the_fit_stops_the_write_jobs(tmp_path: Path, small_blocks, appends: dict[str, int],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C on the main thread as fit.json is written: the running job stops at its next block

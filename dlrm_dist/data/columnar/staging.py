@@ -46,7 +46,7 @@ The fit's state (moments, vocabularies, id maps, the vocabulary files) is fit.py
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Executor, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
@@ -264,7 +264,7 @@ def _write(stage: Stage, schema: FeatureSchema, fitting: Optional["_Fit"], maps:
     saves = fitting.saves if fitting is not None else {}
     try:
         if fitting is not None:
-            fitting.save(on_done)  # (submitted first: the pool takes jobs in order, so they start first)
+            fitting.save(on_done, stop)  # (submitted first: the pool takes jobs in order, so they start first)
         submit(write_rows, stage, schema, writers, progress)
         for f in schema.sparse:
             if f.kind != "vocab":
@@ -390,16 +390,19 @@ class _Fit:
         self.result["scales"] = {d.name: self.moments[d.name].scale(d.fitted) for d in schema.dense if d.fitted}
         return self.result
 
-    def save(self, on_done: Callable[[Future], None]) -> None:
+    def save(self, on_done: Callable[[Future], None], stop: threading.Event) -> None:
         """Submits every vocabulary's ordering and file (vocab/<table>.json), a job per table on the
-        pool, each reporting to ``on_done`` when it ends."""
+        pool, each reporting to ``on_done`` when it ends; one that starts once ``stop`` is set does
+        nothing (raises _Stopped)."""
         (self.opts.out_dir / layout.VOCAB_DIR).mkdir(exist_ok=True)
         for t in self._largest_first():  # (each kept as submitted: an interrupt here still waits for it)
-            self.saves[t] = self.pool.submit(self._save, t)
+            self.saves[t] = self.pool.submit(self._save, t, stop)
             self.saves[t].add_done_callback(on_done)
 
-    def _save(self, table: str) -> Any:
+    def _save(self, table: str, stop: threading.Event) -> Any:
         """Orders and writes a table's vocabulary; its id map."""
+        if stop.is_set():
+            raise _Stopped
         f = self.opts.schema.features_of(table)[0]
         vocab = self.vocabs[table].vocabulary(f.min_count)
         atomic_write_bytes(layout.vocab_file(self.opts.out_dir, table), vocab_json(vocab))
@@ -407,10 +410,20 @@ class _Fit:
 
     def saved(self, stop: threading.Event) -> Optional[IdMaps]:
         """Waits for ``save``'s jobs, then writes fit.json (the fit complete: a rerun does not redo
-        it) unless ``stop`` is set (a write job failed); every table's id map."""
-        wait(self.saves.values())
-        maps = IdMaps({t: self.saves[t].result() for t in self.vocabs})  # (the first error in table order)
+        it) and returns every table's id map. Once a save fails the saves not started are cancelled
+        and its error raised (the first in table order); once ``stop`` is set (a write job failed)
+        this returns None without fit.json (a job failing after this check may still find it written:
+        the fit is complete either way)."""
+        wait(self.saves.values(), return_when=FIRST_EXCEPTION)  # (a save after a failure: _Stopped)
         if stop.is_set():
+            for job in self.saves.values():
+                job.cancel()
+            wait(self.saves.values())
+            for job in self.saves.values():
+                error = None if job.cancelled() else job.exception()
+                if error is not None and not isinstance(error, _Stopped):
+                    raise error
             return None
+        maps = IdMaps({t: self.saves[t].result() for t in self.vocabs})
         layout.write_fit(self.opts.out_dir, self.result)
         return maps
