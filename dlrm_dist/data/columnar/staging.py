@@ -410,19 +410,13 @@ class _Fit:
 
     def saved(self, stop: threading.Event) -> Optional[IdMaps]:
         """Waits for ``save``'s jobs, then writes fit.json (the fit complete: a rerun does not redo
-        it) and returns every table's id map. Once a save fails the saves not started are cancelled
-        and its error raised (the first in table order); once ``stop`` is set (a write job failed)
-        this returns None without fit.json (a job failing after this check may still find it written:
-        the fit is complete either way)."""
+        it) and returns every table's id map. Once a job has failed (``stop``) it cancels the saves
+        not started and returns None, without fit.json: ``_write`` reports the error (a job failing
+        after this check may still find fit.json written: the fit is complete either way)."""
         wait(self.saves.values(), return_when=FIRST_EXCEPTION)  # (a save after a failure: _Stopped)
         if stop.is_set():
             for job in self.saves.values():
                 job.cancel()
-            wait(self.saves.values())
-            for job in self.saves.values():
-                error = None if job.cancelled() else job.exception()
-                if error is not None and not isinstance(error, _Stopped):
-                    raise error
             return None
         maps = IdMaps({t: self.saves[t].result() for t in self.vocabs})
         layout.write_fit(self.opts.out_dir, self.result)
