@@ -226,6 +226,24 @@ def test_a_failing_vocabulary_stops_the_others(tmp_path: Path, small_blocks, app
     assert not list((tmp_path / "out" / "vocab").glob("*.json"))
 
 
+def test_a_failing_vocabulary_file_leaves_no_fit(tmp_path: Path, small_blocks, appends: dict[str, int],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first vocabulary's file fails to write after its ids are out (the features' ids are
+    written meanwhile): its error is the one raised, and neither fit.json nor meta.json is written
+    (a rerun fits again)."""
+    data = _write_csv(tmp_path / "data.csv", 600, seed=5)
+
+    def failing(path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(staging, "atomic_write_bytes", failing)
+    with pytest.raises(OSError, match="No space left"):
+        _run(data, tmp_path / "out", _schema(TIME))
+    out = tmp_path / "out"
+    assert not (out / "fit.json").exists() and not (out / "meta.json").exists()
+    assert not list((out / "vocab").glob("*.json")) and not (out / staged.STAGING).exists()
+
+
 def test_an_interrupt_during_the_fit_stops_the_write_jobs(tmp_path: Path, small_blocks, appends: dict[str, int],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C on the main thread as fit.json is written: the running job stops at its next block
@@ -258,14 +276,13 @@ def test_a_killed_runs_stage_is_removed_when_the_rerun_streams(tmp_path: Path, c
     opts = Options(criteo_schema(days=5, vocab_min_count=2), [criteo_sample], tmp_path / "out", progress=False,
                    workers=1)
 
-    write = staging.write_feature
+    finish = staging._Fit.finish
 
-    def killed(stage, f, *args, **kw):
-        if f.kind == "vocab":  # (its ids are written once fit.json is)
-            raise KeyboardInterrupt  # a kill in the write, after fit.json
-        return write(stage, f, *args, **kw)
+    def killed(self, stop):
+        finish(self, stop)  # fit.json written (the vocabulary files are)
+        raise KeyboardInterrupt  # a kill in the write, after fit.json
 
-    monkeypatch.setattr(staging, "write_feature", killed)
+    monkeypatch.setattr(staging._Fit, "finish", killed)
     with pytest.raises(KeyboardInterrupt):
         preprocess(opts)
     assert (opts.out_dir / "fit.json").is_file() and not (opts.out_dir / "meta.json").exists()
@@ -318,6 +335,9 @@ def test_text_order_is_the_byte_order_within_a_key() -> None:
         assert kernels.text_order(arr).tolist() == sorted(range(len(texts)), key=lambda i: texts[i].encode())
         assert kernels.text_order(arr, key).tolist() == sorted(range(len(texts)),
                                                                 key=lambda i: (key[i], texts[i].encode()))
+        rows = np.array(sorted(rng.sample(range(len(texts)), rng.randint(0, len(texts)))), np.int64)
+        got = rows[kernels.text_order(arr, key[rows], rows)].tolist()  # a subset, ordered in place
+        assert got == sorted(rows.tolist(), key=lambda i: (key[i], texts[i].encode()))
 
 
 def test_interner_gives_dense_ids_and_refuses_a_collision(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -123,11 +123,10 @@ class Vocabulary:
         first, ties by value, as encode's vocabularies; value: ascending)."""
         kept = np.flatnonzero(self.counts >= min_count)
         texts = self.distinct.texts()
-        if len(kept) < len(texts):  # (every value kept, as in a table of distinct ids: no copy)
-            texts = pc.take(texts, pa.array(kept))
-        order = text_order(texts, -self.counts[kept] if self.order == "frequency" else None)
+        order = text_order(texts, -self.counts[kept] if self.order == "frequency" else None,
+                           kept if len(kept) < len(texts) else None)  # (every value kept: no index)
         self.kept = kept[order]
-        return pc.take(texts, pa.array(order))
+        return pc.take(texts, pa.array(self.kept))  # (one copy of the kept texts, in their order)
 
     def id_map(self, oov_buckets: int) -> "_Interned":
         """The model id of each distinct value: oov_buckets + its vocabulary position, or -1 (OOV)."""

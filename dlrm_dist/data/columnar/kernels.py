@@ -75,10 +75,12 @@ def _byte_key(offsets, data, rows, start, out):  # pragma: no cover - compiled
         out[i] = k
 
 
-def text_order(texts: pa.Array, first: Optional[np.ndarray] = None) -> np.ndarray:
-    """The permutation that sorts ``texts`` (no nulls) by ``first`` (an int64 key, ascending) and
-    then by their UTF-8 bytes, as Arrow's and Python's sorts order them (a prefix first). Equal
-    texts (a vocabulary has none) come in an unspecified, but deterministic, order.
+def text_order(texts: pa.Array, first: Optional[np.ndarray] = None, rows: Optional[np.ndarray] = None) -> np.ndarray:
+    """The permutation that sorts ``texts[rows]`` (no nulls; ``rows``: int64 indices, default every
+    text) by ``first`` (an int64 key per row, ascending) and then by their UTF-8 bytes, as Arrow's
+    and Python's sorts order them (a prefix first). Equal texts (a vocabulary has none) come in an
+    unspecified, but deterministic, order. Taking the rows is left to the caller: one take of
+    ``rows[order]`` gives the sorted texts, where taking the rows first would copy them twice.
 
     Integer sorts, 8 bytes at a time: the first orders everything by (first, bytes 0..7); each
     further round re-sorts only the runs still tied by their next 8 bytes (zero padded) and, past
@@ -86,13 +88,14 @@ def text_order(texts: pa.Array, first: Optional[np.ndarray] = None) -> np.ndarra
     a comparison sort of strings costs several times more.
     """
     arr = _flat(texts)
-    n = len(arr)
+    src = np.arange(len(arr)) if rows is None else np.asarray(rows, np.int64)
+    n = len(src)
     if first is not None and n and (first == first[0]).all():  # (all counts 1, say): one integer sort, not two
         first = None
     offsets, data = buffers(arr)
-    lengths = np.diff(offsets)
+    lengths = np.diff(offsets)[src]
     key = np.empty(n, np.uint64)
-    _byte_key(offsets, data, np.arange(n), 0, key)
+    _byte_key(offsets, data, src, 0, key)
     # (round one need not be stable: every later round re-sorts what it left tied, until only equal
     # texts are: quicksort is 3x faster than a stable sort of 2M keys)
     order = np.lexsort((key, first)) if first is not None else np.argsort(key)
@@ -108,14 +111,14 @@ def text_order(texts: pa.Array, first: Optional[np.ndarray] = None) -> np.ndarra
         at = np.flatnonzero(tied)
         if not at.size:
             break
-        rows = order[at]
+        pos = order[at]  # the tied rows, as positions in ``src``
         start += 8
-        by_length = start >= int(lengths[rows].max())
-        nxt = lengths[rows].astype(np.uint64) if by_length else np.empty(len(rows), np.uint64)
+        by_length = start >= int(lengths[pos].max())
+        nxt = lengths[pos].astype(np.uint64) if by_length else np.empty(len(pos), np.uint64)
         if not by_length:
-            _byte_key(offsets, data, rows, start, nxt)
+            _byte_key(offsets, data, src[pos], start, nxt)
         sub = np.lexsort((nxt, run[at]))
-        order[at] = rows[sub]
+        order[at] = pos[sub]
         nxt = nxt[sub]
         change[at[1:]] |= nxt[1:] != nxt[:-1]
         if by_length:  # what is still tied is the same text

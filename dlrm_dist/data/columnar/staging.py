@@ -29,10 +29,10 @@ After the read, from the staged columns (staged.py):
 - the write, a job per file kind on the pool, each walking every block in order: the rows'
   dense matrix (fitted scales applied) and labels, and each feature's ids. Meanwhile each
   vocabulary is ordered (kernels.text_order, or as numbers for criteo_tsv's integer values) and
-  written, the largest first; once all are, fit.json; then the vocabulary features' ids (model
-  ids from the distinct ids, values not in the vocabulary to an OOV bucket by the same
+  written, the largest first; once all are ordered, the vocabulary features' ids (model ids from
+  the distinct ids, values not in the vocabulary to an OOV bucket by the same
   ``fnv1a % oov_buckets`` rule as encode.py), to their splits' files (layout.SplitWriter; by day,
-  the last day's to the holdout).
+  the last day's to the holdout), while the vocabulary files are written; once all are, fit.json.
 
 The staging directory is removed at the end, on failure too. A run whose fitted state is
 already known (a rerun after fit.json, or a schema with nothing to fit) and whose split needs no
@@ -241,8 +241,8 @@ def _write(stage: Stage, schema: FeatureSchema, fitting: Optional["_Fit"], maps:
     """The write pass from the stage, a job per file kind on ``pool``: the rows (dense, labels) and
     each feature's ids, every job in block order. With a fit (``fitting``; else ``maps``, the
     vocabularies a rerun read), the vocabularies are ordered and written first (the largest first:
-    they take longest) while the rows and the features without one are written; then fit.json,
-    then the vocabulary features.
+    they take longest) while the rows and the features without one are written; the vocabulary
+    features once every vocabulary is ordered; fit.json once every vocabulary file is written.
 
     ``pool`` must run jobs in the order given (a ThreadPoolExecutor does) and this must not run on
     it: a job waits only on jobs submitted before it, so none can wait on one not yet started. The
@@ -274,6 +274,8 @@ def _write(stage: Stage, schema: FeatureSchema, fitting: Optional["_Fit"], maps:
         for f in schema.sparse:
             if f.kind == "vocab" and not stop.is_set():
                 submit(write_feature, stage, f, maps, writers, progress)
+        if fitting is not None:
+            fitting.finish(stop)
     except BaseException:
         stop.set()
         for job in [*saves.values(), *jobs]:
@@ -357,7 +359,8 @@ def _staged(opts: Options, stage: Stage, distinct: dict[str, Interner], done: Op
 class _Fit:
     """The fit of a run over its staged training rows: the dense moments (``split_rows`` adds to them),
     every vocabulary table's counts (``count``: their sizes, so the writers can open), then each
-    table's order and file (``save``, during the write) and fit.json once all are written."""
+    table's order and file (``save``, during the write: ``saved`` gives the id maps once all are
+    ordered) and fit.json once all are written (``finish``)."""
 
     def __init__(self, opts: Options, stage: Stage, distinct: dict[str, Interner], pool: Executor) -> None:
         self.opts, self.stage, self.pool = opts, stage, pool
@@ -366,7 +369,8 @@ class _Fit:
         self.vocabs = {t: Vocabulary(schema.features_of(t)[0], distinct[t]) if t in distinct else
                        IntVocabulary(schema.features_of(t)[0]) for t in vocab_tables(schema)}
         self.result: dict[str, Any] = {"vocab_rows": {}, "scales": {}}
-        self.saves: dict[str, Future] = {}
+        self.saves: dict[str, Future] = {}  # each table's save job (its file written when it ends)
+        self.ready: dict[str, Future] = {}  # each table's id map, out before its file is written
 
     def _largest_first(self) -> list[str]:
         """The tables by their distinct values, the most first (they take longest: the others fill the
@@ -393,31 +397,44 @@ class _Fit:
     def save(self, on_done: Callable[[Future], None], stop: threading.Event) -> None:
         """Submits every vocabulary's ordering and file (vocab/<table>.json), a job per table on the
         pool, each reporting to ``on_done`` when it ends; one that starts once ``stop`` is set does
-        nothing (raises _Stopped)."""
+        nothing (raises _Stopped). A table's id map is ready (``saved``) before its file is written."""
         (self.opts.out_dir / layout.VOCAB_DIR).mkdir(exist_ok=True)
         for t in self._largest_first():  # (each kept as submitted: an interrupt here still waits for it)
-            self.saves[t] = self.pool.submit(self._save, t, stop)
+            self.ready[t] = ready = Future()
+            self.saves[t] = self.pool.submit(self._save, t, stop, ready)
             self.saves[t].add_done_callback(on_done)
+            self.saves[t].add_done_callback(lambda job, ready=ready: job.cancelled() and ready.cancel())
 
-    def _save(self, table: str, stop: threading.Event) -> Any:
-        """Orders and writes a table's vocabulary; its id map."""
-        if stop.is_set():
-            raise _Stopped
-        f = self.opts.schema.features_of(table)[0]
-        vocab = self.vocabs[table].vocabulary(f.min_count)
+    def _save(self, table: str, stop: threading.Event, ready: Future) -> None:
+        """Orders a table's vocabulary, makes its id map ``ready``, then writes its file."""
+        try:
+            if stop.is_set():
+                raise _Stopped
+            f = self.opts.schema.features_of(table)[0]
+            vocab = self.vocabs[table].vocabulary(f.min_count)
+            ready.set_result(self.vocabs[table].id_map(f.oov_buckets))
+        except BaseException as e:
+            ready.set_exception(e)
+            raise
+        # (the id map is out: the features' ids are written meanwhile; the largest table's text,
+        # a few tenths of a second on 2M values, was the write's critical path before them)
         atomic_write_bytes(layout.vocab_file(self.opts.out_dir, table), vocab_json(vocab))
-        return self.vocabs[table].id_map(f.oov_buckets)
 
     def saved(self, stop: threading.Event) -> Optional[IdMaps]:
-        """Waits for ``save``'s jobs, then writes fit.json (the fit complete: a rerun does not redo
-        it) and returns every table's id map. Once a job has failed (``stop``) it cancels the saves
-        not started and returns None, without fit.json: ``_write`` reports the error (a job failing
-        after this check may still find fit.json written: the fit is complete either way)."""
-        wait(self.saves.values(), return_when=FIRST_EXCEPTION)  # (a save after a failure: _Stopped)
+        """Waits for every table's id map (``save``'s jobs write the files on) and returns them. Once
+        a job has failed (``stop``) it cancels the saves not started and returns None: ``_write``
+        reports the error."""
+        wait(self.ready.values(), return_when=FIRST_EXCEPTION)  # (a save after a failure: _Stopped)
         if stop.is_set():
             for job in self.saves.values():
                 job.cancel()
             return None
-        maps = IdMaps({t: self.saves[t].result() for t in self.vocabs})
-        layout.write_fit(self.opts.out_dir, self.result)
-        return maps
+        return IdMaps({t: self.ready[t].result() for t in self.vocabs})
+
+    def finish(self, stop: threading.Event) -> None:
+        """Waits for ``save``'s files, then writes fit.json (the fit complete: a rerun does not redo
+        it), unless a job has failed (a job failing after this check may still find fit.json
+        written: the fit is complete either way)."""
+        wait(self.saves.values())
+        if not stop.is_set() and all(not j.cancelled() and j.exception() is None for j in self.saves.values()):
+            layout.write_fit(self.opts.out_dir, self.result)
