@@ -306,6 +306,22 @@ def test_two_values_with_one_hash_are_refused_naming_both(tmp_path: Path, monkey
 TEXTS = ["", "a", "b", "ab", "a\x00", "é", "ü", "\x7f", "zz" * 9, "user_0000000000", "user_0000000001", "user_00000000"]
 
 
+def test_the_read_raises_the_first_blocks_error_though_later_blocks_were_staged_ahead(
+        tmp_path: Path, small_blocks, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first block's collision is raised, not the empty label of a later block whose numbers were
+    read while the first block's tables were still being staged (STAGE_AHEAD)."""
+    data = _write_csv(tmp_path / "data.csv", 600)
+    lines = data.read_text().split("\n")
+    lines[60] = "," + lines[60].split(",", 1)[1]  # an empty label in the second block (of 40-odd rows)
+    data.write_text("\n".join(lines))
+    monkeypatch.setattr(kernels.Interner, "HASH_MASK", np.uint64(3))  # collisions from the first block on
+    with pytest.raises(PreprocessError, match="the same FNV-1a 64 hash"):
+        _run(data, tmp_path / "out", _schema(RANDOM))
+    monkeypatch.undo()
+    with pytest.raises(PreprocessError, match=r"line 61: label column 'label' is empty"):
+        _run(data, tmp_path / "out2", _schema(RANDOM))
+
+
 def test_a_table_past_the_int32_ids_is_refused_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = _write_csv(tmp_path / "data.csv", 200)
     monkeypatch.setattr(kernels.Interner, "MAX_IDS", 5)  # (ids are staged as int32: 2^31 - 1 distinct texts)
