@@ -90,6 +90,13 @@ def _median(runs: list[dict], impl: str) -> dict:
             "load_1min_before": [min(r["load_1min_before"] for r in mine), max(r["load_1min_before"] for r in mine)]}
 
 
+def _paired(runs: list[dict], impl: str, other: str) -> float:
+    """The median over rounds of ``impl``'s rate over ``other``'s in the same round (the runs are
+    recorded round by round, each impl once a round)."""
+    mine, theirs = ([r["wall_seconds"] for r in runs if r["impl"] == k] for k in (impl, other))
+    return round(statistics.median(t / m for m, t in zip(mine, theirs)), 3)
+
+
 def _criteo_input(a: argparse.Namespace, tmp: Path) -> tuple[Path, Path]:
     """(the raw Criteo file, the criteo:days=7 schema written as a file)."""
     from benchmarks import preprocess_vs_torchrec as criteo
@@ -132,9 +139,13 @@ def main() -> None:
     impls = ("pyarrow", "new", "base", "criteo")
     summary = {impl: _median(runs, impl) for impl in impls if any(r["impl"] == impl for r in runs)}
     summary["new_over_pyarrow"] = round(summary["new"]["rows_per_s"] / summary["pyarrow"]["rows_per_s"], 3)
+    # The machine's speed drifts within a session: the ratio within each round (its runs are
+    # back to back), at the median, is the steadier figure.
+    summary["new_over_pyarrow_paired"] = _paired(runs, "new", "pyarrow")
     if "base" in summary:
         summary["base_over_pyarrow"] = round(summary["base"]["rows_per_s"] / summary["pyarrow"]["rows_per_s"], 3)
         summary["new_over_base"] = round(summary["new"]["rows_per_s"] / summary["base"]["rows_per_s"], 2)
+        summary["base_over_pyarrow_paired"] = _paired(runs, "base", "pyarrow")
     record = {"file": {"rows": a.rows, "bytes": size, "columns": 19,
                        "generator": "benchmarks/gen_columnar_csv.py (seed 0)", "schema": str(SCHEMA.relative_to(ROOT))},
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "cpu_model": cpu_model(),
