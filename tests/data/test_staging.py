@@ -17,6 +17,8 @@ import hashlib
 import json
 import random
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 import tomllib
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dlrm_dist.data.columnar import columns, criteo_tsv, encode, fit, kernels, layout, staged, staging
+from dlrm_dist.data.columnar import columns, criteo_tsv, encode, fit, kernels, layout, read, staged, staging
 from dlrm_dist.data.columnar.preprocess import Options, preprocess
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.builtin import criteo_schema
@@ -154,17 +156,19 @@ def test_a_run_killed_after_the_fit_is_completed_by_the_rerun(tmp_path: Path, sm
     schema = _schema(split)
     _run(data, tmp_path / "clean", schema)
     out = tmp_path / "out"
-    write = staging.write_feature
-    calls = []
+    write, write_fit = staging.write_feature, layout.write_fit
+    calls, fitted = [], threading.Event()
 
     def killed(stage, f, *args, **kw):
-        if f.kind == "vocab":  # (its ids are written once fit.json is)
+        if f.kind == "vocab":  # (its ids are written while the vocabulary files are, before fit.json)
             calls.append(1)
             if len(calls) == 3:
+                fitted.wait(timeout=30)  # (the main thread writes it once every vocabulary file is)
                 raise KeyboardInterrupt  # a kill in the write, after fit.json
         return write(stage, f, *args, **kw)
 
     monkeypatch.setattr(staging, "write_feature", killed)
+    monkeypatch.setattr(layout, "write_fit", lambda *a: (write_fit(*a), fitted.set()))
     with pytest.raises(KeyboardInterrupt):
         _run(data, out, schema)
     assert (out / "fit.json").is_file() and not (out / "meta.json").exists()
@@ -320,6 +324,53 @@ def test_the_read_raises_the_first_blocks_error_though_later_blocks_were_staged_
     monkeypatch.undo()
     with pytest.raises(PreprocessError, match=r"line 61: label column 'label' is empty"):
         _run(data, tmp_path / "out2", _schema(RANDOM))
+
+
+def test_a_read_error_comes_after_the_earlier_blocks_errors(tmp_path: Path, small_blocks) -> None:
+    """An empty label in the first file's last block, then a second file with no rows: the label's
+    error is raised (its block comes first), not the read error met while it was staged ahead."""
+    data = _write_csv(tmp_path / "a.csv", 600)
+    lines = data.read_text().rstrip("\n").split("\n")
+    lines[-3] = "," + lines[-3].split(",", 1)[1]
+    data.write_text("\n".join(lines) + "\n")
+    (tmp_path / "b.csv").write_text(lines[0] + "\n")
+    with pytest.raises(PreprocessError, match=r"a\.csv line 599: label column 'label' is empty"):
+        _run_all([data, tmp_path / "b.csv"], tmp_path / "out", _schema(RANDOM))
+
+
+def test_an_interrupt_while_a_batch_is_read_leaves_no_job_running(tmp_path: Path, small_blocks,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the main thread's part of a batch (its labels): read_blocks raises only once none
+    of the sparse jobs already queued (this batch's, the ones before) touches an interner."""
+    schema = from_dict(_schema(RANDOM))
+    returned, late, bags, labels_of = threading.Event(), [], staging._bags, staging.encode.labels_of
+
+    def slow_bags(*args):
+        time.sleep(0.02)
+        try:
+            return bags(*args)
+        finally:
+            late.append(returned.is_set())
+
+    calls = []
+
+    def labels(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return labels_of(*args)
+
+    monkeypatch.setattr(staging, "_bags", slow_bags)
+    monkeypatch.setattr(staging.encode, "labels_of", labels)
+    opts = Options(schema, [_write_csv(tmp_path / "d.csv", 600)], tmp_path / "out", progress=False, workers=2)
+    with ThreadPoolExecutor(4) as pool, pytest.raises(KeyboardInterrupt):
+        try:
+            for _ in staging.read_blocks(opts, schema, read.BadLines(strict=False), fit.interners(schema),
+                                         lambda n: None, pool):
+                pass
+        finally:
+            returned.set()
+    assert late and not any(late)
 
 
 def test_a_table_past_the_int32_ids_is_refused_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

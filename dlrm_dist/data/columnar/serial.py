@@ -19,7 +19,9 @@ from typing import Any, Callable
 class Serial:
     """Runs the jobs given to ``submit`` on ``pool`` one after another, in the order submitted,
     never two at once. A job cancelled (its Future's ``cancel``) while queued never runs; once
-    handed to the pool (the one before it ended) it is running and cannot be cancelled."""
+    handed to the pool (the one before it ended) it is running and cannot be cancelled, so the
+    pool must run every job it takes (no ``shutdown(cancel_futures=True)`` while jobs are queued:
+    a job the pool drops would be running for ever)."""
 
     def __init__(self, pool: Executor) -> None:
         self.pool = pool

@@ -155,13 +155,23 @@ def read_blocks(opts: Any, schema: FeatureSchema, bad: read.BadLines, distinct: 
     row0 = 0
     batches = Prefetcher(read.read_inputs(opts.inputs, schema, bad, workers=opts.workers), depth=READ_AHEAD)
     try:
-        for path, first, batch in batches:
-            jobs = [q.submit(_stage_sparse, batch, schema, group, distinct) for q, group in zip(queues, groups)]
+        while True:
             try:
-                numbers: Any = _stage_numbers(batch, schema)
+                path, first, batch = next(batches)
+            except StopIteration:
+                break
+            except Exception:  # (a read error: the batches before it are handed on first, their errors first)
+                while pending:
+                    yield from _hand_on(pending, schema, progress)
+                raise
+            p = _Pending(Block(str(path), first, batch.num_rows, row0), [], None)
+            pending.append(p)  # (before its jobs: an interrupt from here on leaves them to the final wait)
+            for q, group in zip(queues, groups):
+                p.jobs.append(q.submit(_stage_sparse, batch, schema, group, distinct))
+            try:
+                p.numbers = _stage_numbers(batch, schema)
             except Exception as e:  # (raised once the batches before it are handed on: their errors first)
-                numbers = e
-            pending.append(_Pending(Block(str(path), first, batch.num_rows, row0), jobs, numbers))
+                p.numbers = e
             row0 += batch.num_rows
             while len(pending) > STAGE_AHEAD:
                 yield from _hand_on(pending, schema, progress)
