@@ -18,7 +18,7 @@ import json
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 import tomllib
 from pathlib import Path
 
@@ -454,3 +454,10 @@ def test_integer_vocabularies_give_the_encoders_ids() -> None:
         fitted = schema.with_fitted({f.table: 3 + len(got)}, {})
         want = encode.encode_ids(batch, fitted, f, encode.Bags(batch.column(0), None), pa.array(got))
         assert ids.tolist() == want.tolist() and (ids < 3).sum() > 50  # (OOV rows: missing, rare, unseen)
+
+
+def test_a_cancelled_saves_id_map_is_done_for_a_wait() -> None:
+    """A save cancelled before it ran leaves its id map cancelled and done (a wait on it returns)."""
+    ready: Future = Future()
+    staging._cancel(ready)
+    assert ready.cancelled() and wait([ready], timeout=5).done == {ready}

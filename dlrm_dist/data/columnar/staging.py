@@ -412,6 +412,13 @@ def _staged(opts: Options, stage: Stage, distinct: dict[str, Interner], done: Op
     return fitted, cutoffs, job.write_outputs(opts, fitted, cutoffs, report, rows_from_stage, days), report
 
 
+def _cancel(job: Future) -> None:
+    """Cancels a Future no executor runs, as done as an executor's cancelled job (concurrent.futures.
+    wait counts a cancelled Future done only once it is told so, which an executor does in its turn)."""
+    if job.cancel():
+        job.set_running_or_notify_cancel()
+
+
 class _Fit:
     """The fit of a run over its staged training rows: the dense moments (``split_rows`` adds to them),
     every vocabulary table's counts (``count``: their sizes, so the writers can open), then each
@@ -459,7 +466,7 @@ class _Fit:
             self.ready[t] = ready = Future()
             self.saves[t] = self.pool.submit(self._save, t, stop, ready)
             self.saves[t].add_done_callback(on_done)
-            self.saves[t].add_done_callback(lambda job, ready=ready: job.cancelled() and ready.cancel())
+            self.saves[t].add_done_callback(lambda job, ready=ready: job.cancelled() and _cancel(ready))
 
     def _save(self, table: str, stop: threading.Event, ready: Future) -> None:
         """Orders a table's vocabulary, makes its id map ``ready``, then writes its file."""
