@@ -202,7 +202,7 @@ def _run_checkpoint_root(run_dir: Path) -> Path:
     try:
         root = json.loads(config.read_text())["train"]["checkpoint_dir"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{run_dir} is neither a checkpoint nor a checkpoint directory, and its {CONFIG_FILE} "
+        raise CheckpointError(f"{run_dir} is neither a checkpoint nor a checkpoint directory, and its {config.name} "
                               f"does not name one ({type(e).__name__}: {e})") from None
     if not root:
         raise CheckpointError(f"{run_dir} is a run directory whose run wrote no checkpoints "

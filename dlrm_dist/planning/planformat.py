@@ -27,7 +27,6 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from dlrm_dist.config.files import read_data
 from dlrm_dist.names import COMPUTE_KERNELS, SHARDING_TYPES
 from dlrm_dist.planning.codec import check_field, decode
 from dlrm_dist.planning.errors import PlanError
@@ -261,10 +260,6 @@ def validated(d: Any, origin: str) -> tuple[int, PlanFileModel]:
     if found:
         raise PlanError(joined(origin, name_tables(found, d.get("inputs"), prefix="inputs.")))
     return version, m
-
-
-def read_validated(path: Any) -> tuple[int, PlanFileModel]:
-    return validated(read_data(path, "plan file", PlanError), str(path))
 
 
 _REL_TOL = 1e-9  # stored summary figures against the ones recomputed from the per-rank rows

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dlrm_dist.errors import DlrmError
 from dlrm_dist.config.sections import Config
 from dlrm_dist.data import Dataset
 from dlrm_dist.data.resolve import build_data, schema_differences

@@ -38,7 +38,6 @@ from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from dlrm_dist.data.columnar import read
 from dlrm_dist.errors import EXIT_BAD_INPUT, DlrmError

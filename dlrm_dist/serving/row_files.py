@@ -23,7 +23,7 @@ from dlrm_dist.data.columnar import columns, locate, read
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.features.schema import FeatureSchema
 from dlrm_dist.serving.records import (COLUMN_NAMED, JSONL, MAX_PROBLEMS, PARQUET, FieldProblem, RecordError, detached,
-                                       integer_columns, optional_columns, records_batch, text_problem, typed)
+                                       integer_columns, optional_columns, records_batch, text_problem)
 
 
 def file_kind(path: Path, schema: FeatureSchema) -> str:

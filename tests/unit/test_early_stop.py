@@ -124,6 +124,11 @@ def test_export_source_prefers_the_best_unless_a_step_is_named(tmp_path: Path) -
     (run / "config.json").write_text(json.dumps({"train": {"checkpoint_dir": None}}))
     with pytest.raises(CheckpointError, match="wrote no checkpoints"):
         export_source(run)
+    for damaged in ("{}", "not json", '{"train": 1}'):  # (the error names the file, not a NameError)
+        (run / "config.json").write_text(damaged)
+        with pytest.raises(CheckpointError, match="neither a checkpoint nor a checkpoint directory, and its "
+                                                  "config.json does not name one"):
+            export_source(run)
 
 
 def test_export_source_without_a_best_is_the_newest(tmp_path: Path) -> None:

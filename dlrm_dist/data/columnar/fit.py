@@ -246,9 +246,10 @@ class IdMaps:
 
 
 def vocab_json(texts: pa.Array) -> bytes:
-    """The bytes ``layout.write_vocab`` writes for ``texts`` (``json.dumps`` of the list, a newline):
-    built from the Arrow buffers for integers, or for texts whose every byte is printable ASCII other
-    than a quote or a backslash (what json.dumps copies as is), else by json.dumps itself."""
+    """A vocabulary file's bytes for ``texts`` (``json.dumps`` of the list, a newline: what
+    ``layout.read_vocab`` reads), built from the Arrow buffers for integers, or for texts whose every
+    byte is printable ASCII other than a quote or a backslash (what json.dumps copies as is), else
+    by json.dumps itself."""
     if not len(texts):
         return b"[]\n"
     if pa.types.is_integer(texts.type):  # (json.dumps writes an integer as its decimal text)

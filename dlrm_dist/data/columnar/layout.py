@@ -226,10 +226,6 @@ def publish_partition(directory: Path, meta: dict[str, Any], number: int, entry:
     return read_meta(directory)
 
 
-def write_vocab(directory: Path, table: str, values: list[str] | list[int]) -> None:
-    atomic_write_json(vocab_file(directory, table), values)
-
-
 def one_kind(values: list) -> bool:
     """All strings, or all integers (JSON integers load back exactly; a bool is not one)."""
     return all(isinstance(v, str) for v in values) or all(type(v) is int for v in values)
