@@ -109,7 +109,7 @@ def split_codes(raw: Path, data_dir: Path) -> np.ndarray:
     """Each raw row's split (0 train, 1 val, 2 test), as preprocessing assigned it (encode.split_of)."""
     meta = layout.read_meta(data_dir)
     schema = from_dict(meta["schema"])
-    cutoffs = tuple(meta["time_cutoffs"]) if meta.get("time_cutoffs") else None
+    cutoffs = tuple(float("inf") if c is None else c for c in meta["time_cutoffs"]) if meta.get("time_cutoffs") else None
     codes, row0 = [], 0
     for batch in read.read_file(raw, schema, read.BadLines(strict=True)):
         codes.append(encode.split_of(batch, schema, row0, cutoffs))

@@ -202,3 +202,43 @@ def test_job_schema_must_match_the_directory(out: Path, tmp_path: Path) -> None:
     (out / "meta.json").unlink()
     with pytest.raises(DataError, match="no meta.json"):
         validate_job(load_config(base), world_size=1)
+
+
+def test_an_input_given_twice_is_refused(tmp_path: Path) -> None:
+    """By one name or two (a day split tells inputs apart by file: the second copy's rows took the first's day)."""
+    a, b = _write(tmp_path), _write(tmp_path, name="b.csv")
+    (tmp_path / "link.csv").symlink_to(a)
+    with pytest.raises(PreprocessError, match="input .*data.csv is given twice: give each input file once"):
+        _run(tmp_path, [a, b, a])
+    with pytest.raises(PreprocessError, match=r"link.csv is given twice \(the file .*data.csv is\)"):
+        _run(tmp_path, [a, tmp_path / "link.csv"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_input_inside_the_outputs_folders_is_refused_and_kept(tmp_path: Path) -> None:
+    """A new start (--overwrite, or another job over an incomplete directory) clears the splits: an input among
+    them was deleted before it was read. It is refused; an input directly in the directory is not at risk."""
+    _run(tmp_path, [_write(tmp_path)])
+    out = tmp_path / "out"
+    inside = _write(out / "train", name="more.csv")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for overwrite in (True, False):
+        with pytest.raises(PreprocessError, match=f"lies in the folder {out.resolve() / 'train'} of --out"):
+            _run(tmp_path, [inside], overwrite=overwrite)
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    beside = _write(out, name="raw.csv")
+    _run(tmp_path, [beside], overwrite=True)
+    assert beside.read_text().startswith(HEADER) and (out / layout.META).is_file()
+
+
+def test_a_multi_hot_prefix_cuts_each_value(tmp_path: Path) -> None:
+    """``prefix`` keeps the first characters of each value of a list cell (not of the cell: that kept one)."""
+    rows = [r.replace("a|b", "apple|banana").replace("a|c|b", "avocado|cherry|blue") for r in ROWS]
+    schema = {**SCHEMA, "split": {"by": "random", "fractions": [1.0, 0.0, 0.0]},
+              "sparse": [{"name": "tags", "kind": "vocab", "delimiter": "|", "prefix": 2, "order": "value"}]}
+    _run(tmp_path, [_write(tmp_path, rows)], schema)
+    values = layout.read_vocab(tmp_path / "out", "t_tags")
+    assert values == ["a", "ap", "av", "b", "ba", "bl", "c", "ch", "z"]
+    got = _arrays(tmp_path / "out", "train")
+    words = [values[i - 1] for i in got["tags.ids.npy"]]  # (OOV bucket 0 first)
+    assert words == ["ap", "ba", "b", "av", "ch", "bl", "c", "a", "b", "a", "z", "c"]

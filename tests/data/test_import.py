@@ -117,6 +117,18 @@ def test_raw_ids_without_a_range_are_refused(torchrec_dir: Path, tmp_path: Path,
     assert code == 2 and "is the input directory" in err
 
 
+def test_a_source_inside_the_outputs_folders_is_refused_and_kept(tmp_path: Path, capsys) -> None:
+    """--overwrite clears the output's splits: a source among them would be lost (its arrays mapped, the import
+    "succeeding" on them). It is refused before anything is touched."""
+    out = tmp_path / "out"
+    assert _run(capsys, str(_small_dir(tmp_path / "src")), "--out", str(out), "--max-ind-range", "5")[0] == 0
+    src = _small_dir(out / "test" / "days")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    code, _, err = _run(capsys, str(src), "--out", str(out), "--max-ind-range", "5", "--overwrite")
+    assert code == 2 and f"lies in the folder {out.resolve() / 'test'} of --out {out}, which this job writes" in err, err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 def test_rerun_reports_done_refuses_another_job_and_overwrites(tmp_path: Path, capsys) -> None:
     src, out = _small_dir(tmp_path / "src"), tmp_path / "out"
     code, text, _ = _run(capsys, str(src), "--out", str(out), "--max-ind-range", "5")
@@ -194,6 +206,8 @@ def _cell(a: np.ndarray, row: int, col: int, value: float) -> np.ndarray:
     (lambda src: [_day(src, d, k).unlink() for d in (1, 2) for k in KINDS], ["1 day(s)", "at least two"]),
     (lambda src: [_set(k, 2, lambda a: a[:1])(src) for k in KINDS],  # the last day needs a val and a test row
      ["split(s) ['test'] would be empty (train 11, val 1, test 0 rows"]),
+    (lambda src: (src / "day_01_dense.npy").write_bytes(_day(src, 1, "dense").read_bytes()),  # one day, two files
+     ["day_01_dense.npy and day_1_dense.npy are both day 1's dense file: keep one"]),
     (lambda src: (src / "job.json").write_text('{"inputs": [], "complete": false}'),  # an old preprocessing, killed
      ["job record (job.json) says the preprocessing that wrote it did not finish"]),
 ])

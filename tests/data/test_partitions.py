@@ -279,6 +279,8 @@ def test_append_refusals_name_what_is_wrong(grown: Path, tmp_path: Path, capsys)
     other = days.schema_dict()
     other["sparse"][0]["buckets"] = 999
     (tmp_path / "other.json").write_text(json.dumps(other))
+    killed = grown / "partition_5.partial"
+    killed.mkdir()
     cases = [
         (["--schema", str(tmp_path / "s.json"), "--input", day4, "--out", str(grown), "--partition", "4"],
          "is a complete dataset of partitions 1-3 (fitted on partition 1), started by another job"),
@@ -290,12 +292,15 @@ def test_append_refusals_name_what_is_wrong(grown: Path, tmp_path: Path, capsys)
         (["--refit", "--schema", str(grown), "--out", str(grown), "--input", day4], "the directory the schema comes from"),
         (["--input", day4, "--out", str(tmp_path / "x")], "--schema is required"),
         (["--append", "--out", str(grown), "--input", str(tmp_path / "missing.csv")], "not found"),
+        (["--append", "--out", str(grown), "--input", day4, day4], "is given twice"),
+        (["--append", "--out", str(grown), "--input", str(days.write_day(killed, 4))],
+         f"lies in the folder {grown.resolve() / 'partition_5.partial'} of --out"),  # (a killed append's: cleared)
     ]
     for argv, message in cases:
         code, _, err = _cli(capsys, *argv)
         assert code == 2 and message in err, (argv, err)
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "nowhere").exists()
+    assert not (tmp_path / "nowhere").exists() and (killed / "day4.csv").is_file()
 
 
 def test_append_to_a_directory_of_splits_is_refused(tmp_path: Path, capsys) -> None:

@@ -59,6 +59,19 @@ def test_distinct_times_realise_the_fractions_without_a_warning(tmp_path: Path) 
     assert report.warnings == []
 
 
+@pytest.mark.parametrize("fractions, rows", [([1.0, 0.0, 0.0], (100, 0, 0)), ([0.5, 0.5, 0.0], (50, 50, 0)),
+                                             ([0.9, 0.0, 0.1], (90, 0, 10))])
+def test_a_split_of_fraction_0_gets_no_row(tmp_path: Path, fractions: list[float], rows: tuple[int, ...]) -> None:
+    """A fraction of 0 is a split not wanted: it gets no row, those at the latest time included, and its
+    cut-off is recorded as null (none is reached; meta.json, strict JSON, holds no infinity)."""
+    out, schema = tmp_path / "out", _schema()
+    schema["split"]["fractions"] = fractions
+    preprocess(Options(from_dict(schema), [_csv(tmp_path / "d.csv", DISTINCT[:99] + [98])], out, progress=False))
+    meta = json.loads((out / layout.META).read_text())
+    assert tuple(meta["splits"][s]["rows"] for s in SPLITS) == rows
+    assert [c is None for c in meta["time_cutoffs"]] == [fractions[1] + fractions[2] == 0, fractions[2] == 0]
+
+
 def test_the_cli_prints_the_fractions_and_the_warning(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     schema = tmp_path / "ties.json"
     schema.write_text(json.dumps(_schema()))

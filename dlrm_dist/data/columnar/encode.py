@@ -283,11 +283,11 @@ class Bags:
 
 
 def bags_of(batch: pa.RecordBatch, f: SparseFeature) -> Bags:
+    """A feature's text values: one per row, or a multi-hot cell's non-empty pieces and their count
+    per row; with ``prefix``, each value's first characters (of each piece, not of the cell)."""
     col = columns.texts(batch, f.column)
-    if f.prefix is not None:
-        col = pc.utf8_slice_codeunits(col, 0, f.prefix)
     if not f.multi_hot:
-        return Bags(col, None)
+        return Bags(col if f.prefix is None else pc.utf8_slice_codeunits(col, 0, f.prefix), None)
     lists = pc.split_pattern(pc.fill_null(col, ""), f.delimiter)
     flat = pc.list_flatten(lists)
     keep = pc.not_equal(flat, "")  # "a||b" and empty cells give empty pieces: not values
@@ -297,7 +297,7 @@ def bags_of(batch: pa.RecordBatch, f: SparseFeature) -> Bags:
         row_of = np.repeat(np.arange(len(counts)), counts)
         counts = np.bincount(row_of[keep_np], minlength=len(counts)).astype(np.int64)
         flat = pc.filter(flat, keep)
-    return Bags(flat, counts)
+    return Bags(flat if f.prefix is None else pc.utf8_slice_codeunits(flat, 0, f.prefix), counts)  # (each value's)
 
 
 def encode_ids(batch: pa.RecordBatch, schema: FeatureSchema, f: SparseFeature, bags: Bags,

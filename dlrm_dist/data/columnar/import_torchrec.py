@@ -102,10 +102,14 @@ def _day_files(source: Path) -> dict[int, dict[str, Path]]:
         what = "is a file, not a directory" if source.exists() else "does not exist"
         raise PreprocessError(f"input directory {str(source)!r} {what}")
     days: dict[int, dict[str, Path]] = {}
-    for p in source.iterdir():
+    for p in sorted(source.iterdir()):
         m = _DAY_FILE.fullmatch(p.name)
         if m:
-            days.setdefault(int(m.group(1)), {})[m.group(2)] = p
+            files = days.setdefault(int(m.group(1)), {})
+            if m.group(2) in files:  # (day_1_ and day_01_: one day, two files)
+                raise PreprocessError(f"{source}: {files[m.group(2)].name} and {p.name} are both day {int(m.group(1))}'s "
+                                      f"{m.group(2)} file: keep one")
+            files[m.group(2)] = p
     if len(days) < 2:
         raise PreprocessError(f"{source}: {len(days)} day(s) of day_<i>_{{dense,sparse,labels}}.npy files; TorchRec's "
                               "layout needs at least two (training days, then the val/test day)")

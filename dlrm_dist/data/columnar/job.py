@@ -108,7 +108,10 @@ def time_cutoffs(schema: FeatureSchema, t: np.ndarray, report: Report) -> tuple[
     they go into ``report`` (``split_fractions``), with a warning for any off by more than 0.02."""
     s = schema.split
     f = s.fractions
-    cutoffs = float(np.quantile(t, f[0])), float(np.quantile(t, f[0] + f[1])) if f[2] > 0 else float("inf")
+    # A cut-off after which no split has a share is never reached (inf): with val and test both 0
+    # every row is train, those at the latest time too (where quantile 1.0 would put val's cut-off).
+    cutoffs = (float(np.quantile(t, f[0])) if f[1] + f[2] > 0 else math.inf,
+               float(np.quantile(t, f[0] + f[1])) if f[2] > 0 else math.inf)
     val, test = int((t >= cutoffs[0]).sum()), int((t >= cutoffs[1]).sum())
     rows = {"train": len(t) - val, "val": val - test, "test": test}
     how = f" by time column {s.column!r} (cut-offs {cutoffs[0]:g}, {cutoffs[1]:g}: ties stay together)"

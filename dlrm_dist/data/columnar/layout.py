@@ -45,7 +45,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -428,6 +428,24 @@ def _foreign(directory: Path) -> bool:
     return directory.is_dir() and any(p.name not in ours for p in directory.iterdir())
 
 
+def refuse_inputs_inside(directory: Path, inputs: Sequence[Path | str]) -> None:
+    """A PreprocessError for an input that a job writing this layout would remove or replace: a file
+    in one of the directory's folders (the splits, vocab/, the partitions, the staging: a job clears
+    and writes them, and every other folder is no job's input either) or one of its records. Checked
+    before anything is cleared, so a job never destroys its own input (a file directly in the
+    directory stays: clear() keeps it)."""
+    root = Path(directory).resolve()
+    for p in inputs:
+        try:
+            rel = Path(p).resolve().relative_to(root)
+        except ValueError:
+            continue
+        if len(rel.parts) > 1 or rel.name in (*_RECORDS, LOCK_FILE):
+            where = f"the folder {root / rel.parts[0]}" if len(rel.parts) > 1 else "the place of a record"
+            raise PreprocessError(f"input {p} lies in {where} of --out {directory}, which this job writes (and clears "
+                                  "on a new start): move the input out of --out, or give another --out")
+
+
 def begin_job(directory: Path, job: dict[str, Any], overwrite: bool) -> bool:
     """Checks the (locked) output directory against ``job`` (jobrecord.py's rules) and records
     it; True when this job completed there already (nothing to do).
@@ -437,6 +455,7 @@ def begin_job(directory: Path, job: dict[str, Any], overwrite: bool) -> bool:
     clears an incomplete directory and is refused over a complete one (naming what differs)
     unless ``overwrite``, and a directory with files but no job record is not written into.
     """
+    refuse_inputs_inside(directory, [i["path"] for i in job["inputs"]])  # (before anything is cleared)
     old = None if overwrite else read_job(directory)  # --overwrite is the way out of a damaged record
     if overwrite:
         clear(directory)

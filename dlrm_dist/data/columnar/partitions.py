@@ -300,6 +300,7 @@ def append(opts: Options) -> PartitionReport:
             raise PreprocessError(f"partition {number} of {out} exists but has no job record ({name}); a published "
                                   "partition is never rewritten: append this file as another partition (--partition M)")
         _refuse_published_input(out, published, record, number)
+        layout.refuse_inputs_inside(out, opts.inputs)
         layout.clear_unpublished(out, published)  # (an append that did not complete starts over, whichever it was)
         write_job(out, record, name=name)
         started = time.perf_counter()

@@ -29,6 +29,7 @@ is written atomically; a full disk is named and this run's ``.partial`` files ar
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from pathlib import Path
@@ -47,9 +48,18 @@ from dlrm_dist.features.schema import SPLITS, FeatureSchema
 
 
 def check_inputs(inputs: list[Path]) -> None:
+    """Every input is a file, and none is given twice (by one name or two: its rows would be read
+    twice, and a split by day tells the inputs apart by file)."""
     missing = [str(p) for p in inputs if not Path(p).is_file()]
     if missing or not inputs:
         raise PreprocessError(f"input file(s) not found: {missing or 'none given'}")
+    seen: dict[tuple[int, int], int] = {}
+    for k, p in enumerate(inputs):
+        st = Path(p).stat()
+        first = seen.setdefault((st.st_dev, st.st_ino), k)
+        if first != k:
+            same = "" if str(inputs[first]) == str(p) else f" (the file {inputs[first]} is)"
+            raise PreprocessError(f"input {p} is given twice{same}: give each input file once")
 
 
 # -- the job record -----------------------------------------------------------------------------
@@ -126,6 +136,7 @@ def _run(opts: Options) -> Report:
     layout.write_meta(opts.out_dir, {
         "schema": schema.to_dict(), "splits": splits, "rows_read": report.rows_read,
         "skipped": report.skipped, "malformed_examples": report.examples,
-        "time_cutoffs": list(cutoffs) if cutoffs else None, "split_fractions": report.split_fractions or None,
+        "time_cutoffs": [c if math.isfinite(c) else None for c in cutoffs] if cutoffs else None,  # (None: no row's)
+        "split_fractions": report.split_fractions or None,
     })
     return report
