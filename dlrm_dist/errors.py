@@ -17,12 +17,15 @@ returns for it, from the constants below; ``run_cli`` prints and maps, for every
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
 import re
+import signal
 import sys
-from typing import Callable
+import threading
+from typing import Callable, Iterator
 
 EXIT_BAD_INPUT = 2  # the user's input (config, schema, plan, data, paths) is wrong
 EXIT_DIVERGED = 3  # training stopped: the loss became NaN/inf
@@ -46,13 +49,45 @@ def refusal_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stop signal other than Ctrl-C's (``interrupt_on_sigterm``), unwinding as Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """SIGTERM (``timeout``, ``kill``, Kubernetes, Slurm, torchx stopping a job) stops the body as
+    Ctrl-C does, so that what it cleans up on an interrupt (partial files, shared-memory blocks) is
+    cleaned up, where Python's default dies at once; the previous handler is restored after. Main
+    thread only (as every handler)."""
+    def stop(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():  # (a handler is the main thread's to set)
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_cli(prog: str, body: Callable[[], int]) -> int:
-    """Runs a CLI's ``body``; a DlrmError becomes ``prog: error: message`` on stderr and its exit code."""
+    """Runs a CLI's ``body``; a DlrmError becomes ``prog: error: message`` on stderr and its exit code;
+    an interrupt (Ctrl-C, or SIGTERM under ``interrupt_on_sigterm``), one line and 128 + the signal."""
     try:
         return int(body() or 0)
     except DlrmError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except KeyboardInterrupt as stop:  # (what the body cleans up on the way out has been cleaned up)
+        signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+        print(f"{prog}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
     except BrokenPipeError:
         # `dlrm-data stats DIR | head`: the reader left. Python's own advice: point stdout at devnull so the
         # interpreter's final flush does not raise again, and exit like a process killed by SIGPIPE.

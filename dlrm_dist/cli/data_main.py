@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from dlrm_dist.errors import run_cli
+from dlrm_dist.errors import interrupt_on_sigterm, run_cli
 
 if TYPE_CHECKING:
     from dlrm_dist.data.columnar.job import Options
@@ -310,7 +310,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # At exit the interpreter's last collection walks every object of numpy, pyarrow, pydantic and
     # numba (0.4-0.6 s measured here, a quarter of a 2M-line Criteo job): frozen first, it skips them.
     atexit.register(gc.freeze)
-    return run_cli(f"dlrm-data {args.command}", lambda: commands[args.command](args))
+    with interrupt_on_sigterm():  # (a stopped job removes its partial files and shared memory, as on Ctrl-C)
+        return run_cli(f"dlrm-data {args.command}", lambda: commands[args.command](args))
 
 
 def entry() -> int:

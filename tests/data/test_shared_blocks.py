@@ -18,6 +18,7 @@ from dlrm_dist.data.columnar.columns import BadLines
 from dlrm_dist.data.columnar.encode import Days
 from dlrm_dist.data.columnar.locate import LINE_FIELD, ORIGIN_FIRST, ORIGIN_PATH
 from dlrm_dist.data.errors import PreprocessError
+from dlrm_dist.errors import interrupt_on_sigterm
 from dlrm_dist.features.builtin import criteo_schema
 
 SHM = shared_blocks.SHM_DIR
@@ -145,3 +146,14 @@ def test_a_killed_worker_is_an_error_not_a_read_that_waits_forever(criteo_sample
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert not list(SHM.glob(f"dlrm_dist_{os.getpid()}_*"))
+
+
+def _handlers(_: object) -> tuple[object, object]:
+    return signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+
+
+def test_workers_leave_interrupts_to_the_reading_process() -> None:
+    """Ctrl-C reaches every process of the group: a worker ignores it (the reading process stops the read and
+    terminates the pool), and the pool's SIGTERM ends a worker at once, not by the handler the fork copied."""
+    with interrupt_on_sigterm(), criteo_tsv._forked_pool(1) as pool:  # noqa: SLF001
+        assert pool.map(_handlers, [0]) == [(signal.SIG_IGN, signal.SIG_DFL)]

@@ -1,15 +1,18 @@
-"""errors.refusal_text: a restricted unpickler's refusal without torch's unsafe retry advice."""
+"""errors.refusal_text: a restricted unpickler's refusal without torch's unsafe retry advice; run_cli's
+exit codes for a broken pipe and an interrupt (Ctrl-C, or SIGTERM under interrupt_on_sigterm)."""
 
 from __future__ import annotations
 
 import io
 import os
 import pickle
+import signal
+import time
 
 import pytest
 import torch
 
-from dlrm_dist.errors import refusal_text
+from dlrm_dist.errors import interrupt_on_sigterm, refusal_text, run_cli
 
 
 class _Payload:
@@ -45,3 +48,26 @@ def test_a_reader_that_leaves_early_is_no_traceback() -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 141
     assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_signal_unwinds_the_body_and_is_one_line(signum: int, code: int, capsys) -> None:
+    """SIGTERM (timeout, Kubernetes, Slurm) unwinds as Ctrl-C does, so the body's cleanup runs (a default
+    SIGTERM ends the process at once: partial files and shared memory were left); the previous handler is back
+    after; the CLI says it in one line and exits 128 + the signal, without a traceback."""
+    cleaned = []
+
+    def body() -> int:
+        try:
+            os.kill(os.getpid(), signum)
+            time.sleep(10)  # (the handler raises here: without it the body would return 0)
+            return 0
+        finally:
+            cleaned.append(True)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with interrupt_on_sigterm():
+        assert run_cli("dlrm-data preprocess", body) == code
+    assert cleaned == [True] and signal.getsignal(signal.SIGTERM) is before
+    err = capsys.readouterr().err
+    assert err == f"dlrm-data preprocess: interrupted ({signal.Signals(signum).name})\n", err

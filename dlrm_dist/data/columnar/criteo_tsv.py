@@ -30,6 +30,7 @@ import mmap
 import multiprocessing as mp
 import os
 import secrets
+import signal
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -408,9 +409,17 @@ def _forked_pool(workers: int) -> Any:
     pydantic's), nor copies their pages by touching them. The reading process unfreezes at once."""
     gc.freeze()
     try:
-        return mp.get_context("fork").Pool(workers)
+        return mp.get_context("fork").Pool(workers, initializer=_worker_signals)
     finally:
         gc.unfreeze()
+
+
+def _worker_signals() -> None:
+    """A worker leaves interrupts to the reading process (Ctrl-C reaches the whole process group):
+    that process stops the read and terminates the pool (SIGTERM, which then ends a worker at once,
+    whatever handler the fork copied)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def read_inputs(paths: list[Path], schema: FeatureSchema, bad, on_file: Optional[Callable[[Path], None]] = None,
