@@ -242,3 +242,27 @@ def test_a_multi_hot_prefix_cuts_each_value(tmp_path: Path) -> None:
     got = _arrays(tmp_path / "out", "train")
     words = [values[i - 1] for i in got["tags.ids.npy"]]  # (OOV bucket 0 first)
     assert words == ["ap", "ba", "b", "av", "ch", "bl", "c", "a", "b", "a", "z", "c"]
+
+
+def test_a_resumed_job_removes_the_temporaries_a_kill_left_in_vocab(tmp_path: Path) -> None:
+    """A kill while a vocabulary file was written leaves its temporary (tens of MB on a large table); the rerun
+    that resumes removes it, as it does the records' (under the lock no write of ours is in flight)."""
+    out, job = tmp_path / "out", {"inputs": [], "settings": 1}
+    out.mkdir()
+    assert layout.begin_job(out, job, overwrite=False) is False
+    (out / layout.VOCAB_DIR).mkdir()
+    left = [out / layout.VOCAB_DIR / ".t_color.json.k3j9.tmp", out / ".fit.json.x1.tmp"]
+    for p in left:
+        p.write_text("[")
+    (out / layout.VOCAB_DIR / "t_color.json").write_text("[]")
+    assert layout.begin_job(out, job, overwrite=False) is False
+    assert not any(p.exists() for p in left) and (out / layout.VOCAB_DIR / "t_color.json").is_file()
+
+
+def test_an_empty_split_by_day_is_explained_by_days_not_fractions(tmp_path: Path) -> None:
+    """A day split's fractions are not the user's: the refusal says what the days do (it cited 0.8/0.1/0.1)."""
+    days = [_write(tmp_path, ROWS[:6], "day1.csv"), _write(tmp_path, ROWS[6:7], "day2.csv")]
+    with pytest.raises(PreprocessError, match=r"split\(s\) \['test'\] would be empty \(train 6, val 1, test 0 rows "
+                                              r"of 7\): a split by day trains on every day but the last") as e:
+        _run(tmp_path, days, {**SCHEMA, "split": {"by": "day"}})
+    assert "fractions" not in str(e.value)

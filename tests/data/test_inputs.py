@@ -350,3 +350,31 @@ def test_parquet_columns_without_text_are_named_not_a_traceback(tmp_path: Path) 
     pq.write_table(pa.table({**base, "c": np.arange(n)}), tmp_path / "i.parquet")
     cut = {**BASE, "sparse": [{"name": "c", "kind": "hash", "hash": "int_modulo", "buckets": 10, "prefix": 2}]}
     _refused(tmp_path, [tmp_path / "i.parquet"], cut, "holds numbers", "prefix", error=SchemaError)
+
+
+def test_a_header_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    """pyarrow decodes the header's names in Python: its UnicodeDecodeError was a traceback."""
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("x,c,y,caf\xe9\n1,a,0\n".encode("latin-1"))
+    _refused(tmp_path, [latin1], BASE, "latin1.csv: its header line is not UTF-8 text", "save the file as UTF-8")
+    packed = tmp_path / "packed.csv"  # gzip data under a plain name
+    packed.write_bytes(gzip.compress(b"x,c,y\n1,a,0\n2,b,1\n"))
+    _refused(tmp_path, [packed], BASE, "packed.csv: the file holds gzip data", "name it *.gz")
+
+
+def test_a_csv_error_inside_a_good_gzip_file_is_not_called_a_broken_gzip(tmp_path: Path) -> None:
+    gz = tmp_path / "d.csv.gz"
+    gz.write_bytes(gzip.compress(b"x,c,y\n1,a,0\n2,\xe9,1\n"))
+    text = _refused(tmp_path, [gz], BASE, "d.csv.gz: cannot be read as CSV", "invalid UTF8")
+    assert "gzip" not in text.split(":", 1)[1], text
+    broken = tmp_path / "broken.csv.gz"
+    packed = gzip.compress(b"x,c,y\n" + b"".join(b"%d,a%d,0\n" % (i, i * 7919 % 1000) for i in range(50000)))
+    broken.write_bytes(packed[: len(packed) // 2])
+    _refused(tmp_path, [broken], BASE, "broken.csv.gz: not a complete gzip file")
+
+
+def test_a_column_the_schema_reads_named_twice_in_the_header_is_refused(tmp_path: Path) -> None:
+    twice = _csv(tmp_path, "x,c,y,x\n1,a,0,5\n2,b,1,6\n")
+    _refused(tmp_path, [twice], BASE, "d.csv: the file has more than one column named ['x']", error=SchemaError)
+    spare = _csv(tmp_path, "x,c,y,z,z\n1,a,0,5,5\n2,b,1,6,6\n3,a,1,7,7\n4,b,0,8,8\n", name="spare.csv")
+    _run(tmp_path, [spare], BASE)  # (a repeated column the schema does not read is no one's business)

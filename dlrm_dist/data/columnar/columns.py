@@ -38,7 +38,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from dlrm_dist.data.columnar.locate import (ORIGIN_FIRST, ORIGIN_PATH, at_record, cell_text, conversion_error,
-                                            delimiter_of, first_fields, lines_of_records, read_as_number, where)
+                                            delimiter_of, first_fields, is_gzip, lines_of_records, read_as_number,
+                                            where)
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.features.schema import FeatureSchema
@@ -198,15 +199,23 @@ def unreadable(path: Path, e: Exception) -> PreprocessError:
     text = str(e)
     if "Empty CSV file" in text:
         return PreprocessError(f"{path}: the file is empty (no header, no rows)")
-    if path.name.lower().endswith(".gz") or "compressed" in text or "zlib" in text or "gzip" in text:
+    if isinstance(e, OSError) and path.name.lower().endswith(".gz") or "compressed" in text or "zlib" in text \
+            or "gzip" in text:  # (a CSV error inside a good gzip stream is an ArrowInvalid: named as CSV below)
         return PreprocessError(f"{path}: not a complete gzip file ({text}); a name ending in .gz is read as "
                                "gzip: recompress it, or rename a plain file")
     return PreprocessError(f"{path}: cannot be read as CSV ({text})")
 
 
 def csv_names(path: Path, schema: FeatureSchema, handlers: Handlers) -> list[str]:
+    if not path.name.lower().endswith(".gz") and is_gzip(path):  # (read as text: an "empty file", a bad header)
+        raise PreprocessError(f"{path}: the file holds gzip data, and only a name ending in .gz is read as gzip: "
+                              "name it *.gz")
     if schema.input.header:  # (malformed lines skipped silently here: the real read counts them)
-        return handlers.open(pa_csv.ReadOptions(block_size=1 << 16, use_threads=False), counted=False).schema.names
+        try:
+            return handlers.open(pa_csv.ReadOptions(block_size=1 << 16, use_threads=False), counted=False).schema.names
+        except UnicodeDecodeError as e:  # (pyarrow decodes the header's names in Python)
+            raise PreprocessError(f"{path}: its header line is not UTF-8 text ({e.reason} in a column name); save "
+                                  "the file as UTF-8") from None
     names = list(schema.input.columns or ())
     fields = first_fields(path, schema)
     if fields is not None and fields != len(names):
@@ -217,10 +226,15 @@ def csv_names(path: Path, schema: FeatureSchema, handlers: Handlers) -> list[str
 
 
 def check_columns(path: Path, have: list[str], wanted: list[str]) -> None:
+    """Every column the schema reads is in the file, once (of two, a read would take the first silently)."""
     missing = [c for c in wanted if c not in have]
     if missing:
         raise SchemaError(f"{path}: the schema names column(s) {missing} that the file does not have; "
                           f"its columns are {have}")
+    repeated = [c for c in wanted if have.count(c) > 1]
+    if repeated:
+        raise SchemaError(f"{path}: the file has more than one column named {repeated}, which the schema reads: "
+                          "rename them")
 
 
 # -- typed reads and cell checks ---------------------------------------------------------------------

@@ -42,6 +42,7 @@ import pyarrow as pa
 
 from dlrm_dist.data.columnar import shared_blocks as blocks
 from dlrm_dist.data.columnar.columns import NUM, TEXT, uses
+from dlrm_dist.data.columnar.locate import is_gzip
 from dlrm_dist.data.columnar.criteo_fused import Fused, encode_fused, fused_encoded, fused_plan, fused_specs
 from dlrm_dist.data.columnar.locate import LINE_FIELD, ORIGIN_FIRST, ORIGIN_PATH
 from dlrm_dist.data.columnar.tsv_kernel import NUM_DENSE, ParsedChunk, padded, parse_chunk, row_capacity
@@ -95,11 +96,6 @@ def _read_buffer(nbytes: int) -> np.ndarray:
     if not _READ_BUFFER or len(_READ_BUFFER[0]) < nbytes:
         _READ_BUFFER[:] = [np.empty(max(nbytes, CHUNK_BYTES + (1 << 20)), np.uint8)]
     return _READ_BUFFER[0][:nbytes]
-
-
-def is_gzip(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(2) == b"\x1f\x8b"
 
 
 def _line_end_after(f, pos: int, size: int) -> int:

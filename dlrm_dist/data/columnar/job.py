@@ -132,6 +132,10 @@ def refuse_empty_splits(schema: FeatureSchema, rows: dict[str, int], how: str = 
     empty = [s for s in SPLITS if f[s] > 0 and rows.get(s, 0) == 0]
     if empty:
         counts = ", ".join(f"{s} {rows.get(s, 0)}" for s in SPLITS)
+        if schema.split.by == "day":  # (its fractions are not the user's: the days decide)
+            raise PreprocessError(f"split(s) {empty} would be empty ({counts} rows of {sum(rows.values())}{how}): a "
+                                  "split by day trains on every day but the last and halves the last day into val "
+                                  "and test; give the last day more rows (or use fewer pseudo-days)")
         raise PreprocessError(f"split(s) {empty} would be empty ({counts} rows of {sum(rows.values())}{how}, "
                               f"fractions {list(schema.split.fractions)}): give more rows, other fractions, "
                               "or a fraction of 0 for a split you do not want")

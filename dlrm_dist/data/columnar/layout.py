@@ -389,8 +389,9 @@ _RECORDS = (META, JOB, FIT)
 
 
 def _leftovers(directory: Path) -> list[Path]:
-    """Temporaries of the atomic record writes a kill left behind."""
-    return [tmp for name in _RECORDS for tmp in directory.glob(f".{name}.*.tmp")]
+    """Temporaries of the atomic record and vocabulary writes a kill left behind."""
+    return [*(tmp for name in _RECORDS for tmp in directory.glob(f".{name}.*.tmp")),
+            *(directory / VOCAB_DIR).glob(".*.json.*.tmp")]
 
 
 def clear(directory: Path) -> None:

@@ -61,10 +61,14 @@ def locate(path: Path, schema: FeatureSchema, data_row: int) -> str:
     return f"{path} line {line}" if line is not None else f"{path} data row {data_row + 1}"
 
 
-def _text_lines(path: Path) -> io.TextIOBase:
+def is_gzip(path: Path) -> bool:
+    """Whether the file begins as gzip data does (its magic bytes), whatever its name."""
     with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    raw = gzip.open(path, "rb") if gz else open(path, "rb")
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _text_lines(path: Path) -> io.TextIOBase:
+    raw = gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
     return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
 
 
