@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dlrm_dist.cli.data_main import main as data_main
-from dlrm_dist.data.columnar import columns, locate, read
+from dlrm_dist.data.columnar import columns, csv_kernel, locate, read
 from dlrm_dist.data.columnar.dataset import ColumnarDataset
 from dlrm_dist.data.columnar.preprocess import Options, preprocess
 from dlrm_dist.data.errors import DataError, PreprocessError
@@ -378,3 +378,27 @@ def test_a_column_the_schema_reads_named_twice_in_the_header_is_refused(tmp_path
     _refused(tmp_path, [twice], BASE, "d.csv: the file has more than one column named ['x']", error=SchemaError)
     spare = _csv(tmp_path, "x,c,y,z,z\n1,a,0,5,5\n2,b,1,6,6\n3,a,1,7,7\n4,b,0,8,8\n", name="spare.csv")
     _run(tmp_path, [spare], BASE)  # (a repeated column the schema does not read is no one's business)
+
+
+@pytest.mark.parametrize("text, unclosed", [
+    ('x,c,y\n1,a,0\n2,"open,1\n3,b,0\n4,c,1\n', True),  # the rest of the file would be one cell
+    ('x,c,y\n1,"a ""q"" b",0\n2,"two\nlines",1\n3,b"c,0\n', False),  # closed, escaped, mid-cell quotes
+    ('\ufeff"x",c,y\n1,"a",0\n', False),
+    ('x,c,y\n1,"a""\n', True),  # a doubled quote does not close
+    ('x,c,y\r\n1,a,"0\r\n', True),
+])
+def test_a_quote_never_closed_is_found_in_any_chunking(text: str, unclosed: bool) -> None:
+    data = text.encode()
+    at = data.index(b'"', data.index(b"\n")) if unclosed else None  # (the first quote after the header)
+    for chunk in (1, 2, 3, 1 << 20):  # (the scan's state carries across its chunks)
+        assert csv_kernel.unclosed_quote(io.BytesIO(data), ",", chunk) == at, chunk
+
+
+def test_a_quote_never_closed_is_refused_by_its_line(tmp_path: Path) -> None:
+    """pyarrow reads the rest of the file as the open cell's text: 20 rows were lost without a word."""
+    text = "x,c,y\n1,a,0\n2,\"open,1\n" + "".join(f"{i},z{i},{i % 2}\n" for i in range(20))
+    plain = _csv(tmp_path, text)
+    _refused(tmp_path, [plain], BASE, "d.csv line 3: a quote opens a cell there that no quote closes")
+    gz = tmp_path / "d.csv.gz"
+    gz.write_bytes(gzip.compress(text.encode()))
+    _refused(tmp_path, [gz], BASE, "d.csv.gz line 3: a quote opens a cell")

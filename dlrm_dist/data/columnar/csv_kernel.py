@@ -19,7 +19,9 @@ what it accepts it reads exactly as pyarrow does:
 - no column is read both as a number and as text (such a schema is not served).
 
 Quotes never reach it: byte_ranges does not cut a CSV holding a quote character (a TSV has
-no quoting, and a ``"`` is an ordinary byte there, as in pyarrow's TSV read).
+no quoting, and a ``"`` is an ordinary byte there, as in pyarrow's TSV read). For those files
+``unclosed_quote`` gives the one check pyarrow's read lacks: a quote that opens a cell and is
+never closed, where pyarrow takes the rest of the file, rows and all, as that cell's text.
 
 Three passes, each branch-light: ``_ends`` finds every cell's end (a store and an add per
 byte, no jump per cell), ``_tokenize`` walks the cells line by line (numbers parsed, text
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import BinaryIO, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -186,6 +188,44 @@ class Plan:
     slots: np.ndarray  # int64 per file column: its index among the numbers or the texts
     numbers: list[str]  # the numeric columns, by slot
     texts: list[str]  # the text columns, by slot
+
+
+_AT_START, _UNQUOTED, _QUOTED, _QUOTE_IN_QUOTED = 0, 1, 2, 3  # _quote_scan's states, at a byte
+
+
+@njit(cache=True, nogil=True)
+def _quote_scan(data, delim, base, state):  # pragma: no cover - compiled
+    """pyarrow's quoting over ``data`` (bytes ``base ..`` of a file), from and into ``state`` = [the
+    state before the next byte, the offset of the quote that opened the current quoted cell]: a quote
+    opens a quoted cell only where a cell starts; in one, two quotes are a quote and one closes it."""
+    at, opened = state[0], state[1]
+    for i in range(len(data)):
+        c = data[i]
+        if at == _QUOTED:
+            if c == 34:
+                at = _QUOTE_IN_QUOTED
+        elif at == _QUOTE_IN_QUOTED and c == 34:
+            at = _QUOTED  # ("" inside quotes: one quote)
+        elif c == delim or c == 10 or c == 13:
+            at = _AT_START
+        elif at == _AT_START and c == 34:
+            at, opened = _QUOTED, base + i
+        else:
+            at = _UNQUOTED
+    state[0], state[1] = at, opened
+
+
+def unclosed_quote(stream: BinaryIO, delimiter: str, chunk: int = 8 << 20) -> Optional[int]:
+    """The byte offset (in the decompressed text) of a quote that opens a cell no quote closes before
+    the end of ``stream``, else None (one pass, in chunks: memory stays bounded)."""
+    state, base = np.array([_AT_START, -1], np.int64), 0
+    if (data := stream.read(chunk)).startswith(b"\xef\xbb\xbf"):  # (a BOM: pyarrow's text starts after it)
+        data, base = data[3:], 3
+    while data:
+        _quote_scan(np.frombuffer(data, np.uint8), ord(delimiter), base, state)
+        base += len(data)
+        data = stream.read(chunk)
+    return int(state[1]) if state[0] == _QUOTED else None
 
 
 def plan(schema: FeatureSchema, names: list[str], delimiter: str) -> Optional[Plan]:

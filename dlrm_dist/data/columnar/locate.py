@@ -15,7 +15,7 @@ import gzip
 import io
 import re
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import BinaryIO, Iterator, Optional
 
 import pyarrow as pa
 
@@ -67,8 +67,22 @@ def is_gzip(path: Path) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
+def open_bytes(path: Path) -> BinaryIO:
+    """The file's bytes (decompressed, where it is gzip data)."""
+    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
+
+
+def line_at(path: Path, offset: int) -> int:
+    """The 1-based line of the file's byte ``offset`` (of its decompressed text)."""
+    line, seen = 1, 0
+    with open_bytes(path) as f:
+        while seen < offset and (data := f.read(min(8 << 20, offset - seen))):
+            line, seen = line + data.count(b"\n"), seen + len(data)
+    return line
+
+
 def _text_lines(path: Path) -> io.TextIOBase:
-    raw = gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
+    raw = open_bytes(path)
     return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
 
 

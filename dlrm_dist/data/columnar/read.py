@@ -28,10 +28,10 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from dlrm_dist.data.columnar import byte_ranges, columns, criteo_tsv
+from dlrm_dist.data.columnar import byte_ranges, columns, criteo_tsv, csv_kernel
 from dlrm_dist.data.columnar.columns import (NUM, TEXT, BadLines, Handlers, check_columns, check_uses,  # noqa: F401
                                              csv_names, field_name, numbers, numeric_columns, text_columns, typed)
-from dlrm_dist.data.columnar.locate import ORIGIN_FIRST, ORIGIN_PATH, file_format, origin
+from dlrm_dist.data.columnar.locate import ORIGIN_FIRST, ORIGIN_PATH, file_format, line_at, open_bytes, origin
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.schema import FeatureSchema
 
@@ -61,9 +61,20 @@ def _read_csv(path: Path, schema: FeatureSchema, fmt: str, wanted: list[str], ba
             except (pa.ArrowInvalid, OSError) as e:
                 raise handlers.error(e) from None
             yield batch
+        if fmt == "csv":  # (pyarrow reads a quote never closed as a cell holding the rest of the file)
+            _refuse_unclosed_quote(path, handlers.delimiter)
     finally:
         reader = None  # drop our reference, then wait for Arrow's
         handlers.wait_released()
+
+
+def _refuse_unclosed_quote(path: Path, delimiter: str) -> None:
+    with open_bytes(path) as f:
+        at = csv_kernel.unclosed_quote(f, delimiter)
+    if at is not None:
+        raise PreprocessError(f"{path} line {line_at(path, at)}: a quote opens a cell there that no quote closes "
+                              "before the end of the file, which would make the rest of the file that cell's text; "
+                              'close it, or double a quote meant as text ("")')
 
 
 # -- Parquet ---------------------------------------------------------------------------------------
