@@ -6,6 +6,7 @@ independently of the code under test.
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import io
 import json
@@ -29,7 +30,7 @@ from dlrm_dist.data.columnar.dataset import ColumnarDataset
 from dlrm_dist.data.columnar.preprocess import Options, preprocess
 from dlrm_dist.data.errors import DataError, PreprocessError
 from dlrm_dist.features import SchemaError
-from dlrm_dist.features.schema import from_dict
+from dlrm_dist.features.schema import SPLITS, from_dict
 from tests.data.reference import fnv1a
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -402,3 +403,36 @@ def test_a_quote_never_closed_is_refused_by_its_line(tmp_path: Path) -> None:
     gz = tmp_path / "d.csv.gz"
     gz.write_bytes(gzip.compress(text.encode()))
     _refused(tmp_path, [gz], BASE, "d.csv.gz line 3: a quote opens a cell")
+
+
+def test_parquet_timestamps_and_large_integers_are_times(tmp_path: Path) -> None:
+    """A Parquet time column of timestamps, dates or epoch nanoseconds (past 2**53: not exact doubles) splits by
+    time as the same instants in seconds do (they were refused as "not a number")."""
+    base = datetime.datetime(2026, 1, 1)
+    when = [base + datetime.timedelta(days=d) for d in (3, 1, 7, 5, 9, 2, 8, 4, 6, 0)]
+    columns_of = {"x": [float(i) for i in range(10)], "c": [f"k{i % 3}" for i in range(10)],
+                  "y": [i % 2 for i in range(10)]}
+    schema = {**BASE, "split": {"by": "time", "column": "ts", "fractions": [0.6, 0.2, 0.2]}}
+    splits = {}
+    for name, ts in [("seconds", pa.array([w.timestamp() for w in when])),
+                     ("timestamp", pa.array(when, pa.timestamp("ns"))),
+                     ("date", pa.array([w.date() for w in when], pa.date32())),
+                     ("nanos", pa.array([int(w.timestamp()) * 10**9 + 1 for w in when], pa.int64()))]:
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table({**columns_of, "ts": ts}), path)
+        _run(tmp_path, [path], schema, out=name)
+        splits[name] = {s: np.load(tmp_path / name / s / "dense.npy").ravel().tolist() for s in SPLITS}
+    assert splits["seconds"]["test"] == [4.0, 6.0]  # (days 9 and 8: rows 4 and 6)
+    assert all(v == splits["seconds"] for v in splits.values()), splits
+
+
+def test_an_identity_id_is_decimal(tmp_path: Path) -> None:
+    """Arrow's cast takes "0x10" as 16; an identity id, as a dense cell, is a decimal integer."""
+    schema = {**BASE, "sparse": [{"name": "c", "kind": "identity", "buckets": 100}]}
+    _refused(tmp_path, [_csv(tmp_path, "x,c,y\n1,7,0\n2,0x10,1\n")], schema, "holds '0x10', not an integer id")
+    _run(tmp_path, [_csv(tmp_path, "x,c,y\n1, 7 ,0\n2,16,1\n3,,0\n4,99,1\n", name="ok.csv")], schema)
+
+
+def test_a_header_without_a_line_end_is_not_an_empty_file(tmp_path: Path) -> None:
+    _refused(tmp_path, [_csv(tmp_path, "x,c,y")], BASE, "d.csv: it has no data rows (a header only)")
+    _refused(tmp_path, [_csv(tmp_path, "", name="e.csv")], BASE, "e.csv: the file is empty (no header, no rows)")

@@ -38,8 +38,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from dlrm_dist.data.columnar.locate import (ORIGIN_FIRST, ORIGIN_PATH, at_record, cell_text, conversion_error,
-                                            delimiter_of, first_fields, is_gzip, lines_of_records, read_as_number,
-                                            where)
+                                            delimiter_of, first_fields, is_gzip, lines_of_records, open_bytes,
+                                            read_as_number, where)
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.features.schema import FeatureSchema
@@ -197,7 +197,11 @@ class Handlers:
 
 def unreadable(path: Path, e: Exception) -> PreprocessError:
     text = str(e)
-    if "Empty CSV file" in text:
+    if "Empty CSV file" in text:  # (pyarrow's word for a header without a line end too)
+        with open_bytes(path) as f:
+            header = f.read(1 << 16).strip()
+        if header:
+            return PreprocessError(f"{path}: it has no data rows (a header only); every input file must hold data")
         return PreprocessError(f"{path}: the file is empty (no header, no rows)")
     if isinstance(e, OSError) and path.name.lower().endswith(".gz") or "compressed" in text or "zlib" in text \
             or "gzip" in text:  # (a CSV error inside a good gzip stream is an ArrowInvalid: named as CSV below)
@@ -254,7 +258,11 @@ def first_failing(values: pa.Array, convert: Callable[[pa.Array], pa.Array]) -> 
 def _to_float(values: pa.Array) -> pa.Array:
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         values = pc.utf8_trim_whitespace(values)  # as pyarrow's CSV number parsing does
-    return pc.cast(values, pa.float64())
+    elif pa.types.is_temporal(values.type):  # (Parquet's timestamps, dates, durations: their count of units)
+        values = pc.cast(pc.cast(values, pa.int32()) if pa.types.is_date32(values.type) else values, pa.int64())
+    # An integer past 2**53 is rounded to the nearest double (epoch nanoseconds, say): the time column's
+    # order keeps to a few hundred ns, and a dense value is written as float32 anyway.
+    return pc.cast(values, pa.float64(), safe=not pa.types.is_integer(values.type))
 
 
 def _to_text(values: pa.Array, path: Optional[Path] = None, column: str = "") -> pa.Array:

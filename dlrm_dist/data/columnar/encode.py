@@ -319,13 +319,23 @@ def encode_ids(batch: pa.RecordBatch, schema: FeatureSchema, f: SparseFeature, b
     return _identity_ids(batch, schema, f, bags, rows)
 
 
+def _as_int(values: pa.Array) -> pa.Array:
+    """Identity ids as int64: integers as they are, a text's decimal digits (Arrow's cast alone would
+    also take "0x10" as 16, where a dense cell refuses it)."""
+    if pa.types.is_integer(values.type):
+        return pc.cast(values, pa.int64())
+    values = pc.utf8_trim_whitespace(values)
+    if not pc.all(pc.match_substring_regex(values, r"^-?[0-9]+$")).as_py():
+        raise pa.ArrowInvalid("an identity id is a decimal integer")
+    return pc.cast(values, pa.int64())
+
+
 def _identity_ids(batch: pa.RecordBatch, schema: FeatureSchema, f: SparseFeature, bags: Bags, rows: int) -> np.ndarray:
     filled = pc.fill_null(bags.values, 0 if pa.types.is_integer(bags.values.type) else "0")
-    as_int = lambda a: pc.cast(a if pa.types.is_integer(a.type) else pc.utf8_trim_whitespace(a), pa.int64())  # noqa: E731
     try:
-        ids = as_int(filled).to_numpy(zero_copy_only=False)
+        ids = _as_int(filled).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        i = columns.first_failing(filled, as_int)
+        i = columns.first_failing(filled, _as_int)
         raise PreprocessError(f"{locate.where(batch, schema, bags.row_of(i))}: identity feature {f.name!r} (column "
                               f"{f.column!r}) holds {filled[i].as_py()!r}, not an integer id") from None
     out = np.flatnonzero((ids < 0) | (ids >= rows))
