@@ -436,3 +436,15 @@ def test_an_identity_id_is_decimal(tmp_path: Path) -> None:
 def test_a_header_without_a_line_end_is_not_an_empty_file(tmp_path: Path) -> None:
     _refused(tmp_path, [_csv(tmp_path, "x,c,y")], BASE, "d.csv: it has no data rows (a header only)")
     _refused(tmp_path, [_csv(tmp_path, "", name="e.csv")], BASE, "e.csv: the file is empty (no header, no rows)")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_text_cell_not_utf8_is_named_by_line_and_column(tmp_path: Path, monkeypatch, gz: bool) -> None:
+    """pyarrow names the column by index and the record (empty lines not counted), not the line."""
+    monkeypatch.setattr(columns, "BLOCK_BYTES", 4096)  # (the plain file is read in byte ranges)
+    lines = [b"x,c,y"] + [b"%d,a%d,%d" % (i, i, i % 2) if i % 7 else b"" for i in range(1, 3000)]
+    lines[2500] = b"5,caf\xe9,1"
+    data = b"\n".join(lines) + b"\n"
+    path = tmp_path / ("d.csv.gz" if gz else "d.csv")
+    path.write_bytes(gzip.compress(data) if gz else data)
+    _refused(tmp_path, [path], BASE, f"{path.name} line 2501, column 'c': the cell is not UTF-8 text")

@@ -191,9 +191,27 @@ def _line_of_value(path: Path, schema: FeatureSchema, index: int, value: str) ->
     return None
 
 
+_NOT_UTF8 = re.compile(r"column #(\d+): (?:Row #\d+: )?CSV conversion error to \w+: invalid UTF8 data")
+
+
+def _line_not_utf8(path: Path, schema: FeatureSchema, index: int) -> Optional[int]:
+    """The first line of a record whose field ``index`` is not UTF-8 (read with replacement characters)."""
+    for number, fields in _records(path, schema):
+        if index < len(fields) and "\ufffd" in fields[index]:
+            return number
+    return None
+
+
 def conversion_error(path: Path, schema: FeatureSchema, names: list[str], e: Exception) -> Optional[PreprocessError]:
-    """pyarrow's error for a numeric cell that does not parse, with its line found by a re-scan
-    (pyarrow names the column and value, but not the line, when it reads a stream)."""
+    """pyarrow's error for a numeric cell that does not parse, or a text cell that is not UTF-8, with
+    its line found by a re-scan (pyarrow names the column by index and the record, not the line)."""
+    bad_text = _NOT_UTF8.search(str(e))
+    if bad_text:
+        index = int(bad_text.group(1))
+        column = names[index] if index < len(names) else f"#{index + 1}"
+        line = _line_not_utf8(path, schema, index)
+        return PreprocessError(f"{f'{path} line {line}' if line is not None else path}, column {column!r}: the cell "
+                               "is not UTF-8 text; save the file as UTF-8")
     m = _CONVERSION.search(str(e))
     if not m:
         return None
