@@ -366,8 +366,8 @@ def test_a_header_that_is_not_utf8_is_named(tmp_path: Path) -> None:
 def test_a_csv_error_inside_a_good_gzip_file_is_not_called_a_broken_gzip(tmp_path: Path) -> None:
     gz = tmp_path / "d.csv.gz"
     gz.write_bytes(gzip.compress(b"x,c,y\n1,a,0\n2,\xe9,1\n"))
-    text = _refused(tmp_path, [gz], BASE, "d.csv.gz: cannot be read as CSV", "invalid UTF8")
-    assert "gzip" not in text.split(":", 1)[1], text
+    text = _refused(tmp_path, [gz], BASE, "d.csv.gz line 3, column 'c': the cell is not UTF-8 text")
+    assert "gzip" not in text.split("d.csv.gz", 1)[1], text
     broken = tmp_path / "broken.csv.gz"
     packed = gzip.compress(b"x,c,y\n" + b"".join(b"%d,a%d,0\n" % (i, i * 7919 % 1000) for i in range(50000)))
     broken.write_bytes(packed[: len(packed) // 2])
@@ -448,3 +448,8 @@ def test_a_text_cell_not_utf8_is_named_by_line_and_column(tmp_path: Path, monkey
     path = tmp_path / ("d.csv.gz" if gz else "d.csv")
     path.write_bytes(gzip.compress(data) if gz else data)
     _refused(tmp_path, [path], BASE, f"{path.name} line 2501, column 'c': the cell is not UTF-8 text")
+
+
+def test_a_numeric_cell_of_spaces_only_is_named_by_its_line(tmp_path: Path) -> None:
+    text = "x,c,y\n1,a,0\n,b,1\n   ,a,1\n4,b,0\n"  # (line 3's empty cell is missing; line 4's is not a number)
+    _refused(tmp_path, [_csv(tmp_path, text)], BASE, "d.csv line 4, column 'x'", "is not a number")

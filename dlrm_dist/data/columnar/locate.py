@@ -178,15 +178,19 @@ def _line_of_quoted(path: Path, schema: FeatureSchema, value: str) -> Optional[i
 def _line_of_value(path: Path, schema: FeatureSchema, index: int, value: str) -> Optional[int]:
     """The first line whose data row holds ``value`` in field ``index``: a re-scan, for error messages."""
     if value in ("", *schema.input.null_values):
-        return _line_of_quoted(path, schema, value)
+        line = _line_of_quoted(path, schema, value)
+        if line is not None or value != "":
+            return line
+    # pyarrow names the value as it parsed it, surrounding spaces trimmed (" >50K" -> ">50K"); a cell
+    # of spaces only is trimmed to "" (an empty cell, unquoted, is missing: no error)
+    matches = (lambda f: f.strip(" \t") == value) if value else (lambda f: f != "" and not f.strip(" \t"))
     expected = None
     for number, fields in _records(path, schema):
         if expected is None:
             expected = len(schema.input.columns) if not schema.input.header else len(fields)
             if schema.input.header:
                 continue
-        # pyarrow names the value as it parsed it, surrounding spaces trimmed (" >50K" -> ">50K")
-        if len(fields) == expected and index < len(fields) and fields[index].strip(" \t") == value:
+        if len(fields) == expected and index < len(fields) and matches(fields[index]):
             return number
     return None
 
