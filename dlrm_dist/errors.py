@@ -87,12 +87,27 @@ def run_cli(prog: str, body: Callable[[], int]) -> int:
     except KeyboardInterrupt as stop:  # (what the body cleans up on the way out has been cleaned up)
         signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
         print(f"{prog}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        _STOPPED_BY[:] = [signum]
         return 128 + signum
     except BrokenPipeError:
         # `dlrm-data stats DIR | head`: the reader left. Python's own advice: point stdout at devnull so the
         # interpreter's final flush does not raise again, and exit like a process killed by SIGPIPE.
         _silence_stdout()
         return EXIT_BROKEN_PIPE
+
+
+_STOPPED_BY: list[int] = []  # the signal that stopped run_cli's body, if one did
+
+
+def end_as_stopped() -> None:
+    """A command's process, once ``run_cli`` has returned, ends by the signal that stopped it, if one
+    did (a shell then stops the script or loop it runs, as for a process Ctrl-C killed, where an exit
+    code of 130 would let it go on). For a console script's entry point, never inside a library call."""
+    if _STOPPED_BY:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(_STOPPED_BY[0], signal.SIG_DFL)
+        os.kill(os.getpid(), _STOPPED_BY[0])
 
 
 def _silence_stdout() -> None:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from dlrm_dist.errors import interrupt_on_sigterm, run_cli
+from dlrm_dist.errors import end_as_stopped, interrupt_on_sigterm, run_cli
 
 if TYPE_CHECKING:
     from dlrm_dist.data.columnar.job import Options
@@ -321,7 +321,9 @@ def entry() -> int:
         from dlrm_dist.data.allocator import keep_freed_memory
 
         keep_freed_memory()
-    return main()
+    code = main()
+    end_as_stopped()  # (stopped by Ctrl-C or SIGTERM: the process ends by that signal, as a shell expects)
+    return code
 
 
 if __name__ == "__main__":

@@ -223,12 +223,18 @@ def test_an_input_inside_the_outputs_folders_is_refused_and_kept(tmp_path: Path)
     inside = _write(out / "train", name="more.csv")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     for overwrite in (True, False):
-        with pytest.raises(PreprocessError, match=f"lies in the folder {out.resolve() / 'train'} of --out"):
+        with pytest.raises(PreprocessError, match="more.csv lies in the folder train/ of --out"):
             _run(tmp_path, [inside], overwrite=overwrite)
         assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
-    beside = _write(out, name="raw.csv")
-    _run(tmp_path, [beside], overwrite=True)
-    assert beside.read_text().startswith(HEADER) and (out / layout.META).is_file()
+    (tmp_path / "ext").mkdir()
+    (out / "vocab" / "link.csv").symlink_to(_write(tmp_path / "ext", name="d.csv"))  # (cleared with its folder)
+    with pytest.raises(PreprocessError, match="link.csv lies in the folder vocab/ of --out"):
+        _run(tmp_path, [out / "vocab" / "link.csv"], overwrite=True)
+    (out / "raw").mkdir()
+    beside, raw = _write(out, name="raw.csv"), _write(out / "raw", name="day.csv")  # (no job writes or clears them)
+    for given in (beside, raw):
+        _run(tmp_path, [given], overwrite=True)
+        assert given.read_text().startswith(HEADER) and (out / layout.META).is_file()
 
 
 def test_a_multi_hot_prefix_cuts_each_value(tmp_path: Path) -> None:

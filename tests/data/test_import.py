@@ -125,7 +125,7 @@ def test_a_source_inside_the_outputs_folders_is_refused_and_kept(tmp_path: Path,
     src = _small_dir(out / "test" / "days")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     code, _, err = _run(capsys, str(src), "--out", str(out), "--max-ind-range", "5", "--overwrite")
-    assert code == 2 and f"lies in the folder {out.resolve() / 'test'} of --out {out}, which this job writes" in err, err
+    assert code == 2 and f"lies in the folder test/ of --out {out}, which this job writes" in err, err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 

@@ -403,6 +403,12 @@ def test_a_quote_never_closed_is_refused_by_its_line(tmp_path: Path) -> None:
     gz = tmp_path / "d.csv.gz"
     gz.write_bytes(gzip.compress(text.encode()))
     _refused(tmp_path, [gz], BASE, "d.csv.gz line 3: a quote opens a cell")
+    cr = _csv(tmp_path, text.replace("\n", "\r"), name="cr.csv")  # (lines end at CR too)
+    _refused(tmp_path, [cr], BASE, "cr.csv line 3: a quote opens a cell")
+    for suffix in (".zst", ".bz2"):  # (scanned as pyarrow reads them: decompressed by the name)
+        with pa.output_stream(tmp_path / f"q.csv{suffix}", compression="detect") as f:
+            f.write(text.replace('"open', '"open"').encode())
+        _run(tmp_path, [tmp_path / f"q.csv{suffix}"], BASE, out=f"out{suffix}")
 
 
 def test_parquet_timestamps_and_large_integers_are_times(tmp_path: Path) -> None:
@@ -424,6 +430,13 @@ def test_parquet_timestamps_and_large_integers_are_times(tmp_path: Path) -> None
         splits[name] = {s: np.load(tmp_path / name / s / "dense.npy").ravel().tolist() for s in SPLITS}
     assert splits["seconds"]["test"] == [4.0, 6.0]  # (days 9 and 8: rows 4 and 6)
     assert all(v == splits["seconds"] for v in splits.values()), splits
+    for k, unit in enumerate(("us", "ms")):  # (two files, two units: one instant is one number)
+        half = slice(5 * k, 5 * k + 5)
+        pq.write_table(pa.table({**{c: v[half] for c, v in columns_of.items()}, "ts": pa.array(when[half],
+                                                                                               pa.timestamp(unit))}),
+                       tmp_path / f"part{k}.parquet")
+    _run(tmp_path, [tmp_path / "part0.parquet", tmp_path / "part1.parquet"], schema, out="units")
+    assert {s: np.load(tmp_path / "units" / s / "dense.npy").ravel().tolist() for s in SPLITS} == splits["seconds"]
 
 
 def test_an_identity_id_is_decimal(tmp_path: Path) -> None:
@@ -435,7 +448,8 @@ def test_an_identity_id_is_decimal(tmp_path: Path) -> None:
 
 def test_a_header_without_a_line_end_is_not_an_empty_file(tmp_path: Path) -> None:
     _refused(tmp_path, [_csv(tmp_path, "x,c,y")], BASE, "d.csv: it has no data rows (a header only)")
-    _refused(tmp_path, [_csv(tmp_path, "", name="e.csv")], BASE, "e.csv: the file is empty (no header, no rows)")
+    for name, text in (("e.csv", ""), ("bom.csv", "\ufeff")):
+        _refused(tmp_path, [_csv(tmp_path, text, name=name)], BASE, f"{name}: the file is empty (no header, no rows)")
 
 
 @pytest.mark.parametrize("gz", [False, True])

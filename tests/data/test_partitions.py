@@ -294,7 +294,7 @@ def test_append_refusals_name_what_is_wrong(grown: Path, tmp_path: Path, capsys)
         (["--append", "--out", str(grown), "--input", str(tmp_path / "missing.csv")], "not found"),
         (["--append", "--out", str(grown), "--input", day4, day4], "is given twice"),
         (["--append", "--out", str(grown), "--input", str(days.write_day(killed, 4))],
-         f"lies in the folder {grown.resolve() / 'partition_5.partial'} of --out"),  # (a killed append's: cleared)
+         "day4.csv lies in the folder partition_5.partial/ of --out"),  # (a killed append's: cleared)
     ]
     for argv, message in cases:
         code, _, err = _cli(capsys, *argv)

@@ -7,6 +7,8 @@ import io
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -71,3 +73,13 @@ def test_a_stop_signal_unwinds_the_body_and_is_one_line(signum: int, code: int, 
     assert cleaned == [True] and signal.getsignal(signal.SIGTERM) is before
     err = capsys.readouterr().err
     assert err == f"dlrm-data preprocess: interrupted ({signal.Signals(signum).name})\n", err
+
+
+def test_a_stopped_command_ends_by_its_signal_so_a_shell_loop_stops_too() -> None:
+    """bash goes on with a script after a child that exited 130, and stops after one that died by SIGINT."""
+    script = ("import signal, sys\nfrom dlrm_dist.errors import end_as_stopped, run_cli\n"
+              "def body():\n    raise KeyboardInterrupt\n"
+              "code = run_cli('dlrm-data preprocess', body)\nend_as_stopped()\nsys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert done.returncode == -signal.SIGINT, done
+    assert done.stderr == b"dlrm-data preprocess: interrupted (SIGINT)\n", done.stderr

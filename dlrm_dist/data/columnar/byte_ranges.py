@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from dlrm_dist.data.columnar import columns, csv_kernel  # (read at call time: columns.BLOCK_BYTES is one knob for both readers)
+from dlrm_dist.data.columnar.locate import COMPRESSED, is_gzip
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.errors import DlrmError
 from dlrm_dist.features.schema import FeatureSchema
@@ -73,11 +74,9 @@ def cut_ranges(path: Path, schema: FeatureSchema, fmt: str) -> Optional[list[tup
 
     A line ends at ``\n``, ``\r`` or ``\r\n`` (pyarrow's rule): the header ends at the first of
     ``\r`` and ``\n`` (with the ``\n`` of a ``\r\n``), and each range after its last one."""
-    if path.name.lower().endswith(".gz"):
+    if path.name.lower().endswith(".gz") or path.name.endswith(COMPRESSED) or is_gzip(path):  # (not text bytes)
         return None
     with open(path, "rb") as f:
-        if f.read(2) == b"\x1f\x8b":
-            return None
         size = os.fstat(f.fileno()).st_size
         if size <= columns.BLOCK_BYTES or size == 0:
             return None

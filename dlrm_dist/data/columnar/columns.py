@@ -199,12 +199,13 @@ def unreadable(path: Path, e: Exception) -> PreprocessError:
     text = str(e)
     if "Empty CSV file" in text:  # (pyarrow's word for a header without a line end too)
         with open_bytes(path) as f:
-            header = f.read(1 << 16).strip()
+            header = f.read(1 << 16).removeprefix(b"\xef\xbb\xbf").strip()
         if header:
             return PreprocessError(f"{path}: it has no data rows (a header only); every input file must hold data")
         return PreprocessError(f"{path}: the file is empty (no header, no rows)")
-    if isinstance(e, OSError) and path.name.lower().endswith(".gz") or "compressed" in text or "zlib" in text \
-            or "gzip" in text:  # (a CSV error inside a good gzip stream is an ArrowInvalid: named as CSV below)
+    # (a CSV error inside a good gzip stream is an ArrowInvalid: named as CSV below)
+    if (isinstance(e, OSError) and path.name.lower().endswith(".gz")) or any(w in text for w in ("compressed", "zlib",
+                                                                                              "gzip")):
         return PreprocessError(f"{path}: not a complete gzip file ({text}); a name ending in .gz is read as "
                                "gzip: recompress it, or rename a plain file")
     return PreprocessError(f"{path}: cannot be read as CSV ({text})")
@@ -255,11 +256,20 @@ def first_failing(values: pa.Array, convert: Callable[[pa.Array], pa.Array]) -> 
     return lo
 
 
+_NANOS = {"timestamp": pa.timestamp("ns"), "date": pa.timestamp("ns"), "time": pa.time64("ns"),
+          "duration": pa.duration("ns")}
+
+
+def _temporal_kind(t: pa.DataType) -> str:
+    return ("timestamp" if pa.types.is_timestamp(t) else "date" if pa.types.is_date(t) else
+            "time" if pa.types.is_time(t) else "duration")
+
+
 def _to_float(values: pa.Array) -> pa.Array:
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         values = pc.utf8_trim_whitespace(values)  # as pyarrow's CSV number parsing does
-    elif pa.types.is_temporal(values.type):  # (Parquet's timestamps, dates, durations: their count of units)
-        values = pc.cast(pc.cast(values, pa.int32()) if pa.types.is_date32(values.type) else values, pa.int64())
+    elif pa.types.is_temporal(values.type):  # (Parquet's timestamps, dates, times, durations: nanoseconds,
+        values = pc.cast(pc.cast(values, _NANOS[_temporal_kind(values.type)]), pa.int64())  # whatever each file's unit)
     # An integer past 2**53 is rounded to the nearest double (epoch nanoseconds, say): the time column's
     # order keeps to a few hundred ns, and a dense value is written as float32 anyway.
     return pc.cast(values, pa.float64(), safe=not pa.types.is_integer(values.type))

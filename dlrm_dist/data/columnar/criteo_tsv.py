@@ -42,9 +42,8 @@ import pyarrow as pa
 
 from dlrm_dist.data.columnar import shared_blocks as blocks
 from dlrm_dist.data.columnar.columns import NUM, TEXT, uses
-from dlrm_dist.data.columnar.locate import is_gzip
 from dlrm_dist.data.columnar.criteo_fused import Fused, encode_fused, fused_encoded, fused_plan, fused_specs
-from dlrm_dist.data.columnar.locate import LINE_FIELD, ORIGIN_FIRST, ORIGIN_PATH
+from dlrm_dist.data.columnar.locate import LINE_FIELD, ORIGIN_FIRST, ORIGIN_PATH, is_gzip
 from dlrm_dist.data.columnar.tsv_kernel import NUM_DENSE, ParsedChunk, padded, parse_chunk, row_capacity
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.builtin import criteo_columns

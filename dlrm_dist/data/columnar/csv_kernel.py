@@ -220,7 +220,7 @@ def unclosed_quote(stream: BinaryIO, delimiter: str, chunk: int = 8 << 20) -> Op
     the end of ``stream``, else None (one pass, in chunks: memory stays bounded)."""
     state, base = np.array([_AT_START, -1], np.int64), 0
     if (data := stream.read(chunk)).startswith(b"\xef\xbb\xbf"):  # (a BOM: pyarrow's text starts after it)
-        data, base = data[3:], 3
+        data, base = data[3:] or stream.read(chunk), 3
     while data:
         _quote_scan(np.frombuffer(data, np.uint8), ord(delimiter), base, state)
         base += len(data)

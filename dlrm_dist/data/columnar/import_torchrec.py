@@ -283,7 +283,8 @@ def import_torchrec(opts: ImportOptions) -> ImportReport:
     days = open_days(opts.source)
     _refuse_empty(opts.source, days)
     with lock_out(opts.out_dir, "dlrm-data import-torchrec"):
-        if layout.begin_job(opts.out_dir, _job(opts, days), opts.overwrite):
+        if layout.begin_job(opts.out_dir, _job(opts, days), opts.overwrite,
+                            [day.files[k] for day in days for k in KINDS]):
             return _done(opts.out_dir)
         report = _run(opts, days)
         mark_complete(opts.out_dir)

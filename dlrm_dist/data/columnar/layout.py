@@ -429,34 +429,42 @@ def _foreign(directory: Path) -> bool:
     return directory.is_dir() and any(p.name not in ours for p in directory.iterdir())
 
 
+def _written(name: str) -> bool:
+    """A folder of the layout's, which jobs write and clear: vocab/, the splits, partitions, staging."""
+    return name in (VOCAB_DIR, *SPLITS) or name.endswith(PARTIAL) or name.startswith(PARTITION)
+
+
 def refuse_inputs_inside(directory: Path, inputs: Sequence[Path | str]) -> None:
     """A PreprocessError for an input that a job writing this layout would remove or replace: a file
-    in one of the directory's folders (the splits, vocab/, the partitions, the staging: a job clears
-    and writes them, and every other folder is no job's input either) or one of its records. Checked
-    before anything is cleared, so a job never destroys its own input (a file directly in the
-    directory stays: clear() keeps it)."""
+    in one of its folders (``_written``) or one of its records, by the path given (a link there is
+    removed with its folder) or by the file it resolves to. Checked before anything is cleared, so
+    a job never destroys its own input; a file elsewhere in the directory is left alone."""
     root = Path(directory).resolve()
     for p in inputs:
-        try:
-            rel = Path(p).resolve().relative_to(root)
-        except ValueError:
-            continue
-        if len(rel.parts) > 1 or rel.name in (*_RECORDS, LOCK_FILE):
-            where = f"the folder {root / rel.parts[0]}" if len(rel.parts) > 1 else "the place of a record"
-            raise PreprocessError(f"input {p} lies in {where} of --out {directory}, which this job writes (and clears "
-                                  "on a new start): move the input out of --out, or give another --out")
+        for where in (Path(p).parent.resolve() / Path(p).name, Path(p).resolve()):
+            try:
+                rel = where.relative_to(root)
+            except ValueError:
+                continue
+            if (len(rel.parts) > 1 and _written(rel.parts[0])) or \
+                    (len(rel.parts) == 1 and rel.name in (*_RECORDS, LOCK_FILE)):
+                what = f"the folder {rel.parts[0]}/" if len(rel.parts) > 1 else f"the place of its record {rel.name}"
+                raise PreprocessError(f"input {p} lies in {what} of --out {directory}, which this job writes (and "
+                                      "clears on a new start): move the input out of there, or give another --out")
 
 
-def begin_job(directory: Path, job: dict[str, Any], overwrite: bool) -> bool:
+def begin_job(directory: Path, job: dict[str, Any], overwrite: bool, inputs: Sequence[Path] = ()) -> bool:
     """Checks the (locked) output directory against ``job`` (jobrecord.py's rules) and records
     it; True when this job completed there already (nothing to do).
 
     Any command writing this layout (``dlrm-data preprocess``, ``dlrm-data import-torchrec``)
     starts this way, so one rule holds for all: the same job resumes or is done, another job
     clears an incomplete directory and is refused over a complete one (naming what differs)
-    unless ``overwrite``, and a directory with files but no job record is not written into.
+    unless ``overwrite``, and a directory with files but no job record is not written into; no
+    input (``inputs`` as given, and the record's) may lie where the job writes.
     """
-    refuse_inputs_inside(directory, [i["path"] for i in job["inputs"]])  # (before anything is cleared)
+    # (before anything is cleared; the inputs as given too: the record's are resolved, past a link)
+    refuse_inputs_inside(directory, [*inputs, *(i["path"] for i in job["inputs"])])
     old = None if overwrite else read_job(directory)  # --overwrite is the way out of a damaged record
     if overwrite:
         clear(directory)

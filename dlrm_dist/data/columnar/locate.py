@@ -11,7 +11,6 @@ parser counts them): a ``line:`` field holds each row's 0-based line, and no re-
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import re
 from pathlib import Path
@@ -67,17 +66,22 @@ def is_gzip(path: Path) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
+COMPRESSED = (".bz2", ".gz", ".lz4", ".zst")  # the names pyarrow's readers decompress (as it spells them)
+
+
 def open_bytes(path: Path) -> BinaryIO:
-    """The file's bytes (decompressed, where it is gzip data)."""
-    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
+    """The file's text bytes as pyarrow's CSV reader sees them: decompressed by the name's extension
+    (.gz, .bz2, .zst, ...), as ``pyarrow.csv.open_csv(path)`` decompresses."""
+    return pa.input_stream(str(path))
 
 
 def line_at(path: Path, offset: int) -> int:
-    """The 1-based line of the file's byte ``offset`` (of its decompressed text)."""
-    line, seen = 1, 0
+    """The 1-based line of the file's byte ``offset`` (of its text): lines end at LF, CR or CRLF."""
+    line, seen, after_cr = 1, 0, False
     with open_bytes(path) as f:
         while seen < offset and (data := f.read(min(8 << 20, offset - seen))):
-            line, seen = line + data.count(b"\n"), seen + len(data)
+            line += data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n") - (after_cr and data[:1] == b"\n")
+            seen, after_cr = seen + len(data), data[-1:] == b"\r"
     return line
 
 

@@ -198,7 +198,7 @@ def new_dataset(opts: Options) -> PartitionReport:
             _refuse_refit_into(out, job, opts.schema_source)
         elif not opts.overwrite:
             _refuse_another_first_partition(out, job)
-        if layout.begin_job(out, job, opts.overwrite):
+        if layout.begin_job(out, job, opts.overwrite, opts.inputs):
             return _done(out, number)
         started = time.perf_counter()
         write_job(out, _partition_record(opts, number), name=layout.partition_job(number))

@@ -120,7 +120,7 @@ def preprocess(opts: Options) -> Report:
     check_inputs(opts.inputs)
     layout.output_files(opts.out_dir, opts.schema)  # every path it would write, checked before any is
     with lock_out(opts.out_dir, "dlrm-data preprocess"):
-        if layout.begin_job(opts.out_dir, _job(opts), opts.overwrite):
+        if layout.begin_job(opts.out_dir, _job(opts), opts.overwrite, opts.inputs):
             return _done(opts.out_dir)
         report = _run(opts)
         mark_complete(opts.out_dir)
