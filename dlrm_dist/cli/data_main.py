@@ -105,7 +105,13 @@ def run_partition(args: argparse.Namespace, opts: "Options") -> int:
     how = "the schema fitted on it" if r.fitted else "encoded with the directory's fitted schema"
     print(f"partition {r.partition}: {r.rows:,} rows (read {r.rows_read:,}, skipped {r.skipped:,}) in "
           f"{r.seconds:.1f} s ({rate:,.0f} rows/s), {how} -> {args.out} (partitions {held})")
+    _print_warnings(r.warnings)
     return _print_malformed(r)
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for w in warnings:
+        print(f"dlrm-data: warning: {w}", file=sys.stderr)
 
 
 def _print_malformed(r: Any) -> int:
@@ -152,8 +158,7 @@ def run_preprocess(args: argparse.Namespace) -> int:
     print("  " + "  ".join(f"{s} {n:,}" for s, n in r.rows.items()))
     if r.split_fractions:  # a time split: ties move rows between splits, so say what it came to
         print("  time split fractions: " + "  ".join(f"{s} {x:.3f}" for s, x in r.split_fractions.items()))
-    for w in r.warnings:
-        print(f"dlrm-data: warning: {w}", file=sys.stderr)
+    _print_warnings(r.warnings)
     return _print_malformed(r)
 
 

@@ -63,6 +63,7 @@ class BadLines:
     examples: list[str] = field(default_factory=list)
     strict: bool = False
     fatal: Optional[str] = None  # strict: the first malformed line, raised by the reader
+    notes: list[str] = field(default_factory=list)  # what a reader saw that may be a mistake (the report's warnings)
     _pending: list[tuple[int, Optional[int], str]] = field(default_factory=list)  # (example, record, why)
 
     def add(self, path: Path, schema: FeatureSchema, record: Optional[int], why: str) -> str:

@@ -196,36 +196,64 @@ _AT_START, _UNQUOTED, _QUOTED, _QUOTE_IN_QUOTED = 0, 1, 2, 3  # _quote_scan's st
 @njit(cache=True, nogil=True)
 def _quote_scan(data, delim, base, state):  # pragma: no cover - compiled
     """pyarrow's quoting over ``data`` (bytes ``base ..`` of a file), from and into ``state`` = [the
-    state before the next byte, the offset of the quote that opened the current quoted cell]: a quote
+    state before the next byte, the offset of the quote that opened the current quoted cell, whether
+    that cell holds a line end, how many closed cells held one, the first such cell's quote]: a quote
     opens a quoted cell only where a cell starts; in one, two quotes are a quote and one closes it."""
-    at, opened = state[0], state[1]
+    at, opened, spans, spanned, first = state[0], state[1], state[2], state[3], state[4]
     for i in range(len(data)):
         c = data[i]
         if at == _QUOTED:
             if c == 34:
                 at = _QUOTE_IN_QUOTED
-        elif at == _QUOTE_IN_QUOTED and c == 34:
-            at = _QUOTED  # ("" inside quotes: one quote)
-        elif c == delim or c == 10 or c == 13:
+            elif c == 10 or c == 13:
+                spans = 1
+            continue
+        if at == _QUOTE_IN_QUOTED:
+            if c == 34:
+                at = _QUOTED  # ("" inside quotes: one quote)
+                continue
+            if spans:  # (the cell closed: it held a line end)
+                spanned += 1
+                first = opened if first < 0 else first
+                spans = 0
+        if c == delim or c == 10 or c == 13:
             at = _AT_START
         elif at == _AT_START and c == 34:
             at, opened = _QUOTED, base + i
         else:
             at = _UNQUOTED
-    state[0], state[1] = at, opened
+    state[0], state[1], state[2], state[3], state[4] = at, opened, spans, spanned, first
 
 
-def unclosed_quote(stream: BinaryIO, delimiter: str, chunk: int = 8 << 20) -> Optional[int]:
-    """The byte offset (in the decompressed text) of a quote that opens a cell no quote closes before
-    the end of ``stream``, else None (one pass, in chunks: memory stays bounded)."""
-    state, base = np.array([_AT_START, -1], np.int64), 0
+@dataclass(frozen=True)
+class Quotes:
+    """What ``quotes`` found: a quote never closed (its byte offset in the text, or None), and how many
+    quoted cells hold a line end, with the first one's quote (a quote left open by mistake and closed
+    by the next quoted cell swallows the lines between: they read as one such cell)."""
+
+    unclosed: Optional[int]
+    multiline: int
+    first_multiline: Optional[int]
+
+
+def quotes(stream: BinaryIO, delimiter: str, chunk: int = 8 << 20) -> Quotes:
+    """The quoting of ``stream``'s text as pyarrow reads it (one pass, in chunks: bounded memory)."""
+    state, base = np.array([_AT_START, -1, 0, 0, -1], np.int64), 0
     if (data := stream.read(chunk)).startswith(b"\xef\xbb\xbf"):  # (a BOM: pyarrow's text starts after it)
         data, base = data[3:] or stream.read(chunk), 3
     while data:
         _quote_scan(np.frombuffer(data, np.uint8), ord(delimiter), base, state)
         base += len(data)
         data = stream.read(chunk)
-    return int(state[1]) if state[0] == _QUOTED else None
+    if state[0] == _QUOTE_IN_QUOTED and state[2]:  # (the last cell, closed at the end of the text)
+        state[3], state[4] = state[3] + 1, state[1] if state[4] < 0 else state[4]
+    return Quotes(int(state[1]) if state[0] == _QUOTED else None, int(state[3]),
+                  int(state[4]) if state[4] >= 0 else None)
+
+
+def unclosed_quote(stream: BinaryIO, delimiter: str, chunk: int = 8 << 20) -> Optional[int]:
+    """The byte offset (in the text) of a quote that opens a cell no quote closes, else None."""
+    return quotes(stream, delimiter, chunk).unclosed
 
 
 def plan(schema: FeatureSchema, names: list[str], delimiter: str) -> Optional[Plan]:

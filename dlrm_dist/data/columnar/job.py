@@ -69,6 +69,7 @@ class Report:
     def read(self, rows: int, bad: BadLines) -> None:
         """What the read came to: ``rows`` valid rows and ``bad``'s malformed lines."""
         self.rows_read, self.skipped, self.examples = rows + bad.count, bad.count, bad.examples
+        self.warnings.extend(bad.notes)
 
 
 def bar(opts: Options, desc: str) -> tqdm:

@@ -69,6 +69,7 @@ class PartitionReport:
     up_to_date: bool = False
     fitted: bool = False  # this run fitted the schema (a new dataset's first partition)
     partitions: list[int] = field(default_factory=list)  # the directory's partitions after the run
+    warnings: list[str] = field(default_factory=list)  # what the read saw that may be a mistake
 
 
 def for_partitions(schema: FeatureSchema) -> FeatureSchema:
@@ -128,7 +129,7 @@ def _publish(opts: Options, meta: dict[str, Any], number: int, entry: dict[str, 
     published = layout.publish_partition(opts.out_dir, meta, number, entry)
     mark_complete(opts.out_dir, layout.partition_job(number))
     return PartitionReport(number, rows=entry["rows"], rows_read=report.rows_read, skipped=report.skipped,
-                           examples=report.examples, seconds=time.perf_counter() - started,
+                           examples=report.examples, seconds=time.perf_counter() - started, warnings=report.warnings,
                            partitions=list(layout.partitions_of(published, opts.out_dir)))
 
 

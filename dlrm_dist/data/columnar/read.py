@@ -64,19 +64,25 @@ def _read_csv(path: Path, schema: FeatureSchema, fmt: str, wanted: list[str], ba
                 raise handlers.error(e) from None
             yield batch
         if fmt == "csv":  # (pyarrow reads a quote never closed as a cell holding the rest of the file)
-            _refuse_unclosed_quote(path, handlers.delimiter)
+            _check_quotes(path, handlers.delimiter, bad)
     finally:
         reader = None  # drop our reference, then wait for Arrow's
         handlers.wait_released()
 
 
-def _refuse_unclosed_quote(path: Path, delimiter: str) -> None:
+def _check_quotes(path: Path, delimiter: str, bad: BadLines) -> None:
+    """A quote never closed is an error; quoted cells holding line ends are a note in the report (a
+    quote left open by mistake, closed by the next quoted cell, reads the rows between as one cell)."""
     with open_bytes(path) as f:
-        at = csv_kernel.unclosed_quote(f, delimiter)
-    if at is not None:
-        raise PreprocessError(f"{path} line {line_at(path, at)}: a quote opens a cell there that no quote closes "
-                              "before the end of the file, which would make the rest of the file that cell's text; "
-                              'close it, or double a quote meant as text ("")')
+        found = csv_kernel.quotes(f, delimiter)
+    if found.unclosed is not None:
+        raise PreprocessError(f"{path} line {line_at(path, found.unclosed)}: a quote opens a cell there that no quote "
+                              "closes before the end of the file, which would make the rest of the file that cell's "
+                              'text; close it, or double a quote meant as text ("")')
+    if found.multiline:
+        bad.notes.append(f"{path}: {found.multiline:,} quoted cell(s) hold a line end, the first opening at line "
+                         f"{line_at(path, found.first_multiline)}: if that is a quote left open by mistake, the rows "
+                         "up to the next quote were read as that cell's text")
 
 
 # -- Parquet ---------------------------------------------------------------------------------------
