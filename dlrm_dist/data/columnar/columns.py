@@ -37,9 +37,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from dlrm_dist.data.columnar.locate import (ORIGIN_FIRST, ORIGIN_PATH, at_record, cell_text, conversion_error,
-                                            delimiter_of, first_fields, is_gzip, lines_of_records, open_bytes,
-                                            read_as_number, where)
+from dlrm_dist.data.columnar.locate import (COMPRESSED, ORIGIN_FIRST, ORIGIN_PATH, at_record, cell_text,
+                                            conversion_error, delimiter_of, first_fields, is_gzip, lines_of_records,
+                                            open_bytes, read_as_number, where)
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.errors import SchemaError
 from dlrm_dist.features.schema import FeatureSchema
@@ -213,7 +213,7 @@ def unreadable(path: Path, e: Exception) -> PreprocessError:
 
 
 def csv_names(path: Path, schema: FeatureSchema, handlers: Handlers) -> list[str]:
-    if not path.name.lower().endswith(".gz") and is_gzip(path):  # (read as text: an "empty file", a bad header)
+    if not path.name.endswith(COMPRESSED) and is_gzip(path):  # (read as text: an "empty file", a bad header)
         raise PreprocessError(f"{path}: the file holds gzip data, and only a name ending in .gz is read as gzip: "
                               "name it *.gz")
     if schema.input.header:  # (malformed lines skipped silently here: the real read counts them)
@@ -269,8 +269,8 @@ def _temporal_kind(t: pa.DataType) -> str:
 def _to_float(values: pa.Array) -> pa.Array:
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         values = pc.utf8_trim_whitespace(values)  # as pyarrow's CSV number parsing does
-    elif pa.types.is_temporal(values.type):  # (Parquet's timestamps, dates, times, durations: nanoseconds,
-        values = pc.cast(pc.cast(values, _NANOS[_temporal_kind(values.type)]), pa.int64())  # whatever each file's unit)
+    elif pa.types.is_temporal(values.type):  # Parquet's timestamps, dates, times, durations: in nanoseconds,
+        values = pc.cast(pc.cast(values, _NANOS[_temporal_kind(values.type)]), pa.int64())  # whatever the unit
     # An integer past 2**53 is rounded to the nearest double (epoch nanoseconds, say): the time column's
     # order keeps to a few hundred ns, and a dense value is written as float32 anyway.
     return pc.cast(values, pa.float64(), safe=not pa.types.is_integer(values.type))

@@ -5,11 +5,11 @@ files as record batches of bounded size, in input order (``read_file`` / ``read_
 Only the columns the schema names are read, each use typed and checked by columns.py. A
 plain CSV/TSV file of several blocks is read in byte ranges on several cores (byte_ranges.py);
 a gzip file, or a CSV holding a quote character (a quoted cell may hold a newline), is read
-here by one streaming reader, and its quotes scanned once more after (csv_kernel.unclosed_quote:
-pyarrow reads a quote never closed as a cell holding the rest of the file); Parquet in row
-batches. A file that is empty, has no data rows,
-is not the gzip stream its name says, or is truncated is a PreprocessError naming it; so is
-a header-less file whose lines have another number of fields than ``input.columns`` names.
+here by one streaming reader, and its quotes scanned once more after (csv_kernel.quotes: pyarrow
+reads a quote never closed as a cell holding the rest of the file; cells holding line ends are
+noted); Parquet in row batches. A file that is empty, has no data rows, is not the gzip stream
+its name says, or is truncated is a PreprocessError naming it; so is a header-less file whose
+lines have another number of fields than ``input.columns`` names.
 
 Every batch carries its origin (file, first data row) in its schema metadata, so that the
 encoders can name the line of a bad value without being told where the batch came from.
