@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dlrm_dist.data.columnar import columns, criteo_tsv, encode, fit, kernels, layout, read, staged, staging
+from dlrm_dist.data.columnar import columns, criteo_tsv, encode, fit, kernels, layout, read, staged, staging, staging_read
 from dlrm_dist.data.columnar.preprocess import Options, preprocess
 from dlrm_dist.data.errors import PreprocessError
 from dlrm_dist.features.builtin import criteo_schema
@@ -358,7 +358,7 @@ def test_an_interrupt_while_a_batch_is_read_leaves_no_job_running(tmp_path: Path
     """Ctrl-C in the main thread's part of a batch (its labels): read_blocks raises only once none
     of the sparse jobs already queued (this batch's, the ones before) touches an interner."""
     schema = from_dict(_schema(RANDOM))
-    returned, late, bags, labels_of = threading.Event(), [], staging._bags, staging.encode.labels_of
+    returned, late, bags, labels_of = threading.Event(), [], staging_read._bags, encode.labels_of
 
     def slow_bags(*args):
         time.sleep(0.02)
@@ -375,12 +375,12 @@ def test_an_interrupt_while_a_batch_is_read_leaves_no_job_running(tmp_path: Path
             raise KeyboardInterrupt
         return labels_of(*args)
 
-    monkeypatch.setattr(staging, "_bags", slow_bags)
-    monkeypatch.setattr(staging.encode, "labels_of", labels)
+    monkeypatch.setattr(staging_read, "_bags", slow_bags)
+    monkeypatch.setattr(encode, "labels_of", labels)
     opts = Options(schema, [_write_csv(tmp_path / "d.csv", 600)], tmp_path / "out", progress=False, workers=2)
     with ThreadPoolExecutor(4) as pool, pytest.raises(KeyboardInterrupt):
         try:
-            for _ in staging.read_blocks(opts, schema, read.BadLines(strict=False), fit.interners(schema),
+            for _ in staging_read.read_blocks(opts, schema, read.BadLines(strict=False), fit.interners(schema),
                                          lambda n: None, pool):
                 pass
         finally:
