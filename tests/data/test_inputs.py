@@ -392,7 +392,7 @@ def test_a_quote_never_closed_is_found_in_any_chunking(text: str, unclosed: bool
     data = text.encode()
     at = data.index(b'"', data.index(b"\n")) if unclosed else None  # (the first quote after the header)
     for chunk in (1, 2, 3, 1 << 20):  # (the scan's state carries across its chunks)
-        assert csv_kernel.unclosed_quote(io.BytesIO(data), ",", chunk) == at, chunk
+        assert csv_kernel.quotes(io.BytesIO(data), ",", chunk).unclosed == at, chunk
 
 
 def test_a_quote_never_closed_is_refused_by_its_line(tmp_path: Path) -> None:

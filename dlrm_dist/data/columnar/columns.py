@@ -257,20 +257,17 @@ def first_failing(values: pa.Array, convert: Callable[[pa.Array], pa.Array]) -> 
     return lo
 
 
-_NANOS = {"timestamp": pa.timestamp("ns"), "date": pa.timestamp("ns"), "time": pa.time64("ns"),
-          "duration": pa.duration("ns")}
-
-
-def _temporal_kind(t: pa.DataType) -> str:
-    return ("timestamp" if pa.types.is_timestamp(t) else "date" if pa.types.is_date(t) else
-            "time" if pa.types.is_time(t) else "duration")
+def _in_nanoseconds(t: pa.DataType) -> pa.DataType:
+    """A temporal type's nanosecond form (a date's: the timestamp of its midnight)."""
+    return pa.time64("ns") if pa.types.is_time(t) else pa.duration("ns") if pa.types.is_duration(t) else \
+        pa.timestamp("ns")
 
 
 def _to_float(values: pa.Array) -> pa.Array:
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         values = pc.utf8_trim_whitespace(values)  # as pyarrow's CSV number parsing does
     elif pa.types.is_temporal(values.type):  # Parquet's timestamps, dates, times, durations: in nanoseconds,
-        values = pc.cast(pc.cast(values, _NANOS[_temporal_kind(values.type)]), pa.int64())  # whatever the unit
+        values = pc.cast(pc.cast(values, _in_nanoseconds(values.type)), pa.int64())  # whatever the unit
     # An integer past 2**53 is rounded to the nearest double (epoch nanoseconds, say): the time column's
     # order keeps to a few hundred ns, and a dense value is written as float32 anyway.
     return pc.cast(values, pa.float64(), safe=not pa.types.is_integer(values.type))

@@ -20,8 +20,9 @@ what it accepts it reads exactly as pyarrow does:
 
 Quotes never reach it: byte_ranges does not cut a CSV holding a quote character (a TSV has
 no quoting, and a ``"`` is an ordinary byte there, as in pyarrow's TSV read). For those files
-``unclosed_quote`` gives the one check pyarrow's read lacks: a quote that opens a cell and is
-never closed, where pyarrow takes the rest of the file, rows and all, as that cell's text.
+``quotes`` gives the one check pyarrow's read lacks: a quote that opens a cell and is never
+closed, where pyarrow takes the rest of the file, rows and all, as that cell's text (and counts
+the quoted cells that hold line ends).
 
 Three passes, each branch-light: ``_ends`` finds every cell's end (a store and an add per
 byte, no jump per cell), ``_tokenize`` walks the cells line by line (numbers parsed, text
@@ -249,11 +250,6 @@ def quotes(stream: BinaryIO, delimiter: str, chunk: int = 8 << 20) -> Quotes:
         state[3], state[4] = state[3] + 1, state[1] if state[4] < 0 else state[4]
     return Quotes(int(state[1]) if state[0] == _QUOTED else None, int(state[3]),
                   int(state[4]) if state[4] >= 0 else None)
-
-
-def unclosed_quote(stream: BinaryIO, delimiter: str, chunk: int = 8 << 20) -> Optional[int]:
-    """The byte offset (in the text) of a quote that opens a cell no quote closes, else None."""
-    return quotes(stream, delimiter, chunk).unclosed
 
 
 def plan(schema: FeatureSchema, names: list[str], delimiter: str) -> Optional[Plan]:
